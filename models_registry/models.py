@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+
+def validate_model_name_field(value: str) -> None:
+    from models_registry.names import name_error
+
+    problem = name_error(value)
+    if problem:
+        raise ValidationError(problem.message)
+
+
+class ModelOverride(models.Model):
+    """A staff-set local folder that answers for a model name before the HF cache is searched."""
+
+    model_name = models.CharField(max_length=96, unique=True, validators=[validate_model_name_field])
+    path = models.CharField(max_length=4096, help_text="Absolute path of the model folder on the server.")
+    enabled = models.BooleanField(default=True)
+    trust_remote_code = models.BooleanField(
+        default=False,
+        help_text="Allow the model's own Python code to run when it is loaded. Only for code you trust.",
+    )
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+
+    class Meta:
+        ordering = ["model_name"]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} → {self.path}"
+
+
+class PortalSettings(models.Model):
+    """The guide's "Directory Settings": one row, edited on the Settings page and in the admin."""
+
+    model_cache_path = models.CharField(
+        "Model Cache Path",
+        max_length=4096,
+        blank=True,
+        help_text="Blank: the Hugging Face default (HF_HUB_CACHE, HF_HOME/hub or ~/.cache/huggingface/hub).",
+    )
+    allowed_output_roots = models.JSONField(default=list, blank=True)
+    allowed_dataset_roots = models.JSONField(default=list, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+
+    class Meta:
+        verbose_name = "portal settings"
+        verbose_name_plural = "portal settings"
+
+    def __str__(self) -> str:
+        return "Portal settings"
+
+    def save(self, *args, **kwargs):
+        self.pk = 1
+        super().save(*args, **kwargs)
+
+    @classmethod
+    def load(cls) -> PortalSettings:
+        obj, _ = cls.objects.get_or_create(pk=1)
+        return obj

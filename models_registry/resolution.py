@@ -1,0 +1,253 @@
+"""Where models live and which folder answers for a name: override first, then the HF cache, then an explicit failure."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models_registry.checks import FileEntry, check_model_folder, redownload_hint
+from models_registry.names import is_commit_hash, name_error, repo_folder_name, revision_error
+from models_registry.problems import Problem
+
+
+def hf_cache_dir(model_cache_path: str = "", environ: os._Environ | dict | None = None) -> tuple[Path, str]:
+    """The hub cache folder and what chose it. Read per call: huggingface_hub reads its variables once at import."""
+    env = os.environ if environ is None else environ
+    if model_cache_path.strip():
+        return Path(model_cache_path.strip()).expanduser(), "Model Cache Path setting"
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(var):
+            return Path(env[var]).expanduser(), var
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub", "HF_HOME"
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]).expanduser() / "huggingface" / "hub", "XDG_CACHE_HOME"
+    return Path("~/.cache/huggingface/hub").expanduser(), "default"
+
+
+@dataclass
+class Resolution:
+    model_name: str
+    source: str | None = None
+    path: str | None = None
+    revision: str | None = None
+    files: list[FileEntry] = field(default_factory=list)
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    searched: list[str] = field(default_factory=list)
+    trust_remote_code: bool = False
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors and self.path is not None
+
+    def to_dict(self) -> dict:
+        return {
+            "model_name": self.model_name,
+            "valid": self.valid,
+            "source": self.source,
+            "path": self.path,
+            "revision": self.revision,
+            "files": [f.name for f in self.files],
+            "errors": [p.to_dict() for p in self.errors],
+            "warnings": [p.to_dict() for p in self.warnings],
+            "searched": self.searched,
+        }
+
+
+def not_found(name: str, cache_dir: Path, detail: str) -> Problem:
+    repo = cache_dir / repo_folder_name(name)
+    return Problem(
+        "model_not_found",
+        f"Model '{name}' not found. Please ensure the model is downloaded: {detail}",
+        f"1. Download it: hf download {name} (older clients: huggingface-cli download {name}). "
+        f"2. Verify it is in the cache: ls {repo}/ "
+        "3. If the model is elsewhere, set Model Cache Path under Settings → Directory Settings, "
+        "or ask staff to add a Model Override that maps this name to its folder.",
+    )
+
+
+@dataclass
+class SnapshotChoice:
+    commit: str | None
+    error: Problem | None = None
+    warning: Problem | None = None
+
+
+def read_ref(repo_dir: Path, ref: str) -> str | None:
+    try:
+        return (repo_dir / "refs" / ref).read_text(encoding="utf-8", errors="replace").strip() or None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+        return None
+
+
+def choose_snapshot(name: str, repo_dir: Path, snapshots: list[str], revision: str | None) -> SnapshotChoice:
+    """The snapshot a revision names; for none, refs/main, or the only snapshot there is (with a warning)."""
+    available = set(snapshots)
+    if revision:
+        commit = revision if is_commit_hash(revision) else read_ref(repo_dir, revision)
+        if commit and commit in available:
+            return SnapshotChoice(commit)
+        found = f"refs/{revision} names {commit}" if commit else f"no refs/{revision}"
+        return SnapshotChoice(
+            None,
+            error=Problem(
+                "revision_not_found",
+                f"Revision '{revision}' of '{name}' is not in the cache ({found}; snapshots: "
+                f"{', '.join(sorted(available)) or 'none'}).",
+                f"Download that revision: hf download {name} --revision {revision}",
+            ),
+        )
+    commit = read_ref(repo_dir, "main")
+    if commit and commit in available:
+        return SnapshotChoice(commit)
+    problem = "refs/main is missing" if not commit else f"refs/main names {commit}, which has no snapshot"
+    if len(available) == 1:
+        only = next(iter(available))
+        return SnapshotChoice(
+            only,
+            warning=Problem(
+                "ref_main_unusable",
+                f"{problem}; using the only snapshot, {only}.",
+                f"Re-download to repair the cache entry: hf download {name}",
+            ),
+        )
+    refs_found = _list_refs(repo_dir)
+    return SnapshotChoice(
+        None,
+        error=Problem(
+            "revision_not_found",
+            f"Cannot choose a snapshot of '{name}': {problem}, and there are {len(available)} snapshots "
+            f"({', '.join(sorted(available)) or 'none'}); refs found: {', '.join(refs_found) or 'none'}.",
+            f"Name the revision you want, or re-download: hf download {name}",
+        ),
+    )
+
+
+def _list_refs(repo_dir: Path) -> list[str]:
+    refs = repo_dir / "refs"
+    if not refs.is_dir():
+        return []
+    return sorted(Path(dp, f).relative_to(refs).as_posix() for dp, _, fs in os.walk(refs) for f in fs)
+
+
+def incomplete_blobs(repo_dir: Path) -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(repo_dir / "blobs") if n.endswith(".incomplete"))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+
+
+def _safe_listdir(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+
+
+def resolve(
+    name: str,
+    revision: str | None = None,
+    *,
+    cache_dir: Path,
+    override_path: str | None = None,
+    trust_remote_code: bool = False,
+) -> Resolution:
+    """Resolve a model name to a checked folder. Plain values in, a Resolution out; nothing raised for bad input."""
+    result = Resolution(model_name=name if isinstance(name, str) else repr(name))
+    if problem := name_error(name):
+        result.errors.append(problem)
+        return result
+    revision = (revision or "").strip() or None
+    if revision and (problem := revision_error(revision)):
+        result.errors.append(problem)
+        return result
+    if override_path is not None:
+        return _resolve_override(result, override_path, revision, trust_remote_code)
+    return _resolve_cache(result, Path(cache_dir), revision)
+
+
+def _resolve_override(result: Resolution, override_path: str, revision: str | None, trust: bool) -> Resolution:
+    name = result.model_name
+    folder = Path(override_path)
+    result.searched.append(f"override: {folder}")
+    result.source = "override"
+    result.trust_remote_code = trust
+    if not folder.is_absolute():
+        result.errors.append(
+            Problem(
+                "override_invalid",
+                f"The override for '{name}' has a relative path ({override_path}).",
+                "Staff: set the override's path to the model folder's absolute path.",
+            )
+        )
+        return result
+    if not folder.is_dir():
+        result.errors.append(
+            Problem(
+                "model_not_found",
+                f"Model '{name}' not found. Please ensure the model is downloaded: its override points to "
+                f"{folder}, which is not a folder.",
+                f"Copy the model to {folder}, or ask staff to correct or disable the override.",
+            )
+        )
+        return result
+    if revision:
+        result.warnings.append(
+            Problem(
+                "revision_ignored", f"Revision '{revision}' is ignored: the override's folder has no revisions.", ""
+            )
+        )
+    report = check_model_folder(folder, root=folder, model_name=name)
+    result.path = str(folder)
+    result.files, result.errors, result.warnings = report.files, report.errors, result.warnings + report.warnings
+    return result
+
+
+def _resolve_cache(result: Resolution, cache_dir: Path, revision: str | None) -> Resolution:
+    name = result.model_name
+    repo_dir = cache_dir / repo_folder_name(name)
+    result.searched.append(f"cache: {repo_dir}")
+    if not repo_dir.is_dir():
+        where = f"no folder {repo_dir.name} in the Hugging Face cache at {cache_dir}."
+        if not cache_dir.is_dir():
+            where = f"the Hugging Face cache folder {cache_dir} does not exist."
+        result.errors.append(not_found(name, cache_dir, where))
+        return result
+    result.source = "cache"
+    snapshots = _safe_listdir(repo_dir / "snapshots")
+    partial = incomplete_blobs(repo_dir)
+    if not snapshots:
+        if partial:
+            result.errors.append(_incomplete_problem(name, partial))
+        else:
+            result.errors.append(not_found(name, cache_dir, f"{repo_dir} holds no snapshot."))
+        return result
+    choice = choose_snapshot(name, repo_dir, snapshots, revision)
+    if choice.warning:
+        result.warnings.append(choice.warning)
+    if choice.error:
+        result.errors.append(choice.error)
+        return result
+    snapshot = repo_dir / "snapshots" / choice.commit
+    result.path, result.revision = str(snapshot), choice.commit
+    report = check_model_folder(snapshot, root=cache_dir, model_name=name)
+    result.files = report.files
+    result.errors.extend(report.errors)
+    result.warnings.extend(report.warnings)
+    if partial:
+        result.errors.append(_incomplete_problem(name, partial))
+    return result
+
+
+def _incomplete_problem(name: str, partial: list[str]) -> Problem:
+    shown = ", ".join(partial[:3]) + (f" and {len(partial) - 3} more" if len(partial) > 3 else "")
+    return Problem(
+        "download_incomplete",
+        f"Download incomplete: '{name}' has {len(partial)} interrupted download(s) in its blobs folder ({shown}).",
+        f"Run the download again to finish it: hf download {name}",
+    )
+
+
+__all__ = ["Resolution", "choose_snapshot", "hf_cache_dir", "resolve", "redownload_hint"]

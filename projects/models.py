@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from models_registry.models import validate_model_name_field
+
+
+class TrainingMethod(models.TextChoices):
+    FULL = "full", "Full fine-tune"
+    LORA = "lora", "LoRA"
+
+
+class TrainingProject(models.Model):
+    name = models.CharField(max_length=120)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="projects")
+    description = models.TextField(blank=True)
+    model_name = models.CharField("base model", max_length=96, validators=[validate_model_name_field])
+    revision = models.CharField(max_length=255, blank=True)
+    dataset_path = models.CharField(max_length=4096)
+    dataset_format = models.CharField(max_length=32, blank=True)
+    dataset_sha256 = models.CharField(max_length=64, blank=True)
+    output_directory = models.CharField(max_length=4096)
+    method = models.CharField(max_length=8, choices=TrainingMethod.choices, default=TrainingMethod.LORA)
+    hyperparameters = models.JSONField(default=dict, blank=True)
+    validation_prompt = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def last_run(self) -> TrainingRun | None:
+        return self.runs.order_by("-created_at", "-id").first()
+
+
+class RunStatus(models.TextChoices):
+    QUEUED = "queued"
+    RESOLVING = "resolving"
+    TRAINING = "training"
+    VALIDATING = "validating"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+LIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RESOLVING, RunStatus.TRAINING, RunStatus.VALIDATING)
+ENDED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class RunStage(models.TextChoices):
+    QUEUE = "queue"
+    RESOLVE = "resolve"
+    TRAIN = "train"
+    VALIDATE = "validate"
+
+
+class TrainingRun(models.Model):
+    project = models.ForeignKey(TrainingProject, on_delete=models.CASCADE, related_name="runs")
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=16, choices=RunStatus.choices, default=RunStatus.QUEUED, db_index=True)
+    stage_failed = models.CharField(max_length=16, choices=RunStage.choices, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    error_hint = models.TextField(blank=True)
+
+    resolved_source = models.CharField(max_length=16, blank=True)
+    resolved_path = models.CharField(max_length=4096, blank=True)
+    resolved_revision = models.CharField(max_length=64, blank=True)
+
+    resume = models.BooleanField(default=False)
+    resumed_from = models.CharField(max_length=4096, blank=True)
+    output_directory = models.CharField(max_length=4096, blank=True)
+    last_checkpoint = models.CharField(max_length=4096, blank=True)
+
+    task_ids = models.JSONField(default=dict, blank=True)
+    worker_host = models.CharField(max_length=255, blank=True)
+    worker_pid = models.IntegerField(null=True, blank=True)
+    device = models.CharField(max_length=255, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    progress = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=list, blank=True)
+    log_tail = models.TextField(blank=True)
+    validation = models.JSONField(null=True, blank=True)
+
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Run {self.pk} of {self.project}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE_STATUSES
+
+    @property
+    def has_ended(self) -> bool:
+        return self.status in ENDED_STATUSES
