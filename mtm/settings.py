@@ -149,6 +149,13 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     }
 else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 12 * 3600}
+# Results are only kept for tasks that ask (resolve_model); run state lives on the TrainingRun row.
+CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND") or (
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else f"file://{VAR_DIR / 'results'}"
+)
+if CELERY_RESULT_BACKEND.startswith("file://"):
+    (VAR_DIR / "results").mkdir(parents=True, exist_ok=True)
+CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_TASK_IGNORE_RESULT = True
