@@ -128,9 +128,10 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # --- Model resolution -------------------------------------------------------------------------
-# Used when the portal settings row has none (`:`-separated, like PATH).
-MTM_OUTPUT_ROOTS = env_list("MTM_OUTPUT_ROOTS", sep=":")
-MTM_DATASET_ROOTS = env_list("MTM_DATASET_ROOTS", sep=":")
+# Used when the portal settings row has none (`:`-separated, like PATH). The defaults keep a fresh
+# `make run` usable: outputs and server-side datasets under var/.
+MTM_OUTPUT_ROOTS = env_list("MTM_OUTPUT_ROOTS", sep=":") or [str(VAR_DIR / "outputs")]
+MTM_DATASET_ROOTS = env_list("MTM_DATASET_ROOTS", sep=":") or [str(VAR_DIR / "datasets")]
 MTM_LOW_DISK_BYTES = env_int("MTM_LOW_DISK_BYTES", 10 * 1024**3)
 
 # --- Celery -----------------------------------------------------------------------------------
