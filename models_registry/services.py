@@ -39,3 +39,23 @@ def resolve_model(name: str, revision: str | None = None) -> Resolution:
         override_path=override.path if override else None,
         trust_remote_code=bool(override and override.trust_remote_code),
     )
+
+
+def available_models(query: str | None = None, valid: bool | None = None) -> tuple[Path, list]:
+    from models_registry.listing import list_models
+
+    cache_dir, _ = current_cache_dir()
+    overrides = ModelOverride.objects.filter(enabled=True).values_list("model_name", "path", "trust_remote_code")
+    models = list_models(cache_dir, overrides)
+    if query:
+        needle = query.strip().lower()
+        models = [m for m in models if needle in m.model_name.lower()]
+    if valid is not None:
+        models = [m for m in models if m.valid == valid]
+    return cache_dir, models
+
+
+def validate_output_dir(raw: object):
+    from models_registry.outputs import check_output_dir
+
+    return check_output_dir(raw, output_roots(), django_settings.MTM_LOW_DISK_BYTES)
