@@ -1,0 +1,79 @@
+"""The model listing: every cached repo and override, each with its validity; refreshed when the cache changes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from models_registry.listing import list_cached, list_models
+from tests.hfcache import COMMIT_A, make_model_repo
+
+
+def by_name(items):
+    return {m.model_name: m for m in items}
+
+
+def test_lists_every_repo_with_validity(hf_cache, tiny_llama_in_cache):
+    make_model_repo(hf_cache, "org/no-tokenizer", tokenizer=False)
+    make_model_repo(hf_cache, "org/no-weights", weights=False)
+    (hf_cache / "models--org--empty").mkdir()
+    (hf_cache / "not-a-model-folder").mkdir()
+    (hf_cache / "datasets--org--data").mkdir()
+    listed = by_name(list_cached(hf_cache))
+    assert set(listed) == {tiny_llama_in_cache[0], "org/no-tokenizer", "org/no-weights", "org/empty"}
+    assert listed[tiny_llama_in_cache[0]].valid
+    assert listed[tiny_llama_in_cache[0]].revision == tiny_llama_in_cache[1].name
+    assert [p.code for p in listed["org/no-tokenizer"].errors] == ["tokenizer_missing"]
+    assert listed["org/no-weights"].valid and [p.code for p in listed["org/no-weights"].warnings] == ["no_weights"]
+    assert [p.code for p in listed["org/empty"].errors] == ["model_not_found"]
+
+
+def test_to_dict_has_the_contract_keys(hf_cache):
+    make_model_repo(hf_cache, "org/m")
+    [item] = list_cached(hf_cache)
+    assert set(item.to_dict()) == {"model_name", "source", "path", "revision", "valid", "errors", "warnings"}
+
+
+def test_listing_refreshes_when_the_cache_changes(hf_cache):
+    make_model_repo(hf_cache, "org/a")
+    assert set(by_name(list_cached(hf_cache))) == {"org/a"}
+    make_model_repo(hf_cache, "org/b")
+    assert set(by_name(list_cached(hf_cache))) == {"org/a", "org/b"}
+    # A file removed from a snapshot (the snapshot folder's mtime moves) is noticed.
+    snap = hf_cache / "models--org--a" / "snapshots" / COMMIT_A
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (snap / f).unlink()
+    assert not by_name(list_cached(hf_cache))["org/a"].valid
+    # An interrupted download (a new blob) is noticed.
+    (hf_cache / "models--org--b" / "blobs" / ("0" * 64 + ".incomplete")).write_bytes(b"")
+    assert [p.code for p in by_name(list_cached(hf_cache))["org/b"].errors] == ["download_incomplete"]
+    shutil.rmtree(hf_cache / "models--org--b")
+    assert set(by_name(list_cached(hf_cache))) == {"org/a"}
+
+
+def test_warm_listing_reuses_results(hf_cache):
+    make_model_repo(hf_cache, "org/a")
+    first = list_cached(hf_cache)
+    second = list_cached(hf_cache)
+    assert first[0] is second[0]
+
+
+def test_overrides_are_listed_and_answer_for_their_name(hf_cache, copy_of_tiny_llama, tmp_path):
+    make_model_repo(hf_cache, "org/a", tokenizer=False)
+    listed = by_name(
+        list_models(hf_cache, [("org/a", str(copy_of_tiny_llama), False), ("org/gone", str(tmp_path / "x"), False)])
+    )
+    assert listed["org/a"].source == "override" and listed["org/a"].valid
+    assert listed["org/gone"].source == "override" and not listed["org/gone"].valid
+
+
+def test_missing_cache_dir_lists_nothing(tmp_path):
+    assert list_cached(tmp_path / "missing") == []
+
+
+def test_unreadable_name_folder_is_reported_not_hidden(hf_cache):
+    make_model_repo(hf_cache, "org/good")
+    os.mkdir(hf_cache / "models--bad..name")
+    listed = by_name(list_cached(hf_cache))
+    assert listed["org/good"].valid
+    assert [p.code for p in listed["bad..name"].errors] == ["invalid_model_name"]
