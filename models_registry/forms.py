@@ -1,0 +1,84 @@
+"""Forms of the registry pages and admin: the model-name check box and the Directory Settings."""
+
+from __future__ import annotations
+
+from django import forms
+
+from models_registry.models import ModelOverride, PortalSettings
+from models_registry.settings_checks import path_problem, split_lines
+
+ROOTS_HELP = "One absolute path a line. Blank: the server's default ({default})."
+
+
+class ModelCheckForm(forms.Form):
+    """The "Check a model name" box; the project form reuses the same two field names."""
+
+    model_name = forms.CharField(
+        label="Model name",
+        max_length=200,
+        help_text="A Hugging Face repo id, e.g. meta-llama/Llama-3.2-3B-Instruct.",
+    )
+    revision = forms.CharField(label="Revision", required=False, max_length=255, help_text="Blank: main.")
+
+
+class PortalSettingsForm(forms.ModelForm):
+    """The guide's "Directory Settings". Roots are edited one a line and stored as a list."""
+
+    allowed_output_roots = forms.CharField(
+        label="Allowed output roots", required=False, widget=forms.Textarea(attrs={"rows": 3})
+    )
+    allowed_dataset_roots = forms.CharField(
+        label="Allowed dataset roots", required=False, widget=forms.Textarea(attrs={"rows": 3})
+    )
+
+    class Meta:
+        model = PortalSettings
+        fields = ["model_cache_path", "allowed_output_roots", "allowed_dataset_roots"]
+        widgets = {"model_cache_path": forms.TextInput(attrs={"placeholder": "Blank: the Hugging Face default"})}
+
+    def __init__(self, *args, **kwargs) -> None:
+        from django.conf import settings
+
+        super().__init__(*args, **kwargs)
+        for name, default in (
+            ("allowed_output_roots", settings.MTM_OUTPUT_ROOTS),
+            ("allowed_dataset_roots", settings.MTM_DATASET_ROOTS),
+        ):
+            self.initial[name] = "\n".join(getattr(self.instance, name) or [])
+            self.fields[name].help_text = ROOTS_HELP.format(default=", ".join(default) or "none")
+
+    def clean_model_cache_path(self) -> str:
+        value = (self.cleaned_data.get("model_cache_path") or "").strip()
+        if value and (problem := path_problem(value, "Model Cache Path")):
+            raise forms.ValidationError(f"{problem.message} {problem.hint}")
+        return value
+
+    def _clean_roots(self, name: str, kind: str) -> list[str]:
+        roots = split_lines(self.cleaned_data.get(name) or "")
+        errors = []
+        for number, root in enumerate(roots, start=1):
+            if problem := path_problem(root, f"Line {number}: allowed {kind} root"):
+                errors.append(forms.ValidationError(f"{problem.message} {problem.hint}"))
+        if errors:
+            raise forms.ValidationError(errors)
+        return roots
+
+    def clean_allowed_output_roots(self) -> list[str]:
+        return self._clean_roots("allowed_output_roots", "output")
+
+    def clean_allowed_dataset_roots(self) -> list[str]:
+        return self._clean_roots("allowed_dataset_roots", "dataset")
+
+
+class ModelOverrideAdminForm(forms.ModelForm):
+    """Refuses override paths that can never work; the validity column reports the rest."""
+
+    class Meta:
+        model = ModelOverride
+        fields = ["model_name", "path", "enabled", "trust_remote_code", "note"]
+
+    def clean_path(self) -> str:
+        value = (self.cleaned_data.get("path") or "").strip()
+        if problem := path_problem(value, "Override path"):
+            raise forms.ValidationError(f"{problem.message} {problem.hint}")
+        return value

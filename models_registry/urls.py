@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from models_registry import views
+
+app_name = "registry"
+
+urlpatterns = [
+    path("models/", views.model_list, name="models"),
+    # Before the detail route: "validate-field" has no "/", so it is never a model name.
+    path("models/validate-field/", views.validate_field, name="validate-field"),
+    path("models/<path:name>/", views.model_detail, name="model-detail"),
+    path("settings/", views.settings_page, name="settings"),
+    path("settings/validate-path/", views.validate_path, name="validate-path"),
+]

@@ -1,0 +1,192 @@
+"""Pages of the registry: the model list, a model's resolution, the model-name check and the Directory Settings."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
+from django.views.decorators.vary import vary_on_headers
+
+from models_registry import services
+from models_registry.forms import ModelCheckForm, PortalSettingsForm
+from models_registry.models import PortalSettings
+from models_registry.names import name_error
+from models_registry.settings_checks import PathReport, check_cache_path, check_root, split_lines
+from mtm.htmx import HtmxHttpRequest, wants_partial
+
+VALID_FILTERS = {"true": True, "false": False}
+MAX_QUERY_CHARS = 200
+MAX_CHECKED_ROOTS = 20
+STATUS_FOR_ERROR = {"model_not_found": 404, "revision_not_found": 404, "invalid_revision": 400}
+
+
+def require_staff(request: HtmxHttpRequest) -> None:
+    if not request.user.is_staff:
+        raise PermissionDenied("Only staff can see or change the Directory Settings.")
+
+
+@require_http_methods(["GET", "HEAD"])
+@login_required
+@vary_on_headers("HX-Request")
+def model_list(request: HtmxHttpRequest) -> HttpResponse:
+    query = request.GET.get("q", "")[:MAX_QUERY_CHARS]
+    valid = VALID_FILTERS.get(request.GET.get("valid", ""))
+    cache_dir, cache_source = services.current_cache_dir()
+    _, models = services.available_models(query, valid)
+    filtered = bool(query.strip()) or valid is not None
+    cache_empty = not models and (not filtered or not services.available_models()[1])
+    context = {
+        "models": models,
+        "query": query,
+        "valid": request.GET.get("valid", ""),
+        "filtered": filtered,
+        "cache_empty": cache_empty,
+        "cache_dir": cache_dir,
+        "cache_source": cache_source,
+        "check_form": ModelCheckForm(),
+    }
+    template = "models/list.html#model-rows" if wants_partial(request) else "models/list.html"
+    return render(request, template, context)
+
+
+@require_http_methods(["GET", "HEAD"])
+@login_required
+def model_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    if problem := name_error(name):
+        return render(request, "models/detail.html", {"name_problem": problem, "name": name}, status=400)
+    revision = request.GET.get("revision", "").strip()[:256]
+    resolution = services.resolve_model(name, revision or None)
+    status = max((STATUS_FOR_ERROR.get(e.code, 200) for e in resolution.errors), default=200)
+    context = {"name": name, "revision": revision, "resolution": resolution}
+    return render(request, "models/detail.html", context, status=status)
+
+
+def _param(params, field: str) -> str:
+    """`field` as sent, also when the form that holds it uses a prefix ("project-model_name")."""
+    if field in params:
+        return params[field]
+    for key in params:
+        if key.endswith(f"-{field}"):
+            return params[key]
+    return ""
+
+
+@require_http_methods(["GET"])
+@login_required
+def validate_field(request: HtmxHttpRequest) -> HttpResponse:
+    """The status fragment of the model-name field: 200 for any input, the answer is in the fragment."""
+    name = _param(request.GET, "model_name").strip()
+    revision = _param(request.GET, "revision").strip()
+    check: dict = {"name": name, "revision": revision}
+    if not name:
+        check["state"] = "empty"
+    elif problem := name_error(name):
+        check.update(state="error", errors=[problem])
+    else:
+        resolution = services.resolve_model(name, revision or None)
+        state = "error" if not resolution.valid else "warn" if resolution.warnings else "ok"
+        check.update(state=state, resolution=resolution, errors=resolution.errors, warnings=resolution.warnings)
+    return render(request, "models/_model_field.html#model-status", {"check": check})
+
+
+def _root_reports(lines: list[str], kind: str) -> tuple[list[PathReport], bool]:
+    """Reports for the roots typed, or for the server's defaults when none is; and whether defaults are shown."""
+    defaults = not lines
+    if defaults:
+        lines = settings.MTM_OUTPUT_ROOTS if kind == "output" else settings.MTM_DATASET_ROOTS
+    return [check_root(line, kind) for line in lines[:MAX_CHECKED_ROOTS]], defaults
+
+
+def _path_status(field: str, value: str) -> dict:
+    if field == "model_cache_path":
+        return {"field": field, "reports": [check_cache_path(value)], "defaults": False}
+    kind = "output" if field == "allowed_output_roots" else "dataset"
+    lines = split_lines(value)
+    reports, defaults = _root_reports(lines, kind)
+    return {"field": field, "reports": reports, "defaults": defaults, "more": max(0, len(lines) - MAX_CHECKED_ROOTS)}
+
+
+SETTINGS_FIELDS = ("model_cache_path", "allowed_output_roots", "allowed_dataset_roots")
+
+
+def _settings_values(obj: PortalSettings) -> dict:
+    return {name: getattr(obj, name) for name in SETTINGS_FIELDS}
+
+
+def _audit(request: HtmxHttpRequest, action: str, obj, changes: dict, via: str = "web") -> None:
+    """One audit row. Written against the model directly: mtm.audit.record did not exist yet."""
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_ipv46_address
+
+    from mtm.models import AuditEvent
+
+    remote = request.META.get("REMOTE_ADDR") or None
+    try:
+        validate_ipv46_address(remote or "")
+    except ValidationError:
+        remote = None
+    AuditEvent.objects.create(
+        actor=request.user if request.user.is_authenticated else None,
+        action=action,
+        object_type=obj._meta.label,
+        object_id=str(obj.pk or ""),
+        object_repr=str(obj)[:255],
+        changes=changes,
+        remote_addr=remote,
+        via=via,
+    )
+
+
+def save_portal_settings(request: HtmxHttpRequest, form: PortalSettingsForm, before: dict, via: str) -> dict:
+    """Save a valid settings form, record who changed what, and return the changes ({field: [old, new]})."""
+    obj = form.save(commit=False)
+    obj.updated_by = request.user
+    obj.save()
+    after = _settings_values(obj)
+    changes = {k: [before[k], after[k]] for k in SETTINGS_FIELDS if before[k] != after[k]}
+    if changes:
+        _audit(request, "settings.change", obj, changes, via=via)
+    return changes
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def settings_page(request: HtmxHttpRequest) -> HttpResponse:
+    require_staff(request)
+    obj = PortalSettings.load()
+    before = _settings_values(obj)
+    form = PortalSettingsForm(request.POST or None, instance=obj)
+    if request.method == "POST" and form.is_valid():
+        changes = save_portal_settings(request, form, before, via="web")
+        if changes:
+            labels = ", ".join(form.fields[name].label for name in changes)
+            messages.success(request, f"Directory Settings saved. Changed: {labels}.")
+        else:
+            messages.info(request, "Nothing changed: the Directory Settings are as they were.")
+        return redirect("registry:settings")
+    values = form.data if form.is_bound else {k: form.initial.get(k, "") for k in SETTINGS_FIELDS}
+    cache_dir, cache_source = services.current_cache_dir()
+    context = {
+        "form": form,
+        "cache_dir": cache_dir,
+        "cache_source": cache_source,
+        "status": {name: _path_status(name, values.get(name) or "") for name in SETTINGS_FIELDS},
+        "updated_by": obj.updated_by,
+        "updated_at": obj.updated_at,
+    }
+    return render(request, "settings/settings.html", context)
+
+
+@require_http_methods(["POST"])
+@login_required
+def validate_path(request: HtmxHttpRequest) -> HttpResponse:
+    """The inline status of one Directory Settings field, as the person types it."""
+    require_staff(request)
+    field = next((name for name in SETTINGS_FIELDS if name in request.POST), None)
+    if field is None:
+        return HttpResponse("")
+    return render(request, "settings/settings.html#path-status", {"s": _path_status(field, request.POST[field])})
