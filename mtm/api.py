@@ -1,7 +1,27 @@
-"""The JSON API object; each app's router is mounted here."""
+"""The JSON API object (/api/v1): authentication, JSON error bodies, and each app's router."""
 
 from __future__ import annotations
 
 from ninja import NinjaAPI
 
-api = NinjaAPI(title="Model Training Manager API", version="1", urls_namespace="api-v1")
+from models_registry.api import router as registry_router
+from mtm.api_errors import JsonObjectParser, install_error_handlers
+from mtm.auth import api_auth
+
+api = NinjaAPI(
+    title="Model Training Manager API",
+    version="1",
+    urls_namespace="api-v1",
+    auth=api_auth,
+    parser=JsonObjectParser(),
+    description="Session cookie or `Authorization: Bearer <token>` on every endpoint. "
+    'Errors: {"detail": "...", "errors": [{"code", "message", "hint"}]}.',
+)
+install_error_handlers(api)
+
+# Order matters: URL patterns are tried in mounting order. The registry's fixed paths
+# (/projects/validate-model, /projects/models/available, ...) must come before the projects
+# router's /projects/{id}, or that pattern would answer for them.
+api.add_router("", registry_router)
+# Projects and runs (projects/api.py) go here, after the registry:
+# api.add_router("", projects_router)

@@ -1,0 +1,146 @@
+"""Request and response bodies of the registry's API (DESIGN.md's JSON contract)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from ninja import Schema
+from pydantic import AfterValidator, ConfigDict, Field, field_validator
+
+
+def _encodable(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)")
+    return value
+
+
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return _encodable(value)
+
+
+# Text that reaches the filesystem must encode; text that reaches the database must also be NUL-free.
+PathText = Annotated[str, AfterValidator(_encodable)]
+StoredPath = Annotated[str, Field(max_length=4096), AfterValidator(_storable)]
+StoredNote = Annotated[str, Field(max_length=10_000), AfterValidator(_storable)]
+RootList = Annotated[list[StoredPath], Field(max_length=100)]
+
+
+class StrictBody(Schema):
+    """JSON bodies: no coercion, so "yes" is not a boolean and 5 is not a name."""
+
+    model_config = ConfigDict(strict=True)
+
+
+class NoNulls(StrictBody):
+    """PATCH bodies: a field left out stays as it is; a field sent as null is an error."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_null(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("may not be null; leave the field out to keep its value")
+        return value
+
+
+class ValidateModelIn(StrictBody):
+    model_name: str = Field(description="A Hub repo id, e.g. meta-llama/Llama-3.2-3B-Instruct.")
+    revision: str | None = Field(None, description="A branch, tag or 40-character commit; default main.")
+
+
+class ValidateOutputDirIn(StrictBody):
+    output_directory: PathText = Field(description="Absolute path inside an allowed output root.")
+
+
+class OverrideIn(StrictBody):
+    model_name: str
+    path: StoredPath = Field(description="Absolute path of the model folder on the server.")
+    enabled: bool = True
+    trust_remote_code: bool = False
+    note: StoredNote = ""
+
+
+class OverridePatch(NoNulls):
+    model_name: str | None = None
+    path: StoredPath | None = None
+    enabled: bool | None = None
+    trust_remote_code: bool | None = None
+    note: StoredNote | None = None
+
+
+class SettingsPatch(NoNulls):
+    model_cache_path: StoredPath | None = Field(None, description="Blank for the Hugging Face default.")
+    allowed_output_roots: RootList | None = None
+    allowed_dataset_roots: RootList | None = None
+
+
+class ProblemOut(Schema):
+    code: str
+    message: str
+    hint: str = ""
+
+
+class ErrorOut(Schema):
+    detail: str
+    errors: list[ProblemOut]
+
+
+class ResolutionOut(Schema):
+    model_name: str
+    valid: bool
+    source: str | None
+    path: str | None
+    revision: str | None
+    files: list[str]
+    errors: list[ProblemOut]
+    warnings: list[ProblemOut]
+    searched: list[str]
+
+
+class ListedModelOut(Schema):
+    model_name: str
+    source: str
+    path: str | None
+    revision: str | None
+    valid: bool
+    errors: list[ProblemOut]
+    warnings: list[ProblemOut]
+
+
+class AvailableModelsOut(Schema):
+    cache_dir: str
+    count: int
+    models: list[ListedModelOut]
+
+
+class OutputDirOut(Schema):
+    output_directory: str
+    path: str | None
+    valid: bool
+    exists: bool
+    writable: bool
+    empty: bool | None
+    will_create: bool
+    free_bytes: int | None
+    errors: list[ProblemOut]
+    warnings: list[ProblemOut]
+
+
+class OverrideOut(Schema):
+    id: int
+    model_name: str
+    path: str
+    enabled: bool
+    trust_remote_code: bool
+    note: str
+    validation: ResolutionOut
+
+
+class SettingsOut(Schema):
+    model_cache_path: str
+    effective_cache_dir: str
+    allowed_output_roots: list[str]
+    allowed_dataset_roots: list[str]
