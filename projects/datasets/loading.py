@@ -1,0 +1,351 @@
+"""Reading a dataset file (JSON Lines, JSON array or CSV) into checked rows, naming the row of every problem."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models_registry.problems import Problem
+from projects.datasets.errors import (
+    DATASET_BAD_HEADER,
+    DATASET_BAD_JSON,
+    DATASET_BAD_ROW,
+    DATASET_EMPTY,
+    DATASET_ENCODING,
+    DATASET_TOO_LARGE,
+    DATASET_UNREADABLE,
+    DEFAULT_MAX_ERRORS,
+    DatasetError,
+    RowRef,
+    human_bytes,
+)
+from projects.datasets.formats import SHAPES_HINT, RowChecker
+
+DEFAULT_MAX_BYTES = 2 * 1024**3
+FILE_KINDS = ("jsonl", "json", "csv")
+EXTENSION_KINDS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv"}
+KIND_NAMES = {"jsonl": "JSON Lines", "json": "a JSON array", "csv": "CSV"}
+# csv's default cap (128 KiB a field) is below one long document; raised once, for the whole process.
+CSV_FIELD_LIMIT = 256 * 1024 * 1024
+
+_BOM = b"\xef\xbb\xbf"
+_SNIFF_BYTES = 64 * 1024
+_JSON_SPACE = re.compile(r"[ \t\r\n]*")
+_UTF8_HINT = (
+    "Save the file as UTF-8 (spreadsheets: 'CSV UTF-8'; or convert it: iconv -f latin1 -t utf-8 in.csv > out.csv)."
+)
+
+
+@dataclass
+class LoadedDataset:
+    rows: list[dict]
+    format: str
+    kind: str
+    warnings: list[Problem] = field(default_factory=list)
+    ignored_keys: list[str] = field(default_factory=list)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _encoding_problem(where: str, exc: UnicodeDecodeError) -> Problem:
+    bad = exc.object[exc.start : exc.start + 1].hex()
+    return Problem(DATASET_ENCODING, f"{where} is not valid UTF-8 (byte 0x{bad}).", _UTF8_HINT)
+
+
+def _binary_problem(head: bytes, name: str) -> Problem | None:
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return Problem(DATASET_ENCODING, f"{name} is UTF-16 text; only UTF-8 is read.", _UTF8_HINT)
+    if head.startswith(b"PAR1"):
+        what = "a Parquet file"
+    elif head.startswith(b"PK\x03\x04"):
+        what = "a zip archive (an Excel workbook is one)"
+    elif b"\x00" in head:
+        what = "a binary file"
+    else:
+        return None
+    return Problem(
+        DATASET_ENCODING,
+        f"{name} is {what}, not text.",
+        "Export the data as JSON Lines (.jsonl), a JSON array (.json) or CSV (.csv), in UTF-8.",
+    )
+
+
+def sniff_kind(path: str | os.PathLike) -> tuple[str, list[Problem]]:
+    """How to read the file ("jsonl", "json" or "csv"), from its first non-space byte; the extension only
+    breaks no ties, and a disagreement between the two is returned as a warning."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        head = fh.read(_SNIFF_BYTES)
+    problem = _binary_problem(head, path.name)
+    if problem:
+        raise DatasetError([problem])
+    body = head.removeprefix(_BOM).lstrip()
+    if not body:
+        raise DatasetError([Problem(DATASET_EMPTY, f"{path.name} is empty.", "Add at least one row. " + SHAPES_HINT)])
+    first = body[:1]
+    kind = "json" if first == b"[" else "jsonl" if first == b"{" else "csv"
+    named = EXTENSION_KINDS.get(path.suffix.lower())
+    warnings = []
+    if named != kind:
+        said = f"named '{path.suffix}'" if path.suffix else "without an extension"
+        reason = f"starts with '{first.decode('latin1')}'" if kind != "csv" else "does not start with '{' or '['"
+        warnings.append(
+            Problem(
+                "dataset_extension_mismatch",
+                f"{path.name} is {said} but {reason}, so it was read as {KIND_NAMES[kind]}.",
+                "Rename the file to match its content (.jsonl, .json or .csv) to avoid surprises.",
+            )
+        )
+    return kind, warnings
+
+
+def _read_jsonl(path: Path, checker: RowChecker) -> None:
+    row = 0
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            if line_no == 1:
+                raw = raw.removeprefix(_BOM)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                checker.problem(_encoding_problem(f"Line {line_no}", exc), fatal=True)
+                return
+            if not text.strip():
+                continue
+            row += 1
+            ref = RowRef(row, line_no)
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                if row == 1 and exc.msg.startswith(("Expecting property name", "Unterminated")):
+                    hint = "Each line must hold one complete JSON object. A pretty-printed file must be a JSON array ([...])."
+                else:
+                    hint = "Each line must hold one complete JSON object; check quotes, commas and braces."
+                checker.problem(
+                    Problem(DATASET_BAD_JSON, f"{ref}: invalid JSON: {exc.msg} at column {exc.colno}.", hint)
+                )
+            else:
+                checker.add(ref, value)
+            if checker.stopped:
+                return
+
+
+def _json_problem(message: str) -> Problem:
+    return Problem(
+        DATASET_BAD_JSON,
+        message,
+        "A .json dataset must be one array of row objects: [{...}, {...}]. Check commas and brackets there.",
+    )
+
+
+class _LineCounter:
+    """Line numbers of growing positions in one text, counted once (a row-by-row recount would be quadratic)."""
+
+    def __init__(self, text: str):
+        self.text, self.pos, self.line = text, 0, 1
+
+    def at(self, pos: int) -> int:
+        self.line += self.text.count("\n", self.pos, pos)
+        self.pos = pos
+        return self.line
+
+
+def _read_array_items(text: str, pos: int, lines: _LineCounter, checker: RowChecker) -> int | None:
+    """Decode the rows of an array one by one (so each row knows its line); the position of the closing ']'
+    or None when reading had to stop."""
+    decoder = json.JSONDecoder()
+    row = 0
+    while True:
+        row += 1
+        ref = RowRef(row, lines.at(pos))
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            checker.problem(
+                _json_problem(f"{ref}: invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."), fatal=True
+            )
+            return None
+        checker.add(ref, value)
+        if checker.stopped:
+            return None
+        pos = _JSON_SPACE.match(text, pos).end()
+        separator = text[pos : pos + 1]
+        if separator == "]":
+            return pos
+        if separator != ",":
+            found = f"'{separator}'" if separator else "the end of the file"
+            checker.problem(
+                _json_problem(f"{ref}: expected ',' or ']' after this row, found {found} at line {lines.at(pos)}."),
+                fatal=True,
+            )
+            return None
+        pos = _JSON_SPACE.match(text, pos + 1).end()
+
+
+def _read_json_array(path: Path, checker: RowChecker) -> None:
+    data = path.read_bytes().removeprefix(_BOM)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        checker.problem(_encoding_problem(f"Line {line}", exc), fatal=True)
+        return
+    del data
+    lines = _LineCounter(text)
+    pos = _JSON_SPACE.match(text, 0).end()
+    if text[pos : pos + 1] != "[":
+        checker.problem(_json_problem("The file is not a JSON array: it must start with '['."), fatal=True)
+        return
+    pos = _JSON_SPACE.match(text, pos + 1).end()
+    if text[pos : pos + 1] != "]":
+        pos = _read_array_items(text, pos, lines, checker)
+        if pos is None:
+            return
+    rest = _JSON_SPACE.match(text, pos + 1).end()
+    if rest < len(text):
+        checker.problem(_json_problem(f"Unexpected text after the closing ']' at line {lines.at(rest)}."), fatal=True)
+
+
+def _first_bad_utf8_line(path: Path) -> Problem:
+    """The exact line of the first invalid UTF-8 byte (a text stream decodes in chunks and cannot say)."""
+    with open(path, "rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return _encoding_problem(f"Line {line_no}", exc)
+    return Problem(DATASET_ENCODING, f"{path.name} is not valid UTF-8.", _UTF8_HINT)
+
+
+def _csv_header(values: list[str], line: int) -> list[str] | Problem:
+    header = [value.strip() for value in values]
+    where = f"CSV header (line {line})"
+    hint = "The first line of a CSV file names its columns, e.g. prompt,completion. " + SHAPES_HINT
+    if any(not name for name in header):
+        return Problem(DATASET_BAD_HEADER, f"{where} has an empty column name.", hint)
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            return Problem(DATASET_BAD_HEADER, f"{where} names column '{name}' twice.", hint)
+        seen.add(name)
+    return header
+
+
+def _read_csv(path: Path, checker: RowChecker) -> None:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    with open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
+        reader = csv.reader(fh)
+        header: list[str] | None = None
+        row, start = 0, 1
+        try:
+            for values in reader:
+                line, start = start, reader.line_num + 1
+                if not values:
+                    continue
+                if header is None:
+                    parsed = _csv_header(values, line)
+                    if isinstance(parsed, Problem):
+                        checker.problem(parsed, fatal=True)
+                        return
+                    header = parsed
+                    continue
+                row += 1
+                ref = RowRef(row, line)
+                if len(values) != len(header):
+                    checker.problem(
+                        Problem(
+                            DATASET_BAD_ROW,
+                            f"{ref}: has {len(values)} values but the header has {len(header)} columns.",
+                            'Quote values that contain commas, quotes or line breaks ("a, b"), '
+                            "and give every row one value per column.",
+                        )
+                    )
+                else:
+                    checker.add(ref, dict(zip(header, values, strict=True)))
+                if checker.stopped:
+                    return
+        except UnicodeDecodeError:
+            checker.problem(_first_bad_utf8_line(path), fatal=True)
+        except csv.Error as exc:
+            checker.problem(
+                Problem(
+                    DATASET_BAD_ROW, f"Row {row + 1} (line {start}): unreadable CSV: {exc}.", "Fix the quoting there."
+                ),
+                fatal=True,
+            )
+    if header is not None and row == 0 and not checker.collector.problems:
+        raise DatasetError(
+            [Problem(DATASET_EMPTY, f"{path.name} has a header but no rows.", "Add at least one row under the header.")]
+        )
+
+
+_READERS = {"jsonl": _read_jsonl, "json": _read_json_array, "csv": _read_csv}
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_errors: int = DEFAULT_MAX_ERRORS,
+) -> LoadedDataset:
+    """Read and check every row of a dataset file. Raises DatasetError carrying Problem objects."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DatasetError(
+                [
+                    Problem(
+                        DATASET_TOO_LARGE,
+                        f"{path.name} is {human_bytes(size)}; the limit is {human_bytes(max_bytes)}.",
+                        "Use a smaller dataset or split it; a sample of it is enough to check a training setup.",
+                    )
+                ]
+            )
+        kind, warnings = sniff_kind(path)
+        checker = RowChecker(max_errors)
+        _READERS[kind](path, checker)
+    except OSError as exc:
+        raise DatasetError(
+            [
+                Problem(
+                    DATASET_UNREADABLE,
+                    f"Cannot read dataset {path}: {exc.strerror or exc}.",
+                    f"Check the file's permissions: ls -la {path}",
+                )
+            ]
+        )
+    rows, fmt = checker.finish(empty_message=f"{path.name} has no rows.")
+    ignored = sorted(checker.ignored)
+    if ignored:
+        warnings.append(
+            Problem(
+                "dataset_ignored_keys",
+                f"Ignored column{'s' if len(ignored) > 1 else ''} {', '.join(repr(k) for k in ignored)}: "
+                f"not part of the '{fmt}' row shape.",
+                "Training uses only the fields of the detected shape; remove the others if they were meant to matter.",
+            )
+        )
+    return LoadedDataset(rows=rows, format=fmt, kind=kind, warnings=warnings, ignored_keys=ignored)
+
+
+def load_rows(
+    path: str | os.PathLike,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_errors: int = DEFAULT_MAX_ERRORS,
+) -> list[dict]:
+    """The checked rows of a dataset file; raises DatasetError (row numbers are 1-based, with file lines)."""
+    return load_dataset(path, max_bytes=max_bytes, max_errors=max_errors).rows

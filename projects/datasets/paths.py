@@ -1,0 +1,228 @@
+"""Where a dataset may come from: a server path inside an allowed root, or an upload stored under MEDIA_ROOT."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from models_registry.outputs import is_within
+from models_registry.problems import Problem
+from projects.datasets.errors import (
+    DATASET_EMPTY,
+    DATASET_NOT_FOUND,
+    DATASET_REQUIRED,
+    DATASET_TOO_LARGE,
+    DATASET_UNREADABLE,
+    INVALID_PATH,
+    NOT_A_FILE,
+    NOT_ABSOLUTE,
+    OUTSIDE_ALLOWED_ROOTS,
+    UPLOAD_BAD_EXTENSION,
+    UPLOAD_BAD_NAME,
+    DatasetError,
+    human_bytes,
+)
+from projects.datasets.loading import DEFAULT_MAX_BYTES
+
+UPLOAD_EXTENSIONS = (".jsonl", ".json", ".csv")
+UPLOAD_SUBDIR = "datasets"
+_UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_STEM = 100
+_CHUNK = 1024 * 1024
+
+
+def uploads_root() -> Path:
+    """MEDIA_ROOT/datasets: uploads are stored here and are always an allowed dataset location."""
+    from django.conf import settings
+
+    return Path(settings.MEDIA_ROOT) / UPLOAD_SUBDIR
+
+
+@dataclass
+class DatasetPathCheck:
+    dataset_path: str
+    path: str | None = None
+    size_bytes: int | None = None
+    uploaded: bool = False
+    errors: list[Problem] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset_path": self.dataset_path,
+            "path": self.path,
+            "valid": self.valid,
+            "size_bytes": self.size_bytes,
+            "uploaded": self.uploaded,
+            "errors": [p.to_dict() for p in self.errors],
+        }
+
+
+def _roots_text(roots: list[str]) -> str:
+    return ", ".join(roots) if roots else "none configured"
+
+
+def check_dataset_path(
+    raw_path: object,
+    allowed_roots: Iterable[str | os.PathLike],
+    *,
+    upload_root: str | os.PathLike | None = None,
+) -> DatasetPathCheck:
+    """Is `raw_path` an existing, readable, non-empty regular file inside an allowed dataset root (after `..` and
+    symlinks are resolved) or inside the uploads folder? `upload_root` defaults to MEDIA_ROOT/datasets."""
+    text = raw_path if isinstance(raw_path, str) else ""
+    result = DatasetPathCheck(dataset_path=text)
+    roots = [str(root) for root in allowed_roots if str(root).strip() and os.path.isabs(str(root))]
+    uploads = os.path.realpath(upload_root if upload_root is not None else uploads_root())
+    if not text.strip():
+        result.errors.append(
+            Problem(
+                DATASET_REQUIRED,
+                "No dataset given.",
+                f"Upload a file, or give the full path of one inside an allowed root ({_roots_text(roots)}).",
+            )
+        )
+        return result
+    if "\x00" in text:
+        result.errors.append(Problem(INVALID_PATH, "Dataset path contains a NUL character.", "Remove it."))
+        return result
+    if not os.path.isabs(text):
+        result.errors.append(
+            Problem(
+                NOT_ABSOLUTE,
+                f"Dataset path '{text}' is not an absolute path.",
+                f"Use a full path that starts with '/', inside one of the allowed roots: {_roots_text(roots)}.",
+            )
+        )
+        return result
+    real = os.path.realpath(text)
+    result.path = real
+    result.uploaded = is_within(real, uploads)
+    # Outside the roots is reported before existence, so the check cannot be used to probe the server's files.
+    if not result.uploaded and not any(is_within(real, os.path.realpath(root)) for root in roots):
+        shown = text if os.path.normpath(text) == real else f"{text} (resolves to {real})"
+        result.errors.append(
+            Problem(
+                OUTSIDE_ALLOWED_ROOTS,
+                f"Dataset {shown} is outside the allowed dataset roots ({_roots_text(roots)}).",
+                "Move the file inside an allowed root or upload it; staff can add a root under "
+                "Settings → Directory Settings (or MTM_DATASET_ROOTS).",
+            )
+        )
+        return result
+    result.errors.extend(_file_problems(real, result))
+    return result
+
+
+def _file_problems(real: str, result: DatasetPathCheck) -> list[Problem]:
+    if not os.path.exists(real):
+        return [
+            Problem(
+                DATASET_NOT_FOUND,
+                f"Dataset file {real} does not exist.",
+                f"Check the path and its spelling: ls -la {os.path.dirname(real)}",
+            )
+        ]
+    if not os.path.isfile(real):
+        what = "a directory" if os.path.isdir(real) else "not a regular file"
+        return [Problem(NOT_A_FILE, f"Dataset path {real} is {what}.", "Give the path of the dataset file itself.")]
+    try:
+        with open(real, "rb") as fh:
+            fh.read(1)
+        result.size_bytes = os.stat(real).st_size
+    except OSError as exc:
+        return [
+            Problem(
+                DATASET_UNREADABLE,
+                f"Cannot read dataset {real}: {exc.strerror or exc}.",
+                f"Check the file's permissions (ls -la {real}); the portal runs as uid {os.getuid()}.",
+            )
+        ]
+    if result.size_bytes == 0:
+        return [Problem(DATASET_EMPTY, f"Dataset file {real} is empty.", "Give a file with at least one row.")]
+    return []
+
+
+def safe_upload_name(original_name: object) -> str:
+    """The name an upload is stored under: its own base name with only [A-Za-z0-9._-]; DatasetError for names
+    that carry a path, control characters or an extension other than .jsonl/.json/.csv."""
+    name = original_name if isinstance(original_name, str) else ""
+    allowed = ", ".join(UPLOAD_EXTENSIONS)
+    bad_name = Problem(
+        UPLOAD_BAD_NAME,
+        f"Upload name {name!r} is not a plain file name.",
+        f"Upload a file with a plain name such as train.jsonl (no folders, no leading dot); allowed: {allowed}.",
+    )
+    if not name.strip() or name in (".", "..") or name.startswith("."):
+        raise DatasetError([bad_name])
+    if any(ch in name for ch in "/\\") or any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        raise DatasetError([bad_name])
+    stem, extension = os.path.splitext(name)
+    if extension.lower() not in UPLOAD_EXTENSIONS:
+        raise DatasetError(
+            [
+                Problem(
+                    UPLOAD_BAD_EXTENSION,
+                    f"Upload {name!r} is not a JSON Lines, JSON or CSV file.",
+                    f"Export the data as one of {allowed} and upload that.",
+                )
+            ]
+        )
+    stem = _UNSAFE_NAME_CHARS.sub("_", stem).strip("._")[:_MAX_STEM] or "dataset"
+    return stem + extension.lower()
+
+
+def _chunks(fileobj: Any) -> Iterator[bytes]:
+    if hasattr(fileobj, "chunks"):  # Django's UploadedFile
+        yield from fileobj.chunks(_CHUNK)
+        return
+    while chunk := fileobj.read(_CHUNK):
+        if not isinstance(chunk, bytes):
+            raise TypeError("store_upload needs a file opened in binary mode")
+        yield chunk
+
+
+def store_upload(
+    fileobj: IO[bytes] | Any,
+    original_name: str,
+    *,
+    upload_root: str | os.PathLike | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Path:
+    """Stream an uploaded file to <upload_root>/<uuid>/<safe name> and return that path. Refuses bad names and
+    extensions, empty files and files over `max_bytes` (nothing is left behind then)."""
+    name = safe_upload_name(original_name)
+    folder = Path(upload_root if upload_root is not None else uploads_root()) / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    dest = folder / name
+    written = 0
+    try:
+        with open(dest, "xb") as out:
+            for chunk in _chunks(fileobj):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise DatasetError(
+                        [
+                            Problem(
+                                DATASET_TOO_LARGE,
+                                f"Upload {name} is larger than the limit of {human_bytes(max_bytes)}.",
+                                "Upload a smaller file, or place it inside an allowed dataset root on the server.",
+                            )
+                        ]
+                    )
+                out.write(chunk)
+        if written == 0:
+            raise DatasetError([Problem(DATASET_EMPTY, f"Upload {name} is empty.", "Upload a file with rows in it.")])
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return dest

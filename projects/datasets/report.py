@@ -1,0 +1,179 @@
+"""What the project form shows about a dataset: format, row count, first rows, token lengths, problems."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models_registry.problems import Problem
+from projects.datasets.errors import DEFAULT_MAX_ERRORS, DatasetError
+from projects.datasets.examples import IGNORE_INDEX, encode_rows
+from projects.datasets.loading import DEFAULT_MAX_BYTES, file_sha256, load_dataset, sniff_kind
+
+PREVIEW_CHARS = 300
+PREVIEW_ITEMS = 20
+
+
+@dataclass
+class TokenStats:
+    min: int
+    p50: int
+    p95: int
+    max: int
+    mean: float
+    total: int
+    over_max: int | None  # rows longer than max_seq_length, which will be truncated
+    dropped: int | None  # rows with nothing left to learn once truncated, which will be skipped
+    max_seq_length: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min": self.min,
+            "p50": self.p50,
+            "p95": self.p95,
+            "max": self.max,
+            "mean": self.mean,
+            "total": self.total,
+            "over_max": self.over_max,
+            "dropped": self.dropped,
+            "max_seq_length": self.max_seq_length,
+        }
+
+
+@dataclass
+class DatasetReport:
+    path: str
+    format: str | None = None
+    kind: str | None = None  # how the file was read: "jsonl", "json" or "csv"
+    rows: int = 0
+    size_bytes: int | None = None
+    sha256: str | None = None
+    preview: list[dict] = field(default_factory=list)
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    token_stats: TokenStats | None = None
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "valid": self.valid,
+            "format": self.format,
+            "kind": self.kind,
+            "rows": self.rows,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "preview": self.preview,
+            "errors": [p.to_dict() for p in self.errors],
+            "warnings": [p.to_dict() for p in self.warnings],
+            "token_stats": self.token_stats.to_dict() if self.token_stats else None,
+        }
+
+
+def shorten(value: Any, chars: int = PREVIEW_CHARS) -> Any:
+    """A copy of a row for display: long strings cut with how much was left out, long lists cut too."""
+    if isinstance(value, str):
+        if len(value) <= chars:
+            return value
+        return f"{value[:chars]}… [{len(value) - chars} more characters]"
+    if isinstance(value, dict):
+        return {key: shorten(item, chars) for key, item in value.items()}
+    if isinstance(value, list):
+        items = [shorten(item, chars) for item in value[:PREVIEW_ITEMS]]
+        if len(value) > PREVIEW_ITEMS:
+            items.append(f"… [{len(value) - PREVIEW_ITEMS} more items]")
+        return items
+    return value
+
+
+def _nearest_rank(ordered: list[int], fraction: float) -> int:
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def token_stats(encoded: list[tuple[list[int], list[int]]], max_seq_length: int | None) -> TokenStats:
+    lengths = sorted(len(ids) for ids, _ in encoded)
+    over_max = dropped = None
+    if max_seq_length is not None:
+        over_max = sum(1 for length in lengths if length > max_seq_length)
+        dropped = sum(1 for _, labels in encoded if all(x == IGNORE_INDEX for x in labels[:max_seq_length]))
+    return TokenStats(
+        min=lengths[0],
+        p50=_nearest_rank(lengths, 0.50),
+        p95=_nearest_rank(lengths, 0.95),
+        max=lengths[-1],
+        mean=round(sum(lengths) / len(lengths), 1),
+        total=sum(lengths),
+        over_max=over_max,
+        dropped=dropped,
+        max_seq_length=max_seq_length,
+    )
+
+
+def _length_warnings(stats: TokenStats, rows: int) -> list[Problem]:
+    warnings = []
+    if stats.over_max:
+        warnings.append(
+            Problem(
+                "dataset_truncation",
+                f"{stats.over_max} of {rows} rows are longer than the max sequence length "
+                f"({stats.max_seq_length} tokens) and will be truncated; the longest has {stats.max} tokens.",
+                f"Raise the max sequence length (95% of rows fit in {stats.p95} tokens) or shorten those rows.",
+            )
+        )
+    if stats.dropped:
+        warnings.append(
+            Problem(
+                "dataset_rows_dropped",
+                f"{stats.dropped} of {rows} rows have nothing left to learn once truncated to "
+                f"{stats.max_seq_length} tokens (the prompt fills them); they will be skipped.",
+                "Raise the max sequence length or shorten their prompts.",
+            )
+        )
+    return warnings
+
+
+def inspect_dataset(
+    path: str | os.PathLike,
+    tokenizer: Any = None,
+    max_seq_length: int | None = None,
+    preview_rows: int = 5,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_errors: int = DEFAULT_MAX_ERRORS,
+) -> DatasetReport:
+    """Everything the form shows about a dataset file; never raises for a bad file (its problems are in errors).
+
+    Token stats only when a tokenizer is given. The path is trusted: call check_dataset_path first.
+    """
+    report = DatasetReport(path=str(path))
+    try:
+        report.size_bytes = Path(path).stat().st_size
+        report.kind, report.warnings = sniff_kind(path)  # kept when loading fails: they may explain why
+        loaded = load_dataset(path, max_bytes=max_bytes, max_errors=max_errors)
+        report.sha256 = file_sha256(path)
+    except DatasetError as exc:
+        report.errors = exc.problems
+        return report
+    except OSError as exc:
+        report.errors = [
+            Problem("dataset_unreadable", f"Cannot read dataset {path}: {exc.strerror or exc}.", "Check the path.")
+        ]
+        return report
+    report.format, report.kind, report.rows = loaded.format, loaded.kind, len(loaded.rows)
+    report.warnings = list(loaded.warnings)
+    report.preview = [shorten(row) for row in loaded.rows[: max(preview_rows, 0)]]
+    if tokenizer is not None:
+        try:
+            encoded = encode_rows(loaded.rows, loaded.format, tokenizer, max_errors=max_errors)
+        except DatasetError as exc:
+            report.errors.extend(exc.problems)
+            return report
+        report.token_stats = token_stats(encoded, max_seq_length)
+        report.warnings.extend(_length_warnings(report.token_stats, report.rows))
+    return report
