@@ -43,3 +43,69 @@ def copy_of_tiny_llama(tmp_path, tiny_llama_dir) -> Path:
     dest = tmp_path / "tiny-llama-copy"
     shutil.copytree(tiny_llama_dir, dest)
     return dest
+
+
+# --- Real Redis and real Celery workers -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A Redis URL on a database index this session alone uses (see tests/redis_server.py).
+
+    The server is REDIS_URL's when it answers, else 127.0.0.1:6379, else a private redis-server started for
+    the session and stopped after it, so plain `.venv/bin/pytest` works as well as `make test`.
+    """
+    from tests.redis_server import DatabaseClaim, find_server
+
+    server_url, private = find_server()
+    claim = DatabaseClaim(server_url)
+    yield claim.url
+    claim.release()
+    if private is not None:
+        private.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_broker(redis_url):
+    """This process's Celery app publishes to, and reads results from, the session's Redis."""
+    from tests.workers import app_publishing_to
+
+    with app_publishing_to(redis_url):
+        yield redis_url
+
+
+@pytest.fixture
+def start_worker(transactional_db, celery_broker, tmp_path):
+    """Start real `celery -A mtm worker` processes: start_worker(queues="default,training", extra_env=None).
+
+    The handle has .pid, .wait_ready(timeout), .stop() (SIGTERM, wait), .kill() (SIGKILL) and .log_text().
+    A worker uses the current test database and the session's Redis; this fixture requests
+    `transactional_db` because a worker is another process and sees only committed rows. Every worker
+    started is stopped when the test ends.
+    """
+    from tests.workers import CeleryWorker
+
+    started = []
+
+    def start(queues: str = "default,training", extra_env: dict[str, str] | None = None):
+        log = tmp_path / f"celery-worker-{len(started) + 1}.log"
+        worker = CeleryWorker(celery_broker, log, queues, extra_env)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, celery_broker, tmp_path_factory):
+    """One running worker (queues default,training) for the session. Tests using it must request
+    `transactional_db` so the worker sees their rows; settings it needs must be saved in the database."""
+    from tests.workers import CeleryWorker
+
+    worker = CeleryWorker(celery_broker, tmp_path_factory.mktemp("celery") / "worker.log", "default,training", None)
+    try:
+        yield worker.wait_ready()
+    finally:
+        worker.stop()

@@ -1,0 +1,47 @@
+"""`manage.py runportal`: the portal and a Celery worker side by side, as `make run` starts them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from mtm.processes import Child, Supervisor
+
+
+class Command(BaseCommand):
+    help = (
+        "Serve the portal (Django's server) with a Celery worker beside it. Ctrl-C stops both; "
+        "if either exits, the other is stopped too."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000", help="Address and port to serve on.")
+        parser.add_argument(
+            "--queues", default="default,training", help="Queues the worker consumes (comma-separated)."
+        )
+        parser.add_argument("--no-worker", action="store_true", help="Serve the portal only.")
+        parser.add_argument(
+            "--grace", type=float, default=20.0, help="Seconds to wait for a clean stop before killing."
+        )
+
+    def handle(self, *args, addrport: str, queues: str, no_worker: bool, grace: float, **options) -> None:
+        if grace < 0:
+            raise CommandError(f"--grace {grace} is negative; give the seconds to wait for a clean stop.")
+        manage_py = str(settings.BASE_DIR / "manage.py")
+        children = [Child("web", [sys.executable, manage_py, "runserver", "--noreload", addrport], signal.SIGINT)]
+        if not no_worker:
+            worker = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-Q", queues]
+            worker += ["--concurrency", "1", "--loglevel", "INFO"]
+            children.append(Child("worker", worker, signal.SIGTERM))
+        broker = settings.CELERY_BROKER_URL.split("@")[-1]  # never print a password in the URL
+        self.stdout.write(f"[runportal] portal: http://{addrport}/  (admin: http://{addrport}/admin/)")
+        self.stdout.write(f"[runportal] broker: {broker}; worker queues: {'none' if no_worker else queues}")
+        self.stdout.write("[runportal] Ctrl-C stops everything.")
+        self.stdout.flush()
+        code = Supervisor(children, grace_seconds=grace).run(env=dict(os.environ))
+        if code:
+            sys.exit(code)

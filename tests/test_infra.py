@@ -1,0 +1,206 @@
+"""The set-up commands `make run` relies on, the launcher, and one resolution through a real worker."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
+
+from models_registry.demo import DEMO_MODEL_NAME
+from models_registry.models import PortalSettings
+from models_registry.names import repo_folder_name
+from models_registry.services import resolve_model
+from tests.hfcache import make_model_repo
+from tests.redis_server import free_port
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def run_command(name: str, *args: str) -> str:
+    out = io.StringIO()
+    call_command(name, *args, stdout=out)
+    return out.getvalue()
+
+
+# --- ensure_admin ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_ensure_admin_creates_superuser_once_and_prints_password_once(monkeypatch):
+    monkeypatch.delenv("MTM_ADMIN_PASSWORD", raising=False)
+    first = run_command("ensure_admin")
+    password = re.search(r"password: (\S+)", first).group(1)
+    admin = get_user_model().objects.get(username="admin")
+    assert admin.is_superuser and admin.is_staff
+    assert admin.check_password(password)
+    assert "shown once" in first
+
+    second = run_command("ensure_admin")
+    assert password not in second
+    assert "exists; nothing to do" in second
+    assert get_user_model().objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_ensure_admin_uses_mtm_admin_password_without_printing_it(monkeypatch):
+    monkeypatch.setenv("MTM_ADMIN_PASSWORD", "correct-horse-battery-staple")
+    output = run_command("ensure_admin")
+    assert "correct-horse-battery-staple" not in output
+    assert "MTM_ADMIN_PASSWORD" in output
+    assert get_user_model().objects.get(username="admin").check_password("correct-horse-battery-staple")
+
+
+@pytest.mark.django_db
+def test_ensure_admin_leaves_an_existing_superuser_alone(monkeypatch):
+    monkeypatch.delenv("MTM_ADMIN_PASSWORD", raising=False)
+    get_user_model().objects.create_superuser("boss", "", "a-long-password-1")
+    output = run_command("ensure_admin")
+    assert "'boss' exists" in output
+    assert not get_user_model().objects.filter(username="admin").exists()
+
+
+@pytest.mark.django_db
+def test_ensure_admin_refuses_to_take_over_a_plain_user_named_admin(monkeypatch):
+    get_user_model().objects.create_user("admin", "", "their-own-password-1")
+    with pytest.raises(CommandError, match="createsuperuser"):
+        run_command("ensure_admin")
+    assert get_user_model().objects.get(username="admin").check_password("their-own-password-1")
+
+
+# --- create_demo_model ----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_create_demo_model_into_empty_cache_resolves_from_cache(hf_cache):
+    output = run_command("create_demo_model", "--if-empty")
+    result = resolve_model(DEMO_MODEL_NAME)
+    assert result.valid, result.to_dict()
+    assert result.source == "cache"
+    assert Path(result.path).is_relative_to(hf_cache / repo_folder_name(DEMO_MODEL_NAME) / "snapshots")
+    assert DEMO_MODEL_NAME in output
+    assert "random weights" in output
+
+
+@pytest.mark.django_db
+def test_create_demo_model_if_empty_leaves_a_non_empty_cache_alone(hf_cache):
+    make_model_repo(hf_cache, "someone/real-model")
+    output = run_command("create_demo_model", "--if-empty")
+    assert not (hf_cache / repo_folder_name(DEMO_MODEL_NAME)).exists()
+    assert "not needed" in output
+    assert "models--someone--real-model" in output
+
+
+@pytest.mark.django_db
+def test_create_demo_model_follows_the_model_cache_path_setting(hf_cache, tmp_path):
+    configured = tmp_path / "configured-cache"
+    row = PortalSettings.load()
+    row.model_cache_path = str(configured)
+    row.save()
+    run_command("create_demo_model", "--if-empty")
+    assert (configured / repo_folder_name(DEMO_MODEL_NAME) / "refs" / "main").is_file()
+    assert not (hf_cache / repo_folder_name(DEMO_MODEL_NAME)).exists()
+
+
+# --- one resolution through a real worker on the real Redis broker --------------------------------
+
+
+@pytest.mark.slow
+def test_resolve_model_task_runs_on_a_real_worker(start_worker, tiny_llama_in_cache, hf_cache):
+    from models_registry.tasks import resolve_model as resolve_model_task
+
+    name, snapshot = tiny_llama_in_cache
+    # The worker is another process with its own environment: it finds the cache through the settings row.
+    row = PortalSettings.load()
+    row.model_cache_path = str(hf_cache)
+    row.save()
+    worker = start_worker(queues="default").wait_ready()
+
+    found = resolve_model_task.delay(name).get(timeout=60)
+    assert found["valid"] is True, found
+    assert found["source"] == "cache"
+    assert found["path"] == str(snapshot)
+
+    missing = resolve_model_task.delay("test-org/not-downloaded").get(timeout=60)
+    assert missing["valid"] is False
+    assert [e["code"] for e in missing["errors"]] == ["model_not_found"]
+    assert missing["errors"][0]["message"].startswith("Model 'test-org/not-downloaded' not found.")
+    assert "models_registry.resolve_model" in worker.log_text()
+
+
+# --- the launcher `make run` ends with ------------------------------------------------------------
+
+
+def _started_pids(process: subprocess.Popen) -> dict[str, int]:
+    pids: dict[str, int] = {}
+    for line in process.stdout:
+        found = re.search(r"started (\w+) \(pid (\d+)\)", line)
+        if found:
+            pids[found.group(1)] = int(found.group(2))
+        if len(pids) == 2:
+            return pids
+    raise AssertionError("runportal exited before starting both children")
+
+
+def _get_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+    # A var/ of its own: its own SQLite file and filesystem broker, so a running `make run` is not disturbed.
+    env.update(MTM_VAR_DIR=str(tmp_path / "var"), DEBUG="1", PYTHONUNBUFFERED="1")
+    launcher = subprocess.Popen(
+        [sys.executable, "manage.py", "runportal", f"127.0.0.1:{port}", "--grace", "30"],
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        pids = _started_pids(launcher)
+        status = None
+        for _ in range(300):
+            status = _get_status(f"http://127.0.0.1:{port}/admin/login/")
+            if status is not None or launcher.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert status == 200
+        assert all(not _gone(pid) for pid in pids.values())
+
+        launcher.send_signal(signal.SIGINT)
+        output = launcher.communicate(timeout=60)[0]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 0, output
+    assert "web stopped" in output and "worker stopped" in output
+    assert _gone(pids["web"]) and _gone(pids["worker"])

@@ -1,0 +1,136 @@
+"""Real `celery -A mtm worker` processes for the tests, on the test database and the session's Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+from django.conf import settings
+from django.db import connection
+
+from mtm.processes import die_with_parent
+
+BASE_DIR = Path(settings.BASE_DIR)
+
+
+def current_database_url() -> str:
+    """A DATABASE_URL for the database this test session is using right now (the test copy, not the real one)."""
+    conf = connection.settings_dict
+    if conf["ENGINE"] == "django.db.backends.sqlite3":
+        name = str(conf["NAME"])
+        if name == ":memory:" or name.startswith("file:"):
+            raise RuntimeError("A worker cannot share an in-memory SQLite database; settings give TEST NAME a file.")
+        return f"sqlite:///{Path(name).resolve()}"
+    if conf["ENGINE"] == "django.db.backends.postgresql":
+        auth = quote(conf.get("USER") or "", safe="")
+        if conf.get("PASSWORD"):
+            auth += ":" + quote(conf["PASSWORD"], safe="")
+        host = conf.get("HOST") or "localhost"
+        port = f":{conf['PORT']}" if conf.get("PORT") else ""
+        return f"postgres://{auth}{'@' if auth else ''}{host}{port}/{quote(conf['NAME'], safe='')}"
+    raise RuntimeError(f"No worker DATABASE_URL for the {conf['ENGINE']} backend.")
+
+
+@contextlib.contextmanager
+def app_publishing_to(redis_url: str) -> Iterator[None]:
+    """Point this process's Celery app (producer and result backend) at `redis_url`, restoring it afterwards."""
+    from mtm.celery import app
+
+    keys = ("broker_url", "result_backend", "broker_transport_options")
+    saved = {key: app.conf.get(key) for key in keys}
+    app.conf.update(
+        broker_url=redis_url, result_backend=redis_url, broker_transport_options={"visibility_timeout": 3600}
+    )
+    _drop_connections(app)
+    try:
+        yield
+    finally:
+        app.conf.update(saved)
+        _drop_connections(app)
+
+
+def _drop_connections(app) -> None:
+    # Celery caches its connection pool and result backend on first use; drop them so the new URLs apply.
+    if app._pool is not None:
+        app._pool.force_close_all()
+    app._pool = None
+    if "amqp" in app.__dict__:
+        app.amqp._producer_pool = None
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
+
+
+class CeleryWorker:
+    """One running worker. Its output goes to `log_path`; `stop()` is Celery's warm shutdown (SIGTERM)."""
+
+    def __init__(self, redis_url: str, log_path: Path, queues: str, extra_env: dict[str, str] | None) -> None:
+        self.nodename = f"mtm-test-{uuid.uuid4().hex[:10]}@%h"
+        self.log_path = log_path
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=current_database_url(),
+            REDIS_URL=redis_url,
+            CELERY_BROKER_URL=redis_url,
+            CELERY_RESULT_BACKEND=redis_url,
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+            PYTHONUNBUFFERED="1",
+        )
+        env.update(extra_env or {})
+        argv = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-Q", queues, "-n", self.nodename]
+        argv += ["--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+        argv += ["--without-heartbeat"]
+        with open(log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=BASE_DIR,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGKILL),
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_ready(self, timeout: float = 60.0) -> CeleryWorker:
+        """Block until the worker logs that it is consuming; raise with its log if it dies or never gets there."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log_text():
+                return self
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Celery worker exited with {self.process.returncode}:\n{self.log_text()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"Celery worker not ready after {timeout}s:\n{self.log_text()}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._kill_group()
+        return self.process.returncode
+
+    def kill(self) -> int:
+        self._kill_group()
+        return self.process.wait()
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
