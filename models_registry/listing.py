@@ -8,6 +8,7 @@ stats a repo. A broken repo only ever marks itself invalid.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -19,7 +20,7 @@ from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
 from models_registry.names import name_error, name_from_folder
 from models_registry.outputs import is_within
 from models_registry.problems import Problem
-from models_registry.resolution import choose_snapshot, incomplete_blobs, resolve
+from models_registry.resolution import choose_snapshot, resolve
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -61,35 +62,47 @@ def _mtime(path: str) -> int:
 
 
 def _signature(repo: str, snapshot: str | None) -> tuple:
+    """What changes when a repo changes: a new ref, snapshot or blob (download), or a file added to or removed
+    from the chosen snapshot. Four stats, whatever the number of files."""
     return (
-        _mtime(os.path.join(repo, "refs")),
-        _mtime(os.path.join(repo, "refs", "main")),
-        _mtime(os.path.join(repo, "snapshots")),
-        _mtime(os.path.join(repo, "blobs")),
+        _mtime(repo + "/refs/main"),
+        _mtime(repo + "/snapshots"),
+        _mtime(repo + "/blobs"),
         _mtime(snapshot) if snapshot else 0,
     )
 
 
 def _read_small(link: str, root: str) -> bytes:
     """Read a snapshot file whose link must stay inside the cache root; the check is lexical (no realpath)."""
-    target = link
-    if os.path.islink(link):
+    try:
         target = os.path.normpath(os.path.join(os.path.dirname(link), os.readlink(link)))
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: a regular file, not a link
+            raise
+        target = link
     if not is_within(target, root):
         raise PermissionError(f"{os.path.basename(link)} links outside the cache ({target})")
     fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as fh:
-        return fh.read(MAX_CONFIG_BYTES + 1)
+    try:
+        chunks = [os.read(fd, 65536)]
+        while len(chunks[-1]) == 65536 and sum(map(len, chunks)) <= MAX_CONFIG_BYTES:
+            chunks.append(os.read(fd, 65536))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
     item = ListedModel(model_name=name, source="cache", path=None, revision=None)
     hint = redownload_hint(name)
     try:
-        snapshots = os.listdir(os.path.join(repo_dir, "snapshots"))
+        snapshots = os.listdir(repo_dir + "/snapshots")
     except OSError:
         snapshots = []
-    partial = incomplete_blobs(Path(repo_dir))
+    try:
+        partial = [n for n in os.listdir(repo_dir + "/blobs") if n.endswith(".incomplete")]
+    except OSError:
+        partial = []
     if partial:
         item.errors.append(
             Problem(
@@ -109,14 +122,17 @@ def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
                 )
             )
         return item
-    choice = choose_snapshot(name, Path(repo_dir), snapshots, None)
-    if choice.warning:
-        item.warnings.append(choice.warning)
-    if choice.error:
-        item.errors.append(choice.error)
-        return item
-    snapshot = os.path.join(repo_dir, "snapshots", choice.commit)
-    item.path, item.revision = snapshot, choice.commit
+    commit = _read_main(repo_dir)
+    if commit not in snapshots:  # refs/main missing or dangling: let the resolver's rule decide and explain
+        choice = choose_snapshot(name, Path(repo_dir), snapshots, None)
+        if choice.warning:
+            item.warnings.append(choice.warning)
+        if choice.error:
+            item.errors.append(choice.error)
+            return item
+        commit = choice.commit
+    snapshot = repo_dir + "/snapshots/" + commit
+    item.path, item.revision = snapshot, commit
     try:
         names = set(os.listdir(snapshot))
     except OSError as exc:
@@ -149,12 +165,20 @@ def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
     return item
 
 
+def _read_main(repo_dir: str) -> str | None:
+    try:
+        with open(repo_dir + "/refs/main", "rb") as fh:
+            return fh.read(256).strip().decode("ascii", "replace")
+    except OSError:
+        return None
+
+
 def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str, hint: str) -> None:
     if "config.json" not in names:
         item.errors.append(Problem("model_format_invalid", "Model format invalid: missing config.json.", hint))
         return
     try:
-        raw = _read_small(os.path.join(snapshot, "config.json"), root)
+        raw = _read_small(snapshot + "/config.json", root)
     except PermissionError as exc:
         item.errors.append(
             Problem(
@@ -205,18 +229,60 @@ def _check_index(item: ListedModel, path: str, index_name: str, names: set[str],
         )
 
 
-def list_cached(cache_dir: Path) -> list[ListedModel]:
+def _load_store(store: Path, root: str) -> dict[str, tuple[tuple, ListedModel]]:
+    try:
+        raw = json.loads(store.read_text())[root]
+        return {
+            folder: (
+                tuple(sig),
+                ListedModel(
+                    **{
+                        **item,
+                        "errors": [Problem(**p) for p in item["errors"]],
+                        "warnings": [Problem(**p) for p in item["warnings"]],
+                    }
+                ),
+            )
+            for folder, (sig, item) in raw.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _save_store(store: Path, root: str, memo: dict[str, tuple[tuple, ListedModel]]) -> None:
+    try:
+        data = json.loads(store.read_text()) if store.exists() else {}
+    except (OSError, ValueError):
+        data = {}
+    data[root] = {folder: [list(sig), item.to_dict()] for folder, (sig, item) in memo.items()}
+    for entry in data[root].values():
+        entry[1].pop("valid")
+    tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, store)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a read-only var/ only costs speed
+
+
+def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]:
+    """Every models--* repo in the cache with a quick validity check.
+
+    Results are kept per repo, in this process and, when `store` is given, in a JSON file that other processes
+    (gunicorn workers, a restarted portal) start from. An entry is reused only while its signature still matches.
+    """
     root = os.path.abspath(cache_dir)
     try:
         entries = [e.name for e in os.scandir(root) if e.name.startswith("models--") and e.is_dir()]
     except OSError:
         return []
     with _memo_lock:
+        if root not in _memo and store is not None:
+            _memo[root] = _load_store(store, root)
         memo = _memo.setdefault(root, {})
-        seen = set()
+        changed = False
         listed = []
         for folder in sorted(entries):
-            seen.add(folder)
             repo = os.path.join(root, folder)
             cached = memo.get(folder)
             if cached and cached[0] == _signature(repo, cached[1].path):
@@ -229,14 +295,29 @@ def list_cached(cache_dir: Path) -> list[ListedModel]:
                 item = quick_check(repo, name, root)
             memo[folder] = (_signature(repo, item.path), item)
             listed.append(item)
-        for gone in set(memo) - seen:
+            changed = True
+        for gone in set(memo).difference(entries):
             del memo[gone]
+            changed = True
+        if changed and store is not None:
+            _save_store(store, root, memo)
     return listed
 
 
-def list_models(cache_dir: Path, overrides: Iterable[tuple[str, str, bool]] = ()) -> list[ListedModel]:
+def forget(cache_dir: Path | None = None) -> None:
+    """Drop this process's memo (all of it, or one cache's): the next listing starts cold."""
+    with _memo_lock:
+        if cache_dir is None:
+            _memo.clear()
+        else:
+            _memo.pop(os.path.abspath(cache_dir), None)
+
+
+def list_models(
+    cache_dir: Path, overrides: Iterable[tuple[str, str, bool]] = (), store: Path | None = None
+) -> list[ListedModel]:
     """Cached repos and overrides, sorted by name. An override answers for its name, as in resolution."""
-    by_name = {item.model_name: item for item in list_cached(cache_dir)}
+    by_name = {item.model_name: item for item in list_cached(cache_dir, store)}
     for name, path, trust in overrides:
         res = resolve(name, cache_dir=cache_dir, override_path=path, trust_remote_code=trust)
         by_name[name] = ListedModel(name, "override", res.path or path, None, res.errors, res.warnings)

@@ -46,7 +46,7 @@ def available_models(query: str | None = None, valid: bool | None = None) -> tup
 
     cache_dir, _ = current_cache_dir()
     overrides = ModelOverride.objects.filter(enabled=True).values_list("model_name", "path", "trust_remote_code")
-    models = list_models(cache_dir, overrides)
+    models = list_models(cache_dir, overrides, store=django_settings.VAR_DIR / "model-listing.json")
     if query:
         needle = query.strip().lower()
         models = [m for m in models if needle in m.model_name.lower()]

@@ -77,3 +77,33 @@ def test_unreadable_name_folder_is_reported_not_hidden(hf_cache):
     listed = by_name(list_cached(hf_cache))
     assert listed["org/good"].valid
     assert [p.code for p in listed["bad..name"].errors] == ["invalid_model_name"]
+
+
+def test_persisted_listing_starts_a_new_process_warm_and_stays_correct(hf_cache, tmp_path):
+    from models_registry.listing import forget
+
+    store = tmp_path / "listing.json"
+    make_model_repo(hf_cache, "org/a")
+    make_model_repo(hf_cache, "org/b", tokenizer=False)
+    first = by_name(list_cached(hf_cache, store))
+    assert store.exists()
+    forget()  # as if a new process started
+    again = by_name(list_cached(hf_cache, store))
+    assert {k: (v.valid, v.revision, [p.code for p in v.errors]) for k, v in again.items()} == {
+        k: (v.valid, v.revision, [p.code for p in v.errors]) for k, v in first.items()
+    }
+    # A change made while no process was watching is still seen: signatures are checked on load.
+    forget()
+    snap = hf_cache / "models--org--a" / "snapshots" / COMMIT_A
+    (snap / "config.json").unlink()
+    assert [p.code for p in by_name(list_cached(hf_cache, store))["org/a"].errors] == ["model_format_invalid"]
+
+
+def test_corrupt_store_is_ignored(hf_cache, tmp_path):
+    from models_registry.listing import forget
+
+    store = tmp_path / "listing.json"
+    store.write_text("{not json")
+    make_model_repo(hf_cache, "org/a")
+    forget()
+    assert by_name(list_cached(hf_cache, store))["org/a"].valid

@@ -1,0 +1,129 @@
+"""Resolver benchmark (issue 2 §8). Not a test: prints figures for BENCHMARKS.md.
+
+    .venv/bin/python -m bench.resolver [--repos 2000] [--rounds 3]
+
+Builds REPOS repos x 7 files as huggingface_hub lays them out (blobs, refs/main, relative snapshot symlinks) and
+measures, in one run:
+  1. listing with validity (ours, in-process memo cleared = cold) vs huggingface_hub.scan_cache_dir (cold too),
+  2. resolve() of one model in a cache of 20 repos vs one of REPOS repos (the ratio should stay near 1),
+  3. validate-model latency p50/p99 over many names (resolve + full format checks, incl. safetensors headers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from huggingface_hub import scan_cache_dir
+
+from models_registry import listing
+from models_registry.resolution import resolve
+from tests.hfcache import add_file, make_safetensors, set_ref
+
+COMMIT = "c0ffee" + "0" * 34
+
+
+def build_cache(root: Path, repos: int) -> list[str]:
+    names = []
+    weights = make_safetensors({"w": (16, 16)})
+    for i in range(repos):
+        name = f"org{i % 50}/model-{i}"
+        files = {
+            "config.json": {"model_type": "llama", "hidden_size": 16, "i": i},
+            "generation_config.json": {"max_new_tokens": 8},
+            "tokenizer.json": {"version": "1.0", "model": {"type": "BPE"}, "i": i},
+            "tokenizer_config.json": {"model_max_length": 512},
+            "special_tokens_map.json": {"eos_token": "</s>"},
+            "README.md": f"# model {i}\n",
+            "model.safetensors": weights,
+        }
+        for rel, data in files.items():
+            add_file(root, name, rel, data, COMMIT)
+        set_ref(root, name, COMMIT)
+        names.append(name)
+    return names
+
+
+def timed(fn, rounds: int) -> float:
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def cold_listing(cache: Path, store: Path | None = None) -> int:
+    listing.forget()
+    return len(listing.list_cached(cache, store))
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repos", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--calls", type=int, default=1000)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        big, small = Path(tmp) / "big", Path(tmp) / "small"
+        t0 = time.perf_counter()
+        names = build_cache(big, args.repos)
+        build_cache(small, 20)
+        print(f"built {args.repos} repos x 7 files in {time.perf_counter() - t0:.1f}s")
+
+        assert cold_listing(big) == args.repos
+        ours = timed(lambda: cold_listing(big), args.rounds)
+        store = Path(tmp) / "listing.json"
+        cold_listing(big, store)
+        from_store = timed(lambda: cold_listing(big, store), args.rounds)
+        warm = timed(lambda: listing.list_cached(big), args.rounds)
+        theirs = timed(lambda: scan_cache_dir(big), args.rounds)
+        print(
+            f"listing, cold: ours {ours * 1000:.0f} ms, scan_cache_dir {theirs * 1000:.0f} ms, "
+            f"speed-up {theirs / ours:.1f}x (goal >= 10x)"
+        )
+        print(
+            f"listing, new process with the persisted listing (4 stats a repo + one JSON load): "
+            f"{from_store * 1000:.0f} ms, {theirs / from_store:.1f}x scan_cache_dir"
+        )
+        print(f"listing, warm (in-process memo, 4 stats a repo): {warm * 1000:.0f} ms")
+
+        target = "org7/model-7"
+        resolve(target, cache_dir=small)
+
+        def resolve_many(cache: Path) -> None:
+            for _ in range(200):
+                resolve(target, cache_dir=cache)
+
+        at_small = timed(lambda: resolve_many(small), args.rounds) / 200
+        at_big = timed(lambda: resolve_many(big), args.rounds) / 200
+        print(
+            f"resolve one model: {at_small * 1e6:.0f} us with 20 repos, {at_big * 1e6:.0f} us with {args.repos}; "
+            f"ratio {at_big / at_small:.2f} (goal <= 1.5)"
+        )
+
+        rng = random.Random(0)
+        samples = []
+        for _ in range(args.calls):
+            name = rng.choice(names) if rng.random() < 0.8 else f"missing/model-{rng.randrange(10**6)}"
+            start = time.perf_counter()
+            resolve(name, cache_dir=big).to_dict()
+            samples.append(time.perf_counter() - start)
+        print(
+            f"validate-model over {args.calls} calls (80% present): p50 {percentile(samples, 0.5) * 1000:.2f} ms, "
+            f"p99 {percentile(samples, 0.99) * 1000:.2f} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
