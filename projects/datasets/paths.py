@@ -109,7 +109,7 @@ def check_dataset_path(
     result.uploaded = is_within(real, uploads)
     # Outside the roots is reported before existence, so the check cannot be used to probe the server's files.
     if not result.uploaded and not any(is_within(real, os.path.realpath(root)) for root in roots):
-        shown = text if os.path.normpath(text) == real else f"{text} (resolves to {real})"
+        shown = text if text == real else f"{text} (resolves to {real})"
         result.errors.append(
             Problem(
                 OUTSIDE_ALLOWED_ROOTS,
