@@ -1,0 +1,50 @@
+"""`manage.py validate_model NAME_OR_PATH [--json]`: check a model by name, or a model folder on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from models_registry.checks import check_model_folder
+from models_registry.cli_output import EXIT_INVALID, as_json, render_resolution
+from models_registry.resolution import Resolution
+from models_registry.services import resolve_model
+
+
+def check_folder(folder: Path) -> Resolution:
+    """A folder checked as an override's would be, reported in the validate-model shape (source "path")."""
+    folder = folder.absolute()
+    report = check_model_folder(folder, root=folder)
+    return Resolution(
+        model_name=str(folder),
+        source="path",
+        path=str(folder),
+        files=report.files,
+        errors=report.errors,
+        warnings=report.warnings,
+        searched=[f"path: {folder}"],
+    )
+
+
+class Command(BaseCommand):
+    help = (
+        "Validate a model: an existing folder (absolute or relative) is format-checked as it is; anything else is "
+        "taken as a model name and resolved as training would. "
+        "Exit status: 0 valid, 1 invalid, 2 usage error."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("target", metavar="NAME_OR_PATH", help="A model folder, or a Hub repo id.")
+        parser.add_argument("--json", action="store_true", help="Print the API's validate-model JSON.")
+
+    def handle(self, *args, target: str, json: bool, **options) -> None:
+        folder = Path(target)
+        try:
+            is_folder = "\x00" not in target and folder.is_dir()
+        except (OSError, ValueError):
+            is_folder = False
+        result = (check_folder(folder) if is_folder else resolve_model(target)).to_dict()
+        self.stdout.write(as_json(result) if json else render_resolution(result))
+        if not result["valid"]:
+            raise SystemExit(EXIT_INVALID)
