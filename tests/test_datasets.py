@@ -396,6 +396,17 @@ def test_chat_template_refusal_names_the_row(tokenizer):
     assert "tool turns are not supported" in problem.message
 
 
+def test_a_format_chosen_by_the_caller_is_checked_row_by_row(tokenizer):
+    alpaca_with_text = [{**row, "text": "the whole record"} for row in ROWS["alpaca"]]
+    assert detect_format(alpaca_with_text) == "alpaca"
+    forced = build_examples(alpaca_with_text, "text", tokenizer, 64)
+    assert learnt(tokenizer, forced[0]) == "the whole record</s>"
+    with pytest.raises(DatasetError) as caught:
+        build_examples([{"text": "a"}, {"prompt": "x", "completion": "y"}], "text", tokenizer, 64)
+    [problem] = caught.value.problems
+    assert problem.message == "Row 2: missing 'text'."
+
+
 def test_truncation_and_drops_are_counted(tokenizer):
     rows = [
         {"prompt": "Hello", "completion": " world"},

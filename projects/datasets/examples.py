@@ -15,7 +15,7 @@ from projects.datasets.errors import (
     ProblemCollector,
     RowRef,
 )
-from projects.datasets.formats import SUPPORTED_FORMATS
+from projects.datasets.formats import SUPPORTED_FORMATS, check_rows
 
 IGNORE_INDEX = -100
 _TOKENIZE_BATCH = 1000
@@ -90,14 +90,15 @@ def _chat_segments_by_prefix(tokenizer: Any, messages: list[dict]) -> list[Segme
     up to the turn plus the generation prompt is what the model sees at inference time, so it is not learnt;
     the rest of the turn (content and end-of-turn marker) is. None when the template renders a conversation's
     beginning differently from the same messages alone (then the prefixes do not line up)."""
-    full = _render(tokenizer, messages, False)
+    turns = [
+        (_render(tokenizer, messages[:index], True) if index else "", _render(tokenizer, messages[: index + 1], False))
+        for index, message in enumerate(messages)
+        if message["role"] == "assistant"
+    ]
+    full = turns[-1][1] if messages[-1]["role"] == "assistant" else _render(tokenizer, messages, False)
     segments: list[Segment] = []
     done = 0
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = _render(tokenizer, messages[:index], True) if index else ""
-        through = _render(tokenizer, messages[: index + 1], False)
+    for before, through in turns:
         if len(before) < done or not through.startswith(before) or not full.startswith(through):
             return None
         segments.append((full[done : len(before)], False))
@@ -132,14 +133,12 @@ def _chat_segments(tokenizer: Any, messages: list[dict]) -> list[Segment]:
     )
 
 
-def _row_segments(row: dict, fmt: str, tokenizer: Any) -> list[Segment]:
+def _row_segments(row: dict, fmt: str) -> list[Segment]:
     if fmt == "text":
         return [(row["text"], True)]
     if fmt == "prompt_completion":
         return [(row["prompt"], False), (row["completion"], True)]
-    if fmt == "alpaca":
-        return [(alpaca_prompt(row), False), (row["output"], True)]
-    return _chat_segments(tokenizer, row["messages"])
+    return [(alpaca_prompt(row), False), (row["output"], True)]
 
 
 def _tokenize_all(tokenizer: Any, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
@@ -166,11 +165,15 @@ def encode_rows(
         raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(SUPPORTED_FORMATS)}")
     if fmt == "messages" and not has_chat_template(tokenizer):
         raise DatasetError([no_chat_template_problem()])
+    check_rows(rows, fmt, max_errors=max_errors)
     collector = ProblemCollector(max_errors)
     per_row: list[list[Segment]] = []
     for number, row in enumerate(rows, 1):
+        if fmt != "messages":
+            per_row.append(_row_segments(row, fmt))
+            continue
         try:
-            per_row.append(_row_segments(row, fmt, tokenizer))
+            per_row.append(_chat_segments(tokenizer, row["messages"]))
         except Exception as exc:  # a chat template is arbitrary Jinja code: any error is this row's problem
             collector.add(
                 Problem(

@@ -201,6 +201,23 @@ class RowChecker:
         return self.rows, self.format
 
 
+def check_rows(rows: Iterable[object], fmt: str, *, max_errors: int = DEFAULT_MAX_ERRORS) -> None:
+    """Every row is a valid row of `fmt` (a format chosen by the caller, not detected); DatasetError otherwise."""
+    collector = ProblemCollector(max_errors)
+    for number, row in enumerate(rows, 1):
+        ref = RowRef(number)
+        if not isinstance(row, dict):
+            error = f"expected an object ({{...}}), got {json_type_name(row)}"
+        else:
+            missing = [repr(key) for key in REQUIRED_KEYS[fmt] if key not in row]
+            error = f"missing {', '.join(missing)}" if missing else row_error(row, fmt)
+        if error:
+            collector.add(_format_problem(ref, fmt, error))
+            if collector.full:
+                break
+    collector.raise_if_any()
+
+
 def detect_format(rows: Iterable[object], *, max_errors: int = DEFAULT_MAX_ERRORS) -> str:
     """The format shared by all rows ("text", "prompt_completion", "messages" or "alpaca").
 
