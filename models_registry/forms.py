@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from django import forms
 
 from models_registry.models import ModelOverride, PortalSettings
@@ -54,7 +56,7 @@ class PortalSettingsForm(forms.ModelForm):
         return value
 
     def _clean_roots(self, name: str, kind: str) -> list[str]:
-        roots = split_lines(self.cleaned_data.get(name) or "")
+        roots = list(dict.fromkeys(os.path.normpath(line) for line in split_lines(self.cleaned_data.get(name) or "")))
         errors = []
         for number, root in enumerate(roots, start=1):
             if problem := path_problem(root, f"Line {number}: allowed {kind} root"):

@@ -35,6 +35,11 @@ class PathReport:
     def ok(self) -> bool:
         return not self.errors
 
+    @property
+    def label(self) -> str:
+        """The path to show: normalised when known, else as typed (escaped, so a NUL shows as \\x00)."""
+        return self.path or shown(self.raw)
+
 
 def shown(raw: str) -> str:
     return raw.encode("unicode_escape").decode("ascii")[:200]
@@ -50,13 +55,13 @@ def path_problem(raw: str, what: str) -> Problem | None:
             f"{what} is {len(raw)} characters long; the limit is {MAX_PATH_CHARS}.",
             "Use a shorter path.",
         )
-    if not Path(raw).expanduser().is_absolute():
+    if not os.path.isabs(raw):
         return Problem(
             "not_absolute",
             f"{what} '{shown(raw)}' is not an absolute path.",
             "Give a full path that starts with '/'.",
         )
-    path = Path(raw).expanduser()
+    path = Path(raw)
     if path.exists() and not path.is_dir():
         return Problem(
             "not_a_directory",
@@ -93,7 +98,7 @@ def check_cache_path(raw: str) -> PathReport:
         if problem := path_problem(raw, "Model Cache Path"):
             report.errors.append(problem)
             return report
-        folder = Path(raw).expanduser()
+        folder = Path(raw)
     report.path = str(folder)
     if not folder.exists():
         report.warnings.append(
@@ -133,7 +138,7 @@ def check_root(raw: str, kind: str) -> PathReport:
     if problem := path_problem(raw, what):
         report.errors.append(problem)
         return report
-    report.path = os.path.realpath(os.path.expanduser(raw))
+    report.path = os.path.realpath(raw)
     if kind == "output":
         _check_output_root(report)
     else:

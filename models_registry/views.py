@@ -8,6 +8,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 
@@ -16,6 +17,7 @@ from models_registry.forms import ModelCheckForm, PortalSettingsForm
 from models_registry.models import PortalSettings
 from models_registry.names import name_error
 from models_registry.settings_checks import PathReport, check_cache_path, check_root, split_lines
+from mtm import audit
 from mtm.htmx import HtmxHttpRequest, wants_partial
 
 VALID_FILTERS = {"true": True, "false": False}
@@ -117,40 +119,31 @@ def _settings_values(obj: PortalSettings) -> dict:
     return {name: getattr(obj, name) for name in SETTINGS_FIELDS}
 
 
-def _audit(request: HtmxHttpRequest, action: str, obj, changes: dict, via: str = "web") -> None:
-    """One audit row. Written against the model directly: mtm.audit.record did not exist yet."""
-    from django.core.exceptions import ValidationError
-    from django.core.validators import validate_ipv46_address
-
-    from mtm.models import AuditEvent
-
-    remote = request.META.get("REMOTE_ADDR") or None
-    try:
-        validate_ipv46_address(remote or "")
-    except ValidationError:
-        remote = None
-    AuditEvent.objects.create(
-        actor=request.user if request.user.is_authenticated else None,
-        action=action,
-        object_type=obj._meta.label,
-        object_id=str(obj.pk or ""),
-        object_repr=str(obj)[:255],
-        changes=changes,
-        remote_addr=remote,
-        via=via,
-    )
-
-
 def save_portal_settings(request: HtmxHttpRequest, form: PortalSettingsForm, before: dict, via: str) -> dict:
     """Save a valid settings form, record who changed what, and return the changes ({field: [old, new]})."""
     obj = form.save(commit=False)
     obj.updated_by = request.user
     obj.save()
-    after = _settings_values(obj)
-    changes = {k: [before[k], after[k]] for k in SETTINGS_FIELDS if before[k] != after[k]}
+    changes = audit.diff(before, _settings_values(obj))
     if changes:
-        _audit(request, "settings.change", obj, changes, via=via)
+        audit.record(request.user, "portal_settings.update", obj, changes, request, via=via)
     return changes
+
+
+def _add_inline_validation(form: PortalSettingsForm) -> None:
+    url = reverse("registry:validate-path")
+    for name in SETTINGS_FIELDS:
+        form.fields[name].widget.attrs.update(
+            {
+                "hx-post": url,
+                "hx-trigger": "input changed delay:500ms",
+                "hx-params": name,
+                "hx-target": f"#{name}-status",
+                "hx-sync": "this:replace",
+                "spellcheck": "false",
+                "autocomplete": "off",
+            }
+        )
 
 
 @require_http_methods(["GET", "POST"])
@@ -168,13 +161,14 @@ def settings_page(request: HtmxHttpRequest) -> HttpResponse:
         else:
             messages.info(request, "Nothing changed: the Directory Settings are as they were.")
         return redirect("registry:settings")
+    _add_inline_validation(form)
     values = form.data if form.is_bound else {k: form.initial.get(k, "") for k in SETTINGS_FIELDS}
     cache_dir, cache_source = services.current_cache_dir()
     context = {
         "form": form,
         "cache_dir": cache_dir,
         "cache_source": cache_source,
-        "status": {name: _path_status(name, values.get(name) or "") for name in SETTINGS_FIELDS},
+        "rows": [(form[name], _path_status(name, values.get(name) or "")) for name in SETTINGS_FIELDS],
         "updated_by": obj.updated_by,
         "updated_at": obj.updated_at,
     }
