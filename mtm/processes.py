@@ -86,10 +86,11 @@ class Supervisor:
         for child in dead:
             self._say(f"{child.name} exited with status {child.process.returncode}; stopping the others")
         if self.signals_received:
-            self._say("stopping (press Ctrl-C again to stop at once)")
+            self._say("stopping; the worker finishes its current task first (press Ctrl-C again to stop at once)")
         self._stop_all()
         if dead and not self.signals_received:
-            return dead[0].process.returncode or 1
+            # A child that ends by itself is a failure, whatever its status (a signal shows as negative).
+            return max(dead[0].process.returncode, 1)
         return 0
 
     def _stop_all(self) -> None:
@@ -101,7 +102,7 @@ class Supervisor:
         deadline = time.monotonic() + self.grace_seconds
         while any(c.running() for c in self.children):
             if time.monotonic() > deadline or self.signals_received > seen:
-                self._say("not stopped in time; killing")
+                self._say("killing what is left")
                 break
             time.sleep(0.2)
         for child in self.children:

@@ -109,3 +109,13 @@ def celery_worker(django_db_setup, celery_broker, tmp_path_factory):
         yield worker.wait_ready()
     finally:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, request) -> None:
+    """Test databases named after this process (var/test-mtm-p<pid>.sqlite3, test_test_p<pid>), so two
+    sessions at once never drop each other's. `--reuse-db` keeps the fixed names it needs."""
+    if not request.config.getvalue("reuse_db"):
+        from tests.isolation import suffix_test_databases
+
+        suffix_test_databases(f"p{os.getpid()}")

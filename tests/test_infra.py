@@ -170,13 +170,11 @@ def _gone(pid: int) -> bool:
     return False
 
 
-@pytest.mark.slow
-def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
-    port = free_port()
+def _start_runportal(tmp_path: Path, port: int) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
     # A var/ of its own: its own SQLite file and filesystem broker, so a running `make run` is not disturbed.
     env.update(MTM_VAR_DIR=str(tmp_path / "var"), DEBUG="1", PYTHONUNBUFFERED="1")
-    launcher = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "manage.py", "runportal", f"127.0.0.1:{port}", "--grace", "30"],
         cwd=BASE_DIR,
         env=env,
@@ -184,6 +182,12 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+@pytest.mark.slow
+def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
+    port = free_port()
+    launcher = _start_runportal(tmp_path, port)
     try:
         pids = _started_pids(launcher)
         status = None
@@ -203,4 +207,20 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
             launcher.wait()
     assert launcher.returncode == 0, output
     assert "web stopped" in output and "worker stopped" in output
+    assert _gone(pids["web"]) and _gone(pids["worker"])
+
+
+@pytest.mark.slow
+def test_runportal_stops_the_web_server_and_fails_when_the_worker_dies(tmp_path):
+    launcher = _start_runportal(tmp_path, free_port())
+    try:
+        pids = _started_pids(launcher)
+        os.kill(pids["worker"], signal.SIGKILL)
+        output = launcher.communicate(timeout=60)[0]
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 1, output
+    assert "worker exited with status -9; stopping the others" in output
     assert _gone(pids["web"]) and _gone(pids["worker"])

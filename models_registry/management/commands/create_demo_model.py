@@ -48,6 +48,9 @@ class Command(BaseCommand):
                 return
         self.stdout.write(f"Demo model: building {DEMO_MODEL_NAME} into {cache_dir} (chosen by {chosen_by}) ...")
         try:
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.disable_progress_bar()
             cache_dir.mkdir(parents=True, exist_ok=True)
             snapshot = create_demo_model(cache_dir)
         except PermissionError as exc:
