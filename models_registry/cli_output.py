@@ -7,6 +7,7 @@ from typing import Any
 
 EXIT_VALID = 0
 EXIT_INVALID = 1
+MAX_FILES_SHOWN = 12  # --json lists them all
 
 
 def as_json(data: Any) -> str:
@@ -41,8 +42,10 @@ def render_resolution(result: dict[str, Any]) -> str:
         f"  path:     {printable(result['path'])}",
         f"  revision: {printable(result['revision'])}",
     ]
-    if result["files"]:
-        lines.append(f"  files:    {', '.join(printable(f) for f in result['files'])}")
+    if files := result["files"]:
+        shown = ", ".join(printable(f) for f in files[:MAX_FILES_SHOWN])
+        more = f" and {len(files) - MAX_FILES_SHOWN} more" if len(files) > MAX_FILES_SHOWN else ""
+        lines.append(f"  files:    {len(files)}: {shown}{more}")
     lines += _problems("ERROR", result["errors"])
     lines += _problems("WARNING", result["warnings"])
     return "\n".join(lines)

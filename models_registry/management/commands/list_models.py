@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from models_registry.cli_output import EXIT_INVALID, as_json, render_listing
 from models_registry.services import available_models
+from mtm.cli import database_ready
 
 
 class Command(BaseCommand):
@@ -22,7 +23,8 @@ class Command(BaseCommand):
         which.add_argument("--invalid", dest="valid", action="store_false", help="Only invalid models.")
 
     def handle(self, *args, json: bool, query: str | None, valid: bool | None, **options) -> None:
-        cache_dir, models = available_models(query, valid)
+        with database_ready():
+            cache_dir, models = available_models(query, valid)
         items = [m.to_dict() for m in models]
         if json:
             self.stdout.write(as_json({"cache_dir": str(cache_dir), "count": len(items), "models": items}))

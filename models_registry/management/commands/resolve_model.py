@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandParser
 
 from models_registry.cli_output import EXIT_INVALID, as_json, render_resolution
 from models_registry.services import resolve_model
+from mtm.cli import database_ready
 
 
 class Command(BaseCommand):
@@ -20,7 +21,8 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Print the API's validate-model JSON.")
 
     def handle(self, *args, name: str, revision: str | None, json: bool, **options) -> None:
-        result = resolve_model(name, revision).to_dict()
+        with database_ready():
+            result = resolve_model(name, revision).to_dict()
         self.stdout.write(as_json(result) if json else render_resolution(result))
         if not result["valid"]:
             raise SystemExit(EXIT_INVALID)

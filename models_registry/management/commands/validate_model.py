@@ -10,6 +10,7 @@ from models_registry.checks import check_model_folder
 from models_registry.cli_output import EXIT_INVALID, as_json, render_resolution
 from models_registry.resolution import Resolution
 from models_registry.services import resolve_model
+from mtm.cli import database_ready
 
 
 def check_folder(folder: Path) -> Resolution:
@@ -44,7 +45,8 @@ class Command(BaseCommand):
             is_folder = "\x00" not in target and folder.is_dir()
         except (OSError, ValueError):
             is_folder = False
-        result = (check_folder(folder) if is_folder else resolve_model(target)).to_dict()
+        with database_ready():
+            result = (check_folder(folder) if is_folder else resolve_model(target)).to_dict()
         self.stdout.write(as_json(result) if json else render_resolution(result))
         if not result["valid"]:
             raise SystemExit(EXIT_INVALID)

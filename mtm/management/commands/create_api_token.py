@@ -8,9 +8,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from mtm import audit
+from mtm.cli import EXIT_USAGE, database_ready
 from mtm.models import ApiToken
-
-USAGE = 2
 
 
 class Command(BaseCommand):
@@ -27,8 +26,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, username: str, staff: bool, create_user: bool, name: str, **options) -> None:
         if len(name) > ApiToken._meta.get_field("name").max_length or "\x00" in name:
-            raise CommandError("--name must be at most 100 characters, without NUL.", returncode=USAGE)
-        with transaction.atomic():
+            raise CommandError("--name must be at most 100 characters, without NUL.", returncode=EXIT_USAGE)
+        with database_ready(), transaction.atomic():
             user = self._user(username, create_user)
             if staff and not user.is_staff:
                 user.is_staff = True
@@ -43,18 +42,18 @@ class Command(BaseCommand):
     def _user(self, username: str, create: bool):
         User = get_user_model()
         if "\x00" in username:
-            raise CommandError("The username contains a NUL character.", returncode=USAGE)
+            raise CommandError("The username contains a NUL character.", returncode=EXIT_USAGE)
         user = User.objects.filter(**{User.USERNAME_FIELD: username}).first()
         if user is not None:
             if not user.is_active:
-                raise CommandError(f"User '{username}' is disabled; re-activate it first.", returncode=USAGE)
+                raise CommandError(f"User '{username}' is disabled; re-activate it first.", returncode=EXIT_USAGE)
             return user
         if not create:
             raise CommandError(
                 f"No user '{username}'. Pass --create-user to create it, or check the name "
                 "(python manage.py shell -c 'from django.contrib.auth.models import User; "
                 'print(list(User.objects.values_list("username", flat=True)))\').',
-                returncode=USAGE,
+                returncode=EXIT_USAGE,
             )
         field = User._meta.get_field(User.USERNAME_FIELD)
         try:
@@ -62,7 +61,7 @@ class Command(BaseCommand):
             if len(username) > field.max_length:
                 raise ValidationError(f"at most {field.max_length} characters")
         except ValidationError as exc:
-            raise CommandError(f"'{username}' is not a valid username: {' '.join(exc.messages)}", returncode=USAGE)
+            raise CommandError(f"'{username}' is not a valid username: {' '.join(exc.messages)}", returncode=EXIT_USAGE)
         user = User.objects.create_user(**{User.USERNAME_FIELD: username})
         user.set_unusable_password()
         user.save()
