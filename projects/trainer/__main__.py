@@ -1,0 +1,93 @@
+"""`python -m projects.trainer SPEC.json`: the trainer child process.
+
+No Django in here: it starts fast and a crash cannot touch the database. Events go to stdout as
+`MTM_EVENT {json}` lines (projects.trainer.events); everything else printed is log output.
+Exit codes: 0 finished, 1 error (an "error" event is printed first), 2 usage, 3 cancelled.
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.monotonic()  # before the heavy imports, so "imports" can be measured
+
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from projects.trainer.errors import TrainerError  # noqa: E402
+from projects.trainer.events import EXIT_ERROR, EXIT_USAGE, format_event  # noqa: E402
+from projects.trainer.outputs import resolve_resume  # noqa: E402
+from projects.trainer.spec import parse_spec  # noqa: E402
+
+# Progress bars would flood the supervisor's log tail; the events carry the progress.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+USAGE = "usage: python -m projects.trainer SPEC.json"
+
+
+def emit(kind: str, **fields: object) -> None:
+    sys.stdout.write(format_event(kind, STARTED, **fields) + "\n")
+    sys.stdout.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        spec = parse_spec(_read_spec(Path(args[0])))
+        resume = resolve_resume(spec.resume_from_checkpoint, spec.output_dir)  # fail before the slow imports
+        from projects.trainer.run import run_training  # torch and transformers: seconds to import
+
+        return run_training(spec, emit, imports_seconds=time.monotonic() - STARTED, resume=resume)
+    except TrainerError as exc:
+        _report(exc.code, exc.message, exc.hint)
+    except BaseException as exc:  # the child must always say why it died before exiting
+        code, message, hint = _describe(exc)
+        _report(code, message, hint)
+    return EXIT_ERROR
+
+
+def _read_spec(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise TrainerError("invalid_spec", f"Cannot read the trainer spec {path}: {exc.strerror}.", _SPEC_HINT)
+    except ValueError as exc:
+        raise TrainerError("invalid_spec", f"The trainer spec {path} is not valid JSON: {exc}.", _SPEC_HINT)
+
+
+def _describe(exc: BaseException) -> tuple[str, str, str]:
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
+        return (
+            "out_of_memory",
+            f"Training ran out of GPU memory: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+            "Lower batch_size (raise gradient_accumulation_steps to keep the effective batch), lower "
+            "max_seq_length, turn on gradient_checkpointing, or train with LoRA.",
+        )
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", "Training was interrupted (SIGINT).", "Start the run again; resume from 'latest'."
+    return (
+        "training_crashed",
+        f"Training crashed: {type(exc).__name__}: {exc}",
+        "The log tail and the traceback show where; fix the cause and start a new run (it can resume from "
+        "the latest checkpoint).",
+    )
+
+
+def _report(code: str, message: str, hint: str) -> None:
+    trace = traceback.format_exc()
+    print(trace, file=sys.stderr)
+    emit("error", code=code, message=message, hint=hint, traceback=trace)
+
+
+_SPEC_HINT = "The spec is written by the portal; build it with projects.trainer.spec.build_spec."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""One training run inside the child process: load the model, build the data, train, save, report.
+
+Returns the exit code; raises TrainerError (or anything else) for the caller to report as an "error" event.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from projects.hyperparameters import ALL_LINEAR, Hyperparameters
+from projects.trainer.batching import (
+    REAL_TOKENS_KEY,
+    PackedCollator,
+    PaddedCollator,
+    pack_examples,
+    trainable_examples,
+)
+from projects.trainer.device import Placement, choose_placement, configure_threads
+from projects.trainer.errors import TrainerError
+from projects.trainer.events import EXIT_CANCELLED, EXIT_OK
+from projects.trainer.outputs import file_sha256, library_versions, save_final, write_manifest
+from projects.trainer.progress import Emit, ProgressReporter
+from projects.trainer.spec import TrainerSpec
+
+
+class PortalTrainer(Trainer):
+    """transformers Trainer that counts real (non-padding) tokens from the collator's CPU-side count."""
+
+    real_tokens_seen = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.real_tokens_seen += int(inputs.pop(REAL_TOKENS_KEY, 0))
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
+def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: Path | None = None) -> int:
+    """Train as the spec says; `resume` is the checkpoint folder (outputs.resolve_resume) or None."""
+    hp = spec.hyperparameters
+    started_at = _now()
+    if spec.cancel_file is not None and spec.cancel_file.exists():
+        emit("cancelled", step=0, checkpoint=None)
+        return EXIT_CANCELLED
+    placement = choose_placement(spec.device, hp.precision)
+    threads = configure_threads()
+    set_seed(hp.seed)
+
+    clock = time.monotonic()
+    tokenizer, model, base_dtype = load_model(spec, placement)
+    model_load = time.monotonic() - clock
+
+    clock = time.monotonic()
+    examples, data_info = build_training_data(spec, tokenizer)
+    dataset_seconds = time.monotonic() - clock
+
+    setup_started = time.monotonic()
+    if spec.method == "lora":
+        model = apply_lora(model, hp)
+    spec.output_dir.mkdir(parents=True, exist_ok=True)
+    collator_class = PackedCollator if hp.packing else PaddedCollator
+    trainer = PortalTrainer(
+        model=model,
+        args=training_arguments(spec, placement),
+        train_dataset=examples,
+        data_collator=collator_class(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+    )
+    trainer.remove_callback(PrinterCallback)  # our events replace its printed log dicts
+    reporter = ProgressReporter(
+        emit,
+        interval=spec.progress_interval,
+        cancel_file=spec.cancel_file,
+        real_tokens=lambda: trainer.real_tokens_seen,
+        started_fields={
+            "device": placement.label,
+            "precision": placement.precision,
+            "threads": threads,
+            "method": spec.method,
+            "resumed_from": str(resume) if resume else None,
+            **data_info,
+            "timings": {
+                "imports": round(imports_seconds, 3),
+                "model_load": round(model_load, 3),
+                "dataset": round(dataset_seconds, 3),
+            },
+        },
+        setup_started=setup_started,
+    )
+    trainer.add_callback(reporter)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(reporter, "cancel_requested", True))
+
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    if reporter.cancelled_at_step is not None:
+        emit("cancelled", step=reporter.cancelled_at_step, checkpoint=reporter.last_checkpoint)
+        return EXIT_CANCELLED
+
+    layout = save_final(trainer.model, tokenizer, spec.output_dir, spec.method, hp.merge_after_training, base_dtype)
+    runtime = float(result.metrics.get("train_runtime") or 0.0)
+    metrics = {
+        "global_step": trainer.state.global_step,
+        "epoch": trainer.state.epoch,
+        "train_loss": result.training_loss,
+        "final_loss": reporter.loss,
+        "train_runtime": runtime,
+        "real_tokens": trainer.real_tokens_seen,
+        "tokens_per_second": trainer.real_tokens_seen / runtime if runtime > 0 else None,
+        "steady_tokens_per_second": reporter.session_tokens_per_second(),
+    }
+    manifest = {
+        "format": 1,
+        "base_model": {"name": spec.model_name, "revision": spec.revision, "path": str(spec.model_path)},
+        "method": spec.method,
+        "dataset": {"path": str(spec.dataset_path), "sha256": file_sha256(spec.dataset_path), **data_info},
+        "hyperparameters": hp.to_dict(),
+        "metrics": metrics,
+        "loss_history": reporter.history,
+        "layout": layout,
+        "resumed_from": str(resume) if resume else None,
+        "device": placement.label,
+        "precision": placement.precision,
+        "versions": library_versions(),
+        "started_at": started_at,
+        "finished_at": _now(),
+    }
+    manifest_path = write_manifest(spec.output_dir, manifest)
+    emit(
+        "finished",
+        metrics=metrics,
+        output_dir=str(spec.output_dir),
+        model_dir=_absolute(spec.output_dir, layout["model_dir"]),
+        adapter_dir=_absolute(spec.output_dir, layout["adapter_dir"]),
+        manifest=str(manifest_path),
+    )
+    return EXIT_OK
+
+
+def load_model(spec: TrainerSpec, placement: Placement) -> tuple[Any, Any, torch.dtype | None]:
+    """Tokenizer and model. Weights load as fp32 (mixed precision keeps fp32 master weights), except a LoRA
+    base on a GPU, which stays frozen and loads in the compute dtype. `.bin` weights load with
+    weights_only=True only. Returns the base's own dtype too, for saving a full model the same size."""
+    path = str(spec.model_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+        base_dtype = getattr(config, "dtype", None)
+        if isinstance(base_dtype, str):
+            base_dtype = getattr(torch, base_dtype, None)
+        dtype = torch.float32
+        if spec.method == "lora" and not placement.use_cpu and placement.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if placement.precision == "bf16" else torch.float16
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=dtype, trust_remote_code=spec.trust_remote_code, weights_only=True
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise TrainerError(
+            "model_load_failed",
+            f"Could not load model '{spec.model_name}' from {path}: {exc}",
+            "Validate the model again (its files may be damaged or incomplete) and re-download it if needed.",
+        )
+    model.config.use_cache = False  # training needs no KV cache, and with one packed examples would see each other
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise TrainerError(
+                "model_format_invalid",
+                f"Model format invalid: the tokenizer of '{spec.model_name}' has neither a pad nor an eos token.",
+                "Use a model whose tokenizer defines an eos token (batches must be padded with something).",
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    if base_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        base_dtype = None
+    return tokenizer, model, base_dtype
+
+
+def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
+    """Rows -> tokenized examples (loss only on completions / assistant turns) -> optional packing."""
+    from projects.datasets.errors import DatasetError
+    from projects.datasets.examples import build_examples
+    from projects.datasets.formats import detect_format
+    from projects.datasets.loading import load_rows
+
+    hp = spec.hyperparameters
+    try:
+        rows = load_rows(spec.dataset_path)
+        fmt = detect_format(rows)
+        examples = build_examples(rows, fmt, tokenizer, hp.max_seq_length)
+    except DatasetError as exc:
+        raise TrainerError.from_problems(exc.problems)
+    kept = trainable_examples(examples, hp.max_seq_length)
+    if not kept:
+        raise TrainerError(
+            "dataset_empty",
+            f"No example in {spec.dataset_path} has a token to learn after truncation to "
+            f"max_seq_length = {hp.max_seq_length}.",
+            "Raise max_seq_length, or shorten the prompts so the completions fit.",
+        )
+    data = pack_examples(kept, hp.max_seq_length) if hp.packing else kept
+    info = {
+        "format": fmt,
+        "dataset_rows": len(rows),
+        "examples": len(kept),
+        "skipped_examples": len(rows) - len(kept),  # nothing left to learn once truncated
+        "truncated_examples": getattr(examples, "truncated", 0),
+        "training_rows": len(data),
+        "packing": hp.packing,
+    }
+    return data, info
+
+
+def apply_lora(model: Any, hp: Hyperparameters) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets = hp.lora_target_modules
+    config = LoraConfig(
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=ALL_LINEAR if targets == ALL_LINEAR else list(targets),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(model, config)
+    except ValueError as exc:
+        raise TrainerError(
+            "invalid_hyperparameter",
+            f"Hyperparameter 'lora_target_modules' = {targets!r} does not fit this model: {exc}",
+            f'Use \'{ALL_LINEAR}\' or names of the model\'s linear layers, e.g. ["q_proj", "v_proj"] for Llama.',
+        )
+
+
+def training_arguments(spec: TrainerSpec, placement: Placement) -> TrainingArguments:
+    hp = spec.hyperparameters
+    return TrainingArguments(
+        output_dir=str(spec.output_dir),
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps if hp.max_steps > 0 else -1,
+        per_device_train_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        warmup_steps=hp.warmup_steps if hp.warmup_steps > 0 else hp.warmup_ratio,
+        weight_decay=hp.weight_decay,
+        seed=hp.seed,
+        bf16=placement.precision == "bf16",
+        fp16=placement.precision == "fp16",
+        use_cpu=placement.use_cpu,
+        activation_checkpointing=hp.gradient_checkpointing,  # transformers 5's name (non-reentrant by default)
+        logging_strategy="steps",
+        logging_steps=hp.logging_steps,
+        save_strategy="steps",
+        save_steps=hp.save_steps,
+        save_total_limit=hp.save_total_limit or None,
+        use_cache=False,  # also what lets packed rows get their block-diagonal attention (see batching.py)
+        report_to=[],
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+
+def _absolute(output_dir: Path, relative: str | None) -> str | None:
+    return None if relative is None else str((output_dir / relative).resolve())
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,171 @@
+"""The SPEC a supervisor hands the trainer child (a JSON file), how to build one and how the child checks it.
+
+```
+{"model_path": "/abs/snapshot/dir",          resolved local folder of the base model (required)
+ "model_name": "org/name", "revision": "<commit>" | "",   for the manifest only
+ "trust_remote_code": false,
+ "dataset_path": "/abs/data.jsonl",          (required)
+ "output_dir": "/abs/output",                (required; created when missing)
+ "method": "full" | "lora",
+ "hyperparameters": {...},                   projects.hyperparameters.Hyperparameters fields
+ "resume_from_checkpoint": null | "latest" | "/abs/output/checkpoint-N",
+ "cancel_file": null | "/abs/path",          its appearance asks the child to stop, save and exit 3
+ "device": "auto" | "cpu" | "cuda",
+ "progress_interval": 1.0}                   seconds between progress events (logging steps add more)
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models_registry.problems import Problem
+from projects.hyperparameters import Hyperparameters
+from projects.trainer.errors import TrainerError
+
+METHODS = ("full", "lora")
+DEVICES = ("auto", "cpu", "cuda")
+LATEST = "latest"
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    model_path: Path
+    model_name: str
+    revision: str
+    trust_remote_code: bool
+    dataset_path: Path
+    output_dir: Path
+    method: str
+    hyperparameters: Hyperparameters
+    resume_from_checkpoint: str | None
+    cancel_file: Path | None
+    device: str
+    progress_interval: float
+
+
+def build_spec(
+    *,
+    model_path: str | Path,
+    model_name: str,
+    dataset_path: str | Path,
+    output_dir: str | Path,
+    method: str = "lora",
+    hyperparameters: Hyperparameters | dict[str, Any] | None = None,
+    revision: str = "",
+    trust_remote_code: bool = False,
+    resume_from_checkpoint: str | Path | None = None,
+    cancel_file: str | Path | None = None,
+    device: str = "auto",
+    progress_interval: float = 1.0,
+) -> dict[str, Any]:
+    """The SPEC dict for `python -m projects.trainer SPEC.json` (see write_spec). Checked by the child."""
+    if isinstance(hyperparameters, Hyperparameters):
+        hyperparameters = hyperparameters.to_dict()
+    return {
+        "model_path": str(model_path),
+        "model_name": model_name,
+        "revision": revision or "",
+        "trust_remote_code": bool(trust_remote_code),
+        "dataset_path": str(dataset_path),
+        "output_dir": str(output_dir),
+        "method": method,
+        "hyperparameters": dict(hyperparameters or {}),
+        "resume_from_checkpoint": None if resume_from_checkpoint is None else str(resume_from_checkpoint),
+        "cancel_file": None if cancel_file is None else str(cancel_file),
+        "device": device,
+        "progress_interval": progress_interval,
+    }
+
+
+def parse_spec(data: Any) -> TrainerSpec:
+    """Check a SPEC dict; raises TrainerError naming every problem found."""
+    if not isinstance(data, dict):
+        raise TrainerError("invalid_spec", "The trainer spec must be a JSON object.", _SPEC_HINT)
+    problems: list[Problem] = []
+
+    def text(key: str, required: bool = True) -> str:
+        value = data.get(key)
+        if value is None and not required:
+            return ""
+        if not isinstance(value, str) or (required and not value.strip()):
+            problems.append(Problem("invalid_spec", f"Spec field '{key}' must be a non-empty string.", _SPEC_HINT))
+            return ""
+        return value
+
+    model_path = text("model_path")
+    dataset_path = text("dataset_path")
+    output_dir = text("output_dir")
+    method = data.get("method", "lora")
+    if method not in METHODS:
+        problems.append(
+            Problem(
+                "invalid_spec",
+                f"Unknown training method {method!r}.",
+                "Set method to 'full' (every weight) or 'lora' (a low-rank adapter).",
+            )
+        )
+    device = data.get("device", "auto")
+    if device not in DEVICES:
+        problems.append(Problem("invalid_spec", f"Unknown device {device!r}.", "Use 'auto', 'cpu' or 'cuda'."))
+    hyperparameters, hp_problems = Hyperparameters.from_dict(data.get("hyperparameters") or {})
+    problems.extend(hp_problems)
+    interval = data.get("progress_interval", 1.0)
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= 3600:
+        problems.append(
+            Problem("invalid_spec", f"progress_interval {interval!r} is not a number of seconds.", "Use e.g. 1.0.")
+        )
+        interval = 1.0
+    resume = data.get("resume_from_checkpoint")
+    if resume is not None and (not isinstance(resume, str) or not resume.strip()):
+        problems.append(
+            Problem(
+                "invalid_spec",
+                f"resume_from_checkpoint {resume!r} is neither null, 'latest' nor a checkpoint path.",
+                _SPEC_HINT,
+            )
+        )
+        resume = None
+    cancel_file = text("cancel_file", required=False)
+    if model_path and not Path(model_path).is_dir():
+        name = data.get("model_name") or model_path
+        problems.append(
+            Problem(
+                "model_not_found",
+                f"Model '{name}' not found: its folder {model_path} does not exist (any more).",
+                "Resolve the model again (it may have been deleted from the cache) and start a new run.",
+            )
+        )
+    if dataset_path and not Path(dataset_path).is_file():
+        problems.append(
+            Problem(
+                "dataset_not_found",
+                f"Dataset file {dataset_path} does not exist (any more).",
+                "Upload the dataset again or point the project at an existing file, then start a new run.",
+            )
+        )
+    if output_dir and not Path(output_dir).is_absolute():
+        problems.append(
+            Problem("invalid_spec", f"Output directory {output_dir!r} is not an absolute path.", _SPEC_HINT)
+        )
+    if problems:
+        raise TrainerError.from_problems(problems)
+    return TrainerSpec(
+        model_path=Path(model_path),
+        model_name=str(data.get("model_name") or model_path),
+        revision=str(data.get("revision") or ""),
+        trust_remote_code=data.get("trust_remote_code") is True,
+        dataset_path=Path(dataset_path),
+        output_dir=Path(output_dir),
+        method=method,
+        hyperparameters=hyperparameters,
+        resume_from_checkpoint=resume,
+        cancel_file=Path(cancel_file) if cancel_file else None,
+        device=device,
+        progress_interval=float(interval),
+    )
+
+
+_SPEC_HINT = "The spec is written by the portal; build it with projects.trainer.spec.build_spec."
