@@ -279,7 +279,7 @@ def test_field_check_reads_prefixed_fields_and_revision(member_client, tiny_llam
 
 
 def test_field_check_of_nothing(member_client):
-    assert "Type a Hub repo id" in validate(member_client)
+    assert "Checked as you type" in validate(member_client)
 
 
 def test_field_snippet_contract(member_client, hf_cache):
@@ -434,3 +434,9 @@ def test_token_and_audit_admin_are_read_only(staff_client, staff):
     detail = staff_client.post(f"/admin/mtm/auditevent/{event.pk}/change/", {"action": "x"})
     assert detail.status_code == 403
     assert AuditEvent.objects.filter(pk=event.pk, action="api_token.revoke").exists()
+
+
+def test_unknown_page_is_a_plain_404(member_client):
+    response = member_client.get("/no-such-page/")
+    assert response.status_code == 404
+    assert "Page not found" in text(response) and "/no-such-page/" in text(response)

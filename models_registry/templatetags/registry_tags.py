@@ -1,0 +1,20 @@
+"""Presentation helpers for problems (message + hint) on the pages."""
+
+from __future__ import annotations
+
+import re
+
+from django import template
+
+register = template.Library()
+
+_STEP = re.compile(r"(?:^|\s+)\d\.\s+")
+
+
+@register.filter
+def hint_steps(hint: str) -> list[str]:
+    """A hint written as "1. Do this. 2. Then that." as its steps; any other hint as one item."""
+    if not isinstance(hint, str) or not hint.startswith("1. "):
+        return [hint] if hint else []
+    steps = [step.strip() for step in _STEP.split(hint) if step.strip()]
+    return steps or [hint]
