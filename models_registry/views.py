@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -121,12 +122,13 @@ def _settings_values(obj: PortalSettings) -> dict:
 
 def save_portal_settings(request: HtmxHttpRequest, form: PortalSettingsForm, before: dict, via: str) -> dict:
     """Save a valid settings form, record who changed what, and return the changes ({field: [old, new]})."""
-    obj = form.save(commit=False)
-    obj.updated_by = request.user
-    obj.save()
-    changes = audit.diff(before, _settings_values(obj))
-    if changes:
-        audit.record(request.user, "portal_settings.update", obj, changes, request, via=via)
+    with transaction.atomic():
+        obj = form.save(commit=False)
+        obj.updated_by = request.user
+        obj.save()
+        changes = audit.diff(before, _settings_values(obj))
+        if changes:
+            audit.record(request.user, "portal_settings.update", obj, changes, request, via=via)
     return changes
 
 

@@ -272,6 +272,12 @@ def test_field_check_of_hostile_names(member_client, hf_cache, name, expected):
     assert "status-error" in body and expected in body
 
 
+@pytest.mark.parametrize("revision", ["../main", "a\x00b", "r" * 10_000])
+def test_field_check_of_hostile_revisions(member_client, tiny_llama_in_cache, revision):
+    body = validate(member_client, model_name=tiny_llama_in_cache[0], revision=revision)
+    assert "status-error" in body and "is neither a 40-character commit hash nor a branch or tag name" in body
+
+
 def test_field_check_reads_prefixed_fields_and_revision(member_client, tiny_llama_in_cache):
     name, _ = tiny_llama_in_cache
     body = validate(member_client, **{"project-model_name": name, "project-revision": "no-such-branch"})
