@@ -7,6 +7,7 @@ from pathlib import Path
 from django.conf import settings as django_settings
 
 from models_registry.models import ModelOverride, PortalSettings
+from models_registry.names import name_error
 from models_registry.resolution import Resolution, hf_cache_dir, resolve
 
 
@@ -30,7 +31,7 @@ def resolve_model(name: str, revision: str | None = None) -> Resolution:
     """Enabled override first, then the HF cache; format checked; an explicit failure otherwise."""
     cache_dir, _ = current_cache_dir()
     override = None
-    if isinstance(name, str) and len(name) <= 96:
+    if name_error(name) is None:  # a hostile name never reaches a query (PostgreSQL refuses NUL bytes)
         override = ModelOverride.objects.filter(model_name=name, enabled=True).first()
     return resolve(
         name,

@@ -83,6 +83,8 @@ class CeleryWorker:
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_OFFLINE="1",
             PYTHONUNBUFFERED="1",
+            # Its own var/ (run folders, listing store): concurrent test sessions must not share one.
+            MTM_VAR_DIR=str(log_path.parent / f"var-{uuid.uuid4().hex[:8]}"),
         )
         env.update(extra_env or {})
         argv = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-Q", queues, "-n", self.nodename]

@@ -1,0 +1,109 @@
+"""`python -m projects.inference_check SPEC.json`: the guide's loading and inference tests, in a child process.
+
+SPEC: {"model_dir": path|null, "adapter_dir": path|null, "base_model_path": path|null, "tokenizer_dir": path,
+       "prompt": str, "max_new_tokens": int, "trust_remote_code": bool}
+Prints one line `MTM_RESULT {json}`: {"load": {passed, seconds, detail}, "inference": {passed, seconds, detail,
+text}}. A crash in here cannot take the worker down, and memory is returned when the process ends.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+
+RESULT_PREFIX = "MTM_RESULT "
+
+
+def _load(spec: dict):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trust = bool(spec.get("trust_remote_code"))
+    tokenizer = AutoTokenizer.from_pretrained(spec["tokenizer_dir"], trust_remote_code=trust)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.get("model_dir"):
+        model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], trust_remote_code=trust)
+    else:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(spec["base_model_path"], trust_remote_code=trust)
+        model = PeftModel.from_pretrained(base, spec["adapter_dir"])
+    return tokenizer, model.to(device).eval(), device
+
+
+def _generate(spec: dict, tokenizer, model, device: str) -> tuple[str, int]:
+    import torch
+
+    inputs = tokenizer(spec["prompt"], return_tensors="pt").to(device)
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=int(spec.get("max_new_tokens", 32)),
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        )
+    new = out[0][inputs["input_ids"].shape[1] :]
+    return tokenizer.decode(new, skip_special_tokens=True), int(new.shape[0])
+
+
+def run(spec: dict) -> dict:
+    result: dict = {}
+    start = time.monotonic()
+    try:
+        tokenizer, model, device = _load(spec)
+    except Exception as exc:
+        result["load"] = {
+            "passed": False,
+            "seconds": round(time.monotonic() - start, 3),
+            "detail": f"Loading failed: {type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(),
+        }
+        result["inference"] = {
+            "passed": False,
+            "seconds": 0.0,
+            "detail": "Not run: the model did not load.",
+            "text": "",
+        }
+        return result
+    result["load"] = {
+        "passed": True,
+        "seconds": round(time.monotonic() - start, 3),
+        "detail": f"Loaded {type(model).__name__} on {device}.",
+    }
+    start = time.monotonic()
+    try:
+        text, count = _generate(spec, tokenizer, model, device)
+    except Exception as exc:
+        result["inference"] = {
+            "passed": False,
+            "seconds": round(time.monotonic() - start, 3),
+            "detail": f"Generation failed: {type(exc).__name__}: {exc}",
+            "text": "",
+            "traceback": traceback.format_exc(),
+        }
+        return result
+    seconds = round(time.monotonic() - start, 3)
+    passed = count > 0
+    detail = (
+        f"Generated {count} tokens greedily in {seconds:.2f}s."
+        if passed
+        else "The model generated no new token for the prompt."
+    )
+    result["inference"] = {"passed": passed, "seconds": seconds, "detail": detail, "text": text}
+    return result
+
+
+def main() -> int:
+    if len(sys.argv) != 2:
+        print("usage: python -m projects.inference_check SPEC.json", file=sys.stderr)
+        return 2
+    with open(sys.argv[1], encoding="utf-8") as fh:
+        spec = json.load(fh)
+    print(RESULT_PREFIX + json.dumps(run(spec)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

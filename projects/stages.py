@@ -1,0 +1,231 @@
+"""What each Celery task does for a run: resolve, train, validate. Each returns True when the next stage should
+be enqueued. Called with an id; a run that is gone or no longer in the expected state is left alone."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from models_registry.models import ModelOverride
+from models_registry.problems import Problem
+from models_registry.services import dataset_roots, resolve_model, validate_output_dir
+from projects.datasets import check_dataset_path, load_rows, prompt_text
+from projects.models import RunStage, RunStatus, TrainingRun
+from projects.pipeline import fail, transition, worker_identity
+from projects.supervisor import Supervision, supervise
+from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
+from projects.validation import validate_output
+
+MAX_METRIC_POINTS = 2000
+
+
+def run_dir(run_id: int) -> Path:
+    return Path(settings.VAR_DIR) / "runs" / str(run_id)
+
+
+def _problem_lines(problems: list[Problem]) -> str:
+    return "\n".join(f"[{p.code}] {p.message} {p.hint}".strip() for p in problems)
+
+
+def resolve_stage(run_id: int) -> bool:
+    """The guide's rule: resolution fails explicitly before any training starts (no simulation fallback)."""
+    if not transition(
+        run_id, RunStatus.QUEUED, RunStatus.RESOLVING, started_at=timezone.now(), worker_host=worker_identity()
+    ):
+        return False
+    run = TrainingRun.objects.select_related("project").get(pk=run_id)
+    project = run.project
+    resolution = resolve_model(project.model_name, project.revision or None)
+    if not resolution.valid:
+        return not fail(run_id, RunStage.RESOLVE, resolution.errors[0], _problem_lines(resolution.errors))
+    if not any(f.name.endswith((".safetensors", ".bin")) for f in resolution.files):
+        return not fail(
+            run_id,
+            RunStage.RESOLVE,
+            Problem(
+                "no_weights",
+                f"Model '{project.model_name}' has no weights (*.safetensors or *.bin) in {resolution.path}.",
+                f"Download the full model: hf download {project.model_name}",
+            ),
+        )
+    dataset = check_dataset_path(project.dataset_path, dataset_roots())
+    if not dataset.valid:
+        return not fail(run_id, RunStage.RESOLVE, dataset.errors[0], _problem_lines(dataset.errors))
+    output = validate_output_dir(project.output_directory)
+    if not output.valid:
+        return not fail(run_id, RunStage.RESOLVE, output.errors[0], _problem_lines(output.errors))
+    TrainingRun.objects.filter(pk=run_id).update(
+        resolved_source=resolution.source or "",
+        resolved_path=resolution.path or "",
+        resolved_revision=resolution.revision or "",
+    )
+    return True
+
+
+def _trust_remote_code(run: TrainingRun) -> bool:
+    """Only a staff-set, enabled override may allow a model's own code to run."""
+    if run.resolved_source != "override":
+        return False
+    return ModelOverride.objects.filter(
+        model_name=run.project.model_name, enabled=True, trust_remote_code=True
+    ).exists()
+
+
+class _RunRecorder:
+    """Turns trainer events into row updates (events arrive at most about once a second)."""
+
+    def __init__(self, run_id: int):
+        self.run_id = run_id
+        self.metrics: list[dict] = []
+
+    def on_event(self, event: dict) -> None:
+        kind = event["event"]
+        rows = TrainingRun.objects.filter(pk=self.run_id)
+        if kind == "started":
+            rows.update(
+                device=str(event.get("device", ""))[:255],
+                progress={"step": event.get("global_step", 0), "total_steps": event.get("total_steps")},
+                resumed_from=event.get("resumed_from") or "",
+                heartbeat_at=timezone.now(),
+            )
+        elif kind == "progress":
+            progress = {
+                k: event.get(k)
+                for k in ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_second", "eta_seconds")
+            }
+            if event.get("loss") is not None:
+                self.metrics.append({k: event.get(k) for k in ("step", "loss", "learning_rate", "tokens_per_second")})
+                if len(self.metrics) > MAX_METRIC_POINTS:
+                    self.metrics = self.metrics[::2]
+            rows.update(progress=progress, metrics=self.metrics, heartbeat_at=timezone.now())
+        elif kind == "checkpoint":
+            rows.update(last_checkpoint=str(event.get("path", "")))
+        elif kind == "cancelled" and event.get("checkpoint"):
+            rows.update(last_checkpoint=str(event["checkpoint"]))
+
+    def on_tick(self, tail: str) -> None:
+        TrainingRun.objects.filter(pk=self.run_id).update(log_tail=tail, heartbeat_at=timezone.now())
+
+    def should_cancel(self) -> bool:
+        return TrainingRun.objects.filter(pk=self.run_id, cancel_requested=True).exists()
+
+
+def train_stage(run_id: int) -> bool:
+    if not transition(
+        run_id,
+        RunStatus.RESOLVING,
+        RunStatus.TRAINING,
+        heartbeat_at=timezone.now(),
+        worker_host=worker_identity(),
+        worker_pid=os.getpid(),
+    ):
+        return False
+    run = TrainingRun.objects.select_related("project").get(pk=run_id)
+    project = run.project
+    folder = run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    cancel_file = folder / "cancel"
+    cancel_file.unlink(missing_ok=True)
+    existing = {p.name for p in Path(run.output_directory).glob("checkpoint-*")} if run.resume else set()
+    spec = build_spec(
+        model_path=run.resolved_path,
+        model_name=project.model_name,
+        revision=run.resolved_revision,
+        trust_remote_code=_trust_remote_code(run),
+        dataset_path=project.dataset_path,
+        output_dir=run.output_directory,
+        method=project.method,
+        hyperparameters=project.hyperparameters,
+        resume_from_checkpoint="latest" if run.resume and existing else None,
+        cancel_file=cancel_file,
+        device=os.environ.get("MTM_TRAIN_DEVICE", "auto"),
+    )
+    spec_path = write_spec(spec, folder / "spec.json")
+    recorder = _RunRecorder(run_id)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    outcome = supervise(
+        trainer_command(spec_path, sys.executable),
+        cwd=Path(settings.BASE_DIR),
+        env=env,
+        cancel_file=cancel_file,
+        log_path=folder / "trainer.log",
+        sup=Supervision(on_event=recorder.on_event, should_cancel=recorder.should_cancel, on_tick=recorder.on_tick),
+    )
+    TrainingRun.objects.filter(pk=run_id).update(log_tail=outcome.tail)
+    if outcome.returncode == EXIT_OK and outcome.finished:
+        return True
+    if outcome.returncode == EXIT_CANCELLED:
+        transition(run_id, RunStatus.TRAINING, RunStatus.CANCELLED, finished_at=timezone.now())
+        return False
+    fail(run_id, RunStage.TRAIN, _child_failure(outcome), (outcome.last_error or {}).get("traceback", ""))
+    return False
+
+
+def _child_failure(outcome) -> Problem:
+    if outcome.last_error:
+        e = outcome.last_error
+        return Problem(e.get("code") or "training_failed", e.get("message") or "Training failed.", e.get("hint") or "")
+    code = outcome.returncode
+    if code < 0:
+        signame = {9: "SIGKILL", 15: "SIGTERM", 11: "SIGSEGV", 6: "SIGABRT"}.get(-code, f"signal {-code}")
+        why = " — usually the kernel's out-of-memory killer" if code == -9 else ""
+        return Problem(
+            "trainer_killed",
+            f"The training process was killed by {signame}{why}.",
+            "Lower batch_size or max_seq_length, or train with LoRA; then resume from the latest checkpoint.",
+        )
+    return Problem(
+        "training_failed",
+        f"The training process exited with code {code} without saying why.",
+        "See the log tail; resume from the latest checkpoint once the cause is fixed.",
+    )
+
+
+def _validation_prompt(run: TrainingRun) -> str:
+    project = run.project
+    if project.validation_prompt.strip():
+        return project.validation_prompt
+    try:
+        rows = load_rows(project.dataset_path)
+        from projects.datasets import detect_format
+
+        fmt = detect_format(rows[:1])
+        tokenizer = None
+        if fmt == "messages":
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(run.output_directory)
+        return prompt_text(rows[0], fmt, tokenizer) or rows[0].get("text", "")[:200]
+    except Exception:  # the dataset is only a source of a prompt here; any problem falls back to the default
+        return ""
+
+
+def validate_stage(run_id: int) -> None:
+    if not transition(run_id, RunStatus.TRAINING, RunStatus.VALIDATING):
+        return
+    run = TrainingRun.objects.select_related("project").get(pk=run_id)
+    report = validate_output(
+        run.output_directory,
+        _validation_prompt(run),
+        base_model_path=run.resolved_path,
+        trust_remote_code=_trust_remote_code(run),
+    )
+    TrainingRun.objects.filter(pk=run_id).update(validation=report)
+    if report["passed"]:
+        transition(run_id, RunStatus.VALIDATING, RunStatus.SUCCEEDED, finished_at=timezone.now())
+        return
+    failed = next(c for c in report["checks"] if not c["passed"])
+    fail(
+        run_id,
+        RunStage.VALIDATE,
+        Problem(
+            "validation_failed",
+            f"Post-training validation failed: the {failed['name']} check did not pass: {failed['detail']}",
+            "Open the validation report on the run page; fix the cause (often disk space or an interrupted save) and "
+            "start a new run.",
+        ),
+    )

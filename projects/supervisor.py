@@ -1,0 +1,126 @@
+"""Run the trainer child process and follow it: events, a log tail, cancellation and heartbeats.
+
+The worker task stays alive whatever the child does (a crash, an OOM kill): the child's exit code and its last
+"error" event are what the run records. No Django here; the pipeline passes callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from projects.trainer.events import parse_event
+
+TAIL_LINES = 200
+TAIL_CHARS = 20_000
+
+
+@dataclass
+class ChildOutcome:
+    returncode: int
+    last_error: dict | None = None
+    finished: dict | None = None
+    cancelled: dict | None = None
+    tail: str = ""
+    events: int = 0
+    log_path: Path | None = None
+
+
+class LogTail:
+    def __init__(self) -> None:
+        self._lines: deque[str] = deque(maxlen=TAIL_LINES)
+
+    def add(self, line: str) -> None:
+        self._lines.append(line.rstrip("\n")[:2000])
+
+    def text(self) -> str:
+        return "\n".join(self._lines)[-TAIL_CHARS:]
+
+
+@dataclass
+class Supervision:
+    on_event: Callable[[dict], None]
+    should_cancel: Callable[[], bool]
+    on_tick: Callable[[str], None] = lambda tail: None
+    tick_seconds: float = 2.0
+
+
+def _pump(stream, lines: queue.Queue) -> None:
+    for raw in iter(stream.readline, b""):
+        lines.put(raw.decode("utf-8", errors="replace"))
+    lines.put(None)
+
+
+def supervise(
+    cmd: list[str], *, cwd: Path, env: dict, cancel_file: Path, log_path: Path, sup: Supervision
+) -> ChildOutcome:
+    """Start the child, stream its output until it exits. Touches `cancel_file` once cancellation is asked for;
+    escalates to SIGTERM and then SIGKILL if the child does not stop in time."""
+    tail = LogTail()
+    outcome = ChildOutcome(returncode=-1, log_path=log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        lines: queue.Queue = queue.Queue()
+        reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
+        reader.start()
+        cancel_asked_at: float | None = None
+        last_tick = 0.0
+        done = False
+        while not done:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                line = ""
+            if line is None:
+                done = True
+            elif line:
+                event = parse_event(line)
+                if event is None:
+                    log.write(line)
+                    tail.add(line)
+                else:
+                    outcome.events += 1
+                    kind = event["event"]
+                    if kind == "error":
+                        outcome.last_error = event
+                        log.write(event.get("traceback") or "")
+                    elif kind == "finished":
+                        outcome.finished = event
+                    elif kind == "cancelled":
+                        outcome.cancelled = event
+                    sup.on_event(event)
+            now = time.monotonic()
+            if now - last_tick >= sup.tick_seconds:
+                last_tick = now
+                log.flush()
+                sup.on_tick(tail.text())
+                if cancel_asked_at is None and sup.should_cancel():
+                    cancel_asked_at = now
+                    cancel_file.touch()
+            if cancel_asked_at is not None and proc.poll() is None:
+                _escalate(proc, now - cancel_asked_at)
+        outcome.returncode = proc.wait()
+    outcome.tail = tail.text()
+    return outcome
+
+
+def _escalate(proc: subprocess.Popen, waited: float) -> None:
+    """A cancelled child normally saves a checkpoint and exits by itself; one stuck in a long step is stopped."""
+    try:
+        if waited > 600:
+            os.killpg(proc.pid, signal.SIGKILL)
+        elif waited > 300:
+            os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass

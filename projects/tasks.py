@@ -1,0 +1,41 @@
+"""Celery tasks: thin wrappers that re-fetch the run by id and call a stage; any exception fails the run."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from projects import stages
+from projects.models import RunStage
+from projects.pipeline import fail_with_exception, record_task_id
+
+
+def _guarded(run_id: int, stage: RunStage, fn):
+    try:
+        return fn(run_id)
+    except Exception as exc:
+        fail_with_exception(run_id, stage, exc)
+        return False
+
+
+def _enqueue_next(run_id: int, stage: RunStage, task, queue: str) -> None:
+    try:
+        record_task_id(run_id, task.name.rsplit(".", 1)[-1], task.apply_async((run_id,), queue=queue).id)
+    except Exception as exc:  # the broker went away between two stages
+        fail_with_exception(run_id, stage, exc)
+
+
+@shared_task(name="projects.resolve_run")
+def resolve_run(run_id: int) -> None:
+    if _guarded(run_id, RunStage.RESOLVE, stages.resolve_stage):
+        _enqueue_next(run_id, RunStage.RESOLVE, train_run, "training")
+
+
+@shared_task(name="projects.train_run")
+def train_run(run_id: int) -> None:
+    if _guarded(run_id, RunStage.TRAIN, stages.train_stage):
+        _enqueue_next(run_id, RunStage.TRAIN, validate_run, "default")
+
+
+@shared_task(name="projects.validate_run")
+def validate_run(run_id: int) -> None:
+    _guarded(run_id, RunStage.VALIDATE, stages.validate_stage)

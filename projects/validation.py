@@ -1,0 +1,147 @@
+"""Post-training validation, the guide's four checks: files, JSON, loading test and inference test.
+
+The report is a plain dict stored on the run: {"passed", "checks": [{"name", "passed", "detail", "seconds"}],
+"sample_output", "prompt"}. Loading and inference run in a child process (projects.inference_check).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from models_registry.checks import check_model_folder
+from projects.inference_check import RESULT_PREFIX
+from projects.trainer.outputs import MANIFEST_NAME
+
+ADAPTER_FILES = ("adapter_config.json",)
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+DEFAULT_PROMPT = "Hello"
+CHILD_TIMEOUT = 1800
+
+
+def _check(name: str, passed: bool, detail: str, started: float) -> dict:
+    return {"name": name, "passed": passed, "detail": detail, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _layout(output_dir: Path) -> tuple[dict | None, str]:
+    try:
+        manifest = json.loads((output_dir / MANIFEST_NAME).read_text())
+        layout = manifest["layout"]
+        return {"model_dir": layout.get("model_dir"), "adapter_dir": layout.get("adapter_dir")}, ""
+    except FileNotFoundError:
+        return None, f"{MANIFEST_NAME} is missing from {output_dir}."
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return None, f"{MANIFEST_NAME} is unreadable or has no layout: {exc}."
+
+
+def files_check(output_dir: Path, layout: dict) -> tuple[bool, str]:
+    problems = []
+    if layout.get("model_dir"):
+        report = check_model_folder(output_dir / layout["model_dir"])
+        problems += [p.message for p in report.errors]
+        problems += [p.message for p in report.warnings if p.code == "no_weights"]
+    if layout.get("adapter_dir"):
+        adapter = output_dir / layout["adapter_dir"]
+        problems += [f"missing {f} in {adapter}" for f in ADAPTER_FILES if not (adapter / f).is_file()]
+        if not any((adapter / f).is_file() for f in ADAPTER_WEIGHTS):
+            problems.append(f"no adapter weights ({' or '.join(ADAPTER_WEIGHTS)}) in {adapter}")
+    if problems:
+        return False, "; ".join(problems)
+    where = " and ".join(f"{k.replace('_dir', '')} in {output_dir / v}" for k, v in layout.items() if v)
+    return True, f"All required files present ({where})."
+
+
+def json_check(output_dir: Path) -> tuple[bool, str]:
+    """Every JSON file of the final output (checkpoints excluded) parses."""
+    bad, count = [], 0
+    for path in sorted(output_dir.rglob("*.json")):
+        if any(part.startswith("checkpoint-") for part in path.relative_to(output_dir).parts):
+            continue
+        count += 1
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            bad.append(f"{path.relative_to(output_dir)}: {exc}")
+    if bad:
+        return False, "Invalid JSON: " + "; ".join(bad)
+    return True, f"{count} JSON files parse."
+
+
+def _run_child(spec: dict) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mtm-inference-") as tmp:
+        spec_path = Path(tmp) / "spec.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "projects.inference_check", str(spec_path)],
+                cwd=settings.BASE_DIR,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=CHILD_TIMEOUT,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"The loading/inference child did not finish within {CHILD_TIMEOUT}s."}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    return {"error": f"The loading/inference child exited with code {proc.returncode}: {proc.stderr[-2000:]}"}
+
+
+def validate_output(
+    output_dir: str | Path,
+    prompt: str,
+    *,
+    base_model_path: str | None,
+    trust_remote_code: bool = False,
+    max_new_tokens: int = 32,
+) -> dict:
+    output_dir = Path(output_dir)
+    checks: list[dict] = []
+    started = time.monotonic()
+    layout, problem = _layout(output_dir)
+    if layout is None:
+        checks.append(_check("files", False, problem, started))
+    else:
+        checks.append(_check("files", *files_check(output_dir, layout), started))
+    started = time.monotonic()
+    checks.append(_check("json", *json_check(output_dir), started))
+    sample = ""
+    prompt = prompt or DEFAULT_PROMPT
+    if all(c["passed"] for c in checks):
+        model_dir = output_dir / layout["model_dir"] if layout.get("model_dir") else None
+        spec = {
+            "model_dir": str(model_dir) if model_dir else None,
+            "adapter_dir": str(output_dir / layout["adapter_dir"]) if layout.get("adapter_dir") else None,
+            "base_model_path": base_model_path,
+            "tokenizer_dir": str(model_dir or output_dir),
+            "prompt": prompt,
+            "max_new_tokens": max_new_tokens,
+            "trust_remote_code": trust_remote_code,
+        }
+        result = _run_child(spec)
+        if "error" in result:
+            checks.append({"name": "load", "passed": False, "detail": result["error"], "seconds": 0.0})
+            checks.append({"name": "inference", "passed": False, "detail": "Not run.", "seconds": 0.0})
+        else:
+            for name in ("load", "inference"):
+                item = result[name]
+                checks.append(
+                    {"name": name, "passed": item["passed"], "detail": item["detail"], "seconds": item["seconds"]}
+                )
+            sample = result["inference"].get("text", "")
+    else:
+        for name in ("load", "inference"):
+            checks.append(
+                {"name": name, "passed": False, "detail": "Not run: an earlier check failed.", "seconds": 0.0}
+            )
+    return {"passed": all(c["passed"] for c in checks), "checks": checks, "sample_output": sample, "prompt": prompt}

@@ -1,0 +1,43 @@
+"""Helpers for tests that drive training runs through a real Celery worker."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from projects.models import TrainingRun
+
+FAST_HYPERPARAMETERS = {
+    "max_steps": 12,
+    "learning_rate": 0.01,
+    "batch_size": 4,
+    "max_seq_length": 64,
+    "logging_steps": 1,
+    "save_steps": 4,
+    "precision": "fp32",
+}
+
+QA_ROWS = [
+    {"prompt": "Question: what is two plus two? Answer:", "completion": " four."},
+    {"prompt": "Say hello:", "completion": " Hello world!"},
+    {"prompt": "Finish: the quick brown fox", "completion": " jumps over the lazy dog."},
+]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def wait_for_end(run_id: int, timeout: float = 300, until=None) -> TrainingRun:
+    """Poll the row until the run has ended (or `until(run)` holds). Fails with the row's state on timeout."""
+    deadline = time.monotonic() + timeout
+    run = TrainingRun.objects.get(pk=run_id)
+    while time.monotonic() < deadline:
+        run.refresh_from_db()
+        if until(run) if until else run.has_ended:
+            return run
+        time.sleep(0.3)
+    raise AssertionError(f"run {run_id} still {run.status} after {timeout}s; log:\n{run.log_tail[-3000:]}")

@@ -1,0 +1,158 @@
+"""Training runs end to end: a real worker on the real Redis broker, the real trainer on the CPU, the tiny Llama in
+a temp HF cache. Nothing of ours is mocked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+
+from models_registry.models import PortalSettings
+from projects.models import RunStage, RunStatus, TrainingProject
+from projects.pipeline import RunRefused, request_cancel, start_run
+from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, wait_for_end, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def portal(hf_cache, tmp_path, transactional_db):
+    settings_row = PortalSettings.load()
+    settings_row.model_cache_path = str(hf_cache)
+    settings_row.allowed_output_roots = [str(tmp_path / "outputs")]
+    settings_row.allowed_dataset_roots = [str(tmp_path / "datasets")]
+    settings_row.save()
+    (tmp_path / "outputs").mkdir()
+    user = User.objects.create_user("alice", password="x")
+    return {"user": user, "root": tmp_path}
+
+
+def make_project(portal, model_name, *, method="full", rows=None, hyper=None, name="p", **extra):
+    root = portal["root"]
+    dataset = write_jsonl(root / "datasets" / f"{name}.jsonl", (rows or QA_ROWS) * 8)
+    return TrainingProject.objects.create(
+        name=name,
+        owner=portal["user"],
+        model_name=model_name,
+        dataset_path=str(dataset),
+        output_directory=str(root / "outputs" / name),
+        method=method,
+        hyperparameters={**FAST_HYPERPARAMETERS, **(hyper or {})},
+        **extra,
+    )
+
+
+def test_full_fine_tune_succeeds_and_is_proven_to_work(portal, tiny_llama_in_cache, celery_worker):
+    name, snapshot = tiny_llama_in_cache
+    project = make_project(portal, name, validation_prompt="Say hello:")
+    run = wait_for_end(start_run(project, portal["user"]).pk)
+    assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
+    assert run.resolved_source == "cache" and run.resolved_path == str(snapshot)
+    assert run.device == "cpu"
+    losses = [m["loss"] for m in run.metrics]
+    assert len(losses) >= 5 and losses[-1] < losses[0]
+    assert run.progress["step"] == run.progress["total_steps"] == 12
+    checks = {c["name"]: c for c in run.validation["checks"]}
+    assert list(checks) == ["files", "json", "load", "inference"]
+    assert all(c["passed"] for c in checks.values()), checks
+    assert run.validation["prompt"] == "Say hello:"
+    assert run.validation["sample_output"] != ""
+    manifest = json.loads((portal["root"] / "outputs" / "p" / "mtm_manifest.json").read_text())
+    assert manifest["base_model"] == {"name": name, "revision": snapshot.name, "path": str(snapshot)}
+    import hashlib
+
+    assert manifest["dataset"]["sha256"] == hashlib.sha256(Path(project.dataset_path).read_bytes()).hexdigest()
+    assert manifest["hyperparameters"]["max_steps"] == 12 and manifest["metrics"]["final_loss"] == losses[-1]
+    assert {"torch", "transformers", "peft"} <= set(manifest["versions"])
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = portal["root"] / "outputs" / "p"
+    model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
+    ids = tok("Say hello:", return_tensors="pt")
+    assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] > ids["input_ids"].shape[1]
+
+
+def test_lora_with_merge(portal, tiny_llama_in_cache, celery_worker):
+    project = make_project(
+        portal,
+        tiny_llama_in_cache[0],
+        method="lora",
+        name="lora",
+        hyper={"merge_after_training": True, "lora_r": 4, "lora_alpha": 8},
+    )
+    run = wait_for_end(start_run(project, portal["user"]).pk)
+    assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
+    out = portal["root"] / "outputs" / "lora"
+    assert (out / "adapter_config.json").is_file() and (out / "merged" / "config.json").is_file()
+    assert all(c["passed"] for c in run.validation["checks"])
+
+
+def test_chat_messages_dataset(portal, tiny_llama_in_cache, celery_worker):
+    rows = [{"messages": [{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": "Hello world!"}]}]
+    project = make_project(portal, tiny_llama_in_cache[0], rows=rows, name="chat")
+    run = wait_for_end(start_run(project, portal["user"]).pk)
+    assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
+    # No validation prompt on the project: the dataset's first prompt, rendered with the chat template, is used.
+    assert run.validation["prompt"].startswith("<|user|>\nSay hello")
+
+
+def test_missing_model_fails_at_resolve_having_trained_nothing(portal, tiny_llama_in_cache, celery_worker):
+    name, snapshot = tiny_llama_in_cache
+    project = make_project(portal, name, name="vanished")
+    shutil.rmtree(snapshot.parent.parent)  # the model is deleted from the cache after the project was made
+    run = wait_for_end(start_run(project, portal["user"]).pk)
+    assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.RESOLVE
+    assert run.error_code == "model_not_found"
+    assert run.error_message.startswith(f"Model '{name}' not found. Please ensure the model is downloaded")
+    assert "hf download" in run.error_hint
+    assert run.progress == {} and run.metrics == []
+    assert not (portal["root"] / "outputs" / "vanished").exists()
+
+
+def test_training_crash_fails_the_run_and_the_worker_keeps_serving(portal, tiny_llama_in_cache, celery_worker):
+    # A learning rate the hyperparameter check refuses only inside the child: the child reports and exits 1.
+    project = make_project(portal, tiny_llama_in_cache[0], name="crash", hyper={"learning_rate": -1})
+    run = wait_for_end(start_run(project, portal["user"]).pk)
+    assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.TRAIN, run.error_message
+    assert "learning_rate" in run.error_message
+    ok = make_project(portal, tiny_llama_in_cache[0], name="after-crash")
+    assert wait_for_end(start_run(ok, portal["user"]).pk).status == RunStatus.SUCCEEDED
+
+
+def test_cancel_mid_run_then_resume_from_checkpoint(portal, tiny_llama_in_cache, celery_worker):
+    project = make_project(
+        portal,
+        tiny_llama_in_cache[0],
+        name="cancel",
+        hyper={"max_steps": 400, "save_steps": 1000, "learning_rate": 0.001},
+    )
+    run = start_run(project, portal["user"])
+    wait_for_end(run.pk, until=lambda r: (r.progress or {}).get("step", 0) >= 3)
+    run.refresh_from_db()
+    assert request_cancel(run)
+    run = wait_for_end(run.pk)
+    assert run.status == RunStatus.CANCELLED, (run.error_message, run.log_tail[-2000:])
+    assert run.last_checkpoint and "checkpoint-" in run.last_checkpoint
+    stopped_at = int(run.last_checkpoint.rsplit("-", 1)[1])
+    assert 3 <= stopped_at < 400
+
+    project.hyperparameters = {**project.hyperparameters, "max_steps": stopped_at + 4}
+    project.save()
+    resumed = wait_for_end(start_run(project, portal["user"], resume=True).pk)
+    assert resumed.status == RunStatus.SUCCEEDED, (resumed.error_message, resumed.log_tail[-3000:])
+    assert resumed.resumed_from.endswith(f"checkpoint-{stopped_at}")
+    assert min(m["step"] for m in resumed.metrics) > stopped_at
+
+
+def test_two_live_runs_on_one_output_directory_are_refused(portal, tiny_llama_in_cache):
+    project = make_project(portal, tiny_llama_in_cache[0], name="busy")
+    from projects.models import TrainingRun
+
+    TrainingRun.objects.create(project=project, status=RunStatus.TRAINING, output_directory=project.output_directory)
+    with pytest.raises(RunRefused) as refused:
+        start_run(project, portal["user"])
+    assert refused.value.problem.code == "output_directory_busy"
