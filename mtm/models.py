@@ -60,3 +60,24 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.object_type} {self.object_repr}"
+
+
+class LoginAttempt(models.Model):
+    """One sign-in through a password form, kept a day so repeated failures can be throttled (mtm/throttle.py)."""
+
+    username = models.CharField(max_length=150, help_text="As typed, case-folded.")
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    at = models.DateTimeField(default=timezone.now)
+    succeeded = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [
+            models.Index(fields=["username", "at"], name="mtm_login_user_at"),
+            models.Index(fields=["remote_addr", "at"], name="mtm_login_addr_at"),
+            models.Index(fields=["at"], name="mtm_login_at"),
+        ]
+
+    def __str__(self) -> str:
+        outcome = "succeeded" if self.succeeded else "failed"
+        return f"sign-in as '{self.username}' from {self.remote_addr or 'unknown address'} {outcome}"
