@@ -7,6 +7,7 @@ from ninja import NinjaAPI
 from models_registry.api import router as registry_router
 from mtm.api_errors import JsonObjectParser, install_error_handlers
 from mtm.auth import api_auth
+from projects.api import router as projects_router
 
 api = NinjaAPI(
     title="Model Training Manager API",
@@ -23,5 +24,5 @@ install_error_handlers(api)
 # (/projects/validate-model, /projects/models/available, ...) must come before the projects
 # router's /projects/{id}, or that pattern would answer for them.
 api.add_router("", registry_router)
-# Projects and runs (projects/api.py) go here, after the registry:
-# api.add_router("", projects_router)
+# Projects and runs (projects/api.py), after the registry:
+api.add_router("", projects_router)

@@ -1,0 +1,306 @@
+"""The projects API: projects CRUD, dataset uploads, starting, watching and cancelling runs.
+
+Mounted after the registry router (see mtm/api.py), so the registry's fixed /projects/... paths win over
+/projects/{project_id}. Every member may read; only a project's owner or staff may change it or its runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from django.db import transaction
+from django.db.models import OuterRef, ProtectedError, Subquery
+from django.http import HttpRequest
+from ninja import File, Form, Router
+from ninja.files import UploadedFile
+from ninja.responses import Status
+
+from models_registry.services import dataset_roots, resolve_model
+from mtm import audit
+from mtm.api_errors import ApiError
+from projects import services
+from projects.datasets import DatasetError, DatasetReport, check_dataset_path, inspect_dataset, store_upload
+from projects.models import LIVE_STATUSES, TrainingProject, TrainingRun
+from projects.pipeline import RunRefused, request_cancel, start_run
+from projects.schemas import (
+    DatasetUploadOut,
+    MaxSeqLength,
+    ProjectDatasetOut,
+    ProjectErrorOut,
+    ProjectIn,
+    ProjectOut,
+    ProjectPatch,
+    RunOut,
+    RunStartIn,
+    RunStatusName,
+    StoredText,
+)
+from projects.serializers import project_dict, run_dict
+
+router = Router(tags=["projects"])
+MAX_ID = 2**63 - 1
+UPLOAD_FIELD = "file"
+
+
+def _errors(*statuses: int) -> dict[int, type[ProjectErrorOut]]:
+    """401 and 422 can answer any call (no credentials; a path, query or body of the wrong type)."""
+    return {status: ProjectErrorOut for status in (401, 422, *statuses)}
+
+
+READ = _errors(404)
+WRITE = _errors(403, 404, 413)
+
+
+def _problems(check: services.ProjectCheck) -> list[dict[str, Any]]:
+    return [{**p.to_dict(), "field": field} for field, problems in check.errors.items() for p in problems]
+
+
+def _refused(check: services.ProjectCheck) -> ApiError:
+    errors = _problems(check)
+    detail = errors[0]["message"] if len(errors) == 1 else f"{len(errors)} problems with the project; see errors."
+    return ApiError(422, errors, detail)
+
+
+def _project_or_404(project_id: int) -> TrainingProject:
+    rows = TrainingProject.objects.select_related("owner")
+    project = rows.filter(pk=project_id).first() if 0 < project_id <= MAX_ID else None
+    if project is None:
+        raise ApiError.single(
+            404, "not_found", f"No project with id {project_id}.", "List the projects with GET /api/v1/projects."
+        )
+    return project
+
+
+def _run_or_404(run_id: int) -> TrainingRun:
+    rows = TrainingRun.objects.select_related("project", "project__owner")
+    run = rows.filter(pk=run_id).first() if 0 < run_id <= MAX_ID else None
+    if run is None:
+        raise ApiError.single(
+            404, "not_found", f"No run with id {run_id}.", "A project's runs are at GET /api/v1/projects/{id}/runs."
+        )
+    return run
+
+
+def may_change(user: Any, project: TrainingProject) -> bool:
+    return bool(user and user.is_active and (user.is_staff or project.owner_id == user.pk))
+
+
+def _require_owner(request: HttpRequest, project: TrainingProject, what: str) -> None:
+    if not may_change(request.auth, project):
+        raise ApiError.single(
+            403,
+            "permission_denied",
+            f"Only the owner ({project.owner.get_username()}) or staff can {what} project '{project.name}'.",
+            "Ask the owner or a staff member to do it, or create a project of your own.",
+        )
+
+
+# --- projects --------------------------------------------------------------------------------------------------
+
+
+@router.get("/projects", response={200: list[ProjectOut], **_errors()})
+def list_projects(
+    request: HttpRequest, owner: StoredText | None = None, status: RunStatusName | None = None
+) -> list[dict]:
+    """Every project of the team, newest first; ?owner= a username, ?status= the status of the last run."""
+    latest = TrainingRun.objects.filter(project=OuterRef("pk")).order_by("-created_at", "-id")
+    projects = TrainingProject.objects.select_related("owner").annotate(last_run_pk=Subquery(latest.values("pk")[:1]))
+    if owner is not None:
+        projects = projects.filter(owner__username=owner)
+    if status is not None:
+        projects = projects.annotate(last_status=Subquery(latest.values("status")[:1])).filter(last_status=status)
+    projects = list(projects)
+    runs = TrainingRun.objects.in_bulk([p.last_run_pk for p in projects if p.last_run_pk])
+    return [project_dict(p, last_run=runs.get(p.last_run_pk)) for p in projects]
+
+
+@router.post("/projects", response={201: ProjectOut, **_errors(403, 413)})
+def create_project(request: HttpRequest, payload: ProjectIn) -> Status:
+    """Create a project; refused (422) with every problem, each naming its `field`, unless its model, output
+    directory, dataset and hyperparameters validate.
+
+    The dataset must validate too: to train on a file of your own, upload it first with `POST /api/v1/datasets`
+    (multipart field `file`) and send the `dataset_path` it answers. `POST /api/v1/projects/{id}/dataset`
+    replaces an existing project's dataset with an upload.
+    """
+    try:
+        project = services.create_project(request.auth, payload.model_dump())
+    except services.ProjectInvalid as exc:
+        raise _refused(exc.check)
+    changes = {key: [None, value] for key, value in services.project_data(project).items()}
+    audit.record(request.auth, "project.create", project, changes, request, via="api")
+    return Status(201, project_dict(project, last_run=None))
+
+
+@router.get("/projects/{project_id}", response={200: ProjectOut, **READ})
+def get_project(request: HttpRequest, project_id: int) -> dict:
+    return project_dict(_project_or_404(project_id))
+
+
+@router.patch("/projects/{project_id}", response={200: ProjectOut, **WRITE})
+def update_project(request: HttpRequest, project_id: int, payload: ProjectPatch) -> dict:
+    """Change some fields (hyperparameters are merged); the whole project is checked again, as on create."""
+    project = _project_or_404(project_id)
+    _require_owner(request, project, "change")
+    before = services.project_data(project)
+    try:
+        services.update_project(project, payload.model_dump(exclude_unset=True))
+    except services.ProjectInvalid as exc:
+        raise _refused(exc.check)
+    if changes := audit.diff(before, services.project_data(project)):
+        audit.record(request.auth, "project.update", project, changes, request, via="api")
+    return project_dict(project)
+
+
+@router.delete("/projects/{project_id}", response={204: None, **_errors(403, 404, 409)})
+def delete_project(request: HttpRequest, project_id: int) -> Status:
+    """Delete a project and its runs' records (not its output directory); refused while a run is live."""
+    project = _project_or_404(project_id)
+    _require_owner(request, project, "delete")
+    changes = {key: [value, None] for key, value in services.project_data(project).items()}
+    try:
+        with transaction.atomic():
+            # The same lock start_run takes, so no run can start between the check and the delete.
+            TrainingProject.objects.select_for_update().filter(pk=project.pk).first()
+            live = project.runs.filter(status__in=LIVE_STATUSES).order_by("-created_at").first()
+            if live is not None:
+                raise ApiError.single(
+                    409,
+                    "project_has_live_run",
+                    f"Project '{project.name}' cannot be deleted: its run {live.pk} is {live.status}.",
+                    f"Cancel it first (POST /api/v1/runs/{live.pk}/cancel) and delete the project once it has ended.",
+                )
+            audit.record(request.auth, "project.delete", project, changes, request, via="api")
+            project.delete()
+    except ProtectedError as exc:
+        raise ApiError.single(409, "project_in_use", f"Project '{project.name}' is still referenced: {exc}.", "")
+    return Status(204, None)
+
+
+# --- datasets --------------------------------------------------------------------------------------------------
+
+
+def _store(file: UploadedFile) -> Path:
+    try:
+        return store_upload(file, file.name or "")
+    except DatasetError as exc:
+        raise ApiError(422, [{**p.to_dict(), "field": UPLOAD_FIELD} for p in exc.problems])
+
+
+def _discard(path: Path) -> None:
+    """Remove a refused upload's folder (store_upload puts each upload in a folder of its own)."""
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def _report_for(path: Path, model_name: str | None, revision: str | None, max_seq_length: int | None) -> DatasetReport:
+    located = check_dataset_path(str(path), dataset_roots())
+    if not located.valid:
+        return DatasetReport(path=str(path), errors=located.errors)
+    tokenizer = None
+    if model_name:
+        resolution = resolve_model(model_name, revision or None)
+        tokenizer = services.load_tokenizer(resolution) if resolution.valid else None
+    return inspect_dataset(located.path, tokenizer, max_seq_length)
+
+
+@router.post("/datasets", response={200: DatasetUploadOut, **_errors(403, 413)}, tags=["datasets"])
+def upload_dataset(
+    request: HttpRequest,
+    file: File[UploadedFile],
+    model_name: Form[str | None] = None,
+    revision: Form[str | None] = None,
+    max_seq_length: Form[MaxSeqLength | None] = None,
+) -> dict:
+    """Upload a dataset (multipart field `file`: .jsonl, .json or .csv) to use in `POST /api/v1/projects`.
+
+    Answers its stored `dataset_path` and a report: format, rows, the first rows, warnings, and token-length
+    stats when `model_name` (a model that resolves) is sent too, against `max_seq_length` when given.
+    A file that cannot be trained on is refused (422) with each problem, rows named by number.
+    """
+    path = _store(file)
+    report = _report_for(path, model_name, revision, max_seq_length)
+    if not report.valid:
+        _discard(path)
+        raise ApiError(422, [{**p.to_dict(), "field": UPLOAD_FIELD} for p in report.errors])
+    return {"dataset_path": report.path, "report": report.to_dict()}
+
+
+@router.post("/projects/{project_id}/dataset", response={200: ProjectDatasetOut, **WRITE})
+def upload_project_dataset(request: HttpRequest, project_id: int, file: File[UploadedFile]) -> dict:
+    """Replace the project's dataset with an upload (multipart field `file`); checked against the project's model
+    and max sequence length. Refused (422) with every problem, and the project left as it was, when it does
+    not validate."""
+    project = _project_or_404(project_id)
+    _require_owner(request, project, "change the dataset of")
+    path = _store(file)
+    before = services.project_data(project)
+    try:
+        services.update_project(project, {"dataset_path": str(path)})
+    except services.ProjectInvalid as exc:
+        _discard(path)
+        raise _refused(exc.check)
+    if changes := audit.diff(before, services.project_data(project)):
+        audit.record(request.auth, "project.update", project, changes, request, via="api")
+    report = services.check_project(services.project_data(project)).dataset
+    return {
+        "dataset_path": project.dataset_path,
+        "report": (report or DatasetReport(path=project.dataset_path)).to_dict(),
+        "project": project_dict(project),
+    }
+
+
+# --- runs ------------------------------------------------------------------------------------------------------
+
+
+@router.post("/projects/{project_id}/runs", response={201: RunOut, **_errors(403, 404, 409, 413)}, tags=["runs"])
+def start_project_run(request: HttpRequest, project_id: int, payload: RunStartIn | None = None) -> Status:
+    """Queue a training run (body optional; {"resume": true} continues from the latest checkpoint). Refused (409)
+    while another live run writes to the same output directory."""
+    project = _project_or_404(project_id)
+    _require_owner(request, project, "start runs of")
+    resume = payload.resume if payload is not None else False
+    try:
+        run = start_run(project, request.auth, resume=resume)
+    except RunRefused as exc:
+        raise ApiError(409, [exc.problem])
+    audit.record(
+        request.auth, "run.start", run, {"status": [None, run.status], "resume": [None, resume]}, request, via="api"
+    )
+    run.refresh_from_db()  # queuing happens on commit and may already have failed (broker down)
+    return Status(201, run_dict(run))
+
+
+@router.get("/projects/{project_id}/runs", response={200: list[RunOut], **READ}, tags=["runs"])
+def list_project_runs(request: HttpRequest, project_id: int) -> list[dict]:
+    """The project's runs, newest first."""
+    project = _project_or_404(project_id)
+    return [run_dict(run) for run in project.runs.order_by("-created_at", "-id")]
+
+
+@router.get("/runs/{run_id}", response={200: RunOut, **READ}, tags=["runs"])
+def get_run(request: HttpRequest, run_id: int) -> dict:
+    """Status, progress, metrics, log tail and validation report of a run; poll it while the run is live."""
+    return run_dict(_run_or_404(run_id))
+
+
+@router.post("/runs/{run_id}/cancel", response={200: RunOut, **_errors(403, 404, 409)}, tags=["runs"])
+def cancel_run(request: HttpRequest, run_id: int) -> dict:
+    """Cancel a run: a queued one ends at once; a training one stops at its next step, saves a checkpoint and
+    ends "cancelled" (cancel_requested is true until then). Refused (409) when the run has already ended."""
+    run = _run_or_404(run_id)
+    _require_owner(request, run.project, "cancel runs of")
+    before = run.status
+    if not request_cancel(run):
+        run.refresh_from_db()
+        raise ApiError.single(
+            409,
+            "run_ended",
+            f"Run {run.pk} has already ended ({run.status}); there is nothing to cancel.",
+            f"Start a new run with POST /api/v1/projects/{run.project_id}/runs.",
+        )
+    run.refresh_from_db()
+    changes = {"status": [before, run.status], "cancel_requested": [False, True]}
+    audit.record(request.auth, "run.cancel", run, changes, request, via="api")
+    return run_dict(run)

@@ -1,0 +1,217 @@
+"""Request and response bodies of the projects API (DESIGN.md's JSON contract for projects and runs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from ninja import Schema
+from pydantic import AfterValidator, Field
+
+from models_registry.schemas import NoNulls, ProblemOut, StrictBody
+
+RunStatusName = Literal["queued", "resolving", "training", "validating", "succeeded", "failed", "cancelled"]
+StageName = Literal["queue", "resolve", "train", "validate"]
+MethodName = Literal["full", "lora"]
+
+
+def _storable(value: str) -> str:
+    """Text the database can hold: PostgreSQL refuses NUL bytes, and no database can store a lone surrogate."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)")
+    return value
+
+
+StoredText = Annotated[str, Field(max_length=10_000), AfterValidator(_storable)]
+StoredPath = Annotated[str, Field(max_length=4096), AfterValidator(_storable)]
+MaxSeqLength = Annotated[int, Field(ge=8, le=131_072)]
+HYPERPARAMETERS_DOC = (
+    'Only the ones to change from the defaults, e.g. {"max_steps": 100, "learning_rate": 0.0002}; '
+    "the project's answer lists every value in use."
+)
+
+
+class ProjectIn(StrictBody):
+    name: StoredText
+    description: StoredText = ""
+    model_name: str = Field(description="A Hub repo id that resolves: in the HF cache or a model override.")
+    revision: str | None = Field(None, description="A branch, tag or 40-character commit; blank or null for main.")
+    dataset_path: StoredPath = Field(
+        description="A file inside an allowed dataset root, or the dataset_path that POST /datasets returned."
+    )
+    output_directory: StoredPath = Field(description="An absolute path inside an allowed output root.")
+    method: MethodName = "lora"
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, description=HYPERPARAMETERS_DOC)
+    validation_prompt: StoredText = ""
+
+
+class ProjectPatch(NoNulls):
+    """Fields left out keep their values; hyperparameters sent are merged into the project's."""
+
+    name: StoredText | None = None
+    description: StoredText | None = None
+    model_name: str | None = None
+    revision: str | None = Field(None, description='Send "" to go back to main.')
+    dataset_path: StoredPath | None = None
+    output_directory: StoredPath | None = None
+    method: MethodName | None = None
+    hyperparameters: dict[str, Any] | None = Field(None, description=HYPERPARAMETERS_DOC)
+    validation_prompt: StoredText | None = None
+
+
+class RunStartIn(StrictBody):
+    resume: bool = Field(False, description="Continue from the latest checkpoint in the output directory.")
+
+
+class FieldProblemOut(ProblemOut):
+    field: str | None = Field(None, description="The request field the problem is about, when there is one.")
+
+
+class ProjectErrorOut(Schema):
+    detail: str
+    errors: list[FieldProblemOut]
+
+
+class RunErrorOut(Schema):
+    code: str
+    message: str
+    hint: str
+
+
+class ResolvedModelOut(Schema):
+    source: str | None
+    path: str
+    revision: str | None
+
+
+class ProgressOut(Schema):
+    step: int | None
+    total_steps: int | None
+    epoch: float | None
+    loss: float | None
+    learning_rate: float | None
+    tokens_per_second: float | None
+    eta_seconds: float | None
+
+
+class MetricOut(Schema):
+    step: int | None
+    loss: float | None
+    learning_rate: float | None
+    tokens_per_second: float | None
+
+
+class ValidationCheckOut(Schema):
+    name: str
+    passed: bool
+    detail: str
+    seconds: float
+
+
+class ValidationOut(Schema):
+    passed: bool
+    checks: list[ValidationCheckOut]
+    sample_output: str
+    prompt: str | None
+
+
+class RunOut(Schema):
+    id: int
+    project_id: int
+    status: RunStatusName
+    stage_failed: StageName | None
+    error: RunErrorOut | None
+    resolved_model: ResolvedModelOut | None
+    device: str | None
+    progress: ProgressOut
+    metrics: list[MetricOut]
+    validation: ValidationOut | None
+    resume: bool
+    resumed_from: str | None
+    last_checkpoint: str | None
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    log_tail: str
+
+
+class HyperparametersOut(Schema):
+    epochs: float
+    max_steps: int
+    learning_rate: float
+    batch_size: int
+    gradient_accumulation_steps: int
+    max_seq_length: int
+    warmup_ratio: float
+    warmup_steps: int
+    weight_decay: float
+    seed: int
+    packing: bool
+    precision: Literal["auto", "bf16", "fp16", "fp32"]
+    gradient_checkpointing: bool
+    lora_r: int
+    lora_alpha: float
+    lora_dropout: float
+    lora_target_modules: str | list[str]
+    merge_after_training: bool
+    save_steps: int
+    save_total_limit: int
+    logging_steps: int
+
+
+class ProjectOut(Schema):
+    id: int
+    name: str
+    owner: str
+    description: str
+    model_name: str
+    revision: str | None
+    dataset_path: str
+    dataset_format: str | None
+    output_directory: str
+    method: MethodName
+    hyperparameters: HyperparametersOut
+    validation_prompt: str
+    created_at: datetime
+    updated_at: datetime
+    last_run: RunOut | None
+
+
+class TokenStatsOut(Schema):
+    min: int
+    p50: int
+    p95: int
+    max: int
+    mean: float
+    total: int
+    over_max: int | None
+    dropped: int | None
+    max_seq_length: int | None
+
+
+class DatasetReportOut(Schema):
+    path: str
+    valid: bool
+    format: str | None
+    kind: str | None
+    rows: int
+    size_bytes: int | None
+    sha256: str | None
+    preview: list[dict[str, Any]]
+    errors: list[ProblemOut]
+    warnings: list[ProblemOut]
+    token_stats: TokenStatsOut | None
+
+
+class DatasetUploadOut(Schema):
+    dataset_path: str = Field(description="Give this as dataset_path to POST /projects or PATCH /projects/{id}.")
+    report: DatasetReportOut
+
+
+class ProjectDatasetOut(DatasetUploadOut):
+    project: ProjectOut
