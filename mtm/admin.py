@@ -9,6 +9,10 @@ from django.utils import timezone
 
 from mtm import audit
 from mtm.models import ApiToken, AuditEvent
+from mtm.views_login import ThrottledAdminAuthenticationForm
+
+# The admin's password form counts and refuses failed sign-ins like the portal's login page (mtm/throttle.py).
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 
 @admin.register(ApiToken)

@@ -127,6 +127,14 @@ SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
+# --- Sign-in throttling (mtm/throttle.py; added with the access work of issue 4) --------------------
+# After this many failed sign-ins for one account, or from one address, within the window, the password
+# forms (portal login and admin login) refuse further tries without checking the password. The address
+# limit is higher because a team behind one NAT or proxy shares an address.
+MTM_LOGIN_MAX_FAILURES = env_int("MTM_LOGIN_MAX_FAILURES", 5)
+MTM_LOGIN_MAX_FAILURES_PER_ADDRESS = env_int("MTM_LOGIN_MAX_FAILURES_PER_ADDRESS", 20)
+MTM_LOGIN_WINDOW_MINUTES = env_int("MTM_LOGIN_WINDOW_MINUTES", 15)
+
 # --- Model resolution -------------------------------------------------------------------------
 # Used when the portal settings row has none (`:`-separated, like PATH). The defaults keep a fresh
 # `make run` usable: outputs and server-side datasets under var/.
