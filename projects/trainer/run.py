@@ -188,10 +188,7 @@ def load_model(spec: TrainerSpec, placement: Placement) -> tuple[Any, Any, torch
 
 def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
     """Rows -> tokenized examples (loss only on completions / assistant turns) -> optional packing."""
-    from projects.datasets.errors import DatasetError
-    from projects.datasets.examples import build_examples
-    from projects.datasets.formats import detect_format
-    from projects.datasets.loading import load_rows
+    from projects.datasets import DatasetError, build_examples, detect_format, load_rows
 
     hp = spec.hyperparameters
     try:
