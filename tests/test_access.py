@@ -69,6 +69,13 @@ def test_tokens_page_needs_login():
     assert resp.status_code == 302 and resp["Location"].startswith(f"{LOGIN}?next=")
 
 
+def test_the_nav_offers_tokens_to_everyone_and_audit_to_staff(member, staff):
+    member_page = text(secure_client(member).get(TOKENS))
+    assert f'<a href="{TOKENS}" aria-current="page">API tokens</a>' in member_page
+    assert f'href="{AUDIT}"' not in member_page
+    assert f'<a href="{AUDIT}">Audit</a>' in text(secure_client(staff).get("/"))
+
+
 def test_tokens_page_lists_only_the_persons_own_tokens(member, other):
     mine, _ = ApiToken.issue(member, "my laptop")
     revoked, _ = ApiToken.issue(member, "old script")
