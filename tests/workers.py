@@ -46,6 +46,10 @@ def app_publishing_to(redis_url: str) -> Iterator[None]:
 
     keys = ("broker_url", "result_backend", "broker_transport_options")
     saved = {key: app.conf.get(key) for key in keys}
+    # Celery's conf reads these variables before its own settings, so they are pointed at the URL too.
+    variables = ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND", "CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")
+    saved_environ = {name: os.environ.pop(name, None) for name in variables}
+    os.environ.update(CELERY_BROKER_URL=redis_url, CELERY_RESULT_BACKEND=redis_url)
     app.conf.update(
         broker_url=redis_url, result_backend=redis_url, broker_transport_options={"visibility_timeout": 3600}
     )
@@ -53,6 +57,10 @@ def app_publishing_to(redis_url: str) -> Iterator[None]:
     try:
         yield
     finally:
+        for name, value in saved_environ.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
         app.conf.update(saved)
         _drop_connections(app)
 
@@ -74,7 +82,7 @@ class CeleryWorker:
     def __init__(self, redis_url: str, log_path: Path, queues: str, extra_env: dict[str, str] | None) -> None:
         self.nodename = f"mtm-test-{uuid.uuid4().hex[:10]}@%h"
         self.log_path = log_path
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")}
         env.update(
             DATABASE_URL=current_database_url(),
             REDIS_URL=redis_url,
