@@ -7,8 +7,10 @@ Event kinds and their fields (every event also has "event", "time" (unix seconds
 since the child started)):
 - started:    device, precision, total_steps, global_step (> 0 when resumed), resumed_from, examples, rows,
               timings {imports, model_load, dataset, trainer_setup} in seconds
-- progress:   step, total_steps, epoch, loss, learning_rate, tokens_per_second, eta_seconds
-              (loss and learning_rate are the last logged values; tokens are real, non-padding tokens)
+- progress:   step, total_steps, epoch, loss, learning_rate, tokens_per_second, eta_seconds, logged
+              (loss and learning_rate are the last logged values, fresh when logged is true, i.e. on a
+              logging step: those events are the points of the loss curve; tokens are real, non-padding
+              tokens; eta_seconds is null until two steps have run)
 - checkpoint: path, step
 - finished:   metrics {...}, output_dir, model_dir, adapter_dir, manifest
 - cancelled:  step, checkpoint

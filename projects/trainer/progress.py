@@ -35,6 +35,8 @@ class ProgressReporter(TrainerCallback):
         self.cancel_file = str(cancel_file) if cancel_file else None
         self.real_tokens = real_tokens
         self.cancel_requested = False  # set by a SIGTERM handler, or found through the cancel file
+        # Chaos hook for the fault tests and for operators rehearsing failures: raise at this global step.
+        self.fault_at_step = int(os.environ.get("MTM_FAULT_RAISE_AT_STEP") or 0)
         self.cancelled_at_step: int | None = None
         self.last_checkpoint: str | None = None
         self.loss: float | None = None
@@ -71,6 +73,8 @@ class ProgressReporter(TrainerCallback):
         due = first or now - self._last_emit_time >= self.interval or state.global_step >= state.max_steps
         if due and not control.should_log:  # on a logging step on_log reports, with the fresh loss
             self._report(state, now)
+        if self.fault_at_step and state.global_step >= self.fault_at_step:
+            raise RuntimeError(f"Injected fault at step {state.global_step} (MTM_FAULT_RAISE_AT_STEP is set).")
         if state.global_step >= state.max_steps:
             return control  # the run is complete: a late cancel request changes nothing
         if self.cancel_requested or (self.cancel_file and os.path.exists(self.cancel_file)):
@@ -87,7 +91,7 @@ class ProgressReporter(TrainerCallback):
         self.loss = float(logs["loss"])
         self.learning_rate = float(logs.get("learning_rate", self.learning_rate or 0.0))
         point = {"step": state.global_step, "loss": self.loss, "learning_rate": self.learning_rate}
-        point["tokens_per_second"] = self._report(state, time.monotonic())
+        point["tokens_per_second"] = self._report(state, time.monotonic(), logged=True)
         self.history.append(point)
         return control
 
@@ -108,7 +112,7 @@ class ProgressReporter(TrainerCallback):
         tokens = self.real_tokens() - self._first_step_tokens
         return tokens / seconds if seconds > 0 and tokens > 0 else None
 
-    def _report(self, state, now: float) -> float | None:
+    def _report(self, state, now: float, logged: bool = False) -> float | None:
         tokens = self.real_tokens()
         window = now - self._last_emit_time
         rate = (tokens - self._last_emit_tokens) / window if window > 0 else None
@@ -126,6 +130,7 @@ class ProgressReporter(TrainerCallback):
             learning_rate=self.learning_rate,
             tokens_per_second=round(rate, 1) if rate is not None else None,
             eta_seconds=round(eta, 1) if eta is not None else None,
+            logged=logged,  # true: a logging step, the loss is fresh (a point for the loss chart)
         )
         self._last_emit_time, self._last_emit_tokens, self._last_emit_step = now, tokens, state.global_step
         return round(rate, 1) if rate is not None else None

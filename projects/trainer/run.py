@@ -5,6 +5,7 @@ Returns the exit code; raises TrainerError (or anything else) for the caller to 
 
 from __future__ import annotations
 
+import pickle
 import signal
 import time
 from datetime import UTC, datetime
@@ -165,6 +166,14 @@ def load_model(spec: TrainerSpec, placement: Placement) -> tuple[Any, Any, torch
             dtype = torch.bfloat16 if placement.precision == "bf16" else torch.float16
         model = AutoModelForCausalLM.from_pretrained(
             path, config=config, dtype=dtype, trust_remote_code=spec.trust_remote_code, weights_only=True
+        )
+    except pickle.UnpicklingError:
+        raise TrainerError(
+            "weights_invalid",
+            f"Model format invalid: the .bin weights of '{spec.model_name}' in {path} hold more than tensors "
+            "(pickled objects that could run code), so they were not loaded (torch.load with weights_only=True).",
+            "Use a copy of the model with .safetensors weights (most Hub models ship them), or convert the .bin "
+            "file to safetensors on a trusted machine.",
         )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise TrainerError(
