@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse
+from django.http.multipartparser import MultiPartParserError
 from ninja.errors import AuthenticationError, AuthorizationError, HttpError, ValidationError
 from ninja.parser import Parser
 
@@ -151,6 +152,11 @@ def install_error_handlers(api: NinjaAPI) -> None:
             return respond(request, 413, [error_object("request_too_large", "The request body is too large.", hint)])
         if isinstance(exc, SuspiciousOperation):
             return respond(request, 400, [error_object("invalid_request", f"Bad request: {exc}.", DOCS_HINT)])
+        if isinstance(exc, MultiPartParserError):
+            hint = "Send files as multipart/form-data with a boundary, e.g. curl -F file=@train.jsonl URL."
+            return respond(
+                request, 422, [error_object("invalid_multipart", f"The multipart body is malformed: {exc}.", hint)]
+            )
         logger.exception("API request %s %s failed", request.method, request.path)
         message = "The server failed to answer this request; the error is in its log."
         return respond(request, 500, [error_object("server_error", message, "Try again; if it persists, tell staff.")])

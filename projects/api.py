@@ -42,6 +42,7 @@ from projects.serializers import project_dict, run_dict
 router = Router(tags=["projects"])
 MAX_ID = 2**63 - 1
 UPLOAD_FIELD = "file"
+NO_RESUME = RunStartIn()
 
 
 def _errors(*statuses: int) -> dict[int, type[ProjectErrorOut]]:
@@ -51,6 +52,7 @@ def _errors(*statuses: int) -> dict[int, type[ProjectErrorOut]]:
 
 READ = _errors(404)
 WRITE = _errors(403, 404, 413)
+UPLOAD = _errors(400, 403, 404, 413)  # 400: a multipart body over Django's field or file count limits
 
 
 def _problems(check: services.ProjectCheck) -> list[dict[str, Any]]:
@@ -205,7 +207,7 @@ def _report_for(path: Path, model_name: str | None, revision: str | None, max_se
     return inspect_dataset(located.path, tokenizer, max_seq_length)
 
 
-@router.post("/datasets", response={200: DatasetUploadOut, **_errors(403, 413)}, tags=["datasets"])
+@router.post("/datasets", response={200: DatasetUploadOut, **UPLOAD}, tags=["datasets"])
 def upload_dataset(
     request: HttpRequest,
     file: File[UploadedFile],
@@ -227,7 +229,7 @@ def upload_dataset(
     return {"dataset_path": report.path, "report": report.to_dict()}
 
 
-@router.post("/projects/{project_id}/dataset", response={200: ProjectDatasetOut, **WRITE})
+@router.post("/projects/{project_id}/dataset", response={200: ProjectDatasetOut, **UPLOAD})
 def upload_project_dataset(request: HttpRequest, project_id: int, file: File[UploadedFile]) -> dict:
     """Replace the project's dataset with an upload (multipart field `file`); checked against the project's model
     and max sequence length. Refused (422) with every problem, and the project left as it was, when it does
@@ -255,12 +257,12 @@ def upload_project_dataset(request: HttpRequest, project_id: int, file: File[Upl
 
 
 @router.post("/projects/{project_id}/runs", response={201: RunOut, **_errors(403, 404, 409, 413)}, tags=["runs"])
-def start_project_run(request: HttpRequest, project_id: int, payload: RunStartIn | None = None) -> Status:
+def start_project_run(request: HttpRequest, project_id: int, payload: RunStartIn = NO_RESUME) -> Status:
     """Queue a training run (body optional; {"resume": true} continues from the latest checkpoint). Refused (409)
     while another live run writes to the same output directory."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "start runs of")
-    resume = payload.resume if payload is not None else False
+    resume = payload.resume
     try:
         run = start_run(project, request.auth, resume=resume)
     except RunRefused as exc:

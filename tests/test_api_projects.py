@@ -223,6 +223,14 @@ def test_bad_uploads_are_422_and_leave_nothing_behind(client, roots, owner):
     assert "file" in errors[0]["message"]
 
 
+def test_malformed_multipart_is_422_json(client, roots, owner, project):
+    for path in ("/datasets", f"/projects/{project['id']}/dataset"):
+        headers = {"Authorization": f"Bearer {owner[1]}"}
+        resp = client.generic("POST", API + path, b"garbage", "multipart/form-data", secure=True, headers=headers)
+        [error] = refused(resp)
+        assert error["code"] == "invalid_multipart" and "boundary" in error["message"]
+
+
 def test_project_dataset_upload_replaces_the_dataset(client, roots, owner, project):
     rows = QA_ROWS + [{"prompt": "One more:", "completion": " row."}]
     resp = upload(client, f"/projects/{project['id']}/dataset", "more.jsonl", jsonl_bytes(rows), owner[1])
