@@ -17,6 +17,7 @@ urlpatterns = [
     path("accounts/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("", include("models_registry.urls")),
+    path("projects/", include("projects.urls")),
     path("tokens/", include("mtm.urls_tokens")),
     path("audit/", include("mtm.urls_audit")),
 ]

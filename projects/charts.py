@@ -1,0 +1,177 @@
+"""The run page's loss chart: metrics in, an inline SVG out. Pure Python, no chart library, no JavaScript.
+
+Every piece of text that reaches the SVG is escaped here, so the result may be marked safe by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from html import escape
+from typing import Any
+
+WIDTH = 640
+HEIGHT = 240
+PAD_LEFT = 56
+PAD_RIGHT = 16
+PAD_TOP = 14
+PAD_BOTTOM = 36
+MAX_POINTS = 600  # more points than pixels only makes the page heavier
+
+
+@dataclass
+class Tick:
+    position: float  # pixel coordinate along its axis
+    label: str
+
+
+@dataclass
+class LossChart:
+    """What the SVG is drawn from: useful on its own for tests and for other renderers."""
+
+    points: list[tuple[float, float]] = field(default_factory=list)  # pixel (x, y) of each loss value
+    x_ticks: list[Tick] = field(default_factory=list)
+    y_ticks: list[Tick] = field(default_factory=list)
+    first_loss: float | None = None
+    last_loss: float | None = None
+    last_step: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.points
+
+    @property
+    def polyline(self) -> str:
+        return " ".join(f"{x:.1f},{y:.1f}" for x, y in self.points)
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def loss_series(metrics: Any) -> list[tuple[float, float]]:
+    """(step, loss) pairs with finite numbers, in step order; anything malformed is skipped."""
+    pairs = []
+    for point in metrics if isinstance(metrics, list) else []:
+        if not isinstance(point, dict):
+            continue
+        step, loss = _finite(point.get("step")), _finite(point.get("loss"))
+        if step is not None and loss is not None:
+            pairs.append((step, loss))
+    pairs.sort(key=lambda pair: pair[0])
+    if len(pairs) > MAX_POINTS:
+        stride = math.ceil(len(pairs) / MAX_POINTS)
+        pairs = pairs[::stride] + ([pairs[-1]] if (len(pairs) - 1) % stride else [])
+    return pairs
+
+
+def nice_ticks(low: float, high: float, count: int = 4, *, whole: bool = False) -> list[float]:
+    """About `count` round values (1, 2, 2.5 or 5 times a power of ten) covering [low, high]; with `whole`,
+    whole numbers only (for steps)."""
+    if high <= low:
+        return [low]
+    raw = (high - low) / max(count, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    multiples = (1, 2, 2.5, 5, 10)
+    if whole:
+        magnitude = max(magnitude, 1)
+        multiples = (1, 2, 5, 10) if magnitude == 1 else multiples
+    step = min((m * magnitude for m in multiples), key=lambda candidate: abs(candidate - raw))
+    first = math.ceil(low / step - 1e-9) * step
+    ticks = []
+    value = first
+    while value <= high + step * 1e-9:
+        ticks.append(round(value, 10))
+        value += step
+    return ticks
+
+
+def _label(value: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000 or abs(value) < 0.01:
+        return f"{value:.2g}"
+    return f"{value:.3g}"
+
+
+def build_loss_chart(metrics: Any, width: int = WIDTH, height: int = HEIGHT) -> LossChart:
+    pairs = loss_series(metrics)
+    chart = LossChart()
+    if not pairs:
+        return chart
+    steps, losses = [s for s, _ in pairs], [v for _, v in pairs]
+    x_low, x_high = min(steps), max(steps)
+    y_low, y_high = min(losses), max(losses)
+    if x_high == x_low:
+        x_low, x_high = x_low - 1, x_high + 1
+    if y_high == y_low:
+        margin = abs(y_low) * 0.1 or 1.0
+        y_low, y_high = y_low - margin, y_high + margin
+    else:
+        margin = (y_high - y_low) * 0.05
+        y_low, y_high = y_low - margin, y_high + margin
+    plot_w, plot_h = width - PAD_LEFT - PAD_RIGHT, height - PAD_TOP - PAD_BOTTOM
+
+    def x_of(step: float) -> float:
+        return PAD_LEFT + (step - x_low) / (x_high - x_low) * plot_w
+
+    def y_of(loss: float) -> float:
+        return PAD_TOP + (y_high - loss) / (y_high - y_low) * plot_h
+
+    chart.points = [(x_of(s), y_of(v)) for s, v in pairs]
+    chart.x_ticks = [Tick(x_of(v), _label(v)) for v in nice_ticks(x_low, x_high, 5, whole=True)]
+    chart.y_ticks = [Tick(y_of(v), _label(v)) for v in nice_ticks(y_low, y_high, 4)]
+    chart.first_loss, chart.last_loss, chart.last_step = losses[0], losses[-1], int(steps[-1])
+    return chart
+
+
+def loss_chart_svg(metrics: Any, width: int = WIDTH, height: int = HEIGHT) -> str:
+    """The loss over the steps as an inline SVG element (escaped; safe to embed as HTML)."""
+    chart = build_loss_chart(metrics, width, height)
+    bottom, right = height - PAD_BOTTOM, width - PAD_RIGHT
+    title = (
+        "Training loss: no values reported yet"
+        if chart.empty
+        else f"Training loss from {_label(chart.first_loss)} to {_label(chart.last_loss)} at step {chart.last_step}"
+    )
+    parts = [
+        f'<svg class="loss-chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
+        f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
+        f"<title>{escape(title)}</title>",
+        f'<line class="axis" x1="{PAD_LEFT}" y1="{PAD_TOP}" x2="{PAD_LEFT}" y2="{bottom}"/>',
+        f'<line class="axis" x1="{PAD_LEFT}" y1="{bottom}" x2="{right}" y2="{bottom}"/>',
+    ]
+    if chart.empty:
+        parts.append(
+            f'<text class="empty" x="{(PAD_LEFT + right) / 2:.0f}" y="{(PAD_TOP + bottom) / 2:.0f}" '
+            'text-anchor="middle">No loss values yet: they appear once training reports its first steps.</text>'
+        )
+    for tick in chart.y_ticks:
+        parts.append(
+            f'<line class="grid" x1="{PAD_LEFT}" y1="{tick.position:.1f}" x2="{right}" y2="{tick.position:.1f}"/>'
+        )
+        parts.append(
+            f'<text class="tick" x="{PAD_LEFT - 6}" y="{tick.position + 4:.1f}" text-anchor="end">{escape(tick.label)}</text>'
+        )
+    for tick in chart.x_ticks:
+        parts.append(
+            f'<line class="tick-mark" x1="{tick.position:.1f}" y1="{bottom}" x2="{tick.position:.1f}" y2="{bottom + 4}"/>'
+        )
+        parts.append(
+            f'<text class="tick" x="{tick.position:.1f}" y="{bottom + 16}" text-anchor="middle">{escape(tick.label)}</text>'
+        )
+    parts.append(
+        f'<text class="axis-label" x="{(PAD_LEFT + right) / 2:.0f}" y="{height - 4}" text-anchor="middle">step</text>'
+    )
+    parts.append(
+        f'<text class="axis-label" x="12" y="{(PAD_TOP + bottom) / 2:.0f}" text-anchor="middle" '
+        f'transform="rotate(-90 12 {(PAD_TOP + bottom) / 2:.0f})">loss</text>'
+    )
+    if chart.points:
+        parts.append(f'<polyline class="line" fill="none" points="{chart.polyline}"/>')
+        x, y = chart.points[-1]
+        parts.append(f'<circle class="last" cx="{x:.1f}" cy="{y:.1f}" r="3"/>')
+    parts.append("</svg>")
+    return "".join(parts)

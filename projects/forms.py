@@ -1,0 +1,243 @@
+"""The project form: fields as a person types them; every check beyond the field's shape is the service's.
+
+The form turns its values into the dict `projects.services` takes, and puts each Problem the service
+returns (message and hint) under the field it belongs to.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.html import format_html
+
+from models_registry.problems import Problem
+from models_registry.services import dataset_roots, output_roots
+from projects.datasets import UPLOAD_EXTENSIONS
+from projects.display import HYPERPARAMETER_LABELS
+from projects.hyperparameters import PRECISIONS, Hyperparameters
+from projects.models import TrainingMethod, TrainingProject
+
+SERVICE_FIELDS = (
+    "name",
+    "description",
+    "model_name",
+    "revision",
+    "dataset_path",
+    "output_directory",
+    "method",
+    "validation_prompt",
+)
+NUMBER_FIELDS = (
+    "epochs",
+    "max_steps",
+    "learning_rate",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "max_seq_length",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "seed",
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+)
+BOOL_FIELDS = ("packing", "gradient_checkpointing", "merge_after_training")
+HYPERPARAMETER_FIELDS = (*NUMBER_FIELDS, *BOOL_FIELDS, "precision", "lora_target_modules")
+TRAINING_FIELDS = (
+    "epochs",
+    "max_steps",
+    "learning_rate",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "max_seq_length",
+    "warmup_ratio",
+    "warmup_steps",
+    "weight_decay",
+    "seed",
+    "precision",
+)
+CHECKPOINT_FIELDS = ("save_steps", "save_total_limit", "logging_steps")
+LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+HELP = {
+    "epochs": "Passes over the dataset.",
+    "max_steps": "0: train for the epochs; more: stop after this many optimizer steps.",
+    "learning_rate": "e.g. 0.0002 for LoRA, 0.00002 for a full fine-tune.",
+    "max_seq_length": "Tokens per example; longer rows are truncated.",
+    "warmup_steps": "More than 0 wins over the warmup ratio.",
+    "precision": "auto: bf16 on a GPU that supports it, else fp32.",
+    "save_total_limit": "0 keeps every checkpoint.",
+    "lora_target_modules": "all-linear, or module names separated by commas (q_proj, v_proj).",
+    "merge_after_training": "Also write the base model with the adapter merged in, in merged/.",
+    "packing": "Pack short examples together into full-length sequences (faster on short rows).",
+}
+
+
+def problem_error(problem: Problem) -> forms.ValidationError:
+    """A form error that shows the Problem's message and its hint (escaped; numbered hints as steps)."""
+    hint = render_to_string("partials/_hint.html", {"hint": problem.hint}) if problem.hint else ""
+    return forms.ValidationError(format_html("<strong>{}</strong>{}", problem.message, hint), code=problem.code)
+
+
+def _number_input() -> forms.NumberInput:
+    return forms.NumberInput(attrs={"step": "any"})
+
+
+def _roots(roots: list[str]) -> str:
+    return ", ".join(roots) if roots else "none configured: ask staff to set one in Settings"
+
+
+class ProjectForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=120, required=False)
+    description = forms.CharField(label="Description", required=False, widget=forms.Textarea(attrs={"rows": 2}))
+    model_name = forms.CharField(
+        label="Base model",
+        max_length=200,
+        required=False,
+        help_text="A Hugging Face repo id in the model cache, e.g. meta-llama/Llama-3.2-3B-Instruct.",
+    )
+    revision = forms.CharField(label="Revision", max_length=255, required=False)
+    dataset_file = forms.FileField(label="Upload a dataset", required=False)
+    dataset_path = forms.CharField(label="or a dataset file on the server", max_length=4096, required=False)
+    output_directory = forms.CharField(label="Output directory", max_length=4096, required=False)
+    method = forms.ChoiceField(label="Method", choices=TrainingMethod.choices, widget=forms.RadioSelect)
+    validation_prompt = forms.CharField(
+        label="Validation prompt",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="After training the model completes this prompt as its inference test. Blank: the dataset's "
+        "first prompt.",
+    )
+    precision = forms.ChoiceField(label="Precision", choices=[(p, p) for p in PRECISIONS], required=False)
+    lora_target_modules = forms.CharField(label="Target modules", max_length=500, required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in NUMBER_FIELDS:
+            self.fields[name] = forms.CharField(
+                label=HYPERPARAMETER_LABELS[name], max_length=40, required=False, widget=_number_input()
+            )
+        for name in BOOL_FIELDS:
+            self.fields[name] = forms.BooleanField(label=HYPERPARAMETER_LABELS[name], required=False)
+        for name, text in HELP.items():
+            self.fields[name].help_text = text
+        self.fields["lora_r"].label = "Rank (r)"
+        self.fields["lora_alpha"].label = "Alpha"
+        self.fields["lora_dropout"].label = "Dropout"
+        self.fields["dataset_file"].widget.attrs.update(
+            {
+                "accept": ",".join(UPLOAD_EXTENSIONS),
+                "hx-post": reverse("projects:upload-dataset"),
+                "hx-encoding": "multipart/form-data",
+                "hx-trigger": "change",
+                "hx-target": "#dataset-field",
+                "hx-swap": "outerHTML",
+                "hx-indicator": "#dataset-field",
+            }
+        )
+        self.fields[
+            "dataset_path"
+        ].help_text = (
+            f"JSONL, JSON array or CSV; an absolute path inside an allowed dataset root ({_roots(dataset_roots())})."
+        )
+        self.fields["dataset_path"].widget.attrs.update(
+            {
+                "placeholder": "/data/datasets/train.jsonl",
+                "spellcheck": "false",
+                "autocomplete": "off",
+                "hx-get": reverse("projects:check-dataset"),
+                "hx-trigger": "input changed delay:500ms",
+                "hx-include": "#id_dataset_path, #id_model_name, #id_revision, #id_max_seq_length",
+                "hx-target": "#dataset-status",
+                "hx-sync": "this:replace",
+                "hx-indicator": "#dataset-field",
+            }
+        )
+        roots = output_roots()
+        self.fields[
+            "output_directory"
+        ].help_text = f"Where checkpoints and the trained model go; inside an allowed output root ({_roots(roots)})."
+        self.fields["output_directory"].widget.attrs.update(
+            {
+                "placeholder": f"{roots[0].rstrip('/')}/my-project" if roots else "/output/my-project",
+                "spellcheck": "false",
+                "autocomplete": "off",
+                "hx-get": reverse("projects:check-output-dir"),
+                "hx-trigger": "input changed delay:400ms",
+                "hx-target": "#output-status",
+                "hx-sync": "this:replace",
+            }
+        )
+
+    @staticmethod
+    def initial_for(project: TrainingProject | None) -> dict[str, Any]:
+        """The values a new form (defaults) or an edit form (the project's values) starts with."""
+        hp = Hyperparameters().to_dict()
+        if project is None:
+            initial: dict[str, Any] = {"method": TrainingMethod.LORA}
+        else:
+            initial = {name: getattr(project, name) for name in SERVICE_FIELDS}
+            hp.update(project.hyperparameters or {})
+        for name in HYPERPARAMETER_FIELDS:
+            value = hp.get(name)
+            initial[name] = ", ".join(value) if isinstance(value, list) else value
+        return initial
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The typed hyperparameters as the service takes them; a blank box keeps the default (or the old value)."""
+        values: dict[str, Any] = {}
+        for name in HYPERPARAMETER_FIELDS:
+            value = self.cleaned_data.get(name)
+            if isinstance(value, str):
+                value = value.strip()
+                if not value:
+                    continue
+            values[name] = value
+        return values
+
+    def project_data(self, dataset_path: str) -> dict[str, Any]:
+        data = {name: self.cleaned_data.get(name, "") for name in SERVICE_FIELDS}
+        data["dataset_path"] = dataset_path.strip()
+        data["model_name"] = data["model_name"].strip()
+        data["hyperparameters"] = self.hyperparameters()
+        return data
+
+    def keep_dataset_path(self, path: str) -> None:
+        """Show a stored upload's path in the path box, so a re-shown form does not ask for the file again."""
+        self.data = self.data.copy()
+        self.data["dataset_path"] = path
+
+    def add_problems(self, check: Any) -> None:
+        """Put each of a ProjectCheck's errors under its field; hyperparameter errors under the box they name."""
+        for key, problems in check.errors.items():
+            if key == "hyperparameters":
+                self._add_hyperparameter_problems(problems)
+                continue
+            for problem in problems:
+                self.add_error(key if key in self.fields else None, problem_error(problem))
+
+    def _add_hyperparameter_problems(self, problems: list[Problem]) -> None:
+        placed = set()
+        typed = self.hyperparameters()
+        for name, value in typed.items():
+            _, own = Hyperparameters.from_dict({name: value})
+            for problem in own:
+                self.add_error(name, problem_error(problem))
+                placed.add(problem.message)
+        for problem in problems:  # the ones that involve two fields, e.g. both warmup settings
+            if problem.message not in placed:
+                self.add_error(None, problem_error(problem))
+
+    def field_groups(self) -> dict[str, list[forms.BoundField]]:
+        return {
+            "training": [self[name] for name in TRAINING_FIELDS],
+            "memory": [self["packing"], self["gradient_checkpointing"]],
+            "checkpoints": [self[name] for name in CHECKPOINT_FIELDS],
+            "lora": [self[name] for name in LORA_FIELDS],
+        }

@@ -1,0 +1,110 @@
+"""The project form's checks as you type: the output directory, and the dataset (a server path or an upload).
+
+Each endpoint answers 200 with a fragment of the form page for any input: the verdict is in the fragment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_http_methods
+
+from models_registry.names import name_error
+from models_registry.outputs import OutputDirCheck
+from models_registry.services import dataset_roots, resolve_model, validate_output_dir
+from mtm.htmx import HtmxHttpRequest
+from projects.datasets import DatasetError, check_dataset_path, inspect_dataset, store_upload
+from projects.forms import ProjectForm
+from projects.hyperparameters import Hyperparameters
+from projects.services import load_tokenizer
+
+MAX_PARAM_CHARS = 4096
+
+
+def output_status(raw: str) -> OutputDirCheck:
+    return validate_output_dir(raw[:MAX_PARAM_CHARS])
+
+
+def _max_seq_length(raw: str) -> tuple[int, str]:
+    """The typed max sequence length, or the default with a note when the box holds something else."""
+    default = Hyperparameters().max_seq_length
+    if not raw.strip():
+        return default, ""
+    values, problems = Hyperparameters.from_dict({"max_seq_length": raw[:40]})
+    if problems:
+        return default, f"Max sequence length '{raw[:40]}' is not usable; token lengths are counted against {default}."
+    return values.max_seq_length, ""
+
+
+def _tokenizer(model_name: str, revision: str) -> tuple[Any, str]:
+    """The tokenizer of the model typed in the form, or None with why token lengths are not shown."""
+    if not model_name or name_error(model_name):
+        return None, "Token lengths are shown once the base model above is a valid model name."
+    resolution = resolve_model(model_name, revision or None)
+    if not resolution.valid:
+        return None, f"Token lengths are shown once the base model '{model_name}' resolves (see its check above)."
+    tokenizer = load_tokenizer(resolution)
+    if tokenizer is None:
+        return None, f"The tokenizer of '{model_name}' could not be loaded, so token lengths are not shown."
+    return tokenizer, ""
+
+
+def dataset_status(path: str, params: Any) -> dict[str, Any]:
+    """What the dataset box shows for `path`: where it is, its format, rows, first rows, token lengths, problems."""
+    status: dict[str, Any] = {"path": path}
+    if not path.strip():
+        return status
+    located = check_dataset_path(path[:MAX_PARAM_CHARS], dataset_roots())
+    status["errors"] = located.errors
+    if not located.valid:
+        return status
+    max_seq_length, length_note = _max_seq_length(params.get("max_seq_length", ""))
+    tokenizer, tokenizer_note = _tokenizer(
+        params.get("model_name", "").strip()[:200], params.get("revision", "").strip()[:255]
+    )
+    report = inspect_dataset(located.path, tokenizer, max_seq_length)
+    status.update(
+        report=report,
+        errors=report.errors,
+        notes=[note for note in (length_note, tokenizer_note) if note],
+        uploaded=located.uploaded,
+    )
+    return status
+
+
+@require_http_methods(["GET"])
+@login_required
+def check_output_dir(request: HtmxHttpRequest) -> HttpResponse:
+    raw = request.GET.get("output_directory", "")
+    context = {"output_check": output_status(raw) if raw.strip() else None}
+    return render(request, "projects/form.html#output-status", context)
+
+
+@require_http_methods(["GET"])
+@login_required
+def check_dataset(request: HtmxHttpRequest) -> HttpResponse:
+    status = dataset_status(request.GET.get("dataset_path", ""), request.GET)
+    return render(request, "projects/form.html#dataset-status", {"dataset": status})
+
+
+@require_http_methods(["POST"])
+@login_required
+def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
+    """Store the file chosen in the form right away and show its check; the path box then holds its stored path."""
+    upload = request.FILES.get("dataset_file")
+    path = request.POST.get("dataset_path", "")
+    status: dict[str, Any] = {"path": path}
+    if upload is None:
+        status["errors"] = []
+    else:
+        try:
+            path = str(store_upload(upload, upload.name))
+        except DatasetError as exc:
+            status["upload_errors"] = exc.problems
+        else:
+            status = {**dataset_status(path, request.POST), "upload_name": upload.name}
+    form = ProjectForm(initial={"dataset_path": path})
+    return render(request, "projects/form.html#dataset-field", {"form": form, "dataset": status})

@@ -1,0 +1,103 @@
+"""Runs in the pages: Start (and Resume), the run page with its polled live region, and Cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.utils.html import format_html
+from django.views.decorators.http import require_http_methods
+from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseStopPolling
+
+from models_registry.problems import Problem
+from mtm import audit
+from mtm.htmx import HtmxHttpRequest, wants_partial
+from projects.access import can_manage, require_manage
+from projects.display import latest_checkpoint, run_duration, run_progress, validation_checks
+from projects.models import LIVE_STATUSES, RunStatus, TrainingProject, TrainingRun
+from projects.pipeline import RunRefused, request_cancel, start_run
+
+RESUMABLE = (RunStatus.CANCELLED, RunStatus.FAILED)
+
+
+def polled_partial(request: HtmxHttpRequest, template: str, context: dict[str, Any], *, live: bool) -> HttpResponse:
+    """A polled region: 200 while there is more to come, 286 (htmx stops polling) with the final render."""
+    content = render_to_string(template, context, request=request)
+    return HttpResponse(content) if live else HttpResponseStopPolling(content)
+
+
+def _problem_message(problem: Problem) -> str:
+    hint = render_to_string("partials/_hint.html", {"hint": problem.hint}) if problem.hint else ""
+    return format_html("<strong>{}</strong>{}", problem.message, hint)
+
+
+@require_http_methods(["POST"])
+@login_required
+def run_start(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(TrainingProject.objects.select_related("owner"), pk=pk)
+    require_manage(request.user, project, "start its runs")
+    resume = request.POST.get("resume") in ("1", "true", "on")
+    if resume and latest_checkpoint(project) is None:
+        problem = Problem(
+            "no_checkpoint",
+            f"Cannot resume: there is no checkpoint in {project.output_directory}.",
+            "Press Start for a fresh run; checkpoints are saved every 'save a checkpoint every' steps.",
+        )
+        messages.error(request, _problem_message(problem))
+        return redirect("projects:detail", pk=project.pk)
+    try:
+        run = start_run(project, request.user, resume=resume)
+    except RunRefused as refused:
+        messages.error(request, _problem_message(refused.problem))
+        return redirect("projects:detail", pk=project.pk)
+    audit.record(request.user, "run.start", run, {"resume": [None, resume]}, request=request, via="web")
+    return redirect("projects:run", pk=run.pk)
+
+
+def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
+    project = run.project
+    checkpoint = latest_checkpoint(project) if run.status in RESUMABLE else None
+    return {
+        "run": run,
+        "project": project,
+        "progress": run_progress(run),
+        "duration": run_duration(run),
+        "validation": run.validation if isinstance(run.validation, dict) else None,
+        "validation_checks": validation_checks(run.validation),
+        "checkpoint": checkpoint,
+        "can_manage": can_manage(user, project),
+        "other_live_run": project.runs.filter(status__in=LIVE_STATUSES).exclude(pk=run.pk).first(),
+    }
+
+
+@require_http_methods(["GET", "HEAD"])
+@login_required
+@vary_on_headers("HX-Request")
+def run_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(TrainingRun.objects.select_related("project__owner", "started_by"), pk=pk)
+    context = run_context(run, request.user)
+    if wants_partial(request):
+        return polled_partial(request, "projects/run.html#run-live", context, live=run.is_live)
+    return render(request, "projects/run.html", context)
+
+
+@require_http_methods(["POST"])
+@login_required
+def run_cancel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    run = get_object_or_404(TrainingRun.objects.select_related("project__owner"), pk=pk)
+    require_manage(request.user, run.project, "cancel its runs")
+    if request_cancel(run):
+        audit.record(request.user, "run.cancel", run, {"status": [run.status, "cancelled"]}, request=request)
+        run.refresh_from_db()
+        if run.has_ended:
+            messages.success(request, f"Run {run.pk} cancelled before training started.")
+        else:
+            messages.info(request, f"Cancelling run {run.pk}: training stops at its next step and saves a checkpoint.")
+    else:
+        messages.info(request, f"Run {run.pk} had already ended ({run.get_status_display()}); nothing to cancel.")
+    return redirect("projects:run", pk=run.pk)

@@ -1,0 +1,37 @@
+"""Presentation helpers of the project and run pages: status badges, durations, the loss chart, JSON rows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import template
+from django.utils.safestring import SafeString, mark_safe
+
+from projects.charts import loss_chart_svg
+from projects.display import STATUS_BADGES, format_seconds
+
+register = template.Library()
+
+
+@register.filter
+def status_badge(status: str) -> str:
+    """The badge class of a run status: green succeeded, red failed, grey cancelled, blue while live."""
+    return STATUS_BADGES.get(status, "badge-muted")
+
+
+@register.filter
+def seconds(value: Any) -> str:
+    return format_seconds(value)
+
+
+@register.filter
+def pretty_json(value: Any) -> str:
+    """A dataset row as indented JSON, as it would look in the file (autoescaped by the template)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+@register.simple_tag
+def loss_chart(metrics: Any) -> SafeString:
+    # loss_chart_svg escapes every text it writes; the numbers are formatted by it.
+    return mark_safe(loss_chart_svg(metrics))  # noqa: S308

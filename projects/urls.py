@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from projects import inline_checks, run_views, views
+
+app_name = "projects"
+
+urlpatterns = [
+    path("", views.project_list, name="list"),
+    path("new/", views.project_new, name="new"),
+    path("check-output-dir/", inline_checks.check_output_dir, name="check-output-dir"),
+    path("check-dataset/", inline_checks.check_dataset, name="check-dataset"),
+    path("upload-dataset/", inline_checks.upload_dataset, name="upload-dataset"),
+    path("<int:pk>/", views.project_detail, name="detail"),
+    path("<int:pk>/edit/", views.project_edit, name="edit"),
+    path("<int:pk>/delete/", views.project_delete, name="delete"),
+    path("<int:pk>/start/", run_views.run_start, name="start"),
+    path("runs/<int:pk>/", run_views.run_detail, name="run"),
+    path("runs/<int:pk>/cancel/", run_views.run_cancel, name="cancel"),
+]

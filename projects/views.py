@@ -1,0 +1,176 @@
+"""Pages of the projects: the list, the new/edit form, a project's detail with its runs, and deletion.
+
+Runs (start, the run page, cancel) are in run_views.py; the form's inline checks in inline_checks.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import transaction
+from django.db.models import OuterRef, Subquery
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods
+from django.views.decorators.vary import vary_on_headers
+
+from mtm import audit
+from mtm.htmx import HtmxHttpRequest, wants_partial
+from projects.access import can_manage, require_manage
+from projects.datasets import DatasetError, store_upload
+from projects.display import hyperparameter_rows, latest_checkpoint, run_duration
+from projects.forms import ProjectForm, problem_error
+from projects.inline_checks import output_status
+from projects.models import LIVE_STATUSES, TrainingProject, TrainingRun
+from projects.run_views import polled_partial
+from projects.services import ProjectInvalid, check_project, create_project, project_data, update_project
+
+AUDITED_FIELDS = ("name", "model_name", "revision", "dataset_path", "output_directory", "method", "hyperparameters")
+
+
+@require_http_methods(["GET", "HEAD"])
+@login_required
+def project_list(request: HtmxHttpRequest) -> HttpResponse:
+    runs = TrainingRun.objects.filter(project=OuterRef("pk")).order_by("-created_at", "-id")
+    projects = (
+        TrainingProject.objects.select_related("owner")
+        .annotate(
+            last_run_id=Subquery(runs.values("id")[:1]),
+            last_run_status=Subquery(runs.values("status")[:1]),
+            last_run_stage=Subquery(runs.values("stage_failed")[:1]),
+        )
+        .order_by("-created_at", "-id")
+    )
+    return render(request, "projects/list.html", {"projects": projects})
+
+
+def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject | None) -> TrainingProject | None:
+    """Store an upload, then create or update through the service; None (with the form's errors) when refused."""
+    dataset_path = form.cleaned_data["dataset_path"]
+    upload = form.cleaned_data.get("dataset_file")
+    upload_failed = False
+    if upload:
+        try:
+            dataset_path = str(store_upload(upload, upload.name))
+        except DatasetError as exc:
+            upload_failed = True
+            for problem in exc.problems:
+                form.add_error("dataset_file", problem_error(problem))
+        else:
+            form.keep_dataset_path(dataset_path)
+    data = form.project_data(dataset_path)
+    if upload_failed:  # still show everything else that is wrong, but never save
+        found = check_project(data)
+        found.errors.pop("dataset_path", None)
+        form.add_problems(found)
+        form.dataset_report = found.dataset
+        return None
+    before = project_data(project) if project else {}
+    try:
+        with transaction.atomic():
+            if project is None:
+                saved = create_project(request.user, data)
+                action = "project.create"
+            else:
+                saved = update_project(project, data)
+                action = "project.update"
+            after = {key: getattr(saved, key) for key in AUDITED_FIELDS}
+            audit.record(request.user, action, saved, audit.diff(before, after), request=request, via="web")
+    except ProjectInvalid as refused:
+        form.add_problems(refused.check)
+        form.dataset_report = refused.check.dataset
+        return None
+    return saved
+
+
+def _dataset_after_post(form: ProjectForm) -> dict[str, Any] | None:
+    """The dataset box of a re-shown form: the report the service made, when the dataset itself was fine."""
+    report = getattr(form, "dataset_report", None)
+    if report is None or not report.valid:
+        return None
+    return {"path": report.path, "report": report, "errors": []}
+
+
+def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> HttpResponse:
+    status = 200
+    if request.method == "POST":
+        form = ProjectForm(request.POST, request.FILES)
+        if form.is_valid() and (saved := _save(request, form, project)) is not None:
+            verb = "created" if project is None else "saved"
+            messages.success(request, f"Project '{saved.name}' {verb}. Press Start to train it.")
+            return redirect("projects:detail", pk=saved.pk)
+        status = 422
+    else:
+        form = ProjectForm(initial=ProjectForm.initial_for(project))
+    output_value = form["output_directory"].value() or ""
+    context: dict[str, Any] = {
+        "form": form,
+        "project": project,
+        "groups": form.field_groups(),
+        "dataset": _dataset_after_post(form),
+        "output_check": output_status(output_value) if output_value and not form["output_directory"].errors else None,
+    }
+    return render(request, "projects/form.html", context, status=status)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def project_new(request: HtmxHttpRequest) -> HttpResponse:
+    return _form_page(request, None)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def project_edit(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(TrainingProject.objects.select_related("owner"), pk=pk)
+    require_manage(request.user, project, "edit it")
+    return _form_page(request, project)
+
+
+def runs_context(project: TrainingProject, user: Any) -> dict[str, Any]:
+    runs = list(project.runs.select_related("started_by").order_by("-created_at", "-id"))
+    for run in runs:
+        run.duration = run_duration(run)
+    live = [run for run in runs if run.is_live]
+    return {
+        "project": project,
+        "runs": runs,
+        "live_run": live[0] if live else None,
+        "checkpoint": latest_checkpoint(project),
+        "can_manage": can_manage(user, project),
+    }
+
+
+@require_http_methods(["GET", "HEAD"])
+@login_required
+@vary_on_headers("HX-Request")
+def project_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(TrainingProject.objects.select_related("owner"), pk=pk)
+    context = runs_context(project, request.user)
+    if wants_partial(request):
+        # The runs card polls while a run is live; 286 stops it once none is.
+        return polled_partial(request, "projects/detail.html#runs", context, live=context["live_run"] is not None)
+    context["hyperparameters"] = hyperparameter_rows(project)
+    return render(request, "projects/detail.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def project_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    project = get_object_or_404(TrainingProject.objects.select_related("owner"), pk=pk)
+    require_manage(request.user, project, "delete it")
+    live = project.runs.filter(status__in=LIVE_STATUSES).order_by("-created_at").first()
+    if request.method == "POST" and live is None:
+        name = project.name
+        with transaction.atomic():
+            audit.record(request.user, "project.delete", project, {"name": [name, None]}, request=request, via="web")
+            project.delete()
+        messages.success(
+            request, f"Project '{name}' and its runs were deleted. Files in its output directory are kept."
+        )
+        return redirect("projects:list")
+    status = 409 if request.method == "POST" else 200
+    context = {"project": project, "live_run": live, "run_count": project.runs.count()}
+    return render(request, "projects/delete.html", context, status=status)
