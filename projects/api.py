@@ -85,12 +85,12 @@ def _run_or_404(run_id: int) -> TrainingRun:
     return run
 
 
-def may_change(user: Any, project: TrainingProject) -> bool:
+def _may_change(user: Any, project: TrainingProject) -> bool:
     return bool(user and user.is_active and (user.is_staff or project.owner_id == user.pk))
 
 
 def _require_owner(request: HttpRequest, project: TrainingProject, what: str) -> None:
-    if not may_change(request.auth, project):
+    if not _may_change(request.auth, project):
         raise ApiError.single(
             403,
             "permission_denied",
