@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from ninja import Schema
 from pydantic import AfterValidator, Field
 
 from models_registry.schemas import NoNulls, ProblemOut, StrictBody
+from projects.hyperparameters import Hyperparameters
+from projects.models import RunStage, RunStatus, TrainingMethod
 
 RunStatusName = Literal["queued", "resolving", "training", "validating", "succeeded", "failed", "cancelled"]
 StageName = Literal["queue", "resolve", "train", "validate"]
@@ -215,3 +218,10 @@ class DatasetUploadOut(Schema):
 
 class ProjectDatasetOut(DatasetUploadOut):
     project: ProjectOut
+
+
+# The contract's enumerations and fields must follow the models and the hyperparameters they describe.
+assert set(get_args(RunStatusName)) == set(RunStatus.values), "RunStatusName must list every RunStatus"
+assert set(get_args(StageName)) == set(RunStage.values), "StageName must list every RunStage"
+assert set(get_args(MethodName)) == set(TrainingMethod.values), "MethodName must list every TrainingMethod"
+assert set(HyperparametersOut.model_fields) == {f.name for f in fields(Hyperparameters)}, "HyperparametersOut"
