@@ -142,6 +142,13 @@ MTM_OUTPUT_ROOTS = env_list("MTM_OUTPUT_ROOTS", sep=":") or [str(VAR_DIR / "outp
 MTM_DATASET_ROOTS = env_list("MTM_DATASET_ROOTS", sep=":") or [str(VAR_DIR / "datasets")]
 MTM_LOW_DISK_BYTES = env_int("MTM_LOW_DISK_BYTES", 10 * 1024**3)
 
+# --- Runs ---------------------------------------------------------------------------------------------
+# A worker beats for its run every MTM_HEARTBEAT_SECONDS; a live run silent for MTM_HEARTBEAT_TIMEOUT is failed
+# as "worker lost". Training stops with a clear failure when the output disk has less than MTM_MIN_FREE_BYTES.
+MTM_HEARTBEAT_SECONDS = env_int("MTM_HEARTBEAT_SECONDS", 5)
+MTM_HEARTBEAT_TIMEOUT = env_int("MTM_HEARTBEAT_TIMEOUT", 90)
+MTM_MIN_FREE_BYTES = env_int("MTM_MIN_FREE_BYTES", 256 * 1024**2)
+
 # --- Celery -----------------------------------------------------------------------------------
 # The embedded default is kombu's filesystem transport: no server to install for `make run`.
 _broker_dir = VAR_DIR / "broker"

@@ -4,6 +4,7 @@ be enqueued. Called with an id; a run that is gone or no longer in the expected 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -97,7 +98,7 @@ class _RunRecorder:
                 k: event.get(k)
                 for k in ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_second", "eta_seconds")
             }
-            if event.get("loss") is not None:
+            if event.get("logged") and event.get("loss") is not None:  # a fresh loss, not a repeat of the last
                 self.metrics.append({k: event.get(k) for k in ("step", "loss", "learning_rate", "tokens_per_second")})
                 if len(self.metrics) > MAX_METRIC_POINTS:
                     self.metrics = self.metrics[::2]
@@ -146,6 +147,30 @@ def train_stage(run_id: int) -> bool:
     )
     spec_path = write_spec(spec, folder / "spec.json")
     recorder = _RunRecorder(run_id)
+    output_dir = run.output_directory
+    os.makedirs(output_dir, exist_ok=True)
+    # The folder's identity: the trainer recreates a deleted folder at its next save, so existence alone can't tell.
+    identity = _identity(output_dir)
+
+    def health() -> Problem | None:
+        if _identity(output_dir) != identity:
+            return Problem(
+                "output_directory_vanished",
+                f"The output directory {output_dir} disappeared during training (deleted or unmounted).",
+                "Restore or recreate the directory (and its checkpoints, if you have them), then start the run again.",
+            )
+        free = shutil.disk_usage(output_dir).free
+        if free < settings.MTM_MIN_FREE_BYTES:
+            return Problem(
+                "disk_full",
+                f"The disk of {output_dir} is nearly full ({free / 1024**2:.0f} MiB free, under the "
+                f"{settings.MTM_MIN_FREE_BYTES / 1024**2:.0f} MiB that training keeps free); training was "
+                "stopped before a checkpoint could be cut short.",
+                f"Free space on that disk (check with: df -h {output_dir}), or move the project's output "
+                "directory to a larger disk, then resume.",
+            )
+        return None
+
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     outcome = supervise(
         trainer_command(spec_path, sys.executable),
@@ -153,9 +178,14 @@ def train_stage(run_id: int) -> bool:
         env=env,
         cancel_file=cancel_file,
         log_path=folder / "trainer.log",
-        sup=Supervision(on_event=recorder.on_event, should_cancel=recorder.should_cancel, on_tick=recorder.on_tick),
+        sup=Supervision(
+            on_event=recorder.on_event, should_cancel=recorder.should_cancel, on_tick=recorder.on_tick, health=health
+        ),
     )
     TrainingRun.objects.filter(pk=run_id).update(log_tail=outcome.tail)
+    if outcome.stopped_for is not None:
+        fail(run_id, RunStage.TRAIN, outcome.stopped_for)
+        return False
     if outcome.returncode == EXIT_OK and outcome.finished:
         return True
     if outcome.returncode == EXIT_CANCELLED:
@@ -163,6 +193,14 @@ def train_stage(run_id: int) -> bool:
         return False
     fail(run_id, RunStage.TRAIN, _child_failure(outcome), (outcome.last_error or {}).get("traceback", ""))
     return False
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def _child_failure(outcome) -> Problem:

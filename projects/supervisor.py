@@ -6,7 +6,6 @@ The worker task stays alive whatever the child does (a crash, an OOM kill): the 
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtm.processes import die_with_parent, signal_group
 from projects.trainer.events import parse_event
 
 TAIL_LINES = 200
@@ -32,6 +32,7 @@ class ChildOutcome:
     tail: str = ""
     events: int = 0
     log_path: Path | None = None
+    stopped_for: object | None = None  # what health() returned when the supervisor stopped the child
 
 
 class LogTail:
@@ -50,6 +51,7 @@ class Supervision:
     on_event: Callable[[dict], None]
     should_cancel: Callable[[], bool]
     on_tick: Callable[[str], None] = lambda tail: None
+    health: Callable[[], object | None] = lambda: None  # a problem that must stop the child, or None
     tick_seconds: float = 2.0
 
 
@@ -68,13 +70,22 @@ def supervise(
     outcome = ChildOutcome(returncode=-1, log_path=log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log:
+        # Its own process group (so it can be stopped whole) that dies with the worker: a worker killed with
+        # SIGKILL must not leave an orphan trainer holding the GPU and writing to the output directory.
         proc = subprocess.Popen(
-            cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
         lines: queue.Queue = queue.Queue()
         reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
         reader.start()
         cancel_asked_at: float | None = None
+        stop_asked_at: float | None = None
         last_tick = 0.0
         done = False
         while not done:
@@ -105,11 +116,18 @@ def supervise(
                 last_tick = now
                 log.flush()
                 sup.on_tick(tail.text())
+                if outcome.stopped_for is None and proc.poll() is None:
+                    outcome.stopped_for = sup.health()
+                    if outcome.stopped_for is not None:
+                        stop_asked_at = now
+                        signal_group(proc.pid, signal.SIGTERM)
                 if cancel_asked_at is None and sup.should_cancel():
                     cancel_asked_at = now
                     cancel_file.touch()
             if cancel_asked_at is not None and proc.poll() is None:
                 _escalate(proc, now - cancel_asked_at)
+            if stop_asked_at is not None and proc.poll() is None and now - stop_asked_at > 30:
+                signal_group(proc.pid, signal.SIGKILL)
         outcome.returncode = proc.wait()
     outcome.tail = tail.text()
     return outcome
@@ -117,10 +135,7 @@ def supervise(
 
 def _escalate(proc: subprocess.Popen, waited: float) -> None:
     """A cancelled child normally saves a checkpoint and exits by itself; one stuck in a long step is stopped."""
-    try:
-        if waited > 600:
-            os.killpg(proc.pid, signal.SIGKILL)
-        elif waited > 300:
-            os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
+    if waited > 600:
+        signal_group(proc.pid, signal.SIGKILL)
+    elif waited > 300:
+        signal_group(proc.pid, signal.SIGTERM)

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import worker_ready
 
 from projects import stages
+from projects.liveness import heartbeat, start_reaper_thread
 from projects.models import RunStage
 from projects.pipeline import fail_with_exception, record_task_id
 
 
+@worker_ready.connect
+def _start_reaper(**_kwargs) -> None:
+    start_reaper_thread()
+
+
 def _guarded(run_id: int, stage: RunStage, fn):
     try:
-        return fn(run_id)
+        with heartbeat(run_id):
+            return fn(run_id)
     except Exception as exc:
         fail_with_exception(run_id, stage, exc)
         return False

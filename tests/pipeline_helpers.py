@@ -32,12 +32,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def wait_for_end(run_id: int, timeout: float = 300, until=None) -> TrainingRun:
-    """Poll the row until the run has ended (or `until(run)` holds). Fails with the row's state on timeout."""
+    """Poll the row until `until(run)` holds (default: the run has ended) or the run ends anyway. Fails with the
+    row's state on timeout."""
     deadline = time.monotonic() + timeout
     run = TrainingRun.objects.get(pk=run_id)
     while time.monotonic() < deadline:
         run.refresh_from_db()
-        if until(run) if until else run.has_ended:
+        if run.has_ended or (until is not None and until(run)):
             return run
         time.sleep(0.3)
     raise AssertionError(f"run {run_id} still {run.status} after {timeout}s; log:\n{run.log_tail[-3000:]}")

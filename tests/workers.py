@@ -66,9 +66,9 @@ def app_publishing_to(redis_url: str) -> Iterator[None]:
 
 
 def _drop_connections(app) -> None:
-    # Celery caches its connection pool and result backend on first use; drop them so the new URLs apply.
-    if app._pool is not None:
-        app._pool.force_close_all()
+    # Celery caches its connection pool and result backend on first use; forget them so the new URLs apply.
+    # The pools are not closed: kombu keeps them in a registry by URL and hands the same one back when a URL
+    # is used again (a closed one fails with "Acquire on closed pool").
     app._pool = None
     if "amqp" in app.__dict__:
         app.amqp._producer_pool = None

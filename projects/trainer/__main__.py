@@ -11,6 +11,7 @@ import time
 
 STARTED = time.monotonic()  # before the heavy imports, so "imports" can be measured
 
+import errno  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
@@ -70,6 +71,13 @@ def _describe(exc: BaseException) -> tuple[str, str, str]:
             "Lower batch_size (raise gradient_accumulation_steps to keep the effective batch), lower "
             "max_seq_length, turn on gradient_checkpointing, or train with LoRA.",
         )
+    if _is_disk_full(exc):
+        return (
+            "disk_full",
+            f"The output disk is full: {exc}",
+            "Free space on the output directory's disk (df -h shows it) or move the output directory to a larger "
+            "disk, then resume from the latest checkpoint.",
+        )
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted", "Training was interrupted (SIGINT).", "Start the run again; resume from 'latest'."
     return (
@@ -78,6 +86,15 @@ def _describe(exc: BaseException) -> tuple[str, str, str]:
         "The log tail and the traceback show where; fix the cause and start a new run (it can resume from "
         "the latest checkpoint).",
     )
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC anywhere in the chain; torch and safetensors wrap it in RuntimeErrors with the OS message."""
+    while exc is not None:
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _report(code: str, message: str, hint: str) -> None:

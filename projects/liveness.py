@@ -1,0 +1,113 @@
+"""Heartbeats and the reaper: a run whose worker died (SIGKILL, a lost machine) is failed within a bounded time.
+
+Every task beats while it works on a run (a thread updates heartbeat_at every MTM_HEARTBEAT_SECONDS). The
+reaper fails live runs whose beat is older than MTM_HEARTBEAT_TIMEOUT. It runs in every worker (a thread started
+when the worker is ready), whenever a page or the API reads runs, and as `manage.py reap_runs` for cron.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections, connection
+from django.db.models import Q
+from django.utils import timezone
+
+from projects.models import RunStage, RunStatus, TrainingRun
+
+log = logging.getLogger(__name__)
+
+STAGE_OF = {
+    RunStatus.RESOLVING: RunStage.RESOLVE,
+    RunStatus.TRAINING: RunStage.TRAIN,
+    RunStatus.VALIDATING: RunStage.VALIDATE,
+}
+
+
+def beat(run_id: int) -> None:
+    TrainingRun.objects.filter(pk=run_id).update(heartbeat_at=timezone.now())
+
+
+@contextlib.contextmanager
+def heartbeat(run_id: int, every: float | None = None) -> Iterator[None]:
+    """Beat for `run_id` until the block ends, from a thread (the block itself may wait on a child process)."""
+    every = every or settings.MTM_HEARTBEAT_SECONDS
+    stop = threading.Event()
+
+    def loop() -> None:
+        try:
+            while not stop.wait(every):
+                try:
+                    beat(run_id)
+                except Exception:  # a locked or unreachable database: the next beat tries again
+                    log.warning("heartbeat for run %s failed", run_id, exc_info=True)
+        finally:
+            connection.close()
+
+    beat(run_id)
+    thread = threading.Thread(target=loop, name=f"heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every + 5)
+
+
+def reap_stale_runs() -> list[int]:
+    """Fail every live run whose worker has stopped beating. Returns the ids it failed."""
+    timeout = settings.MTM_HEARTBEAT_TIMEOUT
+    cutoff = timezone.now() - timedelta(seconds=timeout)
+    stale = TrainingRun.objects.filter(status__in=list(STAGE_OF)).filter(
+        Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True, started_at__lt=cutoff)
+    )
+    reaped = []
+    for run in stale.only("pk", "status", "heartbeat_at", "last_checkpoint", "worker_host"):
+        checkpoint = run.last_checkpoint
+        hint = (
+            f"Start the run again with Resume: it continues from the latest checkpoint ({checkpoint})."
+            if checkpoint
+            else "Start the run again; no checkpoint had been saved yet."
+        )
+        # Conditional on the beat we saw, so a worker that beats again at this instant is left alone.
+        updated = TrainingRun.objects.filter(pk=run.pk, status=run.status, heartbeat_at=run.heartbeat_at).update(
+            status=RunStatus.FAILED,
+            stage_failed=STAGE_OF[RunStatus(run.status)],
+            error_code="worker_lost",
+            error_message=(
+                f"Worker lost: the worker running this run ({run.worker_host or 'unknown'}) stopped "
+                f"answering (no heartbeat for over {timeout}s). It was probably killed or its machine "
+                "restarted."
+            ),
+            error_hint=hint,
+            finished_at=timezone.now(),
+        )
+        if updated:
+            reaped.append(run.pk)
+            log.warning("run %s failed: worker lost", run.pk)
+    return reaped
+
+
+def start_reaper_thread(every: float | None = None) -> threading.Thread:
+    """Reap periodically from a daemon thread (started in each worker)."""
+    every = every or max(5.0, settings.MTM_HEARTBEAT_TIMEOUT / 3)
+
+    def loop() -> None:
+        while True:
+            try:
+                close_old_connections()
+                reap_stale_runs()
+            except Exception:
+                log.warning("reaper pass failed", exc_info=True)
+            finally:
+                connection.close()
+            threading.Event().wait(every)
+
+    thread = threading.Thread(target=loop, name="mtm-reaper", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand
+
+from projects.liveness import reap_stale_runs
+
+
+class Command(BaseCommand):
+    help = "Fail live runs whose worker stopped beating (MTM_HEARTBEAT_TIMEOUT). Workers do this themselves; use it from cron when none runs."
+
+    def handle(self, *args, **options) -> None:
+        reaped = reap_stale_runs()
+        self.stdout.write(f"failed {len(reaped)} run(s) whose worker was lost" + (f": {reaped}" if reaped else ""))
