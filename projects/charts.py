@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
-WIDTH = 640
-HEIGHT = 240
+WIDTH = 960
+HEIGHT = 280
 PAD_LEFT = 56
 PAD_RIGHT = 16
 PAD_TOP = 14

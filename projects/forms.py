@@ -85,6 +85,18 @@ def problem_error(problem: Problem) -> forms.ValidationError:
     return forms.ValidationError(format_html("<strong>{}</strong>{}", problem.message, hint), code=problem.code)
 
 
+def _number(text: str) -> int | float | str:
+    """'3' → 3, '0.0002' → 0.0002, '2e-4' → 0.0002; anything else is returned as typed."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def _number_input() -> forms.NumberInput:
     return forms.NumberInput(attrs={"step": "any"})
 
@@ -190,7 +202,9 @@ class ProjectForm(forms.Form):
         return initial
 
     def hyperparameters(self) -> dict[str, Any]:
-        """The typed hyperparameters as the service takes them; a blank box keeps the default (or the old value)."""
+        """The hyperparameters as the service takes them, numbers as numbers (as JSON would send them); a blank
+        box keeps the default (or the old value); text that is not a number is passed on for the validator to
+        name."""
         values: dict[str, Any] = {}
         for name in HYPERPARAMETER_FIELDS:
             value = self.cleaned_data.get(name)
@@ -198,6 +212,8 @@ class ProjectForm(forms.Form):
                 value = value.strip()
                 if not value:
                     continue
+                if name in NUMBER_FIELDS:
+                    value = _number(value)
             values[name] = value
         return values
 

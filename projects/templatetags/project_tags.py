@@ -26,9 +26,9 @@ def seconds(value: Any) -> str:
 
 
 @register.filter
-def pretty_json(value: Any) -> str:
-    """A dataset row as indented JSON, as it would look in the file (autoescaped by the template)."""
-    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+def row_json(value: Any) -> str:
+    """A dataset row as one line of JSON, as it would look in a JSONL file (autoescaped by the template)."""
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 @register.simple_tag
