@@ -22,6 +22,7 @@ from mtm import audit
 from mtm.api_errors import ApiError
 from projects import services
 from projects.datasets import DatasetError, DatasetReport, check_dataset_path, inspect_dataset, store_upload
+from projects.liveness import reap_stale_runs
 from projects.models import LIVE_STATUSES, TrainingProject, TrainingRun
 from projects.pipeline import RunRefused, request_cancel, start_run
 from projects.schemas import (
@@ -66,6 +67,7 @@ def _refused(check: services.ProjectCheck) -> ApiError:
 
 
 def _project_or_404(project_id: int) -> TrainingProject:
+    reap_stale_runs()  # a run whose worker died is shown failed, not "training" forever
     rows = TrainingProject.objects.select_related("owner")
     project = rows.filter(pk=project_id).first() if 0 < project_id <= MAX_ID else None
     if project is None:
@@ -76,6 +78,7 @@ def _project_or_404(project_id: int) -> TrainingProject:
 
 
 def _run_or_404(run_id: int) -> TrainingRun:
+    reap_stale_runs()
     rows = TrainingRun.objects.select_related("project", "project__owner")
     run = rows.filter(pk=run_id).first() if 0 < run_id <= MAX_ID else None
     if run is None:
@@ -107,6 +110,7 @@ def list_projects(
     request: HttpRequest, owner: StoredText | None = None, status: RunStatusName | None = None
 ) -> list[dict]:
     """Every project of the team, newest first; ?owner= a username, ?status= the status of the last run."""
+    reap_stale_runs()
     latest = TrainingRun.objects.filter(project=OuterRef("pk")).order_by("-created_at", "-id")
     projects = TrainingProject.objects.select_related("owner").annotate(last_run_pk=Subquery(latest.values("pk")[:1]))
     if owner is not None:

@@ -1,0 +1,71 @@
+"""Heartbeats and the reaper, without processes: rows with old beats are failed; fresh ones are left alone."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.test import Client
+from django.utils import timezone
+
+from projects.liveness import heartbeat, reap_stale_runs
+from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
+from tests.api_client import call, make_user_token
+
+
+def make_run(status, beat_age_seconds, **fields):
+    owner = User.objects.get_or_create(username="owner")[0]
+    project = TrainingProject.objects.create(
+        name="p", owner=owner, model_name="org/m", dataset_path="/d", output_directory="/o"
+    )
+    beat = timezone.now() - timedelta(seconds=beat_age_seconds) if beat_age_seconds is not None else None
+    return TrainingRun.objects.create(
+        project=project, status=status, heartbeat_at=beat, started_at=timezone.now() - timedelta(hours=1), **fields
+    )
+
+
+def test_stale_runs_fail_with_their_stage_and_fresh_ones_stay(db, settings):
+    settings.MTM_HEARTBEAT_TIMEOUT = 60
+    stale_training = make_run(RunStatus.TRAINING, 600, last_checkpoint="/o/checkpoint-40", worker_host="gpu1:12")
+    stale_validating = make_run(RunStatus.VALIDATING, 600)
+    never_beat = make_run(RunStatus.RESOLVING, None)
+    fresh = make_run(RunStatus.TRAINING, 5)
+    queued = make_run(RunStatus.QUEUED, None)
+    ended = make_run(RunStatus.SUCCEEDED, 6000)
+    assert sorted(reap_stale_runs()) == sorted([stale_training.pk, stale_validating.pk, never_beat.pk])
+    for run in (stale_training, stale_validating, never_beat, fresh, queued, ended):
+        run.refresh_from_db()
+    assert stale_training.status == RunStatus.FAILED and stale_training.stage_failed == RunStage.TRAIN
+    assert stale_training.error_code == "worker_lost" and "gpu1:12" in stale_training.error_message
+    assert "/o/checkpoint-40" in stale_training.error_hint and stale_training.finished_at is not None
+    assert stale_validating.stage_failed == RunStage.VALIDATE and never_beat.stage_failed == RunStage.RESOLVE
+    assert (fresh.status, queued.status, ended.status) == (RunStatus.TRAINING, RunStatus.QUEUED, RunStatus.SUCCEEDED)
+    assert reap_stale_runs() == []
+
+
+def test_reading_a_run_through_the_api_reaps_it(db, settings):
+    settings.MTM_HEARTBEAT_TIMEOUT = 60
+    run = make_run(RunStatus.TRAINING, 600)
+    _, token = make_user_token("reader")
+    body = call(Client(), "GET", f"/runs/{run.pk}", token=token).json()
+    assert body["status"] == "failed" and body["error"]["code"] == "worker_lost"
+
+
+def test_reap_runs_command(db, settings, capsys):
+    settings.MTM_HEARTBEAT_TIMEOUT = 60
+    run = make_run(RunStatus.TRAINING, 600)
+    call_command("reap_runs")
+    assert f"failed 1 run(s) whose worker was lost: [{run.pk}]" in capsys.readouterr().out
+
+
+def test_heartbeat_beats_while_the_block_runs(transactional_db, settings):
+    run = make_run(RunStatus.TRAINING, 600)
+    before = TrainingRun.objects.get(pk=run.pk).heartbeat_at
+    with heartbeat(run.pk, every=0.05):
+        time.sleep(0.3)
+        during = TrainingRun.objects.get(pk=run.pk).heartbeat_at
+    assert during > before
+    settings.MTM_HEARTBEAT_TIMEOUT = 60
+    assert reap_stale_runs() == []
