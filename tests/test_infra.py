@@ -23,6 +23,7 @@ from models_registry.names import repo_folder_name
 from models_registry.services import resolve_model
 from tests.hfcache import make_model_repo
 from tests.redis_server import free_port
+from tests.workers import app_publishing_to
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -131,6 +132,9 @@ def test_resolve_model_task_runs_on_a_real_worker(start_worker, tiny_llama_in_ca
     assert found["source"] == "cache"
     assert found["path"] == str(snapshot)
 
+    # Tests point the app elsewhere for a while (a broker that is down); publishing must work again after.
+    with app_publishing_to(f"redis://127.0.0.1:{free_port()}/0"):
+        pass
     missing = resolve_model_task.delay("test-org/not-downloaded").get(timeout=60)
     assert missing["valid"] is False
     assert [e["code"] for e in missing["errors"]] == ["model_not_found"]
