@@ -11,7 +11,9 @@ from projects.models import TrainingProject
 
 def can_manage(user: Any, project: TrainingProject) -> bool:
     """True for the project's owner and for staff: they may edit, start, cancel and delete."""
-    return bool(getattr(user, "is_authenticated", False)) and (user.is_staff or project.owner_id == user.pk)
+    if not (getattr(user, "is_authenticated", False) and user.is_active):
+        return False
+    return user.is_staff or project.owner_id == user.pk
 
 
 def require_manage(user: Any, project: TrainingProject, action: str) -> None:

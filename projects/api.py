@@ -21,6 +21,7 @@ from models_registry.services import dataset_roots, resolve_model
 from mtm import audit
 from mtm.api_errors import ApiError
 from projects import services
+from projects.access import can_manage
 from projects.datasets import DatasetError, DatasetReport, check_dataset_path, inspect_dataset, store_upload
 from projects.liveness import reap_stale_runs
 from projects.models import LIVE_STATUSES, TrainingProject, TrainingRun
@@ -88,12 +89,8 @@ def _run_or_404(run_id: int) -> TrainingRun:
     return run
 
 
-def _may_change(user: Any, project: TrainingProject) -> bool:
-    return bool(user and user.is_active and (user.is_staff or project.owner_id == user.pk))
-
-
 def _require_owner(request: HttpRequest, project: TrainingProject, what: str) -> None:
-    if not _may_change(request.auth, project):
+    if not can_manage(request.auth, project):
         raise ApiError.single(
             403,
             "permission_denied",

@@ -75,7 +75,7 @@ class Hyperparameters:
             else:
                 setattr(values, name, value)
         if not problems:
-            problems.extend(values._cross_field_problems(data))
+            problems.extend(values._cross_field_problems())
         return values, problems
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,9 +84,10 @@ class Hyperparameters:
             data["lora_target_modules"] = list(self.lora_target_modules)
         return data
 
-    def _cross_field_problems(self, data: dict[str, Any]) -> list[Problem]:
+    def _cross_field_problems(self) -> list[Problem]:
+        """Checked on the parsed values: the form's "0" and "0.0" strings are as unset as 0."""
         problems = []
-        if data.get("warmup_ratio") and data.get("warmup_steps"):
+        if self.warmup_ratio and self.warmup_steps:
             problems.append(
                 Problem(
                     CODE,

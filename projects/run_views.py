@@ -19,6 +19,7 @@ from mtm import audit
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from projects.access import can_manage, require_manage
 from projects.display import latest_checkpoint, run_duration, run_progress, validation_checks
+from projects.liveness import reap_stale_runs
 from projects.models import LIVE_STATUSES, RunStatus, TrainingProject, TrainingRun
 from projects.pipeline import RunRefused, request_cancel, start_run
 
@@ -79,6 +80,7 @@ def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
 @login_required
 @vary_on_headers("HX-Request")
 def run_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    reap_stale_runs()  # a run whose worker died is shown failed ("worker lost"), and polling stops
     run = get_object_or_404(TrainingRun.objects.select_related("project__owner", "started_by"), pk=pk)
     context = run_context(run, request.user)
     if wants_partial(request):

@@ -17,7 +17,7 @@ from models_registry.resolution import Resolution
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
 from projects.datasets import DatasetReport, check_dataset_path, inspect_dataset
 from projects.hyperparameters import Hyperparameters
-from projects.models import TrainingMethod, TrainingProject
+from projects.models import LIVE_STATUSES, TrainingMethod, TrainingProject
 
 EDITABLE = (
     "name",
@@ -31,6 +31,8 @@ EDITABLE = (
     "validation_prompt",
 )
 NAME_MAX = 120
+# What a queued or running run reads from the project: frozen while one is live.
+TRAINING_FIELDS = ("model_name", "revision", "dataset_path", "output_directory", "method", "hyperparameters")
 
 
 @dataclass
@@ -171,6 +173,19 @@ def update_project(project: TrainingProject, changes: dict[str, Any]) -> Trainin
     if isinstance(changes.get("hyperparameters"), dict):
         merged["hyperparameters"] = {**(project.hyperparameters or {}), **changes["hyperparameters"]}
     check = check_project(merged)
+    live = project.runs.filter(status__in=LIVE_STATUSES).order_by("-id").first()
+    if live is not None:
+        for key in TRAINING_FIELDS:
+            if check.cleaned.get(key) != getattr(project, key):
+                check.error(
+                    key,
+                    Problem(
+                        "run_in_progress",
+                        f"Run {live.pk} of this project is {live.status}: '{key}' cannot change until it ends.",
+                        "Wait for the run to end or cancel it, then save again. The name, description and validation "
+                        "prompt can change now.",
+                    ),
+                )
     if not check.valid:
         raise ProjectInvalid(check)
     with transaction.atomic():

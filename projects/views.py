@@ -23,6 +23,7 @@ from projects.datasets import DatasetError, store_upload
 from projects.display import hyperparameter_rows, latest_checkpoint, run_duration
 from projects.forms import ProjectForm, problem_error
 from projects.inline_checks import output_status
+from projects.liveness import reap_stale_runs
 from projects.models import LIVE_STATUSES, TrainingProject, TrainingRun
 from projects.run_views import polled_partial
 from projects.services import ProjectInvalid, check_project, create_project, project_data, update_project
@@ -33,6 +34,7 @@ AUDITED_FIELDS = ("name", "model_name", "revision", "dataset_path", "output_dire
 @require_http_methods(["GET", "HEAD"])
 @login_required
 def project_list(request: HtmxHttpRequest) -> HttpResponse:
+    reap_stale_runs()
     runs = TrainingRun.objects.filter(project=OuterRef("pk")).order_by("-created_at", "-id")
     projects = (
         TrainingProject.objects.select_related("owner")
@@ -147,6 +149,7 @@ def runs_context(project: TrainingProject, user: Any) -> dict[str, Any]:
 @login_required
 @vary_on_headers("HX-Request")
 def project_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    reap_stale_runs()
     project = get_object_or_404(TrainingProject.objects.select_related("owner"), pk=pk)
     context = runs_context(project, request.user)
     if wants_partial(request):

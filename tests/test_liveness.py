@@ -69,3 +69,14 @@ def test_heartbeat_beats_while_the_block_runs(transactional_db, settings):
     assert during > before
     settings.MTM_HEARTBEAT_TIMEOUT = 60
     assert reap_stale_runs() == []
+
+
+def test_opening_the_run_page_reaps_it(db, settings):
+    from tests.clients import secure_client
+
+    settings.MTM_HEARTBEAT_TIMEOUT = 60
+    run = make_run(RunStatus.TRAINING, 600)
+    client = secure_client(User.objects.create_user("viewer"))
+    response = client.get(f"/projects/runs/{run.pk}/", HTTP_HX_REQUEST="true")
+    assert response.status_code == 286  # ended: polling stops
+    assert "Worker lost" in response.content.decode()

@@ -98,3 +98,28 @@ def test_update_checks_the_whole_project_again(roots, tiny_llama_in_cache):
     update_project(project, {"hyperparameters": {"max_steps": 9}})
     project.refresh_from_db()
     assert project.hyperparameters["max_steps"] == 9 and project.hyperparameters["max_seq_length"] == 16
+
+
+def test_form_strings_for_unset_warmup_are_not_both_set(roots, tiny_llama_in_cache):
+    check = check_project(
+        data(roots, tiny_llama_in_cache[0], hyperparameters={"warmup_ratio": "0.0", "warmup_steps": "0"})
+    )
+    assert check.errors.get("hyperparameters") is None
+    both = check_project(
+        data(roots, tiny_llama_in_cache[0], hyperparameters={"warmup_ratio": "0.1", "warmup_steps": "5"})
+    )
+    assert "both set" in both.errors["hyperparameters"][0].message
+
+
+def test_training_fields_are_frozen_while_a_run_is_live(roots, tiny_llama_in_cache):
+    from projects.models import RunStatus, TrainingRun
+
+    project = create_project(User.objects.create_user("e"), data(roots, tiny_llama_in_cache[0]))
+    run = TrainingRun.objects.create(project=project, status=RunStatus.TRAINING)
+    with pytest.raises(ProjectInvalid) as refused:
+        update_project(project, {"hyperparameters": {"max_steps": 50}, "name": "renamed"})
+    [problem] = refused.value.check.errors["hyperparameters"]
+    assert problem.code == "run_in_progress" and f"Run {run.pk}" in problem.message
+    update_project(project, {"name": "renamed", "validation_prompt": "Hi"})  # harmless changes still go through
+    project.refresh_from_db()
+    assert project.name == "renamed" and project.hyperparameters["max_steps"] == 5
