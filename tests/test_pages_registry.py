@@ -12,19 +12,12 @@ from django.utils.html import escape
 
 from models_registry.models import ModelOverride, PortalSettings
 from mtm.models import ApiToken, AuditEvent
+from tests.clients import HttpsClient
 from tests.hfcache import make_model_repo
 
 pytestmark = pytest.mark.django_db
 
 HX = {"HTTP_HX_REQUEST": "true"}
-
-
-class HttpsClient(Client):
-    """Every request over HTTPS, redirects followed included: with DEBUG off the settings redirect plain HTTP."""
-
-    def generic(self, *args, **kwargs):
-        kwargs["secure"] = True
-        return super().generic(*args, **kwargs)
 
 
 @pytest.fixture
