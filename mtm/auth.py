@@ -52,6 +52,8 @@ class BearerToken(HttpBearer):
 def _touch(record: ApiToken) -> None:
     """Note the token's use, writing at most once a minute per token."""
     now = timezone.now()
+    if record.last_used_at and record.last_used_at >= now - LAST_USED_RESOLUTION:
+        return  # the row we just read says it is fresh: no write (an UPDATE takes SQLite's write lock)
     stale = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION)
     ApiToken.objects.filter(pk=record.pk).filter(stale).update(last_used_at=now)
 

@@ -77,7 +77,14 @@ TEMPLATES = [
 ]
 
 _default_db = f"sqlite:///{VAR_DIR / 'mtm.sqlite3'}"
-DATABASES = {"default": dj_database_url.parse(env_str("DATABASE_URL") or _default_db, conn_max_age=0)}
+# Connections are kept (and checked before reuse): opening one per request costs more than most requests.
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL") or _default_db,
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The web process and the workers write to one file: wait for the lock instead of failing,
     # and take it up front so two writers never deadlock on an upgrade.
