@@ -119,3 +119,22 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, r
         from tests.isolation import suffix_test_databases
 
         suffix_test_databases(f"p{os.getpid()}")
+
+
+@pytest.fixture
+def portal_roots(db, hf_cache, tmp_path, settings) -> Path:
+    """The portal set up as staff would for one test: the Model Cache Path is `hf_cache`, the output root
+    tmp/outputs (created), the dataset root tmp/datasets holding qa.jsonl, uploads under tmp/media. Saved in the
+    database, so a worker started by the test sees it too (with `transactional_db`). Returns tmp_path."""
+    from models_registry.models import PortalSettings
+    from tests.pipeline_helpers import QA_ROWS, write_jsonl
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    row = PortalSettings.load()
+    row.model_cache_path = str(hf_cache)
+    row.allowed_output_roots = [str(tmp_path / "outputs")]
+    row.allowed_dataset_roots = [str(tmp_path / "datasets")]
+    row.save()
+    (tmp_path / "outputs").mkdir()
+    write_jsonl(tmp_path / "datasets" / "qa.jsonl", QA_ROWS)
+    return tmp_path

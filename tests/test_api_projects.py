@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from models_registry.models import PortalSettings
 from mtm.models import AuditEvent
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from tests.api_client import API, call, codes, make_user_token
-from tests.pipeline_helpers import QA_ROWS, write_jsonl
+from tests.pipeline_helpers import QA_ROWS
 
 PROJECT_KEYS = {"id", "name", "owner", "model_name", "revision", "dataset_path", "output_directory", "method",
                 "hyperparameters", "validation_prompt", "created_at", "last_run"}  # fmt: skip
@@ -26,16 +25,8 @@ MISSING_MODEL = "meta-llama/Llama-3.2-3B-Instruct"
 
 
 @pytest.fixture
-def roots(db, hf_cache, tmp_path, settings) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    row = PortalSettings.load()
-    row.model_cache_path = str(hf_cache)
-    row.allowed_output_roots = [str(tmp_path / "outputs")]
-    row.allowed_dataset_roots = [str(tmp_path / "datasets")]
-    row.save()
-    (tmp_path / "outputs").mkdir()
-    write_jsonl(tmp_path / "datasets" / "qa.jsonl", QA_ROWS)
-    return tmp_path
+def roots(portal_roots) -> Path:
+    return portal_roots
 
 
 @pytest.fixture

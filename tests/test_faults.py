@@ -10,7 +10,6 @@ import psutil
 import pytest
 from django.contrib.auth.models import User
 
-from models_registry.models import PortalSettings
 from projects.liveness import reap_stale_runs
 from projects.models import RunStage, RunStatus, TrainingProject
 from projects.pipeline import start_run
@@ -22,14 +21,8 @@ LONG = {"max_steps": 2000, "save_steps": 3, "learning_rate": 0.001}
 
 
 @pytest.fixture
-def portal(hf_cache, tmp_path, transactional_db, tiny_llama_in_cache):
-    row = PortalSettings.load()
-    row.model_cache_path = str(hf_cache)
-    row.allowed_output_roots = [str(tmp_path / "outputs")]
-    row.allowed_dataset_roots = [str(tmp_path / "datasets")]
-    row.save()
-    (tmp_path / "outputs").mkdir()
-    return {"user": User.objects.create_user("ops"), "root": tmp_path, "model": tiny_llama_in_cache[0]}
+def portal(portal_roots, transactional_db, tiny_llama_in_cache):
+    return {"user": User.objects.create_user("ops"), "root": portal_roots, "model": tiny_llama_in_cache[0]}
 
 
 def project(portal, name, hyper=None, output=None):

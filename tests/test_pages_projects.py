@@ -14,7 +14,6 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
 from django.utils.html import escape
 
-from models_registry.models import PortalSettings
 from mtm.models import AuditEvent
 from projects.charts import build_loss_chart, loss_chart_svg, nice_ticks
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
@@ -28,16 +27,8 @@ MISSING = "meta-llama/Llama-3.2-3B-Instruct"
 
 
 @pytest.fixture
-def roots(db, hf_cache, tmp_path, settings) -> Path:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    row = PortalSettings.load()
-    row.model_cache_path = str(hf_cache)
-    row.allowed_output_roots = [str(tmp_path / "outputs")]
-    row.allowed_dataset_roots = [str(tmp_path / "datasets")]
-    row.save()
-    (tmp_path / "outputs").mkdir()
-    write_jsonl(tmp_path / "datasets" / "qa.jsonl", QA_ROWS)
-    return tmp_path
+def roots(portal_roots) -> Path:
+    return portal_roots
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 
-from models_registry.models import PortalSettings
 from projects.models import RunStage, RunStatus, TrainingProject
 from projects.pipeline import RunRefused, request_cancel, start_run
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, wait_for_end, write_jsonl
@@ -19,15 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def portal(hf_cache, tmp_path, transactional_db):
-    settings_row = PortalSettings.load()
-    settings_row.model_cache_path = str(hf_cache)
-    settings_row.allowed_output_roots = [str(tmp_path / "outputs")]
-    settings_row.allowed_dataset_roots = [str(tmp_path / "datasets")]
-    settings_row.save()
-    (tmp_path / "outputs").mkdir()
-    user = User.objects.create_user("alice", password="x")
-    return {"user": user, "root": tmp_path}
+def portal(portal_roots, transactional_db):
+    return {"user": User.objects.create_user("alice", password="x"), "root": portal_roots}
 
 
 def make_project(portal, model_name, *, method="full", rows=None, hyper=None, name="p", **extra):

@@ -5,20 +5,13 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
-from models_registry.models import PortalSettings
 from projects.services import ProjectInvalid, check_project, create_project, update_project
 from tests.pipeline_helpers import QA_ROWS, write_jsonl
 
 
 @pytest.fixture
-def roots(db, hf_cache, tmp_path):
-    row = PortalSettings.load()
-    row.model_cache_path = str(hf_cache)
-    row.allowed_output_roots = [str(tmp_path / "outputs")]
-    row.allowed_dataset_roots = [str(tmp_path / "datasets")]
-    row.save()
-    (tmp_path / "outputs").mkdir()
-    return tmp_path
+def roots(portal_roots):
+    return portal_roots
 
 
 def data(roots, model_name, **changes):
