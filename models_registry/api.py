@@ -33,10 +33,12 @@ from mtm.auth import require_staff
 
 router = Router()
 ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
+BODY_ERRORS = {**ERRORS, 413: ErrorOut}  # a body over DATA_UPLOAD_MAX_MEMORY_SIZE
+QUERY_ERRORS = {**ERRORS, 400: ErrorOut}  # more query parameters than DATA_UPLOAD_MAX_NUMBER_FIELDS
 OVERRIDE_FIELDS = ("model_name", "path", "enabled", "trust_remote_code", "note")
 
 
-@router.post("/projects/validate-model", response={200: ResolutionOut, **ERRORS}, tags=["models"])
+@router.post("/projects/validate-model", response={200: ResolutionOut, **BODY_ERRORS}, tags=["models"])
 def validate_model(request: HttpRequest, payload: ValidateModelIn) -> dict:
     """Can this model be trained on? Where it is, which revision, and what is wrong with it."""
     if problem := name_error(payload.model_name):
@@ -47,14 +49,14 @@ def validate_model(request: HttpRequest, payload: ValidateModelIn) -> dict:
     return services.resolve_model(payload.model_name, revision).to_dict()
 
 
-@router.get("/projects/models/available", response={200: AvailableModelsOut, **ERRORS}, tags=["models"])
+@router.get("/projects/models/available", response={200: AvailableModelsOut, **QUERY_ERRORS}, tags=["models"])
 def available_models(request: HttpRequest, q: str | None = None, valid: bool | None = None) -> dict:
     """Every cached model and every enabled override with its validity; ?q= filters by name, ?valid= by validity."""
     cache_dir, models = services.available_models(q, valid)
     return {"cache_dir": str(cache_dir), "count": len(models), "models": [m.to_dict() for m in models]}
 
 
-@router.post("/projects/validate-output-dir", response={200: OutputDirOut, **ERRORS}, tags=["projects"])
+@router.post("/projects/validate-output-dir", response={200: OutputDirOut, **BODY_ERRORS}, tags=["projects"])
 def validate_output_dir(request: HttpRequest, payload: ValidateOutputDirIn) -> dict:
     """Is this a directory training may write to? Absolute, inside an allowed root, writable, with room."""
     return services.validate_output_dir(payload.output_directory).to_dict()
@@ -98,7 +100,7 @@ def list_overrides(request: HttpRequest) -> list[dict]:
     return [_override_out(o) for o in ModelOverride.objects.all()]
 
 
-@router.post("/model-overrides", response={201: OverrideOut, **ERRORS}, tags=["model overrides"])
+@router.post("/model-overrides", response={201: OverrideOut, **BODY_ERRORS}, tags=["model overrides"])
 def create_override(request: HttpRequest, payload: OverrideIn) -> Status:
     """Staff: make a name resolve to a local folder before the cache is searched."""
     require_staff(request, "create model overrides")
@@ -117,7 +119,7 @@ def get_override(request: HttpRequest, override_id: int) -> dict:
     return _override_out(_override_or_404(override_id))
 
 
-@router.patch("/model-overrides/{override_id}", response={200: OverrideOut, **ERRORS}, tags=["model overrides"])
+@router.patch("/model-overrides/{override_id}", response={200: OverrideOut, **BODY_ERRORS}, tags=["model overrides"])
 def update_override(request: HttpRequest, override_id: int, payload: OverridePatch) -> dict:
     """Staff: change some of an override's fields; fields left out keep their values."""
     require_staff(request, "change model overrides")
@@ -165,7 +167,7 @@ def get_settings(request: HttpRequest) -> dict:
     return _settings_out()
 
 
-@router.patch("/settings", response={200: SettingsOut, **ERRORS}, tags=["settings"])
+@router.patch("/settings", response={200: SettingsOut, **BODY_ERRORS}, tags=["settings"])
 def update_settings(request: HttpRequest, payload: SettingsPatch) -> dict:
     """Staff: set the Model Cache Path (blank = HF default) and the allowed output and dataset roots."""
     require_staff(request, "change the portal settings")

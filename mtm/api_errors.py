@@ -151,7 +151,8 @@ def install_error_handlers(api: NinjaAPI) -> None:
             hint = "Send a smaller body; files go through the upload endpoints."
             return respond(request, 413, [error_object("request_too_large", "The request body is too large.", hint)])
         if isinstance(exc, SuspiciousOperation):
-            return respond(request, 400, [error_object("invalid_request", f"Bad request: {exc}.", DOCS_HINT)])
+            message = f"Bad request: {str(exc).rstrip('.')}."  # Django's own messages end in a period
+            return respond(request, 400, [error_object("invalid_request", message, DOCS_HINT)])
         if isinstance(exc, MultiPartParserError):
             hint = "Send files as multipart/form-data with a boundary, e.g. curl -F file=@train.jsonl URL."
             return respond(

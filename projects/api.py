@@ -102,7 +102,7 @@ def _require_owner(request: HttpRequest, project: TrainingProject, what: str) ->
 # --- projects --------------------------------------------------------------------------------------------------
 
 
-@router.get("/projects", response={200: list[ProjectOut], **_errors()})
+@router.get("/projects", response={200: list[ProjectOut], **_errors(400)})  # 400: too many query parameters
 def list_projects(
     request: HttpRequest, owner: StoredText | None = None, status: RunStatusName | None = None
 ) -> list[dict]:
