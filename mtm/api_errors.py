@@ -65,14 +65,35 @@ class NotAnObject(ValueError):
         self.kind = kind
 
 
+class NotUnicode(ValueError):
+    """JSON may escape a lone UTF-16 surrogate ("\\ud800"); no database or file name can hold one."""
+
+
+def _check_text(value: Any) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise NotUnicode("a string holds a lone UTF-16 surrogate (an escape like \\ud800), which is not text")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_text(item)
+
+
 class JsonObjectParser(Parser):
-    """JSON bodies must be objects: anything else is refused here, so no view ever sees a list or a number."""
+    """JSON bodies must be objects of real text: anything else is refused here, so no view ever sees a list,
+    a number or a string that cannot be stored."""
 
     def parse_body(self, request: HttpRequest) -> dict[str, Any]:
         data = super().parse_body(request)
         if not isinstance(data, dict):
             kinds = {list: "array", str: "string", bool: "boolean", type(None): "null", int: "number", float: "number"}
             raise NotAnObject(kinds.get(type(data), type(data).__name__))
+        _check_text(data)
         return data
 
 

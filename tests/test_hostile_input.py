@@ -252,11 +252,7 @@ DATASET_FILES = {
     ),
     "deeply_nested": ("nested.json", _nested_json(100_000), "Row 1"),
 }
-# projects/datasets/loading.py catches json's JSONDecodeError but not the RecursionError that deep nesting raises,
-# so the deeply nested file is a 500 on every path. Reported; strict, so the fix makes these tests fail until the
-# marker goes.
-NESTED_500 = pytest.mark.xfail(strict=True, reason="RecursionError from deeply nested JSON is not caught (500)")
-DATASET_IDS = [pytest.param(key, marks=NESTED_500) if key == "deeply_nested" else key for key in DATASET_FILES]
+DATASET_IDS = list(DATASET_FILES)
 
 
 def project_post(portal: Portal, **changes) -> dict:

@@ -136,10 +136,16 @@ def _read_jsonl(path: Path, checker: RowChecker) -> None:
                 checker.problem(
                     Problem(DATASET_BAD_JSON, f"{ref}: invalid JSON: {exc.msg} at column {exc.colno}.", hint)
                 )
+            except RecursionError:
+                checker.problem(Problem(DATASET_BAD_JSON, f"{ref}: {TOO_DEEP}", TOO_DEEP_HINT))
             else:
                 checker.add(ref, value)
             if checker.stopped:
                 return
+
+
+TOO_DEEP = "the JSON is nested too deeply to read (thousands of levels of brackets)."
+TOO_DEEP_HINT = "Rows are flat objects of strings (messages: a list of role/content objects); flatten the data."
 
 
 def _json_problem(message: str) -> Problem:
@@ -176,6 +182,9 @@ def _read_array_items(text: str, pos: int, lines: _LineCounter, checker: RowChec
             checker.problem(
                 _json_problem(f"{ref}: invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."), fatal=True
             )
+            return None
+        except RecursionError:
+            checker.problem(Problem(DATASET_BAD_JSON, f"{ref}: {TOO_DEEP}", TOO_DEEP_HINT), fatal=True)
             return None
         checker.add(ref, value)
         if checker.stopped:
