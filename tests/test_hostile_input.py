@@ -35,33 +35,17 @@ MAX_ANSWER_BYTES = 2 * 1024 * 1024
 
 @dataclass
 class Portal:
-    root: Path
     model_name: str
-
-    @property
-    def outputs(self) -> Path:
-        return self.root / "outputs"
-
-    @property
-    def datasets(self) -> Path:
-        return self.root / "datasets"
-
-    @property
-    def elsewhere(self) -> Path:
-        return self.root / "elsewhere"
+    root: Path
+    outputs: Path
+    datasets: Path
+    elsewhere: Path  # outside every root
 
 
 @pytest.fixture
-def portal(db, hf_cache, tmp_path, settings, tiny_llama_in_cache) -> Portal:
-    settings.MEDIA_ROOT = tmp_path / "media"
-    row = PortalSettings.load()
-    row.model_cache_path = str(hf_cache)
-    row.allowed_output_roots = [str(tmp_path / "outputs")]
-    row.allowed_dataset_roots = [str(tmp_path / "datasets")]
-    row.save()
-    portal = Portal(tmp_path, tiny_llama_in_cache[0])
-    portal.outputs.mkdir()
-    write_jsonl(portal.datasets / "qa.jsonl", QA_ROWS)
+def portal(portal_roots, tiny_llama_in_cache) -> Portal:
+    root = portal_roots
+    portal = Portal(tiny_llama_in_cache[0], root, root / "outputs", root / "datasets", root / "elsewhere")
     write_jsonl(portal.elsewhere / "secret.jsonl", QA_ROWS)
     (portal.outputs / "escape").symlink_to(portal.elsewhere, target_is_directory=True)
     (portal.datasets / "leak.jsonl").symlink_to(portal.elsewhere / "secret.jsonl")
@@ -69,13 +53,13 @@ def portal(db, hf_cache, tmp_path, settings, tiny_llama_in_cache) -> Portal:
 
 
 @pytest.fixture
-def member(db) -> User:
-    return User.objects.create_user("mallory", password="mallory-pass-1234")
+def member_client(db):
+    return secure_client(User.objects.create_user("mallory", password="mallory-pass-1234"))
 
 
 @pytest.fixture
-def member_client(member):
-    return secure_client(member)
+def staff_client(db):
+    return secure_client(User.objects.create_user("root-ish", is_staff=True))
 
 
 @pytest.fixture
@@ -196,8 +180,7 @@ SETTINGS_CASES = [
 
 
 @pytest.mark.parametrize(("field", "value", "expected"), SETTINGS_CASES)
-def test_settings_form_refuses_hostile_paths_inline(portal, field, value, expected):
-    staff = User.objects.create_user("root-ish", is_staff=True)
+def test_settings_form_refuses_hostile_paths_inline(portal, staff_client, field, value, expected):
     before = PortalSettings.load()
     posted = {
         "model_cache_path": before.model_cache_path,
@@ -205,7 +188,7 @@ def test_settings_form_refuses_hostile_paths_inline(portal, field, value, expect
         "allowed_dataset_roots": "\n".join(before.allowed_dataset_roots),
         field: value,
     }
-    response = secure_client(staff).post("/settings/", posted)
+    response = staff_client.post("/settings/", posted)
     assert response.status_code == 200  # the form again, not the redirect of a save
     errors = " ".join(response.context["form"].errors.get(field, []))
     assert expected in html.unescape(errors)
@@ -223,9 +206,8 @@ def test_settings_form_refuses_hostile_paths_inline(portal, field, value, expect
     [("model_cache_path", "rel\x00ative", "NUL character"), ("allowed_output_roots", "out\n../../etc", "not an absolute"),
      ("allowed_dataset_roots", "/" + "d" * 10_000, "the limit is 4096")],
 )  # fmt: skip
-def test_settings_path_check_fragment_names_the_problem(portal, field, value, expected):
-    staff = User.objects.create_user("root-ish", is_staff=True)
-    body = fragment(secure_client(staff).post("/settings/validate-path/", {field: value}, **HX))
+def test_settings_path_check_fragment_names_the_problem(portal, staff_client, field, value, expected):
+    body = fragment(staff_client.post("/settings/validate-path/", {field: value}, **HX))
     assert "status-error" in body and expected in body
 
 
@@ -250,7 +232,12 @@ DATASET_FILES = {
         b'{"prompt": "a", "completion": "b"}\n{"prompt": "' + b"x" * (5 * 1024 * 1024) + b"\n",
         "Row 2 (line 2): invalid JSON",
     ),
-    "deeply_nested": ("nested.json", _nested_json(100_000), "Row 1"),
+    "deeply_nested": ("nested.json", _nested_json(100_000), "Row 1 (line 1): the JSON is nested too deeply"),
+    "deeply_nested_line": (
+        "nested.jsonl",
+        b'{"prompt": "a", "completion": "b"}\n{"prompt": ' + _nested_json(100_000) + b"}\n",
+        "Row 2 (line 2): the JSON is nested too deeply",
+    ),
 }
 DATASET_IDS = list(DATASET_FILES)
 
@@ -401,6 +388,19 @@ def test_projects_api_refuses_hostile_names_and_paths(client, portal, member_tok
     named = [e for e in errors if e.get("field") == api_field or e["message"].startswith(f"body.{api_field}")]
     assert any(api_expected in e["message"] for e in named), errors
     assert not TrainingProject.objects.exists()
+
+
+# models_registry/outputs.py walks up to the nearest existing folder and probes that, so a name longer than the
+# filesystem allows (NAME_MAX, 255 bytes) is reported valid and "will be created"; the run then fails to create it.
+@pytest.mark.xfail(strict=True, reason="an output directory name over NAME_MAX is reported valid (will_create)")
+def test_an_output_directory_name_longer_than_the_filesystem_allows_is_refused(
+    client, member_client, portal, member_token
+):
+    overlong = str(portal.outputs / ("a" * 300))
+    result = call(client, "post", "/projects/validate-output-dir", {"output_directory": overlong}, member_token).json()
+    assert result["valid"] is False and result["errors"]
+    response = member_client.post("/projects/new/", project_post(portal, output_directory=overlong))
+    assert response.status_code == 422 and response.context["form"].errors.get("output_directory")
 
 
 @pytest.mark.parametrize(("field", "value", "expected"), [
