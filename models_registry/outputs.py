@@ -71,6 +71,26 @@ def _write_probe(folder: str) -> OSError | None:
     return None
 
 
+def _too_long(path: str) -> Problem | None:
+    """A folder the filesystem could never create: a name over NAME_MAX bytes or a path over PATH_MAX."""
+    name_max, path_max = 255, 4096
+    longest = max(path.split(os.sep), key=lambda part: len(part.encode("utf-8", "surrogateescape")))
+    size = len(longest.encode("utf-8", "surrogateescape"))
+    if size > name_max:
+        return Problem(
+            "path_too_long",
+            f"The folder name '{longest[:40]}…' is {size} bytes long; the filesystem allows {name_max}.",
+            "Choose a shorter folder name.",
+        )
+    if len(path.encode("utf-8", "surrogateescape")) > path_max:
+        return Problem(
+            "path_too_long",
+            f"The path is longer than the {path_max} bytes the system allows.",
+            "Choose a shorter path.",
+        )
+    return None
+
+
 def check_output_dir(raw: object, allowed_roots: list[str], low_disk_bytes: int = 10 * 1024**3) -> OutputDirCheck:
     text = raw if isinstance(raw, str) else ""
     result = OutputDirCheck(output_directory=text)
@@ -102,6 +122,9 @@ def check_output_dir(raw: object, allowed_roots: list[str], low_disk_bytes: int 
                 "Choose a folder inside an allowed root, or ask staff to add a root under Settings → Directory Settings.",
             )
         )
+        return result
+    if problem := _too_long(real):
+        result.errors.append(problem)
         return result
     existing = real
     if os.path.exists(real):

@@ -114,7 +114,9 @@ class _Rule:
         if self.kind == "choice":
             return "one of " + ", ".join(self.choices)
         if self.kind == "modules":
-            return f'\'{ALL_LINEAR}\' or a list of module names such as ["q_proj", "v_proj"]'
+            return (
+                f'\'{ALL_LINEAR}\' or a list of at most {MAX_TARGET_MODULES} module names such as ["q_proj", "v_proj"]'
+            )
         what = "a whole number" if self.kind == "int" else "a number"
         low = f"greater than {_fmt(self.low)}" if self.low_open else f"at least {_fmt(self.low)}"
         return f"{what} {low} and at most {_fmt(self.high)}"
@@ -129,6 +131,7 @@ class _Rule:
         if ok:
             return value, None
         shown = repr(raw) if isinstance(raw, str) else _fmt(raw)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
         hint = f"Set {name} to {self.allowed()}" + (f", e.g. {self.example}." if self.example else ".")
         return None, Problem(CODE, f"Hyperparameter '{name}' = {shown} is not allowed: use {self.allowed()}.", hint)
 
@@ -177,15 +180,18 @@ def _coerce(kind: str, raw: Any) -> Any:
     return float(raw) if isinstance(raw, (int, float)) else None
 
 
+MAX_TARGET_MODULES = 64  # real models name a handful (q_proj, v_proj, ...); more is a mistake or an attack
+
+
 def _coerce_modules(raw: Any) -> str | list[str] | None:
     if isinstance(raw, str):
         text = raw.strip()
         if text == ALL_LINEAR:
             return ALL_LINEAR
         raw = [part.strip() for part in text.split(",")]
-    if not isinstance(raw, list) or not raw:
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_TARGET_MODULES:
         return None
-    names = [item for item in raw if isinstance(item, str) and item.strip()]
+    names = [item for item in raw if isinstance(item, str) and item.strip() and len(item) <= 128]
     if len(names) != len(raw) or not all(name.replace("_", "").replace(".", "").isalnum() for name in names):
         return None
     return [name.strip() for name in names]

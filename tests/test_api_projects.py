@@ -151,7 +151,7 @@ MALFORMED = [
     ({}, "invalid_request"),
     ({"name": 5, "model_name": "org/m", "dataset_path": "/d", "output_directory": "/o"}, "invalid_request"),
     ({"name": "x\x00", "model_name": "org/m", "dataset_path": "/d", "output_directory": "/o"}, "invalid_request"),
-    ({"name": "x", "model_name": "org/m", "dataset_path": "/d\ud800", "output_directory": "/o"}, "invalid_request"),
+    ({"name": "x", "model_name": "org/m", "dataset_path": "/d\ud800", "output_directory": "/o"}, "invalid_json"),
     ({"name": "x", "model_name": "org/m", "dataset_path": "/d", "output_directory": "/o", "method": "qlora"},
      "invalid_request"),
     ({"name": "x", "model_name": "org/m", "dataset_path": "/d", "output_directory": "/o", "hyperparameters": [1]},

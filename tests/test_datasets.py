@@ -629,3 +629,26 @@ def test_upload_too_large_or_empty_leaves_nothing(tmp_path):
         store_upload(fh, "empty.csv", upload_root=root)
     assert caught.value.codes == ["dataset_empty"]
     assert list(root.iterdir()) == []
+
+
+def test_token_stats_of_a_huge_row_are_quick_and_still_count_it_as_truncated(tmp_path, tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "huge.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "a", "completion": "word " * 400_000})
+        + "\n"
+        + json.dumps({"prompt": "b", "completion": "c"})
+        + "\n"
+    )
+    report = inspect_dataset(path, AutoTokenizer.from_pretrained(tiny_llama_dir), 64)
+    assert report.valid and report.token_stats.over_max == 1
+    assert report.token_stats.max > 64
+
+
+def test_unknown_keys_message_names_at_most_ten(tmp_path):
+    path = tmp_path / "wide.jsonl"
+    path.write_text(json.dumps({f"c{i}": "v" for i in range(500)}) + "\n")
+    report = inspect_dataset(path)
+    [problem] = report.errors
+    assert "'c0'" in problem.message and "and 490 more" in problem.message and "'c499'" not in problem.message

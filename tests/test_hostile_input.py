@@ -392,13 +392,12 @@ def test_projects_api_refuses_hostile_names_and_paths(client, portal, member_tok
 
 # models_registry/outputs.py walks up to the nearest existing folder and probes that, so a name longer than the
 # filesystem allows (NAME_MAX, 255 bytes) is reported valid and "will be created"; the run then fails to create it.
-@pytest.mark.xfail(strict=True, reason="an output directory name over NAME_MAX is reported valid (will_create)")
 def test_an_output_directory_name_longer_than_the_filesystem_allows_is_refused(
     client, member_client, portal, member_token
 ):
     overlong = str(portal.outputs / ("a" * 300))
     result = call(client, "post", "/projects/validate-output-dir", {"output_directory": overlong}, member_token).json()
-    assert result["valid"] is False and result["errors"]
+    assert result["valid"] is False and [e["code"] for e in result["errors"]] == ["path_too_long"]
     response = member_client.post("/projects/new/", project_post(portal, output_directory=overlong))
     assert response.status_code == 422 and response.context["form"].errors.get("output_directory")
 

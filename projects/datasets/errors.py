@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from models_registry.problems import Problem
@@ -108,3 +109,10 @@ class ProblemCollector:
     def raise_if_any(self) -> None:
         if self.problems:
             raise DatasetError(self.problems)
+
+
+def named_list(names: Iterable[object], most: int = 10) -> str:
+    """'a', 'b', 'c' and 47 more: a list of names for a message, never longer than `most` names."""
+    names = list(names)
+    shown = ", ".join(f"'{n}'" for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")

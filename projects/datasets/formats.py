@@ -15,6 +15,7 @@ from projects.datasets.errors import (
     ProblemCollector,
     RowRef,
     json_type_name,
+    named_list,
 )
 
 SUPPORTED_FORMATS = ("text", "prompt_completion", "messages", "alpaca")
@@ -150,7 +151,7 @@ class RowChecker:
             return
         fmt = row_format(row)
         if fmt is None:
-            keys = ", ".join(f"'{k}'" for k in row) or "no keys"
+            keys = named_list(row) or "no keys"
             self.collector.add(
                 Problem(DATASET_UNKNOWN_FORMAT, f"{ref} has {keys}, which match no supported row shape.", SHAPES_HINT)
             )

@@ -24,6 +24,7 @@ from projects.datasets.errors import (
     DatasetError,
     RowRef,
     human_bytes,
+    named_list,
 )
 from projects.datasets.formats import SHAPES_HINT, RowChecker
 
@@ -342,7 +343,7 @@ def load_dataset(
         warnings.append(
             Problem(
                 "dataset_ignored_keys",
-                f"Ignored column{'s' if len(ignored) > 1 else ''} {', '.join(repr(k) for k in ignored)}: "
+                f"Ignored column{'s' if len(ignored) > 1 else ''} {named_list(ignored)}: "
                 f"not part of the '{fmt}' row shape.",
                 "Training uses only the fields of the detected shape; remove the others if they were meant to matter.",
             )

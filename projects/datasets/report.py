@@ -138,6 +138,29 @@ def _length_warnings(stats: TokenStats, rows: int) -> list[Problem]:
     return warnings
 
 
+# A token covers at least one character and, in practice, far fewer than this many: a string cut here still has
+# more tokens than the max sequence length whenever the whole string does, so truncation counts stay right while
+# one megabyte-long row no longer costs the form a minute of tokenizing. Its length is then a lower bound.
+CHARS_PER_TOKEN_CAP = 64
+
+
+def _capped(rows: list[dict], max_seq_length: int | None) -> list[dict]:
+    if not max_seq_length:
+        return rows
+    limit = max_seq_length * CHARS_PER_TOKEN_CAP
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, str):
+            return value[:limit]
+        if isinstance(value, list):
+            return [cut(v) for v in value]
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        return value
+
+    return [cut(row) for row in rows]
+
+
 def inspect_dataset(
     path: str | os.PathLike,
     tokenizer: Any = None,
@@ -170,7 +193,8 @@ def inspect_dataset(
     report.preview = [shorten(row) for row in loaded.rows[: max(preview_rows, 0)]]
     if tokenizer is not None:
         try:
-            encoded = encode_rows(loaded.rows, loaded.format, tokenizer, max_errors=max_errors)
+            rows = _capped(loaded.rows, max_seq_length)
+            encoded = encode_rows(rows, loaded.format, tokenizer, max_errors=max_errors)
         except DatasetError as exc:
             report.errors.extend(exc.problems)
             return report
