@@ -174,7 +174,8 @@ def settings_page(request: HtmxHttpRequest) -> HttpResponse:
         "updated_by": obj.updated_by,
         "updated_at": obj.updated_at,
     }
-    return render(request, "settings/settings.html", context)
+    # A refused save answers 422, as the project form does, so scripts and tests can tell it from a plain view.
+    return render(request, "settings/settings.html", context, status=422 if form.is_bound else 200)
 
 
 @require_http_methods(["POST"])

@@ -189,7 +189,7 @@ def test_settings_form_refuses_hostile_paths_inline(portal, staff_client, field,
         field: value,
     }
     response = staff_client.post("/settings/", posted)
-    assert response.status_code == 200  # the form again, not the redirect of a save
+    assert response.status_code == 422  # the form again, not the redirect of a save
     errors = " ".join(response.context["form"].errors.get(field, []))
     assert expected in html.unescape(errors)
     assert expected in text(response)

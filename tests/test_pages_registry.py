@@ -332,7 +332,7 @@ def test_settings_errors_are_shown_inline_and_nothing_is_saved(staff_client, hf_
         {"model_cache_path": "relative/cache", "allowed_output_roots": f"/ok\n{a_file}", "allowed_dataset_roots": ""},
     )
     body = text(response)
-    assert response.status_code == 200
+    assert response.status_code == 422
     assert "Model Cache Path &#x27;relative/cache&#x27; is not an absolute path" in body
     assert f"Line 2: allowed output root {a_file} exists and is not a directory" in body
     assert PortalSettings.load().model_cache_path == ""
