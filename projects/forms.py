@@ -19,17 +19,9 @@ from projects.datasets import UPLOAD_EXTENSIONS
 from projects.display import HYPERPARAMETER_LABELS
 from projects.hyperparameters import PRECISIONS, Hyperparameters
 from projects.models import TrainingMethod, TrainingProject
+from projects.services import EDITABLE
 
-SERVICE_FIELDS = (
-    "name",
-    "description",
-    "model_name",
-    "revision",
-    "dataset_path",
-    "output_directory",
-    "method",
-    "validation_prompt",
-)
+SERVICE_FIELDS = tuple(name for name in EDITABLE if name != "hyperparameters")  # hyperparameters: one box each
 NUMBER_FIELDS = (
     "epochs",
     "max_steps",

@@ -20,12 +20,11 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import ignored_auth, positive_data_acceptance
 from schemathesis.config import SchemathesisConfig
 
-from models_registry.models import ModelOverride, PortalSettings
+from models_registry.models import ModelOverride
 from mtm.wsgi import application
 from projects import services
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from tests.api_client import make_user_token
-from tests.pipeline_helpers import QA_ROWS, write_jsonl
 
 HTTPS = {"X-Forwarded-Proto": "https"}  # DEBUG is off in tests: plain HTTP is redirected to HTTPS
 # Per operation and caller; MTM_FUZZ_EXAMPLES raises it for a deeper search by hand (the suite's bound stays small).
@@ -108,16 +107,9 @@ def _valid_project_fields(model_name: str, roots: Path) -> dict:
 
 
 @pytest.fixture
-def world(db, settings, tmp_path, hf_cache, tiny_llama_in_cache) -> World:
+def world(portal_roots, tiny_llama_in_cache) -> World:
     """The portal as the fuzzer meets it, and the WSGI app kept from closing the test's database connection."""
-    settings.MEDIA_ROOT = tmp_path / "media"
-    row = PortalSettings.load()
-    row.model_cache_path = str(hf_cache)
-    row.allowed_output_roots = [str(tmp_path / "outputs")]
-    row.allowed_dataset_roots = [str(tmp_path / "datasets")]
-    row.save()
-    (tmp_path / "outputs").mkdir()
-    write_jsonl(tmp_path / "datasets" / "qa.jsonl", QA_ROWS)
+    tmp_path = portal_roots
     user, staff_token = make_user_token("fuzz-staff", staff=True)
     tokens = {"staff": staff_token, "member": make_user_token("fuzz-member")[1]}
     request_started.disconnect(close_old_connections)
