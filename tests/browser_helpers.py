@@ -118,6 +118,7 @@ _RECORD_PROGRESS = """() => {
       status: badge ? badge.textContent.trim() : null,
       step: bar ? Number(bar.getAttribute('aria-valuenow')) : null,
       total: bar ? Number(bar.getAttribute('aria-valuemax')) : null,
+      seconds: Math.round(performance.now() / 100) / 10,
     };
     const last = window.mtmSeen[window.mtmSeen.length - 1];
     if (!last || last.status !== seen.status || last.step !== seen.step) window.mtmSeen.push(seen);

@@ -1,5 +1,9 @@
 """End to end in headless Chromium: the portal's pages on pytest-django's live server, runs on a real Celery worker,
-the tiny Llama in a temp HF cache. Each step's screenshot is kept in test-artifacts/browser/<test>/."""
+the tiny Llama in a temp HF cache. Each step's screenshot is kept in test-artifacts/browser/<test>/.
+
+Each test starts its own worker (stopped when it ends) rather than the session's `celery_worker`: a session worker
+started this early in the run would stay alive and take the tasks that tests/test_faults.py means for its own
+fault-injected workers."""
 
 from __future__ import annotations
 
@@ -29,8 +33,12 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 PASSWORD = "a long test password 7"
 TRAINING_TIMEOUT_MS = 180_000
 CHECK_TIMEOUT_MS = 20_000
-# Enough steps, logged one by one, that the bar is seen mid-training by the page's 2-second polls.
-STEPS = 60
+# Steps logged one by one, each over the whole dataset (24 batches of one row, gradients accumulated), so that
+# training outlasts several of the run page's 2-second polls even on a fast CPU and the bar is seen mid-way. The
+# trainer uses one CPU thread: for a model this small more threads only add overhead, and fight other tests for CPUs.
+STEPS = 100
+BATCH_SIZE = 1
+ACCUMULATION = 24
 
 
 @pytest.fixture(scope="session")
@@ -77,9 +85,10 @@ def portal(hf_cache, tmp_path, transactional_db, settings):
 
 
 def test_create_train_validate_and_a_second_member_cannot_cancel(
-    portal, tiny_llama_in_cache, celery_worker, live_server, request
+    portal, tiny_llama_in_cache, start_worker, live_server, request
 ):
     model_name, snapshot = tiny_llama_in_cache
+    start_worker(extra_env={"MTM_TORCH_THREADS": "1"}).wait_ready()
     base = live_server.url
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -125,8 +134,14 @@ def test_create_train_validate_and_a_second_member_cannot_cancel(
         page.get_by_label("Name", exact=True).fill("browser-e2e")
         page.get_by_label("Description").fill("Made by tests/test_browser.py")
         page.locator("input[name=method][value=full]").check()
-        hyper = {**FAST_HYPERPARAMETERS, "max_steps": STEPS, "save_steps": 20}
-        for name in ("max_steps", "learning_rate", "batch_size", "max_seq_length"):
+        hyper = {
+            **FAST_HYPERPARAMETERS,
+            "max_steps": STEPS,
+            "save_steps": 50,
+            "batch_size": BATCH_SIZE,
+            "gradient_accumulation_steps": ACCUMULATION,
+        }
+        for name in ("max_steps", "learning_rate", "batch_size", "gradient_accumulation_steps", "max_seq_length"):
             page.locator(f"#id_{name}").fill(str(hyper[name]))
         page.locator("#id_precision").select_option(hyper["precision"])
         page.locator("details.more > summary").click()
@@ -209,9 +224,10 @@ def test_create_train_validate_and_a_second_member_cannot_cancel(
 
 
 def test_model_removed_before_start_fails_at_resolve_with_the_hint(
-    portal, tiny_llama_in_cache, hf_cache, celery_worker, live_server, request
+    portal, tiny_llama_in_cache, hf_cache, start_worker, live_server, request
 ):
     model_name, _ = tiny_llama_in_cache
+    start_worker().wait_ready()
     project = TrainingProject.objects.create(
         name="model-gone",
         owner=portal["a"],
