@@ -98,10 +98,12 @@ def start_worker(transactional_db, celery_broker, tmp_path):
         worker.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def celery_worker(django_db_setup, celery_broker, tmp_path_factory):
-    """One running worker (queues default,training) for the session. Tests using it must request
-    `transactional_db` so the worker sees their rows; settings it needs must be saved in the database."""
+    """One running worker (queues default,training) for the test module. Tests using it must request
+    `transactional_db` so the worker sees their rows; settings it needs must be saved in the database.
+    Module scope, not session: a module whose tests start workers of their own (`start_worker`, e.g. with a fault
+    injected) must not find this one still consuming the same queues."""
     from tests.workers import CeleryWorker
 
     worker = CeleryWorker(celery_broker, tmp_path_factory.mktemp("celery") / "worker.log", "default,training", None)

@@ -65,8 +65,10 @@ def test_worker_killed_mid_training_is_reaped_and_resume_continues(portal, start
     time.sleep(1)
     assert trainer_processes(f"/runs/{run.pk}/") == [], "the trainer child must die with its worker"
 
+    # The newest complete checkpoint: the kill may have cut one short (no trainer_state.json), and resume skips it.
     checkpoint_step = max(
-        int(p.name.split("-")[1]) for p in (portal["root"] / "outputs" / "killed").glob("checkpoint-*")
+        int(p.parent.name.split("-")[1])
+        for p in (portal["root"] / "outputs" / "killed").glob("checkpoint-*/trainer_state.json")
     )
     proj.hyperparameters = {**proj.hyperparameters, "max_steps": checkpoint_step + 3}
     proj.save()
