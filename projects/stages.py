@@ -22,6 +22,7 @@ from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer
 from projects.validation import validate_output
 
 MAX_METRIC_POINTS = 2000
+RUN_MARKER = ".mtm-run"  # in the output directory while a run trains there
 
 
 def run_dir(run_id: int) -> Path:
@@ -149,11 +150,13 @@ def train_stage(run_id: int) -> bool:
     recorder = _RunRecorder(run_id)
     output_dir = run.output_directory
     os.makedirs(output_dir, exist_ok=True)
-    # The folder's identity: the trainer recreates a deleted folder at its next save, so existence alone can't tell.
-    identity = _identity(output_dir)
+    # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its next save,
+    # and the filesystem may hand the new folder the old inode number.
+    marker = Path(output_dir) / RUN_MARKER
+    marker.write_text(f"{run_id}\n")
 
     def health() -> Problem | None:
-        if _identity(output_dir) != identity:
+        if not marker.is_file():
             return Problem(
                 "output_directory_vanished",
                 f"The output directory {output_dir} disappeared during training (deleted or unmounted).",
@@ -183,6 +186,7 @@ def train_stage(run_id: int) -> bool:
         ),
     )
     TrainingRun.objects.filter(pk=run_id).update(log_tail=outcome.tail)
+    marker.unlink(missing_ok=True)
     if outcome.stopped_for is not None:
         fail(run_id, RunStage.TRAIN, outcome.stopped_for)
         return False
@@ -193,14 +197,6 @@ def train_stage(run_id: int) -> bool:
         return False
     fail(run_id, RunStage.TRAIN, _child_failure(outcome), (outcome.last_error or {}).get("traceback", ""))
     return False
-
-
-def _identity(path: str) -> tuple[int, int] | None:
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return info.st_dev, info.st_ino
 
 
 def _child_failure(outcome) -> Problem:
