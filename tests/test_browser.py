@@ -1,9 +1,8 @@
 """End to end in headless Chromium: the portal's pages on pytest-django's live server, runs on a real Celery worker,
 the tiny Llama in a temp HF cache. Each step's screenshot is kept in test-artifacts/browser/<test>/.
 
-Each test starts its own worker (stopped when it ends) rather than the session's `celery_worker`: a session worker
-started this early in the run would stay alive and take the tasks that tests/test_faults.py means for its own
-fault-injected workers."""
+Each test starts its own worker (`start_worker`, stopped when the test ends) rather than sharing `celery_worker`, so
+that its trainer can be given one CPU thread (see STEPS below) and no worker of these tests outlives them."""
 
 from __future__ import annotations
 
