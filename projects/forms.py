@@ -22,26 +22,7 @@ from projects.models import TrainingMethod, TrainingProject
 from projects.services import EDITABLE
 
 SERVICE_FIELDS = tuple(name for name in EDITABLE if name != "hyperparameters")  # hyperparameters: one box each
-NUMBER_FIELDS = (
-    "epochs",
-    "max_steps",
-    "learning_rate",
-    "batch_size",
-    "gradient_accumulation_steps",
-    "max_seq_length",
-    "warmup_ratio",
-    "warmup_steps",
-    "weight_decay",
-    "seed",
-    "save_steps",
-    "save_total_limit",
-    "logging_steps",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-)
-BOOL_FIELDS = ("packing", "gradient_checkpointing", "merge_after_training")
-HYPERPARAMETER_FIELDS = (*NUMBER_FIELDS, *BOOL_FIELDS, "precision", "lora_target_modules")
+# The boxes by fieldset; the number boxes are what is left once the choice, list and check boxes are taken out.
 TRAINING_FIELDS = (
     "epochs",
     "max_steps",
@@ -57,6 +38,11 @@ TRAINING_FIELDS = (
 )
 CHECKPOINT_FIELDS = ("save_steps", "save_total_limit", "logging_steps")
 LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+BOOL_FIELDS = ("packing", "gradient_checkpointing", "merge_after_training")
+HYPERPARAMETER_FIELDS = (*TRAINING_FIELDS, *CHECKPOINT_FIELDS, *LORA_FIELDS, *BOOL_FIELDS)
+NUMBER_FIELDS = tuple(
+    name for name in HYPERPARAMETER_FIELDS if name not in (*BOOL_FIELDS, "precision", "lora_target_modules")
+)
 HELP = {
     "epochs": "Passes over the dataset.",
     "max_steps": "0: train for the epochs; more: stop after this many optimizer steps.",

@@ -607,3 +607,12 @@ def test_a_run_from_the_form_to_a_validated_model(transactional_db, roots, owner
     for label in ("File checks", "Format validation (JSON)", "Loading test", "Inference test"):
         assert label in report
     assert "badge-error" not in report and "<polyline" in html and "step 12 / 12" in html
+
+
+def test_the_form_has_a_box_for_every_hyperparameter():
+    from dataclasses import fields
+
+    from projects.forms import HYPERPARAMETER_FIELDS
+    from projects.hyperparameters import Hyperparameters
+
+    assert sorted(HYPERPARAMETER_FIELDS) == sorted(f.name for f in fields(Hyperparameters))
