@@ -240,13 +240,12 @@ def upload_project_dataset(request: HttpRequest, project_id: int, file: File[Upl
     path = _store(file)
     before = services.project_data(project)
     try:
-        services.update_project(project, {"dataset_path": str(path)})
+        report = services.update_project(project, {"dataset_path": str(path)}).dataset
     except services.ProjectInvalid as exc:
         _discard(path)
         raise _refused(exc.check)
     if changes := audit.diff(before, services.project_data(project)):
         audit.record(request.auth, "project.update", project, changes, request, via="api")
-    report = services.check_project(services.project_data(project)).dataset
     return {
         "dataset_path": project.dataset_path,
         "report": (report or DatasetReport(path=project.dataset_path)).to_dict(),

@@ -167,8 +167,9 @@ def create_project(owner, data: dict[str, Any]) -> TrainingProject:
     return TrainingProject.objects.create(owner=owner, **check.cleaned)
 
 
-def update_project(project: TrainingProject, changes: dict[str, Any]) -> TrainingProject:
-    """Apply a partial change; the whole project is checked again, as a new one would be."""
+def update_project(project: TrainingProject, changes: dict[str, Any]) -> ProjectCheck:
+    """Apply a partial change to `project` (saved in place); the whole project is checked again, as a new one
+    would be. Returns that check, whose dataset report callers can show without inspecting the file again."""
     merged = {**project_data(project), **{k: v for k, v in changes.items() if k in EDITABLE}}
     if isinstance(changes.get("hyperparameters"), dict):
         merged["hyperparameters"] = {**(project.hyperparameters or {}), **changes["hyperparameters"]}
@@ -192,4 +193,4 @@ def update_project(project: TrainingProject, changes: dict[str, Any]) -> Trainin
         for key, value in check.cleaned.items():
             setattr(project, key, value)
         project.save()
-    return project
+    return check

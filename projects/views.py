@@ -76,8 +76,8 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
                 saved = create_project(request.user, data)
                 action = "project.create"
             else:
-                saved = update_project(project, data)
-                action = "project.update"
+                update_project(project, data)
+                saved, action = project, "project.update"
             after = {key: getattr(saved, key) for key in AUDITED_FIELDS}
             audit.record(request.user, action, saved, audit.diff(before, after), request=request, via="web")
     except ProjectInvalid as refused:
