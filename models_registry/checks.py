@@ -10,7 +10,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from models_registry.problems import Problem
+from mtm.shared.paths import is_within
+from mtm.shared.problems import Problem
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -50,10 +51,6 @@ def redownload_hint(model_name: str | None) -> str:
     return f"{fetch}. Make sure you have the full model, not just its tokenizer, and check the file permissions."
 
 
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
 def _scan(folder: Path, root: Path, report: FolderReport, model_name: str | None) -> dict[str, Path]:
     """Every file under `folder` that is safe to read, by its relative name. Links leaving `root` are refused."""
     usable: dict[str, Path] = {}
@@ -62,14 +59,14 @@ def _scan(folder: Path, root: Path, report: FolderReport, model_name: str | None
         # os.walk does not descend into symlinked folders; report those that point outside the root.
         for d in list(dirnames):
             full = os.path.join(dirpath, d)
-            if os.path.islink(full) and not _within(os.path.realpath(full), real_root):
+            if os.path.islink(full) and not is_within(os.path.realpath(full), real_root):
                 report.errors.append(_unsafe(os.path.relpath(full, folder), full, real_root))
         for fname in sorted(filenames):
             full = os.path.join(dirpath, fname)
             rel = Path(os.path.relpath(full, folder)).as_posix()
             is_link = os.path.islink(full)
             target = os.path.realpath(full)
-            if not _within(target, real_root):
+            if not is_within(target, real_root):
                 report.errors.append(_unsafe(rel, full, real_root))
                 report.files.append(FileEntry(rel, None, is_link))
                 continue

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from models_registry.models import ModelOverride
 from models_registry.names import name_error
-from models_registry.problems import Problem
 from models_registry.resolution import Resolution, resolve
 from models_registry.services import current_cache_dir
+from mtm.shared.problems import Problem
 
 ROOT_HINT = "Give each root as a full path that starts with '/', e.g. /data/outputs."
 

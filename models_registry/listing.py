@@ -18,9 +18,9 @@ from pathlib import Path
 
 from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
 from models_registry.names import name_error, name_from_folder
-from models_registry.outputs import is_within
-from models_registry.problems import Problem
 from models_registry.resolution import choose_snapshot, resolve
+from mtm.shared.paths import is_within
+from mtm.shared.problems import Problem
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 

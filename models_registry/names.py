@@ -6,7 +6,7 @@ import re
 
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-from models_registry.problems import Problem
+from mtm.shared.problems import Problem
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # A git ref name as the Hub uses them: "main", "v1.0", "refs/pr/3". No "..", no leading "/" or "-".

@@ -7,7 +7,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from models_registry.problems import Problem
+from mtm.shared.paths import is_within, roots_text
+from mtm.shared.problems import Problem
 
 PERMISSION_HINT = (
     "1. Check directory permissions: ls -la {path}  2. Ensure the portal's user (uid {uid}) has write access.  "
@@ -44,21 +45,6 @@ class OutputDirCheck:
             "errors": [p.to_dict() for p in self.errors],
             "warnings": [p.to_dict() for p in self.warnings],
         }
-
-
-def is_within(path: str, root: str) -> bool:
-    """True when `path` is `root` or below it. Both must already be normalised (realpath)."""
-    root = root.rstrip(os.sep) or os.sep
-    return path == root or path.startswith(root if root.endswith(os.sep) else root + os.sep)
-
-
-def inside_roots(path: str, roots: list[str]) -> bool:
-    real = os.path.realpath(path)
-    return any(is_within(real, os.path.realpath(root)) for root in roots)
-
-
-def _roots_text(roots: list[str]) -> str:
-    return ", ".join(roots) if roots else "none configured"
 
 
 def _write_probe(folder: str) -> OSError | None:
@@ -107,7 +93,7 @@ def check_output_dir(raw: object, allowed_roots: list[str], low_disk_bytes: int 
             Problem(
                 "not_absolute",
                 f"Output directory '{text}' is not an absolute path.",
-                f"Use a full path that starts with '/', inside one of the allowed roots: {_roots_text(allowed_roots)}.",
+                f"Use a full path that starts with '/', inside one of the allowed roots: {roots_text(allowed_roots)}.",
             )
         )
         return result
@@ -118,7 +104,7 @@ def check_output_dir(raw: object, allowed_roots: list[str], low_disk_bytes: int 
         result.errors.append(
             Problem(
                 "outside_allowed_roots",
-                f"Output directory {shown} is outside the allowed output roots ({_roots_text(allowed_roots)}).",
+                f"Output directory {shown} is outside the allowed output roots ({roots_text(allowed_roots)}).",
                 "Choose a folder inside an allowed root, or ask staff to add a root under Settings → Directory Settings.",
             )
         )

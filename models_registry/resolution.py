@@ -8,7 +8,7 @@ from pathlib import Path
 
 from models_registry.checks import FileEntry, check_model_folder, redownload_hint
 from models_registry.names import is_commit_hash, name_error, repo_folder_name, revision_error
-from models_registry.problems import Problem
+from mtm.shared.problems import Problem
 
 
 def hf_cache_dir(model_cache_path: str = "", environ: os._Environ | dict | None = None) -> tuple[Path, str]:

@@ -14,8 +14,8 @@ from pathlib import Path
 from django.template.defaultfilters import filesizeformat
 
 from models_registry.outputs import check_output_dir
-from models_registry.problems import Problem
 from models_registry.resolution import hf_cache_dir
+from mtm.shared.problems import Problem
 
 MAX_PATH_CHARS = 4096
 ROOT_KINDS = ("output", "dataset")

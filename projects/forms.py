@@ -13,8 +13,8 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
 
-from models_registry.problems import Problem
 from models_registry.services import dataset_roots, output_roots
+from mtm.shared.problems import Problem
 from projects.datasets import UPLOAD_EXTENSIONS
 from projects.display import HYPERPARAMETER_LABELS
 from projects.hyperparameters import PRECISIONS, Hyperparameters

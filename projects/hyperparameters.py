@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from models_registry.problems import Problem
+from mtm.shared.problems import Problem
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ALL_LINEAR = "all-linear"

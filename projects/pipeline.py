@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from models_registry.problems import Problem
+from mtm.shared.problems import Problem
 from projects.models import LIVE_STATUSES, RunStage, RunStatus, TrainingProject, TrainingRun
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
 
-from models_registry.problems import Problem
 from mtm import audit
 from mtm.htmx import HtmxHttpRequest, wants_partial
+from mtm.shared.problems import Problem
 from projects.access import can_manage, require_manage
 from projects.display import latest_checkpoint, run_duration, run_progress, validation_checks
 from projects.liveness import reap_stale_runs

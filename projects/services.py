@@ -12,9 +12,9 @@ from typing import Any
 
 from django.db import transaction
 
-from models_registry.problems import Problem
 from models_registry.resolution import Resolution
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
+from mtm.shared.problems import Problem
 from projects.datasets import DatasetReport, check_dataset_path, inspect_dataset
 from projects.hyperparameters import Hyperparameters
 from projects.models import LIVE_STATUSES, TrainingMethod, TrainingProject

@@ -12,8 +12,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from models_registry.models import ModelOverride
-from models_registry.problems import Problem
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
+from mtm.shared.problems import Problem
 from projects.datasets import check_dataset_path, load_rows, prompt_text
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.pipeline import fail, transition, worker_identity

@@ -19,7 +19,7 @@ from projects.datasets.examples import (
     prompt_text,
 )
 from projects.datasets.formats import CHAT_ROLES, SHAPES, SUPPORTED_FORMATS, detect_format
-from projects.datasets.loading import DEFAULT_MAX_BYTES, LoadedDataset, file_sha256, load_dataset, load_rows
+from projects.datasets.loading import DEFAULT_MAX_BYTES, LoadedDataset, load_dataset, load_rows
 from projects.datasets.paths import (
     UPLOAD_EXTENSIONS,
     DatasetPathCheck,
@@ -49,7 +49,6 @@ __all__ = [
     "check_dataset_path",
     "detect_format",
     "encode_rows",
-    "file_sha256",
     "has_chat_template",
     "inspect_dataset",
     "load_dataset",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from models_registry.problems import Problem
+from mtm.shared.problems import Problem
 
 DEFAULT_MAX_ERRORS = 20
 

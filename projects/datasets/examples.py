@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from models_registry.problems import Problem
+from mtm.shared.problems import Problem
 from projects.datasets.errors import (
     CHAT_TEMPLATE_ERROR,
     DEFAULT_MAX_ERRORS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from models_registry.problems import Problem
+from mtm.shared.problems import Problem
 from projects.datasets.errors import (
     DATASET_BAD_ROW,
     DATASET_EMPTY,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -11,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models_registry.problems import Problem
+from mtm.shared.problems import Problem
 from projects.datasets.errors import (
     DATASET_BAD_HEADER,
     DATASET_BAD_JSON,
@@ -50,14 +49,6 @@ class LoadedDataset:
     kind: str
     warnings: list[Problem] = field(default_factory=list)
     ignored_keys: list[str] = field(default_factory=list)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _encoding_problem(where: str, exc: UnicodeDecodeError) -> Problem:

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from models_registry.outputs import is_within
-from models_registry.problems import Problem
+from mtm.shared.paths import is_within, roots_text
+from mtm.shared.problems import Problem
 from projects.datasets.errors import (
     DATASET_EMPTY,
     DATASET_NOT_FOUND,
@@ -67,10 +67,6 @@ class DatasetPathCheck:
         }
 
 
-def _roots_text(roots: list[str]) -> str:
-    return ", ".join(roots) if roots else "none configured"
-
-
 def check_dataset_path(
     raw_path: object,
     allowed_roots: Iterable[str | os.PathLike],
@@ -88,7 +84,7 @@ def check_dataset_path(
             Problem(
                 DATASET_REQUIRED,
                 "No dataset given.",
-                f"Upload a file, or give the full path of one inside an allowed root ({_roots_text(roots)}).",
+                f"Upload a file, or give the full path of one inside an allowed root ({roots_text(roots)}).",
             )
         )
         return result
@@ -100,7 +96,7 @@ def check_dataset_path(
             Problem(
                 NOT_ABSOLUTE,
                 f"Dataset path '{text}' is not an absolute path.",
-                f"Use a full path that starts with '/', inside one of the allowed roots: {_roots_text(roots)}.",
+                f"Use a full path that starts with '/', inside one of the allowed roots: {roots_text(roots)}.",
             )
         )
         return result
@@ -113,7 +109,7 @@ def check_dataset_path(
         result.errors.append(
             Problem(
                 OUTSIDE_ALLOWED_ROOTS,
-                f"Dataset {shown} is outside the allowed dataset roots ({_roots_text(roots)}).",
+                f"Dataset {shown} is outside the allowed dataset roots ({roots_text(roots)}).",
                 "Move the file inside an allowed root or upload it; staff can add a root under "
                 "Settings → Directory Settings (or MTM_DATASET_ROOTS).",
             )

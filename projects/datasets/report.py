@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models_registry.problems import Problem
+from mtm.shared.files import file_sha256
+from mtm.shared.problems import Problem
 from projects.datasets.errors import DEFAULT_MAX_ERRORS, DatasetError
 from projects.datasets.examples import IGNORE_INDEX, encode_rows
-from projects.datasets.loading import DEFAULT_MAX_BYTES, file_sha256, load_dataset, sniff_kind
+from projects.datasets.loading import DEFAULT_MAX_BYTES, load_dataset, sniff_kind
 
 PREVIEW_CHARS = 300
 PREVIEW_ITEMS = 20

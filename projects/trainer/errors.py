@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models_registry.problems import Problem
+from mtm.shared.problems import Problem
 
 
 class TrainerError(Exception):

@@ -14,7 +14,6 @@ unmerged adapter) and "adapter_dir" (relative, or null for a full fine-tune).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import re
@@ -62,14 +61,6 @@ def resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
             "Resume from 'latest' or from a checkpoint-N folder in the output directory.",
         )
     return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

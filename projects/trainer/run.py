@@ -23,6 +23,7 @@ from transformers import (
     set_seed,
 )
 
+from mtm.shared.files import file_sha256
 from projects.hyperparameters import ALL_LINEAR, Hyperparameters
 from projects.trainer.batching import (
     REAL_TOKENS_KEY,
@@ -34,7 +35,7 @@ from projects.trainer.batching import (
 from projects.trainer.device import Placement, choose_placement, configure_threads
 from projects.trainer.errors import TrainerError
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK
-from projects.trainer.outputs import file_sha256, library_versions, save_final, write_manifest
+from projects.trainer.outputs import library_versions, save_final, write_manifest
 from projects.trainer.progress import Emit, ProgressReporter
 from projects.trainer.spec import TrainerSpec
 

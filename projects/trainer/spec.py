@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models_registry.problems import Problem
+from mtm.shared.problems import Problem
 from projects.hyperparameters import Hyperparameters
 from projects.trainer.errors import TrainerError
 

@@ -13,9 +13,3 @@ class Problem:
 
     def to_dict(self) -> dict[str, str]:
         return asdict(self)
-
-
-FORMAT_REMEDIES = (
-    "Re-download the model (huggingface-cli download {name}), make sure you have the full model and not just "
-    "its tokenizer, and check the file permissions."
-)
