@@ -6,6 +6,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from mtm.env import env_bool, env_int, env_list, env_str
 
@@ -159,6 +160,10 @@ MTM_LOW_DISK_BYTES = env_int("MTM_LOW_DISK_BYTES", 10 * 1024**3)
 MTM_HEARTBEAT_SECONDS = env_int("MTM_HEARTBEAT_SECONDS", 5)
 MTM_HEARTBEAT_TIMEOUT = env_int("MTM_HEARTBEAT_TIMEOUT", 90)
 MTM_MIN_FREE_BYTES = env_int("MTM_MIN_FREE_BYTES", 256 * 1024**2)
+# How often Celery beat sends the reaper (projects.reap_stale_runs); pages and the API never reap.
+MTM_REAP_SECONDS = env_int("MTM_REAP_SECONDS", max(5, MTM_HEARTBEAT_TIMEOUT // 3))
+if MTM_REAP_SECONDS < 1:
+    raise ImproperlyConfigured(f"MTM_REAP_SECONDS={MTM_REAP_SECONDS} must be at least 1 (seconds).")
 
 # --- Celery -----------------------------------------------------------------------------------
 # The embedded default is kombu's filesystem transport: no server to install for `make run`.
@@ -192,6 +197,16 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = False
+# Periodic jobs, sent by `celery -A mtm beat` (started by `make run` and the compose file's beat service). Each
+# expires after one period, so a pile of them never waits for a worker that is down.
+CELERY_BEAT_SCHEDULE = {
+    "reap-stale-runs": {
+        "task": "projects.reap_stale_runs",
+        "schedule": float(MTM_REAP_SECONDS),
+        "options": {"expires": float(MTM_REAP_SECONDS)},
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 LOGGING = {
     "version": 1,
