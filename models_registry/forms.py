@@ -7,8 +7,10 @@ import os
 from django import forms
 
 from models_registry.models import ModelOverride, PortalSettings
+from models_registry.override_services import OverrideRefused, check_override
 from models_registry.settings_checks import path_problem, split_lines
 
+PATH_PROBLEMS = {"not_absolute": "path", "invalid_path": "path", "not_a_directory": "path"}
 ROOTS_HELP = "One absolute path a line. Blank: the server's default ({default})."
 
 
@@ -84,3 +86,15 @@ class ModelOverrideAdminForm(forms.ModelForm):
         if problem := path_problem(value, "Override path"):
             raise forms.ValidationError(f"{problem.message} {problem.hint}")
         return value
+
+    def clean(self) -> dict:
+        """The checks the override service makes on save, shown under the field they concern."""
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            check_override({**cleaned, "path": cleaned.get("path", "")}, exclude_pk=self.instance.pk)
+        except OverrideRefused as refused:
+            for problem in refused.problems:
+                self.add_error(PATH_PROBLEMS.get(problem.code, "model_name"), f"{problem.message} {problem.hint}")
+        return cleaned

@@ -132,7 +132,6 @@ def train_stage(run_id: int) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     cancel_file = folder / "cancel"
     cancel_file.unlink(missing_ok=True)
-    existing = {p.name for p in Path(run.output_directory).glob("checkpoint-*")} if run.resume else set()
     spec = build_spec(
         model_path=run.resolved_path,
         model_name=project.model_name,
@@ -142,7 +141,8 @@ def train_stage(run_id: int) -> bool:
         output_dir=run.output_directory,
         method=project.method,
         hyperparameters=project.hyperparameters,
-        resume_from_checkpoint="latest" if run.resume and existing else None,
+        # A resume whose checkpoint vanished after Start fails in the trainer ("no_checkpoint"), never starts fresh.
+        resume_from_checkpoint="latest" if run.resume else None,
         cancel_file=cancel_file,
         device=os.environ.get("MTM_TRAIN_DEVICE", "auto"),
     )
