@@ -35,15 +35,6 @@ class RunRefused(Exception):
 def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -> TrainingRun:
     """Save a queued run and enqueue its first task once the transaction commits. A resume needs a complete
     checkpoint in the output directory; a run is refused while another live run writes to the same folder."""
-    if resume and latest_checkpoint(project) is None:
-        raise RunRefused(
-            Problem(
-                "no_checkpoint",
-                f"Cannot resume: there is no checkpoint in {project.output_directory} "
-                "(no checkpoint-N folder with a trainer_state.json).",
-                "Start a fresh run instead; a run saves a checkpoint every 'save_steps' steps and when cancelled.",
-            )
-        )
     with transaction.atomic():
         # Lock the project row so two Start presses cannot both pass the live-run check (delete takes it too).
         TrainingProject.objects.select_for_update().filter(pk=project.pk).first()
@@ -57,6 +48,15 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
                     "Wait for it to end or cancel it, or give this project another output directory.",
                 ),
                 conflict=True,
+            )
+        if resume and latest_checkpoint(project) is None:
+            raise RunRefused(
+                Problem(
+                    "no_checkpoint",
+                    f"Cannot resume: there is no checkpoint in {project.output_directory} "
+                    "(no checkpoint-N folder with a trainer_state.json).",
+                    "Start a fresh run instead; a run saves a checkpoint every 'save_steps' steps and when cancelled.",
+                )
             )
         run = TrainingRun.objects.create(
             project=project,
