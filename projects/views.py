@@ -161,8 +161,9 @@ def project_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def project_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(TrainingProject.objects.select_related("owner"), pk=pk)
     require_manage(request.user, project, "delete it")
-    live = None
-    if request.method == "POST":
+    if request.method == "GET":
+        live = project.runs.filter(status__in=LIVE_STATUSES).order_by("-created_at").first()
+    else:
         try:
             delete_project(project, actor=Actor.of(request, Channel.PAGE))
         except ProjectBusy as refused:
@@ -172,8 +173,6 @@ def project_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
                 request, f"Project '{project.name}' and its runs were deleted. Files in its output directory are kept."
             )
             return redirect("projects:list")
-    else:
-        live = project.runs.filter(status__in=LIVE_STATUSES).order_by("-created_at").first()
     status = 409 if request.method == "POST" else 200
     context = {"project": project, "live_run": live, "run_count": project.runs.count()}
     return render(request, "projects/delete.html", context, status=status)

@@ -149,3 +149,19 @@ def test_two_live_runs_on_one_output_directory_are_refused(portal, tiny_llama_in
     with pytest.raises(RunRefused) as refused:
         start(project, portal["user"])
     assert refused.value.problem.code == "output_directory_busy"
+
+
+def test_resume_whose_checkpoint_vanished_after_start_fails_instead_of_starting_fresh(
+    portal, tiny_llama_in_cache, celery_worker
+):
+    from projects.models import TrainingRun
+    from projects.run_services import enqueue
+
+    project = make_project(portal, tiny_llama_in_cache[0], name="vanished")
+    # Start accepted the resume while checkpoint-4 was there; it was deleted before the worker got to it.
+    run = TrainingRun.objects.create(project=project, resume=True, output_directory=project.output_directory)
+    assert enqueue(run.pk)
+    run = wait_for_end(run.pk)
+    assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, RunStage.TRAIN, "no_checkpoint")
+    assert "Cannot resume" in run.error_message and run.metrics == []
+    assert not Path(project.output_directory, "mtm_manifest.json").exists()
