@@ -1,10 +1,13 @@
-"""Request and response bodies of the projects API (DESIGN.md's JSON contract for projects and runs)."""
+"""Request and response bodies of the projects API (its JSON contract for projects and runs).
+
+The enumerations come from the models' choices, the hyperparameters' schema is their declaration
+(projects.hyperparameters) and a run's JSON columns are their typed shapes (projects.run_columns).
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from datetime import datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from ninja import Schema
 from pydantic import AfterValidator, Field
@@ -12,10 +15,11 @@ from pydantic import AfterValidator, Field
 from models_registry.schemas import NoNulls, ProblemOut, StrictBody
 from projects.hyperparameters import Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
+from projects.run_columns import MetricPoint, RunProgress, ValidationReport
 
-RunStatusName = Literal["queued", "resolving", "training", "validating", "succeeded", "failed", "cancelled"]
-StageName = Literal["queue", "resolve", "train", "validate"]
-MethodName = Literal["full", "lora"]
+RunStatusName = Literal[tuple(RunStatus.values)]
+StageName = Literal[tuple(RunStage.values)]
+MethodName = Literal[tuple(TrainingMethod.values)]
 
 
 def _storable(value: str) -> str:
@@ -91,37 +95,6 @@ class ResolvedModelOut(Schema):
     revision: str | None
 
 
-class ProgressOut(Schema):
-    step: int | None
-    total_steps: int | None
-    epoch: float | None
-    loss: float | None
-    learning_rate: float | None
-    tokens_per_second: float | None
-    eta_seconds: float | None
-
-
-class MetricOut(Schema):
-    step: int | None
-    loss: float | None
-    learning_rate: float | None
-    tokens_per_second: float | None
-
-
-class ValidationCheckOut(Schema):
-    name: str
-    passed: bool
-    detail: str
-    seconds: float
-
-
-class ValidationOut(Schema):
-    passed: bool
-    checks: list[ValidationCheckOut]
-    sample_output: str
-    prompt: str | None
-
-
 class RunOut(Schema):
     id: int
     project_id: int
@@ -130,9 +103,9 @@ class RunOut(Schema):
     error: RunErrorOut | None
     resolved_model: ResolvedModelOut | None
     device: str | None
-    progress: ProgressOut
-    metrics: list[MetricOut]
-    validation: ValidationOut | None
+    progress: RunProgress
+    metrics: list[MetricPoint]
+    validation: ValidationReport | None
     resume: bool
     resumed_from: str | None
     last_checkpoint: str | None
@@ -141,30 +114,6 @@ class RunOut(Schema):
     started_at: datetime | None
     finished_at: datetime | None
     log_tail: str
-
-
-class HyperparametersOut(Schema):
-    epochs: float
-    max_steps: int
-    learning_rate: float
-    batch_size: int
-    gradient_accumulation_steps: int
-    max_seq_length: int
-    warmup_ratio: float
-    warmup_steps: int
-    weight_decay: float
-    seed: int
-    packing: bool
-    precision: Literal["auto", "bf16", "fp16", "fp32"]
-    gradient_checkpointing: bool
-    lora_r: int
-    lora_alpha: float
-    lora_dropout: float
-    lora_target_modules: str | list[str]
-    merge_after_training: bool
-    save_steps: int
-    save_total_limit: int
-    logging_steps: int
 
 
 class ProjectOut(Schema):
@@ -178,7 +127,7 @@ class ProjectOut(Schema):
     dataset_format: str | None
     output_directory: str
     method: MethodName
-    hyperparameters: HyperparametersOut
+    hyperparameters: Hyperparameters
     validation_prompt: str
     created_at: datetime
     updated_at: datetime
@@ -218,10 +167,3 @@ class DatasetUploadOut(Schema):
 
 class ProjectDatasetOut(DatasetUploadOut):
     project: ProjectOut
-
-
-# The contract's enumerations and fields must follow the models and the hyperparameters they describe.
-assert set(get_args(RunStatusName)) == set(RunStatus.values), "RunStatusName must list every RunStatus"
-assert set(get_args(StageName)) == set(RunStage.values), "StageName must list every RunStage"
-assert set(get_args(MethodName)) == set(TrainingMethod.values), "MethodName must list every TrainingMethod"
-assert set(HyperparametersOut.model_fields) == {f.name for f in fields(Hyperparameters)}, "HyperparametersOut"
