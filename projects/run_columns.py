@@ -38,7 +38,8 @@ def _text(value: Any) -> str:
 
 
 def _objects(value: Any) -> list[Any]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+    """The entries of a stored list that are objects (or already parsed models); the rest are skipped."""
+    return [item for item in value if isinstance(item, dict | BaseModel)] if isinstance(value, list) else []
 
 
 Number = Annotated[float | None, BeforeValidator(_finite)]
