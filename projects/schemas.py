@@ -10,10 +10,10 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
 from models_registry.schemas import NoNulls, ProblemOut, StrictBody
-from projects.hyperparameters import Hyperparameters
+from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
 from projects.run_columns import MetricPoint, RunProgress, ValidationReport
 
@@ -38,8 +38,23 @@ StoredPath = Annotated[str, Field(max_length=4096), AfterValidator(_storable)]
 MaxSeqLength = Annotated[int, Field(ge=8, le=131_072)]
 HYPERPARAMETERS_DOC = (
     'Only the ones to change from the defaults, e.g. {"max_steps": 100, "learning_rate": 0.0002}; '
-    "the project's answer lists every value in use."
+    "the project's answer lists every value in use (their types and bounds are in the Hyperparameters schema)."
 )
+# The names are the declared ones; the values are checked by the project service, which accepts what the form
+# sends too ("3", "on") and answers each bad one with a Problem naming it, so the schema does not type them.
+HyperparametersIn = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                name: {"title": declared.label, **({"description": declared.help} if declared.help else {})}
+                for name, declared in HYPERPARAMETERS.items()
+            },
+        }
+    ),
+]
 
 
 class ProjectIn(StrictBody):
@@ -52,7 +67,7 @@ class ProjectIn(StrictBody):
     )
     output_directory: StoredPath = Field(description="An absolute path inside an allowed output root.")
     method: MethodName = "lora"
-    hyperparameters: dict[str, Any] = Field(default_factory=dict, description=HYPERPARAMETERS_DOC)
+    hyperparameters: HyperparametersIn = Field(default_factory=dict, description=HYPERPARAMETERS_DOC)
     validation_prompt: StoredText = ""
 
 
@@ -66,7 +81,7 @@ class ProjectPatch(NoNulls):
     dataset_path: StoredPath | None = None
     output_directory: StoredPath | None = None
     method: MethodName | None = None
-    hyperparameters: dict[str, Any] | None = Field(None, description=HYPERPARAMETERS_DOC)
+    hyperparameters: HyperparametersIn | None = Field(None, description=HYPERPARAMETERS_DOC)
     validation_prompt: StoredText | None = None
 
 

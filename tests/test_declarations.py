@@ -105,6 +105,8 @@ def test_the_api_schema_is_the_declaration(client, db):
     project = schema["components"]["schemas"]["ProjectOut"]["properties"]["hyperparameters"]
     component = schema["components"]["schemas"][project["$ref"].rsplit("/", 1)[1]]
     assert list(component["properties"]) == list(HYPERPARAMETERS)
+    sent = schema["components"]["schemas"]["ProjectIn"]["properties"]["hyperparameters"]
+    assert list(sent["properties"]) == list(HYPERPARAMETERS) and sent["additionalProperties"] is False
     for declared in DECLARED:
         prop = component["properties"][declared.name]
         assert prop["title"] == declared.label and prop["default"] == declared.default
