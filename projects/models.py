@@ -55,6 +55,7 @@ class StatusTraits:
     live: bool  # a run in this status has not ended: it is waiting for or held by a worker
     badge: str  # the CSS class of its badge on the pages
     worker_stage: str = ""  # the stage a worker is running in this status (failed when the worker is lost)
+    resumable: bool = False  # a run that ended so may leave checkpoints to resume from
 
 
 class RunStatus(models.TextChoices):
@@ -63,11 +64,13 @@ class RunStatus(models.TextChoices):
     live: bool
     badge: str
     worker_stage: str
+    resumable: bool
 
     def __new__(cls, value: str, traits: StatusTraits) -> RunStatus:
         member = str.__new__(cls, value)
         member._value_ = value
-        member.live, member.badge, member.worker_stage = traits.live, traits.badge, traits.worker_stage
+        member.live, member.badge = traits.live, traits.badge
+        member.worker_stage, member.resumable = traits.worker_stage, traits.resumable
         return member
 
     QUEUED = "queued", StatusTraits(live=True, badge="badge-live"), "Queued"
@@ -75,8 +78,8 @@ class RunStatus(models.TextChoices):
     TRAINING = "training", StatusTraits(live=True, badge="badge-live", worker_stage=RunStage.TRAIN), "Training"
     VALIDATING = "validating", StatusTraits(live=True, badge="badge-live", worker_stage=RunStage.VALIDATE), "Validating"
     SUCCEEDED = "succeeded", StatusTraits(live=False, badge="badge-ok"), "Succeeded"
-    FAILED = "failed", StatusTraits(live=False, badge="badge-error"), "Failed"
-    CANCELLED = "cancelled", StatusTraits(live=False, badge="badge-muted"), "Cancelled"
+    FAILED = "failed", StatusTraits(live=False, badge="badge-error", resumable=True), "Failed"
+    CANCELLED = "cancelled", StatusTraits(live=False, badge="badge-muted", resumable=True), "Cancelled"
 
     @classmethod
     def badge_of(cls, value: str) -> str:
@@ -85,6 +88,7 @@ class RunStatus(models.TextChoices):
 
 LIVE_STATUSES = tuple(status for status in RunStatus if status.live)
 ENDED_STATUSES = tuple(status for status in RunStatus if not status.live)
+RESUMABLE_STATUSES = tuple(status for status in RunStatus if status.resumable)
 
 
 class TrainingRun(models.Model):

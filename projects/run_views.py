@@ -20,11 +20,9 @@ from mtm.shared.problems import Problem
 from projects.access import can_manage, require_manage
 from projects.display import latest_checkpoint, run_duration, run_eta
 from projects.liveness import reap_stale_runs
-from projects.models import LIVE_STATUSES, RunStatus, TrainingProject, TrainingRun
+from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
 from projects.pipeline import RunRefused, request_cancel, start_run
 from projects.run_columns import RunProgress, ValidationReport
-
-RESUMABLE = (RunStatus.CANCELLED, RunStatus.FAILED)
 
 
 def polled_partial(request: HtmxHttpRequest, template: str, context: dict[str, Any], *, live: bool) -> HttpResponse:
@@ -63,7 +61,7 @@ def run_start(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
     project = run.project
-    checkpoint = latest_checkpoint(project) if run.status in RESUMABLE else None
+    checkpoint = latest_checkpoint(project) if run.status in RESUMABLE_STATUSES else None
     progress = RunProgress.read(run.progress)
     return {
         "run": run,

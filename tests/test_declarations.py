@@ -60,13 +60,13 @@ def owner(db) -> User:
     return User.objects.create_user("alice", password="alice-pass-1234")
 
 
-def make_project(owner: User, method: str = "lora") -> TrainingProject:
+def make_project(owner: User, method: str = "lora", output_directory: str = "/output/demo") -> TrainingProject:
     return TrainingProject.objects.create(
         name="demo",
         owner=owner,
         model_name="test-org/tiny-llama",
         dataset_path="/data/qa.jsonl",
-        output_directory="/output/demo",
+        output_directory=output_directory,
         method=method,
     )
 
@@ -199,8 +199,11 @@ def test_statuses_split_into_live_and_ended_and_name_their_stage():
 
 
 @pytest.mark.parametrize("status", list(RunStatus), ids=str)
-def test_a_status_shows_its_badge_and_polls_only_while_live(owner, status):
-    project = make_project(owner)
+def test_a_status_shows_its_badge_polls_only_while_live_and_offers_resume_if_resumable(owner, status, tmp_path):
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    (checkpoint / "trainer_state.json").write_text("{}")
+    project = make_project(owner, output_directory=str(tmp_path))
     run = TrainingRun.objects.create(project=project, status=status)
     client = secure_client(owner)
     runs = client.get(f"/projects/{project.pk}/").content.decode()
@@ -208,6 +211,7 @@ def test_a_status_shows_its_badge_and_polls_only_while_live(owner, status):
     page = client.get(f"/projects/runs/{run.pk}/", HTTP_HX_REQUEST="true")
     assert page.status_code == (200 if status.live else 286)
     assert ('hx-trigger="every 2s"' in page.content.decode()) == status.live
+    assert ("Resume from checkpoint-4" in page.content.decode()) == status.resumable
 
 
 def test_the_api_enumerations_are_the_models(client, db):
