@@ -1,4 +1,4 @@
-"""Request and response bodies of the projects API (its JSON contract for projects and runs).
+"""Request and response bodies of the projects API (API v1's JSON contract for projects and runs).
 
 The enumerations come from the models' choices, the hyperparameters' schema is their declaration
 (projects.hyperparameters) and a run's JSON columns are their typed shapes (projects.run_columns).

@@ -1,4 +1,4 @@
-"""Projects and runs as the API's JSON contract: plain dicts the API returns and the pages may render.
+"""Projects and runs in the API's JSON contract (API v1): plain dicts the API returns and the pages may render.
 
 Blank text columns that the contract calls nullable become None; the JSON columns are read through their typed
 shapes (projects.run_columns), so every dict has every key with the type the contract promises.

@@ -1,4 +1,4 @@
-"""Post-training validation, the guide's four checks: files, JSON, loading test and inference test.
+"""Post-training validation, four checks: files, JSON, loading test and inference test.
 
 The report is a `projects.run_columns.ValidationReport`, stored on the run as its dict. Loading and inference
 run in a child process (projects.inference_check).
