@@ -10,6 +10,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from models_registry.pickle_scan import PickleScan, scan_legacy_checkpoint, scan_zip_checkpoint
+from models_registry.remote_code import check_remote_code
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 
@@ -150,7 +152,8 @@ def _read_json(path: Path, rel: str, model_name: str | None, code: str) -> tuple
         )
 
 
-def _check_config(usable: dict[str, Path], folder: Path, report: FolderReport, model_name: str | None) -> None:
+def _check_config(usable: dict[str, Path], folder: Path, report: FolderReport, model_name: str | None) -> dict | None:
+    """The config's problems go into the report; the config itself is returned when it is a JSON object."""
     hint = redownload_hint(model_name)
     path = usable.get("config.json")
     if path is None:
@@ -170,7 +173,7 @@ def _check_config(usable: dict[str, Path], folder: Path, report: FolderReport, m
                     hint,
                 )
             )
-        return
+        return None
     data, problem = _read_json(path, "config.json", model_name, "model_format_invalid")
     if problem:
         report.errors.append(problem)
@@ -190,6 +193,7 @@ def _check_config(usable: dict[str, Path], folder: Path, report: FolderReport, m
                 'Add the model_type of the architecture (e.g. "llama") to config.json.',
             )
         )
+    return data if isinstance(data, dict) else None
 
 
 def _check_tokenizer(usable: dict[str, Path], folder: Path, report: FolderReport, model_name: str | None) -> None:
@@ -240,26 +244,57 @@ def _check_safetensors(rel: str, path: Path, model_name: str | None) -> Problem 
         )
 
 
-def _check_bin(rel: str, path: Path, model_name: str | None) -> Problem | None:
+def _is_loaded_bin(rel: str) -> bool:
+    """A .bin transformers loads as weights (pytorch_model*.bin, adapter_model.bin); others, like training_args.bin,
+    are pickles of other things that training never unpickles."""
+    return rel.startswith("pytorch_model") or rel == "adapter_model.bin"
+
+
+def _scan_bin(path: Path, full: bool) -> PickleScan:
+    """The checkpoint's pickle, read in full for weights; for other .bin files only their kind is checked."""
     if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                if not any(n.endswith("data.pkl") for n in zf.namelist()):
-                    raise zipfile.BadZipFile("no data.pkl inside")
-            return None
-        except (zipfile.BadZipFile, OSError) as exc:
-            reason = str(exc)
-    else:
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-        if head[:1] == b"\x80":  # a legacy (pre-1.6) torch.save pickle
-            return None
-        reason = "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
-    return Problem(
-        "weights_invalid",
-        f"Model format invalid: weights file {rel} is corrupt: {reason}.",
-        redownload_hint(model_name),
+        if full:
+            return scan_zip_checkpoint(path)
+        with zipfile.ZipFile(path) as zf:
+            if not any(n.endswith("data.pkl") for n in zf.namelist()):
+                raise zipfile.BadZipFile("no data.pkl inside")
+        return PickleScan()
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head[:1] != b"\x80":
+        raise ValueError("not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    return scan_legacy_checkpoint(path) if full else PickleScan()
+
+
+def _check_bin(rel: str, path: Path, model_name: str | None) -> Problem | None:
+    try:
+        scan = _scan_bin(path, full=_is_loaded_bin(rel))
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return Problem(
+            "weights_invalid",
+            f"Model format invalid: weights file {rel} is corrupt: {exc}.",
+            redownload_hint(model_name),
+        )
+    remedy = (
+        "Use a copy of the model with .safetensors weights (most Hub models ship them), or convert the .bin file to "
+        "safetensors on a trusted machine (load it there, save it with safetensors), then validate the model again."
     )
+    if refused := scan.refused_globals():
+        shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+        return Problem(
+            "weights_unsafe",
+            f"Model format invalid: weights file {rel} holds more than tensors (it imports {shown}). Loading it "
+            "could run code, so torch.load(weights_only=True) refuses it and training would fail.",
+            remedy,
+        )
+    if scan.opcodes:
+        return Problem(
+            "weights_unsafe",
+            f"Model format invalid: weights file {rel} uses pickle instructions that torch.load(weights_only=True) "
+            f"does not accept ({', '.join(sorted(scan.opcodes))}), so training would fail to load it.",
+            remedy + " Saving it again with torch.save's default pickle protocol (2) also works.",
+        )
+    return None
 
 
 def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: str | None) -> None:
@@ -305,8 +340,28 @@ def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: st
         )
 
 
-def check_model_folder(folder: Path, root: Path | None = None, model_name: str | None = None) -> FolderReport:
-    """Check a model folder. Files are only read when they resolve inside `root` (default: the folder)."""
+def _check_own_code(
+    usable: dict[str, Path], folder: Path, config: dict, report: FolderReport, model_name: str | None, trusted: bool
+) -> None:
+    tokenizer_config = None
+    if "tokenizer_config.json" in usable:
+        tokenizer_config, _ = _read_json(usable["tokenizer_config.json"], "", model_name, "tokenizer_invalid")
+    errors, warnings = check_remote_code(
+        folder,
+        config,
+        tokenizer_config if isinstance(tokenizer_config, dict) else None,
+        trusted=trusted,
+        model_name=model_name,
+    )
+    report.errors.extend(errors)
+    report.warnings.extend(warnings)
+
+
+def check_model_folder(
+    folder: Path, root: Path | None = None, model_name: str | None = None, *, trust_remote_code: bool = False
+) -> FolderReport:
+    """Check a model folder. Files are only read when they resolve inside `root` (default: the folder).
+    `trust_remote_code`: staff allow the model's own code to run, so a model that needs it can load."""
     report = FolderReport()
     folder = Path(folder)
     if not folder.is_dir():
@@ -319,8 +374,10 @@ def check_model_folder(folder: Path, root: Path | None = None, model_name: str |
         )
         return report
     usable = _scan(folder, Path(root) if root else folder, report, model_name)
-    _check_config(usable, folder, report, model_name)
+    config = _check_config(usable, folder, report, model_name)
     _check_tokenizer(usable, folder, report, model_name)
+    if config is not None:
+        _check_own_code(usable, folder, config, report, model_name, trust_remote_code)
     _check_weights(usable, report, model_name)
     if "generation_config.json" in usable:
         _, problem = _read_json(
