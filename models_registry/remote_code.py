@@ -56,6 +56,20 @@ def _missing_code(folder: Path, refs: dict[str, str]) -> list[str]:
     return sorted(set(missing))
 
 
+def _trust_hint(folder: Path, name: str) -> str:
+    where = "in the admin (Model overrides) or with POST /api/v1/model-overrides"
+    if folder.parent.name == "snapshots":  # a cache snapshot links into blobs/, which an override may not follow
+        return (
+            f"Staff can trust this model's code after reading it: copy the snapshot to a plain folder "
+            f"(cp -rL {folder} <folder>) and add a Model Override for '{name}' pointing at it, with "
+            f"'Trust remote code' ticked, {where}."
+        )
+    return (
+        f"Staff can trust this model's code after reading it: give '{name}' a Model Override pointing at {folder} "
+        f"with 'Trust remote code' ticked, {where}."
+    )
+
+
 def check_remote_code(
     folder: Path,
     config: dict,
@@ -83,10 +97,7 @@ def check_remote_code(
             )
         ], []
     model_type = config.get("model_type")
-    trust_hint = (
-        f"Staff can trust this model's code after reading it: in the admin, add a Model Override for '{name}' "
-        f"pointing at {folder} with 'Trust remote code' ticked."
-    )
+    trust_hint = _trust_hint(folder, name)
     if isinstance(model_type, str) and model_type in built_in_model_types():
         return [], [
             Problem(

@@ -64,14 +64,20 @@ def test_model_needing_untrusted_code_is_refused_on_save_with_the_remedy(portal_
     [problem] = check.errors["model_name"]
     assert "AutoModelForCausalLM → modeling_tiny.TinyForCausalLM" in problem.message
     assert "AutoConfig → configuration_tiny.TinyConfig" in problem.message and "'tiny-custom'" in problem.message
-    assert "Model Override for 'org/custom'" in problem.hint and "Trust remote code" in problem.hint
+    assert "Model Override for 'org/custom'" in problem.hint and "'Trust remote code' ticked" in problem.hint
+    assert f"cp -rL {check.resolution.path} <folder>" in problem.hint  # a snapshot's links cannot be an override
     with pytest.raises(ProjectInvalid):
         create_project(User.objects.create_user("ann"), project_data(portal_roots, "org/custom"))
 
 
 def test_a_staff_override_that_trusts_the_code_lets_it_save(portal_roots, custom_code_model):
     ModelOverride.objects.create(model_name="org/custom", path=str(custom_code_model), trust_remote_code=False)
-    assert codes(check_project(project_data(portal_roots, "org/custom"))) == ["remote_code_required"]
+    untrusted = check_project(project_data(portal_roots, "org/custom"))
+    assert codes(untrusted) == ["remote_code_required"]
+    assert (
+        f"Model Override pointing at {custom_code_model} with 'Trust remote code'"
+        in untrusted.errors["model_name"][0].hint
+    )
 
     ModelOverride.objects.filter(model_name="org/custom").update(trust_remote_code=True)
     project = create_project(User.objects.create_user("ann"), project_data(portal_roots, "org/custom"))
