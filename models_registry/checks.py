@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from models_registry.pickle_scan import PickleScan, scan_legacy_checkpoint, scan_zip_checkpoint
+from models_registry.pickle_scan import check_bin
 from models_registry.remote_code import check_remote_code
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
@@ -244,64 +243,27 @@ def _check_safetensors(rel: str, path: Path, model_name: str | None) -> Problem 
         )
 
 
-def _is_loaded_bin(rel: str) -> bool:
-    """A .bin transformers loads as weights (pytorch_model*.bin, adapter_model.bin); others, like training_args.bin,
-    are pickles of other things that training never unpickles."""
-    return rel.startswith("pytorch_model") or rel == "adapter_model.bin"
-
-
-def _scan_bin(path: Path, full: bool) -> PickleScan:
-    """The checkpoint's pickle, read in full for weights; for other .bin files only their kind is checked."""
-    if zipfile.is_zipfile(path):
-        if full:
-            return scan_zip_checkpoint(path)
-        with zipfile.ZipFile(path) as zf:
-            if not any(n.endswith("data.pkl") for n in zf.namelist()):
-                raise zipfile.BadZipFile("no data.pkl inside")
-        return PickleScan()
-    with open(path, "rb") as fh:
-        head = fh.read(2)
-    if head[:1] != b"\x80":
-        raise ValueError("not a PyTorch checkpoint (neither a zip archive nor a pickle)")
-    return scan_legacy_checkpoint(path) if full else PickleScan()
-
-
-def _check_bin(rel: str, path: Path, model_name: str | None) -> Problem | None:
-    try:
-        scan = _scan_bin(path, full=_is_loaded_bin(rel))
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        return Problem(
-            "weights_invalid",
-            f"Model format invalid: weights file {rel} is corrupt: {exc}.",
-            redownload_hint(model_name),
-        )
-    remedy = (
-        "Use a copy of the model with .safetensors weights (most Hub models ship them), or convert the .bin file to "
-        "safetensors on a trusted machine (load it there, save it with safetensors), then validate the model again."
-    )
-    if refused := scan.refused_globals():
-        shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
-        return Problem(
-            "weights_unsafe",
-            f"Model format invalid: weights file {rel} holds more than tensors (it imports {shown}). Loading it "
-            "could run code, so torch.load(weights_only=True) refuses it and training would fail.",
-            remedy,
-        )
-    if scan.opcodes:
-        return Problem(
-            "weights_unsafe",
-            f"Model format invalid: weights file {rel} uses pickle instructions that torch.load(weights_only=True) "
-            f"does not accept ({', '.join(sorted(scan.opcodes))}), so training would fail to load it.",
-            remedy + " Saving it again with torch.save's default pickle protocol (2) also works.",
-        )
-    return None
+def _loaded_bins(usable: dict[str, Path], model_name: str | None) -> set[str]:
+    """The .bin files transformers loads as weights: pytorch_model*.bin, adapter_model.bin and the shards its index
+    names. Others, like training_args.bin, pickle other things on purpose and training never unpickles them."""
+    names = {n for n in usable if n.endswith(".bin") and (n.startswith("pytorch_model") or n == "adapter_model.bin")}
+    if "pytorch_model.bin.index.json" in usable:
+        index, _ = _read_json(usable["pytorch_model.bin.index.json"], "", model_name, "weights_invalid")
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if isinstance(weight_map, dict):
+            names.update(str(v) for v in weight_map.values())
+    return names
 
 
 def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: str | None) -> None:
     weights = [n for n in usable if n.endswith((".safetensors", ".bin")) and "/" not in n]
+    loaded = _loaded_bins(usable, model_name)
     for rel in weights:
-        checker = _check_safetensors if rel.endswith(".safetensors") else _check_bin
-        if problem := checker(rel, usable[rel], model_name):
+        if rel.endswith(".safetensors"):
+            problem = _check_safetensors(rel, usable[rel], model_name)
+        else:
+            problem = check_bin(rel, usable[rel], loaded=rel in loaded, corrupt_hint=redownload_hint(model_name))
+        if problem:
             report.errors.append(problem)
     listed = {e.name for e in report.files}
     for index_name in INDEX_FILES:

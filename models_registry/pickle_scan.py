@@ -2,7 +2,8 @@
 
 The trainer loads `.bin` weights with torch.load(weights_only=True), whose unpickler accepts a fixed set of opcodes
 and of globals (tensors, storages, dtypes, OrderedDict...). A checkpoint outside that set is refused at load time;
-this scan finds the same refusal when the model is checked, so a project using it is refused on save instead.
+this scan finds the same refusal when the model is checked, so a project using it is refused on save instead
+(check_bin gives the verdict as a Problem).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+
+from mtm.shared.problems import Problem
 
 # A pickle larger than this is not a state dict's (a 70B model's data.pkl is a few MB); not read further.
 MAX_PICKLE_BYTES = 64 * 1024 * 1024
@@ -165,3 +168,51 @@ def scan_legacy_checkpoint(path: Path) -> PickleScan:
         for _ in range(LEGACY_PICKLES - 1):
             scan_pickle(bounded, scan)
     return scan
+
+
+def _scan_bin(path: Path, full: bool) -> PickleScan:
+    """The checkpoint's pickle, read in full for weights; for other .bin files only their kind is checked."""
+    if zipfile.is_zipfile(path):
+        if full:
+            return scan_zip_checkpoint(path)
+        with zipfile.ZipFile(path) as zf:
+            if not any(n.endswith("data.pkl") for n in zf.namelist()):
+                raise zipfile.BadZipFile("no data.pkl inside")
+        return PickleScan()
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if head[:1] != b"\x80":
+        raise ValueError("not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    return scan_legacy_checkpoint(path) if full else PickleScan()
+
+
+def check_bin(rel: str, path: Path, *, loaded: bool, corrupt_hint: str) -> Problem | None:
+    """A .bin file's problem: unreadable, or (for weights, `loaded`) a pickle weights_only would refuse."""
+    try:
+        scan = _scan_bin(path, full=loaded)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        return Problem(
+            "weights_invalid",
+            f"Model format invalid: weights file {rel} is corrupt: {exc}.",
+            corrupt_hint,
+        )
+    remedy = (
+        "Use a copy of the model with .safetensors weights (most Hub models ship them), or convert the .bin file to "
+        "safetensors on a trusted machine (load it there, save it with safetensors), then validate the model again."
+    )
+    if refused := scan.refused_globals():
+        shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+        return Problem(
+            "weights_unsafe",
+            f"Model format invalid: weights file {rel} holds more than tensors (it imports {shown}). Loading it "
+            "could run code, so torch.load(weights_only=True) refuses it and training would fail.",
+            remedy,
+        )
+    if scan.opcodes:
+        return Problem(
+            "weights_unsafe",
+            f"Model format invalid: weights file {rel} uses pickle instructions that torch.load(weights_only=True) "
+            f"does not accept ({', '.join(sorted(scan.opcodes))}), so training would fail to load it.",
+            remedy + " Saving it again with torch.save's default pickle protocol (2) also works.",
+        )
+    return None

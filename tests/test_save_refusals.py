@@ -189,6 +189,15 @@ def test_other_bin_files_are_not_weights(copy_of_tiny_llama, tmp_path):
     assert check_model_folder(copy_of_tiny_llama).errors == []
 
 
+def test_a_shard_named_by_the_bin_index_is_checked_whatever_its_name(copy_of_tiny_llama, tmp_path):
+    folder = bin_model(copy_of_tiny_llama, {"payload": _RunsCommandWhenUnpickled(tmp_path / "m")})
+    (folder / "pytorch_model.bin").rename(folder / "shard-a.bin")
+    index = {"weight_map": {"model.embed_tokens.weight": "shard-a.bin"}}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    [problem] = check_model_folder(folder).errors
+    assert problem.code == "weights_unsafe" and "shard-a.bin" in problem.message
+
+
 def test_resolve_and_validate_model_report_an_unsafe_bin(db, hf_cache, copy_of_tiny_llama, tmp_path, capsys):
     folder = bin_model(copy_of_tiny_llama, {"payload": _RunsCommandWhenUnpickled(tmp_path / "m")})
     install_into_cache(folder, hf_cache, "org/unsafe-bin")
