@@ -21,7 +21,7 @@ from mtm.shared.problems import Problem
 
 # A pickle larger than this is not a state dict's (a 70B model's data.pkl is a few MB); not read further.
 MAX_PICKLE_BYTES = 64 * 1024 * 1024
-# The opcodes torch's weights_only unpickler implements (torch/_weights_only_unpickler.py); any other is refused.
+# The opcodes torch's weights_only unpickler implements; it refuses any other.
 WEIGHTS_ONLY_OPCODES = frozenset(
     {
         "PROTO",
@@ -64,6 +64,7 @@ WEIGHTS_ONLY_OPCODES = frozenset(
 # followed by raw storage bytes, which are never read here.
 LEGACY_PICKLES = 5
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 @functools.lru_cache(maxsize=1)
@@ -171,16 +172,17 @@ def scan_legacy_checkpoint(path: Path) -> PickleScan:
 
 
 def _scan_bin(path: Path, full: bool) -> PickleScan:
-    """The checkpoint's pickle, read in full for weights; for other .bin files only their kind is checked."""
-    if zipfile.is_zipfile(path):
+    """The checkpoint's pickle, read in full for weights; for other .bin files only their kind is checked.
+    The kind is told by the first bytes, as torch.load tells it (a zip found only at the end is not one to torch)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == ZIP_MAGIC:
         if full:
             return scan_zip_checkpoint(path)
         with zipfile.ZipFile(path) as zf:
             if not any(n.endswith("data.pkl") for n in zf.namelist()):
                 raise zipfile.BadZipFile("no data.pkl inside")
         return PickleScan()
-    with open(path, "rb") as fh:
-        head = fh.read(2)
     if head[:1] != b"\x80":
         raise ValueError("not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     return scan_legacy_checkpoint(path) if full else PickleScan()

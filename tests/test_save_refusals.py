@@ -183,6 +183,22 @@ def test_a_handmade_global_in_data_pkl_is_found_without_running_it(copy_of_tiny_
     assert not marker.exists()
 
 
+def test_a_legacy_pickle_with_a_harmless_zip_appended_is_read_as_torch_reads_it(copy_of_tiny_llama, tmp_path):
+    """torch.load tells a zip by its first bytes; a zip found only at the end (where Python's zipfile looks) must
+    not hide the pickle torch would actually load."""
+    folder = bin_model(
+        copy_of_tiny_llama, {"payload": _RunsCommandWhenUnpickled(tmp_path / "m")}, _use_new_zipfile_serialization=False
+    )
+    torch.save({"w": torch.zeros(1)}, tmp_path / "harmless.bin")
+    with open(folder / "pytorch_model.bin", "ab") as fh:
+        fh.write((tmp_path / "harmless.bin").read_bytes())
+    assert zipfile.is_zipfile(folder / "pytorch_model.bin")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(folder / "pytorch_model.bin", weights_only=True)
+    [problem] = check_model_folder(folder).errors
+    assert problem.code == "weights_unsafe" and f"{os.system.__module__}.system" in problem.message
+
+
 def test_other_bin_files_are_not_weights(copy_of_tiny_llama, tmp_path):
     """training_args.bin pickles a Python object on purpose; transformers never loads it as weights."""
     torch.save({"args": _RunsCommandWhenUnpickled(tmp_path / "x")}, copy_of_tiny_llama / "training_args.bin")
