@@ -205,7 +205,7 @@ def _report_for(path: Path, model_name: str | None, revision: str | None, max_se
     if model_name:
         resolution = resolve_model(model_name, revision or None)
         tokenizer = services.load_tokenizer(resolution) if resolution.valid else None
-    return inspect_dataset(located.path, tokenizer, max_seq_length)
+    return inspect_dataset(located.path, tokenizer, max_seq_length, model=f"'{model_name}'" if model_name else "")
 
 
 @router.post("/datasets", response={200: DatasetUploadOut, **UPLOAD}, tags=["datasets"])

@@ -367,7 +367,6 @@ def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None) -> Non
                     checker.add(ref, dict(zip(header, values, strict=True)))
                 if checker.stopped:
                     return
-            checker.sample_ended = source.cut
         except UnicodeDecodeError:
             checker.problem(_first_bad_utf8_line(source), fatal=True)
         except csv.Error as exc:
@@ -412,7 +411,9 @@ def load_dataset(
             )
         kind, warnings = sniff_kind(path)
         checker = RowChecker(max_errors)
-        _READERS[kind](_Source.of(path, sample), checker, sample.rows if sample else None)
+        source = _Source.of(path, sample)
+        _READERS[kind](source, checker, sample.rows if sample else None)
+        checker.sample_ended = checker.sample_ended or source.cut
     except OSError as exc:
         raise DatasetError(
             [
@@ -424,7 +425,9 @@ def load_dataset(
             ]
         )
     if checker.sample_ended and checker.format is None and not checker.collector.problems:
-        return LoadedDataset(rows=[], format="", kind=kind, warnings=[*warnings, _no_row_in_sample(path, sample)])
+        return LoadedDataset(
+            rows=[], format="", kind=kind, warnings=[*warnings, _no_row_in_sample(path, sample)], complete=False
+        )
     rows, fmt = checker.finish(empty_message=f"{path.name} has no rows.")
     ignored = sorted(checker.ignored)
     if ignored:

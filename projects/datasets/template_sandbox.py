@@ -20,6 +20,7 @@ from mtm.shared.problems import Problem
 
 CHAT_TEMPLATE_TOO_SLOW = "chat_template_too_slow"
 CHAT_TEMPLATE_TOO_LARGE = "chat_template_too_large"
+TEMPLATE_LIMIT_CODES = (CHAT_TEMPLATE_TOO_SLOW, CHAT_TEMPLATE_TOO_LARGE)
 DEFAULT_CPU_SECONDS = 10
 DEFAULT_MEMORY_MB = 512
 # Past its CPU limit a child gets SIGXCPU; the wall-clock wait covers a child that sleeps or blocks instead.
