@@ -20,9 +20,11 @@ from ninja.responses import Status
 from models_registry.services import dataset_roots, resolve_model
 from mtm import audit
 from mtm.api_errors import ApiError
+from mtm.shared.problems import Problem
 from projects import services
 from projects.access import can_manage
 from projects.datasets import DatasetError, DatasetReport, check_dataset_path, inspect_dataset, store_upload
+from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.liveness import reap_stale_runs
 from projects.models import LIVE_STATUSES, TrainingProject, TrainingRun
 from projects.pipeline import RunRefused, request_cancel, start_run
@@ -197,6 +199,11 @@ def _discard(path: Path) -> None:
     shutil.rmtree(path.parent, ignore_errors=True)
 
 
+def _field_of(problem: Problem) -> str:
+    """A chat template past its limits is a problem of the model named in the upload, not of the file."""
+    return "model_name" if problem.code in TEMPLATE_LIMIT_CODES else UPLOAD_FIELD
+
+
 def _report_for(path: Path, model_name: str | None, revision: str | None, max_seq_length: int | None) -> DatasetReport:
     located = check_dataset_path(str(path), dataset_roots())
     if not located.valid:
@@ -226,7 +233,7 @@ def upload_dataset(
     report = _report_for(path, model_name, revision, max_seq_length)
     if not report.valid:
         _discard(path)
-        raise ApiError(422, [{**p.to_dict(), "field": UPLOAD_FIELD} for p in report.errors])
+        raise ApiError(422, [{**p.to_dict(), "field": _field_of(p)} for p in report.errors])
     return {"dataset_path": report.path, "report": report.to_dict()}
 
 

@@ -6,6 +6,7 @@ Real files on disk, the real tiny Llama tokenizer, the project form and the API 
 from __future__ import annotations
 
 import json
+
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from projects.datasets import inspect_dataset, load_dataset
@@ -123,4 +124,3 @@ def test_the_form_and_the_api_show_at_least(portal_roots, db):
     assert api.status_code == 200, api.content
     report = api.json()["report"]
     assert report["rows"] == SAMPLE_ROWS and report["complete"] is False
-

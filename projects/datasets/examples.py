@@ -143,6 +143,8 @@ _RENDER_EXTRA_CHARS = 64 * 1024
 def _segments_or_error(tokenizer: Any, messages: list[dict]) -> list[Segment] | str:
     try:
         segments = _chat_segments(tokenizer, messages)
+    except MemoryError:  # the template's fault, not the row's: the caller reports it for the model
+        raise
     except Exception as exc:  # a chat template is arbitrary Jinja code: any error is this row's problem
         return str(exc)
     given = sum(len(str(m.get("content", ""))) for m in messages)

@@ -83,8 +83,7 @@ def too_large(model: str, limits: TemplateLimits | None) -> Problem:
     needed = f"more than {limits.memory_mb} MB of memory" if limits else "far more memory than the text it renders"
     return Problem(
         CHAT_TEMPLATE_TOO_LARGE,
-        f"The chat template of model {model} needed {needed} to render the dataset's conversations, so it was "
-        "stopped.",
+        f"The chat template of model {model} needed {needed} to render the dataset's conversations, so it was stopped.",
         "The template builds far more text than the conversations hold: fix or replace the chat_template in the "
         "model's tokenizer_config.json (or chat_template.jinja), or choose another model.",
     )
