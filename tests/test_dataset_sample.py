@@ -6,7 +6,9 @@ Real files on disk, the real tiny Llama tokenizer, the project form and the API 
 from __future__ import annotations
 
 import json
+import os
 
+import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from projects.datasets import inspect_dataset, load_dataset
@@ -124,3 +126,28 @@ def test_the_form_and_the_api_show_at_least(portal_roots, db):
     assert api.status_code == 200, api.content
     report = api.json()["report"]
     assert report["rows"] == SAMPLE_ROWS and report["complete"] is False
+
+
+def test_a_large_upload_is_moved_from_djangos_temporary_file_not_copied(tmp_path, settings):
+    from django.core.files.uploadedfile import TemporaryUploadedFile
+
+    from projects.datasets import DatasetError, store_upload
+
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
+    body = "".join(json.dumps(r) + "\n" for r in QA_ROWS).encode()
+    upload = TemporaryUploadedFile("qa.jsonl", "application/octet-stream", len(body), None)
+    upload.write(body)
+    upload.flush()
+    temporary = upload.temporary_file_path()
+    stored = store_upload(upload, "qa.jsonl", upload_root=tmp_path / "uploads")
+    upload.close()  # Django's cleanup at the end of the request: the moved file is not an error
+    assert stored.read_bytes() == body and not os.path.exists(temporary)
+
+    big = TemporaryUploadedFile("big.jsonl", "application/octet-stream", len(body), None)
+    big.write(body)
+    big.flush()
+    with pytest.raises(DatasetError) as caught:
+        store_upload(big, "big.jsonl", upload_root=tmp_path / "uploads", max_bytes=10)
+    assert caught.value.codes == ["dataset_too_large"]
+    assert [p.name for p in (tmp_path / "uploads").iterdir()] == [stored.parent.name]
+    big.close()
