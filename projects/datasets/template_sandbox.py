@@ -21,8 +21,6 @@ from mtm.shared.problems import Problem
 CHAT_TEMPLATE_TOO_SLOW = "chat_template_too_slow"
 CHAT_TEMPLATE_TOO_LARGE = "chat_template_too_large"
 TEMPLATE_LIMIT_CODES = (CHAT_TEMPLATE_TOO_SLOW, CHAT_TEMPLATE_TOO_LARGE)
-DEFAULT_CPU_SECONDS = 10
-DEFAULT_MEMORY_MB = 512
 # Past its CPU limit a child gets SIGXCPU; the wall-clock wait covers a child that sleeps or blocks instead.
 _WALL_FACTOR = 3
 
@@ -34,10 +32,7 @@ class TemplateLimits:
 
     @classmethod
     def from_settings(cls) -> TemplateLimits:
-        return cls(
-            cpu_seconds=getattr(settings, "MTM_TEMPLATE_CPU_SECONDS", DEFAULT_CPU_SECONDS),
-            memory_mb=getattr(settings, "MTM_TEMPLATE_MEMORY_MB", DEFAULT_MEMORY_MB),
-        )
+        return cls(cpu_seconds=settings.MTM_TEMPLATE_CPU_SECONDS, memory_mb=settings.MTM_TEMPLATE_MEMORY_MB)
 
 
 class TemplateLimitExceeded(Exception):
