@@ -151,3 +151,13 @@ def test_a_large_upload_is_moved_from_djangos_temporary_file_not_copied(tmp_path
     assert caught.value.codes == ["dataset_too_large"]
     assert [p.name for p in (tmp_path / "uploads").iterdir()] == [stored.parent.name]
     big.close()
+
+
+def test_the_form_says_when_the_part_read_holds_no_complete_row(portal_roots, db):
+    from projects.datasets.loading import SAMPLE_BYTES
+
+    path = write_jsonl(portal_roots / "datasets" / "long.jsonl", [{"text": "x" * SAMPLE_BYTES}, {"text": "y"}])
+    user, _ = make_user_token("owner")
+    html = secure_client(user).get("/projects/check-dataset/", {"dataset_path": str(path)}, **HX).content.decode()
+    assert "no complete row</strong> in the part read" in html
+    assert "hold no complete row, so its format and rows are not shown here" in html
