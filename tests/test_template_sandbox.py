@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from projects.datasets import inspect_dataset
@@ -127,3 +128,34 @@ def test_the_api_upload_names_the_model_field(portal_roots, hf_cache, copy_of_ti
     [error] = response.json()["errors"]
     assert (error["code"], error["field"]) == ("chat_template_too_slow", "model_name")
     assert "'org/looping'" in error["message"]
+
+
+@pytest.mark.slow
+def test_a_looping_template_fails_the_run_at_resolve_on_the_worker(
+    portal_roots, hf_cache, copy_of_tiny_llama, start_worker
+):
+    """The worker's full pass renders the template in limited children too: the run fails, the worker lives."""
+    from models_registry.demo import install_into_cache
+    from projects.models import RunStage, RunStatus, TrainingProject
+    from projects.pipeline import start_run
+    from tests.pipeline_helpers import FAST_HYPERPARAMETERS, wait_for_end
+
+    (copy_of_tiny_llama / "chat_template.jinja").write_text(LOOPING)
+    install_into_cache(copy_of_tiny_llama, hf_cache, "org/looping")
+    user = User.objects.create_user("alice")
+    project = TrainingProject.objects.create(  # saved as it was before the template changed under it
+        name="looping",
+        owner=user,
+        model_name="org/looping",
+        dataset_path=str(write_jsonl(portal_roots / "datasets" / "chat.jsonl", CHAT_ROWS * 3)),
+        output_directory=str(portal_roots / "outputs" / "looping"),
+        method="full",
+        hyperparameters=FAST_HYPERPARAMETERS,
+    )
+    start_worker(extra_env={"MTM_TEMPLATE_CPU_SECONDS": "1"}).wait_ready()
+    run = wait_for_end(start_run(project, user).pk)
+    assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.RESOLVE
+    assert run.error_code == "chat_template_too_slow" and "'org/looping'" in run.error_message
+    assert not (portal_roots / "outputs" / "looping").exists()
+    again = wait_for_end(start_run(project, user).pk)  # the same worker answers the next run
+    assert again.status == RunStatus.FAILED and again.error_code == "chat_template_too_slow"

@@ -154,18 +154,42 @@ def _segments_or_error(tokenizer: Any, messages: list[dict]) -> list[Segment] | 
     return segments
 
 
+# What one limited child renders at most: a request's whole sample fits in one; the worker's full pass takes several.
+_CHUNK_CONVERSATIONS = 2000
+_CHUNK_CHARS = 8 * 1024 * 1024
+
+
+def _chunks(conversations: list[list[dict]]) -> list[list[list[dict]]]:
+    chunks: list[list[list[dict]]] = [[]]
+    chars = 0
+    for messages in conversations:
+        size = sum(len(str(m.get("content", ""))) for m in messages)
+        if chunks[-1] and (len(chunks[-1]) >= _CHUNK_CONVERSATIONS or chars + size > _CHUNK_CHARS):
+            chunks.append([])
+            chars = 0
+        chunks[-1].append(messages)
+        chars += size
+    return chunks
+
+
 def render_conversations(
     tokenizer: Any, conversations: list[list[dict]], limits: TemplateLimits | None = None, model: str = ""
 ) -> list[list[Segment] | str]:
     """Each conversation's segments, or why the chat template cannot render it. With `limits` the template runs
-    in a limited child process (web requests); raises TemplateLimitExceeded when it exceeds them."""
+    in limited child processes, one per chunk of conversations; raises TemplateLimitExceeded when one exceeds
+    them. Without, it runs here (for code that is already in a limited process, such as the trainer)."""
     model = model or f"'{getattr(tokenizer, 'name_or_path', '') or 'unnamed'}'"
     if limits is None:
         try:
             return [_segments_or_error(tokenizer, messages) for messages in conversations]
         except MemoryError:
             raise TemplateLimitExceeded(too_large(model, None)) from None
-    return run_limited(lambda: [_segments_or_error(tokenizer, messages) for messages in conversations], limits, model)
+    rendered: list[list[Segment] | str] = []
+    for chunk in _chunks(conversations):
+        rendered.extend(
+            run_limited(lambda chunk=chunk: [_segments_or_error(tokenizer, m) for m in chunk], limits, model)
+        )
+    return rendered
 
 
 def _row_segments(row: dict, fmt: str) -> list[Segment]:

@@ -179,9 +179,9 @@ def inspect_dataset(
 ) -> DatasetReport:
     """What the form shows about a dataset file; never raises for a bad file (its problems are in errors).
 
-    By default only the start of the file is read (loading.Sample) and the chat template of `model` runs in a
-    limited child process: what a web request may do. `full=True` reads every row and renders in-process, for
-    the worker. Token stats only when a tokenizer is given. The path is trusted: call check_dataset_path first.
+    By default only the start of the file is read (loading.Sample): what a web request may do; `full=True` reads
+    every row, for the worker. Either way the chat template of `model` runs in limited child processes. Token
+    stats only when a tokenizer is given. The path is trusted: call check_dataset_path first.
     """
     report = DatasetReport(path=str(path))
     try:
@@ -210,7 +210,7 @@ def inspect_dataset(
                 loaded.format,
                 tokenizer,
                 max_errors=max_errors,
-                template_limits=None if full else TemplateLimits.from_settings(),
+                template_limits=TemplateLimits.from_settings(),
                 model=model,
             )
         except DatasetError as exc:
