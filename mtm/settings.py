@@ -156,6 +156,10 @@ MTM_LOGIN_WINDOW_MINUTES = env_int("MTM_LOGIN_WINDOW_MINUTES", 15)
 MTM_OUTPUT_ROOTS = env_list("MTM_OUTPUT_ROOTS", sep=":") or [str(VAR_DIR / "outputs")]
 MTM_DATASET_ROOTS = env_list("MTM_DATASET_ROOTS", sep=":") or [str(VAR_DIR / "datasets")]
 MTM_LOW_DISK_BYTES = env_int("MTM_LOW_DISK_BYTES", 10 * 1024**3)
+# A model's chat template renders in a child process of the web worker stopped past these limits (CPU seconds,
+# megabytes of memory beyond what the child starts with); such a template is reported as the model's problem.
+MTM_TEMPLATE_CPU_SECONDS = env_int("MTM_TEMPLATE_CPU_SECONDS", 10)
+MTM_TEMPLATE_MEMORY_MB = env_int("MTM_TEMPLATE_MEMORY_MB", 512)
 
 # --- Runs ---------------------------------------------------------------------------------------------
 # A worker beats for its run every MTM_HEARTBEAT_SECONDS; a live run silent for MTM_HEARTBEAT_TIMEOUT is failed

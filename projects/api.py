@@ -19,9 +19,11 @@ from ninja.responses import Status
 from models_registry.services import dataset_roots, resolve_model
 from mtm.api_errors import ApiError
 from mtm.audit import Actor, Channel
+from mtm.shared.problems import Problem
 from projects import run_services, services
 from projects.access import can_manage
 from projects.datasets import DatasetError, DatasetReport, check_dataset_path, inspect_dataset, store_upload
+from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.models import TrainingProject, TrainingRun
 from projects.pipeline import CancelOutcome
 from projects.schemas import (
@@ -182,6 +184,11 @@ def _discard(path: Path) -> None:
     shutil.rmtree(path.parent, ignore_errors=True)
 
 
+def _field_of(problem: Problem) -> str:
+    """A chat template past its limits is a problem of the model named in the upload, not of the file."""
+    return "model_name" if problem.code in TEMPLATE_LIMIT_CODES else UPLOAD_FIELD
+
+
 def _report_for(path: Path, model_name: str | None, revision: str | None, max_seq_length: int | None) -> DatasetReport:
     located = check_dataset_path(str(path), dataset_roots())
     if not located.valid:
@@ -190,7 +197,7 @@ def _report_for(path: Path, model_name: str | None, revision: str | None, max_se
     if model_name:
         resolution = resolve_model(model_name, revision or None)
         tokenizer = services.load_tokenizer(resolution) if resolution.valid else None
-    return inspect_dataset(located.path, tokenizer, max_seq_length)
+    return inspect_dataset(located.path, tokenizer, max_seq_length, model=f"'{model_name}'" if model_name else "")
 
 
 @router.post("/datasets", response={200: DatasetUploadOut, **UPLOAD}, tags=["datasets"])
@@ -211,7 +218,7 @@ def upload_dataset(
     report = _report_for(path, model_name, revision, max_seq_length)
     if not report.valid:
         _discard(path)
-        raise ApiError(422, [{**p.to_dict(), "field": UPLOAD_FIELD} for p in report.errors])
+        raise ApiError(422, [{**p.to_dict(), "field": _field_of(p)} for p in report.errors])
     return {"dataset_path": report.path, "report": report.to_dict()}
 
 

@@ -62,10 +62,9 @@ def dataset_status(path: str, params: Any) -> dict[str, Any]:
     if not located.valid:
         return status
     max_seq_length, length_note = _max_seq_length(params.get("max_seq_length", ""))
-    tokenizer, tokenizer_note = _tokenizer(
-        params.get("model_name", "").strip()[:200], params.get("revision", "").strip()[:255]
-    )
-    report = inspect_dataset(located.path, tokenizer, max_seq_length)
+    model_name = params.get("model_name", "").strip()[:200]
+    tokenizer, tokenizer_note = _tokenizer(model_name, params.get("revision", "").strip()[:255])
+    report = inspect_dataset(located.path, tokenizer, max_seq_length, model=f"'{model_name}'")
     status.update(
         report=report,
         errors=report.errors,

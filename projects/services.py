@@ -20,6 +20,7 @@ from mtm import audit
 from mtm.audit import Actor
 from mtm.shared.problems import Problem
 from projects.datasets import DatasetReport, check_dataset_path, inspect_dataset
+from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.hyperparameters import Hyperparameters
 from projects.models import LIVE_STATUSES, TrainingMethod, TrainingProject, TrainingRun
 
@@ -148,10 +149,11 @@ def check_project(data: dict[str, Any], *, inspect_tokens: bool = True) -> Proje
         check.error("dataset_path", problem)
     if located.valid:
         tokenizer = load_tokenizer(resolution) if (inspect_tokens and resolution.valid) else None
-        report = inspect_dataset(located.path, tokenizer, hp.max_seq_length)
+        report = inspect_dataset(located.path, tokenizer, hp.max_seq_length, model=f"'{model_name}'")
         check.dataset = report
         for problem in report.errors:
-            check.error("dataset_path", problem)
+            # A chat template past its limits is the model's problem, whatever the dataset holds.
+            check.error("model_name" if problem.code in TEMPLATE_LIMIT_CODES else "dataset_path", problem)
         check.warnings["dataset_path"] = list(report.warnings)
     check.cleaned = {
         "name": name,
@@ -160,7 +162,7 @@ def check_project(data: dict[str, Any], *, inspect_tokens: bool = True) -> Proje
         "revision": revision,
         "dataset_path": located.path or dataset_path,
         "dataset_format": check.dataset.format if check.dataset else "",
-        "dataset_sha256": check.dataset.sha256 if check.dataset else "",
+        "dataset_sha256": (check.dataset.sha256 if check.dataset else "") or "",
         "output_directory": output.path or data.get("output_directory", ""),
         "method": method,
         "hyperparameters": hp.to_dict(),

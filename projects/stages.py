@@ -15,10 +15,12 @@ from django.utils import timezone
 from models_registry.models import ModelOverride
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
 from mtm.shared.problems import Problem
-from projects.datasets import check_dataset_path, load_rows, prompt_text
+from projects.datasets import check_dataset_path, inspect_dataset, load_rows, prompt_text
+from projects.hyperparameters import Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.pipeline import fail, transition, worker_identity
 from projects.run_columns import MetricPoint, RunProgress
+from projects.services import load_tokenizer
 from projects.supervisor import Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
 from projects.validation import validate_output
@@ -62,6 +64,16 @@ def resolve_stage(run_id: int) -> bool:
     output = validate_output_dir(project.output_directory)
     if not output.valid:
         return not fail(run_id, RunStage.RESOLVE, output.errors[0], _problem_lines(output.errors))
+    # The form and the API read only the start of a dataset; here every row is read, and tokenized, once.
+    report = inspect_dataset(
+        dataset.path,
+        load_tokenizer(resolution),
+        Hyperparameters.from_dict(project.hyperparameters or {})[0].max_seq_length,
+        full=True,
+        model=f"'{project.model_name}'",
+    )
+    if not report.valid:
+        return not fail(run_id, RunStage.RESOLVE, report.errors[0], _problem_lines(report.errors))
     TrainingRun.objects.filter(pk=run_id).update(
         resolved_source=resolution.source or "",
         resolved_path=resolution.path or "",

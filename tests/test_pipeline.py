@@ -106,6 +106,32 @@ def test_missing_model_fails_at_resolve_having_trained_nothing(portal, tiny_llam
     assert not (portal["root"] / "outputs" / "vanished").exists()
 
 
+def test_a_bad_row_past_the_forms_sample_fails_the_run_at_resolve_naming_it(portal, tiny_llama_in_cache, celery_worker):
+    from mtm.audit import Actor, Channel
+    from projects.datasets.loading import SAMPLE_ROWS
+    from projects.services import create_project
+
+    rows = [{"prompt": f"Question {i}?", "completion": f" Answer {i}."} for i in range(SAMPLE_ROWS + 10)]
+    rows[SAMPLE_ROWS + 4] = {"prompt": "a row without its completion"}
+    dataset = write_jsonl(portal["root"] / "datasets" / "long.jsonl", rows)
+    project = create_project(  # the save check reads only the start of the file, so it accepts it
+        {
+            "name": "long",
+            "model_name": tiny_llama_in_cache[0],
+            "dataset_path": str(dataset),
+            "output_directory": str(portal["root"] / "outputs" / "long"),
+            "method": "full",
+            "hyperparameters": FAST_HYPERPARAMETERS,
+        },
+        actor=Actor(portal["user"], Channel.CLI),
+    )
+    run = wait_for_end(start(project, portal["user"]).pk)
+    assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.RESOLVE
+    assert run.error_code == "dataset_unknown_format"
+    assert run.error_message.startswith(f"Row {SAMPLE_ROWS + 5} (line {SAMPLE_ROWS + 5})"), run.error_message
+    assert run.progress == {} and not (portal["root"] / "outputs" / "long").exists()
+
+
 def test_training_crash_fails_the_run_and_the_worker_keeps_serving(portal, tiny_llama_in_cache, celery_worker):
     # A learning rate the hyperparameter check refuses only inside the child: the child reports and exits 1.
     project = make_project(portal, tiny_llama_in_cache[0], name="crash", hyper={"learning_rate": -1})
