@@ -11,7 +11,7 @@ from django.utils.html import format_html
 from models_registry.edits import override_validation
 from models_registry.forms import ModelOverrideAdminForm, PortalSettingsForm
 from models_registry.models import ModelOverride, PortalSettings
-from models_registry.views import SETTINGS_FIELDS, save_portal_settings
+from models_registry.views import AUDITED_SETTINGS_FIELDS, save_portal_settings
 from mtm import audit
 
 OVERRIDE_FIELDS = ("model_name", "path", "enabled", "trust_remote_code", "note")
@@ -100,5 +100,5 @@ class PortalSettingsAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: PortalSettings, form, change: bool) -> None:
         current = PortalSettings.objects.filter(pk=1).first()
-        before = {name: getattr(current, name) if current else None for name in SETTINGS_FIELDS}
+        before = {name: getattr(current, name) if current else None for name in AUDITED_SETTINGS_FIELDS}
         save_portal_settings(request, form, before, via="admin")

@@ -114,10 +114,13 @@ def _path_status(field: str, value: str) -> dict:
 
 
 SETTINGS_FIELDS = ("model_cache_path", "allowed_output_roots", "allowed_dataset_roots")
+# Settings that are not paths: no inline path check, but audited like the others.
+OTHER_SETTINGS_FIELDS = ("upload_quota_bytes",)
+AUDITED_SETTINGS_FIELDS = SETTINGS_FIELDS + OTHER_SETTINGS_FIELDS
 
 
 def _settings_values(obj: PortalSettings) -> dict:
-    return {name: getattr(obj, name) for name in SETTINGS_FIELDS}
+    return {name: getattr(obj, name) for name in AUDITED_SETTINGS_FIELDS}
 
 
 def save_portal_settings(request: HtmxHttpRequest, form: PortalSettingsForm, before: dict, via: str) -> dict:
@@ -171,6 +174,7 @@ def settings_page(request: HtmxHttpRequest) -> HttpResponse:
         "cache_dir": cache_dir,
         "cache_source": cache_source,
         "rows": [(form[name], _path_status(name, values.get(name) or "")) for name in SETTINGS_FIELDS],
+        "other_fields": [form[name] for name in OTHER_SETTINGS_FIELDS],
         "updated_by": obj.updated_by,
         "updated_at": obj.updated_at,
     }

@@ -160,6 +160,11 @@ MTM_HEARTBEAT_SECONDS = env_int("MTM_HEARTBEAT_SECONDS", 5)
 MTM_HEARTBEAT_TIMEOUT = env_int("MTM_HEARTBEAT_TIMEOUT", 90)
 MTM_MIN_FREE_BYTES = env_int("MTM_MIN_FREE_BYTES", 256 * 1024**2)
 
+# --- Uploads ------------------------------------------------------------------------------------------
+# An uploaded dataset no project uses is removed by the periodic cleanup once it is this many hours old (time
+# enough to finish the form it was uploaded from). The per-user quota is a portal setting (Settings page).
+MTM_UPLOAD_GRACE_HOURS = env_int("MTM_UPLOAD_GRACE_HOURS", 24)
+
 # --- Celery -----------------------------------------------------------------------------------
 # The embedded default is kombu's filesystem transport: no server to install for `make run`.
 _broker_dir = VAR_DIR / "broker"
@@ -192,6 +197,10 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = False
+# Periodic work, run by `celery -A mtm beat`.
+CELERY_BEAT_SCHEDULE = {
+    "cleanup-unreferenced-uploads": {"task": "projects.cleanup_uploads", "schedule": 3600.0},
+}
 
 LOGGING = {
     "version": 1,

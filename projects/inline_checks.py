@@ -16,10 +16,11 @@ from models_registry.names import name_error
 from models_registry.outputs import OutputDirCheck
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
 from mtm.htmx import HtmxHttpRequest
-from projects.datasets import DatasetError, check_dataset_path, inspect_dataset, store_upload
+from projects.datasets import DatasetError, check_dataset_path, inspect_dataset
 from projects.forms import ProjectForm
 from projects.hyperparameters import Hyperparameters
 from projects.services import load_tokenizer
+from projects.uploads import discard_upload, receive_upload
 
 MAX_PARAM_CHARS = 4096
 
@@ -93,7 +94,8 @@ def check_dataset(request: HtmxHttpRequest) -> HttpResponse:
 @require_http_methods(["POST"])
 @login_required
 def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
-    """Store the file chosen in the form right away and show its check; the path box then holds its stored path."""
+    """Store the file chosen in the form right away and show its check; the path box then holds its stored path.
+    A file that cannot be trained on is shown with its problems and deleted, as the API does."""
     upload = request.FILES.get("dataset_file")
     path = request.POST.get("dataset_path", "")
     status: dict[str, Any] = {"path": path}
@@ -101,10 +103,15 @@ def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
         status["errors"] = []
     else:
         try:
-            path = str(store_upload(upload, upload.name))
+            stored = str(receive_upload(request.user, upload, upload.name))
         except DatasetError as exc:
             status["upload_errors"] = exc.problems
         else:
-            status = {**dataset_status(path, request.POST), "upload_name": upload.name}
+            status = {**dataset_status(stored, request.POST), "upload_name": upload.name}
+            if status.get("errors"):
+                discard_upload(stored)
+                status["discarded"] = True
+            else:
+                path = stored
     form = ProjectForm(initial={"dataset_path": path})
     return render(request, "projects/form.html#dataset-field", {"form": form, "dataset": status})

@@ -13,11 +13,12 @@ import socket
 import traceback
 
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
+from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 from projects.models import LIVE_STATUSES, RunStage, RunStatus, TrainingProject, TrainingRun
+from projects.ownership import output_dir_conflicts
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,16 @@ class RunRefused(Exception):
 
 
 def live_run_on(output_directory: str, exclude_run: int | None = None) -> TrainingRun | None:
+    """A live run writing to `output_directory`, to a folder inside it, or to a folder that contains it."""
     real = os.path.realpath(output_directory)
-    runs = TrainingRun.objects.filter(status__in=LIVE_STATUSES).filter(
-        Q(output_directory=output_directory) | Q(output_directory=real)
-    )
+    runs = TrainingRun.objects.filter(status__in=LIVE_STATUSES).select_related("project").order_by("pk")
     if exclude_run:
         runs = runs.exclude(pk=exclude_run)
-    return runs.select_related("project").first()
+    for run in runs:
+        for other in {run.output_directory, os.path.realpath(run.output_directory)} - {""}:
+            if is_within(real, other) or is_within(other, real):
+                return run
+    return None
 
 
 def start_run(project: TrainingProject, user, *, resume: bool = False) -> TrainingRun:
@@ -45,14 +49,18 @@ def start_run(project: TrainingProject, user, *, resume: bool = False) -> Traini
         TrainingProject.objects.select_for_update().filter(pk=project.pk).first()
         busy = live_run_on(project.output_directory)
         if busy:
+            same = busy.output_directory == os.path.realpath(project.output_directory)
+            overlap = "" if same else f", which overlaps this project's output directory {project.output_directory}"
             raise RunRefused(
                 Problem(
                     "output_directory_busy",
                     f"Run {busy.pk} of project '{busy.project.name}' is {busy.status} and writes to "
-                    f"{project.output_directory}.",
+                    f"{busy.output_directory}{overlap}.",
                     "Wait for it to end or cancel it, or give this project another output directory.",
                 )
             )
+        if conflicts := output_dir_conflicts(project.output_directory, user, project):
+            raise RunRefused(conflicts[0])
         run = TrainingRun.objects.create(
             project=project,
             started_by=user if getattr(user, "is_authenticated", False) else None,

@@ -18,6 +18,8 @@ from mtm.shared.problems import Problem
 from projects.datasets import DatasetReport, check_dataset_path, inspect_dataset
 from projects.hyperparameters import Hyperparameters
 from projects.models import LIVE_STATUSES, TrainingMethod, TrainingProject
+from projects.ownership import output_dir_conflicts
+from projects.uploads import upload_problems
 
 EDITABLE = (
     "name",
@@ -88,8 +90,11 @@ def _text(data: dict, key: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def check_project(data: dict[str, Any], *, inspect_tokens: bool = True) -> ProjectCheck:
-    """Check a project's fields (a complete set, as from the form or the API after defaults are applied)."""
+def check_project(
+    data: dict[str, Any], *, inspect_tokens: bool = True, actor: Any = None, project: TrainingProject | None = None
+) -> ProjectCheck:
+    """Check a project's fields (a complete set, as from the form or the API after defaults are applied), for
+    `actor` saving `project` (None: a new one). Without an actor, nothing of anyone's counts as theirs."""
     check = ProjectCheck()
     name = _text(data, "name")
     if not name:
@@ -125,15 +130,15 @@ def check_project(data: dict[str, Any], *, inspect_tokens: bool = True) -> Proje
         )
 
     output = validate_output_dir(data.get("output_directory", ""))
-    for problem in output.errors:
+    for problem in output.errors or output_dir_conflicts(output.path or "", actor, project):
         check.error("output_directory", problem)
     check.warnings["output_directory"] = list(output.warnings)
 
     dataset_path = data.get("dataset_path", "")
     located = check_dataset_path(dataset_path, dataset_roots())
-    for problem in located.errors:
+    for problem in located.errors or upload_problems(located, actor, project):
         check.error("dataset_path", problem)
-    if located.valid:
+    if not check.errors.get("dataset_path"):
         tokenizer = load_tokenizer(resolution) if (inspect_tokens and resolution.valid) else None
         report = inspect_dataset(located.path, tokenizer, hp.max_seq_length)
         check.dataset = report
@@ -161,19 +166,20 @@ def project_data(project: TrainingProject) -> dict[str, Any]:
 
 
 def create_project(owner, data: dict[str, Any]) -> TrainingProject:
-    check = check_project(data)
+    check = check_project(data, actor=owner)
     if not check.valid:
         raise ProjectInvalid(check)
     return TrainingProject.objects.create(owner=owner, **check.cleaned)
 
 
-def update_project(project: TrainingProject, changes: dict[str, Any]) -> ProjectCheck:
-    """Apply a partial change to `project` (saved in place); the whole project is checked again, as a new one
-    would be. Returns that check, whose dataset report callers can show without inspecting the file again."""
+def update_project(project: TrainingProject, changes: dict[str, Any], actor: Any = None) -> ProjectCheck:
+    """Apply `actor`'s partial change to `project` (saved in place); the whole project is checked again, as a new
+    one would be. Returns that check, whose dataset report callers can show without inspecting the file again.
+    `actor` defaults to the project's owner."""
     merged = {**project_data(project), **{k: v for k, v in changes.items() if k in EDITABLE}}
     if isinstance(changes.get("hyperparameters"), dict):
         merged["hyperparameters"] = {**(project.hyperparameters or {}), **changes["hyperparameters"]}
-    check = check_project(merged)
+    check = check_project(merged, actor=actor if actor is not None else project.owner, project=project)
     live = project.runs.filter(status__in=LIVE_STATUSES).order_by("-id").first()
     if live is not None:
         for key in TRAINING_FIELDS:

@@ -47,3 +47,11 @@ def train_run(run_id: int) -> None:
 @shared_task(name="projects.validate_run")
 def validate_run(run_id: int) -> None:
     _guarded(run_id, RunStage.VALIDATE, stages.validate_stage)
+
+
+@shared_task(name="projects.cleanup_uploads")
+def cleanup_uploads() -> int:
+    """Periodic (Celery beat): remove uploads no project references once past the grace period."""
+    from projects.uploads import cleanup_uploads as remove_unreferenced
+
+    return len(remove_unreferenced())

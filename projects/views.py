@@ -19,7 +19,7 @@ from django.views.decorators.vary import vary_on_headers
 from mtm import audit
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from projects.access import can_manage, require_manage
-from projects.datasets import DatasetError, store_upload
+from projects.datasets import DatasetError
 from projects.display import hyperparameter_rows, latest_checkpoint, run_duration
 from projects.forms import ProjectForm, problem_error
 from projects.inline_checks import output_status
@@ -27,6 +27,7 @@ from projects.liveness import reap_stale_runs
 from projects.models import LIVE_STATUSES, TrainingProject, TrainingRun
 from projects.run_views import polled_partial
 from projects.services import ProjectInvalid, check_project, create_project, project_data, update_project
+from projects.uploads import discard_upload, receive_upload
 
 AUDITED_FIELDS = ("name", "model_name", "revision", "dataset_path", "output_directory", "method", "hyperparameters")
 
@@ -49,13 +50,16 @@ def project_list(request: HtmxHttpRequest) -> HttpResponse:
 
 
 def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject | None) -> TrainingProject | None:
-    """Store an upload, then create or update through the service; None (with the form's errors) when refused."""
-    dataset_path = form.cleaned_data["dataset_path"]
+    """Store an upload, then create or update through the service; None (with the form's errors) when refused.
+    An upload whose dataset is refused is deleted; one kept for a form refused for other reasons stays in the
+    path box (and is removed by the periodic cleanup if the project is never saved)."""
+    typed_path = dataset_path = form.cleaned_data["dataset_path"]
     upload = form.cleaned_data.get("dataset_file")
     upload_failed = False
+    stored = None
     if upload:
         try:
-            dataset_path = str(store_upload(upload, upload.name))
+            stored = dataset_path = str(receive_upload(request.user, upload, upload.name))
         except DatasetError as exc:
             upload_failed = True
             for problem in exc.problems:
@@ -64,7 +68,7 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
             form.keep_dataset_path(dataset_path)
     data = form.project_data(dataset_path)
     if upload_failed:  # still show everything else that is wrong, but never save
-        found = check_project(data)
+        found = check_project(data, actor=request.user, project=project)
         found.errors.pop("dataset_path", None)
         form.add_problems(found)
         form.dataset_report = found.dataset
@@ -76,11 +80,14 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
                 saved = create_project(request.user, data)
                 action = "project.create"
             else:
-                update_project(project, data)
+                update_project(project, data, actor=request.user)
                 saved, action = project, "project.update"
             after = {key: getattr(saved, key) for key in AUDITED_FIELDS}
             audit.record(request.user, action, saved, audit.diff(before, after), request=request, via="web")
     except ProjectInvalid as refused:
+        if stored and refused.check.errors.get("dataset_path"):
+            discard_upload(stored)
+            form.keep_dataset_path(typed_path)
         form.add_problems(refused.check)
         form.dataset_report = refused.check.dataset
         return None
