@@ -20,7 +20,7 @@ from projects.datasets import DatasetError, check_dataset_path, inspect_dataset
 from projects.forms import ProjectForm
 from projects.hyperparameters import Hyperparameters
 from projects.services import load_tokenizer
-from projects.uploads import discard_upload, receive_upload
+from projects.uploads import discard_upload, receive_upload, upload_problems
 
 MAX_PARAM_CHARS = 4096
 
@@ -53,14 +53,15 @@ def _tokenizer(model_name: str, revision: str) -> tuple[Any, str]:
     return tokenizer, ""
 
 
-def dataset_status(path: str, params: Any) -> dict[str, Any]:
-    """What the dataset box shows for `path`: where it is, its format, rows, first rows, token lengths, problems."""
+def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
+    """What the dataset box shows `actor` for `path`: where it is, its format, rows, first rows, token lengths,
+    problems. Another member's upload is refused before anything of it is read."""
     status: dict[str, Any] = {"path": path}
     if not path.strip():
         return status
     located = check_dataset_path(path[:MAX_PARAM_CHARS], dataset_roots())
-    status["errors"] = located.errors
-    if not located.valid:
+    status["errors"] = located.errors or upload_problems(located, actor, None)
+    if status["errors"]:
         return status
     max_seq_length, length_note = _max_seq_length(params.get("max_seq_length", ""))
     tokenizer, tokenizer_note = _tokenizer(
@@ -87,7 +88,7 @@ def check_output_dir(request: HtmxHttpRequest) -> HttpResponse:
 @require_http_methods(["GET"])
 @login_required
 def check_dataset(request: HtmxHttpRequest) -> HttpResponse:
-    status = dataset_status(request.GET.get("dataset_path", ""), request.GET)
+    status = dataset_status(request.GET.get("dataset_path", ""), request.GET, request.user)
     return render(request, "projects/form.html#dataset-status", {"dataset": status})
 
 
@@ -107,7 +108,7 @@ def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
         except DatasetError as exc:
             status["upload_errors"] = exc.problems
         else:
-            status = {**dataset_status(stored, request.POST), "upload_name": upload.name}
+            status = {**dataset_status(stored, request.POST, request.user), "upload_name": upload.name}
             if status.get("errors"):
                 discard_upload(stored)
                 status["discarded"] = True

@@ -379,3 +379,13 @@ def test_staff_set_the_quota_on_the_settings_page(db):
     resp = page.post("/settings/", {"model_cache_path": "", "upload_quota_bytes": "12345"})
     assert resp.status_code == 302, resp.content[-2000:]
     assert PortalSettings.load().upload_quota_bytes == 12345
+
+
+def test_staff_set_the_quota_through_the_api_and_members_cannot(client, db):
+    _, staff_token = make_user_token("boss", staff=True)
+    _, member_token = make_user_token("mallory")
+    assert call(client, "patch", "/settings", {"upload_quota_bytes": 99}, member_token).status_code == 403
+    resp = call(client, "patch", "/settings", {"upload_quota_bytes": 4096}, staff_token)
+    assert resp.status_code == 200 and resp.json()["upload_quota_bytes"] == 4096
+    assert PortalSettings.load().upload_quota_bytes == 4096
+    assert call(client, "patch", "/settings", {"upload_quota_bytes": -1}, staff_token).status_code == 422

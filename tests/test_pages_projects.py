@@ -325,6 +325,33 @@ def test_refused_form_keeps_the_uploaded_dataset(owner, roots):
     assert f'value="{stored}"' in section(text(response), 'id="dataset-field"', 'id="dataset-status"')
 
 
+def test_an_upload_whose_rows_are_refused_through_the_form_is_deleted(owner, roots, tiny_llama_in_cache):
+    from projects.models import Upload
+
+    upload = SimpleUploadedFile("bad.jsonl", b'{"prompt": "a", "completion": 7}\n')
+    response = secure_client(owner).post(
+        "/projects/new/", form_data(roots, tiny_llama_in_cache[0], dataset_path="", dataset_file=upload)
+    )
+    assert response.status_code == 422 and "Row 1" in text(response)
+    assert list((roots / "media" / "datasets").iterdir()) == [] and not Upload.objects.exists()
+    assert not TrainingProject.objects.exists()
+
+
+def test_another_members_upload_is_refused_and_not_previewed(owner, roots, tiny_llama_in_cache):
+    rows = b'{"prompt": "OWNERS-PRIVATE-PROMPT", "completion": "x"}\n' * 3
+    stored = secure_client(owner).post(
+        "/projects/upload-dataset/", {"dataset_file": SimpleUploadedFile("mine.jsonl", rows)}, **HX
+    )
+    [path] = (roots / "media" / "datasets").glob("*/mine.jsonl")
+    assert "OWNERS-PRIVATE-PROMPT" in text(stored)
+    member = secure_client(User.objects.create_user("member2"))
+    check = text(member.get("/projects/check-dataset/", {"dataset_path": str(path)}, **HX))
+    assert "was uploaded by alice" in check and "OWNERS-PRIVATE-PROMPT" not in check
+    response = member.post("/projects/new/", form_data(roots, tiny_llama_in_cache[0], dataset_path=str(path)))
+    assert response.status_code == 422 and "was uploaded by alice" in text(response)
+    assert not TrainingProject.objects.exists() and path.is_file()
+
+
 def test_upload_with_a_bad_extension_is_refused_under_the_upload(owner, roots, tiny_llama_in_cache):
     upload = SimpleUploadedFile("notes.txt", b"hello")
     response = secure_client(owner).post(
