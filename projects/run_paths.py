@@ -20,6 +20,7 @@ from typing import Any
 from models_registry.services import dataset_roots, validate_output_dir
 from mtm.shared.problems import Problem
 from projects.datasets import check_dataset_path
+from projects.datasets.errors import DATASET_UNREADABLE
 from projects.models import TrainingRun
 from projects.ownership import output_dir_conflicts
 
@@ -149,9 +150,15 @@ def snapshot_dataset(run: TrainingRun, run_folder: Path) -> Path:
     try:
         fd = open_file_nofollow(source)
     except OSError as exc:
-        if exc.errno not in (*_LINK_ERRORS, errno.EINVAL, errno.ENOENT):
-            raise
-        raise PathChanged(_dataset_changed(source, "changed")) from None
+        if exc.errno in (*_LINK_ERRORS, errno.EINVAL, errno.ENOENT):
+            raise PathChanged(_dataset_changed(source, "changed")) from None
+        raise PathChanged(
+            Problem(
+                DATASET_UNREADABLE,
+                f"Cannot open dataset {source}: {exc.strerror or exc}.",
+                f"Check the file's permissions (ls -la {source}); the workers run as uid {os.getuid()}.",
+            )
+        ) from None
     folder = run_folder / SNAPSHOT_DIR
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
