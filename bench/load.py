@@ -1,4 +1,4 @@
-"""Load script (issue 4, "Many people at once"). Not a test: prints figures for BENCHMARKS.md.
+"""Load script (many people at once). Not a test: prints figures for BENCHMARKS.md.
 
     .venv/bin/python -m bench.load [--clients 20] [--duration 30] [--workers 2] [--repos 200] [--json]
 

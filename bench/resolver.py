@@ -1,4 +1,4 @@
-"""Resolver benchmark (issue 2 §8). Not a test: prints figures for BENCHMARKS.md.
+"""Resolver benchmark (resolve and listing speed against the repo count). Not a test: prints figures for BENCHMARKS.md.
 
     .venv/bin/python -m bench.resolver [--repos 2000] [--rounds 3]
 

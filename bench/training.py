@@ -1,4 +1,4 @@
-"""Training benchmark (issue 3, "Benchmark"). Not a test: prints figures for BENCHMARKS.md.
+"""Training benchmark (trainer overhead, packing, start-up). Not a test: prints figures for BENCHMARKS.md.
 
     .venv/bin/python -m bench.training [--repeats 5] [--rows 768] [--hidden 128] [--layers 4]
 

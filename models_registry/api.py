@@ -164,7 +164,7 @@ def _settings_out() -> dict:
 
 @router.get("/settings", response={200: SettingsOut, **ERRORS}, tags=["settings"])
 def get_settings(request: HttpRequest) -> dict:
-    """The guide's Directory Settings; roots are the effective ones (the environment's when none are set here)."""
+    """The Directory Settings; roots are the effective ones (the environment's when none are set here)."""
     return _settings_out()
 
 

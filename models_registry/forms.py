@@ -24,7 +24,7 @@ class ModelCheckForm(forms.Form):
 
 
 class PortalSettingsForm(forms.ModelForm):
-    """The guide's "Directory Settings". Roots are edited one a line and stored as a list."""
+    """The portal's "Directory Settings". Roots are edited one a line and stored as a list."""
 
     allowed_output_roots = forms.CharField(
         label="Allowed output roots", required=False, widget=forms.Textarea(attrs={"rows": 3})

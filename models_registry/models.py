@@ -53,7 +53,7 @@ class ModelOverride(models.Model):
 
 
 class PortalSettings(models.Model):
-    """The guide's "Directory Settings": one row, edited on the Settings page and in the admin."""
+    """The portal's "Directory Settings": one row, edited on the Settings page and in the admin."""
 
     model_cache_path = models.CharField(
         "Model Cache Path",

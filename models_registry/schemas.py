@@ -1,4 +1,4 @@
-"""Request and response bodies of the registry's API (DESIGN.md's JSON contract)."""
+"""Request and response bodies of the registry's API (API v1's JSON contract)."""
 
 from __future__ import annotations
 

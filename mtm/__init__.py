@@ -1,5 +1,2 @@
-from __future__ import annotations
-
-from .celery import app as celery_app
-
-__all__ = ["celery_app"]
+"""The portal's project package. The Celery app is loaded by `MtmConfig.ready`, not here, so that plain-Python
+pieces under `mtm.shared` import without Django or Celery (the trainer child process uses them)."""

@@ -1,4 +1,4 @@
-"""MTM settings: everything an operator may change is read from the environment (see DESIGN.md)."""
+"""MTM settings: everything an operator may change is read from the environment (README.md lists every variable)."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ SESSION_COOKIE_HTTPONLY = True
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
-# --- Sign-in throttling (mtm/throttle.py; added with the access work of issue 4) --------------------
+# --- Sign-in throttling (mtm/throttle.py) --------------------
 # After this many failed sign-ins for one account, or from one address, within the window, the password
 # forms (portal login and admin login) refuse further tries without checking the password. The address
 # limit is higher because a team behind one NAT or proxy shares an address.

@@ -1,4 +1,4 @@
-"""`python -m projects.inference_check SPEC.json`: the guide's loading and inference tests, in a child process.
+"""`python -m projects.inference_check SPEC.json`: the loading and inference tests, in a child process.
 
 SPEC: {"model_dir": path|null, "adapter_dir": path|null, "base_model_path": path|null, "tokenizer_dir": path,
        "prompt": str, "max_new_tokens": int, "trust_remote_code": bool}

@@ -1,4 +1,4 @@
-"""Request and response bodies of the projects API (DESIGN.md's JSON contract for projects and runs)."""
+"""Request and response bodies of the projects API (API v1's JSON contract for projects and runs)."""
 
 from __future__ import annotations
 

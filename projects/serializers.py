@@ -1,4 +1,4 @@
-"""Projects and runs as DESIGN.md's JSON contract: plain dicts the API returns and the pages may render.
+"""Projects and runs in the API's JSON contract (API v1): plain dicts the API returns and the pages may render.
 
 Blank text columns that the contract calls nullable become None; JSON columns that an older row or a worker
 left partial are filled out, so every dict has every key with the type the contract promises.

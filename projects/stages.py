@@ -36,7 +36,7 @@ def _problem_lines(problems: list[Problem]) -> str:
 
 
 def resolve_stage(run_id: int) -> bool:
-    """The guide's rule: resolution fails explicitly before any training starts (no simulation fallback)."""
+    """Resolution fails explicitly before any training starts (no simulation fallback)."""
     if not transition(
         run_id, RunStatus.QUEUED, RunStatus.RESOLVING, started_at=timezone.now(), worker_host=worker_identity()
     ):

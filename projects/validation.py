@@ -1,4 +1,4 @@
-"""Post-training validation, the guide's four checks: files, JSON, loading test and inference test.
+"""Post-training validation, four checks: files, JSON, loading test and inference test.
 
 The report is a plain dict stored on the run: {"passed", "checks": [{"name", "passed", "detail", "seconds"}],
 "sample_output", "prompt"}. Loading and inference run in a child process (projects.inference_check).

@@ -1,4 +1,4 @@
-"""Faults (issue 4): each one a test against real processes. Nothing lost, no run stuck "running"."""
+"""Faults: each one a test against real processes. Nothing lost, no run stuck "running"."""
 
 from __future__ import annotations
 
