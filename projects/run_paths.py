@@ -124,14 +124,16 @@ def open_output_dir(run: TrainingRun) -> int:
     except OSError as exc:
         if exc.errno not in _LINK_ERRORS:
             raise
-        raise PathChanged(
-            Problem(
-                OUTPUT_CHANGED,
-                f"The output directory {run.output_directory} (or a folder above it) became a link or a file just "
-                "before training; nothing was written.",
-                "Restore the folder (no links on the path), or choose another output directory, then start again.",
-            )
-        ) from None
+        raise PathChanged(output_changed(run.output_directory)) from None
+
+
+def output_changed(path: str) -> Problem:
+    return Problem(
+        OUTPUT_CHANGED,
+        f"The output directory {path} (or a folder above it) was replaced by a link or a file, so training was "
+        "stopped before writing through it.",
+        "Restore the folder (no links on the path), or choose another output directory, then start again.",
+    )
 
 
 def write_marker(folder_fd: int, name: str, text: str) -> None:

@@ -174,6 +174,8 @@ def train_stage(run_id: int) -> bool:
     marker = Path(output_dir) / RUN_MARKER
 
     def health() -> Problem | None:
+        if os.path.realpath(output_dir) != output_dir:
+            return run_paths.output_changed(output_dir)
         if not marker.is_file():
             return Problem(
                 "output_directory_vanished",

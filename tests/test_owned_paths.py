@@ -389,3 +389,22 @@ def test_staff_set_the_quota_through_the_api_and_members_cannot(client, db):
     assert resp.status_code == 200 and resp.json()["upload_quota_bytes"] == 4096
     assert PortalSettings.load().upload_quota_bytes == 4096
     assert call(client, "patch", "/settings", {"upload_quota_bytes": -1}, staff_token).status_code == 422
+
+
+@pytest.mark.slow
+def test_an_output_folder_swapped_for_a_link_during_training_stops_the_run(
+    team, tiny_llama_in_cache, transactional_db, start_worker, tmp_path
+):
+    from tests.pipeline_helpers import wait_for_end
+
+    start_worker().wait_ready()
+    data = fields(team["root"], tiny_llama_in_cache[0], method="full")
+    data["hyperparameters"] = {**FAST_HYPERPARAMETERS, "max_steps": 2000, "save_steps": 3, "learning_rate": 0.001}
+    mine = create_project(team["mallory"], data)
+    run = wait_for_end(start_run(mine, team["mallory"]).pk, until=lambda r: r.progress.get("step", 0) >= 2)
+    outside = tmp_path / "outside"
+    Path(mine.output_directory).rename(outside)  # keeps the marker, so only the link gives the swap away
+    Path(mine.output_directory).symlink_to(outside)
+    run = wait_for_end(run.pk, timeout=120)
+    assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, "train", "output_directory_changed")
+    assert "replaced by a link" in run.error_message
