@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
+from projects.run_columns import read_metrics
+
 WIDTH = 960
 HEIGHT = 280
 PAD_LEFT = 56
@@ -45,21 +47,10 @@ class LossChart:
         return " ".join(f"{x:.1f},{y:.1f}" for x, y in self.points)
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def loss_series(metrics: Any) -> list[tuple[float, float]]:
-    """(step, loss) pairs with finite numbers, in step order; anything malformed is skipped."""
-    pairs = []
-    for point in metrics if isinstance(metrics, list) else []:
-        if not isinstance(point, dict):
-            continue
-        step, loss = _finite(point.get("step")), _finite(point.get("loss"))
-        if step is not None and loss is not None:
-            pairs.append((step, loss))
+    """(step, loss) pairs of the stored metrics points that have both, in step order."""
+    points = read_metrics(metrics)
+    pairs = [(float(p.step), p.loss) for p in points if p.step is not None and p.loss is not None]
     pairs.sort(key=lambda pair: pair[0])
     if len(pairs) > MAX_POINTS:
         stride = math.ceil(len(pairs) / MAX_POINTS)

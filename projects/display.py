@@ -1,52 +1,17 @@
-"""What the project and run pages show, computed from the rows: progress, durations, checkpoints, settings."""
+"""What the project and run pages show, computed from the rows: durations, the ETA, checkpoints, settings."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from django.utils import timezone
 
-from projects.hyperparameters import Hyperparameters
+from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import TrainingMethod, TrainingProject, TrainingRun
-
-STATUS_BADGES = {
-    "succeeded": "badge-ok",
-    "failed": "badge-error",
-    "cancelled": "badge-muted",
-    "queued": "badge-live",
-    "resolving": "badge-live",
-    "training": "badge-live",
-    "validating": "badge-live",
-}
-
-HYPERPARAMETER_LABELS = {
-    "epochs": "Epochs",
-    "max_steps": "Max steps",
-    "learning_rate": "Learning rate",
-    "batch_size": "Batch size",
-    "gradient_accumulation_steps": "Gradient accumulation steps",
-    "max_seq_length": "Max sequence length",
-    "warmup_ratio": "Warmup ratio",
-    "warmup_steps": "Warmup steps",
-    "weight_decay": "Weight decay",
-    "seed": "Seed",
-    "packing": "Packing",
-    "precision": "Precision",
-    "gradient_checkpointing": "Gradient checkpointing",
-    "save_steps": "Save a checkpoint every (steps)",
-    "save_total_limit": "Checkpoints kept",
-    "logging_steps": "Log every (steps)",
-    "lora_r": "LoRA r",
-    "lora_alpha": "LoRA alpha",
-    "lora_dropout": "LoRA dropout",
-    "lora_target_modules": "LoRA target modules",
-    "merge_after_training": "Merge after training",
-}
-LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "merge_after_training")
+from projects.run_columns import RunProgress
 
 
 def format_seconds(seconds: Any) -> str:
@@ -73,45 +38,10 @@ def run_duration(run: TrainingRun, now: datetime | None = None) -> str:
     return format_seconds((end - run.started_at).total_seconds())
 
 
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-@dataclass
-class Progress:
-    step: int | None
-    total_steps: int | None
-    percent: float | None
-    epoch: float | None
-    loss: float | None
-    learning_rate: float | None
-    tokens_per_second: float | None
-    eta: str
-
-    @property
-    def started(self) -> bool:
-        return self.step is not None
-
-
-def run_progress(run: TrainingRun) -> Progress:
-    data = run.progress if isinstance(run.progress, dict) else {}
-    step, total = _number(data.get("step")), _number(data.get("total_steps"))
-    percent = None
-    if step is not None and total:
-        percent = max(0.0, min(100.0, step / total * 100))
-    eta = data.get("eta_seconds")
-    return Progress(
-        step=None if step is None else int(step),
-        total_steps=None if total is None else int(total),
-        percent=percent,
-        epoch=_number(data.get("epoch")),
-        loss=_number(data.get("loss")),
-        learning_rate=_number(data.get("learning_rate")),
-        tokens_per_second=_number(data.get("tokens_per_second")),
-        eta="done" if run.has_ended else format_seconds(eta) if eta is not None else "—",
-    )
+def run_eta(run: TrainingRun, progress: RunProgress) -> str:
+    if run.has_ended:
+        return "done"
+    return format_seconds(progress.eta_seconds) if progress.eta_seconds is not None else "—"
 
 
 def latest_checkpoint(project: TrainingProject) -> Path | None:
@@ -127,49 +57,19 @@ def latest_checkpoint(project: TrainingProject) -> Path | None:
 
 def hyperparameter_rows(project: TrainingProject) -> list[tuple[str, str]]:
     """(label, shown value) for every hyperparameter that applies to the project's method."""
-    values = {**Hyperparameters().to_dict(), **(project.hyperparameters or {})}
+    values = Hyperparameters.from_stored(project.hyperparameters).to_dict()
     rows = []
-    for key, label in HYPERPARAMETER_LABELS.items():
-        if key in LORA_KEYS and project.method != TrainingMethod.LORA:
+    for name, declared in HYPERPARAMETERS.items():
+        if declared.lora_only and project.method != TrainingMethod.LORA:
             continue
-        value = values.get(key)
-        if key == "max_steps" and not value:
-            shown = "0 (train for the epochs)"
-        elif key == "warmup_steps" and not value:
-            shown = "0 (the warmup ratio applies)"
+        value = values[name]
+        if declared.zero_means and value == 0 and not isinstance(value, bool):
+            shown = f"0 ({declared.zero_means})"
         elif isinstance(value, bool):
             shown = "yes" if value else "no"
         elif isinstance(value, list):
             shown = ", ".join(str(item) for item in value)
         else:
             shown = str(value)
-        rows.append((label, shown))
-    return rows
-
-
-CHECK_LABELS = {
-    "files": "File checks",
-    "json": "Format validation (JSON)",
-    "load": "Loading test",
-    "inference": "Inference test",
-}
-
-
-def validation_checks(report: Any) -> list[dict[str, Any]]:
-    """The validation report's checks with a readable label; a malformed entry is skipped, not a 500."""
-    checks = report.get("checks") if isinstance(report, dict) else None
-    rows = []
-    for check in checks if isinstance(checks, list) else []:
-        if not isinstance(check, dict):
-            continue
-        name = str(check.get("name", ""))
-        rows.append(
-            {
-                "name": name,
-                "label": CHECK_LABELS.get(name, name or "check"),
-                "passed": bool(check.get("passed")),
-                "detail": str(check.get("detail") or ""),
-                "seconds": _number(check.get("seconds")),
-            }
-        )
+        rows.append((declared.label, shown))
     return rows

@@ -16,45 +16,24 @@ from django.utils.html import format_html
 from models_registry.services import dataset_roots, output_roots
 from mtm.shared.problems import Problem
 from projects.datasets import UPLOAD_EXTENSIONS
-from projects.display import HYPERPARAMETER_LABELS
-from projects.hyperparameters import PRECISIONS, Hyperparameters
+from projects.hyperparameters import GROUPS, HYPERPARAMETERS, Declared, Hyperparameters
 from projects.models import TrainingMethod, TrainingProject
 from projects.services import EDITABLE
 
 SERVICE_FIELDS = tuple(name for name in EDITABLE if name != "hyperparameters")  # hyperparameters: one box each
-# The boxes by fieldset; the number boxes are what is left once the choice, list and check boxes are taken out.
-TRAINING_FIELDS = (
-    "epochs",
-    "max_steps",
-    "learning_rate",
-    "batch_size",
-    "gradient_accumulation_steps",
-    "max_seq_length",
-    "warmup_ratio",
-    "warmup_steps",
-    "weight_decay",
-    "seed",
-    "precision",
-)
-CHECKPOINT_FIELDS = ("save_steps", "save_total_limit", "logging_steps")
-LORA_FIELDS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
-BOOL_FIELDS = ("packing", "gradient_checkpointing", "merge_after_training")
-HYPERPARAMETER_FIELDS = (*TRAINING_FIELDS, *CHECKPOINT_FIELDS, *LORA_FIELDS, *BOOL_FIELDS)
-NUMBER_FIELDS = tuple(
-    name for name in HYPERPARAMETER_FIELDS if name not in (*BOOL_FIELDS, "precision", "lora_target_modules")
-)
-HELP = {
-    "epochs": "Passes over the dataset.",
-    "max_steps": "0: train for the epochs; more: stop after this many optimizer steps.",
-    "learning_rate": "e.g. 0.0002 for LoRA, 0.00002 for a full fine-tune.",
-    "max_seq_length": "Tokens per example; longer rows are truncated.",
-    "warmup_steps": "More than 0 wins over the warmup ratio.",
-    "precision": "auto: bf16 on a GPU that supports it, else fp32.",
-    "save_total_limit": "0 keeps every checkpoint.",
-    "lora_target_modules": "all-linear, or module names separated by commas (q_proj, v_proj).",
-    "merge_after_training": "Also write the base model with the adapter merged in, in merged/.",
-    "packing": "Pack short examples together into full-length sequences (faster on short rows).",
-}
+NUMBER_KINDS = ("int", "float")
+
+
+def _hyperparameter_box(declared: Declared) -> forms.Field:
+    """The box a hyperparameter's kind calls for; numbers are typed as text so the validator names bad ones."""
+    common = {"label": declared.label, "help_text": declared.help, "required": False}
+    if declared.kind == "bool":
+        return forms.BooleanField(**common)
+    if declared.kind == "choice":
+        return forms.ChoiceField(choices=[(choice, choice) for choice in declared.choices], **common)
+    if declared.kind in NUMBER_KINDS:
+        return forms.CharField(max_length=40, widget=forms.NumberInput(attrs={"step": "any"}), **common)
+    return forms.CharField(max_length=500, **common)
 
 
 def problem_error(problem: Problem) -> forms.ValidationError:
@@ -73,10 +52,6 @@ def _number(text: str) -> int | float | str:
         return float(text)
     except ValueError:
         return text
-
-
-def _number_input() -> forms.NumberInput:
-    return forms.NumberInput(attrs={"step": "any"})
 
 
 def _roots(roots: list[str]) -> str:
@@ -104,22 +79,11 @@ class ProjectForm(forms.Form):
         help_text="After training the model completes this prompt as its inference test. Blank: the dataset's "
         "first prompt.",
     )
-    precision = forms.ChoiceField(label="Precision", choices=[(p, p) for p in PRECISIONS], required=False)
-    lora_target_modules = forms.CharField(label="Target modules", max_length=500, required=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for name in NUMBER_FIELDS:
-            self.fields[name] = forms.CharField(
-                label=HYPERPARAMETER_LABELS[name], max_length=40, required=False, widget=_number_input()
-            )
-        for name in BOOL_FIELDS:
-            self.fields[name] = forms.BooleanField(label=HYPERPARAMETER_LABELS[name], required=False)
-        for name, text in HELP.items():
-            self.fields[name].help_text = text
-        self.fields["lora_r"].label = "Rank (r)"
-        self.fields["lora_alpha"].label = "Alpha"
-        self.fields["lora_dropout"].label = "Dropout"
+        for name, declared in HYPERPARAMETERS.items():
+            self.fields[name] = _hyperparameter_box(declared)
         self.fields["dataset_file"].widget.attrs.update(
             {
                 "accept": ",".join(UPLOAD_EXTENSIONS),
@@ -168,14 +132,13 @@ class ProjectForm(forms.Form):
     @staticmethod
     def initial_for(project: TrainingProject | None) -> dict[str, Any]:
         """The values a new form (defaults) or an edit form (the project's values) starts with."""
-        hp = Hyperparameters().to_dict()
         if project is None:
             initial: dict[str, Any] = {"method": TrainingMethod.LORA}
+            hp = Hyperparameters().to_dict()
         else:
             initial = {name: getattr(project, name) for name in SERVICE_FIELDS}
-            hp.update(project.hyperparameters or {})
-        for name in HYPERPARAMETER_FIELDS:
-            value = hp.get(name)
+            hp = Hyperparameters.from_stored(project.hyperparameters).to_dict()
+        for name, value in hp.items():
             initial[name] = ", ".join(value) if isinstance(value, list) else value
         return initial
 
@@ -184,13 +147,13 @@ class ProjectForm(forms.Form):
         box keeps the default (or the old value); text that is not a number is passed on for the validator to
         name."""
         values: dict[str, Any] = {}
-        for name in HYPERPARAMETER_FIELDS:
+        for name, declared in HYPERPARAMETERS.items():
             value = self.cleaned_data.get(name)
             if isinstance(value, str):
                 value = value.strip()
                 if not value:
                     continue
-                if name in NUMBER_FIELDS:
+                if declared.kind in NUMBER_KINDS:
                     value = _number(value)
             values[name] = value
         return values
@@ -220,18 +183,17 @@ class ProjectForm(forms.Form):
         placed = set()
         typed = self.hyperparameters()
         for name, value in typed.items():
-            _, own = Hyperparameters.from_dict({name: value})
-            for problem in own:
-                self.add_error(name, problem_error(problem))
-                placed.add(problem.message)
+            _, own = HYPERPARAMETERS[name].check(value)
+            if own is not None:
+                self.add_error(name, problem_error(own))
+                placed.add(own.message)
         for problem in problems:  # the ones that involve two fields, e.g. both warmup settings
             if problem.message not in placed:
                 self.add_error(None, problem_error(problem))
 
-    def field_groups(self) -> dict[str, list[forms.BoundField]]:
-        return {
-            "training": [self[name] for name in TRAINING_FIELDS],
-            "memory": [self["packing"], self["gradient_checkpointing"]],
-            "checkpoints": [self[name] for name in CHECKPOINT_FIELDS],
-            "lora": [self[name] for name in LORA_FIELDS],
-        }
+    def field_groups(self) -> dict[str, dict[str, list[forms.BoundField]]]:
+        """Each fieldset's boxes (typed values) and checks (checkboxes), in declaration order."""
+        groups: dict[str, dict[str, list[forms.BoundField]]] = {group: {"boxes": [], "checks": []} for group in GROUPS}
+        for name, declared in HYPERPARAMETERS.items():
+            groups[declared.group]["checks" if declared.kind == "bool" else "boxes"].append(self[name])
+        return groups

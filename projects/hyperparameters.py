@@ -1,88 +1,217 @@
-"""Training hyperparameters: defaults, per-field validation with messages a person can act on, and a JSON form.
+"""Training hyperparameters, each declared once: type, bounds, default, label, help, group.
 
-Plain Python (no Django, no torch): the form, the API and the trainer child process all use it.
+Everything else derives from the declarations in `Hyperparameters`: the per-field validation with messages a
+person can act on (`from_dict`), the project form's boxes and fieldsets, the API schema (the model itself) and
+the labels of the project page (`HYPERPARAMETERS`). Adding a hyperparameter is adding one field here.
+
+Plain Python and pydantic (no Django, no torch): the form, the API and the trainer child process all use it.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from annotated_types import Ge, Gt, Le
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
 
 from mtm.shared.problems import Problem
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 ALL_LINEAR = "all-linear"
 CODE = "invalid_hyperparameter"
+MAX_TARGET_MODULES = 64  # real models name a handful (q_proj, v_proj, ...); more is a mistake or an attack
+GROUPS = ("training", "checkpoints", "lora")  # the form's fieldsets, in page order; "lora" applies to LoRA only
+Group = Literal["training", "checkpoints", "lora"]
 
 
-@dataclass
-class Hyperparameters:
-    epochs: float = 3.0
-    max_steps: int = 0  # 0 = train for `epochs`
-    learning_rate: float = 2e-4
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    max_seq_length: int = 1024
-    warmup_ratio: float = 0.0
-    warmup_steps: int = 0  # > 0 wins over warmup_ratio
-    weight_decay: float = 0.0
-    seed: int = 42
-    packing: bool = False
-    precision: str = "auto"
-    gradient_checkpointing: bool = False
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
-    lora_target_modules: str | list[str] = ALL_LINEAR
-    merge_after_training: bool = True
-    save_steps: int = 500
-    save_total_limit: int = 2  # 0 = keep every checkpoint
-    logging_steps: int = 10
+def _coerce_modules(raw: Any) -> str | list[str] | None:
+    if isinstance(raw, str):
+        text = raw.strip()
+        if text == ALL_LINEAR:
+            return ALL_LINEAR
+        raw = [part.strip() for part in text.split(",")]
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_TARGET_MODULES:
+        return None
+    names = [item for item in raw if isinstance(item, str) and item.strip() and len(item) <= 128]
+    if len(names) != len(raw) or not all(name.replace("_", "").replace(".", "").isalnum() for name in names):
+        return None
+    return [name.strip() for name in names]
+
+
+def _modules(value: str | list[str]) -> str | list[str]:
+    modules = _coerce_modules(value)
+    if modules is None:
+        raise ValueError(f"use '{ALL_LINEAR}' or a list of at most {MAX_TARGET_MODULES} module names")
+    return modules
+
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+TargetModules = Annotated[str | list[str], AfterValidator(_modules)]
+
+
+def hyperparameter(
+    default: Any,
+    *,
+    label: str,
+    group: Group = "training",
+    help: str = "",
+    example: str = "",
+    zero_means: str = "",
+    gt: float | None = None,
+    ge: float | None = None,
+    le: float | None = None,
+) -> Any:
+    """One hyperparameter's declaration. `example` ends the hint of a refused value ("e.g. 3"); `zero_means` is
+    what 0 stands for, shown next to it on the project page."""
+    extra: dict[str, Any] = {"x-group": group}
+    if example:
+        extra["x-example"] = example
+    if zero_means:
+        extra["x-zero-means"] = zero_means
+    return Field(default, gt=gt, ge=ge, le=le, title=label, description=help or None, json_schema_extra=extra)
+
+
+class Hyperparameters(BaseModel):
+    """The values training uses; in the order the project page lists them."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+
+    epochs: float = hyperparameter(3.0, gt=0, le=1000, label="Epochs", help="Passes over the dataset.", example="3")
+    max_steps: int = hyperparameter(
+        0,
+        ge=0,
+        le=10_000_000,
+        label="Max steps",
+        help="0: train for the epochs; more: stop after this many optimizer steps.",
+        zero_means="train for the epochs",
+        example="0 (train for 'epochs') or 1000",
+    )
+    learning_rate: float = hyperparameter(
+        2e-4,
+        gt=0,
+        le=1,
+        label="Learning rate",
+        help="e.g. 0.0002 for LoRA, 0.00002 for a full fine-tune.",
+        example="0.0002 for LoRA or 0.00002 for a full fine-tune",
+    )
+    batch_size: int = hyperparameter(4, ge=1, le=4096, label="Batch size", example="4")
+    gradient_accumulation_steps: int = hyperparameter(
+        1, ge=1, le=1024, label="Gradient accumulation steps", example="1"
+    )
+    max_seq_length: int = hyperparameter(
+        1024,
+        ge=8,
+        le=131_072,
+        label="Max sequence length",
+        help="Tokens per example; longer rows are truncated.",
+        example="1024",
+    )
+    warmup_ratio: float = hyperparameter(0.0, ge=0, le=0.5, label="Warmup ratio", example="0.03")
+    warmup_steps: int = hyperparameter(
+        0,
+        ge=0,
+        le=1_000_000,
+        label="Warmup steps",
+        help="More than 0 wins over the warmup ratio.",
+        zero_means="the warmup ratio applies",
+        example="100",
+    )
+    weight_decay: float = hyperparameter(0.0, ge=0, le=1, label="Weight decay", example="0.01")
+    seed: int = hyperparameter(42, ge=0, le=2**32 - 1, label="Seed", example="42")
+    precision: Precision = hyperparameter(
+        "auto", label="Precision", help="auto: bf16 on a GPU that supports it, else fp32.", example="auto"
+    )
+    packing: bool = hyperparameter(
+        False,
+        label="Packing",
+        help="Pack short examples together into full-length sequences (faster on short rows).",
+    )
+    gradient_checkpointing: bool = hyperparameter(
+        False, label="Gradient checkpointing", help="Recompute activations in the backward pass: less memory, slower."
+    )
+    save_steps: int = hyperparameter(
+        500, ge=1, le=10_000_000, group="checkpoints", label="Save a checkpoint every (steps)", example="500"
+    )
+    save_total_limit: int = hyperparameter(
+        2,
+        ge=0,
+        le=1000,
+        group="checkpoints",
+        label="Checkpoints kept",
+        help="0 keeps every checkpoint.",
+        zero_means="every checkpoint is kept",
+        example="2 (0 keeps every checkpoint)",
+    )
+    logging_steps: int = hyperparameter(
+        10, ge=1, le=100_000, group="checkpoints", label="Log every (steps)", example="10"
+    )
+    lora_r: int = hyperparameter(16, ge=1, le=1024, group="lora", label="LoRA r", example="16")
+    lora_alpha: float = hyperparameter(32.0, gt=0, le=4096, group="lora", label="LoRA alpha", example="32")
+    lora_dropout: float = hyperparameter(0.05, ge=0, le=0.9, group="lora", label="LoRA dropout", example="0.05")
+    lora_target_modules: TargetModules = hyperparameter(
+        ALL_LINEAR,
+        group="lora",
+        label="LoRA target modules",
+        help="all-linear, or module names separated by commas (q_proj, v_proj).",
+        example=f"'{ALL_LINEAR}'",
+    )
+    merge_after_training: bool = hyperparameter(
+        True,
+        group="lora",
+        label="Merge after training",
+        help="Also write the base model with the adapter merged in, in merged/.",
+    )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> tuple[Hyperparameters, list[Problem]]:
         """Validate `data` field by field. Missing fields take their defaults; a field that is wrong keeps its
         default in the returned object and gets one Problem naming the field, the value and what is allowed.
         The object is only fit to train with when the list is empty."""
-        values = cls()
-        problems: list[Problem] = []
         if data is None:
-            return values, problems
+            return cls(), []
         if not isinstance(data, dict):
-            return values, [
+            return cls(), [
                 Problem(
                     CODE,
                     f"Hyperparameters must be a JSON object of name: value, not {type(data).__name__}.",
                     'Send e.g. {"epochs": 3, "learning_rate": 0.0002}.',
                 )
             ]
-        known = {f.name for f in fields(cls)}
-        for name in sorted(set(data) - known):
+        problems: list[Problem] = []
+        for name in sorted(set(data) - set(HYPERPARAMETERS)):
             problems.append(
                 Problem(
                     CODE,
                     f"Unknown hyperparameter '{name}'.",
-                    "Remove it or use one of: " + ", ".join(sorted(known)) + ".",
+                    "Remove it or use one of: " + ", ".join(sorted(HYPERPARAMETERS)) + ".",
                 )
             )
-        for name, rule in _RULES.items():
+        values = {}
+        for name, declared in HYPERPARAMETERS.items():
             if name not in data:
                 continue
-            value, problem = rule.check(name, data[name])
+            value, problem = declared.check(data[name])
             if problem is not None:
                 problems.append(problem)
             else:
-                setattr(values, name, value)
+                values[name] = value
+        parsed = cls(**values)  # pydantic checks again, against the same declarations
         if not problems:
-            problems.extend(values._cross_field_problems())
-        return values, problems
+            problems.extend(parsed._cross_field_problems())
+        return parsed, problems
+
+    @classmethod
+    def from_stored(cls, stored: Any) -> Hyperparameters:
+        """The values a project trains with: its stored ones that are valid, defaults for the rest."""
+        values, _ = cls.from_dict(stored if isinstance(stored, dict) else {})
+        return values
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        if isinstance(self.lora_target_modules, list):
-            data["lora_target_modules"] = list(self.lora_target_modules)
-        return data
+        return self.model_dump()
 
     def _cross_field_problems(self) -> list[Problem]:
         """Checked on the parsed values: the form's "0" and "0.0" strings are as unset as 0."""
@@ -99,14 +228,65 @@ class Hyperparameters:
         return problems
 
 
+Kind = Literal["int", "float", "bool", "choice", "modules"]
+_KINDS: dict[Any, Kind] = {bool: "bool", int: "int", float: "float", str | list[str]: "modules"}
+
+
 @dataclass(frozen=True)
-class _Rule:
-    kind: str  # "int" | "float" | "bool" | "choice" | "modules"
+class Declared:
+    """One hyperparameter's declaration, read from its field: what the form, the page and the checks use."""
+
+    name: str
+    kind: Kind
+    default: Any
+    label: str
+    help: str
+    group: str
+    example: str
+    zero_means: str
     low: float | None = None
-    high: float | None = None
     low_open: bool = False  # the low bound itself is not allowed
-    choices: tuple[str, ...] = field(default_factory=tuple)
-    example: str = ""
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def lora_only(self) -> bool:
+        return self.group == "lora"
+
+    @classmethod
+    def of(cls, name: str, info: FieldInfo) -> Declared:
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        low, low_open, high = None, False, None
+        for rule in info.metadata:
+            if isinstance(rule, Gt):
+                low, low_open = float(rule.gt), True
+            elif isinstance(rule, Ge):
+                low = float(rule.ge)
+            elif isinstance(rule, Le):
+                high = float(rule.le)
+        annotation = info.annotation
+        choices: tuple[str, ...] = ()
+        if get_origin(annotation) is Literal:
+            kind: Kind = "choice"
+            choices = get_args(annotation)
+        elif annotation in _KINDS:
+            kind = _KINDS[annotation]
+        else:
+            raise TypeError(f"Hyperparameter '{name}' has a type ({annotation}) that no form box or check knows.")
+        return cls(
+            name=name,
+            kind=kind,
+            default=info.default,
+            label=info.title or name,
+            help=info.description or "",
+            group=str(extra.get("x-group", "training")),
+            example=str(extra.get("x-example", "")),
+            zero_means=str(extra.get("x-zero-means", "")),
+            low=low,
+            low_open=low_open,
+            high=high,
+            choices=choices,
+        )
 
     def allowed(self) -> str:
         if self.kind == "bool":
@@ -121,27 +301,34 @@ class _Rule:
         low = f"greater than {_fmt(self.low)}" if self.low_open else f"at least {_fmt(self.low)}"
         return f"{what} {low} and at most {_fmt(self.high)}"
 
-    def check(self, name: str, raw: Any) -> tuple[Any, Problem | None]:
+    def check(self, raw: Any) -> tuple[Any, Problem | None]:
+        """`raw` (a JSON value or an HTML form string) parsed, or a Problem naming the field, value and bounds."""
         value = _coerce(self.kind, raw)
         ok = value is not None
         if ok and self.kind in ("int", "float"):
-            ok = (value > self.low if self.low_open else value >= self.low) and value <= self.high
+            above = value > self.low if self.low_open else value >= self.low
+            ok = (self.low is None or above) and (self.high is None or value <= self.high)
         if ok and self.kind == "choice":
             ok = value in self.choices
         if ok:
             return value, None
         shown = repr(raw) if isinstance(raw, str) else _fmt(raw)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
-        hint = f"Set {name} to {self.allowed()}" + (f", e.g. {self.example}." if self.example else ".")
-        return None, Problem(CODE, f"Hyperparameter '{name}' = {shown} is not allowed: use {self.allowed()}.", hint)
+        hint = f"Set {self.name} to {self.allowed()}" + (f", e.g. {self.example}." if self.example else ".")
+        return None, Problem(
+            CODE, f"Hyperparameter '{self.name}' = {shown} is not allowed: use {self.allowed()}.", hint
+        )
+
+
+HYPERPARAMETERS: dict[str, Declared] = {
+    name: Declared.of(name, info) for name, info in Hyperparameters.model_fields.items()
+}
 
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     if isinstance(value, (dict, list)) or value is None:
-        import json
-
         return json.dumps(value)[:80]
     return str(value)[:80]
 
@@ -178,47 +365,3 @@ def _coerce(kind: str, raw: Any) -> Any:
             return int(raw)
         return raw if isinstance(raw, int) else None
     return float(raw) if isinstance(raw, (int, float)) else None
-
-
-MAX_TARGET_MODULES = 64  # real models name a handful (q_proj, v_proj, ...); more is a mistake or an attack
-
-
-def _coerce_modules(raw: Any) -> str | list[str] | None:
-    if isinstance(raw, str):
-        text = raw.strip()
-        if text == ALL_LINEAR:
-            return ALL_LINEAR
-        raw = [part.strip() for part in text.split(",")]
-    if not isinstance(raw, list) or not raw or len(raw) > MAX_TARGET_MODULES:
-        return None
-    names = [item for item in raw if isinstance(item, str) and item.strip() and len(item) <= 128]
-    if len(names) != len(raw) or not all(name.replace("_", "").replace(".", "").isalnum() for name in names):
-        return None
-    return [name.strip() for name in names]
-
-
-_RULES: dict[str, _Rule] = {
-    "epochs": _Rule("float", 0, 1000, low_open=True, example="3"),
-    "max_steps": _Rule("int", 0, 10_000_000, example="0 (train for 'epochs') or 1000"),
-    "learning_rate": _Rule("float", 0, 1, low_open=True, example="0.0002 for LoRA or 0.00002 for a full fine-tune"),
-    "batch_size": _Rule("int", 1, 4096, example="4"),
-    "gradient_accumulation_steps": _Rule("int", 1, 1024, example="1"),
-    "max_seq_length": _Rule("int", 8, 131_072, example="1024"),
-    "warmup_ratio": _Rule("float", 0, 0.5, example="0.03"),
-    "warmup_steps": _Rule("int", 0, 1_000_000, example="100"),
-    "weight_decay": _Rule("float", 0, 1, example="0.01"),
-    "seed": _Rule("int", 0, 2**32 - 1, example="42"),
-    "packing": _Rule("bool"),
-    "precision": _Rule("choice", choices=PRECISIONS, example="auto"),
-    "gradient_checkpointing": _Rule("bool"),
-    "lora_r": _Rule("int", 1, 1024, example="16"),
-    "lora_alpha": _Rule("float", 0, 4096, low_open=True, example="32"),
-    "lora_dropout": _Rule("float", 0, 0.9, example="0.05"),
-    "lora_target_modules": _Rule("modules", example=f"'{ALL_LINEAR}'"),
-    "merge_after_training": _Rule("bool"),
-    "save_steps": _Rule("int", 1, 10_000_000, example="500"),
-    "save_total_limit": _Rule("int", 0, 1000, example="2 (0 keeps every checkpoint)"),
-    "logging_steps": _Rule("int", 1, 100_000, example="10"),
-}
-
-assert set(_RULES) == {f.name for f in fields(Hyperparameters)}, "every hyperparameter needs a validation rule"

@@ -22,11 +22,7 @@ from projects.models import RunStage, RunStatus, TrainingRun
 
 log = logging.getLogger(__name__)
 
-STAGE_OF = {
-    RunStatus.RESOLVING: RunStage.RESOLVE,
-    RunStatus.TRAINING: RunStage.TRAIN,
-    RunStatus.VALIDATING: RunStage.VALIDATE,
-}
+STAGE_OF = {status: RunStage(status.worker_stage) for status in RunStatus if status.worker_stage}
 
 
 def beat(run_id: int) -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -39,25 +41,54 @@ class TrainingProject(models.Model):
         return self.runs.order_by("-created_at", "-id").first()
 
 
-class RunStatus(models.TextChoices):
-    QUEUED = "queued"
-    RESOLVING = "resolving"
-    TRAINING = "training"
-    VALIDATING = "validating"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-LIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RESOLVING, RunStatus.TRAINING, RunStatus.VALIDATING)
-ENDED_STATUSES = (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
-
-
 class RunStage(models.TextChoices):
-    QUEUE = "queue"
-    RESOLVE = "resolve"
-    TRAIN = "train"
-    VALIDATE = "validate"
+    """The stages a run goes through; `stage_failed` names the one that failed."""
+
+    QUEUE = "queue", "Queue"
+    RESOLVE = "resolve", "Resolve"
+    TRAIN = "train", "Train"
+    VALIDATE = "validate", "Validate"
+
+
+@dataclass(frozen=True)
+class StatusTraits:
+    live: bool  # a run in this status has not ended: it is waiting for or held by a worker
+    badge: str  # the CSS class of its badge on the pages
+    worker_stage: str = ""  # the stage a worker is running in this status (failed when the worker is lost)
+    resumable: bool = False  # a run that ended so may leave checkpoints to resume from
+
+
+class RunStatus(models.TextChoices):
+    """Each status once, with what the pages, the pipeline and the reaper need to know of it."""
+
+    live: bool
+    badge: str
+    worker_stage: str
+    resumable: bool
+
+    def __new__(cls, value: str, traits: StatusTraits) -> RunStatus:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.live, member.badge = traits.live, traits.badge
+        member.worker_stage, member.resumable = traits.worker_stage, traits.resumable
+        return member
+
+    QUEUED = "queued", StatusTraits(live=True, badge="badge-live"), "Queued"
+    RESOLVING = "resolving", StatusTraits(live=True, badge="badge-live", worker_stage=RunStage.RESOLVE), "Resolving"
+    TRAINING = "training", StatusTraits(live=True, badge="badge-live", worker_stage=RunStage.TRAIN), "Training"
+    VALIDATING = "validating", StatusTraits(live=True, badge="badge-live", worker_stage=RunStage.VALIDATE), "Validating"
+    SUCCEEDED = "succeeded", StatusTraits(live=False, badge="badge-ok"), "Succeeded"
+    FAILED = "failed", StatusTraits(live=False, badge="badge-error", resumable=True), "Failed"
+    CANCELLED = "cancelled", StatusTraits(live=False, badge="badge-muted", resumable=True), "Cancelled"
+
+    @classmethod
+    def badge_of(cls, value: str) -> str:
+        return cls(value).badge if value in cls.values else "badge-muted"
+
+
+LIVE_STATUSES = tuple(status for status in RunStatus if status.live)
+ENDED_STATUSES = tuple(status for status in RunStatus if not status.live)
+RESUMABLE_STATUSES = tuple(status for status in RunStatus if status.resumable)
 
 
 class TrainingRun(models.Model):

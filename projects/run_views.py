@@ -18,12 +18,11 @@ from mtm import audit
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from mtm.shared.problems import Problem
 from projects.access import can_manage, require_manage
-from projects.display import latest_checkpoint, run_duration, run_progress, validation_checks
+from projects.display import latest_checkpoint, run_duration, run_eta
 from projects.liveness import reap_stale_runs
-from projects.models import LIVE_STATUSES, RunStatus, TrainingProject, TrainingRun
+from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
 from projects.pipeline import RunRefused, request_cancel, start_run
-
-RESUMABLE = (RunStatus.CANCELLED, RunStatus.FAILED)
+from projects.run_columns import RunProgress, ValidationReport
 
 
 def polled_partial(request: HtmxHttpRequest, template: str, context: dict[str, Any], *, live: bool) -> HttpResponse:
@@ -62,14 +61,15 @@ def run_start(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
     project = run.project
-    checkpoint = latest_checkpoint(project) if run.status in RESUMABLE else None
+    checkpoint = latest_checkpoint(project) if run.status in RESUMABLE_STATUSES else None
+    progress = RunProgress.read(run.progress)
     return {
         "run": run,
         "project": project,
-        "progress": run_progress(run),
+        "progress": progress,
+        "eta": run_eta(run, progress),
         "duration": run_duration(run),
-        "validation": run.validation if isinstance(run.validation, dict) else None,
-        "validation_checks": validation_checks(run.validation),
+        "validation": ValidationReport.read(run.validation),
         "checkpoint": checkpoint,
         "can_manage": can_manage(user, project),
         "other_live_run": project.runs.filter(status__in=LIVE_STATUSES).exclude(pk=run.pk).first(),

@@ -1,21 +1,25 @@
-"""Request and response bodies of the projects API (API v1's JSON contract for projects and runs)."""
+"""Request and response bodies of the projects API (API v1's JSON contract for projects and runs).
+
+The enumerations come from the models' choices, the hyperparameters' schema is their declaration
+(projects.hyperparameters) and a run's JSON columns are their typed shapes (projects.run_columns).
+"""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from datetime import datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
 from models_registry.schemas import NoNulls, ProblemOut, StrictBody
-from projects.hyperparameters import Hyperparameters
+from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
+from projects.run_columns import MetricPoint, RunProgress, ValidationReport
 
-RunStatusName = Literal["queued", "resolving", "training", "validating", "succeeded", "failed", "cancelled"]
-StageName = Literal["queue", "resolve", "train", "validate"]
-MethodName = Literal["full", "lora"]
+RunStatusName = Literal[tuple(RunStatus.values)]
+StageName = Literal[tuple(RunStage.values)]
+MethodName = Literal[tuple(TrainingMethod.values)]
 
 
 def _storable(value: str) -> str:
@@ -34,8 +38,23 @@ StoredPath = Annotated[str, Field(max_length=4096), AfterValidator(_storable)]
 MaxSeqLength = Annotated[int, Field(ge=8, le=131_072)]
 HYPERPARAMETERS_DOC = (
     'Only the ones to change from the defaults, e.g. {"max_steps": 100, "learning_rate": 0.0002}; '
-    "the project's answer lists every value in use."
+    "the project's answer lists every value in use (their types and bounds are in the Hyperparameters schema)."
 )
+# The names are the declared ones; the values are checked by the project service, which accepts what the form
+# sends too ("3", "on") and answers each bad one with a Problem naming it, so the schema does not type them.
+HyperparametersIn = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                name: {"title": declared.label, **({"description": declared.help} if declared.help else {})}
+                for name, declared in HYPERPARAMETERS.items()
+            },
+        }
+    ),
+]
 
 
 class ProjectIn(StrictBody):
@@ -48,7 +67,7 @@ class ProjectIn(StrictBody):
     )
     output_directory: StoredPath = Field(description="An absolute path inside an allowed output root.")
     method: MethodName = "lora"
-    hyperparameters: dict[str, Any] = Field(default_factory=dict, description=HYPERPARAMETERS_DOC)
+    hyperparameters: HyperparametersIn = Field(default_factory=dict, description=HYPERPARAMETERS_DOC)
     validation_prompt: StoredText = ""
 
 
@@ -62,7 +81,7 @@ class ProjectPatch(NoNulls):
     dataset_path: StoredPath | None = None
     output_directory: StoredPath | None = None
     method: MethodName | None = None
-    hyperparameters: dict[str, Any] | None = Field(None, description=HYPERPARAMETERS_DOC)
+    hyperparameters: HyperparametersIn | None = Field(None, description=HYPERPARAMETERS_DOC)
     validation_prompt: StoredText | None = None
 
 
@@ -91,37 +110,6 @@ class ResolvedModelOut(Schema):
     revision: str | None
 
 
-class ProgressOut(Schema):
-    step: int | None
-    total_steps: int | None
-    epoch: float | None
-    loss: float | None
-    learning_rate: float | None
-    tokens_per_second: float | None
-    eta_seconds: float | None
-
-
-class MetricOut(Schema):
-    step: int | None
-    loss: float | None
-    learning_rate: float | None
-    tokens_per_second: float | None
-
-
-class ValidationCheckOut(Schema):
-    name: str
-    passed: bool
-    detail: str
-    seconds: float
-
-
-class ValidationOut(Schema):
-    passed: bool
-    checks: list[ValidationCheckOut]
-    sample_output: str
-    prompt: str | None
-
-
 class RunOut(Schema):
     id: int
     project_id: int
@@ -130,9 +118,9 @@ class RunOut(Schema):
     error: RunErrorOut | None
     resolved_model: ResolvedModelOut | None
     device: str | None
-    progress: ProgressOut
-    metrics: list[MetricOut]
-    validation: ValidationOut | None
+    progress: RunProgress
+    metrics: list[MetricPoint]
+    validation: ValidationReport | None
     resume: bool
     resumed_from: str | None
     last_checkpoint: str | None
@@ -141,30 +129,6 @@ class RunOut(Schema):
     started_at: datetime | None
     finished_at: datetime | None
     log_tail: str
-
-
-class HyperparametersOut(Schema):
-    epochs: float
-    max_steps: int
-    learning_rate: float
-    batch_size: int
-    gradient_accumulation_steps: int
-    max_seq_length: int
-    warmup_ratio: float
-    warmup_steps: int
-    weight_decay: float
-    seed: int
-    packing: bool
-    precision: Literal["auto", "bf16", "fp16", "fp32"]
-    gradient_checkpointing: bool
-    lora_r: int
-    lora_alpha: float
-    lora_dropout: float
-    lora_target_modules: str | list[str]
-    merge_after_training: bool
-    save_steps: int
-    save_total_limit: int
-    logging_steps: int
 
 
 class ProjectOut(Schema):
@@ -178,7 +142,7 @@ class ProjectOut(Schema):
     dataset_format: str | None
     output_directory: str
     method: MethodName
-    hyperparameters: HyperparametersOut
+    hyperparameters: Hyperparameters
     validation_prompt: str
     created_at: datetime
     updated_at: datetime
@@ -218,10 +182,3 @@ class DatasetUploadOut(Schema):
 
 class ProjectDatasetOut(DatasetUploadOut):
     project: ProjectOut
-
-
-# The contract's enumerations and fields must follow the models and the hyperparameters they describe.
-assert set(get_args(RunStatusName)) == set(RunStatus.values), "RunStatusName must list every RunStatus"
-assert set(get_args(StageName)) == set(RunStage.values), "StageName must list every RunStage"
-assert set(get_args(MethodName)) == set(TrainingMethod.values), "MethodName must list every TrainingMethod"
-assert set(HyperparametersOut.model_fields) == {f.name for f in fields(Hyperparameters)}, "HyperparametersOut"

@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
@@ -19,6 +20,7 @@ from projects.datasets import check_dataset_path, load_rows, prompt_text
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.pipeline import fail, transition, worker_identity
+from projects.run_columns import MetricPoint, RunProgress
 from projects.supervisor import Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
 from projects.trainer.outputs import RUN_MARKER
@@ -86,7 +88,7 @@ class _RunRecorder:
 
     def __init__(self, run_id: int):
         self.run_id = run_id
-        self.metrics: list[dict] = []
+        self.metrics: list[dict[str, Any]] = []  # MetricPoint dicts, as stored
 
     def on_event(self, event: dict) -> None:
         kind = event["event"]
@@ -94,17 +96,16 @@ class _RunRecorder:
         if kind == "started":
             rows.update(
                 device=str(event.get("device", ""))[:255],
-                progress={"step": event.get("global_step", 0), "total_steps": event.get("total_steps")},
+                progress=RunProgress(
+                    step=event.get("global_step", 0), total_steps=event.get("total_steps")
+                ).model_dump(),
                 resumed_from=event.get("resumed_from") or "",
                 heartbeat_at=timezone.now(),
             )
         elif kind == "progress":
-            progress = {
-                k: event.get(k)
-                for k in ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_second", "eta_seconds")
-            }
+            progress = RunProgress.model_validate(event).model_dump()
             if event.get("logged") and event.get("loss") is not None:  # a fresh loss, not a repeat of the last
-                self.metrics.append({k: event.get(k) for k in ("step", "loss", "learning_rate", "tokens_per_second")})
+                self.metrics.append(MetricPoint.model_validate(event).model_dump())
                 if len(self.metrics) > MAX_METRIC_POINTS:
                     self.metrics = self.metrics[::2]
             rows.update(progress=progress, metrics=self.metrics, heartbeat_at=timezone.now())
@@ -274,17 +275,17 @@ def validate_stage(run_id: int) -> None:
         base_model_path=run.resolved_path,
         trust_remote_code=_trust_remote_code(run),
     )
-    TrainingRun.objects.filter(pk=run_id).update(validation=report)
-    if report["passed"]:
+    TrainingRun.objects.filter(pk=run_id).update(validation=report.model_dump())
+    failed = report.first_failure
+    if failed is None:
         transition(run_id, RunStatus.VALIDATING, RunStatus.SUCCEEDED, finished_at=timezone.now())
         return
-    failed = next(c for c in report["checks"] if not c["passed"])
     fail(
         run_id,
         RunStage.VALIDATE,
         Problem(
             "validation_failed",
-            f"Post-training validation failed: the {failed['name']} check did not pass: {failed['detail']}",
+            f"Post-training validation failed: the {failed.name} check did not pass: {failed.detail}",
             "Open the validation report on the run page; fix the cause (often disk space or an interrupted save) and "
             "start a new run.",
         ),

@@ -1,7 +1,7 @@
 """Post-training validation, four checks: files, JSON, loading test and inference test.
 
-The report is a plain dict stored on the run: {"passed", "checks": [{"name", "passed", "detail", "seconds"}],
-"sample_output", "prompt"}. Loading and inference run in a child process (projects.inference_check).
+The report is a `projects.run_columns.ValidationReport`, stored on the run as its dict. Loading and inference
+run in a child process (projects.inference_check).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from django.conf import settings
 
 from models_registry.checks import check_model_folder
 from projects.inference_check import RESULT_PREFIX
+from projects.run_columns import ValidationCheck, ValidationReport
 from projects.trainer.outputs import MANIFEST_NAME
 
 ADAPTER_FILES = ("adapter_config.json",)
@@ -26,8 +27,8 @@ DEFAULT_PROMPT = "Hello"
 CHILD_TIMEOUT = 1800
 
 
-def _check(name: str, passed: bool, detail: str, started: float) -> dict:
-    return {"name": name, "passed": passed, "detail": detail, "seconds": round(time.monotonic() - started, 3)}
+def _check(name: str, passed: bool, detail: str, started: float) -> ValidationCheck:
+    return ValidationCheck(name=name, passed=passed, detail=detail, seconds=round(time.monotonic() - started, 3))
 
 
 def _layout(output_dir: Path) -> tuple[dict | None, str]:
@@ -104,9 +105,9 @@ def validate_output(
     base_model_path: str | None,
     trust_remote_code: bool = False,
     max_new_tokens: int = 32,
-) -> dict:
+) -> ValidationReport:
     output_dir = Path(output_dir)
-    checks: list[dict] = []
+    checks: list[ValidationCheck] = []
     started = time.monotonic()
     layout, problem = _layout(output_dir)
     if layout is None:
@@ -117,7 +118,7 @@ def validate_output(
     checks.append(_check("json", *json_check(output_dir), started))
     sample = ""
     prompt = prompt or DEFAULT_PROMPT
-    if all(c["passed"] for c in checks):
+    if all(c.passed for c in checks):
         model_dir = output_dir / layout["model_dir"] if layout.get("model_dir") else None
         spec = {
             "model_dir": str(model_dir) if model_dir else None,
@@ -130,18 +131,13 @@ def validate_output(
         }
         result = _run_child(spec)
         if "error" in result:
-            checks.append({"name": "load", "passed": False, "detail": result["error"], "seconds": 0.0})
-            checks.append({"name": "inference", "passed": False, "detail": "Not run.", "seconds": 0.0})
+            checks.append(ValidationCheck(name="load", passed=False, detail=result["error"]))
+            checks.append(ValidationCheck(name="inference", passed=False, detail="Not run."))
         else:
             for name in ("load", "inference"):
-                item = result[name]
-                checks.append(
-                    {"name": name, "passed": item["passed"], "detail": item["detail"], "seconds": item["seconds"]}
-                )
+                checks.append(ValidationCheck.model_validate({**result[name], "name": name}))
             sample = result["inference"].get("text", "")
     else:
         for name in ("load", "inference"):
-            checks.append(
-                {"name": name, "passed": False, "detail": "Not run: an earlier check failed.", "seconds": 0.0}
-            )
-    return {"passed": all(c["passed"] for c in checks), "checks": checks, "sample_output": sample, "prompt": prompt}
+            checks.append(ValidationCheck(name=name, passed=False, detail="Not run: an earlier check failed."))
+    return ValidationReport(passed=all(c.passed for c in checks), checks=checks, sample_output=sample, prompt=prompt)

@@ -637,9 +637,9 @@ def test_a_run_from_the_form_to_a_validated_model(transactional_db, roots, owner
 
 
 def test_the_form_has_a_box_for_every_hyperparameter():
-    from dataclasses import fields
-
-    from projects.forms import HYPERPARAMETER_FIELDS
+    from projects.forms import ProjectForm
     from projects.hyperparameters import Hyperparameters
 
-    assert sorted(HYPERPARAMETER_FIELDS) == sorted(f.name for f in fields(Hyperparameters))
+    groups = ProjectForm().field_groups()
+    boxes = [field.name for group in groups.values() for field in (*group["boxes"], *group["checks"])]
+    assert sorted(boxes) == sorted(Hyperparameters.model_fields)

@@ -9,7 +9,8 @@ from django import template
 from django.utils.safestring import SafeString, mark_safe
 
 from projects.charts import loss_chart_svg
-from projects.display import STATUS_BADGES, format_seconds
+from projects.display import format_seconds
+from projects.models import RunStatus
 
 register = template.Library()
 
@@ -17,7 +18,7 @@ register = template.Library()
 @register.filter
 def status_badge(status: str) -> str:
     """The badge class of a run status: green succeeded, red failed, grey cancelled, blue while live."""
-    return STATUS_BADGES.get(status, "badge-muted")
+    return RunStatus.badge_of(status)
 
 
 @register.filter

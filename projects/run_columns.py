@@ -1,0 +1,118 @@
+"""The typed shapes of a run's JSON columns: progress, metrics and the validation report.
+
+The worker writes each column through its model (`model_dump()`), and every reader (the run page, the loss
+chart, the API) parses the stored JSON with the same model. Reading is forgiving, because a row may predate a
+field or have been written by hand: a value of the wrong type or a number that is not finite reads as null
+(0.0 for a check's seconds), and a list entry that is not an object is skipped. Plain pydantic, no Django.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, Field
+
+# The post-training checks, in the order they run, with the label the run page shows.
+CHECK_LABELS = {
+    "files": "File checks",
+    "json": "Format validation (JSON)",
+    "load": "Loading test",
+    "inference": "Inference test",
+}
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _whole(value: Any) -> int | None:
+    number = _finite(value)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _objects(value: Any) -> list[Any]:
+    """The entries of a stored list that are objects (or already parsed models); the rest are skipped."""
+    return [item for item in value if isinstance(item, dict | BaseModel)] if isinstance(value, list) else []
+
+
+Number = Annotated[float | None, BeforeValidator(_finite)]
+WholeNumber = Annotated[int | None, BeforeValidator(_whole)]
+Seconds = Annotated[float, BeforeValidator(lambda value: _finite(value) or 0.0)]
+Text = Annotated[str, BeforeValidator(_text)]
+Flag = Annotated[bool, BeforeValidator(bool)]
+
+
+class RunProgress(BaseModel):
+    """Where training is: the latest progress event. `loss` and `learning_rate` are the last logged values;
+    `eta_seconds` is null until two steps have run."""
+
+    step: WholeNumber = None
+    total_steps: WholeNumber = None
+    epoch: Number = None
+    loss: Number = None
+    learning_rate: Number = None
+    tokens_per_second: Number = None
+    eta_seconds: Number = None
+
+    @classmethod
+    def read(cls, stored: Any) -> RunProgress:
+        return cls.model_validate(stored if isinstance(stored, dict) else {})
+
+    @property
+    def started(self) -> bool:
+        return self.step is not None
+
+    @property
+    def percent(self) -> float | None:
+        if self.step is None or not self.total_steps:
+            return None
+        return max(0.0, min(100.0, self.step / self.total_steps * 100))
+
+
+class MetricPoint(BaseModel):
+    """One point of the loss curve: a logging step."""
+
+    step: WholeNumber = None
+    loss: Number = None
+    learning_rate: Number = None
+    tokens_per_second: Number = None
+
+
+def read_metrics(stored: Any) -> list[MetricPoint]:
+    return [MetricPoint.model_validate(point) for point in _objects(stored)]
+
+
+class ValidationCheck(BaseModel):
+    name: Text = Field("", description="files, json, load or inference")
+    passed: Flag = False
+    detail: Text = ""
+    seconds: Seconds = 0.0
+
+    @property
+    def label(self) -> str:
+        return CHECK_LABELS.get(self.name, self.name or "check")
+
+
+class ValidationReport(BaseModel):
+    """The post-training validation: the four checks, and what the model answered to the prompt."""
+
+    passed: Flag = False
+    checks: Annotated[list[ValidationCheck], BeforeValidator(_objects)] = Field(default_factory=list)
+    sample_output: Text = ""
+    prompt: Annotated[str | None, BeforeValidator(lambda value: value if isinstance(value, str) else None)] = None
+
+    @classmethod
+    def read(cls, stored: Any) -> ValidationReport | None:
+        """The stored report, or None when the run has none (it ended before validation)."""
+        return cls.model_validate(stored) if isinstance(stored, dict) else None
+
+    @property
+    def first_failure(self) -> ValidationCheck | None:
+        return next((check for check in self.checks if not check.passed), None)
