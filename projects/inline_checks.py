@@ -19,14 +19,20 @@ from mtm.htmx import HtmxHttpRequest
 from projects.datasets import DatasetError, check_dataset_path, inspect_dataset
 from projects.forms import ProjectForm
 from projects.hyperparameters import Hyperparameters
+from projects.models import TrainingProject
+from projects.ownership import output_dir_conflicts
 from projects.services import load_tokenizer
 from projects.uploads import discard_upload, receive_upload, upload_problems
 
 MAX_PARAM_CHARS = 4096
 
 
-def output_status(raw: str) -> OutputDirCheck:
-    return validate_output_dir(raw[:MAX_PARAM_CHARS])
+def output_status(raw: str, actor: Any, project: TrainingProject | None = None) -> OutputDirCheck:
+    """The output directory's check as the form shows it, with the folder-ownership rule applied for `actor`."""
+    check = validate_output_dir(raw[:MAX_PARAM_CHARS])
+    if check.valid:
+        check.errors.extend(output_dir_conflicts(check.path or "", actor, project))
+    return check
 
 
 def _max_seq_length(raw: str) -> tuple[int, str]:
@@ -81,7 +87,7 @@ def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
 @login_required
 def check_output_dir(request: HtmxHttpRequest) -> HttpResponse:
     raw = request.GET.get("output_directory", "")
-    context = {"output_check": output_status(raw) if raw.strip() else None}
+    context = {"output_check": output_status(raw, request.user) if raw.strip() else None}
     return render(request, "projects/form.html#output-status", context)
 
 

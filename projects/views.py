@@ -119,7 +119,9 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
         "project": project,
         "groups": form.field_groups(),
         "dataset": _dataset_after_post(form),
-        "output_check": output_status(output_value) if output_value and not form["output_directory"].errors else None,
+        "output_check": output_status(output_value, request.user, project)
+        if output_value and not form["output_directory"].errors
+        else None,
     }
     return render(request, "projects/form.html", context, status=status)
 

@@ -384,6 +384,15 @@ def test_edit_changes_the_project_and_refuses_bad_changes(owner, staff, roots, t
 # --- inline checks -------------------------------------------------------------------------------------------------
 
 
+def test_output_dir_check_names_another_members_project_as_you_type(owner, roots):
+    theirs = make_project(owner, roots, output_directory=str(roots / "outputs" / "theirs"))
+    member = secure_client(User.objects.create_user("member2"))
+    shown = text(member.get("/projects/check-output-dir/", {"output_directory": theirs.output_directory + "/m"}, **HX))
+    assert "status-error" in shown and "of project &#x27;demo&#x27; (owner alice)" in shown
+    own = text(secure_client(owner).get("/projects/check-output-dir/", {"output_directory": theirs.output_directory}))
+    assert "status-error" not in own
+
+
 def test_output_dir_check_shows_errors_and_what_will_happen(owner, roots):
     client = secure_client(owner)
     outside = text(client.get("/projects/check-output-dir/", {"output_directory": "/etc/mtm"}, **HX))
