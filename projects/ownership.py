@@ -17,6 +17,8 @@ from typing import Any
 
 from django.conf import settings
 
+from models_registry.models import ModelOverride
+from models_registry.services import current_cache_dir
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 from projects.access import can_manage
@@ -57,9 +59,6 @@ def _forms(stored: str) -> set[str]:
 def portal_folders() -> list[PortalFolder]:
     """Folders no output directory may overlap: the model cache, every override's folder, uploads (media) and
     the portal's working folders. A new folder inside var/ is allowed (the default output root is there)."""
-    from models_registry.models import ModelOverride
-    from models_registry.services import current_cache_dir
-
     var = settings.VAR_DIR
     folders = [
         PortalFolder("the model cache", str(current_cache_dir()[0])),

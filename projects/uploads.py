@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,8 +19,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Sum
-from django.utils import timezone
 
+from models_registry.models import PortalSettings
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 from projects.datasets import DatasetError, DatasetPathCheck, store_upload, uploads_root
@@ -51,8 +51,6 @@ def _quota_problem(user: Any, name: str, size: int, used: int, quota: int) -> Pr
 def receive_upload(actor: Any, fileobj: IO[bytes] | Any, original_name: str) -> Path:
     """Store an upload for `actor` and record it; DatasetError for a bad file or one over the user's quota
     (nothing is kept then)."""
-    from models_registry.models import PortalSettings
-
     quota = PortalSettings.load().upload_quota_bytes
     announced = getattr(fileobj, "size", None)
     if quota and isinstance(announced, int):
@@ -123,7 +121,7 @@ def cleanup_uploads(now: float | None = None) -> list[str]:
     without a record (an upload cut short, or stored before uploads were recorded). Returns the removed paths."""
     now = time.time() if now is None else now
     grace = timedelta(hours=settings.MTM_UPLOAD_GRACE_HOURS)
-    cutoff = timezone.datetime.fromtimestamp(now, tz=timezone.get_current_timezone()) - grace
+    cutoff = datetime.fromtimestamp(now, tz=UTC) - grace
     referenced = _referenced()
     removed = []
     for upload in Upload.objects.filter(created_at__lt=cutoff):

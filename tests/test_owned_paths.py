@@ -5,6 +5,7 @@ Each test replays an attack as a member would and checks it is refused and that 
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -360,7 +361,7 @@ def test_unreferenced_uploads_are_removed_after_the_grace_period(team, tiny_llam
     stray.mkdir()
     assert cleanup_uploads() == 0  # everything is younger than the grace period
     old = time.time() - (settings.MTM_UPLOAD_GRACE_HOURS + 1) * 3600
-    Upload.objects.update(created_at=Upload.objects.first().created_at.fromtimestamp(old, tz=None).astimezone())
+    Upload.objects.update(created_at=datetime.fromtimestamp(old, tz=UTC))
     os.utime(stray, (old, old))
     assert cleanup_uploads() == 2
     assert used.is_file() and not unused.exists() and not stray.exists()
