@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from models_registry.pickle_scan import check_bin
+from models_registry.remote_code import check_remote_code
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 
@@ -150,7 +151,8 @@ def _read_json(path: Path, rel: str, model_name: str | None, code: str) -> tuple
         )
 
 
-def _check_config(usable: dict[str, Path], folder: Path, report: FolderReport, model_name: str | None) -> None:
+def _check_config(usable: dict[str, Path], folder: Path, report: FolderReport, model_name: str | None) -> dict | None:
+    """The config's problems go into the report; the config itself is returned when it is a JSON object."""
     hint = redownload_hint(model_name)
     path = usable.get("config.json")
     if path is None:
@@ -170,7 +172,7 @@ def _check_config(usable: dict[str, Path], folder: Path, report: FolderReport, m
                     hint,
                 )
             )
-        return
+        return None
     data, problem = _read_json(path, "config.json", model_name, "model_format_invalid")
     if problem:
         report.errors.append(problem)
@@ -190,6 +192,7 @@ def _check_config(usable: dict[str, Path], folder: Path, report: FolderReport, m
                 'Add the model_type of the architecture (e.g. "llama") to config.json.',
             )
         )
+    return data if isinstance(data, dict) else None
 
 
 def _check_tokenizer(usable: dict[str, Path], folder: Path, report: FolderReport, model_name: str | None) -> None:
@@ -240,33 +243,27 @@ def _check_safetensors(rel: str, path: Path, model_name: str | None) -> Problem 
         )
 
 
-def _check_bin(rel: str, path: Path, model_name: str | None) -> Problem | None:
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                if not any(n.endswith("data.pkl") for n in zf.namelist()):
-                    raise zipfile.BadZipFile("no data.pkl inside")
-            return None
-        except (zipfile.BadZipFile, OSError) as exc:
-            reason = str(exc)
-    else:
-        with open(path, "rb") as fh:
-            head = fh.read(2)
-        if head[:1] == b"\x80":  # a legacy (pre-1.6) torch.save pickle
-            return None
-        reason = "not a PyTorch checkpoint (neither a zip archive nor a pickle)"
-    return Problem(
-        "weights_invalid",
-        f"Model format invalid: weights file {rel} is corrupt: {reason}.",
-        redownload_hint(model_name),
-    )
+def _loaded_bins(usable: dict[str, Path], model_name: str | None) -> set[str]:
+    """The .bin files transformers loads as weights: pytorch_model*.bin, adapter_model.bin and the shards its index
+    names. Others, like training_args.bin, pickle other things on purpose and training never unpickles them."""
+    names = {n for n in usable if n.endswith(".bin") and (n.startswith("pytorch_model") or n == "adapter_model.bin")}
+    if "pytorch_model.bin.index.json" in usable:
+        index, _ = _read_json(usable["pytorch_model.bin.index.json"], "", model_name, "weights_invalid")
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if isinstance(weight_map, dict):
+            names.update(str(v) for v in weight_map.values())
+    return names
 
 
 def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: str | None) -> None:
     weights = [n for n in usable if n.endswith((".safetensors", ".bin")) and "/" not in n]
+    loaded = _loaded_bins(usable, model_name)
     for rel in weights:
-        checker = _check_safetensors if rel.endswith(".safetensors") else _check_bin
-        if problem := checker(rel, usable[rel], model_name):
+        if rel.endswith(".safetensors"):
+            problem = _check_safetensors(rel, usable[rel], model_name)
+        else:
+            problem = check_bin(rel, usable[rel], loaded=rel in loaded, corrupt_hint=redownload_hint(model_name))
+        if problem:
             report.errors.append(problem)
     listed = {e.name for e in report.files}
     for index_name in INDEX_FILES:
@@ -305,8 +302,28 @@ def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: st
         )
 
 
-def check_model_folder(folder: Path, root: Path | None = None, model_name: str | None = None) -> FolderReport:
-    """Check a model folder. Files are only read when they resolve inside `root` (default: the folder)."""
+def _check_own_code(
+    usable: dict[str, Path], folder: Path, config: dict, report: FolderReport, model_name: str | None, trusted: bool
+) -> None:
+    tokenizer_config = None
+    if "tokenizer_config.json" in usable:
+        tokenizer_config, _ = _read_json(usable["tokenizer_config.json"], "", model_name, "tokenizer_invalid")
+    errors, warnings = check_remote_code(
+        folder,
+        config,
+        tokenizer_config if isinstance(tokenizer_config, dict) else None,
+        trusted=trusted,
+        model_name=model_name,
+    )
+    report.errors.extend(errors)
+    report.warnings.extend(warnings)
+
+
+def check_model_folder(
+    folder: Path, root: Path | None = None, model_name: str | None = None, *, trust_remote_code: bool = False
+) -> FolderReport:
+    """Check a model folder. Files are only read when they resolve inside `root` (default: the folder).
+    `trust_remote_code`: staff allow the model's own code to run, so a model that needs it can load."""
     report = FolderReport()
     folder = Path(folder)
     if not folder.is_dir():
@@ -319,8 +336,10 @@ def check_model_folder(folder: Path, root: Path | None = None, model_name: str |
         )
         return report
     usable = _scan(folder, Path(root) if root else folder, report, model_name)
-    _check_config(usable, folder, report, model_name)
+    config = _check_config(usable, folder, report, model_name)
     _check_tokenizer(usable, folder, report, model_name)
+    if config is not None:
+        _check_own_code(usable, folder, config, report, model_name, trust_remote_code)
     _check_weights(usable, report, model_name)
     if "generation_config.json" in usable:
         _, problem = _read_json(

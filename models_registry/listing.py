@@ -18,6 +18,7 @@ from pathlib import Path
 
 from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
 from models_registry.names import name_error, name_from_folder
+from models_registry.remote_code import check_remote_code
 from models_registry.resolution import choose_snapshot, resolve
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
@@ -204,8 +205,12 @@ def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str, 
         item.errors.append(
             Problem("model_format_invalid", "Model format invalid: config.json is not a JSON object.", hint)
         )
+        return
     elif not data.get("model_type"):
         item.warnings.append(Problem("config_missing_model_type", "config.json has no model_type.", ""))
+    errors, warnings = check_remote_code(Path(snapshot), data, None, trusted=False, model_name=item.model_name)
+    item.errors.extend(errors)
+    item.warnings.extend(warnings)
 
 
 def _check_index(item: ListedModel, path: str, index_name: str, names: set[str], root: str, hint: str) -> None:

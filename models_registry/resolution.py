@@ -199,7 +199,7 @@ def _resolve_override(result: Resolution, override_path: str, revision: str | No
                 "revision_ignored", f"Revision '{revision}' is ignored: the override's folder has no revisions.", ""
             )
         )
-    report = check_model_folder(folder, root=folder, model_name=name)
+    report = check_model_folder(folder, root=folder, model_name=name, trust_remote_code=trust)
     result.path = str(folder)
     result.files, result.errors, result.warnings = report.files, report.errors, result.warnings + report.warnings
     return result

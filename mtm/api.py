@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Swagger
 
 from models_registry.api import router as registry_router
 from mtm.api_errors import JsonObjectParser, install_error_handlers
@@ -15,6 +15,8 @@ api = NinjaAPI(
     urls_namespace="api-v1",
     auth=api_auth,
     parser=JsonObjectParser(),
+    # No validator badge: swagger-ui would otherwise send the schema to validator.swagger.io.
+    docs=Swagger(settings={"validatorUrl": None}),
     description="Session cookie or `Authorization: Bearer <token>` on every endpoint. "
     'Errors: {"detail": "...", "errors": [{"code", "message", "hint"}]}.',
 )

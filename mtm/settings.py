@@ -41,6 +41,9 @@ INSTALLED_APPS = [
     "django.contrib.humanize",
     "django_htmx",
     "template_partials",
+    # For /api/v1/docs: with ninja installed as an app its Swagger page loads swagger-ui from ninja's own static
+    # files (pinned with django-ninja), not from a CDN, so the docs work offline.
+    "ninja",
     "mtm",
     "models_registry",
     "projects",

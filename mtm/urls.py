@@ -6,15 +6,17 @@ from django.urls import include, path
 
 from mtm import views
 from mtm.api import api
-from mtm.views_login import ThrottledLoginView
+from mtm.views_login import ThrottledLoginView, ThrottledPasswordChangeView, admin_password_change
 
 urlpatterns = [
+    # Before the admin's own URLs, so its password-change page uses the throttled form.
+    path("admin/password_change/", admin.site.admin_view(admin_password_change)),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("", views.home, name="home"),
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
-    path("accounts/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
+    path("accounts/password/", ThrottledPasswordChangeView.as_view(), name="password_change"),
     path("accounts/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("", include("models_registry.urls")),
     path("projects/", include("projects.urls")),

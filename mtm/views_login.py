@@ -1,4 +1,5 @@
-"""The password doors, throttled: the portal's login page and the admin's login form share one rule (mtm/throttle.py).
+"""The password doors, throttled: the portal's and the admin's login and password-change forms share one rule
+(mtm/throttle.py) and one count, so a stolen session cannot guess the password through the change form either.
 
 A locked-out account or address is refused before the password is checked, so guessing gains nothing.
 """
@@ -7,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.admin.forms import AdminAuthenticationForm
-from django.contrib.auth.forms import AuthenticationForm
-from django.contrib.auth.views import LoginView
+from django.contrib import admin
+from django.contrib.admin.forms import AdminAuthenticationForm, AdminPasswordChangeForm
+from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm
+from django.contrib.auth.views import LoginView, PasswordChangeView
 from django.core.exceptions import ValidationError
 from django.forms import Form
-from django.http import HttpResponse
+from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 
 from mtm import audit, throttle
 
@@ -64,3 +67,59 @@ class ThrottledLoginView(LoginView):
         if form.has_error("__all__", THROTTLED):
             response.status_code = 429
         return response
+
+
+class ThrottledPasswordChangeMixin:
+    """For PasswordChangeForm subclasses: the old password is a password guess like a sign-in, counted the same."""
+
+    via = "web"
+
+    def __init__(self, *args: Any, request: HttpRequest, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.request = request
+
+    def clean_old_password(self) -> str:
+        form: Any = self
+        username = form.user.get_username()
+        addr = audit.remote_addr(self.request)
+        if (lock := throttle.lockout(username, addr)) is not None:
+            raise ValidationError(lock.message(), code=THROTTLED)
+        try:
+            old_password = super().clean_old_password()  # type: ignore[misc]
+        except ValidationError:
+            attempt = throttle.note_attempt(username, addr, succeeded=False)
+            audit.record(form.user, "password_change.failed", attempt, request=self.request, via=self.via)
+            raise
+        throttle.note_attempt(username, addr, succeeded=True)
+        return old_password
+
+
+class ThrottledPasswordChangeForm(ThrottledPasswordChangeMixin, PasswordChangeForm):
+    via = "web"
+
+
+class ThrottledAdminPasswordChangeForm(ThrottledPasswordChangeMixin, AdminPasswordChangeForm):
+    via = "admin"
+
+
+class ThrottledPasswordChangeView(PasswordChangeView):
+    form_class = ThrottledPasswordChangeForm
+
+    def get_form_kwargs(self) -> dict[str, Any]:
+        return {**super().get_form_kwargs(), "request": self.request}
+
+    def form_invalid(self, form: Form) -> HttpResponse:
+        response = super().form_invalid(form)
+        if form.has_error("old_password", THROTTLED):
+            response.status_code = 429
+        return response
+
+
+def admin_password_change(request: HttpRequest) -> HttpResponse:
+    """The admin's own password-change page (AdminSite.password_change) with the throttled form."""
+    request.current_app = admin.site.name
+    return ThrottledPasswordChangeView.as_view(
+        form_class=ThrottledAdminPasswordChangeForm,
+        success_url=reverse("admin:password_change_done", current_app=admin.site.name),
+        extra_context=admin.site.each_context(request),
+    )(request)

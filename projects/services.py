@@ -74,7 +74,7 @@ class ProjectInvalid(Exception):
 def _tokenizer(path: str, revision_key: str):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=False)  # never the model's own code here
 
 
 def load_tokenizer(resolution: Resolution):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mtm.processes import die_with_parent, signal_group
-from projects.trainer.events import parse_event
+from projects.trainer.events import event_line, parse_event
 
 TAIL_LINES = 200
 TAIL_CHARS = 20_000
@@ -102,6 +102,9 @@ def supervise(
                     tail.add(line)
                 else:
                     outcome.events += 1
+                    if readable := event_line(event):  # the log reads as the trainer's own progress lines
+                        log.write(readable + "\n")
+                        tail.add(readable)
                     kind = event["event"]
                     if kind == "error":
                         outcome.last_error = event

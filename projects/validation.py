@@ -42,10 +42,10 @@ def _layout(output_dir: Path) -> tuple[dict | None, str]:
         return None, f"{MANIFEST_NAME} is unreadable or has no layout: {exc}."
 
 
-def files_check(output_dir: Path, layout: dict) -> tuple[bool, str]:
+def files_check(output_dir: Path, layout: dict, trust_remote_code: bool = False) -> tuple[bool, str]:
     problems = []
     if layout.get("model_dir"):
-        report = check_model_folder(output_dir / layout["model_dir"])
+        report = check_model_folder(output_dir / layout["model_dir"], trust_remote_code=trust_remote_code)
         problems += [p.message for p in report.errors]
         problems += [p.message for p in report.warnings if p.code == "no_weights"]
     if layout.get("adapter_dir"):
@@ -113,7 +113,7 @@ def validate_output(
     if layout is None:
         checks.append(_check("files", False, problem, started))
     else:
-        checks.append(_check("files", *files_check(output_dir, layout), started))
+        checks.append(_check("files", *files_check(output_dir, layout, trust_remote_code), started))
     started = time.monotonic()
     checks.append(_check("json", *json_check(output_dir), started))
     sample = ""

@@ -330,6 +330,45 @@ def test_the_admin_login_is_throttled_too(staff):
     assert AuditEvent.objects.filter(action="login.failed", via="admin").count() == 5
 
 
+def change_password(client, old: str, url: str = "/accounts/password/", addr: str = "127.0.0.1"):
+    new = "a-newer-pass-5678"
+    return client.post(url, {"old_password": old, "new_password1": new, "new_password2": new}, REMOTE_ADDR=addr)
+
+
+@pytest.mark.parametrize("url", ["/accounts/password/", "/admin/password_change/"], ids=["portal", "admin"])
+def test_the_password_change_form_is_throttled_like_sign_in(staff, url):
+    client = secure_client(staff)
+    for _ in range(django_settings.MTM_LOGIN_MAX_FAILURES):
+        resp = change_password(client, "wrong", url=url)
+        assert resp.status_code == 200 and "Your old password was entered incorrectly" in text(resp)
+    resp = change_password(client, PASSWORD, url=url)
+    assert resp.status_code == 429 and THROTTLED in text(resp)
+    staff.refresh_from_db()
+    assert staff.check_password(PASSWORD)  # the right old password was refused unchecked: nothing changed
+    # The guesses count against the account at the sign-in door too, and are audited.
+    assert sign_in(secure_client(), "boss", PASSWORD, addr="10.0.0.9").status_code == 429
+    assert AuditEvent.objects.filter(action="password_change.failed", actor=staff).count() == 5
+
+
+def test_a_right_old_password_changes_it_and_clears_the_failures(member):
+    client = secure_client(member)
+    for _ in range(4):
+        change_password(client, "wrong")
+    assert change_password(client, PASSWORD).status_code == 302
+    member.refresh_from_db()
+    assert member.check_password("a-newer-pass-5678")
+    assert throttle.lockout("member", "127.0.0.1") is None
+
+
+def test_one_address_guessing_through_the_change_form_is_locked_out(settings, member, other):
+    settings.MTM_LOGIN_MAX_FAILURES_PER_ADDRESS = 3
+    change_password(secure_client(member), "wrong", addr="203.0.113.5")
+    for _ in range(2):
+        change_password(secure_client(other), "wrong", addr="203.0.113.5")
+    resp = change_password(secure_client(member), PASSWORD, addr="203.0.113.5")
+    assert resp.status_code == 429 and THROTTLED in text(resp)
+
+
 def test_sign_ins_are_audited_with_their_address(member):
     client = secure_client()
     sign_in(client, "member", "wrong", addr="192.0.2.44")

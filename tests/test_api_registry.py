@@ -4,20 +4,17 @@ model overrides and settings, with real cache layouts and the tiny Llama."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 
 from models_registry.models import DEFAULT_UPLOAD_QUOTA_BYTES, ModelOverride, PortalSettings
 from mtm.models import AuditEvent
 from tests.api_client import call, codes, make_user_token
 from tests.hfcache import COMMIT_B, make_model_repo, set_ref
+from tests.unprivileged import call_unprivileged
 
 pytestmark = pytest.mark.django_db
 
@@ -227,31 +224,7 @@ def test_read_only_directory_is_permission_denied(tmp_path):
 
 
 def _check_as_unprivileged(paths: list[str], roots: list[str]) -> list[dict]:
-    from models_registry.outputs import check_output_dir
-
-    if os.getuid() != 0:
-        return [check_output_dir(p, roots, 0).to_dict() for p in paths]
-    script = (
-        "import json, os, sys\n"
-        "from models_registry.outputs import check_output_dir\n"
-        "try:\n"
-        "    os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
-        "except OSError as exc:\n"
-        "    print('SETUID-FAILED', exc); sys.exit(3)\n"
-        "paths, roots = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n"
-        "print(json.dumps([check_output_dir(p, roots, 0).to_dict() for p in paths]))\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(paths), json.dumps(roots)],
-        cwd=django_settings.BASE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if done.returncode == 3:
-        pytest.skip(f"cannot drop privileges here: {done.stdout.strip()}")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    return [call_unprivileged("models_registry.outputs:check_output_dir", p, roots, 0) for p in paths]
 
 
 # --- model overrides ------------------------------------------------------------------------------------------

@@ -255,3 +255,25 @@ def test_model_removed_before_start_fails_at_resolve_with_the_hint(
         expect(page.locator("#run-live")).to_contain_text("No training step was reported.")
         expect(page.get_by_role("button", name="Start a new run")).to_be_visible()
         shot("run-failed-at-resolve")
+
+
+def test_the_api_docs_render_offline_from_the_portals_own_files(portal, live_server, request):
+    """Every request the Swagger page makes goes to the portal; anything else is blocked and would fail the test."""
+    base = live_server.url
+    elsewhere: list[str] = []
+
+    def only_the_portal(route) -> None:
+        if route.request.url.startswith(base + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.route("**/*", only_the_portal)
+        page.goto(f"{base}/api/v1/docs")
+        expect(page.locator(".swagger-ui .info .title")).to_contain_text("Model Training Manager API")
+        expect(page.locator(".swagger-ui .opblock").first).to_be_visible()
+        Screenshots(page, request.node.name)("api-docs")
+    assert elsewhere == []

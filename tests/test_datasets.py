@@ -7,6 +7,8 @@ import csv
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from projects.datasets import (
     prompt_text,
     store_upload,
 )
+from tests.unprivileged import call_unprivileged
 
 ROWS = {
     "text": [{"text": "The quick brown fox jumps over the lazy dog."}, {"text": "Hello world!"}],
@@ -567,11 +570,26 @@ def test_missing_directory_and_empty_files(roots):
     assert codes(check(allowed / "empty.jsonl", allowed, uploads).errors) == ["dataset_empty"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
-def test_unreadable_file(roots):
-    allowed, _, uploads = roots
-    (allowed / "good.jsonl").chmod(0)
-    assert codes(check(allowed / "good.jsonl", allowed, uploads).errors) == ["dataset_unreadable"]
+def test_unreadable_file():
+    """As root, checked by a child that drops to nobody (root reads every file); a readable sibling proves the
+    child can read where it may, so the refusal is the file's own permission."""
+    base = Path(tempfile.mkdtemp(prefix="mtm-unreadable-", dir="/tmp"))  # /tmp, not tmp_path: nobody must traverse
+    try:
+        base.chmod(0o755)
+        allowed = base / "datasets"
+        allowed.mkdir()
+        write_jsonl(allowed / "good.jsonl", ROWS["text"])
+        write_jsonl(allowed / "open.jsonl", ROWS["text"])
+        allowed.chmod(0o755)
+        (allowed / "good.jsonl").chmod(0)
+        (allowed / "open.jsonl").chmod(0o644)
+        target = "projects.datasets:check_dataset_path"
+        locked = call_unprivileged(target, str(allowed / "good.jsonl"), [str(allowed)], upload_root=str(base / "up"))
+        readable = call_unprivileged(target, str(allowed / "open.jsonl"), [str(allowed)], upload_root=str(base / "up"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert [p["code"] for p in locked["errors"]] == ["dataset_unreadable"]
+    assert readable["valid"] is True
 
 
 # --- uploads --------------------------------------------------------------------------------------

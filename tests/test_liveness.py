@@ -63,10 +63,19 @@ def test_reap_runs_command(db, settings, capsys):
 def test_heartbeat_beats_while_the_block_runs(transactional_db, settings):
     run = make_run(RunStatus.TRAINING, 600)
     before = TrainingRun.objects.get(pk=run.pk).heartbeat_at
+    beats = []
     with heartbeat(run.pk, every=0.05):
-        time.sleep(0.3)
+        entered = TrainingRun.objects.get(pk=run.pk).heartbeat_at  # the beat heartbeat() gives on entry
+        deadline = time.monotonic() + 30  # a bound for a broken beat, not a timing under test
+        while len(beats) < 3 and time.monotonic() < deadline:
+            seen = TrainingRun.objects.get(pk=run.pk).heartbeat_at
+            if seen != (beats[-1] if beats else entered):
+                beats.append(seen)
+            time.sleep(0.01)
         during = TrainingRun.objects.get(pk=run.pk).heartbeat_at
-    assert during > before
+    assert entered > before and during > before
+    # Three more beats while the block ran, each later than the last: the periodic beat, not only the first one.
+    assert len(beats) == 3 and entered < beats[0] < beats[1] < beats[2], (entered, beats)
     settings.MTM_HEARTBEAT_TIMEOUT = 60
     assert reap_stale_runs() == []
 

@@ -4,6 +4,7 @@ and one real run from the form to a validated model on a real worker."""
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -537,6 +538,77 @@ def test_run_partial_polls_while_live_and_stops_with_286_once_ended(owner, roots
     assert full.status_code == 200 and "<html" in text(full) and "every 2s" not in text(full)
 
 
+# The trainer's side of the protocol, as a child process: progress events from the real formatter, then it waits
+# until the test has seen them on the page (a release file), so the page is read while the run is live.
+PROTOCOL_CHILD = """
+import os, sys, time
+from projects.trainer.events import format_event
+start = time.monotonic()
+print(format_event("started", start, device="cpu", precision="fp32", examples=8, total_steps=3), flush=True)
+for step in (1, 2, 3):
+    print(format_event("progress", start, step=step, total_steps=3, loss=3.0 - step / 2, learning_rate=2e-4,
+                       tokens_per_second=1500.0, epoch=step / 3, eta_seconds=(3 - step) * 2, logged=True), flush=True)
+deadline = time.monotonic() + 60
+while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+    time.sleep(0.05)
+"""
+
+
+def test_the_log_card_shows_the_trainers_lines_as_they_come(owner, roots, tmp_path):
+    import sys
+
+    from django.conf import settings
+
+    from projects.stages import _RunRecorder
+    from projects.supervisor import Supervision, supervise
+
+    run = TrainingRun.objects.create(project=make_project(owner, roots), status=RunStatus.TRAINING)
+    client = secure_client(owner)
+    assert "Nothing logged yet" in section(text(client.get(f"/projects/runs/{run.pk}/", **HX)), "<h2>Log", "</section>")
+    recorder, release, seen = _RunRecorder(run.pk), tmp_path / "release", []
+
+    def on_tick(tail: str) -> None:
+        recorder.on_tick(tail)
+        html = text(client.get(f"/projects/runs/{run.pk}/", **HX))
+        if "step 3/3" in html and not release.exists():
+            seen.append(html)
+            release.touch()
+
+    outcome = supervise(
+        [sys.executable, "-c", PROTOCOL_CHILD, str(release)],
+        cwd=Path(settings.BASE_DIR),
+        env={**os.environ, "PYTHONPATH": str(settings.BASE_DIR)},
+        cancel_file=tmp_path / "cancel",
+        log_path=tmp_path / "trainer.log",
+        sup=Supervision(
+            on_event=recorder.on_event, should_cancel=recorder.should_cancel, on_tick=on_tick, tick_seconds=0.1
+        ),
+    )
+    assert outcome.returncode == 0 and seen, outcome.tail
+    live = seen[0]
+    assert 'hx-trigger="every 2s"' in live  # read while the run was still training
+    log = section(live, "<h2>Log", "</section>")
+    assert "Nothing logged" not in log and "training started on cpu (fp32): 8 examples, 3 steps" in log
+    for step, loss in ((1, "2.5000"), (2, "2.0000"), (3, "1.5000")):
+        assert f"step {step}/3  loss {loss}  lr 2.00e-04  1500 tok/s" in log
+    assert "ETA 2s" in log and "epoch 1.00" in log
+    assert "step 3/3" in (tmp_path / "trainer.log").read_text()  # the log file reads the same
+
+
+def test_run_times_carry_a_date_unless_they_are_today(owner, roots):
+    from datetime import timedelta
+
+    project = make_project(owner, roots)
+    now = timezone.localtime()
+    old = TrainingRun.objects.create(project=project, status=RunStatus.SUCCEEDED)
+    long_ago = now - timedelta(days=3)
+    TrainingRun.objects.filter(pk=old.pk).update(created_at=long_ago, started_at=long_ago, finished_at=now)
+    times = section(text(secure_client(owner).get(f"/projects/runs/{old.pk}/")), 'class="small times"', "</dd>")
+    iso = long_ago.isoformat(timespec="seconds")
+    assert f'queued <time datetime="{iso}" title="{iso}">{long_ago:%Y-%m-%d %H:%M:%S}</time>' in times
+    assert f">{now:%H:%M:%S}</time>" in times and f">{now:%Y-%m-%d %H:%M:%S}</time>" not in times
+
+
 def test_failed_run_shows_stage_message_and_hint(owner, roots):
     project = make_project(owner, roots)
     run = TrainingRun.objects.create(
@@ -643,6 +715,7 @@ def test_a_run_from_the_form_to_a_validated_model(transactional_db, roots, owner
     for label in ("File checks", "Format validation (JSON)", "Loading test", "Inference test"):
         assert label in report
     assert "badge-error" not in report and "<polyline" in html and "step 12 / 12" in html
+    assert "step 12/12  loss" in section(html, "<h2>Log", "</section>")  # the trainer's lines, in the log card
 
 
 def test_the_form_has_a_box_for_every_hyperparameter():

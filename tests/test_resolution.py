@@ -368,8 +368,14 @@ def test_warnings_keep_the_model_valid(hf_cache, what, expected):
 
 
 def test_legacy_pickle_bin_is_accepted(hf_cache):
+    import io
+
+    import torch
+
+    legacy = io.BytesIO()  # torch.save's pre-1.6 format: pickles, then raw storage bytes (no zip)
+    torch.save({"w": torch.zeros(2, 2)}, legacy, _use_new_zipfile_serialization=False)
     make_model_repo(hf_cache, "org/model", weights=False)
-    add_file(hf_cache, "org/model", "pytorch_model.bin", b"\x80\x02}q\x00.")
+    add_file(hf_cache, "org/model", "pytorch_model.bin", legacy.getvalue())
     assert resolve("org/model", cache_dir=hf_cache).valid
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from django import template
+from django.utils import dateformat, timezone
+from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from projects.charts import loss_chart_svg
@@ -36,3 +39,15 @@ def row_json(value: Any) -> str:
 def loss_chart(metrics: Any) -> SafeString:
     # loss_chart_svg escapes every text it writes; the numbers are formatted by it.
     return mark_safe(loss_chart_svg(metrics))  # noqa: S308
+
+
+@register.filter
+def moment(value: datetime | None) -> str:
+    """A time as a <time> element: the clock time alone when it is today, the date too when it is not; the full
+    ISO timestamp in its datetime and title (shown on hover)."""
+    if not isinstance(value, datetime):
+        return ""
+    local = timezone.localtime(value) if timezone.is_aware(value) else value
+    shown = dateformat.format(local, "H:i:s" if local.date() == timezone.localdate() else "Y-m-d H:i:s")
+    stamp = local.isoformat(timespec="seconds")
+    return format_html('<time datetime="{}" title="{}">{}</time>', stamp, stamp, shown)

@@ -44,6 +44,7 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "build_spec",
+    "event_line",
     "format_event",
     "parse_event",
     "trainer_command",
@@ -83,6 +84,53 @@ def parse_event(line: str | bytes) -> dict[str, Any] | None:
     if not isinstance(event, dict) or event.get("event") not in EVENT_KINDS:
         return None
     return event
+
+
+def _number(value: Any, spec: str) -> str | None:
+    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _eta(seconds: Any) -> str | None:
+    if not isinstance(seconds, (int, float)) or seconds < 0:
+        return None
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def event_line(event: dict[str, Any]) -> str | None:
+    """The log line a person reads for an event ("step 10/100 loss 2.3100 lr 2.00e-04 ..."), or None."""
+    kind = event.get("event")
+    if kind == "progress":
+        step = f"step {event.get('step')}" + (f"/{event['total_steps']}" if event.get("total_steps") else "")
+        parts = [
+            step,
+            (f"loss {loss}" if (loss := _number(event.get("loss"), ".4f")) else None),
+            (f"lr {lr}" if (lr := _number(event.get("learning_rate"), ".2e")) else None),
+            (f"{tps} tok/s" if (tps := _number(event.get("tokens_per_second"), ".0f")) else None),
+            (f"epoch {epoch}" if (epoch := _number(event.get("epoch"), ".2f")) else None),
+            (f"ETA {eta}" if (eta := _eta(event.get("eta_seconds"))) else None),
+        ]
+        return "  ".join(p for p in parts if p)
+    if kind == "started":
+        line = f"training started on {event.get('device') or 'an unknown device'}"
+        if event.get("precision"):
+            line += f" ({event['precision']})"
+        line += f": {event.get('examples', '?')} examples, {event.get('total_steps') or '?'} steps"
+        if event.get("resumed_from"):
+            line += f", resuming from {event['resumed_from']} at step {event.get('global_step', '?')}"
+        return line
+    if kind == "checkpoint":
+        return f"checkpoint saved at step {event.get('step')}: {event.get('path')}"
+    if kind == "finished":
+        loss = _number((event.get("metrics") or {}).get("train_loss"), ".4f")
+        return "training finished" + (f", train loss {loss}" if loss else "")
+    if kind == "cancelled":
+        saved = f", checkpoint {event['checkpoint']}" if event.get("checkpoint") else ", no checkpoint"
+        return f"cancelled at step {event.get('step')}{saved}"
+    if kind == "error":
+        return f"error [{event.get('code')}] {event.get('message')}"
+    return None
 
 
 def write_spec(spec: dict[str, Any], path: str | Path) -> Path:
