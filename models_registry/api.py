@@ -144,6 +144,7 @@ def _settings_out() -> dict:
         "effective_cache_dir": str(cache_dir),
         "allowed_output_roots": services.output_roots(),
         "allowed_dataset_roots": services.dataset_roots(),
+        "upload_quota_bytes": row.upload_quota_bytes,
     }
 
 
@@ -155,7 +156,8 @@ def get_settings(request: HttpRequest) -> dict:
 
 @router.patch("/settings", response={200: SettingsOut, **BODY_ERRORS}, tags=["settings"])
 def update_settings(request: HttpRequest, payload: SettingsPatch) -> dict:
-    """Staff: set the Model Cache Path (blank = HF default) and the allowed output and dataset roots."""
+    """Staff: set the Model Cache Path (blank = HF default), the allowed output and dataset roots, and the
+    per-user upload quota in bytes (0 = no limit)."""
     require_staff(request, "change the portal settings")
     try:
         save_settings(payload.model_dump(exclude_unset=True), actor=Actor.of(request, Channel.API))

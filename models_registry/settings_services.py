@@ -15,8 +15,11 @@ from mtm import audit
 from mtm.audit import Actor
 from mtm.shared.problems import Problem
 
-SETTINGS_FIELDS = ("model_cache_path", "allowed_output_roots", "allowed_dataset_roots")
+SETTINGS_FIELDS = ("model_cache_path", "allowed_output_roots", "allowed_dataset_roots")  # paths, checked inline
+OTHER_SETTINGS_FIELDS = ("upload_quota_bytes",)
+AUDITED_SETTINGS_FIELDS = SETTINGS_FIELDS + OTHER_SETTINGS_FIELDS
 ROOT_FIELDS = ("allowed_output_roots", "allowed_dataset_roots")
+MAX_UPLOAD_QUOTA = 2**62
 
 
 class SettingsRefused(Exception):
@@ -26,13 +29,23 @@ class SettingsRefused(Exception):
 
 
 def settings_values(row: PortalSettings) -> dict[str, Any]:
-    return {name: getattr(row, name) for name in SETTINGS_FIELDS}
+    return {name: getattr(row, name) for name in AUDITED_SETTINGS_FIELDS}
 
 
 def clean_settings(updates: dict[str, Any]) -> dict[str, Any]:
     """The updates stripped and normalised (roots de-duplicated); SettingsRefused with every problem otherwise."""
-    cleaned = {k: v for k, v in updates.items() if k in SETTINGS_FIELDS}
+    cleaned = {k: v for k, v in updates.items() if k in AUDITED_SETTINGS_FIELDS}
     problems: list[Problem] = []
+    if "upload_quota_bytes" in cleaned:
+        quota = cleaned["upload_quota_bytes"]
+        if isinstance(quota, bool) or not isinstance(quota, int) or not 0 <= quota <= MAX_UPLOAD_QUOTA:
+            problems.append(
+                Problem(
+                    "invalid_upload_quota",
+                    f"Upload quota {quota!r} is not a whole number of bytes between 0 and {MAX_UPLOAD_QUOTA}.",
+                    "Give the bytes of uploaded datasets each user may keep, e.g. 10737418240 for 10 GiB; 0: no limit.",
+                )
+            )
     if "model_cache_path" in cleaned:
         value = cleaned["model_cache_path"] = (cleaned["model_cache_path"] or "").strip()
         if problem := cache_path_problem(value) or (value and path_problem(value, "Model Cache Path")):

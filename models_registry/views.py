@@ -17,7 +17,7 @@ from models_registry.forms import ModelCheckForm, PortalSettingsForm
 from models_registry.models import PortalSettings
 from models_registry.names import name_error
 from models_registry.settings_checks import PathReport, check_cache_path, check_root, split_lines
-from models_registry.settings_services import SETTINGS_FIELDS, SettingsRefused, update_settings
+from models_registry.settings_services import OTHER_SETTINGS_FIELDS, SETTINGS_FIELDS, SettingsRefused, update_settings
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 
@@ -161,6 +161,7 @@ def settings_page(request: HtmxHttpRequest) -> HttpResponse:
         "cache_dir": cache_dir,
         "cache_source": cache_source,
         "rows": [(form[name], _path_status(name, values.get(name) or "")) for name in SETTINGS_FIELDS],
+        "other_fields": [form[name] for name in OTHER_SETTINGS_FIELDS],
         "updated_by": obj.updated_by,
         "updated_at": obj.updated_at,
     }

@@ -43,6 +43,11 @@ class Actor:
     def command_line(cls, user: Any = None) -> Actor:
         return cls(user, Channel.CLI)
 
+    @classmethod
+    def periodic(cls) -> Actor:
+        """The portal itself, in a scheduled job (Celery beat): no user, recorded as the command line's channel."""
+        return cls(None, Channel.CLI)
+
     @property
     def authenticated_user(self) -> Any:
         user = self.user

@@ -172,6 +172,11 @@ MTM_REAP_SECONDS = env_int("MTM_REAP_SECONDS", max(5, MTM_HEARTBEAT_TIMEOUT // 3
 if MTM_REAP_SECONDS < 1:
     raise ImproperlyConfigured(f"MTM_REAP_SECONDS={MTM_REAP_SECONDS} must be at least 1 (seconds).")
 
+# --- Uploads ------------------------------------------------------------------------------------------
+# An uploaded dataset no project uses is removed by the periodic cleanup once it is this many hours old (time
+# enough to finish the form it was uploaded from). The per-user quota is a portal setting (Settings page).
+MTM_UPLOAD_GRACE_HOURS = env_int("MTM_UPLOAD_GRACE_HOURS", 24)
+
 # --- Celery -----------------------------------------------------------------------------------
 # The embedded default is kombu's filesystem transport: no server to install for `make run`.
 _broker_dir = VAR_DIR / "broker"
@@ -211,6 +216,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "projects.reap_stale_runs",
         "schedule": float(MTM_REAP_SECONDS),
         "options": {"expires": float(MTM_REAP_SECONDS)},
+    },
+    "cleanup-unreferenced-uploads": {
+        "task": "projects.cleanup_uploads",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")

@@ -6,7 +6,6 @@ Mounted after the registry router (see mtm/api.py), so the registry's fixed /pro
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from mtm.audit import Actor, Channel
 from mtm.shared.problems import Problem
 from projects import run_services, services
 from projects.access import can_manage
-from projects.datasets import DatasetError, DatasetReport, check_dataset_path, inspect_dataset, store_upload
+from projects.datasets import DatasetError, DatasetReport, check_dataset_path, inspect_dataset
 from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.models import TrainingProject, TrainingRun
 from projects.pipeline import CancelOutcome
@@ -40,6 +39,7 @@ from projects.schemas import (
     StoredText,
 )
 from projects.serializers import project_dict, run_dict
+from projects.uploads import discard_upload, receive_upload
 
 router = Router(tags=["projects"])
 MAX_ID = 2**63 - 1
@@ -172,16 +172,16 @@ def delete_project(request: HttpRequest, project_id: int) -> Status:
 # --- datasets --------------------------------------------------------------------------------------------------
 
 
-def _store(file: UploadedFile) -> Path:
+def _store(request: HttpRequest, file: UploadedFile) -> Path:
     try:
-        return store_upload(file, file.name or "")
+        return receive_upload(_actor(request), file, file.name or "")
     except DatasetError as exc:
         raise ApiError(422, [{**p.to_dict(), "field": UPLOAD_FIELD} for p in exc.problems])
 
 
-def _discard(path: Path) -> None:
-    """Remove a refused upload's folder (store_upload puts each upload in a folder of its own)."""
-    shutil.rmtree(path.parent, ignore_errors=True)
+def _discard(request: HttpRequest, path: Path) -> None:
+    """Remove a refused upload (its folder and its record)."""
+    discard_upload(path, actor=_actor(request))
 
 
 def _field_of(problem: Problem) -> str:
@@ -214,10 +214,10 @@ def upload_dataset(
     stats when `model_name` (a model that resolves) is sent too, against `max_seq_length` when given.
     A file that cannot be trained on is refused (422) with each problem, rows named by number.
     """
-    path = _store(file)
+    path = _store(request, file)
     report = _report_for(path, model_name, revision, max_seq_length)
     if not report.valid:
-        _discard(path)
+        _discard(request, path)
         raise ApiError(422, [{**p.to_dict(), "field": _field_of(p)} for p in report.errors])
     return {"dataset_path": report.path, "report": report.to_dict()}
 
@@ -229,11 +229,11 @@ def upload_project_dataset(request: HttpRequest, project_id: int, file: File[Upl
     not validate."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "change the dataset of")
-    path = _store(file)
+    path = _store(request, file)
     try:
         report = services.update_project(project, {"dataset_path": str(path)}, actor=_actor(request)).dataset
     except services.ProjectInvalid as exc:
-        _discard(path)
+        _discard(request, path)
         raise _refused(exc.check)
     return {
         "dataset_path": project.dataset_path,

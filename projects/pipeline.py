@@ -13,21 +13,24 @@ import socket
 import traceback
 from enum import StrEnum
 
-from django.db.models import Q
 from django.utils import timezone
 
+from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 from projects.models import LIVE_STATUSES, RunStage, RunStatus, TrainingRun
 
 
 def live_run_on(output_directory: str, exclude_run: int | None = None) -> TrainingRun | None:
+    """A live run writing to `output_directory`, to a folder inside it, or to a folder that contains it."""
     real = os.path.realpath(output_directory)
-    runs = TrainingRun.objects.filter(status__in=LIVE_STATUSES).filter(
-        Q(output_directory=output_directory) | Q(output_directory=real)
-    )
+    runs = TrainingRun.objects.filter(status__in=LIVE_STATUSES).select_related("project").order_by("pk")
     if exclude_run:
         runs = runs.exclude(pk=exclude_run)
-    return runs.select_related("project").first()
+    for run in runs:
+        for other in {run.output_directory, os.path.realpath(run.output_directory)} - {""}:
+            if is_within(real, other) or is_within(other, real):
+                return run
+    return None
 
 
 def record_task_id(run_id: int, stage: str, task_id: str) -> None:

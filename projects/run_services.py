@@ -16,6 +16,7 @@ from mtm.audit import Actor
 from mtm.shared.problems import Problem
 from projects.display import latest_checkpoint
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
+from projects.ownership import output_dir_conflicts
 from projects.pipeline import CancelOutcome, fail, live_run_on, record_task_id, request_cancel
 from projects.tasks import resolve_run
 
@@ -40,15 +41,19 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
         TrainingProject.objects.select_for_update().filter(pk=project.pk).first()
         busy = live_run_on(project.output_directory)
         if busy:
+            same = busy.output_directory == os.path.realpath(project.output_directory)
+            overlap = "" if same else f", which overlaps this project's output directory {project.output_directory}"
             raise RunRefused(
                 Problem(
                     "output_directory_busy",
                     f"Run {busy.pk} of project '{busy.project.name}' is {busy.status} and writes to "
-                    f"{project.output_directory}.",
+                    f"{busy.output_directory}{overlap}.",
                     "Wait for it to end or cancel it, or give this project another output directory.",
                 ),
                 conflict=True,
             )
+        if conflicts := output_dir_conflicts(project.output_directory, actor.user, project):
+            raise RunRefused(conflicts[0])
         if resume and latest_checkpoint(project) is None:
             raise RunRefused(
                 Problem(

@@ -23,6 +23,8 @@ from projects.datasets import DatasetReport, check_dataset_path, inspect_dataset
 from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.hyperparameters import Hyperparameters
 from projects.models import LIVE_STATUSES, TrainingMethod, TrainingProject, TrainingRun
+from projects.ownership import output_dir_conflicts
+from projects.uploads import upload_problems
 
 EDITABLE = (
     "name",
@@ -102,8 +104,11 @@ def _text(data: dict, key: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def check_project(data: dict[str, Any], *, inspect_tokens: bool = True) -> ProjectCheck:
-    """Check a project's fields (a complete set, as from the form or the API after defaults are applied)."""
+def check_project(
+    data: dict[str, Any], *, inspect_tokens: bool = True, actor: Any = None, project: TrainingProject | None = None
+) -> ProjectCheck:
+    """Check a project's fields (a complete set, as from the form or the API after defaults are applied), for
+    `actor` saving `project` (None: a new one). Without an actor, nothing of anyone's counts as theirs."""
     check = ProjectCheck()
     name = _text(data, "name")
     if not name:
@@ -139,15 +144,15 @@ def check_project(data: dict[str, Any], *, inspect_tokens: bool = True) -> Proje
         )
 
     output = validate_output_dir(data.get("output_directory", ""))
-    for problem in output.errors:
+    for problem in output.errors or output_dir_conflicts(output.path or "", actor, project):
         check.error("output_directory", problem)
     check.warnings["output_directory"] = list(output.warnings)
 
     dataset_path = data.get("dataset_path", "")
     located = check_dataset_path(dataset_path, dataset_roots())
-    for problem in located.errors:
+    for problem in located.errors or upload_problems(located, actor, project):
         check.error("dataset_path", problem)
-    if located.valid:
+    if not check.errors.get("dataset_path"):
         tokenizer = load_tokenizer(resolution) if (inspect_tokens and resolution.valid) else None
         report = inspect_dataset(located.path, tokenizer, hp.max_seq_length, model=f"'{model_name}'")
         check.dataset = report
@@ -183,7 +188,7 @@ def _locked(project: TrainingProject) -> TrainingRun | None:
 
 def create_project(data: dict[str, Any], *, actor: Actor) -> TrainingProject:
     """Create a project owned by the actor; refused (ProjectInvalid) unless every field validates."""
-    check = check_project(data)
+    check = check_project(data, actor=actor.user)
     if not check.valid:
         raise ProjectInvalid(check)
     with transaction.atomic():
@@ -199,7 +204,7 @@ def update_project(project: TrainingProject, changes: dict[str, Any], *, actor: 
     merged = {**project_data(project), **{k: v for k, v in changes.items() if k in EDITABLE}}
     if isinstance(changes.get("hyperparameters"), dict):
         merged["hyperparameters"] = {**(project.hyperparameters or {}), **changes["hyperparameters"]}
-    check = check_project(merged)  # the slow part, before the lock
+    check = check_project(merged, actor=actor.user, project=project)  # the slow part, before the lock
     with transaction.atomic():
         live = _locked(project)
         if live is not None:

@@ -48,3 +48,11 @@ def validate_run(run_id: int) -> None:
 def reap_runs() -> list[int]:
     """Fail the live runs whose worker stopped beating; scheduled by Celery beat."""
     return reap_stale_runs()
+
+
+@shared_task(name="projects.cleanup_uploads")
+def cleanup_uploads() -> int:
+    """Periodic (Celery beat): remove uploads no project references once past the grace period."""
+    from projects.uploads import cleanup_uploads as remove_unreferenced
+
+    return len(remove_unreferenced())

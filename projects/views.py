@@ -18,7 +18,7 @@ from django.views.decorators.vary import vary_on_headers
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from projects.access import can_manage, require_manage
-from projects.datasets import DatasetError, store_upload
+from projects.datasets import DatasetError
 from projects.display import hyperparameter_rows, latest_checkpoint, run_duration
 from projects.forms import ProjectForm, problem_error
 from projects.inline_checks import output_status
@@ -32,6 +32,7 @@ from projects.services import (
     delete_project,
     update_project,
 )
+from projects.uploads import discard_upload, receive_upload
 
 
 @require_http_methods(["GET", "HEAD"])
@@ -51,13 +52,16 @@ def project_list(request: HtmxHttpRequest) -> HttpResponse:
 
 
 def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject | None) -> TrainingProject | None:
-    """Store an upload, then create or update through the service; None (with the form's errors) when refused."""
-    dataset_path = form.cleaned_data["dataset_path"]
+    """Store an upload, then create or update through the service; None (with the form's errors) when refused.
+    An upload whose dataset is refused is deleted; one kept for a form refused for other reasons stays in the
+    path box (and is removed by the periodic cleanup if the project is never saved)."""
+    typed_path = dataset_path = form.cleaned_data["dataset_path"]
     upload = form.cleaned_data.get("dataset_file")
     upload_failed = False
+    stored = None
     if upload:
         try:
-            dataset_path = str(store_upload(upload, upload.name))
+            stored = dataset_path = str(receive_upload(Actor.of(request, Channel.PAGE), upload, upload.name))
         except DatasetError as exc:
             upload_failed = True
             for problem in exc.problems:
@@ -66,7 +70,7 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
             form.keep_dataset_path(dataset_path)
     data = form.project_data(dataset_path)
     if upload_failed:  # still show everything else that is wrong, but never save
-        found = check_project(data)
+        found = check_project(data, actor=request.user, project=project)
         found.errors.pop("dataset_path", None)
         form.add_problems(found)
         form.dataset_report = found.dataset
@@ -79,6 +83,9 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
             update_project(project, data, actor=actor)
             saved = project
     except ProjectInvalid as refused:
+        if stored and refused.check.errors.get("dataset_path"):
+            discard_upload(stored, actor=Actor.of(request, Channel.PAGE))
+            form.keep_dataset_path(typed_path)
         form.add_problems(refused.check)
         form.dataset_report = refused.check.dataset
         return None
@@ -110,7 +117,9 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
         "project": project,
         "groups": form.field_groups(),
         "dataset": _dataset_after_post(form),
-        "output_check": output_status(output_value) if output_value and not form["output_directory"].errors else None,
+        "output_check": output_status(output_value, request.user, project)
+        if output_value and not form["output_directory"].errors
+        else None,
     }
     return render(request, "projects/form.html", context, status=status)
 
