@@ -247,13 +247,26 @@ def upload_project_dataset(request: HttpRequest, project_id: int, file: File[Upl
 
 @router.post("/projects/{project_id}/runs", response={201: RunOut, **_errors(403, 404, 409, 413)}, tags=["runs"])
 def start_project_run(request: HttpRequest, project_id: int, payload: RunStartIn = NO_RESUME) -> Status:
-    """Queue a training run (body optional; {"resume": true} continues from the latest complete checkpoint).
-    Refused (409) while another live run writes to the same output directory; a resume is refused (422) when
-    the output directory holds no complete checkpoint."""
+    """Queue a training run (body optional). Each run writes in a folder of its own, `run-<id>/` inside the
+    project's output directory, and keeps a copy of the project's settings (`config`).
+    `{"resume_from_run": id}` continues from that run's latest complete checkpoint (a run of this project);
+    `{"resume": true}` from the project's latest run's. Refused (409) while another live run writes to the same
+    output directory; a resume is refused (422) when that run left no complete checkpoint or nothing is left to
+    train (its step has reached max_steps)."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "start runs of")
+    source = None
+    if payload.resume_from_run is not None:
+        source = TrainingRun.objects.filter(pk=payload.resume_from_run).first()
+        if source is None:
+            raise ApiError.single(
+                422,
+                "no_such_run",
+                f"Cannot resume: there is no run {payload.resume_from_run}.",
+                f"List the project's runs with GET /api/v1/projects/{project.pk}/runs and pick one of them.",
+            )
     try:
-        run = run_services.start_run(project, actor=_actor(request), resume=payload.resume)
+        run = run_services.start_run(project, actor=_actor(request), resume=payload.resume, resume_from=source)
     except run_services.RunRefused as exc:
         raise ApiError(409 if exc.conflict else 422, [exc.problem])
     run.refresh_from_db()  # queuing happens on commit and may already have failed (broker down)

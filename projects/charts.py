@@ -37,6 +37,8 @@ class LossChart:
     first_loss: float | None = None
     last_loss: float | None = None
     last_step: int | None = None
+    resume_x: float | None = None  # pixel x of the step a resumed run continued from
+    resume_step: int | None = None
 
     @property
     def empty(self) -> bool:
@@ -87,7 +89,9 @@ def _label(value: float) -> str:
     return f"{value:.3g}"
 
 
-def build_loss_chart(metrics: Any, width: int = WIDTH, height: int = HEIGHT) -> LossChart:
+def build_loss_chart(
+    metrics: Any, width: int = WIDTH, height: int = HEIGHT, resumed_at: int | None = None
+) -> LossChart:
     pairs = loss_series(metrics)
     chart = LossChart()
     if not pairs:
@@ -115,12 +119,15 @@ def build_loss_chart(metrics: Any, width: int = WIDTH, height: int = HEIGHT) -> 
     chart.x_ticks = [Tick(x_of(v), _label(v)) for v in nice_ticks(x_low, x_high, 5, whole=True)]
     chart.y_ticks = [Tick(y_of(v), _label(v)) for v in nice_ticks(y_low, y_high, 4)]
     chart.first_loss, chart.last_loss, chart.last_step = losses[0], losses[-1], int(steps[-1])
+    if resumed_at is not None and x_low <= resumed_at <= x_high:
+        chart.resume_x, chart.resume_step = x_of(resumed_at), resumed_at
     return chart
 
 
-def loss_chart_svg(metrics: Any, width: int = WIDTH, height: int = HEIGHT) -> str:
-    """The loss over the steps as an inline SVG element (escaped; safe to embed as HTML)."""
-    chart = build_loss_chart(metrics, width, height)
+def loss_chart_svg(metrics: Any, width: int = WIDTH, height: int = HEIGHT, resumed_at: int | None = None) -> str:
+    """The loss over the steps as an inline SVG element (escaped; safe to embed as HTML). `resumed_at`: the step a
+    resumed run continued from, marked with a labelled line (the points before it are the earlier run's)."""
+    chart = build_loss_chart(metrics, width, height, resumed_at)
     bottom, right = height - PAD_BOTTOM, width - PAD_RIGHT
     title = (
         "Training loss: no values reported yet"
@@ -160,6 +167,15 @@ def loss_chart_svg(metrics: Any, width: int = WIDTH, height: int = HEIGHT) -> st
         f'<text class="axis-label" x="12" y="{(PAD_TOP + bottom) / 2:.0f}" text-anchor="middle" '
         f'transform="rotate(-90 12 {(PAD_TOP + bottom) / 2:.0f})">loss</text>'
     )
+    if chart.resume_x is not None:
+        parts.append(
+            f'<line class="resume-mark" x1="{chart.resume_x:.1f}" y1="{PAD_TOP}" x2="{chart.resume_x:.1f}" '
+            f'y2="{bottom}" stroke-dasharray="4 3"/>'
+        )
+        parts.append(
+            f'<text class="resume-label" x="{chart.resume_x + 4:.1f}" y="{PAD_TOP + 10}">'
+            f"resumed at step {chart.resume_step}</text>"
+        )
     if chart.points:
         parts.append(f'<polyline class="line" fill="none" points="{chart.polyline}"/>')
         x, y = chart.points[-1]

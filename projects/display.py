@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from django.utils import timezone
 
-from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
-from projects.models import TrainingMethod, TrainingProject, TrainingRun
+from projects import run_config
+from projects.hyperparameters import Hyperparameters
+from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.run_columns import RunProgress
 
 
@@ -39,37 +39,12 @@ def run_duration(run: TrainingRun, now: datetime | None = None) -> str:
 
 
 def run_eta(run: TrainingRun, progress: RunProgress) -> str:
-    if run.has_ended:
-        return "done"
+    if run.has_ended:  # a run stopped part-way is not "done": nothing is left to estimate
+        return "done" if run.status == RunStatus.SUCCEEDED else "—"
     return format_seconds(progress.eta_seconds) if progress.eta_seconds is not None else "—"
-
-
-def latest_checkpoint(project: TrainingProject) -> Path | None:
-    """The newest checkpoint-N folder (with trainer_state.json) in the project's output directory, if any."""
-    from projects.trainer.outputs import checkpoints
-
-    try:
-        found = checkpoints(Path(project.output_directory))
-    except OSError:  # unreadable or vanished output directory: nothing to resume from
-        return None
-    return found[-1] if found else None
 
 
 def hyperparameter_rows(project: TrainingProject) -> list[tuple[str, str]]:
     """(label, shown value) for every hyperparameter that applies to the project's method."""
     values = Hyperparameters.from_stored(project.hyperparameters).to_dict()
-    rows = []
-    for name, declared in HYPERPARAMETERS.items():
-        if declared.lora_only and project.method != TrainingMethod.LORA:
-            continue
-        value = values[name]
-        if declared.zero_means and value == 0 and not isinstance(value, bool):
-            shown = f"0 ({declared.zero_means})"
-        elif isinstance(value, bool):
-            shown = "yes" if value else "no"
-        elif isinstance(value, list):
-            shown = ", ".join(str(item) for item in value)
-        else:
-            shown = str(value)
-        rows.append((declared.label, shown))
-    return rows
+    return [(label, shown) for _, label, shown in run_config.hyperparameter_rows(values, project.method)]

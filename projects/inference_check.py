@@ -13,6 +13,8 @@ import sys
 import time
 import traceback
 
+from projects.inference_quality import judge_sample
+
 RESULT_PREFIX = "MTM_RESULT "
 
 
@@ -33,7 +35,7 @@ def _load(spec: dict):
     return tokenizer, model.to(device).eval(), device
 
 
-def _generate(spec: dict, tokenizer, model, device: str) -> tuple[str, int]:
+def _generate(spec: dict, tokenizer, model, device: str) -> tuple[str, list[int]]:
     import torch
 
     inputs = tokenizer(spec["prompt"], return_tensors="pt").to(device)
@@ -45,7 +47,7 @@ def _generate(spec: dict, tokenizer, model, device: str) -> tuple[str, int]:
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         )
     new = out[0][inputs["input_ids"].shape[1] :]
-    return tokenizer.decode(new, skip_special_tokens=True), int(new.shape[0])
+    return tokenizer.decode(new, skip_special_tokens=True), [int(token) for token in new]
 
 
 def run(spec: dict) -> dict:
@@ -74,7 +76,7 @@ def run(spec: dict) -> dict:
     }
     start = time.monotonic()
     try:
-        text, count = _generate(spec, tokenizer, model, device)
+        text, token_ids = _generate(spec, tokenizer, model, device)
     except Exception as exc:
         result["inference"] = {
             "passed": False,
@@ -85,13 +87,20 @@ def run(spec: dict) -> dict:
         }
         return result
     seconds = round(time.monotonic() - start, 3)
-    passed = count > 0
-    detail = (
-        f"Generated {count} tokens greedily in {seconds:.2f}s."
-        if passed
-        else "The model generated no new token for the prompt."
+    verdict = judge_sample(
+        token_ids,
+        text,
+        set(getattr(tokenizer, "all_special_ids", []) or []),
+        decode_one=lambda token: tokenizer.decode([token]),
     )
-    result["inference"] = {"passed": passed, "seconds": seconds, "detail": detail, "text": text}
+    detail = verdict.detail[:-1] + f" in {seconds:.2f}s." if verdict.passed else verdict.detail
+    result["inference"] = {
+        "passed": verdict.passed,
+        "seconds": seconds,
+        "detail": detail,
+        "warning": verdict.warning,
+        "text": text,
+    }
     return result
 
 

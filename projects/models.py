@@ -107,7 +107,11 @@ class TrainingRun(models.Model):
     resolved_revision = models.CharField(max_length=64, blank=True)
 
     resume = models.BooleanField(default=False)
+    # The run whose checkpoint this one continues from (a run of the same project), and that checkpoint's folder.
+    resume_source = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     resumed_from = models.CharField(max_length=4096, blank=True)
+    # What the run trains with, copied from the project at Start (projects.run_config.RunConfig).
+    config = models.JSONField(default=dict, blank=True)
     output_directory = models.CharField(max_length=4096, blank=True)
     last_checkpoint = models.CharField(max_length=4096, blank=True)
 

@@ -93,6 +93,7 @@ class ValidationCheck(BaseModel):
     name: Text = Field("", description="files, json, load or inference")
     passed: Flag = False
     detail: Text = ""
+    warning: Text = Field("", description="Passed, but something looks wrong (e.g. a very repetitive sample).")
     seconds: Seconds = 0.0
 
     @property

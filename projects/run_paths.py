@@ -23,6 +23,7 @@ from projects.datasets import check_dataset_path
 from projects.datasets.errors import DATASET_UNREADABLE
 from projects.models import TrainingRun
 from projects.ownership import output_dir_conflicts
+from projects.run_config import run_config
 
 OUTPUT_CHANGED = "output_directory_changed"
 DATASET_CHANGED = "dataset_changed"
@@ -78,11 +79,12 @@ def _actor(run: TrainingRun) -> Any:
 
 def _output_problem(run: TrainingRun) -> Problem | None:
     project = run.project
-    now = os.path.realpath(project.output_directory)
-    if now != run.output_directory:
+    stored = run_config(run).output_directory
+    now = os.path.realpath(stored)
+    if now != run.output_directory and os.path.dirname(run.output_directory) != now:
         return Problem(
             OUTPUT_CHANGED,
-            f"The output directory {project.output_directory} now leads to {now}, not to {run.output_directory} "
+            f"The output directory {stored} now leads to {now}, not to {os.path.dirname(run.output_directory)} "
             "as when the run was started: a folder on its path was replaced by a link. Nothing was written.",
             "Restore the folder (no links on the path), or choose another output directory, then start again.",
         )
@@ -92,7 +94,7 @@ def _output_problem(run: TrainingRun) -> Problem | None:
 
 
 def _dataset_problem(run: TrainingRun) -> Problem | None:
-    stored = run.project.dataset_path
+    stored = run_config(run).dataset_path
     located = check_dataset_path(stored, dataset_roots())
     if located.errors:
         return located.errors[0]
@@ -148,7 +150,7 @@ def write_marker(folder_fd: int, name: str, text: str) -> None:
 def snapshot_dataset(run: TrainingRun, run_folder: Path) -> Path:
     """The dataset as the trainer will read it: `run_folder`/dataset/<name>, a hard link to (or a copy of) the file
     opened without following links. PathChanged when the path no longer leads to a regular file."""
-    source = run.project.dataset_path
+    source = run_config(run).dataset_path
     try:
         fd = open_file_nofollow(source)
     except OSError as exc:

@@ -13,11 +13,13 @@ from django.db import transaction
 
 from mtm import audit
 from mtm.audit import Actor
+from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
-from projects.display import latest_checkpoint
+from projects import run_records
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.pipeline import CancelOutcome, fail, live_run_on, record_task_id, request_cancel
+from projects.run_config import RunConfig
 from projects.tasks import resolve_run
 
 log = logging.getLogger(__name__)
@@ -33,15 +35,19 @@ class RunRefused(Exception):
         self.conflict = conflict
 
 
-def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -> TrainingRun:
-    """Save a queued run and enqueue its first task once the transaction commits. A resume needs a complete
-    checkpoint in the output directory; a run is refused while another live run writes to the same folder."""
+def start_run(
+    project: TrainingProject, *, actor: Actor, resume: bool = False, resume_from: TrainingRun | None = None
+) -> TrainingRun:
+    """Save a queued run and enqueue its first task once the transaction commits. The run writes in a folder of
+    its own (projects.run_records) and keeps a copy of the project's settings (projects.run_config). A resume
+    continues from a complete checkpoint of `resume_from` (a run of this project; the latest run when not
+    given); a run is refused while another live run writes to the same folder."""
     with transaction.atomic():
         # Lock the project row so two Start presses cannot both pass the live-run check (delete takes it too).
         TrainingProject.objects.select_for_update().filter(pk=project.pk).first()
         busy = live_run_on(project.output_directory)
         if busy:
-            same = busy.output_directory == os.path.realpath(project.output_directory)
+            same = is_within(busy.output_directory, os.path.realpath(project.output_directory))
             overlap = "" if same else f", which overlaps this project's output directory {project.output_directory}"
             raise RunRefused(
                 Problem(
@@ -54,22 +60,29 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
             )
         if conflicts := output_dir_conflicts(project.output_directory, actor.user, project):
             raise RunRefused(conflicts[0])
-        if resume and latest_checkpoint(project) is None:
-            raise RunRefused(
-                Problem(
-                    "no_checkpoint",
-                    f"Cannot resume: there is no checkpoint in {project.output_directory} "
-                    "(no checkpoint-N folder with a trainer_state.json).",
-                    "Start a fresh run instead; a run saves a checkpoint every 'save_steps' steps and when cancelled.",
-                )
-            )
+        config = RunConfig.of_project(project)
+        source, checkpoint = None, None
+        if resume or resume_from is not None:
+            try:
+                source, checkpoint = run_records.resume_source(project, resume_from)
+            except run_records.ResumeRefused as refused:
+                raise RunRefused(refused.problem) from None
+            if problem := run_records.nothing_left_to_train(checkpoint, config):
+                raise RunRefused(problem)
         run = TrainingRun.objects.create(
             project=project,
             started_by=actor.authenticated_user,
-            resume=resume,
-            output_directory=os.path.realpath(project.output_directory),
+            resume=source is not None,
+            resume_source=source,
+            resumed_from=str(checkpoint or ""),
+            config=config.model_dump(),
         )
-        audit.record_change(actor, "run.start", run, {"status": [None, run.status], "resume": [None, resume]})
+        run.output_directory = run_records.run_folder(project.output_directory, run.pk)
+        run.save(update_fields=["output_directory"])
+        changes = {"status": [None, run.status], "resume": [None, run.resume]}
+        if source is not None:
+            changes["resumed_from"] = [None, run.resumed_from]
+        audit.record_change(actor, "run.start", run, changes)
         transaction.on_commit(lambda: enqueue(run.pk))
     return run
 

@@ -17,11 +17,13 @@ from django_htmx.http import HttpResponseStopPolling
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from mtm.shared.problems import Problem
+from projects import run_records
 from projects.access import can_manage, require_manage
-from projects.display import latest_checkpoint, run_duration, run_eta
+from projects.display import run_duration, run_eta
 from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
 from projects.pipeline import CancelOutcome
 from projects.run_columns import RunProgress, ValidationReport
+from projects.run_config import changes_since, config_rows, previous_run, run_config
 from projects.run_services import RunRefused, cancel_run, start_run
 
 
@@ -42,8 +44,15 @@ def run_start(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(TrainingProject.objects.select_related("owner"), pk=pk)
     require_manage(request.user, project, "start its runs")
     resume = request.POST.get("resume") in ("1", "true", "on")
+    source = None
+    if picked := request.POST.get("resume_from", "").strip():
+        # Any run the member picks must be of this project: start_run refuses one of another project by name.
+        source = TrainingRun.objects.filter(pk=int(picked)).first() if picked.isdigit() and len(picked) < 19 else None
+        if source is None:
+            messages.error(request, f"Cannot resume: there is no run {picked[:40]!r} to resume from.")
+            return redirect("projects:detail", pk=project.pk)
     try:
-        run = start_run(project, actor=Actor.of(request, Channel.PAGE), resume=resume)
+        run = start_run(project, actor=Actor.of(request, Channel.PAGE), resume=resume, resume_from=source)
     except RunRefused as refused:
         messages.error(request, _problem_message(refused.problem))
         return redirect("projects:detail", pk=project.pk)
@@ -52,11 +61,22 @@ def run_start(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 
 def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
     project = run.project
-    checkpoint = latest_checkpoint(project) if run.status in RESUMABLE_STATUSES else None
+    # Resume is offered from this run's own checkpoint only; another run's is offered on that run's page.
+    checkpoint = run_records.latest_run_checkpoint(run) if run.status in RESUMABLE_STATUSES else None
     progress = RunProgress.read(run.progress)
+    config = run_config(run)
+    artifacts = run_records.run_artifacts(run, config)
+    before = previous_run(run)
     return {
         "run": run,
         "project": project,
+        "config": config,
+        "config_rows": config_rows(run, config),
+        "previous_run": before,
+        "changes": changes_since(run, before) if before is not None else [],
+        "artifacts": artifacts,
+        "files_missing": run_records.files_missing(run, artifacts),
+        "resumed_at": run_records.checkpoint_step(run.resumed_from) if run.resume else None,
         "progress": progress,
         "eta": run_eta(run, progress),
         "duration": run_duration(run),

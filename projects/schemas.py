@@ -16,6 +16,7 @@ from models_registry.schemas import NoNulls, ProblemOut, StrictBody
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
 from projects.run_columns import MetricPoint, RunProgress, ValidationReport
+from projects.run_config import RunConfig
 
 RunStatusName = Literal[tuple(RunStatus.values)]
 StageName = Literal[tuple(RunStage.values)]
@@ -86,7 +87,15 @@ class ProjectPatch(NoNulls):
 
 
 class RunStartIn(StrictBody):
-    resume: bool = Field(False, description="Continue from the latest checkpoint in the output directory.")
+    resume: bool = Field(
+        False, description="Continue from the latest complete checkpoint of the project's latest run, in a new run."
+    )
+    resume_from_run: int | None = Field(
+        None,
+        ge=1,
+        le=2**63 - 1,
+        description="Continue from this run's latest complete checkpoint (a run of the project).",
+    )
 
 
 class FieldProblemOut(ProblemOut):
@@ -110,6 +119,13 @@ class ResolvedModelOut(Schema):
     revision: str | None
 
 
+class ArtifactOut(Schema):
+    name: str = Field(description="folder, model, adapter, manifest or checkpoint")
+    label: str
+    path: str
+    exists: bool = Field(description="False when it is gone from disk (deleted or moved since).")
+
+
 class RunOut(Schema):
     id: int
     project_id: int
@@ -122,8 +138,13 @@ class RunOut(Schema):
     metrics: list[MetricPoint]
     validation: ValidationReport | None
     resume: bool
+    resume_from_run: int | None = Field(description="The run whose checkpoint this one continued from.")
     resumed_from: str | None
     last_checkpoint: str | None
+    output_directory: str | None = Field(description="The run's own folder, inside the project's output directory.")
+    artifacts: list[ArtifactOut]
+    files_missing: bool = Field(description="True when the run succeeded but its output is no longer on disk.")
+    config: RunConfig = Field(description="What the run trained with, copied from the project when it started.")
     cancel_requested: bool
     created_at: datetime
     started_at: datetime | None

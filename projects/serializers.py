@@ -11,6 +11,8 @@ from typing import Any
 from projects.hyperparameters import Hyperparameters
 from projects.models import TrainingProject, TrainingRun
 from projects.run_columns import RunProgress, ValidationReport, read_metrics
+from projects.run_config import run_config
+from projects.run_records import files_missing, run_artifacts
 
 _UNSET: Any = object()
 
@@ -31,6 +33,8 @@ def run_dict(run: TrainingRun) -> dict[str, Any]:
             "revision": _or_none(run.resolved_revision),
         }
     report = ValidationReport.read(run.validation)
+    config = run_config(run)
+    artifacts = run_artifacts(run, config)
     return {
         "id": run.pk,
         "project_id": run.project_id,
@@ -43,8 +47,13 @@ def run_dict(run: TrainingRun) -> dict[str, Any]:
         "metrics": [point.model_dump() for point in read_metrics(run.metrics)],
         "validation": None if report is None else report.model_dump(),
         "resume": run.resume,
+        "resume_from_run": run.resume_source_id,
         "resumed_from": _or_none(run.resumed_from),
         "last_checkpoint": _or_none(run.last_checkpoint),
+        "output_directory": _or_none(run.output_directory),
+        "artifacts": [artifact.to_dict() for artifact in artifacts],
+        "files_missing": files_missing(run, artifacts),
+        "config": config.model_dump(),
         "cancel_requested": run.cancel_requested,
         "created_at": run.created_at,
         "started_at": run.started_at,

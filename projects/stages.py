@@ -14,14 +14,15 @@ from django.utils import timezone
 
 from models_registry.models import ModelOverride
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
+from mtm.shared.files import file_sha256
 from mtm.shared.problems import Problem
-from projects import run_paths
+from projects import run_paths, run_records
 from projects.datasets import check_dataset_path, inspect_dataset, load_rows, prompt_text
-from projects.hyperparameters import Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.pipeline import fail, transition, worker_identity
 from projects.run_columns import MetricPoint, RunProgress
+from projects.run_config import run_config
 from projects.services import load_tokenizer
 from projects.supervisor import Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
@@ -47,7 +48,8 @@ def resolve_stage(run_id: int) -> bool:
         return False
     run = TrainingRun.objects.select_related("project", "project__owner", "started_by").get(pk=run_id)
     project = run.project
-    resolution = resolve_model(project.model_name, project.revision or None)
+    config = run_config(run)
+    resolution = resolve_model(config.model_name, config.revision or None)
     if not resolution.valid:
         return not fail(run_id, RunStage.RESOLVE, resolution.errors[0], _problem_lines(resolution.errors))
     if not any(f.name.endswith((".safetensors", ".bin")) for f in resolution.files):
@@ -56,25 +58,25 @@ def resolve_stage(run_id: int) -> bool:
             RunStage.RESOLVE,
             Problem(
                 "no_weights",
-                f"Model '{project.model_name}' has no weights (*.safetensors or *.bin) in {resolution.path}.",
-                f"Download the full model: hf download {project.model_name}",
+                f"Model '{config.model_name}' has no weights (*.safetensors or *.bin) in {resolution.path}.",
+                f"Download the full model: hf download {config.model_name}",
             ),
         )
-    dataset = check_dataset_path(project.dataset_path, dataset_roots())
+    dataset = check_dataset_path(config.dataset_path, dataset_roots())
     if not dataset.valid:
         return not fail(run_id, RunStage.RESOLVE, dataset.errors[0], _problem_lines(dataset.errors))
-    output = validate_output_dir(project.output_directory)
+    output = validate_output_dir(config.output_directory)
     if not output.valid:
         return not fail(run_id, RunStage.RESOLVE, output.errors[0], _problem_lines(output.errors))
-    if conflicts := output_dir_conflicts(project.output_directory, run.started_by or project.owner, project):
+    if conflicts := output_dir_conflicts(config.output_directory, run.started_by or project.owner, project):
         return not fail(run_id, RunStage.RESOLVE, conflicts[0], _problem_lines(conflicts))
     # The form and the API read only the start of a dataset; here every row is read, and tokenized, once.
     report = inspect_dataset(
         dataset.path,
         load_tokenizer(resolution),
-        Hyperparameters.from_dict(project.hyperparameters or {})[0].max_seq_length,
+        config.values.max_seq_length,
         full=True,
-        model=f"'{project.model_name}'",
+        model=f"'{config.model_name}'",
     )
     if not report.valid:
         return not fail(run_id, RunStage.RESOLVE, report.errors[0], _problem_lines(report.errors))
@@ -91,16 +93,17 @@ def _trust_remote_code(run: TrainingRun) -> bool:
     if run.resolved_source != "override":
         return False
     return ModelOverride.objects.filter(
-        model_name=run.project.model_name, enabled=True, trust_remote_code=True
+        model_name=run_config(run).model_name, enabled=True, trust_remote_code=True
     ).exists()
 
 
 class _RunRecorder:
     """Turns trainer events into row updates (events arrive at most about once a second)."""
 
-    def __init__(self, run_id: int):
+    def __init__(self, run_id: int, history: list[dict[str, Any]] | None = None):
         self.run_id = run_id
-        self.metrics: list[dict[str, Any]] = []  # MetricPoint dicts, as stored
+        # MetricPoint dicts, as stored; a resumed run starts with its source run's points up to the checkpoint.
+        self.metrics: list[dict[str, Any]] = list(history or [])
 
     def on_event(self, event: dict) -> None:
         kind = event["event"]
@@ -144,7 +147,7 @@ def train_stage(run_id: int) -> bool:
     ):
         return False
     run = TrainingRun.objects.select_related("project", "project__owner", "started_by").get(pk=run_id)
-    project = run.project
+    config = run_config(run)
     folder = run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     # Both paths are resolved and checked again now, and opened without following links: a folder or file
@@ -156,6 +159,8 @@ def train_stage(run_id: int) -> bool:
         output_fd = run_paths.open_output_dir(run)
         try:
             dataset = run_paths.snapshot_dataset(run, folder)
+            config.dataset_sha256 = file_sha256(dataset)  # what this run reads, whatever the project says now
+            TrainingRun.objects.filter(pk=run_id).update(config=config.model_dump())
             # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
             # next save, and the filesystem may hand the new folder the old inode number.
             run_paths.write_marker(output_fd, RUN_MARKER, f"{run_id}\n")
@@ -169,20 +174,21 @@ def train_stage(run_id: int) -> bool:
     cancel_file.unlink(missing_ok=True)
     spec = build_spec(
         model_path=run.resolved_path,
-        model_name=project.model_name,
+        model_name=config.model_name,
         revision=run.resolved_revision,
         trust_remote_code=_trust_remote_code(run),
         dataset_path=dataset,
         output_dir=run.output_directory,
-        method=project.method,
-        hyperparameters=project.hyperparameters,
+        method=config.method,
+        hyperparameters=config.hyperparameters,
         # A resume whose checkpoint vanished after Start fails in the trainer ("no_checkpoint"), never starts fresh.
-        resume_from_checkpoint="latest" if run.resume else None,
+        # The checkpoint is the one picked at Start (in the source run's folder); "latest" only for older rows.
+        resume_from_checkpoint=(run.resumed_from or "latest") if run.resume else None,
         cancel_file=cancel_file,
         device=os.environ.get("MTM_TRAIN_DEVICE", "auto"),
     )
     spec_path = write_spec(spec, folder / "spec.json")
-    recorder = _RunRecorder(run_id)
+    recorder = _RunRecorder(run_id, run_records.history_before_resume(run))
     output_dir = run.output_directory
     marker = Path(output_dir) / RUN_MARKER
 
@@ -255,11 +261,11 @@ def _child_failure(outcome) -> Problem:
 
 
 def _validation_prompt(run: TrainingRun) -> str:
-    project = run.project
-    if project.validation_prompt.strip():
-        return project.validation_prompt
+    config = run_config(run)
+    if config.validation_prompt.strip():
+        return config.validation_prompt
     # The snapshot the trainer read, never the project's path again: a link planted there since is not followed.
-    snapshot = run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(project.dataset_path)
+    snapshot = run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(config.dataset_path)
     try:
         rows = load_rows(snapshot)
         from projects.datasets import detect_format

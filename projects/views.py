@@ -17,12 +17,13 @@ from django.views.decorators.vary import vary_on_headers
 
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
+from projects import run_records
 from projects.access import can_manage, require_manage
 from projects.datasets import DatasetError
-from projects.display import hyperparameter_rows, latest_checkpoint, run_duration
+from projects.display import hyperparameter_rows, run_duration
 from projects.forms import ProjectForm, problem_error
 from projects.inline_checks import output_status
-from projects.models import LIVE_STATUSES, TrainingProject, TrainingRun
+from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
 from projects.run_views import polled_partial
 from projects.services import (
     ProjectBusy,
@@ -142,12 +143,16 @@ def runs_context(project: TrainingProject, user: Any) -> dict[str, Any]:
     runs = list(project.runs.select_related("started_by").order_by("-created_at", "-id"))
     for run in runs:
         run.duration = run_duration(run)
+        run.files_missing = run_records.files_missing(run, run_records.run_artifacts(run))
     live = [run for run in runs if run.is_live]
+    # Resume is offered from the latest run's own checkpoint; an older run's is picked on that run's page.
+    latest = runs[0] if runs and runs[0].status in RESUMABLE_STATUSES else None
     return {
         "project": project,
         "runs": runs,
         "live_run": live[0] if live else None,
-        "checkpoint": latest_checkpoint(project),
+        "resume_run": latest,
+        "checkpoint": run_records.latest_run_checkpoint(latest) if latest else None,
         "can_manage": can_manage(user, project),
     }
 

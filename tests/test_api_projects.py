@@ -370,14 +370,18 @@ def test_start_queues_a_run_then_cancel_and_cancel_again(
 
 
 def test_resume_without_a_complete_checkpoint_is_refused_with_the_reason(client, roots, owner, project):
-    output = Path(project["output_directory"])
-    (output / "checkpoint-8").mkdir(parents=True)  # cut short: the trainer writes trainer_state.json last
+    stopped = TrainingRun.objects.create(project_id=project["id"], status=RunStatus.CANCELLED)
+    output = Path(project["output_directory"]) / f"run-{stopped.pk}"  # a run's checkpoints are in its own folder
+    TrainingRun.objects.filter(pk=stopped.pk).update(output_directory=str(output))
+    (output / "checkpoint-4").mkdir(
+        parents=True
+    )  # cut short: the trainer writes trainer_state.json last (max_steps is 5)
     [error] = refused(call(client, "post", f"/projects/{project['id']}/runs", {"resume": True}, owner[1]), 422)
     assert error["code"] == "no_checkpoint" and str(output) in error["message"] and "fresh run" in error["hint"]
-    assert not TrainingRun.objects.exists()
-    (output / "checkpoint-8" / "trainer_state.json").write_text("{}")
+    assert TrainingRun.objects.count() == 1
+    (output / "checkpoint-4" / "trainer_state.json").write_text("{}")
     resp = call(client, "post", f"/projects/{project['id']}/runs", {"resume": True}, owner[1])
-    assert resp.status_code == 201 and TrainingRun.objects.get().resume is True
+    assert resp.status_code == 201 and TrainingRun.objects.get(pk=resp.json()["id"]).resume is True
 
 
 def test_start_without_a_body_defaults_to_no_resume(client, roots, owner, project):

@@ -211,7 +211,10 @@ def test_resume_button_appears_only_with_a_checkpoint(owner, roots):
     project = make_project(owner, roots)
     client = secure_client(owner)
     assert 'name="resume"' not in text(client.get(f"/projects/{project.pk}/"))
-    checkpoint = roots / "outputs" / "demo" / "checkpoint-4"
+    run = TrainingRun.objects.create(project=project, status=RunStatus.CANCELLED)
+    run.output_directory = str(roots / "outputs" / "demo" / f"run-{run.pk}")  # a run's checkpoints: its own folder
+    run.save()
+    checkpoint = Path(run.output_directory) / "checkpoint-4"
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text("{}")
     html = text(client.get(f"/projects/{project.pk}/"))
@@ -648,9 +651,11 @@ def test_run_with_validation_shows_the_four_checks(owner, roots):
 def test_resume_offered_on_a_cancelled_run_with_a_checkpoint(owner, roots):
     project = make_project(owner, roots)
     run = TrainingRun.objects.create(project=project, status=RunStatus.CANCELLED)
+    run.output_directory = str(roots / "outputs" / "demo" / f"run-{run.pk}")  # a run's checkpoints: its own folder
+    run.save()
     client = secure_client(owner)
     assert "Resume from" not in text(client.get(f"/projects/runs/{run.pk}/"))
-    checkpoint = roots / "outputs" / "demo" / "checkpoint-8"
+    checkpoint = Path(run.output_directory) / "checkpoint-8"
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text("{}")
     html = text(client.get(f"/projects/runs/{run.pk}/"))

@@ -120,6 +120,7 @@ def project_state(world: World, _target: Any = None) -> dict:
 
 def runs_state(world: World, _target: Any = None) -> list[dict]:
     fields = ("status", "resume", "cancel_requested", "started_by__username", "output_directory", "project__name")
+    fields += ("resume_source", "resumed_from", "config")
     return list(TrainingRun.objects.order_by("id").values(*fields))
 
 
@@ -167,10 +168,15 @@ def queued_run(status: RunStatus) -> Callable[[World], TrainingRun]:
     return setup
 
 
-def with_checkpoint(world: World) -> None:
-    checkpoint = Path(world.project.output_directory) / "checkpoint-4"
+def with_checkpoint(world: World) -> TrainingRun:
+    """A cancelled run that left a checkpoint in its own folder."""
+    run = TrainingRun.objects.create(project=world.project, status=RunStatus.CANCELLED)
+    run.output_directory = str(Path(world.project.output_directory) / f"run-{run.pk}")
+    run.save()
+    checkpoint = Path(run.output_directory) / "checkpoint-4"
     checkpoint.mkdir(parents=True, exist_ok=True)
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
+    return run
 
 
 def an_override(world: World) -> ModelOverride:
@@ -241,6 +247,12 @@ OPERATIONS: dict[str, Operation] = {
         setup=with_checkpoint,
         page=lambda w, _: w.page(w.owner).post(f"/projects/{w.project.pk}/start/", {"resume": "1"}),
         api=lambda w, _: w.api("post", f"/projects/{w.project.pk}/runs", {"resume": True}),
+        state=runs_state,
+    ),
+    "resume from a picked run": Operation(
+        setup=with_checkpoint,
+        page=lambda w, run: w.page(w.owner).post(f"/projects/{w.project.pk}/start/", {"resume_from": str(run.pk)}),
+        api=lambda w, run: w.api("post", f"/projects/{w.project.pk}/runs", {"resume_from_run": run.pk}),
         state=runs_state,
     ),
     "resume refused without a checkpoint": Operation(

@@ -36,9 +36,9 @@ def row_json(value: Any) -> str:
 
 
 @register.simple_tag
-def loss_chart(metrics: Any) -> SafeString:
+def loss_chart(metrics: Any, resumed_at: int | None = None) -> SafeString:
     # loss_chart_svg escapes every text it writes; the numbers are formatted by it.
-    return mark_safe(loss_chart_svg(metrics))  # noqa: S308
+    return mark_safe(loss_chart_svg(metrics, resumed_at=resumed_at))  # noqa: S308
 
 
 @register.filter
