@@ -32,7 +32,9 @@ def _shown(text: str, limit: int = 40) -> str:
 
 def _undecodable(text: str) -> int:
     return sum(
-        1 for char in text if char == REPLACEMENT or (unicodedata.category(char) in ("Cc", "Cs") and char not in "\n\t\r")
+        1
+        for char in text
+        if char == REPLACEMENT or (unicodedata.category(char) in ("Cc", "Cs") and char not in "\n\t\r")
     )
 
 

@@ -36,6 +36,10 @@ class RunConfig(BaseModel):
     dataset_sha256: Text = ""
     output_directory: Text = Field("", description="The project's output directory the run's folder is in.")
     validation_prompt: Text = ""
+    # Facts the worker adds: the dataset's row count (at resolve) and whether its last row was held out of
+    # training to be the validation prompt (at train).
+    dataset_rows: int | None = None
+    held_out_row: bool = False
 
     @classmethod
     def of_project(cls, project: TrainingProject) -> RunConfig:
@@ -113,7 +117,12 @@ def config_rows(run: TrainingRun, config: RunConfig | None = None) -> list[Confi
         ConfigRow(
             "validation_prompt",
             "Validation prompt",
-            config.validation_prompt or "(none: a prompt from the dataset)",
+            config.validation_prompt
+            or (
+                "(none: the dataset's last row, held out of training)"
+                if config.held_out_row
+                else "(none: a prompt from the dataset)"
+            ),
             long=bool(config.validation_prompt),
         ),
     ]

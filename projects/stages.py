@@ -30,6 +30,7 @@ from projects.trainer.outputs import RUN_MARKER
 from projects.validation import validate_output
 
 MAX_METRIC_POINTS = 2000
+HOLD_OUT_MIN = 10  # rows a dataset needs before one is kept out of training to be the validation prompt
 
 
 def run_dir(run_id: int) -> Path:
@@ -80,7 +81,9 @@ def resolve_stage(run_id: int) -> bool:
     )
     if not report.valid:
         return not fail(run_id, RunStage.RESOLVE, report.errors[0], _problem_lines(report.errors))
+    config.dataset_rows = report.rows
     TrainingRun.objects.filter(pk=run_id).update(
+        config=config.model_dump(),
         resolved_source=resolution.source or "",
         resolved_path=resolution.path or "",
         resolved_revision=resolution.revision or "",
@@ -104,21 +107,23 @@ class _RunRecorder:
         self.run_id = run_id
         # MetricPoint dicts, as stored; a resumed run starts with its source run's points up to the checkpoint.
         self.metrics: list[dict[str, Any]] = list(history or [])
+        self.progress: dict[str, Any] = {}
 
     def on_event(self, event: dict) -> None:
         kind = event["event"]
         rows = TrainingRun.objects.filter(pk=self.run_id)
         if kind == "started":
+            self.progress = RunProgress(
+                step=event.get("global_step", 0), total_steps=event.get("total_steps")
+            ).model_dump()
             rows.update(
                 device=str(event.get("device", ""))[:255],
-                progress=RunProgress(
-                    step=event.get("global_step", 0), total_steps=event.get("total_steps")
-                ).model_dump(),
+                progress=self.progress,
                 resumed_from=event.get("resumed_from") or "",
                 heartbeat_at=timezone.now(),
             )
         elif kind == "progress":
-            progress = RunProgress.model_validate(event).model_dump()
+            progress = self.progress = RunProgress.model_validate(event).model_dump()
             if event.get("logged") and event.get("loss") is not None:  # a fresh loss, not a repeat of the last
                 self.metrics.append(MetricPoint.model_validate(event).model_dump())
                 if len(self.metrics) > MAX_METRIC_POINTS:
@@ -126,8 +131,15 @@ class _RunRecorder:
             rows.update(progress=progress, metrics=self.metrics, heartbeat_at=timezone.now())
         elif kind == "checkpoint":
             rows.update(last_checkpoint=str(event.get("path", "")))
-        elif kind == "cancelled" and event.get("checkpoint"):
-            rows.update(last_checkpoint=str(event["checkpoint"]))
+        elif kind == "cancelled":
+            # The step the run stopped at is its checkpoint's step: progress may have been reported a step or two
+            # earlier, and must not say otherwise once the run has ended.
+            stopped = RunProgress.read({**self.progress, "step": event.get("step"), "eta_seconds": None}).model_dump()
+            fields: dict[str, Any] = {"progress": stopped} if stopped["step"] is not None else {}
+            if event.get("checkpoint"):
+                fields["last_checkpoint"] = str(event["checkpoint"])
+            if fields:
+                rows.update(**fields)
 
     def on_tick(self, tail: str) -> None:
         TrainingRun.objects.filter(pk=self.run_id).update(log_tail=tail, heartbeat_at=timezone.now())
@@ -160,6 +172,8 @@ def train_stage(run_id: int) -> bool:
         try:
             dataset = run_paths.snapshot_dataset(run, folder)
             config.dataset_sha256 = file_sha256(dataset)  # what this run reads, whatever the project says now
+            # Without a prompt of its own, validation asks the dataset's last row, which is then not trained on.
+            config.held_out_row = not config.validation_prompt.strip() and (config.dataset_rows or 0) >= HOLD_OUT_MIN
             TrainingRun.objects.filter(pk=run_id).update(config=config.model_dump())
             # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
             # next save, and the filesystem may hand the new folder the old inode number.
@@ -186,6 +200,7 @@ def train_stage(run_id: int) -> bool:
         resume_from_checkpoint=(run.resumed_from or "latest") if run.resume else None,
         cancel_file=cancel_file,
         device=os.environ.get("MTM_TRAIN_DEVICE", "auto"),
+        hold_out_last_row=config.held_out_row,
     )
     spec_path = write_spec(spec, folder / "spec.json")
     recorder = _RunRecorder(run_id, run_records.history_before_resume(run))
@@ -270,6 +285,8 @@ def _validation_prompt(run: TrainingRun) -> str:
         rows = load_rows(snapshot)
         from projects.datasets import detect_format
 
+        if config.held_out_row:
+            rows = rows[-1:]
         fmt = detect_format(rows[:1])
         tokenizer = None
         if fmt == "messages":

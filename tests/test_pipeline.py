@@ -53,7 +53,9 @@ def test_full_fine_tune_succeeds_and_is_proven_to_work(portal, tiny_llama_in_cac
     assert all(c["passed"] for c in checks.values()), checks
     assert run.validation["prompt"] == "Say hello:"
     assert run.validation["sample_output"] != ""
-    manifest = json.loads((portal["root"] / "outputs" / "p" / "mtm_manifest.json").read_text())
+    out = Path(run.output_directory)  # the run's own folder inside the project's output directory
+    assert out == portal["root"] / "outputs" / "p" / f"run-{run.pk}"
+    manifest = json.loads((out / "mtm_manifest.json").read_text())
     assert manifest["base_model"] == {"name": name, "revision": snapshot.name, "path": str(snapshot)}
     import hashlib
 
@@ -63,10 +65,33 @@ def test_full_fine_tune_succeeds_and_is_proven_to_work(portal, tiny_llama_in_cac
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out = portal["root"] / "outputs" / "p"
     model, tok = AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out)
     ids = tok("Say hello:", return_tensors="pt")
     assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] > ids["input_ids"].shape[1]
+
+
+def test_two_runs_of_one_project_keep_their_own_files(portal, tiny_llama_in_cache, celery_worker):
+    """The second run's checkpoint rotation and final save touch nothing of the first run's."""
+    hyper = {"max_steps": 4, "save_steps": 2, "save_total_limit": 1}
+    project = make_project(portal, tiny_llama_in_cache[0], name="twice", hyper=hyper, validation_prompt="Say hello:")
+    first = wait_for_end(start(project, portal["user"]).pk)
+    assert first.status == RunStatus.SUCCEEDED, (first.error_message, first.log_tail[-3000:])
+    first_files = {
+        path.relative_to(first.output_directory): path.read_bytes()
+        for path in Path(first.output_directory).rglob("*")
+        if path.is_file()
+    }
+    assert Path("checkpoint-4/trainer_state.json") in first_files and Path("mtm_manifest.json") in first_files
+    second = wait_for_end(start(project, portal["user"]).pk)
+    assert second.status == RunStatus.SUCCEEDED, (second.error_message, second.log_tail[-3000:])
+    assert second.output_directory != first.output_directory
+    assert {
+        path.relative_to(first.output_directory): path.read_bytes()
+        for path in Path(first.output_directory).rglob("*")
+        if path.is_file()
+    } == first_files
+    assert (Path(second.output_directory) / "checkpoint-4").is_dir()
+    assert not (Path(project.output_directory) / "mtm_manifest.json").exists()  # nothing at the top any more
 
 
 def test_lora_with_merge(portal, tiny_llama_in_cache, celery_worker):
@@ -79,7 +104,7 @@ def test_lora_with_merge(portal, tiny_llama_in_cache, celery_worker):
     )
     run = wait_for_end(start(project, portal["user"]).pk)
     assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
-    out = portal["root"] / "outputs" / "lora"
+    out = Path(run.output_directory)
     assert (out / "adapter_config.json").is_file() and (out / "merged" / "config.json").is_file()
     assert all(c["passed"] for c in run.validation["checks"])
 
@@ -158,13 +183,20 @@ def test_cancel_mid_run_then_resume_from_checkpoint(portal, tiny_llama_in_cache,
     assert run.last_checkpoint and "checkpoint-" in run.last_checkpoint
     stopped_at = int(run.last_checkpoint.rsplit("-", 1)[1])
     assert 3 <= stopped_at < 400
+    assert run.progress["step"] == stopped_at  # the step shown is the checkpoint's
 
     project.hyperparameters = {**project.hyperparameters, "max_steps": stopped_at + 4}
     project.save()
     resumed = wait_for_end(start(project, portal["user"], resume=True).pk)
     assert resumed.status == RunStatus.SUCCEEDED, (resumed.error_message, resumed.log_tail[-3000:])
     assert resumed.resumed_from.endswith(f"checkpoint-{stopped_at}")
-    assert min(m["step"] for m in resumed.metrics) > stopped_at
+    assert resumed.resumed_from.startswith(run.output_directory + "/")  # the cancelled run's own checkpoint
+    assert resumed.output_directory != run.output_directory
+    # The chart shows the whole history: the cancelled run's points up to its checkpoint, then the new ones.
+    inherited = [m for m in resumed.metrics if m["step"] <= stopped_at]
+    assert inherited == [m for m in run.metrics if m["step"] <= stopped_at] and inherited
+    assert min(m["step"] for m in resumed.metrics if m not in inherited) > stopped_at
+    assert resumed.progress["step"] == resumed.progress["total_steps"] == stopped_at + 4
 
 
 def test_two_live_runs_on_one_output_directory_are_refused(portal, tiny_llama_in_cache):

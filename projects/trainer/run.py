@@ -203,6 +203,9 @@ def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[st
     hp = spec.hyperparameters
     try:
         rows = load_rows(spec.dataset_path)
+        total = len(rows)
+        held_out = 1 if spec.hold_out_last_row and total > 1 else 0
+        rows = rows[: total - held_out]  # the last row is the validation prompt: the model never sees it
         fmt = detect_format(rows)
         examples = build_examples(rows, fmt, tokenizer, hp.max_seq_length)
     except DatasetError as exc:
@@ -218,12 +221,13 @@ def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[st
     data = pack_examples(kept, hp.max_seq_length) if hp.packing else kept
     info = {
         "format": fmt,
-        "dataset_rows": len(rows),
+        "dataset_rows": total,
         "examples": len(kept),
         "skipped_examples": len(rows) - len(kept),  # nothing left to learn once truncated
         "truncated_examples": getattr(examples, "truncated", 0),
         "training_rows": len(data),
         "packing": hp.packing,
+        "held_out_rows": held_out,
     }
     return data, info
 

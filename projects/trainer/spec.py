@@ -10,6 +10,7 @@
  "hyperparameters": {...},                   projects.hyperparameters.Hyperparameters fields
  "resume_from_checkpoint": null | "latest" | "/abs/output/checkpoint-N",
  "cancel_file": null | "/abs/path",          its appearance asks the child to stop, save and exit 3
+ "hold_out_last_row": false,                 true: the dataset's last row is not trained on (a validation prompt)
  "device": "auto" | "cpu" | "cuda",
  "progress_interval": 1.0}                   seconds between progress events (logging steps add more)
 ```
@@ -44,6 +45,7 @@ class TrainerSpec:
     cancel_file: Path | None
     device: str
     progress_interval: float
+    hold_out_last_row: bool = False
 
 
 def build_spec(
@@ -60,6 +62,7 @@ def build_spec(
     cancel_file: str | Path | None = None,
     device: str = "auto",
     progress_interval: float = 1.0,
+    hold_out_last_row: bool = False,
 ) -> dict[str, Any]:
     """The SPEC dict for `python -m projects.trainer SPEC.json` (see write_spec). Checked by the child."""
     if isinstance(hyperparameters, Hyperparameters):
@@ -77,6 +80,7 @@ def build_spec(
         "cancel_file": None if cancel_file is None else str(cancel_file),
         "device": device,
         "progress_interval": progress_interval,
+        "hold_out_last_row": bool(hold_out_last_row),
     }
 
 
@@ -165,6 +169,7 @@ def parse_spec(data: Any) -> TrainerSpec:
         cancel_file=Path(cancel_file) if cancel_file else None,
         device=device,
         progress_interval=float(interval),
+        hold_out_last_row=data.get("hold_out_last_row") is True,
     )
 
 

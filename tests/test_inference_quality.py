@@ -1,0 +1,73 @@
+"""The inference test can fail: a sample that is empty, only special tokens, one token or character over and over,
+or undecodable text fails and says which and why; a merely repetitive one passes with a warning. The verdict is
+checked on its own, then on a real model's output through the loading child."""
+
+from __future__ import annotations
+
+import pytest
+
+from projects.inference_quality import judge_sample
+from projects.run_columns import ValidationCheck, ValidationReport
+
+SPECIAL = {0, 1, 2}  # e.g. <unk>, <s>, </s>
+
+
+@pytest.mark.parametrize(
+    ("ids", "text", "expected"),
+    [
+        ([], "", "Empty output: the model generated no new token"),
+        ([2, 2, 0], "", "Only special tokens: all 3 generated tokens are special"),
+        ([7, 8], "  \n ", "Empty output: the 2 generated tokens decode to whitespace only."),
+        ([9, 9, 9, 9, 9], "hihihihihi", "One token repeated: 'hi' 5 times and nothing else."),
+        ([5, 6, 5, 6, 5], "..........", "One character repeated: '.' 10 times and nothing else."),
+        ([11, 12, 13], "\ufffd\ufffdab\ufffd", "Undecodable text: 3 of 5 characters are not valid text"),
+        ([11, 12, 13], "\x00\x01\x02ok", "Undecodable text: 3 of 5 characters"),
+    ],
+)
+def test_a_degenerate_sample_fails_saying_which_and_why(ids, text, expected):
+    verdict = judge_sample(ids, text, SPECIAL, decode_one=lambda token: "hi")
+    assert not verdict.passed
+    assert verdict.detail.startswith(expected), verdict.detail
+
+
+def test_an_ordinary_answer_passes_without_a_warning():
+    verdict = judge_sample([40, 41, 42, 2], " Hello world!", SPECIAL)
+    assert verdict.passed and verdict.warning == "" and verdict.detail == "Generated 4 tokens greedily."
+
+
+def test_a_repetitive_or_partly_undecodable_answer_passes_with_a_warning():
+    ids = [40, 41] + [50] * 14
+    verdict = judge_sample(ids, "Hello the the the the the the the the the the", SPECIAL, decode_one=lambda t: " the")
+    assert verdict.passed
+    assert verdict.warning == "Very repetitive: 3 distinct tokens in 16, ' the' 14 times."
+    verdict = judge_sample([40, 41, 42, 43], "Hello wor\ufffdld there", SPECIAL)
+    assert verdict.passed and verdict.warning == "1 character(s) of the output are not valid text."
+
+
+def test_a_warning_is_kept_in_the_stored_report():
+    stored = ValidationReport(
+        passed=True, checks=[ValidationCheck(name="inference", passed=True, detail="ok", warning="Very repetitive")]
+    ).model_dump()
+    assert ValidationReport.read(stored).checks[0].warning == "Very repetitive"
+
+
+@pytest.mark.slow
+def test_the_loading_child_fails_an_untrained_models_garbled_output(tiny_llama_dir):
+    """The tiny Llama's random weights answer with bytes that do not decode: the real child fails it, showing why."""
+    from projects.inference_check import run
+
+    result = run(
+        {
+            "model_dir": str(tiny_llama_dir),
+            "adapter_dir": None,
+            "base_model_path": None,
+            "tokenizer_dir": str(tiny_llama_dir),
+            "prompt": "Say hello:",
+            "max_new_tokens": 32,
+            "trust_remote_code": False,
+        }
+    )
+    assert result["load"]["passed"] is True
+    inference = result["inference"]
+    assert inference["passed"] is False and inference["text"]
+    assert inference["detail"].startswith("Undecodable text: "), inference["detail"]
