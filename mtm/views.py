@@ -9,6 +9,7 @@ from django.views.decorators.http import require_http_methods
 
 from models_registry import services
 from mtm.htmx import HtmxHttpRequest
+from projects.run_list import recent_runs
 
 
 @require_http_methods(["GET", "HEAD"])
@@ -21,5 +22,6 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
         "cache_source": cache_source,
         "model_count": len(models),
         "valid_count": sum(1 for m in models if m.valid),
+        "recent_runs": recent_runs(request.user),
     }
     return render(request, "home.html", context)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
+
 from mtm.shared.problems import Problem
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.run_config import RunConfig, run_config
@@ -23,6 +25,11 @@ from projects.trainer.outputs import MANIFEST_NAME, MERGED_DIR, checkpoints
 RUN_FOLDER_PREFIX = "run-"
 _CHECKPOINT_STEP = re.compile(r"checkpoint-(\d+)$")
 _STATE_BYTES = 1024 * 1024
+
+
+def work_folder(run_id: int) -> Path:
+    """The portal's own folder for a run (its spec, the full trainer log, the dataset snapshot)."""
+    return Path(settings.VAR_DIR) / "runs" / str(run_id)
 
 
 def run_folder(output_directory: str, run_id: int) -> str:

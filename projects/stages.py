@@ -34,7 +34,7 @@ HOLD_OUT_MIN = 10  # rows a dataset needs before one is kept out of training to 
 
 
 def run_dir(run_id: int) -> Path:
-    return Path(settings.VAR_DIR) / "runs" / str(run_id)
+    return run_records.work_folder(run_id)
 
 
 def _problem_lines(problems: list[Problem]) -> str:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from projects import inline_checks, run_views, views
+from projects import inline_checks, run_list, run_views, views
 
 app_name = "projects"
 
@@ -16,6 +16,8 @@ urlpatterns = [
     path("<int:pk>/edit/", views.project_edit, name="edit"),
     path("<int:pk>/delete/", views.project_delete, name="delete"),
     path("<int:pk>/start/", run_views.run_start, name="start"),
+    path("runs/", run_list.run_list, name="runs"),
     path("runs/<int:pk>/", run_views.run_detail, name="run"),
+    path("runs/<int:pk>/log/", run_list.run_log, name="run-log"),
     path("runs/<int:pk>/cancel/", run_views.run_cancel, name="cancel"),
 ]
