@@ -100,7 +100,8 @@ def test_lora_with_merge(portal, tiny_llama_in_cache, celery_worker):
         tiny_llama_in_cache[0],
         method="lora",
         name="lora",
-        hyper={"merge_after_training": True, "lora_r": 4, "lora_alpha": 8},
+        # Enough training for the adapter to answer in words: the inference test fails garbled text.
+        hyper={"merge_after_training": True, "lora_r": 4, "lora_alpha": 8, "learning_rate": 0.05, "max_steps": 24},
     )
     run = wait_for_end(start(project, portal["user"]).pk)
     assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])

@@ -76,8 +76,9 @@ def test_the_home_page_shows_the_members_recent_runs(team):
     assert rows(secure_client(bob).get("/").content.decode()) == [f"{runs['b1'].pk}/"]
 
 
-def test_the_full_log_can_be_downloaded(team):
+def test_the_full_log_can_be_downloaded(team, settings, tmp_path):
     alice, bob, projects, runs = team
+    settings.VAR_DIR = tmp_path / "var"
     run = runs["a1"]
     client = secure_client(bob)  # every member may read every run
     missing = client.get(f"/projects/runs/{run.pk}/log/")
