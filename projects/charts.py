@@ -81,12 +81,23 @@ def nice_ticks(low: float, high: float, count: int = 4, *, whole: bool = False) 
     return ticks
 
 
-def _label(value: float) -> str:
+def _label(value: float, digits: int = 3) -> str:
     if value == 0:
         return "0"
+    if abs(value) >= 1000 and float(value).is_integer() and abs(value) < 1e7:
+        return f"{int(value):,}"
     if abs(value) >= 1000 or abs(value) < 0.01:
-        return f"{value:.2g}"
-    return f"{value:.3g}"
+        return f"{value:.{max(digits - 1, 2)}g}"
+    return f"{value:.{digits}g}"
+
+
+def distinct_labels(values: list[float]) -> list[str]:
+    """Labels for tick values, with as many digits as it takes for no two to read the same."""
+    for digits in range(3, 12):
+        labels = [_label(value, digits) for value in values]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [repr(value) for value in values]
 
 
 def build_loss_chart(
@@ -116,8 +127,9 @@ def build_loss_chart(
         return PAD_TOP + (y_high - loss) / (y_high - y_low) * plot_h
 
     chart.points = [(x_of(s), y_of(v)) for s, v in pairs]
-    chart.x_ticks = [Tick(x_of(v), _label(v)) for v in nice_ticks(x_low, x_high, 5, whole=True)]
-    chart.y_ticks = [Tick(y_of(v), _label(v)) for v in nice_ticks(y_low, y_high, 4)]
+    x_values, y_values = nice_ticks(x_low, x_high, 5, whole=True), nice_ticks(y_low, y_high, 4)
+    chart.x_ticks = [Tick(x_of(v), label) for v, label in zip(x_values, distinct_labels(x_values), strict=True)]
+    chart.y_ticks = [Tick(y_of(v), label) for v, label in zip(y_values, distinct_labels(y_values), strict=True)]
     chart.first_loss, chart.last_loss, chart.last_step = losses[0], losses[-1], int(steps[-1])
     if resumed_at is not None and x_low <= resumed_at <= x_high:
         chart.resume_x, chart.resume_step = x_of(resumed_at), resumed_at

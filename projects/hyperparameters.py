@@ -86,7 +86,8 @@ class Hyperparameters(BaseModel):
         ge=0,
         le=10_000_000,
         label="Max steps",
-        help="0: train for the epochs; more: stop after this many optimizer steps.",
+        help="0: train for the epochs; more: stop after this many optimizer steps, whatever the epochs say "
+        "(it overrides epochs).",
         zero_means="train for the epochs",
         example="0 (train for 'epochs') or 1000",
     )

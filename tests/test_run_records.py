@@ -285,3 +285,20 @@ def test_the_held_out_row_is_not_trained_on(tiny_llama_dir, tmp_path):
         assert (len(examples), info["dataset_rows"], info["held_out_rows"]) == (trained, 12, int(hold_out))
         texts = [tokenizer.decode(example["input_ids"]) for example in examples]
         assert any("Question 11?" in text for text in texts) is not hold_out
+
+
+def test_the_loss_charts_tick_labels_are_distinct():
+    from projects.charts import build_loss_chart
+
+    metrics = [{"step": s, "loss": 2.0 + s * 0.0001} for s in range(1, 13)]
+    chart = build_loss_chart(metrics)
+    labels = [tick.label for tick in chart.y_ticks]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels
+    steps = build_loss_chart([{"step": s, "loss": 1.0 / s} for s in range(1000, 3001, 100)]).x_ticks
+    assert [tick.label for tick in steps][:2] == ["1,000", "1,500"]
+
+
+def test_the_max_steps_help_says_it_overrides_epochs():
+    from projects.hyperparameters import HYPERPARAMETERS
+
+    assert "overrides epochs" in HYPERPARAMETERS["max_steps"].help
