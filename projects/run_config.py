@@ -47,7 +47,9 @@ class RunConfig(BaseModel):
             model_name=project.model_name,
             revision=project.revision,
             method=project.method,
-            hyperparameters=Hyperparameters.from_stored(project.hyperparameters).to_dict(),
+            # Every value as stored, over the defaults: a value the trainer refuses fails the run, as it would
+            # have, instead of being quietly replaced by its default.
+            hyperparameters={**Hyperparameters().to_dict(), **dict(project.hyperparameters or {})},
             dataset_path=project.dataset_path,
             dataset_sha256=project.dataset_sha256,
             output_directory=project.output_directory,
@@ -126,7 +128,7 @@ def config_rows(run: TrainingRun, config: RunConfig | None = None) -> list[Confi
             long=bool(config.validation_prompt),
         ),
     ]
-    values = config.values.to_dict()
+    values = {**Hyperparameters().to_dict(), **config.hyperparameters}
     rows += [ConfigRow(name, label, value) for name, label, value in hyperparameter_rows(values, config.method)]
     return rows
 
