@@ -171,7 +171,8 @@ def check_project(
         "output_directory": output.path or data.get("output_directory", ""),
         "method": method,
         "hyperparameters": hp.to_dict(),
-        "validation_prompt": data.get("validation_prompt") or "",
+        # A browser's text box sends CRLF line breaks; the API sends LF: the same prompt is stored the same way.
+        "validation_prompt": (data.get("validation_prompt") or "").replace("\r\n", "\n"),
     }
     return check
 

@@ -302,3 +302,21 @@ def test_the_max_steps_help_says_it_overrides_epochs():
     from projects.hyperparameters import HYPERPARAMETERS
 
     assert "overrides epochs" in HYPERPARAMETERS["max_steps"].help
+
+
+def test_a_projects_run_folders_are_its_own_and_nobody_elses(project, owner):
+    from projects.ownership import OWNED, output_dir_conflicts
+
+    first = ended(start(project, owner))
+    folder = Path(first.output_directory)
+    folder.mkdir(parents=True)
+    (folder / "mtm_manifest.json").write_text("{}")
+    (folder / ".mtm-run").write_text(f"{first.pk}\n")
+    assert output_dir_conflicts(project.output_directory, owner, project) == []
+    assert output_dir_conflicts(str(folder), owner, project) == []
+    assert start(project, owner).output_directory != first.output_directory  # its own folders never block it
+    bob = User.objects.create_user("bob")
+    for path in (folder, folder / "inside"):
+        problems = output_dir_conflicts(str(path), bob, None)
+        assert [p.code for p in problems] == [OWNED], path
+        assert "project 'demo' (owner alice)" in problems[0].message

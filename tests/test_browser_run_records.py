@@ -1,0 +1,108 @@
+"""In headless Chromium, as a member would see them: a run's page keeps its own settings after the project is
+edited in the form, says what changed since the previous run, shows its files (and "missing" once they are gone),
+and stays readable on a 420 px screen. The runs are started through the service and ended on the row: no
+training is needed to show what a run keeps. Screenshots in test-artifacts/browser/<test>/."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+
+from mtm.audit import Actor, Channel
+from projects.models import RunStatus, TrainingRun
+from projects.services import create_project
+from tests.browser_helpers import PLAIN_HTTP_SETTINGS, why_no_browser
+from tests.pipeline_helpers import start
+
+if (reason := why_no_browser()) is not None:
+    pytest.skip(reason, allow_module_level=True)
+
+from playwright.sync_api import expect  # noqa: E402
+
+from tests.browser_helpers import Screenshots, chromium, log_in  # noqa: E402
+
+# The live server as tests/test_browser.py starts it: with the HTTPS redirect off.
+from tests.test_browser import _plain_http_while_server_starts, live_server  # noqa: E402, F401
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+PASSWORD = "a long test password 7"
+
+
+@pytest.fixture
+def member(portal_roots, transactional_db, settings) -> User:
+    for name, value in PLAIN_HTTP_SETTINGS.items():
+        setattr(settings, name, value)
+    return User.objects.create_user("member-a", password=PASSWORD)
+
+
+def test_an_old_runs_page_survives_an_edit_and_its_files_going(
+    member,
+    portal_roots,
+    tiny_llama_in_cache,
+    live_server,  # noqa: F811 - the fixture imported above
+):
+    deep = portal_roots / "outputs" / ("a-rather-long-folder-name-" * 3).rstrip("-")
+    project = create_project(
+        {
+            "name": "records",
+            "model_name": tiny_llama_in_cache[0],
+            "dataset_path": str(portal_roots / "datasets" / "qa.jsonl"),
+            "output_directory": str(deep),
+            "method": "full",
+            "hyperparameters": {"max_steps": 5, "max_seq_length": 16, "learning_rate": 0.001},
+            "validation_prompt": "First line\nSecond line",
+        },
+        actor=Actor(member, Channel.CLI),
+    )
+    first = start(project, member)
+    folder = Path(first.output_directory)
+    folder.mkdir(parents=True)
+    (folder / "mtm_manifest.json").write_text("{}")
+    TrainingRun.objects.filter(pk=first.pk).update(status=RunStatus.SUCCEEDED, resolved_revision="a" * 40)
+    base = live_server.url
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        shot = Screenshots(page, "test_an_old_runs_page_survives_an_edit_and_its_files_going")
+        log_in(page, base, "member-a", PASSWORD)
+        page.goto(f"{base}/projects/runs/{first.pk}/")
+        config = page.locator("section.configuration")
+        expect(config.locator("tr.config-learning_rate td")).to_have_text("0.001")
+        expect(config.locator("tr.config-validation_prompt pre")).to_have_text("First line\nSecond line")
+        expect(page.locator(".run-summary")).to_contain_text("Full fine-tune of")
+        expect(page.locator("#changes")).to_contain_text("This is the project's first run.")
+        shot("first-run")
+
+        page.goto(f"{base}/projects/{project.pk}/edit/")
+        page.locator("input[name=method][value=lora]").check()
+        page.locator("#id_learning_rate").fill("0.005")
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator(".messages")).to_contain_text("saved")
+        page.get_by_role("button", name="Start", exact=True).click()
+        expect(page).to_have_url(f"{base}/projects/runs/{first.pk + 1}/")
+        changes = page.locator("#changes table.changes")
+        for changed in ("Method", "Learning rate", "LoRA r"):  # LoRA's own settings now apply
+            expect(changes).to_contain_text(changed)
+        for same in ("Base model", "Dataset", "Max steps", "Validation prompt"):
+            expect(changes).not_to_contain_text(same)
+        shot("second-run-says-what-changed")
+
+        page.goto(f"{base}/projects/runs/{first.pk}/")
+        expect(config.locator("tr.config-learning_rate td")).to_have_text("0.001")
+        expect(page.locator(".run-summary")).to_contain_text("Full fine-tune of")
+        expect(page.locator(".files-missing")).to_have_count(0)
+        shot("first-run-unchanged-after-the-edit")
+
+        shutil.rmtree(folder)
+        page.reload()
+        expect(page.locator(".alert.files-missing")).to_contain_text("no longer on disk")
+        expect(page.locator(".artifact-folder .badge")).to_have_text("missing")
+        shot("first-run-files-missing")
+
+        page.set_viewport_size({"width": 420, "height": 900})
+        page.reload()
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        shot("first-run-at-420px")
+        assert overflow <= 0, f"the run page is {overflow}px wider than a 420 px screen"
