@@ -445,3 +445,15 @@ def test_resume_without_a_checkpoint_is_an_error_event(tiny_llama_dir, qa_data, 
     spec["resume_from_checkpoint"] = "latest"
     error = _error(run_child(spec, tmp_path / "spec.json"))
     assert error["code"] == "no_checkpoint" and str(out) in error["message"]
+
+
+def test_resume_from_a_checkpoint_at_the_last_step_is_refused(tiny_llama_dir, qa_data, tmp_path):
+    out = tmp_path / "out"
+    spec = make_spec(tiny_llama_dir, qa_data, out, max_steps=2, save_steps=2)
+    assert run_child(spec, tmp_path / "spec.json").returncode == EXIT_OK
+    spec["resume_from_checkpoint"] = "latest"  # the same max_steps: nothing is left to train
+    resumed = run_child(spec, tmp_path / "spec-resume.json")
+    error = _error(resumed)
+    assert error["code"] == "nothing_to_resume"
+    assert error["message"] == "Nothing left to train: checkpoint-2 is already at step 2, and this run ends at step 2."
+    assert not resumed.of("started") and not resumed.of("finished")

@@ -19,6 +19,7 @@ from transformers import (
     AutoTokenizer,
     PrinterCallback,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -38,6 +39,24 @@ from projects.trainer.events import EXIT_CANCELLED, EXIT_OK
 from projects.trainer.outputs import library_versions, save_final, write_manifest
 from projects.trainer.progress import Emit, ProgressReporter
 from projects.trainer.spec import TrainerSpec
+
+
+class NothingLeftToTrain(TrainerCallback):
+    """Refuses a resume whose checkpoint has already reached the run's last step: it would train nothing and then
+    save the checkpoint's model as if this run had trained it."""
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint = checkpoint
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            raise TrainerError(
+                "nothing_to_resume",
+                f"Nothing left to train: {self.checkpoint.name} is already at step {state.global_step}, and this "
+                f"run ends at step {state.max_steps}.",
+                f"Raise max_steps (or epochs) so the run ends past step {state.global_step}, or start a fresh run.",
+            )
+        return control
 
 
 class PortalTrainer(Trainer):
@@ -82,6 +101,8 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         processing_class=tokenizer,
     )
     trainer.remove_callback(PrinterCallback)  # our events replace its printed log dicts
+    if resume is not None:
+        trainer.add_callback(NothingLeftToTrain(resume))  # before the reporter, so no "started" is reported
     reporter = ProgressReporter(
         emit,
         interval=spec.progress_interval,
