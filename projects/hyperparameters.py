@@ -366,3 +366,13 @@ def _coerce(kind: str, raw: Any) -> Any:
             return int(raw)
         return raw if isinstance(raw, int) else None
     return float(raw) if isinstance(raw, (int, float)) else None
+
+
+# The "quick check" preset of a new project's form: a few steps, each logged, one checkpoint at the end, short
+# sequences; enough to see that the model, the data and the output folder work before a long run.
+QUICK_CHECK: dict[str, Any] = {
+    "max_steps": 10,
+    "logging_steps": 1,
+    "save_steps": 10,
+    "max_seq_length": 256,
+}

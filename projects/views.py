@@ -24,6 +24,7 @@ from projects.display import hyperparameter_rows, run_duration
 from projects.forms import ProjectForm, problem_error
 from projects.inline_checks import output_status
 from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
+from projects.new_project import starting_values
 from projects.run_views import polled_partial
 from projects.services import (
     ProjectBusy,
@@ -111,7 +112,10 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
             return redirect("projects:detail", pk=saved.pk)
         status = 422
     else:
-        form = ProjectForm(initial=ProjectForm.initial_for(project))
+        initial = ProjectForm.initial_for(project)
+        if project is None:
+            initial.update(starting_values(request.GET))
+        form = ProjectForm(initial=initial)
     output_value = form["output_directory"].value() or ""
     context: dict[str, Any] = {
         "form": form,

@@ -118,6 +118,8 @@ def test_create_train_validate_and_a_second_member_cannot_cancel(
         shot("model-valid")
 
         output_box, output_status = page.locator("#id_output_directory"), page.locator("#output-status")
+        expect(output_box).to_have_value(str(portal["outputs"] / "my-project"))  # pre-filled inside the root
+        output_box.fill("")
         output_box.press_sequentially(str(portal["elsewhere"] / "run"))
         expect(output_status.locator(".status-error")).to_contain_text(
             "outside the allowed output roots", timeout=CHECK_TIMEOUT_MS

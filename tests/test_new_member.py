@@ -1,0 +1,59 @@
+"""A new member's first run: "Train this model" on a model's page opens a new project with that model, an output
+directory of its own inside the allowed root, and the quick-check preset one click away."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+
+from projects.hyperparameters import QUICK_CHECK, Hyperparameters
+from projects.models import TrainingProject
+from tests.clients import secure_client
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def member(db) -> User:
+    return User.objects.create_user("newcomer", password="newcomer-pass-1234")
+
+
+def box(html: str, name: str) -> str:
+    """The value attribute of the form's input named `name`."""
+    start = html.index(f'name="{name}"')
+    tag = html[html.rindex("<input", 0, start) : html.index(">", start)]
+    return tag.split('value="', 1)[1].split('"', 1)[0] if 'value="' in tag else ""
+
+
+def test_train_this_model_opens_a_prefilled_form(member, portal_roots, tiny_llama_in_cache):
+    name = tiny_llama_in_cache[0]
+    client = secure_client(member)
+    model_page = client.get(f"/models/{name}/").content.decode()
+    assert f'href="/projects/new/?model={name}">Train this model</a>' in model_page
+    form = client.get("/projects/new/", {"model": name}).content.decode()
+    assert box(form, "model_name") == name
+    assert box(form, "output_directory") == str(portal_roots / "outputs" / "tiny-llama")
+    (portal_roots / "outputs" / "tiny-llama").mkdir()  # taken: the next free name is offered
+    TrainingProject.objects.create(
+        name="x",
+        owner=member,
+        model_name=name,
+        dataset_path="/d",
+        output_directory=str(portal_roots / "outputs" / "tiny-llama-2"),
+    )
+    form = client.get("/projects/new/", {"model": name}).content.decode()
+    assert box(form, "output_directory") == str(portal_roots / "outputs" / "tiny-llama-3")
+    assert box(client.get("/projects/new/").content.decode(), "output_directory") == str(
+        portal_roots / "outputs" / "my-project"
+    )
+
+
+def test_the_quick_check_preset_fills_few_logged_steps(member, portal_roots):
+    client = secure_client(member)
+    plain = client.get("/projects/new/").content.decode()
+    assert "Use the quick-check preset" in plain
+    assert box(plain, "max_steps") == str(Hyperparameters().max_steps)
+    quick = client.get("/projects/new/", {"preset": "quick"}).content.decode()
+    for name, value in QUICK_CHECK.items():
+        assert box(quick, name) == str(value), name
+    assert Hyperparameters.from_dict(QUICK_CHECK)[1] == []  # the preset is itself valid
