@@ -17,6 +17,7 @@ from projects.datasets.errors import (
     json_type_name,
     named_list,
 )
+from projects.datasets.key_suggestions import did_you_mean
 
 SUPPORTED_FORMATS = ("text", "prompt_completion", "messages", "alpaca")
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -153,8 +154,11 @@ class RowChecker:
         fmt = row_format(row)
         if fmt is None:
             keys = named_list(row) or "no keys"
+            guess = did_you_mean([str(key) for key in row], REQUIRED_KEYS)
             self.collector.add(
-                Problem(DATASET_UNKNOWN_FORMAT, f"{ref} has {keys}, which match no supported row shape.", SHAPES_HINT)
+                Problem(
+                    DATASET_UNKNOWN_FORMAT, f"{ref} has {keys}, which match no supported row shape.{guess}", SHAPES_HINT
+                )
             )
             return
         if self.format is None:
