@@ -225,8 +225,10 @@ def _break(cache: Path, how: str) -> tuple[str, str]:
     if how == "index_without_map":
         add_file(cache, name, "model.safetensors.index.json", {"metadata": {}})
         return "weights_invalid", "has no weight_map"
-    if how == "incomplete_blob":
-        (repo / "blobs" / ("f" * 64 + ".incomplete")).write_bytes(b"partial")
+    if how == "incomplete_blob":  # interrupted while fetching the weights: a partial blob, no link yet
+        blob = Path(os.path.realpath(snap / "model.safetensors"))
+        blob.rename(blob.with_name(blob.name + ".incomplete"))
+        (snap / "model.safetensors").unlink()
         return "download_incomplete", "interrupted download"
     if how == "dangling_blob":
         blob = Path(os.path.realpath(snap / "model.safetensors"))
