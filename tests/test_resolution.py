@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 from models_registry.checks import check_model_folder
 from models_registry.names import name_error, repo_folder_name
 from models_registry.resolution import hf_cache_dir, resolve
-from tests.hfcache import COMMIT_A, COMMIT_B, add_file, make_model_repo, make_safetensors, set_ref, write_blob
+from tests.hfcache import (
+    COMMIT_A,
+    COMMIT_B,
+    SMALL_TENSORS,
+    add_file,
+    make_model_repo,
+    make_safetensors,
+    set_ref,
+    write_blob,
+)
 
 
 def codes(problems) -> list[str]:
@@ -362,7 +371,7 @@ def test_warnings_keep_the_model_valid(hf_cache, what, expected):
         "org/model",
         weights=what != "no_weights",
         generation_config=what != "no_generation_config",
-        config={"hidden_size": 8} if what == "no_model_type" else None,
+        config={"hidden_size": 4} if what == "no_model_type" else None,
     )
     res = resolve("org/model", cache_dir=hf_cache)
     assert res.valid, res.errors
@@ -383,9 +392,11 @@ def test_legacy_pickle_bin_is_accepted(hf_cache):
 
 def test_sharded_model_with_all_shards_is_valid(hf_cache):
     make_model_repo(hf_cache, "org/model", weights=False)
-    add_file(hf_cache, "org/model", "model-00001-of-00002.safetensors", make_safetensors({"a": (2, 2)}))
-    add_file(hf_cache, "org/model", "model-00002-of-00002.safetensors", make_safetensors({"b": (3,)}))
-    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    first = {k: v for k, v in SMALL_TENSORS.items() if k != "lm_head.weight"}
+    add_file(hf_cache, "org/model", "model-00001-of-00002.safetensors", make_safetensors(first))
+    add_file(hf_cache, "org/model", "model-00002-of-00002.safetensors", make_safetensors({"lm_head.weight": (8, 4)}))
+    index = {"weight_map": {k: "model-00001-of-00002.safetensors" for k in first}}
+    index["weight_map"]["lm_head.weight"] = "model-00002-of-00002.safetensors"
     add_file(hf_cache, "org/model", "model.safetensors.index.json", index)
     res = resolve("org/model", cache_dir=hf_cache)
     assert res.valid, res.errors

@@ -1,6 +1,7 @@
-"""The judge of the differential test: can transformers itself load and train each folder, offline and without a
+"""The judge of the differential test: can transformers itself load and train each model, offline and without a
 model's own code? Run as a child process (`python -m tests.transformers_judge < cases.json`), it reads
-{"case": path, ...} on stdin and prints {"case": {"loads": bool, "stage": ..., "error": ...}, ...} as JSON.
+{"case": {"target": folder or repo id, "cache_dir": ..., "revision": ...}, ...} on stdin and prints
+{"case": {"loads": bool, "stage": ..., "error": ...}, ...} as JSON.
 
 "Loads" means what training needs: the config, a tokenizer that encodes text into more than special tokens, and
 a model whose every weight came from the checkpoint (none missing, none of the wrong shape).
@@ -16,10 +17,11 @@ import warnings
 SAMPLE = "The quick brown fox jumps over the lazy dog."
 
 
-def judge(path: str) -> dict:
+def judge(target: str, cache_dir: str | None = None, revision: str | None = None) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    common = {"local_files_only": True, "trust_remote_code": False}
+    common = {"local_files_only": True, "trust_remote_code": False, "cache_dir": cache_dir, "revision": revision}
+    path = target
     stage = "config"
     try:
         AutoConfig.from_pretrained(path, **common)
@@ -46,7 +48,7 @@ def main() -> None:
 
     logging.set_verbosity_error()
     cases = json.load(sys.stdin)
-    print(json.dumps({case: judge(path) for case, path in cases.items()}))
+    print(json.dumps({case: judge(**spec) for case, spec in cases.items()}))
 
 
 if __name__ == "__main__":
