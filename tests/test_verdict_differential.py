@@ -296,7 +296,9 @@ CASES = {
     "weights_without_output_layer": Case(
         "test-org/no-lm-head", _without_lm_head, "weights_missing_tensors", ("lm_head.weight", "tie_word_embeddings")
     ),
-    "bin_weights_only_would_refuse": Case("test-org/unsafe-bin", _pickle_bin, "weights_unsafe", ("imports", "weights_only=True")),
+    "bin_weights_only_would_refuse": Case(
+        "test-org/unsafe-bin", _pickle_bin, "weights_unsafe", ("imports", "weights_only=True")
+    ),
     "lfs_pointer_weights": Case(
         "test-org/lfs-weights",
         _lfs_pointer("model.safetensors", "test-org/lfs-weights"),
