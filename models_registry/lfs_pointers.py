@@ -12,7 +12,8 @@ from mtm.shared.problems import Problem
 
 POINTER_PREFIX = b"version https://git-lfs"
 MAX_POINTER_BYTES = 1024  # a pointer is ~130 bytes; no real weights or tokenizer file is this small
-LFS_TRACKED = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".model", ".json", ".txt")
+# What the Hub's default .gitattributes stores in LFS, and the large tokenizer files. Small JSON configs never are.
+LFS_TRACKED = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".model", "tokenizer.json", "vocab.json", "merges.txt")
 
 
 def is_lfs_pointer(path: Path, size: int | None) -> bool:
