@@ -124,17 +124,23 @@ SET_PASSWORD = (
 )
 
 
+def staff_user(env: dict[str, str]) -> tuple[str, str]:
+    """Migrate the database and add the staff user with a password and an API token. Returns (token, password)."""
+    manage(env, "migrate", "--noinput")
+    token = manage(env, "create_api_token", USERNAME, "--staff", "--create-user", "--name", "load").strip()
+    token = token.splitlines()[-1]
+    password = secrets.token_urlsafe(18)
+    manage({**env, "MTM_LOAD_USER": USERNAME, "MTM_LOAD_PASSWORD": password}, "shell", "-c", SET_PASSWORD)
+    return token, password
+
+
 def prepare(tmp: Path, repos: int, database_url: str) -> tuple[dict[str, str], str, str, list[str]]:
     """Cache, migrated database, staff user with a password and a token. Returns (env, token, password, names)."""
     # torch (imported to build the demo model) keeps a compile cache in the system temp folder; keep it in ours.
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(tmp / "torchinductor")
     env = portal_env(tmp, database_url)
     names = fill_cache(Path(env["HF_HUB_CACHE"]), repos)
-    manage(env, "migrate", "--noinput")
-    token = manage(env, "create_api_token", USERNAME, "--staff", "--create-user", "--name", "load").strip()
-    token = token.splitlines()[-1]
-    password = secrets.token_urlsafe(18)
-    manage({**env, "MTM_LOAD_USER": USERNAME, "MTM_LOAD_PASSWORD": password}, "shell", "-c", SET_PASSWORD)
+    token, password = staff_user(env)
     return env, token, password, names
 
 
@@ -151,6 +157,21 @@ def answers(host: str, port: int) -> bool:
 
 def start(tmp: Path, workers: int, repos: int, database_url: str) -> Portal:
     env, token, password, names = prepare(tmp, repos, database_url)
+    database = f"{database_url.split(':', 1)[0]} (DATABASE_URL)" if database_url else "SQLite (temporary file)"
+    return serve(tmp, env, workers, token, password, database, names)
+
+
+def serve(
+    tmp: Path,
+    env: dict[str, str],
+    workers: int,
+    token: str,
+    password: str,
+    database: str,
+    names: list[str],
+    extra_args: tuple[str, ...] = (),
+) -> Portal:
+    """gunicorn on a free port of 127.0.0.1 in the prepared environment, once it answers."""
     host, port = "127.0.0.1", free_port()
     log = tmp / "gunicorn.log"
     command = [
@@ -167,12 +188,12 @@ def start(tmp: Path, workers: int, repos: int, database_url: str) -> Portal:
         "--no-control-socket",  # gunicorn would otherwise leave ~/.gunicorn/gunicorn.ctl behind
         "--graceful-timeout",
         "5",
+        *extra_args,
     ]
     with log.open("wb") as out:
         server = subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    database = f"{database_url.split(':', 1)[0]} (DATABASE_URL)" if database_url else "SQLite (temporary file)"
     portal = Portal(host, port, token, USERNAME, password, database, names, server, log)
     deadline = time.monotonic() + 60
     try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
@@ -11,14 +10,18 @@ from django.utils.html import format_html
 from models_registry.edits import override_validation
 from models_registry.forms import ModelOverrideAdminForm, PortalSettingsForm
 from models_registry.models import ModelOverride, PortalSettings
-from models_registry.views import SETTINGS_FIELDS, save_portal_settings
-from mtm import audit
+from models_registry.override_services import (
+    OVERRIDE_FIELDS,
+    create_override,
+    delete_override,
+    update_override,
+)
+from models_registry.settings_services import update_settings
+from mtm.audit import Actor, Channel
 
-OVERRIDE_FIELDS = ("model_name", "path", "enabled", "trust_remote_code", "note")
 
-
-def _override_values(obj: ModelOverride) -> dict:
-    return {name: getattr(obj, name) for name in OVERRIDE_FIELDS}
+def _actor(request: HttpRequest) -> Actor:
+    return Actor.of(request, Channel.ADMIN)
 
 
 @admin.register(ModelOverride)
@@ -60,30 +63,26 @@ class ModelOverrideAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{obj.model_name}: {problem.message} {problem.hint}", messages.ERROR)
 
     def save_model(self, request: HttpRequest, obj: ModelOverride, form, change: bool) -> None:
-        before = _override_values(ModelOverride.objects.get(pk=obj.pk)) if change else {}
-        if not change:
-            obj.created_by = request.user
-        obj.updated_by = request.user
-        super().save_model(request, obj, form, change)
-        changes = audit.diff(before, _override_values(obj))
-        if changes or not change:
-            action = "model_override.update" if change else "model_override.create"
-            audit.record(request.user, action, obj, changes, request, via="admin")
-
-    def _audit_delete(self, request: HttpRequest, obj: ModelOverride) -> None:
-        changes = {name: [value, None] for name, value in _override_values(obj).items()}
-        audit.record(request.user, "model_override.delete", obj, changes, request, via="admin")
+        # The form has run the service's checks (ModelOverrideAdminForm.clean); the service saves and audits.
+        values = {name: form.cleaned_data[name] for name in OVERRIDE_FIELDS if name in form.cleaned_data}
+        if change:
+            update_override(obj, values, actor=_actor(request))
+        else:
+            created = create_override(values, actor=_actor(request))
+            obj.pk, obj.created_at, obj.created_by, obj.updated_by = (
+                created.pk,
+                created.created_at,
+                created.created_by,
+                created.updated_by,
+            )
+            obj._state.adding = False
 
     def delete_model(self, request: HttpRequest, obj: ModelOverride) -> None:
-        with transaction.atomic():
-            self._audit_delete(request, obj)
-            super().delete_model(request, obj)
+        delete_override(obj, actor=_actor(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelOverride]) -> None:
-        with transaction.atomic():
-            for obj in queryset:
-                self._audit_delete(request, obj)
-            super().delete_queryset(request, queryset)
+        for obj in queryset:
+            delete_override(obj, actor=_actor(request))
 
 
 @admin.register(PortalSettings)
@@ -99,6 +98,4 @@ class PortalSettingsAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request: HttpRequest, obj: PortalSettings, form, change: bool) -> None:
-        current = PortalSettings.objects.filter(pk=1).first()
-        before = {name: getattr(current, name) if current else None for name in SETTINGS_FIELDS}
-        save_portal_settings(request, form, before, via="admin")
+        update_settings(form.cleaned_data, actor=_actor(request))

@@ -6,7 +6,6 @@ projects router's /projects/{id}, and this router must be mounted first so its f
 
 from __future__ import annotations
 
-from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from ninja import Router
 from ninja.responses import Status
@@ -14,6 +13,19 @@ from ninja.responses import Status
 from models_registry import edits, services
 from models_registry.models import ModelOverride
 from models_registry.names import name_error, revision_error
+from models_registry.override_services import (
+    OVERRIDE_FIELDS,
+    OverrideRefused,
+)
+from models_registry.override_services import (
+    create_override as create,
+)
+from models_registry.override_services import (
+    delete_override as delete,
+)
+from models_registry.override_services import (
+    update_override as update,
+)
 from models_registry.schemas import (
     AvailableModelsOut,
     ErrorOut,
@@ -27,15 +39,16 @@ from models_registry.schemas import (
     ValidateModelIn,
     ValidateOutputDirIn,
 )
-from mtm import audit
+from models_registry.settings_services import SettingsRefused
+from models_registry.settings_services import update_settings as save_settings
 from mtm.api_errors import ApiError
+from mtm.audit import Actor, Channel
 from mtm.auth import require_staff
 
 router = Router()
 ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
 BODY_ERRORS = {**ERRORS, 413: ErrorOut}  # a body over DATA_UPLOAD_MAX_MEMORY_SIZE
 QUERY_ERRORS = {**ERRORS, 400: ErrorOut}  # more query parameters than DATA_UPLOAD_MAX_NUMBER_FIELDS
-OVERRIDE_FIELDS = ("model_name", "path", "enabled", "trust_remote_code", "note")
 
 
 @router.post("/projects/validate-model", response={200: ResolutionOut, **BODY_ERRORS}, tags=["models"])
@@ -79,20 +92,8 @@ def _override_or_404(override_id: int) -> ModelOverride:
     return override
 
 
-def _check_override(model_name: str, path: str, exclude_pk: int | None = None) -> None:
-    if problems := edits.override_problems(model_name, path):
-        raise ApiError(422, problems)
-    if problem := edits.duplicate_override(model_name, exclude_pk):
-        raise ApiError(409, [problem])
-
-
-def _save_override(override: ModelOverride) -> None:
-    try:
-        with transaction.atomic():
-            override.save()
-    except IntegrityError:  # a concurrent create of the same name
-        problem = edits.duplicate_override(override.model_name, override.pk)
-        raise ApiError(409, [problem] if problem else [])
+def _refused(exc: OverrideRefused) -> ApiError:
+    return ApiError(409 if exc.conflict else 422, exc.problems)
 
 
 @router.get("/model-overrides", response={200: list[OverrideOut], **ERRORS}, tags=["model overrides"])
@@ -104,13 +105,10 @@ def list_overrides(request: HttpRequest) -> list[dict]:
 def create_override(request: HttpRequest, payload: OverrideIn) -> Status:
     """Staff: make a name resolve to a local folder before the cache is searched."""
     require_staff(request, "create model overrides")
-    values = payload.model_dump()
-    values["path"] = values["path"].strip()
-    _check_override(values["model_name"], values["path"])
-    override = ModelOverride(**values, created_by=request.auth, updated_by=request.auth)
-    _save_override(override)
-    changes = {field: [None, values[field]] for field in OVERRIDE_FIELDS}
-    audit.record(request.auth, "model_override.create", override, changes, request, via="api")
+    try:
+        override = create(payload.model_dump(), actor=Actor.of(request, Channel.API))
+    except OverrideRefused as exc:
+        raise _refused(exc)
     return Status(201, _override_out(override))
 
 
@@ -124,29 +122,17 @@ def update_override(request: HttpRequest, override_id: int, payload: OverridePat
     """Staff: change some of an override's fields; fields left out keep their values."""
     require_staff(request, "change model overrides")
     override = _override_or_404(override_id)
-    before = {field: getattr(override, field) for field in OVERRIDE_FIELDS}
-    updates = payload.model_dump(exclude_unset=True)
-    if "path" in updates:
-        updates["path"] = updates["path"].strip()
-    after = {**before, **updates}
-    _check_override(after["model_name"], after["path"], exclude_pk=override.pk)
-    for field, value in updates.items():
-        setattr(override, field, value)
-    override.updated_by = request.auth
-    _save_override(override)
-    if changes := audit.diff(before, after):
-        audit.record(request.auth, "model_override.update", override, changes, request, via="api")
+    try:
+        update(override, payload.model_dump(exclude_unset=True), actor=Actor.of(request, Channel.API))
+    except OverrideRefused as exc:
+        raise _refused(exc)
     return _override_out(override)
 
 
 @router.delete("/model-overrides/{override_id}", response={204: None, **ERRORS}, tags=["model overrides"])
 def delete_override(request: HttpRequest, override_id: int) -> Status:
     require_staff(request, "delete model overrides")
-    override = _override_or_404(override_id)
-    changes = {field: [getattr(override, field), None] for field in OVERRIDE_FIELDS}
-    with transaction.atomic():
-        audit.record(request.auth, "model_override.delete", override, changes, request, via="api")
-        override.delete()
+    delete(_override_or_404(override_id), actor=Actor.of(request, Channel.API))
     return Status(204, None)
 
 
@@ -158,6 +144,7 @@ def _settings_out() -> dict:
         "effective_cache_dir": str(cache_dir),
         "allowed_output_roots": services.output_roots(),
         "allowed_dataset_roots": services.dataset_roots(),
+        "upload_quota_bytes": row.upload_quota_bytes,
     }
 
 
@@ -169,27 +156,11 @@ def get_settings(request: HttpRequest) -> dict:
 
 @router.patch("/settings", response={200: SettingsOut, **BODY_ERRORS}, tags=["settings"])
 def update_settings(request: HttpRequest, payload: SettingsPatch) -> dict:
-    """Staff: set the Model Cache Path (blank = HF default) and the allowed output and dataset roots."""
+    """Staff: set the Model Cache Path (blank = HF default), the allowed output and dataset roots, and the
+    per-user upload quota in bytes (0 = no limit)."""
     require_staff(request, "change the portal settings")
-    updates = payload.model_dump(exclude_unset=True)
-    problems = []
-    if "model_cache_path" in updates:
-        updates["model_cache_path"] = updates["model_cache_path"].strip()
-        if problem := edits.cache_path_problem(updates["model_cache_path"]):
-            problems.append(problem)
-    for field in ("allowed_output_roots", "allowed_dataset_roots"):
-        if field in updates:
-            updates[field], found = edits.clean_roots(field, updates[field])
-            problems.extend(found)
-    if problems:
-        raise ApiError(422, problems)
-    with transaction.atomic():
-        row = services.portal_settings()
-        before = {field: getattr(row, field) for field in updates}
-        for field, value in updates.items():
-            setattr(row, field, value)
-        row.updated_by = request.auth
-        row.save()
-        if changes := audit.diff(before, updates):
-            audit.record(request.auth, "portal_settings.update", row, changes, request, via="api")
+    try:
+        save_settings(payload.model_dump(exclude_unset=True), actor=Actor.of(request, Channel.API))
+    except SettingsRefused as exc:
+        raise ApiError(422, exc.problems)
     return _settings_out()

@@ -65,14 +65,14 @@ def _scan(folder: Path, root: Path, report: FolderReport, model_name: str | None
         # os.walk does not descend into symlinked folders; report those that point outside the root.
         for d in list(dirnames):
             full = os.path.join(dirpath, d)
-            if os.path.islink(full) and not is_within(os.path.realpath(full), real_root):
+            if os.path.islink(full) and not is_within(_real_or_none(full) or "", real_root):
                 report.errors.append(_unsafe(os.path.relpath(full, folder), full, real_root))
         for fname in sorted(filenames):
             full = os.path.join(dirpath, fname)
             rel = Path(os.path.relpath(full, folder)).as_posix()
             is_link = os.path.islink(full)
-            target = os.path.realpath(full)
-            if not is_within(target, real_root):
+            target = _real_or_none(full)
+            if target is None or not is_within(target, real_root):
                 report.errors.append(_unsafe(rel, full, real_root))
                 report.files.append(FileEntry(rel, None, is_link))
                 continue
@@ -82,7 +82,7 @@ def _scan(folder: Path, root: Path, report: FolderReport, model_name: str | None
                 report.errors.append(
                     Problem(
                         "download_incomplete",
-                        f"Download incomplete: {rel} points to {os.readlink(full)}, which does not exist.",
+                        f"Download incomplete: {rel} points to {_link_text(full)}, which does not exist.",
                         redownload_hint(model_name),
                     )
                 )
@@ -111,10 +111,25 @@ def _scan(folder: Path, root: Path, report: FolderReport, model_name: str | None
     return usable
 
 
+def _real_or_none(path: str) -> str | None:
+    """Where a path leads, or None when following it fails (a link into /proc/1/cwd raises EACCES)."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return None
+
+
+def _link_text(path: str) -> str:
+    try:
+        return os.readlink(path) if os.path.islink(path) else path
+    except OSError:
+        return path
+
+
 def _unsafe(rel: str, full: str, root: str) -> Problem:
     return Problem(
         "unsafe_symlink",
-        f"Unsafe symlink: {rel} points to {os.readlink(full) if os.path.islink(full) else full}, outside {root}. "
+        f"Unsafe symlink: {rel} points to {_link_text(full)}, outside {root} (or where it cannot be followed). "
         "It was not followed.",
         "Replace the link with the real file, or move the model inside the cache or override folder.",
     )

@@ -1,6 +1,6 @@
 """Checks for writes to the registry (overrides, portal settings): plain values in, Problems out.
 
-Shared by the API and the command line; the resolver itself decides whether an override's folder is a usable model.
+Used by the override and settings services; the resolver itself decides whether an override's folder is a usable model.
 """
 
 from __future__ import annotations

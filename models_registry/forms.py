@@ -7,8 +7,10 @@ import os
 from django import forms
 
 from models_registry.models import ModelOverride, PortalSettings
+from models_registry.override_services import OverrideRefused, check_override
 from models_registry.settings_checks import path_problem, split_lines
 
+PATH_PROBLEMS = {"not_absolute": "path", "invalid_path": "path", "not_a_directory": "path"}
 ROOTS_HELP = "One absolute path a line. Blank: the server's default ({default})."
 
 
@@ -35,7 +37,7 @@ class PortalSettingsForm(forms.ModelForm):
 
     class Meta:
         model = PortalSettings
-        fields = ["model_cache_path", "allowed_output_roots", "allowed_dataset_roots"]
+        fields = ["model_cache_path", "allowed_output_roots", "allowed_dataset_roots", "upload_quota_bytes"]
         widgets = {"model_cache_path": forms.TextInput(attrs={"placeholder": "Blank: the Hugging Face default"})}
 
     def __init__(self, *args, **kwargs) -> None:
@@ -48,6 +50,12 @@ class PortalSettingsForm(forms.ModelForm):
         ):
             self.initial[name] = "\n".join(getattr(self.instance, name) or [])
             self.fields[name].help_text = ROOTS_HELP.format(default=", ".join(default) or "none")
+        self.fields["upload_quota_bytes"].required = False
+
+    def clean_upload_quota_bytes(self) -> int:
+        """Blank (or a form that does not send the box) keeps the current quota."""
+        value = self.cleaned_data.get("upload_quota_bytes")
+        return self.instance.upload_quota_bytes if value is None else value
 
     def clean_model_cache_path(self) -> str:
         value = (self.cleaned_data.get("model_cache_path") or "").strip()
@@ -84,3 +92,15 @@ class ModelOverrideAdminForm(forms.ModelForm):
         if problem := path_problem(value, "Override path"):
             raise forms.ValidationError(f"{problem.message} {problem.hint}")
         return value
+
+    def clean(self) -> dict:
+        """The checks the override service makes on save, shown under the field they concern."""
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            check_override({**cleaned, "path": cleaned.get("path", "")}, exclude_pk=self.instance.pk)
+        except OverrideRefused as refused:
+            for problem in refused.problems:
+                self.add_error(PATH_PROBLEMS.get(problem.code, "model_name"), f"{problem.message} {problem.hint}")
+        return cleaned

@@ -177,6 +177,27 @@ def _partial_problem(name: str, count: int) -> Problem:
     )
 
 
+def _checked(repo_dir: str, name: str, cache_root: str) -> ListedModel:
+    """quick_check, with anything the scan cannot read (a link into /proc/1/cwd) kept as this repo's problem."""
+    try:
+        return quick_check(repo_dir, name, cache_root)
+    except OSError as exc:
+        return ListedModel(
+            model_name=name,
+            source="cache",
+            path=None,
+            revision=None,
+            errors=[
+                Problem(
+                    "model_unreadable",
+                    f"Model '{name}' cannot be read: {exc.strerror or exc} at {exc.filename or repo_dir}.",
+                    f"Remove or repair the cache entry (a link that leaves the cache, or a permission), then: "
+                    f"hf download {name}",
+                )
+            ],
+        )
+
+
 def _read_main(repo_dir: str) -> str | None:
     try:
         with open(repo_dir + "/refs/main", "rb") as fh:
@@ -320,7 +341,7 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
             if problem := name_error(name):
                 item = ListedModel(model_name=name, source="cache", path=None, revision=None, errors=[problem])
             else:
-                item = quick_check(repo, name, root)
+                item = _checked(repo, name, root)
             memo[folder] = (_signature(repo, item.path), item)
             listed.append(item)
             changed = True

@@ -2,8 +2,11 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+DEFAULT_UPLOAD_QUOTA_BYTES = 10 * 1024**3
 
 
 def validate_model_name_field(value: str) -> None:
@@ -60,6 +63,12 @@ class PortalSettings(models.Model):
     )
     allowed_output_roots = models.JSONField(default=list, blank=True)
     allowed_dataset_roots = models.JSONField(default=list, blank=True)
+    upload_quota_bytes = models.BigIntegerField(
+        "Upload quota per user (bytes)",
+        default=DEFAULT_UPLOAD_QUOTA_BYTES,
+        validators=[MinValueValidator(0)],
+        help_text="The most bytes of uploaded datasets each user may keep. 0: no limit.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.ForeignKey(
         settings.AUTH_USER_MODEL,

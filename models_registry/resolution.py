@@ -168,9 +168,33 @@ def resolve(
     if revision and (problem := revision_error(revision)):
         result.errors.append(problem)
         return result
-    if override_path is not None:
-        return _resolve_override(result, override_path, revision, trust_remote_code, Path(cache_dir))
-    return _resolve_cache(result, Path(cache_dir), revision)
+    try:
+        if override_path is not None:
+            return _resolve_override(result, override_path, revision, trust_remote_code, Path(cache_dir))
+        return _resolve_cache(result, Path(cache_dir), revision)
+    except OSError as exc:  # a folder the scan cannot read is this model's problem, never the caller's error
+        result.path, result.files = None, []
+        result.errors.append(_unreadable(name, exc, override_path is not None))
+        return result
+
+
+def _unreadable(name: str, exc: OSError, override: bool) -> Problem:
+    where = str(exc.filename or "its folder")
+    try:
+        if os.path.islink(where):
+            where += f" (a link to {os.readlink(where)})"
+    except OSError:
+        pass
+    fix = (
+        "Staff: point the override at a readable model folder, or disable it."
+        if override
+        else f"Remove or repair the cache entry (a link that leaves the cache, or a permission), then: hf download {name}"
+    )
+    return Problem(
+        "model_unreadable",
+        f"Model '{name}' cannot be read: {exc.strerror or exc} at {where}.",
+        fix,
+    )
 
 
 def _resolve_override(
@@ -197,6 +221,19 @@ def _resolve_override(
                 f"Model '{name}' not found. Please ensure the model is downloaded: its override points to "
                 f"{folder}, which is not a folder.",
                 f"Copy the model to {folder}, or ask staff to correct or disable the override.",
+            )
+        )
+        return result
+    if not os.path.lexists(folder / "config.json"):
+        # Checked by name, without listing the folder: an override may point anywhere on the server (a home
+        # folder, /proc), and walking such a tree is slow and reads what was never meant to be a model.
+        result.errors.append(
+            Problem(
+                "override_not_a_model",
+                f"The override for '{name}' points to {folder}, which has no config.json: it is not a model folder "
+                "(its contents were not listed).",
+                "Staff: point the override at the folder that holds the model's config.json and tokenizer, or "
+                "disable it.",
             )
         )
         return result

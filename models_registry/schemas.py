@@ -75,6 +75,9 @@ class SettingsPatch(NoNulls):
     model_cache_path: StoredPath | None = Field(None, description="Blank for the Hugging Face default.")
     allowed_output_roots: RootList | None = None
     allowed_dataset_roots: RootList | None = None
+    upload_quota_bytes: int | None = Field(
+        None, ge=0, le=2**62, description="Bytes of uploaded datasets each user may keep; 0: no limit."
+    )
 
 
 class ProblemOut(Schema):
@@ -145,3 +148,4 @@ class SettingsOut(Schema):
     effective_cache_dir: str
     allowed_output_roots: list[str]
     allowed_dataset_roots: list[str]
+    upload_quota_bytes: int

@@ -6,7 +6,6 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -18,7 +17,8 @@ from models_registry.forms import ModelCheckForm, PortalSettingsForm
 from models_registry.models import PortalSettings
 from models_registry.names import name_error
 from models_registry.settings_checks import PathReport, check_cache_path, check_root, split_lines
-from mtm import audit
+from models_registry.settings_services import OTHER_SETTINGS_FIELDS, SETTINGS_FIELDS, SettingsRefused, update_settings
+from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 
 VALID_FILTERS = {"true": True, "false": False}
@@ -113,25 +113,6 @@ def _path_status(field: str, value: str) -> dict:
     return {"field": field, "reports": reports, "defaults": defaults, "more": max(0, len(lines) - MAX_CHECKED_ROOTS)}
 
 
-SETTINGS_FIELDS = ("model_cache_path", "allowed_output_roots", "allowed_dataset_roots")
-
-
-def _settings_values(obj: PortalSettings) -> dict:
-    return {name: getattr(obj, name) for name in SETTINGS_FIELDS}
-
-
-def save_portal_settings(request: HtmxHttpRequest, form: PortalSettingsForm, before: dict, via: str) -> dict:
-    """Save a valid settings form, record who changed what, and return the changes ({field: [old, new]})."""
-    with transaction.atomic():
-        obj = form.save(commit=False)
-        obj.updated_by = request.user
-        obj.save()
-        changes = audit.diff(before, _settings_values(obj))
-        if changes:
-            audit.record(request.user, "portal_settings.update", obj, changes, request, via=via)
-    return changes
-
-
 def _add_inline_validation(form: PortalSettingsForm) -> None:
     url = reverse("registry:validate-path")
     for name in SETTINGS_FIELDS:
@@ -148,15 +129,24 @@ def _add_inline_validation(form: PortalSettingsForm) -> None:
         )
 
 
+def _save(request: HtmxHttpRequest, form: PortalSettingsForm) -> dict | None:
+    """The changes saved, or None (with the refusals on the form)."""
+    try:
+        return update_settings(form.cleaned_data, actor=Actor.of(request, Channel.PAGE))
+    except SettingsRefused as refused:
+        for problem in refused.problems:
+            form.add_error(None, f"{problem.message} {problem.hint}".strip())
+        return None
+
+
 @require_http_methods(["GET", "POST"])
 @login_required
 def settings_page(request: HtmxHttpRequest) -> HttpResponse:
     require_staff(request)
     obj = PortalSettings.load()
-    before = _settings_values(obj)
     form = PortalSettingsForm(request.POST or None, instance=obj)
-    if request.method == "POST" and form.is_valid():
-        changes = save_portal_settings(request, form, before, via="web")
+    changes = _save(request, form) if request.method == "POST" and form.is_valid() else None
+    if changes is not None:
         if changes:
             labels = ", ".join(form.fields[name].label for name in changes)
             messages.success(request, f"Directory Settings saved. Changed: {labels}.")
@@ -171,6 +161,7 @@ def settings_page(request: HtmxHttpRequest) -> HttpResponse:
         "cache_dir": cache_dir,
         "cache_source": cache_source,
         "rows": [(form[name], _path_status(name, values.get(name) or "")) for name in SETTINGS_FIELDS],
+        "other_fields": [form[name] for name in OTHER_SETTINGS_FIELDS],
         "updated_by": obj.updated_by,
         "updated_at": obj.updated_at,
     }

@@ -5,10 +5,10 @@ from __future__ import annotations
 from django.contrib import admin
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 
-from mtm import audit
+from mtm.audit import Actor, Channel
 from mtm.models import ApiToken, AuditEvent
+from mtm.token_services import revoke_token
 from mtm.views_login import ThrottledAdminAuthenticationForm
 
 # The admin's password form counts and refuses failed sign-ins like the portal's login page (mtm/throttle.py).
@@ -30,15 +30,9 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected tokens")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
-        now = timezone.now()
-        active = list(queryset.filter(revoked_at__isnull=True))
-        for token in active:
-            token.revoked_at = now
-            token.save(update_fields=["revoked_at"])
-            audit.record(
-                request.user, "api_token.revoke", token, {"revoked_at": [None, now.isoformat()]}, request, "admin"
-            )
-        self.message_user(request, f"Revoked {len(active)} token{'s' if len(active) != 1 else ''}.")
+        actor = Actor.of(request, Channel.ADMIN)
+        revoked = sum(revoke_token(token, actor=actor) for token in queryset)
+        self.message_user(request, f"Revoked {revoked} token{'s' if revoked != 1 else ''}.")
 
 
 @admin.register(AuditEvent)

@@ -6,6 +6,7 @@ from ninja import NinjaAPI, Swagger
 
 from models_registry.api import router as registry_router
 from mtm.api_errors import JsonObjectParser, install_error_handlers
+from mtm.api_tokens import router as tokens_router
 from mtm.auth import api_auth
 from projects.api import router as projects_router
 
@@ -28,3 +29,4 @@ install_error_handlers(api)
 api.add_router("", registry_router)
 # Projects and runs (projects/api.py), after the registry:
 api.add_router("", projects_router)
+api.add_router("", tokens_router)

@@ -6,6 +6,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from mtm.env import env_bool, env_int, env_list, env_str
 
@@ -155,6 +156,10 @@ MTM_LOGIN_WINDOW_MINUTES = env_int("MTM_LOGIN_WINDOW_MINUTES", 15)
 MTM_OUTPUT_ROOTS = env_list("MTM_OUTPUT_ROOTS", sep=":") or [str(VAR_DIR / "outputs")]
 MTM_DATASET_ROOTS = env_list("MTM_DATASET_ROOTS", sep=":") or [str(VAR_DIR / "datasets")]
 MTM_LOW_DISK_BYTES = env_int("MTM_LOW_DISK_BYTES", 10 * 1024**3)
+# A model's chat template renders in a child process of the web worker stopped past these limits (CPU seconds,
+# megabytes of memory beyond what the child starts with); such a template is reported as the model's problem.
+MTM_TEMPLATE_CPU_SECONDS = env_int("MTM_TEMPLATE_CPU_SECONDS", 10)
+MTM_TEMPLATE_MEMORY_MB = env_int("MTM_TEMPLATE_MEMORY_MB", 512)
 
 # --- Runs ---------------------------------------------------------------------------------------------
 # A worker beats for its run every MTM_HEARTBEAT_SECONDS; a live run silent for MTM_HEARTBEAT_TIMEOUT is failed
@@ -162,6 +167,15 @@ MTM_LOW_DISK_BYTES = env_int("MTM_LOW_DISK_BYTES", 10 * 1024**3)
 MTM_HEARTBEAT_SECONDS = env_int("MTM_HEARTBEAT_SECONDS", 5)
 MTM_HEARTBEAT_TIMEOUT = env_int("MTM_HEARTBEAT_TIMEOUT", 90)
 MTM_MIN_FREE_BYTES = env_int("MTM_MIN_FREE_BYTES", 256 * 1024**2)
+# How often Celery beat sends the reaper (projects.reap_stale_runs); pages and the API never reap.
+MTM_REAP_SECONDS = env_int("MTM_REAP_SECONDS", max(5, MTM_HEARTBEAT_TIMEOUT // 3))
+if MTM_REAP_SECONDS < 1:
+    raise ImproperlyConfigured(f"MTM_REAP_SECONDS={MTM_REAP_SECONDS} must be at least 1 (seconds).")
+
+# --- Uploads ------------------------------------------------------------------------------------------
+# An uploaded dataset no project uses is removed by the periodic cleanup once it is this many hours old (time
+# enough to finish the form it was uploaded from). The per-user quota is a portal setting (Settings page).
+MTM_UPLOAD_GRACE_HOURS = env_int("MTM_UPLOAD_GRACE_HOURS", 24)
 
 # --- Celery -----------------------------------------------------------------------------------
 # The embedded default is kombu's filesystem transport: no server to install for `make run`.
@@ -195,6 +209,21 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = False
+# Periodic jobs, sent by `celery -A mtm beat` (started by `make run` and the compose file's beat service). Each
+# expires after one period, so a pile of them never waits for a worker that is down.
+CELERY_BEAT_SCHEDULE = {
+    "reap-stale-runs": {
+        "task": "projects.reap_stale_runs",
+        "schedule": float(MTM_REAP_SECONDS),
+        "options": {"expires": float(MTM_REAP_SECONDS)},
+    },
+    "cleanup-unreferenced-uploads": {
+        "task": "projects.cleanup_uploads",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 
 LOGGING = {
     "version": 1,

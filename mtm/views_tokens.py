@@ -8,13 +8,13 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
-from mtm import audit
+from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
 from mtm.models import ApiToken
+from mtm.token_services import TokenRefused, create_token, revoke_token
 
 EXAMPLE_ENDPOINT = "/api/v1/projects/models/available"
 
@@ -48,8 +48,11 @@ def token_list(request: HtmxHttpRequest) -> HttpResponse:
     form = TokenForm(request.POST)
     if not form.is_valid():
         return _page(request, form, status=400)
-    token, raw = ApiToken.issue(request.user, form.cleaned_data["name"])
-    audit.record(request.user, "api_token.create", token, {"name": [None, token.name]}, request, "web")
+    try:
+        token, raw = create_token(request.user, form.cleaned_data["name"], actor=Actor.of(request, Channel.PAGE))
+    except TokenRefused as refused:
+        form.add_error("name", refused.problem.message)
+        return _page(request, form, status=400)
     example_url = request.build_absolute_uri(EXAMPLE_ENDPOINT)
     return _page(request, TokenForm(), status=201, new_token=token, raw_token=raw, example_url=example_url)
 
@@ -62,13 +65,8 @@ def token_revoke(request: HtmxHttpRequest, token_id: int) -> HttpResponse:
     if token is None:
         messages.error(request, f"You have no API token #{token_id}: pick one of yours from the list below.")
         return _page(request, TokenForm(), status=404)
-    if token.revoked_at is not None:
+    if not revoke_token(token, actor=Actor.of(request, Channel.PAGE)):
         messages.info(request, f"The token {token.prefix}… “{token.name}” was already revoked.")
         return redirect(reverse("tokens:list"))
-    token.revoked_at = timezone.now()
-    token.save(update_fields=["revoked_at"])
-    audit.record(
-        request.user, "api_token.revoke", token, {"revoked_at": [None, token.revoked_at.isoformat()]}, request, "web"
-    )
     messages.success(request, f"Revoked the token {token.prefix}… “{token.name}”. Requests that send it now get 401.")
     return redirect(reverse("tokens:list"))

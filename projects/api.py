@@ -6,11 +6,9 @@ Mounted after the registry router (see mtm/api.py), so the registry's fixed /pro
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
-from django.db import transaction
 from django.db.models import OuterRef, ProtectedError, Subquery
 from django.http import HttpRequest
 from ninja import File, Form, Router
@@ -18,14 +16,15 @@ from ninja.files import UploadedFile
 from ninja.responses import Status
 
 from models_registry.services import dataset_roots, resolve_model
-from mtm import audit
 from mtm.api_errors import ApiError
-from projects import services
+from mtm.audit import Actor, Channel
+from mtm.shared.problems import Problem
+from projects import run_services, services
 from projects.access import can_manage
-from projects.datasets import DatasetError, DatasetReport, check_dataset_path, inspect_dataset, store_upload
-from projects.liveness import reap_stale_runs
-from projects.models import LIVE_STATUSES, TrainingProject, TrainingRun
-from projects.pipeline import RunRefused, request_cancel, start_run
+from projects.datasets import DatasetError, DatasetReport, check_dataset_path, inspect_dataset
+from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
+from projects.models import TrainingProject, TrainingRun
+from projects.pipeline import CancelOutcome
 from projects.schemas import (
     DatasetUploadOut,
     MaxSeqLength,
@@ -40,6 +39,7 @@ from projects.schemas import (
     StoredText,
 )
 from projects.serializers import project_dict, run_dict
+from projects.uploads import discard_upload, receive_upload
 
 router = Router(tags=["projects"])
 MAX_ID = 2**63 - 1
@@ -67,8 +67,11 @@ def _refused(check: services.ProjectCheck) -> ApiError:
     return ApiError(422, errors, detail)
 
 
+def _actor(request: HttpRequest) -> Actor:
+    return Actor.of(request, Channel.API)
+
+
 def _project_or_404(project_id: int) -> TrainingProject:
-    reap_stale_runs()  # a run whose worker died is shown failed, not "training" forever
     rows = TrainingProject.objects.select_related("owner")
     project = rows.filter(pk=project_id).first() if 0 < project_id <= MAX_ID else None
     if project is None:
@@ -79,7 +82,6 @@ def _project_or_404(project_id: int) -> TrainingProject:
 
 
 def _run_or_404(run_id: int) -> TrainingRun:
-    reap_stale_runs()
     rows = TrainingRun.objects.select_related("project", "project__owner")
     run = rows.filter(pk=run_id).first() if 0 < run_id <= MAX_ID else None
     if run is None:
@@ -107,7 +109,6 @@ def list_projects(
     request: HttpRequest, owner: StoredText | None = None, status: RunStatusName | None = None
 ) -> list[dict]:
     """Every project of the team, newest first; ?owner= a username, ?status= the status of the last run."""
-    reap_stale_runs()
     latest = TrainingRun.objects.filter(project=OuterRef("pk")).order_by("-created_at", "-id")
     projects = TrainingProject.objects.select_related("owner").annotate(last_run_pk=Subquery(latest.values("pk")[:1]))
     if owner is not None:
@@ -129,11 +130,9 @@ def create_project(request: HttpRequest, payload: ProjectIn) -> Status:
     replaces an existing project's dataset with an upload.
     """
     try:
-        project = services.create_project(request.auth, payload.model_dump())
+        project = services.create_project(payload.model_dump(), actor=_actor(request))
     except services.ProjectInvalid as exc:
         raise _refused(exc.check)
-    changes = {key: [None, value] for key, value in services.project_data(project).items()}
-    audit.record(request.auth, "project.create", project, changes, request, via="api")
     return Status(201, project_dict(project, last_run=None))
 
 
@@ -147,13 +146,10 @@ def update_project(request: HttpRequest, project_id: int, payload: ProjectPatch)
     """Change some fields (hyperparameters are merged); the whole project is checked again, as on create."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "change")
-    before = services.project_data(project)
     try:
-        services.update_project(project, payload.model_dump(exclude_unset=True))
+        services.update_project(project, payload.model_dump(exclude_unset=True), actor=_actor(request))
     except services.ProjectInvalid as exc:
         raise _refused(exc.check)
-    if changes := audit.diff(before, services.project_data(project)):
-        audit.record(request.auth, "project.update", project, changes, request, via="api")
     return project_dict(project)
 
 
@@ -162,21 +158,12 @@ def delete_project(request: HttpRequest, project_id: int) -> Status:
     """Delete a project and its runs' records (not its output directory); refused while a run is live."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "delete")
-    changes = {key: [value, None] for key, value in services.project_data(project).items()}
     try:
-        with transaction.atomic():
-            # The same lock start_run takes, so no run can start between the check and the delete.
-            TrainingProject.objects.select_for_update().filter(pk=project.pk).first()
-            live = project.runs.filter(status__in=LIVE_STATUSES).order_by("-created_at").first()
-            if live is not None:
-                raise ApiError.single(
-                    409,
-                    "project_has_live_run",
-                    f"Project '{project.name}' cannot be deleted: its run {live.pk} is {live.status}.",
-                    f"Cancel it first (POST /api/v1/runs/{live.pk}/cancel) and delete the project once it has ended.",
-                )
-            audit.record(request.auth, "project.delete", project, changes, request, via="api")
-            project.delete()
+        services.delete_project(project, actor=_actor(request))
+    except services.ProjectBusy as exc:
+        live = exc.run
+        hint = f"Cancel it first (POST /api/v1/runs/{live.pk}/cancel) and delete the project once it has ended."
+        raise ApiError.single(409, exc.problem.code, exc.problem.message, hint)
     except ProtectedError as exc:
         raise ApiError.single(409, "project_in_use", f"Project '{project.name}' is still referenced: {exc}.", "")
     return Status(204, None)
@@ -185,16 +172,21 @@ def delete_project(request: HttpRequest, project_id: int) -> Status:
 # --- datasets --------------------------------------------------------------------------------------------------
 
 
-def _store(file: UploadedFile) -> Path:
+def _store(request: HttpRequest, file: UploadedFile) -> Path:
     try:
-        return store_upload(file, file.name or "")
+        return receive_upload(_actor(request), file, file.name or "")
     except DatasetError as exc:
         raise ApiError(422, [{**p.to_dict(), "field": UPLOAD_FIELD} for p in exc.problems])
 
 
-def _discard(path: Path) -> None:
-    """Remove a refused upload's folder (store_upload puts each upload in a folder of its own)."""
-    shutil.rmtree(path.parent, ignore_errors=True)
+def _discard(request: HttpRequest, path: Path) -> None:
+    """Remove a refused upload (its folder and its record)."""
+    discard_upload(path, actor=_actor(request))
+
+
+def _field_of(problem: Problem) -> str:
+    """A chat template past its limits is a problem of the model named in the upload, not of the file."""
+    return "model_name" if problem.code in TEMPLATE_LIMIT_CODES else UPLOAD_FIELD
 
 
 def _report_for(path: Path, model_name: str | None, revision: str | None, max_seq_length: int | None) -> DatasetReport:
@@ -205,7 +197,7 @@ def _report_for(path: Path, model_name: str | None, revision: str | None, max_se
     if model_name:
         resolution = resolve_model(model_name, revision or None)
         tokenizer = services.load_tokenizer(resolution) if resolution.valid else None
-    return inspect_dataset(located.path, tokenizer, max_seq_length)
+    return inspect_dataset(located.path, tokenizer, max_seq_length, model=f"'{model_name}'" if model_name else "")
 
 
 @router.post("/datasets", response={200: DatasetUploadOut, **UPLOAD}, tags=["datasets"])
@@ -222,11 +214,11 @@ def upload_dataset(
     stats when `model_name` (a model that resolves) is sent too, against `max_seq_length` when given.
     A file that cannot be trained on is refused (422) with each problem, rows named by number.
     """
-    path = _store(file)
+    path = _store(request, file)
     report = _report_for(path, model_name, revision, max_seq_length)
     if not report.valid:
-        _discard(path)
-        raise ApiError(422, [{**p.to_dict(), "field": UPLOAD_FIELD} for p in report.errors])
+        _discard(request, path)
+        raise ApiError(422, [{**p.to_dict(), "field": _field_of(p)} for p in report.errors])
     return {"dataset_path": report.path, "report": report.to_dict()}
 
 
@@ -237,15 +229,12 @@ def upload_project_dataset(request: HttpRequest, project_id: int, file: File[Upl
     not validate."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "change the dataset of")
-    path = _store(file)
-    before = services.project_data(project)
+    path = _store(request, file)
     try:
-        report = services.update_project(project, {"dataset_path": str(path)}).dataset
+        report = services.update_project(project, {"dataset_path": str(path)}, actor=_actor(request)).dataset
     except services.ProjectInvalid as exc:
-        _discard(path)
+        _discard(request, path)
         raise _refused(exc.check)
-    if changes := audit.diff(before, services.project_data(project)):
-        audit.record(request.auth, "project.update", project, changes, request, via="api")
     return {
         "dataset_path": project.dataset_path,
         "report": (report or DatasetReport(path=project.dataset_path)).to_dict(),
@@ -258,18 +247,15 @@ def upload_project_dataset(request: HttpRequest, project_id: int, file: File[Upl
 
 @router.post("/projects/{project_id}/runs", response={201: RunOut, **_errors(403, 404, 409, 413)}, tags=["runs"])
 def start_project_run(request: HttpRequest, project_id: int, payload: RunStartIn = NO_RESUME) -> Status:
-    """Queue a training run (body optional; {"resume": true} continues from the latest checkpoint). Refused (409)
-    while another live run writes to the same output directory."""
+    """Queue a training run (body optional; {"resume": true} continues from the latest complete checkpoint).
+    Refused (409) while another live run writes to the same output directory; a resume is refused (422) when
+    the output directory holds no complete checkpoint."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "start runs of")
-    resume = payload.resume
     try:
-        run = start_run(project, request.auth, resume=resume)
-    except RunRefused as exc:
-        raise ApiError(409, [exc.problem])
-    audit.record(
-        request.auth, "run.start", run, {"status": [None, run.status], "resume": [None, resume]}, request, via="api"
-    )
+        run = run_services.start_run(project, actor=_actor(request), resume=payload.resume)
+    except run_services.RunRefused as exc:
+        raise ApiError(409 if exc.conflict else 422, [exc.problem])
     run.refresh_from_db()  # queuing happens on commit and may already have failed (broker down)
     return Status(201, run_dict(run))
 
@@ -293,16 +279,11 @@ def cancel_run(request: HttpRequest, run_id: int) -> dict:
     ends "cancelled" (cancel_requested is true until then). Refused (409) when the run has already ended."""
     run = _run_or_404(run_id)
     _require_owner(request, run.project, "cancel runs of")
-    before = run.status
-    if not request_cancel(run):
-        run.refresh_from_db()
+    if run_services.cancel_run(run, actor=_actor(request)) is CancelOutcome.ENDED:
         raise ApiError.single(
             409,
             "run_ended",
             f"Run {run.pk} has already ended ({run.status}); there is nothing to cancel.",
             f"Start a new run with POST /api/v1/projects/{run.project_id}/runs.",
         )
-    run.refresh_from_db()
-    changes = {"status": [before, run.status], "cancel_requested": [False, True]}
-    audit.record(request.auth, "run.cancel", run, changes, request, via="api")
     return run_dict(run)

@@ -15,17 +15,25 @@ from django.views.decorators.http import require_http_methods
 from models_registry.names import name_error
 from models_registry.outputs import OutputDirCheck
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
+from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
-from projects.datasets import DatasetError, check_dataset_path, inspect_dataset, store_upload
+from projects.datasets import DatasetError, check_dataset_path, inspect_dataset
 from projects.forms import ProjectForm
 from projects.hyperparameters import Hyperparameters
+from projects.models import TrainingProject
+from projects.ownership import output_dir_conflicts
 from projects.services import load_tokenizer
+from projects.uploads import discard_upload, receive_upload, upload_problems
 
 MAX_PARAM_CHARS = 4096
 
 
-def output_status(raw: str) -> OutputDirCheck:
-    return validate_output_dir(raw[:MAX_PARAM_CHARS])
+def output_status(raw: str, actor: Any, project: TrainingProject | None = None) -> OutputDirCheck:
+    """The output directory's check as the form shows it, with the folder-ownership rule applied for `actor`."""
+    check = validate_output_dir(raw[:MAX_PARAM_CHARS])
+    if check.valid:
+        check.errors.extend(output_dir_conflicts(check.path or "", actor, project))
+    return check
 
 
 def _max_seq_length(raw: str) -> tuple[int, str]:
@@ -52,20 +60,20 @@ def _tokenizer(model_name: str, revision: str) -> tuple[Any, str]:
     return tokenizer, ""
 
 
-def dataset_status(path: str, params: Any) -> dict[str, Any]:
-    """What the dataset box shows for `path`: where it is, its format, rows, first rows, token lengths, problems."""
+def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
+    """What the dataset box shows `actor` for `path`: where it is, its format, rows, first rows, token lengths,
+    problems. Another member's upload is refused before anything of it is read."""
     status: dict[str, Any] = {"path": path}
     if not path.strip():
         return status
     located = check_dataset_path(path[:MAX_PARAM_CHARS], dataset_roots())
-    status["errors"] = located.errors
-    if not located.valid:
+    status["errors"] = located.errors or upload_problems(located, actor, None)
+    if status["errors"]:
         return status
     max_seq_length, length_note = _max_seq_length(params.get("max_seq_length", ""))
-    tokenizer, tokenizer_note = _tokenizer(
-        params.get("model_name", "").strip()[:200], params.get("revision", "").strip()[:255]
-    )
-    report = inspect_dataset(located.path, tokenizer, max_seq_length)
+    model_name = params.get("model_name", "").strip()[:200]
+    tokenizer, tokenizer_note = _tokenizer(model_name, params.get("revision", "").strip()[:255])
+    report = inspect_dataset(located.path, tokenizer, max_seq_length, model=f"'{model_name}'")
     status.update(
         report=report,
         errors=report.errors,
@@ -79,21 +87,22 @@ def dataset_status(path: str, params: Any) -> dict[str, Any]:
 @login_required
 def check_output_dir(request: HtmxHttpRequest) -> HttpResponse:
     raw = request.GET.get("output_directory", "")
-    context = {"output_check": output_status(raw) if raw.strip() else None}
+    context = {"output_check": output_status(raw, request.user) if raw.strip() else None}
     return render(request, "projects/form.html#output-status", context)
 
 
 @require_http_methods(["GET"])
 @login_required
 def check_dataset(request: HtmxHttpRequest) -> HttpResponse:
-    status = dataset_status(request.GET.get("dataset_path", ""), request.GET)
+    status = dataset_status(request.GET.get("dataset_path", ""), request.GET, request.user)
     return render(request, "projects/form.html#dataset-status", {"dataset": status})
 
 
 @require_http_methods(["POST"])
 @login_required
 def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
-    """Store the file chosen in the form right away and show its check; the path box then holds its stored path."""
+    """Store the file chosen in the form right away and show its check; the path box then holds its stored path.
+    A file that cannot be trained on is shown with its problems and deleted, as the API does."""
     upload = request.FILES.get("dataset_file")
     path = request.POST.get("dataset_path", "")
     status: dict[str, Any] = {"path": path}
@@ -101,10 +110,15 @@ def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
         status["errors"] = []
     else:
         try:
-            path = str(store_upload(upload, upload.name))
+            stored = str(receive_upload(Actor.of(request, Channel.PAGE), upload, upload.name))
         except DatasetError as exc:
             status["upload_errors"] = exc.problems
         else:
-            status = {**dataset_status(path, request.POST), "upload_name": upload.name}
+            status = {**dataset_status(stored, request.POST, request.user), "upload_name": upload.name}
+            if status.get("errors"):
+                discard_upload(stored, actor=Actor.of(request, Channel.PAGE))
+                status["discarded"] = True
+            else:
+                path = stored
     form = ProjectForm(initial={"dataset_path": path})
     return render(request, "projects/form.html#dataset-field", {"form": form, "dataset": status})

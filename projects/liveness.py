@@ -1,8 +1,9 @@
 """Heartbeats and the reaper: a run whose worker died (SIGKILL, a lost machine) is failed within a bounded time.
 
 Every task beats while it works on a run (a thread updates heartbeat_at every MTM_HEARTBEAT_SECONDS). The
-reaper fails live runs whose beat is older than MTM_HEARTBEAT_TIMEOUT. It runs in every worker (a thread started
-when the worker is ready), whenever a page or the API reads runs, and as `manage.py reap_runs` for cron.
+reaper fails live runs whose beat is older than MTM_HEARTBEAT_TIMEOUT. It is one periodic job: the task
+`projects.reap_stale_runs`, which Celery beat sends every MTM_REAP_SECONDS; `manage.py reap_runs` runs it once.
+Reading a run never writes to it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -87,23 +88,3 @@ def reap_stale_runs() -> list[int]:
             reaped.append(run.pk)
             log.warning("run %s failed: worker lost", run.pk)
     return reaped
-
-
-def start_reaper_thread(every: float | None = None) -> threading.Thread:
-    """Reap periodically from a daemon thread (started in each worker)."""
-    every = every or max(5.0, settings.MTM_HEARTBEAT_TIMEOUT / 3)
-
-    def loop() -> None:
-        while True:
-            try:
-                close_old_connections()
-                reap_stale_runs()
-            except Exception:
-                log.warning("reaper pass failed", exc_info=True)
-            finally:
-                connection.close()
-            threading.Event().wait(every)
-
-    thread = threading.Thread(target=loop, name="mtm-reaper", daemon=True)
-    thread.start()
-    return thread

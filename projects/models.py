@@ -140,3 +140,18 @@ class TrainingRun(models.Model):
     @property
     def has_ended(self) -> bool:
         return self.status in ENDED_STATUSES
+
+
+class Upload(models.Model):
+    """A dataset file stored under MEDIA_ROOT/datasets/<uuid>/: only its owner (and staff) may train on it."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploads")
+    path = models.CharField(max_length=4096, unique=True)
+    size_bytes = models.BigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.path

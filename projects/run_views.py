@@ -14,15 +14,15 @@ from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
 
-from mtm import audit
+from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from mtm.shared.problems import Problem
 from projects.access import can_manage, require_manage
 from projects.display import latest_checkpoint, run_duration, run_eta
-from projects.liveness import reap_stale_runs
 from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
-from projects.pipeline import RunRefused, request_cancel, start_run
+from projects.pipeline import CancelOutcome
 from projects.run_columns import RunProgress, ValidationReport
+from projects.run_services import RunRefused, cancel_run, start_run
 
 
 def polled_partial(request: HtmxHttpRequest, template: str, context: dict[str, Any], *, live: bool) -> HttpResponse:
@@ -42,20 +42,11 @@ def run_start(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(TrainingProject.objects.select_related("owner"), pk=pk)
     require_manage(request.user, project, "start its runs")
     resume = request.POST.get("resume") in ("1", "true", "on")
-    if resume and latest_checkpoint(project) is None:
-        problem = Problem(
-            "no_checkpoint",
-            f"Cannot resume: there is no checkpoint in {project.output_directory}.",
-            "Press Start for a fresh run; checkpoints are saved every 'save a checkpoint every' steps.",
-        )
-        messages.error(request, _problem_message(problem))
-        return redirect("projects:detail", pk=project.pk)
     try:
-        run = start_run(project, request.user, resume=resume)
+        run = start_run(project, actor=Actor.of(request, Channel.PAGE), resume=resume)
     except RunRefused as refused:
         messages.error(request, _problem_message(refused.problem))
         return redirect("projects:detail", pk=project.pk)
-    audit.record(request.user, "run.start", run, {"resume": [None, resume]}, request=request, via="web")
     return redirect("projects:run", pk=run.pk)
 
 
@@ -80,7 +71,6 @@ def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
 @login_required
 @vary_on_headers("HX-Request")
 def run_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    reap_stale_runs()  # a run whose worker died is shown failed ("worker lost"), and polling stops
     run = get_object_or_404(TrainingRun.objects.select_related("project__owner", "started_by"), pk=pk)
     context = run_context(run, request.user)
     if wants_partial(request):
@@ -93,13 +83,11 @@ def run_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def run_cancel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(TrainingRun.objects.select_related("project__owner"), pk=pk)
     require_manage(request.user, run.project, "cancel its runs")
-    if request_cancel(run):
-        audit.record(request.user, "run.cancel", run, {"status": [run.status, "cancelled"]}, request=request)
-        run.refresh_from_db()
-        if run.has_ended:
-            messages.success(request, f"Run {run.pk} cancelled before training started.")
-        else:
-            messages.info(request, f"Cancelling run {run.pk}: training stops at its next step and saves a checkpoint.")
+    outcome = cancel_run(run, actor=Actor.of(request, Channel.PAGE))
+    if outcome is CancelOutcome.CANCELLED:
+        messages.success(request, f"Run {run.pk} cancelled before training started.")
+    elif outcome is CancelOutcome.REQUESTED:
+        messages.info(request, f"Cancelling run {run.pk}: training stops at its next step and saves a checkpoint.")
     else:
         messages.info(request, f"Run {run.pk} had already ended ({run.get_status_display()}); nothing to cancel.")
     return redirect("projects:run", pk=run.pk)

@@ -166,7 +166,11 @@ class DatasetReportOut(Schema):
     valid: bool
     format: str | None
     kind: str | None
-    rows: int
+    rows: int = Field(description="Rows read; when `complete` is false, the file has at least this many.")
+    complete: bool = Field(
+        description="False when only the start of the file was read (large files): every row is checked when a run "
+        "starts."
+    )
     size_bytes: int | None
     sha256: str | None
     preview: list[dict[str, Any]]

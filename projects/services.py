@@ -1,7 +1,9 @@
-"""Creating and changing projects: every field checked with the same code the page, the API and the worker use.
+"""Creating, changing and deleting projects: the one way in for the page, the API and the admin.
 
-A project whose model, output directory or dataset does not validate is refused with the resolver's and the
-validators' own Problem objects, keyed by the field they belong to.
+Every field is checked with the same code the page, the API and the worker use; a project whose model, output
+directory or dataset does not validate is refused with the resolver's and the validators' own Problem objects,
+keyed by the field they belong to. Each change is locked against a run starting and audited here, the same
+whatever the channel.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ from django.db import transaction
 from models_registry.resolution import Resolution
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
 from models_registry.trainability import training_refusal
+from mtm import audit
+from mtm.audit import Actor
 from mtm.shared.problems import Problem
 from projects.datasets import DatasetReport, check_dataset_path, inspect_dataset
+from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.hyperparameters import Hyperparameters
-from projects.models import LIVE_STATUSES, TrainingMethod, TrainingProject
+from projects.models import LIVE_STATUSES, TrainingMethod, TrainingProject, TrainingRun
+from projects.ownership import output_dir_conflicts
+from projects.uploads import upload_problems
 
 EDITABLE = (
     "name",
@@ -69,6 +76,15 @@ class ProjectInvalid(Exception):
         self.check = check
 
 
+class ProjectBusy(Exception):
+    """A change refused because a run of the project is live (it goes away once the run ends)."""
+
+    def __init__(self, problem: Problem, run: TrainingRun):
+        super().__init__(problem.message)
+        self.problem = problem
+        self.run = run
+
+
 @functools.lru_cache(maxsize=8)
 def _tokenizer(path: str, revision_key: str):
     from transformers import AutoTokenizer
@@ -89,8 +105,11 @@ def _text(data: dict, key: str) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def check_project(data: dict[str, Any], *, inspect_tokens: bool = True) -> ProjectCheck:
-    """Check a project's fields (a complete set, as from the form or the API after defaults are applied)."""
+def check_project(
+    data: dict[str, Any], *, inspect_tokens: bool = True, actor: Any = None, project: TrainingProject | None = None
+) -> ProjectCheck:
+    """Check a project's fields (a complete set, as from the form or the API after defaults are applied), for
+    `actor` saving `project` (None: a new one). Without an actor, nothing of anyone's counts as theirs."""
     check = ProjectCheck()
     name = _text(data, "name")
     if not name:
@@ -119,20 +138,21 @@ def check_project(data: dict[str, Any], *, inspect_tokens: bool = True) -> Proje
         check.error("model_name", refusal)
 
     output = validate_output_dir(data.get("output_directory", ""))
-    for problem in output.errors:
+    for problem in output.errors or output_dir_conflicts(output.path or "", actor, project):
         check.error("output_directory", problem)
     check.warnings["output_directory"] = list(output.warnings)
 
     dataset_path = data.get("dataset_path", "")
     located = check_dataset_path(dataset_path, dataset_roots())
-    for problem in located.errors:
+    for problem in located.errors or upload_problems(located, actor, project):
         check.error("dataset_path", problem)
-    if located.valid:
+    if not check.errors.get("dataset_path"):
         tokenizer = load_tokenizer(resolution) if (inspect_tokens and resolution.valid) else None
-        report = inspect_dataset(located.path, tokenizer, hp.max_seq_length)
+        report = inspect_dataset(located.path, tokenizer, hp.max_seq_length, model=f"'{model_name}'")
         check.dataset = report
         for problem in report.errors:
-            check.error("dataset_path", problem)
+            # A chat template past its limits is the model's problem, whatever the dataset holds.
+            check.error("model_name" if problem.code in TEMPLATE_LIMIT_CODES else "dataset_path", problem)
         check.warnings["dataset_path"] = list(report.warnings)
     check.cleaned = {
         "name": name,
@@ -141,7 +161,7 @@ def check_project(data: dict[str, Any], *, inspect_tokens: bool = True) -> Proje
         "revision": revision,
         "dataset_path": located.path or dataset_path,
         "dataset_format": check.dataset.format if check.dataset else "",
-        "dataset_sha256": check.dataset.sha256 if check.dataset else "",
+        "dataset_sha256": (check.dataset.sha256 if check.dataset else "") or "",
         "output_directory": output.path or data.get("output_directory", ""),
         "method": method,
         "hyperparameters": hp.to_dict(),
@@ -154,37 +174,69 @@ def project_data(project: TrainingProject) -> dict[str, Any]:
     return {key: getattr(project, key) for key in EDITABLE}
 
 
-def create_project(owner, data: dict[str, Any]) -> TrainingProject:
-    check = check_project(data)
-    if not check.valid:
-        raise ProjectInvalid(check)
-    return TrainingProject.objects.create(owner=owner, **check.cleaned)
+def _locked(project: TrainingProject) -> TrainingRun | None:
+    """Lock the project's row (start_run takes the same lock) and return its live run, if any."""
+    TrainingProject.objects.select_for_update().filter(pk=project.pk).first()
+    return project.runs.filter(status__in=LIVE_STATUSES).order_by("-created_at", "-id").first()
 
 
-def update_project(project: TrainingProject, changes: dict[str, Any]) -> ProjectCheck:
-    """Apply a partial change to `project` (saved in place); the whole project is checked again, as a new one
-    would be. Returns that check, whose dataset report callers can show without inspecting the file again."""
-    merged = {**project_data(project), **{k: v for k, v in changes.items() if k in EDITABLE}}
-    if isinstance(changes.get("hyperparameters"), dict):
-        merged["hyperparameters"] = {**(project.hyperparameters or {}), **changes["hyperparameters"]}
-    check = check_project(merged)
-    live = project.runs.filter(status__in=LIVE_STATUSES).order_by("-id").first()
-    if live is not None:
-        for key in TRAINING_FIELDS:
-            if check.cleaned.get(key) != getattr(project, key):
-                check.error(
-                    key,
-                    Problem(
-                        "run_in_progress",
-                        f"Run {live.pk} of this project is {live.status}: '{key}' cannot change until it ends.",
-                        "Wait for the run to end or cancel it, then save again. The name, description and validation "
-                        "prompt can change now.",
-                    ),
-                )
+def create_project(data: dict[str, Any], *, actor: Actor) -> TrainingProject:
+    """Create a project owned by the actor; refused (ProjectInvalid) unless every field validates."""
+    check = check_project(data, actor=actor.user)
     if not check.valid:
         raise ProjectInvalid(check)
     with transaction.atomic():
+        project = TrainingProject.objects.create(owner=actor.user, **check.cleaned)
+        audit.record_change(actor, "project.create", project, {k: [None, v] for k, v in project_data(project).items()})
+    return project
+
+
+def update_project(project: TrainingProject, changes: dict[str, Any], *, actor: Actor) -> ProjectCheck:
+    """Apply a partial change to `project` (saved in place); the whole project is checked again, as a new one
+    would be. Returns that check, whose dataset report callers can show without inspecting the file again.
+    The audit record lists every field that changed; nothing is recorded when nothing did."""
+    merged = {**project_data(project), **{k: v for k, v in changes.items() if k in EDITABLE}}
+    if isinstance(changes.get("hyperparameters"), dict):
+        merged["hyperparameters"] = {**(project.hyperparameters or {}), **changes["hyperparameters"]}
+    check = check_project(merged, actor=actor.user, project=project)  # the slow part, before the lock
+    with transaction.atomic():
+        live = _locked(project)
+        if live is not None:
+            for key in TRAINING_FIELDS:
+                if check.cleaned.get(key) != getattr(project, key):
+                    check.error(key, _frozen_while_live(key, live))
+        if not check.valid:
+            raise ProjectInvalid(check)
+        before = project_data(project)
         for key, value in check.cleaned.items():
             setattr(project, key, value)
         project.save()
+        if found := audit.diff(before, project_data(project)):
+            audit.record_change(actor, "project.update", project, found)
     return check
+
+
+def _frozen_while_live(key: str, live: TrainingRun) -> Problem:
+    return Problem(
+        "run_in_progress",
+        f"Run {live.pk} of this project is {live.status}: '{key}' cannot change until it ends.",
+        "Wait for the run to end or cancel it, then save again. The name, description and validation "
+        "prompt can change now.",
+    )
+
+
+def delete_project(project: TrainingProject, *, actor: Actor) -> None:
+    """Delete the project and its runs' records (never its output directory); refused while a run is live."""
+    with transaction.atomic():
+        live = _locked(project)
+        if live is not None:
+            raise ProjectBusy(
+                Problem(
+                    "project_has_live_run",
+                    f"Project '{project.name}' cannot be deleted: its run {live.pk} is {live.status}.",
+                    "Cancel the run first and delete the project once it has ended.",
+                ),
+                live,
+            )
+        audit.record_change(actor, "project.delete", project, {k: [v, None] for k, v in project_data(project).items()})
+        project.delete()

@@ -16,16 +16,20 @@ from models_registry.models import ModelOverride
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
 from models_registry.trainability import training_refusal
 from mtm.shared.problems import Problem
-from projects.datasets import check_dataset_path, load_rows, prompt_text
+from projects import run_paths
+from projects.datasets import check_dataset_path, inspect_dataset, load_rows, prompt_text
+from projects.hyperparameters import Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingRun
+from projects.ownership import output_dir_conflicts
 from projects.pipeline import fail, transition, worker_identity
 from projects.run_columns import MetricPoint, RunProgress
+from projects.services import load_tokenizer
 from projects.supervisor import Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
+from projects.trainer.outputs import RUN_MARKER
 from projects.validation import validate_output
 
 MAX_METRIC_POINTS = 2000
-RUN_MARKER = ".mtm-run"  # in the output directory while a run trains there
 
 
 def run_dir(run_id: int) -> Path:
@@ -42,7 +46,7 @@ def resolve_stage(run_id: int) -> bool:
         run_id, RunStatus.QUEUED, RunStatus.RESOLVING, started_at=timezone.now(), worker_host=worker_identity()
     ):
         return False
-    run = TrainingRun.objects.select_related("project").get(pk=run_id)
+    run = TrainingRun.objects.select_related("project", "project__owner", "started_by").get(pk=run_id)
     project = run.project
     resolution = resolve_model(project.model_name, project.revision or None)
     if not resolution.valid:
@@ -55,6 +59,18 @@ def resolve_stage(run_id: int) -> bool:
     output = validate_output_dir(project.output_directory)
     if not output.valid:
         return not fail(run_id, RunStage.RESOLVE, output.errors[0], _problem_lines(output.errors))
+    if conflicts := output_dir_conflicts(project.output_directory, run.started_by or project.owner, project):
+        return not fail(run_id, RunStage.RESOLVE, conflicts[0], _problem_lines(conflicts))
+    # The form and the API read only the start of a dataset; here every row is read, and tokenized, once.
+    report = inspect_dataset(
+        dataset.path,
+        load_tokenizer(resolution),
+        Hyperparameters.from_dict(project.hyperparameters or {})[0].max_seq_length,
+        full=True,
+        model=f"'{project.model_name}'",
+    )
+    if not report.valid:
+        return not fail(run_id, RunStage.RESOLVE, report.errors[0], _problem_lines(report.errors))
     TrainingRun.objects.filter(pk=run_id).update(
         resolved_source=resolution.source or "",
         resolved_path=resolution.path or "",
@@ -120,36 +136,52 @@ def train_stage(run_id: int) -> bool:
         worker_pid=os.getpid(),
     ):
         return False
-    run = TrainingRun.objects.select_related("project").get(pk=run_id)
+    run = TrainingRun.objects.select_related("project", "project__owner", "started_by").get(pk=run_id)
     project = run.project
     folder = run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
+    # Both paths are resolved and checked again now, and opened without following links: a folder or file
+    # swapped for a link since the run started is refused, not written through or read.
+    if problem := run_paths.recheck(run):
+        fail(run_id, RunStage.TRAIN, problem)
+        return False
+    try:
+        output_fd = run_paths.open_output_dir(run)
+        try:
+            dataset = run_paths.snapshot_dataset(run, folder)
+            # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
+            # next save, and the filesystem may hand the new folder the old inode number.
+            run_paths.write_marker(output_fd, RUN_MARKER, f"{run_id}\n")
+        finally:
+            os.close(output_fd)
+    except run_paths.PathChanged as changed:
+        run_paths.drop_snapshot(folder)
+        fail(run_id, RunStage.TRAIN, changed.problem)
+        return False
     cancel_file = folder / "cancel"
     cancel_file.unlink(missing_ok=True)
-    existing = {p.name for p in Path(run.output_directory).glob("checkpoint-*")} if run.resume else set()
     spec = build_spec(
         model_path=run.resolved_path,
         model_name=project.model_name,
         revision=run.resolved_revision,
         trust_remote_code=_trust_remote_code(run),
-        dataset_path=project.dataset_path,
+        dataset_path=dataset,
         output_dir=run.output_directory,
         method=project.method,
         hyperparameters=project.hyperparameters,
-        resume_from_checkpoint="latest" if run.resume and existing else None,
+        # A resume whose checkpoint vanished after Start fails in the trainer ("no_checkpoint"), never starts fresh.
+        resume_from_checkpoint="latest" if run.resume else None,
         cancel_file=cancel_file,
         device=os.environ.get("MTM_TRAIN_DEVICE", "auto"),
     )
     spec_path = write_spec(spec, folder / "spec.json")
     recorder = _RunRecorder(run_id)
     output_dir = run.output_directory
-    os.makedirs(output_dir, exist_ok=True)
-    # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its next save,
-    # and the filesystem may hand the new folder the old inode number.
     marker = Path(output_dir) / RUN_MARKER
-    marker.write_text(f"{run_id}\n")
 
     def health() -> Problem | None:
+        if os.path.realpath(output_dir) != output_dir:
+            return run_paths.output_changed(output_dir)
         if not marker.is_file():
             return Problem(
                 "output_directory_vanished",
@@ -181,6 +213,8 @@ def train_stage(run_id: int) -> bool:
     )
     TrainingRun.objects.filter(pk=run_id).update(log_tail=outcome.tail)
     marker.unlink(missing_ok=True)
+    if not (outcome.returncode == EXIT_OK and outcome.finished and outcome.stopped_for is None):
+        run_paths.drop_snapshot(folder)  # validation reads it for a prompt; nothing else will
     if outcome.stopped_for is not None:
         fail(run_id, RunStage.TRAIN, outcome.stopped_for)
         return False
@@ -217,8 +251,10 @@ def _validation_prompt(run: TrainingRun) -> str:
     project = run.project
     if project.validation_prompt.strip():
         return project.validation_prompt
+    # The snapshot the trainer read, never the project's path again: a link planted there since is not followed.
+    snapshot = run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(project.dataset_path)
     try:
-        rows = load_rows(project.dataset_path)
+        rows = load_rows(snapshot)
         from projects.datasets import detect_format
 
         fmt = detect_format(rows[:1])
@@ -236,9 +272,11 @@ def validate_stage(run_id: int) -> None:
     if not transition(run_id, RunStatus.TRAINING, RunStatus.VALIDATING):
         return
     run = TrainingRun.objects.select_related("project").get(pk=run_id)
+    prompt = _validation_prompt(run)
+    run_paths.drop_snapshot(run_dir(run_id))
     report = validate_output(
         run.output_directory,
-        _validation_prompt(run),
+        prompt,
         base_model_path=run.resolved_path,
         trust_remote_code=_trust_remote_code(run),
     )

@@ -1,19 +1,14 @@
-"""Celery tasks: thin wrappers that re-fetch the run by id and call a stage; any exception fails the run."""
+"""Celery tasks: thin wrappers that re-fetch the run by id and call a stage (any exception fails the run), and the
+periodic reaper that Celery beat runs (CELERY_BEAT_SCHEDULE in mtm/settings.py)."""
 
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_ready
 
 from projects import stages
-from projects.liveness import heartbeat, start_reaper_thread
+from projects.liveness import heartbeat, reap_stale_runs
 from projects.models import RunStage
 from projects.pipeline import fail_with_exception, record_task_id
-
-
-@worker_ready.connect
-def _start_reaper(**_kwargs) -> None:
-    start_reaper_thread()
 
 
 def _guarded(run_id: int, stage: RunStage, fn):
@@ -47,3 +42,17 @@ def train_run(run_id: int) -> None:
 @shared_task(name="projects.validate_run")
 def validate_run(run_id: int) -> None:
     _guarded(run_id, RunStage.VALIDATE, stages.validate_stage)
+
+
+@shared_task(name="projects.reap_stale_runs", ignore_result=True)
+def reap_runs() -> list[int]:
+    """Fail the live runs whose worker stopped beating; scheduled by Celery beat."""
+    return reap_stale_runs()
+
+
+@shared_task(name="projects.cleanup_uploads")
+def cleanup_uploads() -> int:
+    """Periodic (Celery beat): remove uploads no project references once past the grace period."""
+    from projects.uploads import cleanup_uploads as remove_unreferenced
+
+    return len(remove_unreferenced())

@@ -9,32 +9,35 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.db.models import OuterRef, Subquery
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 
-from mtm import audit
+from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from projects.access import can_manage, require_manage
-from projects.datasets import DatasetError, store_upload
+from projects.datasets import DatasetError
 from projects.display import hyperparameter_rows, latest_checkpoint, run_duration
 from projects.forms import ProjectForm, problem_error
 from projects.inline_checks import output_status
-from projects.liveness import reap_stale_runs
 from projects.models import LIVE_STATUSES, TrainingProject, TrainingRun
 from projects.run_views import polled_partial
-from projects.services import ProjectInvalid, check_project, create_project, project_data, update_project
-
-AUDITED_FIELDS = ("name", "model_name", "revision", "dataset_path", "output_directory", "method", "hyperparameters")
+from projects.services import (
+    ProjectBusy,
+    ProjectInvalid,
+    check_project,
+    create_project,
+    delete_project,
+    update_project,
+)
+from projects.uploads import discard_upload, receive_upload
 
 
 @require_http_methods(["GET", "HEAD"])
 @login_required
 def project_list(request: HtmxHttpRequest) -> HttpResponse:
-    reap_stale_runs()
     runs = TrainingRun.objects.filter(project=OuterRef("pk")).order_by("-created_at", "-id")
     projects = (
         TrainingProject.objects.select_related("owner")
@@ -49,13 +52,16 @@ def project_list(request: HtmxHttpRequest) -> HttpResponse:
 
 
 def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject | None) -> TrainingProject | None:
-    """Store an upload, then create or update through the service; None (with the form's errors) when refused."""
-    dataset_path = form.cleaned_data["dataset_path"]
+    """Store an upload, then create or update through the service; None (with the form's errors) when refused.
+    An upload whose dataset is refused is deleted; one kept for a form refused for other reasons stays in the
+    path box (and is removed by the periodic cleanup if the project is never saved)."""
+    typed_path = dataset_path = form.cleaned_data["dataset_path"]
     upload = form.cleaned_data.get("dataset_file")
     upload_failed = False
+    stored = None
     if upload:
         try:
-            dataset_path = str(store_upload(upload, upload.name))
+            stored = dataset_path = str(receive_upload(Actor.of(request, Channel.PAGE), upload, upload.name))
         except DatasetError as exc:
             upload_failed = True
             for problem in exc.problems:
@@ -64,23 +70,22 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
             form.keep_dataset_path(dataset_path)
     data = form.project_data(dataset_path)
     if upload_failed:  # still show everything else that is wrong, but never save
-        found = check_project(data)
+        found = check_project(data, actor=request.user, project=project)
         found.errors.pop("dataset_path", None)
         form.add_problems(found)
         form.dataset_report = found.dataset
         return None
-    before = project_data(project) if project else {}
+    actor = Actor.of(request, Channel.PAGE)
     try:
-        with transaction.atomic():
-            if project is None:
-                saved = create_project(request.user, data)
-                action = "project.create"
-            else:
-                update_project(project, data)
-                saved, action = project, "project.update"
-            after = {key: getattr(saved, key) for key in AUDITED_FIELDS}
-            audit.record(request.user, action, saved, audit.diff(before, after), request=request, via="web")
+        if project is None:
+            saved = create_project(data, actor=actor)
+        else:
+            update_project(project, data, actor=actor)
+            saved = project
     except ProjectInvalid as refused:
+        if stored and refused.check.errors.get("dataset_path"):
+            discard_upload(stored, actor=Actor.of(request, Channel.PAGE))
+            form.keep_dataset_path(typed_path)
         form.add_problems(refused.check)
         form.dataset_report = refused.check.dataset
         return None
@@ -112,7 +117,9 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
         "project": project,
         "groups": form.field_groups(),
         "dataset": _dataset_after_post(form),
-        "output_check": output_status(output_value) if output_value and not form["output_directory"].errors else None,
+        "output_check": output_status(output_value, request.user, project)
+        if output_value and not form["output_directory"].errors
+        else None,
     }
     return render(request, "projects/form.html", context, status=status)
 
@@ -149,7 +156,6 @@ def runs_context(project: TrainingProject, user: Any) -> dict[str, Any]:
 @login_required
 @vary_on_headers("HX-Request")
 def project_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    reap_stale_runs()
     project = get_object_or_404(TrainingProject.objects.select_related("owner"), pk=pk)
     context = runs_context(project, request.user)
     if wants_partial(request):
@@ -164,16 +170,18 @@ def project_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def project_delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     project = get_object_or_404(TrainingProject.objects.select_related("owner"), pk=pk)
     require_manage(request.user, project, "delete it")
-    live = project.runs.filter(status__in=LIVE_STATUSES).order_by("-created_at").first()
-    if request.method == "POST" and live is None:
-        name = project.name
-        with transaction.atomic():
-            audit.record(request.user, "project.delete", project, {"name": [name, None]}, request=request, via="web")
-            project.delete()
-        messages.success(
-            request, f"Project '{name}' and its runs were deleted. Files in its output directory are kept."
-        )
-        return redirect("projects:list")
+    if request.method == "GET":
+        live = project.runs.filter(status__in=LIVE_STATUSES).order_by("-created_at").first()
+    else:
+        try:
+            delete_project(project, actor=Actor.of(request, Channel.PAGE))
+        except ProjectBusy as refused:
+            live = refused.run
+        else:
+            messages.success(
+                request, f"Project '{project.name}' and its runs were deleted. Files in its output directory are kept."
+            )
+            return redirect("projects:list")
     status = 409 if request.method == "POST" else 200
     context = {"project": project, "live_run": live, "run_count": project.runs.count()}
     return render(request, "projects/delete.html", context, status=status)

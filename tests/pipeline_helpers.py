@@ -42,3 +42,18 @@ def wait_for_end(run_id: int, timeout: float = 300, until=None) -> TrainingRun:
             return run
         time.sleep(0.3)
     raise AssertionError(f"run {run_id} still {run.status} after {timeout}s; log:\n{run.log_tail[-3000:]}")
+
+
+def start(project, user, *, resume: bool = False):
+    """Start a run as `user` would from the command line, through the one service every channel uses."""
+    from mtm.audit import Actor, Channel
+    from projects.run_services import start_run
+
+    return start_run(project, actor=Actor(user, Channel.CLI), resume=resume)
+
+
+def cancel(run, user):
+    from mtm.audit import Actor, Channel
+    from projects.run_services import cancel_run
+
+    return cancel_run(run, actor=Actor(user, Channel.CLI))

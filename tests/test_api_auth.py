@@ -25,6 +25,9 @@ ENDPOINTS = [
     ("delete", "/model-overrides/1", None),
     ("get", "/settings", None),
     ("patch", "/settings", {"allowed_output_roots": ["/x"]}),
+    ("get", "/tokens", None),
+    ("post", "/tokens", {"name": "laptop"}),
+    ("post", "/tokens/1/revoke", None),
 ]
 STAFF_WRITES = [
     ("post", "/model-overrides", {"model_name": "org/new", "path": "/m"}, 201),
@@ -156,3 +159,55 @@ def test_logged_out_session_is_401_not_csrf(hf_cache):
     browser = Client(enforce_csrf_checks=True)
     resp = call(browser, "post", "/model-overrides", {"model_name": "org/x", "path": "/m"})
     assert resp.status_code == 401 and codes(resp.json()["errors"]) == ["not_authenticated"]
+
+
+# --- the caller's own tokens ------------------------------------------------------------------------------------
+
+
+def test_a_token_issued_through_the_api_is_shown_once_and_works_until_revoked(client, hf_cache):
+    from mtm.models import AuditEvent
+
+    user, token = make_user_token("scripter")
+    resp = call(client, "post", "/tokens", {"name": " nightly eval "}, token, REMOTE_ADDR="10.9.8.7")
+    assert resp.status_code == 201
+    issued = resp.json()
+    raw = issued.pop("token")
+    row = ApiToken.objects.get(pk=issued["id"])
+    assert (row.user, row.name, row.token_hash) == (user, "nightly eval", hash_token(raw))
+    assert raw.startswith(issued["prefix"]) and issued["revoked_at"] is None
+    listed = call(client, "get", "/tokens", token=token).json()
+    assert [t["id"] for t in listed] == [issued["id"], ApiToken.objects.get(name="tests").pk]
+    assert all("token" not in t for t in listed)
+    event = AuditEvent.objects.get(action="api_token.create")
+    assert (event.actor, event.via, event.remote_addr, event.changes) == (
+        user, "api", "10.9.8.7", {"name": [None, "nightly eval"]}
+    )  # fmt: skip
+
+    assert call(client, "get", "/tokens", token=raw).status_code == 200
+    resp = call(client, "post", f"/tokens/{issued['id']}/revoke", token=token)
+    assert resp.status_code == 200 and resp.json()["revoked_at"]
+    rejected = call(client, "get", "/tokens", token=raw)
+    assert rejected.status_code == 401 and codes(rejected.json()["errors"]) == ["token_revoked"]
+    again = call(client, "post", f"/tokens/{issued['id']}/revoke", token=token)
+    assert again.status_code == 409 and codes(again.json()["errors"]) == ["token_revoked"]
+    assert AuditEvent.objects.filter(action="api_token.revoke").count() == 1
+
+
+@pytest.mark.parametrize("name", ["", "   ", "x" * 101, "a\x00b"])
+def test_a_token_needs_a_sensible_name_in_the_api_too(client, name):
+    _, token = make_user_token("scripter")
+    resp = call(client, "post", "/tokens", {"name": name}, token)
+    assert resp.status_code == 422 and resp.json()["errors"][0]["message"]
+    assert ApiToken.objects.count() == 1
+
+
+def test_nobody_revokes_another_persons_token_through_the_api(client):
+    _, theirs = make_user_token("owner")
+    other = ApiToken.objects.get(user__username="owner")
+    for staff in (False, True):
+        _, token = make_user_token(f"caller-{staff}", staff=staff)
+        resp = call(client, "post", f"/tokens/{other.pk}/revoke", token=token)
+        assert resp.status_code == 404 and codes(resp.json()["errors"]) == ["not_found"]
+        assert other.pk not in [t["id"] for t in call(client, "get", "/tokens", token=token).json()]
+    other.refresh_from_db()
+    assert other.revoked_at is None and call(client, "get", "/tokens", token=theirs).status_code == 200

@@ -369,6 +369,17 @@ def test_start_queues_a_run_then_cancel_and_cancel_again(
     assert error["code"] == "run_ended" and "cancelled" in error["message"]
 
 
+def test_resume_without_a_complete_checkpoint_is_refused_with_the_reason(client, roots, owner, project):
+    output = Path(project["output_directory"])
+    (output / "checkpoint-8").mkdir(parents=True)  # cut short: the trainer writes trainer_state.json last
+    [error] = refused(call(client, "post", f"/projects/{project['id']}/runs", {"resume": True}, owner[1]), 422)
+    assert error["code"] == "no_checkpoint" and str(output) in error["message"] and "fresh run" in error["hint"]
+    assert not TrainingRun.objects.exists()
+    (output / "checkpoint-8" / "trainer_state.json").write_text("{}")
+    resp = call(client, "post", f"/projects/{project['id']}/runs", {"resume": True}, owner[1])
+    assert resp.status_code == 201 and TrainingRun.objects.get().resume is True
+
+
 def test_start_without_a_body_defaults_to_no_resume(client, roots, owner, project):
     resp = call(client, "post", f"/projects/{project['id']}/runs", "", owner[1])  # an empty body
     assert resp.status_code == 201, resp.content

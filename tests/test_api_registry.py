@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models_registry.models import ModelOverride, PortalSettings
+from models_registry.models import DEFAULT_UPLOAD_QUOTA_BYTES, ModelOverride, PortalSettings
 from mtm.models import AuditEvent
 from tests.api_client import call, codes, make_user_token
 from tests.hfcache import COMMIT_B, make_model_repo, set_ref
@@ -305,6 +305,7 @@ def test_settings_get_and_staff_patch(client, staff, staff_token, hf_cache, sett
         "effective_cache_dir": str(hf_cache),
         "allowed_output_roots": ["/env/outputs"],
         "allowed_dataset_roots": list(settings.MTM_DATASET_ROOTS),
+        "upload_quota_bytes": DEFAULT_UPLOAD_QUOTA_BYTES,
     }
     cache = tmp_path / "custom-hub"
     patch = {"model_cache_path": f" {cache} ", "allowed_output_roots": ["/data/out/", "/data/out", " /data/x/../y "]}

@@ -5,6 +5,9 @@ weights are never loaded with weights_only=False."""
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,36 @@ def test_no_shell_and_no_unsafe_loading(path):
 def test_the_scan_sees_our_code():
     assert len(SOURCES) > 40
     assert any(p.name == "stages.py" for p in SOURCES)
+
+
+def imported_modules(tree: ast.AST) -> set[str]:
+    """Every module a file imports, at the top or inside a function."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_the_run_state_machine_knows_nothing_of_celery():
+    """No cycle pipeline → tasks → stages → pipeline: the first task is published by the run service."""
+    path = ROOT / "projects" / "pipeline.py"
+    tree = ast.parse(path.read_text(), filename=str(path))
+    celery_side = {"projects.tasks", "projects.stages", "projects.run_services", "mtm.celery"}
+    imported = imported_modules(tree)
+    assert not {m for m in imported if m in celery_side or m.split(".")[0] in ("celery", "kombu")}, imported
+    publishing = [dotted(c.func) for c in calls(tree) if dotted(c.func).endswith((".apply_async", ".delay"))]
+    assert publishing == []
+
+
+def test_importing_the_state_machine_loads_no_task_module():
+    code = (
+        "import django, sys; django.setup(); import projects.pipeline; "
+        "print(sorted(m for m in sys.modules if m in ('projects.tasks', 'projects.stages', 'projects.run_services')))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mtm.settings"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -13,7 +13,7 @@ import yaml
 from django.conf import settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-APP_SERVICES = ("web", "worker", "trainer")
+APP_SERVICES = ("web", "worker", "beat", "trainer")
 FIRST_PARTY = ("mtm", "models_registry", "projects")
 # Variables that name a folder, and so must sit on a mounted volume to survive a container restart.
 PATH_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "MTM_OUTPUT_ROOTS", "MTM_DATASET_ROOTS", "MEDIA_ROOT")
@@ -84,6 +84,27 @@ def test_workers_use_the_mtm_app_and_consume_every_routed_queue(compose):
     assert option_value(command_words(trainer), "--concurrency", "-c") == "1"
     devices = trainer["deploy"]["resources"]["reservations"]["devices"]
     assert any("gpu" in device["capabilities"] for device in devices)
+
+
+def test_one_beat_sends_every_periodic_job_to_a_queue_a_worker_consumes(compose):
+    services = compose["services"]
+    beats = [name for name, service in services.items() if "command" in service and "beat" in command_words(service)]
+    assert beats == ["beat"]
+    words = command_words(compose["services"]["beat"])
+    assert words[:1] == ["celery"] and option_value(words, "-A", "--app") == "mtm"
+    consumed = {
+        queue
+        for name in ("worker", "trainer")
+        for queue in option_value(command_words(compose["services"][name]), "-Q", "--queues").split(",")
+    }
+    from mtm.celery import app
+
+    app.loader.import_default_modules()
+    assert "projects.reap_stale_runs" in {job["task"] for job in settings.CELERY_BEAT_SCHEDULE.values()}
+    for job in settings.CELERY_BEAT_SCHEDULE.values():
+        assert job["task"] in app.tasks, f"beat sends {job['task']}, which no module defines"
+        route = settings.CELERY_TASK_ROUTES.get(job["task"], {}).get("queue", settings.CELERY_TASK_DEFAULT_QUEUE)
+        assert route in consumed, f"{job['task']} goes to queue {route}, which no worker consumes"
 
 
 def test_every_environment_variable_set_is_read_by_the_code(compose):

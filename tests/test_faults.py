@@ -12,8 +12,7 @@ from django.contrib.auth.models import User
 
 from projects.liveness import reap_stale_runs
 from projects.models import RunStage, RunStatus, TrainingProject
-from projects.pipeline import start_run
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, wait_for_end, write_jsonl
+from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +50,7 @@ def test_worker_killed_mid_training_is_reaped_and_resume_continues(portal, start
     settings.MTM_HEARTBEAT_TIMEOUT = 8
     worker = start_worker(extra_env={"MTM_HEARTBEAT_SECONDS": "1"}).wait_ready()
     proj = project(portal, "killed", LONG)
-    run = start_run(proj, portal["user"])
+    run = start(proj, portal["user"])
     run = wait_for_end(run.pk, until=lambda r: "checkpoint-" in r.last_checkpoint and r.progress.get("step", 0) >= 4)
     worker.kill()  # SIGKILL to the worker's process group: no warm shutdown, no chance to record anything
 
@@ -73,7 +72,7 @@ def test_worker_killed_mid_training_is_reaped_and_resume_continues(portal, start
     proj.hyperparameters = {**proj.hyperparameters, "max_steps": checkpoint_step + 3}
     proj.save()
     start_worker().wait_ready()
-    resumed = wait_for_end(start_run(proj, portal["user"], resume=True).pk)
+    resumed = wait_for_end(start(proj, portal["user"], resume=True).pk)
     assert resumed.status == RunStatus.SUCCEEDED, (resumed.error_message, resumed.log_tail[-2000:])
     assert resumed.resumed_from.endswith(f"checkpoint-{checkpoint_step}")
 
@@ -87,7 +86,7 @@ def test_broker_down_at_start_then_back_without_restart(portal, celery_broker):
     proj = project(portal, "broker")
     with app_publishing_to(dead):
         started = time.monotonic()
-        run = start_run(proj, portal["user"])
+        run = start(proj, portal["user"])
         waited = time.monotonic() - started
         run.refresh_from_db()
         assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.QUEUE
@@ -96,7 +95,7 @@ def test_broker_down_at_start_then_back_without_restart(portal, celery_broker):
         assert waited < 30  # the person gets an answer, not a hung page
         server = PrivateRedis(port=port)
         try:
-            again = start_run(proj, portal["user"])  # no restart of anything: the same process retries
+            again = start(proj, portal["user"])  # no restart of anything: the same process retries
             again.refresh_from_db()
             assert again.status == RunStatus.QUEUED and again.task_ids.get("resolve")
             import redis
@@ -108,19 +107,19 @@ def test_broker_down_at_start_then_back_without_restart(portal, celery_broker):
 
 def test_training_raises_at_step_n_and_worker_keeps_serving(portal, start_worker):
     start_worker(extra_env={"MTM_FAULT_RAISE_AT_STEP": "5"}).wait_ready()
-    run = wait_for_end(start_run(project(portal, "raises"), portal["user"]).pk)
+    run = wait_for_end(start(project(portal, "raises"), portal["user"]).pk)
     assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.TRAIN
     assert run.error_code == "training_crashed" and "Injected fault at step 5" in run.error_message
     assert "Traceback" in run.log_tail and "RuntimeError" in run.log_tail
     # The same worker serves the next run (which also hits the fault: it proves the worker is alive and reports).
-    second = wait_for_end(start_run(project(portal, "raises-again"), portal["user"]).pk)
+    second = wait_for_end(start(project(portal, "raises-again"), portal["user"]).pk)
     assert second.status == RunStatus.FAILED and second.error_code == "training_crashed"
 
 
 def test_output_directory_disappears_during_training(portal, start_worker):
     start_worker().wait_ready()
     proj = project(portal, "vanish", LONG)
-    run = wait_for_end(start_run(proj, portal["user"]).pk, until=lambda r: r.progress.get("step", 0) >= 2)
+    run = wait_for_end(start(proj, portal["user"]).pk, until=lambda r: r.progress.get("step", 0) >= 2)
     shutil.rmtree(proj.output_directory)
     run = wait_for_end(run.pk, timeout=120)
     assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.TRAIN
@@ -137,7 +136,7 @@ def test_output_disk_fills_during_training(portal, start_worker, tmp_path):
     try:
         start_worker(extra_env={"MTM_MIN_FREE_BYTES": "0"}).wait_ready()  # let the disk really fill
         proj = project(portal, "full", {**LONG, "save_steps": 1}, output=mount / "out")
-        run = wait_for_end(start_run(proj, portal["user"]).pk, timeout=180)
+        run = wait_for_end(start(proj, portal["user"]).pk, timeout=180)
         assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.TRAIN, run.error_message
         assert run.error_code == "disk_full", (run.error_code, run.error_message)
         assert "full" in run.error_message and "Free space" in run.error_hint
@@ -147,6 +146,6 @@ def test_output_disk_fills_during_training(portal, start_worker, tmp_path):
 
 def test_low_free_space_stops_training_before_the_disk_fills(portal, start_worker):
     start_worker(extra_env={"MTM_MIN_FREE_BYTES": str(1 << 62)}).wait_ready()
-    run = wait_for_end(start_run(project(portal, "threshold", LONG), portal["user"]).pk, timeout=120)
+    run = wait_for_end(start(project(portal, "threshold", LONG), portal["user"]).pk, timeout=120)
     assert run.status == RunStatus.FAILED and run.error_code == "disk_full"
     assert "nearly full" in run.error_message and "df -h" in run.error_hint

@@ -151,9 +151,9 @@ def _started_pids(process: subprocess.Popen) -> dict[str, int]:
         found = re.search(r"started (\w+) \(pid (\d+)\)", line)
         if found:
             pids[found.group(1)] = int(found.group(2))
-        if len(pids) == 2:
+        if len(pids) == 3:
             return pids
-    raise AssertionError("runportal exited before starting both children")
+    raise AssertionError(f"runportal exited before starting web, worker and beat (started: {sorted(pids)})")
 
 
 def _get_status(url: str) -> int | None:
@@ -210,8 +210,8 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
             launcher.kill()
             launcher.wait()
     assert launcher.returncode == 0, output
-    assert "web stopped" in output and "worker stopped" in output
-    assert _gone(pids["web"]) and _gone(pids["worker"])
+    assert "web stopped" in output and "worker stopped" in output and "beat stopped" in output
+    assert _gone(pids["web"]) and _gone(pids["worker"]) and _gone(pids["beat"])
 
 
 @pytest.mark.slow
@@ -227,4 +227,4 @@ def test_runportal_stops_the_web_server_and_fails_when_the_worker_dies(tmp_path)
             launcher.wait()
     assert launcher.returncode == 1, output
     assert "worker exited with status -9; stopping the others" in output
-    assert _gone(pids["web"]) and _gone(pids["worker"])
+    assert _gone(pids["web"]) and _gone(pids["worker"]) and _gone(pids["beat"])

@@ -1,10 +1,12 @@
-"""Heartbeats and the reaper, without processes: rows with old beats are failed; fresh ones are left alone."""
+"""Heartbeats and the reaper: rows with old beats are failed, fresh ones are left alone; the reaper is the periodic
+job Celery beat sends, and reading a run never writes to it."""
 
 from __future__ import annotations
 
 import time
 from datetime import timedelta
 
+import pytest
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.test import Client
@@ -12,6 +14,7 @@ from django.utils import timezone
 
 from projects.liveness import heartbeat, reap_stale_runs
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
+from projects.tasks import reap_runs
 from tests.api_client import call, make_user_token
 
 
@@ -45,10 +48,14 @@ def test_stale_runs_fail_with_their_stage_and_fresh_ones_stay(db, settings):
     assert reap_stale_runs() == []
 
 
-def test_reading_a_run_through_the_api_reaps_it(db, settings):
+def test_the_api_shows_a_run_the_periodic_job_reaped_and_reading_never_writes(db, settings):
     settings.MTM_HEARTBEAT_TIMEOUT = 60
     run = make_run(RunStatus.TRAINING, 600)
     _, token = make_user_token("reader")
+    for path in (f"/runs/{run.pk}", f"/projects/{run.project_id}", f"/projects/{run.project_id}/runs", "/projects"):
+        assert call(Client(), "GET", path, token=token).status_code == 200
+    assert TrainingRun.objects.get(pk=run.pk).status == RunStatus.TRAINING  # a GET is no write
+    assert reap_runs.apply().get() == [run.pk]  # what beat sends
     body = call(Client(), "GET", f"/runs/{run.pk}", token=token).json()
     assert body["status"] == "failed" and body["error"]["code"] == "worker_lost"
 
@@ -80,12 +87,40 @@ def test_heartbeat_beats_while_the_block_runs(transactional_db, settings):
     assert reap_stale_runs() == []
 
 
-def test_opening_the_run_page_reaps_it(db, settings):
+def test_the_run_page_shows_a_run_the_periodic_job_reaped_and_reading_never_writes(db, settings):
     from tests.clients import secure_client
 
     settings.MTM_HEARTBEAT_TIMEOUT = 60
     run = make_run(RunStatus.TRAINING, 600)
     client = secure_client(User.objects.create_user("viewer"))
+    for url in (f"/projects/runs/{run.pk}/", f"/projects/{run.project_id}/", "/projects/"):
+        assert client.get(url).status_code == 200
+    assert TrainingRun.objects.get(pk=run.pk).status == RunStatus.TRAINING  # a GET is no write
+    reap_runs()
     response = client.get(f"/projects/runs/{run.pk}/", HTTP_HX_REQUEST="true")
     assert response.status_code == 286  # ended: polling stops
     assert "Worker lost" in response.content.decode()
+
+
+@pytest.mark.slow
+def test_beat_and_a_worker_reap_a_silent_run(transactional_db, start_worker, celery_broker, tmp_path):
+    """The deployment's way: `celery beat` sends the reaper on its schedule and a worker runs it."""
+    from tests.workers import CeleryBeat
+
+    silent = make_run(RunStatus.TRAINING, 600)
+    fresh = make_run(RunStatus.TRAINING, 0)
+    env = {"MTM_HEARTBEAT_TIMEOUT": "120", "MTM_REAP_SECONDS": "1"}
+    start_worker(queues="default", extra_env=env).wait_ready()
+    beat = CeleryBeat(celery_broker, tmp_path / "beat.log", env)
+    try:
+        beat.wait_ready()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and TrainingRun.objects.get(pk=silent.pk).status == RunStatus.TRAINING:
+            time.sleep(0.3)
+    finally:
+        beat.stop()
+    silent.refresh_from_db()
+    fresh.refresh_from_db()
+    assert silent.status == RunStatus.FAILED and silent.error_code == "worker_lost", beat.log_text()
+    assert fresh.status == RunStatus.TRAINING
+    assert "projects.reap_stale_runs" in beat.log_text()

@@ -326,6 +326,33 @@ def test_refused_form_keeps_the_uploaded_dataset(owner, roots):
     assert f'value="{stored}"' in section(text(response), 'id="dataset-field"', 'id="dataset-status"')
 
 
+def test_an_upload_whose_rows_are_refused_through_the_form_is_deleted(owner, roots, tiny_llama_in_cache):
+    from projects.models import Upload
+
+    upload = SimpleUploadedFile("bad.jsonl", b'{"prompt": "a", "completion": 7}\n')
+    response = secure_client(owner).post(
+        "/projects/new/", form_data(roots, tiny_llama_in_cache[0], dataset_path="", dataset_file=upload)
+    )
+    assert response.status_code == 422 and "Row 1" in text(response)
+    assert list((roots / "media" / "datasets").iterdir()) == [] and not Upload.objects.exists()
+    assert not TrainingProject.objects.exists()
+
+
+def test_another_members_upload_is_refused_and_not_previewed(owner, roots, tiny_llama_in_cache):
+    rows = b'{"prompt": "OWNERS-PRIVATE-PROMPT", "completion": "x"}\n' * 3
+    stored = secure_client(owner).post(
+        "/projects/upload-dataset/", {"dataset_file": SimpleUploadedFile("mine.jsonl", rows)}, **HX
+    )
+    [path] = (roots / "media" / "datasets").glob("*/mine.jsonl")
+    assert "OWNERS-PRIVATE-PROMPT" in text(stored)
+    member = secure_client(User.objects.create_user("member2"))
+    check = text(member.get("/projects/check-dataset/", {"dataset_path": str(path)}, **HX))
+    assert "was uploaded by alice" in check and "OWNERS-PRIVATE-PROMPT" not in check
+    response = member.post("/projects/new/", form_data(roots, tiny_llama_in_cache[0], dataset_path=str(path)))
+    assert response.status_code == 422 and "was uploaded by alice" in text(response)
+    assert not TrainingProject.objects.exists() and path.is_file()
+
+
 def test_upload_with_a_bad_extension_is_refused_under_the_upload(owner, roots, tiny_llama_in_cache):
     upload = SimpleUploadedFile("notes.txt", b"hello")
     response = secure_client(owner).post(
@@ -356,6 +383,15 @@ def test_edit_changes_the_project_and_refuses_bad_changes(owner, staff, roots, t
 
 
 # --- inline checks -------------------------------------------------------------------------------------------------
+
+
+def test_output_dir_check_names_another_members_project_as_you_type(owner, roots):
+    theirs = make_project(owner, roots, output_directory=str(roots / "outputs" / "theirs"))
+    member = secure_client(User.objects.create_user("member2"))
+    shown = text(member.get("/projects/check-output-dir/", {"output_directory": theirs.output_directory + "/m"}, **HX))
+    assert "status-error" in shown and "of project &#x27;demo&#x27; (owner alice)" in shown
+    own = text(secure_client(owner).get("/projects/check-output-dir/", {"output_directory": theirs.output_directory}))
+    assert "status-error" not in own
 
 
 def test_output_dir_check_shows_errors_and_what_will_happen(owner, roots):

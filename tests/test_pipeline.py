@@ -11,8 +11,9 @@ import pytest
 from django.contrib.auth.models import User
 
 from projects.models import RunStage, RunStatus, TrainingProject
-from projects.pipeline import RunRefused, request_cancel, start_run
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, wait_for_end, write_jsonl
+from projects.pipeline import CancelOutcome
+from projects.run_services import RunRefused
+from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, cancel, start, wait_for_end, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def make_project(portal, model_name, *, method="full", rows=None, hyper=None, na
 def test_full_fine_tune_succeeds_and_is_proven_to_work(portal, tiny_llama_in_cache, celery_worker):
     name, snapshot = tiny_llama_in_cache
     project = make_project(portal, name, validation_prompt="Say hello:")
-    run = wait_for_end(start_run(project, portal["user"]).pk)
+    run = wait_for_end(start(project, portal["user"]).pk)
     assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
     assert run.resolved_source == "cache" and run.resolved_path == str(snapshot)
     assert run.device == "cpu"
@@ -76,7 +77,7 @@ def test_lora_with_merge(portal, tiny_llama_in_cache, celery_worker):
         name="lora",
         hyper={"merge_after_training": True, "lora_r": 4, "lora_alpha": 8},
     )
-    run = wait_for_end(start_run(project, portal["user"]).pk)
+    run = wait_for_end(start(project, portal["user"]).pk)
     assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
     out = portal["root"] / "outputs" / "lora"
     assert (out / "adapter_config.json").is_file() and (out / "merged" / "config.json").is_file()
@@ -86,7 +87,7 @@ def test_lora_with_merge(portal, tiny_llama_in_cache, celery_worker):
 def test_chat_messages_dataset(portal, tiny_llama_in_cache, celery_worker):
     rows = [{"messages": [{"role": "user", "content": "Say hello"}, {"role": "assistant", "content": "Hello world!"}]}]
     project = make_project(portal, tiny_llama_in_cache[0], rows=rows, name="chat")
-    run = wait_for_end(start_run(project, portal["user"]).pk)
+    run = wait_for_end(start(project, portal["user"]).pk)
     assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
     # No validation prompt on the project: the dataset's first prompt, rendered with the chat template, is used.
     assert run.validation["prompt"].startswith("<|user|>\nSay hello")
@@ -96,7 +97,7 @@ def test_missing_model_fails_at_resolve_having_trained_nothing(portal, tiny_llam
     name, snapshot = tiny_llama_in_cache
     project = make_project(portal, name, name="vanished")
     shutil.rmtree(snapshot.parent.parent)  # the model is deleted from the cache after the project was made
-    run = wait_for_end(start_run(project, portal["user"]).pk)
+    run = wait_for_end(start(project, portal["user"]).pk)
     assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.RESOLVE
     assert run.error_code == "model_not_found"
     assert run.error_message.startswith(f"Model '{name}' not found. Please ensure the model is downloaded")
@@ -105,14 +106,40 @@ def test_missing_model_fails_at_resolve_having_trained_nothing(portal, tiny_llam
     assert not (portal["root"] / "outputs" / "vanished").exists()
 
 
+def test_a_bad_row_past_the_forms_sample_fails_the_run_at_resolve_naming_it(portal, tiny_llama_in_cache, celery_worker):
+    from mtm.audit import Actor, Channel
+    from projects.datasets.loading import SAMPLE_ROWS
+    from projects.services import create_project
+
+    rows = [{"prompt": f"Question {i}?", "completion": f" Answer {i}."} for i in range(SAMPLE_ROWS + 10)]
+    rows[SAMPLE_ROWS + 4] = {"prompt": "a row without its completion"}
+    dataset = write_jsonl(portal["root"] / "datasets" / "long.jsonl", rows)
+    project = create_project(  # the save check reads only the start of the file, so it accepts it
+        {
+            "name": "long",
+            "model_name": tiny_llama_in_cache[0],
+            "dataset_path": str(dataset),
+            "output_directory": str(portal["root"] / "outputs" / "long"),
+            "method": "full",
+            "hyperparameters": FAST_HYPERPARAMETERS,
+        },
+        actor=Actor(portal["user"], Channel.CLI),
+    )
+    run = wait_for_end(start(project, portal["user"]).pk)
+    assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.RESOLVE
+    assert run.error_code == "dataset_unknown_format"
+    assert run.error_message.startswith(f"Row {SAMPLE_ROWS + 5} (line {SAMPLE_ROWS + 5})"), run.error_message
+    assert run.progress == {} and not (portal["root"] / "outputs" / "long").exists()
+
+
 def test_training_crash_fails_the_run_and_the_worker_keeps_serving(portal, tiny_llama_in_cache, celery_worker):
     # A learning rate the hyperparameter check refuses only inside the child: the child reports and exits 1.
     project = make_project(portal, tiny_llama_in_cache[0], name="crash", hyper={"learning_rate": -1})
-    run = wait_for_end(start_run(project, portal["user"]).pk)
+    run = wait_for_end(start(project, portal["user"]).pk)
     assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.TRAIN, run.error_message
     assert "learning_rate" in run.error_message
     ok = make_project(portal, tiny_llama_in_cache[0], name="after-crash")
-    assert wait_for_end(start_run(ok, portal["user"]).pk).status == RunStatus.SUCCEEDED
+    assert wait_for_end(start(ok, portal["user"]).pk).status == RunStatus.SUCCEEDED
 
 
 def test_cancel_mid_run_then_resume_from_checkpoint(portal, tiny_llama_in_cache, celery_worker):
@@ -122,10 +149,10 @@ def test_cancel_mid_run_then_resume_from_checkpoint(portal, tiny_llama_in_cache,
         name="cancel",
         hyper={"max_steps": 400, "save_steps": 1000, "learning_rate": 0.001},
     )
-    run = start_run(project, portal["user"])
+    run = start(project, portal["user"])
     wait_for_end(run.pk, until=lambda r: (r.progress or {}).get("step", 0) >= 3)
     run.refresh_from_db()
-    assert request_cancel(run)
+    assert cancel(run, portal["user"]) is CancelOutcome.REQUESTED
     run = wait_for_end(run.pk)
     assert run.status == RunStatus.CANCELLED, (run.error_message, run.log_tail[-2000:])
     assert run.last_checkpoint and "checkpoint-" in run.last_checkpoint
@@ -134,7 +161,7 @@ def test_cancel_mid_run_then_resume_from_checkpoint(portal, tiny_llama_in_cache,
 
     project.hyperparameters = {**project.hyperparameters, "max_steps": stopped_at + 4}
     project.save()
-    resumed = wait_for_end(start_run(project, portal["user"], resume=True).pk)
+    resumed = wait_for_end(start(project, portal["user"], resume=True).pk)
     assert resumed.status == RunStatus.SUCCEEDED, (resumed.error_message, resumed.log_tail[-3000:])
     assert resumed.resumed_from.endswith(f"checkpoint-{stopped_at}")
     assert min(m["step"] for m in resumed.metrics) > stopped_at
@@ -146,5 +173,21 @@ def test_two_live_runs_on_one_output_directory_are_refused(portal, tiny_llama_in
 
     TrainingRun.objects.create(project=project, status=RunStatus.TRAINING, output_directory=project.output_directory)
     with pytest.raises(RunRefused) as refused:
-        start_run(project, portal["user"])
+        start(project, portal["user"])
     assert refused.value.problem.code == "output_directory_busy"
+
+
+def test_resume_whose_checkpoint_vanished_after_start_fails_instead_of_starting_fresh(
+    portal, tiny_llama_in_cache, celery_worker
+):
+    from projects.models import TrainingRun
+    from projects.run_services import enqueue
+
+    project = make_project(portal, tiny_llama_in_cache[0], name="vanished")
+    # Start accepted the resume while checkpoint-4 was there; it was deleted before the worker got to it.
+    run = TrainingRun.objects.create(project=project, resume=True, output_directory=project.output_directory)
+    assert enqueue(run.pk)
+    run = wait_for_end(run.pk)
+    assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, RunStage.TRAIN, "no_checkpoint")
+    assert "Cannot resume" in run.error_message and run.metrics == []
+    assert not Path(project.output_directory, "mtm_manifest.json").exists()

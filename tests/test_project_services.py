@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import User
 
+from mtm.audit import Actor, Channel
 from projects.services import ProjectInvalid, check_project, create_project, update_project
 from tests.pipeline_helpers import QA_ROWS, write_jsonl
 
@@ -26,13 +27,20 @@ def data(roots, model_name, **changes):
     return {**base, **changes}
 
 
+def as_cli(user) -> Actor:
+    return Actor(user, Channel.CLI)
+
+
+ACTOR = Actor(None, Channel.CLI)
+
+
 def codes(check, field):
     return [p.code for p in check.errors.get(field, [])]
 
 
 def test_valid_project_is_created_with_dataset_facts(roots, tiny_llama_in_cache):
     owner = User.objects.create_user("bob")
-    project = create_project(owner, data(roots, tiny_llama_in_cache[0]))
+    project = create_project(data(roots, tiny_llama_in_cache[0]), actor=as_cli(owner))
     assert project.dataset_format == "prompt_completion" and len(project.dataset_sha256) == 64
     assert project.hyperparameters["max_steps"] == 5 and project.hyperparameters["lora_r"] == 16
 
@@ -41,7 +49,7 @@ def test_missing_model_is_refused_with_the_resolver_message(roots):
     check = check_project(data(roots, "meta-llama/Llama-3.2-3B-Instruct"))
     assert codes(check, "model_name") == ["model_not_found"]
     with pytest.raises(ProjectInvalid) as refused:
-        create_project(User.objects.create_user("c"), data(roots, "meta-llama/Llama-3.2-3B-Instruct"))
+        create_project(data(roots, "meta-llama/Llama-3.2-3B-Instruct"), actor=as_cli(User.objects.create_user("c")))
     assert "Model 'meta-llama/Llama-3.2-3B-Instruct' not found. Please ensure the model is downloaded" in str(
         refused.value
     )
@@ -94,12 +102,12 @@ def test_hyperparameter_errors_name_the_field(roots, tiny_llama_in_cache):
 
 
 def test_update_checks_the_whole_project_again(roots, tiny_llama_in_cache):
-    project = create_project(User.objects.create_user("d"), data(roots, tiny_llama_in_cache[0]))
+    project = create_project(data(roots, tiny_llama_in_cache[0]), actor=as_cli(User.objects.create_user("d")))
     with pytest.raises(ProjectInvalid):
-        update_project(project, {"model_name": "org/missing"})
+        update_project(project, {"model_name": "org/missing"}, actor=ACTOR)
     project.refresh_from_db()
     assert project.model_name == tiny_llama_in_cache[0]
-    update_project(project, {"hyperparameters": {"max_steps": 9}})
+    update_project(project, {"hyperparameters": {"max_steps": 9}}, actor=ACTOR)
     project.refresh_from_db()
     assert project.hyperparameters["max_steps"] == 9 and project.hyperparameters["max_seq_length"] == 16
 
@@ -118,12 +126,14 @@ def test_form_strings_for_unset_warmup_are_not_both_set(roots, tiny_llama_in_cac
 def test_training_fields_are_frozen_while_a_run_is_live(roots, tiny_llama_in_cache):
     from projects.models import RunStatus, TrainingRun
 
-    project = create_project(User.objects.create_user("e"), data(roots, tiny_llama_in_cache[0]))
+    project = create_project(data(roots, tiny_llama_in_cache[0]), actor=as_cli(User.objects.create_user("e")))
     run = TrainingRun.objects.create(project=project, status=RunStatus.TRAINING)
     with pytest.raises(ProjectInvalid) as refused:
-        update_project(project, {"hyperparameters": {"max_steps": 50}, "name": "renamed"})
+        update_project(project, {"hyperparameters": {"max_steps": 50}, "name": "renamed"}, actor=ACTOR)
     [problem] = refused.value.check.errors["hyperparameters"]
     assert problem.code == "run_in_progress" and f"Run {run.pk}" in problem.message
-    update_project(project, {"name": "renamed", "validation_prompt": "Hi"})  # harmless changes still go through
+    update_project(
+        project, {"name": "renamed", "validation_prompt": "Hi"}, actor=ACTOR
+    )  # harmless changes still go through
     project.refresh_from_db()
     assert project.name == "renamed" and project.hyperparameters["max_steps"] == 5

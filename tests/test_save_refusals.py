@@ -19,6 +19,7 @@ from models_registry.checks import check_model_folder
 from models_registry.demo import install_into_cache
 from models_registry.models import ModelOverride
 from models_registry.services import resolve_model
+from mtm.audit import Actor, Channel
 from projects.services import ProjectInvalid, check_project, create_project
 from tests.pipeline_helpers import QA_ROWS, write_jsonl
 
@@ -67,7 +68,9 @@ def test_model_needing_untrusted_code_is_refused_on_save_with_the_remedy(portal_
     assert "Model Override for 'org/custom'" in problem.hint and "'Trust remote code' ticked" in problem.hint
     assert f"cp -rL {check.resolution.path} <folder>" in problem.hint  # a snapshot's links cannot be an override
     with pytest.raises(ProjectInvalid):
-        create_project(User.objects.create_user("ann"), project_data(portal_roots, "org/custom"))
+        create_project(
+            project_data(portal_roots, "org/custom"), actor=Actor(User.objects.create_user("ann"), Channel.CLI)
+        )
 
 
 def test_a_staff_override_that_trusts_the_code_lets_it_save(portal_roots, custom_code_model):
@@ -80,7 +83,9 @@ def test_a_staff_override_that_trusts_the_code_lets_it_save(portal_roots, custom
     )
 
     ModelOverride.objects.filter(model_name="org/custom").update(trust_remote_code=True)
-    project = create_project(User.objects.create_user("ann"), project_data(portal_roots, "org/custom"))
+    project = create_project(
+        project_data(portal_roots, "org/custom"), actor=Actor(User.objects.create_user("ann"), Channel.CLI)
+    )
     assert project.model_name == "org/custom"
 
 

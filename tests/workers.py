@@ -79,7 +79,16 @@ def _drop_connections(app) -> None:
 class CeleryWorker:
     """One running worker. Its output goes to `log_path`; `stop()` is Celery's warm shutdown (SIGTERM)."""
 
-    def __init__(self, redis_url: str, log_path: Path, queues: str, extra_env: dict[str, str] | None) -> None:
+    ready_line = " ready."
+
+    def __init__(
+        self,
+        redis_url: str,
+        log_path: Path,
+        queues: str,
+        extra_env: dict[str, str] | None,
+        argv: list[str] | None = None,
+    ) -> None:
         self.nodename = f"mtm-test-{uuid.uuid4().hex[:10]}@%h"
         self.log_path = log_path
         env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")}
@@ -95,9 +104,10 @@ class CeleryWorker:
             MTM_VAR_DIR=str(log_path.parent / f"var-{uuid.uuid4().hex[:8]}"),
         )
         env.update(extra_env or {})
-        argv = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-Q", queues, "-n", self.nodename]
-        argv += ["--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
-        argv += ["--without-heartbeat"]
+        if argv is None:
+            argv = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-Q", queues, "-n", self.nodename]
+            argv += ["--concurrency", "1", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+            argv += ["--without-heartbeat"]
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
                 argv,
@@ -120,12 +130,12 @@ class CeleryWorker:
         """Block until the worker logs that it is consuming; raise with its log if it dies or never gets there."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if " ready." in self.log_text():
+            if self.ready_line in self.log_text():
                 return self
             if self.process.poll() is not None:
-                raise RuntimeError(f"Celery worker exited with {self.process.returncode}:\n{self.log_text()}")
+                raise RuntimeError(f"Celery exited with {self.process.returncode}:\n{self.log_text()}")
             time.sleep(0.1)
-        raise RuntimeError(f"Celery worker not ready after {timeout}s:\n{self.log_text()}")
+        raise RuntimeError(f"Celery not ready after {timeout}s:\n{self.log_text()}")
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.process.poll() is None:
@@ -144,3 +154,15 @@ class CeleryWorker:
     def _kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
+
+
+class CeleryBeat(CeleryWorker):
+    """`celery -A mtm beat` sending the periodic jobs (CELERY_BEAT_SCHEDULE) to the session's Redis, with a schedule
+    file of its own."""
+
+    ready_line = "beat: Starting..."
+
+    def __init__(self, redis_url: str, log_path: Path, extra_env: dict[str, str] | None = None) -> None:
+        schedule = log_path.parent / f"celerybeat-schedule-{uuid.uuid4().hex[:8]}"
+        argv = [sys.executable, "-m", "celery", "-A", "mtm", "beat", "--loglevel", "INFO", "--schedule", str(schedule)]
+        super().__init__(redis_url, log_path, "", extra_env, argv)

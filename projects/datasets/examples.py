@@ -16,6 +16,7 @@ from projects.datasets.errors import (
     RowRef,
 )
 from projects.datasets.formats import SUPPORTED_FORMATS, check_rows
+from projects.datasets.template_sandbox import TemplateLimitExceeded, TemplateLimits, run_limited, too_large
 
 IGNORE_INDEX = -100
 _TOKENIZE_BATCH = 1000
@@ -133,6 +134,64 @@ def _chat_segments(tokenizer: Any, messages: list[dict]) -> list[Segment]:
     )
 
 
+# A rendered conversation may hold its messages, the template's own text and markers around each turn, but not
+# more than this many times the characters of its messages plus this much: anything longer is a runaway template.
+_RENDER_GROWTH = 4
+_RENDER_EXTRA_CHARS = 64 * 1024
+
+
+def _segments_or_error(tokenizer: Any, messages: list[dict]) -> list[Segment] | str:
+    try:
+        segments = _chat_segments(tokenizer, messages)
+    except MemoryError:  # the template's fault, not the row's: the caller reports it for the model
+        raise
+    except Exception as exc:  # a chat template is arbitrary Jinja code: any error is this row's problem
+        return str(exc)
+    given = sum(len(str(m.get("content", ""))) for m in messages)
+    rendered = sum(len(content) for content, _ in segments)
+    if rendered > given * _RENDER_GROWTH + _RENDER_EXTRA_CHARS:
+        raise MemoryError("the chat template built far more text than the conversation holds")
+    return segments
+
+
+# What one limited child renders at most: a request's whole sample fits in one; the worker's full pass takes several.
+_CHUNK_CONVERSATIONS = 2000
+_CHUNK_CHARS = 8 * 1024 * 1024
+
+
+def _chunks(conversations: list[list[dict]]) -> list[list[list[dict]]]:
+    chunks: list[list[list[dict]]] = [[]]
+    chars = 0
+    for messages in conversations:
+        size = sum(len(str(m.get("content", ""))) for m in messages)
+        if chunks[-1] and (len(chunks[-1]) >= _CHUNK_CONVERSATIONS or chars + size > _CHUNK_CHARS):
+            chunks.append([])
+            chars = 0
+        chunks[-1].append(messages)
+        chars += size
+    return chunks
+
+
+def render_conversations(
+    tokenizer: Any, conversations: list[list[dict]], limits: TemplateLimits | None = None, model: str = ""
+) -> list[list[Segment] | str]:
+    """Each conversation's segments, or why the chat template cannot render it. With `limits` the template runs
+    in limited child processes, one per chunk of conversations; raises TemplateLimitExceeded when one exceeds
+    them. Without, it runs here (for code that is already in a limited process, such as the trainer)."""
+    model = model or f"'{getattr(tokenizer, 'name_or_path', '') or 'unnamed'}'"
+    if limits is None:
+        try:
+            return [_segments_or_error(tokenizer, messages) for messages in conversations]
+        except MemoryError:
+            raise TemplateLimitExceeded(too_large(model, None)) from None
+    rendered: list[list[Segment] | str] = []
+    for chunk in _chunks(conversations):
+        rendered.extend(
+            run_limited(lambda chunk=chunk: [_segments_or_error(tokenizer, m) for m in chunk], limits, model)
+        )
+    return rendered
+
+
 def _row_segments(row: dict, fmt: str) -> list[Segment]:
     if fmt == "text":
         return [(row["text"], True)]
@@ -154,9 +213,18 @@ def _tokenize_all(tokenizer: Any, texts: list[str], add_special_tokens: bool) ->
 
 
 def encode_rows(
-    rows: Sequence[dict], fmt: str, tokenizer: Any, *, max_errors: int = DEFAULT_MAX_ERRORS
+    rows: Sequence[dict],
+    fmt: str,
+    tokenizer: Any,
+    *,
+    max_errors: int = DEFAULT_MAX_ERRORS,
+    template_limits: TemplateLimits | None = None,
+    model: str = "",
 ) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) of every row, not truncated, with EOS appended. Raises DatasetError.
+
+    With `template_limits`, the chat template runs in a limited child process and one that exceeds the limits
+    is a chat_template_too_slow / chat_template_too_large problem naming `model`.
 
     Segments are tokenized separately, so the boundary between what is learnt and what is not is exact. Only a
     row's first segment gets the tokenizer's special tokens (BOS) for text formats; chat templates write theirs.
@@ -168,17 +236,21 @@ def encode_rows(
     check_rows(rows, fmt, max_errors=max_errors)
     collector = ProblemCollector(max_errors)
     per_row: list[list[Segment]] = []
-    for number, row in enumerate(rows, 1):
-        if fmt != "messages":
-            per_row.append(_row_segments(row, fmt))
-            continue
+    if fmt != "messages":
+        per_row = [_row_segments(row, fmt) for row in rows]
+    else:
         try:
-            per_row.append(_chat_segments(tokenizer, row["messages"]))
-        except Exception as exc:  # a chat template is arbitrary Jinja code: any error is this row's problem
+            rendered = render_conversations(tokenizer, [row["messages"] for row in rows], template_limits, model)
+        except TemplateLimitExceeded as exc:
+            raise DatasetError([exc.problem]) from None
+        for number, outcome in enumerate(rendered, 1):
+            if not isinstance(outcome, str):
+                per_row.append(outcome)
+                continue
             collector.add(
                 Problem(
                     CHAT_TEMPLATE_ERROR,
-                    f"{RowRef(number)}: the model's chat template cannot render this conversation: {exc}.",
+                    f"{RowRef(number)}: the model's chat template cannot render this conversation: {outcome}.",
                     "Check the roles and their order: many templates need user and assistant turns to alternate "
                     "and accept 'system' only first.",
                 )

@@ -129,6 +129,7 @@ class RowChecker:
         self._mixed_count = 0
         self._mixed_position: int | None = None
         self.fatal = False
+        self.sample_ended = False  # a bounded read stopped before the end of the file
 
     @property
     def stopped(self) -> bool:

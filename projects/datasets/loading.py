@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -9,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from mtm.shared.problems import Problem
 from projects.datasets.errors import (
@@ -28,6 +30,10 @@ from projects.datasets.errors import (
 from projects.datasets.formats import SHAPES_HINT, RowChecker
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
+# What a request reads of a dataset: the first SAMPLE_BYTES, at most SAMPLE_ROWS rows. Every row is read on the
+# worker when a run starts (the resolve stage), so the web process never holds more than this of a file.
+SAMPLE_BYTES = 8 * 1024 * 1024
+SAMPLE_ROWS = 2000
 FILE_KINDS = ("jsonl", "json", "csv")
 EXTENSION_KINDS = {".jsonl": "jsonl", ".json": "json", ".csv": "csv"}
 KIND_NAMES = {"jsonl": "JSON Lines", "json": "a JSON array", "csv": "CSV"}
@@ -42,6 +48,14 @@ _UTF8_HINT = (
 )
 
 
+@dataclass(frozen=True)
+class Sample:
+    """How much of a file a bounded read looks at."""
+
+    bytes: int = SAMPLE_BYTES
+    rows: int = SAMPLE_ROWS
+
+
 @dataclass
 class LoadedDataset:
     rows: list[dict]
@@ -49,6 +63,34 @@ class LoadedDataset:
     kind: str
     warnings: list[Problem] = field(default_factory=list)
     ignored_keys: list[str] = field(default_factory=list)
+    complete: bool = True  # False when a sample ended before the file did: the file has at least len(rows) rows
+
+
+@dataclass
+class _Source:
+    """The bytes a reader reads: the whole file, or its first bytes (cut after a line break when there is one)."""
+
+    path: Path
+    head: bytes | None = None
+    cut: bool = False  # the head ends before the file does
+
+    @classmethod
+    def of(cls, path: Path, sample: Sample | None) -> _Source:
+        if sample is None:
+            return cls(path)
+        with open(path, "rb") as fh:
+            head = fh.read(sample.bytes + 1)
+        if len(head) <= sample.bytes:
+            return cls(path, head)
+        head = head[: sample.bytes]
+        line_end = head.rfind(b"\n")
+        return cls(path, head[: line_end + 1] if line_end >= 0 else head, cut=True)
+
+    def open(self) -> BinaryIO:
+        return open(self.path, "rb") if self.head is None else io.BytesIO(self.head)
+
+    def read(self) -> bytes:
+        return self.path.read_bytes() if self.head is None else self.head
 
 
 def _encoding_problem(where: str, exc: UnicodeDecodeError) -> Problem:
@@ -103,10 +145,13 @@ def sniff_kind(path: str | os.PathLike) -> tuple[str, list[Problem]]:
     return kind, warnings
 
 
-def _read_jsonl(path: Path, checker: RowChecker) -> None:
+def _read_jsonl(source: _Source, checker: RowChecker, max_rows: int | None) -> None:
     row = 0
-    with open(path, "rb") as fh:
+    with source.open() as fh:
         for line_no, raw in enumerate(fh, 1):
+            if (source.cut and not raw.endswith(b"\n")) or (max_rows is not None and row >= max_rows and raw.strip()):
+                checker.sample_ended = True  # the start of a row longer than the sample, or one past the rows read
+                return
             if line_no == 1:
                 raw = raw.removeprefix(_BOM)
             try:
@@ -160,17 +205,31 @@ class _LineCounter:
         return self.line
 
 
-def _read_array_items(text: str, pos: int, lines: _LineCounter, checker: RowChecker) -> int | None:
-    """Decode the rows of an array one by one (so each row knows its line); the position of the closing ']'
-    or None when reading had to stop."""
+def _cut_by_sample(text: str, exc: json.JSONDecodeError) -> bool:
+    """Whether a decoding error is only the sample ending inside a row: an open string, or nothing (or a few
+    characters of a literal such as 'tr') left after the error's position."""
+    return exc.msg.startswith("Unterminated string") or len(text) - exc.pos <= 5
+
+
+def _read_array_items(
+    text: str, pos: int, lines: _LineCounter, checker: RowChecker, source: _Source, max_rows: int | None
+) -> int | None:
+    """Decode the rows of an array one by one (so each row knows its line); the position of the closing ']',
+    or None when reading had to stop (a problem, or the end of a sample: then checker.sample_ended is set)."""
     decoder = json.JSONDecoder()
     row = 0
     while True:
         row += 1
+        if max_rows is not None and row > max_rows:
+            checker.sample_ended = True
+            return None
         ref = RowRef(row, lines.at(pos))
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
+            if source.cut and _cut_by_sample(text, exc):
+                checker.sample_ended = True
+                return None
             checker.problem(
                 _json_problem(f"{ref}: invalid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."), fatal=True
             )
@@ -185,6 +244,9 @@ def _read_array_items(text: str, pos: int, lines: _LineCounter, checker: RowChec
         separator = text[pos : pos + 1]
         if separator == "]":
             return pos
+        if not separator and source.cut:
+            checker.sample_ended = True
+            return None
         if separator != ",":
             found = f"'{separator}'" if separator else "the end of the file"
             checker.problem(
@@ -195,10 +257,11 @@ def _read_array_items(text: str, pos: int, lines: _LineCounter, checker: RowChec
         pos = _JSON_SPACE.match(text, pos + 1).end()
 
 
-def _read_json_array(path: Path, checker: RowChecker) -> None:
-    data = path.read_bytes().removeprefix(_BOM)
+def _read_json_array(source: _Source, checker: RowChecker, max_rows: int | None) -> None:
+    data = source.read().removeprefix(_BOM)
     try:
-        text = data.decode("utf-8")
+        # A sample may end inside a character: the incremental decoder keeps those bytes back instead of failing.
+        text = codecs.getincrementaldecoder("utf-8")().decode(data, final=not source.cut)
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         checker.problem(_encoding_problem(f"Line {line}", exc), fatal=True)
@@ -211,7 +274,7 @@ def _read_json_array(path: Path, checker: RowChecker) -> None:
         return
     pos = _JSON_SPACE.match(text, pos + 1).end()
     if text[pos : pos + 1] != "]":
-        pos = _read_array_items(text, pos, lines, checker)
+        pos = _read_array_items(text, pos, lines, checker, source, max_rows)
         if pos is None:
             return
     rest = _JSON_SPACE.match(text, pos + 1).end()
@@ -219,9 +282,10 @@ def _read_json_array(path: Path, checker: RowChecker) -> None:
         checker.problem(_json_problem(f"Unexpected text after the closing ']' at line {lines.at(rest)}."), fatal=True)
 
 
-def _first_bad_utf8_line(path: Path) -> Problem:
+def _first_bad_utf8_line(source: _Source) -> Problem:
     """The exact line of the first invalid UTF-8 byte (a text stream decodes in chunks and cannot say)."""
-    with open(path, "rb") as fh:
+    path = source.path
+    with source.open() as fh:
         for line_no, raw in enumerate(fh, 1):
             try:
                 raw.decode("utf-8")
@@ -244,15 +308,38 @@ def _csv_header(values: list[str], line: int) -> list[str] | Problem:
     return header
 
 
-def _read_csv(path: Path, checker: RowChecker) -> None:
+class _CsvRecords:
+    """(values, first line) of each record, and the line where the record being read starts (for csv errors).
+
+    From a cut sample the last record is held back: it may be the start of a record whose quoted line breaks
+    go on past the sample."""
+
+    def __init__(self, reader, cut: bool):
+        self.reader, self.cut, self.start = reader, cut, 1
+
+    def __iter__(self):
+        pending = None
+        for values in self.reader:
+            record = (values, self.start)
+            self.start = self.reader.line_num + 1
+            if not self.cut:
+                yield record
+                continue
+            if pending is not None:
+                yield pending
+            pending = record
+
+
+def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None) -> None:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-    with open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
+    path = source.path
+    with source.open() as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
         header: list[str] | None = None
-        row, start = 0, 1
+        records = _CsvRecords(reader, source.cut)
+        row = 0
         try:
-            for values in reader:
-                line, start = start, reader.line_num + 1
+            for values, line in records:
                 if not values:
                     continue
                 if header is None:
@@ -262,6 +349,9 @@ def _read_csv(path: Path, checker: RowChecker) -> None:
                         return
                     header = parsed
                     continue
+                if max_rows is not None and row >= max_rows:
+                    checker.sample_ended = True
+                    return
                 row += 1
                 ref = RowRef(row, line)
                 if len(values) != len(header):
@@ -278,15 +368,17 @@ def _read_csv(path: Path, checker: RowChecker) -> None:
                 if checker.stopped:
                     return
         except UnicodeDecodeError:
-            checker.problem(_first_bad_utf8_line(path), fatal=True)
+            checker.problem(_first_bad_utf8_line(source), fatal=True)
         except csv.Error as exc:
             checker.problem(
                 Problem(
-                    DATASET_BAD_ROW, f"Row {row + 1} (line {start}): unreadable CSV: {exc}.", "Fix the quoting there."
+                    DATASET_BAD_ROW,
+                    f"Row {row + 1} (line {records.start}): unreadable CSV: {exc}.",
+                    "Fix the quoting there.",
                 ),
                 fatal=True,
             )
-    if header is not None and row == 0 and not checker.collector.problems:
+    if header is not None and row == 0 and not checker.collector.problems and not checker.sample_ended:
         raise DatasetError(
             [Problem(DATASET_EMPTY, f"{path.name} has a header but no rows.", "Add at least one row under the header.")]
         )
@@ -300,8 +392,10 @@ def load_dataset(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_errors: int = DEFAULT_MAX_ERRORS,
+    sample: Sample | None = None,
 ) -> LoadedDataset:
-    """Read and check every row of a dataset file. Raises DatasetError carrying Problem objects."""
+    """Read and check every row of a dataset file, or only the rows within `sample` (then `complete` says whether
+    that was the whole file). Raises DatasetError carrying Problem objects."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -317,7 +411,9 @@ def load_dataset(
             )
         kind, warnings = sniff_kind(path)
         checker = RowChecker(max_errors)
-        _READERS[kind](path, checker)
+        source = _Source.of(path, sample)
+        _READERS[kind](source, checker, sample.rows if sample else None)
+        checker.sample_ended = checker.sample_ended or source.cut
     except OSError as exc:
         raise DatasetError(
             [
@@ -327,6 +423,10 @@ def load_dataset(
                     f"Check the file's permissions: ls -la {path}",
                 )
             ]
+        )
+    if checker.sample_ended and checker.format is None and not checker.collector.problems:
+        return LoadedDataset(
+            rows=[], format="", kind=kind, warnings=[*warnings, _no_row_in_sample(path, sample)], complete=False
         )
     rows, fmt = checker.finish(empty_message=f"{path.name} has no rows.")
     ignored = sorted(checker.ignored)
@@ -339,7 +439,18 @@ def load_dataset(
                 "Training uses only the fields of the detected shape; remove the others if they were meant to matter.",
             )
         )
-    return LoadedDataset(rows=rows, format=fmt, kind=kind, warnings=warnings, ignored_keys=ignored)
+    return LoadedDataset(
+        rows=rows, format=fmt, kind=kind, warnings=warnings, ignored_keys=ignored, complete=not checker.sample_ended
+    )
+
+
+def _no_row_in_sample(path: Path, sample: Sample | None) -> Problem:
+    read = human_bytes(sample.bytes) if sample else "part"
+    return Problem(
+        "dataset_sample_without_rows",
+        f"The first {read} of {path.name} hold no complete row, so its format and rows are not shown here.",
+        "Its rows are read and checked in full when a run starts; rows that long are usually a mistake in the file.",
+    )
 
 
 def load_rows(

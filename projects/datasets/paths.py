@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from django.core.files.move import file_move_safe
+
 from mtm.shared.paths import is_within, roots_text
 from mtm.shared.problems import Problem
 from projects.datasets.errors import (
@@ -200,22 +202,32 @@ def store_upload(
     folder = Path(upload_root if upload_root is not None else uploads_root()) / uuid.uuid4().hex
     folder.mkdir(parents=True)
     dest = folder / name
+    too_large = DatasetError(
+        [
+            Problem(
+                DATASET_TOO_LARGE,
+                f"Upload {name} is larger than the limit of {human_bytes(max_bytes)}.",
+                "Upload a smaller file, or place it inside an allowed dataset root on the server.",
+            )
+        ]
+    )
     written = 0
     try:
-        with open(dest, "xb") as out:
-            for chunk in _chunks(fileobj):
-                written += len(chunk)
-                if written > max_bytes:
-                    raise DatasetError(
-                        [
-                            Problem(
-                                DATASET_TOO_LARGE,
-                                f"Upload {name} is larger than the limit of {human_bytes(max_bytes)}.",
-                                "Upload a smaller file, or place it inside an allowed dataset root on the server.",
-                            )
-                        ]
-                    )
-                out.write(chunk)
+        if callable(getattr(fileobj, "temporary_file_path", None)):
+            # Django already wrote a large upload to a temporary file: move it (a rename on the same disk)
+            # rather than copy it again.
+            written = fileobj.size
+            if written > max_bytes:
+                raise too_large
+            if written:
+                file_move_safe(fileobj.temporary_file_path(), str(dest))
+        else:
+            with open(dest, "xb") as out:
+                for chunk in _chunks(fileobj):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise too_large
+                    out.write(chunk)
         if written == 0:
             raise DatasetError([Problem(DATASET_EMPTY, f"Upload {name} is empty.", "Upload a file with rows in it.")])
     except BaseException:

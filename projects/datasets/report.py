@@ -12,7 +12,8 @@ from mtm.shared.files import file_sha256
 from mtm.shared.problems import Problem
 from projects.datasets.errors import DEFAULT_MAX_ERRORS, DatasetError
 from projects.datasets.examples import IGNORE_INDEX, encode_rows
-from projects.datasets.loading import DEFAULT_MAX_BYTES, load_dataset, sniff_kind
+from projects.datasets.loading import DEFAULT_MAX_BYTES, Sample, load_dataset, sniff_kind
+from projects.datasets.template_sandbox import TemplateLimits
 
 PREVIEW_CHARS = 300
 PREVIEW_ITEMS = 20
@@ -50,6 +51,7 @@ class DatasetReport:
     format: str | None = None
     kind: str | None = None  # how the file was read: "jsonl", "json" or "csv"
     rows: int = 0
+    complete: bool = True  # False: only the start of the file was read, and it has at least `rows` rows
     size_bytes: int | None = None
     sha256: str | None = None
     preview: list[dict] = field(default_factory=list)
@@ -68,6 +70,7 @@ class DatasetReport:
             "format": self.format,
             "kind": self.kind,
             "rows": self.rows,
+            "complete": self.complete,
             "size_bytes": self.size_bytes,
             "sha256": self.sha256,
             "preview": self.preview,
@@ -116,13 +119,14 @@ def token_stats(encoded: list[tuple[list[int], list[int]]], max_seq_length: int 
     )
 
 
-def _length_warnings(stats: TokenStats, rows: int) -> list[Problem]:
+def _length_warnings(stats: TokenStats, rows: int, complete: bool = True) -> list[Problem]:
+    of_rows = f"of {rows} rows" if complete else f"of the first {rows} rows"
     warnings = []
     if stats.over_max:
         warnings.append(
             Problem(
                 "dataset_truncation",
-                f"{stats.over_max} of {rows} rows are longer than the max sequence length "
+                f"{stats.over_max} {of_rows} are longer than the max sequence length "
                 f"({stats.max_seq_length} tokens) and will be truncated; the longest has {stats.max} tokens.",
                 f"Raise the max sequence length (95% of rows fit in {stats.p95} tokens) or shorten those rows.",
             )
@@ -131,7 +135,7 @@ def _length_warnings(stats: TokenStats, rows: int) -> list[Problem]:
         warnings.append(
             Problem(
                 "dataset_rows_dropped",
-                f"{stats.dropped} of {rows} rows have nothing left to learn once truncated to "
+                f"{stats.dropped} {of_rows} have nothing left to learn once truncated to "
                 f"{stats.max_seq_length} tokens (the prompt fills them); they will be skipped.",
                 "Raise the max sequence length or shorten their prompts.",
             )
@@ -170,17 +174,22 @@ def inspect_dataset(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_errors: int = DEFAULT_MAX_ERRORS,
+    full: bool = False,
+    model: str = "",
 ) -> DatasetReport:
-    """Everything the form shows about a dataset file; never raises for a bad file (its problems are in errors).
+    """What the form shows about a dataset file; never raises for a bad file (its problems are in errors).
 
-    Token stats only when a tokenizer is given. The path is trusted: call check_dataset_path first.
+    By default only the start of the file is read (loading.Sample): what a web request may do; `full=True` reads
+    every row, for the worker. Either way the chat template of `model` runs in limited child processes. Token
+    stats only when a tokenizer is given. The path is trusted: call check_dataset_path first.
     """
     report = DatasetReport(path=str(path))
     try:
         report.size_bytes = Path(path).stat().st_size
         report.kind, report.warnings = sniff_kind(path)  # kept when loading fails: they may explain why
-        loaded = load_dataset(path, max_bytes=max_bytes, max_errors=max_errors)
-        report.sha256 = file_sha256(path)
+        loaded = load_dataset(path, max_bytes=max_bytes, max_errors=max_errors, sample=None if full else Sample())
+        if loaded.complete:  # a partly read file is not hashed: that would read all of it
+            report.sha256 = file_sha256(path)
     except DatasetError as exc:
         report.errors = exc.problems
         return report
@@ -190,15 +199,23 @@ def inspect_dataset(
         ]
         return report
     report.format, report.kind, report.rows = loaded.format, loaded.kind, len(loaded.rows)
+    report.complete = loaded.complete
     report.warnings = list(loaded.warnings)
     report.preview = [shorten(row) for row in loaded.rows[: max(preview_rows, 0)]]
-    if tokenizer is not None:
+    if tokenizer is not None and loaded.rows:
         try:
             rows = _capped(loaded.rows, max_seq_length)
-            encoded = encode_rows(rows, loaded.format, tokenizer, max_errors=max_errors)
+            encoded = encode_rows(
+                rows,
+                loaded.format,
+                tokenizer,
+                max_errors=max_errors,
+                template_limits=TemplateLimits.from_settings(),
+                model=model,
+            )
         except DatasetError as exc:
             report.errors.extend(exc.problems)
             return report
         report.token_stats = token_stats(encoded, max_seq_length)
-        report.warnings.extend(_length_warnings(report.token_stats, report.rows))
+        report.warnings.extend(_length_warnings(report.token_stats, report.rows, report.complete))
     return report

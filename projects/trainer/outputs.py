@@ -24,6 +24,7 @@ from projects.trainer.errors import TrainerError
 from projects.trainer.spec import LATEST
 
 MANIFEST_NAME = "mtm_manifest.json"
+RUN_MARKER = ".mtm-run"  # in the output directory while a run trains there; holds the run id
 MERGED_DIR = "merged"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 

@@ -8,8 +8,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
 from mtm import audit
+from mtm.audit import Actor
 from mtm.cli import EXIT_USAGE, database_ready
 from mtm.models import ApiToken
+from mtm.token_services import TokenRefused, create_token
 
 
 class Command(BaseCommand):
@@ -22,19 +24,23 @@ class Command(BaseCommand):
         parser.add_argument("username")
         parser.add_argument("--staff", action="store_true", help="Make the user staff (may edit overrides/settings).")
         parser.add_argument("--create-user", action="store_true", help="Create the user when it does not exist.")
-        parser.add_argument("--name", default="", help="A label for the token, e.g. 'ci' or 'laptop'.")
+        parser.add_argument(
+            "--name", default="cli", help="A label for the token, e.g. 'ci' or 'laptop' (default: cli)."
+        )
 
     def handle(self, *args, username: str, staff: bool, create_user: bool, name: str, **options) -> None:
-        if len(name) > ApiToken._meta.get_field("name").max_length or "\x00" in name:
-            raise CommandError("--name must be at most 100 characters, without NUL.", returncode=EXIT_USAGE)
+        if len(name) > ApiToken._meta.get_field("name").max_length or "\x00" in name or not name.strip():
+            raise CommandError("--name must be 1 to 100 characters, without NUL.", returncode=EXIT_USAGE)
         with database_ready(), transaction.atomic():
             user = self._user(username, create_user)
             if staff and not user.is_staff:
                 user.is_staff = True
                 user.save(update_fields=["is_staff"])
-                audit.record(None, "user.make_staff", user, {"is_staff": [False, True]}, via="cli")
-            token, raw = ApiToken.issue(user, name)
-            audit.record(None, "api_token.create", token, {"user": [None, user.get_username()]}, via="cli")
+                audit.record_change(Actor.command_line(), "user.make_staff", user, {"is_staff": [False, True]})
+            try:
+                token, raw = create_token(user, name, actor=Actor.command_line())
+            except TokenRefused as refused:
+                raise CommandError(refused.problem.message, returncode=EXIT_USAGE) from None
         role = "staff" if user.is_staff else "member"
         self.stdout.write(f"API token {token.prefix}… for {user.get_username()} ({role}); it is shown once:")
         self.stdout.write(raw)
@@ -65,5 +71,5 @@ class Command(BaseCommand):
         user = User.objects.create_user(**{User.USERNAME_FIELD: username})
         user.set_unusable_password()
         user.save()
-        audit.record(None, "user.create", user, {"username": [None, username]}, via="cli")
+        audit.record_change(Actor.command_line(), "user.create", user, {"username": [None, username]})
         return user

@@ -1,4 +1,4 @@
-"""`manage.py runportal`: the portal and a Celery worker side by side, as `make run` starts them."""
+"""`manage.py runportal`: the portal, a Celery worker and Celery beat side by side, as `make run` starts them."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from mtm.processes import Child, Supervisor
 
 class Command(BaseCommand):
     help = (
-        "Serve the portal (Django's server) with a Celery worker beside it. Ctrl-C stops both; "
-        "if either exits, the other is stopped too."
+        "Serve the portal (Django's server) with a Celery worker and Celery beat (the periodic jobs, such as "
+        "failing runs whose worker was lost) beside it. Ctrl-C stops them all; if one exits, the others are stopped."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -23,7 +23,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--queues", default="default,training", help="Queues the worker consumes (comma-separated)."
         )
-        parser.add_argument("--no-worker", action="store_true", help="Serve the portal only.")
+        parser.add_argument("--no-worker", action="store_true", help="Serve the portal only (no worker, no beat).")
         parser.add_argument(
             "--grace", type=float, default=20.0, help="Seconds to wait for a clean stop before killing."
         )
@@ -37,9 +37,14 @@ class Command(BaseCommand):
             worker = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-Q", queues]
             worker += ["--concurrency", "1", "--loglevel", "INFO"]
             children.append(Child("worker", worker, signal.SIGTERM))
+            beat = [sys.executable, "-m", "celery", "-A", "mtm", "beat", "--loglevel", "INFO"]
+            beat += ["--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME]
+            children.append(Child("beat", beat, signal.SIGTERM))
         broker = settings.CELERY_BROKER_URL.split("@")[-1]  # never print a password in the URL
         self.stdout.write(f"[runportal] portal: http://{addrport}/  (admin: http://{addrport}/admin/)")
+        periodic = "off" if no_worker else ", ".join(settings.CELERY_BEAT_SCHEDULE)
         self.stdout.write(f"[runportal] broker: {broker}; worker queues: {'none' if no_worker else queues}")
+        self.stdout.write(f"[runportal] periodic jobs (celery beat): {periodic}")
         self.stdout.write("[runportal] Ctrl-C stops everything.")
         self.stdout.flush()
         code = Supervisor(children, grace_seconds=grace).run(env=dict(os.environ))

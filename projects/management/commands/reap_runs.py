@@ -6,7 +6,10 @@ from projects.liveness import reap_stale_runs
 
 
 class Command(BaseCommand):
-    help = "Fail live runs whose worker stopped beating (MTM_HEARTBEAT_TIMEOUT). Workers do this themselves; use it from cron when none runs."
+    help = (
+        "Fail live runs whose worker stopped beating (MTM_HEARTBEAT_TIMEOUT), once. Celery beat sends the same job "
+        "every MTM_REAP_SECONDS; use this when no beat runs."
+    )
 
     def handle(self, *args, **options) -> None:
         reaped = reap_stale_runs()

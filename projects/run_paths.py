@@ -1,0 +1,180 @@
+"""A run's dataset and output directory, checked again right before the trainer starts, and opened without
+following links.
+
+Between the start of a run and its training stage a folder may be swapped for a symlink. So the train stage
+resolves both paths again and applies the save-time rules, then walks every component with O_NOFOLLOW: a link
+planted even after that check makes the open fail instead of being followed. The trainer reads the dataset from
+a snapshot (a hard link or copy made from the opened file) in the run's own folder, never from the path a
+member controls. Messages name paths only, never anything read from a file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+from models_registry.services import dataset_roots, validate_output_dir
+from mtm.shared.problems import Problem
+from projects.datasets import check_dataset_path
+from projects.datasets.errors import DATASET_UNREADABLE
+from projects.models import TrainingRun
+from projects.ownership import output_dir_conflicts
+
+OUTPUT_CHANGED = "output_directory_changed"
+DATASET_CHANGED = "dataset_changed"
+SNAPSHOT_DIR = "dataset"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_LINK_ERRORS = (errno.ELOOP, errno.ENOTDIR, errno.EEXIST)
+
+
+class PathChanged(Exception):
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+def open_dir_nofollow(path: str, *, create: bool = False) -> int:
+    """A descriptor of the folder `path` (absolute), reached without following any link; missing folders are
+    created when `create` (mkdirat never follows a link either). OSError with ELOOP or ENOTDIR when a component
+    is a link or a file."""
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for part in [p for p in path.split(os.sep) if p]:
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o777, dir_fd=fd)
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_file_nofollow(path: str) -> int:
+    """A read descriptor of the regular file `path`, reached without following any link."""
+    folder = open_dir_nofollow(os.path.dirname(path))
+    try:
+        fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
+
+
+def _actor(run: TrainingRun) -> Any:
+    return run.started_by or run.project.owner
+
+
+def _output_problem(run: TrainingRun) -> Problem | None:
+    project = run.project
+    now = os.path.realpath(project.output_directory)
+    if now != run.output_directory:
+        return Problem(
+            OUTPUT_CHANGED,
+            f"The output directory {project.output_directory} now leads to {now}, not to {run.output_directory} "
+            "as when the run was started: a folder on its path was replaced by a link. Nothing was written.",
+            "Restore the folder (no links on the path), or choose another output directory, then start again.",
+        )
+    check = validate_output_dir(run.output_directory)
+    problems = check.errors or output_dir_conflicts(run.output_directory, _actor(run), project)
+    return problems[0] if problems else None
+
+
+def _dataset_problem(run: TrainingRun) -> Problem | None:
+    stored = run.project.dataset_path
+    located = check_dataset_path(stored, dataset_roots())
+    if located.errors:
+        return located.errors[0]
+    if located.path != os.path.normpath(stored):
+        return _dataset_changed(stored, f"now leads to {located.path}")
+    return None
+
+
+def _dataset_changed(path: str, what: str) -> Problem:
+    return Problem(
+        DATASET_CHANGED,
+        f"The dataset {path} {what} since the project was saved: a file or folder on its path was replaced "
+        "by a link or something other than a regular file. It was not read.",
+        "Put the dataset file itself back (no links on its path) or save the project with another dataset, then "
+        "start again.",
+    )
+
+
+def recheck(run: TrainingRun) -> Problem | None:
+    """The first reason the run may not train now: its output directory or dataset resolves elsewhere than when
+    it was checked, or fails the rules it passed at save and start."""
+    return _output_problem(run) or _dataset_problem(run)
+
+
+def open_output_dir(run: TrainingRun) -> int:
+    """A descriptor of the run's output directory, created without following links; PathChanged otherwise."""
+    try:
+        return open_dir_nofollow(run.output_directory, create=True)
+    except OSError as exc:
+        if exc.errno not in _LINK_ERRORS:
+            raise
+        raise PathChanged(output_changed(run.output_directory)) from None
+
+
+def output_changed(path: str) -> Problem:
+    return Problem(
+        OUTPUT_CHANGED,
+        f"The output directory {path} (or a folder above it) was replaced by a link or a file, so training was "
+        "stopped before writing through it.",
+        "Restore the folder (no links on the path), or choose another output directory, then start again.",
+    )
+
+
+def write_marker(folder_fd: int, name: str, text: str) -> None:
+    """Write `name` in the opened folder, never through a link planted under that name."""
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder_fd)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def snapshot_dataset(run: TrainingRun, run_folder: Path) -> Path:
+    """The dataset as the trainer will read it: `run_folder`/dataset/<name>, a hard link to (or a copy of) the file
+    opened without following links. PathChanged when the path no longer leads to a regular file."""
+    source = run.project.dataset_path
+    try:
+        fd = open_file_nofollow(source)
+    except OSError as exc:
+        if exc.errno in (*_LINK_ERRORS, errno.EINVAL, errno.ENOENT):
+            raise PathChanged(_dataset_changed(source, "changed")) from None
+        raise PathChanged(
+            Problem(
+                DATASET_UNREADABLE,
+                f"Cannot open dataset {source}: {exc.strerror or exc}.",
+                f"Check the file's permissions (ls -la {source}); the workers run as uid {os.getuid()}.",
+            )
+        ) from None
+    folder = run_folder / SNAPSHOT_DIR
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    dest = folder / os.path.basename(source)
+    try:
+        try:
+            os.link(f"/proc/self/fd/{fd}", dest, follow_symlinks=True)
+        except OSError:  # another filesystem, or a file the portal may read but not link (protected_hardlinks)
+            with os.fdopen(os.dup(fd), "rb") as src, open(dest, "xb") as out:
+                shutil.copyfileobj(src, out, 1024 * 1024)
+    finally:
+        os.close(fd)
+    return dest
+
+
+def drop_snapshot(run_folder: Path) -> None:
+    shutil.rmtree(run_folder / SNAPSHOT_DIR, ignore_errors=True)

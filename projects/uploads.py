@@ -1,0 +1,152 @@
+"""Uploaded datasets are owned: who stored each file, how much each user keeps, and removing what nobody uses.
+
+Every upload (page or API) is stored through `receive_upload` and removed through `discard_upload`, each given
+the Actor and writing the audit record; storing records the owner and enforces the per-user quota
+(PortalSettings.upload_quota_bytes). Only the owner and staff may point a project at an upload.
+An upload no project references is removed by the periodic `cleanup_uploads` once older than
+MTM_UPLOAD_GRACE_HOURS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import Sum
+
+from models_registry.models import PortalSettings
+from mtm import audit
+from mtm.audit import Actor
+from mtm.shared.paths import is_within
+from mtm.shared.problems import Problem
+from projects.datasets import DatasetError, DatasetPathCheck, store_upload, uploads_root
+from projects.datasets.errors import human_bytes
+from projects.models import TrainingProject, Upload
+
+QUOTA_EXCEEDED = "upload_quota_exceeded"
+NOT_YOURS = "upload_not_yours"
+UNKNOWN_UPLOAD = "upload_unknown"
+
+
+def used_bytes(user: Any) -> int:
+    return Upload.objects.filter(owner=user).aggregate(total=Sum("size_bytes"))["total"] or 0
+
+
+def _quota_problem(user: Any, name: str, size: int, used: int, quota: int) -> Problem:
+    return Problem(
+        QUOTA_EXCEEDED,
+        f"Upload {name} ({human_bytes(size)}) would take {user.get_username()}'s uploads to "
+        f"{human_bytes(used + size)}, over the quota of {human_bytes(quota)} per user "
+        f"({human_bytes(used)} already kept).",
+        "Delete projects you no longer need (uploads no project uses are removed after "
+        f"{settings.MTM_UPLOAD_GRACE_HOURS} hours), place the file inside an allowed dataset root on the server, "
+        "or ask staff to raise the quota under Settings.",
+    )
+
+
+def receive_upload(actor: Actor, fileobj: IO[bytes] | Any, original_name: str) -> Path:
+    """Store an upload for the actor's user and record it (owner and audit); DatasetError for a bad file or one
+    over the user's quota (nothing is kept then)."""
+    owner = actor.user
+    quota = PortalSettings.load().upload_quota_bytes
+    announced = getattr(fileobj, "size", None)
+    if quota and isinstance(announced, int):
+        used = used_bytes(owner)
+        if used + announced > quota:
+            raise DatasetError([_quota_problem(owner, str(original_name), announced, used, quota)])
+    path = store_upload(fileobj, original_name)
+    size = path.stat().st_size
+    try:
+        with transaction.atomic():
+            # Lock the user's row so two uploads at once cannot both fit under the quota.
+            get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+            used = used_bytes(owner)
+            if quota and used + size > quota:
+                raise DatasetError([_quota_problem(owner, path.name, size, used, quota)])
+            upload = Upload.objects.create(owner=owner, path=os.path.realpath(path), size_bytes=size)
+            audit.record_change(
+                actor, "upload.create", upload, {"path": [None, upload.path], "size_bytes": [None, size]}
+            )
+    except BaseException:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        raise
+    return path
+
+
+def discard_upload(path: str | os.PathLike, *, actor: Actor) -> None:
+    """Remove an upload's folder and record (each upload has a folder of its own under the uploads folder)."""
+    path = Path(os.path.realpath(path))
+    root = os.path.realpath(uploads_root())
+    if path.parent != Path(root) and is_within(str(path.parent), root):
+        shutil.rmtree(path.parent, ignore_errors=True)
+    for upload in Upload.objects.filter(path=str(path)):
+        audit.record_change(actor, "upload.delete", upload, {"path": [upload.path, None]})
+        upload.delete()
+
+
+def upload_problems(located: DatasetPathCheck, actor: Any, project: TrainingProject | None) -> list[Problem]:
+    """Why `actor` may not use the upload at `located` for `project`: it is another user's, or no recorded upload.
+    Staff may use any; a project keeps the dataset it already has (staff may have set it)."""
+    if not located.uploaded or located.path is None or getattr(actor, "is_staff", False):
+        return []
+    if project is not None and os.path.realpath(project.dataset_path) == located.path:
+        return []
+    upload = Upload.objects.filter(path=located.path).select_related("owner").first()
+    if upload is not None and actor is not None and upload.owner_id == actor.pk:
+        return []
+    if upload is None:
+        return [
+            Problem(
+                UNKNOWN_UPLOAD,
+                f"Dataset {located.path} is in the uploads folder but is not an upload of yours.",
+                "Upload the file yourself (the Upload button on the form, or POST /api/v1/datasets) and use the "
+                "path that answers.",
+            )
+        ]
+    return [
+        Problem(
+            NOT_YOURS,
+            f"Dataset {located.path} was uploaded by {upload.owner.get_username()}; only they and staff may "
+            "train on it.",
+            "Upload your own copy of the file, or ask its owner to share it through an allowed dataset root.",
+        )
+    ]
+
+
+def _referenced() -> set[str]:
+    paths = TrainingProject.objects.values_list("dataset_path", flat=True)
+    return {os.path.realpath(p) for p in paths if p} | {os.path.normpath(p) for p in paths if p}
+
+
+def cleanup_uploads(now: float | None = None) -> list[str]:
+    """Remove uploads older than the grace period that no project references: recorded ones and folders left
+    without a record (an upload cut short, or stored before uploads were recorded). Returns the removed paths."""
+    now = time.time() if now is None else now
+    grace = timedelta(hours=settings.MTM_UPLOAD_GRACE_HOURS)
+    cutoff = datetime.fromtimestamp(now, tz=UTC) - grace
+    referenced = _referenced()
+    removed = []
+    for upload in Upload.objects.filter(created_at__lt=cutoff):
+        if upload.path not in referenced:
+            discard_upload(upload.path, actor=Actor.periodic())
+            removed.append(upload.path)
+    root = uploads_root()
+    recorded = {os.path.dirname(p) for p in Upload.objects.values_list("path", flat=True)}
+    if root.is_dir():
+        for folder in root.iterdir():
+            if folder.is_symlink() or not folder.is_dir() or os.path.realpath(folder) in recorded:
+                continue
+            if folder.lstat().st_mtime > now - grace.total_seconds():
+                continue
+            if any(str(child) in referenced or os.path.realpath(child) in referenced for child in folder.iterdir()):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder))
+    return removed
