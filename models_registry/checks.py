@@ -13,6 +13,7 @@ from models_registry.lfs_pointers import take_lfs_pointers
 from models_registry.not_a_model import gguf_files, without_config
 from models_registry.pickle_scan import check_bin
 from models_registry.remote_code import check_remote_code
+from models_registry.shard_index import check_index, loaded_safetensors
 from models_registry.tokenizer_check import vocabulary_source
 from models_registry.weights_consistency import compare_config_with_weights
 from mtm.shared.paths import is_within
@@ -326,23 +327,6 @@ def _loaded_bins(usable: dict[str, Path], model_name: str | None) -> set[str]:
     return names
 
 
-# The single-file checkpoint transformers prefers over a shard index of the same format.
-SINGLE_FILE_OF_INDEX = {
-    "model.safetensors.index.json": "model.safetensors",
-    "pytorch_model.bin.index.json": "pytorch_model.bin",
-}
-
-
-def _loaded_safetensors(usable: dict[str, Path], indexed: dict[str, set[str]]) -> list[str]:
-    """The safetensors files transformers would load as the model: the single file, else the indexed shards, else
-    every top-level one."""
-    if "model.safetensors" in usable:
-        return ["model.safetensors"]
-    if shards := indexed.get("model.safetensors.index.json"):
-        return sorted(s for s in shards if s in usable)
-    return sorted(n for n in usable if n.endswith(".safetensors") and "/" not in n and not n.startswith("adapter_"))
-
-
 def _check_index(
     usable: dict[str, Path], index_name: str, listed: set[str], report: FolderReport, model_name: str | None
 ) -> set[str]:
@@ -351,45 +335,9 @@ def _check_index(
     if problem:
         report.errors.append(problem)
         return set()
-    weight_map = data.get("weight_map") if isinstance(data, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        report.errors.append(
-            Problem(
-                "weights_invalid",
-                f"Model format invalid: {index_name} has no weight_map.",
-                redownload_hint(model_name),
-            )
-        )
-        return set()
-    shards = {str(v) for v in weight_map.values()}
-    missing = sorted(s for s in shards if s not in listed)
-    single = SINGLE_FILE_OF_INDEX[index_name]
-    if missing and single in usable:
-        report.warnings.append(
-            Problem(
-                "stale_shard_index",
-                f"{index_name} names shards that are not here ({', '.join(missing[:3])}), but {single} is: "
-                f"transformers loads {single} and ignores the index.",
-                f"Delete {index_name} if it is left over from an earlier download.",
-            )
-        )
-        return set()
-    suffix = single.rsplit(".", 1)[-1]
-    strays = sorted(n for n in listed if n.endswith("." + suffix) and "-of-" in n and n not in shards)
-    for shard in missing:
-        also = (
-            f" The folder has shards the index does not name ({', '.join(strays[:3])}): renamed, or from another "
-            "revision."
-            if strays
-            else ""
-        )
-        report.errors.append(
-            Problem(
-                "shard_missing",
-                f"Model format invalid: shard {shard} named in {index_name} is missing.{also}",
-                redownload_hint(model_name),
-            )
-        )
+    shards, errors, warnings = check_index(index_name, data, listed, usable, redownload_hint(model_name))
+    report.errors.extend(errors)
+    report.warnings.extend(warnings)
     return shards
 
 
@@ -417,11 +365,11 @@ def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: st
                 "Download the full model, not only its configuration and tokenizer.",
             )
         )
-    loaded_safetensors = _loaded_safetensors(usable, indexed)
-    if config is None or report.errors or not loaded_safetensors:
+    model_files = loaded_safetensors(usable, indexed)
+    if config is None or report.errors or not model_files:
         return
-    merged = {key: shape for rel in loaded_safetensors for key, shape in shapes.get(rel, {}).items()}
-    shown = ", ".join(loaded_safetensors[:2]) + (" ..." if len(loaded_safetensors) > 2 else "")
+    merged = {key: shape for rel in model_files for key, shape in shapes.get(rel, {}).items()}
+    shown = ", ".join(model_files[:2]) + (" ..." if len(model_files) > 2 else "")
     report.errors.extend(compare_config_with_weights(config, merged, shown, redownload_hint(model_name)))
 
 

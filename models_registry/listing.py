@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models_registry.cache_layout import split_partial_blobs
-from models_registry.checks import INDEX_FILES, SINGLE_FILE_OF_INDEX, TOKENIZER_FILES, redownload_hint
+from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
 from models_registry.names import name_error, name_from_folder
 from models_registry.not_a_model import without_config
 from models_registry.remote_code import check_remote_code
 from models_registry.resolution import choose_snapshot, leftover_partial_problem, resolve
+from models_registry.shard_index import SINGLE_FILE_OF_INDEX
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,8 +283,8 @@ def _resolve_cache(result: Resolution, cache_dir: Path, revision: str | None) ->
     context = CacheContext(cache_dir, choice.commit, hub_absent_files(repo_dir, choice.commit))
     report = check_model_folder(snapshot, root=cache_dir, model_name=name, context=context)
     result.files, result.tokenizer_source = report.files, report.tokenizer_source
-    result.errors.extend(report.errors)
-    result.warnings.extend(report.warnings)
+    result.errors.extend(_for_revision(p, name, revision) for p in report.errors)
+    result.warnings.extend(_for_revision(p, name, revision) for p in report.warnings)
     if partial:
         complete = not result.errors and any(f.name.endswith((".safetensors", ".bin")) for f in result.files)
         ours, leftovers = split_partial_blobs(partial, snapshot, complete)
@@ -292,6 +293,14 @@ def _resolve_cache(result: Resolution, cache_dir: Path, revision: str | None) ->
         if leftovers:
             result.warnings.append(leftover_partial_problem(name, leftovers))
     return result
+
+
+def _for_revision(problem: Problem, name: str, revision: str | None) -> Problem:
+    """A check's download hint fetches the revision that was asked for, not main (a PR ref, a tag)."""
+    if not revision or "--revision" in problem.hint:
+        return problem
+    hint = problem.hint.replace(f"download {name}", f"download {name} --revision {revision}")
+    return dataclasses.replace(problem, hint=hint)
 
 
 def _shown(partial: list[str]) -> str:

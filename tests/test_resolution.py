@@ -521,3 +521,13 @@ def test_cache_dir_precedence(tmp_path):
 def test_blob_helper_writes_content_addressed(tmp_path):
     blob = write_blob(tmp_path, b"abc")
     assert blob.name == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_a_broken_pr_revision_is_fetched_again_by_its_revision(hf_cache):
+    make_model_repo(hf_cache, "org/model")
+    make_model_repo(hf_cache, "org/model", COMMIT_B, ref=False, tokenizer=False)
+    set_ref(hf_cache, "org/model", COMMIT_B, ref="refs/pr/4")
+    res = resolve("org/model", "refs/pr/4", cache_dir=hf_cache)
+    assert codes(res.errors) == ["tokenizer_missing"]
+    assert "hf download org/model --revision refs/pr/4" in res.errors[0].hint
+    assert "huggingface-cli download org/model --revision refs/pr/4" in res.errors[0].hint
