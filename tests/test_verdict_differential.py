@@ -265,6 +265,7 @@ CASES = {
         installed("test-org/unknown-type", config={"model_type": "mtm_unheard_of", "architectures": ["X"]}),
         "model_type_unknown",
         ("'mtm_unheard_of'", f"transformers {transformers_version()}"),
+        listing_agrees=True,
     ),
     "remote_code_required": Case(
         "test-org/own-code",
@@ -274,6 +275,7 @@ CASES = {
         ),
         "remote_code_required",
         ("own Python code", f"transformers {transformers_version()}", "Trust remote code"),
+        listing_agrees=True,
     ),
     "vocab_size_disagrees": Case(
         "test-org/vocab-size",
@@ -433,3 +435,33 @@ def test_no_check_ran_the_pickled_payload(layouts, judged, tmp_path_factory):
     assert refusal is not None
     scratch = Path(str(tmp_path_factory.getbasetemp())).glob("differential-scratch*/unpickled-marker")
     assert list(scratch) == []
+
+
+WITHOUT_SENTENCEPIECE = """
+import json, sys
+from pathlib import Path
+sys.modules["sentencepiece"] = None  # as on a server where the package is not installed
+from models_registry.resolution import resolve
+from tests.transformers_judge import judge
+res = resolve("test-org/spm-only", cache_dir=Path(sys.argv[1]))
+print(json.dumps({"errors": [p.to_dict() for p in res.errors], "judge": judge("test-org/spm-only", sys.argv[1])}))
+"""
+
+
+def test_without_sentencepiece_a_tokenizer_model_is_refused_saying_why(layouts):
+    """The portal ships sentencepiece; on a server without it, both sides refuse, and the refusal names it."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DJANGO_SETTINGS_MODULE": "mtm.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SENTENCEPIECE, str(layouts)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["judge"]["loads"] is False, out["judge"]
+    [error] = out["errors"]
+    assert error["code"] == "tokenizer_unloadable"
+    assert "needs sentencepiece, not installed" in error["message"] and "requirements.txt" in error["hint"]
