@@ -15,7 +15,8 @@ from mtm.shared.problems import Problem
 
 EMBEDDING_SUFFIXES = ("embed_tokens.weight", "wte.weight", "embed_in.weight", "word_embeddings.weight")
 LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
-# Decoder families whose checkpoints use the names above; others are not judged by name, only by shape.
+# Decoder families whose checkpoints use the names above and whose embedding is hidden_size wide. Others are judged
+# on the vocabulary size only (OPT-350m, for one, projects a 512-wide embedding to a 1024 hidden size).
 KNOWN_LAYOUTS = frozenset(
     {
         "llama",
@@ -89,7 +90,7 @@ def compare_config_with_weights(
     name, (rows, width) = embedding
     if (vocab := _int(config, "vocab_size")) and vocab[1] != rows:
         refuse(f"vocab_size is {vocab[1]}, but {name} has {rows} rows")
-    if (hidden := _int(config, "hidden_size", "n_embd", "d_model")) and hidden[1] != width:
+    if known and (hidden := _int(config, "hidden_size", "n_embd")) and hidden[1] != width:
         refuse(f"{hidden[0]} is {hidden[1]}, but {name} is {width} wide")
     if known and (layers := _int(config, "num_hidden_layers", "n_layer")):
         found = {int(m.group(1)) for key in shapes if (m := LAYER_INDEX.search(key))}
