@@ -19,7 +19,7 @@ from pathlib import Path
 from models_registry.cache_layout import split_partial_blobs
 from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
 from models_registry.names import name_error, name_from_folder
-from models_registry.not_a_model import without_config
+from models_registry.not_a_model import gguf_files, without_config
 from models_registry.remote_code import check_remote_code
 from models_registry.resolution import choose_snapshot, leftover_partial_problem, resolve
 from models_registry.shard_index import SINGLE_FILE_OF_INDEX
@@ -154,7 +154,8 @@ def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
         item.warnings.append(
             Problem(
                 "no_weights",
-                "No weights (*.safetensors or *.bin).",
+                "No weights (*.safetensors or *.bin): not trainable."
+                + (f" Only GGUF: {', '.join(gguf_files(names)[:3])}." if gguf_files(names) else ""),
                 "Download the full model, not only its configuration and tokenizer.",
             )
         )

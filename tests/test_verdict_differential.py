@@ -429,6 +429,12 @@ def test_the_quick_listing_reaches_the_same_verdict(layouts):
             assert case.warning in [p.code for p in listed[case.name].warnings], (key, listed[case.name].warnings)
 
 
+def test_the_listing_marks_weightless_models_not_trainable(layouts):
+    listed = {m.model_name: m for m in list_cached(layouts)}
+    [warning] = [w for w in listed["test-org/gguf-and-config"].warnings if w.code == "no_weights"]
+    assert "not trainable" in warning.message and "tiny-llama.Q8_0.gguf" in warning.message
+
+
 def test_no_check_ran_the_pickled_payload(layouts, judged, tmp_path_factory):
     """The unsafe .bin was scanned by the portal and loaded (and refused) by transformers: nothing unpickled it."""
     res, refusal = verdict(CASES["bin_weights_only_would_refuse"], layouts)
