@@ -108,8 +108,9 @@ def _leftover_partial(cache, tiny, scratch):
     install_into_cache(tiny, cache, "test-org/leftover-partial")
     repo = cache / repo_folder_name("test-org/leftover-partial")
     (repo / "blobs" / ("e" * 64 + ".incomplete")).write_bytes(b"half of another revision's file")
-    (repo / ".locks" / repo.name).mkdir(parents=True)
-    (repo / ".locks" / repo.name / ("e" * 64 + ".lock")).write_bytes(b"")
+    locks = cache / ".locks" / repo.name  # huggingface_hub keeps download locks beside the repos, not in them
+    locks.mkdir(parents=True)
+    (locks / ("e" * 64 + ".lock")).write_bytes(b"")
 
 
 def _interrupted_weights(cache, tiny, scratch):
