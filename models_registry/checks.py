@@ -342,6 +342,7 @@ def _check_index(
 
 
 def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: str | None, config: dict | None) -> None:
+    errors_before = len(report.errors)
     weights = [n for n in usable if n.endswith((".safetensors", ".bin")) and "/" not in n]
     loaded = _loaded_bins(usable, model_name)
     shapes: dict[str, dict[str, list[int]]] = {}
@@ -366,7 +367,7 @@ def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: st
             )
         )
     model_files = loaded_safetensors(usable, indexed)
-    if config is None or report.errors or not model_files:
+    if config is None or len(report.errors) > errors_before or not model_files:  # shapes of broken weights mislead
         return
     merged = {key: shape for rel in model_files for key, shape in shapes.get(rel, {}).items()}
     shown = ", ".join(model_files[:2]) + (" ..." if len(model_files) > 2 else "")

@@ -35,3 +35,10 @@ def test_gpt2_names_and_counts_are_read(hf_cache):
     res = resolve("org/gpt2-like", cache_dir=hf_cache)
     assert [p.code for p in res.errors] == ["config_weights_mismatch"]
     assert "n_layer is 2, but the weights hold 1 layers" in res.errors[0].message
+
+
+def test_a_mismatch_is_reported_beside_an_unrelated_error(hf_cache):
+    config = {"model_type": "llama", "vocab_size": 9, "hidden_size": 4, "num_hidden_layers": 1}
+    make_model_repo(hf_cache, "org/two-problems", config=config, tokenizer=False)
+    res = resolve("org/two-problems", cache_dir=hf_cache)
+    assert [p.code for p in res.errors] == ["tokenizer_missing", "config_weights_mismatch"]
