@@ -330,7 +330,7 @@ def test_refused_form_keeps_the_uploaded_dataset(owner, roots):
 def test_a_refused_form_without_an_upload_does_not_claim_one_was_kept(owner, roots):
     response = secure_client(owner).post("/projects/new/", form_data(roots, MISSING))
     assert response.status_code == 422 and "The project was not saved" in text(response)
-    assert "upload is kept" not in text(response)
+    assert "is kept" not in text(response)
 
 
 def test_an_upload_whose_rows_are_refused_through_the_form_is_deleted(owner, roots, tiny_llama_in_cache):
