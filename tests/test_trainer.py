@@ -457,3 +457,13 @@ def test_resume_from_a_checkpoint_at_the_last_step_is_refused(tiny_llama_dir, qa
     assert error["code"] == "nothing_to_resume"
     assert error["message"] == "Nothing left to train: checkpoint-2 is already at step 2, and this run ends at step 2."
     assert not resumed.of("started") and not resumed.of("finished")
+
+
+def test_a_max_seq_length_above_the_models_context_is_cut_to_it_and_said_so(tiny_llama_dir, qa_data, tmp_path):
+    spec = make_spec(tiny_llama_dir, qa_data, tmp_path / "out", max_steps=1, max_seq_length=4096)  # context: 512
+    run = run_child(spec, tmp_path / "spec.json")
+    assert run.returncode == EXIT_OK, run.log[-3000:]
+    assert run.one("started")["max_seq_length_clamped_from"] == 4096
+    assert "max_seq_length 4096 is above the context length of 'test-org/tiny-llama' (512 tokens)" in run.log
+    manifest = json.loads((tmp_path / "out" / "mtm_manifest.json").read_text())
+    assert manifest["hyperparameters"]["max_seq_length"] == 512

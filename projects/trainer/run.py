@@ -5,8 +5,10 @@ Returns the exit code; raises TrainerError (or anything else) for the caller to 
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import signal
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,9 +85,13 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
     clock = time.monotonic()
     tokenizer, model, base_dtype = load_model(spec, placement)
     model_load = time.monotonic() - clock
+    spec, clamped_from = within_context(spec, model.config)
+    hp = spec.hyperparameters
 
     clock = time.monotonic()
     examples, data_info = build_training_data(spec, tokenizer)
+    if clamped_from is not None:
+        data_info["max_seq_length_clamped_from"] = clamped_from
     dataset_seconds = time.monotonic() - clock
 
     setup_started = time.monotonic()
@@ -215,6 +221,23 @@ def load_model(spec: TrainerSpec, placement: Placement) -> tuple[Any, Any, torch
     if base_dtype not in (torch.bfloat16, torch.float16, torch.float32):
         base_dtype = None
     return tokenizer, model, base_dtype
+
+
+def within_context(spec: TrainerSpec, config: Any) -> tuple[TrainerSpec, int | None]:
+    """The spec with max_seq_length cut to the model's context length when it is longer (a longer sequence would
+    run past the positions the model was trained on), and the value it had; (spec, None) when it fits."""
+    context = getattr(config, "max_position_embeddings", None)
+    wanted = spec.hyperparameters.max_seq_length
+    if not isinstance(context, int) or isinstance(context, bool) or context <= 0 or wanted <= context:
+        return spec, None
+    print(
+        f"max_seq_length {wanted} is above the context length of '{spec.model_name}' ({context} tokens): "
+        f"sequences are cut at {context}.",
+        file=sys.stderr,
+        flush=True,
+    )
+    hyperparameters = spec.hyperparameters.model_copy(update={"max_seq_length": context})
+    return dataclasses.replace(spec, hyperparameters=hyperparameters), wanted
 
 
 def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
