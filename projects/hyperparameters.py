@@ -50,6 +50,7 @@ def _modules(value: str | list[str]) -> str | list[str]:
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+ChatTemplate = Literal["model", "chatml"]  # the names of projects.chat_templates.BUILT_IN, and the model's own
 TargetModules = Annotated[str | list[str], AfterValidator(_modules)]
 
 
@@ -125,6 +126,12 @@ class Hyperparameters(BaseModel):
     seed: int = hyperparameter(42, ge=0, le=2**32 - 1, label="Seed", example="42")
     precision: Precision = hyperparameter(
         "auto", label="Precision", help="auto: bf16 on a GPU that supports it, else fp32.", example="auto"
+    )
+    chat_template: ChatTemplate = hyperparameter(
+        "model",
+        label="Chat template",
+        help="For rows of chat messages: the template of the model itself, or ChatML for a base model without one.",
+        example="chatml",
     )
     packing: bool = hyperparameter(
         False,

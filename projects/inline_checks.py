@@ -17,6 +17,7 @@ from models_registry.outputs import OutputDirCheck
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
+from projects.chat_templates import with_chat_template
 from projects.datasets import DatasetError, check_dataset_path, inspect_dataset
 from projects.forms import ProjectForm
 from projects.hyperparameters import Hyperparameters
@@ -73,6 +74,7 @@ def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
     max_seq_length, length_note = _max_seq_length(params.get("max_seq_length", ""))
     model_name = params.get("model_name", "").strip()[:200]
     tokenizer, tokenizer_note = _tokenizer(model_name, params.get("revision", "").strip()[:255])
+    tokenizer = with_chat_template(tokenizer, params.get("chat_template", "")[:40])
     report = inspect_dataset(located.path, tokenizer, max_seq_length, model=f"'{model_name}'")
     status.update(
         report=report,

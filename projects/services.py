@@ -20,6 +20,7 @@ from models_registry.trainability import training_refusal
 from mtm import audit
 from mtm.audit import Actor
 from mtm.shared.problems import Problem
+from projects.chat_templates import with_chat_template
 from projects.datasets import DatasetReport, check_dataset_path, inspect_dataset
 from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.hyperparameters import Hyperparameters
@@ -148,6 +149,7 @@ def check_project(
         check.error("dataset_path", problem)
     if not check.errors.get("dataset_path"):
         tokenizer = load_tokenizer(resolution) if (inspect_tokens and resolution.valid) else None
+        tokenizer = with_chat_template(tokenizer, hp.chat_template)
         report = inspect_dataset(located.path, tokenizer, hp.max_seq_length, model=f"'{model_name}'")
         check.dataset = report
         for problem in report.errors:

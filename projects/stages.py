@@ -18,6 +18,7 @@ from models_registry.trainability import training_refusal
 from mtm.shared.files import file_sha256
 from mtm.shared.problems import Problem
 from projects import run_paths, run_records
+from projects.chat_templates import with_chat_template
 from projects.datasets import check_dataset_path, inspect_dataset, load_rows, prompt_text
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.ownership import output_dir_conflicts
@@ -67,7 +68,7 @@ def resolve_stage(run_id: int) -> bool:
     # The form and the API read only the start of a dataset; here every row is read, and tokenized, once.
     report = inspect_dataset(
         dataset.path,
-        load_tokenizer(resolution),
+        with_chat_template(load_tokenizer(resolution), config.values.chat_template),
         config.values.max_seq_length,
         full=True,
         model=f"'{config.model_name}'",

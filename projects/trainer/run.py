@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from mtm.shared.files import file_sha256
+from projects.chat_templates import BUILT_IN
 from projects.hyperparameters import ALL_LINEAR, Hyperparameters
 from projects.trainer.batching import (
     REAL_TOKENS_KEY,
@@ -236,7 +237,7 @@ def within_context(spec: TrainerSpec, config: Any) -> tuple[TrainerSpec, int | N
         file=sys.stderr,
         flush=True,
     )
-    hyperparameters = spec.hyperparameters.model_copy(update={"max_seq_length": context})
+    hyperparameters = spec.hyperparameters.model_copy(update=dict(max_seq_length=context))
     return dataclasses.replace(spec, hyperparameters=hyperparameters), wanted
 
 
@@ -245,6 +246,8 @@ def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[st
     from projects.datasets import DatasetError, build_examples, detect_format, load_rows
 
     hp = spec.hyperparameters
+    if hp.chat_template in BUILT_IN:  # set on the tokenizer itself: the saved model carries the template too
+        tokenizer.chat_template = BUILT_IN[hp.chat_template]
     try:
         rows = load_rows(spec.dataset_path)
         total = len(rows)
