@@ -57,3 +57,20 @@ def test_the_quick_check_preset_fills_few_logged_steps(member, portal_roots):
     for name, value in QUICK_CHECK.items():
         assert box(quick, name) == str(value), name
     assert Hyperparameters.from_dict(QUICK_CHECK)[1] == []  # the preset is itself valid
+
+
+def test_the_forms_dataset_check_applies_the_chosen_chat_template(member, portal_roots, hf_cache, tmp_path):
+    import json
+
+    from models_registry.demo import build_tiny_llama, install_into_cache
+
+    install_into_cache(build_tiny_llama(tmp_path / "base", chat_template=False), hf_cache, "test-org/tiny-base")
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}] * 3
+    path = portal_roots / "datasets" / "chat.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    client = secure_client(member)
+    query = {"dataset_path": str(path), "model_name": "test-org/tiny-base", "max_seq_length": "64"}
+    own = client.get("/projects/check-dataset/", query).content.decode()
+    assert "has no chat template" in own
+    chatml = client.get("/projects/check-dataset/", {**query, "chat_template": "chatml"}).content.decode()
+    assert "has no chat template" not in chatml and "3 rows" in chatml
