@@ -71,6 +71,11 @@ def test_a_run_waiting_for_a_busy_training_worker_is_queued_in_line_never_reaped
         in client.get(f"/projects/runs/{second.pk}/").content.decode()
     )
 
+    # The GPUs page: who runs where, and the waiting runs in the order they will start.
+    gpus = client.get("/gpus/").content.decode()
+    assert f">run #{busy.pk}</a>" in gpus and "for ops" in gpus
+    assert gpus.index(f">Run #{second.pk}</a>") < gpus.index(f">Run #{third.pk}</a>")
+
     cancel(second, portal["user"])
     assert TrainingRun.objects.get(pk=second.pk).status == RunStatus.CANCELLED
     assert "no run ahead" in client.get(f"/projects/runs/{third.pk}/").content.decode()

@@ -1,0 +1,12 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from workers import views
+
+app_name = "workers"
+
+urlpatterns = [
+    path("", views.gpus, name="gpus"),
+    path("workers/<int:pk>/drain/", views.drain, name="drain"),
+]
