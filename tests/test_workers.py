@@ -73,6 +73,7 @@ def test_a_worker_reports_drains_undrains_and_is_gone_when_stopped(
     name = f"alpha-{uuid.uuid4().hex[:6]}"
     worker = runworker("--cpu", "--name", name, "--also", "default").wait_ready()
     row = wait_until(lambda: Worker.objects.filter(name__startswith=name + "@").first(), "the worker's report")
+    assert "concurrency: 1 (prefork)" in worker.log_text()  # one run at a time
     assert row.queues == sorted([own_queue(row.name), "training", "cpu", "default"])
     assert row.cuda_visible_devices == "" and not row.devices.exists()  # a CPU worker reports no device
     assert row.cpu_threads >= 1 and row.ram_bytes > 0 and not row.is_gone

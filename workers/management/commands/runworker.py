@@ -8,6 +8,7 @@ import sys
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from workers.models import Worker
 from workers.probe import probe_in_child
@@ -53,7 +54,11 @@ class Command(BaseCommand):
         name = name or default_name
         if "@" not in name:
             name = f"{name}@{host}"
-        live = Worker.objects.filter(name=name).first()
+        try:
+            live = Worker.objects.filter(name=name).first()
+        except DatabaseError as exc:  # a database not migrated yet: the worker runs, its reports fail until then
+            self.stderr.write(f"[runworker] cannot read the workers table ({exc}); run: python manage.py migrate")
+            live = None
         if live is not None and not live.is_gone:
             raise CommandError(
                 f"A worker named {name} is already running (pid {live.pid} on {live.host}, last seen "
