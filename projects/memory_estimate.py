@@ -144,7 +144,7 @@ def read_model_shape(folder: Path) -> ModelShape:
     for path in files:
         try:
             with safe_open(str(path), framework="numpy") as f:
-                for name in f.keys():
+                for name in f.keys():  # noqa: SIM118 (a safe_open handle, not a dict: it has no __iter__)
                     piece = f.get_slice(name)
                     tensors[name] = Tensor(name, tuple(piece.get_shape()), piece.get_dtype())
         except (SafetensorError, OSError, ValueError) as exc:
