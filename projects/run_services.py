@@ -19,7 +19,7 @@ from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.pipeline import CancelOutcome, fail, live_run_on, record_task_id, request_cancel
 from projects.tasks import resolve_run
-from workers.placement import place
+from workers.placement import PlacementRefused, place
 
 log = logging.getLogger(__name__)
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
@@ -70,7 +70,10 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
             resume=resume,
             output_directory=os.path.realpath(project.output_directory),
         )
-        queue = place(run).queue
+        try:
+            queue = place(run).queue
+        except PlacementRefused as refused:
+            raise RunRefused(refused.problem) from refused
         audit.record_change(actor, "run.start", run, {"status": [None, run.status], "resume": [None, resume]})
         transaction.on_commit(lambda: enqueue(run.pk, queue))
     return run

@@ -47,8 +47,17 @@ def hf_cache() -> str:
     return f"{path} ({source})"
 
 
+def held_models() -> list[str]:
+    """The valid models this worker's own cache (and the enabled overrides) hold: a run is sent only to a worker that
+    holds its model."""
+    from models_registry.services import available_models
+
+    return sorted(m.model_name for m in available_models(valid=True)[1])
+
+
 def static_report(probed: dict[str, Any]) -> dict[str, Any]:
     return {
+        "held_models": held_models(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")[:255],
