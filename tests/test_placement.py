@@ -100,3 +100,32 @@ def test_a_run_too_big_for_every_device_is_refused_with_its_estimate_and_remedie
     assert "Train with LoRA" in problem.hint and "Turn on gradient checkpointing" in problem.hint
     assert "batch_size 32 with gradient_accumulation_steps 2" in problem.hint
     assert not project.runs.exists()
+
+
+def test_the_project_form_shows_the_estimate_where_it_fits_and_remedies_when_it_fits_nowhere(
+    portal_roots, db, tiny_llama_in_cache
+):
+    from tests.clients import secure_client
+
+    small = Worker.objects.create(name="small@gpu-host", host="gpu-host", queues=["training"], held_models=[MODEL])
+    Device.objects.create(worker=small, index=0, name="Tiny GPU", total_bytes=1024**3, bf16=True)
+    client = secure_client(User.objects.create_user("member"))
+    assert 'hx-get="/gpus/estimate/"' in client.get("/projects/new/").content.decode()
+
+    big = {"model_name": MODEL, "method": "full", "batch_size": "64", "max_seq_length": "2048"}
+    page = client.get("/gpus/estimate/", big).content.decode()
+    assert "Peak memory: about" in page and "Optimizer states (AdamW)" in page
+    assert "Fits no live device" in page and "Tiny GPU" in page
+    assert "Train with LoRA (r=16, all-linear):" in page and "Turn on gradient checkpointing:" in page
+
+    roomy = Worker.objects.create(name="roomy@gpu-host", host="gpu-host", queues=["training"], held_models=[MODEL])
+    Device.objects.create(worker=roomy, index=0, name="Roomy GPU", total_bytes=80 * 1024**3, bf16=True)
+    page = client.get("/gpus/estimate/", big).content.decode()
+    assert "Fits on: <code>roomy@gpu-host</code> (Roomy GPU, 80.0\xa0GB)" in page and "Fits no live device" not in page
+
+    for params, note in (
+        ({"model_name": "not a name", "method": "full"}, "once the base model above is a valid model name"),
+        ({"model_name": MODEL, "batch_size": "lots"}, "once the hyperparameters below are valid"),
+        ({"model_name": "test-org/absent"}, "once &#x27;test-org/absent&#x27; resolves here"),
+    ):
+        assert note in client.get("/gpus/estimate/", params).content.decode()

@@ -21,7 +21,9 @@ class Worker(models.Model):
     ram_bytes = models.BigIntegerField(default=0)
     versions = models.JSONField(default=dict, blank=True)  # python, torch, transformers, cuda
     hf_cache = models.CharField(max_length=4096, blank=True)
-    held_models = models.JSONField(null=True, blank=True)  # names of the valid models in its cache; None: not reported yet
+    held_models = models.JSONField(
+        null=True, blank=True
+    )  # names of the valid models in its cache; None: not reported yet
     drained = models.BooleanField(default=False)  # staff asked it to take no new run
     started_at = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(default=timezone.now, db_index=True)

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from django.urls import path
 
-from workers import views
+from workers import estimate_views, views
 
 app_name = "workers"
 
 urlpatterns = [
     path("", views.gpus, name="gpus"),
     path("workers/<int:pk>/drain/", views.drain, name="drain"),
+    path("estimate/", estimate_views.memory_estimate, name="estimate"),
 ]
