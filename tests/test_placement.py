@@ -118,6 +118,8 @@ def test_the_project_form_shows_the_estimate_where_it_fits_and_remedies_when_it_
     assert "Fits no live device" in page and "Tiny GPU" in page
     assert "Train with LoRA (r=16, all-linear):" in page and "Turn on gradient checkpointing:" in page
 
+    assert "Workers holding the model: <code>small@gpu-host</code>." in page
+
     roomy = Worker.objects.create(name="roomy@gpu-host", host="gpu-host", queues=["training"], held_models=[MODEL])
     Device.objects.create(worker=roomy, index=0, name="Roomy GPU", total_bytes=80 * 1024**3, bf16=True)
     page = client.get("/gpus/estimate/", big).content.decode()

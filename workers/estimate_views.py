@@ -64,6 +64,8 @@ def estimate_context(params: Any) -> dict[str, Any]:
         "largest": largest,
         "remedies": remedies(shape, need) if shown and not fitting else [],
         "no_worker": not fits,
+        "holders": [f.worker.name for f in fits if f.holds_model],
+        "lacking": [f.worker.name for f in fits if not f.holds_model],
     }
 
 
