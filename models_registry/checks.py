@@ -9,8 +9,13 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from models_registry.lfs_pointers import take_lfs_pointers
+from models_registry.not_a_model import gguf_files, without_config
 from models_registry.pickle_scan import check_bin
 from models_registry.remote_code import check_remote_code
+from models_registry.shard_index import check_index, loaded_safetensors
+from models_registry.tokenizer_check import vocabulary_source
+from models_registry.weights_consistency import compare_config_with_weights
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 
@@ -36,6 +41,7 @@ class FolderReport:
     files: list[FileEntry] = field(default_factory=list)
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    tokenizer_source: str | None = None  # the files the tokenizer's vocabulary would be built from
 
     @property
     def valid(self) -> bool:
@@ -166,7 +172,9 @@ def _read_json(path: Path, rel: str, model_name: str | None, code: str) -> tuple
         )
 
 
-def _check_config(usable: dict[str, Path], folder: Path, report: FolderReport, model_name: str | None) -> dict | None:
+def _check_config(
+    usable: dict[str, Path], folder: Path, report: FolderReport, model_name: str | None, context: CacheContext
+) -> dict | None:
     """The config's problems go into the report; the config itself is returned when it is a JSON object."""
     hint = redownload_hint(model_name)
     path = usable.get("config.json")
@@ -180,13 +188,7 @@ def _check_config(usable: dict[str, Path], folder: Path, report: FolderReport, m
                 )
             )
         elif not any(e.name == "config.json" for e in report.files):
-            report.errors.append(
-                Problem(
-                    "model_format_invalid",
-                    f"Model format invalid: missing config.json in {folder}.",
-                    hint,
-                )
-            )
+            report.errors.append(_missing_config(usable, folder, model_name, hint, context))
         return None
     data, problem = _read_json(path, "config.json", model_name, "model_format_invalid")
     if problem:
@@ -210,9 +212,48 @@ def _check_config(usable: dict[str, Path], folder: Path, report: FolderReport, m
     return data if isinstance(data, dict) else None
 
 
-def _check_tokenizer(usable: dict[str, Path], folder: Path, report: FolderReport, model_name: str | None) -> None:
+@dataclass(frozen=True)
+class CacheContext:
+    """Where a cache snapshot came from, for messages that depend on it (empty for a plain folder)."""
+
+    cache_dir: Path | None = None
+    commit: str | None = None
+    hub_absent: frozenset[str] = frozenset()
+
+
+def _missing_config(
+    usable: dict[str, Path], folder: Path, model_name: str | None, hint: str, context: CacheContext
+) -> Problem:
+    """A folder without config.json: an adapter, a GGUF export, a file the Hub never had, or an incomplete copy."""
+    explained = without_config(
+        usable, lambda: usable["adapter_config.json"].read_bytes(), model_name, context.cache_dir
+    )
+    if explained:
+        return explained
+    if "config.json" in context.hub_absent:
+        return _not_on_hub("config.json", model_name, context)
+    return Problem("model_format_invalid", f"Model format invalid: missing config.json in {folder}.", hint)
+
+
+def _not_on_hub(what: str, model_name: str | None, context: CacheContext) -> Problem:
+    return Problem(
+        "not_on_hub",
+        f"'{model_name}' has no {what} on the Hub at commit {context.commit}: huggingface_hub recorded its absence "
+        f"in .no_exist/{context.commit}/, so re-downloading this revision cannot bring it.",
+        "This repo is not a transformers model at this revision (check its model card for the format it uses), "
+        "or choose another revision or another repo of the same model.",
+    )
+
+
+def _check_tokenizer(
+    usable: dict[str, Path], folder: Path, report: FolderReport, model_name: str | None, context: CacheContext
+) -> dict | None:
+    """The tokenizer's problems and vocabulary source go into the report; tokenizer_config.json is returned."""
     present = [name for name in TOKENIZER_FILES if name in usable]
     if not present:
+        if {"tokenizer.json", "tokenizer_config.json"} <= context.hub_absent:
+            report.errors.append(_not_on_hub("tokenizer (tokenizer.json, tokenizer_config.json)", model_name, context))
+            return None
         report.errors.append(
             Problem(
                 "tokenizer_missing",
@@ -220,7 +261,9 @@ def _check_tokenizer(usable: dict[str, Path], folder: Path, report: FolderReport
                 redownload_hint(model_name),
             )
         )
-        return
+        return None
+    errors_before = len(report.errors)
+    tokenizer_config = None
     for name in present:
         if name.endswith(".json"):
             data, problem = _read_json(usable[name], name, model_name, "tokenizer_invalid")
@@ -234,6 +277,8 @@ def _check_tokenizer(usable: dict[str, Path], folder: Path, report: FolderReport
                         redownload_hint(model_name),
                     )
                 )
+            elif name == "tokenizer_config.json":
+                tokenizer_config = data
         elif usable[name].stat().st_size == 0:
             report.errors.append(
                 Problem(
@@ -242,13 +287,25 @@ def _check_tokenizer(usable: dict[str, Path], folder: Path, report: FolderReport
                     redownload_hint(model_name),
                 )
             )
+    if len(report.errors) > errors_before:
+        return tokenizer_config
+    source, problem = vocabulary_source(
+        usable, tokenizer_config, model_name or str(folder), redownload_hint(model_name)
+    )
+    report.tokenizer_source = source
+    if problem:
+        report.errors.append(problem)
+    return tokenizer_config
 
 
-def _check_safetensors(rel: str, path: Path, model_name: str | None) -> Problem | None:
+def _check_safetensors(rel: str, path: Path, model_name: str | None, shapes: dict[str, list[int]]) -> Problem | None:
+    """Check one safetensors file and add its tensors' shapes to `shapes`, all from the header."""
     try:
         # safe_open parses and checks the header (size, JSON, dtypes, offsets covering the file exactly)
-        # and maps the file without reading any tensor data.
-        with safe_open(str(path), framework="numpy"):
+        # and maps the file without reading any tensor data; get_slice(...).get_shape() reads the header only.
+        with safe_open(str(path), framework="numpy") as fh:
+            for key in fh.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
+                shapes[key] = list(fh.get_slice(key).get_shape())
             return None
     except (SafetensorError, OSError, ValueError) as exc:
         return Problem(
@@ -270,63 +327,65 @@ def _loaded_bins(usable: dict[str, Path], model_name: str | None) -> set[str]:
     return names
 
 
-def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: str | None) -> None:
+def _check_index(
+    usable: dict[str, Path], index_name: str, listed: set[str], report: FolderReport, model_name: str | None
+) -> set[str]:
+    """The shards an index names; its problems go into the report."""
+    data, problem = _read_json(usable[index_name], index_name, model_name, "weights_invalid")
+    if problem:
+        report.errors.append(problem)
+        return set()
+    shards, errors, warnings = check_index(index_name, data, listed, usable, redownload_hint(model_name))
+    report.errors.extend(errors)
+    report.warnings.extend(warnings)
+    return shards
+
+
+def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: str | None, config: dict | None) -> None:
+    errors_before = len(report.errors)
     weights = [n for n in usable if n.endswith((".safetensors", ".bin")) and "/" not in n]
     loaded = _loaded_bins(usable, model_name)
+    shapes: dict[str, dict[str, list[int]]] = {}
     for rel in weights:
         if rel.endswith(".safetensors"):
-            problem = _check_safetensors(rel, usable[rel], model_name)
+            shapes[rel] = {}
+            problem = _check_safetensors(rel, usable[rel], model_name, shapes[rel])
         else:
             problem = check_bin(rel, usable[rel], loaded=rel in loaded, corrupt_hint=redownload_hint(model_name))
         if problem:
             report.errors.append(problem)
     listed = {e.name for e in report.files}
-    for index_name in INDEX_FILES:
-        if index_name not in usable:
-            continue
-        data, problem = _read_json(usable[index_name], index_name, model_name, "weights_invalid")
-        if problem:
-            report.errors.append(problem)
-            continue
-        weight_map = data.get("weight_map") if isinstance(data, dict) else None
-        if not isinstance(weight_map, dict) or not weight_map:
-            report.errors.append(
-                Problem(
-                    "weights_invalid",
-                    f"Model format invalid: {index_name} has no weight_map.",
-                    redownload_hint(model_name),
-                )
-            )
-            continue
-        for shard in sorted({str(v) for v in weight_map.values()}):
-            if shard not in listed:
-                report.errors.append(
-                    Problem(
-                        "shard_missing",
-                        f"Model format invalid: shard {shard} named in {index_name} is missing.",
-                        redownload_hint(model_name),
-                    )
-                )
+    indexed = {name: _check_index(usable, name, listed, report, model_name) for name in INDEX_FILES if name in usable}
     if not weights:
+        ggufs = gguf_files(usable)
+        only = f" There is only GGUF ({', '.join(ggufs[:3])}), which transformers does not train." if ggufs else ""
         report.warnings.append(
             Problem(
                 "no_weights",
-                "No weights (*.safetensors or *.bin): the model can be inspected but not trained.",
+                f"No weights (*.safetensors or *.bin): the model can be inspected but not trained.{only}",
                 "Download the full model, not only its configuration and tokenizer.",
             )
         )
+    model_files = loaded_safetensors(usable, indexed)
+    if config is None or len(report.errors) > errors_before or not model_files:  # shapes of broken weights mislead
+        return
+    merged = {key: shape for rel in model_files for key, shape in shapes.get(rel, {}).items()}
+    shown = ", ".join(model_files[:2]) + (" ..." if len(model_files) > 2 else "")
+    report.errors.extend(compare_config_with_weights(config, merged, shown, redownload_hint(model_name)))
 
 
 def _check_own_code(
-    usable: dict[str, Path], folder: Path, config: dict, report: FolderReport, model_name: str | None, trusted: bool
+    folder: Path,
+    config: dict,
+    tokenizer_config: dict | None,
+    report: FolderReport,
+    model_name: str | None,
+    trusted: bool,
 ) -> None:
-    tokenizer_config = None
-    if "tokenizer_config.json" in usable:
-        tokenizer_config, _ = _read_json(usable["tokenizer_config.json"], "", model_name, "tokenizer_invalid")
     errors, warnings = check_remote_code(
         folder,
         config,
-        tokenizer_config if isinstance(tokenizer_config, dict) else None,
+        tokenizer_config,
         trusted=trusted,
         model_name=model_name,
     )
@@ -335,10 +394,17 @@ def _check_own_code(
 
 
 def check_model_folder(
-    folder: Path, root: Path | None = None, model_name: str | None = None, *, trust_remote_code: bool = False
+    folder: Path,
+    root: Path | None = None,
+    model_name: str | None = None,
+    *,
+    trust_remote_code: bool = False,
+    context: CacheContext | None = None,
 ) -> FolderReport:
     """Check a model folder. Files are only read when they resolve inside `root` (default: the folder).
-    `trust_remote_code`: staff allow the model's own code to run, so a model that needs it can load."""
+    `trust_remote_code`: staff allow the model's own code to run, so a model that needs it can load.
+    `context`: the cache the folder is a snapshot of. The rules are described in docs/model-resolution.md."""
+    context = context or CacheContext()
     report = FolderReport()
     folder = Path(folder)
     if not folder.is_dir():
@@ -351,11 +417,12 @@ def check_model_folder(
         )
         return report
     usable = _scan(folder, Path(root) if root else folder, report, model_name)
-    config = _check_config(usable, folder, report, model_name)
-    _check_tokenizer(usable, folder, report, model_name)
+    report.errors.extend(take_lfs_pointers(usable, {e.name: e.size for e in report.files}, model_name))
+    config = _check_config(usable, folder, report, model_name, context)
+    tokenizer_config = _check_tokenizer(usable, folder, report, model_name, context)
     if config is not None:
-        _check_own_code(usable, folder, config, report, model_name, trust_remote_code)
-    _check_weights(usable, report, model_name)
+        _check_own_code(folder, config, tokenizer_config, report, model_name, trust_remote_code)
+    _check_weights(usable, report, model_name, config)
     if "generation_config.json" in usable:
         _, problem = _read_json(
             usable["generation_config.json"],

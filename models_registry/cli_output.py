@@ -46,6 +46,8 @@ def render_resolution(result: dict[str, Any]) -> str:
         shown = ", ".join(printable(f) for f in files[:MAX_FILES_SHOWN])
         more = f" and {len(files) - MAX_FILES_SHOWN} more" if len(files) > MAX_FILES_SHOWN else ""
         lines.append(f"  files:    {len(files)}: {shown}{more}")
+    if result.get("tokenizer_source"):
+        lines.append(f"  tokenizer vocabulary: {printable(result['tokenizer_source'])}")
     lines += _problems("ERROR", result["errors"])
     lines += _problems("WARNING", result["warnings"])
     return "\n".join(lines)

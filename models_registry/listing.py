@@ -16,10 +16,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from models_registry.cache_layout import split_partial_blobs
 from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
 from models_registry.names import name_error, name_from_folder
+from models_registry.not_a_model import gguf_files, without_config
 from models_registry.remote_code import check_remote_code
-from models_registry.resolution import choose_snapshot, resolve
+from models_registry.resolution import choose_snapshot, leftover_partial_problem, resolve
+from models_registry.shard_index import SINGLE_FILE_OF_INDEX
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 
@@ -104,16 +107,10 @@ def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
         partial = [n for n in os.listdir(repo_dir + "/blobs") if n.endswith(".incomplete")]
     except OSError:
         partial = []
-    if partial:
-        item.errors.append(
-            Problem(
-                "download_incomplete",
-                f"Download incomplete: {len(partial)} interrupted download(s).",
-                f"Run the download again: hf download {name}",
-            )
-        )
     if not snapshots:
-        if not partial:
+        if partial:
+            item.errors.append(_partial_problem(name, len(partial)))
+        else:
             item.errors.append(
                 Problem(
                     "model_not_found",
@@ -157,13 +154,29 @@ def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
         item.warnings.append(
             Problem(
                 "no_weights",
-                "No weights (*.safetensors or *.bin).",
+                "No weights (*.safetensors or *.bin): not trainable."
+                + (f" Only GGUF: {', '.join(gguf_files(names)[:3])}." if gguf_files(names) else ""),
                 "Download the full model, not only its configuration and tokenizer.",
             )
         )
     if "generation_config.json" not in names:
         item.warnings.append(Problem("no_generation_config", "No generation_config.json.", ""))
+    if partial:
+        complete = not item.errors and any(n.endswith((".safetensors", ".bin")) for n in names)
+        ours, leftovers = split_partial_blobs(partial, Path(snapshot), complete)
+        if ours:
+            item.errors.append(_partial_problem(name, len(ours)))
+        if leftovers:
+            item.warnings.append(leftover_partial_problem(name, leftovers))
     return item
+
+
+def _partial_problem(name: str, count: int) -> Problem:
+    return Problem(
+        "download_incomplete",
+        f"Download incomplete: {count} interrupted download(s).",
+        f"Run the download again: hf download {name}",
+    )
 
 
 def _checked(repo_dir: str, name: str, cache_root: str) -> ListedModel:
@@ -197,7 +210,11 @@ def _read_main(repo_dir: str) -> str | None:
 
 def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str, hint: str) -> None:
     if "config.json" not in names:
-        item.errors.append(Problem("model_format_invalid", "Model format invalid: missing config.json.", hint))
+        adapter = os.path.join(snapshot, "adapter_config.json")
+        explained = without_config(names, lambda: _read_small(adapter, root), item.model_name, Path(root))
+        item.errors.append(
+            explained or Problem("model_format_invalid", "Model format invalid: missing config.json.", hint)
+        )
         return
     try:
         raw = _read_small(snapshot + "/config.json", root)
@@ -244,7 +261,15 @@ def _check_index(item: ListedModel, path: str, index_name: str, names: set[str],
         )
         return
     missing = sorted(s for s in shards if s not in names)
-    if missing:
+    if missing and SINGLE_FILE_OF_INDEX[index_name] in names:
+        item.warnings.append(
+            Problem(
+                "stale_shard_index",
+                f"{index_name} names shards that are not here; transformers loads {SINGLE_FILE_OF_INDEX[index_name]}.",
+                f"Delete {index_name} if it is left over from an earlier download.",
+            )
+        )
+    elif missing:
         item.errors.append(
             Problem(
                 "shard_missing",

@@ -18,11 +18,32 @@ LOADED_CLASSES = ("AutoConfig", "AutoModelForCausalLM", "AutoModel", "AutoTokeni
 
 @functools.lru_cache(maxsize=1)
 def built_in_model_types() -> frozenset[str]:
-    """The model_types the installed transformers builds without a model's own code (imported only when needed:
-    it brings torch with it)."""
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    """The model_types the installed transformers builds without a model's own code. Read from transformers' plain
+    table of names, which imports neither torch nor any model (a listing checks every cached config with it)."""
+    from transformers.models.auto.auto_mappings import CONFIG_MAPPING_NAMES
 
     return frozenset(CONFIG_MAPPING_NAMES)
+
+
+@functools.lru_cache(maxsize=1)
+def transformers_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformers")
+
+
+def unknown_model_type(config: dict, model_name: str | None, folder: Path) -> Problem | None:
+    """A model_type the installed transformers has no classes for: without the model's own code nothing loads it."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type or model_type in built_in_model_types():
+        return None
+    return Problem(
+        "model_type_unknown",
+        f"Model '{model_name or folder}' has model_type {model_type!r}, which the installed transformers "
+        f"{transformers_version()} does not know, and its config names no code of its own (auto_map) to load it.",
+        "Choose a model whose architecture this transformers version supports, or ask the administrator to upgrade "
+        "transformers to a version that knows this model_type.",
+    )
 
 
 def code_references(config: dict, tokenizer_config: dict | None) -> dict[str, str]:
@@ -81,7 +102,8 @@ def check_remote_code(
     """Errors and warnings about the model's own code. `trusted`: a staff override allows that code to run."""
     refs = code_references(config, tokenizer_config)
     if not refs:
-        return [], []
+        problem = unknown_model_type(config, model_name, folder)
+        return ([problem] if problem else []), []
     shown = ", ".join(f"{cls} → {ref}" for cls, ref in sorted(refs.items()))
     name = model_name or str(folder)
     if trusted:
@@ -111,7 +133,8 @@ def check_remote_code(
         Problem(
             "remote_code_required",
             f"Model '{name}' needs its own Python code to load (auto_map: {shown}; model_type "
-            f"{model_type!r} is not built into transformers), and that code is not trusted, so training would fail.",
+            f"{model_type!r} is not built into the installed transformers {transformers_version()}), and that code is "
+            "not trusted, so training would fail.",
             trust_hint + " Or choose a model whose architecture transformers supports.",
         )
     ], []

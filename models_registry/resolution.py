@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models_registry.checks import FileEntry, check_model_folder, redownload_hint
+from models_registry.cache_layout import hub_absent_files, near_names, split_partial_blobs
+from models_registry.checks import CacheContext, FileEntry, check_model_folder, redownload_hint
 from models_registry.names import is_commit_hash, name_error, repo_folder_name, revision_error
 from mtm.shared.problems import Problem
 
@@ -37,6 +39,7 @@ class Resolution:
     warnings: list[Problem] = field(default_factory=list)
     searched: list[str] = field(default_factory=list)
     trust_remote_code: bool = False
+    tokenizer_source: str | None = None
 
     @property
     def valid(self) -> bool:
@@ -53,15 +56,18 @@ class Resolution:
             "errors": [p.to_dict() for p in self.errors],
             "warnings": [p.to_dict() for p in self.warnings],
             "searched": self.searched,
+            "tokenizer_source": self.tokenizer_source,
         }
 
 
-def not_found(name: str, cache_dir: Path, detail: str) -> Problem:
+def not_found(name: str, cache_dir: Path, detail: str, revision: str | None = None) -> Problem:
     repo = cache_dir / repo_folder_name(name)
+    download = f"hf download {name}" + (f" --revision {revision}" if revision else "")
+    legacy = f"huggingface-cli download {name}" + (f" --revision {revision}" if revision else "")
     return Problem(
         "model_not_found",
         f"Model '{name}' not found. Please ensure the model is downloaded: {detail}",
-        f"1. Download it: hf download {name} (older clients: huggingface-cli download {name}). "
+        f"1. Download it: {download} (older clients: {legacy}). "
         f"2. Verify it is in the cache: ls {repo}/ "
         "3. If the model is elsewhere, set Model Cache Path under Settings → Directory Settings, "
         "or ask staff to add a Model Override that maps this name to its folder.",
@@ -165,7 +171,7 @@ def resolve(
         return result
     try:
         if override_path is not None:
-            return _resolve_override(result, override_path, revision, trust_remote_code)
+            return _resolve_override(result, override_path, revision, trust_remote_code, Path(cache_dir))
         return _resolve_cache(result, Path(cache_dir), revision)
     except OSError as exc:  # a folder the scan cannot read is this model's problem, never the caller's error
         result.path, result.files = None, []
@@ -192,7 +198,9 @@ def _unreadable(name: str, exc: OSError, override: bool) -> Problem:
     )
 
 
-def _resolve_override(result: Resolution, override_path: str, revision: str | None, trust: bool) -> Resolution:
+def _resolve_override(
+    result: Resolution, override_path: str, revision: str | None, trust: bool, cache_dir: Path
+) -> Resolution:
     name = result.model_name
     folder = Path(override_path)
     result.searched.append(f"override: {folder}")
@@ -236,8 +244,10 @@ def _resolve_override(result: Resolution, override_path: str, revision: str | No
                 "revision_ignored", f"Revision '{revision}' is ignored: the override's folder has no revisions.", ""
             )
         )
-    report = check_model_folder(folder, root=folder, model_name=name, trust_remote_code=trust)
-    result.path = str(folder)
+    report = check_model_folder(
+        folder, root=folder, model_name=name, trust_remote_code=trust, context=CacheContext(cache_dir=cache_dir)
+    )
+    result.path, result.tokenizer_source = str(folder), report.tokenizer_source
     result.files, result.errors, result.warnings = report.files, report.errors, result.warnings + report.warnings
     return result
 
@@ -250,16 +260,17 @@ def _resolve_cache(result: Resolution, cache_dir: Path, revision: str | None) ->
         where = f"no folder {repo_dir.name} in the Hugging Face cache at {cache_dir}."
         if not cache_dir.is_dir():
             where = f"the Hugging Face cache folder {cache_dir} does not exist."
-        result.errors.append(not_found(name, cache_dir, where))
+        where = " ".join([where, *near_names(cache_dir, name)])
+        result.errors.append(not_found(name, cache_dir, where, revision))
         return result
     result.source = "cache"
     snapshots = _safe_listdir(repo_dir / "snapshots")
     partial = incomplete_blobs(repo_dir)
     if not snapshots:
         if partial:
-            result.errors.append(_incomplete_problem(name, partial))
+            result.errors.append(_incomplete_problem(name, partial, revision))
         else:
-            result.errors.append(not_found(name, cache_dir, f"{repo_dir} holds no snapshot."))
+            result.errors.append(not_found(name, cache_dir, f"{repo_dir} holds no snapshot.", revision))
         return result
     choice = choose_snapshot(name, repo_dir, snapshots, revision)
     if choice.warning:
@@ -269,21 +280,49 @@ def _resolve_cache(result: Resolution, cache_dir: Path, revision: str | None) ->
         return result
     snapshot = repo_dir / "snapshots" / choice.commit
     result.path, result.revision = str(snapshot), choice.commit
-    report = check_model_folder(snapshot, root=cache_dir, model_name=name)
-    result.files = report.files
-    result.errors.extend(report.errors)
-    result.warnings.extend(report.warnings)
+    context = CacheContext(cache_dir, choice.commit, hub_absent_files(repo_dir, choice.commit))
+    report = check_model_folder(snapshot, root=cache_dir, model_name=name, context=context)
+    result.files, result.tokenizer_source = report.files, report.tokenizer_source
+    result.errors.extend(_for_revision(p, name, revision) for p in report.errors)
+    result.warnings.extend(_for_revision(p, name, revision) for p in report.warnings)
     if partial:
-        result.errors.append(_incomplete_problem(name, partial))
+        complete = not result.errors and any(f.name.endswith((".safetensors", ".bin")) for f in result.files)
+        ours, leftovers = split_partial_blobs(partial, snapshot, complete)
+        if ours:
+            result.errors.append(_incomplete_problem(name, ours, revision))
+        if leftovers:
+            result.warnings.append(leftover_partial_problem(name, leftovers))
     return result
 
 
-def _incomplete_problem(name: str, partial: list[str]) -> Problem:
-    shown = ", ".join(partial[:3]) + (f" and {len(partial) - 3} more" if len(partial) > 3 else "")
+def _for_revision(problem: Problem, name: str, revision: str | None) -> Problem:
+    """A check's download hint fetches the revision that was asked for, not main (a PR ref, a tag)."""
+    if not revision or "--revision" in problem.hint:
+        return problem
+    hint = problem.hint.replace(f"download {name}", f"download {name} --revision {revision}")
+    return dataclasses.replace(problem, hint=hint)
+
+
+def _shown(partial: list[str]) -> str:
+    return ", ".join(partial[:3]) + (f" and {len(partial) - 3} more" if len(partial) > 3 else "")
+
+
+def _incomplete_problem(name: str, partial: list[str], revision: str | None = None) -> Problem:
+    again = f"hf download {name}" + (f" --revision {revision}" if revision else "")
     return Problem(
         "download_incomplete",
-        f"Download incomplete: '{name}' has {len(partial)} interrupted download(s) in its blobs folder ({shown}).",
-        f"Run the download again to finish it: hf download {name}",
+        f"Download incomplete: '{name}' has {len(partial)} interrupted download(s) in its blobs folder "
+        f"({_shown(partial)}).",
+        f"Run the download again to finish it: {again}",
+    )
+
+
+def leftover_partial_problem(name: str, partial: list[str]) -> Problem:
+    return Problem(
+        "stale_partial_download",
+        f"'{name}' has {len(partial)} interrupted download(s) in its blobs folder ({_shown(partial)}) that no file "
+        "of the chosen snapshot uses: left over from another file or revision. The model is complete.",
+        f"Delete them to free the space, or finish them: hf download {name}",
     )
 
 

@@ -101,6 +101,7 @@ class ResolutionOut(Schema):
     errors: list[ProblemOut]
     warnings: list[ProblemOut]
     searched: list[str]
+    tokenizer_source: str | None = None
 
 
 class ListedModelOut(Schema):

@@ -18,6 +18,7 @@ from models_registry.models import PortalSettings
 from models_registry.names import name_error
 from models_registry.settings_checks import PathReport, check_cache_path, check_root, split_lines
 from models_registry.settings_services import OTHER_SETTINGS_FIELDS, SETTINGS_FIELDS, SettingsRefused, update_settings
+from models_registry.trainability import training_refusal
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 
@@ -64,7 +65,8 @@ def model_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
     revision = request.GET.get("revision", "").strip()[:256]
     resolution = services.resolve_model(name, revision or None)
     status = max((STATUS_FOR_ERROR.get(e.code, 200) for e in resolution.errors), default=200)
-    context = {"name": name, "revision": revision, "resolution": resolution}
+    refusal = training_refusal(resolution) if resolution.valid else None
+    context = {"name": name, "revision": revision, "resolution": resolution, "training_refusal": refusal}
     return render(request, "models/detail.html", context, status=status)
 
 

@@ -23,8 +23,9 @@ logger = logging.getLogger("mtm.api")
 
 DOCS_HINT = "See the request and response schemas at /api/v1/docs."
 AUTH_HINT = (
-    "Send 'Authorization: Bearer <token>' (a token comes from `python manage.py create_api_token USERNAME`), "
-    "or log in to the portal and call the API from the same browser session."
+    "Send 'Authorization: Bearer <token>' (create a token on the portal's API tokens page, /tokens/, or staff can "
+    "run `python manage.py create_api_token USERNAME`), or log in to the portal and call the API from the same "
+    "browser session."
 )
 
 

@@ -17,7 +17,10 @@ from mtm.api_errors import TokenRejected
 from mtm.models import ApiToken, hash_token
 
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-NEW_TOKEN_HINT = "Create a new token with `python manage.py create_api_token USERNAME` and send it as a Bearer token."
+NEW_TOKEN_HINT = (
+    "Create a new token on the portal's API tokens page (/tokens/) and send it as a Bearer token; staff can also "
+    "run `python manage.py create_api_token USERNAME`."
+)
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 

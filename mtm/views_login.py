@@ -18,6 +18,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
 from mtm import audit, throttle
+from mtm.audit import Channel
 
 THROTTLED = "throttled"
 
@@ -25,7 +26,7 @@ THROTTLED = "throttled"
 class ThrottledLoginMixin:
     """For AuthenticationForm subclasses: refuse while locked out, and note every password that was checked."""
 
-    via = "web"
+    via = Channel.PAGE
 
     def clean(self) -> dict[str, Any]:
         form: Any = self
@@ -49,11 +50,11 @@ class ThrottledLoginMixin:
 
 
 class ThrottledAuthenticationForm(ThrottledLoginMixin, AuthenticationForm):
-    via = "web"
+    via = Channel.PAGE
 
 
 class ThrottledAdminAuthenticationForm(ThrottledLoginMixin, AdminAuthenticationForm):
-    via = "admin"
+    via = Channel.ADMIN
 
 
 class ThrottledLoginView(LoginView):
@@ -72,7 +73,7 @@ class ThrottledLoginView(LoginView):
 class ThrottledPasswordChangeMixin:
     """For PasswordChangeForm subclasses: the old password is a password guess like a sign-in, counted the same."""
 
-    via = "web"
+    via = Channel.PAGE
 
     def __init__(self, *args: Any, request: HttpRequest, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -95,11 +96,11 @@ class ThrottledPasswordChangeMixin:
 
 
 class ThrottledPasswordChangeForm(ThrottledPasswordChangeMixin, PasswordChangeForm):
-    via = "web"
+    via = Channel.PAGE
 
 
 class ThrottledAdminPasswordChangeForm(ThrottledPasswordChangeMixin, AdminPasswordChangeForm):
-    via = "admin"
+    via = Channel.ADMIN
 
 
 class ThrottledPasswordChangeView(PasswordChangeView):

@@ -59,6 +59,7 @@ def _roots(roots: list[str]) -> str:
 
 
 class ProjectForm(forms.Form):
+    upload_kept = False  # a re-shown form says so when it holds the path of the upload just stored
     name = forms.CharField(label="Name", max_length=120, required=False)
     description = forms.CharField(label="Description", required=False, widget=forms.Textarea(attrs={"rows": 2}))
     model_name = forms.CharField(
@@ -165,10 +166,12 @@ class ProjectForm(forms.Form):
         data["hyperparameters"] = self.hyperparameters()
         return data
 
-    def keep_dataset_path(self, path: str) -> None:
-        """Show a stored upload's path in the path box, so a re-shown form does not ask for the file again."""
+    def keep_dataset_path(self, path: str, *, upload_kept: bool = True) -> None:
+        """Show a stored upload's path in the path box, so a re-shown form does not ask for the file again (or,
+        with upload_kept=False, put back the path typed before a refused upload was deleted)."""
         self.data = self.data.copy()
         self.data["dataset_path"] = path
+        self.upload_kept = upload_kept
 
     def add_problems(self, check: Any) -> None:
         """Put each of a ProjectCheck's errors under its field; hyperparameter errors under the box they name."""

@@ -16,6 +16,7 @@ from django.db import transaction
 
 from models_registry.resolution import Resolution
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
+from models_registry.trainability import training_refusal
 from mtm import audit
 from mtm.audit import Actor
 from mtm.shared.problems import Problem
@@ -133,15 +134,8 @@ def check_project(
     for problem in resolution.errors:
         check.error("revision" if problem.code in ("invalid_revision", "revision_not_found") else "model_name", problem)
     check.warnings["model_name"] = list(resolution.warnings)
-    if resolution.valid and not any(f.name.endswith((".safetensors", ".bin")) for f in resolution.files):
-        check.error(
-            "model_name",
-            Problem(
-                "no_weights",
-                f"Model '{model_name}' has no weights (*.safetensors or *.bin): it cannot be trained.",
-                f"Download the full model: hf download {model_name}",
-            ),
-        )
+    if resolution.valid and (refusal := training_refusal(resolution)):
+        check.error("model_name", refusal)
 
     output = validate_output_dir(data.get("output_directory", ""))
     for problem in output.errors or output_dir_conflicts(output.path or "", actor, project):

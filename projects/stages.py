@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from models_registry.models import ModelOverride
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
+from models_registry.trainability import training_refusal
 from mtm.shared.problems import Problem
 from projects import run_paths
 from projects.datasets import check_dataset_path, inspect_dataset, load_rows, prompt_text
@@ -50,16 +51,8 @@ def resolve_stage(run_id: int) -> bool:
     resolution = resolve_model(project.model_name, project.revision or None)
     if not resolution.valid:
         return not fail(run_id, RunStage.RESOLVE, resolution.errors[0], _problem_lines(resolution.errors))
-    if not any(f.name.endswith((".safetensors", ".bin")) for f in resolution.files):
-        return not fail(
-            run_id,
-            RunStage.RESOLVE,
-            Problem(
-                "no_weights",
-                f"Model '{project.model_name}' has no weights (*.safetensors or *.bin) in {resolution.path}.",
-                f"Download the full model: hf download {project.model_name}",
-            ),
-        )
+    if refusal := training_refusal(resolution):
+        return not fail(run_id, RunStage.RESOLVE, refusal)
     dataset = check_dataset_path(project.dataset_path, dataset_roots())
     if not dataset.valid:
         return not fail(run_id, RunStage.RESOLVE, dataset.errors[0], _problem_lines(dataset.errors))

@@ -81,6 +81,10 @@ def supervise(
             start_new_session=True,
             preexec_fn=die_with_parent(signal.SIGKILL),
         )
+        # The child needs seconds to import torch and load the model before its first line: say so at once.
+        launched = f"trainer launched (pid {proc.pid}): loading libraries, the model and the dataset"
+        log.write(launched + "\n")
+        tail.add(launched)
         lines: queue.Queue = queue.Queue()
         reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
         reader.start()

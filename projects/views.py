@@ -85,7 +85,7 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
     except ProjectInvalid as refused:
         if stored and refused.check.errors.get("dataset_path"):
             discard_upload(stored, actor=Actor.of(request, Channel.PAGE))
-            form.keep_dataset_path(typed_path)
+            form.keep_dataset_path(typed_path, upload_kept=False)
         form.add_problems(refused.check)
         form.dataset_report = refused.check.dataset
         return None

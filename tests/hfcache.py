@@ -12,6 +12,13 @@ from models_registry.names import repo_folder_name
 
 COMMIT_A = "a" * 40
 COMMIT_B = "b" * 40
+# A config and tensors that agree (names and shapes as a Llama checkpoint has them), small enough to write anywhere.
+SMALL_CONFIG = {"model_type": "llama", "vocab_size": 8, "hidden_size": 4, "num_hidden_layers": 1}
+SMALL_TENSORS = {
+    "model.embed_tokens.weight": (8, 4),
+    "model.layers.0.self_attn.q_proj.weight": (4, 4),
+    "lm_head.weight": (8, 4),
+}
 
 
 def write_blob(repo: Path, data: bytes) -> Path:
@@ -65,12 +72,12 @@ def make_model_repo(
     ref: bool = True,
 ) -> Path:
     """A small well-formed (unless told otherwise) model repo in the cache. Returns the snapshot folder."""
-    add_file(cache, name, "config.json", config if config is not None else {"model_type": "llama"}, commit)
+    add_file(cache, name, "config.json", config if config is not None else SMALL_CONFIG, commit)
     if tokenizer:
         add_file(cache, name, "tokenizer_config.json", {"model_max_length": 512}, commit)
         add_file(cache, name, "tokenizer.json", {"version": "1.0", "model": {"type": "BPE"}}, commit)
     if weights:
-        add_file(cache, name, "model.safetensors", make_safetensors(), commit)
+        add_file(cache, name, "model.safetensors", make_safetensors(SMALL_TENSORS), commit)
     if generation_config:
         add_file(cache, name, "generation_config.json", {"max_new_tokens": 8}, commit)
     if ref:

@@ -18,7 +18,7 @@ from models_registry.models import ModelOverride
 from models_registry.services import resolve_model
 from mtm.models import ApiToken, AuditEvent, hash_token
 from tests.api_client import call, codes
-from tests.hfcache import make_model_repo
+from tests.hfcache import COMMIT_B, make_model_repo, set_ref
 from tests.workers import current_database_url
 
 
@@ -109,6 +109,25 @@ def test_validate_model_on_names_uses_overrides(copy_of_tiny_llama, hf_cache):
     assert status == 0 and json.loads(out)["source"] == "override"
     status, out = run_command("validate_model", "./no/such/folder")
     assert status == 1 and "[invalid_model_name]" in out
+
+
+@pytest.mark.django_db
+def test_validate_model_takes_a_revision_like_resolve_model(hf_cache):
+    make_model_repo(hf_cache, "org/model")
+    make_model_repo(hf_cache, "org/model", COMMIT_B, ref=False)
+    set_ref(hf_cache, "org/model", COMMIT_B, ref="refs/pr/2")
+    status, out = run_command("validate_model", "org/model", "--revision", "refs/pr/2", "--json")
+    assert status == 0 and json.loads(out)["revision"] == COMMIT_B
+    status, out = run_command("validate_model", "org/model", "--revision", "refs/pr/9")
+    assert status == 1 and "[revision_not_found]" in out and "hf download org/model --revision refs/pr/9" in out
+    status, out = run_command("validate_model", "org/model")
+    assert status == 0 and "  revision: " + "a" * 40 in out and "  tokenizer vocabulary: tokenizer.json" in out
+
+
+@pytest.mark.django_db
+def test_validate_model_refuses_a_revision_for_a_folder(copy_of_tiny_llama):
+    with pytest.raises(CommandError, match="--revision applies to a model name"):
+        call_command("validate_model", str(copy_of_tiny_llama), "--revision", "main")
 
 
 # --- list_models ----------------------------------------------------------------------------------------------

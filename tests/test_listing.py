@@ -44,8 +44,12 @@ def test_listing_refreshes_when_the_cache_changes(hf_cache):
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (snap / f).unlink()
     assert not by_name(list_cached(hf_cache))["org/a"].valid
-    # An interrupted download (a new blob) is noticed.
+    # An interrupted download (a new blob) is noticed: of another file than the snapshot's, it is a warning.
     (hf_cache / "models--org--b" / "blobs" / ("0" * 64 + ".incomplete")).write_bytes(b"")
+    assert [p.code for p in by_name(list_cached(hf_cache))["org/b"].warnings] == ["stale_partial_download"]
+    # The snapshot's own weights interrupted (their link not made yet): an error.
+    snap_b = hf_cache / "models--org--b" / "snapshots" / COMMIT_A
+    (snap_b / "model.safetensors").unlink()
     assert [p.code for p in by_name(list_cached(hf_cache))["org/b"].errors] == ["download_incomplete"]
     shutil.rmtree(hf_cache / "models--org--b")
     assert set(by_name(list_cached(hf_cache))) == {"org/a"}

@@ -324,6 +324,13 @@ def test_refused_form_keeps_the_uploaded_dataset(owner, roots):
     assert response.status_code == 422
     [stored] = (roots / "media" / "datasets").glob("*/train.jsonl")
     assert f'value="{stored}"' in section(text(response), 'id="dataset-field"', 'id="dataset-status"')
+    assert "your upload is kept" in text(response)
+
+
+def test_a_refused_form_without_an_upload_does_not_claim_one_was_kept(owner, roots):
+    response = secure_client(owner).post("/projects/new/", form_data(roots, MISSING))
+    assert response.status_code == 422 and "The project was not saved" in text(response)
+    assert "is kept" not in text(response)
 
 
 def test_an_upload_whose_rows_are_refused_through_the_form_is_deleted(owner, roots, tiny_llama_in_cache):
@@ -548,6 +555,8 @@ print(format_event("started", start, device="cpu", precision="fp32", examples=8,
 for step in (1, 2, 3):
     print(format_event("progress", start, step=step, total_steps=3, loss=3.0 - step / 2, learning_rate=2e-4,
                        tokens_per_second=1500.0, epoch=step / 3, eta_seconds=(3 - step) * 2, logged=True), flush=True)
+# Between logging steps a progress event carries the last logged loss again: its line must not repeat it.
+print(format_event("progress", start, step=4, total_steps=5, loss=1.5, learning_rate=2e-4, logged=False), flush=True)
 deadline = time.monotonic() + 60
 while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
     time.sleep(0.05)
@@ -570,7 +579,7 @@ def test_the_log_card_shows_the_trainers_lines_as_they_come(owner, roots, tmp_pa
     def on_tick(tail: str) -> None:
         recorder.on_tick(tail)
         html = text(client.get(f"/projects/runs/{run.pk}/", **HX))
-        if "step 3/3" in html and not release.exists():
+        if "step 4/5" in html and not release.exists():
             seen.append(html)
             release.touch()
 
@@ -592,6 +601,8 @@ def test_the_log_card_shows_the_trainers_lines_as_they_come(owner, roots, tmp_pa
     for step, loss in ((1, "2.5000"), (2, "2.0000"), (3, "1.5000")):
         assert f"step {step}/3  loss {loss}  lr 2.00e-04  1500 tok/s" in log
     assert "ETA 2s" in log and "epoch 1.00" in log
+    assert "step 4/5" in log and "step 4/5  loss" not in log  # a repeated loss is not shown as a fresh one
+    assert log.index("trainer launched (pid ") < log.index("training started on cpu")
     assert "step 3/3" in (tmp_path / "trainer.log").read_text()  # the log file reads the same
 
 

@@ -188,6 +188,17 @@ def test_detail_of_a_valid_model(member_client, tiny_llama_in_cache):
     assert "<code>config.json</code>" in body and "<code>model.safetensors</code>" in body
     assert "symlink" in body and re.search(r"\d+(\.\d)?\xa0(bytes|KB|MB)", body)
     assert "cache: " in body  # the places searched
+    assert "yes: ready to train" in body and "<code>tokenizer.json</code>" in body  # the vocabulary source
+
+
+def test_detail_of_a_model_without_weights_says_it_cannot_train(member_client, hf_cache):
+    from tests.hfcache import add_file
+
+    make_model_repo(hf_cache, "org/gguf", weights=False)
+    add_file(hf_cache, "org/gguf", "model.Q4_K_M.gguf", b"GGUF\x03\x00\x00\x00")
+    body = text(member_client.get("/models/org/gguf/"))
+    assert "yes, but not trainable" in body and "only GGUF weights (model.Q4_K_M.gguf)" in body
+    assert "ready to train" not in body
 
 
 def test_detail_of_a_broken_model_shows_error_and_hint(member_client, broken_in_cache):

@@ -106,6 +106,19 @@ def test_missing_model_fails_at_resolve_having_trained_nothing(portal, tiny_llam
     assert not (portal["root"] / "outputs" / "vanished").exists()
 
 
+def test_weights_gone_to_gguf_fail_at_resolve_naming_the_file(portal, hf_cache, tiny_llama_in_cache, celery_worker):
+    from tests.hfcache import add_file
+
+    name, snapshot = tiny_llama_in_cache
+    project = make_project(portal, name, name="gguf")
+    (snapshot / "model.safetensors").unlink()  # only a GGUF conversion left after the project was saved
+    add_file(hf_cache, name, "tiny.Q4_K_M.gguf", b"GGUF\x03\x00\x00\x00", commit=snapshot.name)
+    run = wait_for_end(start(project, portal["user"]).pk)
+    assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.RESOLVE
+    assert run.error_code == "no_weights" and "only GGUF weights (tiny.Q4_K_M.gguf)" in run.error_message
+    assert run.metrics == [] and not (portal["root"] / "outputs" / "gguf").exists()
+
+
 def test_a_bad_row_past_the_forms_sample_fails_the_run_at_resolve_naming_it(portal, tiny_llama_in_cache, celery_worker):
     from mtm.audit import Actor, Channel
     from projects.datasets.loading import SAMPLE_ROWS

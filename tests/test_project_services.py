@@ -84,6 +84,17 @@ def test_model_without_weights_is_refused(roots, hf_cache):
     assert codes(check_project(data(roots, "org/no-weights")), "model_name") == ["no_weights"]
 
 
+def test_model_with_only_gguf_weights_is_refused_naming_the_file(roots, hf_cache):
+    from tests.hfcache import add_file, make_model_repo
+
+    make_model_repo(hf_cache, "org/gguf", weights=False)
+    add_file(hf_cache, "org/gguf", "model.Q4_K_M.gguf", b"GGUF\x03\x00\x00\x00")
+    check = check_project(data(roots, "org/gguf"))
+    assert codes(check, "model_name") == ["no_weights"]
+    [problem] = check.errors["model_name"]
+    assert "only GGUF weights (model.Q4_K_M.gguf)" in problem.message and "not its GGUF" in problem.hint
+
+
 def test_hyperparameter_errors_name_the_field(roots, tiny_llama_in_cache):
     check = check_project(data(roots, tiny_llama_in_cache[0], hyperparameters={"learning_rate": -1, "bogus": 1}))
     messages = " ".join(p.message for p in check.errors["hyperparameters"])

@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 from models_registry.checks import check_model_folder
 from models_registry.names import name_error, repo_folder_name
 from models_registry.resolution import hf_cache_dir, resolve
-from tests.hfcache import COMMIT_A, COMMIT_B, add_file, make_model_repo, make_safetensors, set_ref, write_blob
+from tests.hfcache import (
+    COMMIT_A,
+    COMMIT_B,
+    SMALL_TENSORS,
+    add_file,
+    make_model_repo,
+    make_safetensors,
+    set_ref,
+    write_blob,
+)
 
 
 def codes(problems) -> list[str]:
@@ -225,8 +234,10 @@ def _break(cache: Path, how: str) -> tuple[str, str]:
     if how == "index_without_map":
         add_file(cache, name, "model.safetensors.index.json", {"metadata": {}})
         return "weights_invalid", "has no weight_map"
-    if how == "incomplete_blob":
-        (repo / "blobs" / ("f" * 64 + ".incomplete")).write_bytes(b"partial")
+    if how == "incomplete_blob":  # interrupted while fetching the weights: a partial blob, no link yet
+        blob = Path(os.path.realpath(snap / "model.safetensors"))
+        blob.rename(blob.with_name(blob.name + ".incomplete"))
+        (snap / "model.safetensors").unlink()
         return "download_incomplete", "interrupted download"
     if how == "dangling_blob":
         blob = Path(os.path.realpath(snap / "model.safetensors"))
@@ -360,7 +371,7 @@ def test_warnings_keep_the_model_valid(hf_cache, what, expected):
         "org/model",
         weights=what != "no_weights",
         generation_config=what != "no_generation_config",
-        config={"hidden_size": 8} if what == "no_model_type" else None,
+        config={"hidden_size": 4} if what == "no_model_type" else None,
     )
     res = resolve("org/model", cache_dir=hf_cache)
     assert res.valid, res.errors
@@ -381,9 +392,11 @@ def test_legacy_pickle_bin_is_accepted(hf_cache):
 
 def test_sharded_model_with_all_shards_is_valid(hf_cache):
     make_model_repo(hf_cache, "org/model", weights=False)
-    add_file(hf_cache, "org/model", "model-00001-of-00002.safetensors", make_safetensors({"a": (2, 2)}))
-    add_file(hf_cache, "org/model", "model-00002-of-00002.safetensors", make_safetensors({"b": (3,)}))
-    index = {"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}
+    first = {k: v for k, v in SMALL_TENSORS.items() if k != "lm_head.weight"}
+    add_file(hf_cache, "org/model", "model-00001-of-00002.safetensors", make_safetensors(first))
+    add_file(hf_cache, "org/model", "model-00002-of-00002.safetensors", make_safetensors({"lm_head.weight": (8, 4)}))
+    index = {"weight_map": {k: "model-00001-of-00002.safetensors" for k in first}}
+    index["weight_map"]["lm_head.weight"] = "model-00002-of-00002.safetensors"
     add_file(hf_cache, "org/model", "model.safetensors.index.json", index)
     res = resolve("org/model", cache_dir=hf_cache)
     assert res.valid, res.errors
@@ -508,3 +521,13 @@ def test_cache_dir_precedence(tmp_path):
 def test_blob_helper_writes_content_addressed(tmp_path):
     blob = write_blob(tmp_path, b"abc")
     assert blob.name == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_a_broken_pr_revision_is_fetched_again_by_its_revision(hf_cache):
+    make_model_repo(hf_cache, "org/model")
+    make_model_repo(hf_cache, "org/model", COMMIT_B, ref=False, tokenizer=False)
+    set_ref(hf_cache, "org/model", COMMIT_B, ref="refs/pr/4")
+    res = resolve("org/model", "refs/pr/4", cache_dir=hf_cache)
+    assert codes(res.errors) == ["tokenizer_missing"]
+    assert "hf download org/model --revision refs/pr/4" in res.errors[0].hint
+    assert "huggingface-cli download org/model --revision refs/pr/4" in res.errors[0].hint

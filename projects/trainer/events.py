@@ -103,10 +103,11 @@ def event_line(event: dict[str, Any]) -> str | None:
     kind = event.get("event")
     if kind == "progress":
         step = f"step {event.get('step')}" + (f"/{event['total_steps']}" if event.get("total_steps") else "")
+        fresh = bool(event.get("logged"))  # between logging steps an event repeats the last loss and lr: not shown
         parts = [
             step,
-            (f"loss {loss}" if (loss := _number(event.get("loss"), ".4f")) else None),
-            (f"lr {lr}" if (lr := _number(event.get("learning_rate"), ".2e")) else None),
+            (f"loss {loss}" if fresh and (loss := _number(event.get("loss"), ".4f")) else None),
+            (f"lr {lr}" if fresh and (lr := _number(event.get("learning_rate"), ".2e")) else None),
             (f"{tps} tok/s" if (tps := _number(event.get("tokens_per_second"), ".0f")) else None),
             (f"epoch {epoch}" if (epoch := _number(event.get("epoch"), ".2f")) else None),
             (f"ETA {eta}" if (eta := _eta(event.get("eta_seconds"))) else None),

@@ -1,10 +1,10 @@
-"""`manage.py validate_model NAME_OR_PATH [--json]`: check a model by name, or a model folder on disk."""
+"""`manage.py validate_model NAME_OR_PATH [--revision R] [--json]`: check a model by name, or a model folder on disk."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from models_registry.checks import check_model_folder
 from models_registry.cli_output import EXIT_INVALID, as_json, render_resolution
@@ -22,6 +22,7 @@ def check_folder(folder: Path) -> Resolution:
         source="path",
         path=str(folder),
         files=report.files,
+        tokenizer_source=report.tokenizer_source,
         errors=report.errors,
         warnings=report.warnings,
         searched=[f"path: {folder}"],
@@ -37,16 +38,23 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("target", metavar="NAME_OR_PATH", help="A model folder, or a Hub repo id.")
+        parser.add_argument(
+            "--revision", default=None, help="For a name: branch, tag or 40-character commit (default: main)."
+        )
         parser.add_argument("--json", action="store_true", help="Print the API's validate-model JSON.")
 
-    def handle(self, *args, target: str, json: bool, **options) -> None:
+    def handle(self, *args, target: str, revision: str | None, json: bool, **options) -> None:
         folder = Path(target)
         try:
             is_folder = "\x00" not in target and folder.is_dir()
         except (OSError, ValueError):
             is_folder = False
         with database_ready():
-            result = (check_folder(folder) if is_folder else resolve_model(target)).to_dict()
+            if is_folder and revision:
+                raise CommandError(
+                    f"--revision applies to a model name; {target} is a folder, which has no revisions.", returncode=2
+                )
+            result = (check_folder(folder) if is_folder else resolve_model(target, revision)).to_dict()
         self.stdout.write(as_json(result) if json else render_resolution(result))
         if not result["valid"]:
             raise SystemExit(EXIT_INVALID)
