@@ -24,8 +24,11 @@ def _guarded(run_id: int, stage: RunStage, fn):
 def resolve_run(self, run_id: int) -> None:
     """A whole run on the worker that took it from its queue: resolve the model against this worker's own cache,
     train, validate. Until a worker takes it the run is "queued", which the reaper leaves alone."""
+    from workers.fair_share import RETRY_SECONDS, over_limit
     from workers.placement import record_taker
 
+    if over_limit(run_id):  # offered again shortly, to its queue; the run stays "queued", saying why
+        raise self.retry(countdown=RETRY_SECONDS, max_retries=None)
     record_taker(run_id, self.request.hostname or "")
     if _guarded(run_id, RunStage.RESOLVE, stages.resolve_stage) and _guarded(
         run_id, RunStage.TRAIN, stages.train_stage

@@ -83,3 +83,19 @@ class RunPlacement(models.Model):
 
     def __str__(self) -> str:
         return f"run {self.run_id} → {self.queue}"
+
+
+class SchedulingSettings(models.Model):
+    """One row, set by staff on the GPUs page: how many runs one member may have training at once."""
+
+    max_live_runs_per_user = models.PositiveIntegerField(
+        default=0, help_text="Runs one member may have resolving, training or validating at once; 0: no limit."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return "Scheduling settings"
+
+    @classmethod
+    def load(cls) -> SchedulingSettings:
+        return cls.objects.get_or_create(pk=1)[0]

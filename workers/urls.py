@@ -9,5 +9,6 @@ app_name = "workers"
 urlpatterns = [
     path("", views.gpus, name="gpus"),
     path("workers/<int:pk>/drain/", views.drain, name="drain"),
+    path("live-run-limit/", views.live_run_limit, name="live-run-limit"),
     path("estimate/", estimate_views.memory_estimate, name="estimate"),
 ]

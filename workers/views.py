@@ -14,9 +14,9 @@ from django.views.decorators.http import require_http_methods
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
 from projects.models import LIVE_STATUSES, RunStatus, TrainingRun
-from workers.models import Worker
+from workers.models import SchedulingSettings, Worker
 from workers.placement import waiting_runs
-from workers.services import set_drained
+from workers.services import set_drained, set_live_run_limit
 
 
 def fleet() -> list[dict[str, Any]]:
@@ -43,7 +43,21 @@ def fleet() -> list[dict[str, Any]]:
 @require_http_methods(["GET", "HEAD"])
 @login_required
 def gpus(request: HtmxHttpRequest) -> HttpResponse:
-    return render(request, "workers/gpus.html", {"hosts": fleet(), "waiting": waiting_runs()})
+    context = {"hosts": fleet(), "waiting": waiting_runs(), "scheduling": SchedulingSettings.load()}
+    return render(request, "workers/gpus.html", context)
+
+
+@require_http_methods(["POST"])
+@login_required
+def live_run_limit(request: HtmxHttpRequest) -> HttpResponse:
+    raw = request.POST.get("max_live_runs_per_user", "").strip()
+    try:
+        set_live_run_limit(int(raw), actor=Actor.of(request, Channel.PAGE))
+    except ValueError:
+        messages.error(request, f"Live runs per member: '{raw[:40]}' is not a whole number from 0 (no limit) to 10000.")
+    else:
+        messages.success(request, "The per-member run limit is saved.")
+    return redirect("workers:gpus")
 
 
 @require_http_methods(["POST"])
