@@ -14,6 +14,7 @@ from models_registry.demo import install_into_cache
 from models_registry.models import PortalSettings
 from projects.models import RunStatus, TrainingProject
 from projects.run_services import RunRefused
+from projects.services import check_project
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
 from tests.workers import CeleryWorker
 from workers.models import Device, Worker
@@ -59,6 +60,17 @@ def test_the_run_goes_to_the_worker_whose_cache_holds_the_model(
         assert holder.held_models == [MODEL] and empty.held_models == []
 
         owner = User.objects.create_user("member")
+        # The web host (this process) has no copy: a model a worker holds is still accepted on save, naming it.
+        data = {"name": "p", "model_name": MODEL, "method": "full", "hyperparameters": {}}
+        data |= {"dataset_path": str(write_jsonl(portal_roots / "datasets" / "p.jsonl", QA_ROWS))}
+        data |= {"output_directory": str(portal_roots / "outputs" / "p")}
+        check = check_project(data, actor=owner)
+        assert not check.errors.get("model_name")
+        assert [w.code for w in check.warnings["model_name"]] == ["model_on_workers"]
+        assert holder.name in check.warnings["model_name"][0].message
+        absent = check_project({**data, "model_name": "test-org/absent"}, actor=owner)
+        assert [p.code for p in absent.errors["model_name"]] == ["model_not_found"]
+
         run = start(make_project(portal_roots, owner, "placed"), owner)
         assert run.placement.queue == own_queue(holder.name)
         assert wait_for_end(run.pk, timeout=240).status == RunStatus.SUCCEEDED

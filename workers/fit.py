@@ -10,7 +10,9 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
+from models_registry.resolution import Resolution
 from models_registry.services import resolve_model
+from mtm.shared.problems import Problem
 from projects.hyperparameters import Hyperparameters
 from projects.memory_estimate import Estimate, EstimateError, ModelShape, estimate, read_model_shape, setup_for
 from projects.models import TrainingProject
@@ -59,6 +61,22 @@ def holds(worker: Worker, model_name: str) -> bool:
     if worker.held_models is None:
         return True
     return model_name in worker.held_models
+
+
+def held_elsewhere(model_name: str, resolution: Resolution) -> Problem | None:
+    """When this host's cache lacks the model (and nothing else is wrong with the name) but live training workers
+    report holding it: a note naming them, in place of the not-found error. None otherwise."""
+    if resolution.valid or {p.code for p in resolution.errors} != {"model_not_found"}:
+        return None
+    holders = [w.name for w in live_training_workers() if w.held_models and model_name in w.held_models]
+    if not holders:
+        return None
+    return Problem(
+        "model_on_workers",
+        f"Model '{model_name}' is not in this host's cache; the training worker(s) {', '.join(holders)} hold it "
+        "and resolve it against their own cache when they train.",
+        "",
+    )
 
 
 def fits_for(project: TrainingProject, shape: ModelShape | None, workers: list[Worker]) -> list[Fit]:
