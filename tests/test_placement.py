@@ -143,3 +143,23 @@ def test_the_project_form_shows_the_estimate_where_it_fits_and_remedies_when_it_
         ({"model_name": "test-org/absent"}, "once &#x27;test-org/absent&#x27; resolves here"),
     ):
         assert note in client.get("/gpus/estimate/", params).content.decode()
+
+
+def test_with_no_worker_running_a_run_waits_on_the_shared_queue_saying_so_in_the_page_and_the_api(
+    portal_roots, db, tiny_llama_in_cache
+):
+    from django.test import Client
+
+    from tests.api_client import call, make_user_token
+
+    owner, token = make_user_token("member")
+    first = start(make_project(portal_roots, owner, "first"), owner)
+    second = start(make_project(portal_roots, owner, "second"), owner)
+    assert (second.placement.queue, second.placement.waiting_for) == (
+        "training",
+        "a training worker (none is running now)",
+    )
+    body = call(Client(), "GET", f"/runs/{second.pk}", token=token).json()
+    assert body["status"] == "queued"
+    assert body["waiting"] == "waiting for a training worker (none is running now): 1 run ahead"
+    assert call(Client(), "GET", f"/runs/{first.pk}", token=token).json()["waiting"].endswith(": no run ahead")
