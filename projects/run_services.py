@@ -21,6 +21,7 @@ from projects.ownership import output_dir_conflicts
 from projects.pipeline import CancelOutcome, fail, live_run_on, record_task_id, request_cancel
 from projects.run_config import RunConfig
 from projects.tasks import resolve_run
+from workers.placement import PlacementRefused, place
 
 log = logging.getLogger(__name__)
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
@@ -79,19 +80,23 @@ def start_run(
         )
         run.output_directory = run_records.run_folder(project.output_directory, run.pk)
         run.save(update_fields=["output_directory"])
+        try:
+            queue = place(run).queue
+        except PlacementRefused as refused:
+            raise RunRefused(refused.problem) from refused
         changes = {"status": [None, run.status], "resume": [None, run.resume]}
         if source is not None:
             changes["resumed_from"] = [None, run.resumed_from]
         audit.record_change(actor, "run.start", run, changes)
-        transaction.on_commit(lambda: enqueue(run.pk))
+        transaction.on_commit(lambda: enqueue(run.pk, queue))
     return run
 
 
-def enqueue(run_id: int) -> bool:
-    """Publish the run's first task. When the broker is down the run ends "failed" at "queue" with a clear
+def enqueue(run_id: int, queue: str | None = None) -> bool:
+    """Publish the run's task to its queue. When the broker is down the run ends "failed" at "queue" with a clear
     message: nothing was started, and Start can simply be pressed again."""
     try:
-        result = resolve_run.apply_async((run_id,), retry=True, retry_policy=RETRY_POLICY)
+        result = resolve_run.apply_async((run_id,), queue=queue, retry=True, retry_policy=RETRY_POLICY)
     except Exception as exc:  # kombu raises OperationalError and friends, depending on the transport
         log.warning("broker unavailable for run %s: %s", run_id, exc)
         fail(

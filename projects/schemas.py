@@ -146,6 +146,7 @@ class RunOut(Schema):
     files_missing: bool = Field(description="True when the run succeeded but its output is no longer on disk.")
     config: RunConfig = Field(description="What the run trained with, copied from the project when it started.")
     cancel_requested: bool
+    waiting: str | None = Field(None, description="While queued: what the run waits for and how many runs are ahead.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

@@ -13,6 +13,7 @@ from projects.models import TrainingProject, TrainingRun
 from projects.run_columns import RunProgress, ValidationReport, read_metrics
 from projects.run_config import run_config
 from projects.run_records import files_missing, run_artifacts
+from workers.placement import place_in_line
 
 _UNSET: Any = object()
 
@@ -55,6 +56,7 @@ def run_dict(run: TrainingRun) -> dict[str, Any]:
         "files_missing": files_missing(run, artifacts),
         "config": config.model_dump(),
         "cancel_requested": run.cancel_requested,
+        "waiting": _or_none(str(place_in_line(run) or "")),
         "created_at": run.created_at,
         "started_at": run.started_at,
         "finished_at": run.finished_at,
