@@ -115,5 +115,9 @@ class ValidationReport(BaseModel):
         return cls.model_validate(stored) if isinstance(stored, dict) else None
 
     @property
+    def warnings(self) -> list[str]:
+        return [check.warning for check in self.checks if check.warning]
+
+    @property
     def first_failure(self) -> ValidationCheck | None:
         return next((check for check in self.checks if not check.passed), None)

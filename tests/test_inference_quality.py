@@ -20,8 +20,6 @@ SPECIAL = {0, 1, 2}  # e.g. <unk>, <s>, </s>
         ([7, 8], "  \n ", "Empty output: the 2 generated tokens decode to whitespace only."),
         ([9, 9, 9, 9, 9], "hihihihihi", "One token repeated: 'hi' 5 times and nothing else."),
         ([5, 6, 5, 6, 5], "..........", "One character repeated: '.' 10 times and nothing else."),
-        ([11, 12, 13], "\ufffd\ufffdab\ufffd", "Undecodable text: 3 of 5 characters are not valid text"),
-        ([11, 12, 13], "\x00\x01\x02ok", "Undecodable text: 3 of 5 characters"),
     ],
 )
 def test_a_degenerate_sample_fails_saying_which_and_why(ids, text, expected):
@@ -33,6 +31,18 @@ def test_a_degenerate_sample_fails_saying_which_and_why(ids, text, expected):
 def test_an_ordinary_answer_passes_without_a_warning():
     verdict = judge_sample([40, 41, 42, 2], " Hello world!", SPECIAL)
     assert verdict.passed and verdict.warning == "" and verdict.detail == "Generated 4 tokens greedily."
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("\ufffd\ufffdab\ufffd", "Undecodable text: 3 of 5 characters are not valid text"),
+        ("\x00\x01\x02ok", "Undecodable text: 3 of 5 characters"),
+    ],
+)
+def test_undecodable_text_passes_with_a_warning_that_says_so(text, expected):
+    verdict = judge_sample([11, 12, 13], text, SPECIAL)
+    assert verdict.passed and verdict.warning.startswith(expected), verdict.warning
 
 
 def test_a_repetitive_or_partly_undecodable_answer_passes_with_a_warning():
@@ -52,8 +62,8 @@ def test_a_warning_is_kept_in_the_stored_report():
 
 
 @pytest.mark.slow
-def test_the_loading_child_fails_an_untrained_models_garbled_output(tiny_llama_dir):
-    """The tiny Llama's random weights answer with bytes that do not decode: the real child fails it, showing why."""
+def test_the_loading_child_warns_of_an_untrained_models_garbled_output(tiny_llama_dir):
+    """The tiny Llama's random weights answer with bytes that do not decode: the real child says so."""
     from projects.inference_check import run
 
     result = run(
@@ -69,5 +79,10 @@ def test_the_loading_child_fails_an_untrained_models_garbled_output(tiny_llama_d
     )
     assert result["load"]["passed"] is True
     inference = result["inference"]
-    assert inference["passed"] is False and inference["text"]
-    assert inference["detail"].startswith("Undecodable text: "), inference["detail"]
+    assert inference["passed"] is True and inference["text"]
+    assert inference["warning"].startswith("Undecodable text: "), inference["warning"]
+
+
+def test_the_sample_in_a_warning_is_shown_as_generated():
+    verdict = judge_sample([11, 12, 13], "\ufffd\ufffdAB\ufffd", SPECIAL)
+    assert "'\ufffd\ufffdAB\ufffd'" in verdict.warning
