@@ -13,11 +13,12 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import stat
 from pathlib import Path
 from typing import Any
 
 from models_registry.services import dataset_roots, validate_output_dir
+from mtm.shared.nofollow import LINK_ERRORS as _LINK_ERRORS
+from mtm.shared.nofollow import open_dir_nofollow, open_file_nofollow
 from mtm.shared.problems import Problem
 from projects.datasets import check_dataset_path
 from projects.datasets.errors import DATASET_UNREADABLE
@@ -27,49 +28,12 @@ from projects.ownership import output_dir_conflicts
 OUTPUT_CHANGED = "output_directory_changed"
 DATASET_CHANGED = "dataset_changed"
 SNAPSHOT_DIR = "dataset"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_LINK_ERRORS = (errno.ELOOP, errno.ENOTDIR, errno.EEXIST)
 
 
 class PathChanged(Exception):
     def __init__(self, problem: Problem):
         super().__init__(problem.message)
         self.problem = problem
-
-
-def open_dir_nofollow(path: str, *, create: bool = False) -> int:
-    """A descriptor of the folder `path` (absolute), reached without following any link; missing folders are
-    created when `create` (mkdirat never follows a link either). OSError with ELOOP or ENOTDIR when a component
-    is a link or a file."""
-    fd = os.open("/", _DIR_FLAGS)
-    try:
-        for part in [p for p in path.split(os.sep) if p]:
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(part, 0o777, dir_fd=fd)
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def open_file_nofollow(path: str) -> int:
-    """A read descriptor of the regular file `path`, reached without following any link."""
-    folder = open_dir_nofollow(os.path.dirname(path))
-    try:
-        fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
-    finally:
-        os.close(folder)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file")
-    return fd
 
 
 def _actor(run: TrainingRun) -> Any:
