@@ -19,11 +19,13 @@ from typing import Any
 from models_registry.services import dataset_roots, validate_output_dir
 from mtm.shared.nofollow import LINK_ERRORS as _LINK_ERRORS
 from mtm.shared.nofollow import open_dir_nofollow, open_file_nofollow
+from mtm.shared.paths import resolved
 from mtm.shared.problems import Problem
 from projects.datasets import check_dataset_path
 from projects.datasets.errors import DATASET_UNREADABLE
 from projects.models import TrainingRun
 from projects.ownership import output_dir_conflicts
+from projects.uploads import upload_problems
 
 OUTPUT_CHANGED = "output_directory_changed"
 DATASET_CHANGED = "dataset_changed"
@@ -42,7 +44,7 @@ def _actor(run: TrainingRun) -> Any:
 
 def _output_problem(run: TrainingRun) -> Problem | None:
     project = run.project
-    now = os.path.realpath(project.output_directory)
+    now = resolved(project.output_directory)
     if now != run.output_directory:
         return Problem(
             OUTPUT_CHANGED,
@@ -62,7 +64,8 @@ def _dataset_problem(run: TrainingRun) -> Problem | None:
         return located.errors[0]
     if located.path != os.path.normpath(stored):
         return _dataset_changed(stored, f"now leads to {located.path}")
-    return None
+    refused = upload_problems(located, _actor(run), run.project)
+    return refused[0] if refused else None
 
 
 def _dataset_changed(path: str, what: str) -> Problem:

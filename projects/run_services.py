@@ -7,18 +7,21 @@ run's first task once the transaction has committed, so a worker never looks for
 from __future__ import annotations
 
 import logging
-import os
 
 from django.db import transaction
 
+from models_registry.services import dataset_roots
 from mtm import audit
 from mtm.audit import Actor
+from mtm.shared.paths import resolved
 from mtm.shared.problems import Problem
+from projects.datasets import check_dataset_path
 from projects.display import latest_checkpoint
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
-from projects.ownership import output_dir_conflicts
+from projects.ownership import lock_claims, output_dir_conflicts, unresolvable_problem
 from projects.pipeline import CancelOutcome, fail, live_run_on, record_task_id, request_cancel
 from projects.tasks import resolve_run
+from projects.uploads import upload_problems
 
 log = logging.getLogger(__name__)
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
@@ -39,9 +42,13 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
     with transaction.atomic():
         # Lock the project row so two Start presses cannot both pass the live-run check (delete takes it too).
         TrainingProject.objects.select_for_update().filter(pk=project.pk).first()
+        lock_claims()  # the run's folder becomes a claim too
+        real = resolved(project.output_directory)
+        if real is None:
+            raise RunRefused(unresolvable_problem(project.output_directory))
         busy = live_run_on(project.output_directory)
         if busy:
-            same = busy.output_directory == os.path.realpath(project.output_directory)
+            same = busy.output_directory == real
             overlap = "" if same else f", which overlaps this project's output directory {project.output_directory}"
             raise RunRefused(
                 Problem(
@@ -54,6 +61,9 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
             )
         if conflicts := output_dir_conflicts(project.output_directory, actor.user, project):
             raise RunRefused(conflicts[0])
+        located = check_dataset_path(project.dataset_path, dataset_roots())
+        if refused := upload_problems(located, actor.user, project):
+            raise RunRefused(refused[0])
         if resume and latest_checkpoint(project) is None:
             raise RunRefused(
                 Problem(
@@ -67,7 +77,7 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
             project=project,
             started_by=actor.authenticated_user,
             resume=resume,
-            output_directory=os.path.realpath(project.output_directory),
+            output_directory=real,
         )
         audit.record_change(actor, "run.start", run, {"status": [None, run.status], "resume": [None, resume]})
         transaction.on_commit(lambda: enqueue(run.pk))

@@ -93,10 +93,12 @@ def discard_upload(path: str | os.PathLike, *, actor: Actor) -> None:
 
 def upload_problems(located: DatasetPathCheck, actor: Any, project: TrainingProject | None) -> list[Problem]:
     """Why `actor` may not use the upload at `located` for `project`: it is another user's, or no recorded upload.
-    Staff may use any; a project keeps the dataset it already has (staff may have set it)."""
+    Staff may use any; a project keeps the dataset it already has (staff may have set it). What the project has is
+    the path saved (already resolved then), compared as saved: a saved file since swapped for a link to an upload
+    is judged as that upload."""
     if not located.uploaded or located.path is None or getattr(actor, "is_staff", False):
         return []
-    if project is not None and os.path.realpath(project.dataset_path) == located.path:
+    if project is not None and project.dataset_path and os.path.normpath(project.dataset_path) == located.path:
         return []
     upload = Upload.objects.filter(path=located.path).select_related("owner").first()
     if upload is not None and actor is not None and upload.owner_id == actor.pk:
