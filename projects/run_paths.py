@@ -64,7 +64,7 @@ def _dataset_problem(run: TrainingRun) -> Problem | None:
         return located.errors[0]
     if located.path != os.path.normpath(stored):
         return _dataset_changed(stored, f"now leads to {located.path}")
-    refused = upload_problems(located, _actor(run), run.project)
+    refused = upload_problems(located, _actor(run), None)  # training on an upload: its owner and staff only
     return refused[0] if refused else None
 
 

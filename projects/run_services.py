@@ -61,8 +61,9 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
             )
         if conflicts := output_dir_conflicts(project.output_directory, actor.user, project):
             raise RunRefused(conflicts[0])
+        # Training on an upload is for its owner and staff, whoever set it on the project.
         located = check_dataset_path(project.dataset_path, dataset_roots())
-        if refused := upload_problems(located, actor.user, project):
+        if refused := upload_problems(located, actor.user, None):
             raise RunRefused(refused[0])
         if resume and latest_checkpoint(project) is None:
             raise RunRefused(
