@@ -36,7 +36,7 @@ class PortalFolder:
     label: str
     path: str
     inside_refused: bool = True  # False: only the folder itself and folders containing it are refused
-    allowed_inside: str | None = None  # a folder inside `path` where new folders are allowed after all
+    allowed_inside: tuple[str, ...] = ()  # folders inside `path` where new folders are allowed after all
 
     def refuses(self, real: str, other: str, relation: str) -> bool:
         """Whether an output directory at `real`, in `relation` to this folder (as `other`), is refused."""
@@ -44,7 +44,7 @@ class PortalFolder:
             return True
         if not self.inside_refused:
             return False
-        return not (self.allowed_inside and any(is_within(real, form) for form in _forms(self.allowed_inside)))
+        return not any(is_within(real, form) for inside in self.allowed_inside for form in _forms(inside))
 
 
 def _relation(path: str, other: str) -> str | None:
@@ -73,7 +73,7 @@ def portal_folders() -> list[PortalFolder]:
     folder inside var/ is allowed (the default output root is there)."""
     var = settings.VAR_DIR
     folders = [
-        PortalFolder("the portal's code folder", str(settings.BASE_DIR), allowed_inside=str(var)),
+        PortalFolder("the portal's code folder", str(settings.BASE_DIR), allowed_inside=(str(var),)),
         PortalFolder("the model cache", str(current_cache_dir()[0])),
         PortalFolder("the portal's media folder (uploaded datasets)", str(settings.MEDIA_ROOT)),
         PortalFolder("the portal's var/ folder (its database and settings)", str(var), inside_refused=False),
@@ -84,12 +84,20 @@ def portal_folders() -> list[PortalFolder]:
     ]
     for name, path in ModelOverride.objects.values_list("model_name", "path"):
         folders.append(PortalFolder(f"the folder of the model override for '{name}'", path))
-    folders.extend(PortalFolder("an allowed dataset root", root) for root in dataset_roots())
+    outputs = output_roots()
+    for root in dataset_roots():
+        # An output root staff placed inside a dataset root is their choice: folders inside it stay allowed.
+        nested = tuple(out for out in outputs if _inside_any(out, root))
+        folders.append(PortalFolder("an allowed dataset root", root, allowed_inside=nested))
     folders.extend(
-        PortalFolder("an allowed output root, shared by every member", root, inside_refused=False)
-        for root in output_roots()
+        PortalFolder("an allowed output root, shared by every member", root, inside_refused=False) for root in outputs
     )
     return folders
+
+
+def _inside_any(path: str, root: str) -> bool:
+    """Whether some form of `path` lies strictly inside some form of `root`."""
+    return any(is_within(a, b) and a != b for a in _forms(path) for b in _forms(root))
 
 
 def _reserved_problems(real: str) -> list[Problem]:

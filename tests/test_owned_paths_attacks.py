@@ -230,6 +230,10 @@ def test_the_portals_code_and_the_dataset_roots_are_reserved(team, tiny_llama_in
         assert any(p.code == "output_directory_reserved" and label in p.message for p in problems), (path, problems)
     fresh = fields(team["root"], name, output_directory=str(app / "var" / "outputs" / "new"))
     assert create_project(actor=as_(team["mallory"]), data=fresh)  # the default output root is inside var/
+    nested = tmp_path / "datasets" / "trained"  # an output root staff chose to put inside a dataset root
+    PortalSettings.objects.filter(pk=1).update(allowed_output_roots=[str(tmp_path), str(nested)])
+    inside = fields(team["root"], name, name="n", output_directory=str(nested / "mine"))
+    assert create_project(actor=as_(team["mallory"]), data=inside)
 
 
 # --- an integer too long to read --------------------------------------------------------------------------------
