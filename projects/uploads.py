@@ -24,7 +24,7 @@ from django.db.models import Sum
 from models_registry.models import PortalSettings
 from mtm import audit
 from mtm.audit import Actor
-from mtm.shared.paths import is_within
+from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
 from projects.datasets import DatasetError, DatasetPathCheck, store_upload, uploads_root
 from projects.datasets.errors import human_bytes
@@ -124,7 +124,7 @@ def upload_problems(located: DatasetPathCheck, actor: Any, project: TrainingProj
 
 def _referenced() -> set[str]:
     paths = TrainingProject.objects.values_list("dataset_path", flat=True)
-    return {os.path.realpath(p) for p in paths if p} | {os.path.normpath(p) for p in paths if p}
+    return {real for p in paths if p and (real := resolved(p))} | {os.path.normpath(p) for p in paths if p}
 
 
 def cleanup_uploads(now: float | None = None) -> list[str]:
