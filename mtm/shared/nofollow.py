@@ -11,6 +11,7 @@ import os
 import stat
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LINK_ERRORS = (errno.ELOOP, errno.ENOTDIR, errno.EEXIST)
 
 
@@ -18,16 +19,19 @@ def open_dir_nofollow(path: str, *, create: bool = False) -> int:
     """A descriptor of the folder `path` (absolute), reached without following any link; missing folders are
     created when `create` (mkdirat never follows a link either). OSError with ELOOP or ENOTDIR when a component
     is a link or a file."""
-    fd = os.open("/", _DIR_FLAGS)
+    parts = [p for p in path.split(os.sep) if p]
+    fd = os.open("/", _DIR_FLAGS if not parts else _PATH_FLAGS)
     try:
-        for part in [p for p in path.split(os.sep) if p]:
+        for index, part in enumerate(parts):
+            # Folders on the way are only passed through (O_PATH needs search permission, not read).
+            flags = _DIR_FLAGS if index == len(parts) - 1 else _PATH_FLAGS
             try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(part, flags, dir_fd=fd)
             except FileNotFoundError:
                 if not create:
                     raise
                 os.mkdir(part, 0o777, dir_fd=fd)
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                child = os.open(part, flags, dir_fd=fd)
             os.close(fd)
             fd = child
     except BaseException:
