@@ -22,6 +22,7 @@ from projects.ownership import lock_claims, output_dir_conflicts, unresolvable_p
 from projects.pipeline import CancelOutcome, fail, live_run_on, record_task_id, request_cancel
 from projects.tasks import resolve_run
 from projects.uploads import upload_problems
+from workers.placement import PlacementRefused, place
 
 log = logging.getLogger(__name__)
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
@@ -63,8 +64,8 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
             raise RunRefused(conflicts[0])
         # Training on an upload is for its owner and staff, whoever set it on the project.
         located = check_dataset_path(project.dataset_path, dataset_roots())
-        if refused := upload_problems(located, actor.user, None):
-            raise RunRefused(refused[0])
+        if not_yours := upload_problems(located, actor.user, None):
+            raise RunRefused(not_yours[0])
         if resume and latest_checkpoint(project) is None:
             raise RunRefused(
                 Problem(
@@ -80,16 +81,20 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
             resume=resume,
             output_directory=real,
         )
+        try:
+            queue = place(run).queue
+        except PlacementRefused as refused:
+            raise RunRefused(refused.problem) from refused
         audit.record_change(actor, "run.start", run, {"status": [None, run.status], "resume": [None, resume]})
-        transaction.on_commit(lambda: enqueue(run.pk))
+        transaction.on_commit(lambda: enqueue(run.pk, queue))
     return run
 
 
-def enqueue(run_id: int) -> bool:
-    """Publish the run's first task. When the broker is down the run ends "failed" at "queue" with a clear
+def enqueue(run_id: int, queue: str | None = None) -> bool:
+    """Publish the run's task to its queue. When the broker is down the run ends "failed" at "queue" with a clear
     message: nothing was started, and Start can simply be pressed again."""
     try:
-        result = resolve_run.apply_async((run_id,), retry=True, retry_policy=RETRY_POLICY)
+        result = resolve_run.apply_async((run_id,), queue=queue, retry=True, retry_policy=RETRY_POLICY)
     except Exception as exc:  # kombu raises OperationalError and friends, depending on the transport
         log.warning("broker unavailable for run %s: %s", run_id, exc)
         fail(

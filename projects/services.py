@@ -26,6 +26,7 @@ from projects.hyperparameters import Hyperparameters
 from projects.models import LIVE_STATUSES, TrainingMethod, TrainingProject, TrainingRun
 from projects.ownership import lock_claims, output_dir_conflicts
 from projects.uploads import upload_problems
+from workers.fit import held_elsewhere
 
 EDITABLE = (
     "name",
@@ -131,9 +132,13 @@ def check_project(
     model_name, revision = data.get("model_name", ""), _text(data, "revision")
     resolution = resolve_model(model_name, revision or None)
     check.resolution = resolution
-    for problem in resolution.errors:
-        check.error("revision" if problem.code in ("invalid_revision", "revision_not_found") else "model_name", problem)
     check.warnings["model_name"] = list(resolution.warnings)
+    if on_workers := held_elsewhere(model_name, resolution):
+        check.warnings["model_name"].append(on_workers)  # several hosts: the web host need not hold the model
+    else:
+        for problem in resolution.errors:
+            field = "revision" if problem.code in ("invalid_revision", "revision_not_found") else "model_name"
+            check.error(field, problem)
     if resolution.valid and (refusal := training_refusal(resolution)):
         check.error("model_name", refusal)
 
