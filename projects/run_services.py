@@ -7,20 +7,22 @@ run's first task once the transaction has committed, so a worker never looks for
 from __future__ import annotations
 
 import logging
-import os
 
 from django.db import transaction
 
+from models_registry.services import dataset_roots
 from mtm import audit
 from mtm.audit import Actor
-from mtm.shared.paths import is_within
+from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
 from projects import run_records
+from projects.datasets import check_dataset_path
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
-from projects.ownership import output_dir_conflicts
+from projects.ownership import lock_claims, output_dir_conflicts, unresolvable_problem
 from projects.pipeline import CancelOutcome, fail, live_run_on, record_task_id, request_cancel
 from projects.run_config import RunConfig
 from projects.tasks import resolve_run
+from projects.uploads import upload_problems
 from workers.placement import PlacementRefused, place
 
 log = logging.getLogger(__name__)
@@ -46,9 +48,13 @@ def start_run(
     with transaction.atomic():
         # Lock the project row so two Start presses cannot both pass the live-run check (delete takes it too).
         TrainingProject.objects.select_for_update().filter(pk=project.pk).first()
+        lock_claims()  # the run's folder becomes a claim too
+        real = resolved(project.output_directory)
+        if real is None:
+            raise RunRefused(unresolvable_problem(project.output_directory))
         busy = live_run_on(project.output_directory)
         if busy:
-            same = is_within(busy.output_directory, os.path.realpath(project.output_directory))
+            same = is_within(busy.output_directory, real)
             overlap = "" if same else f", which overlaps this project's output directory {project.output_directory}"
             raise RunRefused(
                 Problem(
@@ -61,6 +67,10 @@ def start_run(
             )
         if conflicts := output_dir_conflicts(project.output_directory, actor.user, project):
             raise RunRefused(conflicts[0])
+        # Training on an upload is for its owner and staff, whoever set it on the project.
+        located = check_dataset_path(project.dataset_path, dataset_roots())
+        if not_yours := upload_problems(located, actor.user, None):
+            raise RunRefused(not_yours[0])
         config = RunConfig.of_project(project)
         source, checkpoint = None, None
         if resume or resume_from is not None:
@@ -78,7 +88,7 @@ def start_run(
             resumed_from=str(checkpoint or ""),
             config=config.model_dump(),
         )
-        run.output_directory = run_records.run_folder(project.output_directory, run.pk)
+        run.output_directory = run_records.run_folder(real, run.pk)
         run.save(update_fields=["output_directory"])
         try:
             queue = place(run).queue
