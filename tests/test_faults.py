@@ -167,9 +167,10 @@ def test_output_folder_swapped_for_a_link_mid_training_writes_nothing_there(port
     (alice / "model.safetensors").write_bytes(b"alice's weights")
     before = _tree(alice)
     mine = outputs / "mdir"
-    proj = project(portal, "swapper", {**LONG, "save_steps": 1, "save_total_limit": 1, "max_steps": 200}, mine)
+    proj = project(portal, "swapper", {**LONG, "save_steps": 1, "save_total_limit": 1}, mine)
     run = start(proj, portal["user"])
-    wait_for_end(run.pk, until=lambda r: (mine / "checkpoint-2").is_dir())
+    run = wait_for_end(run.pk, until=lambda r: (mine / "checkpoint-2").is_dir())
+    assert run.status == RunStatus.TRAINING  # 2000 steps: the swap below happens while it trains
     mine.rename(outputs / "mdir.real")
     mine.symlink_to(alice, target_is_directory=True)
     run = wait_for_end(run.pk, timeout=120)
