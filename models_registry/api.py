@@ -44,6 +44,7 @@ from models_registry.settings_services import update_settings as save_settings
 from mtm.api_errors import ApiError
 from mtm.audit import Actor, Channel
 from mtm.auth import require_staff
+from projects.ownership import output_dir_conflicts
 
 router = Router()
 ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
@@ -71,8 +72,12 @@ def available_models(request: HttpRequest, q: str | None = None, valid: bool | N
 
 @router.post("/projects/validate-output-dir", response={200: OutputDirOut, **BODY_ERRORS}, tags=["projects"])
 def validate_output_dir(request: HttpRequest, payload: ValidateOutputDirIn) -> dict:
-    """Is this a directory training may write to? Absolute, inside an allowed root, writable, with room."""
-    return services.validate_output_dir(payload.output_directory).to_dict()
+    """Is this a directory training may write to, for the caller? Absolute, inside an allowed root, writable, with
+    room, and not a folder of another member's project (the same rule as saving a project and the form's check)."""
+    check = services.validate_output_dir(payload.output_directory)
+    if check.valid:
+        check.errors.extend(output_dir_conflicts(check.path or "", request.auth))
+    return check.to_dict()
 
 
 def _override_out(override: ModelOverride) -> dict:

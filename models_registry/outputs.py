@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
-from mtm.shared.paths import is_within, roots_text
+from mtm.shared.paths import is_within, resolved, roots_text
 from mtm.shared.problems import Problem
 
 PERMISSION_HINT = (
@@ -97,9 +97,19 @@ def check_output_dir(raw: object, allowed_roots: list[str], low_disk_bytes: int 
             )
         )
         return result
-    real = os.path.realpath(text)
+    real = resolved(text)
+    if real is None:
+        result.errors.append(
+            Problem(
+                "output_directory_unresolvable",
+                f"Output directory {text} cannot be resolved: a folder or link on its path cannot be followed "
+                "(permission denied).",
+                "Choose a folder of your own inside an allowed output root, with no links on its path.",
+            )
+        )
+        return result
     result.path = real
-    if not any(is_within(real, os.path.realpath(root)) for root in allowed_roots):
+    if not any(is_within(real, resolved(root) or os.path.normpath(root)) for root in allowed_roots):
         shown = text if os.path.normpath(text) == real else f"{text} (resolves to {real})"
         result.errors.append(
             Problem(

@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "mtm",
     "models_registry",
     "projects",
+    "workers",
 ]
 
 MIDDLEWARE = [
@@ -167,6 +168,10 @@ MTM_TEMPLATE_MEMORY_MB = env_int("MTM_TEMPLATE_MEMORY_MB", 512)
 MTM_HEARTBEAT_SECONDS = env_int("MTM_HEARTBEAT_SECONDS", 5)
 MTM_HEARTBEAT_TIMEOUT = env_int("MTM_HEARTBEAT_TIMEOUT", 90)
 MTM_MIN_FREE_BYTES = env_int("MTM_MIN_FREE_BYTES", 256 * 1024**2)
+# Each Celery worker rewrites its row (host, devices, versions) every MTM_WORKER_REPORT_SECONDS; one silent for
+# MTM_WORKER_GONE_SECONDS is shown as gone and no run is sent to it.
+MTM_WORKER_REPORT_SECONDS = env_int("MTM_WORKER_REPORT_SECONDS", 10)
+MTM_WORKER_GONE_SECONDS = env_int("MTM_WORKER_GONE_SECONDS", max(30, 3 * MTM_WORKER_REPORT_SECONDS))
 # How often Celery beat sends the reaper (projects.reap_stale_runs); pages and the API never reap.
 MTM_REAP_SECONDS = env_int("MTM_REAP_SECONDS", max(5, MTM_HEARTBEAT_TIMEOUT // 3))
 if MTM_REAP_SECONDS < 1:
@@ -204,7 +209,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"projects.train_run": {"queue": "training"}}
+# A run is one task on the worker that trains it (resolve against its own cache, train, validate): it waits
+# "queued" in its queue until a worker is free, with nothing to reap. run_services may send it to a narrower queue.
+CELERY_TASK_ROUTES = {"projects.resolve_run": {"queue": "training"}, "projects.train_run": {"queue": "training"}}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

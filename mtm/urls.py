@@ -20,6 +20,7 @@ urlpatterns = [
     path("accounts/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("", include("models_registry.urls")),
     path("projects/", include("projects.urls")),
+    path("gpus/", include("workers.urls")),
     path("tokens/", include("mtm.urls_tokens")),
     path("audit/", include("mtm.urls_audit")),
 ]

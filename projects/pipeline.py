@@ -15,19 +15,19 @@ from enum import StrEnum
 
 from django.utils import timezone
 
-from mtm.shared.paths import is_within
+from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
 from projects.models import LIVE_STATUSES, RunStage, RunStatus, TrainingRun
 
 
 def live_run_on(output_directory: str, exclude_run: int | None = None) -> TrainingRun | None:
     """A live run writing to `output_directory`, to a folder inside it, or to a folder that contains it."""
-    real = os.path.realpath(output_directory)
+    real = resolved(output_directory) or os.path.normpath(output_directory)
     runs = TrainingRun.objects.filter(status__in=LIVE_STATUSES).select_related("project").order_by("pk")
     if exclude_run:
         runs = runs.exclude(pk=exclude_run)
     for run in runs:
-        for other in {run.output_directory, os.path.realpath(run.output_directory)} - {""}:
+        for other in {run.output_directory, resolved(run.output_directory) or ""} - {""}:
             if is_within(real, other) or is_within(other, real):
                 return run
     return None

@@ -13,22 +13,23 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import stat
 from pathlib import Path
 from typing import Any
 
 from models_registry.services import dataset_roots, validate_output_dir
+from mtm.shared.nofollow import LINK_ERRORS as _LINK_ERRORS
+from mtm.shared.nofollow import open_dir_nofollow, open_file_nofollow
+from mtm.shared.paths import resolved
 from mtm.shared.problems import Problem
 from projects.datasets import check_dataset_path
 from projects.datasets.errors import DATASET_UNREADABLE
 from projects.models import TrainingRun
 from projects.ownership import output_dir_conflicts
+from projects.uploads import upload_problems
 
 OUTPUT_CHANGED = "output_directory_changed"
 DATASET_CHANGED = "dataset_changed"
 SNAPSHOT_DIR = "dataset"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_LINK_ERRORS = (errno.ELOOP, errno.ENOTDIR, errno.EEXIST)
 
 
 class PathChanged(Exception):
@@ -37,48 +38,13 @@ class PathChanged(Exception):
         self.problem = problem
 
 
-def open_dir_nofollow(path: str, *, create: bool = False) -> int:
-    """A descriptor of the folder `path` (absolute), reached without following any link; missing folders are
-    created when `create` (mkdirat never follows a link either). OSError with ELOOP or ENOTDIR when a component
-    is a link or a file."""
-    fd = os.open("/", _DIR_FLAGS)
-    try:
-        for part in [p for p in path.split(os.sep) if p]:
-            try:
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
-                    raise
-                os.mkdir(part, 0o777, dir_fd=fd)
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = child
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def open_file_nofollow(path: str) -> int:
-    """A read descriptor of the regular file `path`, reached without following any link."""
-    folder = open_dir_nofollow(os.path.dirname(path))
-    try:
-        fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
-    finally:
-        os.close(folder)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file")
-    return fd
-
-
 def _actor(run: TrainingRun) -> Any:
     return run.started_by or run.project.owner
 
 
 def output_problem(run: TrainingRun) -> Problem | None:
     project = run.project
-    now = os.path.realpath(project.output_directory)
+    now = resolved(project.output_directory)
     if now != run.output_directory:
         return Problem(
             OUTPUT_CHANGED,
@@ -98,7 +64,8 @@ def _dataset_problem(run: TrainingRun) -> Problem | None:
         return located.errors[0]
     if located.path != os.path.normpath(stored):
         return _dataset_changed(stored, f"now leads to {located.path}")
-    return None
+    refused = upload_problems(located, _actor(run), None)  # training on an upload: its owner and staff only
+    return refused[0] if refused else None
 
 
 def _dataset_changed(path: str, what: str) -> Problem:

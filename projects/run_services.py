@@ -7,18 +7,22 @@ run's first task once the transaction has committed, so a worker never looks for
 from __future__ import annotations
 
 import logging
-import os
 
 from django.db import transaction
 
+from models_registry.services import dataset_roots
 from mtm import audit
 from mtm.audit import Actor
+from mtm.shared.paths import resolved
 from mtm.shared.problems import Problem
+from projects.datasets import check_dataset_path
 from projects.display import latest_checkpoint
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
-from projects.ownership import output_dir_conflicts
+from projects.ownership import lock_claims, output_dir_conflicts, unresolvable_problem
 from projects.pipeline import CancelOutcome, fail, live_run_on, record_task_id, request_cancel
 from projects.tasks import resolve_run
+from projects.uploads import upload_problems
+from workers.placement import PlacementRefused, place
 
 log = logging.getLogger(__name__)
 RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
@@ -39,9 +43,13 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
     with transaction.atomic():
         # Lock the project row so two Start presses cannot both pass the live-run check (delete takes it too).
         TrainingProject.objects.select_for_update().filter(pk=project.pk).first()
+        lock_claims()  # the run's folder becomes a claim too
+        real = resolved(project.output_directory)
+        if real is None:
+            raise RunRefused(unresolvable_problem(project.output_directory))
         busy = live_run_on(project.output_directory)
         if busy:
-            same = busy.output_directory == os.path.realpath(project.output_directory)
+            same = busy.output_directory == real
             overlap = "" if same else f", which overlaps this project's output directory {project.output_directory}"
             raise RunRefused(
                 Problem(
@@ -54,6 +62,10 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
             )
         if conflicts := output_dir_conflicts(project.output_directory, actor.user, project):
             raise RunRefused(conflicts[0])
+        # Training on an upload is for its owner and staff, whoever set it on the project.
+        located = check_dataset_path(project.dataset_path, dataset_roots())
+        if not_yours := upload_problems(located, actor.user, None):
+            raise RunRefused(not_yours[0])
         if resume and latest_checkpoint(project) is None:
             raise RunRefused(
                 Problem(
@@ -67,18 +79,22 @@ def start_run(project: TrainingProject, *, actor: Actor, resume: bool = False) -
             project=project,
             started_by=actor.authenticated_user,
             resume=resume,
-            output_directory=os.path.realpath(project.output_directory),
+            output_directory=real,
         )
+        try:
+            queue = place(run).queue
+        except PlacementRefused as refused:
+            raise RunRefused(refused.problem) from refused
         audit.record_change(actor, "run.start", run, {"status": [None, run.status], "resume": [None, resume]})
-        transaction.on_commit(lambda: enqueue(run.pk))
+        transaction.on_commit(lambda: enqueue(run.pk, queue))
     return run
 
 
-def enqueue(run_id: int) -> bool:
-    """Publish the run's first task. When the broker is down the run ends "failed" at "queue" with a clear
+def enqueue(run_id: int, queue: str | None = None) -> bool:
+    """Publish the run's task to its queue. When the broker is down the run ends "failed" at "queue" with a clear
     message: nothing was started, and Start can simply be pressed again."""
     try:
-        result = resolve_run.apply_async((run_id,), retry=True, retry_policy=RETRY_POLICY)
+        result = resolve_run.apply_async((run_id,), queue=queue, retry=True, retry_policy=RETRY_POLICY)
     except Exception as exc:  # kombu raises OperationalError and friends, depending on the transport
         log.warning("broker unavailable for run %s: %s", run_id, exc)
         fail(

@@ -23,6 +23,7 @@ from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, 
 from projects.pipeline import CancelOutcome
 from projects.run_columns import RunProgress, ValidationReport
 from projects.run_services import RunRefused, cancel_run, start_run
+from workers.placement import place_in_line
 
 
 def polled_partial(request: HtmxHttpRequest, template: str, context: dict[str, Any], *, live: bool) -> HttpResponse:
@@ -63,6 +64,7 @@ def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
         "validation": ValidationReport.read(run.validation),
         "checkpoint": checkpoint,
         "can_manage": can_manage(user, project),
+        "place_in_line": place_in_line(run),
         "other_live_run": project.runs.filter(status__in=LIVE_STATUSES).exclude(pk=run.pk).first(),
     }
 

@@ -125,6 +125,7 @@ class RunOut(Schema):
     resumed_from: str | None
     last_checkpoint: str | None
     cancel_requested: bool
+    waiting: str | None = Field(None, description="While queued: what the run waits for and how many runs are ahead.")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

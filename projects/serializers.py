@@ -11,6 +11,7 @@ from typing import Any
 from projects.hyperparameters import Hyperparameters
 from projects.models import TrainingProject, TrainingRun
 from projects.run_columns import RunProgress, ValidationReport, read_metrics
+from workers.placement import place_in_line
 
 _UNSET: Any = object()
 
@@ -46,6 +47,7 @@ def run_dict(run: TrainingRun) -> dict[str, Any]:
         "resumed_from": _or_none(run.resumed_from),
         "last_checkpoint": _or_none(run.last_checkpoint),
         "cancel_requested": run.cancel_requested,
+        "waiting": _or_none(str(place_in_line(run) or "")),
         "created_at": run.created_at,
         "started_at": run.started_at,
         "finished_at": run.finished_at,

@@ -24,8 +24,9 @@ from projects.datasets import DatasetReport, check_dataset_path, inspect_dataset
 from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.hyperparameters import Hyperparameters
 from projects.models import LIVE_STATUSES, TrainingMethod, TrainingProject, TrainingRun
-from projects.ownership import output_dir_conflicts
+from projects.ownership import lock_claims, output_dir_conflicts
 from projects.uploads import upload_problems
+from workers.fit import held_elsewhere
 
 EDITABLE = (
     "name",
@@ -131,9 +132,13 @@ def check_project(
     model_name, revision = data.get("model_name", ""), _text(data, "revision")
     resolution = resolve_model(model_name, revision or None)
     check.resolution = resolution
-    for problem in resolution.errors:
-        check.error("revision" if problem.code in ("invalid_revision", "revision_not_found") else "model_name", problem)
     check.warnings["model_name"] = list(resolution.warnings)
+    if on_workers := held_elsewhere(model_name, resolution):
+        check.warnings["model_name"].append(on_workers)  # several hosts: the web host need not hold the model
+    else:
+        for problem in resolution.errors:
+            field = "revision" if problem.code in ("invalid_revision", "revision_not_found") else "model_name"
+            check.error(field, problem)
     if resolution.valid and (refusal := training_refusal(resolution)):
         check.error("model_name", refusal)
 
@@ -186,6 +191,9 @@ def create_project(data: dict[str, Any], *, actor: Actor) -> TrainingProject:
     if not check.valid:
         raise ProjectInvalid(check)
     with transaction.atomic():
+        _recheck_claims(check, actor.user, None)
+        if not check.valid:
+            raise ProjectInvalid(check)
         project = TrainingProject.objects.create(owner=actor.user, **check.cleaned)
         audit.record_change(actor, "project.create", project, {k: [None, v] for k, v in project_data(project).items()})
     return project
@@ -201,6 +209,7 @@ def update_project(project: TrainingProject, changes: dict[str, Any], *, actor: 
     check = check_project(merged, actor=actor.user, project=project)  # the slow part, before the lock
     with transaction.atomic():
         live = _locked(project)
+        _recheck_claims(check, actor.user, project)
         if live is not None:
             for key in TRAINING_FIELDS:
                 if check.cleaned.get(key) != getattr(project, key):
@@ -214,6 +223,16 @@ def update_project(project: TrainingProject, changes: dict[str, Any], *, actor: 
         if found := audit.diff(before, project_data(project)):
             audit.record_change(actor, "project.update", project, found)
     return check
+
+
+def _recheck_claims(check: ProjectCheck, user: Any, project: TrainingProject | None) -> None:
+    """The output directory's ownership checked again under the claims lock, right before the save: another
+    project may have claimed the folder since check_project ran."""
+    lock_claims()
+    if check.errors.get("output_directory"):
+        return
+    for problem in output_dir_conflicts(check.cleaned["output_directory"], user, project):
+        check.error("output_directory", problem)
 
 
 def _frozen_while_live(key: str, live: TrainingRun) -> Problem:

@@ -1,4 +1,4 @@
-"""Celery tasks: thin wrappers that re-fetch the run by id and call a stage (any exception fails the run), and the
+"""Celery tasks: thin wrappers that re-fetch the run by id and call its stages (any exception fails the run), and the
 periodic reaper that Celery beat runs (CELERY_BEAT_SCHEDULE in mtm/settings.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from celery import shared_task
 from projects import stages
 from projects.liveness import heartbeat, reap_stale_runs
 from projects.models import RunStage
-from projects.pipeline import fail_with_exception, record_task_id
+from projects.pipeline import fail_with_exception
 
 
 def _guarded(run_id: int, stage: RunStage, fn):
@@ -20,23 +20,27 @@ def _guarded(run_id: int, stage: RunStage, fn):
         return False
 
 
-def _enqueue_next(run_id: int, stage: RunStage, task, queue: str) -> None:
-    try:
-        record_task_id(run_id, task.name.rsplit(".", 1)[-1], task.apply_async((run_id,), queue=queue).id)
-    except Exception as exc:  # the broker went away between two stages
-        fail_with_exception(run_id, stage, exc)
+@shared_task(name="projects.resolve_run", bind=True)
+def resolve_run(self, run_id: int) -> None:
+    """A whole run on the worker that took it from its queue: resolve the model against this worker's own cache,
+    train, validate. Until a worker takes it the run is "queued", which the reaper leaves alone."""
+    from workers.fair_share import RETRY_SECONDS, over_limit
+    from workers.placement import record_taker
+
+    if over_limit(run_id):  # offered again shortly, to its queue; the run stays "queued", saying why
+        raise self.retry(countdown=RETRY_SECONDS, max_retries=None)
+    record_taker(run_id, self.request.hostname or "")
+    if _guarded(run_id, RunStage.RESOLVE, stages.resolve_stage) and _guarded(
+        run_id, RunStage.TRAIN, stages.train_stage
+    ):
+        _guarded(run_id, RunStage.VALIDATE, stages.validate_stage)
 
 
-@shared_task(name="projects.resolve_run")
-def resolve_run(run_id: int) -> None:
-    if _guarded(run_id, RunStage.RESOLVE, stages.resolve_stage):
-        _enqueue_next(run_id, RunStage.RESOLVE, train_run, "training")
-
-
+# Messages sent before a run became one task (an upgrade with runs in the queues) still finish.
 @shared_task(name="projects.train_run")
 def train_run(run_id: int) -> None:
     if _guarded(run_id, RunStage.TRAIN, stages.train_stage):
-        _enqueue_next(run_id, RunStage.TRAIN, validate_run, "default")
+        _guarded(run_id, RunStage.VALIDATE, stages.validate_stage)
 
 
 @shared_task(name="projects.validate_run")

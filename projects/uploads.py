@@ -24,7 +24,7 @@ from django.db.models import Sum
 from models_registry.models import PortalSettings
 from mtm import audit
 from mtm.audit import Actor
-from mtm.shared.paths import is_within
+from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
 from projects.datasets import DatasetError, DatasetPathCheck, store_upload, uploads_root
 from projects.datasets.errors import human_bytes
@@ -93,10 +93,12 @@ def discard_upload(path: str | os.PathLike, *, actor: Actor) -> None:
 
 def upload_problems(located: DatasetPathCheck, actor: Any, project: TrainingProject | None) -> list[Problem]:
     """Why `actor` may not use the upload at `located` for `project`: it is another user's, or no recorded upload.
-    Staff may use any; a project keeps the dataset it already has (staff may have set it)."""
+    Staff may use any; a project keeps the dataset it already has (staff may have set it). What the project has is
+    the path saved (already resolved then), compared as saved: a saved file since swapped for a link to an upload
+    is judged as that upload."""
     if not located.uploaded or located.path is None or getattr(actor, "is_staff", False):
         return []
-    if project is not None and os.path.realpath(project.dataset_path) == located.path:
+    if project is not None and project.dataset_path and os.path.normpath(project.dataset_path) == located.path:
         return []
     upload = Upload.objects.filter(path=located.path).select_related("owner").first()
     if upload is not None and actor is not None and upload.owner_id == actor.pk:
@@ -122,7 +124,7 @@ def upload_problems(located: DatasetPathCheck, actor: Any, project: TrainingProj
 
 def _referenced() -> set[str]:
     paths = TrainingProject.objects.values_list("dataset_path", flat=True)
-    return {os.path.realpath(p) for p in paths if p} | {os.path.normpath(p) for p in paths if p}
+    return {real for p in paths if p and (real := resolved(p))} | {os.path.normpath(p) for p in paths if p}
 
 
 def cleanup_uploads(now: float | None = None) -> list[str]:

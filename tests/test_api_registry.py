@@ -186,7 +186,7 @@ def test_output_dir_cases(client, member_token, output_root, tmp_path):
 
 def test_low_disk_space_is_a_warning(client, member_token, output_root, settings):
     settings.MTM_LOW_DISK_BYTES = 2**62
-    body = check_dir(client, member_token, output_root)
+    body = check_dir(client, member_token, output_root / "run")  # the root itself is no project's folder
     assert body["valid"] is True and codes(body["warnings"]) == ["low_disk_space"]
 
 

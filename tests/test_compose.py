@@ -13,7 +13,8 @@ import yaml
 from django.conf import settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-APP_SERVICES = ("web", "worker", "beat", "trainer")
+APP_SERVICES = ("web", "worker", "beat", "trainer-gpu0", "trainer-gpu1")
+TRAINERS = ("trainer-gpu0", "trainer-gpu1")
 FIRST_PARTY = ("mtm", "models_registry", "projects")
 # Variables that name a folder, and so must sit on a mounted volume to survive a container restart.
 PATH_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "MTM_OUTPUT_ROOTS", "MTM_DATASET_ROOTS", "MEDIA_ROOT")
@@ -56,8 +57,19 @@ def environment_names_read_by_code() -> set[str]:
     return names
 
 
-def test_the_five_services_exist(compose):
-    assert set(compose["services"]) >= {"web", "worker", "trainer", "redis", "postgres"}
+def test_the_services_exist(compose):
+    assert set(compose["services"]) >= {"web", "worker", *TRAINERS, "redis", "postgres"}
+
+
+def consumed_queues(service: dict) -> set[str]:
+    """The queues a worker service consumes: a Celery command's -Q, or what `manage.py runworker` always consumes
+    (the shared training queue, besides its own and capacity queues) plus its --also."""
+    words = command_words(service)
+    if words[:3] == ["python", "manage.py", "runworker"]:
+        from workers.queues import TRAINING_QUEUE
+
+        return {TRAINING_QUEUE} | set(filter(None, (option_value(words, "--also") or "").split(",")))
+    return set(option_value(words, "-Q", "--queues").split(","))
 
 
 def test_web_serves_an_importable_wsgi_application(compose):
@@ -72,18 +84,29 @@ def test_web_serves_an_importable_wsgi_application(compose):
 def test_workers_use_the_mtm_app_and_consume_every_routed_queue(compose):
     known = {settings.CELERY_TASK_DEFAULT_QUEUE} | {r["queue"] for r in settings.CELERY_TASK_ROUTES.values()}
     consumed: set[str] = set()
-    for name in ("worker", "trainer"):
-        words = command_words(compose["services"][name])
-        assert words[:1] == ["celery"] and "worker" in words
-        assert option_value(words, "-A", "--app") == "mtm"
-        queues = set(option_value(words, "-Q", "--queues").split(","))
+    for name in ("worker", *TRAINERS):
+        queues = consumed_queues(compose["services"][name])
         assert queues <= known, f"{name} consumes {queues - known}, which no task is routed to"
         consumed |= queues
     assert consumed == known
-    trainer = compose["services"]["trainer"]
-    assert option_value(command_words(trainer), "--concurrency", "-c") == "1"
-    devices = trainer["deploy"]["resources"]["reservations"]["devices"]
-    assert any("gpu" in device["capabilities"] for device in devices)
+    words = command_words(compose["services"]["worker"])
+    assert words[:1] == ["celery"] and "worker" in words and option_value(words, "-A", "--app") == "mtm"
+
+
+def test_two_gpu_workers_on_one_host_each_own_one_gpu(compose):
+    from workers.management.commands.runworker import parse_gpus
+
+    gpus, names = [], []
+    for name in TRAINERS:
+        trainer = compose["services"][name]
+        words = command_words(trainer)
+        assert words[:3] == ["python", "manage.py", "runworker"]  # one run at a time, its own name and queues
+        gpus += parse_gpus(option_value(words, "--gpus"))
+        names.append(option_value(words, "--name"))
+        assert trainer["hostname"] == compose["services"][TRAINERS[0]]["hostname"]  # one host
+        devices = trainer["deploy"]["resources"]["reservations"]["devices"]
+        assert any("gpu" in device["capabilities"] for device in devices)
+    assert sorted(gpus) == [0, 1] and len(set(names)) == 2
 
 
 def test_one_beat_sends_every_periodic_job_to_a_queue_a_worker_consumes(compose):
@@ -92,11 +115,7 @@ def test_one_beat_sends_every_periodic_job_to_a_queue_a_worker_consumes(compose)
     assert beats == ["beat"]
     words = command_words(compose["services"]["beat"])
     assert words[:1] == ["celery"] and option_value(words, "-A", "--app") == "mtm"
-    consumed = {
-        queue
-        for name in ("worker", "trainer")
-        for queue in option_value(command_words(compose["services"][name]), "-Q", "--queues").split(",")
-    }
+    consumed = set().union(*(consumed_queues(compose["services"][name]) for name in ("worker", *TRAINERS)))
     from mtm.celery import app
 
     app.loader.import_default_modules()

@@ -100,7 +100,9 @@ def test_broker_down_at_start_then_back_without_restart(portal, celery_broker):
             assert again.status == RunStatus.QUEUED and again.task_ids.get("resolve")
             import redis
 
-            assert redis.Redis.from_url(dead).llen("default") == 1
+            # The message waits in the queue the run was placed on (a run is one task on a training worker).
+            assert again.placement.queue == "training"
+            assert redis.Redis.from_url(dead).llen(again.placement.queue) == 1
         finally:
             server.stop()
 

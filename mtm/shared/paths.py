@@ -13,3 +13,12 @@ def is_within(path: str, root: str) -> bool:
 
 def roots_text(roots: list[str]) -> str:
     return ", ".join(roots) if roots else "none configured"
+
+
+def resolved(path: str) -> str | None:
+    """`path` with links and `..` resolved, or None when a component cannot be followed (a link the portal may
+    not read, such as /proc/<pid>/cwd of another process)."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return None

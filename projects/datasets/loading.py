@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import io
 import json
 import os
@@ -12,11 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from mtm.shared.nofollow import LINK_ERRORS, open_file_nofollow
 from mtm.shared.problems import Problem
 from projects.datasets.errors import (
     DATASET_BAD_HEADER,
     DATASET_BAD_JSON,
     DATASET_BAD_ROW,
+    DATASET_CHANGED,
     DATASET_EMPTY,
     DATASET_ENCODING,
     DATASET_TOO_LARGE,
@@ -66,31 +69,65 @@ class LoadedDataset:
     complete: bool = True  # False when a sample ended before the file did: the file has at least len(rows) rows
 
 
+def open_dataset(path: str | os.PathLike) -> BinaryIO:
+    """The dataset file at `path` (already resolved: check_dataset_path's `path`) opened once, without following
+    any link on its path, so a file swapped for a link after the check is refused instead of read. Readers take
+    the returned file, never the path again. DatasetError when a component is a link or it is not a regular file;
+    OSError when it cannot be opened."""
+    try:
+        fd = open_file_nofollow(str(path))
+    except OSError as exc:
+        if exc.errno not in (*LINK_ERRORS, errno.EINVAL):
+            raise
+        raise DatasetError(
+            [
+                Problem(
+                    DATASET_CHANGED,
+                    f"Dataset {path} is not a regular file reached without links: a file or folder on its path is "
+                    "a link or something other than a file (or was replaced by one after it was checked). It was "
+                    "not read.",
+                    "Give the path of the dataset file itself, with no links on its path, and check again.",
+                )
+            ]
+        ) from None
+    return os.fdopen(fd, "rb")
+
+
 @dataclass
 class _Source:
-    """The bytes a reader reads: the whole file, or its first bytes (cut after a line break when there is one)."""
+    """The bytes a reader reads: the whole opened file, or its first bytes (cut after a line break when there is
+    one). `name` is only for messages."""
 
-    path: Path
+    name: str
+    file: BinaryIO
     head: bytes | None = None
     cut: bool = False  # the head ends before the file does
 
     @classmethod
-    def of(cls, path: Path, sample: Sample | None) -> _Source:
+    def of(cls, name: str, file: BinaryIO, sample: Sample | None) -> _Source:
         if sample is None:
-            return cls(path)
-        with open(path, "rb") as fh:
-            head = fh.read(sample.bytes + 1)
+            return cls(name, file)
+        file.seek(0)
+        head = file.read(sample.bytes + 1)
         if len(head) <= sample.bytes:
-            return cls(path, head)
+            return cls(name, file, head)
         head = head[: sample.bytes]
         line_end = head.rfind(b"\n")
-        return cls(path, head[: line_end + 1] if line_end >= 0 else head, cut=True)
+        return cls(name, file, head[: line_end + 1] if line_end >= 0 else head, cut=True)
 
     def open(self) -> BinaryIO:
-        return open(self.path, "rb") if self.head is None else io.BytesIO(self.head)
+        """A fresh handle on the same opened file (closing it leaves the file open), read from its start."""
+        if self.head is not None:
+            return io.BytesIO(self.head)
+        handle = os.fdopen(os.dup(self.file.fileno()), "rb")
+        handle.seek(0)
+        return handle
 
     def read(self) -> bytes:
-        return self.path.read_bytes() if self.head is None else self.head
+        if self.head is not None:
+            return self.head
+        self.file.seek(0)
+        return self.file.read()
 
 
 def _encoding_problem(where: str, exc: UnicodeDecodeError) -> Problem:
@@ -116,12 +153,17 @@ def _binary_problem(head: bytes, name: str) -> Problem | None:
     )
 
 
-def sniff_kind(path: str | os.PathLike) -> tuple[str, list[Problem]]:
+def sniff_kind(path: str | os.PathLike, file: BinaryIO | None = None) -> tuple[str, list[Problem]]:
     """How to read the file ("jsonl", "json" or "csv"), from its first non-space byte; the extension only
-    breaks no ties, and a disagreement between the two is returned as a warning."""
+    breaks no ties, and a disagreement between the two is returned as a warning. Reads `file` (the opened
+    dataset) when given, else opens `path` as open_dataset does."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(_SNIFF_BYTES)
+    if file is None:
+        with open_dataset(path) as fh:
+            head = fh.read(_SNIFF_BYTES)
+    else:
+        file.seek(0)
+        head = file.read(_SNIFF_BYTES)
     problem = _binary_problem(head, path.name)
     if problem:
         raise DatasetError([problem])
@@ -175,6 +217,8 @@ def _read_jsonl(source: _Source, checker: RowChecker, max_rows: int | None) -> N
                 )
             except RecursionError:
                 checker.problem(Problem(DATASET_BAD_JSON, f"{ref}: {TOO_DEEP}", TOO_DEEP_HINT))
+            except ValueError as exc:  # after JSONDecodeError, its subclass: a number too long to convert
+                checker.problem(_unreadable_value(ref, exc))
             else:
                 checker.add(ref, value)
             if checker.stopped:
@@ -183,6 +227,15 @@ def _read_jsonl(source: _Source, checker: RowChecker, max_rows: int | None) -> N
 
 TOO_DEEP = "the JSON is nested too deeply to read (thousands of levels of brackets)."
 TOO_DEEP_HINT = "Rows are flat objects of strings (messages: a list of role/content objects); flatten the data."
+
+
+def _unreadable_value(ref: RowRef, exc: ValueError) -> Problem:
+    """A row Python's JSON reader refuses past its syntax check: an integer of thousands of digits."""
+    return Problem(
+        DATASET_BAD_JSON,
+        f"{ref}: a value cannot be read ({str(exc).split(';')[0]}).",
+        "Numbers that long are not training text: write them as strings or remove them.",
+    )
 
 
 def _json_problem(message: str) -> Problem:
@@ -237,6 +290,9 @@ def _read_array_items(
         except RecursionError:
             checker.problem(Problem(DATASET_BAD_JSON, f"{ref}: {TOO_DEEP}", TOO_DEEP_HINT), fatal=True)
             return None
+        except ValueError as exc:
+            checker.problem(_unreadable_value(ref, exc), fatal=True)
+            return None
         checker.add(ref, value)
         if checker.stopped:
             return None
@@ -284,14 +340,13 @@ def _read_json_array(source: _Source, checker: RowChecker, max_rows: int | None)
 
 def _first_bad_utf8_line(source: _Source) -> Problem:
     """The exact line of the first invalid UTF-8 byte (a text stream decodes in chunks and cannot say)."""
-    path = source.path
     with source.open() as fh:
         for line_no, raw in enumerate(fh, 1):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 return _encoding_problem(f"Line {line_no}", exc)
-    return Problem(DATASET_ENCODING, f"{path.name} is not valid UTF-8.", _UTF8_HINT)
+    return Problem(DATASET_ENCODING, f"{source.name} is not valid UTF-8.", _UTF8_HINT)
 
 
 def _csv_header(values: list[str], line: int) -> list[str] | Problem:
@@ -332,7 +387,6 @@ class _CsvRecords:
 
 def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None) -> None:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-    path = source.path
     with source.open() as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
         header: list[str] | None = None
@@ -380,7 +434,11 @@ def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None) -> Non
             )
     if header is not None and row == 0 and not checker.collector.problems and not checker.sample_ended:
         raise DatasetError(
-            [Problem(DATASET_EMPTY, f"{path.name} has a header but no rows.", "Add at least one row under the header.")]
+            [
+                Problem(
+                    DATASET_EMPTY, f"{source.name} has a header but no rows.", "Add at least one row under the header."
+                )
+            ]
         )
 
 
@@ -393,27 +451,17 @@ def load_dataset(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_errors: int = DEFAULT_MAX_ERRORS,
     sample: Sample | None = None,
+    file: BinaryIO | None = None,
 ) -> LoadedDataset:
     """Read and check every row of a dataset file, or only the rows within `sample` (then `complete` says whether
-    that was the whole file). Raises DatasetError carrying Problem objects."""
+    that was the whole file). Reads `file` (the dataset opened by open_dataset) when given, else opens `path`
+    (already resolved) the same way. Raises DatasetError carrying Problem objects."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise DatasetError(
-                [
-                    Problem(
-                        DATASET_TOO_LARGE,
-                        f"{path.name} is {human_bytes(size)}; the limit is {human_bytes(max_bytes)}.",
-                        "Use a smaller dataset or split it; a sample of it is enough to check a training setup.",
-                    )
-                ]
-            )
-        kind, warnings = sniff_kind(path)
-        checker = RowChecker(max_errors)
-        source = _Source.of(path, sample)
-        _READERS[kind](source, checker, sample.rows if sample else None)
-        checker.sample_ended = checker.sample_ended or source.cut
+        if file is None:
+            with open_dataset(path) as opened:
+                return _load(path, opened, max_bytes, max_errors, sample)
+        return _load(path, file, max_bytes, max_errors, sample)
     except OSError as exc:
         raise DatasetError(
             [
@@ -423,7 +471,26 @@ def load_dataset(
                     f"Check the file's permissions: ls -la {path}",
                 )
             ]
+        ) from None
+
+
+def _load(path: Path, file: BinaryIO, max_bytes: int, max_errors: int, sample: Sample | None) -> LoadedDataset:
+    size = os.fstat(file.fileno()).st_size
+    if size > max_bytes:
+        raise DatasetError(
+            [
+                Problem(
+                    DATASET_TOO_LARGE,
+                    f"{path.name} is {human_bytes(size)}; the limit is {human_bytes(max_bytes)}.",
+                    "Use a smaller dataset or split it; a sample of it is enough to check a training setup.",
+                )
+            ]
         )
+    kind, warnings = sniff_kind(path, file)
+    checker = RowChecker(max_errors)
+    source = _Source.of(path.name, file, sample)
+    _READERS[kind](source, checker, sample.rows if sample else None)
+    checker.sample_ended = checker.sample_ended or source.cut
     if checker.sample_ended and checker.format is None and not checker.collector.problems:
         return LoadedDataset(
             rows=[], format="", kind=kind, warnings=[*warnings, _no_row_in_sample(path, sample)], complete=False
@@ -459,5 +526,6 @@ def load_rows(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_errors: int = DEFAULT_MAX_ERRORS,
 ) -> list[dict]:
-    """The checked rows of a dataset file; raises DatasetError (row numbers are 1-based, with file lines)."""
-    return load_dataset(path, max_bytes=max_bytes, max_errors=max_errors).rows
+    """The checked rows of a dataset file the portal made itself (a run's snapshot), so its path is resolved
+    here; raises DatasetError (row numbers are 1-based, with file lines)."""
+    return load_dataset(os.path.realpath(path), max_bytes=max_bytes, max_errors=max_errors).rows

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 from django.core.files.move import file_move_safe
 
-from mtm.shared.paths import is_within, roots_text
+from mtm.shared.paths import is_within, resolved, roots_text
 from mtm.shared.problems import Problem
 from projects.datasets.errors import (
     DATASET_EMPTY,
@@ -102,11 +102,21 @@ def check_dataset_path(
             )
         )
         return result
-    real = os.path.realpath(text)
+    real = resolved(text)
+    if real is None:
+        result.errors.append(
+            Problem(
+                DATASET_UNREADABLE,
+                f"Dataset path {text} cannot be resolved: a folder or link on its path cannot be followed "
+                "(permission denied).",
+                f"Give the full path of a dataset file inside an allowed root ({roots_text(roots)}), or upload it.",
+            )
+        )
+        return result
     result.path = real
     result.uploaded = is_within(real, uploads)
     # Outside the roots is reported before existence, so the check cannot be used to probe the server's files.
-    if not result.uploaded and not any(is_within(real, os.path.realpath(root)) for root in roots):
+    if not result.uploaded and not any(is_within(real, resolved(root) or os.path.normpath(root)) for root in roots):
         shown = text if text == real else f"{text} (resolves to {real})"
         result.errors.append(
             Problem(

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from mtm.shared.files import file_sha256
+from mtm.shared.files import handle_sha256
 from mtm.shared.problems import Problem
 from projects.datasets.errors import DEFAULT_MAX_ERRORS, DatasetError
 from projects.datasets.examples import IGNORE_INDEX, encode_rows
-from projects.datasets.loading import DEFAULT_MAX_BYTES, Sample, load_dataset, sniff_kind
+from projects.datasets.loading import DEFAULT_MAX_BYTES, Sample, load_dataset, open_dataset, sniff_kind
 from projects.datasets.template_sandbox import TemplateLimits
 
 PREVIEW_CHARS = 300
@@ -185,11 +184,14 @@ def inspect_dataset(
     """
     report = DatasetReport(path=str(path))
     try:
-        report.size_bytes = Path(path).stat().st_size
-        report.kind, report.warnings = sniff_kind(path)  # kept when loading fails: they may explain why
-        loaded = load_dataset(path, max_bytes=max_bytes, max_errors=max_errors, sample=None if full else Sample())
-        if loaded.complete:  # a partly read file is not hashed: that would read all of it
-            report.sha256 = file_sha256(path)
+        with open_dataset(path) as file:  # opened once: a file swapped for a link after the check is not read
+            report.size_bytes = os.fstat(file.fileno()).st_size
+            report.kind, report.warnings = sniff_kind(path, file)  # kept when loading fails: they may explain why
+            sample = None if full else Sample()
+            loaded = load_dataset(path, max_bytes=max_bytes, max_errors=max_errors, sample=sample, file=file)
+            if loaded.complete:  # a partly read file is not hashed: that would read all of it
+                file.seek(0)
+                report.sha256 = handle_sha256(file)
     except DatasetError as exc:
         report.errors = exc.problems
         return report

@@ -21,21 +21,28 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000", help="Address and port to serve on.")
         parser.add_argument(
-            "--queues", default="default,training", help="Queues the worker consumes (comma-separated)."
+            "--queues", default="default,training", help="Queues the worker consumes besides its own (comma-separated)."
+        )
+        parser.add_argument(
+            "--worker-gpus", default="", help="GPUs the worker trains on, e.g. 0 (default: a CPU worker)."
         )
         parser.add_argument("--no-worker", action="store_true", help="Serve the portal only (no worker, no beat).")
         parser.add_argument(
             "--grace", type=float, default=20.0, help="Seconds to wait for a clean stop before killing."
         )
 
-    def handle(self, *args, addrport: str, queues: str, no_worker: bool, grace: float, **options) -> None:
+    def handle(
+        self, *args, addrport: str, queues: str, worker_gpus: str, no_worker: bool, grace: float, **options
+    ) -> None:
         if grace < 0:
             raise CommandError(f"--grace {grace} is negative; give the seconds to wait for a clean stop.")
         manage_py = str(settings.BASE_DIR / "manage.py")
         children = [Child("web", [sys.executable, manage_py, "runserver", "--noreload", addrport], signal.SIGINT)]
         if not no_worker:
-            worker = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-Q", queues]
-            worker += ["--concurrency", "1", "--loglevel", "INFO"]
+            # A training worker as `runworker` starts one (one run at a time, its own name and queues), which
+            # also consumes the queues given here (the default queue: periodic jobs).
+            devices = ["--gpus", worker_gpus] if worker_gpus else ["--cpu"]
+            worker = [sys.executable, manage_py, "runworker", *devices, "--also", queues]
             children.append(Child("worker", worker, signal.SIGTERM))
             beat = [sys.executable, "-m", "celery", "-A", "mtm", "beat", "--loglevel", "INFO"]
             beat += ["--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME]

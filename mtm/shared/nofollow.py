@@ -1,0 +1,55 @@
+"""Opening a file or folder by a path that is already resolved, without following any link on the way.
+
+A path checked with realpath can be swapped for a link before it is opened; walking every component with
+O_NOFOLLOW makes such an open fail (ELOOP or ENOTDIR) instead of reaching whatever the link points at.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+LINK_ERRORS = (errno.ELOOP, errno.ENOTDIR, errno.EEXIST)
+
+
+def open_dir_nofollow(path: str, *, create: bool = False) -> int:
+    """A descriptor of the folder `path` (absolute), reached without following any link; missing folders are
+    created when `create` (mkdirat never follows a link either). OSError with ELOOP or ENOTDIR when a component
+    is a link or a file."""
+    parts = [p for p in path.split(os.sep) if p]
+    fd = os.open("/", _DIR_FLAGS if not parts else _PATH_FLAGS)
+    try:
+        for index, part in enumerate(parts):
+            # Folders on the way are only passed through (O_PATH needs search permission, not read).
+            flags = _DIR_FLAGS if index == len(parts) - 1 else _PATH_FLAGS
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o777, dir_fd=fd)
+                child = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_file_nofollow(path: str) -> int:
+    """A read descriptor of the regular file `path`, reached without following any link; OSError with EINVAL
+    when it is not a regular file (a FIFO is opened non-blocking, so it cannot hang the caller)."""
+    folder = open_dir_nofollow(os.path.dirname(path))
+    try:
+        fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+    finally:
+        os.close(folder)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    os.set_blocking(fd, True)
+    return fd

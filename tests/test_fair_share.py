@@ -1,0 +1,66 @@
+"""Fair share: with a per-member limit of one live run, a member's second run waits "queued", saying why, while a
+worker is free (another member's run takes that worker), and starts once the first has ended."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+
+from mtm.models import AuditEvent
+from projects.models import RunStatus, TrainingProject
+from tests.clients import secure_client
+from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, cancel, start, wait_for_end, write_jsonl
+from workers.models import SchedulingSettings
+
+pytestmark = pytest.mark.slow
+
+LONG = {"max_steps": 2000, "save_steps": 1000, "learning_rate": 0.001}
+WAITING = "its owner's other runs to end (at most 1 live run per member)"
+
+
+def project(root, owner, name):
+    dataset = write_jsonl(root / "datasets" / f"{name}.jsonl", QA_ROWS * 8)
+    return TrainingProject.objects.create(
+        name=name,
+        owner=owner,
+        model_name="test-org/tiny-llama",
+        dataset_path=str(dataset),
+        method="full",
+        output_directory=str(root / "outputs" / name),
+        hyperparameters={**FAST_HYPERPARAMETERS, **LONG},
+    )
+
+
+def test_a_members_second_run_waits_for_the_first_while_a_worker_is_free(
+    portal_roots, transactional_db, tiny_llama_in_cache, start_worker
+):
+    staff = User.objects.create_user("boss", is_staff=True)
+    member, other = User.objects.create_user("member"), User.objects.create_user("other")
+    refused = secure_client(member, raise_request_exception=False).post(
+        "/gpus/live-run-limit/", {"max_live_runs_per_user": "1"}
+    )
+    assert refused.status_code == 403 and SchedulingSettings.load().max_live_runs_per_user == 0
+    assert secure_client(staff).post("/gpus/live-run-limit/", {"max_live_runs_per_user": "1"}).status_code == 302
+    assert AuditEvent.objects.filter(action="scheduling.update", actor=staff).exists()
+    for _ in range(2):
+        start_worker(queues="training", extra_env={"MTM_HEARTBEAT_SECONDS": "1"}).wait_ready()
+
+    first = start(project(portal_roots, member, "first"), member)
+    wait_for_end(first.pk, until=lambda r: r.status == RunStatus.TRAINING)
+    second = start(project(portal_roots, member, "second"), member)
+    wait_for_end(second.pk, until=lambda r: r.placement.waiting_for == WAITING)
+    # The other worker is free: another member's run takes it while the member's second run keeps waiting.
+    third = start(project(portal_roots, other, "third"), other)
+    wait_for_end(third.pk, until=lambda r: r.status == RunStatus.TRAINING)
+    second.refresh_from_db()
+    assert second.status == RunStatus.QUEUED
+    page = secure_client(member).get(f"/projects/runs/{second.pk}/").content.decode()
+    assert f"waiting for {WAITING}".replace("'", "&#x27;") in page
+
+    cancel(third, other)
+    cancel(first, member)
+    assert wait_for_end(first.pk).status == RunStatus.CANCELLED
+    wait_for_end(second.pk, until=lambda r: r.status == RunStatus.TRAINING)
+    cancel(second, member)
+    assert wait_for_end(second.pk).status == RunStatus.CANCELLED
+    assert wait_for_end(third.pk).status == RunStatus.CANCELLED

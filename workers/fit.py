@@ -1,0 +1,92 @@
+"""Which live workers can host a project's run: enough memory on each of its devices (or RAM on a CPU worker) by
+the memory pre-flight, and the model in the worker's own cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from models_registry.resolution import Resolution
+from models_registry.services import resolve_model
+from mtm.shared.problems import Problem
+from projects.hyperparameters import Hyperparameters
+from projects.memory_estimate import Estimate, EstimateError, ModelShape, estimate, read_model_shape, setup_for
+from projects.models import TrainingProject
+from workers.models import Worker
+
+
+def live_training_workers() -> list[Worker]:
+    cutoff = timezone.now() - timedelta(seconds=settings.MTM_WORKER_GONE_SECONDS)
+    workers = Worker.objects.filter(stopped_at__isnull=True, last_seen__gte=cutoff).prefetch_related("devices")
+    return [w for w in workers if w.trains]
+
+
+@dataclass(frozen=True)
+class Fit:
+    worker: Worker
+    estimate: Estimate | None  # None: the model's files could not be read here, so memory is not checked
+    room_bytes: int  # the smallest device's memory (RAM on a CPU worker)
+    holds_model: bool
+
+    @property
+    def on_gpu(self) -> bool:
+        return bool(self.worker.devices.all())
+
+    @property
+    def fits_memory(self) -> bool:
+        return self.estimate is None or self.estimate.total_bytes <= self.room_bytes
+
+    @property
+    def fits(self) -> bool:
+        return self.holds_model and self.fits_memory
+
+
+def model_shape(project: TrainingProject) -> ModelShape | None:
+    """The model's shape from the files this host sees; None when it has no readable copy."""
+    resolution = resolve_model(project.model_name, project.revision or None)
+    if not resolution.valid or not resolution.path:
+        return None
+    try:
+        return read_model_shape(Path(resolution.path))
+    except EstimateError:
+        return None
+
+
+def holds(worker: Worker, model_name: str) -> bool:
+    """A worker that reports its models must list this one; one that reports none yet is not ruled out."""
+    if worker.held_models is None:
+        return True
+    return model_name in worker.held_models
+
+
+def held_elsewhere(model_name: str, resolution: Resolution) -> Problem | None:
+    """When this host's cache lacks the model (and nothing else is wrong with the name) but live training workers
+    report holding it: a note naming them, in place of the not-found error. None otherwise."""
+    if resolution.valid or {p.code for p in resolution.errors} != {"model_not_found"}:
+        return None
+    holders = [w.name for w in live_training_workers() if w.held_models and model_name in w.held_models]
+    if not holders:
+        return None
+    return Problem(
+        "model_on_workers",
+        f"Model '{model_name}' is not in this host's cache; the training worker(s) {', '.join(holders)} hold it "
+        "and resolve it against their own cache when they train.",
+        "",
+    )
+
+
+def fits_for(project: TrainingProject, shape: ModelShape | None, workers: list[Worker]) -> list[Fit]:
+    hp = Hyperparameters.from_stored(project.hyperparameters)
+    found = []
+    for worker in workers:
+        devices = list(worker.devices.all())
+        on_gpu = bool(devices)
+        room = min((d.total_bytes for d in devices), default=worker.ram_bytes)
+        bf16 = all(d.bf16 for d in devices) if devices else False
+        need = estimate(shape, setup_for(project.method, hp, on_gpu=on_gpu, bf16=bf16)) if shape else None
+        found.append(Fit(worker, need, room, holds(worker, project.model_name)))
+    return found

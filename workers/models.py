@@ -1,0 +1,101 @@
+"""The training workers as they report themselves, their devices, and where each run was sent."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Worker(models.Model):
+    """One Celery worker (a row per node name), rewritten by the worker itself every MTM_WORKER_REPORT_SECONDS."""
+
+    name = models.CharField(max_length=255, unique=True)  # the Celery node name, e.g. gpu0@host
+    host = models.CharField(max_length=255)
+    pid = models.IntegerField(null=True, blank=True)
+    queues = models.JSONField(default=list, blank=True)  # the queues it was started to consume
+    cuda_visible_devices = models.CharField(max_length=255, blank=True)
+    cpu_threads = models.IntegerField(default=0)
+    ram_bytes = models.BigIntegerField(default=0)
+    versions = models.JSONField(default=dict, blank=True)  # python, torch, transformers, cuda
+    hf_cache = models.CharField(max_length=4096, blank=True)
+    held_models = models.JSONField(
+        null=True, blank=True
+    )  # names of the valid models in its cache; None: not reported yet
+    drained = models.BooleanField(default=False)  # staff asked it to take no new run
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["host", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_gone(self) -> bool:
+        """Stopped, or silent for longer than MTM_WORKER_GONE_SECONDS."""
+        if self.stopped_at is not None:
+            return True
+        return self.last_seen < timezone.now() - timedelta(seconds=settings.MTM_WORKER_GONE_SECONDS)
+
+    @property
+    def trains(self) -> bool:
+        return any(queue != settings.CELERY_TASK_DEFAULT_QUEUE for queue in self.queues)
+
+
+class Device(models.Model):
+    """An accelerator a worker sees (after CUDA_VISIBLE_DEVICES); index is the worker's own numbering."""
+
+    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="devices")
+    index = models.IntegerField()
+    name = models.CharField(max_length=255)
+    total_bytes = models.BigIntegerField(default=0)
+    free_bytes = models.BigIntegerField(null=True, blank=True)
+    bf16 = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["worker", "index"]
+        constraints = [models.UniqueConstraint(fields=["worker", "index"], name="one_device_per_index")]
+
+    def __str__(self) -> str:
+        return f"{self.worker.name} #{self.index} {self.name}"
+
+    @property
+    def used_bytes(self) -> int | None:
+        return None if self.free_bytes is None else self.total_bytes - self.free_bytes
+
+
+class RunPlacement(models.Model):
+    """Where a run was sent (its queue, in line with the others sent there) and which worker took it."""
+
+    run = models.OneToOneField("projects.TrainingRun", on_delete=models.CASCADE, related_name="placement")
+    queue = models.CharField(max_length=255)
+    waiting_for = models.CharField(max_length=255, blank=True)  # "a free training worker", "a GPU with ≥ 38 GiB"
+    worker_name = models.CharField(max_length=255, blank=True)  # the node that took it
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} → {self.queue}"
+
+
+class SchedulingSettings(models.Model):
+    """One row, set by staff on the GPUs page: how many runs one member may have training at once."""
+
+    max_live_runs_per_user = models.PositiveIntegerField(
+        default=0, help_text="Runs one member may have resolving, training or validating at once; 0: no limit."
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return "Scheduling settings"
+
+    @classmethod
+    def load(cls) -> SchedulingSettings:
+        return cls.objects.get_or_create(pk=1)[0]

@@ -1,0 +1,36 @@
+"""The queues a training worker consumes, from what it owns: its own queue (a run sent to it by name), the shared
+`training` queue, and capacity queues by device count and memory, so a run is sent where it fits and Celery
+hands it to the first free worker able to host it."""
+
+from __future__ import annotations
+
+import re
+
+TRAINING_QUEUE = "training"
+CPU_QUEUE = "cpu"
+# Memory tiers in GiB: a worker whose smallest device has M GiB consumes the tiers up to M.
+MEMORY_TIERS_GIB = (4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 141, 192)
+GIB = 1024**3
+
+
+def own_queue(worker_name: str) -> str:
+    return "worker." + re.sub(r"[^A-Za-z0-9_.@-]", "_", worker_name)
+
+
+def capacity_queue(device_count: int, tier_gib: int) -> str:
+    return f"gpus{device_count}.{tier_gib}g"
+
+
+def capacity_queues(device_count: int, smallest_device_bytes: int) -> list[str]:
+    if device_count < 1:
+        return [CPU_QUEUE]
+    return [capacity_queue(device_count, tier) for tier in MEMORY_TIERS_GIB if tier * GIB <= smallest_device_bytes]
+
+
+def tier_for(need_bytes: int) -> int | None:
+    """The smallest tier that holds `need_bytes`, or None when it is beyond every tier."""
+    return next((tier for tier in MEMORY_TIERS_GIB if tier * GIB >= need_bytes), None)
+
+
+def worker_queues(worker_name: str, device_count: int, smallest_device_bytes: int) -> list[str]:
+    return [own_queue(worker_name), TRAINING_QUEUE, *capacity_queues(device_count, smallest_device_bytes)]

@@ -1,0 +1,172 @@
+"""A Celery worker reports itself to the database while it runs: a row per node (workers.Worker) with its host,
+devices, CPU threads, RAM, library versions and HF cache, rewritten every MTM_WORKER_REPORT_SECONDS. A worker
+that stops (or is killed) stops reporting and the GPUs page shows it gone. Staff's drain is applied here too:
+the worker stops consuming its training queues (it finishes the run it holds) and resumes when undrained.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import platform
+import socket
+import threading
+import time
+from typing import Any
+
+import psutil
+from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+log = logging.getLogger(__name__)
+_stop = threading.Event()
+DEVICE_PROBE_SECONDS = 60.0  # device memory is asked again this often (a child process when torch is used)
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def cpu_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 0
+
+
+def hf_cache() -> str:
+    from models_registry.services import current_cache_dir
+
+    path, source = current_cache_dir()
+    return f"{path} ({source})"
+
+
+def held_models() -> list[str]:
+    """The valid models this worker's own cache (and the enabled overrides) hold: a run is sent only to a worker that
+    holds its model."""
+    from models_registry.services import available_models
+
+    return sorted(m.model_name for m in available_models(valid=True)[1])
+
+
+def static_report(probed: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "held_models": held_models(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")[:255],
+        "cpu_threads": cpu_threads(),
+        "ram_bytes": psutil.virtual_memory().total,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": _version("torch"),
+            "transformers": _version("transformers"),
+            "cuda": probed.get("cuda", ""),
+        },
+    }
+
+
+def write_report(name: str, queues: list[str], fields: dict[str, Any], devices: list[dict[str, Any]]) -> bool:
+    """Upsert the worker's row and its devices. Returns whether staff asked it to be drained."""
+    from workers.models import Device, Worker
+
+    now = timezone.now()
+    with transaction.atomic():
+        worker, created = Worker.objects.get_or_create(
+            name=name, defaults={"queues": queues, "started_at": now, **fields, "hf_cache": hf_cache()}
+        )
+        if not created:
+            Worker.objects.filter(pk=worker.pk).update(
+                queues=queues, last_seen=now, stopped_at=None, hf_cache=hf_cache(), **fields
+            )
+        kept = []
+        for device in devices:
+            kept.append(device["index"])
+            Device.objects.update_or_create(
+                worker=worker,
+                index=device["index"],
+                defaults={k: device[k] for k in ("name", "total_bytes", "free_bytes", "bf16")},
+            )
+        Device.objects.filter(worker=worker).exclude(index__in=kept).delete()
+    return Worker.objects.filter(pk=worker.pk).values_list("drained", flat=True).first() or False
+
+
+def mark_stopped(name: str) -> None:
+    from workers.models import Worker
+
+    Worker.objects.filter(name=name).update(stopped_at=timezone.now())
+
+
+class Reporter:
+    """The reporting thread of one worker process (the Celery main process, not a pool child)."""
+
+    def __init__(self, app: Any, name: str, queues: list[str]):
+        self.app, self.name, self.queues = app, name, queues
+        self.consuming = True
+        self.probed: dict[str, Any] = {}
+        self.probed_at = 0.0
+
+    def devices(self) -> list[dict[str, Any]]:
+        from workers.probe import probe_in_child
+
+        if time.monotonic() - self.probed_at >= DEVICE_PROBE_SECONDS or not self.probed_at:
+            self.probed, self.probed_at = probe_in_child(), time.monotonic()
+        return list(self.probed.get("devices", []))
+
+    def report_once(self) -> None:
+        devices = self.devices()
+        drained = write_report(self.name, self.queues, static_report(self.probed), devices)
+        self.apply_drain(drained)
+
+    def apply_drain(self, drained: bool) -> None:
+        """Stop (or resume) consuming the queues that bring runs; the default queue keeps its periodic jobs."""
+        run_queues = [q for q in self.queues if q != settings.CELERY_TASK_DEFAULT_QUEUE]
+        if drained == (not self.consuming) or not run_queues:
+            return
+        for queue in run_queues:
+            if drained:
+                self.app.control.cancel_consumer(queue, destination=[self.name], reply=True, timeout=5)
+            else:
+                self.app.control.add_consumer(queue, destination=[self.name], reply=True, timeout=5)
+        self.consuming = not drained
+        log.info("worker %s %s", self.name, "drained: takes no new run" if drained else "undrained")
+
+    def loop(self) -> None:
+        every = float(settings.MTM_WORKER_REPORT_SECONDS)
+        try:
+            while True:
+                try:
+                    self.report_once()
+                except Exception:  # a locked or unreachable database: the next report tries again
+                    log.warning("worker report failed", exc_info=True)
+                if _stop.wait(every):
+                    break
+        finally:
+            connection.close()
+
+
+@worker_ready.connect
+def _start_reporting(sender: Any = None, **_: Any) -> None:
+    consumer = sender
+    name = consumer.hostname
+    queues = sorted(consumer.app.amqp.queues.consume_from or consumer.app.amqp.queues)
+    reporter = Reporter(consumer.app, name, queues)
+    _stop.clear()
+    threading.Thread(target=reporter.loop, name="mtm-worker-report", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_reporting(sender: Any = None, **_: Any) -> None:
+    _stop.set()
+    try:
+        mark_stopped(getattr(sender, "hostname", "") or "")
+    except Exception:
+        log.warning("could not record the worker's stop", exc_info=True)
+    finally:
+        connection.close()

@@ -1,0 +1,73 @@
+"""The GPUs page: every host, its workers and devices, who runs what where, and the runs waiting in line."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods
+
+from mtm.audit import Actor, Channel
+from mtm.htmx import HtmxHttpRequest
+from projects.models import LIVE_STATUSES, RunStatus, TrainingRun
+from workers.models import SchedulingSettings, Worker
+from workers.placement import waiting_runs
+from workers.services import set_drained, set_live_run_limit
+
+
+def fleet() -> list[dict[str, Any]]:
+    """Hosts, each with its workers (live first), their devices and the run each holds."""
+    holding = defaultdict(list)
+    taken = (
+        TrainingRun.objects.filter(status__in=LIVE_STATUSES)
+        .exclude(status=RunStatus.QUEUED)
+        .exclude(placement__worker_name="")
+        .select_related("project", "project__owner", "started_by", "placement")
+    )
+    for run in taken:
+        holding[run.placement.worker_name].append(run)
+    hosts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for worker in Worker.objects.prefetch_related("devices"):
+        hosts[worker.host].append(
+            {"worker": worker, "devices": list(worker.devices.all()), "runs": holding[worker.name]}
+        )
+    for workers in hosts.values():
+        workers.sort(key=lambda row: (row["worker"].is_gone, row["worker"].name))
+    return [{"host": host, "workers": hosts[host]} for host in sorted(hosts)]
+
+
+@require_http_methods(["GET", "HEAD"])
+@login_required
+def gpus(request: HtmxHttpRequest) -> HttpResponse:
+    context = {"hosts": fleet(), "waiting": waiting_runs(), "scheduling": SchedulingSettings.load()}
+    return render(request, "workers/gpus.html", context)
+
+
+@require_http_methods(["POST"])
+@login_required
+def live_run_limit(request: HtmxHttpRequest) -> HttpResponse:
+    raw = request.POST.get("max_live_runs_per_user", "").strip()
+    try:
+        set_live_run_limit(int(raw), actor=Actor.of(request, Channel.PAGE))
+    except ValueError:
+        messages.error(request, f"Live runs per member: '{raw[:40]}' is not a whole number from 0 (no limit) to 10000.")
+    else:
+        messages.success(request, "The per-member run limit is saved.")
+    return redirect("workers:gpus")
+
+
+@require_http_methods(["POST"])
+@login_required
+def drain(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    worker = get_object_or_404(Worker, pk=pk)
+    drained = request.POST.get("drained") != "0"
+    set_drained(worker, drained, actor=Actor.of(request, Channel.PAGE))
+    if drained:
+        messages.success(request, f"{worker.name} is drained: it finishes its run and takes no new one.")
+    else:
+        messages.success(request, f"{worker.name} takes runs again.")
+    return redirect("workers:gpus")
