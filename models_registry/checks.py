@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from safetensors import SafetensorError, safe_open
 from models_registry.lfs_pointers import take_lfs_pointers
 from models_registry.not_a_model import gguf_files, without_config
 from models_registry.pickle_scan import check_bin
+from models_registry.regular_files import NotRegularFile, kind_of, open_regular, read_regular
 from models_registry.remote_code import check_remote_code
 from models_registry.shard_index import check_index, loaded_safetensors
 from models_registry.tokenizer_check import vocabulary_source
@@ -78,7 +80,8 @@ def _scan(folder: Path, root: Path, report: FolderReport, model_name: str | None
                 report.files.append(FileEntry(rel, None, is_link))
                 continue
             try:
-                size = os.stat(target).st_size
+                info = os.stat(target)
+                size = info.st_size
             except FileNotFoundError:
                 report.errors.append(
                     Problem(
@@ -97,6 +100,16 @@ def _scan(folder: Path, root: Path, report: FolderReport, model_name: str | None
                         redownload_hint(model_name),
                     )
                 )
+                continue
+            if not stat.S_ISREG(info.st_mode):  # a FIFO would make every later read wait forever
+                report.errors.append(
+                    Problem(
+                        "model_format_invalid",
+                        f"Model format invalid: {rel} is {kind_of(info.st_mode)}, not a regular file; it was not read.",
+                        f"Remove it (rm {full}); {redownload_hint(model_name)}",
+                    )
+                )
+                report.files.append(FileEntry(rel, None, is_link))
                 continue
             report.files.append(FileEntry(rel, size, is_link))
             if rel.endswith(".incomplete"):
@@ -138,20 +151,20 @@ def _unsafe(rel: str, full: str, root: str) -> Problem:
 
 def _read_json(path: Path, rel: str, model_name: str | None, code: str) -> tuple[object | None, Problem | None]:
     hint = redownload_hint(model_name)
-    if not path.is_file():
-        return None, Problem(code, f"Model format invalid: {rel} is not a regular file.", hint)
-    if path.stat().st_size > MAX_JSON_BYTES:
-        return None, Problem(
-            code,
-            f"Model format invalid: {rel} is larger than {MAX_JSON_BYTES >> 20} MiB.",
-            hint,
-        )
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, MAX_JSON_BYTES)
     except PermissionError:
         return None, Problem(
             code,
             f"Model format invalid: {rel} cannot be read (permission denied).",
+            hint,
+        )
+    except (NotRegularFile, IsADirectoryError, FileNotFoundError):
+        return None, Problem(code, f"Model format invalid: {rel} is not a regular file.", hint)
+    if len(raw) > MAX_JSON_BYTES:
+        return None, Problem(
+            code,
+            f"Model format invalid: {rel} is larger than {MAX_JSON_BYTES >> 20} MiB.",
             hint,
         )
     try:
@@ -226,7 +239,7 @@ def _missing_config(
 ) -> Problem:
     """A folder without config.json: an adapter, a GGUF export, a file the Hub never had, or an incomplete copy."""
     explained = without_config(
-        usable, lambda: usable["adapter_config.json"].read_bytes(), model_name, context.cache_dir
+        usable, lambda: read_regular(usable["adapter_config.json"], MAX_JSON_BYTES), model_name, context.cache_dir
     )
     if explained:
         return explained
@@ -303,10 +316,15 @@ def _check_safetensors(rel: str, path: Path, model_name: str | None, shapes: dic
     try:
         # safe_open parses and checks the header (size, JSON, dtypes, offsets covering the file exactly)
         # and maps the file without reading any tensor data; get_slice(...).get_shape() reads the header only.
-        with safe_open(str(path), framework="numpy") as fh:
-            for key in fh.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
-                shapes[key] = list(fh.get_slice(key).get_shape())
-            return None
+        # Through the descriptor of the file checked to be a regular one: a FIFO swapped in meanwhile is not opened.
+        fd = open_regular(path)
+        try:
+            with safe_open(f"/proc/self/fd/{fd}", framework="numpy") as fh:
+                for key in fh.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
+                    shapes[key] = list(fh.get_slice(key).get_shape())
+                return None
+        finally:
+            os.close(fd)
     except (SafetensorError, OSError, ValueError) as exc:
         return Problem(
             "weights_invalid",

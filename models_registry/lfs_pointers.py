@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from models_registry.regular_files import open_regular_file
 from mtm.shared.problems import Problem
 
 POINTER_PREFIX = b"version https://git-lfs"
@@ -20,7 +21,7 @@ def is_lfs_pointer(path: Path, size: int | None) -> bool:
     if size is None or size > MAX_POINTER_BYTES or size < len(POINTER_PREFIX):
         return False
     try:
-        with open(path, "rb") as fh:
+        with open_regular_file(path) as fh:
             return fh.read(len(POINTER_PREFIX)) == POINTER_PREFIX
     except OSError:
         return False

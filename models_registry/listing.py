@@ -20,6 +20,7 @@ from models_registry.cache_layout import split_partial_blobs
 from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
 from models_registry.names import name_error, name_from_folder
 from models_registry.not_a_model import gguf_files, without_config
+from models_registry.regular_files import NotRegularFile, read_regular
 from models_registry.remote_code import check_remote_code
 from models_registry.resolution import choose_snapshot, leftover_partial_problem, resolve
 from models_registry.shard_index import SINGLE_FILE_OF_INDEX
@@ -86,14 +87,7 @@ def _read_small(link: str, root: str) -> bytes:
         target = link
     if not is_within(target, root):
         raise PermissionError(f"{os.path.basename(link)} links outside the cache ({target})")
-    fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        chunks = [os.read(fd, 65536)]
-        while len(chunks[-1]) == 65536 and sum(map(len, chunks)) <= MAX_CONFIG_BYTES:
-            chunks.append(os.read(fd, 65536))
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    return read_regular(target, MAX_CONFIG_BYTES, follow=False)
 
 
 def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
@@ -202,8 +196,7 @@ def _checked(repo_dir: str, name: str, cache_root: str) -> ListedModel:
 
 def _read_main(repo_dir: str) -> str | None:
     try:
-        with open(repo_dir + "/refs/main", "rb") as fh:
-            return fh.read(256).strip().decode("ascii", "replace")
+        return read_regular(repo_dir + "/refs/main", 256).strip().decode("ascii", "replace")
     except OSError:
         return None
 
@@ -222,6 +215,15 @@ def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str, 
         item.errors.append(
             Problem(
                 "unsafe_symlink", f"Unsafe symlink: {exc}. It was not followed.", "Replace the link with the real file."
+            )
+        )
+        return
+    except NotRegularFile as exc:
+        item.errors.append(
+            Problem(
+                "model_format_invalid",
+                f"Model format invalid: {snapshot}/config.json cannot be read: {exc.strerror}.",
+                f"Remove it (rm {os.path.join(snapshot, 'config.json')}), then: hf download {item.model_name}",
             )
         )
         return

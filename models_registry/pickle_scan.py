@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from models_registry.regular_files import open_regular_file
 from mtm.shared.problems import Problem
 
 # A pickle larger than this is not a state dict's (a 70B model's data.pkl is a few MB); not read further.
@@ -148,7 +149,7 @@ def scan_pickle(stream, scan: PickleScan) -> object:
 def scan_zip_checkpoint(path: Path) -> PickleScan:
     """The data.pkl of a torch.save zip archive. Raises zipfile.BadZipFile, ValueError or OSError when unreadable."""
     scan = PickleScan()
-    with zipfile.ZipFile(path) as zf:
+    with open_regular_file(path) as archive, zipfile.ZipFile(archive) as zf:
         names = [i for i in zf.infolist() if i.filename.endswith("/data.pkl") or i.filename == "data.pkl"]
         if not names:
             raise zipfile.BadZipFile("no data.pkl inside")
@@ -162,7 +163,7 @@ def scan_zip_checkpoint(path: Path) -> PickleScan:
 def scan_legacy_checkpoint(path: Path) -> PickleScan:
     """The leading pickles of a legacy torch.save file. Raises ValueError or OSError when they are not one."""
     scan = PickleScan()
-    with open(path, "rb") as raw:
+    with open_regular_file(path) as raw:
         bounded = _Bounded(raw, MAX_PICKLE_BYTES)
         if scan_pickle(bounded, scan) != LEGACY_MAGIC:
             raise ValueError("not a torch.save file (no magic number)")
@@ -174,12 +175,12 @@ def scan_legacy_checkpoint(path: Path) -> PickleScan:
 def _scan_bin(path: Path, full: bool) -> PickleScan:
     """The checkpoint's pickle, read in full for weights; for other .bin files only their kind is checked.
     The kind is told by the first bytes, as torch.load tells it (a zip found only at the end is not one to torch)."""
-    with open(path, "rb") as fh:
+    with open_regular_file(path) as fh:
         head = fh.read(4)
     if head == ZIP_MAGIC:
         if full:
             return scan_zip_checkpoint(path)
-        with zipfile.ZipFile(path) as zf:
+        with open_regular_file(path) as archive, zipfile.ZipFile(archive) as zf:
             if not any(n.endswith("data.pkl") for n in zf.namelist()):
                 raise zipfile.BadZipFile("no data.pkl inside")
         return PickleScan()

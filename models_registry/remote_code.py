@@ -46,6 +46,28 @@ def unknown_model_type(config: dict, model_name: str | None, folder: Path) -> Pr
     )
 
 
+@functools.lru_cache(maxsize=1)
+def transformers_class_names() -> frozenset[str]:
+    """Every class the installed transformers exports, from its lazy module's index (nothing is imported)."""
+    import transformers
+
+    return frozenset(dir(transformers))
+
+
+def tokenizer_code_reference(tokenizer_config: dict | None) -> tuple[str, str] | None:
+    """(tokenizer_class, code reference) when tokenizer_config.json asks for its own tokenizer code and names no
+    class transformers has: AutoTokenizer then refuses to load it without trust_remote_code."""
+    refs = code_references({}, tokenizer_config)
+    if "AutoTokenizer" not in refs:
+        return None
+    cls = (tokenizer_config or {}).get("tokenizer_class")
+    if isinstance(cls, str) and cls:
+        base = cls.removesuffix("Fast")
+        if {base, base + "Fast"} & transformers_class_names():
+            return None  # a built-in class is named: transformers uses it and ignores the code
+    return (cls if isinstance(cls, str) else "", refs["AutoTokenizer"])
+
+
 def code_references(config: dict, tokenizer_config: dict | None) -> dict[str, str]:
     """Class name → code reference (`module.Class`, or `other/repo--module.Class`) from both files' auto_map."""
     refs: dict[str, str] = {}
@@ -120,6 +142,18 @@ def check_remote_code(
         ], []
     model_type = config.get("model_type")
     trust_hint = _trust_hint(folder, name)
+    if tokenizer := tokenizer_code_reference(tokenizer_config):
+        cls, ref = tokenizer
+        named = f"names tokenizer class {cls!r}, which" if cls else "names no tokenizer_class that"
+        return [
+            Problem(
+                "remote_code_required",
+                f"Model '{name}' needs its own Python code for its tokenizer: tokenizer_config.json {named} the "
+                f"installed transformers {transformers_version()} does not have, and its auto_map points at "
+                f"{ref} (in {folder}). That code is not trusted, so training would fail.",
+                trust_hint + " Or use a copy of the model whose tokenizer_config.json names a transformers class.",
+            )
+        ], []
     if isinstance(model_type, str) and model_type in built_in_model_types():
         return [], [
             Problem(

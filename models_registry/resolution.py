@@ -10,6 +10,7 @@ from pathlib import Path
 from models_registry.cache_layout import hub_absent_files, near_names, split_partial_blobs
 from models_registry.checks import CacheContext, FileEntry, check_model_folder, redownload_hint
 from models_registry.names import is_commit_hash, name_error, repo_folder_name, revision_error
+from models_registry.regular_files import NotRegularFile, read_regular
 from mtm.shared.problems import Problem
 
 
@@ -83,8 +84,9 @@ class SnapshotChoice:
 
 def read_ref(repo_dir: Path, ref: str) -> str | None:
     try:
-        return (repo_dir / "refs" / ref).read_text(encoding="utf-8", errors="replace").strip() or None
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
+        raw = read_regular(repo_dir / "refs" / ref, 4096)
+        return raw.decode("utf-8", errors="replace").strip() or None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, NotRegularFile):
         return None
 
 

@@ -9,6 +9,7 @@ from django.http import HttpRequest
 from mtm.audit import Actor, Channel
 from mtm.models import ApiToken, AuditEvent
 from mtm.token_services import revoke_token
+from mtm.user_admin import AuditedUserAdmin  # noqa: F401  (registers the audited user pages)
 from mtm.views_login import ThrottledAdminAuthenticationForm
 
 # The admin's password form counts and refuses failed sign-ins like the portal's login page (mtm/throttle.py).

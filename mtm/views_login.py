@@ -109,6 +109,12 @@ class ThrottledPasswordChangeView(PasswordChangeView):
     def get_form_kwargs(self) -> dict[str, Any]:
         return {**super().get_form_kwargs(), "request": self.request}
 
+    def form_valid(self, form: Form) -> HttpResponse:
+        response = super().form_valid(form)
+        user = form.user  # type: ignore[attr-defined]
+        audit.record(user, "password_change.succeeded", user, {"password": "changed"}, self.request, form.via)  # type: ignore[attr-defined]
+        return response
+
     def form_invalid(self, form: Form) -> HttpResponse:
         response = super().form_invalid(form)
         if form.has_error("old_password", THROTTLED):

@@ -43,7 +43,7 @@ def _actor(run: TrainingRun) -> Any:
     return run.started_by or run.project.owner
 
 
-def _output_problem(run: TrainingRun) -> Problem | None:
+def output_problem(run: TrainingRun) -> Problem | None:
     project = run.project
     stored = run_config(run).output_directory
     now = resolved(stored)
@@ -84,7 +84,7 @@ def _dataset_changed(path: str, what: str) -> Problem:
 def recheck(run: TrainingRun) -> Problem | None:
     """The first reason the run may not train now: its output directory or dataset resolves elsewhere than when
     it was checked, or fails the rules it passed at save and start."""
-    return _output_problem(run) or _dataset_problem(run)
+    return output_problem(run) or _dataset_problem(run)
 
 
 def open_output_dir(run: TrainingRun) -> int:

@@ -3,6 +3,7 @@ be enqueued. Called with an id; a run that is gone or no longer in the expected 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -153,7 +154,6 @@ def train_stage(run_id: int) -> bool:
     ):
         return False
     run = TrainingRun.objects.select_related("project", "project__owner", "started_by").get(pk=run_id)
-    config = run_config(run)
     folder = run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     # Both paths are resolved and checked again now, and opened without following links: a folder or file
@@ -163,21 +163,33 @@ def train_stage(run_id: int) -> bool:
         return False
     try:
         output_fd = run_paths.open_output_dir(run)
-        try:
-            dataset = run_paths.snapshot_dataset(run, folder)
-            config.dataset_sha256 = file_sha256(dataset)  # what this run reads, whatever the project says now
-            # Without a prompt of its own, validation asks the dataset's last row, which is then not trained on.
-            config.held_out_row = not config.validation_prompt.strip() and (config.dataset_rows or 0) >= HOLD_OUT_MIN
-            TrainingRun.objects.filter(pk=run_id).update(config=config.model_dump())
-            # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
-            # next save, and the filesystem may hand the new folder the old inode number.
-            run_paths.write_marker(output_fd, RUN_MARKER, f"{run_id}\n")
-        finally:
-            os.close(output_fd)
+    except run_paths.PathChanged as changed:
+        fail(run_id, RunStage.TRAIN, changed.problem)
+        return False
+    # The trainer starts inside this opened folder and writes only relative to it: a folder swapped for a link
+    # (or another folder) while it trains cannot redirect a write or a checkpoint rotation elsewhere.
+    try:
+        return _train_in(run, folder, output_fd)
+    finally:
+        os.close(output_fd)
+
+
+def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
+    run_id = run.pk
+    config = run_config(run)
+    try:
+        dataset = run_paths.snapshot_dataset(run, folder)
     except run_paths.PathChanged as changed:
         run_paths.drop_snapshot(folder)
         fail(run_id, RunStage.TRAIN, changed.problem)
         return False
+    config.dataset_sha256 = file_sha256(dataset)  # what this run reads, whatever the project says now
+    # Without a prompt of its own, validation asks the dataset's last row, which is then not trained on.
+    config.held_out_row = not config.validation_prompt.strip() and (config.dataset_rows or 0) >= HOLD_OUT_MIN
+    TrainingRun.objects.filter(pk=run_id).update(config=config.model_dump())
+    # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
+    # next save, and the filesystem may hand the new folder the old inode number.
+    run_paths.write_marker(output_fd, RUN_MARKER, f"{run_id}\n")
     cancel_file = folder / "cancel"
     cancel_file.unlink(missing_ok=True)
     spec = build_spec(
@@ -187,6 +199,7 @@ def train_stage(run_id: int) -> bool:
         trust_remote_code=_trust_remote_code(run),
         dataset_path=dataset,
         output_dir=run.output_directory,
+        output_in_cwd=True,
         method=config.method,
         hyperparameters=config.hyperparameters,
         # A resume whose checkpoint vanished after Start fails in the trainer ("no_checkpoint"), never starts fresh.
@@ -223,9 +236,11 @@ def train_stage(run_id: int) -> bool:
         return None
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(settings.BASE_DIR), env.get("PYTHONPATH", "")) if p)
     outcome = supervise(
         trainer_command(spec_path, sys.executable),
         cwd=Path(settings.BASE_DIR),
+        cwd_fd=output_fd,
         env=env,
         cancel_file=cancel_file,
         log_path=folder / "trainer.log",
@@ -234,7 +249,8 @@ def train_stage(run_id: int) -> bool:
         ),
     )
     TrainingRun.objects.filter(pk=run_id).update(log_tail=outcome.tail)
-    marker.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(RUN_MARKER, dir_fd=output_fd)  # in the folder trained in, not wherever the path leads now
     if not (outcome.returncode == EXIT_OK and outcome.finished and outcome.stopped_for is None):
         run_paths.drop_snapshot(folder)  # validation reads it for a prompt; nothing else will
     if outcome.stopped_for is not None:
@@ -295,7 +311,11 @@ def _validation_prompt(run: TrainingRun) -> str:
 def validate_stage(run_id: int) -> None:
     if not transition(run_id, RunStatus.TRAINING, RunStatus.VALIDATING):
         return
-    run = TrainingRun.objects.select_related("project").get(pk=run_id)
+    run = TrainingRun.objects.select_related("project", "project__owner", "started_by").get(pk=run_id)
+    if problem := run_paths.output_problem(run):  # swapped since training: read nothing through the new path
+        run_paths.drop_snapshot(run_dir(run_id))
+        fail(run_id, RunStage.VALIDATE, problem)
+        return
     prompt = _validation_prompt(run)
     run_paths.drop_snapshot(run_dir(run_id))
     report = validate_output(

@@ -6,6 +6,7 @@ The worker task stays alive whatever the child does (a crash, an OOM kill): the 
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import subprocess
@@ -61,11 +62,30 @@ def _pump(stream, lines: queue.Queue) -> None:
     lines.put(None)
 
 
+def _child_setup(cwd_fd: int | None) -> Callable[[], None]:
+    die = die_with_parent(signal.SIGKILL)
+
+    def _setup() -> None:
+        if cwd_fd is not None:
+            os.fchdir(cwd_fd)
+        die()
+
+    return _setup
+
+
 def supervise(
-    cmd: list[str], *, cwd: Path, env: dict, cancel_file: Path, log_path: Path, sup: Supervision
+    cmd: list[str],
+    *,
+    cwd: Path,
+    env: dict,
+    cancel_file: Path,
+    log_path: Path,
+    sup: Supervision,
+    cwd_fd: int | None = None,
 ) -> ChildOutcome:
     """Start the child, stream its output until it exits. Touches `cancel_file` once cancellation is asked for;
-    escalates to SIGTERM and then SIGKILL if the child does not stop in time."""
+    escalates to SIGTERM and then SIGKILL if the child does not stop in time. With `cwd_fd` (an open folder) the
+    child starts in that very folder, wherever its path leads by then; `cwd` is ignored."""
     tail = LogTail()
     outcome = ChildOutcome(returncode=-1, log_path=log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -74,12 +94,12 @@ def supervise(
         # SIGKILL must not leave an orphan trainer holding the GPU and writing to the output directory.
         proc = subprocess.Popen(
             cmd,
-            cwd=cwd,
+            cwd=None if cwd_fd is not None else cwd,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent(signal.SIGKILL),
+            preexec_fn=_child_setup(cwd_fd),
         )
         # The child needs seconds to import torch and load the model before its first line: say so at once.
         launched = f"trainer launched (pid {proc.pid}): loading libraries, the model and the dataset"

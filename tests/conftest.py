@@ -140,3 +140,16 @@ def portal_roots(db, hf_cache, tmp_path, settings) -> Path:
     (tmp_path / "outputs").mkdir()
     write_jsonl(tmp_path / "datasets" / "qa.jsonl", QA_ROWS)
     return tmp_path
+
+
+@pytest.fixture
+def team(portal_roots):
+    """Two members and a staff user, with the portal's roots under `root`."""
+    from django.contrib.auth.models import User
+
+    return {
+        "root": portal_roots,
+        "alice": User.objects.create_user("alice"),
+        "mallory": User.objects.create_user("mallory"),
+        "staff": User.objects.create_user("staffer", is_staff=True),
+    }

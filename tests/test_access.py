@@ -495,3 +495,81 @@ def test_htmx_requests_carry_the_token_from_the_body_header(staff):
     assert client.post(url, {"allowed_output_roots": "/data"}, HTTP_HX_REQUEST="true").status_code == 403
     resp = client.post(url, {"allowed_output_roots": "/data"}, HTTP_HX_REQUEST="true", HTTP_X_CSRFTOKEN=header_token)
     assert resp.status_code == 200 and "/data" in text(resp)
+
+
+@pytest.mark.parametrize(
+    ("url", "via"), [("/accounts/password/", "web"), ("/admin/password_change/", "admin")], ids=["portal", "admin"]
+)
+def test_a_successful_password_change_is_audited_without_the_hash(staff, url, via):
+    old_hash = staff.password
+    assert change_password(secure_client(staff), PASSWORD, url=url, addr="192.0.2.7").status_code == 302
+    staff.refresh_from_db()
+    event = AuditEvent.objects.get(action="password_change.succeeded")
+    assert (event.actor, event.object_id, event.via, event.remote_addr) == (staff, str(staff.pk), via, "192.0.2.7")
+    assert event.changes == {"password": "changed"}
+    assert old_hash not in str(event.changes) and staff.password not in str(event.changes)
+
+
+def user_form(user, **fields) -> dict:
+    """The admin's user change form as posted by a browser, with `fields` changed."""
+    data = {
+        "username": user.username,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "email": user.email,
+        "date_joined_0": user.date_joined.strftime("%Y-%m-%d"),
+        "date_joined_1": user.date_joined.strftime("%H:%M:%S"),
+        "groups": [],
+        "user_permissions": [],
+    }
+    for flag in ("is_active", "is_staff", "is_superuser"):
+        if getattr(user, flag):
+            data[flag] = "on"
+    data.update(fields)
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def test_admin_edits_to_a_user_are_audited(staff, member):
+    from django.contrib.auth.models import Group
+
+    ops = Group.objects.create(name="ops")
+    client = secure_client(staff)
+    page = f"/admin/auth/user/{member.pk}/change/"
+    resp = client.post(
+        page, user_form(member, is_staff="on", is_superuser="on", groups=[ops.pk]), REMOTE_ADDR="192.0.2.8"
+    )
+    assert resp.status_code == 302, text(resp)
+    event = AuditEvent.objects.get(action="user.update")
+    assert (event.actor, event.object_id, event.via, event.remote_addr) == (staff, str(member.pk), "admin", "192.0.2.8")
+    assert event.changes == {"is_staff": [False, True], "is_superuser": [False, True], "groups": [[], ["ops"]]}
+
+    member.refresh_from_db()
+    assert client.post(page, user_form(member, is_active=None, groups=[ops.pk])).status_code == 302
+    assert AuditEvent.objects.filter(action="user.update").latest("pk").changes == {"is_active": [True, False]}
+
+
+def test_an_admin_password_reset_records_that_it_changed_never_the_hash(staff, member):
+    new = "another-pass-9876"
+    form = {"usable_password": "true", "password1": new, "password2": new}
+    resp = secure_client(staff).post(f"/admin/auth/user/{member.pk}/password/", form)
+    assert resp.status_code == 302, text(resp)
+    member.refresh_from_db()
+    assert member.check_password(new)
+    event = AuditEvent.objects.get(action="user.password_set")
+    assert (event.actor, event.object_id, event.via) == (staff, str(member.pk), "admin")
+    assert event.changes == {"password": "changed"} and member.password not in str(event.changes)
+
+
+def test_admin_creation_and_deletion_of_a_user_are_audited(staff):
+    client = secure_client(staff)
+    new = "a-third-pass-5555"
+    form = {"username": "newbie", "usable_password": "true", "password1": new, "password2": new}
+    assert client.post("/admin/auth/user/add/", form).status_code == 302
+    created = AuditEvent.objects.get(action="user.create")
+    assert created.actor == staff and created.changes["username"] == [None, "newbie"]
+    assert created.changes["password"] == "changed" and "md5" not in str(created.changes)
+    newbie = created.object_id
+    assert client.post(f"/admin/auth/user/{newbie}/delete/", {"post": "yes"}).status_code == 302
+    deleted = AuditEvent.objects.get(action="user.delete")
+    assert (deleted.actor, deleted.object_id, deleted.via) == (staff, newbie, "admin")
+    assert deleted.changes["username"] == ["newbie", None] and "password" not in deleted.changes

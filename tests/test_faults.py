@@ -152,3 +152,31 @@ def test_low_free_space_stops_training_before_the_disk_fills(portal, start_worke
     run = wait_for_end(start(project(portal, "threshold", LONG), portal["user"]).pk, timeout=120)
     assert run.status == RunStatus.FAILED and run.error_code == "disk_full"
     assert "nearly full" in run.error_message and "df -h" in run.error_hint
+
+
+def _tree(folder) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*"))}
+
+
+def test_output_folder_swapped_for_a_link_mid_training_writes_nothing_there(portal, start_worker):
+    """A member who can write in the output root renames the run's folder away and links another member's folder
+    in its place: the trainer keeps writing in the folder it started in, and never rotates or saves through the
+    link."""
+    start_worker().wait_ready()
+    outputs = portal["root"] / "outputs"
+    alice = outputs / "alice1"
+    (alice / "checkpoint-4").mkdir(parents=True)
+    (alice / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
+    (alice / "model.safetensors").write_bytes(b"alice's weights")
+    before = _tree(alice)
+    mine = outputs / "mdir"
+    proj = project(portal, "swapper", {**LONG, "save_steps": 1, "save_total_limit": 1}, mine)
+    run = start(proj, portal["user"])
+    run = wait_for_end(run.pk, until=lambda r: (mine / "checkpoint-2").is_dir())
+    assert run.status == RunStatus.TRAINING  # 2000 steps: the swap below happens while it trains
+    mine.rename(outputs / "mdir.real")
+    mine.symlink_to(alice, target_is_directory=True)
+    run = wait_for_end(run.pk, timeout=120)
+    assert (run.status, run.error_code) == (RunStatus.FAILED, "output_directory_changed"), run.error_message
+    assert _tree(alice) == before  # nothing added, rotated away or rewritten
+    assert any(p.name.startswith("checkpoint-") for p in (outputs / "mdir.real").iterdir())

@@ -24,16 +24,6 @@ from tests.api_client import call, make_user_token
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
 
 
-@pytest.fixture
-def team(portal_roots):
-    return {
-        "root": portal_roots,
-        "alice": User.objects.create_user("alice"),
-        "mallory": User.objects.create_user("mallory"),
-        "staff": User.objects.create_user("staffer", is_staff=True),
-    }
-
-
 def fields(root: Path, model_name: str, **changes) -> dict:
     return {
         "name": "p",

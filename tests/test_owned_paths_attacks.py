@@ -32,16 +32,6 @@ from tests.test_owned_paths import QA_BYTES, fields, refused_output, resolving_r
 UNREADABLE = "/proc/1/cwd"  # a link the portal may not follow: realpath raises PermissionError
 
 
-@pytest.fixture
-def team(portal_roots):
-    return {
-        "root": portal_roots,
-        "alice": User.objects.create_user("alice"),
-        "mallory": User.objects.create_user("mallory"),
-        "staff": User.objects.create_user("staffer", is_staff=True),
-    }
-
-
 def as_(user) -> Actor:
     return Actor.command_line(user)
 

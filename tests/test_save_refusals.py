@@ -107,6 +107,46 @@ def test_own_code_beside_a_built_in_architecture_is_only_a_warning(portal_roots,
     assert "remote_code_ignored" in [p.code for p in check.warnings["model_name"]]
 
 
+def own_tokenizer_code(folder: Path, tokenizer_class: str = "EvilTokenizer") -> Path:
+    """A tokenizer_config.json that asks AutoTokenizer for the model's own tokenizer class (auto_map)."""
+    path = folder / "tokenizer_config.json"
+    tokenizer_config = json.loads(path.read_text())
+    tokenizer_config.update(
+        tokenizer_class=tokenizer_class, auto_map={"AutoTokenizer": ["tok_evil.EvilTokenizer", None]}
+    )
+    path.write_text(json.dumps(tokenizer_config))
+    (folder / "tok_evil.py").write_text("raise SystemExit('tokenizer code ran')\n")
+    return folder
+
+
+def test_a_tokenizer_needing_untrusted_code_is_refused_on_save(portal_roots, hf_cache, copy_of_tiny_llama):
+    from transformers import AutoTokenizer
+
+    snapshot = install_into_cache(own_tokenizer_code(copy_of_tiny_llama), hf_cache, "org/own-tokenizer")
+    with pytest.raises(ValueError, match="custom code"):  # what training would run into
+        AutoTokenizer.from_pretrained(str(snapshot), trust_remote_code=False)
+    check = check_project(project_data(portal_roots, "org/own-tokenizer"))
+    assert codes(check) == ["remote_code_required"]
+    [problem] = check.errors["model_name"]
+    assert "tokenizer class 'EvilTokenizer'" in problem.message and "tok_evil.EvilTokenizer" in problem.message
+    assert "Model Override for 'org/own-tokenizer'" in problem.hint
+
+
+def test_a_trusted_override_lets_a_tokenizer_with_its_own_code_save(portal_roots, copy_of_tiny_llama):
+    own_tokenizer_code(copy_of_tiny_llama)
+    ModelOverride.objects.create(model_name="org/own-tok", path=str(copy_of_tiny_llama), trust_remote_code=False)
+    assert codes(check_project(project_data(portal_roots, "org/own-tok"))) == ["remote_code_required"]
+    ModelOverride.objects.filter(model_name="org/own-tok").update(trust_remote_code=True)
+    assert check_project(project_data(portal_roots, "org/own-tok")).valid
+
+
+def test_tokenizer_code_beside_a_built_in_tokenizer_class_is_only_a_warning(portal_roots, hf_cache, copy_of_tiny_llama):
+    install_into_cache(own_tokenizer_code(copy_of_tiny_llama, "LlamaTokenizerFast"), hf_cache, "org/tok")
+    check = check_project(project_data(portal_roots, "org/tok"))
+    assert check.valid, check.errors
+    assert "remote_code_ignored" in [p.code for p in check.warnings["model_name"]]
+
+
 def test_the_models_list_marks_a_cached_model_that_needs_its_code(db, hf_cache, custom_code_model):
     from models_registry.services import available_models
 

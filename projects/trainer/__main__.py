@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         spec = parse_spec(_read_spec(Path(args[0])))
-        resume = resolve_resume(spec.resume_from_checkpoint, spec.output_dir)  # fail before the slow imports
+        resume = resolve_resume(spec.resume_from_checkpoint, spec.write_dir)  # fail before the slow imports
         from projects.trainer.run import run_training  # torch and transformers: seconds to import
 
         return run_training(spec, emit, imports_seconds=time.monotonic() - STARTED, resume=resume)

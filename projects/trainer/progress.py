@@ -27,10 +27,12 @@ class ProgressReporter(TrainerCallback):
         real_tokens: Callable[[], int],
         started_fields: dict[str, Any] | None = None,
         setup_started: float | None = None,
+        output_dir: Path | None = None,
     ) -> None:
         self.emit = emit
         self.started_fields = dict(started_fields or {})
         self.setup_started = setup_started
+        self.output_dir = output_dir  # the folder as checkpoint events name it; the Trainer may write to "."
         self.interval = interval
         self.cancel_file = str(cancel_file) if cancel_file else None
         self.real_tokens = real_tokens
@@ -96,7 +98,7 @@ class ProgressReporter(TrainerCallback):
         return control
 
     def on_save(self, args, state, control, **kwargs):
-        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        path = (self.output_dir or Path(args.output_dir)) / f"checkpoint-{state.global_step}"
         self.last_checkpoint = str(path)
         self.emit("checkpoint", path=str(path), step=state.global_step)
         return control

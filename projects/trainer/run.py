@@ -6,6 +6,7 @@ Returns the exit code; raises TrainerError (or anything else) for the caller to 
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import signal
 import sys
@@ -98,7 +99,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
     setup_started = time.monotonic()
     if spec.method == "lora":
         model = apply_lora(model, hp)
-    spec.output_dir.mkdir(parents=True, exist_ok=True)
+    spec.write_dir.mkdir(parents=True, exist_ok=True)
     collator_class = PackedCollator if hp.packing else PaddedCollator
     trainer = PortalTrainer(
         model=model,
@@ -120,7 +121,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
             "precision": placement.precision,
             "threads": threads,
             "method": spec.method,
-            "resumed_from": str(resume) if resume else None,
+            "resumed_from": _shown(spec, resume),
             **data_info,
             "timings": {
                 "imports": round(imports_seconds, 3),
@@ -129,6 +130,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
             },
         },
         setup_started=setup_started,
+        output_dir=spec.output_dir,
     )
     trainer.add_callback(reporter)
     signal.signal(signal.SIGTERM, lambda *_: setattr(reporter, "cancel_requested", True))
@@ -139,7 +141,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         emit("cancelled", step=reporter.cancelled_at_step, checkpoint=reporter.last_checkpoint)
         return EXIT_CANCELLED
 
-    layout = save_final(trainer.model, tokenizer, spec.output_dir, spec.method, hp.merge_after_training, base_dtype)
+    layout = save_final(trainer.model, tokenizer, spec.write_dir, spec.method, hp.merge_after_training, base_dtype)
     runtime = float(result.metrics.get("train_runtime") or 0.0)
     metrics = {
         "global_step": trainer.state.global_step,
@@ -160,14 +162,14 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         "metrics": metrics,
         "loss_history": reporter.history,
         "layout": layout,
-        "resumed_from": str(resume) if resume else None,
+        "resumed_from": _shown(spec, resume),
         "device": placement.label,
         "precision": placement.precision,
         "versions": library_versions(),
         "started_at": started_at,
         "finished_at": _now(),
     }
-    manifest_path = write_manifest(spec.output_dir, manifest)
+    manifest_path = spec.output_dir / write_manifest(spec.write_dir, manifest)
     emit(
         "finished",
         metrics=metrics,
@@ -303,7 +305,7 @@ def apply_lora(model: Any, hp: Hyperparameters) -> Any:
 def training_arguments(spec: TrainerSpec, placement: Placement) -> TrainingArguments:
     hp = spec.hyperparameters
     return TrainingArguments(
-        output_dir=str(spec.output_dir),
+        output_dir=str(spec.write_dir),
         num_train_epochs=hp.epochs,
         max_steps=hp.max_steps if hp.max_steps > 0 else -1,
         per_device_train_batch_size=hp.batch_size,
@@ -330,7 +332,12 @@ def training_arguments(spec: TrainerSpec, placement: Placement) -> TrainingArgum
 
 
 def _absolute(output_dir: Path, relative: str | None) -> str | None:
-    return None if relative is None else str((output_dir / relative).resolve())
+    return None if relative is None else os.path.normpath(output_dir / relative)
+
+
+def _shown(spec: TrainerSpec, resume: Path | None) -> str | None:
+    """The checkpoint as the user knows it: under the output directory's path (resume may be relative to ".")."""
+    return None if resume is None else str(spec.output_dir / resume)
 
 
 def _now() -> str:

@@ -6,6 +6,8 @@
  "trust_remote_code": false,
  "dataset_path": "/abs/data.jsonl",          (required)
  "output_dir": "/abs/output",                (required; created when missing)
+ "output_in_cwd": false,                     true: the child starts in the opened output folder and writes
+                                             only there, relative to ".", never through the path again
  "method": "full" | "lora",
  "hyperparameters": {...},                   projects.hyperparameters.Hyperparameters fields
  "resume_from_checkpoint": null | "latest" | "/abs/output/checkpoint-N",
@@ -38,7 +40,8 @@ class TrainerSpec:
     revision: str
     trust_remote_code: bool
     dataset_path: Path
-    output_dir: Path
+    output_dir: Path  # what messages, events and the manifest name
+    write_dir: Path  # where files are written: "." (the folder the supervisor opened) or output_dir
     method: str
     hyperparameters: Hyperparameters
     resume_from_checkpoint: str | None
@@ -54,6 +57,7 @@ def build_spec(
     model_name: str,
     dataset_path: str | Path,
     output_dir: str | Path,
+    output_in_cwd: bool = False,
     method: str = "lora",
     hyperparameters: Hyperparameters | dict[str, Any] | None = None,
     revision: str = "",
@@ -74,6 +78,7 @@ def build_spec(
         "trust_remote_code": bool(trust_remote_code),
         "dataset_path": str(dataset_path),
         "output_dir": str(output_dir),
+        "output_in_cwd": bool(output_in_cwd),
         "method": method,
         "hyperparameters": dict(hyperparameters or {}),
         "resume_from_checkpoint": None if resume_from_checkpoint is None else str(resume_from_checkpoint),
@@ -163,6 +168,7 @@ def parse_spec(data: Any) -> TrainerSpec:
         trust_remote_code=data.get("trust_remote_code") is True,
         dataset_path=Path(dataset_path),
         output_dir=Path(output_dir),
+        write_dir=Path(".") if data.get("output_in_cwd") is True else Path(output_dir),
         method=method,
         hyperparameters=hyperparameters,
         resume_from_checkpoint=resume,
