@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import re
 import shutil
+import time
 
 import pytest
 from django.contrib.auth.models import User
@@ -224,11 +225,25 @@ def test_create_train_validate_and_a_second_member_cannot_cancel(
         shot("member-b-after-refused-cancel")
 
 
+def wait_until_a_worker_reports(model_name: str, timeout: float = 60) -> None:
+    from workers.models import Worker
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(model_name in (w.held_models or []) for w in Worker.objects.all()):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no worker reported holding {model_name} within {timeout:.0f} s")
+
+
 def test_model_removed_before_start_fails_at_resolve_with_the_hint(
     portal, tiny_llama_in_cache, hf_cache, start_worker, live_server, request
 ):
     model_name, _ = tiny_llama_in_cache
-    start_worker().wait_ready()
+    # The worker reports once, at start, that it holds the model; the model then goes before its next report, so
+    # Start places the run on it and the worker's own resolve finds the model gone.
+    start_worker(extra_env={"MTM_WORKER_REPORT_SECONDS": "600"}).wait_ready()
+    wait_until_a_worker_reports(model_name)
     project = TrainingProject.objects.create(
         name="model-gone",
         owner=portal["a"],
