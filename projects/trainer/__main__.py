@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1 or args[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr)
         return EXIT_USAGE
+    spec = None
     try:
         spec = parse_spec(_read_spec(Path(args[0])))
         resume = resolve_resume(spec.resume_from_checkpoint, spec.write_dir)  # fail before the slow imports
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainerError as exc:
         _report(exc.code, exc.message, exc.hint)
     except BaseException as exc:  # the child must always say why it died before exiting
-        code, message, hint = _describe(exc)
+        in_output_dir = spec is not None and spec.write_dir == Path(".")  # started inside the folder it writes
+        code, message, hint = _describe(exc, spec.output_dir if in_output_dir else None)
         _report(code, message, hint)
     return EXIT_ERROR
 
@@ -63,7 +65,30 @@ def _read_spec(path: Path) -> object:
         raise TrainerError("invalid_spec", f"The trainer spec {path} is not valid JSON: {exc}.", _SPEC_HINT)
 
 
-def _describe(exc: BaseException) -> tuple[str, str, str]:
+def _output_dir_gone(wait_seconds: float = 3.0) -> bool:
+    """The trainer works inside the output folder it was started in: was that folder (or its run marker) deleted
+    under it? A deletion in progress (rm -r) may not have reached the folder itself yet, so look for a moment."""
+    from projects.trainer.outputs import RUN_MARKER
+
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            if os.stat(".").st_nlink == 0 or not os.path.exists(RUN_MARKER):
+                return True
+        except OSError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+def _describe(exc: BaseException, output_dir: Path | None = None) -> tuple[str, str, str]:
+    if output_dir is not None and isinstance(exc, FileNotFoundError) and _output_dir_gone():
+        return (
+            "output_directory_vanished",
+            f"The output directory {output_dir} disappeared during training (deleted or unmounted): {exc}",
+            "Restore or recreate the directory (and its checkpoints, if you have them), then start the run again.",
+        )
     if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError, without importing torch here
         return (
             "out_of_memory",
