@@ -18,6 +18,7 @@ from models_registry.models import PortalSettings
 from models_registry.names import name_error
 from models_registry.settings_checks import PathReport, check_cache_path, check_root, split_lines
 from models_registry.settings_services import OTHER_SETTINGS_FIELDS, SETTINGS_FIELDS, SettingsRefused, update_settings
+from models_registry.suggestions import similar_names
 from models_registry.trainability import training_refusal
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
@@ -95,6 +96,9 @@ def validate_field(request: HtmxHttpRequest) -> HttpResponse:
         resolution = services.resolve_model(name, revision or None)
         state = "error" if not resolution.valid else "warn" if resolution.warnings else "ok"
         check.update(state=state, resolution=resolution, errors=resolution.errors, warnings=resolution.warnings)
+        if any(problem.code == "model_not_found" for problem in resolution.errors):
+            _, listed = services.available_models()
+            check["suggestions"] = similar_names(name, (model.model_name for model in listed))
     return render(request, "models/_model_field.html#model-status", {"check": check})
 
 

@@ -450,3 +450,25 @@ def test_unknown_page_is_a_plain_404(member_client):
     response = member_client.get("/no-such-page/")
     assert response.status_code == 404
     assert "Page not found" in text(response) and "/no-such-page/" in text(response)
+
+
+def test_field_check_of_a_mistyped_name_suggests_the_cached_one(member_client, tiny_llama_in_cache):
+    body = validate(member_client, model_name="test-org/tiny-lama")
+    assert "status-error" in body and "Did you mean" in body
+    assert 'href="/models/test-org/tiny-llama/"' in body
+
+
+def test_field_check_of_a_name_in_the_wrong_case_suggests_the_cached_one(member_client, tiny_llama_in_cache):
+    body = validate(member_client, model_name="Test-Org/Tiny-Llama")
+    assert "Did you mean" in body and "<code>test-org/tiny-llama</code>" in body
+
+
+def test_field_check_of_an_unrelated_name_suggests_nothing(member_client, tiny_llama_in_cache):
+    body = validate(member_client, model_name="org/missing")
+    assert "status-error" in body and "Did you mean" not in body
+
+
+def test_field_offers_the_cached_models_as_you_type(member_client, tiny_llama_in_cache):
+    body = text(member_client.get("/models/"))
+    assert 'list="id_model_name-models"' in body
+    assert '<datalist id="id_model_name-models"><option value="test-org/tiny-llama"></option></datalist>' in body
