@@ -13,6 +13,7 @@ from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 
 from models_registry import services
+from models_registry.chat_template_source import chat_template_source
 from models_registry.forms import ModelCheckForm, PortalSettingsForm
 from models_registry.models import PortalSettings
 from models_registry.names import name_error
@@ -68,6 +69,8 @@ def model_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
     status = max((STATUS_FOR_ERROR.get(e.code, 200) for e in resolution.errors), default=200)
     refusal = training_refusal(resolution) if resolution.valid else None
     context = {"name": name, "revision": revision, "resolution": resolution, "training_refusal": refusal}
+    if resolution.path:
+        context["chat_template"] = chat_template_source(resolution.path) or ""
     return render(request, "models/detail.html", context, status=status)
 
 
