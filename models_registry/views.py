@@ -13,11 +13,13 @@ from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 
 from models_registry import services
+from models_registry.chat_template_source import chat_template_source
 from models_registry.forms import ModelCheckForm, PortalSettingsForm
 from models_registry.models import PortalSettings
 from models_registry.names import name_error
 from models_registry.settings_checks import PathReport, check_cache_path, check_root, split_lines
 from models_registry.settings_services import OTHER_SETTINGS_FIELDS, SETTINGS_FIELDS, SettingsRefused, update_settings
+from models_registry.suggestions import similar_names
 from models_registry.trainability import training_refusal
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
@@ -67,6 +69,8 @@ def model_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
     status = max((STATUS_FOR_ERROR.get(e.code, 200) for e in resolution.errors), default=200)
     refusal = training_refusal(resolution) if resolution.valid else None
     context = {"name": name, "revision": revision, "resolution": resolution, "training_refusal": refusal}
+    if resolution.path:
+        context["chat_template"] = chat_template_source(resolution.path) or ""
     return render(request, "models/detail.html", context, status=status)
 
 
@@ -95,6 +99,9 @@ def validate_field(request: HtmxHttpRequest) -> HttpResponse:
         resolution = services.resolve_model(name, revision or None)
         state = "error" if not resolution.valid else "warn" if resolution.warnings else "ok"
         check.update(state=state, resolution=resolution, errors=resolution.errors, warnings=resolution.warnings)
+        if any(problem.code == "model_not_found" for problem in resolution.errors):
+            _, listed = services.available_models()
+            check["suggestions"] = similar_names(name, (model.model_name for model in listed))
     return render(request, "models/_model_field.html#model-status", {"check": check})
 
 

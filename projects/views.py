@@ -19,6 +19,7 @@ from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from projects import run_records
 from projects.access import can_manage, require_manage
+from projects.context_length import seq_length_warning
 from projects.datasets import DatasetError
 from projects.display import hyperparameter_rows, run_duration
 from projects.forms import ProjectForm, problem_error
@@ -102,6 +103,12 @@ def _dataset_after_post(form: ProjectForm) -> dict[str, Any] | None:
     return {"path": report.path, "report": report, "errors": []}
 
 
+def _seq_length_warning(form: ProjectForm) -> str:
+    return seq_length_warning(
+        str(form["model_name"].value() or ""), str(form["revision"].value() or ""), form["max_seq_length"].value()
+    )
+
+
 def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> HttpResponse:
     status = 200
     if request.method == "POST":
@@ -109,6 +116,8 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
         if form.is_valid() and (saved := _save(request, form, project)) is not None:
             verb = "created" if project is None else "saved"
             messages.success(request, f"Project '{saved.name}' {verb}. Press Start to train it.")
+            if warning := _seq_length_warning(form):
+                messages.warning(request, warning)
             return redirect("projects:detail", pk=saved.pk)
         status = 422
     else:
@@ -122,6 +131,7 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
         "project": project,
         "groups": form.field_groups(),
         "dataset": _dataset_after_post(form),
+        "field_warnings": {"max_seq_length": warning} if (warning := _seq_length_warning(form)) else {},
         "output_check": output_status(output_value, request.user, project)
         if output_value and not form["output_directory"].errors
         else None,

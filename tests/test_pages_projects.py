@@ -741,3 +741,34 @@ def test_the_form_has_a_box_for_every_hyperparameter():
     groups = ProjectForm().field_groups()
     boxes = [field.name for group in groups.values() for field in (*group["boxes"], *group["checks"])]
     assert sorted(boxes) == sorted(Hyperparameters.model_fields)
+
+
+# --- max sequence length above the model's context length -----------------------------------------------------
+
+
+def test_max_seq_length_above_the_context_length_is_warned_under_its_box(owner, roots, tiny_llama_in_cache):
+    response = secure_client(owner).post(
+        "/projects/new/", form_data(roots, tiny_llama_in_cache[0], max_seq_length="1024", learning_rate="fast")
+    )
+    assert response.status_code == 422
+    box = section(text(response), 'for="id_max_seq_length"', "</div>")
+    assert "warning" in box and "above the context length of &#x27;test-org/tiny-llama&#x27; (512 tokens)" in box
+    assert "cuts sequences at 512" in box and "errorlist" not in box
+
+
+def test_max_seq_length_above_the_context_length_saves_with_a_warning(owner, roots, tiny_llama_in_cache):
+    client = secure_client(owner)
+    response = client.post("/projects/new/", form_data(roots, tiny_llama_in_cache[0], max_seq_length="1024"))
+    project = TrainingProject.objects.get()
+    assert response.status_code == 302 and project.hyperparameters["max_seq_length"] == 1024
+    page = text(client.get(response["Location"]))
+    assert "Max sequence length 1024 is above the context length" in page and "cuts sequences at 512" in page
+
+
+def test_max_seq_length_within_the_context_length_is_not_warned(owner, roots, tiny_llama_in_cache):
+    client = secure_client(owner)
+    response = client.post("/projects/new/", form_data(roots, tiny_llama_in_cache[0], max_seq_length="512"))
+    assert response.status_code == 302
+    assert "above the context length" not in text(client.get(response["Location"]))
+    edit = text(client.get(f"{response['Location']}edit/"))
+    assert "above the context length" not in section(edit, 'for="id_max_seq_length"', "</div>")

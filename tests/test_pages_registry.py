@@ -13,7 +13,7 @@ from django.utils.html import escape
 from models_registry.models import ModelOverride, PortalSettings
 from mtm.models import ApiToken, AuditEvent
 from tests.clients import HttpsClient
-from tests.hfcache import make_model_repo
+from tests.hfcache import add_file, make_model_repo
 
 pytestmark = pytest.mark.django_db
 
@@ -450,3 +450,52 @@ def test_unknown_page_is_a_plain_404(member_client):
     response = member_client.get("/no-such-page/")
     assert response.status_code == 404
     assert "Page not found" in text(response) and "/no-such-page/" in text(response)
+
+
+def test_field_check_of_a_mistyped_name_suggests_the_cached_one(member_client, tiny_llama_in_cache):
+    body = validate(member_client, model_name="test-org/tiny-lama")
+    assert "status-error" in body and "Did you mean" in body
+    assert 'href="/models/test-org/tiny-llama/"' in body
+
+
+def test_field_check_of_a_name_in_the_wrong_case_suggests_the_cached_one(member_client, tiny_llama_in_cache):
+    body = validate(member_client, model_name="Test-Org/Tiny-Llama")
+    assert "Did you mean" in body and "<code>test-org/tiny-llama</code>" in body
+
+
+def test_field_check_of_an_unrelated_name_suggests_nothing(member_client, tiny_llama_in_cache):
+    body = validate(member_client, model_name="org/missing")
+    assert "status-error" in body and "Did you mean" not in body
+
+
+def test_field_offers_the_cached_models_as_you_type(member_client, tiny_llama_in_cache):
+    body = text(member_client.get("/models/"))
+    assert 'list="id_model_name-models"' in body
+    assert '<datalist id="id_model_name-models"><option value="test-org/tiny-llama"></option></datalist>' in body
+
+
+# --- the model page: chat template ------------------------------------------------------------------------------
+
+
+def test_detail_says_where_the_chat_template_is(member_client, tiny_llama_in_cache):
+    body = text(member_client.get(f"/models/{tiny_llama_in_cache[0]}/"))
+    assert "Chat template" in body
+    assert re.search(r"yes, in <code>(tokenizer_config\.json|chat_template\.jinja)</code>", body)
+
+
+def test_detail_says_when_a_model_has_no_chat_template(member_client, hf_cache):
+    make_model_repo(hf_cache, "org/base-model")
+    body = text(member_client.get("/models/org/base-model/"))
+    assert "Chat template" in body and "none: to train on a <code>messages</code> dataset" in body
+
+
+def test_detail_finds_a_chat_template_saved_on_its_own(member_client, hf_cache):
+    make_model_repo(hf_cache, "org/jinja-model")
+    add_file(hf_cache, "org/jinja-model", "chat_template.jinja", "{{ messages }}")
+    body = text(member_client.get("/models/org/jinja-model/"))
+    assert "yes, in <code>chat_template.jinja</code>" in body
+
+
+def test_detail_of_a_missing_model_says_nothing_of_a_chat_template(member_client, hf_cache):
+    body = text(member_client.get("/models/org/missing/"))
+    assert "Chat template" not in body

@@ -18,3 +18,12 @@ def hint_steps(hint: str) -> list[str]:
         return [hint] if hint else []
     steps = [step.strip() for step in _STEP.split(hint) if step.strip()]
     return steps or [hint]
+
+
+@register.simple_tag
+def cached_model_names() -> list[str]:
+    """The names of the usable models listed (cache and overrides), for the model field's suggestions."""
+    from models_registry.services import available_models
+
+    _, listed = available_models(valid=True)
+    return sorted(model.model_name for model in listed)

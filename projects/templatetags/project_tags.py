@@ -51,3 +51,9 @@ def moment(value: datetime | None) -> str:
     shown = dateformat.format(local, "H:i:s" if local.date() == timezone.localdate() else "Y-m-d H:i:s")
     stamp = local.isoformat(timespec="seconds")
     return format_html('<time datetime="{}" title="{}">{}</time>', stamp, stamp, shown)
+
+
+@register.filter
+def field_warning(warnings: Any, name: str) -> str:
+    """The warning shown under the field `name` ("" when none)."""
+    return warnings.get(name, "") if isinstance(warnings, dict) else ""
