@@ -57,3 +57,17 @@ def cancel(run, user):
     from projects.run_services import cancel_run
 
     return cancel_run(run, actor=Actor(user, Channel.CLI))
+
+
+def wait_until_a_worker_reports(model_name: str, timeout: float = 60) -> None:
+    """Wait for a worker's report that lists `model_name`. A test that then changes the model has until the next
+    report (MTM_WORKER_REPORT_SECONDS) before placement sees the change: Start places the run on that worker and
+    the worker's own resolve meets the change."""
+    from workers.models import Worker
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(model_name in (w.held_models or []) for w in Worker.objects.all()):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no worker reported holding {model_name} within {timeout:.0f} s")

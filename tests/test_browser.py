@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import re
 import shutil
-import time
 
 import pytest
 from django.contrib.auth.models import User
@@ -19,7 +18,7 @@ from models_registry.models import PortalSettings
 from models_registry.names import repo_folder_name
 from projects.models import TrainingProject
 from tests.browser_helpers import PLAIN_HTTP_SETTINGS, why_no_browser
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
+from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, wait_until_a_worker_reports, write_jsonl
 
 if (reason := why_no_browser()) is not None:
     pytest.skip(reason, allow_module_level=True)
@@ -223,17 +222,6 @@ def test_create_train_validate_and_a_second_member_cannot_cancel(
         page.reload()
         expect(page.locator("#run-live .run-state .badge")).to_have_text("succeeded")
         shot("member-b-after-refused-cancel")
-
-
-def wait_until_a_worker_reports(model_name: str, timeout: float = 60) -> None:
-    from workers.models import Worker
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(model_name in (w.held_models or []) for w in Worker.objects.all()):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no worker reported holding {model_name} within {timeout:.0f} s")
 
 
 def test_model_removed_before_start_fails_at_resolve_with_the_hint(

@@ -13,7 +13,15 @@ from django.contrib.auth.models import User
 from projects.models import RunStage, RunStatus, TrainingProject
 from projects.pipeline import CancelOutcome
 from projects.run_services import RunRefused
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, cancel, start, wait_for_end, write_jsonl
+from tests.pipeline_helpers import (
+    FAST_HYPERPARAMETERS,
+    QA_ROWS,
+    cancel,
+    start,
+    wait_for_end,
+    wait_until_a_worker_reports,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -122,6 +130,7 @@ def test_chat_messages_dataset(portal, tiny_llama_in_cache, celery_worker):
 def test_missing_model_fails_at_resolve_having_trained_nothing(portal, tiny_llama_in_cache, celery_worker):
     name, snapshot = tiny_llama_in_cache
     project = make_project(portal, name, name="vanished")
+    wait_until_a_worker_reports(name)
     shutil.rmtree(snapshot.parent.parent)  # the model is deleted from the cache after the project was made
     run = wait_for_end(start(project, portal["user"]).pk)
     assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.RESOLVE
@@ -137,6 +146,7 @@ def test_weights_gone_to_gguf_fail_at_resolve_naming_the_file(portal, hf_cache, 
 
     name, snapshot = tiny_llama_in_cache
     project = make_project(portal, name, name="gguf")
+    wait_until_a_worker_reports(name)
     (snapshot / "model.safetensors").unlink()  # only a GGUF conversion left after the project was saved
     add_file(hf_cache, name, "tiny.Q4_K_M.gguf", b"GGUF\x03\x00\x00\x00", commit=snapshot.name)
     run = wait_for_end(start(project, portal["user"]).pk)
