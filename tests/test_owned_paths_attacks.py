@@ -21,6 +21,7 @@ from projects import stages
 from projects.datasets import check_dataset_path, inspect_dataset, load_dataset
 from projects.datasets.errors import DatasetError
 from projects.models import RunStatus, TrainingProject, Upload
+from projects.ownership import lock_claims
 from projects.run_services import RunRefused, start_run
 from projects.services import ProjectInvalid, create_project, update_project
 from projects.trainer.outputs import MANIFEST_NAME
@@ -261,7 +262,8 @@ def test_two_members_saving_one_new_folder_at_once_cannot_both_have_it(portal_ro
     outcome: dict[str, object] = {}
 
     def signal_before_the_write(execute, sql, params, many, context):
-        if sql.lstrip().upper().startswith("BEGIN"):
+        # SQLite: her transaction's BEGIN waits for alice's write; PostgreSQL: her lock of the claims row does.
+        if sql.lstrip().upper().startswith("BEGIN") or "FOR UPDATE" in sql.upper():
             about_to_write.set()  # mallory's checks are done; her transaction now waits for alice's
         return execute(sql, params, many, context)
 
@@ -279,6 +281,7 @@ def test_two_members_saving_one_new_folder_at_once_cannot_both_have_it(portal_ro
             connection.close()
 
     with transaction.atomic():
+        lock_claims()  # as alice's own save through the service would
         TrainingProject.objects.create(owner=alice, **{**fields(portal_roots, "x/y"), "output_directory": target})
         thread = threading.Thread(target=mallory_saves)
         thread.start()
