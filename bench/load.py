@@ -21,7 +21,6 @@ import http.client
 import json
 import os
 import re
-import signal
 import sys
 import tempfile
 import threading
@@ -319,10 +318,6 @@ def print_report(result: dict) -> None:
         print(f"  {count} x {kind}")
 
 
-def interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=20)
@@ -336,7 +331,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--clients, --duration, --workers and --repos must be positive")
 
     # SIGTERM unwinds like Ctrl-C, so the finally below stops gunicorn and the temp folder goes.
-    signal.signal(signal.SIGTERM, interrupt)
     stop = threading.Event()
     with tempfile.TemporaryDirectory(prefix="mtm-load-") as tmp:
         print(f"preparing a throwaway portal in {tmp} ...", flush=True)
@@ -363,8 +357,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: gunicorn stopped, temporary files removed", file=sys.stderr)
-        sys.exit(130)
+    load_portal.run_as_script(main)

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,3 +222,18 @@ def stop(portal: Portal) -> None:
         # Still unreaped, so its pid is still the id of the group it leads: workers included.
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+def run_as_script(main: Callable[[], int]) -> None:
+    """Run a benchmark's main as a script: SIGTERM stops it like Ctrl-C (gunicorn stopped, temporary files
+    removed, exit status 130)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: gunicorn stopped, temporary files removed", file=sys.stderr)
+        sys.exit(130)

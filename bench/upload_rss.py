@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
 import sys
 import tempfile
 import threading
@@ -239,10 +238,6 @@ def print_report(result: dict) -> None:
         print(f"  UNEXPECTED {problem}")
 
 
-def interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="size of the generated JSON Lines file")
@@ -250,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.size_mb < 2:
         parser.error("--size-mb must be at least 2 (the warm-up upload is 1 MiB)")
-    signal.signal(signal.SIGTERM, interrupt)
     with tempfile.TemporaryDirectory(prefix="mtm-upload-rss-") as tmp:
         print(f"preparing a throwaway portal in {tmp} ...", flush=True)
         result = run(Path(tmp), args.size_mb)
@@ -261,8 +255,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("interrupted: gunicorn stopped, temporary files removed", file=sys.stderr)
-        sys.exit(130)
+    load_portal.run_as_script(main)
