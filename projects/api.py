@@ -39,7 +39,7 @@ from projects.schemas import (
     StoredText,
 )
 from projects.serializers import project_dict, run_dict
-from projects.uploads import discard_upload, receive_upload
+from projects.uploads import ReceivedUpload, discard_refused, receive_upload
 
 router = Router(tags=["projects"])
 MAX_ID = 2**63 - 1
@@ -172,16 +172,16 @@ def delete_project(request: HttpRequest, project_id: int) -> Status:
 # --- datasets --------------------------------------------------------------------------------------------------
 
 
-def _store(request: HttpRequest, file: UploadedFile) -> Path:
+def _store(request: HttpRequest, file: UploadedFile) -> ReceivedUpload:
     try:
         return receive_upload(_actor(request), file, file.name or "")
     except DatasetError as exc:
         raise ApiError(422, [{**p.to_dict(), "field": UPLOAD_FIELD} for p in exc.problems])
 
 
-def _discard(request: HttpRequest, path: Path) -> None:
-    """Remove a refused upload (its folder and its record)."""
-    discard_upload(path, actor=_actor(request))
+def _discard(request: HttpRequest, received: ReceivedUpload) -> None:
+    """Remove a refused upload (its folder and its record) unless it is an earlier copy or a project's dataset."""
+    discard_refused(received, actor=_actor(request))
 
 
 def _field_of(problem: Problem) -> str:
@@ -214,12 +214,12 @@ def upload_dataset(
     stats when `model_name` (a model that resolves) is sent too, against `max_seq_length` when given.
     A file that cannot be trained on is refused (422) with each problem, rows named by number.
     """
-    path = _store(request, file)
-    report = _report_for(path, model_name, revision, max_seq_length)
+    received = _store(request, file)
+    report = _report_for(received.path, model_name, revision, max_seq_length)
     if not report.valid:
-        _discard(request, path)
+        _discard(request, received)
         raise ApiError(422, [{**p.to_dict(), "field": _field_of(p)} for p in report.errors])
-    return {"dataset_path": report.path, "report": report.to_dict()}
+    return {"dataset_path": report.path, "reused": received.reused, "report": report.to_dict()}
 
 
 @router.post("/projects/{project_id}/dataset", response={200: ProjectDatasetOut, **UPLOAD})
@@ -229,14 +229,15 @@ def upload_project_dataset(request: HttpRequest, project_id: int, file: File[Upl
     not validate."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "change the dataset of")
-    path = _store(request, file)
+    received = _store(request, file)
     try:
-        report = services.update_project(project, {"dataset_path": str(path)}, actor=_actor(request)).dataset
+        report = services.update_project(project, {"dataset_path": str(received)}, actor=_actor(request)).dataset
     except services.ProjectInvalid as exc:
-        _discard(request, path)
+        _discard(request, received)
         raise _refused(exc.check)
     return {
         "dataset_path": project.dataset_path,
+        "reused": received.reused,
         "report": (report or DatasetReport(path=project.dataset_path)).to_dict(),
         "project": project_dict(project),
     }

@@ -24,7 +24,7 @@ from projects.hyperparameters import Hyperparameters
 from projects.models import TrainingProject
 from projects.ownership import output_dir_conflicts
 from projects.services import load_tokenizer
-from projects.uploads import discard_upload, receive_upload, upload_problems
+from projects.uploads import discard_refused, receive_upload, upload_problems
 
 MAX_PARAM_CHARS = 4096
 
@@ -112,14 +112,18 @@ def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
         status["errors"] = []
     else:
         try:
-            stored = str(receive_upload(Actor.of(request, Channel.PAGE), upload, upload.name))
+            received = receive_upload(Actor.of(request, Channel.PAGE), upload, upload.name)
+            stored = str(received)
         except DatasetError as exc:
             status["upload_errors"] = exc.problems
         else:
-            status = {**dataset_status(stored, request.POST, request.user), "upload_name": upload.name}
+            status = {
+                **dataset_status(stored, request.POST, request.user),
+                "upload_name": upload.name,
+                "reused": received.reused,
+            }
             if status.get("errors"):
-                discard_upload(stored, actor=Actor.of(request, Channel.PAGE))
-                status["discarded"] = True
+                status["discarded"] = discard_refused(received, actor=Actor.of(request, Channel.PAGE))
             else:
                 path = stored
     form = ProjectForm(initial={"dataset_path": path})

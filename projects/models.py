@@ -147,11 +147,14 @@ class TrainingRun(models.Model):
 
 
 class Upload(models.Model):
-    """A dataset file stored under MEDIA_ROOT/datasets/<uuid>/: only its owner (and staff) may train on it."""
+    """A dataset file stored under MEDIA_ROOT/datasets/<uuid>/: only its owner (and staff) may train on it.
+    Uploading the same bytes again reuses the owner's first copy; another member's identical file stays theirs."""
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="uploads")
     path = models.CharField(max_length=4096, unique=True)
     size_bytes = models.BigIntegerField()
+    # The file's digest: the same owner uploading the same bytes again is given this copy (blank: stored before).
+    sha256 = models.CharField(max_length=64, blank=True, db_index=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:

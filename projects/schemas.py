@@ -203,6 +203,9 @@ class DatasetReportOut(Schema):
 
 class DatasetUploadOut(Schema):
     dataset_path: str = Field(description="Give this as dataset_path to POST /projects or PATCH /projects/{id}.")
+    reused: bool = Field(
+        False, description="True: you uploaded the same bytes before, and that first copy's path is answered."
+    )
     report: DatasetReportOut
 
 

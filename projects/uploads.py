@@ -3,7 +3,9 @@
 Every upload (page or API) is stored through `receive_upload` and removed through `discard_upload`, each given
 the Actor and writing the audit record; storing records the owner and enforces the per-user quota
 (PortalSettings.upload_quota_bytes). Only the owner and staff may point a project at an upload.
-An upload no project references is removed by the periodic `cleanup_uploads` once older than
+The same bytes uploaded again by the same owner are not stored twice: the owner is given the first copy (another
+member's identical file is never handed out, it stays theirs). A refused upload is removed only when this
+request stored it and no project uses it. An upload no project references is removed by the periodic `cleanup_uploads` once older than
 MTM_UPLOAD_GRACE_HOURS.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -20,10 +23,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Sum
+from django.utils import timezone
 
 from models_registry.models import PortalSettings
 from mtm import audit
 from mtm.audit import Actor
+from mtm.shared.files import file_sha256
 from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
 from projects.datasets import DatasetError, DatasetPathCheck, store_upload, uploads_root
@@ -51,9 +56,35 @@ def _quota_problem(user: Any, name: str, size: int, used: int, quota: int) -> Pr
     )
 
 
-def receive_upload(actor: Actor, fileobj: IO[bytes] | Any, original_name: str) -> Path:
+@dataclass(frozen=True)
+class ReceivedUpload:
+    """Where an upload is kept, and whether it is the owner's earlier copy of the same bytes (`reused`)."""
+
+    path: Path
+    reused: bool = False
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def _earlier_copy(owner: Any, digest: str, size: int) -> Upload | None:
+    """The owner's own earlier upload of the same bytes whose file is still there and unchanged in size."""
+    for upload in Upload.objects.filter(owner=owner, sha256=digest, size_bytes=size).order_by("created_at", "id"):
+        try:
+            if os.path.isfile(upload.path) and not os.path.islink(upload.path) and os.path.getsize(upload.path) == size:
+                return upload
+        except OSError:
+            continue
+    return None
+
+
+def receive_upload(actor: Actor, fileobj: IO[bytes] | Any, original_name: str) -> ReceivedUpload:
     """Store an upload for the actor's user and record it (owner and audit); DatasetError for a bad file or one
-    over the user's quota (nothing is kept then)."""
+    over the user's quota (nothing is kept then). The same bytes the same user uploaded before answer that first
+    copy (`reused`), count once against the quota, and are kept from the periodic cleanup's grace period anew."""
     owner = actor.user
     quota = PortalSettings.load().upload_quota_bytes
     announced = getattr(fileobj, "size", None)
@@ -63,32 +94,57 @@ def receive_upload(actor: Actor, fileobj: IO[bytes] | Any, original_name: str) -
             raise DatasetError([_quota_problem(owner, str(original_name), announced, used, quota)])
     path = store_upload(fileobj, original_name)
     size = path.stat().st_size
+    earlier = None
     try:
+        digest = file_sha256(path)
         with transaction.atomic():
-            # Lock the user's row so two uploads at once cannot both fit under the quota.
+            # Lock the user's row so two uploads at once cannot both fit under the quota (or both be first).
             get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
-            used = used_bytes(owner)
-            if quota and used + size > quota:
-                raise DatasetError([_quota_problem(owner, path.name, size, used, quota)])
-            upload = Upload.objects.create(owner=owner, path=os.path.realpath(path), size_bytes=size)
-            audit.record_change(
-                actor, "upload.create", upload, {"path": [None, upload.path], "size_bytes": [None, size]}
-            )
+            earlier = _earlier_copy(owner, digest, size) if owner is not None and owner.pk else None
+            if earlier is not None:
+                Upload.objects.filter(pk=earlier.pk).update(created_at=timezone.now())
+                audit.record_change(actor, "upload.reuse", earlier, {"sent_as": [None, path.name]})
+            else:
+                used = used_bytes(owner)
+                if quota and used + size > quota:
+                    raise DatasetError([_quota_problem(owner, path.name, size, used, quota)])
+                upload = Upload.objects.create(owner=owner, path=os.path.realpath(path), size_bytes=size, sha256=digest)
+                audit.record_change(
+                    actor,
+                    "upload.create",
+                    upload,
+                    {"path": [None, upload.path], "size_bytes": [None, size], "sha256": [None, digest]},
+                )
     except BaseException:
         shutil.rmtree(path.parent, ignore_errors=True)
         raise
-    return path
+    if earlier is not None:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        return ReceivedUpload(Path(earlier.path), reused=True)
+    return ReceivedUpload(path)
 
 
-def discard_upload(path: str | os.PathLike, *, actor: Actor) -> None:
-    """Remove an upload's folder and record (each upload has a folder of its own under the uploads folder)."""
+def discard_refused(received: ReceivedUpload, *, actor: Actor) -> bool:
+    """Undo `receive_upload` for a file that was refused: remove it when this request stored it; an earlier copy
+    handed out again stays (the owner had it before). Returns whether it was removed."""
+    if received.reused:
+        return False
+    return discard_upload(received.path, actor=actor)
+
+
+def discard_upload(path: str | os.PathLike, *, actor: Actor) -> bool:
+    """Remove an upload's folder and record (each upload has a folder of its own under the uploads folder), unless
+    a project's dataset is that file: then nothing is removed. Returns whether it was removed."""
     path = Path(os.path.realpath(path))
+    if str(path) in _referenced():
+        return False
     root = os.path.realpath(uploads_root())
     if path.parent != Path(root) and is_within(str(path.parent), root):
         shutil.rmtree(path.parent, ignore_errors=True)
     for upload in Upload.objects.filter(path=str(path)):
         audit.record_change(actor, "upload.delete", upload, {"path": [upload.path, None]})
         upload.delete()
+    return True
 
 
 def upload_problems(located: DatasetPathCheck, actor: Any, project: TrainingProject | None) -> list[Problem]:

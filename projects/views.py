@@ -35,7 +35,7 @@ from projects.services import (
     delete_project,
     update_project,
 )
-from projects.uploads import discard_upload, receive_upload
+from projects.uploads import discard_refused, receive_upload
 
 
 @require_http_methods(["GET", "HEAD"])
@@ -64,7 +64,8 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
     stored = None
     if upload:
         try:
-            stored = dataset_path = str(receive_upload(Actor.of(request, Channel.PAGE), upload, upload.name))
+            stored = receive_upload(Actor.of(request, Channel.PAGE), upload, upload.name)
+            dataset_path = str(stored)
         except DatasetError as exc:
             upload_failed = True
             for problem in exc.problems:
@@ -87,7 +88,7 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
             saved = project
     except ProjectInvalid as refused:
         if stored and refused.check.errors.get("dataset_path"):
-            discard_upload(stored, actor=Actor.of(request, Channel.PAGE))
+            discard_refused(stored, actor=Actor.of(request, Channel.PAGE))
             form.keep_dataset_path(typed_path, upload_kept=False)
         form.add_problems(refused.check)
         form.dataset_report = refused.check.dataset

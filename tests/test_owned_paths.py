@@ -356,10 +356,13 @@ def test_unreferenced_uploads_are_removed_after_the_grace_period(team, tiny_llam
     from projects.tasks import cleanup_uploads
     from projects.uploads import receive_upload
 
-    used = receive_upload(Actor.command_line(team["mallory"]), SimpleUploadedFile("used.jsonl", QA_BYTES), "used.jsonl")
+    used = receive_upload(
+        Actor.command_line(team["mallory"]), SimpleUploadedFile("used.jsonl", QA_BYTES), "used.jsonl"
+    ).path
+    # Other bytes: the same bytes again would be the used upload itself (an owner's identical upload is reused).
     unused = receive_upload(
-        Actor.command_line(team["mallory"]), SimpleUploadedFile("unused.jsonl", QA_BYTES), "unused.jsonl"
-    )
+        Actor.command_line(team["mallory"]), SimpleUploadedFile("unused.jsonl", QA_BYTES + QA_BYTES), "unused.jsonl"
+    ).path
     create_project(
         actor=Actor.command_line(team["mallory"]),
         data=fields(team["root"], tiny_llama_in_cache[0], dataset_path=str(used)),
