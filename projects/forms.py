@@ -77,8 +77,8 @@ class ProjectForm(forms.Form):
         label="Validation prompt",
         required=False,
         widget=forms.Textarea(attrs={"rows": 2}),
-        help_text="After training the model completes this prompt as its inference test. Blank: the dataset's "
-        "first prompt.",
+        help_text="After training the model completes this prompt as its inference test. Blank: the prompt of the "
+        "dataset's last row, kept out of training when the dataset has 10 rows or more (else its first prompt).",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -10,9 +10,10 @@ from typing import Any
 
 from django.http import QueryDict
 
-from models_registry.services import output_roots
+from models_registry.services import dataset_roots, output_roots
 from projects.hyperparameters import QUICK_CHECK
 from projects.models import TrainingProject
+from projects.sample_dataset import find_sample_dataset
 
 MAX_QUERY_TEXT = 200
 
@@ -37,7 +38,8 @@ def free_output_directory(base: str) -> str:
 
 
 def starting_values(query: QueryDict) -> dict[str, Any]:
-    """Changes to a new form's defaults from its address: ?model=&revision= from a model's page, ?preset=quick."""
+    """Changes to a new form's defaults from its address: ?model=&revision= from a model's page, ?preset=quick,
+    ?dataset=sample (the sample dataset, when it is under an allowed dataset root)."""
     values: dict[str, Any] = {}
     model = query.get("model", "")[:MAX_QUERY_TEXT].strip()
     if model:
@@ -46,4 +48,22 @@ def starting_values(query: QueryDict) -> dict[str, Any]:
     values["output_directory"] = free_output_directory(_folder_name(model) if model else "my-project")
     if query.get("preset") == "quick":
         values.update(QUICK_CHECK)
+    if query.get("dataset") == "sample" and (sample := find_sample_dataset(dataset_roots())) is not None:
+        values["dataset_path"] = str(sample)
     return values
+
+
+def starting_links(query: QueryDict) -> dict[str, str]:
+    """The new form's own address with the quick-check preset, and with the sample dataset (when there is one),
+    each keeping what the address already chose."""
+    links = {}
+    for key, value in (("preset", "quick"), ("dataset", "sample")):
+        if key == "dataset" and find_sample_dataset(dataset_roots()) is None:
+            continue
+        changed = query.copy()
+        changed[key] = value
+        kept = {k: changed[k][:MAX_QUERY_TEXT] for k in ("model", "revision", "preset", "dataset") if changed.get(k)}
+        encoded = QueryDict(mutable=True)
+        encoded.update(kept)
+        links[key] = "?" + encoded.urlencode()
+    return links

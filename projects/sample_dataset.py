@@ -31,3 +31,12 @@ def write_sample_dataset(root: str | os.PathLike) -> tuple[Path, bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in sample_rows()), encoding="utf-8")
     return path, True
+
+
+def find_sample_dataset(roots: list[str]) -> Path | None:
+    """The sample file under an allowed dataset root, when one is there (a plain file, not a link)."""
+    for root in roots:
+        path = Path(root) / SAMPLE_FOLDER / SAMPLE_NAME
+        if path.is_file() and not path.is_symlink():
+            return path
+    return None

@@ -25,7 +25,7 @@ from projects.display import hyperparameter_rows, run_duration
 from projects.forms import ProjectForm, problem_error
 from projects.inline_checks import output_status
 from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
-from projects.new_project import starting_values
+from projects.new_project import starting_links, starting_values
 from projects.run_views import polled_partial
 from projects.services import (
     ProjectBusy,
@@ -130,6 +130,7 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
     context: dict[str, Any] = {
         "form": form,
         "project": project,
+        "starting_links": starting_links(request.GET) if project is None else {},
         "groups": form.field_groups(),
         "dataset": _dataset_after_post(form),
         "field_warnings": {"max_seq_length": warning} if (warning := _seq_length_warning(form)) else {},

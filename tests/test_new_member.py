@@ -74,3 +74,19 @@ def test_the_forms_dataset_check_applies_the_chosen_chat_template(member, portal
     assert "has no chat template" in own
     chatml = client.get("/projects/check-dataset/", {**query, "chat_template": "chatml"}).content.decode()
     assert "has no chat template" not in chatml and "3 rows" in chatml
+
+
+def test_the_form_offers_the_sample_dataset_when_it_is_there(member, portal_roots):
+    from projects.sample_dataset import write_sample_dataset
+
+    client = secure_client(member)
+    assert "Use the sample dataset" not in client.get("/projects/new/").content.decode()
+    sample, _ = write_sample_dataset(portal_roots / "datasets")
+    form = client.get("/projects/new/", {"model": "test-org/tiny-llama", "preset": "quick"}).content.decode()
+    assert 'href="?model=test-org%2Ftiny-llama&amp;preset=quick&amp;dataset=sample">Use the sample dataset' in form
+    chosen = client.get("/projects/new/", {"model": "test-org/tiny-llama", "dataset": "sample"}).content.decode()
+    assert box(chosen, "dataset_path") == str(sample)
+    assert (
+        'href="?model=test-org%2Ftiny-llama&amp;preset=quick&amp;dataset=sample">Use the quick-check preset' in chosen
+    )
+    assert box(chosen, "max_steps") != str(QUICK_CHECK["max_steps"])  # the preset is only applied when chosen

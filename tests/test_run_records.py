@@ -114,6 +114,12 @@ def test_a_succeeded_run_whose_files_are_gone_says_missing(project, owner):
     assert "files missing</span>" in page(owner, f"/projects/{project.pk}/")
 
 
+def test_a_queued_runs_folder_is_not_yet_written_not_missing(project, owner):
+    run = start(project, owner)
+    html = page(owner, f"/projects/runs/{run.pk}/")
+    assert '<span class="badge badge-muted">not written yet</span>' in html and ">missing</span>" not in html
+
+
 # --- a run keeps what it trained with --------------------------------------------------------------------------
 
 
