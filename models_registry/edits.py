@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from models_registry.models import ModelOverride
+from models_registry.models import ModelOverride, PublishedModel
 from models_registry.names import name_error
 from models_registry.resolution import Resolution, resolve
 from models_registry.services import current_cache_dir
@@ -37,7 +37,15 @@ def override_problems(model_name: str, path: str) -> list[Problem]:
 def duplicate_override(model_name: str, exclude_pk: int | None = None) -> Problem | None:
     taken = ModelOverride.objects.filter(model_name=model_name).exclude(pk=exclude_pk).first()
     if taken is None:
-        return None
+        published = PublishedModel.objects.filter(model_name__iexact=model_name).first()
+        if published is None:
+            return None
+        return Problem(
+            "override_exists",
+            f"'{published.model_name}' is the name of a model published from a run (project "
+            f"'{published.project_name}'): an override would hide it from every project that trains on it.",
+            "Choose another name, or have the published model unpublished first (its files stay on disk).",
+        )
     return Problem(
         "override_exists",
         f"An override for '{model_name}' already exists (id {taken.pk}).",

@@ -367,10 +367,18 @@ def forget(cache_dir: Path | None = None) -> None:
 
 
 def list_models(
-    cache_dir: Path, overrides: Iterable[tuple[str, str, bool]] = (), store: Path | None = None
+    cache_dir: Path,
+    overrides: Iterable[tuple[str, str, bool]] = (),
+    store: Path | None = None,
+    published: Iterable[tuple[str, str]] = (),
 ) -> list[ListedModel]:
-    """Cached repos and overrides, sorted by name. An override answers for its name, as in resolution."""
+    """Cached repos, published models and overrides, sorted by name. As in resolution, an override answers for its
+    name, and a published model only for a name the cache does not hold."""
     by_name = {item.model_name: item for item in list_cached(cache_dir, store)}
+    for name, path in published:
+        if name not in by_name:
+            res = resolve(name, cache_dir=cache_dir, published_path=path)
+            by_name[name] = ListedModel(name, "portal", res.path or path, None, res.errors, res.warnings)
     for name, path, trust in overrides:
         res = resolve(name, cache_dir=cache_dir, override_path=path, trust_remote_code=trust)
         by_name[name] = ListedModel(name, "override", res.path or path, None, res.errors, res.warnings)

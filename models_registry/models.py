@@ -93,3 +93,31 @@ class PortalSettings(models.Model):
     def load(cls) -> PortalSettings:
         obj, _ = cls.objects.get_or_create(pk=1)
         return obj
+
+
+class PublishedModel(models.Model):
+    """A succeeded run's model published under a name: it resolves with source "portal" (after overrides and the
+    cache). The facts are copied from the run's manifest at publishing, so they stay when the run is deleted;
+    unpublishing deletes this row only, never the files."""
+
+    model_name = models.CharField(max_length=96, unique=True, validators=[validate_model_name_field])
+    path = models.CharField(max_length=4096, help_text="The run's model folder (a LoRA run's merged/ folder).")
+    run = models.ForeignKey(
+        "projects.TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="published_models"
+    )
+    project_name = models.CharField(max_length=120, blank=True)
+    method = models.CharField(max_length=8, blank=True)
+    base_model = models.CharField(max_length=96, blank=True)
+    base_revision = models.CharField(max_length=255, blank=True)
+    dataset_sha256 = models.CharField(max_length=64, blank=True)
+    note = models.TextField(blank=True)
+    published_at = models.DateTimeField(default=timezone.now)
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["model_name"]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} (published)"

@@ -1,4 +1,5 @@
-"""Where models live and which folder answers for a name: override first, then the HF cache, then an explicit failure."""
+"""Where models live and which folder answers for a name: override first, then the HF cache, then a model published
+from a run (source "portal"), then an explicit failure."""
 
 from __future__ import annotations
 
@@ -161,8 +162,10 @@ def resolve(
     cache_dir: Path,
     override_path: str | None = None,
     trust_remote_code: bool = False,
+    published_path: str | None = None,
 ) -> Resolution:
-    """Resolve a model name to a checked folder. Plain values in, a Resolution out; nothing raised for bad input."""
+    """Resolve a model name to a checked folder. Plain values in, a Resolution out; nothing raised for bad input.
+    `published_path` (a run's model published under this name) answers only when the cache has no such repo."""
     result = Resolution(model_name=name if isinstance(name, str) else repr(name))
     if problem := name_error(name):
         result.errors.append(problem)
@@ -174,6 +177,8 @@ def resolve(
     try:
         if override_path is not None:
             return _resolve_override(result, override_path, revision, trust_remote_code, Path(cache_dir))
+        if published_path is not None and not (Path(cache_dir) / repo_folder_name(name)).is_dir():
+            return _resolve_published(result, published_path, revision, Path(cache_dir))
         return _resolve_cache(result, Path(cache_dir), revision)
     except OSError as exc:  # a folder the scan cannot read is this model's problem, never the caller's error
         result.path, result.files = None, []
@@ -249,6 +254,32 @@ def _resolve_override(
     report = check_model_folder(
         folder, root=folder, model_name=name, trust_remote_code=trust, context=CacheContext(cache_dir=cache_dir)
     )
+    result.path, result.tokenizer_source = str(folder), report.tokenizer_source
+    result.files, result.errors, result.warnings = report.files, report.errors, result.warnings + report.warnings
+    return result
+
+
+def _resolve_published(result: Resolution, path: str, revision: str | None, cache_dir: Path) -> Resolution:
+    """A run's model published in the portal: its folder, checked as an override's is; links out of it are unsafe."""
+    name = result.model_name
+    folder = Path(path)
+    result.searched.append(f"published: {folder}")
+    result.source = "portal"
+    if not folder.is_absolute() or folder.is_symlink() or not folder.is_dir():
+        result.errors.append(
+            Problem(
+                "model_not_found",
+                f"Model '{name}' not found. Please ensure the model is downloaded: it was published from a run whose "
+                f"model folder {folder} is no longer a folder (deleted or moved since).",
+                "Publish the name again from a run whose files are on disk, or unpublish it.",
+            )
+        )
+        return result
+    if revision:
+        result.warnings.append(
+            Problem("revision_ignored", f"Revision '{revision}' is ignored: a published model has no revisions.", "")
+        )
+    report = check_model_folder(folder, root=folder, model_name=name, context=CacheContext(cache_dir=cache_dir))
     result.path, result.tokenizer_source = str(folder), report.tokenizer_source
     result.files, result.errors, result.warnings = report.files, report.errors, result.warnings + report.warnings
     return result

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.conf import settings as django_settings
 
-from models_registry.models import ModelOverride, PortalSettings
+from models_registry.models import ModelOverride, PortalSettings, PublishedModel
 from models_registry.names import name_error
 from models_registry.resolution import Resolution, hf_cache_dir, resolve
 
@@ -28,17 +28,21 @@ def dataset_roots() -> list[str]:
 
 
 def resolve_model(name: str, revision: str | None = None) -> Resolution:
-    """Enabled override first, then the HF cache; format checked; an explicit failure otherwise."""
+    """Enabled override first, then the HF cache, then a model published from a run; format checked; an explicit
+    failure otherwise."""
     cache_dir, _ = current_cache_dir()
-    override = None
+    override = published = None
     if name_error(name) is None:  # a hostile name never reaches a query (PostgreSQL refuses NUL bytes)
         override = ModelOverride.objects.filter(model_name=name, enabled=True).first()
+        if override is None:
+            published = PublishedModel.objects.filter(model_name=name).values_list("path", flat=True).first()
     return resolve(
         name,
         revision,
         cache_dir=cache_dir,
         override_path=override.path if override else None,
         trust_remote_code=bool(override and override.trust_remote_code),
+        published_path=published,
     )
 
 
@@ -47,7 +51,10 @@ def available_models(query: str | None = None, valid: bool | None = None) -> tup
 
     cache_dir, _ = current_cache_dir()
     overrides = ModelOverride.objects.filter(enabled=True).values_list("model_name", "path", "trust_remote_code")
-    models = list_models(cache_dir, overrides, store=django_settings.VAR_DIR / "model-listing.json")
+    published = PublishedModel.objects.values_list("model_name", "path")
+    models = list_models(
+        cache_dir, overrides, store=django_settings.VAR_DIR / "model-listing.json", published=published
+    )
     if query:
         needle = query.strip().lower()
         models = [m for m in models if needle in m.model_name.lower()]

@@ -15,7 +15,7 @@ from django.views.decorators.vary import vary_on_headers
 from models_registry import services
 from models_registry.chat_template_source import chat_template_source
 from models_registry.forms import ModelCheckForm, PortalSettingsForm
-from models_registry.models import PortalSettings
+from models_registry.models import PortalSettings, PublishedModel
 from models_registry.names import name_error
 from models_registry.settings_checks import PathReport, check_cache_path, check_root, split_lines
 from models_registry.settings_services import OTHER_SETTINGS_FIELDS, SETTINGS_FIELDS, SettingsRefused, update_settings
@@ -71,6 +71,13 @@ def model_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
     context = {"name": name, "revision": revision, "resolution": resolution, "training_refusal": refusal}
     if resolution.path:
         context["chat_template"] = chat_template_source(resolution.path) or ""
+    if resolution.source == "portal":
+        from projects.publishing import can_unpublish
+
+        rows = PublishedModel.objects.select_related("run__project__owner", "published_by")
+        published = rows.filter(model_name=name).first()
+        context["published"] = published
+        context["can_unpublish"] = published is not None and can_unpublish(request.user, published)
     return render(request, "models/detail.html", context, status=status)
 
 

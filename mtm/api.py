@@ -9,6 +9,7 @@ from mtm.api_errors import JsonObjectParser, install_error_handlers
 from mtm.api_tokens import router as tokens_router
 from mtm.auth import api_auth
 from projects.api import router as projects_router
+from projects.publish_api import router as publish_router
 
 api = NinjaAPI(
     title="Model Training Manager API",
@@ -29,4 +30,5 @@ install_error_handlers(api)
 api.add_router("", registry_router)
 # Projects and runs (projects/api.py), after the registry:
 api.add_router("", projects_router)
+api.add_router("", publish_router)
 api.add_router("", tokens_router)

@@ -22,3 +22,8 @@ def require_manage(user: Any, project: TrainingProject, action: str) -> None:
         raise PermissionDenied(
             f"Only the owner of project '{project.name}' ({project.owner.get_username()}) or staff may {action}."
         )
+
+
+def can_view(user: Any, project: TrainingProject) -> bool:
+    """True for every active, signed-in member: every member sees every project and its runs."""
+    return bool(getattr(user, "is_authenticated", False) and user.is_active)

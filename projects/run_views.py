@@ -20,8 +20,9 @@ from mtm.shared.problems import Problem
 from projects import run_records
 from projects.access import can_manage, require_manage
 from projects.display import run_duration, run_eta
-from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
+from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, RunStatus, TrainingProject, TrainingRun
 from projects.pipeline import CancelOutcome
+from projects.publishing import published_of
 from projects.run_columns import RunProgress, ValidationReport
 from projects.run_config import changes_since, config_rows, previous_run, run_config
 from projects.run_services import RunRefused, cancel_run, start_run
@@ -86,6 +87,20 @@ def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
         "can_manage": can_manage(user, project),
         "place_in_line": place_in_line(run),
         "other_live_run": project.runs.filter(status__in=LIVE_STATUSES).exclude(pk=run.pk).first(),
+        **result_context(run, config),
+    }
+
+
+def result_context(run: TrainingRun, config: Any) -> dict[str, Any]:
+    """What the run page offers to build on a succeeded run: its published names, Publish (a full model or a merged
+    LoRA), and the adapter download (LoRA)."""
+    if run.status != RunStatus.SUCCEEDED:
+        return {}
+    lora = config.method == "lora"
+    return {
+        "published": published_of(run),
+        "publishable": not lora or bool(config.values.merge_after_training),
+        "has_adapter": lora,
     }
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from projects import inline_checks, run_list, run_views, views
+from projects import inline_checks, publish_views, run_list, run_views, views
 
 app_name = "projects"
 
@@ -20,4 +20,7 @@ urlpatterns = [
     path("runs/<int:pk>/", run_views.run_detail, name="run"),
     path("runs/<int:pk>/log/", run_list.run_log, name="run-log"),
     path("runs/<int:pk>/cancel/", run_views.run_cancel, name="cancel"),
+    path("runs/<int:pk>/publish/", publish_views.run_publish, name="publish"),
+    path("runs/<int:pk>/adapter.tar.gz", publish_views.run_adapter, name="adapter"),
+    path("published/<int:pk>/unpublish/", publish_views.published_unpublish, name="unpublish"),
 ]

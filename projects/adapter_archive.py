@@ -1,0 +1,158 @@
+"""A LoRA run's adapter as a .tar.gz, streamed: the regular files at the top of the run's folder (the adapter, its
+tokenizer files and the manifest), never its checkpoints, merged model or anything reached through a link.
+
+The folder is opened without following links, and each file by name inside it with O_NOFOLLOW: a link planted in
+the folder (to a file or a folder elsewhere) is left out, as is a file with more than one hard link (another name
+for a file outside the folder). Files are read and compressed a block at a time, so memory stays small whatever
+the adapter's size.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from django.http import StreamingHttpResponse
+
+from mtm.shared.nofollow import open_dir_nofollow
+from mtm.shared.problems import Problem
+from projects.models import RunStatus, TrainingRun
+
+ADAPTER_CONFIG = "adapter_config.json"
+_BLOCK = 1 << 16
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class AdapterUnavailable(Exception):
+    """`status`: 404 when the run has no adapter (not LoRA, not succeeded, files gone)."""
+
+    def __init__(self, problem: Problem, status: int = 404):
+        super().__init__(problem.message)
+        self.problem = problem
+        self.status = status
+
+
+@dataclass(frozen=True)
+class AdapterArchive:
+    filename: str
+    chunks: Iterator[bytes]
+
+    def response(self) -> StreamingHttpResponse:
+        """The archive as a download, streamed as it is made."""
+        response = StreamingHttpResponse(self.chunks, content_type="application/gzip")
+        response["Content-Disposition"] = f'attachment; filename="{self.filename}"'
+        return response
+
+
+def archive_name(run: TrainingRun) -> str:
+    return f"run-{run.pk}-adapter"
+
+
+def _unavailable(run: TrainingRun, why: str) -> AdapterUnavailable:
+    return AdapterUnavailable(
+        Problem(
+            "adapter_unavailable",
+            f"Run {run.pk} has no LoRA adapter to download: {why}.",
+            "A LoRA run that succeeded, with its files on disk, has one; a full fine-tune is the whole model.",
+        )
+    )
+
+
+def _members(folder_fd: int) -> list[str]:
+    """The names of the regular, singly linked files at the top of the folder (no links, folders, or dotfiles)."""
+    names = []
+    for name in sorted(os.listdir(folder_fd)):
+        if name.startswith("."):
+            continue
+        try:
+            info = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            names.append(name)
+    return names
+
+
+def adapter_archive(run: TrainingRun) -> AdapterArchive:
+    """The archive of a succeeded LoRA run's adapter; AdapterUnavailable (checked before any byte is sent)."""
+    if run.status != RunStatus.SUCCEEDED:
+        raise _unavailable(run, f"it is {run.status}")
+    if not run.output_directory:
+        raise _unavailable(run, "it never wrote a folder")
+    try:
+        folder_fd = open_dir_nofollow(run.output_directory)
+    except OSError:
+        raise _unavailable(run, f"its folder {run.output_directory} is gone or is reached through a link") from None
+    try:
+        names = _members(folder_fd)
+    except OSError:
+        os.close(folder_fd)
+        raise _unavailable(run, f"its folder {run.output_directory} cannot be read") from None
+    if ADAPTER_CONFIG not in names:
+        os.close(folder_fd)
+        raise _unavailable(run, f"there is no {ADAPTER_CONFIG} in {run.output_directory}")
+    prefix = archive_name(run)
+    return AdapterArchive(f"{prefix}.tar.gz", _stream(folder_fd, names, prefix))
+
+
+class _Sink:
+    """Where the gzip stream writes; drained after each block."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def drain(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+def _stream(folder_fd: int, names: list[str], prefix: str) -> Iterator[bytes]:
+    sink = _Sink()
+    try:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0) as out:
+            folder = tarfile.TarInfo(prefix)
+            folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+            out.write(folder.tobuf(format=tarfile.PAX_FORMAT))
+            for name in names:
+                yield from _add_file(out, sink, folder_fd, name, prefix)
+            out.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        yield sink.drain()
+    finally:
+        os.close(folder_fd)
+
+
+def _add_file(out: gzip.GzipFile, sink: _Sink, folder_fd: int, name: str, prefix: str) -> Iterator[bytes]:
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=folder_fd)
+    except OSError:  # swapped for a link (or removed) since it was listed: left out
+        return
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            return
+        member = tarfile.TarInfo(f"{prefix}/{name}")
+        member.size, member.mode, member.mtime = info.st_size, 0o644, int(info.st_mtime)
+        out.write(member.tobuf(format=tarfile.PAX_FORMAT))
+        left = info.st_size
+        while left > 0:
+            block = handle.read(min(_BLOCK, left))
+            if not block:  # the file shrank while it was read: pad, so the archive stays well formed
+                block = tarfile.NUL * min(_BLOCK, left)
+            out.write(block)
+            left -= len(block)
+            if sink.parts:
+                yield sink.drain()
+        if remainder := info.st_size % tarfile.BLOCKSIZE:
+            out.write(tarfile.NUL * (tarfile.BLOCKSIZE - remainder))

@@ -1,0 +1,264 @@
+"""Publishing a succeeded run's model to the registry under a name, and unpublishing it: the one way in for the
+page, the API and the admin.
+
+A published name resolves with source "portal" (models_registry.resolution) to the run's model folder: the run
+folder of a full fine-tune, the merged/ folder of a LoRA run (an adapter alone is no model to train on). The
+facts shown on the model page (run, base model and revision, dataset sha256, method) are copied from the run's
+manifest when it is published. Unpublishing removes the name only; the run's files stay where they are.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from django.db import IntegrityError, transaction
+
+from models_registry.models import ModelOverride, PublishedModel
+from models_registry.names import name_error, repo_folder_name
+from models_registry.resolution import Resolution, resolve
+from models_registry.services import current_cache_dir
+from mtm import audit
+from mtm.audit import Actor
+from mtm.shared.nofollow import open_dir_nofollow
+from mtm.shared.problems import Problem
+from projects.access import can_manage
+from projects.models import RunStatus, TrainingRun
+from projects.trainer.outputs import MANIFEST_NAME, MERGED_DIR
+
+MANIFEST_LIMIT = 32 * 1024 * 1024
+PUBLISHED_FIELDS = (
+    "model_name",
+    "path",
+    "project_name",
+    "method",
+    "base_model",
+    "base_revision",
+    "dataset_sha256",
+    "note",
+)
+
+
+class PublishRefused(Exception):
+    """`status`: 403 not allowed, 409 the name is taken, 422 the name or the run cannot be published."""
+
+    def __init__(self, problems: list[Problem], status: int = 422):
+        super().__init__("; ".join(p.message for p in problems))
+        self.problems = problems
+        self.status = status
+
+
+def _refuse(code: str, message: str, hint: str, status: int = 422) -> PublishRefused:
+    return PublishRefused([Problem(code, message, hint)], status)
+
+
+def _name_clash(name: str) -> PublishRefused | None:
+    """The name is an override's, a cache model's (any case: a near-twin would mislead), or already published."""
+    lowered = name.lower()
+    override = next((o for o in ModelOverride.objects.all() if o.model_name.lower() == lowered), None)
+    if override is not None:
+        return _refuse(
+            "model_name_taken",
+            f"'{name}' is the name of a Model Override ('{override.model_name}' → {override.path}): a published "
+            "model may not take it.",
+            "Choose another name, e.g. team/<project>-v2.",
+            409,
+        )
+    cache_dir, _ = current_cache_dir()
+    folder = repo_folder_name(name).lower()
+    try:
+        cached = next((entry for entry in os.listdir(cache_dir) if entry.lower() == folder), None)
+    except OSError:
+        cached = None
+    if cached is not None:
+        return _refuse(
+            "model_name_taken",
+            f"'{name}' names a model in the Hugging Face cache ({cache_dir / cached}): publishing under it would "
+            "shadow that model for every project that trains on it.",
+            "Choose a name of your own, e.g. team/<project>-v2.",
+            409,
+        )
+    taken = PublishedModel.objects.filter(model_name__iexact=name).select_related("run").first()
+    if taken is not None:
+        source = f"run {taken.run_id}" if taken.run_id else "a run since deleted"
+        return _refuse(
+            "model_name_taken",
+            f"'{taken.model_name}' is already published (from {source} of project '{taken.project_name}').",
+            "Choose another name, or unpublish that one first (its files stay on disk).",
+            409,
+        )
+    return None
+
+
+def _read_manifest(folder_fd: int, run: TrainingRun) -> dict[str, Any]:
+    try:
+        fd = os.open(MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
+    except OSError:
+        fd = None
+    if fd is None:
+        raise _refuse(
+            "manifest_missing",
+            f"Run {run.pk} has no readable {MANIFEST_NAME} in {run.output_directory}: its output is gone or incomplete.",
+            "Publish a succeeded run whose files are on disk.",
+        )
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            raw = handle.read(MANIFEST_LIMIT + 1)
+        manifest = json.loads(raw) if len(raw) <= MANIFEST_LIMIT else None
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise _refuse(
+            "manifest_invalid",
+            f"Run {run.pk}'s {MANIFEST_NAME} is not the JSON object the trainer writes.",
+            "Publish a run whose output was not changed since it was trained.",
+        )
+    return manifest
+
+
+def _model_folder(run: TrainingRun, manifest: dict[str, Any]) -> str:
+    layout = manifest.get("layout") if isinstance(manifest.get("layout"), dict) else {}
+    model_dir = layout.get("model_dir")
+    if model_dir is None:
+        raise _refuse(
+            "adapter_not_merged",
+            f"Run {run.pk} trained a LoRA adapter without merging it into the base model: there is no complete "
+            "model to publish.",
+            "Download the adapter from the run's page, or start a run with 'Merge after training' on and publish "
+            "that one.",
+        )
+    if model_dir not in (".", MERGED_DIR):
+        raise _refuse(
+            "manifest_invalid",
+            f"Run {run.pk}'s manifest names its model folder '{model_dir}', not one the trainer writes.",
+            "Publish a run whose output was not changed since it was trained.",
+        )
+    return run.output_directory if model_dir == "." else os.path.join(run.output_directory, MERGED_DIR)
+
+
+def _facts(manifest: dict[str, Any]) -> dict[str, str]:
+    base = manifest.get("base_model") if isinstance(manifest.get("base_model"), dict) else {}
+    dataset = manifest.get("dataset") if isinstance(manifest.get("dataset"), dict) else {}
+    return {
+        "method": str(manifest.get("method") or "")[:8],
+        "base_model": str(base.get("name") or "")[:96],
+        "base_revision": str(base.get("revision") or "")[:255],
+        "dataset_sha256": str(dataset.get("sha256") or "")[:64],
+    }
+
+
+def check_published_folder(name: str, folder: str) -> Resolution:
+    """What the resolver makes of `folder` published as `name` (the format checks every model passes)."""
+    cache_dir, _ = current_cache_dir()
+    return resolve(name, cache_dir=cache_dir, published_path=folder)
+
+
+def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str = "") -> dict[str, Any]:
+    """The row `publish_run` would save, or PublishRefused. Only the run project's owner and staff may publish;
+    the run must have succeeded, its folders be reachable without links, the name be free (no override, cache
+    model or other published model, in any case) and the folder pass the resolver's format checks."""
+    name = model_name.strip() if isinstance(model_name, str) else model_name
+    if not can_manage(actor.user, run.project):
+        raise _refuse(
+            "permission_denied",
+            f"Only the owner of project '{run.project.name}' ({run.project.owner.get_username()}) or staff may "
+            f"publish its runs.",
+            "Ask the owner to publish it, or train a project of your own.",
+            403,
+        )
+    if problem := name_error(name):
+        raise PublishRefused([problem])
+    if run.status != RunStatus.SUCCEEDED:
+        raise _refuse(
+            "run_not_succeeded",
+            f"Run {run.pk} is {run.status}: only a run that succeeded (trained and validated) can be published.",
+            "Publish a succeeded run of the project.",
+        )
+    if clash := _name_clash(name):
+        raise clash
+    try:
+        if not os.path.isabs(run.output_directory or ""):
+            raise FileNotFoundError(run.output_directory)
+        folder_fd = open_dir_nofollow(run.output_directory)
+    except OSError:
+        raise _refuse(
+            "run_files_missing",
+            f"Run {run.pk}'s folder {run.output_directory} cannot be opened without following a link: it is gone, "
+            "or a folder on its path was replaced by a link.",
+            "Publish a run whose files are on disk where it wrote them.",
+        ) from None
+    try:
+        manifest = _read_manifest(folder_fd, run)
+    finally:
+        os.close(folder_fd)
+    folder = _model_folder(run, manifest)
+    try:
+        os.close(open_dir_nofollow(folder))
+    except OSError:
+        raise _refuse(
+            "run_files_missing",
+            f"Run {run.pk}'s model folder {folder} is missing or is a link.",
+            "Publish a run whose files are on disk where it wrote them.",
+        ) from None
+    resolution = check_published_folder(name, folder)
+    if not resolution.valid:
+        raise PublishRefused(resolution.errors)
+    values = {
+        "model_name": name,
+        "path": folder,
+        "project_name": run.project.name,
+        "note": str(note or "")[:2000],
+        **_facts(manifest),
+    }
+    return values
+
+
+def publish_run(run: TrainingRun, model_name: str, *, actor: Actor, note: str = "") -> PublishedModel:
+    """Publish the model `run` trained under `model_name` (check_publish says when it is refused); audited."""
+    values = check_publish(run, model_name, actor=actor, note=note)
+    name = values["model_name"]
+    try:
+        with transaction.atomic():
+            published = PublishedModel.objects.create(run=run, published_by=actor.authenticated_user, **values)
+            audit.record_change(
+                actor, "published_model.create", published, {"run": [None, run.pk], **_as_changes(values)}
+            )
+    except IntegrityError:  # the same name published at the same moment
+        raise _name_clash(name) or _refuse("model_name_taken", f"'{name}' is already published.", "", 409) from None
+    return published
+
+
+def _as_changes(values: dict[str, Any], removed: bool = False) -> dict[str, list[Any]]:
+    return {k: [v, None] if removed else [None, v] for k, v in values.items()}
+
+
+def can_unpublish(user: Any, published: PublishedModel) -> bool:
+    """Staff, whoever published it, and whoever may manage the run's project."""
+    if not (getattr(user, "is_authenticated", False) and user.is_active):
+        return False
+    if user.is_staff or (published.published_by_id is not None and published.published_by_id == user.pk):
+        return True
+    return published.run is not None and can_manage(user, published.run.project)
+
+
+def unpublish(published: PublishedModel, *, actor: Actor) -> None:
+    """Remove the name from the registry; the run's files are never touched."""
+    if not can_unpublish(actor.user, published):
+        raise _refuse(
+            "permission_denied",
+            f"Only staff, its publisher or the owner of the run's project may unpublish '{published.model_name}'.",
+            "Ask one of them to unpublish it.",
+            403,
+        )
+    with transaction.atomic():
+        values = {name: getattr(published, name) for name in PUBLISHED_FIELDS}
+        audit.record_change(actor, "published_model.delete", published, _as_changes(values, removed=True))
+        published.delete()
+
+
+def published_of(run: TrainingRun) -> list[PublishedModel]:
+    return list(PublishedModel.objects.filter(run=run).order_by("model_name"))
+
+
+__all__ = ["PublishRefused", "can_unpublish", "publish_run", "published_of", "unpublish"]

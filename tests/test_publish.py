@@ -1,0 +1,333 @@
+"""Publishing a succeeded run's model under a name, and downloading a LoRA adapter, under attack: someone else's
+run, a name that shadows a cache model or an override, a run that kept no model, a manifest or folder swapped for
+a path elsewhere, an unpublish by a stranger, a download by nobody, and links planted in a run's folder.
+
+The runs here are rows whose folders hold what a run leaves (the real tiny Llama saved as a full fine-tune, or
+adapter files and a manifest): the publishing checks read files, not training. tests/test_publish_training.py
+trains for real and builds a second project on the published model."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import User
+
+from models_registry.models import ModelOverride, PublishedModel
+from models_registry.services import resolve_model
+from mtm.audit import Actor, Channel
+from mtm.models import AuditEvent
+from projects.models import RunStatus, TrainingProject, TrainingRun
+from projects.publishing import PublishRefused, publish_run
+from tests.api_client import call, make_user_token
+from tests.clients import secure_client
+
+SHA = "ab" * 32
+
+
+def manifest(model_dir: str | None, method: str = "full") -> dict:
+    return {
+        "format": 1,
+        "base_model": {"name": "test-org/tiny-llama", "revision": "0123456789abcdef", "path": "/cache/x"},
+        "method": method,
+        "dataset": {"path": "/data/qa.jsonl", "sha256": SHA},
+        "layout": {"model_dir": model_dir, "adapter_dir": None if method == "full" else "."},
+    }
+
+
+def finished_run(project: TrainingProject, *, status: str = RunStatus.SUCCEEDED) -> TrainingRun:
+    run = TrainingRun.objects.create(project=project, started_by=project.owner, status=status)
+    run.output_directory = str(Path(project.output_directory) / f"run-{run.pk}")
+    run.save(update_fields=["output_directory"])
+    return run
+
+
+@pytest.fixture
+def team(portal_roots, tiny_llama_in_cache, tiny_llama_dir):
+    alice, alice_token = make_user_token("alice")
+    mallory, mallory_token = make_user_token("mallory")
+    staff, staff_token = make_user_token("boss", staff=True)
+    project = TrainingProject.objects.create(
+        name="support",
+        owner=alice,
+        model_name=tiny_llama_in_cache[0],
+        dataset_path=str(portal_roots / "datasets" / "qa.jsonl"),
+        output_directory=str(portal_roots / "outputs" / "support"),
+        method="full",
+    )
+    run = finished_run(project)
+    shutil.copytree(tiny_llama_dir, run.output_directory)  # a full fine-tune leaves a complete model at the top
+    (Path(run.output_directory) / "mtm_manifest.json").write_text(json.dumps(manifest(".")))
+    return {
+        "root": portal_roots,
+        "alice": alice,
+        "mallory": mallory,
+        "staff": staff,
+        "tokens": {"alice": alice_token, "mallory": mallory_token, "staff": staff_token},
+        "project": project,
+        "run": run,
+    }
+
+
+@pytest.fixture
+def api(team, client):
+    def publish(who: str, run: TrainingRun, name: str, **body):
+        return call(client, "post", f"/runs/{run.pk}/publish", {"model_name": name, **body}, team["tokens"][who])
+
+    return publish
+
+
+def codes(resp) -> list[str]:
+    return [e["code"] for e in resp.json()["errors"]]
+
+
+# --- publishing --------------------------------------------------------------------------------------------------
+
+
+def test_a_published_model_resolves_from_the_portal_with_its_facts(team, api, client):
+    resp = api("alice", team["run"], "team/support-bot-v2", note="first try")
+    assert resp.status_code == 201, resp.content
+    body = resp.json()
+    assert body["path"] == team["run"].output_directory and body["run_id"] == team["run"].pk
+    assert (body["base_model"], body["base_revision"], body["dataset_sha256"]) == (
+        "test-org/tiny-llama",
+        "0123456789abcdef",
+        SHA,
+    )
+    assert body["validation"]["valid"] is True and body["validation"]["source"] == "portal"
+    resolution = resolve_model("team/support-bot-v2")
+    assert (resolution.valid, resolution.source, resolution.path) == (True, "portal", team["run"].output_directory)
+    checked = call(
+        client, "post", "/projects/validate-model", {"model_name": "team/support-bot-v2"}, team["tokens"]["mallory"]
+    )
+    assert checked.json()["source"] == "portal" and checked.json()["valid"] is True
+    listed = call(client, "get", "/projects/models/available?q=support-bot", None, team["tokens"]["mallory"]).json()
+    assert [(m["model_name"], m["source"], m["valid"]) for m in listed["models"]] == [
+        ("team/support-bot-v2", "portal", True)
+    ]
+    page = secure_client(team["mallory"]).get("/models/team/support-bot-v2/").content.decode()
+    assert 'badge-portal">portal</span>' in page and f"run #{team['run'].pk}</a> of" in page
+    assert "0123456789abcdef" in page and SHA in page and "Train this model" in page
+    assert "Unpublish" not in page  # mallory neither published it nor owns the project
+    event = AuditEvent.objects.get(action="published_model.create")
+    assert (event.actor, event.via, event.changes["model_name"]) == (
+        team["alice"],
+        "api",
+        [None, "team/support-bot-v2"],
+    )
+
+
+def test_publishing_someone_elses_run_is_refused_everywhere(team, api):
+    resp = api("mallory", team["run"], "mallory/stolen")
+    assert resp.status_code == 403 and codes(resp) == ["permission_denied"]
+    assert "Only the owner of project 'support' (alice) or staff" in resp.json()["errors"][0]["message"]
+    page = secure_client(team["mallory"]).post(
+        f"/projects/runs/{team['run'].pk}/publish/", {"model_name": "mallory/stolen"}
+    )
+    assert page.status_code == 403
+    with pytest.raises(PublishRefused) as refused:
+        publish_run(team["run"], "mallory/stolen", actor=Actor(team["mallory"], Channel.CLI))
+    assert refused.value.status == 403
+    assert (
+        not PublishedModel.objects.exists() and not AuditEvent.objects.filter(action__startswith="published").exists()
+    )
+    assert api("staff", team["run"], "team/by-staff").status_code == 201  # staff may
+
+
+@pytest.mark.parametrize("name", ["test-org/tiny-llama", "Test-Org/Tiny-Llama"])
+def test_a_name_that_shadows_a_cache_model_is_refused(team, api, name):
+    resp = api("alice", team["run"], name)
+    assert resp.status_code == 409 and codes(resp) == ["model_name_taken"]
+    assert "names a model in the Hugging Face cache" in resp.json()["errors"][0]["message"]
+    assert resolve_model("test-org/tiny-llama").source == "cache" and not PublishedModel.objects.exists()
+
+
+def test_a_name_an_override_or_another_published_model_holds_is_refused(team, api, client, tiny_llama_dir):
+    ModelOverride.objects.create(model_name="team/overridden", path=str(tiny_llama_dir), enabled=False)
+    resp = api("alice", team["run"], "team/Overridden")
+    assert resp.status_code == 409 and "Model Override" in resp.json()["errors"][0]["message"]
+    assert api("alice", team["run"], "team/bot").status_code == 201
+    again = api("alice", team["run"], "TEAM/bot")
+    assert again.status_code == 409 and "already published" in again.json()["errors"][0]["message"]
+    # And an override may not take a published name afterwards.
+    body = {"model_name": "team/bot", "path": str(tiny_llama_dir)}
+    refused = call(client, "post", "/model-overrides", body, team["tokens"]["staff"])
+    assert refused.status_code == 409 and "published from a run" in refused.json()["errors"][0]["message"]
+    assert resolve_model("team/bot").source == "portal"
+
+
+def test_a_run_that_failed_or_kept_only_an_adapter_is_refused(team, api):
+    failed = finished_run(team["project"], status=RunStatus.FAILED)
+    resp = api("alice", failed, "team/failed")
+    assert resp.status_code == 422 and codes(resp) == ["run_not_succeeded"]
+    adapter_only = finished_run(team["project"])
+    folder = Path(adapter_only.output_directory)
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text("{}")
+    (folder / "mtm_manifest.json").write_text(json.dumps(manifest(None, method="lora")))
+    resp = api("alice", adapter_only, "team/adapter")
+    assert resp.status_code == 422 and codes(resp) == ["adapter_not_merged"]
+    assert "Download the adapter" in resp.json()["errors"][0]["hint"]
+    assert api("alice", team["run"], "bad name!").status_code == 422
+
+
+def test_a_manifest_or_folder_that_points_elsewhere_is_refused(team, api, tiny_llama_dir, tmp_path):
+    run = team["run"]
+    folder = Path(run.output_directory)
+    (folder / "mtm_manifest.json").write_text(json.dumps(manifest("../../../../elsewhere")))
+    resp = api("alice", run, "team/escape")
+    assert resp.status_code == 422 and codes(resp) == ["manifest_invalid"]
+    # A LoRA run's merged/ folder swapped for a link to a model elsewhere.
+    (folder / "mtm_manifest.json").write_text(json.dumps(manifest("merged", method="lora")))
+    (folder / "merged").symlink_to(tiny_llama_dir)
+    resp = api("alice", run, "team/linked-merged")
+    assert resp.status_code == 422 and codes(resp) == ["run_files_missing"]
+    # The run folder itself swapped for a link.
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    folder.symlink_to(moved)
+    resp = api("alice", run, "team/linked-run")
+    assert resp.status_code == 422 and codes(resp) == ["run_files_missing"]
+    assert not PublishedModel.objects.exists()
+
+
+def test_a_published_folder_that_fails_the_format_checks_is_refused(team, api):
+    (Path(team["run"].output_directory) / "config.json").unlink()
+    resp = api("alice", team["run"], "team/broken")
+    assert resp.status_code == 422 and "model_format_invalid" in codes(resp)
+
+
+def test_unpublishing_never_deletes_files_and_strangers_may_not(team, api, client):
+    published = api("alice", team["run"], "team/keep").json()
+    url = f"/published-models/{published['id']}"
+    resp = call(client, "delete", url, None, team["tokens"]["mallory"])
+    assert resp.status_code == 403 and PublishedModel.objects.filter(pk=published["id"]).exists()
+    page = secure_client(team["mallory"]).post(f"/projects/published/{published['id']}/unpublish/")
+    assert page.status_code == 403
+    owner_page = secure_client(team["alice"]).get("/models/team/keep/").content.decode()
+    assert "Unpublish" in owner_page
+    assert call(client, "delete", url, None, team["tokens"]["alice"]).status_code == 204
+    folder = Path(team["run"].output_directory)
+    assert (folder / "config.json").is_file() and (folder / "mtm_manifest.json").is_file()
+    gone = resolve_model("team/keep")
+    assert not gone.valid and gone.errors[0].code == "model_not_found"
+    assert AuditEvent.objects.filter(action="published_model.delete", actor=team["alice"]).count() == 1
+
+
+def test_publish_and_unpublish_from_the_pages(team):
+    page = secure_client(team["alice"])
+    run_page = page.get(f"/projects/runs/{team['run'].pk}/").content.decode()
+    assert "Publish as" in run_page and "Download the LoRA adapter" not in run_page  # a full fine-tune
+    resp = page.post(f"/projects/runs/{team['run'].pk}/publish/", {"model_name": "test-org/tiny-llama"})
+    assert resp.status_code == 302 and resp["Location"] == f"/projects/runs/{team['run'].pk}/"
+    shown = page.get(resp["Location"]).content.decode()
+    assert "names a model in the Hugging Face cache" in shown
+    resp = page.post(f"/projects/runs/{team['run'].pk}/publish/", {"model_name": "team/from-page"})
+    assert resp.status_code == 302 and resp["Location"] == "/models/team/from-page/"
+    assert "Published as" in page.get(f"/projects/runs/{team['run'].pk}/").content.decode()
+    published = PublishedModel.objects.get()
+    assert page.post(f"/projects/published/{published.pk}/unpublish/").status_code == 302
+    assert not PublishedModel.objects.exists() and Path(team["run"].output_directory, "config.json").is_file()
+
+
+def test_staff_publish_and_unpublish_in_the_admin(team):
+    admin = secure_client(User.objects.create_superuser("root-admin", password="x"))
+    resp = admin.post(
+        "/admin/models_registry/publishedmodel/add/",
+        {"model_name": "test-org/tiny-llama", "run": team["run"].pk, "note": ""},
+    )
+    assert resp.status_code == 200 and "names a model in the Hugging Face cache" in resp.content.decode()
+    resp = admin.post(
+        "/admin/models_registry/publishedmodel/add/", {"model_name": "team/admin", "run": team["run"].pk, "note": ""}
+    )
+    assert resp.status_code == 302, resp.content.decode()[-2000:]
+    published = PublishedModel.objects.get()
+    assert AuditEvent.objects.get(action="published_model.create").via == "admin"
+    assert admin.get("/admin/models_registry/publishedmodel/").status_code == 200
+    shown = admin.get(f"/admin/models_registry/publishedmodel/{published.pk}/change/").content.decode()
+    assert SHA in shown and 'name="model_name"' not in shown  # read-only: never edited in place
+    resp = admin.post(f"/admin/models_registry/publishedmodel/{published.pk}/delete/", {"post": "yes"})
+    assert resp.status_code == 302 and not PublishedModel.objects.exists()
+    assert AuditEvent.objects.get(action="published_model.delete").via == "admin"
+    assert Path(team["run"].output_directory, "config.json").is_file()
+
+
+# --- the adapter download --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lora_run(team, tmp_path):
+    project = TrainingProject.objects.create(
+        name="lora",
+        owner=team["alice"],
+        model_name="test-org/tiny-llama",
+        dataset_path=team["project"].dataset_path,
+        output_directory=str(team["root"] / "outputs" / "lora"),
+        method="lora",
+    )
+    run = finished_run(project)
+    folder = Path(run.output_directory)
+    (folder / "merged").mkdir(parents=True)
+    (folder / "checkpoint-2").mkdir()
+    files = {
+        "adapter_config.json": b'{"peft_type": "LORA"}',
+        "adapter_model.safetensors": os.urandom(300_000),
+        "tokenizer.json": b"{}",
+        "mtm_manifest.json": json.dumps(manifest("merged", method="lora")).encode(),
+    }
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    (folder / "merged" / "model.safetensors").write_bytes(b"merged weights")
+    (folder / "checkpoint-2" / "optimizer.pt").write_bytes(b"optimizer")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("THE-SECRET")
+    (tmp_path / "secret-dir").mkdir()
+    (tmp_path / "secret-dir" / "inside.txt").write_text("THE-SECRET")
+    (folder / "leak.txt").symlink_to(secret)  # a link to a file outside
+    (folder / "leak-dir").symlink_to(tmp_path / "secret-dir")  # and to a folder outside
+    os.link(secret, folder / "hardlink.txt")  # another name for a file outside
+    return run, files
+
+
+def members(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return {m.name: (tar.extractfile(m).read() if m.isfile() else b"<dir>") for m in tar.getmembers()}
+
+
+def test_the_adapter_downloads_as_a_tar_gz_without_anything_a_link_reaches(team, lora_run, client):
+    run, files = lora_run
+    resp = call(client, "get", f"/runs/{run.pk}/adapter.tar.gz", None, team["tokens"]["mallory"])  # any member
+    assert resp.status_code == 200 and resp.streaming and resp["Content-Type"] == "application/gzip"
+    assert resp["Content-Disposition"] == f'attachment; filename="run-{run.pk}-adapter.tar.gz"'
+    got = members(b"".join(resp.streaming_content))
+    prefix = f"run-{run.pk}-adapter"
+    assert got == {prefix: b"<dir>", **{f"{prefix}/{name}": data for name, data in files.items()}}
+    assert not any(b"THE-SECRET" in data for data in got.values())
+    page = secure_client(team["mallory"]).get(f"/projects/runs/{run.pk}/adapter.tar.gz")
+    assert page.status_code == 200 and members(b"".join(page.streaming_content)) == got
+    run_page = secure_client(team["mallory"]).get(f"/projects/runs/{run.pk}/").content.decode()
+    assert "Download the LoRA adapter" in run_page and "Publish as" not in run_page  # not hers to publish
+
+
+def test_the_adapter_is_not_for_strangers_or_runs_without_one(team, lora_run, client, tiny_llama_dir):
+    run, _ = lora_run
+    assert call(client, "get", f"/runs/{run.pk}/adapter.tar.gz").status_code == 401  # nobody signed in
+    anonymous = secure_client().get(f"/projects/runs/{run.pk}/adapter.tar.gz")
+    assert anonymous.status_code == 302 and "/accounts/login/" in anonymous["Location"]
+    team["mallory"].is_active = False
+    team["mallory"].save()
+    assert call(client, "get", f"/runs/{run.pk}/adapter.tar.gz", None, team["tokens"]["mallory"]).status_code == 401
+    full = call(client, "get", f"/runs/{team['run'].pk}/adapter.tar.gz", None, team["tokens"]["alice"])
+    assert full.status_code == 404 and codes(full) == ["adapter_unavailable"]
+    folder = Path(run.output_directory)
+    moved = folder.with_name("moved")
+    folder.rename(moved)
+    folder.symlink_to(moved)  # the run's folder swapped for a link
+    linked = call(client, "get", f"/runs/{run.pk}/adapter.tar.gz", None, team["tokens"]["alice"])
+    assert linked.status_code == 404 and "reached through a link" in linked.json()["errors"][0]["message"]
+    assert call(client, "get", "/runs/999999/adapter.tar.gz", None, team["tokens"]["alice"]).status_code == 404
