@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 
+from models_registry.models import PublishedModel
 from mtm.audit import Actor, Channel
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.services import create_project
@@ -46,6 +47,7 @@ def test_no_page_has_an_accessibility_violation(
     member,
     portal_roots,
     tiny_llama_in_cache,
+    copy_of_tiny_llama,
     live_server,  # noqa: F811 - the fixture imported above
 ):
     assert hashlib.sha256(AXE.read_bytes()).hexdigest() == AXE_SHA256
@@ -80,6 +82,17 @@ def test_no_page_has_an_accessibility_violation(
     TrainingRun.objects.filter(pk=failed.pk).update(
         status=RunStatus.FAILED, stage_failed=RunStage.TRAIN, error_code="x", error_message="Broke.", error_hint="Fix."
     )
+    PublishedModel.objects.create(
+        model_name="team/a11y",
+        path=str(copy_of_tiny_llama),
+        run=TrainingRun.objects.get(pk=done.pk),
+        project_name=project.name,
+        method="lora",
+        base_model=tiny_llama_in_cache[0],
+        base_revision=tiny_llama_in_cache[1].name,
+        dataset_sha256="ab" * 32,
+        published_by=member,
+    )
     pages = [
         "/",
         "/projects/",
@@ -91,6 +104,7 @@ def test_no_page_has_an_accessibility_violation(
         "/projects/runs/",
         "/models/",
         f"/models/{tiny_llama_in_cache[0]}/",
+        "/models/team/a11y/",
         "/tokens/",
         "/settings/",
         "/audit/",
