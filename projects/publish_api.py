@@ -99,9 +99,10 @@ def _published_or_404(published_id: int) -> PublishedModel:
 
 
 ERRORS = {status: ErrorOut for status in (401, 403, 404, 409, 422)}
+BODY_ERRORS = {**ERRORS, 413: ErrorOut}  # a JSON body over the size limit
 
 
-@router.post("/runs/{run_id}/publish", response={201: PublishedModelOut, **ERRORS})
+@router.post("/runs/{run_id}/publish", response={201: PublishedModelOut, **BODY_ERRORS})
 def publish(request: HttpRequest, run_id: int, payload: PublishIn) -> Status:
     """Publish a succeeded run's model under `model_name` (owner of its project or staff). It then resolves with
     source "portal" and can be the base model of another project. A LoRA run publishes its merged folder.
