@@ -33,8 +33,22 @@ def _whole(value: Any) -> int | None:
     return int(number) if number is not None and number.is_integer() else None
 
 
+NUL_SHOWN = "\u2400"  # SYMBOL FOR NULL: what a NUL character reads as once stored
+
+
+def storable(text: str) -> str:
+    """`text` as a JSON column on any database can hold it: PostgreSQL refuses NUL characters (shown as ␀) and no
+    database stores a lone surrogate (shown as U+FFFD). A model's sample output may hold either."""
+    text = text.replace("\x00", NUL_SHOWN)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+    return text
+
+
 def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+    return "" if value is None else storable(str(value))
 
 
 def _objects(value: Any) -> list[Any]:
@@ -107,7 +121,9 @@ class ValidationReport(BaseModel):
     passed: Flag = False
     checks: Annotated[list[ValidationCheck], BeforeValidator(_objects)] = Field(default_factory=list)
     sample_output: Text = ""
-    prompt: Annotated[str | None, BeforeValidator(lambda value: value if isinstance(value, str) else None)] = None
+    prompt: Annotated[
+        str | None, BeforeValidator(lambda value: storable(value) if isinstance(value, str) else None)
+    ] = None
 
     @classmethod
     def read(cls, stored: Any) -> ValidationReport | None:

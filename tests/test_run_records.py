@@ -326,3 +326,16 @@ def test_a_projects_run_folders_are_its_own_and_nobody_elses(project, owner):
         problems = output_dir_conflicts(str(path), bob, None)
         assert [p.code for p in problems] == [OWNED], path
         assert "project 'demo' (owner alice)" in problems[0].message
+
+
+def test_a_sample_output_with_nul_and_lone_surrogates_is_stored(project, owner):
+    """A tiny model may answer a NUL character: PostgreSQL refuses it in a JSON column, so validation once failed
+    with an internal error after a good training run."""
+    from projects.run_columns import ValidationReport
+
+    run = start(project, owner)
+    report = ValidationReport(sample_output="a\x00b\ud800c", prompt="say\x00", checks=[{"name": "inference"}])
+    TrainingRun.objects.filter(pk=run.pk).update(validation=report.model_dump())
+    run.refresh_from_db()
+    assert (run.validation["sample_output"], run.validation["prompt"]) == ("a\u2400b\ufffdc", "say\u2400")
+    assert "a\u2400b" in page(owner, f"/projects/runs/{run.pk}/")
