@@ -55,8 +55,7 @@ def _refuse(code: str, message: str, hint: str, status: int = 422) -> PublishRef
 
 def _name_clash(name: str) -> PublishRefused | None:
     """The name is an override's, a cache model's (any case: a near-twin would mislead), or already published."""
-    lowered = name.lower()
-    override = next((o for o in ModelOverride.objects.all() if o.model_name.lower() == lowered), None)
+    override = ModelOverride.objects.filter(model_name__iexact=name).first()
     if override is not None:
         return _refuse(
             "model_name_taken",

@@ -219,6 +219,19 @@ def test_unpublishing_never_deletes_files_and_strangers_may_not(team, api, clien
     assert AuditEvent.objects.filter(action="published_model.delete", actor=team["alice"]).count() == 1
 
 
+def test_a_published_model_outlives_its_project_being_deleted(team, api):
+    from projects.services import delete_project
+
+    assert api("alice", team["run"], "team/lasting").status_code == 201
+    delete_project(team["project"], actor=Actor(team["alice"], Channel.CLI))
+    published = PublishedModel.objects.get()
+    assert published.run is None and published.project_name == "support"
+    assert resolve_model("team/lasting").valid
+    page = secure_client(team["mallory"]).get("/models/team/lasting/").content.decode()
+    assert "a run of project 'support' since deleted" in page
+    assert "Unpublish" in secure_client(team["alice"]).get("/models/team/lasting/").content.decode()  # publisher
+
+
 def test_publish_and_unpublish_from_the_pages(team):
     page = secure_client(team["alice"])
     run_page = page.get(f"/projects/runs/{team['run'].pk}/").content.decode()
