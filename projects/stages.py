@@ -21,6 +21,7 @@ from mtm.shared.problems import Problem
 from projects import run_paths, run_records
 from projects.chat_templates import with_chat_template
 from projects.datasets import check_dataset_path, inspect_dataset, load_rows, prompt_text
+from projects.datasets.pairs import objective_problem
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.pipeline import fail, transition, worker_identity
@@ -73,7 +74,10 @@ def resolve_stage(run_id: int) -> bool:
         config.values.max_seq_length,
         full=True,
         model=f"'{config.model_name}'",
+        max_prompt_length=config.values.prompt_limit,
     )
+    if report.valid and (mismatch := objective_problem(config.values.objective, report.format, dataset.path or "")):
+        report.errors.append(mismatch)
     if not report.valid:
         return not fail(run_id, RunStage.RESOLVE, report.errors[0], _problem_lines(report.errors))
     config.dataset_rows = report.rows
