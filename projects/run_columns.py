@@ -19,6 +19,7 @@ CHECK_LABELS = {
     "json": "Format validation (JSON)",
     "load": "Loading test",
     "inference": "Inference test",
+    "preference": "Preference check",
 }
 
 
@@ -77,12 +78,17 @@ class RunProgress(BaseModel):
 
 
 class MetricPoint(BaseModel):
-    """One point of the loss curve: a logging step."""
+    """One point of the loss curve: a logging step. A DPO run's points carry its reward metrics too: the mean
+    margin (chosen reward - rejected reward), the share of pairs whose chosen reward is higher, and each reward."""
 
     step: WholeNumber = None
     loss: Number = None
     learning_rate: Number = None
     tokens_per_second: Number = None
+    reward_margin: Number = None
+    reward_accuracy: Number = None
+    reward_chosen: Number = None
+    reward_rejected: Number = None
 
 
 def read_metrics(stored: Any) -> list[MetricPoint]:
@@ -90,7 +96,7 @@ def read_metrics(stored: Any) -> list[MetricPoint]:
 
 
 class ValidationCheck(BaseModel):
-    name: Text = Field("", description="files, json, load or inference")
+    name: Text = Field("", description="files, json, load, inference or (DPO) preference")
     passed: Flag = False
     detail: Text = ""
     warning: Text = Field("", description="Passed, but something looks wrong (e.g. a very repetitive sample).")
@@ -101,10 +107,24 @@ class ValidationCheck(BaseModel):
         return CHECK_LABELS.get(self.name, self.name or "check")
 
 
+class PreferenceResult(BaseModel):
+    """The DPO preference check: on `pairs` held-out pairs, the share whose chosen answer the model finds more
+    likely than the rejected one (summed log-probability), with the base model (before) and the tuned one (after)."""
+
+    pairs: WholeNumber = None
+    before: Number = None
+    after: Number = None
+    margin_before: Number = None  # mean log-probability of chosen minus rejected
+    margin_after: Number = None
+
+
 class ValidationReport(BaseModel):
     """The post-training validation: the four checks, and what the model answered to the prompt."""
 
     passed: Flag = False
+    preference: Annotated[
+        PreferenceResult | None, BeforeValidator(lambda value: value if isinstance(value, dict | BaseModel) else None)
+    ] = None
     checks: Annotated[list[ValidationCheck], BeforeValidator(_objects)] = Field(default_factory=list)
     sample_output: Text = ""
     prompt: Annotated[str | None, BeforeValidator(lambda value: value if isinstance(value, str) else None)] = None
