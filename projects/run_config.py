@@ -40,6 +40,8 @@ class RunConfig(BaseModel):
     # training to be the validation prompt (at train).
     dataset_rows: int | None = None
     held_out_row: bool = False
+    # DPO: the pairs at the dataset's end kept out of training for the preference check (at train).
+    held_out_pairs: int = 0
 
     @classmethod
     def of_project(cls, project: TrainingProject) -> RunConfig:
