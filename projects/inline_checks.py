@@ -19,6 +19,7 @@ from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
 from projects.chat_templates import with_chat_template
 from projects.datasets import DatasetError, check_dataset_path, inspect_dataset
+from projects.datasets.pairs import objective_problem
 from projects.forms import ProjectForm
 from projects.hyperparameters import Hyperparameters
 from projects.models import TrainingProject
@@ -75,11 +76,20 @@ def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
     model_name = params.get("model_name", "").strip()[:200]
     tokenizer, tokenizer_note = _tokenizer(model_name, params.get("revision", "").strip()[:255])
     tokenizer = with_chat_template(tokenizer, params.get("chat_template", "")[:40])
-    report = inspect_dataset(located.path, tokenizer, max_seq_length, model=f"'{model_name}'")
+    prompt_values, prompt_problems = Hyperparameters.from_dict(
+        {"max_prompt_length": params.get("max_prompt_length", "").strip()[:40] or 0}
+    )
+    prompt_limit = 0 if prompt_problems else prompt_values.max_prompt_length
+    report = inspect_dataset(
+        located.path, tokenizer, max_seq_length, model=f"'{model_name}'", max_prompt_length=prompt_limit or None
+    )
+    # A file that does not fit the objective chosen so far is a note, not an error: the objective may change next.
+    objective = params.get("objective", "").strip()[:8]
+    mismatch = objective_problem(objective, report.format) if objective and report.valid else None
     status.update(
         report=report,
         errors=report.errors,
-        notes=[note for note in (length_note, tokenizer_note) if note],
+        notes=[note for note in (length_note, tokenizer_note, mismatch and mismatch.message) if note],
         uploaded=located.uploaded,
     )
     return status
