@@ -61,7 +61,7 @@ DPO_LOSSES: dict[str, str] = {
     "ipo": "IPO: pulls the margin towards 1/(2 beta) instead of ever higher, so clear-cut pairs overfit less",
     "hinge": "SLiC: a hinge on the margin; pairs already ahead by 1/beta stop pulling",
     "apo_zero": "APO-zero: pushes chosen up and rejected down in absolute terms; for chosen answers better than "
-    "the model's own",
+    "what the model writes now",
 }
 DpoLoss = Literal["sigmoid", "ipo", "hinge", "apo_zero"]
 
@@ -96,8 +96,8 @@ class Hyperparameters(BaseModel):
     objective: Objective = hyperparameter(
         "sft",
         label="Training objective",
-        help="sft: learn the answers of the dataset (supervised fine-tuning); dpo: learn to prefer each pair's "
-        "chosen answer over its rejected one (Direct Preference Optimization, on a pairs dataset).",
+        help="sft: learn the answers of the dataset (supervised fine-tuning); dpo: learn to prefer the chosen "
+        "answer of each pair over the rejected one (Direct Preference Optimization, on a pairs dataset).",
         example="sft or dpo",
     )
     epochs: float = hyperparameter(3.0, gt=0, le=1000, label="Epochs", help="Passes over the dataset.", example="3")
@@ -215,7 +215,7 @@ class Hyperparameters(BaseModel):
         le=131_072,
         group="dpo",
         label="Max prompt length",
-        help="Tokens of a pair's prompt that are kept (its end, next to the answers); the max sequence length "
+        help="Tokens of the prompt of a pair that are kept (its end, next to the answers); the max sequence length "
         "bounds prompt and answer together. 0: half the max sequence length.",
         zero_means="half the max sequence length",
         example="512",

@@ -111,7 +111,6 @@ def build_pairs(spec: TrainerSpec, tokenizer: Any) -> tuple[Any, dict[str, Any]]
         "examples": len(pairs),
         "training_rows": len(pairs),
         "held_out_rows": held_out,
-        "packing": False,
     }
     return Dataset.from_list(pairs), info
 
@@ -238,7 +237,7 @@ def run_dpo_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resu
         "dpo": {
             "beta": hp.dpo_beta,
             "loss_type": hp.dpo_loss_type,
-            "max_prompt_length": hp.prompt_limit,
+            "prompt_tokens_kept": hp.prompt_limit,
             "reference": reference,
             "trl": _trl_version(),
         },
