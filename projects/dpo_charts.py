@@ -62,7 +62,7 @@ def dpo_charts(metrics: Any, resumed_at: int | None = None) -> list[DpoChart]:
     charts = []
     for series in SERIES:
         values = [
-            {"step": p.step, "loss": getattr(p, series.field)} for p in points if getattr(p, series.field) is not None
+            {"step": p.step, "loss": p.series(series.field)} for p in points if p.series(series.field) is not None
         ]
         if values:
             svg = loss_chart_svg(values, height=CHART_HEIGHT, resumed_at=resumed_at, name=series.name, axis=series.axis)
