@@ -92,6 +92,8 @@ def pair_error(row: dict) -> str | None:
             return error
     if isinstance(chosen, str) != isinstance(rejected, str):
         return "'chosen' and 'rejected' must both be strings or both be message lists"
+    if chosen == rejected and (not isinstance(chosen, str) or chosen.strip()):
+        return _SAME
     if "prompt" in row:
         prompt = row["prompt"]
         if isinstance(chosen, str):
@@ -113,8 +115,11 @@ def pair_error(row: dict) -> str | None:
         if error := _answer_error(answer, key):
             return error
     if chosen == rejected:
-        return "'chosen' and 'rejected' are the same answer, so there is nothing to prefer"
+        return _SAME
     return None
+
+
+_SAME = "'chosen' and 'rejected' are the same answer, so there is nothing to prefer"
 
 
 def is_conversational(row: dict) -> bool:
