@@ -1,7 +1,6 @@
-"""A small preference set a DPO run can learn quickly: each prompt names a word, and both answers repeat it; the
-chosen answer ends calmly with a full stop, the rejected one shouts with an exclamation mark. Whether a base model
-prefers one ending depends on the word, so it prefers chosen about half the time; the rule holds for every word, so
-held-out preference accuracy shows whether it was learnt (near 1 after training)."""
+"""A small preference set a DPO run can learn quickly: each prompt asks for a word, the chosen answer is always a
+polite word and the rejected one a rude word, paired at random. The rule holds for pairs the model never saw, so
+held-out preference accuracy shows whether it was learnt (about chance before training, near 1 after)."""
 
 from __future__ import annotations
 
@@ -10,12 +9,9 @@ import os
 import random
 from pathlib import Path
 
-WORDS = [
-    "apple", "river", "stone", "cloud", "green", "table", "paper", "light", "music", "garden", "window", "silver",
-    "orange", "forest", "summer", "winter", "bridge", "candle", "pencil", "rocket", "planet", "button", "castle",
-    "dragon",
-]  # fmt: skip
-_ASKS = ["Say the word", "Repeat the word", "Tell me the word", "Read out the word"]
+_POLITE = ["please", "thanks", "kindly", "gladly", "welcome", "sorry", "cheers", "certainly"]
+_RUDE = ["go away", "no way", "whatever", "shut up", "get lost", "not now", "buzz off", "drop it"]
+_ASKS = ["Reply to the guest", "Answer the customer", "Respond to the visitor", "Say something to the caller"]
 
 
 def sample_pairs(count: int = 48, seed: int = 0) -> list[dict[str, str]]:
@@ -23,9 +19,14 @@ def sample_pairs(count: int = 48, seed: int = 0) -> list[dict[str, str]]:
     rng = random.Random(seed)
     pairs = []
     for index in range(count):
-        word = rng.choice(WORDS)
         ask = _ASKS[index % len(_ASKS)]
-        pairs.append({"prompt": f"{ask} {word}:", "chosen": f" {word}.", "rejected": f" {word}!"})
+        pairs.append(
+            {
+                "prompt": f"{ask} number {index}:",
+                "chosen": f" {rng.choice(_POLITE)}.",
+                "rejected": f" {rng.choice(_RUDE)}.",
+            }
+        )
     return pairs
 
 
