@@ -85,7 +85,7 @@ def mixed_pairs(count: int, seed: int) -> list[dict]:
         return " ".join(rng.choice(_WORDS) for _ in range(min(cap, max(2, int(rng.lognormvariate(mu, 0.7))))))
 
     return [
-        {"prompt": text(2.6, 40) + ":", "chosen": " " + text(2.8, 80), "rejected": " " + text(2.8, 80)}
+        {"prompt": text(2.3, 20) + ":", "chosen": " " + text(2.6, 36), "rejected": " " + text(2.6, 36)}
         for _ in range(count)
     ]
 
@@ -225,7 +225,7 @@ def main() -> None:
         data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
         lengths = encode_pairs(pairs, AutoTokenizer.from_pretrained(model))
         longest_prompt = max(p for p, _, _ in lengths)
-        assert longest_prompt < hp["max_prompt_length"], "the portal would cut prompts the baseline keeps"
+        assert longest_prompt < hp["max_prompt_length"], f"prompts up to {longest_prompt} tokens would be cut"
         print(
             f"device: {'cuda:0 (' + gpu + ')' if gpu else 'cpu'}; torch threads: {threads}; python {sys.version.split()[0]}"
         )
