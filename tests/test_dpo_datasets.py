@@ -105,7 +105,9 @@ def test_long_prompts_and_pairs_are_warned_about_against_their_limits(tmp_path, 
     report = inspect_dataset(write(tmp_path / "long.jsonl", rows), tokenizer, 48, max_prompt_length=16)
     assert report.valid and report.pair_token_stats["prompt"].over_max == 1
     codes = {p.code: p.message for p in report.warnings}
-    assert "1 of 2 pairs have a prompt longer than the max prompt length (16 tokens)" in codes["dataset_prompt_truncation"]
+    assert (
+        "1 of 2 pairs have a prompt longer than the max prompt length (16 tokens)" in codes["dataset_prompt_truncation"]
+    )
     assert "1 of 2 pairs are longer than the max sequence length (48 tokens)" in codes["dataset_truncation"]
 
 
