@@ -339,10 +339,12 @@ def validate_stage(run_id: int) -> None:
         fail(run_id, RunStage.VALIDATE, problem)
         return
     config = run_config(run)
-    try:
-        rows = _snapshot_rows(run)
-    except Exception:  # the dataset is only a source of a prompt and of held-out pairs here
-        rows = []
+    rows: list[dict] | None = None  # read only when a prompt or held-out pairs come from it
+    if config.held_out_pairs or not config.validation_prompt.strip():
+        try:
+            rows = _snapshot_rows(run)
+        except Exception:  # the dataset is only a source of a prompt and of held-out pairs here
+            rows = []
     prompt = _validation_prompt(run, rows)
     run_paths.drop_snapshot(run_dir(run_id))
     report = validate_output(
@@ -354,7 +356,7 @@ def validate_stage(run_id: int) -> None:
     if config.held_out_pairs and report.passed:
         check, found = preference_check(
             run.output_directory,
-            rows[-config.held_out_pairs :],
+            (rows or [])[-config.held_out_pairs :],
             base_model_path=run.resolved_path,
             trust_remote_code=_trust_remote_code(run),
         )
