@@ -136,15 +136,24 @@ def build_loss_chart(
     return chart
 
 
-def loss_chart_svg(metrics: Any, width: int = WIDTH, height: int = HEIGHT, resumed_at: int | None = None) -> str:
+def loss_chart_svg(
+    metrics: Any,
+    width: int = WIDTH,
+    height: int = HEIGHT,
+    resumed_at: int | None = None,
+    *,
+    name: str = "Training loss",
+    axis: str = "loss",
+) -> str:
     """The loss over the steps as an inline SVG element (escaped; safe to embed as HTML). `resumed_at`: the step a
-    resumed run continued from, marked with a labelled line (the points before it are the earlier run's)."""
+    resumed run continued from, marked with a labelled line (the points before it are the earlier run's). `name`
+    and `axis` label another series drawn the same way (its values given as the points' "loss")."""
     chart = build_loss_chart(metrics, width, height, resumed_at)
     bottom, right = height - PAD_BOTTOM, width - PAD_RIGHT
     title = (
-        "Training loss: no values reported yet"
+        f"{name}: no values reported yet"
         if chart.empty
-        else f"Training loss from {_label(chart.first_loss)} to {_label(chart.last_loss)} at step {chart.last_step}"
+        else f"{name} from {_label(chart.first_loss)} to {_label(chart.last_loss)} at step {chart.last_step}"
     )
     parts = [
         f'<svg class="loss-chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
@@ -177,7 +186,7 @@ def loss_chart_svg(metrics: Any, width: int = WIDTH, height: int = HEIGHT, resum
     )
     parts.append(
         f'<text class="axis-label" x="12" y="{(PAD_TOP + bottom) / 2:.0f}" text-anchor="middle" '
-        f'transform="rotate(-90 12 {(PAD_TOP + bottom) / 2:.0f})">loss</text>'
+        f'transform="rotate(-90 12 {(PAD_TOP + bottom) / 2:.0f})">{escape(axis)}</text>'
     )
     if chart.resume_x is not None:
         parts.append(

@@ -108,7 +108,8 @@ class ProjectForm(forms.Form):
                 "autocomplete": "off",
                 "hx-get": reverse("projects:check-dataset"),
                 "hx-trigger": "input changed delay:500ms",
-                "hx-include": "#id_dataset_path, #id_model_name, #id_revision, #id_max_seq_length",
+                "hx-include": "#id_dataset_path, #id_model_name, #id_revision, #id_max_seq_length, #id_objective, "
+                "#id_max_prompt_length",
                 "hx-target": "#dataset-status",
                 "hx-sync": "this:replace",
                 "hx-indicator": "#dataset-field",

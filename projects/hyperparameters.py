@@ -23,8 +23,9 @@ from mtm.shared.problems import Problem
 ALL_LINEAR = "all-linear"
 CODE = "invalid_hyperparameter"
 MAX_TARGET_MODULES = 64  # real models name a handful (q_proj, v_proj, ...); more is a mistake or an attack
-GROUPS = ("training", "checkpoints", "lora")  # the form's fieldsets, in page order; "lora" applies to LoRA only
-Group = Literal["training", "checkpoints", "lora"]
+# The form's fieldsets, in page order; "lora" applies to LoRA only, "dpo" to the DPO objective only.
+GROUPS = ("training", "checkpoints", "lora", "dpo")
+Group = Literal["training", "checkpoints", "lora", "dpo"]
 
 
 def _coerce_modules(raw: Any) -> str | list[str] | None:
@@ -52,6 +53,17 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 ChatTemplate = Literal["model", "chatml"]  # the names of projects.chat_templates.BUILT_IN, and the model's own
 TargetModules = Annotated[str | list[str], AfterValidator(_modules)]
+Objective = Literal["sft", "dpo"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+# The DPO losses offered, each with the line that explains it (TRL's names; TRL offers more).
+DPO_LOSSES: dict[str, str] = {
+    "sigmoid": "the original DPO loss, -log sigmoid(beta * margin)",
+    "ipo": "IPO: pulls the margin towards 1/(2 beta) instead of ever higher, so clear-cut pairs overfit less",
+    "hinge": "SLiC: a hinge on the margin; pairs already ahead by 1/beta stop pulling",
+    "apo_zero": "APO-zero: pushes chosen up and rejected down in absolute terms; for chosen answers better than "
+    "what the model writes now",
+}
+DpoLoss = Literal["sigmoid", "ipo", "hinge", "apo_zero"]
 
 
 def hyperparameter(
@@ -81,6 +93,13 @@ class Hyperparameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
 
+    objective: Objective = hyperparameter(
+        "sft",
+        label="Training objective",
+        help="sft: learn the answers of the dataset (supervised fine-tuning); dpo: learn to prefer the chosen "
+        "answer of each pair over the rejected one (Direct Preference Optimization, on a pairs dataset).",
+        example="sft or dpo",
+    )
     epochs: float = hyperparameter(3.0, gt=0, le=1000, label="Epochs", help="Passes over the dataset.", example="3")
     max_steps: int = hyperparameter(
         0,
@@ -174,6 +193,45 @@ class Hyperparameters(BaseModel):
         help="Also write the base model with the adapter merged in, in merged/.",
     )
 
+    dpo_beta: float = hyperparameter(
+        0.1,
+        gt=0,
+        le=10,
+        group="dpo",
+        label="DPO beta",
+        help="How far the model may move from the reference (the base model): lower lets it move further.",
+        example="0.1",
+    )
+    dpo_loss_type: DpoLoss = hyperparameter(
+        "sigmoid",
+        group="dpo",
+        label="DPO loss",
+        help="; ".join(f"{name}: {line}" for name, line in DPO_LOSSES.items()) + ".",
+        example="sigmoid",
+    )
+    max_prompt_length: int = hyperparameter(
+        0,
+        ge=0,
+        le=131_072,
+        group="dpo",
+        label="Max prompt length",
+        help="Tokens of the prompt of a pair that are kept (its end, next to the answers); the max sequence length "
+        "bounds prompt and answer together. 0: half the max sequence length.",
+        zero_means="half the max sequence length",
+        example="512",
+    )
+    preference_pairs: int = hyperparameter(
+        16,
+        ge=0,
+        le=10_000,
+        group="dpo",
+        label="Held-out pairs for the preference check",
+        help="Pairs kept out of training (at most a fifth of the dataset, from its end); after training, how often "
+        "the model prefers chosen over rejected on them is measured before and after.",
+        zero_means="no pairs held out, no preference check",
+        example="16",
+    )
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> tuple[Hyperparameters, list[Problem]]:
         """Validate `data` field by field. Missing fields take their defaults; a field that is wrong keeps its
@@ -221,6 +279,11 @@ class Hyperparameters(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump()
 
+    @property
+    def prompt_limit(self) -> int:
+        """The prompt tokens a DPO pair keeps."""
+        return self.max_prompt_length or self.max_seq_length // 2
+
     def _cross_field_problems(self) -> list[Problem]:
         """Checked on the parsed values: the form's "0" and "0.0" strings are as unset as 0."""
         problems = []
@@ -231,6 +294,24 @@ class Hyperparameters(BaseModel):
                     f"Hyperparameters 'warmup_ratio' = {self.warmup_ratio} and 'warmup_steps' = {self.warmup_steps} "
                     "are both set.",
                     "Set only one of them: warmup_steps counts optimizer steps, warmup_ratio is a share of all steps.",
+                )
+            )
+        if self.objective == "dpo" and self.packing:
+            problems.append(
+                Problem(
+                    CODE,
+                    "Hyperparameter 'packing' is on, but packing does not apply to the DPO objective (each pair is "
+                    "trained as its own two sequences).",
+                    "Turn packing off for a DPO project.",
+                )
+            )
+        if self.objective == "dpo" and self.max_prompt_length >= self.max_seq_length:  # 0 (half) always fits
+            problems.append(
+                Problem(
+                    CODE,
+                    f"Hyperparameter 'max_prompt_length' = {self.max_prompt_length} leaves no room for the answers "
+                    f"within 'max_seq_length' = {self.max_seq_length}.",
+                    "Set max_prompt_length below max_seq_length, e.g. half of it.",
                 )
             )
         return problems
@@ -260,6 +341,14 @@ class Declared:
     @property
     def lora_only(self) -> bool:
         return self.group == "lora"
+
+    @property
+    def dpo_only(self) -> bool:
+        return self.group == "dpo"
+
+    def applies(self, method: str, objective: str) -> bool:
+        """Whether the setting is used by a project of this method (full, lora) and objective (sft, dpo)."""
+        return (method == "lora" or not self.lora_only) and (objective == "dpo" or not self.dpo_only)
 
     @classmethod
     def of(cls, name: str, info: FieldInfo) -> Declared:

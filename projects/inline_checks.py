@@ -19,8 +19,9 @@ from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
 from projects.chat_templates import with_chat_template
 from projects.datasets import DatasetError, check_dataset_path, inspect_dataset
+from projects.datasets.pairs import objective_problem
 from projects.forms import ProjectForm
-from projects.hyperparameters import Hyperparameters
+from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import TrainingProject
 from projects.ownership import output_dir_conflicts
 from projects.services import load_tokenizer
@@ -46,6 +47,18 @@ def _max_seq_length(raw: str) -> tuple[int, str]:
     if problems:
         return default, f"Max sequence length '{raw[:40]}' is not usable; token lengths are counted against {default}."
     return values.max_seq_length, ""
+
+
+def _typed_values(params: Any) -> Hyperparameters:
+    """The hyperparameters typed in the form so far that are valid; defaults for the rest."""
+    valid = {}
+    for name, declared in HYPERPARAMETERS.items():
+        raw = params.get(name)
+        if isinstance(raw, str) and raw.strip():
+            value, problem = declared.check(raw.strip()[:MAX_PARAM_CHARS])
+            if problem is None:
+                valid[name] = value
+    return Hyperparameters(**valid)
 
 
 def _tokenizer(model_name: str, revision: str) -> tuple[Any, str]:
@@ -75,11 +88,16 @@ def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
     model_name = params.get("model_name", "").strip()[:200]
     tokenizer, tokenizer_note = _tokenizer(model_name, params.get("revision", "").strip()[:255])
     tokenizer = with_chat_template(tokenizer, params.get("chat_template", "")[:40])
-    report = inspect_dataset(located.path, tokenizer, max_seq_length, model=f"'{model_name}'")
+    typed = _typed_values(params)
+    report = inspect_dataset(
+        located.path, tokenizer, max_seq_length, model=f"'{model_name}'", max_prompt_length=typed.max_prompt_length
+    )
+    # A file that does not fit the objective chosen so far is a note, not an error: the objective may change next.
+    mismatch = objective_problem(typed.objective, report.format) if report.valid else None
     status.update(
         report=report,
         errors=report.errors,
-        notes=[note for note in (length_note, tokenizer_note) if note],
+        notes=[note for note in (length_note, tokenizer_note, mismatch and mismatch.message) if note],
         uploaded=located.uploaded,
     )
     return status

@@ -87,6 +87,7 @@ class TrainingSetup:
     lora_r: int = 16
     lora_target_modules: str | tuple[str, ...] = "all-linear"
     devices: int = 1
+    objective: str = "sft"  # "dpo": two sequences a pair, and (full fine-tune) a frozen reference copy
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,13 @@ class Estimate:
     optimizer_bytes: int
     activations_bytes: int
     overhead_bytes: int
+    reference_bytes: int = 0  # DPO with a full fine-tune: the frozen copy of the base the loss compares against
 
     @property
     def total_bytes(self) -> int:
         return (
-            self.weights_bytes
+            self.reference_bytes
+            + self.weights_bytes
             + self.gradients_bytes
             + self.optimizer_bytes
             + self.activations_bytes
@@ -110,7 +113,8 @@ class Estimate:
         )
 
     def rows(self) -> list[tuple[str, int]]:
-        return [
+        reference = [("Reference model (frozen copy, DPO)", self.reference_bytes)] if self.reference_bytes else []
+        return reference + [
             ("Weights", self.weights_bytes),
             ("Gradients", self.gradients_bytes),
             ("Optimizer states (AdamW)", self.optimizer_bytes),
@@ -194,17 +198,20 @@ def estimate(shape: ModelShape, setup: TrainingSetup) -> Estimate:
     gradients = trainable * trainable_bytes
     optimizer = 2 * trainable * trainable_bytes + tensors * OPTIMIZER_STEP_BYTES
     activations = activation_bytes(shape, setup, compute)
-    rest = weights + gradients + optimizer + activations
+    # DPO's reference: with LoRA the base itself with the adapter disabled; a full fine-tune keeps a frozen copy,
+    # in the compute dtype on a GPU.
+    reference = shape.parameters * compute if setup.objective == "dpo" and setup.method == "full" else 0
+    rest = weights + gradients + optimizer + activations + reference
     overhead = (CUDA_CONTEXT_BYTES if setup.on_gpu else 0) + int(rest * ALLOCATOR_SLACK)
-    return Estimate(setup, weights, trainable, gradients, optimizer, activations, overhead)
+    return Estimate(setup, weights, trainable, gradients, optimizer, activations, overhead, reference)
 
 
 def activation_bytes(shape: ModelShape, setup: TrainingSetup, compute: int) -> int:
     """Per decoder block and token, what its backward pass needs kept: the inputs of both norms and of the four
     attention projections (q, k, v, o), the MLP's gate, up, activation and product, and its down input; with
     checkpointing only each block's input is kept and one block is recomputed at a time. Plus fp32 logits and
-    their gradient."""
-    tokens = setup.batch_size * setup.max_seq_length
+    their gradient. DPO runs each pair's chosen and rejected sequences in one batch: twice the tokens."""
+    tokens = setup.batch_size * setup.max_seq_length * (2 if setup.objective == "dpo" else 1)
     h, i = shape.hidden_size, shape.intermediate_size
     per_block = (5 * h + 2 * shape.kv_dim + 4 * i) * compute
     if setup.gradient_checkpointing:
@@ -264,4 +271,5 @@ def setup_for(method: str, hyperparameters: Any, *, on_gpu: bool, bf16: bool = T
         gradient_checkpointing=hyperparameters.gradient_checkpointing,
         lora_r=hyperparameters.lora_r,
         lora_target_modules=targets if isinstance(targets, str) else tuple(targets),
+        objective=getattr(hyperparameters, "objective", "sft"),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # The post-training checks, in the order they run, with the label the run page shows.
 CHECK_LABELS = {
@@ -20,6 +20,8 @@ CHECK_LABELS = {
     "load": "Loading test",
     "inference": "Inference test",
 }
+# A DPO run adds its preference check after the four.
+EXTRA_CHECK_LABELS = {"preference": "Preference check (DPO)"}
 
 
 def _finite(value: Any) -> float | None:
@@ -90,13 +92,36 @@ class RunProgress(BaseModel):
         return max(0.0, min(100.0, self.step / self.total_steps * 100))
 
 
+# The extra series a DPO run's metric points carry (TRL's reward metrics), stored only when reported.
+DPO_SERIES = ("reward_margin", "reward_accuracy", "reward_chosen", "reward_rejected")
+
+
 class MetricPoint(BaseModel):
-    """One point of the loss curve: a logging step."""
+    """One point of the loss curve: a logging step. A DPO run's points carry its reward metrics too, each a
+    finite number and present only when reported: reward_margin (chosen reward - rejected reward, the mean over the
+    step's pairs), reward_accuracy (the share of pairs whose chosen reward is higher), reward_chosen and
+    reward_rejected."""
+
+    model_config = ConfigDict(extra="allow")
 
     step: WholeNumber = None
     loss: Number = None
     learning_rate: Number = None
     tokens_per_second: Number = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_series_only(cls, data: Any) -> Any:
+        """Of the keys beyond the four, only the DPO series with a finite value are kept."""
+        if not isinstance(data, dict):
+            return data
+        kept = {key: data[key] for key in ("step", "loss", "learning_rate", "tokens_per_second") if key in data}
+        kept.update({key: value for key in DPO_SERIES if (value := _finite(data.get(key))) is not None})
+        return kept
+
+    def series(self, name: str) -> float | None:
+        """A DPO series' value at this point (None when not reported)."""
+        return (self.model_extra or {}).get(name)
 
 
 def read_metrics(stored: Any) -> list[MetricPoint]:
@@ -104,7 +129,7 @@ def read_metrics(stored: Any) -> list[MetricPoint]:
 
 
 class ValidationCheck(BaseModel):
-    name: Text = Field("", description="files, json, load or inference")
+    name: Text = Field("", description="files, json, load, inference or (DPO) preference")
     passed: Flag = False
     detail: Text = ""
     warning: Text = Field("", description="Passed, but something looks wrong (e.g. a very repetitive sample).")
@@ -112,13 +137,27 @@ class ValidationCheck(BaseModel):
 
     @property
     def label(self) -> str:
-        return CHECK_LABELS.get(self.name, self.name or "check")
+        return CHECK_LABELS.get(self.name) or EXTRA_CHECK_LABELS.get(self.name, self.name or "check")
+
+
+class PreferenceResult(BaseModel):
+    """The DPO preference check: on `pairs` held-out pairs, the share whose chosen answer the model finds more
+    likely than the rejected one (summed log-probability), with the base model (before) and the tuned one (after)."""
+
+    pairs: WholeNumber = None
+    before: Number = None
+    after: Number = None
+    margin_before: Number = None  # mean log-probability of chosen minus rejected
+    margin_after: Number = None
 
 
 class ValidationReport(BaseModel):
     """The post-training validation: the four checks, and what the model answered to the prompt."""
 
     passed: Flag = False
+    preference: Annotated[
+        PreferenceResult | None, BeforeValidator(lambda value: value if isinstance(value, dict | BaseModel) else None)
+    ] = None
     checks: Annotated[list[ValidationCheck], BeforeValidator(_objects)] = Field(default_factory=list)
     sample_output: Text = ""
     prompt: Annotated[

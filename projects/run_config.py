@@ -40,6 +40,8 @@ class RunConfig(BaseModel):
     # training to be the validation prompt (at train).
     dataset_rows: int | None = None
     held_out_row: bool = False
+    # DPO: the pairs at the dataset's end kept out of training for the preference check (at train).
+    held_out_pairs: int = 0
 
     @classmethod
     def of_project(cls, project: TrainingProject) -> RunConfig:
@@ -88,10 +90,11 @@ def shown_value(name: str, value: Any) -> str:
 
 
 def hyperparameter_rows(values: dict[str, Any], method: str) -> list[tuple[str, str, str]]:
-    """(name, label, shown value) for every hyperparameter that applies to `method`."""
+    """(name, label, shown value) for every hyperparameter that applies to `method` and the values' objective."""
     rows = []
+    objective = values.get("objective", "sft")
     for name, declared in HYPERPARAMETERS.items():
-        if declared.lora_only and method != TrainingMethod.LORA:
+        if not declared.applies(method, objective):
             continue
         rows.append((name, declared.label, shown_value(name, values[name])))
     return rows

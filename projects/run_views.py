@@ -20,6 +20,7 @@ from mtm.shared.problems import Problem
 from projects import run_records
 from projects.access import can_manage, require_manage
 from projects.display import run_duration, run_eta
+from projects.dpo_charts import dpo_charts
 from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, RunStatus, TrainingProject, TrainingRun
 from projects.pipeline import CancelOutcome
 from projects.publishing import published_of
@@ -78,7 +79,8 @@ def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
         "changes": changes_since(run, before) if before is not None else [],
         "artifacts": artifacts,
         "files_missing": run_records.files_missing(run, artifacts),
-        "resumed_at": run_records.checkpoint_step(run.resumed_from) if run.resume else None,
+        "resumed_at": (resumed_at := run_records.checkpoint_step(run.resumed_from) if run.resume else None),
+        "dpo_charts": dpo_charts(run.metrics, resumed_at),
         "progress": progress,
         "eta": run_eta(run, progress),
         "duration": run_duration(run),

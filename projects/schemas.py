@@ -199,6 +199,11 @@ class DatasetReportOut(Schema):
     errors: list[ProblemOut]
     warnings: list[ProblemOut]
     token_stats: TokenStatsOut | None
+    pair_token_stats: dict[str, TokenStatsOut] | None = Field(
+        None,
+        description="Preference pairs only: token lengths of the prompts (against the max prompt length) and of the "
+        "chosen and rejected answers.",
+    )
 
 
 class DatasetUploadOut(Schema):

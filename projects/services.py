@@ -22,6 +22,7 @@ from mtm.audit import Actor
 from mtm.shared.problems import Problem
 from projects.chat_templates import with_chat_template
 from projects.datasets import DatasetReport, check_dataset_path, inspect_dataset
+from projects.datasets.pairs import objective_problem
 from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.hyperparameters import Hyperparameters
 from projects.models import LIVE_STATUSES, TrainingMethod, TrainingProject, TrainingRun
@@ -155,8 +156,12 @@ def check_project(
     if not check.errors.get("dataset_path"):
         tokenizer = load_tokenizer(resolution) if (inspect_tokens and resolution.valid) else None
         tokenizer = with_chat_template(tokenizer, hp.chat_template)
-        report = inspect_dataset(located.path, tokenizer, hp.max_seq_length, model=f"'{model_name}'")
+        report = inspect_dataset(
+            located.path, tokenizer, hp.max_seq_length, model=f"'{model_name}'", max_prompt_length=hp.prompt_limit
+        )
         check.dataset = report
+        if report.valid and (mismatch := objective_problem(hp.objective, report.format, located.path or "")):
+            report.errors.append(mismatch)
         for problem in report.errors:
             # A chat template past its limits is the model's problem, whatever the dataset holds.
             check.error("model_name" if problem.code in TEMPLATE_LIMIT_CODES else "dataset_path", problem)

@@ -21,6 +21,7 @@ from mtm.shared.problems import Problem
 from projects import run_paths, run_records
 from projects.chat_templates import with_chat_template
 from projects.datasets import check_dataset_path, inspect_dataset, load_rows, prompt_text
+from projects.datasets.pairs import PREFERENCE, objective_problem, prompt_of
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.pipeline import fail, transition, worker_identity
@@ -30,10 +31,15 @@ from projects.services import load_tokenizer
 from projects.supervisor import Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
 from projects.trainer.outputs import RUN_MARKER
-from projects.validation import validate_output
+from projects.validation import preference_check, validate_output
 
 MAX_METRIC_POINTS = 2000
 HOLD_OUT_MIN = 10  # rows a dataset needs before one is kept out of training to be the validation prompt
+
+
+def held_out_pairs(wanted: int, rows: int) -> int:
+    """Pairs kept out of a DPO run for the preference check: as many as asked, at most a fifth of the dataset."""
+    return min(wanted, rows // 5)
 
 
 def run_dir(run_id: int) -> Path:
@@ -73,7 +79,10 @@ def resolve_stage(run_id: int) -> bool:
         config.values.max_seq_length,
         full=True,
         model=f"'{config.model_name}'",
+        max_prompt_length=config.values.prompt_limit,
     )
+    if report.valid and (mismatch := objective_problem(config.values.objective, report.format, dataset.path or "")):
+        report.errors.append(mismatch)
     if not report.valid:
         return not fail(run_id, RunStage.RESOLVE, report.errors[0], _problem_lines(report.errors))
     config.dataset_rows = report.rows
@@ -186,6 +195,9 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
     config.dataset_sha256 = file_sha256(dataset)  # what this run reads, whatever the project says now
     # Without a prompt of its own, validation asks the dataset's last row, which is then not trained on.
     config.held_out_row = not config.validation_prompt.strip() and (config.dataset_rows or 0) >= HOLD_OUT_MIN
+    if config.values.objective == "dpo":  # DPO holds out pairs at the end instead (the last one gives the prompt)
+        config.held_out_row = False
+        config.held_out_pairs = held_out_pairs(config.values.preference_pairs, config.dataset_rows or 0)
     TrainingRun.objects.filter(pk=run_id).update(config=config.model_dump())
     # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
     # next save, and the filesystem may hand the new folder the old inode number.
@@ -208,6 +220,7 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
         cancel_file=cancel_file,
         device=os.environ.get("MTM_TRAIN_DEVICE", "auto"),
         hold_out_last_row=config.held_out_row,
+        held_out_pairs=config.held_out_pairs,
     )
     spec_path = write_spec(spec, folder / "spec.json")
     recorder = _RunRecorder(run_id, run_records.history_before_resume(run))
@@ -285,19 +298,28 @@ def _child_failure(outcome) -> Problem:
     )
 
 
-def _validation_prompt(run: TrainingRun) -> str:
+def _snapshot_rows(run: TrainingRun) -> list[dict]:
+    """The rows of the dataset snapshot the trainer read, never the project's path again: a link planted there
+    since is not followed."""
+    config = run_config(run)
+    return load_rows(run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(config.dataset_path))
+
+
+def _validation_prompt(run: TrainingRun, rows: list[dict] | None = None) -> str:
     config = run_config(run)
     if config.validation_prompt.strip():
         return config.validation_prompt
-    # The snapshot the trainer read, never the project's path again: a link planted there since is not followed.
-    snapshot = run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(config.dataset_path)
     try:
-        rows = load_rows(snapshot)
+        rows = rows if rows is not None else _snapshot_rows(run)
         from projects.datasets import detect_format
 
-        if config.held_out_row:
+        if config.held_out_row or config.held_out_pairs:
             rows = rows[-1:]
         fmt = detect_format(rows[:1])
+        if fmt == PREFERENCE:
+            from transformers import AutoTokenizer
+
+            return prompt_of(rows[0], AutoTokenizer.from_pretrained(run.output_directory)) or ""
         tokenizer = None
         if fmt == "messages":
             from transformers import AutoTokenizer
@@ -316,7 +338,14 @@ def validate_stage(run_id: int) -> None:
         run_paths.drop_snapshot(run_dir(run_id))
         fail(run_id, RunStage.VALIDATE, problem)
         return
-    prompt = _validation_prompt(run)
+    config = run_config(run)
+    rows: list[dict] | None = None  # read only when a prompt or held-out pairs come from it
+    if config.held_out_pairs or not config.validation_prompt.strip():
+        try:
+            rows = _snapshot_rows(run)
+        except Exception:  # the dataset is only a source of a prompt and of held-out pairs here
+            rows = []
+    prompt = _validation_prompt(run, rows)
     run_paths.drop_snapshot(run_dir(run_id))
     report = validate_output(
         run.output_directory,
@@ -324,6 +353,16 @@ def validate_stage(run_id: int) -> None:
         base_model_path=run.resolved_path,
         trust_remote_code=_trust_remote_code(run),
     )
+    if config.held_out_pairs and report.passed:
+        check, found = preference_check(
+            run.output_directory,
+            (rows or [])[-config.held_out_pairs :],
+            base_model_path=run.resolved_path,
+            trust_remote_code=_trust_remote_code(run),
+        )
+        report.checks.append(check)
+        report.preference = found
+        report.passed = report.passed and check.passed
     TrainingRun.objects.filter(pk=run_id).update(validation=report.model_dump())
     failed = report.first_failure
     if failed is None:

@@ -18,7 +18,7 @@ from django.conf import settings
 
 from models_registry.checks import check_model_folder
 from projects.inference_check import RESULT_PREFIX
-from projects.run_columns import ValidationCheck, ValidationReport
+from projects.run_columns import PreferenceResult, ValidationCheck, ValidationReport
 from projects.trainer.outputs import MANIFEST_NAME
 
 ADAPTER_FILES = ("adapter_config.json",)
@@ -75,14 +75,14 @@ def json_check(output_dir: Path) -> tuple[bool, str]:
     return True, f"{count} JSON files parse."
 
 
-def _run_child(spec: dict) -> dict:
+def _run_child(spec: dict, module: str = "projects.inference_check") -> dict:
     with tempfile.TemporaryDirectory(prefix="mtm-inference-") as tmp:
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "projects.inference_check", str(spec_path)],
+                [sys.executable, "-m", module, str(spec_path)],
                 cwd=settings.BASE_DIR,
                 env=env,
                 capture_output=True,
@@ -91,11 +91,11 @@ def _run_child(spec: dict) -> dict:
                 check=False,
             )
         except subprocess.TimeoutExpired:
-            return {"error": f"The loading/inference child did not finish within {CHILD_TIMEOUT}s."}
+            return {"error": f"The {module.rsplit('.', 1)[-1]} child did not finish within {CHILD_TIMEOUT}s."}
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])
-    return {"error": f"The loading/inference child exited with code {proc.returncode}: {proc.stderr[-2000:]}"}
+    return {"error": f"The {module.rsplit('.', 1)[-1]} child exited with code {proc.returncode}: {proc.stderr[-2000:]}"}
 
 
 def validate_output(
@@ -141,3 +141,46 @@ def validate_output(
         for name in ("load", "inference"):
             checks.append(ValidationCheck(name=name, passed=False, detail="Not run: an earlier check failed."))
     return ValidationReport(passed=all(c.passed for c in checks), checks=checks, sample_output=sample, prompt=prompt)
+
+
+def _share(value: float, pairs: int) -> str:
+    return f"{value:.0%} ({round(value * pairs)} of {pairs})"
+
+
+def preference_check(
+    output_dir: str | Path, pairs: list[dict], *, base_model_path: str, trust_remote_code: bool = False
+) -> tuple[ValidationCheck, PreferenceResult | None]:
+    """The DPO preference check on held-out `pairs`: how often the base and the tuned model find the chosen
+    answer more likely than the rejected one. Passes when it could be measured; a tuned model that prefers chosen
+    no more often than the base passes with a warning that says so."""
+    started = time.monotonic()
+    output_dir = Path(output_dir)
+    layout, problem = _layout(output_dir)
+    if layout is None:
+        return _check("preference", False, problem, started), None
+    model_dir = output_dir / layout["model_dir"] if layout.get("model_dir") else None
+    spec = {
+        "base_model_path": base_model_path,
+        "model_dir": str(model_dir) if model_dir else None,
+        "adapter_dir": str(output_dir / layout["adapter_dir"]) if layout.get("adapter_dir") else None,
+        "tokenizer_dir": str(model_dir or output_dir),
+        "pairs": pairs,
+        "trust_remote_code": trust_remote_code,
+    }
+    result = _run_child(spec, "projects.preference_check")
+    if "error" in result:
+        return _check("preference", False, result["error"], started), None
+    found = PreferenceResult.model_validate(result)
+    count = found.pairs or len(pairs)
+    detail = (
+        f"On {count} held-out pair{'s' if count != 1 else ''} the model prefers the chosen answer "
+        f"{_share(found.after or 0.0, count)} of the time after training, {_share(found.before or 0.0, count)} "
+        f"before (mean log-probability margin {found.margin_before or 0.0:+.3f} -> {found.margin_after or 0.0:+.3f})."
+    )
+    check = _check("preference", True, detail, started)
+    if (found.after or 0.0) <= (found.before or 0.0):
+        check.warning = (
+            "The tuned model prefers the chosen answers no more often than the base model did: train longer, raise "
+            "the learning rate, or check that chosen and rejected are not swapped."
+        )
+    return check, found

@@ -18,27 +18,36 @@ from projects.datasets.errors import (
     named_list,
 )
 from projects.datasets.key_suggestions import did_you_mean
+from projects.datasets.pairs import PAIR_KEYS, PAIR_SHAPE, PREFERENCE, pair_error
 
+# The shapes supervised fine-tuning trains on; "preference" pairs are what the DPO objective trains on.
 SUPPORTED_FORMATS = ("text", "prompt_completion", "messages", "alpaca")
+ALL_FORMATS = (*SUPPORTED_FORMATS, PREFERENCE)
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    PREFERENCE: PAIR_KEYS,
     "messages": ("messages",),
     "alpaca": ("instruction", "output"),
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
 }
-OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {"alpaca": ("input",)}
+OPTIONAL_KEYS: dict[str, tuple[str, ...]] = {"alpaca": ("input",), PREFERENCE: ("prompt",)}
 # A row holding the keys of several shapes takes the first one here (alpaca exports often carry a "text" too).
-_DETECTION_ORDER = ("messages", "alpaca", "prompt_completion", "text")
+_DETECTION_ORDER = (PREFERENCE, "messages", "alpaca", "prompt_completion", "text")
 
 SHAPES: dict[str, str] = {
     "text": '{"text": "..."}',
     "prompt_completion": '{"prompt": "...", "completion": "..."}',
     "messages": '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}',
     "alpaca": '{"instruction": "...", "input": "..." (optional), "output": "..."}',
+    PREFERENCE: PAIR_SHAPE,
 }
-SHAPES_HINT = "Every row must have one of these shapes: " + "; ".join(SHAPES[f] for f in SUPPORTED_FORMATS) + "."
+SHAPES_HINT = (
+    "Every row must have one of these shapes: "
+    + "; ".join(SHAPES[f] for f in SUPPORTED_FORMATS)
+    + f"; or, for the DPO objective, preference pairs: {PAIR_SHAPE}."
+)
 
 
 def row_format(row: dict) -> str | None:
@@ -93,6 +102,8 @@ def _messages_error(messages: object) -> str | None:
 
 def row_error(row: dict, fmt: str) -> str | None:
     """What is wrong with a row of a known shape (without the "Row N" prefix), or None."""
+    if fmt == PREFERENCE:
+        return pair_error(row)
     if fmt == "messages":
         return _messages_error(row.get("messages"))
     for key in REQUIRED_KEYS[fmt]:
@@ -152,6 +163,10 @@ class RowChecker:
             )
             return
         fmt = row_format(row)
+        pair_like = any(key in row for key in PAIR_KEYS) or (self.format == PREFERENCE and "prompt" in row)
+        if fmt is None and self.format in (None, PREFERENCE) and pair_like:
+            self.collector.add(_format_problem(ref, PREFERENCE, pair_error(row) or "not a pair"))  # a key missing
+            return
         if fmt is None:
             keys = named_list(row) or "no keys"
             guess = did_you_mean([str(key) for key in row], REQUIRED_KEYS)
@@ -225,7 +240,7 @@ def check_rows(rows: Iterable[object], fmt: str, *, max_errors: int = DEFAULT_MA
 
 
 def detect_format(rows: Iterable[object], *, max_errors: int = DEFAULT_MAX_ERRORS) -> str:
-    """The format shared by all rows ("text", "prompt_completion", "messages" or "alpaca").
+    """The format shared by all rows ("text", "prompt_completion", "messages", "alpaca" or "preference").
 
     Raises DatasetError naming the rows (1-based) that are not objects, match no shape, differ from the
     first row's shape, or have a field of the wrong type or empty.

@@ -12,6 +12,7 @@ from mtm.shared.problems import Problem
 from projects.datasets.errors import DEFAULT_MAX_ERRORS, DatasetError
 from projects.datasets.examples import IGNORE_INDEX, encode_rows
 from projects.datasets.loading import DEFAULT_MAX_BYTES, Sample, load_dataset, open_dataset, sniff_kind
+from projects.datasets.pairs import PREFERENCE, encode_pairs
 from projects.datasets.template_sandbox import TemplateLimits
 
 PREVIEW_CHARS = 300
@@ -57,6 +58,8 @@ class DatasetReport:
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     token_stats: TokenStats | None = None
+    # Preference pairs: the lengths of the prompts and of each answer (token_stats: prompt + the longer answer).
+    pair_token_stats: dict[str, TokenStats] | None = None
 
     @property
     def valid(self) -> bool:
@@ -76,6 +79,11 @@ class DatasetReport:
             "errors": [p.to_dict() for p in self.errors],
             "warnings": [p.to_dict() for p in self.warnings],
             "token_stats": self.token_stats.to_dict() if self.token_stats else None,
+            "pair_token_stats": (
+                {part: stats.to_dict() for part, stats in self.pair_token_stats.items()}
+                if self.pair_token_stats
+                else None
+            ),
         }
 
 
@@ -175,12 +183,14 @@ def inspect_dataset(
     max_errors: int = DEFAULT_MAX_ERRORS,
     full: bool = False,
     model: str = "",
+    max_prompt_length: int | None = None,
 ) -> DatasetReport:
     """What the form shows about a dataset file; never raises for a bad file (its problems are in errors).
 
     By default only the start of the file is read (loading.Sample): what a web request may do; `full=True` reads
     every row, for the worker. Either way the chat template of `model` runs in limited child processes. Token
-    stats only when a tokenizer is given. The path is trusted: call check_dataset_path first.
+    stats only when a tokenizer is given. The path is trusted: call check_dataset_path first. Preference pairs are
+    measured against `max_prompt_length` too (half of max_seq_length when not given).
     """
     report = DatasetReport(path=str(path))
     try:
@@ -204,7 +214,23 @@ def inspect_dataset(
     report.complete = loaded.complete
     report.warnings = list(loaded.warnings)
     report.preview = [shorten(row) for row in loaded.rows[: max(preview_rows, 0)]]
-    if tokenizer is not None and loaded.rows:
+    if tokenizer is not None and loaded.rows and loaded.format == PREFERENCE:
+        try:
+            lengths = encode_pairs(
+                _capped(loaded.rows, max_seq_length),
+                tokenizer,
+                limits=TemplateLimits.from_settings(),
+                model=model,
+                max_errors=max_errors,
+            )
+        except DatasetError as exc:
+            report.errors.extend(exc.problems)
+            return report
+        report.token_stats, report.pair_token_stats, warnings = pair_stats(
+            lengths, max_seq_length, max_prompt_length, report.rows, report.complete
+        )
+        report.warnings.extend(warnings)
+    elif tokenizer is not None and loaded.rows:
         try:
             rows = _capped(loaded.rows, max_seq_length)
             encoded = encode_rows(
@@ -221,3 +247,60 @@ def inspect_dataset(
         report.token_stats = token_stats(encoded, max_seq_length)
         report.warnings.extend(_length_warnings(report.token_stats, report.rows, report.complete))
     return report
+
+
+def _length_stats(lengths: list[int], limit: int | None) -> TokenStats:
+    ordered = sorted(lengths)
+    return TokenStats(
+        min=ordered[0],
+        p50=_nearest_rank(ordered, 0.50),
+        p95=_nearest_rank(ordered, 0.95),
+        max=ordered[-1],
+        mean=round(sum(ordered) / len(ordered), 1),
+        total=sum(ordered),
+        over_max=None if limit is None else sum(1 for length in ordered if length > limit),
+        dropped=None,
+        max_seq_length=limit,
+    )
+
+
+def pair_stats(
+    lengths: list[tuple[int, int, int]],
+    max_seq_length: int | None,
+    max_prompt_length: int | None,
+    rows: int,
+    complete: bool = True,
+) -> tuple[TokenStats, dict[str, TokenStats], list[Problem]]:
+    """Stats of whole pairs (prompt + the longer answer) against max_seq_length, of prompts against the prompt
+    limit, and of each answer; with warnings for prompts cut and answers cut."""
+    prompt_limit = max_prompt_length or (max_seq_length // 2 if max_seq_length else None)
+    kept = [(min(p, prompt_limit) if prompt_limit else p, c, r) for p, c, r in lengths]
+    whole = _length_stats([p + max(c, r) for p, c, r in lengths], max_seq_length)
+    parts = {
+        "prompt": _length_stats([p for p, _, _ in lengths], prompt_limit),
+        "chosen": _length_stats([c for _, c, _ in lengths], None),
+        "rejected": _length_stats([r for _, _, r in lengths], None),
+    }
+    of_rows = f"of {rows} pairs" if complete else f"of the first {rows} pairs"
+    warnings = []
+    if parts["prompt"].over_max:
+        warnings.append(
+            Problem(
+                "dataset_prompt_truncation",
+                f"{parts['prompt'].over_max} {of_rows} have a prompt longer than the max prompt length "
+                f"({prompt_limit} tokens): their start is cut; the longest has {parts['prompt'].max} tokens.",
+                f"Raise max_prompt_length (95% of prompts fit in {parts['prompt'].p95} tokens) or shorten them.",
+            )
+        )
+    if max_seq_length:
+        cut = sum(1 for p, c, r in kept if p + max(c, r) > max_seq_length)
+        if cut:
+            warnings.append(
+                Problem(
+                    "dataset_truncation",
+                    f"{cut} {of_rows} are longer than the max sequence length ({max_seq_length} tokens) with their "
+                    "prompt and answer together: the end of the answer is cut.",
+                    f"Raise the max sequence length (95% of pairs fit in {whole.p95} tokens) or shorten the answers.",
+                )
+            )
+    return whole, parts, warnings

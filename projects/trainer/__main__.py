@@ -26,6 +26,7 @@ from projects.trainer.spec import parse_spec  # noqa: E402
 # Progress bars would flood the supervisor's log tail; the events carry the progress.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 USAGE = "usage: python -m projects.trainer SPEC.json"
 
@@ -44,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = parse_spec(_read_spec(Path(args[0])))
         resume = resolve_resume(spec.resume_from_checkpoint, spec.write_dir)  # fail before the slow imports
-        from projects.trainer.run import run_training  # torch and transformers: seconds to import
+        if spec.hyperparameters.objective == "dpo":
+            from projects.trainer.dpo import run_dpo_training as run_training  # torch, transformers, trl
+        else:
+            from projects.trainer.run import run_training  # torch and transformers: seconds to import
 
         return run_training(spec, emit, imports_seconds=time.monotonic() - STARTED, resume=resume)
     except TrainerError as exc:

@@ -28,8 +28,13 @@ class ProgressReporter(TrainerCallback):
         started_fields: dict[str, Any] | None = None,
         setup_started: float | None = None,
         output_dir: Path | None = None,
+        logged_fields: dict[str, str] | None = None,
     ) -> None:
         self.emit = emit
+        # Further values of the Trainer's logs that become fields of logged progress events and of the history
+        # (log key -> field name), e.g. the DPO reward metrics.
+        self.logged_fields = dict(logged_fields or {})
+        self.logged: dict[str, float] = {}
         self.started_fields = dict(started_fields or {})
         self.setup_started = setup_started
         self.output_dir = output_dir  # the folder as checkpoint events name it; the Trainer may write to "."
@@ -92,7 +97,8 @@ class ProgressReporter(TrainerCallback):
             return control
         self.loss = float(logs["loss"])
         self.learning_rate = float(logs.get("learning_rate", self.learning_rate or 0.0))
-        point = {"step": state.global_step, "loss": self.loss, "learning_rate": self.learning_rate}
+        self.logged = {name: float(logs[key]) for key, name in self.logged_fields.items() if key in logs}
+        point = {"step": state.global_step, "loss": self.loss, "learning_rate": self.learning_rate, **self.logged}
         point["tokens_per_second"] = self._report(state, time.monotonic(), logged=True)
         self.history.append(point)
         return control
@@ -133,6 +139,7 @@ class ProgressReporter(TrainerCallback):
             tokens_per_second=round(rate, 1) if rate is not None else None,
             eta_seconds=round(eta, 1) if eta is not None else None,
             logged=logged,  # true: a logging step, the loss is fresh (a point for the loss chart)
+            **(self.logged if logged else {}),
         )
         self._last_emit_time, self._last_emit_tokens, self._last_emit_step = now, tokens, state.global_step
         return round(rate, 1) if rate is not None else None

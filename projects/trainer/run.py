@@ -281,30 +281,44 @@ def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[st
     return data, info
 
 
-def apply_lora(model: Any, hp: Hyperparameters) -> Any:
-    from peft import LoraConfig, get_peft_model
+def lora_config(hp: Hyperparameters) -> Any:
+    from peft import LoraConfig
 
     targets = hp.lora_target_modules
-    config = LoraConfig(
+    return LoraConfig(
         r=hp.lora_r,
         lora_alpha=hp.lora_alpha,
         lora_dropout=hp.lora_dropout,
         target_modules=ALL_LINEAR if targets == ALL_LINEAR else list(targets),
         task_type="CAUSAL_LM",
     )
+
+
+def lora_targets_error(hp: Hyperparameters, exc: Exception) -> TrainerError:
+    targets = hp.lora_target_modules
+    return TrainerError(
+        "invalid_hyperparameter",
+        f"Hyperparameter 'lora_target_modules' = {targets!r} does not fit this model: {exc}",
+        f'Use \'{ALL_LINEAR}\' or names of the model\'s linear layers, e.g. ["q_proj", "v_proj"] for Llama.',
+    )
+
+
+def apply_lora(model: Any, hp: Hyperparameters) -> Any:
+    from peft import get_peft_model
+
     try:
-        return get_peft_model(model, config)
+        return get_peft_model(model, lora_config(hp))
     except ValueError as exc:
-        raise TrainerError(
-            "invalid_hyperparameter",
-            f"Hyperparameter 'lora_target_modules' = {targets!r} does not fit this model: {exc}",
-            f'Use \'{ALL_LINEAR}\' or names of the model\'s linear layers, e.g. ["q_proj", "v_proj"] for Llama.',
-        )
+        raise lora_targets_error(hp, exc)
 
 
-def training_arguments(spec: TrainerSpec, placement: Placement) -> TrainingArguments:
+def training_arguments(
+    spec: TrainerSpec, placement: Placement, args_class: type = TrainingArguments, **extra: Any
+) -> TrainingArguments:
+    """The Trainer's arguments from the spec; `args_class` a TrainingArguments subclass (TRL's DPOConfig) taking
+    `extra` too."""
     hp = spec.hyperparameters
-    return TrainingArguments(
+    return args_class(
         output_dir=str(spec.write_dir),
         num_train_epochs=hp.epochs,
         max_steps=hp.max_steps if hp.max_steps > 0 else -1,
@@ -328,6 +342,7 @@ def training_arguments(spec: TrainerSpec, placement: Placement) -> TrainingArgum
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        **extra,
     )
 
 

@@ -13,6 +13,7 @@
  "resume_from_checkpoint": null | "latest" | "/abs/output/checkpoint-N",
  "cancel_file": null | "/abs/path",          its appearance asks the child to stop, save and exit 3
  "hold_out_last_row": false,                 true: the dataset's last row is not trained on (a validation prompt)
+ "held_out_pairs": 0,                        DPO: the dataset's last N pairs are not trained on (the preference check)
  "device": "auto" | "cpu" | "cuda",
  "progress_interval": 1.0}                   seconds between progress events (logging steps add more)
 ```
@@ -49,6 +50,7 @@ class TrainerSpec:
     device: str
     progress_interval: float
     hold_out_last_row: bool = False
+    held_out_pairs: int = 0
 
 
 def build_spec(
@@ -67,6 +69,7 @@ def build_spec(
     device: str = "auto",
     progress_interval: float = 1.0,
     hold_out_last_row: bool = False,
+    held_out_pairs: int = 0,
 ) -> dict[str, Any]:
     """The SPEC dict for `python -m projects.trainer SPEC.json` (see write_spec). Checked by the child."""
     if isinstance(hyperparameters, Hyperparameters):
@@ -86,6 +89,7 @@ def build_spec(
         "device": device,
         "progress_interval": progress_interval,
         "hold_out_last_row": bool(hold_out_last_row),
+        "held_out_pairs": int(held_out_pairs),
     }
 
 
@@ -137,6 +141,10 @@ def parse_spec(data: Any) -> TrainerSpec:
             )
         )
         resume = None
+    held_out = data.get("held_out_pairs", 0)
+    if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
+        problems.append(Problem("invalid_spec", f"held_out_pairs {held_out!r} is not a count of pairs.", _SPEC_HINT))
+        held_out = 0
     cancel_file = text("cancel_file", required=False)
     if model_path and not Path(model_path).is_dir():
         name = data.get("model_name") or model_path
@@ -176,6 +184,7 @@ def parse_spec(data: Any) -> TrainerSpec:
         device=device,
         progress_interval=float(interval),
         hold_out_last_row=data.get("hold_out_last_row") is True,
+        held_out_pairs=held_out,
     )
 
 

@@ -1,0 +1,271 @@
+"""A DPO run inside the trainer child process: TRL's DPOTrainer on preference pairs, with the portal's events,
+cancel, resume, saving and manifest as an SFT run has them (projects.trainer.run).
+
+The reference the loss compares against is the base model as it was loaded: with LoRA, the same model with the
+adapter disabled (TRL does this when it is given the LoRA config: no second copy in memory); with a full
+fine-tune, a frozen copy of the loaded weights, made before training changes them.
+Returns the exit code; raises TrainerError (or anything else) for the caller to report as an "error" event.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PrinterCallback, set_seed
+from trl import DPOConfig, DPOTrainer
+
+from mtm.shared.files import file_sha256
+from projects.chat_templates import BUILT_IN
+from projects.datasets.pairs import PREFERENCE, split_pair
+from projects.trainer.device import choose_placement, configure_threads
+from projects.trainer.errors import TrainerError
+from projects.trainer.events import EXIT_CANCELLED, EXIT_OK
+from projects.trainer.outputs import library_versions, save_final, write_manifest
+from projects.trainer.progress import Emit, ProgressReporter
+from projects.trainer.run import (
+    NothingLeftToTrain,
+    _absolute,
+    _now,
+    _shown,
+    load_model,
+    lora_config,
+    lora_targets_error,
+    training_arguments,
+    within_context,
+)
+from projects.trainer.spec import TrainerSpec
+
+# TRL's logged metrics that the run page charts, and the names our events and metric points give them.
+DPO_LOGGED = {
+    "rewards/margins": "reward_margin",
+    "rewards/accuracies": "reward_accuracy",
+    "rewards/chosen": "reward_chosen",
+    "rewards/rejected": "reward_rejected",
+}
+
+
+class PortalDPOTrainer(DPOTrainer):
+    """TRL's DPOTrainer with each pair's prompt cut to its last `prompt_limit` tokens (the end, next to the
+    answers), counting the prompts it cut. Real tokens are TRL's own count (non-padding tokens of both sequences
+    of every pair trained on)."""
+
+    def __init__(self, *args: Any, prompt_limit: int | None = None, **kwargs: Any) -> None:
+        self.prompt_limit = prompt_limit  # read by _prepare_dataset, which DPOTrainer.__init__ calls
+        self.prompts_cut = 0
+        super().__init__(*args, **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        limit = self.prompt_limit
+        if not limit:
+            return dataset
+        self.prompts_cut += sum(1 for ids in dataset["prompt_ids"] if len(ids) > limit)
+        return dataset.map(lambda example: {"prompt_ids": example["prompt_ids"][-limit:]})
+
+    @property
+    def real_tokens_seen(self) -> int:
+        return int(self._total_train_tokens)
+
+
+def _messages(messages: list[dict]) -> list[dict]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def build_pairs(spec: TrainerSpec, tokenizer: Any) -> tuple[Any, dict[str, Any]]:
+    """The dataset's pairs as TRL takes them ({prompt, chosen, rejected}, all text or all messages), less the
+    held-out ones at its end; and what the manifest and the "started" event say of them."""
+    from datasets import Dataset
+
+    from projects.datasets import DatasetError, detect_format, load_rows
+
+    hp = spec.hyperparameters
+    if hp.chat_template in BUILT_IN:  # set on the tokenizer itself: the saved model carries the template too
+        tokenizer.chat_template = BUILT_IN[hp.chat_template]
+    try:
+        rows = load_rows(spec.dataset_path)
+        fmt = detect_format(rows)
+    except DatasetError as exc:
+        raise TrainerError.from_problems(exc.problems)
+    if fmt != PREFERENCE:
+        raise TrainerError(
+            "dataset_not_pairs",
+            f"{spec.dataset_path} holds '{fmt}' rows, but the DPO objective trains on preference pairs.",
+            "Use a dataset of pairs (prompt, chosen, rejected), or set the training objective to sft.",
+        )
+    total = len(rows)
+    held_out = min(spec.held_out_pairs, max(total - 1, 0))
+    pairs = []
+    for row in rows[: total - held_out]:
+        prompt, chosen, rejected = split_pair(row)
+        if isinstance(prompt, list):
+            prompt, chosen, rejected = _messages(prompt), _messages(chosen), _messages(rejected)
+        pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    info = {
+        "format": fmt,
+        "dataset_rows": total,
+        "examples": len(pairs),
+        "training_rows": len(pairs),
+        "held_out_rows": held_out,
+    }
+    return Dataset.from_list(pairs), info
+
+
+def dpo_arguments(spec: TrainerSpec, placement: Any) -> DPOConfig:
+    hp = spec.hyperparameters
+    return training_arguments(
+        spec,
+        placement,
+        DPOConfig,
+        beta=hp.dpo_beta,
+        loss_type=[hp.dpo_loss_type],
+        max_length=hp.max_seq_length,
+        trust_remote_code=spec.trust_remote_code,
+        precompute_ref_log_probs=False,
+        dataset_num_proc=None,
+    )
+
+
+def run_dpo_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: Path | None = None) -> int:
+    """Train as the spec says with DPO; `resume` is the checkpoint folder (outputs.resolve_resume) or None."""
+    hp = spec.hyperparameters
+    started_at = _now()
+    if spec.cancel_file is not None and spec.cancel_file.exists():
+        emit("cancelled", step=0, checkpoint=None)
+        return EXIT_CANCELLED
+    placement = choose_placement(spec.device, hp.precision)
+    threads = configure_threads()
+    set_seed(hp.seed)
+
+    clock = time.monotonic()
+    tokenizer, model, base_dtype = load_model(spec, placement)
+    model_load = time.monotonic() - clock
+    spec, clamped_from = within_context(spec, model.config)
+    hp = spec.hyperparameters
+
+    clock = time.monotonic()
+    pairs, data_info = build_pairs(spec, tokenizer)
+    if clamped_from is not None:
+        data_info["max_seq_length_clamped_from"] = clamped_from
+    dataset_seconds = time.monotonic() - clock
+
+    setup_started = time.monotonic()
+    spec.write_dir.mkdir(parents=True, exist_ok=True)
+    reference = "base model with the adapter disabled"
+    ref_model = None
+    if spec.method == "full":
+        reference = "frozen copy of the base model"
+        ref_model = copy.deepcopy(model).eval()
+        ref_model.requires_grad_(False)
+        if not placement.use_cpu and placement.precision in ("bf16", "fp16"):  # it is only ever run forward
+            ref_model = ref_model.to(torch.bfloat16 if placement.precision == "bf16" else torch.float16)
+    try:
+        trainer = PortalDPOTrainer(
+            prompt_limit=hp.prompt_limit,
+            model=model,
+            ref_model=ref_model,
+            args=dpo_arguments(spec, placement),
+            train_dataset=pairs,
+            processing_class=tokenizer,
+            peft_config=lora_config(hp) if spec.method == "lora" else None,
+        )
+    except ValueError as exc:
+        if spec.method == "lora" and "target" in str(exc).lower():
+            raise lora_targets_error(hp, exc)
+        raise
+    data_info["prompts_truncated"] = trainer.prompts_cut
+    trainer.remove_callback(PrinterCallback)  # our events replace its printed log dicts
+    if resume is not None:
+        trainer.add_callback(NothingLeftToTrain(resume))  # before the reporter, so no "started" is reported
+    reporter = ProgressReporter(
+        emit,
+        interval=spec.progress_interval,
+        cancel_file=spec.cancel_file,
+        real_tokens=lambda: trainer.real_tokens_seen,
+        started_fields={
+            "device": placement.label,
+            "precision": placement.precision,
+            "threads": threads,
+            "method": spec.method,
+            "objective": "dpo",
+            "reference": reference,
+            "resumed_from": _shown(spec, resume),
+            **data_info,
+            "timings": {
+                "imports": round(imports_seconds, 3),
+                "model_load": round(model_load, 3),
+                "dataset": round(dataset_seconds, 3),
+            },
+        },
+        setup_started=setup_started,
+        output_dir=spec.output_dir,
+        logged_fields=DPO_LOGGED,
+    )
+    trainer.add_callback(reporter)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(reporter, "cancel_requested", True))
+
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+
+    if reporter.cancelled_at_step is not None:
+        emit("cancelled", step=reporter.cancelled_at_step, checkpoint=reporter.last_checkpoint)
+        return EXIT_CANCELLED
+
+    ref_model = trainer.ref_model = None  # the frozen copy is not saved; free it before the final save
+    layout = save_final(trainer.model, tokenizer, spec.write_dir, spec.method, hp.merge_after_training, base_dtype)
+    runtime = float(result.metrics.get("train_runtime") or 0.0)
+    real_tokens = trainer.real_tokens_seen
+    metrics = {
+        "global_step": trainer.state.global_step,
+        "epoch": trainer.state.epoch,
+        "train_loss": result.training_loss,
+        "final_loss": reporter.loss,
+        "train_runtime": runtime,
+        "real_tokens": real_tokens,
+        "tokens_per_second": real_tokens / runtime if runtime > 0 else None,
+        "steady_tokens_per_second": reporter.session_tokens_per_second(),
+        **{f"final_{name}": value for name, value in reporter.logged.items()},
+    }
+    manifest = {
+        "format": 1,
+        "base_model": {"name": spec.model_name, "revision": spec.revision, "path": str(spec.model_path)},
+        "method": spec.method,
+        "objective": "dpo",
+        "dpo": {
+            "beta": hp.dpo_beta,
+            "loss_type": hp.dpo_loss_type,
+            "prompt_tokens_kept": hp.prompt_limit,
+            "reference": reference,
+            "trl": _trl_version(),
+        },
+        "dataset": {"path": str(spec.dataset_path), "sha256": file_sha256(spec.dataset_path), **data_info},
+        "hyperparameters": hp.to_dict(),
+        "metrics": metrics,
+        "loss_history": reporter.history,
+        "layout": layout,
+        "resumed_from": _shown(spec, resume),
+        "device": placement.label,
+        "precision": placement.precision,
+        "versions": {**library_versions(), "trl": _trl_version()},
+        "started_at": started_at,
+        "finished_at": _now(),
+    }
+    manifest_path = spec.output_dir / write_manifest(spec.write_dir, manifest)
+    emit(
+        "finished",
+        metrics=metrics,
+        output_dir=str(spec.output_dir),
+        model_dir=_absolute(spec.output_dir, layout["model_dir"]),
+        adapter_dir=_absolute(spec.output_dir, layout["adapter_dir"]),
+        manifest=str(manifest_path),
+    )
+    return EXIT_OK
+
+
+def _trl_version() -> str:
+    import trl
+
+    return trl.__version__
