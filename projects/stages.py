@@ -30,6 +30,7 @@ from projects.services import load_tokenizer
 from projects.supervisor import Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
 from projects.trainer.outputs import RUN_MARKER
+from projects.trainer.ranks import launcher_outcome, owned_devices
 from projects.validation import validate_output
 
 MAX_METRIC_POINTS = 2000
@@ -186,6 +187,12 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
     config.dataset_sha256 = file_sha256(dataset)  # what this run reads, whatever the project says now
     # Without a prompt of its own, validation asks the dataset's last row, which is then not trained on.
     config.held_out_row = not config.validation_prompt.strip() and (config.dataset_rows or 0) >= HOLD_OUT_MIN
+    devices = config.values.devices
+    owned = owned_devices()
+    if owned is not None and owned < devices:  # placement sends it only to such a worker; a stale message may not
+        run_paths.drop_snapshot(folder)
+        fail(run_id, RunStage.TRAIN, _too_few_devices(devices, owned))
+        return False
     TrainingRun.objects.filter(pk=run_id).update(config=config.model_dump())
     # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
     # next save, and the filesystem may hand the new folder the old inode number.
@@ -238,7 +245,7 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(settings.BASE_DIR), env.get("PYTHONPATH", "")) if p)
     outcome = supervise(
-        trainer_command(spec_path, sys.executable),
+        trainer_command(spec_path, sys.executable, devices),
         cwd=Path(settings.BASE_DIR),
         cwd_fd=output_fd,
         env=env,
@@ -249,6 +256,10 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
         ),
     )
     TrainingRun.objects.filter(pk=run_id).update(log_tail=outcome.tail)
+    # On several devices torchrun exits 1 for any rank's exit, and every rank may report an error: which one is it.
+    outcome.returncode, outcome.last_error = launcher_outcome(
+        outcome.returncode, outcome.cancelled is not None, outcome.errors, outcome.tail, devices
+    )
     with contextlib.suppress(FileNotFoundError):
         os.unlink(RUN_MARKER, dir_fd=output_fd)  # in the folder trained in, not wherever the path leads now
     if not (outcome.returncode == EXIT_OK and outcome.finished and outcome.stopped_for is None):
@@ -263,6 +274,15 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
         return False
     fail(run_id, RunStage.TRAIN, _child_failure(outcome), (outcome.last_error or {}).get("traceback", ""))
     return False
+
+
+def _too_few_devices(devices: int, owned: int) -> Problem:
+    return Problem(
+        "too_few_devices",
+        f"This run asks for {devices} devices and the worker that took it ({worker_identity()}) owns {owned}.",
+        f"Start a worker that owns {devices} (runworker --gpus with {devices} indexes, or --cpu --processes "
+        f"{devices}), or set the project's devices to {owned}; then start the run again.",
+    )
 
 
 def _child_failure(outcome) -> Problem:

@@ -30,6 +30,7 @@ from transformers import (
 from mtm.shared.files import file_sha256
 from projects.chat_templates import BUILT_IN
 from projects.hyperparameters import ALL_LINEAR, Hyperparameters
+from projects.trainer import ranks
 from projects.trainer.batching import (
     REAL_TOKENS_KEY,
     PackedCollator,
@@ -81,7 +82,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         emit("cancelled", step=0, checkpoint=None)
         return EXIT_CANCELLED
     placement = choose_placement(spec.device, hp.precision)
-    threads = configure_threads()
+    threads = configure_threads(per_rank=placement.use_cpu)
     set_seed(hp.seed)
 
     clock = time.monotonic()
@@ -117,7 +118,8 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         cancel_file=spec.cancel_file,
         real_tokens=lambda: trainer.real_tokens_seen,
         started_fields={
-            "device": placement.label,
+            "device": ranks.device_label(placement.label),
+            "devices": ranks.world_size(),
             "precision": placement.precision,
             "threads": threads,
             "method": spec.method,
@@ -133,6 +135,10 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         output_dir=spec.output_dir,
     )
     trainer.add_callback(reporter)
+    if not ranks.faults_here():
+        reporter.fault_at_step = 0
+    if ranks.world_size() > 1:
+        trainer.add_callback(ranks.sync_stop_callback(reporter))
     signal.signal(signal.SIGTERM, lambda *_: setattr(reporter, "cancel_requested", True))
 
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -140,6 +146,8 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
     if reporter.cancelled_at_step is not None:
         emit("cancelled", step=reporter.cancelled_at_step, checkpoint=reporter.last_checkpoint)
         return EXIT_CANCELLED
+    if not ranks.is_main():  # rank 0 alone writes the model and the manifest
+        return EXIT_OK
 
     layout = save_final(trainer.model, tokenizer, spec.write_dir, spec.method, hp.merge_after_training, base_dtype)
     runtime = float(result.metrics.get("train_runtime") or 0.0)
@@ -163,7 +171,9 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         "loss_history": reporter.history,
         "layout": layout,
         "resumed_from": _shown(spec, resume),
-        "device": placement.label,
+        "device": ranks.device_label(placement.label),
+        "devices": ranks.world_size(),
+        "effective_batch": hp.effective_batch,
         "precision": placement.precision,
         "versions": library_versions(),
         "started_at": started_at,
