@@ -45,9 +45,13 @@ def _problem_lines(problems: list[Problem]) -> str:
     return "\n".join(f"[{p.code}] {p.message} {p.hint}".strip() for p in problems)
 
 
-def resolve_stage(run_id: int) -> bool:
-    """Resolution fails explicitly before any training starts (no simulation fallback)."""
-    if not transition(
+def resolve_stage(run_id: int, taken: bool = False) -> bool:
+    """Resolution fails explicitly before any training starts (no simulation fallback). `taken`: the worker has
+    already moved the run to "resolving" (workers.fair_share.take)."""
+    if taken:
+        if not TrainingRun.objects.filter(pk=run_id, status=RunStatus.RESOLVING).exists():
+            return False
+    elif not transition(
         run_id, RunStatus.QUEUED, RunStatus.RESOLVING, started_at=timezone.now(), worker_host=worker_identity()
     ):
         return False

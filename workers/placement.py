@@ -138,11 +138,6 @@ def place(run: TrainingRun) -> RunPlacement:
     return RunPlacement.objects.create(run=run, queue=queue, waiting_for=waiting_for[:255])
 
 
-def record_taker(run_id: int, worker_name: str) -> None:
-    """Called by the worker that took the run from its queue, before it starts on it."""
-    RunPlacement.objects.filter(run_id=run_id, run__status=RunStatus.QUEUED).update(worker_name=worker_name[:255])
-
-
 @dataclass(frozen=True)
 class PlaceInLine:
     ahead: int  # queued runs sent to the same queue before this one
