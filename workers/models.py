@@ -45,6 +45,12 @@ class Worker(models.Model):
         return self.last_seen < timezone.now() - timedelta(seconds=settings.MTM_WORKER_GONE_SECONDS)
 
     @property
+    def long_gone(self) -> bool:
+        """Gone and silent for longer than MTM_WORKER_FORGET_SECONDS: the GPUs page folds it away."""
+        forget = timezone.now() - timedelta(seconds=settings.MTM_WORKER_FORGET_SECONDS)
+        return self.is_gone and self.last_seen < forget
+
+    @property
     def device_count(self) -> int:
         """The devices one run may span on this worker: its GPUs, or the processes of a CPU worker."""
         return len(self.devices.all()) or max(1, self.cpu_processes)
