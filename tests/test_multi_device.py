@@ -22,7 +22,7 @@ from projects.hyperparameters import Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingProject
 from projects.run_services import RunRefused
 from projects.supervisor import Supervision, supervise
-from projects.trainer.events import EXIT_OK, build_spec, trainer_command, write_spec
+from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
 from projects.trainer.outputs import MANIFEST_NAME
 from projects.trainer.ranks import launch_command, launcher_outcome
 from tests.api_client import call
@@ -42,7 +42,7 @@ ROWS = [{"prompt": f"Question {i}: what is {i} plus {i}? Answer:", "completion":
 # -- the trainer under torchrun ----------------------------------------------------------------------------------
 
 
-def child(tmp: Path, name: str, devices: int, extra_env: dict[str, str] | None = None, **hyper):
+def child(tmp: Path, name: str, devices: int, extra_env: dict[str, str] | None = None, cancel_at=0, **hyper):
     """Run the trainer as the pipeline starts it (torchrun for several devices) and follow it with the supervisor."""
     model, data = tmp / "model", tmp / "data.jsonl"
     spec = build_spec(
@@ -63,6 +63,7 @@ def child(tmp: Path, name: str, devices: int, extra_env: dict[str, str] | None =
             **hyper,
         },
         device="cpu",
+        cancel_file=tmp / f"{name}.cancel",
     )
     spec_path = write_spec(spec, tmp / f"{name}.json")
     events: list[dict] = []
@@ -73,7 +74,11 @@ def child(tmp: Path, name: str, devices: int, extra_env: dict[str, str] | None =
         env={**env, **(extra_env or {})},
         cancel_file=tmp / f"{name}.cancel",
         log_path=tmp / f"{name}.log",
-        sup=Supervision(on_event=events.append, should_cancel=lambda: False),
+        sup=Supervision(
+            on_event=events.append,
+            should_cancel=lambda: bool(cancel_at) and any(e.get("step", 0) >= cancel_at for e in events),
+            tick_seconds=0.5,
+        ),
     )
     code, error = launcher_outcome(
         outcome.returncode, outcome.cancelled is not None, outcome.errors, outcome.tail, devices
@@ -119,6 +124,22 @@ def test_two_processes_follow_the_loss_curve_of_one_with_the_same_effective_batc
     manifest = json.loads((trainer_inputs / "two" / MANIFEST_NAME).read_text())
     assert manifest["devices"] == 2 and manifest["effective_batch"] == 4 and manifest["metrics"]["global_step"] == 3
     assert sorted(p.name for p in (trainer_inputs / "two").glob("model*.safetensors")) == ["model.safetensors"]
+    # The tokens of both ranks are counted (the same examples as the single process saw).
+    finished = {len(run): next(e for e in run if e["event"] == "finished") for run in (one, two)}
+    assert len({f["metrics"]["real_tokens"] for f in finished.values()}) == 1
+
+
+@pytest.mark.slow
+def test_a_cancelled_two_process_run_stops_every_rank_at_one_step_with_a_checkpoint(trainer_inputs):
+    code, error, events, outcome = child(
+        trainer_inputs, "cancelled", 2, cancel_at=2, batch_size=2, max_steps=2000, save_steps=1000
+    )
+    assert (code, error) == (EXIT_CANCELLED, None), outcome.tail[-3000:]
+    cancelled = [e for e in events if e["event"] == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0]["step"] >= 2
+    step = cancelled[0]["step"]
+    assert (trainer_inputs / "cancelled" / f"checkpoint-{step}" / "trainer_state.json").is_file()
+    assert not (trainer_inputs / "cancelled" / MANIFEST_NAME).exists()
 
 
 @pytest.mark.slow
@@ -207,8 +228,7 @@ def test_a_rank_killed_mid_training_fails_the_run_naming_that_rank_and_no_rank_i
     run = start(project(portal_roots, owner, "killed", {"max_steps": 2000, "save_steps": 1000}), owner)
     run = wait_for_end(run.pk, timeout=240, until=lambda r: (r.progress or {}).get("step", 0) >= 2)
     assert run.status == RunStatus.TRAINING
-    ranks = [p for p in psutil.process_iter(["cmdline"]) if "projects.trainer" in " ".join(p.info["cmdline"] or [])]
-    ranks = [p for p in ranks if _env(p).get("RANK") in ("0", "1") and str(run.pk) in " ".join(p.cmdline())]
+    ranks = _ranks_of(run)
     assert sorted(_env(p)["RANK"] for p in ranks) == ["0", "1"]
     next(p for p in ranks if _env(p)["RANK"] == "1").kill()
 
@@ -217,6 +237,39 @@ def test_a_rank_killed_mid_training_fails_the_run_naming_that_rank_and_no_rank_i
     assert run.error_message.startswith("Rank 1 of 2 was killed by SIGKILL")
     psutil.wait_procs(ranks, timeout=30)
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)
+
+
+@pytest.mark.slow
+def test_a_killed_worker_takes_every_rank_with_it_and_the_run_is_reaped(
+    portal_roots, transactional_db, tiny_llama_in_cache, two_process_worker, settings
+):
+    from projects.liveness import reap_stale_runs
+
+    settings.MTM_HEARTBEAT_TIMEOUT = 5
+    wait_for_report(2)
+    owner = User.objects.create_user("member")
+    run = start(project(portal_roots, owner, "orphans", {"max_steps": 2000, "save_steps": 1000}), owner)
+    run = wait_for_end(run.pk, timeout=240, until=lambda r: (r.progress or {}).get("step", 0) >= 2)
+    ranks = _ranks_of(run)
+    assert sorted(_env(p)["RANK"] for p in ranks) == ["0", "1"]
+    two_process_worker.kill()  # SIGKILL to the worker's process group; each rank is in a session of its own
+    gone, alive = psutil.wait_procs(ranks, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and run.pk not in reap_stale_runs():
+        time.sleep(0.5)
+    run.refresh_from_db()
+    assert (run.status, run.error_code) == (RunStatus.FAILED, "worker_lost")
+
+
+def _ranks_of(run) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        env = _env(proc)  # this test's worker's ranks: it alone sets MTM_CPU_PROCESSES among the tests' workers
+        if cmd.endswith(f"/runs/{run.pk}/spec.json") and env.get("RANK") in ("0", "1") and env.get("MTM_CPU_PROCESSES"):
+            found.append(proc)
+    return found
 
 
 def _env(proc: psutil.Process) -> dict[str, str]:

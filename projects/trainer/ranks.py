@@ -4,7 +4,8 @@
 per device (a rank); the Hugging Face Trainer sees RANK/WORLD_SIZE/LOCAL_RANK and wraps the model in DDP. Here:
 - only rank 0 speaks (events) and writes (the final model, the manifest; the Trainer saves checkpoints on rank 0
   only); every rank reports its own error, tagged with its rank, so a rank that dies fails the run with its error;
-- a cancel request (the cancel file or SIGTERM) seen by any rank stops every rank at the same step;
+- a cancel request (the cancel file or SIGTERM) seen by any rank stops every rank at the same step, and the
+  reported tokens per second count every rank's tokens;
 - a rank dies with torchrun (and so with the worker): each asks the kernel for SIGKILL when its parent dies;
 - the supervisor's view of the launcher: a cancelled run exits 3 even though torchrun says 1, and a rank killed by a
   signal (no error event of its own) is named from torchrun's failure summary.
@@ -20,6 +21,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -118,27 +120,36 @@ def device_label(label: str) -> str:
     return label if world_size() <= 1 else f"{world_size()} × {label} (DDP)"
 
 
-def sync_stop_callback(reporter: Any) -> Any:
-    """A Trainer callback (after the reporter) that stops every rank at the step where any of them was asked to stop;
-    without it one rank would wait forever in the next all-reduce of a rank that has stopped."""
+def rank_sync_callback(reporter: Any, local_tokens: Callable[[], int]) -> Any:
+    """A Trainer callback, added before the reporter, that makes every rank agree once per optimizer step (one small
+    all-reduce): a cancel request (the cancel file or SIGTERM) seen by any rank stops every rank at this step (one
+    rank stopping alone would leave the others waiting forever in their next all-reduce), and the reporter counts
+    the real tokens of all ranks, not only rank 0's."""
     import torch
     import torch.distributed as dist
     from transformers import TrainerCallback
 
-    class SyncStop(TrainerCallback):
+    cancel_file, reporter.cancel_file = reporter.cancel_file, None  # read here only, by every rank at the same step
+
+    class RankSync(TrainerCallback):
+        total_tokens = 0
+        cancel_requested = False  # set by this rank's SIGTERM handler; the reporter's flag is set here only
+
         def on_step_end(self, args, state, control, **kwargs):
-            if not (dist.is_available() and dist.is_initialized()) or state.global_step >= state.max_steps:
+            if not (dist.is_available() and dist.is_initialized()):
+                self.total_tokens = local_tokens()
                 return control
-            flag = torch.tensor([1 if reporter.cancel_requested else 0], device=args.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            if int(flag.item()) and reporter.cancelled_at_step is None:
-                reporter.cancel_requested = True
-                reporter.cancelled_at_step = state.global_step
-                control.should_save = True
-                control.should_training_stop = True
+            asked = self.cancel_requested or reporter.cancel_requested
+            asked = asked or bool(cancel_file and os.path.exists(cancel_file))
+            both = torch.tensor([int(asked), local_tokens()], dtype=torch.int64, device=args.device)
+            dist.all_reduce(both, op=dist.ReduceOp.SUM)
+            self.total_tokens = int(both[1].item())
+            reporter.cancel_requested = bool(both[0].item())
             return control
 
-    return SyncStop()
+    sync = RankSync()
+    reporter.real_tokens = lambda: sync.total_tokens
+    return sync
 
 
 # -- the supervisor's side ---------------------------------------------------------------------------------------

@@ -134,12 +134,14 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         setup_started=setup_started,
         output_dir=spec.output_dir,
     )
+    stopper: Any = reporter  # what a SIGTERM asks to stop
+    if ranks.world_size() > 1:  # before the reporter: the ranks agree on cancelling and on the tokens counted
+        stopper = ranks.rank_sync_callback(reporter, lambda: trainer.real_tokens_seen)
+        trainer.add_callback(stopper)
     trainer.add_callback(reporter)
     if not ranks.faults_here():
         reporter.fault_at_step = 0
-    if ranks.world_size() > 1:
-        trainer.add_callback(ranks.sync_stop_callback(reporter))
-    signal.signal(signal.SIGTERM, lambda *_: setattr(reporter, "cancel_requested", True))
+    signal.signal(signal.SIGTERM, lambda *_: setattr(stopper, "cancel_requested", True))
 
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
@@ -157,8 +159,8 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         "train_loss": result.training_loss,
         "final_loss": reporter.loss,
         "train_runtime": runtime,
-        "real_tokens": trainer.real_tokens_seen,
-        "tokens_per_second": trainer.real_tokens_seen / runtime if runtime > 0 else None,
+        "real_tokens": reporter.real_tokens(),  # every rank's
+        "tokens_per_second": reporter.real_tokens() / runtime if runtime > 0 else None,
         "steady_tokens_per_second": reporter.session_tokens_per_second(),
     }
     manifest = {
