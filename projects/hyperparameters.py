@@ -237,6 +237,11 @@ class Hyperparameters(BaseModel):
         """Examples per optimizer step: every device takes `batch_size`, `gradient_accumulation_steps` times."""
         return self.devices * self.batch_size * self.gradient_accumulation_steps
 
+    @property
+    def effective_batch_detail(self) -> str:
+        devices = f"{self.devices} device{'s' if self.devices != 1 else ''}"
+        return f"{devices} × batch {self.batch_size} × accumulation {self.gradient_accumulation_steps}"
+
     def _cross_field_problems(self) -> list[Problem]:
         """Checked on the parsed values: the form's "0" and "0.0" strings are as unset as 0."""
         problems = []

@@ -120,9 +120,9 @@ def test_two_processes_follow_the_loss_curve_of_one_with_the_same_effective_batc
     # Rank 0 alone speaks and writes: one "started", one "finished", one manifest, one model.
     assert [e["event"] for e in two].count("started") == 1 and [e["event"] for e in two].count("finished") == 1
     started = next(e for e in two if e["event"] == "started")
-    assert started["device"] == "2 × cpu (DDP)" and started["devices"] == 2 and started["threads"] == 1
+    assert started["device"] == "2 × cpu (DDP)" and started["ranks"] == 2 and started["threads"] == 1
     manifest = json.loads((trainer_inputs / "two" / MANIFEST_NAME).read_text())
-    assert manifest["devices"] == 2 and manifest["effective_batch"] == 4 and manifest["metrics"]["global_step"] == 3
+    assert manifest["ranks"] == 2 and manifest["effective_batch"] == 4 and manifest["metrics"]["global_step"] == 3
     assert sorted(p.name for p in (trainer_inputs / "two").glob("model*.safetensors")) == ["model.safetensors"]
     # The tokens of both ranks are counted (the same examples as the single process saw).
     finished = {len(run): next(e for e in run if e["event"] == "finished") for run in (one, two)}

@@ -119,7 +119,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         real_tokens=lambda: trainer.real_tokens_seen,
         started_fields={
             "device": ranks.device_label(placement.label),
-            "devices": ranks.world_size(),
+            "ranks": ranks.world_size(),
             "precision": placement.precision,
             "threads": threads,
             "method": spec.method,
@@ -174,7 +174,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         "layout": layout,
         "resumed_from": _shown(spec, resume),
         "device": ranks.device_label(placement.label),
-        "devices": ranks.world_size(),
+        "ranks": ranks.world_size(),
         "effective_batch": hp.effective_batch,
         "precision": placement.precision,
         "versions": library_versions(),
