@@ -8,7 +8,9 @@ real trainer as the pipeline starts it (`python -m projects.trainer SPEC.json`, 
 `--nproc_per_node 2` in front of it), each in fresh processes, interleaved, REPEATS times (medians reported):
   1. one:  1 process, MTM_TORCH_THREADS=THREADS, batch_size 8;
   2. ddp:  2 processes, MTM_TORCH_THREADS=THREADS (each rank takes THREADS/2), batch_size 4: the same effective
-           batch (2 × 4 = 8), the same examples per step.
+           batch (2 × 4 = 8), the same examples per step;
+  3. one-1t: 1 process with 1 thread, batch_size 8: a control for what the thread count alone does on this machine
+           (on a loaded machine torch's threads in one process wait for each other).
 Figures from the trainer's own "finished" event: real (non-padding) tokens of every rank per second since the first
 step ended (start-up and the first step excluded), and the wall time from launch to exit. The ratio ddp/one is the
 figure to read: on a machine whose cores are all given to the single process, two processes can only add the cost of
@@ -104,24 +106,27 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="mtm-bench-ddp-"))
     build_tiny_llama(root / "model", hidden_size=args.hidden, layers=args.layers)
     dataset(root / "data.jsonl")
-    configs = {"one": (1, 8), "ddp": (2, 4)}
+    # name: (processes, batch size per process, threads in all)
+    configs = {"one": (1, 8, args.threads), "ddp": (2, 4, args.threads), "one-1t": (1, 8, 1)}
     results: dict[str, list[dict]] = {name: [] for name in configs}
     for _ in range(args.repeats):
-        for name, (devices, batch) in configs.items():
-            results[name].append(run_once(root, name, devices, batch, args.threads, args.steps))
+        for name, (devices, batch, threads) in configs.items():
+            results[name].append(run_once(root, name, devices, batch, threads, args.steps))
     print(f"threads in all: {args.threads}; steps: {args.steps}; repeats: {args.repeats}; load: {os.getloadavg()}")
     medians = {}
     for name, runs in results.items():
         medians[name] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
         row = medians[name]
         print(
-            f"{name:>4}: {row['steady_tokens_per_second']:8.0f} real tok/s steady, {row['tokens_per_second']:8.0f} "
+            f"{name:>6}: {row['steady_tokens_per_second']:8.0f} real tok/s steady, {row['tokens_per_second']:8.0f} "
             f"over train(), wall {row['wall_seconds']:6.1f} s, real tokens {row['real_tokens']:.0f}, "
             f"final loss {row['final_loss']:.4f}"
         )
     ratio = medians["ddp"]["steady_tokens_per_second"] / medians["one"]["steady_tokens_per_second"]
     wall = medians["ddp"]["wall_seconds"] / medians["one"]["wall_seconds"]
     print(f"ddp/one: steady tokens/s x{ratio:.2f}; wall time x{wall:.2f}")
+    single = medians["one-1t"]["steady_tokens_per_second"] / medians["one"]["steady_tokens_per_second"]
+    print(f"one-1t/one: steady tokens/s x{single:.2f} (one process with 1 thread vs {args.threads})")
 
 
 if __name__ == "__main__":
