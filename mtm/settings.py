@@ -172,6 +172,9 @@ MTM_MIN_FREE_BYTES = env_int("MTM_MIN_FREE_BYTES", 256 * 1024**2)
 # MTM_WORKER_GONE_SECONDS is shown as gone and no run is sent to it.
 MTM_WORKER_REPORT_SECONDS = env_int("MTM_WORKER_REPORT_SECONDS", 10)
 MTM_WORKER_GONE_SECONDS = env_int("MTM_WORKER_GONE_SECONDS", max(30, 3 * MTM_WORKER_REPORT_SECONDS))
+# A worker gone (last report) longer than MTM_WORKER_FORGET_SECONDS is folded away on the GPUs page: a short list
+# under the hosts, not a card among the live ones.
+MTM_WORKER_FORGET_SECONDS = env_int("MTM_WORKER_FORGET_SECONDS", 24 * 3600)
 # How often Celery beat sends the reaper (projects.reap_stale_runs); pages and the API never reap.
 MTM_REAP_SECONDS = env_int("MTM_REAP_SECONDS", max(5, MTM_HEARTBEAT_TIMEOUT // 3))
 if MTM_REAP_SECONDS < 1:

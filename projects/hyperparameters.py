@@ -22,6 +22,7 @@ from mtm.shared.problems import Problem
 
 ALL_LINEAR = "all-linear"
 CODE = "invalid_hyperparameter"
+MAX_DEVICES = 64  # devices of one host a run may span (torchrun --nproc_per_node)
 MAX_TARGET_MODULES = 64  # real models name a handful (q_proj, v_proj, ...); more is a mistake or an attack
 # The form's fieldsets, in page order; "lora" applies to LoRA only, "dpo" to the DPO objective only.
 GROUPS = ("training", "checkpoints", "lora", "dpo")
@@ -122,6 +123,16 @@ class Hyperparameters(BaseModel):
     batch_size: int = hyperparameter(4, ge=1, le=4096, label="Batch size", example="4")
     gradient_accumulation_steps: int = hyperparameter(
         1, ge=1, le=1024, label="Gradient accumulation steps", example="1"
+    )
+    devices: int = hyperparameter(
+        1,
+        ge=1,
+        le=MAX_DEVICES,
+        label="Devices",
+        help="GPUs one run trains on at once, on one host (data parallel, DDP): each device takes its own batch, so "
+        "the effective batch is devices × batch size × gradient accumulation. The run waits for a worker that "
+        "owns this many.",
+        example="1, or 2 on a worker started with --gpus 0,1",
     )
     max_seq_length: int = hyperparameter(
         1024,
@@ -283,6 +294,16 @@ class Hyperparameters(BaseModel):
     def prompt_limit(self) -> int:
         """The prompt tokens a DPO pair keeps."""
         return self.max_prompt_length or self.max_seq_length // 2
+
+    @property
+    def effective_batch(self) -> int:
+        """Examples per optimizer step: every device takes `batch_size`, `gradient_accumulation_steps` times."""
+        return self.devices * self.batch_size * self.gradient_accumulation_steps
+
+    @property
+    def effective_batch_detail(self) -> str:
+        devices = f"{self.devices} device{'s' if self.devices != 1 else ''}"
+        return f"{devices} × batch {self.batch_size} × accumulation {self.gradient_accumulation_steps}"
 
     def _cross_field_problems(self) -> list[Problem]:
         """Checked on the parsed values: the form's "0" and "0.0" strings are as unset as 0."""

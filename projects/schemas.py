@@ -134,6 +134,9 @@ class RunOut(Schema):
     error: RunErrorOut | None
     resolved_model: ResolvedModelOut | None
     device: str | None
+    effective_batch: int = Field(
+        description="Examples per optimizer step: devices × batch_size × gradient_accumulation_steps."
+    )
     progress: RunProgress
     metrics: list[MetricPoint]
     validation: ValidationReport | None

@@ -44,6 +44,7 @@ def run_dict(run: TrainingRun) -> dict[str, Any]:
         "error": error,
         "resolved_model": resolved,
         "device": _or_none(run.device),
+        "effective_batch": config.values.effective_batch,
         "progress": RunProgress.read(run.progress).model_dump(),
         "metrics": [point.model_dump() for point in read_metrics(run.metrics)],
         "validation": None if report is None else report.model_dump(),

@@ -31,6 +31,7 @@ from projects.services import load_tokenizer
 from projects.supervisor import Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
 from projects.trainer.outputs import RUN_MARKER
+from projects.trainer.ranks import launcher_outcome, owned_devices
 from projects.validation import preference_check, validate_output
 
 MAX_METRIC_POINTS = 2000
@@ -50,9 +51,13 @@ def _problem_lines(problems: list[Problem]) -> str:
     return "\n".join(f"[{p.code}] {p.message} {p.hint}".strip() for p in problems)
 
 
-def resolve_stage(run_id: int) -> bool:
-    """Resolution fails explicitly before any training starts (no simulation fallback)."""
-    if not transition(
+def resolve_stage(run_id: int, taken: bool = False) -> bool:
+    """Resolution fails explicitly before any training starts (no simulation fallback). `taken`: the worker has
+    already moved the run to "resolving" (workers.fair_share.take)."""
+    if taken:
+        if not TrainingRun.objects.filter(pk=run_id, status=RunStatus.RESOLVING).exists():
+            return False
+    elif not transition(
         run_id, RunStatus.QUEUED, RunStatus.RESOLVING, started_at=timezone.now(), worker_host=worker_identity()
     ):
         return False
@@ -198,6 +203,12 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
     if config.values.objective == "dpo":  # DPO holds out pairs at the end instead (the last one gives the prompt)
         config.held_out_row = False
         config.held_out_pairs = held_out_pairs(config.values.preference_pairs, config.dataset_rows or 0)
+    devices = config.values.devices
+    owned = owned_devices()
+    if owned is not None and owned < devices:  # placement sends it only to such a worker; a stale message may not
+        run_paths.drop_snapshot(folder)
+        fail(run_id, RunStage.TRAIN, _too_few_devices(devices, owned))
+        return False
     TrainingRun.objects.filter(pk=run_id).update(config=config.model_dump())
     # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
     # next save, and the filesystem may hand the new folder the old inode number.
@@ -251,7 +262,7 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(settings.BASE_DIR), env.get("PYTHONPATH", "")) if p)
     outcome = supervise(
-        trainer_command(spec_path, sys.executable),
+        trainer_command(spec_path, sys.executable, devices),
         cwd=Path(settings.BASE_DIR),
         cwd_fd=output_fd,
         env=env,
@@ -262,6 +273,10 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
         ),
     )
     TrainingRun.objects.filter(pk=run_id).update(log_tail=outcome.tail)
+    # On several devices torchrun exits 1 for any rank's exit, and every rank may report an error: which one is it.
+    outcome.returncode, outcome.last_error = launcher_outcome(
+        outcome.returncode, outcome.cancelled is not None, outcome.errors, outcome.tail, devices
+    )
     with contextlib.suppress(FileNotFoundError):
         os.unlink(RUN_MARKER, dir_fd=output_fd)  # in the folder trained in, not wherever the path leads now
     if not (outcome.returncode == EXIT_OK and outcome.finished and outcome.stopped_for is None):
@@ -276,6 +291,15 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
         return False
     fail(run_id, RunStage.TRAIN, _child_failure(outcome), (outcome.last_error or {}).get("traceback", ""))
     return False
+
+
+def _too_few_devices(devices: int, owned: int) -> Problem:
+    return Problem(
+        "too_few_devices",
+        f"This run asks for {devices} devices and the worker that took it ({worker_identity()}) owns {owned}.",
+        f"Start a worker that owns {devices} (runworker --gpus with {devices} indexes, or --cpu --processes "
+        f"{devices}), or set the project's devices to {owned}; then start the run again.",
+    )
 
 
 def _child_failure(outcome) -> Problem:

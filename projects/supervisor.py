@@ -6,6 +6,7 @@ The worker task stays alive whatever the child does (a crash, an OOM kill): the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import signal
@@ -14,8 +15,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from mtm.processes import die_with_parent, signal_group
 from projects.trainer.events import event_line, parse_event
@@ -28,6 +31,7 @@ TAIL_CHARS = 20_000
 class ChildOutcome:
     returncode: int
     last_error: dict | None = None
+    errors: list[dict] = field(default_factory=list)  # every "error" event, in order (one per rank at most)
     finished: dict | None = None
     cancelled: dict | None = None
     tail: str = ""
@@ -132,6 +136,7 @@ def supervise(
                     kind = event["event"]
                     if kind == "error":
                         outcome.last_error = event
+                        outcome.errors.append(event)
                         log.write(event.get("traceback") or "")
                     elif kind == "finished":
                         outcome.finished = event
@@ -147,14 +152,14 @@ def supervise(
                     outcome.stopped_for = sup.health()
                     if outcome.stopped_for is not None:
                         stop_asked_at = now
-                        signal_group(proc.pid, signal.SIGTERM)
+                        _signal_all(proc.pid, signal.SIGTERM)
                 if cancel_asked_at is None and sup.should_cancel():
                     cancel_asked_at = now
                     cancel_file.touch()
             if cancel_asked_at is not None and proc.poll() is None:
                 _escalate(proc, now - cancel_asked_at)
             if stop_asked_at is not None and proc.poll() is None and now - stop_asked_at > 30:
-                signal_group(proc.pid, signal.SIGKILL)
+                _signal_all(proc.pid, signal.SIGKILL)
         outcome.returncode = proc.wait()
     outcome.tail = tail.text()
     return outcome
@@ -163,6 +168,19 @@ def supervise(
 def _escalate(proc: subprocess.Popen, waited: float) -> None:
     """A cancelled child normally saves a checkpoint and exits by itself; one stuck in a long step is stopped."""
     if waited > 600:
-        signal_group(proc.pid, signal.SIGKILL)
+        _signal_all(proc.pid, signal.SIGKILL)
     elif waited > 300:
-        signal_group(proc.pid, signal.SIGTERM)
+        _signal_all(proc.pid, signal.SIGTERM)
+
+
+def _signal_all(pid: int, sig: int) -> None:
+    """The child's process group and every process below it: torchrun starts each rank of a multi-device run in a
+    session of its own, which a signal to the group alone would miss."""
+    try:
+        below = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        below = []
+    signal_group(pid, sig)
+    for child in below:
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(sig)

@@ -3,6 +3,8 @@ periodic reaper that Celery beat runs (CELERY_BEAT_SCHEDULE in mtm/settings.py).
 
 from __future__ import annotations
 
+from functools import partial
+
 from celery import shared_task
 
 from projects import stages
@@ -24,13 +26,16 @@ def _guarded(run_id: int, stage: RunStage, fn):
 def resolve_run(self, run_id: int) -> None:
     """A whole run on the worker that took it from its queue: resolve the model against this worker's own cache,
     train, validate. Until a worker takes it the run is "queued", which the reaper leaves alone."""
-    from workers.fair_share import RETRY_SECONDS, over_limit
-    from workers.placement import record_taker
+    from projects.pipeline import worker_identity
+    from workers.fair_share import RETRY_SECONDS, take
 
-    if over_limit(run_id):  # offered again shortly, to its queue; the run stays "queued", saying why
+    # The owner's live-run limit checked and the run taken (by this worker, on record) under one lock.
+    taken = take(run_id, worker_identity(), self.request.hostname or "")
+    if taken is None:  # cancelled while it waited, or taken already
+        return
+    if taken:  # offered again shortly, to its queue; the run stays "queued", saying why
         raise self.retry(countdown=RETRY_SECONDS, max_retries=None)
-    record_taker(run_id, self.request.hostname or "")
-    if _guarded(run_id, RunStage.RESOLVE, stages.resolve_stage) and _guarded(
+    if _guarded(run_id, RunStage.RESOLVE, partial(stages.resolve_stage, taken=True)) and _guarded(
         run_id, RunStage.TRAIN, stages.train_stage
     ):
         _guarded(run_id, RunStage.VALIDATE, stages.validate_stage)

@@ -7,10 +7,10 @@ import pytest
 from django.contrib.auth.models import User
 
 from mtm.models import AuditEvent
-from projects.models import RunStatus, TrainingProject
+from projects.models import RunStatus, TrainingProject, TrainingRun
 from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, cancel, start, wait_for_end, write_jsonl
-from workers.models import SchedulingSettings
+from workers.models import RunPlacement, SchedulingSettings
 
 pytestmark = pytest.mark.slow
 
@@ -64,3 +64,43 @@ def test_a_members_second_run_waits_for_the_first_while_a_worker_is_free(
     cancel(second, member)
     assert wait_for_end(second.pk).status == RunStatus.CANCELLED
     assert wait_for_end(third.pk).status == RunStatus.CANCELLED
+
+
+def test_two_workers_taking_one_members_runs_at_once_cannot_exceed_the_limit(portal_roots, transactional_db):
+    """The limit is checked and the run taken under one lock: while one worker's take of the member's first run is
+    not yet committed, another worker's take of the second run waits for it, then counts it, and leaves its run
+    queued. (Without the lock the second take counted no live run and started too.)"""
+    import threading
+
+    from django.db import connection, transaction
+
+    from workers.fair_share import take
+
+    SchedulingSettings.objects.update_or_create(pk=1, defaults={"max_live_runs_per_user": 1})
+    member = User.objects.create_user("member")
+    first, second = (
+        start(project(portal_roots, member, name), member) for name in ("first", "second")
+    )  # no worker consumes the queue: both stay queued until taken here
+    outcome: dict[str, object] = {}
+
+    def second_worker_takes() -> None:
+        try:
+            outcome["second"] = take(second.pk, "worker-b:2", "b@host")
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=second_worker_takes)
+    with transaction.atomic():
+        assert take(first.pk, "worker-a:1", "a@host") == ""
+        thread.start()
+        thread.join(3)  # the other take runs now, against the uncommitted first one (it blocks when it must)
+    thread.join(60)
+    assert outcome == {"second": WAITING}
+    statuses = dict(TrainingRun.objects.filter(pk__in=(first.pk, second.pk)).values_list("pk", "status"))
+    assert statuses == {first.pk: RunStatus.RESOLVING, second.pk: RunStatus.QUEUED}
+    assert RunPlacement.objects.get(run=first).worker_name == "a@host"
+    assert (
+        RunPlacement.objects.get(run=second).waiting_for == WAITING
+        and not RunPlacement.objects.get(run=second).worker_name
+    )
+    assert take(first.pk, "worker-c:3") is None  # taken already: nobody takes it twice

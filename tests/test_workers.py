@@ -127,3 +127,28 @@ def test_a_worker_reports_drains_undrains_and_is_gone_when_stopped(
     row.refresh_from_db()
     assert row.is_gone
     assert "gone" in secure_client(member).get("/gpus/").content.decode()
+
+
+def test_the_gpus_page_shows_recently_gone_workers_as_gone_and_folds_away_the_long_gone(db, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    settings.MTM_WORKER_FORGET_SECONDS = 3600
+    now = timezone.now()
+    Worker.objects.create(name="live@h1", host="h1", queues=["training"], last_seen=now)
+    Worker.objects.create(name="stopped@h1", host="h1", queues=["training"], last_seen=now, stopped_at=now)
+    Worker.objects.create(name="silent@h1", host="h1", queues=["training"], last_seen=now - timedelta(minutes=10))
+    Worker.objects.create(name="old@h2", host="h2", queues=["training"], last_seen=now - timedelta(hours=2))
+    Worker.objects.create(
+        name="ancient@h2", host="h2", queues=["training"], last_seen=now - timedelta(days=30), stopped_at=now
+    )
+    page = secure_client(User.objects.create_user("member")).get("/gpus/").content.decode()
+    listed = page.split('class="card gone-workers"')[0]
+    for name in ("live@h1", "stopped@h1", "silent@h1"):
+        assert f'data-worker="{name}"' in listed
+    assert listed.count('<span class="badge badge-muted">gone</span>') == 2  # stopped, and silent for 10 minutes
+    assert "old@h2" not in listed and "ancient@h2" not in listed and "<h2>h2</h2>" not in listed
+    folded = page.split('class="card gone-workers"')[1].split("</details>")[0]
+    assert "2 workers gone for more than 1 h, not listed above" in folded
+    assert folded.index("old@h2") < folded.index("ancient@h2")  # most recently seen first

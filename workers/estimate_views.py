@@ -58,7 +58,10 @@ def estimate_context(params: Any) -> dict[str, Any]:
     else:  # no worker reports: the estimate for one bf16 GPU
         largest, need = None, estimate(shape, setup_for(method, hp, on_gpu=True))
     fitting = [f for f in shown if f.fits]
+    roomy = [f for f in shown if f.holds_model and f.fits_memory]
     return {
+        "devices": hp.devices,  # the estimate is per device: every rank holds a whole copy
+        "too_few_devices": roomy if roomy and not fitting and not any(f.enough_devices for f in roomy) else [],
         "estimate": need,
         "fitting": fitting,
         "largest": largest,

@@ -1,9 +1,16 @@
 """Fair share: a member may have at most N runs taken by workers at once (a staff setting). A run beyond it stays
-"queued", saying why, and is offered again shortly; the worker meanwhile takes the next run in its queue."""
+"queued", saying why, and is offered again shortly; the worker meanwhile takes the next run in its queue.
+
+Checking the limit and taking the run are one step under a lock on the member's row: two workers taking two runs
+of one member at the same moment cannot both count the other as not yet live (on SQLite every write transaction is
+serialised anyway, as it begins IMMEDIATE)."""
 
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from projects.models import RunStatus, TrainingRun
 from workers.models import RunPlacement, SchedulingSettings
@@ -13,7 +20,7 @@ TAKEN = (RunStatus.RESOLVING, RunStatus.TRAINING, RunStatus.VALIDATING)
 
 
 def over_limit(run_id: int) -> str:
-    """Why this queued run must wait for its owner's other runs, or "" when it may start."""
+    """Why this queued run must wait for its owner's other runs, or "" when it may start (a look, not a claim)."""
     limit = SchedulingSettings.load().max_live_runs_per_user
     run = TrainingRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).select_related("project").first()
     if not limit or run is None:
@@ -26,3 +33,27 @@ def over_limit(run_id: int) -> str:
     why = f"its owner's other runs to end (at most {limit} live run{'s' if limit != 1 else ''} per member)"
     RunPlacement.objects.filter(run_id=run_id).update(waiting_for=why)
     return why
+
+
+def take(run_id: int, worker_host: str, worker_name: str = "") -> str | None:
+    """Take a queued run for the worker `worker_host` (its placement records the node `worker_name`), within its
+    owner's limit: "" when taken (the run is now "resolving", started by that worker), why it must wait when its owner is at the limit, None when the run is no
+    longer queued (cancelled, or taken already)."""
+    with transaction.atomic():
+        run = TrainingRun.objects.filter(pk=run_id).select_related("project").first()
+        if run is None or run.status != RunStatus.QUEUED:
+            return None
+        owner_id = run.started_by_id or run.project.owner_id
+        get_user_model().objects.select_for_update().filter(pk=owner_id).first()  # one member's Starts in turn
+        if why := over_limit(run_id):
+            return why
+        taken = TrainingRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).update(
+            status=RunStatus.RESOLVING,
+            started_at=timezone.now(),
+            heartbeat_at=timezone.now(),
+            worker_host=worker_host[:255],
+        )
+        if not taken:
+            return None
+        RunPlacement.objects.filter(run_id=run_id).update(worker_name=worker_name[:255])
+        return ""

@@ -1,5 +1,6 @@
 """Which live workers can host a project's run: enough memory on each of its devices (or RAM on a CPU worker) by
-the memory pre-flight, and the model in the worker's own cache."""
+the memory pre-flight (an estimate per device: each rank of a multi-device run holds a whole copy), as many devices
+as the run asks for, and the model in the worker's own cache."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ class Fit:
     estimate: Estimate | None  # None: the model's files could not be read here, so memory is not checked
     room_bytes: int  # the smallest device's memory (RAM on a CPU worker)
     holds_model: bool
+    devices_needed: int = 1  # the project's devices: the run spans this many of one worker's
+
+    @property
+    def enough_devices(self) -> bool:
+        return self.worker.device_count >= self.devices_needed
 
     @property
     def on_gpu(self) -> bool:
@@ -42,7 +48,7 @@ class Fit:
 
     @property
     def fits(self) -> bool:
-        return self.holds_model and self.fits_memory
+        return self.holds_model and self.fits_memory and self.enough_devices
 
 
 def model_shape(project: TrainingProject) -> ModelShape | None:
@@ -88,5 +94,5 @@ def fits_for(project: TrainingProject, shape: ModelShape | None, workers: list[W
         room = min((d.total_bytes for d in devices), default=worker.ram_bytes)
         bf16 = all(d.bf16 for d in devices) if devices else False
         need = estimate(shape, setup_for(project.method, hp, on_gpu=on_gpu, bf16=bf16)) if shape else None
-        found.append(Fit(worker, need, room, holds(worker, project.model_name)))
+        found.append(Fit(worker, need, room, holds(worker, project.model_name), hp.devices))
     return found

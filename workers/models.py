@@ -18,6 +18,8 @@ class Worker(models.Model):
     queues = models.JSONField(default=list, blank=True)  # the queues it was started to consume
     cuda_visible_devices = models.CharField(max_length=255, blank=True)
     cpu_threads = models.IntegerField(default=0)
+    # The processes a CPU worker may run one run on (runworker --cpu --processes N): its "devices" for DDP runs.
+    cpu_processes = models.PositiveIntegerField(default=1)
     ram_bytes = models.BigIntegerField(default=0)
     versions = models.JSONField(default=dict, blank=True)  # python, torch, transformers, cuda
     hf_cache = models.CharField(max_length=4096, blank=True)
@@ -41,6 +43,17 @@ class Worker(models.Model):
         if self.stopped_at is not None:
             return True
         return self.last_seen < timezone.now() - timedelta(seconds=settings.MTM_WORKER_GONE_SECONDS)
+
+    @property
+    def long_gone(self) -> bool:
+        """Gone and silent for longer than MTM_WORKER_FORGET_SECONDS: the GPUs page folds it away."""
+        forget = timezone.now() - timedelta(seconds=settings.MTM_WORKER_FORGET_SECONDS)
+        return self.is_gone and self.last_seen < forget
+
+    @property
+    def device_count(self) -> int:
+        """The devices one run may span on this worker: its GPUs, or the processes of a CPU worker."""
+        return len(self.devices.all()) or max(1, self.cpu_processes)
 
     @property
     def trains(self) -> bool:

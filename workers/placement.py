@@ -9,11 +9,12 @@ from django.conf import settings
 
 from models_registry.resolution import repo_folder_name
 from mtm.shared.problems import Problem
+from projects.hyperparameters import Hyperparameters
 from projects.memory_estimate import GIB, ModelShape, remedies
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from workers.fit import Fit, fits_for, live_training_workers, model_shape
 from workers.models import RunPlacement
-from workers.queues import TRAINING_QUEUE, capacity_queue, own_queue, tier_for
+from workers.queues import TRAINING_QUEUE, capacity_queue, devices_queue, own_queue, tier_for
 
 
 def training_queue() -> str:
@@ -37,9 +38,26 @@ def _where(fit: Fit) -> str:
     return f"the CPU worker {fit.worker.name} ({_gib(fit.room_bytes)} RAM)"
 
 
+def too_few_devices(project: TrainingProject, fits: list[Fit]) -> Problem:
+    needed = fits[0].devices_needed
+    most = max(f.worker.device_count for f in fits)
+    owned = ", ".join(f"{f.worker.name}: {f.worker.device_count}" for f in fits)
+    return Problem(
+        "too_few_devices",
+        f"This run asks for {needed} devices on one host, and no live training worker owns that many ({owned}).",
+        f"Set the project's devices to {most} or fewer (raise gradient_accumulation_steps to keep the effective "
+        f"batch), or start a worker that owns {needed}: manage.py runworker --gpus "
+        + ",".join(map(str, range(needed)))
+        + f" (or --cpu --processes {needed}).",
+    )
+
+
 def refusal(project: TrainingProject, fits: list[Fit], shape: ModelShape | None) -> Problem:
-    """Why no live worker can host the run: the model is on none, or the estimate exceeds every device."""
+    """Why no live worker can host the run: the model is on none, the estimate exceeds every device, or none owns
+    as many devices as the run asks for."""
     holders = [f for f in fits if f.holds_model]
+    if holders and all(f.fits_memory for f in holders) and not any(f.enough_devices for f in holders):
+        return too_few_devices(project, holders)
     if shape is not None and not holders:
         holders = fits  # see decide(): the memory is what rules them out
     if not holders:
@@ -74,7 +92,10 @@ def decide(project: TrainingProject) -> tuple[str, str]:
     """The queue for a run of `project` and what it waits for. Raises PlacementRefused when live workers report
     and none can host it. With no live worker the run waits on the shared queue for one to start."""
     workers = live_training_workers()
-    if not workers:
+    needed = Hyperparameters.from_stored(project.hyperparameters).devices
+    if not workers:  # a run on several devices waits where only a worker owning that many looks
+        if needed > 1:
+            return devices_queue(needed), f"a training worker with ≥ {needed} devices (none is running now)"
         return training_queue(), "a training worker (none is running now)"
     shape = model_shape(project)
     fits = fits_for(project, shape, workers)
@@ -82,11 +103,18 @@ def decide(project: TrainingProject) -> tuple[str, str]:
     # This host sees the model and no worker's last report lists it: a report may be a period behind the cache,
     # so the worker's own resolve decides (and fails the run clearly if the model is really not there).
     lagging = not able and shape is not None and not any(f.holds_model for f in fits)
-    if lagging and any(f.fits_memory for f in fits):
+    if lagging and any(f.fits_memory and f.enough_devices for f in fits):
+        if needed > 1:
+            return devices_queue(needed), f"a training worker with ≥ {needed} devices"
         return training_queue(), "a free training worker"
     if not able:
         raise PlacementRefused(refusal(project, fits, shape))
     open_able = [f for f in able if not f.worker.drained] or able
+    if needed > 1:
+        queue = devices_queue(needed)
+        consumers = [f for f in fits if queue in f.worker.queues]
+        if consumers and all(f.fits for f in consumers):
+            return queue, f"a training worker with ≥ {needed} devices"
     gpu = [f for f in open_able if f.on_gpu]
     need = max((f.estimate.total_bytes for f in open_able if f.estimate), default=0)
     if gpu and need and (tier := tier_for(need)) is not None:
@@ -108,11 +136,6 @@ def place(run: TrainingRun) -> RunPlacement:
     """Record the queue the run is sent to (inside Start's transaction); PlacementRefused when nothing can host it."""
     queue, waiting_for = decide(run.project)
     return RunPlacement.objects.create(run=run, queue=queue, waiting_for=waiting_for[:255])
-
-
-def record_taker(run_id: int, worker_name: str) -> None:
-    """Called by the worker that took the run from its queue, before it starts on it."""
-    RunPlacement.objects.filter(run_id=run_id, run__status=RunStatus.QUEUED).update(worker_name=worker_name[:255])
 
 
 @dataclass(frozen=True)

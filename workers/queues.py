@@ -27,10 +27,17 @@ def capacity_queues(device_count: int, smallest_device_bytes: int) -> list[str]:
     return [capacity_queue(device_count, tier) for tier in MEMORY_TIERS_GIB if tier * GIB <= smallest_device_bytes]
 
 
+def devices_queue(count: int) -> str:
+    """Runs on `count` devices of one host (DDP) wait here; a worker owning M devices consumes devices2..devicesM."""
+    return f"devices{count}"
+
+
 def tier_for(need_bytes: int) -> int | None:
     """The smallest tier that holds `need_bytes`, or None when it is beyond every tier."""
     return next((tier for tier in MEMORY_TIERS_GIB if tier * GIB >= need_bytes), None)
 
 
-def worker_queues(worker_name: str, device_count: int, smallest_device_bytes: int) -> list[str]:
-    return [own_queue(worker_name), TRAINING_QUEUE, *capacity_queues(device_count, smallest_device_bytes)]
+def worker_queues(worker_name: str, device_count: int, smallest_device_bytes: int, cpu_processes: int = 1) -> list[str]:
+    owned = device_count or cpu_processes
+    multi = [devices_queue(n) for n in range(2, owned + 1)]
+    return [own_queue(worker_name), TRAINING_QUEUE, *capacity_queues(device_count, smallest_device_bytes), *multi]

@@ -40,6 +40,14 @@ def cpu_threads() -> int:
         return os.cpu_count() or 0
 
 
+def cpu_processes() -> int:
+    """What runworker --cpu --processes N set (MTM_CPU_PROCESSES); 1 otherwise."""
+    from projects.trainer.ranks import CPU_PROCESSES_ENV
+
+    raw = os.environ.get(CPU_PROCESSES_ENV, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) >= 1 else 1
+
+
 def hf_cache() -> str:
     from models_registry.services import current_cache_dir
 
@@ -62,6 +70,7 @@ def static_report(probed: dict[str, Any]) -> dict[str, Any]:
         "pid": os.getpid(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")[:255],
         "cpu_threads": cpu_threads(),
+        "cpu_processes": cpu_processes(),
         "ram_bytes": psutil.virtual_memory().total,
         "versions": {
             "python": platform.python_version(),

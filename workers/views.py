@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpResponse
@@ -19,8 +20,9 @@ from workers.placement import waiting_runs
 from workers.services import set_drained, set_live_run_limit
 
 
-def fleet() -> list[dict[str, Any]]:
-    """Hosts, each with its workers (live first), their devices and the run each holds."""
+def fleet() -> tuple[list[dict[str, Any]], list[Worker]]:
+    """Hosts, each with its workers (live first, then the recently gone), their devices and the run each holds; and
+    the workers gone longer than MTM_WORKER_FORGET_SECONDS, folded away (most recently seen first)."""
     holding = defaultdict(list)
     taken = (
         TrainingRun.objects.filter(status__in=LIVE_STATUSES)
@@ -31,19 +33,31 @@ def fleet() -> list[dict[str, Any]]:
     for run in taken:
         holding[run.placement.worker_name].append(run)
     hosts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    folded = []
     for worker in Worker.objects.prefetch_related("devices"):
+        if worker.long_gone and not holding[worker.name]:
+            folded.append(worker)
+            continue
         hosts[worker.host].append(
             {"worker": worker, "devices": list(worker.devices.all()), "runs": holding[worker.name]}
         )
     for workers in hosts.values():
         workers.sort(key=lambda row: (row["worker"].is_gone, row["worker"].name))
-    return [{"host": host, "workers": hosts[host]} for host in sorted(hosts)]
+    folded.sort(key=lambda w: w.last_seen, reverse=True)
+    return [{"host": host, "workers": hosts[host]} for host in sorted(hosts)], folded
 
 
 @require_http_methods(["GET", "HEAD"])
 @login_required
 def gpus(request: HtmxHttpRequest) -> HttpResponse:
-    context = {"hosts": fleet(), "waiting": waiting_runs(), "scheduling": SchedulingSettings.load()}
+    hosts, folded = fleet()
+    context = {
+        "hosts": hosts,
+        "folded": folded,
+        "forget_hours": settings.MTM_WORKER_FORGET_SECONDS / 3600,
+        "waiting": waiting_runs(),
+        "scheduling": SchedulingSettings.load(),
+    }
     return render(request, "workers/gpus.html", context)
 
 

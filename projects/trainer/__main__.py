@@ -21,6 +21,7 @@ from pathlib import Path  # noqa: E402
 from projects.trainer.errors import TrainerError  # noqa: E402
 from projects.trainer.events import EXIT_ERROR, EXIT_USAGE, format_event  # noqa: E402
 from projects.trainer.outputs import resolve_resume  # noqa: E402
+from projects.trainer.ranks import speaks, tag_error, tie_to_launcher  # noqa: E402
 from projects.trainer.spec import parse_spec  # noqa: E402
 
 # Progress bars would flood the supervisor's log tail; the events carry the progress.
@@ -32,6 +33,10 @@ USAGE = "usage: python -m projects.trainer SPEC.json"
 
 
 def emit(kind: str, **fields: object) -> None:
+    if not speaks(kind):  # a run on several devices: rank 0 reports, the others only their own errors
+        return
+    if kind == "error":
+        fields = tag_error(fields)
     sys.stdout.write(format_event(kind, STARTED, **fields) + "\n")
     sys.stdout.flush()
 
@@ -42,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return EXIT_USAGE
     spec = None
+    tie_to_launcher()
     try:
         spec = parse_spec(_read_spec(Path(args[0])))
         resume = resolve_resume(spec.resume_from_checkpoint, spec.write_dir)  # fail before the slow imports

@@ -35,10 +35,13 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def configure_threads() -> int:
+def configure_threads(per_rank: bool = False) -> int:
+    """Set torch's threads; `per_rank` (on the CPU): this process's share when the run spans several processes."""
     import torch
 
-    threads = cpu_threads()
+    from projects.trainer.ranks import threads_share
+
+    threads = threads_share(cpu_threads()) if per_rank else cpu_threads()
     torch.set_num_threads(threads)
     return threads
 

@@ -141,7 +141,9 @@ def write_spec(spec: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def trainer_command(spec_path: str | Path, python: str | None = None) -> list[str]:
-    """The argv that starts the child; run it with the repository root as the working directory
-    (or on PYTHONPATH) so that `projects` imports."""
-    return [python or sys.executable, "-m", "projects.trainer", str(spec_path)]
+def trainer_command(spec_path: str | Path, python: str | None = None, devices: int = 1) -> list[str]:
+    """The argv that starts the child (torchrun with one process per device when `devices` > 1); run it with the
+    repository root as the working directory (or on PYTHONPATH) so that `projects` imports."""
+    from projects.trainer.ranks import launch_command
+
+    return launch_command(spec_path, devices, python or sys.executable)

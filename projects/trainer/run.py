@@ -30,6 +30,7 @@ from transformers import (
 from mtm.shared.files import file_sha256
 from projects.chat_templates import BUILT_IN
 from projects.hyperparameters import ALL_LINEAR, Hyperparameters
+from projects.trainer import ranks
 from projects.trainer.batching import (
     REAL_TOKENS_KEY,
     PackedCollator,
@@ -81,7 +82,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         emit("cancelled", step=0, checkpoint=None)
         return EXIT_CANCELLED
     placement = choose_placement(spec.device, hp.precision)
-    threads = configure_threads()
+    threads = configure_threads(per_rank=placement.use_cpu)
     set_seed(hp.seed)
 
     clock = time.monotonic()
@@ -117,7 +118,8 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         cancel_file=spec.cancel_file,
         real_tokens=lambda: trainer.real_tokens_seen,
         started_fields={
-            "device": placement.label,
+            "device": ranks.device_label(placement.label),
+            "ranks": ranks.world_size(),
             "precision": placement.precision,
             "threads": threads,
             "method": spec.method,
@@ -132,14 +134,22 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         setup_started=setup_started,
         output_dir=spec.output_dir,
     )
+    stopper: Any = reporter  # what a SIGTERM asks to stop
+    if ranks.world_size() > 1:  # before the reporter: the ranks agree on cancelling and on the tokens counted
+        stopper = ranks.rank_sync_callback(reporter, lambda: trainer.real_tokens_seen)
+        trainer.add_callback(stopper)
     trainer.add_callback(reporter)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(reporter, "cancel_requested", True))
+    if not ranks.faults_here():
+        reporter.fault_at_step = 0
+    signal.signal(signal.SIGTERM, lambda *_: setattr(stopper, "cancel_requested", True))
 
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     if reporter.cancelled_at_step is not None:
         emit("cancelled", step=reporter.cancelled_at_step, checkpoint=reporter.last_checkpoint)
         return EXIT_CANCELLED
+    if not ranks.is_main():  # rank 0 alone writes the model and the manifest
+        return EXIT_OK
 
     layout = save_final(trainer.model, tokenizer, spec.write_dir, spec.method, hp.merge_after_training, base_dtype)
     runtime = float(result.metrics.get("train_runtime") or 0.0)
@@ -149,8 +159,8 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         "train_loss": result.training_loss,
         "final_loss": reporter.loss,
         "train_runtime": runtime,
-        "real_tokens": trainer.real_tokens_seen,
-        "tokens_per_second": trainer.real_tokens_seen / runtime if runtime > 0 else None,
+        "real_tokens": reporter.real_tokens(),  # every rank's
+        "tokens_per_second": reporter.real_tokens() / runtime if runtime > 0 else None,
         "steady_tokens_per_second": reporter.session_tokens_per_second(),
     }
     manifest = {
@@ -163,7 +173,9 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         "loss_history": reporter.history,
         "layout": layout,
         "resumed_from": _shown(spec, resume),
-        "device": placement.label,
+        "device": ranks.device_label(placement.label),
+        "ranks": ranks.world_size(),
+        "effective_batch": hp.effective_batch,
         "precision": placement.precision,
         "versions": library_versions(),
         "started_at": started_at,

@@ -10,6 +10,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
+from projects.hyperparameters import MAX_DEVICES
+from projects.trainer.ranks import CPU_PROCESSES_ENV
 from workers.models import Worker
 from workers.probe import probe_in_child
 from workers.queues import worker_queues
@@ -35,15 +37,39 @@ class Command(BaseCommand):
         where = parser.add_mutually_exclusive_group(required=True)
         where.add_argument("--gpus", help="Device indexes this worker owns, e.g. 0 or 0,1.")
         where.add_argument("--cpu", action="store_true", help="Train on the CPU (no GPU visible to this worker).")
+        parser.add_argument(
+            "--processes",
+            type=int,
+            default=1,
+            help="With --cpu: the processes one run may span (its 'devices' for a run that asks for several; DDP "
+            "with gloo). The CPU threads are shared out among them.",
+        )
         parser.add_argument("--name", help="The worker's name (default: gpu0@host, gpu0-1@host or cpu@host).")
         parser.add_argument(
             "--also", default="", help="More queues to consume, comma-separated (e.g. default, for one worker)."
         )
         parser.add_argument("--loglevel", default="INFO")
 
-    def handle(self, *args, gpus: str | None, cpu: bool, name: str | None, also: str, loglevel: str, **options):
+    def handle(
+        self,
+        *args,
+        gpus: str | None,
+        cpu: bool,
+        processes: int,
+        name: str | None,
+        also: str,
+        loglevel: str,
+        **options,
+    ):
         host = socket.gethostname()
         env = dict(os.environ)
+        if processes < 1 or processes > MAX_DEVICES:
+            raise CommandError(f"--processes {processes}: give a number from 1 to {MAX_DEVICES}.")
+        if processes != 1 and not cpu:
+            raise CommandError(
+                "--processes is for a CPU worker (--cpu); a GPU worker runs one process per GPU of --gpus."
+            )
+        env[CPU_PROCESSES_ENV] = str(processes) if cpu else ""
         if cpu:
             env["CUDA_VISIBLE_DEVICES"] = ""
             default_name = f"cpu@{host}"
@@ -76,12 +102,12 @@ class Command(BaseCommand):
                     f"{len(indexes)}. Check the indexes with nvidia-smi, or start a CPU worker with --cpu."
                 )
         smallest = min((d["total_bytes"] for d in devices), default=0)
-        queues = worker_queues(name, len(devices), smallest)
+        queues = worker_queues(name, len(devices), smallest, processes if cpu else 1)
         queues += [q for q in (p.strip() for p in also.split(",")) if q and q not in queues]
         argv = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-n", name, "-Q", ",".join(queues)]
         argv += ["--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", loglevel]
         self.stdout.write(
-            f"[runworker] {name}: devices {env['CUDA_VISIBLE_DEVICES'] or 'none (CPU)'}; queues {','.join(queues)}"
+            f"[runworker] {name}: devices {env['CUDA_VISIBLE_DEVICES'] or f'none (CPU, {processes} process(es))'}; queues {','.join(queues)}"
         )
         self.stdout.flush()
         os.chdir(settings.BASE_DIR)
