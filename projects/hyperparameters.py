@@ -335,6 +335,14 @@ class Hyperparameters(BaseModel):
                     "Set max_prompt_length below max_seq_length, e.g. half of it.",
                 )
             )
+        if self.objective == "dpo" and self.devices > 1:  # the DPO trainer has no rank handling (cancel, reports)
+            problems.append(
+                Problem(
+                    CODE,
+                    f"Hyperparameter 'devices' = {self.devices}, but a DPO run trains on one device in this version.",
+                    "Set devices to 1 for a DPO project, or use the SFT objective to train on several devices.",
+                )
+            )
         return problems
 
 

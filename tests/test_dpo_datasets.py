@@ -151,6 +151,11 @@ def test_dpo_settings_are_checked_with_messages_naming_them():
     _, problems = Hyperparameters.from_dict({"objective": "ppo", "dpo_loss_type": "kto", "dpo_beta": 0})
     assert sorted(p.message.split("'")[1] for p in problems) == ["dpo_beta", "dpo_loss_type", "objective"]
     assert Hyperparameters(max_seq_length=64).prompt_limit == 32  # 0: half the max sequence length
+    _, problems = Hyperparameters.from_dict({"objective": "dpo", "devices": 2})
+    assert [p.message for p in problems] == [
+        "Hyperparameter 'devices' = 2, but a DPO run trains on one device in this version."
+    ]
+    assert Hyperparameters.from_dict({"objective": "sft", "devices": 2})[1] == []
 
 
 def test_the_sft_form_shows_the_dpo_fieldset_and_a_pairs_project_page_lists_its_settings(
