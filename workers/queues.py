@@ -34,3 +34,11 @@ def tier_for(need_bytes: int) -> int | None:
 
 def worker_queues(worker_name: str, device_count: int, smallest_device_bytes: int) -> list[str]:
     return [own_queue(worker_name), TRAINING_QUEUE, *capacity_queues(device_count, smallest_device_bytes)]
+
+
+# Playground generations: consumed by inference workers (`runworker --inference`), never by a training worker.
+INFERENCE_QUEUE = "inference"
+
+
+def inference_worker_queues(worker_name: str) -> list[str]:
+    return [own_queue(worker_name), INFERENCE_QUEUE]

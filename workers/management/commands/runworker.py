@@ -12,7 +12,7 @@ from django.db import DatabaseError
 
 from workers.models import Worker
 from workers.probe import probe_in_child
-from workers.queues import worker_queues
+from workers.queues import inference_worker_queues, worker_queues
 
 
 def parse_gpus(raw: str) -> list[int]:
@@ -35,13 +35,32 @@ class Command(BaseCommand):
         where = parser.add_mutually_exclusive_group(required=True)
         where.add_argument("--gpus", help="Device indexes this worker owns, e.g. 0 or 0,1.")
         where.add_argument("--cpu", action="store_true", help="Train on the CPU (no GPU visible to this worker).")
-        parser.add_argument("--name", help="The worker's name (default: gpu0@host, gpu0-1@host or cpu@host).")
+        parser.add_argument(
+            "--inference",
+            action="store_true",
+            help="A playground worker: it answers playground messages (queue 'inference') and keeps the last model "
+            "loaded a while; it takes no training run.",
+        )
+        parser.add_argument(
+            "--name",
+            help="The worker's name (default: gpu0@host, gpu0-1@host or cpu@host; playground-… with --inference).",
+        )
         parser.add_argument(
             "--also", default="", help="More queues to consume, comma-separated (e.g. default, for one worker)."
         )
         parser.add_argument("--loglevel", default="INFO")
 
-    def handle(self, *args, gpus: str | None, cpu: bool, name: str | None, also: str, loglevel: str, **options):
+    def handle(
+        self,
+        *args,
+        gpus: str | None,
+        cpu: bool,
+        inference: bool = False,
+        name: str | None,
+        also: str,
+        loglevel: str,
+        **options,
+    ):
         host = socket.gethostname()
         env = dict(os.environ)
         if cpu:
@@ -51,6 +70,8 @@ class Command(BaseCommand):
             indexes = parse_gpus(gpus or "")
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, indexes))
             default_name = f"gpu{'-'.join(map(str, indexes))}@{host}"
+        if inference:
+            default_name = "playground-" + default_name
         name = name or default_name
         if "@" not in name:
             name = f"{name}@{host}"
@@ -76,7 +97,7 @@ class Command(BaseCommand):
                     f"{len(indexes)}. Check the indexes with nvidia-smi, or start a CPU worker with --cpu."
                 )
         smallest = min((d["total_bytes"] for d in devices), default=0)
-        queues = worker_queues(name, len(devices), smallest)
+        queues = inference_worker_queues(name) if inference else worker_queues(name, len(devices), smallest)
         queues += [q for q in (p.strip() for p in also.split(",")) if q and q not in queues]
         argv = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-n", name, "-Q", ",".join(queues)]
         argv += ["--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", loglevel]
