@@ -271,7 +271,8 @@ def generate_into(generation: Generation, loaded: Loaded, params: GenerationPara
         model.generate(**inputs, **kwargs)
     raw = tokenizer.decode(streamer.ids, skip_special_tokens=True)
     reply, stopped = cut_at_stop(raw, params.stop)
-    eos = {tokenizer.eos_token_id} | set(getattr(model.generation_config, "eos_token_id", None) or [])
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = {tokenizer.eos_token_id} | set(configured if isinstance(configured, list) else [configured])
     if stopped:
         reason = "stop_string"
     elif streamer.ids and streamer.ids[-1] in eos:
