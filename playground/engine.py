@@ -180,6 +180,11 @@ def encode(tokenizer: Any, messages: list[dict[str, str]]) -> Any:
     return tokenizer(plain_prompt(messages), return_tensors="pt")
 
 
+def storable(text: str) -> str:
+    """A decoded answer the database can hold: PostgreSQL refuses NUL, which a model may well produce."""
+    return text.replace("\x00", "\ufffd")
+
+
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
     positions = [text.find(s) for s in stops if s and s in text]
     if not positions:
@@ -216,7 +221,7 @@ class RowStreamer:
         pass
 
     def text(self) -> str:
-        return cut_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)[0]
+        return storable(cut_at_stop(self.tokenizer.decode(self.ids, skip_special_tokens=True), self.stops)[0])
 
     def flush(self, first: bool = False) -> None:
         self.last_flush = time.monotonic()
@@ -279,7 +284,7 @@ def generate_into(generation: Generation, loaded: Loaded, params: GenerationPara
         reason = "stop"
     else:
         reason = "length"
-    fields: dict[str, Any] = {"reply": reply, "new_tokens": len(streamer.ids), "finish_reason": reason}
+    fields: dict[str, Any] = {"reply": storable(reply), "new_tokens": len(streamer.ids), "finish_reason": reason}
     if streamer.first_at is None:
         fields["first_token_at"] = timezone.now()
     lifecycle.succeed(generation.pk, **fields)
