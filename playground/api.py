@@ -16,7 +16,7 @@ from playground.serializers import conversation_dict, generation_dict
 from projects.schemas import ProjectErrorOut
 
 router = Router(tags=["playground"])
-ERRORS = {status: ProjectErrorOut for status in (401, 404, 409, 422, 429, 503)}
+ERRORS = {status: ProjectErrorOut for status in (400, 401, 404, 409, 413, 422, 429)}
 
 
 def _actor(request: HttpRequest) -> Actor:

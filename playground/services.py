@@ -143,7 +143,7 @@ def _a_worker_listens() -> None:
                 "Start one: python manage.py runworker --inference --cpu (or --gpus 0); `make run` starts one. "
                 "The GPUs page lists the live workers.",
             ),
-            503,
+            409,
         )
 
 

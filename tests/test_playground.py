@@ -186,7 +186,7 @@ def test_no_playground_worker_is_a_clear_refusal(members, settings):
         {"message": "hi"},
         token=token,
     )
-    assert response.status_code == 503 and codes(response.json()["errors"]) == ["no_inference_worker"]
+    assert response.status_code == 409 and codes(response.json()["errors"]) == ["no_inference_worker"]
     assert "runworker --inference" in response.json()["errors"][0]["hint"]
     assert not Generation.objects.exists()
 
