@@ -153,9 +153,7 @@ def _started_pids(process: subprocess.Popen) -> dict[str, int]:
             pids[found.group(1)] = int(found.group(2))
         if len(pids) == 4:
             return pids
-    raise AssertionError(
-        f"runportal exited before starting web, worker, playground and beat (started: {sorted(pids)})"
-    )
+    raise AssertionError(f"runportal exited before starting web, worker, playground and beat (started: {sorted(pids)})")
 
 
 def _get_status(url: str) -> int | None:

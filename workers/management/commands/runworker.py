@@ -72,6 +72,7 @@ class Command(BaseCommand):
             default_name = f"gpu{'-'.join(map(str, indexes))}@{host}"
         if inference:
             default_name = "playground-" + default_name
+            env["MTM_PLAYGROUND_WORKER"] = "1"  # its pool process imports torch and transformers at once
         name = name or default_name
         if "@" not in name:
             name = f"{name}@{host}"
