@@ -41,10 +41,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 cfg = json.loads(sys.argv[1])
 torch.set_num_threads(cfg["threads"])
 tokenizer = AutoTokenizer.from_pretrained(cfg["model"])
-model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype="auto").eval()
+device = "cuda:0" if torch.cuda.is_available() else "cpu"  # as the playground worker picks it
+model = AutoModelForCausalLM.from_pretrained(cfg["model"], dtype="auto").to(device).eval()
 inputs = tokenizer.apply_chat_template(
     [{"role": "user", "content": cfg["prompt"]}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-)
+).to(device)
 
 class FirstToken:
     def __init__(self):
