@@ -8,6 +8,7 @@ from models_registry.api import router as registry_router
 from mtm.api_errors import JsonObjectParser, install_error_handlers
 from mtm.api_tokens import router as tokens_router
 from mtm.auth import api_auth
+from playground.api import router as playground_router
 from projects.api import router as projects_router
 from projects.publish_api import router as publish_router
 
@@ -32,3 +33,4 @@ api.add_router("", registry_router)
 api.add_router("", projects_router)
 api.add_router("", publish_router)
 api.add_router("", tokens_router)
+api.add_router("", playground_router)

@@ -49,6 +49,7 @@ INSTALLED_APPS = [
     "models_registry",
     "projects",
     "workers",
+    "playground",
 ]
 
 MIDDLEWARE = [
@@ -180,6 +181,22 @@ MTM_REAP_SECONDS = env_int("MTM_REAP_SECONDS", max(5, MTM_HEARTBEAT_TIMEOUT // 3
 if MTM_REAP_SECONDS < 1:
     raise ImproperlyConfigured(f"MTM_REAP_SECONDS={MTM_REAP_SECONDS} must be at least 1 (seconds).")
 
+# --- Playground ---------------------------------------------------------------------------------------
+# An inference worker keeps the last model it answered with loaded for MTM_PLAYGROUND_IDLE_SECONDS, so the next message
+# is fast. A message asks for at most MTM_PLAYGROUND_MAX_NEW_TOKENS new tokens; a member may send at most
+# MTM_PLAYGROUND_MESSAGES_PER_MINUTE (0: no limit). The worker writes the answer so far every
+# MTM_PLAYGROUND_FLUSH_SECONDS; a generation whose worker is silent for MTM_PLAYGROUND_HEARTBEAT_TIMEOUT, or that no
+# worker took within MTM_PLAYGROUND_QUEUE_TIMEOUT, is failed by the periodic reaper.
+MTM_PLAYGROUND_IDLE_SECONDS = env_int("MTM_PLAYGROUND_IDLE_SECONDS", 300)
+MTM_PLAYGROUND_MAX_NEW_TOKENS = env_int("MTM_PLAYGROUND_MAX_NEW_TOKENS", 1024)
+MTM_PLAYGROUND_MESSAGES_PER_MINUTE = env_int("MTM_PLAYGROUND_MESSAGES_PER_MINUTE", 20)
+MTM_PLAYGROUND_FLUSH_SECONDS = float(env_int("MTM_PLAYGROUND_FLUSH_MS", 200)) / 1000
+MTM_PLAYGROUND_HEARTBEAT_TIMEOUT = env_int("MTM_PLAYGROUND_HEARTBEAT_TIMEOUT", 60)
+MTM_PLAYGROUND_QUEUE_TIMEOUT = env_int("MTM_PLAYGROUND_QUEUE_TIMEOUT", 600)
+for _name in ("MTM_PLAYGROUND_IDLE_SECONDS", "MTM_PLAYGROUND_MAX_NEW_TOKENS", "MTM_PLAYGROUND_HEARTBEAT_TIMEOUT"):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be at least 1.")
+
 # --- Uploads ------------------------------------------------------------------------------------------
 # An uploaded dataset no project uses is removed by the periodic cleanup once it is this many hours old (time
 # enough to finish the form it was uploaded from). The per-user quota is a portal setting (Settings page).
@@ -214,7 +231,12 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # A run is one task on the worker that trains it (resolve against its own cache, train, validate): it waits
 # "queued" in its queue until a worker is free, with nothing to reap. run_services may send it to a narrower queue.
-CELERY_TASK_ROUTES = {"projects.resolve_run": {"queue": "training"}, "projects.train_run": {"queue": "training"}}
+CELERY_TASK_ROUTES = {
+    "projects.resolve_run": {"queue": "training"},
+    "projects.train_run": {"queue": "training"},
+    # Playground messages go to inference workers (`runworker --inference`), which keep a model loaded.
+    "playground.generate": {"queue": "inference"},
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -224,6 +246,11 @@ CELERY_TASK_ALWAYS_EAGER = False
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-runs": {
         "task": "projects.reap_stale_runs",
+        "schedule": float(MTM_REAP_SECONDS),
+        "options": {"expires": float(MTM_REAP_SECONDS)},
+    },
+    "reap-lost-generations": {
+        "task": "playground.reap_lost_generations",
         "schedule": float(MTM_REAP_SECONDS),
         "options": {"expires": float(MTM_REAP_SECONDS)},
     },

@@ -21,6 +21,7 @@ urlpatterns = [
     path("", include("models_registry.urls")),
     path("projects/", include("projects.urls")),
     path("gpus/", include("workers.urls")),
+    path("playground/", include("playground.urls")),
     path("tokens/", include("mtm.urls_tokens")),
     path("audit/", include("mtm.urls_audit")),
 ]

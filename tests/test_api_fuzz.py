@@ -46,7 +46,7 @@ EXCLUDED_CHECKS = [positive_data_acceptance, ignored_auth]
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", application, config=CONFIG, headers=HTTPS)
 
 # Path parameters the fuzzer fills with a real row's id when it generates an even positive integer.
-ID_PARAMETERS = ("project_id", "run_id", "override_id")
+ID_PARAMETERS = ("project_id", "run_id", "override_id", "conversation_id", "generation_id")
 
 
 @dataclass
@@ -72,7 +72,27 @@ class World:
         override, _ = ModelOverride.objects.get_or_create(
             model_name="fuzz-org/override", defaults={"path": str(self.roots / "no-such-model")}
         )
-        return {"project_id": project.pk, "run_id": run.pk, "override_id": override.pk}
+        conversation, generation = self._conversation()
+        return {
+            "project_id": project.pk,
+            "run_id": run.pk,
+            "override_id": override.pk,
+            "conversation_id": conversation.pk,
+            "generation_id": generation.pk,
+        }
+
+    def _conversation(self):
+        """The staff owner's playground conversation with one answered turn."""
+        from playground.models import Conversation, Generation, GenerationStatus, TargetKind
+
+        owner = get_user_model().objects.get(pk=self.owner_id)
+        conversation = Conversation.objects.filter(owner=owner).first() or Conversation.objects.create(
+            owner=owner, kind=TargetKind.MODEL, model_name=self.model_name
+        )
+        generation = conversation.turns.first() or Generation.objects.create(
+            conversation=conversation, owner=owner, message="hi", reply="hello", status=GenerationStatus.SUCCEEDED
+        )
+        return conversation, generation
 
     def body_values(self) -> dict[str, str]:
         return {

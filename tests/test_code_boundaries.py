@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted(p for d in ("mtm", "models_registry", "projects", "bench") for p in (ROOT / d).rglob("*.py"))
+SOURCES = sorted(
+    p for d in ("mtm", "models_registry", "projects", "playground", "bench") for p in (ROOT / d).rglob("*.py")
+)
 
 
 def calls(tree: ast.AST):

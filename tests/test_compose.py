@@ -13,8 +13,9 @@ import yaml
 from django.conf import settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-APP_SERVICES = ("web", "worker", "beat", "trainer-gpu0", "trainer-gpu1")
+APP_SERVICES = ("web", "worker", "beat", "trainer-gpu0", "trainer-gpu1", "playground-gpu0")
 TRAINERS = ("trainer-gpu0", "trainer-gpu1")
+PLAYGROUND = ("playground-gpu0",)
 FIRST_PARTY = ("mtm", "models_registry", "projects")
 # Variables that name a folder, and so must sit on a mounted volume to survive a container restart.
 PATH_VARIABLES = ("HF_HOME", "HF_HUB_CACHE", "MTM_OUTPUT_ROOTS", "MTM_DATASET_ROOTS", "MEDIA_ROOT")
@@ -58,7 +59,7 @@ def environment_names_read_by_code() -> set[str]:
 
 
 def test_the_services_exist(compose):
-    assert set(compose["services"]) >= {"web", "worker", *TRAINERS, "redis", "postgres"}
+    assert set(compose["services"]) >= {"web", "worker", *TRAINERS, *PLAYGROUND, "redis", "postgres"}
 
 
 def consumed_queues(service: dict) -> set[str]:
@@ -66,9 +67,10 @@ def consumed_queues(service: dict) -> set[str]:
     (the shared training queue, besides its own and capacity queues) plus its --also."""
     words = command_words(service)
     if words[:3] == ["python", "manage.py", "runworker"]:
-        from workers.queues import TRAINING_QUEUE
+        from workers.queues import INFERENCE_QUEUE, TRAINING_QUEUE
 
-        return {TRAINING_QUEUE} | set(filter(None, (option_value(words, "--also") or "").split(",")))
+        always = INFERENCE_QUEUE if "--inference" in words else TRAINING_QUEUE
+        return {always} | set(filter(None, (option_value(words, "--also") or "").split(",")))
     return set(option_value(words, "-Q", "--queues").split(","))
 
 
@@ -84,13 +86,27 @@ def test_web_serves_an_importable_wsgi_application(compose):
 def test_workers_use_the_mtm_app_and_consume_every_routed_queue(compose):
     known = {settings.CELERY_TASK_DEFAULT_QUEUE} | {r["queue"] for r in settings.CELERY_TASK_ROUTES.values()}
     consumed: set[str] = set()
-    for name in ("worker", *TRAINERS):
+    for name in ("worker", *TRAINERS, *PLAYGROUND):
         queues = consumed_queues(compose["services"][name])
         assert queues <= known, f"{name} consumes {queues - known}, which no task is routed to"
         consumed |= queues
     assert consumed == known
     words = command_words(compose["services"]["worker"])
     assert words[:1] == ["celery"] and "worker" in words and option_value(words, "-A", "--app") == "mtm"
+
+
+def test_the_playground_worker_answers_the_inference_queue_on_a_gpu_of_the_trainers_host(compose):
+    from workers.management.commands.runworker import parse_gpus
+    from workers.queues import INFERENCE_QUEUE
+
+    for name in PLAYGROUND:
+        service = compose["services"][name]
+        words = command_words(service)
+        assert words[:3] == ["python", "manage.py", "runworker"] and "--inference" in words
+        assert consumed_queues(service) == {INFERENCE_QUEUE}
+        assert settings.CELERY_TASK_ROUTES["playground.generate"]["queue"] == INFERENCE_QUEUE
+        assert parse_gpus(option_value(words, "--gpus")) == [0]
+        assert service["hostname"] == compose["services"][TRAINERS[0]]["hostname"]  # its memory counts on GPU 0
 
 
 def test_two_gpu_workers_on_one_host_each_own_one_gpu(compose):
@@ -115,7 +131,7 @@ def test_one_beat_sends_every_periodic_job_to_a_queue_a_worker_consumes(compose)
     assert beats == ["beat"]
     words = command_words(compose["services"]["beat"])
     assert words[:1] == ["celery"] and option_value(words, "-A", "--app") == "mtm"
-    consumed = set().union(*(consumed_queues(compose["services"][name]) for name in ("worker", *TRAINERS)))
+    consumed = set().union(*(consumed_queues(compose["services"][name]) for name in ("worker", *TRAINERS, *PLAYGROUND)))
     from mtm.celery import app
 
     app.loader.import_default_modules()

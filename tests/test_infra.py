@@ -151,9 +151,9 @@ def _started_pids(process: subprocess.Popen) -> dict[str, int]:
         found = re.search(r"started (\w+) \(pid (\d+)\)", line)
         if found:
             pids[found.group(1)] = int(found.group(2))
-        if len(pids) == 3:
+        if len(pids) == 4:
             return pids
-    raise AssertionError(f"runportal exited before starting web, worker and beat (started: {sorted(pids)})")
+    raise AssertionError(f"runportal exited before starting web, worker, playground and beat (started: {sorted(pids)})")
 
 
 def _get_status(url: str) -> int | None:
@@ -212,6 +212,7 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
     assert launcher.returncode == 0, output
     assert "web stopped" in output and "worker stopped" in output and "beat stopped" in output
     assert _gone(pids["web"]) and _gone(pids["worker"]) and _gone(pids["beat"])
+    assert "playground stopped" in output and _gone(pids["playground"])  # the playground's inference worker
 
 
 @pytest.mark.slow
@@ -227,4 +228,4 @@ def test_runportal_stops_the_web_server_and_fails_when_the_worker_dies(tmp_path)
             launcher.wait()
     assert launcher.returncode == 1, output
     assert "worker exited with status -9; stopping the others" in output
-    assert _gone(pids["web"]) and _gone(pids["worker"]) and _gone(pids["beat"])
+    assert _gone(pids["web"]) and _gone(pids["worker"]) and _gone(pids["beat"]) and _gone(pids["playground"])

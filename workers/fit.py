@@ -86,12 +86,19 @@ def held_elsewhere(model_name: str, resolution: Resolution) -> Problem | None:
 
 
 def fits_for(project: TrainingProject, shape: ModelShape | None, workers: list[Worker]) -> list[Fit]:
+    from playground.memory import loaded_by_device, physical_index
+
     hp = Hyperparameters.from_stored(project.hyperparameters)
+    playground = loaded_by_device()  # models the playground holds count against their device
     found = []
     for worker in workers:
         devices = list(worker.devices.all())
         on_gpu = bool(devices)
-        room = min((d.total_bytes for d in devices), default=worker.ram_bytes)
+        rooms = []
+        for d in devices:
+            held = playground.get((worker.host, physical_index(worker.cuda_visible_devices, d.index)), [])
+            rooms.append(d.total_bytes - sum(m.bytes for m in held))
+        room = min(rooms, default=worker.ram_bytes)
         bf16 = all(d.bf16 for d in devices) if devices else False
         need = estimate(shape, setup_for(project.method, hp, on_gpu=on_gpu, bf16=bf16)) if shape else None
         found.append(Fit(worker, need, room, holds(worker, project.model_name), hp.devices))

@@ -57,7 +57,21 @@ class Worker(models.Model):
 
     @property
     def trains(self) -> bool:
-        return any(queue != settings.CELERY_TASK_DEFAULT_QUEUE for queue in self.queues)
+        """It consumes a queue that brings runs: not only the default queue (periodic jobs) and, for an inference
+        worker, the playground's queue and its own."""
+        from workers.queues import INFERENCE_QUEUE, own_queue
+
+        if INFERENCE_QUEUE in self.queues:
+            not_runs = {settings.CELERY_TASK_DEFAULT_QUEUE, INFERENCE_QUEUE, own_queue(self.name)}
+        else:
+            not_runs = {settings.CELERY_TASK_DEFAULT_QUEUE}
+        return any(queue not in not_runs for queue in self.queues)
+
+    @property
+    def answers_playground(self) -> bool:
+        from workers.queues import INFERENCE_QUEUE
+
+        return INFERENCE_QUEUE in self.queues
 
 
 class Device(models.Model):

@@ -41,3 +41,11 @@ def worker_queues(worker_name: str, device_count: int, smallest_device_bytes: in
     owned = device_count or cpu_processes
     multi = [devices_queue(n) for n in range(2, owned + 1)]
     return [own_queue(worker_name), TRAINING_QUEUE, *capacity_queues(device_count, smallest_device_bytes), *multi]
+
+
+# Playground generations: consumed by inference workers (`runworker --inference`), never by a training worker.
+INFERENCE_QUEUE = "inference"
+
+
+def inference_worker_queues(worker_name: str) -> list[str]:
+    return [own_queue(worker_name), INFERENCE_QUEUE]

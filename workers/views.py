@@ -32,14 +32,22 @@ def fleet() -> tuple[list[dict[str, Any]], list[Worker]]:
     )
     for run in taken:
         holding[run.placement.worker_name].append(run)
+    from playground.memory import loaded_by_device, loaded_by_worker, physical_index
+
+    on_device, by_worker = loaded_by_device(), loaded_by_worker()
     hosts: dict[str, list[dict[str, Any]]] = defaultdict(list)
     folded = []
     for worker in Worker.objects.prefetch_related("devices"):
         if worker.long_gone and not holding[worker.name]:
             folded.append(worker)
             continue
+        devices = list(worker.devices.all())
+        for device in devices:  # the playground models on this physical device, whichever worker loaded them
+            device.playground = on_device.get(
+                (worker.host, physical_index(worker.cuda_visible_devices, device.index)), []
+            )
         hosts[worker.host].append(
-            {"worker": worker, "devices": list(worker.devices.all()), "runs": holding[worker.name]}
+            {"worker": worker, "devices": devices, "runs": holding[worker.name], "loaded": by_worker[worker.name]}
         )
     for workers in hosts.values():
         workers.sort(key=lambda row: (row["worker"].is_gone, row["worker"].name))

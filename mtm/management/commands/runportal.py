@@ -14,7 +14,7 @@ from mtm.processes import Child, Supervisor
 
 class Command(BaseCommand):
     help = (
-        "Serve the portal (Django's server) with a Celery worker and Celery beat (the periodic jobs, such as "
+        "Serve the portal (Django's server) with a Celery worker, a playground worker and Celery beat (the periodic jobs, such as "
         "failing runs whose worker was lost) beside it. Ctrl-C stops them all; if one exits, the others are stopped."
     )
 
@@ -44,6 +44,9 @@ class Command(BaseCommand):
             devices = ["--gpus", worker_gpus] if worker_gpus else ["--cpu"]
             worker = [sys.executable, manage_py, "runworker", *devices, "--also", queues]
             children.append(Child("worker", worker, signal.SIGTERM))
+            # A playground worker beside it (queue inference): it answers chat messages and keeps the model loaded.
+            playground = [sys.executable, manage_py, "runworker", *devices, "--inference"]
+            children.append(Child("playground", playground, signal.SIGTERM))
             beat = [sys.executable, "-m", "celery", "-A", "mtm", "beat", "--loglevel", "INFO"]
             beat += ["--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME]
             children.append(Child("beat", beat, signal.SIGTERM))
@@ -51,6 +54,8 @@ class Command(BaseCommand):
         self.stdout.write(f"[runportal] portal: http://{addrport}/  (admin: http://{addrport}/admin/)")
         periodic = "off" if no_worker else ", ".join(settings.CELERY_BEAT_SCHEDULE)
         self.stdout.write(f"[runportal] broker: {broker}; worker queues: {'none' if no_worker else queues}")
+        if not no_worker:
+            self.stdout.write("[runportal] playground worker: queue inference (keeps a model loaded while in use)")
         self.stdout.write(f"[runportal] periodic jobs (celery beat): {periodic}")
         self.stdout.write("[runportal] Ctrl-C stops everything.")
         self.stdout.flush()

@@ -14,7 +14,7 @@ from projects.hyperparameters import MAX_DEVICES
 from projects.trainer.ranks import CPU_PROCESSES_ENV
 from workers.models import Worker
 from workers.probe import probe_in_child
-from workers.queues import worker_queues
+from workers.queues import inference_worker_queues, worker_queues
 
 
 def parse_gpus(raw: str) -> list[int]:
@@ -44,7 +44,16 @@ class Command(BaseCommand):
             help="With --cpu: the processes one run may span (its 'devices' for a run that asks for several; DDP "
             "with gloo). The CPU threads are shared out among them.",
         )
-        parser.add_argument("--name", help="The worker's name (default: gpu0@host, gpu0-1@host or cpu@host).")
+        parser.add_argument(
+            "--inference",
+            action="store_true",
+            help="A playground worker: it answers playground messages (queue 'inference') and keeps the last model "
+            "loaded a while; it takes no training run.",
+        )
+        parser.add_argument(
+            "--name",
+            help="The worker's name (default: gpu0@host, gpu0-1@host or cpu@host; playground-… with --inference).",
+        )
         parser.add_argument(
             "--also", default="", help="More queues to consume, comma-separated (e.g. default, for one worker)."
         )
@@ -56,6 +65,7 @@ class Command(BaseCommand):
         gpus: str | None,
         cpu: bool,
         processes: int,
+        inference: bool,
         name: str | None,
         also: str,
         loglevel: str,
@@ -69,6 +79,8 @@ class Command(BaseCommand):
             raise CommandError(
                 "--processes is for a CPU worker (--cpu); a GPU worker runs one process per GPU of --gpus."
             )
+        if processes != 1 and inference:
+            raise CommandError("--processes is for a training worker; a playground worker (--inference) runs one.")
         env[CPU_PROCESSES_ENV] = str(processes) if cpu else ""
         if cpu:
             env["CUDA_VISIBLE_DEVICES"] = ""
@@ -77,6 +89,9 @@ class Command(BaseCommand):
             indexes = parse_gpus(gpus or "")
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, indexes))
             default_name = f"gpu{'-'.join(map(str, indexes))}@{host}"
+        if inference:
+            default_name = "playground-" + default_name
+            env["MTM_PLAYGROUND_WORKER"] = "1"  # its pool process imports torch and transformers at once
         name = name or default_name
         if "@" not in name:
             name = f"{name}@{host}"
@@ -102,7 +117,11 @@ class Command(BaseCommand):
                     f"{len(indexes)}. Check the indexes with nvidia-smi, or start a CPU worker with --cpu."
                 )
         smallest = min((d["total_bytes"] for d in devices), default=0)
-        queues = worker_queues(name, len(devices), smallest, processes if cpu else 1)
+        queues = (
+            inference_worker_queues(name)
+            if inference
+            else worker_queues(name, len(devices), smallest, processes if cpu else 1)
+        )
         queues += [q for q in (p.strip() for p in also.split(",")) if q and q not in queues]
         argv = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-n", name, "-Q", ",".join(queues)]
         argv += ["--concurrency", "1", "--prefetch-multiplier", "1", "--loglevel", loglevel]

@@ -1,0 +1,122 @@
+"""Conversations with a model (a succeeded run's result or a registry model), their turns, and the models an
+inference worker holds loaded."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class TargetKind(models.TextChoices):
+    RUN = "run", "Run"
+    MODEL = "model", "Registry model"
+
+
+class Conversation(models.Model):
+    """One member's chat with one model. Only its owner sees it (others get a 404)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    kind = models.CharField(max_length=8, choices=TargetKind.choices)
+    run = models.ForeignKey("projects.TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    model_name = models.CharField(max_length=96, blank=True)  # the registry name, or the run's base model
+    revision = models.CharField(max_length=255, blank=True)
+    system_prompt = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Conversation {self.pk} with {self.target_label}"
+
+    @property
+    def target_label(self) -> str:
+        if self.kind == TargetKind.RUN:
+            return f"run {self.run_id}" + (f" ({self.model_name} fine-tuned)" if self.model_name else "")
+        return self.model_name + (f"@{self.revision}" if self.revision else "")
+
+
+class GenerationStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+LIVE_GENERATION = (GenerationStatus.QUEUED, GenerationStatus.RUNNING)
+
+
+class Generation(models.Model):
+    """One turn: the member's message and the model's answer, written by the worker as it is generated."""
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    message = models.TextField()
+    params = models.JSONField(default=dict)  # playground.params.GenerationParams
+    status = models.CharField(
+        max_length=12, choices=GenerationStatus.choices, default=GenerationStatus.QUEUED, db_index=True
+    )
+    reply = models.TextField(blank=True)
+    prompt_tokens = models.IntegerField(null=True, blank=True)
+    new_tokens = models.IntegerField(default=0)
+    finish_reason = models.CharField(max_length=16, blank=True)  # "stop", "length", "stop_string"
+    cold = models.BooleanField(null=True, blank=True)  # the model was loaded for this turn
+    load_seconds = models.FloatField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    error_hint = models.TextField(blank=True)
+    worker_name = models.CharField(max_length=255, blank=True)
+    device = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"Generation {self.pk} ({self.status})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in LIVE_GENERATION
+
+    @property
+    def time_to_first_token(self) -> float | None:
+        """Seconds from the member's message to the first token (the queue and any model load included)."""
+        if self.first_token_at is None:
+            return None
+        return max(0.0, (self.first_token_at - self.created_at).total_seconds())
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """New tokens after the first, per second since the first (the decode rate the member sees)."""
+        end = self.finished_at or self.heartbeat_at
+        if self.first_token_at is None or end is None or self.new_tokens < 2:
+            return None
+        seconds = (end - self.first_token_at).total_seconds()
+        return (self.new_tokens - 1) / seconds if seconds > 0 else None
+
+
+class LoadedModel(models.Model):
+    """A model an inference worker holds in memory for the playground, and on which device: it counts against that
+    device's memory on the GPUs page and in placement until the worker unloads it (idle) or is gone."""
+
+    worker_name = models.CharField(max_length=255, db_index=True)
+    key = models.CharField(max_length=4096)  # what was loaded (folders)
+    label = models.CharField(max_length=255)
+    device = models.CharField(max_length=64)  # "cpu" or "cuda:N" in the worker's numbering
+    device_index = models.IntegerField(null=True, blank=True)
+    bytes = models.BigIntegerField(default=0)
+    loaded_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["worker_name", "loaded_at"]
+
+    def __str__(self) -> str:
+        return f"{self.label} on {self.worker_name} ({self.device})"

@@ -1,0 +1,110 @@
+"""What a conversation talks to, as folders to load: a succeeded run's result (its full model, its merged folder, or
+its adapter over the base model) or a registry model. Reads only small files (the run's manifest), so it serves the
+web process (to refuse early, clearly) and the inference worker (which resolves again against its own disk)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from models_registry.models import ModelOverride
+from models_registry.services import resolve_model
+from mtm.shared.problems import Problem
+from projects.models import RunStatus, TrainingRun
+from projects.run_config import run_config
+from projects.trainer.outputs import MANIFEST_NAME
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """Folders for the worker: `model_dir` (a complete model) or `adapter_dir` over `base_model_path`."""
+
+    label: str
+    tokenizer_dir: str
+    model_dir: str | None = None
+    adapter_dir: str | None = None
+    base_model_path: str | None = None
+    trust_remote_code: bool = False
+
+    @property
+    def key(self) -> str:
+        return "|".join(str(v) for v in (self.model_dir, self.adapter_dir, self.base_model_path))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TargetError(Exception):
+    def __init__(self, problem: Problem, status: int = 422):
+        super().__init__(problem.message)
+        self.problem = problem
+        self.status = status
+
+
+def for_model(model_name: str, revision: str = "") -> LoadSpec:
+    resolution = resolve_model(model_name, revision or None)
+    if not resolution.valid or not resolution.path:
+        first = resolution.errors[0] if resolution.errors else Problem("model_not_found", f"Model '{model_name}'.")
+        raise TargetError(Problem(first.code, first.message, first.hint))
+    label = model_name + (f"@{revision}" if revision else "")
+    return LoadSpec(
+        label=label,
+        tokenizer_dir=resolution.path,
+        model_dir=resolution.path,
+        trust_remote_code=bool(resolution.trust_remote_code),
+    )
+
+
+def _run_trusts_remote_code(run: TrainingRun) -> bool:
+    if run.resolved_source != "override":
+        return False
+    name = run_config(run).model_name
+    return ModelOverride.objects.filter(model_name=name, enabled=True, trust_remote_code=True).exists()
+
+
+def for_run(run: TrainingRun) -> LoadSpec:
+    if run.status != RunStatus.SUCCEEDED:
+        raise TargetError(
+            Problem(
+                "run_not_succeeded",
+                f"Run {run.pk} is {run.status}: only a run that succeeded has a model to chat with.",
+                "Pick a run whose status is succeeded, or wait for this one to finish.",
+            )
+        )
+    output = Path(run.output_directory or "")
+    label = f"run {run.pk} ({run_config(run).model_name})"
+    try:
+        manifest = json.loads((output / MANIFEST_NAME).read_text(encoding="utf-8"))
+        layout = manifest["layout"]
+        model_dir, adapter_dir = layout.get("model_dir"), layout.get("adapter_dir")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise TargetError(
+            Problem(
+                "run_output_missing",
+                f"Run {run.pk}'s result cannot be read: {output / MANIFEST_NAME}: {type(exc).__name__}: {exc}.",
+                "The run's output folder was moved or removed after it succeeded; start a new run of its project.",
+            ),
+            status=409,
+        ) from None
+    trust = _run_trusts_remote_code(run)
+    if model_dir:
+        folder = str(output / model_dir)
+        return LoadSpec(label=label, tokenizer_dir=folder, model_dir=folder, trust_remote_code=trust)
+    if not adapter_dir or not run.resolved_path:
+        raise TargetError(
+            Problem(
+                "run_output_missing",
+                f"Run {run.pk}'s manifest names no model folder and no adapter with a base model.",
+                "Start a new run of its project.",
+            ),
+            status=409,
+        )
+    adapter = str(output / adapter_dir)
+    return LoadSpec(
+        label=label,
+        tokenizer_dir=adapter,
+        adapter_dir=adapter,
+        base_model_path=run.resolved_path,
+        trust_remote_code=trust,
+    )

@@ -1,0 +1,161 @@
+"""The playground pages: pick a model, chat with it, watch the answer grow (the live turn is an HTMX-polled partial
+that stops polling, 286, once the answer has ended). Only the owner sees a conversation; anyone else gets a 404."""
+
+from __future__ import annotations
+
+import codecs
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.utils.html import format_html
+from django.views.decorators.http import require_http_methods
+from django.views.decorators.vary import vary_on_headers
+
+from models_registry.services import available_models
+from mtm.audit import Actor, Channel
+from mtm.htmx import HtmxHttpRequest, wants_partial
+from mtm.shared.problems import Problem
+from playground import services
+from playground.models import Conversation
+from playground.params import GenerationParams
+from projects.models import RunStatus, TrainingRun
+from projects.run_views import polled_partial
+
+
+def _refusal(request: HtmxHttpRequest, exc: services.Refused) -> None:
+    hint = format_html(' <span class="hint">{}</span>', exc.problem.hint) if exc.problem.hint else ""
+    messages.error(request, format_html("<strong>{}</strong>{}", exc.problem.message, hint))
+
+
+def _own(request: HtmxHttpRequest, pk: int) -> Conversation:
+    conversation = services.conversation_of(request.user, pk)
+    if conversation is None:
+        raise Http404(f"No conversation with id {pk}.")
+    return conversation
+
+
+@require_http_methods(["GET", "HEAD"])
+@login_required
+def index(request: HtmxHttpRequest) -> HttpResponse:
+    runs = (
+        TrainingRun.objects.filter(status=RunStatus.SUCCEEDED)
+        .select_related("project", "project__owner")
+        .order_by("-finished_at", "-id")[:100]
+    )
+    _, models = available_models(valid=True)
+    context = {
+        "conversations": Conversation.objects.filter(owner=request.user).select_related("run")[:100],
+        "runs": runs,
+        "models": models,
+        "chosen_run": request.GET.get("run", ""),
+        "chosen_model": request.GET.get("model", ""),
+    }
+    return render(request, "playground/index.html", context)
+
+
+@require_http_methods(["POST"])
+@login_required
+def new_conversation(request: HtmxHttpRequest) -> HttpResponse:
+    target = request.POST.get("target", "")
+    kind, _, value = target.partition(":")
+    run_id = int(value) if kind == "run" and value.isdigit() and len(value) < 19 else None
+    model_name = value.strip() if kind == "model" else ""
+    try:
+        if kind == "run" and run_id is None:
+            raise services.Refused(Problem("no_target", f"'{value[:40]}' is not a run id."))
+        conversation = services.start_conversation(
+            actor=Actor.of(request, Channel.PAGE),
+            run_id=run_id,
+            model_name=model_name,
+            system_prompt=request.POST.get("system_prompt", ""),
+        )
+    except services.Refused as exc:
+        _refusal(request, exc)
+        return redirect("playground:index")
+    return redirect("playground:conversation", pk=conversation.pk)
+
+
+def _settings_context(params: GenerationParams) -> dict[str, Any]:
+    return {
+        "params": params,
+        "stop_text": "\n".join(codecs.encode(s, "unicode_escape").decode("ascii") for s in params.stop),
+        "max_tokens_limit": settings.MTM_PLAYGROUND_MAX_NEW_TOKENS,
+    }
+
+
+@require_http_methods(["GET", "HEAD"])
+@login_required
+def conversation(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    chat = _own(request, pk)
+    turns = list(chat.turns.order_by("pk"))
+    last = GenerationParams.model_validate(turns[-1].params) if turns else GenerationParams()
+    context = {"conversation": chat, "turns": turns, **_settings_context(last)}
+    return render(request, "playground/conversation.html", context)
+
+
+def _form_params(post: Any) -> tuple[dict[str, Any], list[str]]:
+    """The settings as typed into the form: numbers parsed, stop strings one per line (\\n and \\t understood)."""
+    raw: dict[str, Any] = {}
+    problems = []
+    for name, kind, label in (
+        ("temperature", float, "Temperature"),
+        ("top_p", float, "Top p"),
+        ("max_new_tokens", int, "Max new tokens"),
+    ):
+        text = str(post.get(name, "")).strip()
+        if not text:
+            continue
+        try:
+            raw[name] = kind(text)
+        except ValueError:
+            problems.append(f"{label}: '{text[:20]}' is not a {'whole ' if kind is int else ''}number.")
+    stops = []
+    for line in str(post.get("stop", "")).splitlines():
+        if line:
+            try:
+                stops.append(codecs.decode(line, "unicode_escape") if "\\" in line else line)
+            except UnicodeDecodeError:
+                stops.append(line)
+    raw["stop"] = stops
+    return raw, problems
+
+
+@require_http_methods(["POST"])
+@login_required
+def send(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    chat = _own(request, pk)
+    params, problems = _form_params(request.POST)
+    if problems:
+        messages.error(request, " ".join(problems))
+        return redirect("playground:conversation", pk=chat.pk)
+    try:
+        services.send_message(chat, request.POST.get("message", ""), params, actor=Actor.of(request, Channel.PAGE))
+    except services.Refused as exc:
+        _refusal(request, exc)
+    return redirect("playground:conversation", pk=chat.pk)
+
+
+@require_http_methods(["POST"])
+@login_required
+def delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    chat = _own(request, pk)
+    services.delete_conversation(chat, actor=Actor.of(request, Channel.PAGE))
+    messages.success(request, "The conversation is deleted.")
+    return redirect("playground:index")
+
+
+@require_http_methods(["GET", "HEAD"])
+@login_required
+@vary_on_headers("HX-Request")
+def turn(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    generation = services.generation_of(request.user, pk)
+    if generation is None:
+        raise Http404(f"No generation with id {pk}.")
+    context = {"turn": generation, "conversation": generation.conversation}
+    if wants_partial(request):
+        return polled_partial(request, "playground/conversation.html#turn", context, live=generation.is_live)
+    return redirect("playground:conversation", pk=generation.conversation_id)

@@ -1,0 +1,121 @@
+"""In headless Chromium, as a member would: a real LoRA run of the tiny Llama trains on a real worker, then the
+member opens the playground, picks the run and watches the answer arrive from the playground worker (the turn is
+polled while it is live), with time to first token and tokens/s. Screenshots in test-artifacts/browser/<test>/."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+
+from playground.models import Generation
+from projects.models import RunStatus, TrainingProject
+from tests.browser_helpers import PLAIN_HTTP_SETTINGS, why_no_browser
+from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
+from tests.playground_helpers import inference_worker, wait_for_inference_worker
+
+if (reason := why_no_browser()) is not None:
+    pytest.skip(reason, allow_module_level=True)
+
+from playwright.sync_api import expect  # noqa: E402
+
+from tests.browser_helpers import Screenshots, chromium, log_in  # noqa: E402
+
+# The live server as tests/test_browser.py starts it: with the HTTPS redirect off.
+from tests.test_browser import _plain_http_while_server_starts, live_server  # noqa: E402, F401
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+PASSWORD = "a long test password 7"
+
+# Every change of the turn: its status and how much of the answer is shown.
+_RECORD_TURN = """() => {
+  window.mtmTurn = [];
+  const note = () => {
+    const turn = document.querySelector('li.turn:last-of-type');
+    if (!turn) return;
+    const seen = {status: turn.dataset.status, chars: turn.querySelector('.reply').textContent.trim().length};
+    const last = window.mtmTurn[window.mtmTurn.length - 1];
+    if (!last || last.status !== seen.status || last.chars !== seen.chars) window.mtmTurn.push(seen);
+  };
+  note();
+  new MutationObserver(note).observe(document.querySelector('#turns'), {childList: true, subtree: true});
+}"""
+
+
+@pytest.fixture
+def member(portal_roots, transactional_db, settings) -> User:
+    for name, value in PLAIN_HTTP_SETTINGS.items():
+        setattr(settings, name, value)
+    return User.objects.create_user("member-p", password=PASSWORD)
+
+
+def test_the_playground_streams_an_answer_from_a_fine_tuned_model(
+    member,
+    portal_roots,
+    tiny_llama_in_cache,
+    start_worker,
+    celery_broker,
+    tmp_path,
+    live_server,  # noqa: F811 - the fixture imported above
+):
+    trainer = start_worker("default,training")
+    answering = inference_worker(celery_broker, tmp_path / "playground.log")
+    trainer.wait_ready(120)
+    dataset = write_jsonl(portal_roots / "datasets" / "chat.jsonl", QA_ROWS * 8)
+    project = TrainingProject.objects.create(
+        name="support-bot",
+        owner=member,
+        model_name=tiny_llama_in_cache[0],
+        dataset_path=str(dataset),
+        output_directory=str(portal_roots / "outputs" / "support-bot"),
+        method="lora",
+        hyperparameters={**FAST_HYPERPARAMETERS, "max_steps": 4, "merge_after_training": False},
+    )
+    run = wait_for_end(start(project, member).pk)
+    assert run.status == RunStatus.SUCCEEDED, run.error_message
+    answering.wait_ready(120)
+    wait_for_inference_worker()
+
+    base = live_server.url
+    try:
+        with chromium() as browser:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            shot = Screenshots(page, "test_the_playground_streams_an_answer_from_a_fine_tuned_model")
+            log_in(page, base, "member-p", PASSWORD)
+            page.get_by_role("link", name="Playground", exact=True).click()
+            expect(page.get_by_role("heading", name="Playground")).to_be_visible()
+            page.get_by_label("Model", exact=True).select_option(f"run:{run.pk}")
+            shot("pick-the-run")
+            page.get_by_role("button", name="Start chatting").click()
+            expect(page.get_by_role("heading", name=f"Chat with run {run.pk}")).to_be_visible()
+
+            page.get_by_label("Message", exact=True).fill("Say hello:")
+            page.locator("details.chat-settings summary").click()
+            page.get_by_label("Temperature").fill("0")
+            page.get_by_label("Max new tokens").fill("60")
+            shot("message-typed")
+            page.get_by_role("button", name="Send").click()
+            page.evaluate(_RECORD_TURN)
+            shot("answer-coming")
+            turn = page.locator("li.turn").last
+            expect(turn).to_have_attribute("data-status", "succeeded", timeout=120_000)
+            expect(turn.locator(".turn-stats")).to_contain_text("first token after")
+            expect(turn.locator(".turn-stats")).to_contain_text("model loaded for it")
+            shown = turn.locator(".reply").inner_text().strip()
+            seen = page.evaluate("() => window.mtmTurn")
+            shot("answered")
+
+            # A second message: the model is still loaded on the worker.
+            page.get_by_label("Message", exact=True).fill("And once more:")
+            page.get_by_role("button", name="Send").click()
+            second = page.locator("li.turn").last
+            expect(second).to_have_attribute("data-status", "succeeded", timeout=120_000)
+            expect(second.locator(".turn-stats")).to_contain_text("model already loaded")
+            shot("second-answer-warm")
+    finally:
+        answering.stop()
+    first = Generation.objects.order_by("pk").first()
+    assert first.status == "succeeded" and first.conversation.run_id == run.pk
+    assert shown and " ".join(shown.split()) == " ".join(first.reply.split())
+    # The page polled the live turn: it was seen live (queued or running) before it was seen answered.
+    assert seen[0]["status"] in ("queued", "running") and seen[-1]["status"] == "succeeded", seen
+    assert first.cold is True and Generation.objects.order_by("pk").last().cold is False
