@@ -157,6 +157,42 @@ class Hyperparameters(BaseModel):
     logging_steps: int = hyperparameter(
         10, ge=1, le=100_000, group="checkpoints", label="Log every (steps)", example="10"
     )
+    eval_fraction: float = hyperparameter(
+        0.0,
+        ge=0,
+        le=0.5,
+        group="checkpoints",
+        label="Eval set (share of the rows)",
+        help="Rows held out of training, picked with the seed, to measure eval loss and perplexity; e.g. 0.1 for 10%.",
+        zero_means="no eval set",
+        example="0.1",
+    )
+    eval_steps: int = hyperparameter(
+        50,
+        ge=1,
+        le=10_000_000,
+        group="checkpoints",
+        label="Evaluate every (steps)",
+        help="With an eval set: eval loss every this many steps, and at the last step.",
+        example="50",
+    )
+    keep_best_eval: bool = hyperparameter(
+        False,
+        group="checkpoints",
+        label="Keep the best eval checkpoint",
+        help="With an eval set: the result is the model of the evaluation with the lowest eval loss, not the last "
+        "step's.",
+    )
+    eval_prompts: int = hyperparameter(
+        5,
+        ge=0,
+        le=50,
+        group="checkpoints",
+        label="Before/after prompts",
+        help="Eval rows the validation answers with the base model and with the fine-tuned one, side by side.",
+        zero_means="no before/after answers",
+        example="5",
+    )
     lora_r: int = hyperparameter(16, ge=1, le=1024, group="lora", label="LoRA r", example="16")
     lora_alpha: float = hyperparameter(32.0, gt=0, le=4096, group="lora", label="LoRA alpha", example="32")
     lora_dropout: float = hyperparameter(0.05, ge=0, le=0.9, group="lora", label="LoRA dropout", example="0.05")
