@@ -144,7 +144,7 @@ def test_a_run_with_an_eval_set_shows_both_curves_base_vs_tuned_and_compares(
     client = secure_client(portal["user"])
     page = client.get(f"/projects/runs/{first.pk}/").content.decode()
     assert '<polyline class="line"' in page and '<polyline class="eval-line"' in page
-    assert "6 of 24 rows (25%), picked with seed 42, held out of training" in page
+    assert "6 of 23 rows (25%), picked with seed 42, held out of training" in page
     assert "the model of the last step (8)" in page
 
     # 2. the validation report: base vs fine-tuned answers to two eval prompts, with the dataset's answers
