@@ -282,7 +282,9 @@ def list_project_runs(request: HttpRequest, project_id: int) -> list[dict]:
     return [run_dict(run) for run in project.runs.order_by("-created_at", "-id")]
 
 
-@router.get("/runs/compare", response={200: ComparisonOut, **READ}, tags=["runs"])
+@router.get(
+    "/runs/compare", response={200: ComparisonOut, **_errors(400, 404)}, tags=["runs"]
+)  # 400: too many query parameters
 def compare_runs(
     request: HttpRequest,
     runs: str = Query("", description="2 to 5 run ids, e.g. 12,15 (or runs=12&runs=15); any projects you can see."),
