@@ -81,7 +81,9 @@ def test_eval_curves_before_and_after_and_two_runs_side_by_side(
         expect(chart.locator("polyline.eval-line")).to_have_count(1)
         expect(chart.locator("circle.eval-point")).to_have_count(2)  # steps 4 and 8
         expect(chart.locator(".legend")).to_contain_text("eval loss")
-        expect(page.locator(".eval-split")).to_have_text("6 of 23 rows (25%), picked with seed 42, held out of training")
+        expect(page.locator(".eval-split")).to_have_text(
+            "6 of 23 rows (25%), picked with seed 42, held out of training"
+        )
         expect(page.locator(".eval-loss")).to_contain_text("at step 8")
         report = page.locator("section.validation")
         expect(report.locator("table.before-after tbody tr")).to_have_count(3)
