@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 
-from projects.models import TrainingProject
+from projects.models import TrainingProject, TrainingRun
 
 
 def can_manage(user: Any, project: TrainingProject) -> bool:
@@ -27,3 +28,13 @@ def require_manage(user: Any, project: TrainingProject, action: str) -> None:
 def can_view(user: Any, project: TrainingProject) -> bool:
     """True for every active, signed-in member: every member sees every project and its runs."""
     return bool(getattr(user, "is_authenticated", False) and user.is_active)
+
+
+def visible_runs(user: Any) -> QuerySet[TrainingRun]:
+    """The runs `user` may see: today every run of every project for an active member, none for anyone else. Pages
+    and the API that read runs a member picks by id (the comparison) go through this one filter, so an id of a run
+    the member may not see reads exactly like an id that does not exist."""
+    runs = TrainingRun.objects.select_related("project", "project__owner", "started_by")
+    if not (getattr(user, "is_authenticated", False) and user.is_active):
+        return runs.none()
+    return runs

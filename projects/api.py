@@ -11,7 +11,7 @@ from typing import Any
 
 from django.db.models import OuterRef, ProtectedError, Subquery
 from django.http import HttpRequest
-from ninja import File, Form, Router
+from ninja import File, Form, Query, Router
 from ninja.files import UploadedFile
 from ninja.responses import Status
 
@@ -21,11 +21,13 @@ from mtm.audit import Actor, Channel
 from mtm.shared.problems import Problem
 from projects import run_services, services
 from projects.access import can_manage
+from projects.compare import CompareRefused, compare, comparison_dict
 from projects.datasets import DatasetError, DatasetReport, check_dataset_path, inspect_dataset
 from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.models import TrainingProject, TrainingRun
 from projects.pipeline import CancelOutcome
 from projects.schemas import (
+    ComparisonOut,
     DatasetUploadOut,
     MaxSeqLength,
     ProjectDatasetOut,
@@ -279,6 +281,22 @@ def list_project_runs(request: HttpRequest, project_id: int) -> list[dict]:
     """The project's runs, newest first."""
     project = _project_or_404(project_id)
     return [run_dict(run) for run in project.runs.order_by("-created_at", "-id")]
+
+
+@router.get(
+    "/runs/compare", response={200: ComparisonOut, **_errors(400, 404)}, tags=["runs"]
+)  # 400: too many query parameters
+def compare_runs(
+    request: HttpRequest,
+    runs: str = Query("", description="2 to 5 run ids, e.g. 12,15 (or runs=12&runs=15); any projects you can see."),
+) -> dict:
+    """Runs side by side: curves (training and eval loss points), the settings that differ, final metrics, throughput,
+    duration and validation. 422 for a selection of the wrong size or a malformed id; 404 for a run that does not
+    exist or that you may not see (the same answer for both)."""
+    try:
+        return comparison_dict(compare(request.user, request.GET.getlist("runs")))
+    except CompareRefused as refused:
+        raise ApiError(refused.status, [refused.problem])
 
 
 @router.get("/runs/{run_id}", response={200: RunOut, **READ}, tags=["runs"])

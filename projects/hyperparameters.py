@@ -187,6 +187,42 @@ class Hyperparameters(BaseModel):
     logging_steps: int = hyperparameter(
         10, ge=1, le=100_000, group="checkpoints", label="Log every (steps)", example="10"
     )
+    eval_fraction: float = hyperparameter(
+        0.0,
+        ge=0,
+        le=0.5,
+        group="checkpoints",
+        label="Eval set (share of the rows)",
+        help="Rows held out of training, picked with the seed, to measure eval loss and perplexity; e.g. 0.1 for 10%.",
+        zero_means="no eval set",
+        example="0.1",
+    )
+    eval_steps: int = hyperparameter(
+        50,
+        ge=1,
+        le=10_000_000,
+        group="checkpoints",
+        label="Evaluate every (steps)",
+        help="With an eval set: eval loss every this many steps, and at the last step.",
+        example="50",
+    )
+    keep_best_eval: bool = hyperparameter(
+        False,
+        group="checkpoints",
+        label="Keep the best eval checkpoint",
+        help="With an eval set: the result is the model of the evaluation with the lowest eval loss, not the last "
+        "step's.",
+    )
+    eval_prompts: int = hyperparameter(
+        5,
+        ge=0,
+        le=50,
+        group="checkpoints",
+        label="Before/after prompts",
+        help="Eval rows the validation answers with the base model and with the fine-tuned one, side by side.",
+        zero_means="no before/after answers",
+        example="5",
+    )
     lora_r: int = hyperparameter(16, ge=1, le=1024, group="lora", label="LoRA r", example="16")
     lora_alpha: float = hyperparameter(32.0, gt=0, le=4096, group="lora", label="LoRA alpha", example="32")
     lora_dropout: float = hyperparameter(0.05, ge=0, le=0.9, group="lora", label="LoRA dropout", example="0.05")
@@ -333,6 +369,16 @@ class Hyperparameters(BaseModel):
                     f"Hyperparameter 'max_prompt_length' = {self.max_prompt_length} leaves no room for the answers "
                     f"within 'max_seq_length' = {self.max_seq_length}.",
                     "Set max_prompt_length below max_seq_length, e.g. half of it.",
+                )
+            )
+        if self.objective == "dpo" and (self.eval_fraction or self.keep_best_eval):
+            problems.append(
+                Problem(
+                    CODE,
+                    "Hyperparameters 'eval_fraction' and 'keep_best_eval' apply to the SFT objective; a DPO run is "
+                    "measured on its held-out pairs instead.",
+                    "Set eval_fraction to 0 and keep_best_eval off, and choose how many pairs to hold out with "
+                    "preference_pairs.",
                 )
             )
         if self.objective == "dpo" and self.devices > 1:  # the DPO trainer has no rank handling (cancel, reports)

@@ -1,9 +1,9 @@
 """`python -m projects.inference_check SPEC.json`: the loading and inference tests, in a child process.
 
 SPEC: {"model_dir": path|null, "adapter_dir": path|null, "base_model_path": path|null, "tokenizer_dir": path,
-       "prompt": str, "max_new_tokens": int, "trust_remote_code": bool}
+       "prompt": str, "max_new_tokens": int, "trust_remote_code": bool, "before_after": null|{...}}
 Prints one line `MTM_RESULT {json}`: {"load": {passed, seconds, detail}, "inference": {passed, seconds, detail,
-text}}. A crash in here cannot take the worker down, and memory is returned when the process ends.
+text}, "before_after": {...} (with a "before_after" spec; projects.before_after)}. A crash in here cannot take the worker down, and memory is returned when the process ends.
 """
 
 from __future__ import annotations
@@ -101,7 +101,29 @@ def run(spec: dict) -> dict:
         "warning": verdict.warning,
         "text": text,
     }
+    if spec.get("before_after"):
+        result["before_after"] = _before_after(spec, tokenizer, model, device)
     return result
+
+
+def _before_after(spec: dict, tokenizer, model, device: str) -> dict:
+    """Base vs fine-tuned; a failure here is reported in the comparison, never fails the checks."""
+    from projects.before_after import compare
+
+    wanted = spec["before_after"]
+
+    def load_base():
+        from transformers import AutoModelForCausalLM
+
+        trust = bool(spec.get("trust_remote_code"))
+        return (
+            AutoModelForCausalLM.from_pretrained(wanted["base_model_path"], trust_remote_code=trust).to(device).eval()
+        )
+
+    try:
+        return compare(wanted, tokenizer, model, device, load_base)
+    except Exception as exc:
+        return {"detail": f"The base vs fine-tuned comparison failed: {type(exc).__name__}: {exc}", "pairs": []}
 
 
 def main() -> int:

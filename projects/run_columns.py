@@ -124,8 +124,54 @@ class MetricPoint(BaseModel):
         return (self.model_extra or {}).get(name)
 
 
+class EvalPoint(BaseModel):
+    """One evaluation of the eval set during training. Kept in the same metrics column as the loss points; an entry
+    with an "eval_loss" key is an evaluation."""
+
+    step: WholeNumber = None
+    eval_loss: Number = None
+    perplexity: Number = None
+
+
+def _is_evaluation(entry: Any) -> bool:
+    return isinstance(entry, EvalPoint) or (isinstance(entry, dict) and "eval_loss" in entry)
+
+
 def read_metrics(stored: Any) -> list[MetricPoint]:
-    return [MetricPoint.model_validate(point) for point in _objects(stored)]
+    """The loss points of the stored metrics (evaluations left out)."""
+    return [MetricPoint.model_validate(point) for point in _objects(stored) if not _is_evaluation(point)]
+
+
+def read_eval_points(stored: Any) -> list[EvalPoint]:
+    """The evaluations of the stored metrics that have a loss, in step order."""
+    points = [EvalPoint.model_validate(point) for point in _objects(stored) if _is_evaluation(point)]
+    points = [point for point in points if point.step is not None and point.eval_loss is not None]
+    return sorted(points, key=lambda point: point.step or 0)
+
+
+class RunSummary(BaseModel):
+    """What a finished training reported: the trainer's final metrics (its "finished" event)."""
+
+    global_step: WholeNumber = None
+    train_loss: Number = None
+    final_loss: Number = None
+    train_runtime: Number = None
+    real_tokens: WholeNumber = None
+    tokens_per_second: Number = None
+    steady_tokens_per_second: Number = None
+    eval_loss: Number = None
+    best_eval_step: WholeNumber = None
+    best_eval_loss: Number = None
+    result_step: WholeNumber = None
+
+    @classmethod
+    def read(cls, stored: Any) -> RunSummary:
+        return cls.model_validate(stored if isinstance(stored, dict) else {})
+
+    @property
+    def kept_best(self) -> bool:
+        """The result is an earlier evaluation's checkpoint, not the last step's model."""
+        return self.result_step is not None and self.global_step is not None and self.result_step < self.global_step
 
 
 class ValidationCheck(BaseModel):
@@ -151,8 +197,31 @@ class PreferenceResult(BaseModel):
     margin_after: Number = None
 
 
+class PromptPair(BaseModel):
+    """One eval prompt answered greedily by the base model and by the fine-tuned one."""
+
+    prompt: Text = ""
+    reference: Annotated[str | None, BeforeValidator(lambda value: value if isinstance(value, str) else None)] = None
+    base: Text = ""
+    tuned: Text = ""
+
+
+class BeforeAfter(BaseModel):
+    """Base model vs fine-tuned model on the run's eval set: eval loss of each, and answers side by side."""
+
+    eval_rows: WholeNumber = None
+    base_eval_loss: Number = None
+    tuned_eval_loss: Number = None
+    base_perplexity: Number = None
+    tuned_perplexity: Number = None
+    pairs: Annotated[list[PromptPair], BeforeValidator(_objects)] = Field(default_factory=list)
+    detail: Text = Field("", description="Why part of it is missing (e.g. the base model did not load).")
+    seconds: Seconds = 0.0
+
+
 class ValidationReport(BaseModel):
-    """The post-training validation: the four checks, and what the model answered to the prompt."""
+    """The post-training validation: the four checks, what the model answered to the prompt, and (with eval
+    prompts or an eval set) the base model and the fine-tuned one side by side."""
 
     passed: Flag = False
     preference: Annotated[
@@ -162,6 +231,9 @@ class ValidationReport(BaseModel):
     sample_output: Text = ""
     prompt: Annotated[
         str | None, BeforeValidator(lambda value: storable(value) if isinstance(value, str) else None)
+    ] = None
+    before_after: Annotated[
+        BeforeAfter | None, BeforeValidator(lambda value: value if isinstance(value, dict | BaseModel) else None)
     ] = None
 
     @classmethod

@@ -12,9 +12,12 @@ from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, render
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods
 
 from mtm.htmx import HtmxHttpRequest
+from projects.charts import compare_chart_svg
+from projects.compare import CompareRefused, compare
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.run_columns import RunProgress, read_metrics
 from projects.run_records import work_folder
@@ -71,6 +74,19 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
         "project_id": project_id,
     }
     return render(request, "projects/runs.html", context)
+
+
+@require_http_methods(["GET", "HEAD"])
+@login_required
+def run_compare(request: HtmxHttpRequest) -> HttpResponse:
+    """2 to 5 runs side by side; the selection is the query (?runs=12,15), so the page is a link to share."""
+    try:
+        comparison = compare(request.user, request.GET.getlist("runs"))
+    except CompareRefused as refused:
+        return render(request, "projects/compare.html", {"problem": refused.problem}, status=refused.status)
+    # compare_chart_svg escapes every text it writes; the numbers are formatted by it.
+    chart = compare_chart_svg([(item.label, item.run.metrics) for item in comparison.runs])
+    return render(request, "projects/compare.html", {"comparison": comparison, "chart": mark_safe(chart)})  # noqa: S308
 
 
 def log_path(run: TrainingRun) -> Path:

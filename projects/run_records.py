@@ -193,10 +193,12 @@ class ResumeRefused(Exception):
 def history_before_resume(run: TrainingRun) -> list[dict[str, Any]]:
     """The loss points a resumed run inherits: its source run's (itself possibly resumed) up to the checkpoint
     it continues from, so its chart and progress tell the whole history."""
-    from projects.run_columns import read_metrics
+    from projects.run_columns import read_eval_points, read_metrics
 
     if not run.resume or run.resume_source is None:
         return []
     step = checkpoint_step(run.resumed_from)
     points = read_metrics(run.resume_source.metrics)
-    return [p.model_dump() for p in points if p.step is not None and (step is None or p.step <= step)]
+    kept = [p.model_dump() for p in points if p.step is not None and (step is None or p.step <= step)]
+    evaluations = read_eval_points(run.resume_source.metrics)
+    return kept + [p.model_dump() for p in evaluations if step is None or (p.step or 0) <= step]

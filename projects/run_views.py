@@ -26,6 +26,7 @@ from projects.pipeline import CancelOutcome
 from projects.publishing import published_of
 from projects.run_columns import RunProgress, ValidationReport
 from projects.run_config import changes_since, config_rows, previous_run, run_config
+from projects.run_eval import eval_overview
 from projects.run_services import RunRefused, cancel_run, start_run
 from workers.placement import place_in_line
 
@@ -85,6 +86,7 @@ def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
         "eta": run_eta(run, progress),
         "duration": run_duration(run),
         "validation": ValidationReport.read(run.validation),
+        "evaluation": eval_overview(run, config),
         "checkpoint": checkpoint,
         "can_manage": can_manage(user, project),
         "place_in_line": place_in_line(run),

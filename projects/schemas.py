@@ -15,7 +15,7 @@ from pydantic import AfterValidator, Field, WithJsonSchema
 from models_registry.schemas import NoNulls, ProblemOut, StrictBody
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
-from projects.run_columns import MetricPoint, RunProgress, ValidationReport
+from projects.run_columns import EvalPoint, MetricPoint, RunProgress, RunSummary, ValidationReport
 from projects.run_config import RunConfig
 
 RunStatusName = Literal[tuple(RunStatus.values)]
@@ -139,7 +139,9 @@ class RunOut(Schema):
     )
     progress: RunProgress
     metrics: list[MetricPoint]
+    eval_metrics: list[EvalPoint] = Field(description="Eval loss and perplexity at each evaluation (with an eval set).")
     validation: ValidationReport | None
+    summary: RunSummary = Field(description="The trainer's final metrics, once training finished.")
     resume: bool
     resume_from_run: int | None = Field(description="The run whose checkpoint this one continued from.")
     resumed_from: str | None
@@ -219,3 +221,36 @@ class DatasetUploadOut(Schema):
 
 class ProjectDatasetOut(DatasetUploadOut):
     project: ProjectOut
+
+
+class ComparedRunOut(Schema):
+    id: int
+    project_id: int
+    project_name: str
+    status: RunStatusName
+    method: str
+    model_name: str
+    final_loss: float | None = Field(description="The last logged training loss.")
+    eval_loss: float | None = Field(description="The eval set's loss at the last evaluation (null without one).")
+    perplexity: float | None
+    best_eval_step: int | None
+    best_eval_loss: float | None
+    result_step: int | None = Field(description="The step whose weights are the result (the best with keep_best_eval).")
+    tokens_per_second: float | None = Field(description="Real (non-padding) training tokens per second.")
+    duration_seconds: float | None
+    summary: RunSummary
+    validation: ValidationReport | None
+    metrics: list[MetricPoint] = Field(description="Training loss points, for the overlaid curves.")
+    eval_metrics: list[EvalPoint] = Field(description="Eval loss points (with an eval set).")
+
+
+class DifferenceOut(Schema):
+    key: str
+    label: str
+    values: list[str] = Field(description="The shown value of each run, in the order of `runs`.")
+
+
+class ComparisonOut(Schema):
+    runs: list[ComparedRunOut]
+    differences: list[DifferenceOut] = Field(description="Only the settings that are not the same for every run.")
+    same_settings: int

@@ -10,7 +10,7 @@ from typing import Any
 
 from projects.hyperparameters import Hyperparameters
 from projects.models import TrainingProject, TrainingRun
-from projects.run_columns import RunProgress, ValidationReport, read_metrics
+from projects.run_columns import RunProgress, RunSummary, ValidationReport, read_eval_points, read_metrics
 from projects.run_config import run_config
 from projects.run_records import files_missing, run_artifacts
 from workers.placement import place_in_line
@@ -47,7 +47,9 @@ def run_dict(run: TrainingRun) -> dict[str, Any]:
         "effective_batch": config.values.effective_batch,
         "progress": RunProgress.read(run.progress).model_dump(),
         "metrics": [point.model_dump() for point in read_metrics(run.metrics)],
+        "eval_metrics": [point.model_dump() for point in read_eval_points(run.metrics)],
         "validation": None if report is None else report.model_dump(),
+        "summary": RunSummary.read(run.summary).model_dump(),
         "resume": run.resume,
         "resume_from_run": run.resume_source_id,
         "resumed_from": _or_none(run.resumed_from),

@@ -25,7 +25,7 @@ from projects.datasets.pairs import PREFERENCE, objective_problem, prompt_of
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.pipeline import fail, transition, worker_identity
-from projects.run_columns import MetricPoint, RunProgress
+from projects.run_columns import EvalPoint, MetricPoint, RunProgress, RunSummary
 from projects.run_config import run_config
 from projects.services import load_tokenizer
 from projects.supervisor import Supervision, supervise
@@ -138,6 +138,13 @@ class _RunRecorder:
                 if len(self.metrics) > MAX_METRIC_POINTS:
                     self.metrics = self.metrics[::2]
             rows.update(progress=progress, metrics=self.metrics, heartbeat_at=timezone.now())
+        elif kind == "evaluation":
+            point = EvalPoint.model_validate(event)
+            if point.eval_loss is not None:  # a loss that was not a finite number is no point of the curve
+                self.metrics.append(point.model_dump())
+                rows.update(metrics=self.metrics, heartbeat_at=timezone.now())
+        elif kind == "finished":
+            rows.update(summary=RunSummary.read(event.get("metrics")).model_dump())
         elif kind == "checkpoint":
             rows.update(last_checkpoint=str(event.get("path", "")))
         elif kind == "cancelled":
@@ -354,6 +361,39 @@ def _validation_prompt(run: TrainingRun, rows: list[dict] | None = None) -> str:
         return ""
 
 
+MAX_BEFORE_AFTER_ROWS = 200  # eval rows passed to the validation child (projects.before_after.MAX_LOSS_ROWS)
+
+
+def _before_after_rows(run: TrainingRun) -> dict | None:
+    """The eval rows the base and the fine-tuned model are compared on: the run's eval set (the same seeded split as
+    the trainer's), else the held-out last row; None without either, or with eval_prompts and eval set both off."""
+    from projects.datasets import detect_format
+    from projects.datasets.eval_split import split_rows
+
+    config = run_config(run)
+    values = config.values
+    if values.eval_prompts == 0 and values.eval_fraction == 0:
+        return None
+    snapshot = run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(config.dataset_path)
+    try:
+        rows = load_rows(snapshot)
+        fmt = detect_format(rows[:1])
+    except Exception:  # the dataset is only a source of prompts here; without it there is no comparison
+        return None
+    held_out = rows[-1:] if config.held_out_row else []
+    rows = rows[: len(rows) - len(held_out)]
+    _, eval_rows = split_rows(rows, values.eval_fraction, values.seed)
+    eval_rows = eval_rows or held_out
+    if not eval_rows:
+        return None
+    return {
+        "rows": eval_rows[:MAX_BEFORE_AFTER_ROWS],
+        "format": fmt,
+        "prompts": values.eval_prompts,
+        "max_seq_length": values.max_seq_length,
+    }
+
+
 def validate_stage(run_id: int) -> None:
     if not transition(run_id, RunStatus.TRAINING, RunStatus.VALIDATING):
         return
@@ -370,12 +410,14 @@ def validate_stage(run_id: int) -> None:
         except Exception:  # the dataset is only a source of a prompt and of held-out pairs here
             rows = []
     prompt = _validation_prompt(run, rows)
+    before_after = None if config.values.objective == "dpo" else _before_after_rows(run)  # DPO: the preference check
     run_paths.drop_snapshot(run_dir(run_id))
     report = validate_output(
         run.output_directory,
         prompt,
         base_model_path=run.resolved_path,
         trust_remote_code=_trust_remote_code(run),
+        before_after=before_after,
     )
     if config.held_out_pairs and report.passed:
         check, found = preference_check(

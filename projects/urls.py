@@ -17,6 +17,7 @@ urlpatterns = [
     path("<int:pk>/delete/", views.project_delete, name="delete"),
     path("<int:pk>/start/", run_views.run_start, name="start"),
     path("runs/", run_list.run_list, name="runs"),
+    path("runs/compare/", run_list.run_compare, name="compare"),
     path("runs/<int:pk>/", run_views.run_detail, name="run"),
     path("runs/<int:pk>/log/", run_list.run_log, name="run-log"),
     path("runs/<int:pk>/cancel/", run_views.run_cancel, name="cancel"),

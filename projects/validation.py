@@ -18,7 +18,7 @@ from django.conf import settings
 
 from models_registry.checks import check_model_folder
 from projects.inference_check import RESULT_PREFIX
-from projects.run_columns import PreferenceResult, ValidationCheck, ValidationReport
+from projects.run_columns import BeforeAfter, PreferenceResult, ValidationCheck, ValidationReport
 from projects.trainer.outputs import MANIFEST_NAME
 
 ADAPTER_FILES = ("adapter_config.json",)
@@ -105,7 +105,10 @@ def validate_output(
     base_model_path: str | None,
     trust_remote_code: bool = False,
     max_new_tokens: int = 32,
+    before_after: dict | None = None,
 ) -> ValidationReport:
+    """`before_after`: the eval rows to answer with the base and the fine-tuned model (projects.before_after's spec,
+    without the base model path, which is `base_model_path`), or None."""
     output_dir = Path(output_dir)
     checks: list[ValidationCheck] = []
     started = time.monotonic()
@@ -117,6 +120,7 @@ def validate_output(
     started = time.monotonic()
     checks.append(_check("json", *json_check(output_dir), started))
     sample = ""
+    result: dict = {}
     prompt = prompt or DEFAULT_PROMPT
     if all(c.passed for c in checks):
         model_dir = output_dir / layout["model_dir"] if layout.get("model_dir") else None
@@ -128,6 +132,11 @@ def validate_output(
             "prompt": prompt,
             "max_new_tokens": max_new_tokens,
             "trust_remote_code": trust_remote_code,
+            "before_after": (
+                {**before_after, "base_model_path": base_model_path, "max_new_tokens": max_new_tokens}
+                if before_after and base_model_path
+                else None
+            ),
         }
         result = _run_child(spec)
         if "error" in result:
@@ -140,7 +149,14 @@ def validate_output(
     else:
         for name in ("load", "inference"):
             checks.append(ValidationCheck(name=name, passed=False, detail="Not run: an earlier check failed."))
-    return ValidationReport(passed=all(c.passed for c in checks), checks=checks, sample_output=sample, prompt=prompt)
+    compared = result.get("before_after")
+    return ValidationReport(
+        passed=all(c.passed for c in checks),
+        checks=checks,
+        sample_output=sample,
+        prompt=prompt,
+        before_after=BeforeAfter.model_validate(compared) if isinstance(compared, dict) else None,
+    )
 
 
 def _share(value: float, pairs: int) -> str:

@@ -156,6 +156,8 @@ def test_dpo_settings_are_checked_with_messages_naming_them():
         "Hyperparameter 'devices' = 2, but a DPO run trains on one device in this version."
     ]
     assert Hyperparameters.from_dict({"objective": "sft", "devices": 2})[1] == []
+    _, problems = Hyperparameters.from_dict({"objective": "dpo", "eval_fraction": 0.1})
+    assert ["apply to the SFT objective" in p.message for p in problems] == [True]
 
 
 def test_the_sft_form_shows_the_dpo_fieldset_and_a_pairs_project_page_lists_its_settings(

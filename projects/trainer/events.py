@@ -11,8 +11,9 @@ since the child started)):
               (loss and learning_rate are the last logged values, fresh when logged is true, i.e. on a
               logging step: those events are the points of the loss curve; tokens are real, non-padding
               tokens; eta_seconds is null until two steps have run)
+- evaluation: step, eval_loss, perplexity, best_step, best_eval_loss (the eval set's loss, every eval_steps)
 - checkpoint: path, step
-- finished:   metrics {...}, output_dir, model_dir, adapter_dir, manifest
+- finished:   metrics {... eval_loss, best_eval_step, best_eval_loss, result_step}, output_dir, model_dir, adapter_dir, manifest
 - cancelled:  step, checkpoint
 - error:      code, message, hint, traceback
 """
@@ -29,7 +30,7 @@ from typing import Any
 from projects.trainer.spec import build_spec
 
 EVENT_PREFIX = "MTM_EVENT "
-EVENT_KINDS = ("started", "progress", "checkpoint", "finished", "cancelled", "error")
+EVENT_KINDS = ("started", "progress", "evaluation", "checkpoint", "finished", "cancelled", "error")
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -121,6 +122,9 @@ def event_line(event: dict[str, Any]) -> str | None:
         if event.get("resumed_from"):
             line += f", resuming from {event['resumed_from']} at step {event.get('global_step', '?')}"
         return line
+    if kind == "evaluation":
+        loss, ppl = _number(event.get("eval_loss"), ".4f"), _number(event.get("perplexity"), ".2f")
+        return f"eval at step {event.get('step')}: " + (f"eval loss {loss}, perplexity {ppl}" if loss else "no loss")
     if kind == "checkpoint":
         return f"checkpoint saved at step {event.get('step')}: {event.get('path')}"
     if kind == "finished":

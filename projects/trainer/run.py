@@ -40,6 +40,7 @@ from projects.trainer.batching import (
 )
 from projects.trainer.device import Placement, choose_placement, configure_threads
 from projects.trainer.errors import TrainerError
+from projects.trainer.evaluation import EvalReporter, evaluation_arguments, keep_best
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK
 from projects.trainer.outputs import library_versions, save_final, write_manifest
 from projects.trainer.progress import Emit, ProgressReporter
@@ -73,6 +74,10 @@ class PortalTrainer(Trainer):
         self.real_tokens_seen += int(inputs.pop(REAL_TOKENS_KEY, 0))
         return super().training_step(model, inputs, num_items_in_batch)
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs.pop(REAL_TOKENS_KEY, None)  # eval batches are not training throughput
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
 
 def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: Path | None = None) -> int:
     """Train as the spec says; `resume` is the checkpoint folder (outputs.resolve_resume) or None."""
@@ -92,7 +97,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
     hp = spec.hyperparameters
 
     clock = time.monotonic()
-    examples, data_info = build_training_data(spec, tokenizer)
+    examples, eval_examples, data_info = build_datasets(spec, tokenizer)
     if clamped_from is not None:
         data_info["max_seq_length_clamped_from"] = clamped_from
     dataset_seconds = time.monotonic() - clock
@@ -104,8 +109,9 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
     collator_class = PackedCollator if hp.packing else PaddedCollator
     trainer = PortalTrainer(
         model=model,
-        args=training_arguments(spec, placement),
+        args=training_arguments(spec, placement, has_eval_set=bool(eval_examples)),
         train_dataset=examples,
+        eval_dataset=eval_examples or None,
         data_collator=collator_class(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
@@ -141,6 +147,9 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
     trainer.add_callback(reporter)
     if not ranks.faults_here():
         reporter.fault_at_step = 0
+    evaluations = EvalReporter(emit, keep_best=hp.keep_best_eval)
+    if eval_examples:
+        trainer.add_callback(evaluations)
     signal.signal(signal.SIGTERM, lambda *_: setattr(stopper, "cancel_requested", True))
 
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -151,6 +160,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
     if not ranks.is_main():  # rank 0 alone writes the model and the manifest
         return EXIT_OK
 
+    best_step = keep_best(trainer, evaluations)
     layout = save_final(trainer.model, tokenizer, spec.write_dir, spec.method, hp.merge_after_training, base_dtype)
     runtime = float(result.metrics.get("train_runtime") or 0.0)
     metrics = {
@@ -162,6 +172,10 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         "real_tokens": reporter.real_tokens(),  # every rank's
         "tokens_per_second": reporter.real_tokens() / runtime if runtime > 0 else None,
         "steady_tokens_per_second": reporter.session_tokens_per_second(),
+        "eval_loss": evaluations.last_loss,
+        "best_eval_step": evaluations.best_step,
+        "best_eval_loss": evaluations.best_loss,
+        "result_step": best_step or trainer.state.global_step,  # the step whose weights were saved as the result
     }
     manifest = {
         "format": 1,
@@ -171,6 +185,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         "hyperparameters": hp.to_dict(),
         "metrics": metrics,
         "loss_history": reporter.history,
+        "eval_history": evaluations.history,
         "layout": layout,
         "resumed_from": _shown(spec, resume),
         "device": ranks.device_label(placement.label),
@@ -257,7 +272,17 @@ def within_context(spec: TrainerSpec, config: Any) -> tuple[TrainerSpec, int | N
 
 def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
     """Rows -> tokenized examples (loss only on completions / assistant turns) -> optional packing."""
+    data, _, info = build_datasets(spec, tokenizer)
+    return data, info
+
+
+def build_datasets(
+    spec: TrainerSpec, tokenizer: Any
+) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]], dict[str, Any]]:
+    """The training examples, the eval set's (empty without one; projects.datasets.eval_split picks its rows) and
+    what the "started" event says about both."""
     from projects.datasets import DatasetError, build_examples, detect_format, load_rows
+    from projects.datasets.eval_split import split_rows
 
     hp = spec.hyperparameters
     if hp.chat_template in BUILT_IN:  # set on the tokenizer itself: the saved model carries the template too
@@ -268,9 +293,12 @@ def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[st
         held_out = 1 if spec.hold_out_last_row and total > 1 else 0
         rows = rows[: total - held_out]  # the last row is the validation prompt: the model never sees it
         fmt = detect_format(rows)
+        rows, eval_rows = split_rows(rows, hp.eval_fraction, hp.seed)
         examples = build_examples(rows, fmt, tokenizer, hp.max_seq_length)
+        eval_examples = build_examples(eval_rows, fmt, tokenizer, hp.max_seq_length) if eval_rows else []
     except DatasetError as exc:
         raise TrainerError.from_problems(exc.problems)
+    eval_kept = trainable_examples(eval_examples, hp.max_seq_length)
     kept = trainable_examples(examples, hp.max_seq_length)
     if not kept:
         raise TrainerError(
@@ -289,8 +317,11 @@ def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[st
         "training_rows": len(data),
         "packing": hp.packing,
         "held_out_rows": held_out,
+        "eval_rows": len(eval_rows),
+        "eval_examples": len(eval_kept),
     }
-    return data, info
+    eval_data = pack_examples(eval_kept, hp.max_seq_length) if hp.packing and eval_kept else eval_kept
+    return data, eval_data, info
 
 
 def lora_config(hp: Hyperparameters) -> Any:
@@ -325,7 +356,11 @@ def apply_lora(model: Any, hp: Hyperparameters) -> Any:
 
 
 def training_arguments(
-    spec: TrainerSpec, placement: Placement, args_class: type = TrainingArguments, **extra: Any
+    spec: TrainerSpec,
+    placement: Placement,
+    args_class: type = TrainingArguments,
+    has_eval_set: bool = False,
+    **extra: Any,
 ) -> TrainingArguments:
     """The Trainer's arguments from the spec; `args_class` a TrainingArguments subclass (TRL's DPOConfig) taking
     `extra` too."""
@@ -354,6 +389,7 @@ def training_arguments(
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        **evaluation_arguments(has_eval_set, hp.eval_steps, hp.batch_size, hp.keep_best_eval),
         **extra,
     )
 

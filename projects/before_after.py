@@ -1,0 +1,112 @@
+"""Base model vs fine-tuned model on the run's eval rows, inside the validation child (projects.inference_check).
+
+The same tokenizer (the fine-tuned output's, which carries the chat template it trained with), the same prompts,
+greedy decoding with the same bound on new tokens, and the eval loss computed the same way for both models: the
+mean over the eval examples of each example's mean token loss on its completion (the tokens training learns).
+No Django; torch is imported by the caller's process only.
+
+Spec (the "before_after" key of the child's spec): {"rows": [...], "format": str, "prompts": K,
+"max_seq_length": int, "max_new_tokens": int, "base_model_path": path}
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from typing import Any
+
+from projects.datasets.eval_split import reference_answer
+
+MAX_LOSS_ROWS = 200  # rows the eval loss is measured on (the eval set's first ones); enough to compare two models
+MAX_PROMPT_CHARS = 4000
+
+
+def prompts_of(rows: list[dict], fmt: str, tokenizer: Any, count: int) -> list[tuple[str, str | None]]:
+    """(prompt, reference answer or None) for the first `count` rows that give a prompt."""
+    from projects.datasets import prompt_text
+
+    found = []
+    for row in rows:
+        if len(found) >= count:
+            break
+        prompt = prompt_text(row, fmt, tokenizer)
+        reference = reference_answer(row, fmt)
+        if not prompt and fmt == "text":
+            text = str(row.get("text", ""))
+            prompt, reference = text[: max(1, len(text) // 2)][:MAX_PROMPT_CHARS], text[len(text) // 2 :]
+        if prompt:
+            found.append((prompt[:MAX_PROMPT_CHARS], reference))
+    return found
+
+
+def eval_loss(model: Any, examples: list[dict], device: str) -> float | None:
+    import torch
+
+    losses = []
+    with torch.inference_mode():
+        for example in examples:
+            ids = torch.tensor([example["input_ids"]], device=device)
+            labels = torch.tensor([example["labels"]], device=device)
+            loss = model(input_ids=ids, labels=labels).loss
+            if loss is not None and math.isfinite(float(loss)):
+                losses.append(float(loss))
+    return sum(losses) / len(losses) if losses else None
+
+
+def answers(model: Any, tokenizer: Any, prompts: list[str], device: str, max_new_tokens: int, limit: int) -> list[str]:
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            inputs = tokenizer(prompt, return_tensors="pt")
+            inputs = {key: value[:, -limit:].to(device) for key, value in inputs.items()}
+            generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            out.append(tokenizer.decode(generated[0][inputs["input_ids"].shape[1] :], skip_special_tokens=True))
+    return out
+
+
+def _perplexity(loss: float | None) -> float | None:
+    return math.exp(loss) if loss is not None and loss < 700 else None
+
+
+def compare(spec: dict, tokenizer: Any, tuned: Any, device: str, load_base) -> dict:
+    """The report's "before_after" dict. `tuned` is the loaded fine-tuned model (released here before the base is
+    loaded, so the two are never in memory together); `load_base()` loads the base model."""
+    from projects.datasets import build_examples
+    from projects.trainer.batching import trainable_examples
+
+    started = time.monotonic()
+    rows = [row for row in spec.get("rows") or [] if isinstance(row, dict)]
+    fmt = str(spec.get("format") or "")
+    limit = int(spec.get("max_seq_length") or 1024)
+    new_tokens = int(spec.get("max_new_tokens") or 32)
+    pairs = prompts_of(rows, fmt, tokenizer, int(spec.get("prompts") or 0))
+    prompts = [prompt for prompt, _ in pairs]
+    examples = trainable_examples(build_examples(rows[:MAX_LOSS_ROWS], fmt, tokenizer, limit), limit)
+    result: dict[str, Any] = {"eval_rows": len(rows), "detail": ""}
+    result["tuned_eval_loss"] = eval_loss(tuned, examples, device)
+    tuned_answers = answers(tuned, tokenizer, prompts, device, new_tokens, limit)
+    del tuned
+    gc.collect()
+    base_answers = [""] * len(prompts)
+    try:
+        base = load_base()
+    except Exception as exc:  # the report still shows the fine-tuned side
+        result["detail"] = f"The base model did not load for the comparison: {type(exc).__name__}: {exc}"
+        result["base_eval_loss"] = None
+    else:
+        result["base_eval_loss"] = eval_loss(base, examples, device)
+        base_answers = answers(base, tokenizer, prompts, device, new_tokens, limit)
+        del base
+        gc.collect()
+    result["base_perplexity"] = _perplexity(result["base_eval_loss"])
+    result["tuned_perplexity"] = _perplexity(result["tuned_eval_loss"])
+    result["pairs"] = [
+        {"prompt": prompt, "reference": reference, "base": base_text, "tuned": tuned_text}
+        for (prompt, reference), base_text, tuned_text in zip(pairs, base_answers, tuned_answers, strict=True)
+    ]
+    result["seconds"] = round(time.monotonic() - started, 3)
+    return result

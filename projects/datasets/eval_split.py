@@ -1,0 +1,61 @@
+"""The eval set of a run: a seeded share of the dataset's rows, held out of training.
+
+The trainer (to train on the rest and measure eval loss) and the validation stage (to ask the base and the
+fine-tuned model the same held-out prompts) call `eval_indices` with the same count, share and seed, so both see
+the same rows without the list being passed around. Plain Python: no Django, no torch.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+MIN_TRAIN_ROWS = 1  # a split never leaves training with nothing
+
+
+def eval_size(count: int, fraction: float) -> int:
+    """How many of `count` rows the eval set takes: at least one when there is a share at all, and never so many
+    that no row is left to train on."""
+    if fraction <= 0 or count <= MIN_TRAIN_ROWS:
+        return 0
+    return max(1, min(count - MIN_TRAIN_ROWS, round(count * fraction)))
+
+
+def eval_indices(count: int, fraction: float, seed: int) -> list[int]:
+    """The row numbers (0-based, ascending) of the eval set among `count` rows; the same for the same arguments."""
+    size = eval_size(count, fraction)
+    if size == 0:
+        return []
+    return sorted(random.Random(f"mtm-eval-split:{seed}").sample(range(count), size))
+
+
+def split_rows(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """(training rows, eval rows), each in the dataset's order."""
+    picked = set(eval_indices(len(rows), fraction, seed))
+    return [row for i, row in enumerate(rows) if i not in picked], [row for i, row in enumerate(rows) if i in picked]
+
+
+def describe_split(count: int | None, fraction: float, seed: int) -> str:
+    """What the run page says about the eval set."""
+    if fraction <= 0:
+        return "none (eval fraction 0)"
+    share = f"{fraction:.0%}" if (fraction * 100).is_integer() else f"{fraction * 100:g}%"
+    if count is None:
+        return f"{share} of the rows, picked with seed {seed}, held out of training"
+    size = eval_size(count, fraction)
+    return f"{size} of {count} rows ({share}), picked with seed {seed}, held out of training"
+
+
+def reference_answer(row: Any, fmt: str) -> str | None:
+    """The answer the dataset gives for a row: its completion, alpaca output or first assistant turn."""
+    if not isinstance(row, dict):
+        return None
+    if fmt == "prompt_completion":
+        return str(row.get("completion", ""))
+    if fmt == "alpaca":
+        return str(row.get("output", ""))
+    if fmt == "messages":
+        messages = row.get("messages") or []
+        first = next((m for m in messages if isinstance(m, dict) and m.get("role") == "assistant"), None)
+        return str(first.get("content", "")) if first else None
+    return None
