@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -174,23 +176,44 @@ def _gone(pid: int) -> bool:
     return False
 
 
-def _start_runportal(tmp_path: Path, port: int) -> subprocess.Popen:
+def _runportal_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
     # A var/ of its own: its own SQLite file and filesystem broker, so a running `make run` is not disturbed.
     env.update(MTM_VAR_DIR=str(tmp_path / "var"), DEBUG="1", PYTHONUNBUFFERED="1")
+    return env
+
+
+def _start_runportal(tmp_path: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "manage.py", "runportal", f"127.0.0.1:{port}", "--grace", "30"],
         cwd=BASE_DIR,
-        env=env,
+        env=_runportal_env(tmp_path),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
 
 
+def _reported_workers(var_dir: Path) -> list[str]:
+    """The workers that reported into runportal's own SQLite file (a report starts once Celery is ready to consume)."""
+    try:
+        with contextlib.closing(sqlite3.connect(var_dir / "mtm.sqlite3", timeout=5)) as db:
+            return sorted(name for (name,) in db.execute("SELECT name FROM workers_worker"))
+    except sqlite3.Error:
+        return []
+
+
 @pytest.mark.slow
 def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
     port = free_port()
+    migrate = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=BASE_DIR,
+        env=_runportal_env(tmp_path),
+        text=True,
+        capture_output=True,
+    )
+    assert migrate.returncode == 0, migrate.stderr
     launcher = _start_runportal(tmp_path, port)
     try:
         pids = _started_pids(launcher)
@@ -201,6 +224,13 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
                 break
             time.sleep(0.2)
         assert status == 200
+        # Both workers consume their queues on the embedded broker: each reports once Celery is ready, which a
+        # queue name that broker refuses (it once held the "@" of cpu@host) never reaches.
+        reported: list[str] = []
+        while len(reported) < 2 and launcher.poll() is None:
+            reported = _reported_workers(tmp_path / "var")
+            time.sleep(0.5)
+        assert len(reported) == 2 and reported[1].startswith("playground-"), (reported, launcher.poll())
         assert all(not _gone(pid) for pid in pids.values())
 
         launcher.send_signal(signal.SIGINT)

@@ -14,7 +14,10 @@ GIB = 1024**3
 
 
 def own_queue(worker_name: str) -> str:
-    return "worker." + re.sub(r"[^A-Za-z0-9_.@-]", "_", worker_name)
+    """The queue only this worker consumes. Celery's worker names hold "@" (cpu@host), which the embedded broker
+    (kombu's filesystem transport, `make run`) refuses in a queue name: every character beyond letters, digits, "."
+    and "-" is written as "_" and its code point in hex, "_" included, so two names never share a queue."""
+    return "worker." + re.sub(r"[^A-Za-z0-9.-]", lambda found: f"_{ord(found.group()):x}_", worker_name)
 
 
 def capacity_queue(device_count: int, tier_gib: int) -> str:
