@@ -11,7 +11,10 @@ from typing import Any
 from projects.charts import loss_chart_svg
 from projects.run_columns import read_metrics
 
-CHART_HEIGHT = 200
+# Drawn at about the size a half-width column shows it, so its labels stay legible (a 960-wide chart shrunk into
+# a column made them about 4 px high).
+CHART_WIDTH = 480
+CHART_HEIGHT = 240
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,13 @@ def dpo_charts(metrics: Any, resumed_at: int | None = None) -> list[DpoChart]:
             {"step": p.step, "loss": p.series(series.field)} for p in points if p.series(series.field) is not None
         ]
         if values:
-            svg = loss_chart_svg(values, height=CHART_HEIGHT, resumed_at=resumed_at, name=series.name, axis=series.axis)
+            svg = loss_chart_svg(
+                values,
+                width=CHART_WIDTH,
+                height=CHART_HEIGHT,
+                resumed_at=resumed_at,
+                name=series.name,
+                axis=series.axis,
+            )
             charts.append(DpoChart(series, svg))
     return charts

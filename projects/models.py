@@ -40,6 +40,12 @@ class TrainingProject(models.Model):
     def last_run(self) -> TrainingRun | None:
         return self.runs.order_by("-created_at", "-id").first()
 
+    @property
+    def method_summary(self) -> str:
+        """The method as the lists show it, with the objective when it is not plain SFT: "LoRA", "LoRA · DPO"."""
+        objective = (self.hyperparameters or {}).get("objective") if isinstance(self.hyperparameters, dict) else None
+        return f"{self.get_method_display()} · DPO" if objective == "dpo" else self.get_method_display()
+
 
 class RunStage(models.TextChoices):
     """The stages a run goes through; `stage_failed` names the one that failed."""

@@ -53,17 +53,31 @@ def starting_values(query: QueryDict) -> dict[str, Any]:
     return values
 
 
-def starting_links(query: QueryDict) -> dict[str, str]:
-    """The new form's own address with the quick-check preset, and with the sample dataset (when there is one),
-    each keeping what the address already chose."""
-    links = {}
-    for key, value in (("preset", "quick"), ("dataset", "sample")):
-        if key == "dataset" and find_sample_dataset(dataset_roots()) is None:
+def sample_available() -> bool:
+    return find_sample_dataset(dataset_roots()) is not None
+
+
+STARTERS = ("quick", "sample")  # the form's "Use the quick-check preset" and "Use the sample dataset" buttons
+MAX_TYPED_TEXT = 10_000
+
+
+def starter_values(posted: QueryDict, starter: str, fields: dict[str, Any], initial: dict[str, Any]) -> dict[str, Any]:
+    """A new form's values after a starter button: what the member typed so far (`posted`, the form as it was sent),
+    then the preset or the sample dataset on top, so that choosing one never clears the others."""
+    from django import forms
+
+    values = dict(initial)
+    for name, field in fields.items():
+        if isinstance(field, forms.FileField):  # a chosen file was stored at once; the path box holds where
             continue
-        changed = query.copy()
-        changed[key] = value
-        kept = {k: changed[k][:MAX_QUERY_TEXT] for k in ("model", "revision", "preset", "dataset") if changed.get(k)}
-        encoded = QueryDict(mutable=True)
-        encoded.update(kept)
-        links[key] = "?" + encoded.urlencode()
-    return links
+        if isinstance(field, forms.BooleanField):  # an unticked box is not sent
+            values[name] = name in posted
+        elif name in posted:
+            values[name] = posted.get(name, "")[:MAX_TYPED_TEXT]
+    if not str(values.get("output_directory") or "").strip():
+        values["output_directory"] = free_output_directory(_folder_name(str(values.get("model_name") or "")))
+    if starter == "quick":
+        values.update(QUICK_CHECK)
+    if starter == "sample" and (sample := find_sample_dataset(dataset_roots())) is not None:
+        values["dataset_path"] = str(sample)
+    return values

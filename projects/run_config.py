@@ -132,7 +132,10 @@ def config_rows(run: TrainingRun, config: RunConfig | None = None) -> list[Confi
         ),
     ]
     values = {**Hyperparameters().to_dict(), **config.hyperparameters}
-    rows += [ConfigRow(name, label, value) for name, label, value in hyperparameter_rows(values, config.method)]
+    for name, label, value in hyperparameter_rows(values, config.method):
+        if name == "preference_pairs" and config.held_out_pairs and str(value) != str(config.held_out_pairs):
+            value = f"{value} (held out: {config.held_out_pairs}, at most a fifth of the file)"  # capped by its size
+        rows.append(ConfigRow(name, label, value))
     return rows
 
 

@@ -22,6 +22,7 @@ from projects.run_columns import BeforeAfter, PreferenceResult, ValidationCheck,
 from projects.trainer.outputs import MANIFEST_NAME
 
 ADAPTER_FILES = ("adapter_config.json",)
+FEW_PAIRS = 10  # below this many held-out pairs, one pair moves the preference accuracy by over 10 points
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 DEFAULT_PROMPT = "Hello"
 CHILD_TIMEOUT = 1800
@@ -194,9 +195,20 @@ def preference_check(
         f"before (mean log-probability margin {found.margin_before or 0.0:+.3f} -> {found.margin_after or 0.0:+.3f})."
     )
     check = _check("preference", True, detail, started)
-    if (found.after or 0.0) <= (found.before or 0.0):
-        check.warning = (
+    check.warning = preference_warning(found.before or 0.0, found.after or 0.0, count)
+    return check, found
+
+
+def preference_warning(before: float, after: float, pairs: int) -> str:
+    """What the preference check warns about: no gain (unless the base was already always right), or too few pairs
+    to tell."""
+    warning = ""
+    if after < before or (after == before < 1.0):
+        warning = (
             "The tuned model prefers the chosen answers no more often than the base model did: train longer, raise "
             "the learning rate, or check that chosen and rejected are not swapped."
         )
-    return check, found
+    if pairs < FEW_PAIRS:
+        few = f"{pairs} held-out pair{'s are' if pairs != 1 else ' is'} too few to judge a difference"
+        warning = f"{warning} {few}." if warning else f"{few}: hold out more (preference_pairs) in a larger file."
+    return warning

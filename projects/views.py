@@ -23,9 +23,10 @@ from projects.context_length import seq_length_warning
 from projects.datasets import DatasetError
 from projects.display import hyperparameter_rows, run_duration
 from projects.forms import ProjectForm, problem_error
+from projects.hyperparameters import QUICK_CHECK
 from projects.inline_checks import output_status
 from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
-from projects.new_project import starting_links, starting_values
+from projects.new_project import STARTERS, sample_available, starter_values, starting_values
 from projects.run_views import polled_partial
 from projects.services import (
     ProjectBusy,
@@ -112,7 +113,19 @@ def _seq_length_warning(form: ProjectForm) -> str:
 
 def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> HttpResponse:
     status = 200
-    if request.method == "POST":
+    if request.method == "POST" and project is None and request.POST.get("starter") in STARTERS:
+        initial = starter_values(
+            request.POST, request.POST["starter"], ProjectForm().fields, ProjectForm.initial_for(None)
+        )
+        form = ProjectForm(initial=initial)
+        if request.POST["starter"] == "quick":
+            chosen = ", ".join(f"{name} {value}" for name, value in QUICK_CHECK.items())
+            messages.info(request, f"Quick-check preset applied ({chosen}); everything else you typed is kept.")
+        elif initial.get("dataset_path"):
+            messages.info(
+                request, f"Sample dataset chosen: {initial['dataset_path']}; everything else you typed is kept."
+            )
+    elif request.method == "POST":
         form = ProjectForm(request.POST, request.FILES)
         if form.is_valid() and (saved := _save(request, form, project)) is not None:
             verb = "created" if project is None else "saved"
@@ -130,7 +143,7 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
     context: dict[str, Any] = {
         "form": form,
         "project": project,
-        "starting_links": starting_links(request.GET) if project is None else {},
+        "sample_available": project is None and sample_available(),
         "groups": form.field_groups(),
         "dataset": _dataset_after_post(form),
         "field_warnings": {"max_seq_length": warning} if (warning := _seq_length_warning(form)) else {},

@@ -170,6 +170,7 @@ def test_the_sft_form_shows_the_dpo_fieldset_and_a_pairs_project_page_lists_its_
     client = secure_client(owner)
     page = client.get(f"/projects/{project.pk}/").content.decode()
     assert "DPO beta" in page and "0.25" in page and "DPO loss" in page
+    assert "· DPO</span>" in page and "· DPO</td>" in client.get("/projects/").content.decode()  # the objective shows
     assert '<fieldset class="dpo-fields">' in client.get("/projects/new/").content.decode()
 
 
@@ -187,3 +188,29 @@ def test_a_full_dpo_run_counts_its_frozen_reference_copy_and_lora_does_not(tiny_
             assert ("Reference model (frozen copy, DPO)", dpo.reference_bytes) in dpo.rows()
         else:
             assert dpo.reference_bytes == 0  # the base with the adapter disabled is the reference
+
+
+def test_the_preference_check_warns_only_about_no_gain_or_too_few_pairs():
+    """The newcomer's report: a base model already right on every held-out pair was told to "train longer", and 4
+    pairs were judged as if they were enough."""
+    from projects.validation import preference_warning
+
+    assert preference_warning(1.0, 1.0, 20) == ""  # nothing left to gain is not a failure to learn
+    assert preference_warning(0.5, 0.9, 20) == ""
+    assert "no more often than the base model" in preference_warning(0.6, 0.6, 20)
+    assert "no more often than the base model" in preference_warning(0.8, 0.7, 20)
+    assert preference_warning(1.0, 1.0, 4) == (
+        "4 held-out pairs are too few to judge a difference: hold out more (preference_pairs) in a larger file."
+    )
+    assert preference_warning(0.5, 0.5, 1).endswith("not swapped. 1 held-out pair is too few to judge a difference.")
+
+
+def test_the_configuration_panel_says_how_many_pairs_were_held_out():
+    from projects.models import TrainingRun
+    from projects.run_config import RunConfig, config_rows
+
+    config = RunConfig.model_validate(
+        {"model_name": "m", "method": "lora", "hyperparameters": {"objective": "dpo"}, "held_out_pairs": 4}
+    )
+    rows = {row.key: row.value for row in config_rows(TrainingRun(), config)}
+    assert rows["preference_pairs"] == "16 (held out: 4, at most a fifth of the file)"

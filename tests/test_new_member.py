@@ -3,6 +3,8 @@ directory of its own inside the allowed root, and the quick-check preset one cli
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from django.contrib.auth.models import User
 
@@ -83,10 +85,38 @@ def test_the_form_offers_the_sample_dataset_when_it_is_there(member, portal_root
     assert "Use the sample dataset" not in client.get("/projects/new/").content.decode()
     sample, _ = write_sample_dataset(portal_roots / "datasets")
     form = client.get("/projects/new/", {"model": "test-org/tiny-llama", "preset": "quick"}).content.decode()
-    assert 'href="?model=test-org%2Ftiny-llama&amp;preset=quick&amp;dataset=sample">Use the sample dataset' in form
+    assert 'name="starter" value="sample"' in form and "Use the sample dataset" in form
     chosen = client.get("/projects/new/", {"model": "test-org/tiny-llama", "dataset": "sample"}).content.decode()
     assert box(chosen, "dataset_path") == str(sample)
-    assert (
-        'href="?model=test-org%2Ftiny-llama&amp;preset=quick&amp;dataset=sample">Use the quick-check preset' in chosen
-    )
+    assert 'name="starter" value="quick"' in chosen and "Use the quick-check preset" in chosen
     assert box(chosen, "max_steps") != str(QUICK_CHECK["max_steps"])  # the preset is only applied when chosen
+
+
+def test_the_starter_buttons_keep_what_was_typed(member, portal_roots):
+    """The newcomer's report: "Use the quick-check preset" and "Use the sample dataset" were links that reloaded the
+    form, losing the name, the model and the objective typed so far."""
+    from projects.sample_dataset import write_sample_dataset
+
+    sample, _ = write_sample_dataset(portal_roots / "datasets")
+    client = secure_client(member)
+    typed = {
+        "name": "My first run",
+        "model_name": "test-org/tiny-llama",
+        "objective": "sft",
+        "method": "full",
+        "learning_rate": "0.0003",
+        "packing": "on",
+        "output_directory": "",
+    }
+    quick = client.post("/projects/new/", {**typed, "starter": "quick"})
+    assert quick.status_code == 200
+    page = quick.content.decode()
+    assert box(page, "name") == "My first run" and box(page, "model_name") == "test-org/tiny-llama"
+    assert box(page, "learning_rate") == "0.0003" and box(page, "max_steps") == str(QUICK_CHECK["max_steps"])
+    assert re.search(r'name="method" value="full"[^>]*checked', page)
+    assert box(page, "output_directory").startswith(str(portal_roots))  # a blank folder gets a free one
+    assert "Quick-check preset applied" in page
+    assert not TrainingProject.objects.exists()  # nothing is saved by a starter button
+    sample_page = client.post("/projects/new/", {**typed, "starter": "sample"}).content.decode()
+    assert box(sample_page, "dataset_path") == str(sample) and box(sample_page, "name") == "My first run"
+    assert box(sample_page, "learning_rate") == "0.0003"
