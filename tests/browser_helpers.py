@@ -22,6 +22,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 ARTIFACTS = Path(settings.BASE_DIR) / "test-artifacts" / "browser"
+MEMBER = "member-a"  # the member the `browser_member` fixture (tests/conftest.py) makes, who signs in with this
+MEMBER_PASSWORD = "a long test password 7"
 # The live server speaks plain HTTP: none of the production HTTPS settings may apply to it.
 PLAIN_HTTP_SETTINGS = {
     "SECURE_SSL_REDIRECT": False,

@@ -143,6 +143,20 @@ def portal_roots(db, hf_cache, tmp_path, settings) -> Path:
 
 
 @pytest.fixture
+def browser_member(portal_roots, transactional_db, settings):
+    """For the browser tests: a member who signs in through the pages (tests.browser_helpers.MEMBER and
+    MEMBER_PASSWORD), the portal set up by `portal_roots` (committed rows, so a worker and the live server see them),
+    and none of the production HTTPS settings, since the live server speaks plain HTTP."""
+    from django.contrib.auth.models import User
+
+    from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, PLAIN_HTTP_SETTINGS
+
+    for name, value in PLAIN_HTTP_SETTINGS.items():
+        setattr(settings, name, value)
+    return User.objects.create_user(MEMBER, password=MEMBER_PASSWORD)
+
+
+@pytest.fixture
 def team(portal_roots):
     """Two members and a staff user, with the portal's roots under `root`."""
     from django.contrib.auth.models import User

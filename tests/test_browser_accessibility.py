@@ -15,7 +15,7 @@ from models_registry.models import PublishedModel
 from mtm.audit import Actor, Channel
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.services import create_project
-from tests.browser_helpers import PLAIN_HTTP_SETTINGS, why_no_browser
+from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
 from tests.pipeline_helpers import start
 
 if (reason := why_no_browser()) is not None:
@@ -29,7 +29,6 @@ from tests.test_browser import _plain_http_while_server_starts, live_server  # n
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 AXE = Path(__file__).parent / "vendor" / "axe-4.10.3.min.js"
 AXE_SHA256 = "880970c081707360e64f34cea25ff91892f5bc95675b0776925b9709dd8a68bb"
-PASSWORD = "a long test password 7"
 RUN_AXE = """async () => {
   const result = await axe.run(document, {runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}});
   return result.violations.map(v => ({id: v.id, help: v.help, nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))}));
@@ -37,10 +36,11 @@ RUN_AXE = """async () => {
 
 
 @pytest.fixture
-def member(portal_roots, transactional_db, settings) -> User:
-    for name, value in PLAIN_HTTP_SETTINGS.items():
-        setattr(settings, name, value)
-    return User.objects.create_superuser("member-a", password=PASSWORD)  # staff: the settings and audit pages too
+def member(browser_member) -> User:
+    """Staff: the settings and audit pages too."""
+    browser_member.is_staff = browser_member.is_superuser = True
+    browser_member.save(update_fields=["is_staff", "is_superuser"])
+    return browser_member
 
 
 def test_no_page_has_an_accessibility_violation(
@@ -113,7 +113,7 @@ def test_no_page_has_an_accessibility_violation(
     found = {}
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
-        log_in(page, base, "member-a", PASSWORD)
+        log_in(page, base, MEMBER, MEMBER_PASSWORD)
         for path in pages:
             response = page.goto(base + path)
             assert response.status == 200, path

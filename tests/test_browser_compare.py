@@ -6,11 +6,10 @@ test-artifacts/browser/<test>/."""
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import User
 
 from mtm.audit import Actor, Channel
 from projects.services import create_project
-from tests.browser_helpers import PLAIN_HTTP_SETTINGS, why_no_browser
+from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
 
 if (reason := why_no_browser()) is not None:
@@ -24,15 +23,7 @@ from tests.browser_helpers import Screenshots, chromium, log_in  # noqa: E402
 from tests.test_browser import _plain_http_while_server_starts, live_server  # noqa: E402, F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-PASSWORD = "a long test password 7"
 TRAINING_TIMEOUT_MS = 400_000
-
-
-@pytest.fixture
-def member(portal_roots, transactional_db, settings) -> User:
-    for name, value in PLAIN_HTTP_SETTINGS.items():
-        setattr(settings, name, value)
-    return User.objects.create_user("member-a", password=PASSWORD)
 
 
 def _start_and_wait(page, base: str, project_id: int) -> str:
@@ -43,7 +34,7 @@ def _start_and_wait(page, base: str, project_id: int) -> str:
 
 
 def test_eval_curves_before_and_after_and_two_runs_side_by_side(
-    member,
+    browser_member,
     portal_roots,
     tiny_llama_in_cache,
     celery_worker,
@@ -67,13 +58,13 @@ def test_eval_curves_before_and_after_and_two_runs_side_by_side(
                 "eval_prompts": 3,
             },
         },
-        actor=Actor(member, Channel.CLI),
+        actor=Actor(browser_member, Channel.CLI),
     )
     base = live_server.url
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         shot = Screenshots(page, request.node.name)
-        log_in(page, base, "member-a", PASSWORD)
+        log_in(page, base, MEMBER, MEMBER_PASSWORD)
 
         first_url = _start_and_wait(page, base, project.pk)
         chart = page.locator("svg.loss-chart")

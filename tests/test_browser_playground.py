@@ -5,11 +5,10 @@ polled while it is live), with time to first token and tokens/s. Screenshots in 
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import User
 
 from playground.models import Generation
 from projects.models import RunStatus, TrainingProject
-from tests.browser_helpers import PLAIN_HTTP_SETTINGS, why_no_browser
+from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
 from tests.playground_helpers import inference_worker, wait_for_inference_worker
 
@@ -24,7 +23,6 @@ from tests.browser_helpers import Screenshots, chromium, log_in  # noqa: E402
 from tests.test_browser import _plain_http_while_server_starts, live_server  # noqa: E402, F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-PASSWORD = "a long test password 7"
 
 # Every change of the turn: its status and how much of the answer is shown.
 _RECORD_TURN = """() => {
@@ -41,15 +39,8 @@ _RECORD_TURN = """() => {
 }"""
 
 
-@pytest.fixture
-def member(portal_roots, transactional_db, settings) -> User:
-    for name, value in PLAIN_HTTP_SETTINGS.items():
-        setattr(settings, name, value)
-    return User.objects.create_user("member-p", password=PASSWORD)
-
-
 def test_the_playground_streams_an_answer_from_a_fine_tuned_model(
-    member,
+    browser_member,
     portal_roots,
     tiny_llama_in_cache,
     start_worker,
@@ -63,14 +54,14 @@ def test_the_playground_streams_an_answer_from_a_fine_tuned_model(
     dataset = write_jsonl(portal_roots / "datasets" / "chat.jsonl", QA_ROWS * 8)
     project = TrainingProject.objects.create(
         name="support-bot",
-        owner=member,
+        owner=browser_member,
         model_name=tiny_llama_in_cache[0],
         dataset_path=str(dataset),
         output_directory=str(portal_roots / "outputs" / "support-bot"),
         method="lora",
         hyperparameters={**FAST_HYPERPARAMETERS, "max_steps": 4, "merge_after_training": False},
     )
-    run = wait_for_end(start(project, member).pk)
+    run = wait_for_end(start(project, browser_member).pk)
     assert run.status == RunStatus.SUCCEEDED, run.error_message
     answering.wait_ready(120)
     wait_for_inference_worker()
@@ -80,7 +71,7 @@ def test_the_playground_streams_an_answer_from_a_fine_tuned_model(
         with chromium() as browser:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             shot = Screenshots(page, "test_the_playground_streams_an_answer_from_a_fine_tuned_model")
-            log_in(page, base, "member-p", PASSWORD)
+            log_in(page, base, MEMBER, MEMBER_PASSWORD)
             page.get_by_role("link", name="Playground", exact=True).click()
             expect(page.get_by_role("heading", name="Playground")).to_be_visible()
             page.get_by_label("Model", exact=True).select_option(f"run:{run.pk}")

@@ -12,11 +12,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
 
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.sample_dataset import write_sample_dataset
-from tests.browser_helpers import PLAIN_HTTP_SETTINGS, why_no_browser
+from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
 
 if (reason := why_no_browser()) is not None:
     pytest.skip(reason, allow_module_level=True)
@@ -27,19 +26,11 @@ from tests.browser_helpers import Screenshots, chromium, log_in  # noqa: E402
 from tests.test_browser import _plain_http_while_server_starts, live_server  # noqa: E402, F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-PASSWORD = "a long test password 7"
 SHA = "5e" * 32
 
 
-@pytest.fixture
-def member(portal_roots, transactional_db, settings) -> User:
-    for name, value in PLAIN_HTTP_SETTINGS.items():
-        setattr(settings, name, value)
-    return User.objects.create_user("member-a", password=PASSWORD)
-
-
 def test_publish_a_run_and_train_a_new_project_on_it(
-    member,
+    browser_member,
     portal_roots,
     tiny_llama_in_cache,
     tiny_llama_dir,
@@ -49,13 +40,13 @@ def test_publish_a_run_and_train_a_new_project_on_it(
 ):
     project = TrainingProject.objects.create(
         name="support",
-        owner=member,
+        owner=browser_member,
         model_name=tiny_llama_in_cache[0],
         dataset_path=str(portal_roots / "datasets" / "qa.jsonl"),
         output_directory=str(portal_roots / "outputs" / "support"),
         method="full",
     )
-    run = TrainingRun.objects.create(project=project, started_by=member, status=RunStatus.SUCCEEDED)
+    run = TrainingRun.objects.create(project=project, started_by=browser_member, status=RunStatus.SUCCEEDED)
     run.output_directory = str(Path(project.output_directory) / f"run-{run.pk}")
     run.save(update_fields=["output_directory"])
     shutil.copytree(tiny_llama_dir, run.output_directory)
@@ -73,7 +64,7 @@ def test_publish_a_run_and_train_a_new_project_on_it(
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         shot = Screenshots(page, request.node.name)
-        log_in(page, base, "member-a", PASSWORD)
+        log_in(page, base, MEMBER, MEMBER_PASSWORD)
         page.goto(f"{base}/projects/runs/{run.pk}/")
         build = page.locator("section.build-on")
         build.scroll_into_view_if_needed()

@@ -12,13 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
 
 from mtm.audit import Actor, Channel
 from projects.models import RunStatus, TrainingRun
 from projects.sample_dataset import sample_rows, write_sample_dataset
 from projects.services import create_project
-from tests.browser_helpers import PLAIN_HTTP_SETTINGS, why_no_browser
+from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
 from tests.pipeline_helpers import start
 
 if (reason := why_no_browser()) is not None:
@@ -32,18 +31,10 @@ from tests.browser_helpers import Screenshots, chromium, log_in  # noqa: E402
 from tests.test_browser import _plain_http_while_server_starts, live_server  # noqa: E402, F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-PASSWORD = "a long test password 7"
-
-
-@pytest.fixture
-def member(portal_roots, transactional_db, settings) -> User:
-    for name, value in PLAIN_HTTP_SETTINGS.items():
-        setattr(settings, name, value)
-    return User.objects.create_user("member-a", password=PASSWORD)
 
 
 def test_an_old_runs_page_survives_an_edit_and_its_files_going(
-    member,
+    browser_member,
     portal_roots,
     tiny_llama_in_cache,
     live_server,  # noqa: F811 - the fixture imported above
@@ -59,9 +50,9 @@ def test_an_old_runs_page_survives_an_edit_and_its_files_going(
             "hyperparameters": {"max_steps": 5, "max_seq_length": 16, "learning_rate": 0.001},
             "validation_prompt": "First line\nSecond line",
         },
-        actor=Actor(member, Channel.CLI),
+        actor=Actor(browser_member, Channel.CLI),
     )
-    first = start(project, member)
+    first = start(project, browser_member)
     folder = Path(first.output_directory)
     folder.mkdir(parents=True)
     (folder / "mtm_manifest.json").write_text("{}")
@@ -70,7 +61,7 @@ def test_an_old_runs_page_survives_an_edit_and_its_files_going(
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         shot = Screenshots(page, "test_an_old_runs_page_survives_an_edit_and_its_files_going")
-        log_in(page, base, "member-a", PASSWORD)
+        log_in(page, base, MEMBER, MEMBER_PASSWORD)
         page.goto(f"{base}/projects/runs/{first.pk}/")
         config = page.locator("section.configuration")
         expect(config.locator("tr.config-learning_rate td")).to_have_text("0.001")
@@ -113,7 +104,7 @@ def test_an_old_runs_page_survives_an_edit_and_its_files_going(
 
 
 def test_a_new_members_first_run_from_train_this_model_with_the_sample_dataset(
-    member,
+    browser_member,
     portal_roots,
     tiny_llama_in_cache,
     start_worker,
@@ -127,7 +118,7 @@ def test_a_new_members_first_run_from_train_this_model_with_the_sample_dataset(
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         shot = Screenshots(page, request.node.name)
-        log_in(page, base, "member-a", PASSWORD)
+        log_in(page, base, MEMBER, MEMBER_PASSWORD)
         page.goto(f"{base}/models/{model_name}/")
         shot("model-page")
         page.get_by_role("link", name="Train this model").click()
