@@ -22,7 +22,9 @@ def _guarded(run_id: int, stage: RunStage, fn):
         return False
 
 
-@shared_task(name="projects.resolve_run", bind=True)
+# max_retries=None on the task: a run held back by its owner's live-run limit is offered again for as long as it
+# waits (retry()'s own max_retries=None means "the task's default", which is 3, after which the run was stuck).
+@shared_task(name="projects.resolve_run", bind=True, max_retries=None)
 def resolve_run(self, run_id: int) -> None:
     """A whole run on the worker that took it from its queue: resolve the model against this worker's own cache,
     train, validate. Until a worker takes it the run is "queued", which the reaper leaves alone."""
@@ -34,7 +36,7 @@ def resolve_run(self, run_id: int) -> None:
     if taken is None:  # cancelled while it waited, or taken already
         return
     if taken:  # offered again shortly, to its queue; the run stays "queued", saying why
-        raise self.retry(countdown=RETRY_SECONDS, max_retries=None)
+        raise self.retry(countdown=RETRY_SECONDS)
     if _guarded(run_id, RunStage.RESOLVE, partial(stages.resolve_stage, taken=True)) and _guarded(
         run_id, RunStage.TRAIN, stages.train_stage
     ):

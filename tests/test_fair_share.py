@@ -42,8 +42,14 @@ def test_a_members_second_run_waits_for_the_first_while_a_worker_is_free(
     assert refused.status_code == 403 and SchedulingSettings.load().max_live_runs_per_user == 0
     assert secure_client(staff).post("/gpus/live-run-limit/", {"max_live_runs_per_user": "1"}).status_code == 302
     assert AuditEvent.objects.filter(action="scheduling.update", actor=staff).exists()
-    for _ in range(2):
-        start_worker(queues="training", extra_env={"MTM_HEARTBEAT_SECONDS": "1"}).wait_ready()
+    # The run held back is offered again every 0.2 s, so it is offered far more often than Celery's default
+    # limit of 3 retries before it may start (the attack: after 4 offers it was dropped and stayed queued forever).
+    workers = [
+        start_worker(
+            queues="training", extra_env={"MTM_HEARTBEAT_SECONDS": "1", "MTM_FAIR_SHARE_RETRY_SECONDS": "0.2"}
+        ).wait_ready()
+        for _ in range(2)
+    ]
 
     first = start(project(portal_roots, member, "first"), member)
     wait_for_end(first.pk, until=lambda r: r.status == RunStatus.TRAINING)
@@ -58,6 +64,12 @@ def test_a_members_second_run_waits_for_the_first_while_a_worker_is_free(
     assert f"waiting for {WAITING}".replace("'", "&#x27;") in page
 
     cancel(third, other)
+    assert wait_for_end(third.pk).status == RunStatus.CANCELLED
+    # A worker is free again: the held-back run is offered to it over and over, well past Celery's default limit of
+    # 3 retries, and still waits, queued, while its owner's first run trains.
+    wait_for_end(second.pk, until=lambda r: sum(w.log_text().count("retry: Retry in") for w in workers) >= 8)
+    second.refresh_from_db()
+    assert second.status == RunStatus.QUEUED and second.placement.waiting_for == WAITING
     cancel(first, member)
     assert wait_for_end(first.pk).status == RunStatus.CANCELLED
     wait_for_end(second.pk, until=lambda r: r.status == RunStatus.TRAINING)

@@ -12,10 +12,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from mtm.env import env_float
 from projects.models import RunStatus, TrainingRun
 from workers.models import RunPlacement, SchedulingSettings
 
-RETRY_SECONDS = 5
+# How soon a run held back by its owner's live-run limit is offered again; it waits as long as it takes.
+RETRY_SECONDS = env_float("MTM_FAIR_SHARE_RETRY_SECONDS", 5.0)
 TAKEN = (RunStatus.RESOLVING, RunStatus.TRAINING, RunStatus.VALIDATING)
 
 
