@@ -23,7 +23,8 @@ from mtm.shared.nofollow import open_dir_nofollow
 from mtm.shared.problems import Problem
 from projects.models import RunStatus, TrainingRun
 
-ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_CONFIG = ("adapter_config.json",)
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # an archive without them loads nothing
 _BLOCK = 1 << 16
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -78,6 +79,21 @@ def _members(folder_fd: int) -> list[str]:
     return names
 
 
+def _why_left_out(folder_fd: int, wanted: tuple[str, ...], folder: str) -> str:
+    """Why none of `wanted` can go into the archive: absent, or present but a link (or one of several hard links),
+    which the archive never follows."""
+    for name in wanted:
+        try:
+            os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+        except OSError:
+            continue
+        return (
+            f"{name} in {folder} is a link or has other hard links, which the archive leaves out; replace it "
+            "with a plain copy of the file (e.g. cp --remove-destination) to download the adapter"
+        )
+    return f"there is no {' or '.join(wanted)} in {folder}"
+
+
 def adapter_archive(run: TrainingRun) -> AdapterArchive:
     """The archive of a succeeded LoRA run's adapter; AdapterUnavailable (checked before any byte is sent)."""
     if run.status != RunStatus.SUCCEEDED:
@@ -93,9 +109,11 @@ def adapter_archive(run: TrainingRun) -> AdapterArchive:
     except OSError:
         os.close(folder_fd)
         raise _unavailable(run, f"its folder {run.output_directory} cannot be read") from None
-    if ADAPTER_CONFIG not in names:
-        os.close(folder_fd)
-        raise _unavailable(run, f"there is no {ADAPTER_CONFIG} in {run.output_directory}")
+    for wanted in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not any(name in names for name in wanted):
+            why = _why_left_out(folder_fd, wanted, run.output_directory)
+            os.close(folder_fd)
+            raise _unavailable(run, why)
     prefix = archive_name(run)
     return AdapterArchive(f"{prefix}.tar.gz", _stream(folder_fd, names, prefix))
 

@@ -344,3 +344,26 @@ def test_the_adapter_is_not_for_strangers_or_runs_without_one(team, lora_run, cl
     linked = call(client, "get", f"/runs/{run.pk}/adapter.tar.gz", None, team["tokens"]["alice"])
     assert linked.status_code == 404 and "reached through a link" in linked.json()["errors"][0]["message"]
     assert call(client, "get", "/runs/999999/adapter.tar.gz", None, team["tokens"]["alice"]).status_code == 404
+
+
+def test_an_adapter_whose_weights_are_a_link_is_refused_with_why_not_sent_without_them(team, lora_run, client):
+    """The attack: adapter_model.safetensors replaced by a link (or a hard link, as `cp -al` backups make) gave a
+    200 archive without the weights, which loads nothing."""
+    run, files = lora_run
+    folder = Path(run.output_directory)
+    weights = folder / "adapter_model.safetensors"
+    elsewhere = folder.parent / "weights-elsewhere.safetensors"
+    weights.rename(elsewhere)
+    weights.symlink_to(elsewhere)
+    linked = call(client, "get", f"/runs/{run.pk}/adapter.tar.gz", None, team["tokens"]["alice"])
+    assert linked.status_code == 404 and codes(linked) == ["adapter_unavailable"]
+    assert "adapter_model.safetensors in " in linked.json()["errors"][0]["message"]
+    assert "is a link or has other hard links" in linked.json()["errors"][0]["message"]
+    weights.unlink()
+    os.link(elsewhere, weights)  # a hard link: another name for a file the folder does not own alone
+    hard = call(client, "get", f"/runs/{run.pk}/adapter.tar.gz", None, team["tokens"]["alice"])
+    assert hard.status_code == 404 and "is a link or has other hard links" in hard.json()["errors"][0]["message"]
+    weights.unlink()
+    gone = call(client, "get", f"/runs/{run.pk}/adapter.tar.gz", None, team["tokens"]["alice"])
+    assert gone.status_code == 404
+    assert "there is no adapter_model.safetensors or adapter_model.bin in" in gone.json()["errors"][0]["message"]
