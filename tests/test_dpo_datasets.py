@@ -80,10 +80,12 @@ def test_bad_pairs_are_named_by_row_with_what_is_wrong(tmp_path, tokenizer):
         {"chosen": [USER, GOOD], "rejected": [USER, GOOD]},  # 7: the same conversation twice
         {"prompt": "Say hi:", "chosen": " Hi.", "rejected": [BAD]},  # 8: a string and a message list
         {"chosen": [USER, GOOD], "rejected": [{"role": "user", "content": "other"}, BAD]},  # 9: no shared prompt
+        {"prompt": "Say hi:", "chosen": [GOOD], "rejected": [BAD]},  # 10: a text prompt for message answers
+        {"prompt": [USER], "chosen": [], "rejected": []},  # 11: no answers at all (not "the same answer")
     ]
     report = inspect_dataset(write(tmp_path / "bad.jsonl", rows), tokenizer, 64)
     messages = [p.message for p in report.errors]
-    assert [m.split(":")[0] for m in messages] == [f"Row {n} (line {n})" for n in range(2, 10)]
+    assert [m.split(":")[0] for m in messages] == [f"Row {n} (line {n})" for n in range(2, 12)]
     assert "'chosen' and 'rejected' are the same answer" in messages[0]
     assert "'chosen' is empty" in messages[1]
     assert "missing 'rejected'" in messages[2]
@@ -92,6 +94,8 @@ def test_bad_pairs_are_named_by_row_with_what_is_wrong(tmp_path, tokenizer):
     assert "the same answer" in messages[5]
     assert "both be strings or both be message lists" in messages[6]
     assert "do not start with the same messages" in messages[7]
+    assert "'prompt' is a string but the answers are message lists" in messages[8]  # the attack's contradiction
+    assert "'chosen' is empty" in messages[9]
     assert all(p.code == "dataset_bad_row" and "chosen" in p.hint for p in report.errors)
 
 

@@ -92,6 +92,9 @@ def pair_error(row: dict) -> str | None:
             return error
     if isinstance(chosen, str) != isinstance(rejected, str):
         return "'chosen' and 'rejected' must both be strings or both be message lists"
+    for key in PAIR_KEYS:
+        if row[key] == []:
+            return f"'{key}' is empty: there is no answer to prefer or avoid"
     if chosen == rejected and (not isinstance(chosen, str) or chosen.strip()):
         return _SAME
     if "prompt" in row:
@@ -102,6 +105,11 @@ def pair_error(row: dict) -> str | None:
             if not prompt.strip():
                 return "'prompt' is empty"
         else:
+            if isinstance(prompt, str):
+                return (
+                    "'prompt' is a string but the answers are message lists: give the prompt as a list of "
+                    "{role, content} messages too, or the answers as strings"
+                )
             if error := _message_error(prompt, "prompt"):
                 return error
             if not prompt:
