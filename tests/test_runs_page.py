@@ -91,3 +91,18 @@ def test_the_full_log_can_be_downloaded(team, settings, tmp_path):
     assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
     assert f'filename="run-{run.pk}-trainer.log"' in response["Content-Disposition"]
     assert b"".join(response.streaming_content).decode() == lines
+
+
+def test_the_run_page_names_the_worker_as_the_gpus_page_does(team):
+    """The newcomer's report: the run page said "vm:8981" (host and process) where the GPUs page says "cpu@vm"."""
+    from workers.models import RunPlacement
+
+    alice, _, _, runs = team
+    run = runs["a1"]
+    run.worker_host = "vm:8981"
+    run.save(update_fields=["worker_host"])
+    RunPlacement.objects.create(run=run, queue="training", worker_name="cpu@vm")
+    page = secure_client(alice).get(f"/projects/runs/{run.pk}/").content.decode()
+    assert '<a href="/gpus/">cpu@vm</a> <span class="muted small">(process vm:8981)</span>' in page
+    unplaced = secure_client(alice).get(f"/projects/runs/{runs['a2'].pk}/").content.decode()
+    assert '<dd class="run-worker">—</dd>' in unplaced  # no worker took it: no name, no error
