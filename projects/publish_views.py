@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
 from models_registry.models import PublishedModel
@@ -19,6 +22,7 @@ from projects.publishing import PublishRefused, publish_run, unpublish
 from projects.run_views import _problem_message
 
 MAX_NAME_CHARS = 200
+PUBLISH_TAG = "publish"  # a message that belongs beside the Publish box, not at the top of the page
 
 
 @require_http_methods(["POST"])
@@ -33,9 +37,10 @@ def run_publish(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     except PublishRefused as refused:
         if refused.status == 403:
             raise PermissionDenied(refused.problems[0].message) from None
-        for problem in refused.problems:
-            messages.error(request, _problem_message(problem))
-        return redirect("projects:run", pk=run.pk)
+        for problem in refused.problems:  # shown under the Publish box (PUBLISH_TAG), which the page scrolls to
+            messages.error(request, _problem_message(problem), extra_tags=PUBLISH_TAG)
+        query = urlencode({"publish_name": name})
+        return redirect(f"{reverse('projects:run', kwargs={'pk': run.pk})}?{query}#build-on")
     messages.success(
         request, f"Published run {run.pk}'s model as '{published.model_name}': any project may now train on it."
     )

@@ -114,6 +114,7 @@ def result_context(run: TrainingRun, config: Any) -> dict[str, Any]:
 def run_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(TrainingRun.objects.select_related("project__owner", "started_by"), pk=pk)
     context = run_context(run, request.user)
+    context["publish_name"] = request.GET.get("publish_name", "")[:200]  # a refused name, back in its box
     if wants_partial(request):
         return polled_partial(request, "projects/run.html#run-live", context, live=run.is_live)
     return render(request, "projects/run.html", context)

@@ -70,7 +70,8 @@ def test_publish_a_run_and_train_a_new_project_on_it(
         build.scroll_into_view_if_needed()
         build.get_by_label("Publish as").fill(tiny_llama_in_cache[0])  # a cache model's name first
         build.get_by_role("button", name="Publish").click()
-        expect(page.locator(".messages")).to_contain_text("names a model in the Hugging Face cache")
+        expect(page.locator(".publish-errors")).to_contain_text("names a model in the Hugging Face cache")
+        expect(page.locator("section.build-on").get_by_label("Publish as")).to_have_value(tiny_llama_in_cache[0])
         shot("a-cache-models-name-is-refused")
         page.locator("section.build-on").get_by_label("Publish as").fill("team/support-bot-v2")
         page.locator("section.build-on").get_by_role("button", name="Publish").click()

@@ -237,9 +237,14 @@ def test_publish_and_unpublish_from_the_pages(team):
     run_page = page.get(f"/projects/runs/{team['run'].pk}/").content.decode()
     assert "Publish as" in run_page and "Download the LoRA adapter" not in run_page  # a full fine-tune
     resp = page.post(f"/projects/runs/{team['run'].pk}/publish/", {"model_name": "test-org/tiny-llama"})
-    assert resp.status_code == 302 and resp["Location"] == f"/projects/runs/{team['run'].pk}/"
+    assert resp.status_code == 302
+    assert resp["Location"] == f"/projects/runs/{team['run'].pk}/?publish_name=test-org%2Ftiny-llama#build-on"
     shown = page.get(resp["Location"]).content.decode()
     assert "names a model in the Hugging Face cache" in shown
+    # Beside the box, with the name kept in it (the newcomer's report: at the top of the page, the box cleared).
+    errors = shown.split('<ul class="errorlist publish-errors" id="publish-errors">')[1].split("</ul>")[0]
+    assert "names a model in the Hugging Face cache" in errors and 'value="test-org/tiny-llama"' in shown
+    assert "names a model in the Hugging Face cache" not in shown.split('id="build-on"')[0]  # not at the top
     resp = page.post(f"/projects/runs/{team['run'].pk}/publish/", {"model_name": "team/from-page"})
     assert resp.status_code == 302 and resp["Location"] == "/models/team/from-page/"
     assert "Published as" in page.get(f"/projects/runs/{team['run'].pk}/").content.decode()
