@@ -19,19 +19,18 @@ import torch
 from transformers import PrinterCallback, set_seed
 from trl import DPOConfig, DPOTrainer
 
-from mtm.shared.files import file_sha256
 from projects.chat_templates import BUILT_IN
 from projects.datasets.pairs import PREFERENCE, split_pair
 from projects.trainer.device import choose_placement, configure_threads
 from projects.trainer.errors import TrainerError
-from projects.trainer.events import EXIT_CANCELLED, EXIT_OK
-from projects.trainer.outputs import library_versions, save_final, write_manifest
+from projects.trainer.events import EXIT_CANCELLED
+from projects.trainer.outputs import library_versions, save_final
 from projects.trainer.progress import Emit, ProgressReporter
 from projects.trainer.run import (
     NothingLeftToTrain,
-    _absolute,
     _now,
     _shown,
+    finish,
     load_model,
     lora_config,
     lora_targets_error,
@@ -229,40 +228,22 @@ def run_dpo_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resu
         "steady_tokens_per_second": reporter.session_tokens_per_second(),
         **{f"final_{name}": value for name, value in reporter.logged.items()},
     }
-    manifest = {
-        "format": 1,
-        "base_model": {"name": spec.model_name, "revision": spec.revision, "path": str(spec.model_path)},
-        "method": spec.method,
-        "objective": "dpo",
-        "dpo": {
-            "beta": hp.dpo_beta,
-            "loss_type": hp.dpo_loss_type,
-            "prompt_tokens_kept": hp.prompt_limit,
-            "reference": reference,
-            "trl": _trl_version(),
-        },
-        "dataset": {"path": str(spec.dataset_path), "sha256": file_sha256(spec.dataset_path), **data_info},
-        "hyperparameters": hp.to_dict(),
-        "metrics": metrics,
-        "loss_history": reporter.history,
-        "layout": layout,
-        "resumed_from": _shown(spec, resume),
-        "device": placement.label,
-        "precision": placement.precision,
-        "versions": {**library_versions(), "trl": _trl_version()},
-        "started_at": started_at,
-        "finished_at": _now(),
-    }
-    manifest_path = spec.output_dir / write_manifest(spec.write_dir, manifest)
-    emit(
-        "finished",
-        metrics=metrics,
-        output_dir=str(spec.output_dir),
-        model_dir=_absolute(spec.output_dir, layout["model_dir"]),
-        adapter_dir=_absolute(spec.output_dir, layout["adapter_dir"]),
-        manifest=str(manifest_path),
+    dpo_facts = {"beta": hp.dpo_beta, "loss_type": hp.dpo_loss_type, "prompt_tokens_kept": hp.prompt_limit}
+    return finish(
+        spec,
+        emit,
+        data_info,
+        metrics,
+        reporter.history,
+        layout,
+        resume,
+        started_at,
+        versions={**library_versions(), "trl": _trl_version()},
+        objective="dpo",
+        dpo={**dpo_facts, "reference": reference, "trl": _trl_version()},
+        device=placement.label,
+        precision=placement.precision,
     )
-    return EXIT_OK
 
 
 def _trl_version() -> str:

@@ -177,22 +177,50 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         "best_eval_loss": evaluations.best_loss,
         "result_step": best_step or trainer.state.global_step,  # the step whose weights were saved as the result
     }
+    return finish(
+        spec,
+        emit,
+        data_info,
+        metrics,
+        reporter.history,
+        layout,
+        resume,
+        started_at,
+        eval_history=evaluations.history,
+        device=ranks.device_label(placement.label),
+        ranks=ranks.world_size(),
+        effective_batch=hp.effective_batch,
+        precision=placement.precision,
+    )
+
+
+def finish(
+    spec: TrainerSpec,
+    emit: Emit,
+    data_info: dict[str, Any],
+    metrics: dict[str, Any],
+    loss_history: list,
+    layout: dict[str, Any],
+    resume: Path | None,
+    started_at: str,
+    *,
+    versions: dict[str, str] | None = None,
+    **facts: Any,
+) -> int:
+    """Write the run's manifest next to its model and report "finished" (SFT and DPO alike); `facts` are the
+    manifest's objective-specific entries."""
     manifest = {
         "format": 1,
         "base_model": {"name": spec.model_name, "revision": spec.revision, "path": str(spec.model_path)},
         "method": spec.method,
         "dataset": {"path": str(spec.dataset_path), "sha256": file_sha256(spec.dataset_path), **data_info},
-        "hyperparameters": hp.to_dict(),
+        "hyperparameters": spec.hyperparameters.to_dict(),
         "metrics": metrics,
-        "loss_history": reporter.history,
-        "eval_history": evaluations.history,
+        "loss_history": loss_history,
         "layout": layout,
         "resumed_from": _shown(spec, resume),
-        "device": ranks.device_label(placement.label),
-        "ranks": ranks.world_size(),
-        "effective_batch": hp.effective_batch,
-        "precision": placement.precision,
-        "versions": library_versions(),
+        **facts,
+        "versions": versions or library_versions(),
         "started_at": started_at,
         "finished_at": _now(),
     }
