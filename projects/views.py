@@ -120,10 +120,10 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
         form = ProjectForm(initial=initial)
         if request.POST["starter"] == "quick":
             chosen = ", ".join(f"{name} {value}" for name, value in QUICK_CHECK.items())
-            messages.info(request, f"Quick-check preset applied ({chosen}); everything else you typed is kept.")
+            messages.info(request, f"Quick-check preset applied ({chosen}); everything else you typed stays as it was.")
         elif initial.get("dataset_path"):
             messages.info(
-                request, f"Sample dataset chosen: {initial['dataset_path']}; everything else you typed is kept."
+                request, f"Sample dataset chosen: {initial['dataset_path']}; everything else you typed stays as it was."
             )
     elif request.method == "POST":
         form = ProjectForm(request.POST, request.FILES)
