@@ -5,21 +5,17 @@ overwrites the reaper's verdict or the reverse."""
 from __future__ import annotations
 
 import contextlib
-import logging
-import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from mtm.heartbeats import beating
 from mtm.shared.problems import Problem
 from playground.models import LIVE_GENERATION, Generation, GenerationStatus
 
-log = logging.getLogger(__name__)
 
 
 def claim(generation_id: int, worker_name: str) -> bool:
@@ -59,31 +55,13 @@ def fail(generation_id: int, problem: Problem) -> bool:
     )
 
 
-@contextlib.contextmanager
-def heartbeat(generation_id: int, every: float | None = None) -> Iterator[None]:
+def heartbeat(generation_id: int, every: float | None = None) -> contextlib.AbstractContextManager[None]:
     """Beat for a running generation from a thread while the block runs (loading a model may take minutes)."""
-    every = every or settings.MTM_HEARTBEAT_SECONDS
-    stop = threading.Event()
 
-    def loop() -> None:
-        try:
-            while not stop.wait(every):
-                try:
-                    Generation.objects.filter(pk=generation_id, status=GenerationStatus.RUNNING).update(
-                        heartbeat_at=timezone.now()
-                    )
-                except Exception:
-                    log.warning("heartbeat for generation %s failed", generation_id, exc_info=True)
-        finally:
-            connection.close()
+    def beat() -> None:
+        Generation.objects.filter(pk=generation_id, status=GenerationStatus.RUNNING).update(heartbeat_at=timezone.now())
 
-    thread = threading.Thread(target=loop, name=f"generation-heartbeat-{generation_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=every + 5)
+    return beating(beat, f"generation-heartbeat-{generation_id}", every)
 
 
 WORKER_LOST = Problem(

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
-from collections.abc import Iterator
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
+from mtm.heartbeats import beating
 from projects.models import RunStage, RunStatus, TrainingRun
 
 log = logging.getLogger(__name__)
@@ -30,30 +29,10 @@ def beat(run_id: int) -> None:
     TrainingRun.objects.filter(pk=run_id).update(heartbeat_at=timezone.now())
 
 
-@contextlib.contextmanager
-def heartbeat(run_id: int, every: float | None = None) -> Iterator[None]:
-    """Beat for `run_id` until the block ends, from a thread (the block itself may wait on a child process)."""
-    every = every or settings.MTM_HEARTBEAT_SECONDS
-    stop = threading.Event()
-
-    def loop() -> None:
-        try:
-            while not stop.wait(every):
-                try:
-                    beat(run_id)
-                except Exception:  # a locked or unreachable database: the next beat tries again
-                    log.warning("heartbeat for run %s failed", run_id, exc_info=True)
-        finally:
-            connection.close()
-
+def heartbeat(run_id: int, every: float | None = None) -> contextlib.AbstractContextManager[None]:
+    """Beat for `run_id` now and until the block ends, from a thread (the block may wait on a child process)."""
     beat(run_id)
-    thread = threading.Thread(target=loop, name=f"heartbeat-{run_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=every + 5)
+    return beating(partial(beat, run_id), f"heartbeat-{run_id}", every)
 
 
 def reap_stale_runs() -> list[int]:
