@@ -17,7 +17,6 @@ from mtm.shared.problems import Problem
 from playground.models import LIVE_GENERATION, Generation, GenerationStatus
 
 
-
 def claim(generation_id: int, worker_name: str) -> bool:
     """The worker takes a queued generation; False when it is no longer queued (reaped, or taken already)."""
     now = timezone.now()
