@@ -467,3 +467,20 @@ def test_a_max_seq_length_above_the_models_context_is_cut_to_it_and_said_so(tiny
     assert "max_seq_length 4096 is above the context length of 'test-org/tiny-llama' (512 tokens)" in run.log
     manifest = json.loads((tmp_path / "out" / "mtm_manifest.json").read_text())
     assert manifest["hyperparameters"]["max_seq_length"] == 512
+
+
+@pytest.mark.parametrize(
+    "error",
+    [FileNotFoundError(2, "No such file or directory"), RuntimeError("Parent directory ./checkpoint-18 does not exist.")],
+)
+def test_an_output_folder_deleted_under_the_trainer_is_named_whatever_error_met_it(tmp_path, monkeypatch, error):
+    """torch.save reports a deleted folder as a RuntimeError, Python as FileNotFoundError: both name the folder."""
+    from projects.trainer.__main__ import _describe
+
+    output_dir = tmp_path / "outputs" / "vanish"
+    output_dir.mkdir(parents=True)
+    monkeypatch.chdir(output_dir)
+    os.rmdir(output_dir)
+    code, message, _hint = _describe(error, output_dir)
+    assert code == "output_directory_vanished"
+    assert str(output_dir) in message

@@ -93,7 +93,9 @@ def _output_dir_gone(wait_seconds: float = 3.0) -> bool:
 
 
 def _describe(exc: BaseException, output_dir: Path | None = None) -> tuple[str, str, str]:
-    if output_dir is not None and isinstance(exc, FileNotFoundError) and _output_dir_gone():
+    # A deleted folder surfaces as FileNotFoundError from Python but as RuntimeError from torch.save
+    # ("Parent directory ./checkpoint-18 does not exist."), so ask the folder rather than the exception.
+    if output_dir is not None and isinstance(exc, (OSError, RuntimeError)) and _output_dir_gone():
         return (
             "output_directory_vanished",
             f"The output directory {output_dir} disappeared during training (deleted or unmounted): {exc}",
