@@ -53,8 +53,12 @@ def test_the_run_goes_to_the_worker_whose_cache_holds_the_model(
             argv = [sys.executable, "manage.py", "runworker", "--cpu", "--name", name]
             env = {"HF_HUB_CACHE": str(cache), "MTM_WORKER_REPORT_SECONDS": "1"}
             workers.append(CeleryWorker(celery_broker, tmp_path / f"{name}.log", "", env, argv).wait_ready())
+        # Wait for these two workers' own reports: a worker another test left reporting may hold models too.
+        def reported(prefix):
+            return Worker.objects.filter(name__startswith=prefix, held_models__isnull=False).exists()
+
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and Worker.objects.filter(held_models__isnull=False).count() < 2:
+        while time.monotonic() < deadline and not all(reported(prefix) for prefix in names):
             time.sleep(0.3)
         holder, empty = (Worker.objects.get(name__startswith=prefix) for prefix in names)
         assert holder.held_models == [MODEL] and empty.held_models == []
