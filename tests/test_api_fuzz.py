@@ -171,8 +171,10 @@ def _aim_at_real_things(case, world: World) -> None:
 def test_api_answers_every_generated_request_as_its_schema_says(case, world, caller):
     """Staff may do everything; a member is refused (403) writes to overrides, settings and staff's projects."""
     _aim_at_real_things(case, world)
-    headers = {**HTTPS, "Authorization": f"Bearer {world.tokens[caller]}"}
-    response = case.call_and_validate(headers=headers, excluded_checks=EXCLUDED_CHECKS)
+    # Set on the case, not passed to the call: a generated (negative) Authorization is then replaced where the
+    # checks look too, so a case whose only other negation serializes to valid data is not required to fail.
+    case.headers = {**(case.headers or {}), **HTTPS, "Authorization": f"Bearer {world.tokens[caller]}"}
+    response = case.call_and_validate(excluded_checks=EXCLUDED_CHECKS)
     assert response.status_code < 500
 
 
