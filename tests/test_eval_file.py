@@ -5,10 +5,12 @@ real worker that evaluates on the file's rows and records the file's sha256 in i
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils.html import escape
 
 from mtm.shared.files import file_sha256
@@ -209,8 +211,6 @@ def test_the_api_refuses_a_bad_eval_file_naming_the_field(client, roots, tiny_ll
 def test_the_api_stores_the_eval_file_refuses_both_sources_dpo_and_anothers_upload(
     client, roots, tiny_llama_in_cache, eval_file
 ):
-    from django.core.files.uploadedfile import SimpleUploadedFile
-
     name = tiny_llama_in_cache[0]
     _, token = make_user_token("owner")
     both = _body(roots, name, eval_dataset_path=str(eval_file), hyperparameters={"eval_fraction": 0.1})
@@ -248,6 +248,37 @@ def test_the_api_stores_the_eval_file_refuses_both_sources_dpo_and_anothers_uplo
         "eval_dataset_path" in schema["ProjectIn"]["properties"]
         and "eval_dataset_path" in schema["ProjectPatch"]["properties"]
     )
+
+
+def test_an_upload_used_as_an_eval_file_is_kept_and_only_its_owner_may_start_on_it(
+    client, roots, tiny_llama_in_cache, settings
+):
+    from mtm.audit import Actor, Channel
+    from projects.run_services import RunRefused, start_run
+    from projects.uploads import cleanup_uploads
+
+    owner, token = make_user_token("owner")
+    uploaded = client.post(
+        API + "/datasets",
+        {"file": SimpleUploadedFile("eval.jsonl", "".join(json.dumps(r) + "\n" for r in EVAL_ROWS).encode())},
+        secure=True,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert uploaded.status_code == 200, uploaded.content
+    stored = uploaded.json()["dataset_path"]
+    created = call(client, "post", "/projects", _body(roots, tiny_llama_in_cache[0], eval_dataset_path=stored), token)
+    assert created.status_code == 201, created.content
+    # Long past the grace period, the periodic cleanup keeps a file a project evaluates on
+    assert stored not in cleanup_uploads(now=time.time() + 3600 * (settings.MTM_UPLOAD_GRACE_HOURS + 1))
+    assert Path(stored).is_file()
+    # Set on the project by someone else (as staff may), it is still its owner's: another member cannot start on it
+    member, _ = make_user_token("member")
+    project = TrainingProject.objects.get()
+    project.owner = member
+    project.save()
+    with pytest.raises(RunRefused) as refused:
+        start_run(project, actor=Actor(member, Channel.CLI))
+    assert refused.value.problem.code == "upload_not_yours" and stored in refused.value.problem.message
 
 
 def test_a_runs_settings_and_overview_state_the_eval_file(owner, roots, eval_file):
