@@ -160,13 +160,10 @@ def check_project(
         check.error("output_directory", problem)
     check.warnings["output_directory"] = list(output.warnings)
 
-    tokenizers: list[Any] = []  # loaded once, for the first dataset file that needs it
-
+    @functools.cache  # loaded once, for the first dataset file that needs it
     def tokenizer() -> Any:
-        if not tokenizers:
-            loaded = load_tokenizer(resolution) if (inspect_tokens and resolution.valid) else None
-            tokenizers.append(with_chat_template(loaded, hp.chat_template))
-        return tokenizers[0]
+        loaded = load_tokenizer(resolution) if (inspect_tokens and resolution.valid) else None
+        return with_chat_template(loaded, hp.chat_template)
 
     def dataset_file(field: str, path: str) -> tuple[DatasetPathCheck, DatasetReport | None]:
         """The dataset and the eval file are checked alike: where the file is, whose upload, its rows and fields;
