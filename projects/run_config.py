@@ -25,8 +25,8 @@ Text = Annotated[str, BeforeValidator(_text)]
 
 class RunConfig(BaseModel):
     """The settings a run was started with. `revision` is the one asked for ("" for main); the revision and folder
-    it resolved to are on the run (resolved_revision, resolved_path). `dataset_sha256` is the digest of the file
-    the trainer read once it has been snapshotted (the project's digest until then)."""
+    it resolved to are on the run (resolved_revision, resolved_path). `dataset_sha256` (and `eval_dataset_sha256`)
+    is the digest of the file the trainer read once it has been snapshotted (the project's digest until then)."""
 
     model_name: Text = ""
     revision: Text = ""
