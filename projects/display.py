@@ -9,6 +9,7 @@ from typing import Any
 from django.utils import timezone
 
 from projects import run_config
+from projects.datasets.eval_split import describe_eval_file, describe_split
 from projects.hyperparameters import Hyperparameters
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.run_columns import RunProgress
@@ -48,3 +49,13 @@ def hyperparameter_rows(project: TrainingProject) -> list[tuple[str, str]]:
     """(label, shown value) for every hyperparameter that applies to the project's method."""
     values = Hyperparameters.from_stored(project.hyperparameters).to_dict()
     return [(label, shown) for _, label, shown in run_config.hyperparameter_rows(values, project.method)]
+
+
+def eval_source(project: TrainingProject) -> str:
+    """The project's eval set in words: a separate file, a seeded share of the dataset, or none."""
+    if project.eval_dataset_path:
+        return describe_eval_file(project.eval_dataset_path, None)
+    values = Hyperparameters.from_stored(project.hyperparameters)
+    if values.eval_fraction <= 0:
+        return "none (no eval file, eval fraction 0)"
+    return describe_split(None, values.eval_fraction, values.seed)

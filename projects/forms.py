@@ -71,6 +71,7 @@ class ProjectForm(forms.Form):
     revision = forms.CharField(label="Revision", max_length=255, required=False)
     dataset_file = forms.FileField(label="Upload a dataset", required=False)
     dataset_path = forms.CharField(label="or a dataset file on the server", max_length=4096, required=False)
+    eval_dataset_path = forms.CharField(label="Eval file (optional)", max_length=4096, required=False)
     output_directory = forms.CharField(label="Output directory", max_length=4096, required=False)
     method = forms.ChoiceField(label="Method", choices=TrainingMethod.choices, widget=forms.RadioSelect)
     validation_prompt = forms.CharField(
@@ -113,6 +114,24 @@ class ProjectForm(forms.Form):
                 "hx-target": "#dataset-status",
                 "hx-sync": "this:replace",
                 "hx-indicator": "#dataset-field",
+            }
+        )
+        self.fields["eval_dataset_path"].help_text = (
+            "A separate file of rows to measure eval loss on, checked like the dataset (same formats and roots). "
+            "Blank: no eval file; or hold out a share of the dataset with 'Eval set (share of the rows)' instead, "
+            "not both."
+        )
+        self.fields["eval_dataset_path"].widget.attrs.update(
+            {
+                "placeholder": "/data/datasets/eval.jsonl",
+                "spellcheck": "false",
+                "autocomplete": "off",
+                "hx-get": reverse("projects:check-eval-dataset"),
+                "hx-trigger": "input changed delay:500ms",
+                "hx-include": "#id_eval_dataset_path, #id_model_name, #id_revision, #id_max_seq_length, "
+                "#id_chat_template, #id_objective, #id_max_prompt_length, #id_eval_fraction",
+                "hx-target": "#eval-dataset-status",
+                "hx-sync": "this:replace",
             }
         )
         roots = output_roots()
@@ -163,6 +182,7 @@ class ProjectForm(forms.Form):
     def project_data(self, dataset_path: str) -> dict[str, Any]:
         data = {name: self.cleaned_data.get(name, "") for name in SERVICE_FIELDS}
         data["dataset_path"] = dataset_path.strip()
+        data["eval_dataset_path"] = data["eval_dataset_path"].strip()
         data["model_name"] = data["model_name"].strip()
         data["hyperparameters"] = self.hyperparameters()
         return data

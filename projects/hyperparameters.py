@@ -193,7 +193,8 @@ class Hyperparameters(BaseModel):
         le=0.5,
         group="checkpoints",
         label="Eval set (share of the rows)",
-        help="Rows held out of training, picked with the seed, to measure eval loss and perplexity; e.g. 0.1 for 10%.",
+        help="Rows held out of training, picked with the seed, to measure eval loss and perplexity; e.g. 0.1 for "
+        "10%. Or give a separate eval file instead (not both).",
         zero_means="no eval set",
         example="0.1",
     )

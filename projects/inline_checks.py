@@ -1,4 +1,5 @@
-"""The project form's checks as you type: the output directory, and the dataset (a server path or an upload).
+"""The project form's checks as you type: the output directory, the dataset (a server path or an upload) and the
+eval file (checked as the dataset is).
 
 Each endpoint answers 200 with a fragment of the form page for any input: the verdict is in the fragment.
 """
@@ -19,6 +20,7 @@ from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
 from projects.chat_templates import with_chat_template
 from projects.datasets import DatasetError, check_dataset_path, inspect_dataset
+from projects.datasets.eval_split import eval_source_problems
 from projects.datasets.pairs import objective_problem
 from projects.forms import ProjectForm
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
@@ -115,6 +117,20 @@ def check_output_dir(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 def check_dataset(request: HtmxHttpRequest) -> HttpResponse:
     status = dataset_status(request.GET.get("dataset_path", ""), request.GET, request.user)
+    return render(request, "projects/form.html#dataset-status", {"dataset": status})
+
+
+@require_http_methods(["GET"])
+@login_required
+def check_eval_dataset(request: HtmxHttpRequest) -> HttpResponse:
+    """The eval file's box: the dataset's check of that file, and a note when a share of the dataset is chosen too
+    (refused on save; the share may still change)."""
+    path = request.GET.get("eval_dataset_path", "")
+    status = dataset_status(path, request.GET, request.user)
+    if path.strip() and not status.get("errors"):
+        typed = _typed_values(request.GET)
+        conflicts = eval_source_problems(typed.objective, typed.eval_fraction, path.strip()[:MAX_PARAM_CHARS])
+        status["notes"] = [*status.get("notes", []), *(f"{p.message} {p.hint}" for p in conflicts)]
     return render(request, "projects/form.html#dataset-status", {"dataset": status})
 
 

@@ -23,6 +23,9 @@ class TrainingProject(models.Model):
     dataset_path = models.CharField(max_length=4096)
     dataset_format = models.CharField(max_length=32, blank=True)
     dataset_sha256 = models.CharField(max_length=64, blank=True)
+    # A separate eval set (blank: none, or a seeded share of the dataset with the eval_fraction hyperparameter).
+    eval_dataset_path = models.CharField("eval file", max_length=4096, blank=True)
+    eval_dataset_sha256 = models.CharField(max_length=64, blank=True)
     output_directory = models.CharField(max_length=4096)
     method = models.CharField(max_length=8, choices=TrainingMethod.choices, default=TrainingMethod.LORA)
     hyperparameters = models.JSONField(default=dict, blank=True)

@@ -25,8 +25,8 @@ Text = Annotated[str, BeforeValidator(_text)]
 
 class RunConfig(BaseModel):
     """The settings a run was started with. `revision` is the one asked for ("" for main); the revision and folder
-    it resolved to are on the run (resolved_revision, resolved_path). `dataset_sha256` is the digest of the file
-    the trainer read once it has been snapshotted (the project's digest until then)."""
+    it resolved to are on the run (resolved_revision, resolved_path). `dataset_sha256` (and `eval_dataset_sha256`)
+    is the digest of the file the trainer read once it has been snapshotted (the project's digest until then)."""
 
     model_name: Text = ""
     revision: Text = ""
@@ -34,11 +34,15 @@ class RunConfig(BaseModel):
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     dataset_path: Text = ""
     dataset_sha256: Text = ""
+    # A separate eval set ("": none); its digest is the snapshot's the trainer read, like the dataset's.
+    eval_dataset_path: Text = ""
+    eval_dataset_sha256: Text = ""
     output_directory: Text = Field("", description="The project's output directory the run's folder is in.")
     validation_prompt: Text = ""
     # Facts the worker adds: the dataset's row count (at resolve) and whether its last row was held out of
     # training to be the validation prompt (at train).
     dataset_rows: int | None = None
+    eval_dataset_rows: int | None = None  # the eval file's row count (at resolve)
     held_out_row: bool = False
     # DPO: the pairs at the dataset's end kept out of training for the preference check (at train).
     held_out_pairs: int = 0
@@ -54,6 +58,8 @@ class RunConfig(BaseModel):
             hyperparameters={**Hyperparameters().to_dict(), **dict(project.hyperparameters or {})},
             dataset_path=project.dataset_path,
             dataset_sha256=project.dataset_sha256,
+            eval_dataset_path=project.eval_dataset_path,
+            eval_dataset_sha256=project.eval_dataset_sha256,
             output_directory=project.output_directory,
             validation_prompt=project.validation_prompt,
         )
@@ -119,6 +125,8 @@ def config_rows(run: TrainingRun, config: RunConfig | None = None) -> list[Confi
         ConfigRow("method", "Method", config.method_label),
         ConfigRow("dataset_path", "Dataset", config.dataset_path),
         ConfigRow("dataset_sha256", "Dataset sha256", config.dataset_sha256 or "—"),
+        ConfigRow("eval_dataset_path", "Eval file", config.eval_dataset_path or "none"),
+        ConfigRow("eval_dataset_sha256", "Eval file sha256", config.eval_dataset_sha256 or "—"),
         ConfigRow(
             "validation_prompt",
             "Validation prompt",

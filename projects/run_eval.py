@@ -1,11 +1,11 @@
-"""A run's evaluation as the pages and the API read it: the eval set it held out, the last and the best eval loss,
-and which step's weights became the result. Read from the run's columns only (metrics, summary, config)."""
+"""A run's evaluation as the pages and the API read it: the eval set (held out of the dataset or a separate file),
+the last and the best eval loss, and which step's weights became the result. Read from the run's columns only (metrics, summary, config)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from projects.datasets.eval_split import describe_split, eval_size
+from projects.datasets.eval_split import describe_eval_file, describe_split, eval_size
 from projects.models import TrainingRun
 from projects.run_columns import RunSummary, read_eval_points
 from projects.run_config import RunConfig, run_config
@@ -14,7 +14,9 @@ from projects.run_config import RunConfig, run_config
 @dataclass(frozen=True)
 class EvalOverview:
     enabled: bool
-    split: str  # "12 of 120 rows (10%), picked with seed 42, held out of training"
+    source: str  # "file" (a separate eval file), "fraction" (a seeded share of the dataset) or "none"
+    # "12 of 120 rows (10%), picked with seed 42, held out of training" or "separate file /data/eval.jsonl, 30 rows"
+    split: str
     eval_rows: int | None
     eval_steps: int
     last_step: int | None
@@ -36,10 +38,18 @@ def eval_overview(run: TrainingRun, config: RunConfig | None = None) -> EvalOver
     best = min(points, key=lambda point: point.eval_loss or 0.0) if points else None
     rows = config.dataset_rows
     trainable_rows = None if rows is None else rows - (1 if config.held_out_row else 0)
+    if config.eval_dataset_path:
+        source, split = "file", describe_eval_file(config.eval_dataset_path, config.eval_dataset_rows)
+        eval_rows = config.eval_dataset_rows
+    else:
+        source = "fraction" if values.eval_fraction > 0 else "none"
+        split = describe_split(trainable_rows, values.eval_fraction, values.seed)
+        eval_rows = None if trainable_rows is None else eval_size(trainable_rows, values.eval_fraction)
     return EvalOverview(
-        enabled=values.eval_fraction > 0,
-        split=describe_split(trainable_rows, values.eval_fraction, values.seed),
-        eval_rows=None if trainable_rows is None else eval_size(trainable_rows, values.eval_fraction),
+        enabled=source != "none",
+        source=source,
+        split=split,
+        eval_rows=eval_rows,
         eval_steps=values.eval_steps,
         last_step=last.step if last else None,
         last_eval_loss=last.eval_loss if last else summary.eval_loss,

@@ -5,7 +5,7 @@ Between the start of a run and its training stage a folder may be swapped for a 
 resolves both paths again and applies the save-time rules, then walks every component with O_NOFOLLOW: a link
 planted even after that check makes the open fail instead of being followed. The trainer reads the dataset from
 a snapshot (a hard link or copy made from the opened file) in the run's own folder, never from the path a
-member controls. Messages name paths only, never anything read from a file.
+member controls; a separate eval file is rechecked and snapshotted the same way. Messages name paths only, never anything read from a file.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from projects.uploads import upload_problems
 OUTPUT_CHANGED = "output_directory_changed"
 DATASET_CHANGED = "dataset_changed"
 SNAPSHOT_DIR = "dataset"
+EVAL_SNAPSHOT_DIR = "eval-dataset"  # a folder of its own: the eval file may share the dataset's file name
 
 
 class PathChanged(Exception):
@@ -60,8 +61,7 @@ def output_problem(run: TrainingRun) -> Problem | None:
     return problems[0] if problems else None
 
 
-def _dataset_problem(run: TrainingRun) -> Problem | None:
-    stored = run_config(run).dataset_path
+def _dataset_problem(run: TrainingRun, stored: str) -> Problem | None:
     located = check_dataset_path(stored, dataset_roots())
     if located.errors:
         return located.errors[0]
@@ -82,9 +82,15 @@ def _dataset_changed(path: str, what: str) -> Problem:
 
 
 def recheck(run: TrainingRun) -> Problem | None:
-    """The first reason the run may not train now: its output directory or dataset resolves elsewhere than when
-    it was checked, or fails the rules it passed at save and start."""
-    return output_problem(run) or _dataset_problem(run)
+    """The first reason the run may not train now: its output directory, dataset or eval file resolves elsewhere
+    than when it was checked, or fails the rules it passed at save and start."""
+    config = run_config(run)
+    eval_file = config.eval_dataset_path
+    return (
+        output_problem(run)
+        or _dataset_problem(run, config.dataset_path)
+        or (_dataset_problem(run, eval_file) if eval_file else None)
+    )
 
 
 def open_output_dir(run: TrainingRun) -> int:
@@ -118,7 +124,21 @@ def write_marker(folder_fd: int, name: str, text: str) -> None:
 def snapshot_dataset(run: TrainingRun, run_folder: Path) -> Path:
     """The dataset as the trainer will read it: `run_folder`/dataset/<name>, a hard link to (or a copy of) the file
     opened without following links. PathChanged when the path no longer leads to a regular file."""
-    source = run_config(run).dataset_path
+    return _snapshot(run_config(run).dataset_path, run_folder / SNAPSHOT_DIR)
+
+
+def snapshot_eval_dataset(run: TrainingRun, run_folder: Path) -> Path | None:
+    """The run's eval file snapshotted as the dataset is, in `run_folder`/eval-dataset/; None without one."""
+    source = run_config(run).eval_dataset_path
+    return _snapshot(source, run_folder / EVAL_SNAPSHOT_DIR) if source else None
+
+
+def eval_snapshot(run_folder: Path, source: str) -> Path:
+    """Where snapshot_eval_dataset put the eval file `source`."""
+    return run_folder / EVAL_SNAPSHOT_DIR / os.path.basename(source)
+
+
+def _snapshot(source: str, folder: Path) -> Path:
     try:
         fd = open_file_nofollow(source)
     except OSError as exc:
@@ -131,7 +151,6 @@ def snapshot_dataset(run: TrainingRun, run_folder: Path) -> Path:
                 f"Check the file's permissions (ls -la {source}); the workers run as uid {os.getuid()}.",
             )
         ) from None
-    folder = run_folder / SNAPSHOT_DIR
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     dest = folder / os.path.basename(source)
@@ -148,3 +167,4 @@ def snapshot_dataset(run: TrainingRun, run_folder: Path) -> Path:
 
 def drop_snapshot(run_folder: Path) -> None:
     shutil.rmtree(run_folder / SNAPSHOT_DIR, ignore_errors=True)
+    shutil.rmtree(run_folder / EVAL_SNAPSHOT_DIR, ignore_errors=True)

@@ -67,10 +67,11 @@ def start_run(
             )
         if conflicts := output_dir_conflicts(project.output_directory, actor.user, project):
             raise RunRefused(conflicts[0])
-        # Training on an upload is for its owner and staff, whoever set it on the project.
-        located = check_dataset_path(project.dataset_path, dataset_roots())
-        if not_yours := upload_problems(located, actor.user, None):
-            raise RunRefused(not_yours[0])
+        # Training on an upload (or evaluating on one) is for its owner and staff, whoever set it on the project.
+        for path in (project.dataset_path, project.eval_dataset_path):
+            located = check_dataset_path(path, dataset_roots()) if path else None
+            if located is not None and (not_yours := upload_problems(located, actor.user, None)):
+                raise RunRefused(not_yours[0])
         config = RunConfig.of_project(project)
         source, checkpoint = None, None
         if resume or resume_from is not None:

@@ -58,6 +58,13 @@ HyperparametersIn = Annotated[
 ]
 
 
+EVAL_FILE_DOC = (
+    "Optional: a separate eval set, checked as dataset_path is (an allowed dataset root or an upload's path). "
+    "Eval loss is measured on its rows; refused together with the hyperparameter eval_fraction above 0 (choose "
+    "one) and for the DPO objective."
+)
+
+
 class ProjectIn(StrictBody):
     name: StoredText
     description: StoredText = ""
@@ -66,6 +73,7 @@ class ProjectIn(StrictBody):
     dataset_path: StoredPath = Field(
         description="A file inside an allowed dataset root, or the dataset_path that POST /datasets returned."
     )
+    eval_dataset_path: StoredPath = Field("", description=EVAL_FILE_DOC)
     output_directory: StoredPath = Field(description="An absolute path inside an allowed output root.")
     method: MethodName = "lora"
     hyperparameters: HyperparametersIn = Field(default_factory=dict, description=HYPERPARAMETERS_DOC)
@@ -80,6 +88,7 @@ class ProjectPatch(NoNulls):
     model_name: str | None = None
     revision: str | None = Field(None, description='Send "" to go back to main.')
     dataset_path: StoredPath | None = None
+    eval_dataset_path: StoredPath | None = Field(None, description=EVAL_FILE_DOC + ' Send "" to remove it.')
     output_directory: StoredPath | None = None
     method: MethodName | None = None
     hyperparameters: HyperparametersIn | None = Field(None, description=HYPERPARAMETERS_DOC)
@@ -167,6 +176,8 @@ class ProjectOut(Schema):
     revision: str | None
     dataset_path: str
     dataset_format: str | None
+    eval_dataset_path: str | None = Field(description="The separate eval file; null without one.")
+    eval_dataset_sha256: str | None
     output_directory: str
     method: MethodName
     hyperparameters: Hyperparameters

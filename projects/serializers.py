@@ -79,6 +79,8 @@ def project_dict(project: TrainingProject, last_run: TrainingRun | None = _UNSET
         "revision": _or_none(project.revision),
         "dataset_path": project.dataset_path,
         "dataset_format": _or_none(project.dataset_format),
+        "eval_dataset_path": _or_none(project.eval_dataset_path),
+        "eval_dataset_sha256": _or_none(project.eval_dataset_sha256),
         "output_directory": project.output_directory,
         "method": project.method,
         "hyperparameters": Hyperparameters.from_stored(project.hyperparameters).to_dict(),

@@ -21,7 +21,8 @@ from mtm import audit
 from mtm.audit import Actor
 from mtm.shared.problems import Problem
 from projects.chat_templates import with_chat_template
-from projects.datasets import DatasetReport, check_dataset_path, inspect_dataset
+from projects.datasets import DatasetPathCheck, DatasetReport, check_dataset_path, inspect_dataset
+from projects.datasets.eval_split import eval_source_problems
 from projects.datasets.pairs import objective_problem
 from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.hyperparameters import Hyperparameters
@@ -36,6 +37,7 @@ EDITABLE = (
     "model_name",
     "revision",
     "dataset_path",
+    "eval_dataset_path",
     "output_directory",
     "method",
     "hyperparameters",
@@ -43,7 +45,15 @@ EDITABLE = (
 )
 NAME_MAX = 120
 # What a queued or running run reads from the project: frozen while one is live.
-TRAINING_FIELDS = ("model_name", "revision", "dataset_path", "output_directory", "method", "hyperparameters")
+TRAINING_FIELDS = (
+    "model_name",
+    "revision",
+    "dataset_path",
+    "eval_dataset_path",
+    "output_directory",
+    "method",
+    "hyperparameters",
+)
 
 
 @dataclass
@@ -52,6 +62,7 @@ class ProjectCheck:
     warnings: dict[str, list[Problem]] = field(default_factory=dict)
     resolution: Resolution | None = None
     dataset: DatasetReport | None = None
+    eval_dataset: DatasetReport | None = None
     hyperparameters: Hyperparameters | None = None
     cleaned: dict[str, Any] = field(default_factory=dict)
 
@@ -149,23 +160,42 @@ def check_project(
         check.error("output_directory", problem)
     check.warnings["output_directory"] = list(output.warnings)
 
-    dataset_path = data.get("dataset_path", "")
-    located = check_dataset_path(dataset_path, dataset_roots())
-    for problem in located.errors or upload_problems(located, actor, project):
-        check.error("dataset_path", problem)
-    if not check.errors.get("dataset_path"):
-        tokenizer = load_tokenizer(resolution) if (inspect_tokens and resolution.valid) else None
-        tokenizer = with_chat_template(tokenizer, hp.chat_template)
+    @functools.cache  # loaded once, for the first dataset file that needs it
+    def tokenizer() -> Any:
+        loaded = load_tokenizer(resolution) if (inspect_tokens and resolution.valid) else None
+        return with_chat_template(loaded, hp.chat_template)
+
+    def dataset_file(field: str, path: str) -> tuple[DatasetPathCheck, DatasetReport | None]:
+        """The dataset and the eval file are checked alike: where the file is, whose upload, its rows and fields;
+        each problem under `field`."""
+        located = check_dataset_path(path, dataset_roots())
+        for problem in located.errors or upload_problems(located, actor, project, field):
+            check.error(field, problem)
+        if check.errors.get(field):
+            return located, None
         report = inspect_dataset(
-            located.path, tokenizer, hp.max_seq_length, model=f"'{model_name}'", max_prompt_length=hp.prompt_limit
+            located.path, tokenizer(), hp.max_seq_length, model=f"'{model_name}'", max_prompt_length=hp.prompt_limit
         )
-        check.dataset = report
         if report.valid and (mismatch := objective_problem(hp.objective, report.format, located.path or "")):
             report.errors.append(mismatch)
         for problem in report.errors:
             # A chat template past its limits is the model's problem, whatever the dataset holds.
-            check.error("model_name" if problem.code in TEMPLATE_LIMIT_CODES else "dataset_path", problem)
-        check.warnings["dataset_path"] = list(report.warnings)
+            if problem.code not in TEMPLATE_LIMIT_CODES:
+                check.error(field, problem)
+            elif problem not in check.errors.get("model_name", []):
+                check.error("model_name", problem)
+        check.warnings[field] = list(report.warnings)
+        return located, report
+
+    dataset_path = data.get("dataset_path", "")
+    located, check.dataset = dataset_file("dataset_path", dataset_path)
+    eval_path = _text(data, "eval_dataset_path")
+    eval_located = None
+    if source_problems := eval_source_problems(hp.objective, hp.eval_fraction, eval_path):
+        for problem in source_problems:
+            check.error("eval_dataset_path", problem)
+    elif eval_path:
+        eval_located, check.eval_dataset = dataset_file("eval_dataset_path", eval_path)
     check.cleaned = {
         "name": name,
         "description": data.get("description") or "",
@@ -174,6 +204,8 @@ def check_project(
         "dataset_path": located.path or dataset_path,
         "dataset_format": check.dataset.format if check.dataset else "",
         "dataset_sha256": (check.dataset.sha256 if check.dataset else "") or "",
+        "eval_dataset_path": (eval_located.path if eval_located else None) or eval_path,
+        "eval_dataset_sha256": (check.eval_dataset.sha256 if check.eval_dataset else "") or "",
         "output_directory": output.path or data.get("output_directory", ""),
         "method": method,
         "hyperparameters": hp.to_dict(),

@@ -21,12 +21,13 @@ from mtm.shared.problems import Problem
 from projects import run_paths, run_records
 from projects.chat_templates import with_chat_template
 from projects.datasets import check_dataset_path, inspect_dataset, load_rows, prompt_text
+from projects.datasets.eval_split import eval_source_problems
 from projects.datasets.pairs import PREFERENCE, objective_problem, prompt_of
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.pipeline import fail, transition, worker_identity
 from projects.run_columns import EvalPoint, MetricPoint, RunProgress, RunSummary
-from projects.run_config import run_config
+from projects.run_config import RunConfig, run_config
 from projects.services import load_tokenizer
 from projects.supervisor import Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
@@ -91,6 +92,8 @@ def resolve_stage(run_id: int, taken: bool = False) -> bool:
     if not report.valid:
         return not fail(run_id, RunStage.RESOLVE, report.errors[0], _problem_lines(report.errors))
     config.dataset_rows = report.rows
+    if config.eval_dataset_path and (problems := _eval_file_problems(config, resolution)):
+        return not fail(run_id, RunStage.RESOLVE, problems[0], _problem_lines(problems))
     TrainingRun.objects.filter(pk=run_id).update(
         config=config.model_dump(),
         resolved_source=resolution.source or "",
@@ -98,6 +101,28 @@ def resolve_stage(run_id: int, taken: bool = False) -> bool:
         resolved_revision=resolution.revision or "",
     )
     return True
+
+
+def _eval_file_problems(config: RunConfig, resolution: Any) -> list[Problem]:
+    """The eval file checked as the dataset is (every row read); its row count is recorded on `config`."""
+    values = config.values
+    if source := eval_source_problems(values.objective, values.eval_fraction, config.eval_dataset_path):
+        return source
+    located = check_dataset_path(config.eval_dataset_path, dataset_roots())
+    if not located.valid:
+        return located.errors
+    report = inspect_dataset(
+        located.path,
+        with_chat_template(load_tokenizer(resolution), values.chat_template),
+        values.max_seq_length,
+        full=True,
+        model=f"'{config.model_name}'",
+        max_prompt_length=values.prompt_limit,
+    )
+    if report.valid and (mismatch := objective_problem(values.objective, report.format, located.path or "")):
+        report.errors.append(mismatch)
+    config.eval_dataset_rows = report.rows
+    return report.errors
 
 
 def _trust_remote_code(run: TrainingRun) -> bool:
@@ -205,6 +230,13 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
         fail(run_id, RunStage.TRAIN, changed.problem)
         return False
     config.dataset_sha256 = file_sha256(dataset)  # what this run reads, whatever the project says now
+    try:
+        eval_dataset = run_paths.snapshot_eval_dataset(run, folder)
+    except run_paths.PathChanged as changed:
+        run_paths.drop_snapshot(folder)
+        fail(run_id, RunStage.TRAIN, changed.problem)
+        return False
+    config.eval_dataset_sha256 = file_sha256(eval_dataset) if eval_dataset else ""
     # Without a prompt of its own, validation asks the dataset's last row, which is then not trained on.
     config.held_out_row = not config.validation_prompt.strip() and (config.dataset_rows or 0) >= HOLD_OUT_MIN
     if config.values.objective == "dpo":  # DPO holds out pairs at the end instead (the last one gives the prompt)
@@ -228,6 +260,7 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
         revision=run.resolved_revision,
         trust_remote_code=_trust_remote_code(run),
         dataset_path=dataset,
+        eval_dataset_path=eval_dataset,
         output_dir=run.output_directory,
         output_in_cwd=True,
         method=config.method,
@@ -365,15 +398,23 @@ MAX_BEFORE_AFTER_ROWS = 200  # eval rows passed to the validation child (project
 
 
 def _before_after_rows(run: TrainingRun) -> dict | None:
-    """The eval rows the base and the fine-tuned model are compared on: the run's eval set (the same seeded split as
-    the trainer's), else the held-out last row; None without either, or with eval_prompts and eval set both off."""
+    """The eval rows the base and the fine-tuned model are compared on: the run's eval set (the snapshot of its eval
+    file, or the same seeded split as the trainer's), else the held-out last row; None without either, or with
+    eval_prompts and eval set both off."""
     from projects.datasets import detect_format
     from projects.datasets.eval_split import split_rows
 
     config = run_config(run)
     values = config.values
-    if values.eval_prompts == 0 and values.eval_fraction == 0:
+    if values.eval_prompts == 0 and values.eval_fraction == 0 and not config.eval_dataset_path:
         return None
+    if config.eval_dataset_path:  # every row of the file, the rows the trainer evaluated on
+        try:
+            eval_rows = load_rows(run_paths.eval_snapshot(run_dir(run.pk), config.eval_dataset_path))
+            fmt = detect_format(eval_rows[:1])
+        except Exception:  # the file is only a source of prompts here; without it there is no comparison
+            return None
+        return _before_after(eval_rows, fmt, values)
     snapshot = run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(config.dataset_path)
     try:
         rows = load_rows(snapshot)
@@ -383,7 +424,10 @@ def _before_after_rows(run: TrainingRun) -> dict | None:
     held_out = rows[-1:] if config.held_out_row else []
     rows = rows[: len(rows) - len(held_out)]
     _, eval_rows = split_rows(rows, values.eval_fraction, values.seed)
-    eval_rows = eval_rows or held_out
+    return _before_after(eval_rows or held_out, fmt, values)
+
+
+def _before_after(eval_rows: list[dict], fmt: str, values: Any) -> dict | None:
     if not eval_rows:
         return None
     return {

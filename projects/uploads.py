@@ -134,7 +134,7 @@ def discard_refused(received: ReceivedUpload, *, actor: Actor) -> bool:
 
 def discard_upload(path: str | os.PathLike, *, actor: Actor) -> bool:
     """Remove an upload's folder and record (each upload has a folder of its own under the uploads folder), unless
-    a project's dataset is that file: then nothing is removed. Returns whether it was removed."""
+    a project's dataset or eval file is that file: then nothing is removed. Returns whether it was removed."""
     path = Path(os.path.realpath(path))
     if str(path) in _referenced():
         return False
@@ -147,14 +147,17 @@ def discard_upload(path: str | os.PathLike, *, actor: Actor) -> bool:
     return True
 
 
-def upload_problems(located: DatasetPathCheck, actor: Any, project: TrainingProject | None) -> list[Problem]:
-    """Why `actor` may not use the upload at `located` for `project`: it is another user's, or no recorded upload.
-    Staff may use any; a project keeps the dataset it already has (staff may have set it). What the project has is
-    the path saved (already resolved then), compared as saved: a saved file since swapped for a link to an upload
-    is judged as that upload."""
+def upload_problems(
+    located: DatasetPathCheck, actor: Any, project: TrainingProject | None, field: str = "dataset_path"
+) -> list[Problem]:
+    """Why `actor` may not use the upload at `located` as `project`'s `field` (its dataset or its eval file): it is
+    another user's, or no recorded upload. Staff may use any; a project keeps the file it already has there (staff
+    may have set it). What the project has is the path saved (already resolved then), compared as saved: a saved
+    file since swapped for a link to an upload is judged as that upload."""
     if not located.uploaded or located.path is None or getattr(actor, "is_staff", False):
         return []
-    if project is not None and project.dataset_path and os.path.normpath(project.dataset_path) == located.path:
+    kept = getattr(project, field, "") if project is not None else ""
+    if kept and os.path.normpath(kept) == located.path:
         return []
     upload = Upload.objects.filter(path=located.path).select_related("owner").first()
     if upload is not None and actor is not None and upload.owner_id == actor.pk:
@@ -179,7 +182,9 @@ def upload_problems(located: DatasetPathCheck, actor: Any, project: TrainingProj
 
 
 def _referenced() -> set[str]:
-    paths = TrainingProject.objects.values_list("dataset_path", flat=True)
+    """Every file a project uses: its dataset and its eval file."""
+    rows = TrainingProject.objects.values_list("dataset_path", "eval_dataset_path")
+    paths = [path for row in rows for path in row]
     return {real for p in paths if p and (real := resolved(p))} | {os.path.normpath(p) for p in paths if p}
 
 

@@ -11,6 +11,7 @@ urlpatterns = [
     path("new/", views.project_new, name="new"),
     path("check-output-dir/", inline_checks.check_output_dir, name="check-output-dir"),
     path("check-dataset/", inline_checks.check_dataset, name="check-dataset"),
+    path("check-eval-dataset/", inline_checks.check_eval_dataset, name="check-eval-dataset"),
     path("upload-dataset/", inline_checks.upload_dataset, name="upload-dataset"),
     path("<int:pk>/", views.project_detail, name="detail"),
     path("<int:pk>/edit/", views.project_edit, name="edit"),

@@ -21,7 +21,7 @@ from projects import run_records
 from projects.access import can_manage, require_manage
 from projects.context_length import seq_length_warning
 from projects.datasets import DatasetError
-from projects.display import hyperparameter_rows, run_duration
+from projects.display import eval_source, hyperparameter_rows, run_duration
 from projects.forms import ProjectForm, problem_error
 from projects.hyperparameters import QUICK_CHECK
 from projects.inline_checks import output_status
@@ -78,7 +78,7 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
         found = check_project(data, actor=request.user, project=project)
         found.errors.pop("dataset_path", None)
         form.add_problems(found)
-        form.dataset_report = found.dataset
+        form.dataset_report, form.eval_dataset_report = found.dataset, found.eval_dataset
         return None
     actor = Actor.of(request, Channel.PAGE)
     try:
@@ -92,14 +92,15 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
             discard_refused(stored, actor=Actor.of(request, Channel.PAGE))
             form.keep_dataset_path(typed_path, upload_kept=False)
         form.add_problems(refused.check)
-        form.dataset_report = refused.check.dataset
+        form.dataset_report, form.eval_dataset_report = refused.check.dataset, refused.check.eval_dataset
         return None
     return saved
 
 
-def _dataset_after_post(form: ProjectForm) -> dict[str, Any] | None:
-    """The dataset box of a re-shown form: the report the service made, when the dataset itself was fine."""
-    report = getattr(form, "dataset_report", None)
+def _dataset_after_post(form: ProjectForm, which: str = "dataset_report") -> dict[str, Any] | None:
+    """The dataset box (or the eval file's) of a re-shown form: the report the service made, when the file itself
+    was fine."""
+    report = getattr(form, which, None)
     if report is None or not report.valid:
         return None
     return {"path": report.path, "report": report, "errors": []}
@@ -146,6 +147,7 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
         "sample_available": project is None and sample_available(),
         "groups": form.field_groups(),
         "dataset": _dataset_after_post(form),
+        "eval_dataset": _dataset_after_post(form, "eval_dataset_report"),
         "field_warnings": {"max_seq_length": warning} if (warning := _seq_length_warning(form)) else {},
         "output_check": output_status(output_value, request.user, project)
         if output_value and not form["output_directory"].errors
@@ -196,6 +198,7 @@ def project_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         # The runs card polls while a run is live; 286 stops it once none is.
         return polled_partial(request, "projects/detail.html#runs", context, live=context["live_run"] is not None)
     context["hyperparameters"] = hyperparameter_rows(project)
+    context["eval_source"] = eval_source(project)
     return render(request, "projects/detail.html", context)
 
 

@@ -97,6 +97,7 @@ def test_create_answers_201_with_the_contract_shape(client, roots, owner, tiny_l
     assert set(body) >= PROJECT_KEYS
     assert (body["owner"], body["model_name"], body["method"], body["last_run"]) == ("owner", name, "lora", None)
     assert body["revision"] is None and body["dataset_format"] == "prompt_completion"
+    assert body["eval_dataset_path"] is None and body["eval_dataset_sha256"] is None  # no eval file unless given
     assert body["output_directory"] == str(roots / "outputs" / "demo")
     assert body["hyperparameters"]["max_steps"] == 5 and body["hyperparameters"]["lora_r"] == 16
     assert {"epochs", "learning_rate", "batch_size", "packing", "precision", "lora_alpha"} <= set(

@@ -252,6 +252,17 @@ def test_new_form_has_the_model_field_and_inline_checks(owner, roots):
     assert '<fieldset class="lora-fields">' in html
 
 
+def test_eval_file_outside_the_roots_is_refused_under_its_own_box(owner, roots, tiny_llama_in_cache):
+    response = secure_client(owner).post(
+        "/projects/new/", form_data(roots, tiny_llama_in_cache[0], eval_dataset_path="/etc/passwd")
+    )
+    assert response.status_code == 422
+    field = section(text(response), 'id="eval-dataset-field"', 'id="eval-dataset-status"')
+    assert "Dataset /etc/passwd is outside the allowed dataset roots" in field
+    assert 'hx-get="/projects/check-eval-dataset/"' in text(response)
+    assert not TrainingProject.objects.exists()
+
+
 def test_missing_model_is_refused_with_the_resolver_message_and_hint_under_the_field(owner, roots):
     response = secure_client(owner).post("/projects/new/", form_data(roots, MISSING))
     assert response.status_code == 422
@@ -305,6 +316,7 @@ def test_valid_project_is_created_and_audited(owner, roots, tiny_llama_in_cache)
     assert project.hyperparameters["max_steps"] == 5 and project.hyperparameters["max_seq_length"] == 16
     assert project.hyperparameters["merge_after_training"] is True and project.hyperparameters["packing"] is False
     assert project.validation_prompt == "Say hello:"
+    assert project.eval_dataset_path == ""  # the eval file box left blank: no eval file
     assert AuditEvent.objects.filter(action="project.create", object_id=str(project.pk), actor=owner).exists()
 
 

@@ -1,6 +1,7 @@
-"""The eval set of a run: a seeded share of the dataset's rows, held out of training.
+"""The eval set of a run: a seeded share of the dataset's rows, held out of training, or a separate eval file.
 
-The trainer (to train on the rest and measure eval loss) and the validation stage (to ask the base and the
+The two sources exclude each other (`eval_source_problems`): a run evaluates on one set, named on its page. With a
+separate file every row of the dataset trains and every row of the file is evaluated. With a share, the trainer (to train on the rest and measure eval loss) and the validation stage (to ask the base and the
 fine-tuned model the same held-out prompts) call `eval_indices` with the same count, share and seed, so both see
 the same rows without the list being passed around. Plain Python: no Django, no torch.
 """
@@ -10,6 +11,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from mtm.shared.problems import Problem
+
+EVAL_FILE_FIELD = "eval_dataset_path"
 MIN_TRAIN_ROWS = 1  # a split never leaves training with nothing
 
 
@@ -44,6 +48,40 @@ def describe_split(count: int | None, fraction: float, seed: int) -> str:
         return f"{share} of the rows, picked with seed {seed}, held out of training"
     size = eval_size(count, fraction)
     return f"{size} of {count} rows ({share}), picked with seed {seed}, held out of training"
+
+
+def describe_eval_file(path: str, rows: int | None) -> str:
+    """What the run page says about an eval set read from a separate file."""
+    if rows is None:
+        return f"separate file {path}"
+    return f"separate file {path}, {rows} row{'s' if rows != 1 else ''}"
+
+
+def eval_source_problems(objective: str, eval_fraction: float, eval_file: str) -> list[Problem]:
+    """Why a separate eval file cannot be used with these settings: a share of the dataset is chosen too, or the
+    objective is DPO (measured on its held-out pairs, as eval_fraction is refused for it)."""
+    if not eval_file:
+        return []
+    if objective == "dpo":
+        return [
+            Problem(
+                "invalid_eval_source",
+                f"An eval file ({eval_file}) applies to the SFT objective; a DPO run is measured on its held-out "
+                "pairs instead.",
+                "Clear the eval file for a DPO project, and choose how many pairs to hold out with preference_pairs.",
+            )
+        ]
+    if eval_fraction > 0:
+        return [
+            Problem(
+                "eval_source_conflict",
+                f"Two eval sets are chosen: the eval file {eval_file} and eval_fraction = {eval_fraction:g} (a share "
+                "of the dataset held out).",
+                "Choose one: clear the eval file to evaluate on a seeded share of the dataset, or set eval_fraction "
+                "to 0 to evaluate on the file (every dataset row then trains).",
+            )
+        ]
+    return []
 
 
 def reference_answer(row: Any, fmt: str) -> str | None:

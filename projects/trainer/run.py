@@ -214,6 +214,9 @@ def finish(
         "base_model": {"name": spec.model_name, "revision": spec.revision, "path": str(spec.model_path)},
         "method": spec.method,
         "dataset": {"path": str(spec.dataset_path), "sha256": file_sha256(spec.dataset_path), **data_info},
+        "eval_dataset": None
+        if spec.eval_dataset_path is None
+        else {"path": str(spec.eval_dataset_path), "sha256": file_sha256(spec.eval_dataset_path)},
         "hyperparameters": spec.hyperparameters.to_dict(),
         "metrics": metrics,
         "loss_history": loss_history,
@@ -307,8 +310,8 @@ def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[st
 def build_datasets(
     spec: TrainerSpec, tokenizer: Any
 ) -> tuple[list[dict[str, list[int]]], list[dict[str, list[int]]], dict[str, Any]]:
-    """The training examples, the eval set's (empty without one; projects.datasets.eval_split picks its rows) and
-    what the "started" event says about both."""
+    """The training examples, the eval set's (empty without one: the rows of the separate eval file, or those
+    projects.datasets.eval_split picks from the dataset) and what the "started" event says about both."""
     from projects.datasets import DatasetError, build_examples, detect_format, load_rows
     from projects.datasets.eval_split import split_rows
 
@@ -321,9 +324,14 @@ def build_datasets(
         held_out = 1 if spec.hold_out_last_row and total > 1 else 0
         rows = rows[: total - held_out]  # the last row is the validation prompt: the model never sees it
         fmt = detect_format(rows)
-        rows, eval_rows = split_rows(rows, hp.eval_fraction, hp.seed)
+        if spec.eval_dataset_path is not None:  # every dataset row trains; the file's own format is its own
+            eval_rows = load_rows(spec.eval_dataset_path)
+            eval_fmt = detect_format(eval_rows)
+        else:
+            rows, eval_rows = split_rows(rows, hp.eval_fraction, hp.seed)
+            eval_fmt = fmt
         examples = build_examples(rows, fmt, tokenizer, hp.max_seq_length)
-        eval_examples = build_examples(eval_rows, fmt, tokenizer, hp.max_seq_length) if eval_rows else []
+        eval_examples = build_examples(eval_rows, eval_fmt, tokenizer, hp.max_seq_length) if eval_rows else []
     except DatasetError as exc:
         raise TrainerError.from_problems(exc.problems)
     eval_kept = trainable_examples(eval_examples, hp.max_seq_length)
@@ -347,6 +355,7 @@ def build_datasets(
         "held_out_rows": held_out,
         "eval_rows": len(eval_rows),
         "eval_examples": len(eval_kept),
+        "eval_source": "file" if spec.eval_dataset_path is not None else ("fraction" if eval_rows else "none"),
     }
     eval_data = pack_examples(eval_kept, hp.max_seq_length) if hp.packing and eval_kept else eval_kept
     return data, eval_data, info

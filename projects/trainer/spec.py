@@ -5,6 +5,8 @@
  "model_name": "org/name", "revision": "<commit>" | "",   for the manifest only
  "trust_remote_code": false,
  "dataset_path": "/abs/data.jsonl",          (required)
+ "eval_dataset_path": null | "/abs/eval.jsonl",   a separate eval set: its rows are evaluated, the dataset's
+                                             all train (never with eval_fraction above 0, nor for DPO)
  "output_dir": "/abs/output",                (required; created when missing)
  "output_in_cwd": false,                     true: the child starts in the opened output folder and writes
                                              only there, relative to ".", never through the path again
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mtm.shared.problems import Problem
+from projects.datasets.eval_split import eval_source_problems
 from projects.hyperparameters import Hyperparameters
 from projects.trainer.errors import TrainerError
 
@@ -51,6 +54,7 @@ class TrainerSpec:
     progress_interval: float
     hold_out_last_row: bool = False
     held_out_pairs: int = 0
+    eval_dataset_path: Path | None = None
 
 
 def build_spec(
@@ -59,6 +63,7 @@ def build_spec(
     model_name: str,
     dataset_path: str | Path,
     output_dir: str | Path,
+    eval_dataset_path: str | Path | None = None,
     output_in_cwd: bool = False,
     method: str = "lora",
     hyperparameters: Hyperparameters | dict[str, Any] | None = None,
@@ -80,6 +85,7 @@ def build_spec(
         "revision": revision or "",
         "trust_remote_code": bool(trust_remote_code),
         "dataset_path": str(dataset_path),
+        "eval_dataset_path": None if eval_dataset_path is None else str(eval_dataset_path),
         "output_dir": str(output_dir),
         "output_in_cwd": bool(output_in_cwd),
         "method": method,
@@ -110,6 +116,7 @@ def parse_spec(data: Any) -> TrainerSpec:
 
     model_path = text("model_path")
     dataset_path = text("dataset_path")
+    eval_dataset_path = text("eval_dataset_path", required=False)
     output_dir = text("output_dir")
     method = data.get("method", "lora")
     if method not in METHODS:
@@ -125,6 +132,7 @@ def parse_spec(data: Any) -> TrainerSpec:
         problems.append(Problem("invalid_spec", f"Unknown device {device!r}.", "Use 'auto', 'cpu' or 'cuda'."))
     hyperparameters, hp_problems = Hyperparameters.from_dict(data.get("hyperparameters") or {})
     problems.extend(hp_problems)
+    problems.extend(eval_source_problems(hyperparameters.objective, hyperparameters.eval_fraction, eval_dataset_path))
     interval = data.get("progress_interval", 1.0)
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= 3600:
         problems.append(
@@ -163,6 +171,14 @@ def parse_spec(data: Any) -> TrainerSpec:
                 "Upload the dataset again or point the project at an existing file, then start a new run.",
             )
         )
+    if eval_dataset_path and not Path(eval_dataset_path).is_file():
+        problems.append(
+            Problem(
+                "dataset_not_found",
+                f"Eval file {eval_dataset_path} does not exist (any more).",
+                "Point the project's eval file at an existing file (or clear it), then start a new run.",
+            )
+        )
     if output_dir and not Path(output_dir).is_absolute():
         problems.append(
             Problem("invalid_spec", f"Output directory {output_dir!r} is not an absolute path.", _SPEC_HINT)
@@ -185,6 +201,7 @@ def parse_spec(data: Any) -> TrainerSpec:
         progress_interval=float(interval),
         hold_out_last_row=data.get("hold_out_last_row") is True,
         held_out_pairs=held_out,
+        eval_dataset_path=Path(eval_dataset_path) if eval_dataset_path else None,
     )
 
 
