@@ -99,7 +99,7 @@ def start_worker(transactional_db, celery_broker, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def celery_worker(django_db_setup, celery_broker, tmp_path_factory):
+def celery_worker(django_db_setup, django_db_blocker, celery_broker, tmp_path_factory):
     """One running worker (queues default,training) for the test module. Tests using it must request
     `transactional_db` so the worker sees their rows; settings it needs must be saved in the database.
     Module scope, not session: a module whose tests start workers of their own (`start_worker`, e.g. with a fault
@@ -110,7 +110,7 @@ def celery_worker(django_db_setup, celery_broker, tmp_path_factory):
     try:
         yield worker.wait_ready()
     finally:
-        worker.stop()
+        worker.stop_and_forget(django_db_blocker)
 
 
 @pytest.fixture(scope="session")

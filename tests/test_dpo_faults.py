@@ -53,7 +53,7 @@ def test_a_dpo_run_whose_worker_is_killed_is_reaped_and_resume_continues(
     run.refresh_from_db()
     assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, RunStage.TRAIN, "worker_lost")
     time.sleep(1)
-    assert trainer_processes(f"/runs/{run.pk}/") == [], "the trainer child must die with its worker"
+    assert trainer_processes(f"{worker.var_dir}/runs/{run.pk}/") == [], "the trainer child must die with its worker"
 
     checkpoint_step = max(
         int(p.parent.name.split("-")[1]) for p in Path(run.output_directory).glob("checkpoint-*/trainer_state.json")

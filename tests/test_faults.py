@@ -64,7 +64,7 @@ def test_worker_killed_mid_training_is_reaped_and_resume_continues(portal, start
     assert run.error_code == "worker_lost" and "Worker lost" in run.error_message
     assert "Resume" in run.error_hint and run.last_checkpoint in run.error_hint
     time.sleep(1)
-    assert trainer_processes(f"/runs/{run.pk}/") == [], "the trainer child must die with its worker"
+    assert trainer_processes(f"{worker.var_dir}/runs/{run.pk}/") == [], "the trainer child must die with its worker"
 
     # The newest complete checkpoint: the kill may have cut one short (no trainer_state.json), and resume skips it.
     checkpoint_step = max(

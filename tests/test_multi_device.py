@@ -228,7 +228,7 @@ def test_a_rank_killed_mid_training_fails_the_run_naming_that_rank_and_no_rank_i
     run = start(project(portal_roots, owner, "killed", {"max_steps": 2000, "save_steps": 1000}), owner)
     run = wait_for_end(run.pk, timeout=240, until=lambda r: (r.progress or {}).get("step", 0) >= 2)
     assert run.status == RunStatus.TRAINING
-    ranks = _ranks_of(run)
+    ranks = _ranks_of(run, two_process_worker)
     assert sorted(_env(p)["RANK"] for p in ranks) == ["0", "1"]
     next(p for p in ranks if _env(p)["RANK"] == "1").kill()
 
@@ -250,7 +250,7 @@ def test_a_killed_worker_takes_every_rank_with_it_and_the_run_is_reaped(
     owner = User.objects.create_user("member")
     run = start(project(portal_roots, owner, "orphans", {"max_steps": 2000, "save_steps": 1000}), owner)
     run = wait_for_end(run.pk, timeout=240, until=lambda r: (r.progress or {}).get("step", 0) >= 2)
-    ranks = _ranks_of(run)
+    ranks = _ranks_of(run, two_process_worker)
     assert sorted(_env(p)["RANK"] for p in ranks) == ["0", "1"]
     two_process_worker.kill()  # SIGKILL to the worker's process group; each rank is in a session of its own
     gone, alive = psutil.wait_procs(ranks, timeout=30)
@@ -262,12 +262,13 @@ def test_a_killed_worker_takes_every_rank_with_it_and_the_run_is_reaped(
     assert (run.status, run.error_code) == (RunStatus.FAILED, "worker_lost")
 
 
-def _ranks_of(run) -> list[psutil.Process]:
+def _ranks_of(run, worker) -> list[psutil.Process]:
+    """The rank processes of `run` on `worker` (a spec path in that worker's own var/: another test session may have
+    a run with the same id)."""
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = " ".join(proc.info["cmdline"] or [])
-        env = _env(proc)  # this test's worker's ranks: it alone sets MTM_CPU_PROCESSES among the tests' workers
-        if cmd.endswith(f"/runs/{run.pk}/spec.json") and env.get("RANK") in ("0", "1") and env.get("MTM_CPU_PROCESSES"):
+        if cmd.endswith(f"{worker.var_dir}/runs/{run.pk}/spec.json") and _env(proc).get("RANK") in ("0", "1"):
             found.append(proc)
     return found
 

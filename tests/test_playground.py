@@ -18,12 +18,12 @@ GREEDY = {"temperature": 0, "max_new_tokens": 40}
 
 
 @pytest.fixture(scope="module")
-def playground_worker(django_db_setup, celery_broker, tmp_path_factory):
+def playground_worker(django_db_setup, django_db_blocker, celery_broker, tmp_path_factory):
     worker = inference_worker(celery_broker, tmp_path_factory.mktemp("playground") / "worker.log")
     try:
         yield worker.wait_ready(120)
     finally:
-        worker.stop()
+        worker.stop_and_forget(django_db_blocker)
 
 
 @pytest.fixture

@@ -90,7 +90,10 @@ class CeleryWorker:
         argv: list[str] | None = None,
     ) -> None:
         self.nodename = f"mtm-test-{uuid.uuid4().hex[:10]}@%h"
+        self.name = self.nodename.removesuffix("%h")  # how its Worker row's name begins (a caller's argv may change it)
         self.log_path = log_path
+        # Its own var/ (run folders, listing store): concurrent test sessions must not share one.
+        self.var_dir = log_path.parent / f"var-{uuid.uuid4().hex[:8]}"
         env = {k: v for k, v in os.environ.items() if k not in ("CELERY_BROKER_READ_URL", "CELERY_BROKER_WRITE_URL")}
         env.update(
             DATABASE_URL=current_database_url(),
@@ -100,8 +103,7 @@ class CeleryWorker:
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_OFFLINE="1",
             PYTHONUNBUFFERED="1",
-            # Its own var/ (run folders, listing store): concurrent test sessions must not share one.
-            MTM_VAR_DIR=str(log_path.parent / f"var-{uuid.uuid4().hex[:8]}"),
+            MTM_VAR_DIR=str(self.var_dir),
         )
         env.update(extra_env or {})
         if argv is None:
@@ -146,6 +148,15 @@ class CeleryWorker:
                 self.kill()
         self._kill_group()
         return self.process.returncode
+
+    def stop_and_forget(self, django_db_blocker) -> None:
+        """stop(), then delete its Worker row: for a module's worker, whose last report lands after the module's last
+        test emptied the tables, so the next module's tests would find a worker they did not start."""
+        from workers.models import Worker
+
+        self.stop()
+        with django_db_blocker.unblock():
+            Worker.objects.filter(name__startswith=self.name).delete()
 
     def kill(self) -> int:
         self._kill_group()
