@@ -17,6 +17,7 @@ from django.db import IntegrityError, transaction
 
 from models_registry.models import ModelOverride, PublishedModel
 from models_registry.names import name_error, repo_folder_name
+from models_registry.published import UNPUBLISH_ACTION, organisation_problem
 from models_registry.resolution import Resolution, resolve
 from models_registry.services import current_cache_dir
 from mtm import audit
@@ -156,7 +157,9 @@ def check_published_folder(name: str, folder: str) -> Resolution:
 def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str = "") -> dict[str, Any]:
     """The row `publish_run` would save, or PublishRefused. Only the run project's owner and staff may publish;
     the run must have succeeded, its folders be reachable without links, the name be free (no override, cache
-    model or other published model, in any case) and the folder pass the resolver's format checks."""
+    model or other published model, in any case) and under an organisation of the team's own (not a Hub
+    organisation's, a cache model's or an override's: models_registry.published), and the folder pass the
+    resolver's format checks."""
     name = model_name.strip() if isinstance(model_name, str) else model_name
     if not can_manage(actor.user, run.project):
         raise _refuse(
@@ -176,6 +179,8 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
         )
     if clash := _name_clash(name):
         raise clash
+    if problem := organisation_problem(name, current_cache_dir()[0], actor.user.get_username()):
+        raise PublishRefused([problem])
     try:
         if not os.path.isabs(run.output_directory or ""):
             raise FileNotFoundError(run.output_directory)
@@ -251,8 +256,9 @@ def unpublish(published: PublishedModel, *, actor: Actor) -> None:
             403,
         )
     with transaction.atomic():
-        values = {name: getattr(published, name) for name in PUBLISHED_FIELDS}
-        audit.record_change(actor, "published_model.delete", published, _as_changes(values, removed=True))
+        # What was unpublished, from which run: resolving the name later says so (models_registry.published).
+        values = {"run": published.run_id, **{name: getattr(published, name) for name in PUBLISHED_FIELDS}}
+        audit.record_change(actor, UNPUBLISH_ACTION, published, _as_changes(values, removed=True))
         published.delete()
 
 
