@@ -9,7 +9,6 @@ manifest when it is published. Unpublishing removes the name only; the run's fil
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -26,9 +25,9 @@ from mtm.shared.nofollow import open_dir_nofollow
 from mtm.shared.problems import Problem
 from projects.access import can_manage
 from projects.models import RunStatus, TrainingRun
+from projects.run_manifest import ManifestInvalid, ManifestMissing, read_manifest
 from projects.trainer.outputs import MANIFEST_NAME, MERGED_DIR
 
-MANIFEST_LIMIT = 32 * 1024 * 1024
 PUBLISHED_FIELDS = (
     "model_name",
     "path",
@@ -93,28 +92,19 @@ def _name_clash(name: str) -> PublishRefused | None:
 
 def _read_manifest(folder_fd: int, run: TrainingRun) -> dict[str, Any]:
     try:
-        fd = os.open(MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
-    except OSError:
-        fd = None
-    if fd is None:
+        return read_manifest(folder_fd)
+    except ManifestMissing:
         raise _refuse(
             "manifest_missing",
             f"Run {run.pk} has no readable {MANIFEST_NAME} in {run.output_directory}: its output is gone or incomplete.",
             "Publish a succeeded run whose files are on disk.",
-        )
-    try:
-        with os.fdopen(fd, "rb") as handle:
-            raw = handle.read(MANIFEST_LIMIT + 1)
-        manifest = json.loads(raw) if len(raw) <= MANIFEST_LIMIT else None
-    except (OSError, ValueError):
-        manifest = None
-    if not isinstance(manifest, dict):
+        ) from None
+    except ManifestInvalid:
         raise _refuse(
             "manifest_invalid",
             f"Run {run.pk}'s {MANIFEST_NAME} is not the JSON object the trainer writes.",
             "Publish a run whose output was not changed since it was trained.",
-        )
-    return manifest
+        ) from None
 
 
 def _model_folder(run: TrainingRun, manifest: dict[str, Any]) -> str:
