@@ -24,8 +24,8 @@ from mtm.audit import Actor
 from mtm.shared.nofollow import open_dir_nofollow
 from mtm.shared.problems import Problem
 from projects.access import can_manage
-from projects.models import RunStatus, TrainingRun
-from projects.run_manifest import ManifestInvalid, ManifestMissing, read_manifest
+from projects.models import RunStage, RunStatus, TrainingRun
+from projects.run_manifest import ManifestInvalid, ManifestMissing, read_manifest, written_manifest
 from projects.trainer.outputs import MANIFEST_NAME, MERGED_DIR
 
 PUBLISHED_FIELDS = (
@@ -107,6 +107,39 @@ def _read_manifest(folder_fd: int, run: TrainingRun) -> dict[str, Any]:
         ) from None
 
 
+def _not_succeeded(run: TrainingRun) -> PublishRefused:
+    """A run that did not succeed; one whose trainer wrote its whole result before the run failed (a worker lost
+    after the final save, or a run from before such a trainer went on to validation) is told apart."""
+    manifest = None
+    if run.status == RunStatus.FAILED and run.stage_failed == RunStage.TRAIN and os.path.isabs(run.output_directory):
+        try:
+            folder_fd = open_dir_nofollow(run.output_directory)
+        except OSError:
+            folder_fd = None
+        if folder_fd is not None:
+            try:
+                manifest = written_manifest(folder_fd)
+            finally:
+                os.close(folder_fd)
+    if manifest is None:
+        return _refuse(
+            "run_not_succeeded",
+            f"Run {run.pk} is {run.status}: only a run that succeeded (trained and validated) can be published.",
+            "Publish a succeeded run of the project.",
+        )
+    return _refuse(
+        "run_not_succeeded",
+        f"Run {run.pk} failed at the train stage ({run.error_code}: {run.error_message}) after its trainer had "
+        f"written the final model and {MANIFEST_NAME} (finished at {manifest.get('finished_at')}), so that model "
+        "was never validated (loaded and asked to generate): only a validated run can be published.",
+        f"Start a new run of project '{run.project.name}': a trainer that stops after writing its model now goes "
+        "on to validation, and that run can be published. To use this run's model without training again, ask "
+        f"staff for a Model Override (a name of your team's organisation) that points at {run.output_directory}"
+        f"{'' if (manifest['layout'].get('model_dir') or '.') == '.' else '/' + MERGED_DIR}: it is checked like any "
+        "model.",
+    )
+
+
 def _model_folder(run: TrainingRun, manifest: dict[str, Any]) -> str:
     layout = manifest.get("layout") if isinstance(manifest.get("layout"), dict) else {}
     model_dir = layout.get("model_dir")
@@ -162,11 +195,7 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
     if problem := name_error(name):
         raise PublishRefused([problem])
     if run.status != RunStatus.SUCCEEDED:
-        raise _refuse(
-            "run_not_succeeded",
-            f"Run {run.pk} is {run.status}: only a run that succeeded (trained and validated) can be published.",
-            "Publish a succeeded run of the project.",
-        )
+        raise _not_succeeded(run)
     if clash := _name_clash(name):
         raise clash
     if problem := organisation_problem(name, current_cache_dir()[0], actor.user.get_username()):

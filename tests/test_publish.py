@@ -177,6 +177,30 @@ def test_a_run_that_failed_or_kept_only_an_adapter_is_refused(team, api):
     assert api("alice", team["run"], "bad name!").status_code == 422
 
 
+def test_a_run_that_failed_after_writing_its_model_is_refused_with_why_and_what_to_do(team, api):
+    """A worker lost after its trainer wrote the final model and manifest (the reaper fails the run at train): the
+    refusal says the model is on disk but was never validated, and how to go on."""
+    run = finished_run(team["project"], status=RunStatus.FAILED)
+    run.stage_failed, run.error_code, run.error_message = "train", "worker_lost", "Worker lost: no heartbeat."
+    run.save()
+    shutil.copytree(team["run"].output_directory, run.output_directory)
+    written = {**manifest("."), "finished_at": "2025-01-02T03:04:05+00:00"}
+    (Path(run.output_directory) / "mtm_manifest.json").write_text(json.dumps(written))
+    resp = api("alice", run, "team/late")
+    assert resp.status_code == 422 and codes(resp) == ["run_not_succeeded"]
+    error = resp.json()["errors"][0]
+    assert (
+        f"Run {run.pk} failed at the train stage (worker_lost: Worker lost: no heartbeat.) after its trainer had "
+        "written the final model and mtm_manifest.json (finished at 2025-01-02T03:04:05+00:00), so that model was "
+        "never validated" in error["message"]
+    )
+    assert "Start a new run of project 'support'" in error["hint"]
+    assert (
+        f"Model Override (a name of your team's organisation) that points at {run.output_directory}:" in error["hint"]
+    )
+    assert not PublishedModel.objects.exists()
+
+
 def test_a_manifest_or_folder_that_points_elsewhere_is_refused(team, api, tiny_llama_dir, tmp_path):
     run = team["run"]
     folder = Path(run.output_directory)
