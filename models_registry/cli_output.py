@@ -48,6 +48,8 @@ def render_resolution(result: dict[str, Any]) -> str:
         lines.append(f"  files:    {len(files)}: {shown}{more}")
     if result.get("tokenizer_source"):
         lines.append(f"  tokenizer vocabulary: {printable(result['tokenizer_source'])}")
+    if result.get("provenance"):
+        lines.append(f"  published here: {printable(result['provenance'])}")
     lines += _problems("ERROR", result["errors"])
     lines += _problems("WARNING", result["warnings"])
     return "\n".join(lines)

@@ -42,6 +42,7 @@ class Resolution:
     searched: list[str] = field(default_factory=list)
     trust_remote_code: bool = False
     tokenizer_source: str | None = None
+    provenance: str | None = None  # for a model published from a run: who made it, from what (never upstream)
 
     @property
     def valid(self) -> bool:
@@ -59,6 +60,7 @@ class Resolution:
             "warnings": [p.to_dict() for p in self.warnings],
             "searched": self.searched,
             "tokenizer_source": self.tokenizer_source,
+            "provenance": self.provenance,
         }
 
 

@@ -102,6 +102,10 @@ class ResolutionOut(Schema):
     warnings: list[ProblemOut]
     searched: list[str]
     tokenizer_source: str | None = None
+    provenance: str | None = Field(
+        None,
+        description='For source "portal": a fine-tune published in this portal, by whom, from which run and base model.',
+    )
 
 
 class ListedModelOut(Schema):

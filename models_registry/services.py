@@ -8,6 +8,7 @@ from django.conf import settings as django_settings
 
 from models_registry.models import ModelOverride, PortalSettings, PublishedModel
 from models_registry.names import name_error
+from models_registry.published import provenance, unpublished_problem
 from models_registry.resolution import Resolution, hf_cache_dir, resolve
 
 
@@ -29,21 +30,26 @@ def dataset_roots() -> list[str]:
 
 def resolve_model(name: str, revision: str | None = None) -> Resolution:
     """Enabled override first, then the HF cache, then a model published from a run; format checked; an explicit
-    failure otherwise."""
+    failure otherwise. A published model says what it is (`provenance`); a name unpublished since says so."""
     cache_dir, _ = current_cache_dir()
     override = published = None
     if name_error(name) is None:  # a hostile name never reaches a query (PostgreSQL refuses NUL bytes)
         override = ModelOverride.objects.filter(model_name=name, enabled=True).first()
         if override is None:
-            published = PublishedModel.objects.filter(model_name=name).values_list("path", flat=True).first()
-    return resolve(
+            published = PublishedModel.objects.filter(model_name=name).select_related("published_by").first()
+    result = resolve(
         name,
         revision,
         cache_dir=cache_dir,
         override_path=override.path if override else None,
         trust_remote_code=bool(override and override.trust_remote_code),
-        published_path=published,
+        published_path=published.path if published else None,
     )
+    if published is not None and result.source == "portal":
+        result.provenance = provenance(published)
+    elif override is None and result.source is None and [e.code for e in result.errors] == ["model_not_found"]:
+        result.errors[0] = unpublished_problem(name) or result.errors[0]
+    return result
 
 
 def available_models(query: str | None = None, valid: bool | None = None) -> tuple[Path, list]:

@@ -9,7 +9,6 @@ manifest when it is published. Unpublishing removes the name only; the run's fil
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -17,6 +16,7 @@ from django.db import IntegrityError, transaction
 
 from models_registry.models import ModelOverride, PublishedModel
 from models_registry.names import name_error, repo_folder_name
+from models_registry.published import UNPUBLISH_ACTION, organisation_problem
 from models_registry.resolution import Resolution, resolve
 from models_registry.services import current_cache_dir
 from mtm import audit
@@ -24,10 +24,10 @@ from mtm.audit import Actor
 from mtm.shared.nofollow import open_dir_nofollow
 from mtm.shared.problems import Problem
 from projects.access import can_manage
-from projects.models import RunStatus, TrainingRun
+from projects.models import RunStage, RunStatus, TrainingRun
+from projects.run_manifest import ManifestInvalid, ManifestMissing, read_manifest, written_manifest
 from projects.trainer.outputs import MANIFEST_NAME, MERGED_DIR
 
-MANIFEST_LIMIT = 32 * 1024 * 1024
 PUBLISHED_FIELDS = (
     "model_name",
     "path",
@@ -92,28 +92,52 @@ def _name_clash(name: str) -> PublishRefused | None:
 
 def _read_manifest(folder_fd: int, run: TrainingRun) -> dict[str, Any]:
     try:
-        fd = os.open(MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
-    except OSError:
-        fd = None
-    if fd is None:
+        return read_manifest(folder_fd)
+    except ManifestMissing:
         raise _refuse(
             "manifest_missing",
             f"Run {run.pk} has no readable {MANIFEST_NAME} in {run.output_directory}: its output is gone or incomplete.",
             "Publish a succeeded run whose files are on disk.",
-        )
-    try:
-        with os.fdopen(fd, "rb") as handle:
-            raw = handle.read(MANIFEST_LIMIT + 1)
-        manifest = json.loads(raw) if len(raw) <= MANIFEST_LIMIT else None
-    except (OSError, ValueError):
-        manifest = None
-    if not isinstance(manifest, dict):
+        ) from None
+    except ManifestInvalid:
         raise _refuse(
             "manifest_invalid",
             f"Run {run.pk}'s {MANIFEST_NAME} is not the JSON object the trainer writes.",
             "Publish a run whose output was not changed since it was trained.",
+        ) from None
+
+
+def _not_succeeded(run: TrainingRun) -> PublishRefused:
+    """A run that did not succeed; one whose trainer wrote its whole result before the run failed (a worker lost
+    after the final save, or a run from before such a trainer went on to validation) is told apart."""
+    manifest = None
+    if run.status == RunStatus.FAILED and run.stage_failed == RunStage.TRAIN and os.path.isabs(run.output_directory):
+        try:
+            folder_fd = open_dir_nofollow(run.output_directory)
+        except OSError:
+            folder_fd = None
+        if folder_fd is not None:
+            try:
+                manifest = written_manifest(folder_fd)
+            finally:
+                os.close(folder_fd)
+    if manifest is None:
+        return _refuse(
+            "run_not_succeeded",
+            f"Run {run.pk} is {run.status}: only a run that succeeded (trained and validated) can be published.",
+            "Publish a succeeded run of the project.",
         )
-    return manifest
+    return _refuse(
+        "run_not_succeeded",
+        f"Run {run.pk} failed at the train stage ({run.error_code}: {run.error_message}) after its trainer had "
+        f"written the final model and {MANIFEST_NAME} (finished at {manifest.get('finished_at')}), so that model "
+        "was never validated (loaded and asked to generate): only a validated run can be published.",
+        f"Start a new run of project '{run.project.name}': a trainer that stops after writing its model now goes "
+        "on to validation, and that run can be published. To use this run's model without training again, ask "
+        f"staff for a Model Override (a name of your team's organisation) that points at {run.output_directory}"
+        f"{'' if (manifest['layout'].get('model_dir') or '.') == '.' else '/' + MERGED_DIR}: it is checked like any "
+        "model.",
+    )
 
 
 def _model_folder(run: TrainingRun, manifest: dict[str, Any]) -> str:
@@ -156,7 +180,9 @@ def check_published_folder(name: str, folder: str) -> Resolution:
 def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str = "") -> dict[str, Any]:
     """The row `publish_run` would save, or PublishRefused. Only the run project's owner and staff may publish;
     the run must have succeeded, its folders be reachable without links, the name be free (no override, cache
-    model or other published model, in any case) and the folder pass the resolver's format checks."""
+    model or other published model, in any case) and under an organisation of the team's own (not a Hub
+    organisation's, a cache model's or an override's: models_registry.published), and the folder pass the
+    resolver's format checks."""
     name = model_name.strip() if isinstance(model_name, str) else model_name
     if not can_manage(actor.user, run.project):
         raise _refuse(
@@ -169,13 +195,11 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
     if problem := name_error(name):
         raise PublishRefused([problem])
     if run.status != RunStatus.SUCCEEDED:
-        raise _refuse(
-            "run_not_succeeded",
-            f"Run {run.pk} is {run.status}: only a run that succeeded (trained and validated) can be published.",
-            "Publish a succeeded run of the project.",
-        )
+        raise _not_succeeded(run)
     if clash := _name_clash(name):
         raise clash
+    if problem := organisation_problem(name, current_cache_dir()[0], actor.user.get_username()):
+        raise PublishRefused([problem])
     try:
         if not os.path.isabs(run.output_directory or ""):
             raise FileNotFoundError(run.output_directory)
@@ -251,8 +275,9 @@ def unpublish(published: PublishedModel, *, actor: Actor) -> None:
             403,
         )
     with transaction.atomic():
-        values = {name: getattr(published, name) for name in PUBLISHED_FIELDS}
-        audit.record_change(actor, "published_model.delete", published, _as_changes(values, removed=True))
+        # What was unpublished, from which run: resolving the name later says so (models_registry.published).
+        values = {"run": published.run_id, **{name: getattr(published, name) for name in PUBLISHED_FIELDS}}
+        audit.record_change(actor, UNPUBLISH_ACTION, published, _as_changes(values, removed=True))
         published.delete()
 
 

@@ -18,7 +18,7 @@ from models_registry.services import dataset_roots, resolve_model, validate_outp
 from models_registry.trainability import training_refusal
 from mtm.shared.files import file_sha256
 from mtm.shared.problems import Problem
-from projects import run_paths, run_records
+from projects import run_manifest, run_paths, run_records
 from projects.chat_templates import with_chat_template
 from projects.datasets import check_dataset_path, inspect_dataset, load_rows, prompt_text
 from projects.datasets.eval_split import eval_source_problems
@@ -31,7 +31,7 @@ from projects.run_config import RunConfig, run_config
 from projects.services import load_tokenizer
 from projects.supervisor import Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
-from projects.trainer.outputs import RUN_MARKER
+from projects.trainer.outputs import MANIFEST_NAME, RUN_MARKER
 from projects.trainer.ranks import launcher_outcome, owned_devices
 from projects.validation import preference_check, validate_output
 
@@ -252,6 +252,7 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
     # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
     # next save, and the filesystem may hand the new folder the old inode number.
     run_paths.write_marker(output_fd, RUN_MARKER, f"{run_id}\n")
+    manifest_is_ours = run_manifest.drop_manifest(output_fd)  # a manifest found after the trainer is then its own
     cancel_file = folder / "cancel"
     cancel_file.unlink(missing_ok=True)
     spec = build_spec(
@@ -319,18 +320,42 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
     )
     with contextlib.suppress(FileNotFoundError):
         os.unlink(RUN_MARKER, dir_fd=output_fd)  # in the folder trained in, not wherever the path leads now
-    if not (outcome.returncode == EXIT_OK and outcome.finished and outcome.stopped_for is None):
+    finished = outcome.returncode == EXIT_OK and outcome.finished
+    written = None
+    if not finished and manifest_is_ours and outcome.stopped_for is None and outcome.returncode != EXIT_CANCELLED:
+        written = run_manifest.written_manifest(output_fd)
+    if outcome.stopped_for is not None or not (finished or written):
         run_paths.drop_snapshot(folder)  # validation reads it for a prompt; nothing else will
     if outcome.stopped_for is not None:
         fail(run_id, RunStage.TRAIN, outcome.stopped_for)
         return False
-    if outcome.returncode == EXIT_OK and outcome.finished:
+    if finished:
+        return True
+    if written is not None:
+        _validate_after_late_exit(run_id, outcome, written, folder)
         return True
     if outcome.returncode == EXIT_CANCELLED:
         transition(run_id, RunStatus.TRAINING, RunStatus.CANCELLED, finished_at=timezone.now())
         return False
     fail(run_id, RunStage.TRAIN, _child_failure(outcome), (outcome.last_error or {}).get("traceback", ""))
     return False
+
+
+def _validate_after_late_exit(run_id: int, outcome, manifest: dict[str, Any], folder: Path) -> None:
+    """The trainer (or one of its ranks) died after writing the final model and its manifest, e.g. killed while
+    shutting down: the result is on disk whole, so it goes to validation, which loads it and asks it to generate,
+    as for any run. The log says so; the summary comes from the manifest when no "finished" event came."""
+    note = (
+        f"The trainer ended badly after it had written the final model and {MANIFEST_NAME} (finished at "
+        f"{manifest.get('finished_at')}): {_child_failure(outcome).message} Validating the model it wrote."
+    )
+    with contextlib.suppress(OSError), open(folder / "trainer.log", "a", encoding="utf-8") as log:
+        log.write(note + "\n")
+    fields: dict[str, Any] = {"log_tail": f"{outcome.tail}\n{note}"}
+    if outcome.finished is None:
+        with contextlib.suppress(ValueError):
+            fields["summary"] = RunSummary.read(manifest.get("metrics")).model_dump()
+    TrainingRun.objects.filter(pk=run_id).update(**fields)
 
 
 def _too_few_devices(devices: int, owned: int) -> Problem:

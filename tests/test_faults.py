@@ -120,6 +120,23 @@ def test_training_raises_at_step_n_and_worker_keeps_serving(portal, start_worker
     assert second.status == RunStatus.FAILED and second.error_code == "training_crashed"
 
 
+def test_trainer_killed_after_writing_its_model_is_validated_and_publishable(portal, start_worker):
+    """The attack: the trainer was killed (SIGKILL, as a rank torn down at shutdown is) after the final model,
+    tokenizer and manifest were written; the run failed at train, and was then neither resumable (nothing left to
+    train) nor publishable. What it wrote goes to validation like any run's result."""
+    from mtm.audit import Actor, Channel
+    from projects.publishing import publish_run
+
+    start_worker(extra_env={"MTM_FAULT_KILL_AFTER_MANIFEST": "1"}).wait_ready()
+    run = wait_for_end(start(project(portal, "late-kill"), portal["user"]).pk)
+    assert run.status == RunStatus.SUCCEEDED, (run.error_code, run.error_message, run.log_tail[-2000:])
+    assert run.validation["passed"] is True
+    assert "The trainer ended badly after it had written the final model and mtm_manifest.json" in run.log_tail
+    assert "killed by SIGKILL" in run.log_tail and run.summary.get("global_step") == 12  # from the manifest
+    published = publish_run(run, "ops-team/late-kill", actor=Actor(portal["user"], Channel.CLI))
+    assert published.path == run.output_directory
+
+
 def test_output_directory_disappears_during_training(portal, start_worker):
     start_worker().wait_ready()
     proj = project(portal, "vanish", LONG)

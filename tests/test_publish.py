@@ -24,6 +24,7 @@ from mtm.audit import Actor, Channel
 from mtm.models import AuditEvent
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.publishing import PublishRefused, publish_run
+from projects.run_config import RunConfig
 from tests.api_client import call, make_user_token
 from tests.clients import secure_client
 
@@ -176,6 +177,30 @@ def test_a_run_that_failed_or_kept_only_an_adapter_is_refused(team, api):
     assert api("alice", team["run"], "bad name!").status_code == 422
 
 
+def test_a_run_that_failed_after_writing_its_model_is_refused_with_why_and_what_to_do(team, api):
+    """A worker lost after its trainer wrote the final model and manifest (the reaper fails the run at train): the
+    refusal says the model is on disk but was never validated, and how to go on."""
+    run = finished_run(team["project"], status=RunStatus.FAILED)
+    run.stage_failed, run.error_code, run.error_message = "train", "worker_lost", "Worker lost: no heartbeat."
+    run.save()
+    shutil.copytree(team["run"].output_directory, run.output_directory)
+    written = {**manifest("."), "finished_at": "2025-01-02T03:04:05+00:00"}
+    (Path(run.output_directory) / "mtm_manifest.json").write_text(json.dumps(written))
+    resp = api("alice", run, "team/late")
+    assert resp.status_code == 422 and codes(resp) == ["run_not_succeeded"]
+    error = resp.json()["errors"][0]
+    assert (
+        f"Run {run.pk} failed at the train stage (worker_lost: Worker lost: no heartbeat.) after its trainer had "
+        "written the final model and mtm_manifest.json (finished at 2025-01-02T03:04:05+00:00), so that model was "
+        "never validated" in error["message"]
+    )
+    assert "Start a new run of project 'support'" in error["hint"]
+    assert (
+        f"Model Override (a name of your team's organisation) that points at {run.output_directory}:" in error["hint"]
+    )
+    assert not PublishedModel.objects.exists()
+
+
 def test_a_manifest_or_folder_that_points_elsewhere_is_refused(team, api, tiny_llama_dir, tmp_path):
     run = team["run"]
     folder = Path(run.output_directory)
@@ -230,6 +255,94 @@ def test_a_published_model_outlives_its_project_being_deleted(team, api):
     page = secure_client(team["mallory"]).get("/models/team/lasting/").content.decode()
     assert "a run of project 'support' since deleted" in page
     assert "Unpublish" in secure_client(team["alice"]).get("/models/team/lasting/").content.decode()  # publisher
+
+
+# --- provenance: a fine-tune never passes for an upstream model ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "code", "why"),
+    [
+        ("meta-llama/Llama-3.1-8B", "organisation_reserved", "is the Hugging Face Hub organisation 'meta-llama'"),
+        ("Mistral_AI/Mistral-7B-v0.3", "organisation_reserved", "is the Hugging Face Hub organisation 'mistralai'"),
+        ("Test-Org/support-tune", "organisation_reserved", "organisation of 'test-org/tiny-llama' in the Hugging Face"),
+        ("gpt2", "published_name_needs_organisation", "has no organisation part"),
+    ],
+)
+def test_a_name_that_could_pass_for_an_upstream_model_is_refused(team, api, name, code, why):
+    """The attack: 'meta-llama/Llama-3.1-8B' was not in the cache, so a member published a fine-tune under it, and
+    the next member who picked that name as a base model trained on the fine-tune without a word."""
+    resp = api("alice", team["run"], name)
+    assert resp.status_code == 422 and codes(resp) == [code], resp.content
+    error = resp.json()["errors"][0]
+    assert why in error["message"] and "Publish under your team's own organisation" in error["hint"]
+    assert not PublishedModel.objects.exists() and not resolve_model(name).valid
+    assert api("alice", team["run"], "team/support-tune").status_code == 201  # the team's own organisation
+
+
+def test_a_published_model_says_it_is_a_portal_fine_tune_wherever_it_resolves(team, api, client):
+    assert api("alice", team["run"], "team/support-bot-v2").status_code == 201
+    said = (
+        "'team/support-bot-v2' is a fine-tune published in this portal by alice on ",
+        f"from run {team['run'].pk} of project 'support', on base model test-org/tiny-llama (revision 0123456789ab)",
+        "It is not a model of that name from the Hugging Face Hub.",
+    )
+    resolution = resolve_model("team/support-bot-v2")
+    assert resolution.source == "portal" and all(part in resolution.provenance for part in said)
+    checked = call(
+        client, "post", "/projects/validate-model", {"model_name": "team/support-bot-v2"}, team["tokens"]["mallory"]
+    ).json()
+    assert checked["valid"] is True and all(part in checked["provenance"] for part in said)
+    bob = secure_client(team["mallory"])
+    for url in ("/models/team/support-bot-v2/", "/models/validate-field/?model_name=team/support-bot-v2"):
+        shown = bob.get(url).content.decode().replace("&#x27;", "'")
+        assert all(part in shown for part in said), url
+    assert "fine-tune" not in (resolve_model("test-org/tiny-llama").provenance or "")  # the cache model stays plain
+
+
+def test_an_unpublished_name_says_who_unpublished_it_and_what_to_do(team, api, client):
+    from projects.stages import resolve_stage
+
+    published = api("alice", team["run"], "team/retired").json()
+    assert (
+        call(client, "delete", f"/published-models/{published['id']}", None, team["tokens"]["alice"]).status_code == 204
+    )
+    said = (
+        "Model 'team/retired' not found.",
+        f"'team/retired' was a fine-tune published in this portal from run {team['run'].pk} of project 'support' "
+        "and was unpublished by alice on ",
+        f"Its files were not deleted: {team['run'].output_directory}.",
+    )
+    hint = f"publish it again from run {team['run'].pk}'s page (Publish as 'team/retired'), or pick another base"
+    gone = resolve_model("team/retired")
+    assert [e.code for e in gone.errors] == ["model_not_found"]
+    assert all(part in gone.errors[0].message for part in said) and hint in gone.errors[0].hint
+    # The API check, the form's check, the model page.
+    body = call(client, "post", "/projects/validate-model", {"model_name": "team/retired"}, team["tokens"]["mallory"])
+    assert all(part in body.json()["errors"][0]["message"] for part in said)
+    bob = secure_client(team["mallory"])
+    for url in ("/models/validate-field/?model_name=team/retired", "/models/team/retired/"):
+        shown = bob.get(url).content.decode().replace("&#x27;", "'")
+        assert all(part in shown for part in said) and hint in shown, url
+    # Starting a run of a project built on it fails at resolve with the same words.
+    project = TrainingProject.objects.create(
+        name="on-top",
+        owner=team["mallory"],
+        model_name="team/retired",
+        dataset_path=team["project"].dataset_path,
+        output_directory=str(team["root"] / "outputs" / "on-top"),
+    )
+    run = TrainingRun.objects.create(
+        project=project, started_by=team["mallory"], config=RunConfig.of_project(project).model_dump()
+    )
+    assert resolve_stage(run.pk) is False
+    run.refresh_from_db()
+    assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, "resolve", "model_not_found")
+    assert all(part in run.error_message for part in said) and hint in run.error_hint
+    # Once its run is deleted, the way back is another base model (or an override), not the run's page.
+    team["run"].delete()
+    assert "Its run has been deleted" in resolve_model("team/retired").errors[0].hint
+    assert Path(team["run"].output_directory, "config.json").is_file()
 
 
 def test_publish_and_unpublish_from_the_pages(team):

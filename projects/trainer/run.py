@@ -194,6 +194,9 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
     )
 
 
+FAULT_KILL_AFTER_MANIFEST_ENV = "MTM_FAULT_KILL_AFTER_MANIFEST"
+
+
 def finish(
     spec: TrainerSpec,
     emit: Emit,
@@ -228,6 +231,8 @@ def finish(
         "finished_at": _now(),
     }
     manifest_path = spec.output_dir / write_manifest(spec.write_dir, manifest)
+    if os.environ.get(FAULT_KILL_AFTER_MANIFEST_ENV):  # fault tests, rehearsals: die once the result is whole
+        os.kill(os.getpid(), signal.SIGKILL)
     emit(
         "finished",
         metrics=metrics,
