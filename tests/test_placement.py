@@ -53,6 +53,7 @@ def test_the_run_goes_to_the_worker_whose_cache_holds_the_model(
             argv = [sys.executable, "manage.py", "runworker", "--cpu", "--name", name]
             env = {"HF_HUB_CACHE": str(cache), "MTM_WORKER_REPORT_SECONDS": "1"}
             workers.append(CeleryWorker(celery_broker, tmp_path / f"{name}.log", "", env, argv).wait_ready())
+
         # Wait for these two workers' own reports: a worker another test left reporting may hold models too.
         def reported(prefix):
             return Worker.objects.filter(name__startswith=prefix, held_models__isnull=False).exists()

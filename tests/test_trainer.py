@@ -471,7 +471,10 @@ def test_a_max_seq_length_above_the_models_context_is_cut_to_it_and_said_so(tiny
 
 @pytest.mark.parametrize(
     "error",
-    [FileNotFoundError(2, "No such file or directory"), RuntimeError("Parent directory ./checkpoint-18 does not exist.")],
+    [
+        FileNotFoundError(2, "No such file or directory"),
+        RuntimeError("Parent directory ./checkpoint-18 does not exist."),
+    ],
 )
 def test_an_output_folder_deleted_under_the_trainer_is_named_whatever_error_met_it(tmp_path, monkeypatch, error):
     """torch.save reports a deleted folder as a RuntimeError, Python as FileNotFoundError: both name the folder."""
