@@ -45,15 +45,7 @@ EDITABLE = (
 )
 NAME_MAX = 120
 # What a queued or running run reads from the project: frozen while one is live.
-TRAINING_FIELDS = (
-    "model_name",
-    "revision",
-    "dataset_path",
-    "eval_dataset_path",
-    "output_directory",
-    "method",
-    "hyperparameters",
-)
+TRAINING_FIELDS = tuple(name for name in EDITABLE if name not in ("name", "description", "validation_prompt"))
 
 
 @dataclass

@@ -225,17 +225,12 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
     config = run_config(run)
     try:
         dataset = run_paths.snapshot_dataset(run, folder)
-    except run_paths.PathChanged as changed:
-        run_paths.drop_snapshot(folder)
-        fail(run_id, RunStage.TRAIN, changed.problem)
-        return False
-    config.dataset_sha256 = file_sha256(dataset)  # what this run reads, whatever the project says now
-    try:
         eval_dataset = run_paths.snapshot_eval_dataset(run, folder)
     except run_paths.PathChanged as changed:
         run_paths.drop_snapshot(folder)
         fail(run_id, RunStage.TRAIN, changed.problem)
         return False
+    config.dataset_sha256 = file_sha256(dataset)  # what this run reads, whatever the project says now
     config.eval_dataset_sha256 = file_sha256(eval_dataset) if eval_dataset else ""
     # Without a prompt of its own, validation asks the dataset's last row, which is then not trained on.
     config.held_out_row = not config.validation_prompt.strip() and (config.dataset_rows or 0) >= HOLD_OUT_MIN

@@ -21,3 +21,17 @@ def secure_client(user: Any = None, **kwargs: Any) -> HttpsClient:
     if user is not None:
         client.force_login(user)
     return client
+
+
+def browser_defaults() -> dict[str, str]:
+    """What a browser posts for an untouched new-project form: every box with its initial value, a ticked
+    checkbox as "on", an unticked one not at all."""
+    from projects.forms import ProjectForm
+
+    posted = {}
+    for name, value in ProjectForm.initial_for(None).items():
+        if value is True:
+            posted[name] = "on"
+        elif value is not False and value is not None:
+            posted[name] = str(value)
+    return posted

@@ -21,7 +21,7 @@ from projects.run_eval import eval_overview
 from projects.trainer.errors import TrainerError
 from projects.trainer.spec import build_spec, parse_spec
 from tests.api_client import API, call, codes, make_user_token
-from tests.clients import secure_client
+from tests.clients import browser_defaults, secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
 
 HX = {"HTTP_HX_REQUEST": "true"}
@@ -94,21 +94,9 @@ def test_the_trainer_spec_carries_the_eval_file_and_refuses_it_with_a_share(tmp_
 # --- the form ---------------------------------------------------------------------------------------------------
 
 
-def _browser_defaults() -> dict:
-    from projects.forms import ProjectForm
-
-    posted = {}
-    for name, value in ProjectForm.initial_for(None).items():
-        if value is True:
-            posted[name] = "on"
-        elif value is not False and value is not None:
-            posted[name] = str(value)
-    return posted
-
-
 def _form(roots: Path, model_name: str, **changes) -> dict:
     return {
-        **_browser_defaults(),
+        **browser_defaults(),
         "name": "demo",
         "model_name": model_name,
         "dataset_path": str(roots / "datasets" / "qa.jsonl"),

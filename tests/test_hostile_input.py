@@ -19,10 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models_registry.models import PortalSettings
-from projects.forms import ProjectForm
 from projects.models import TrainingProject
 from tests.api_client import API, call, make_user_token
-from tests.clients import secure_client
+from tests.clients import browser_defaults, secure_client
 from tests.pipeline_helpers import QA_ROWS, write_jsonl
 
 pytestmark = pytest.mark.django_db
@@ -244,12 +243,7 @@ DATASET_IDS = list(DATASET_FILES)
 
 def project_post(portal: Portal, **changes) -> dict:
     """What a browser posts for the new-project form: every box with its default, and a valid project's fields."""
-    posted = {}
-    for name, value in ProjectForm.initial_for(None).items():
-        if value is True:
-            posted[name] = "on"
-        elif value is not False and value is not None:
-            posted[name] = str(value)
+    posted = browser_defaults()
     posted.update(
         name="hostile",
         model_name=portal.model_name,

@@ -18,7 +18,7 @@ from django.utils.html import escape
 from mtm.models import AuditEvent
 from projects.charts import build_loss_chart, loss_chart_svg, nice_ticks
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
-from tests.clients import secure_client
+from tests.clients import browser_defaults, secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
 
 pytestmark = pytest.mark.django_db
@@ -45,20 +45,6 @@ def member(db) -> User:
 @pytest.fixture
 def staff(db) -> User:
     return User.objects.create_superuser("boss", password="boss-pass-1234")
-
-
-def browser_defaults() -> dict:
-    """What a browser posts for an untouched new-project form: every box with its initial value, a ticked
-    checkbox as "on", an unticked one not at all."""
-    from projects.forms import ProjectForm
-
-    posted = {}
-    for name, value in ProjectForm.initial_for(None).items():
-        if value is True:
-            posted[name] = "on"
-        elif value is not False and value is not None:
-            posted[name] = str(value)
-    return posted
 
 
 def form_data(roots: Path, model_name: str, **changes) -> dict:
