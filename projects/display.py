@@ -56,6 +56,4 @@ def eval_source(project: TrainingProject) -> str:
     if project.eval_dataset_path:
         return describe_eval_file(project.eval_dataset_path, None)
     values = Hyperparameters.from_stored(project.hyperparameters)
-    if values.eval_fraction <= 0:
-        return "none (no eval file, eval fraction 0)"
     return describe_split(None, values.eval_fraction, values.seed)

@@ -202,6 +202,8 @@ class ProjectForm(forms.Form):
                 continue
             for problem in problems:
                 self.add_error(key if key in self.fields else None, problem_error(problem))
+                if problem.code == "eval_source_conflict":  # two boxes chose an eval set: mark (and open) both
+                    self.add_error("eval_fraction", problem_error(problem))
 
     def _add_hyperparameter_problems(self, problems: list[Problem]) -> None:
         placed = set()

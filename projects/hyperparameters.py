@@ -195,7 +195,7 @@ class Hyperparameters(BaseModel):
         label="Eval set (share of the rows)",
         help="Rows held out of training, picked with the seed, to measure eval loss and perplexity; e.g. 0.1 for "
         "10%. Or give a separate eval file instead (not both).",
-        zero_means="no eval set",
+        zero_means="none held out",
         example="0.1",
     )
     eval_steps: int = hyperparameter(

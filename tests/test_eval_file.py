@@ -137,6 +137,10 @@ def test_the_form_refuses_both_eval_sources_and_saves_a_good_eval_file(owner, ro
     assert response.status_code == 422
     field = _eval_field(response.content.decode())
     assert "Two eval sets are chosen" in field and "set eval_fraction to 0" in field
+    # The newcomer's report: the share's box is in a folded section; the error opens it and stands there too.
+    page = response.content.decode()
+    section = page.split('<details class="more" open>')[1].split("</details>")[0]
+    assert 'id="id_eval_fraction"' in section and "Two eval sets are chosen" in section
     assert not TrainingProject.objects.exists()
 
     response = client.post("/projects/new/", {**both, "eval_fraction": "0"})
@@ -145,6 +149,7 @@ def test_the_form_refuses_both_eval_sources_and_saves_a_good_eval_file(owner, ro
     assert project.eval_dataset_path == str(eval_file) and project.eval_dataset_sha256 == file_sha256(eval_file)
     detail = client.get(f"/projects/{project.pk}/").content.decode()
     assert "separate file" in detail and str(eval_file) in detail
+    assert "no eval set" not in detail and "0 (none held out)" in detail  # the share beside the file said "no eval set"
     edit = client.get(f"/projects/{project.pk}/edit/").content.decode()
     assert f'value="{eval_file}"' in _eval_field(edit)
     # Cleared on the edit form: no eval file, and the page says the share of the dataset instead

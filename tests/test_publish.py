@@ -349,6 +349,11 @@ def test_publish_and_unpublish_from_the_pages(team):
     page = secure_client(team["alice"])
     run_page = page.get(f"/projects/runs/{team['run'].pk}/").content.decode()
     assert "Publish as" in run_page and "Download the LoRA adapter" not in run_page  # a full fine-tune
+    # The newcomer's report: no way from a run to the playground. The link picks the run there.
+    chat = f'href="/playground/?run={team["run"].pk}"'
+    assert chat in run_page
+    playground = page.get(f"/playground/?run={team['run'].pk}").content.decode()
+    assert f'<option value="run:{team["run"].pk}" selected>' in playground
     resp = page.post(f"/projects/runs/{team['run'].pk}/publish/", {"model_name": "test-org/tiny-llama"})
     assert resp.status_code == 302
     assert resp["Location"] == f"/projects/runs/{team['run'].pk}/?publish_name=test-org%2Ftiny-llama#build-on"

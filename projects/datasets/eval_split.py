@@ -14,6 +14,7 @@ from typing import Any
 from mtm.shared.problems import Problem
 
 EVAL_FILE_FIELD = "eval_dataset_path"
+NO_EVAL_SET = "none (no eval file, eval fraction 0)"
 MIN_TRAIN_ROWS = 1  # a split never leaves training with nothing
 
 
@@ -42,7 +43,7 @@ def split_rows(rows: list[Any], fraction: float, seed: int) -> tuple[list[Any], 
 def describe_split(count: int | None, fraction: float, seed: int) -> str:
     """What the run page says about the eval set."""
     if fraction <= 0:
-        return "none (eval fraction 0)"
+        return NO_EVAL_SET
     share = f"{fraction:.0%}" if (fraction * 100).is_integer() else f"{fraction * 100:g}%"
     if count is None:
         return f"{share} of the rows, picked with seed {seed}, held out of training"
@@ -75,10 +76,10 @@ def eval_source_problems(objective: str, eval_fraction: float, eval_file: str) -
         return [
             Problem(
                 "eval_source_conflict",
-                f"Two eval sets are chosen: the eval file {eval_file} and eval_fraction = {eval_fraction:g} (a share "
-                "of the dataset held out).",
-                "Choose one: clear the eval file to evaluate on a seeded share of the dataset, or set eval_fraction "
-                "to 0 to evaluate on the file (every dataset row then trains).",
+                f"Two eval sets are chosen: the eval file {eval_file} and a share of the dataset held out ('Eval set "
+                f"(share of the rows)', eval_fraction = {eval_fraction:g}, under Checkpoints, logging and evaluation).",
+                "Choose one: clear the eval file to evaluate on a seeded share of the dataset, or set eval_fraction to 0 "
+                "to evaluate on the file (every dataset row then trains).",
             )
         ]
     return []

@@ -38,6 +38,9 @@ _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_STEM = 100
 _CHUNK = 1024 * 1024
 
+# Said for the dataset and the eval file alike: the form uploads the dataset; an eval file goes through the API.
+UPLOAD_IT = "upload it (Upload on the form's Dataset box, or POST /api/v1/datasets) and give the path it is stored at"
+
 
 def uploads_root() -> Path:
     """MEDIA_ROOT/datasets: uploads are stored here and are always an allowed dataset location."""
@@ -109,7 +112,7 @@ def check_dataset_path(
                 DATASET_UNREADABLE,
                 f"Dataset path {text} cannot be resolved: a folder or link on its path cannot be followed "
                 "(permission denied).",
-                f"Give the full path of a dataset file inside an allowed root ({roots_text(roots)}), or upload it.",
+                f"Give the full path of a dataset file inside an allowed root ({roots_text(roots)}), or {UPLOAD_IT}.",
             )
         )
         return result
@@ -122,7 +125,7 @@ def check_dataset_path(
             Problem(
                 OUTSIDE_ALLOWED_ROOTS,
                 f"Dataset {shown} is outside the allowed dataset roots ({roots_text(roots)}).",
-                "Move the file inside an allowed root or upload it; staff can add a root under "
+                f"Move the file inside an allowed root or {UPLOAD_IT}; staff can add a root under "
                 "Settings → Directory Settings (or MTM_DATASET_ROOTS).",
             )
         )
