@@ -1,12 +1,13 @@
 """Base model vs fine-tuned model on the run's eval rows, inside the validation child (projects.inference_check).
 
 The same tokenizer (the fine-tuned output's, which carries the chat template it trained with), the same prompts,
-greedy decoding with the same bound on new tokens, and the eval loss computed the same way for both models: the
-mean over the eval examples of each example's mean token loss on its completion (the tokens training learns).
-No Django; torch is imported by the caller's process only.
+greedy decoding with the same bound on new tokens, and the eval loss computed the same way for both models and as
+the trainer computes it during training (so the report and the run's last eval point agree): the examples in order,
+packed when the run packs, in batches of the run's batch size, each batch's mean token loss on the completions (the
+tokens training learns) weighted by the batch's rows. No Django; torch is imported by the caller's process only.
 
 Spec (the "before_after" key of the child's spec): {"rows": [...], "format": str, "prompts": K,
-"max_seq_length": int, "max_new_tokens": int, "base_model_path": path}
+"max_seq_length": int, "batch_size": int, "packing": bool, "max_new_tokens": int, "base_model_path": path}
 """
 
 from __future__ import annotations
@@ -40,18 +41,32 @@ def prompts_of(rows: list[dict], fmt: str, tokenizer: Any, count: int) -> list[t
     return found
 
 
-def eval_loss(model: Any, examples: list[dict], device: str) -> float | None:
+def eval_loss(model: Any, batches: list[dict[str, Any]], device: str) -> float | None:
+    """The rows-weighted mean of the batches' losses (what the Trainer's evaluation loop reports)."""
     import torch
 
-    losses = []
+    total, rows = 0.0, 0
     with torch.inference_mode():
-        for example in examples:
-            ids = torch.tensor([example["input_ids"]], device=device)
-            labels = torch.tensor([example["labels"]], device=device)
-            loss = model(input_ids=ids, labels=labels).loss
+        for batch in batches:
+            count = len(batch["input_ids"])
+            loss = model(**{key: value.to(device) for key, value in batch.items()}).loss
             if loss is not None and math.isfinite(float(loss)):
-                losses.append(float(loss))
-    return sum(losses) / len(losses) if losses else None
+                total, rows = total + float(loss) * count, rows + count
+    return total / rows if rows else None
+
+
+def eval_batches(examples: list[dict], pad_token_id: int, limit: int, batch_size: int, packing: bool) -> list[dict]:
+    """The eval examples batched as the trainer batches its eval set (projects.trainer.run.build_datasets)."""
+    from projects.trainer.batching import REAL_TOKENS_KEY, PackedCollator, PaddedCollator, pack_examples
+
+    data = pack_examples(examples, limit) if packing else examples
+    collate = (PackedCollator if packing else PaddedCollator)(pad_token_id)
+    batches = []
+    for start in range(0, len(data), max(1, batch_size)):
+        batch = collate(data[start : start + max(1, batch_size)])
+        batch.pop(REAL_TOKENS_KEY, None)
+        batches.append(batch)
+    return batches
 
 
 def answers(model: Any, tokenizer: Any, prompts: list[str], device: str, max_new_tokens: int, limit: int) -> list[str]:
@@ -86,8 +101,11 @@ def compare(spec: dict, tokenizer: Any, tuned: Any, device: str, load_base) -> d
     pairs = prompts_of(rows, fmt, tokenizer, int(spec.get("prompts") or 0))
     prompts = [prompt for prompt, _ in pairs]
     examples = trainable_examples(build_examples(rows[:MAX_LOSS_ROWS], fmt, tokenizer, limit), limit)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch_size, packing = int(spec.get("batch_size") or 1), bool(spec.get("packing"))
+    batches = eval_batches(examples, pad, limit, batch_size, packing)
     result: dict[str, Any] = {"eval_rows": len(rows), "detail": ""}
-    result["tuned_eval_loss"] = eval_loss(tuned, examples, device)
+    result["tuned_eval_loss"] = eval_loss(tuned, batches, device)
     tuned_answers = answers(tuned, tokenizer, prompts, device, new_tokens, limit)
     del tuned
     gc.collect()
@@ -98,7 +116,7 @@ def compare(spec: dict, tokenizer: Any, tuned: Any, device: str, load_base) -> d
         result["detail"] = f"The base model did not load for the comparison: {type(exc).__name__}: {exc}"
         result["base_eval_loss"] = None
     else:
-        result["base_eval_loss"] = eval_loss(base, examples, device)
+        result["base_eval_loss"] = eval_loss(base, batches, device)
         base_answers = answers(base, tokenizer, prompts, device, new_tokens, limit)
         del base
         gc.collect()

@@ -455,6 +455,8 @@ def _before_after(eval_rows: list[dict], fmt: str, values: Any) -> dict | None:
         "format": fmt,
         "prompts": values.eval_prompts,
         "max_seq_length": values.max_seq_length,
+        "batch_size": values.batch_size,  # the eval loss is batched as the trainer batches it
+        "packing": values.packing,
     }
 
 
