@@ -29,7 +29,7 @@ from projects.pipeline import fail, transition, worker_identity
 from projects.run_columns import EvalPoint, MetricPoint, RunProgress, RunSummary
 from projects.run_config import RunConfig, run_config
 from projects.services import load_tokenizer
-from projects.supervisor import Supervision, supervise
+from projects.supervisor import CANCEL_KILL_SECONDS, Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
 from projects.trainer.outputs import MANIFEST_NAME, RUN_MARKER
 from projects.trainer.ranks import launcher_outcome, owned_devices
@@ -329,7 +329,10 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
     if written is not None:
         _validate_after_late_exit(run_id, outcome, written, folder)
         return True
-    if outcome.returncode == EXIT_CANCELLED:
+    if outcome.returncode == EXIT_CANCELLED or outcome.killed_after_cancel:
+        if outcome.killed_after_cancel:  # what the member asked for, forced: not a crash, not the OOM killer
+            note = f"Cancelled: the trainer did not stop by itself within {CANCEL_KILL_SECONDS} s and was killed."
+            TrainingRun.objects.filter(pk=run_id).update(log_tail=f"{outcome.tail}\n{note}")
         transition(run_id, RunStatus.TRAINING, RunStatus.CANCELLED, finished_at=timezone.now())
         return False
     fail(run_id, RunStage.TRAIN, _child_failure(outcome), (outcome.last_error or {}).get("traceback", ""))

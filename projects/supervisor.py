@@ -25,6 +25,9 @@ from projects.trainer.events import event_line, parse_event
 
 TAIL_LINES = 200
 TAIL_CHARS = 20_000
+# A cancelled child that has not stopped by itself: SIGTERM after this long, SIGKILL after that.
+CANCEL_TERM_SECONDS = 300
+CANCEL_KILL_SECONDS = 600
 
 
 @dataclass
@@ -38,6 +41,7 @@ class ChildOutcome:
     events: int = 0
     log_path: Path | None = None
     stopped_for: object | None = None  # what health() returned when the supervisor stopped the child
+    killed_after_cancel: bool = False  # cancelled, did not stop by itself in time, and was killed
 
 
 class LogTail:
@@ -157,7 +161,7 @@ def supervise(
                     cancel_asked_at = now
                     cancel_file.touch()
             if cancel_asked_at is not None and proc.poll() is None:
-                _escalate(proc, now - cancel_asked_at)
+                outcome.killed_after_cancel = _escalate(proc, now - cancel_asked_at) or outcome.killed_after_cancel
             if stop_asked_at is not None and proc.poll() is None and now - stop_asked_at > 30:
                 _signal_all(proc.pid, signal.SIGKILL)
         outcome.returncode = proc.wait()
@@ -165,12 +169,15 @@ def supervise(
     return outcome
 
 
-def _escalate(proc: subprocess.Popen, waited: float) -> None:
-    """A cancelled child normally saves a checkpoint and exits by itself; one stuck in a long step is stopped."""
-    if waited > 600:
+def _escalate(proc: subprocess.Popen, waited: float) -> bool:
+    """A cancelled child normally saves a checkpoint and exits by itself; one stuck in a long step is stopped.
+    True when it was killed."""
+    if waited > CANCEL_KILL_SECONDS:
         _signal_all(proc.pid, signal.SIGKILL)
-    elif waited > 300:
+        return True
+    if waited > CANCEL_TERM_SECONDS:
         _signal_all(proc.pid, signal.SIGTERM)
+    return False
 
 
 def _signal_all(pid: int, sig: int) -> None:

@@ -124,3 +124,22 @@ def test_beat_and_a_worker_reap_a_silent_run(transactional_db, start_worker, cel
     assert silent.status == RunStatus.FAILED and silent.error_code == "worker_lost", beat.log_text()
     assert fresh.status == RunStatus.TRAINING
     assert "projects.reap_stale_runs" in beat.log_text()
+
+
+def test_a_cancelled_trainer_that_will_not_stop_is_killed_and_the_outcome_says_it_was_after_a_cancel():
+    """The hostile tester's cancelled run was killed 600 s later and failed as if the OOM killer had struck: the
+    supervisor now reports that its own kill followed a cancel, and the run stage ends such a run cancelled."""
+    import subprocess
+    import sys
+
+    from projects.supervisor import CANCEL_KILL_SECONDS, CANCEL_TERM_SECONDS, _escalate
+
+    stubborn = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", stubborn], stdout=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout.readline() == b"ready\n"
+    assert _escalate(proc, CANCEL_TERM_SECONDS + 1) is False  # SIGTERM first, which this child ignores
+    assert proc.poll() is None
+    assert _escalate(proc, CANCEL_KILL_SECONDS + 1) is True
+    assert proc.wait(10) == -9

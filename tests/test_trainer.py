@@ -372,6 +372,27 @@ def test_sigterm_stops_like_a_cancel(tiny_llama_dir, qa_data, tmp_path):
     assert Path(run.one("cancelled")["checkpoint"]).is_dir()
 
 
+@pytest.mark.slow
+def test_a_cancel_stops_a_long_evaluation_pass_between_batches(tiny_llama_dir, qa_data, tmp_path):
+    """The hostile tester's cancel during a pass over a big eval file went unheeded until the portal killed the
+    trainer 600 s later: it is now heard between eval batches, and the run ends cancelled at the step before."""
+    out, cancel = tmp_path / "out", tmp_path / "cancel-run"
+    eval_file = write_rows(tmp_path / "eval.jsonl", [QA] * 4000)  # a pass of 1,000 batches: seconds, not steps
+    spec = make_spec(tiny_llama_dir, qa_data, out, max_steps=100, eval_steps=1, logging_steps=50, save_steps=1000)
+    spec["eval_dataset_path"] = str(eval_file)
+    spec["cancel_file"] = str(cancel)
+
+    def cancel_once_step_one_is_reported(event, proc):
+        if event["event"] == "progress" and event["step"] == 1:  # reported before the step's eval pass begins
+            cancel.touch()
+
+    run = run_child(spec, tmp_path / "spec.json", on_event=cancel_once_step_one_is_reported)
+    assert run.returncode == EXIT_CANCELLED, run.log[-3000:]
+    assert run.one("cancelled")["step"] == 1
+    assert not run.of("evaluation"), "the pass at step 1 was stopped, not finished"
+    assert not run.of("finished") and not (out / "mtm_manifest.json").exists()
+
+
 def _error(run: ChildRun) -> dict:
     assert run.returncode == EXIT_ERROR, run.log[-3000:]
     error = run.one("error")

@@ -17,6 +17,11 @@ from transformers import TrainerCallback
 Emit = Callable[..., None]
 
 
+class EvaluationCancelled(Exception):
+    """Raised out of an evaluation pass when the run is cancelled: the run ends cancelled at the step before it, and
+    resumes from its latest checkpoint."""
+
+
 class ProgressReporter(TrainerCallback):
     def __init__(
         self,
@@ -84,12 +89,25 @@ class ProgressReporter(TrainerCallback):
             raise RuntimeError(f"Injected fault at step {state.global_step} (MTM_FAULT_RAISE_AT_STEP is set).")
         if state.global_step >= state.max_steps:
             return control  # the run is complete: a late cancel request changes nothing
-        if self.cancel_requested or (self.cancel_file and os.path.exists(self.cancel_file)):
-            self.cancel_requested = True
+        if self._cancel_asked():
             self.cancelled_at_step = state.global_step
             control.should_save = True
             control.should_training_stop = True
+            control.should_evaluate = False  # a cancelled run saves and stops; an eval pass could take minutes
         return control
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        """Between eval batches: a cancel (or SIGTERM) stops an evaluation pass, which may be long (a big eval
+        file), instead of waiting for the step after it."""
+        if state.global_step < state.max_steps and self._cancel_asked():
+            self.cancelled_at_step = state.global_step
+            raise EvaluationCancelled(state.global_step)
+        return control
+
+    def _cancel_asked(self) -> bool:
+        if self.cancel_requested or (self.cancel_file and os.path.exists(self.cancel_file)):
+            self.cancel_requested = True
+        return self.cancel_requested
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}

@@ -43,7 +43,7 @@ from projects.trainer.errors import TrainerError
 from projects.trainer.evaluation import EvalReporter, evaluation_arguments, keep_best
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK
 from projects.trainer.outputs import library_versions, save_final, write_manifest
-from projects.trainer.progress import Emit, ProgressReporter
+from projects.trainer.progress import Emit, EvaluationCancelled, ProgressReporter
 from projects.trainer.spec import TrainerSpec
 
 
@@ -152,8 +152,10 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         trainer.add_callback(evaluations)
     signal.signal(signal.SIGTERM, lambda *_: setattr(stopper, "cancel_requested", True))
 
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except EvaluationCancelled:
+        result = None  # no checkpoint of this step: the latest one saved before is where a resume starts
     if reporter.cancelled_at_step is not None:
         emit("cancelled", step=reporter.cancelled_at_step, checkpoint=reporter.last_checkpoint)
         return EXIT_CANCELLED
