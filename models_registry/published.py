@@ -20,6 +20,7 @@ from models_registry.models import PublishedModel
 from mtm.models import AuditEvent
 from mtm.shared.problems import Problem
 
+PUBLISH_ACTION = "published_model.create"
 UNPUBLISH_ACTION = "published_model.delete"
 PUBLISHED_TYPE = "models_registry.publishedmodel"
 
@@ -157,15 +158,21 @@ def _run_page_exists(run_id: object) -> bool:
     return isinstance(run_id, int) and TrainingRun.objects.filter(pk=run_id).exists()
 
 
-def unpublished_problem(name: str) -> Problem | None:
-    """The model_not_found error for a name that was published here and unpublished since: by whom, when, and
-    what to do. None when the audit log has no such unpublishing."""
-    event = (
-        AuditEvent.objects.filter(action=UNPUBLISH_ACTION, object_type=PUBLISHED_TYPE, changes__model_name__0=name)
+def last_event(action: str, name: str) -> AuditEvent | None:
+    """The newest audit event of `action` (PUBLISH_ACTION or UNPUBLISH_ACTION) for the published name `name`."""
+    side = 0 if action == UNPUBLISH_ACTION else 1  # changes are [before, after]: an unpublishing's name is before
+    return (
+        AuditEvent.objects.filter(action=action, object_type=PUBLISHED_TYPE, **{f"changes__model_name__{side}": name})
         .select_related("actor")
         .order_by("-at", "-pk")
         .first()
     )
+
+
+def unpublished_problem(name: str) -> Problem | None:
+    """The model_not_found error for a name that was published here and unpublished since: by whom, when, and
+    what to do. None when the audit log has no such unpublishing."""
+    event = last_event(UNPUBLISH_ACTION, name)
     if event is None:
         return None
     facts = {key: value[0] for key, value in event.changes.items() if isinstance(value, list) and value}
@@ -190,4 +197,4 @@ def unpublished_problem(name: str) -> Problem | None:
     )
 
 
-__all__ = ["HUB_ORGANISATIONS", "organisation_problem", "provenance", "unpublished_problem"]
+__all__ = ["HUB_ORGANISATIONS", "last_event", "organisation_problem", "provenance", "unpublished_problem"]

@@ -16,7 +16,7 @@ from django.db import IntegrityError, transaction
 
 from models_registry.models import ModelOverride, PublishedModel
 from models_registry.names import name_error, repo_folder_name
-from models_registry.published import UNPUBLISH_ACTION, organisation_problem
+from models_registry.published import PUBLISH_ACTION, UNPUBLISH_ACTION, last_event, organisation_problem
 from models_registry.resolution import Resolution, resolve
 from models_registry.services import current_cache_dir
 from mtm import audit
@@ -196,7 +196,7 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
         raise PublishRefused([problem])
     if run.status != RunStatus.SUCCEEDED:
         raise _not_succeeded(run)
-    if clash := _name_clash(name):
+    if clash := _name_clash(name) or _freed_name_held(name, actor.user):
         raise clash
     if problem := organisation_problem(name, current_cache_dir()[0], actor.user.get_username()):
         raise PublishRefused([problem])
@@ -237,6 +237,30 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
     return values
 
 
+def _freed_name_held(name: str, user: Any) -> PublishRefused | None:
+    """A name once published and since unpublished stays its first holders': projects and conversations may still
+    name it, so another member publishing under it would swap their base model without a word. Its publisher, the
+    owner of its run's project and staff may publish under it again."""
+    unpublished = last_event(UNPUBLISH_ACTION, name)
+    if unpublished is None or user.is_staff:
+        return None
+    published = last_event(PUBLISH_ACTION, name)
+    publisher = published.actor if published is not None else None
+    run_id = (unpublished.changes.get("run") or [None])[0]
+    run = TrainingRun.objects.select_related("project").filter(pk=run_id).first() if run_id else None
+    if (publisher is not None and publisher.pk == user.pk) or (run is not None and can_manage(user, run.project)):
+        return None
+    who = publisher.get_username() if publisher is not None else "another member"
+    return _refuse(
+        "model_name_held",
+        f"'{name}' was published by {who}{f' from run {run_id}' if run_id else ''} and unpublished since: projects "
+        "may still name it as their base model, so only its publisher, the owner of that run's project or staff may "
+        "publish under it again.",
+        "Choose a name of your own, e.g. team/<project>-v2; or ask them to publish under it.",
+        409,
+    )
+
+
 def publish_run(run: TrainingRun, model_name: str, *, actor: Actor, note: str = "") -> PublishedModel:
     """Publish the model `run` trained under `model_name` (check_publish says when it is refused); audited."""
     values = check_publish(run, model_name, actor=actor, note=note)
@@ -244,9 +268,7 @@ def publish_run(run: TrainingRun, model_name: str, *, actor: Actor, note: str = 
     try:
         with transaction.atomic():
             published = PublishedModel.objects.create(run=run, published_by=actor.authenticated_user, **values)
-            audit.record_change(
-                actor, "published_model.create", published, {"run": [None, run.pk], **_as_changes(values)}
-            )
+            audit.record_change(actor, PUBLISH_ACTION, published, {"run": [None, run.pk], **_as_changes(values)})
     except IntegrityError:  # the same name published at the same moment
         raise _name_clash(name) or _refuse("model_name_taken", f"'{name}' is already published.", "", 409) from None
     return published

@@ -345,6 +345,33 @@ def test_an_unpublished_name_says_who_unpublished_it_and_what_to_do(team, api, c
     assert Path(team["run"].output_directory, "config.json").is_file()
 
 
+def test_a_freed_name_is_not_another_members_to_take(team, api, client, tiny_llama_dir):
+    """The hostile tester unpublished alice's 'team/bot' and published mallory's run under it: bob's project on
+    'team/bot' then trained on mallory's model without a word. A freed name stays its holders' (and staff's)."""
+    published = api("alice", team["run"], "team/bot").json()
+    call(client, "delete", f"/published-models/{published['id']}", None, team["tokens"]["alice"])
+    theirs = TrainingProject.objects.create(
+        name="theirs",
+        owner=team["mallory"],
+        model_name="test-org/tiny-llama",
+        dataset_path=team["project"].dataset_path,
+        output_directory=str(team["root"] / "outputs" / "theirs"),
+    )
+    other_run = finished_run(theirs)
+    shutil.copytree(tiny_llama_dir, other_run.output_directory)
+    (Path(other_run.output_directory) / "mtm_manifest.json").write_text(json.dumps(manifest(".")))
+
+    taken = api("mallory", other_run, "team/bot")
+    assert taken.status_code == 409 and codes(taken) == ["model_name_held"]
+    message = taken.json()["errors"][0]["message"]
+    assert f"'team/bot' was published by alice from run {team['run'].pk} and unpublished since" in message
+    assert api("mallory", other_run, "team/bot-mallory").status_code == 201  # a name of her own is hers
+    assert api("alice", team["run"], "team/bot").status_code == 201  # its publisher may publish it again
+    again = PublishedModel.objects.get(model_name="team/bot")
+    call(client, "delete", f"/published-models/{again.id}", None, team["tokens"]["alice"])
+    assert api("staff", other_run, "team/bot").status_code == 201  # staff decide
+
+
 def test_publish_and_unpublish_from_the_pages(team):
     page = secure_client(team["alice"])
     run_page = page.get(f"/projects/runs/{team['run'].pk}/").content.decode()
