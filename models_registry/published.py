@@ -88,9 +88,14 @@ HUB_ORGANISATIONS = frozenset(
 ORGANISATION_HINT = "Publish under your team's own organisation, e.g. team/{model} or {user}/{model}."
 
 
+# Letters a reader takes for one another in a name (the hostile tester published 'Meta-LIama' with a capital I).
+_LOOK_ALIKE = str.maketrans({"i": "l", "1": "l", "|": "l", "0": "o"})
+
+
 def organisation_key(organisation: str) -> str:
-    """'Meta_Llama' and 'meta-llama' are one organisation to a reader."""
-    return "".join(c for c in organisation.lower() if c not in "-_.")
+    """'Meta_Llama', 'meta-llama' and 'Meta-LIama' are one organisation to a reader."""
+    key = "".join(c for c in organisation.lower() if c not in "-_.")
+    return key.replace("rn", "m").replace("vv", "w").translate(_LOOK_ALIKE)
 
 
 def _who(user) -> str:
@@ -111,6 +116,18 @@ def provenance(published: PublishedModel) -> str:
         f"'{published.model_name}' is a fine-tune published in this portal by {_who(published.published_by)} on "
         f"{_when(published.published_at)}, from {run} of project '{published.project_name}', on base model {base}. "
         "It is not a model of that name from the Hugging Face Hub."
+    )
+
+
+def shadowed_warning(published: PublishedModel, cache_path: str) -> Problem:
+    """A model of the published name came into the HF cache after it was published: the cache copy wins (the order
+    is fixed: override, cache, portal), which everyone training on the name must be told."""
+    return Problem(
+        "published_model_shadowed",
+        f"'{published.model_name}' resolves to the Hugging Face cache ({cache_path}), not to the fine-tune published "
+        f"under that name in this portal (from run {published.run_id or '(deleted)'}): the cache comes first.",
+        "If the fine-tune is meant, ask staff to remove the cache copy or add a Model Override to its folder "
+        f"({published.path}); otherwise unpublish the portal name.",
     )
 
 
@@ -197,4 +214,11 @@ def unpublished_problem(name: str) -> Problem | None:
     )
 
 
-__all__ = ["HUB_ORGANISATIONS", "last_event", "organisation_problem", "provenance", "unpublished_problem"]
+__all__ = [
+    "HUB_ORGANISATIONS",
+    "last_event",
+    "shadowed_warning",
+    "organisation_problem",
+    "provenance",
+    "unpublished_problem",
+]

@@ -8,7 +8,7 @@ from django.conf import settings as django_settings
 
 from models_registry.models import ModelOverride, PortalSettings, PublishedModel
 from models_registry.names import name_error
-from models_registry.published import provenance, unpublished_problem
+from models_registry.published import provenance, shadowed_warning, unpublished_problem
 from models_registry.resolution import Resolution, hf_cache_dir, resolve
 
 
@@ -47,6 +47,8 @@ def resolve_model(name: str, revision: str | None = None) -> Resolution:
     )
     if published is not None and result.source == "portal":
         result.provenance = provenance(published)
+    elif published is not None and result.source == "cache":
+        result.warnings.append(shadowed_warning(published, result.path or ""))
     elif override is None and result.source is None and [e.code for e in result.errors] == ["model_not_found"]:
         result.errors[0] = unpublished_problem(name) or result.errors[0]
     return result

@@ -12,11 +12,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from models_registry.models import ModelOverride, PublishedModel
 from models_registry.names import name_error, repo_folder_name
-from models_registry.published import PUBLISH_ACTION, UNPUBLISH_ACTION, last_event, organisation_problem
+from models_registry.published import (
+    PUBLISH_ACTION,
+    UNPUBLISH_ACTION,
+    last_event,
+    organisation_key,
+    organisation_problem,
+)
 from models_registry.resolution import Resolution, resolve
 from models_registry.services import current_cache_dir
 from mtm import audit
@@ -200,6 +207,8 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
         raise clash
     if problem := organisation_problem(name, current_cache_dir()[0], actor.user.get_username()):
         raise PublishRefused([problem])
+    if clash := _another_members_organisation(name, actor.user):
+        raise clash
     try:
         if not os.path.isabs(run.output_directory or ""):
             raise FileNotFoundError(run.output_directory)
@@ -235,6 +244,22 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
         **_facts(manifest),
     }
     return values
+
+
+def _another_members_organisation(name: str, user: Any) -> PublishRefused | None:
+    """'bob/my-model' published by alice would pass for bob's: a member's username is their own organisation."""
+    organisation = name.split("/", 1)[0]
+    key = organisation_key(organisation)
+    for username in get_user_model().objects.exclude(pk=user.pk).values_list("username", flat=True).iterator():
+        if organisation_key(username) == key:
+            return _refuse(
+                "organisation_is_a_member",
+                f"'{name}' would be published under '{organisation}', which is the name of the member {username}: "
+                "others would take it for their model.",
+                f"Publish under your team's own organisation or your own name, e.g. {user.get_username()}/"
+                f"{name.split('/', 1)[-1]}.",
+            )
+    return None
 
 
 def _freed_name_held(name: str, user: Any) -> PublishRefused | None:

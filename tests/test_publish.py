@@ -267,6 +267,9 @@ def test_a_published_model_outlives_its_project_being_deleted(team, api):
         ("Mistral_AI/Mistral-7B-v0.3", "organisation_reserved", "is the Hugging Face Hub organisation 'mistralai'"),
         ("Test-Org/support-tune", "organisation_reserved", "organisation of 'test-org/tiny-llama' in the Hugging Face"),
         ("gpt2", "published_name_needs_organisation", "has no organisation part"),
+        # The hostile tester's look-alike (a capital I for the l) and another member's name as the organisation.
+        ("Meta-LIama/Llama-3.2-1B", "organisation_reserved", "is the Hugging Face Hub organisation 'meta-llama'"),
+        ("Mal1ory/my-model", "organisation_is_a_member", "which is the name of the member mallory"),
     ],
 )
 def test_a_name_that_could_pass_for_an_upstream_model_is_refused(team, api, name, code, why):
@@ -370,6 +373,23 @@ def test_a_freed_name_is_not_another_members_to_take(team, api, client, tiny_lla
     again = PublishedModel.objects.get(model_name="team/bot")
     call(client, "delete", f"/published-models/{again.id}", None, team["tokens"]["alice"])
     assert api("staff", other_run, "team/bot").status_code == 201  # staff decide
+
+
+def test_a_cache_model_that_arrives_under_a_published_name_is_said_to_shadow_it(team, api, tiny_llama_dir):
+    """The hostile tester downloaded a model as 'team/a' after alice published 'team/a': every project on the name
+    silently trained on the cache copy. The order stays (override, cache, portal); the verdict now says so."""
+    from models_registry.demo import install_into_cache
+    from models_registry.services import current_cache_dir
+
+    assert api("alice", team["run"], "team/a").status_code == 201
+    assert resolve_model("team/a").source == "portal"
+    install_into_cache(tiny_llama_dir, current_cache_dir()[0], "team/a")
+    shadowed = resolve_model("team/a")
+    assert shadowed.source == "cache" and shadowed.valid
+    [warning] = [w for w in shadowed.warnings if w.code == "published_model_shadowed"]
+    assert f"not to the fine-tune published under that name in this portal (from run {team['run'].pk})" in (
+        warning.message
+    )
 
 
 def test_publish_and_unpublish_from_the_pages(team):
