@@ -6,8 +6,8 @@ the trainer computes it during training (so the report and the run's last eval p
 packed when the run packs, in batches of the run's batch size, each batch's mean token loss on the completions (the
 tokens training learns) weighted by the batch's rows. No Django; torch is imported by the caller's process only.
 
-Spec (the "before_after" key of the child's spec): {"rows": [...], "format": str, "prompts": K,
-"max_seq_length": int, "batch_size": int, "packing": bool, "max_new_tokens": int, "base_model_path": path}
+Spec (the "before_after" key of the child's spec): {"rows": [...], "format": str, "hyperparameters": {...} (the
+run's), "max_new_tokens": int, "base_model_path": path}
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from projects.datasets.eval_split import reference_answer
+from projects.hyperparameters import Hyperparameters
 
 MAX_LOSS_ROWS = 200  # rows the eval loss is measured on (the eval set's first ones); enough to compare two models
 MAX_PROMPT_CHARS = 4000
@@ -96,14 +97,14 @@ def compare(spec: dict, tokenizer: Any, tuned: Any, device: str, load_base) -> d
     started = time.monotonic()
     rows = [row for row in spec.get("rows") or [] if isinstance(row, dict)]
     fmt = str(spec.get("format") or "")
-    limit = int(spec.get("max_seq_length") or 1024)
+    values = Hyperparameters.from_stored(spec.get("hyperparameters") or {})
+    limit = values.max_seq_length
     new_tokens = int(spec.get("max_new_tokens") or 32)
-    pairs = prompts_of(rows, fmt, tokenizer, int(spec.get("prompts") or 0))
+    pairs = prompts_of(rows, fmt, tokenizer, values.eval_prompts)
     prompts = [prompt for prompt, _ in pairs]
     examples = trainable_examples(build_examples(rows[:MAX_LOSS_ROWS], fmt, tokenizer, limit), limit)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    batch_size, packing = int(spec.get("batch_size") or 1), bool(spec.get("packing"))
-    batches = eval_batches(examples, pad, limit, batch_size, packing)
+    batches = eval_batches(examples, pad, limit, values.batch_size, values.packing)
     result: dict[str, Any] = {"eval_rows": len(rows), "detail": ""}
     result["tuned_eval_loss"] = eval_loss(tuned, batches, device)
     tuned_answers = answers(tuned, tokenizer, prompts, device, new_tokens, limit)

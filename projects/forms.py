@@ -20,6 +20,8 @@ from projects.hyperparameters import GROUPS, HYPERPARAMETERS, Declared, Hyperpar
 from projects.models import TrainingMethod, TrainingProject
 from projects.services import EDITABLE
 
+# Problems that involve a box besides the field they are filed under: shown under that box too.
+ALSO_UNDER = {"eval_source_conflict": "eval_fraction", "keep_best_without_eval_set": "keep_best_eval"}
 SERVICE_FIELDS = tuple(name for name in EDITABLE if name != "hyperparameters")  # hyperparameters: one box each
 NUMBER_KINDS = ("int", "float")
 
@@ -202,11 +204,15 @@ class ProjectForm(forms.Form):
                 continue
             for problem in problems:
                 self.add_error(key if key in self.fields else None, problem_error(problem))
-                if problem.code == "eval_source_conflict":  # two boxes chose an eval set: mark (and open) both
-                    self.add_error("eval_fraction", problem_error(problem))
+                if problem.code in ALSO_UNDER:  # the other box of a choice between two: mark (and open) it too
+                    self.add_error(ALSO_UNDER[problem.code], problem_error(problem))
 
     def _add_hyperparameter_problems(self, problems: list[Problem]) -> None:
         placed = set()
+        for problem in problems:
+            if problem.code in ALSO_UNDER:
+                self.add_error(ALSO_UNDER[problem.code], problem_error(problem))
+                placed.add(problem.message)
         typed = self.hyperparameters()
         for name, value in typed.items():
             _, own = HYPERPARAMETERS[name].check(value)

@@ -20,7 +20,7 @@ from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
 from projects.chat_templates import with_chat_template
 from projects.datasets import DatasetError, check_dataset_path, inspect_dataset
-from projects.datasets.eval_split import eval_source_problems
+from projects.datasets.eval_split import eval_file_warnings, eval_source_problems
 from projects.datasets.pairs import objective_problem
 from projects.forms import ProjectForm
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
@@ -129,8 +129,11 @@ def check_eval_dataset(request: HtmxHttpRequest) -> HttpResponse:
     status = dataset_status(path, request.GET, request.user)
     if path.strip() and not status.get("errors"):
         typed = _typed_values(request.GET)
-        conflicts = eval_source_problems(typed.objective, typed.eval_fraction, path.strip()[:MAX_PARAM_CHARS])
-        status["notes"] = [*status.get("notes", []), *(f"{p.message} {p.hint}" for p in conflicts)]
+        eval_file = path.strip()[:MAX_PARAM_CHARS]
+        conflicts = eval_source_problems(typed.objective, typed.eval_fraction, eval_file)
+        dataset = request.GET.get("dataset_path", "").strip()[:MAX_PARAM_CHARS]
+        doubts = eval_file_warnings(dataset, None, eval_file, None)  # the formats are compared on save
+        status["notes"] = [*status.get("notes", []), *(f"{p.message} {p.hint}" for p in conflicts + doubts)]
     return render(request, "projects/form.html#dataset-status", {"dataset": status})
 
 

@@ -22,7 +22,7 @@ from mtm.audit import Actor
 from mtm.shared.problems import Problem
 from projects.chat_templates import with_chat_template
 from projects.datasets import DatasetPathCheck, DatasetReport, check_dataset_path, inspect_dataset
-from projects.datasets.eval_split import eval_source_problems
+from projects.datasets.eval_split import NO_EVAL_SET_TO_KEEP_BEST_BY, eval_file_warnings, eval_source_problems
 from projects.datasets.pairs import objective_problem
 from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.hyperparameters import Hyperparameters
@@ -188,6 +188,12 @@ def check_project(
             check.error("eval_dataset_path", problem)
     elif eval_path:
         eval_located, check.eval_dataset = dataset_file("eval_dataset_path", eval_path)
+        doubts = eval_file_warnings(located.path, check.dataset, eval_located.path, check.eval_dataset)
+        check.warnings.setdefault("eval_dataset_path", []).extend(doubts)
+        if check.eval_dataset is not None:  # shown with the eval file's report on the form
+            check.eval_dataset.warnings.extend(doubts)
+    if hp.keep_best_eval and not eval_path and hp.eval_fraction <= 0:
+        check.error("hyperparameters", NO_EVAL_SET_TO_KEEP_BEST_BY)
     check.cleaned = {
         "name": name,
         "description": data.get("description") or "",

@@ -456,10 +456,7 @@ def _before_after(eval_rows: list[dict], fmt: str, values: Any) -> dict | None:
     return {
         "rows": eval_rows[:MAX_BEFORE_AFTER_ROWS],
         "format": fmt,
-        "prompts": values.eval_prompts,
-        "max_seq_length": values.max_seq_length,
-        "batch_size": values.batch_size,  # the eval loss is batched as the trainer batches it
-        "packing": values.packing,
+        "hyperparameters": values.to_dict(),  # the prompts to answer, and how the trainer cut and batched its eval
     }
 
 

@@ -171,6 +171,32 @@ def test_the_eval_file_is_checked_as_you_type(owner, roots, tiny_llama_in_cache,
     assert "is outside the allowed dataset roots" in outside.content.decode()
 
 
+def test_doubtful_eval_settings_the_hostile_tester_saved_without_a_word(owner, roots, tiny_llama_in_cache):
+    """keep_best_eval with no eval set was accepted and silently ignored; the training file given as the eval file,
+    or an eval file of another format, were accepted without a word."""
+    from projects.services import check_project
+
+    name, dataset = tiny_llama_in_cache[0], str(roots / "datasets" / "qa.jsonl")
+    # 1. keep_best_eval with nothing to judge by: refused, under its box on the form (opening its section).
+    response = secure_client(owner).post("/projects/new/", _form(roots, name, keep_best_eval="on"))
+    assert response.status_code == 422
+    section = response.content.decode().split('<details class="more" open>')[1].split("</details>")[0]
+    assert "no eval set to judge the checkpoints by" in section
+    api = check_project(_body(roots, name, hyperparameters={"keep_best_eval": True}), actor=owner)
+    assert codes([p.to_dict() for p in api.errors["hyperparameters"]]) == ["keep_best_without_eval_set"]
+    # 2. the training file as the eval file: saved, with a warning in the eval file's report and as you type.
+    same = check_project(_body(roots, name, eval_dataset_path=dataset), actor=owner)
+    assert same.valid and [w.code for w in same.warnings["eval_dataset_path"]] == ["eval_file_is_the_dataset"]
+    assert "eval_file_is_the_dataset" in [w.code for w in same.eval_dataset.warnings]
+    params = {"eval_dataset_path": dataset, "dataset_path": dataset, "model_name": name, "max_seq_length": "32"}
+    typed = secure_client(owner).get("/projects/check-eval-dataset/", params, **HX).content.decode()
+    assert "is the training dataset itself" in typed
+    # 3. an eval file of another format than the dataset's.
+    text_file = write_jsonl(roots / "datasets" / "eval-text.jsonl", [{"text": "Say hello: hello"}] * 3)
+    other = check_project(_body(roots, name, eval_dataset_path=str(text_file)), actor=owner)
+    assert other.valid and [w.code for w in other.warnings["eval_dataset_path"]] == ["eval_file_format_differs"]
+
+
 # --- the API ----------------------------------------------------------------------------------------------------
 
 

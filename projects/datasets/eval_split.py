@@ -8,6 +8,7 @@ the same rows without the list being passed around. Plain Python: no Django, no 
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -83,6 +84,42 @@ def eval_source_problems(objective: str, eval_fraction: float, eval_file: str) -
             )
         ]
     return []
+
+
+NO_EVAL_SET_TO_KEEP_BEST_BY = Problem(
+    "keep_best_without_eval_set",
+    "keep_best_eval is on, but there is no eval set to judge the checkpoints by.",
+    "Give an eval file, or set eval_fraction (e.g. 0.1) to hold out a share of the dataset; or turn keep_best_eval off.",
+)
+
+
+def eval_file_warnings(
+    dataset: str | None, dataset_report: Any, eval_file: str | None, eval_report: Any
+) -> list[Problem]:
+    """What is allowed but likely a mistake about a separate eval file: it is the training file itself (the eval
+    loss then measures rows the model trains on), or its rows have another format than the dataset's."""
+    warnings = []
+    if dataset and eval_file and os.path.realpath(dataset) == os.path.realpath(eval_file):
+        warnings.append(
+            Problem(
+                "eval_file_is_the_dataset",
+                f"The eval file {eval_file} is the training dataset itself: its eval loss measures rows the model "
+                "trains on, so it cannot show overfitting.",
+                "Give a file of rows held out of training, or clear the eval file and set eval_fraction (e.g. 0.1).",
+            )
+        )
+    dataset_format = getattr(dataset_report, "format", "") or ""
+    eval_format = getattr(eval_report, "format", "") or ""
+    if dataset_format and eval_format and dataset_format != eval_format:
+        warnings.append(
+            Problem(
+                "eval_file_format_differs",
+                f"The eval file's rows are {eval_format} rows and the dataset's are {dataset_format}: the eval loss "
+                "is measured on text laid out unlike what the model trains on.",
+                "Give an eval file in the dataset's format, unless the difference is meant.",
+            )
+        )
+    return warnings
 
 
 def reference_answer(row: Any, fmt: str) -> str | None:
