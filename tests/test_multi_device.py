@@ -109,7 +109,7 @@ def test_the_launch_command_is_torchrun_for_several_devices_and_plain_for_one():
 def test_two_processes_follow_the_loss_curve_of_one_with_the_same_effective_batch(trainer_inputs):
     code_one, error_one, one, _ = child(trainer_inputs, "one", 1, batch_size=4)
     code_two, error_two, two, _ = child(trainer_inputs, "two", 2, batch_size=2)
-    assert (code_one, error_one, code_two, error_two) == (EXIT_OK, None, EXIT_OK, None)
+    assert (code_one, error_one, code_two, error_two) == (EXIT_OK, None, EXIT_OK, None), (error_one, error_two)
 
     def losses(events):
         return [(e["step"], e["loss"]) for e in events if e["event"] == "progress" and e.get("logged")]

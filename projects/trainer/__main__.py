@@ -21,7 +21,7 @@ from pathlib import Path  # noqa: E402
 from projects.trainer.errors import TrainerError  # noqa: E402
 from projects.trainer.events import EXIT_ERROR, EXIT_USAGE, format_event  # noqa: E402
 from projects.trainer.outputs import resolve_resume  # noqa: E402
-from projects.trainer.ranks import speaks, tag_error, tie_to_launcher  # noqa: E402
+from projects.trainer.ranks import leave, speaks, tag_error, tie_to_launcher  # noqa: E402
 from projects.trainer.spec import parse_spec  # noqa: E402
 
 # Progress bars would flood the supervisor's log tail; the events carry the progress.
@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from projects.trainer.run import run_training  # torch and transformers: seconds to import
 
-        return run_training(spec, emit, imports_seconds=time.monotonic() - STARTED, resume=resume)
+        code = run_training(spec, emit, imports_seconds=time.monotonic() - STARTED, resume=resume)
+        leave()
+        return code
     except TrainerError as exc:
         _report(exc.code, exc.message, exc.hint)
     except BaseException as exc:  # the child must always say why it died before exiting

@@ -105,6 +105,18 @@ def tie_to_launcher() -> None:
         os._exit(1)
 
 
+def leave() -> None:
+    """Tear this rank's process group down before the interpreter exits. Left to the exit handlers, gloo's threads
+    can abort a rank that finished well ("terminate called without an active exception", SIGABRT), and torchrun
+    then fails the whole run."""
+    if world_size() <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def faults_here() -> bool:
     """Whether the injected fault (MTM_FAULT_RAISE_AT_STEP) applies to this rank."""
     wanted = os.environ.get(FAULT_RANK_ENV, "").strip()
