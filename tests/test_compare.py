@@ -78,6 +78,7 @@ def test_the_page_shows_curves_results_and_only_the_settings_that_differ(runs):
     page = secure_client(alice).get(f"/projects/runs/compare/?runs={a.pk},{b.pk}")
     assert page.status_code == 200
     page_html = page.content.decode()
+    assert 'aria-current="page">Runs</a>' in page_html and 'aria-current="page">Projects</a>' not in page_html
     # Other members' runs (b is bob's, of bob's project) compare like one's own: every member sees every project.
     assert f"#{a.pk} alpha" in page_html and f"#{b.pk} beta" in page_html
     chart = page_html[page_html.index('<svg class="loss-chart compare-chart"') : page_html.index("</svg>")]

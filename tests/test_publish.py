@@ -301,6 +301,9 @@ def test_a_published_model_says_it_is_a_portal_fine_tune_wherever_it_resolves(te
         shown = bob.get(url).content.decode().replace("&#x27;", "'")
         assert all(part in shown for part in said), url
     assert "fine-tune" not in (resolve_model("test-org/tiny-llama").provenance or "")  # the cache model stays plain
+    # A published model is one folder: its page offers no Revision box (the newcomer's report); a cache model's does.
+    assert 'id="revision"' not in bob.get("/models/team/support-bot-v2/").content.decode()
+    assert 'id="revision"' in bob.get("/models/test-org/tiny-llama/").content.decode()
 
 
 def test_an_unpublished_name_says_who_unpublished_it_and_what_to_do(team, api, client):
