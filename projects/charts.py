@@ -227,7 +227,13 @@ def loss_chart_svg(
 
 def _legend(right: float, entries: list[tuple[str, str]], width: int = 150) -> str:
     """A small key in the top-right corner: a stroke of each series' class and its name."""
-    parts = ['<g class="legend">']
+    box_height = len(entries) * 14 + 6
+    # An opaque box under the key, so a curve that runs through the corner does not strike through its labels.
+    parts = [
+        '<g class="legend">',
+        f'<rect class="legend-box" x="{right - width - 4}" y="{PAD_TOP}" width="{width + 4}" '
+        f'height="{box_height}" rx="3"/>',
+    ]
     for index, (css, name) in enumerate(entries):
         y = PAD_TOP + 8 + index * 14
         parts.append(f'<line class="{css}" x1="{right - width}" y1="{y}" x2="{right - width + 24}" y2="{y}"/>')

@@ -72,6 +72,7 @@ def test_eval_curves_before_and_after_and_two_runs_side_by_side(
         expect(chart.locator("polyline.eval-line")).to_have_count(1)
         expect(chart.locator("circle.eval-point")).to_have_count(2)  # steps 4 and 8
         expect(chart.locator(".legend")).to_contain_text("eval loss")
+        expect(chart.locator(".legend .legend-box")).to_have_count(1)  # the key's labels sit on an opaque box
         expect(page.locator(".eval-split")).to_have_text(
             "6 of 23 rows (25%), picked with seed 42, held out of training"
         )
