@@ -130,7 +130,7 @@ class ProjectForm(forms.Form):
                 "autocomplete": "off",
                 "hx-get": reverse("projects:check-eval-dataset"),
                 "hx-trigger": "input changed delay:500ms",
-                "hx-include": "#id_eval_dataset_path, #id_model_name, #id_revision, #id_max_seq_length, "
+                "hx-include": "#id_eval_dataset_path, #id_dataset_path, #id_model_name, #id_revision, #id_max_seq_length, "
                 "#id_chat_template, #id_objective, #id_max_prompt_length, #id_eval_fraction",
                 "hx-target": "#eval-dataset-status",
                 "hx-sync": "this:replace",
