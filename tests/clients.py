@@ -23,15 +23,32 @@ def secure_client(user: Any = None, **kwargs: Any) -> HttpsClient:
     return client
 
 
-def browser_defaults() -> dict[str, str]:
-    """What a browser posts for an untouched new-project form: every box with its initial value, a ticked
-    checkbox as "on", an unticked one not at all."""
+def browser_defaults(project: Any = None) -> dict[str, str]:
+    """What a browser posts for an untouched new-project form (or `project`'s edit form): every box with its initial
+    value, a ticked checkbox as "on", an unticked one not at all."""
     from projects.forms import ProjectForm
 
     posted = {}
-    for name, value in ProjectForm.initial_for(None).items():
+    for name, value in ProjectForm.initial_for(project).items():
         if value is True:
             posted[name] = "on"
         elif value is not False and value is not None:
             posted[name] = str(value)
     return posted
+
+
+def form_data(roots: Any, model_name: str, **changes: str) -> dict[str, str]:
+    """The new-project form as a browser posts it for a small valid project under the portal's roots, changed."""
+    base = {
+        **browser_defaults(),
+        "name": "demo",
+        "description": "",
+        "model_name": model_name,
+        "revision": "",
+        "dataset_path": str(roots / "datasets" / "qa.jsonl"),
+        "output_directory": str(roots / "outputs" / "demo"),
+        "max_steps": "5",
+        "max_seq_length": "16",
+        "validation_prompt": "Say hello:",
+    }
+    return {**base, **changes}

@@ -21,7 +21,7 @@ from projects.run_eval import eval_overview
 from projects.trainer.errors import TrainerError
 from projects.trainer.spec import build_spec, parse_spec
 from tests.api_client import API, call, codes, make_user_token
-from tests.clients import browser_defaults, secure_client
+from tests.clients import form_data, secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
 
 HX = {"HTTP_HX_REQUEST": "true"}
@@ -95,17 +95,7 @@ def test_the_trainer_spec_carries_the_eval_file_and_refuses_it_with_a_share(tmp_
 
 
 def _form(roots: Path, model_name: str, **changes) -> dict:
-    return {
-        **browser_defaults(),
-        "name": "demo",
-        "model_name": model_name,
-        "dataset_path": str(roots / "datasets" / "qa.jsonl"),
-        "output_directory": str(roots / "outputs" / "demo"),
-        "max_steps": "5",
-        "max_seq_length": "32",
-        "validation_prompt": "Say hello:",
-        **changes,
-    }
+    return form_data(roots, model_name, max_seq_length="32", **changes)
 
 
 def _eval_field(html: str) -> str:

@@ -18,7 +18,7 @@ from django.utils.html import escape
 from mtm.models import AuditEvent
 from projects.charts import build_loss_chart, loss_chart_svg, nice_ticks
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
-from tests.clients import browser_defaults, secure_client
+from tests.clients import form_data, secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
 
 pytestmark = pytest.mark.django_db
@@ -45,22 +45,6 @@ def member(db) -> User:
 @pytest.fixture
 def staff(db) -> User:
     return User.objects.create_superuser("boss", password="boss-pass-1234")
-
-
-def form_data(roots: Path, model_name: str, **changes) -> dict:
-    base = {
-        **browser_defaults(),
-        "name": "demo",
-        "description": "",
-        "model_name": model_name,
-        "revision": "",
-        "dataset_path": str(roots / "datasets" / "qa.jsonl"),
-        "output_directory": str(roots / "outputs" / "demo"),
-        "max_steps": "5",
-        "max_seq_length": "16",
-        "validation_prompt": "Say hello:",
-    }
-    return {**base, **changes}
 
 
 def make_project(owner: User, roots: Path, model_name: str = "test-org/tiny-llama", **fields) -> TrainingProject:

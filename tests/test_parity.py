@@ -18,11 +18,10 @@ from django.db import transaction
 from models_registry.models import ModelOverride, PortalSettings
 from mtm.audit import Actor, Channel
 from mtm.models import ApiToken, AuditEvent
-from projects.forms import ProjectForm
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.services import create_project, project_data
 from tests.api_client import call
-from tests.clients import secure_client
+from tests.clients import browser_defaults, secure_client
 from tests.pipeline_helpers import QA_ROWS, write_jsonl
 
 pytestmark = pytest.mark.django_db
@@ -79,13 +78,7 @@ def world(portal_roots, tiny_llama_in_cache, tiny_llama_dir, hf_cache, copy_of_t
 
 def edit_form(project: TrainingProject, **changes: str) -> dict[str, str]:
     """The edit form as a browser posts it untouched (a ticked box as "on", an unticked one not at all), changed."""
-    posted = {}
-    for name, value in ProjectForm.initial_for(project).items():
-        if value is True:
-            posted[name] = "on"
-        elif value is not False and value is not None:
-            posted[name] = str(value)
-    return {**posted, **changes}
+    return {**browser_defaults(project), **changes}
 
 
 def override_form(override: ModelOverride, **changes: str) -> dict[str, str]:

@@ -48,6 +48,26 @@ def finished_run(project: TrainingProject, *, status: str = RunStatus.SUCCEEDED)
     return run
 
 
+def project_of(team: dict, owner, name: str, model_name: str = "test-org/tiny-llama", **fields) -> TrainingProject:
+    """Another project on the team's dataset, its output directory under the portal's root."""
+    return TrainingProject.objects.create(
+        name=name,
+        owner=owner,
+        model_name=model_name,
+        dataset_path=team["project"].dataset_path,
+        output_directory=str(team["root"] / "outputs" / name),
+        **fields,
+    )
+
+
+def full_fine_tune_run(project: TrainingProject, model_dir: Path) -> TrainingRun:
+    """A succeeded full fine-tune as the trainer leaves it: a complete model at the top of its folder, a manifest."""
+    run = finished_run(project)
+    shutil.copytree(model_dir, run.output_directory)
+    (Path(run.output_directory) / "mtm_manifest.json").write_text(json.dumps(manifest(".")))
+    return run
+
+
 @pytest.fixture
 def team(portal_roots, tiny_llama_in_cache, tiny_llama_dir):
     alice, alice_token = make_user_token("alice")
@@ -61,9 +81,7 @@ def team(portal_roots, tiny_llama_in_cache, tiny_llama_dir):
         output_directory=str(portal_roots / "outputs" / "support"),
         method="full",
     )
-    run = finished_run(project)
-    shutil.copytree(tiny_llama_dir, run.output_directory)  # a full fine-tune leaves a complete model at the top
-    (Path(run.output_directory) / "mtm_manifest.json").write_text(json.dumps(manifest(".")))
+    run = full_fine_tune_run(project, tiny_llama_dir)
     return {
         "root": portal_roots,
         "alice": alice,
@@ -331,13 +349,7 @@ def test_an_unpublished_name_says_who_unpublished_it_and_what_to_do(team, api, c
         shown = bob.get(url).content.decode().replace("&#x27;", "'")
         assert all(part in shown for part in said) and hint in shown, url
     # Starting a run of a project built on it fails at resolve with the same words.
-    project = TrainingProject.objects.create(
-        name="on-top",
-        owner=team["mallory"],
-        model_name="team/retired",
-        dataset_path=team["project"].dataset_path,
-        output_directory=str(team["root"] / "outputs" / "on-top"),
-    )
+    project = project_of(team, team["mallory"], "on-top", "team/retired")
     run = TrainingRun.objects.create(
         project=project, started_by=team["mallory"], config=RunConfig.of_project(project).model_dump()
     )
@@ -356,16 +368,7 @@ def test_a_freed_name_is_not_another_members_to_take(team, api, client, tiny_lla
     'team/bot' then trained on mallory's model without a word. A freed name stays its holders' (and staff's)."""
     published = api("alice", team["run"], "team/bot").json()
     call(client, "delete", f"/published-models/{published['id']}", None, team["tokens"]["alice"])
-    theirs = TrainingProject.objects.create(
-        name="theirs",
-        owner=team["mallory"],
-        model_name="test-org/tiny-llama",
-        dataset_path=team["project"].dataset_path,
-        output_directory=str(team["root"] / "outputs" / "theirs"),
-    )
-    other_run = finished_run(theirs)
-    shutil.copytree(tiny_llama_dir, other_run.output_directory)
-    (Path(other_run.output_directory) / "mtm_manifest.json").write_text(json.dumps(manifest(".")))
+    other_run = full_fine_tune_run(project_of(team, team["mallory"], "theirs"), tiny_llama_dir)
 
     taken = api("mallory", other_run, "team/bot")
     assert taken.status_code == 409 and codes(taken) == ["model_name_held"]
@@ -448,14 +451,7 @@ def test_staff_publish_and_unpublish_in_the_admin(team):
 
 @pytest.fixture
 def lora_run(team, tmp_path):
-    project = TrainingProject.objects.create(
-        name="lora",
-        owner=team["alice"],
-        model_name="test-org/tiny-llama",
-        dataset_path=team["project"].dataset_path,
-        output_directory=str(team["root"] / "outputs" / "lora"),
-        method="lora",
-    )
+    project = project_of(team, team["alice"], "lora", method="lora")
     run = finished_run(project)
     folder = Path(run.output_directory)
     (folder / "merged").mkdir(parents=True)
