@@ -160,8 +160,8 @@ def supervise(
                 if cancel_asked_at is None and sup.should_cancel():
                     cancel_asked_at = now
                     cancel_file.touch()
-            if cancel_asked_at is not None and proc.poll() is None:
-                outcome.killed_after_cancel = _escalate(proc, now - cancel_asked_at) or outcome.killed_after_cancel
+            if cancel_asked_at is not None and proc.poll() is None and _escalate(proc, now - cancel_asked_at):
+                outcome.killed_after_cancel = True
             if stop_asked_at is not None and proc.poll() is None and now - stop_asked_at > 30:
                 _signal_all(proc.pid, signal.SIGKILL)
         outcome.returncode = proc.wait()
