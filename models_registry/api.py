@@ -150,6 +150,7 @@ def _settings_out() -> dict:
         "allowed_output_roots": services.output_roots(),
         "allowed_dataset_roots": services.dataset_roots(),
         "upload_quota_bytes": row.upload_quota_bytes,
+        "live_runs_per_member": row.live_runs_per_member,
     }
 
 
@@ -162,7 +163,7 @@ def get_settings(request: HttpRequest) -> dict:
 @router.patch("/settings", response={200: SettingsOut, **BODY_ERRORS}, tags=["settings"])
 def update_settings(request: HttpRequest, payload: SettingsPatch) -> dict:
     """Staff: set the Model Cache Path (blank = HF default), the allowed output and dataset roots, and the
-    per-user upload quota in bytes (0 = no limit)."""
+    per-user upload quota in bytes (0 = no limit) and how many live runs one member may have (0 = no cap)."""
     require_staff(request, "change the portal settings")
     try:
         save_settings(payload.model_dump(exclude_unset=True), actor=Actor.of(request, Channel.API))

@@ -37,7 +37,13 @@ class PortalSettingsForm(forms.ModelForm):
 
     class Meta:
         model = PortalSettings
-        fields = ["model_cache_path", "allowed_output_roots", "allowed_dataset_roots", "upload_quota_bytes"]
+        fields = [
+            "model_cache_path",
+            "allowed_output_roots",
+            "allowed_dataset_roots",
+            "upload_quota_bytes",
+            "live_runs_per_member",
+        ]
         widgets = {"model_cache_path": forms.TextInput(attrs={"placeholder": "Blank: the Hugging Face default"})}
 
     def __init__(self, *args, **kwargs) -> None:
@@ -51,11 +57,17 @@ class PortalSettingsForm(forms.ModelForm):
             self.initial[name] = "\n".join(getattr(self.instance, name) or [])
             self.fields[name].help_text = ROOTS_HELP.format(default=", ".join(default) or "none")
         self.fields["upload_quota_bytes"].required = False
+        self.fields["live_runs_per_member"].required = False
 
     def clean_upload_quota_bytes(self) -> int:
         """Blank (or a form that does not send the box) keeps the current quota."""
         value = self.cleaned_data.get("upload_quota_bytes")
         return self.instance.upload_quota_bytes if value is None else value
+
+    def clean_live_runs_per_member(self) -> int:
+        """Blank (or a form that does not send the box) keeps the current cap."""
+        value = self.cleaned_data.get("live_runs_per_member")
+        return self.instance.live_runs_per_member if value is None else value
 
     def clean_model_cache_path(self) -> str:
         value = (self.cleaned_data.get("model_cache_path") or "").strip()

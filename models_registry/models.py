@@ -2,11 +2,17 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 DEFAULT_UPLOAD_QUOTA_BYTES = 10 * 1024**3
+MAX_LIVE_RUNS_PER_MEMBER = 10_000
+
+
+def default_live_runs_per_member() -> int:
+    """The cap a new settings row starts with: MTM_LIVE_RUNS_PER_MEMBER."""
+    return settings.MTM_LIVE_RUNS_PER_MEMBER
 
 
 def validate_model_name_field(value: str) -> None:
@@ -22,6 +28,9 @@ class ModelOverride(models.Model):
 
     model_name = models.CharField(max_length=96, unique=True, validators=[validate_model_name_field])
     path = models.CharField(max_length=4096, help_text="Absolute path of the model folder on the server.")
+    # 'device:inode' of the folder the path led to when saved (links followed; '': it led nowhere then): while it
+    # still leads there, the folder it leads to is reserved too (projects.ownership.override_forms).
+    path_identity = models.CharField(max_length=64, blank=True, editable=False)
     enabled = models.BooleanField(default=True)
     trust_remote_code = models.BooleanField(
         default=False,
@@ -68,6 +77,13 @@ class PortalSettings(models.Model):
         default=DEFAULT_UPLOAD_QUOTA_BYTES,
         validators=[MinValueValidator(0)],
         help_text="The most bytes of uploaded datasets each user may keep. 0: no limit.",
+    )
+    live_runs_per_member = models.PositiveIntegerField(
+        "Live runs per member",
+        default=default_live_runs_per_member,
+        validators=[MaxValueValidator(MAX_LIVE_RUNS_PER_MEMBER)],
+        help_text="Runs one member may have queued, resolving, training or validating at once; Start is refused "
+        "beyond it, staff included. 0: no cap. A new portal starts with MTM_LIVE_RUNS_PER_MEMBER.",
     )
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.ForeignKey(
@@ -121,3 +137,22 @@ class PublishedModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_name} (published)"
+
+
+class ModelVerdict(models.Model):
+    """transformers' own verdict on a model folder (models_registry.deep_verdict), cached per snapshot: it holds for
+    as long as the folder's files (names, sizes, times, modes, blob names), the installed libraries and the check's
+    limits give the same fingerprint. One row per folder; a new fingerprint replaces it."""
+
+    folder_key = models.CharField(max_length=64, unique=True, help_text="sha256 of the folder's path.")
+    folder = models.TextField()
+    fingerprint = models.CharField(max_length=64)
+    valid = models.BooleanField()
+    result = models.JSONField(help_text="The DeepVerdict, as its model_dump(mode='json').")
+    checked_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["folder"]
+
+    def __str__(self) -> str:
+        return f"{self.folder}: {'valid' if self.valid else 'refused'}"

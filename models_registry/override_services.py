@@ -14,6 +14,7 @@ from models_registry.edits import duplicate_override, override_problems
 from models_registry.models import ModelOverride
 from mtm import audit
 from mtm.audit import Actor
+from mtm.shared.claims import followed_identity
 from mtm.shared.problems import Problem
 
 OVERRIDE_FIELDS = ("model_name", "path", "enabled", "trust_remote_code", "note")
@@ -48,6 +49,8 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save(override: ModelOverride) -> None:
+    """Save with the identity of the folder its path leads to now (projects.ownership.override_forms)."""
+    override.path_identity = followed_identity(override.path) if override.path.startswith("/") else ""
     try:
         with transaction.atomic():
             override.save()

@@ -3,11 +3,16 @@ where such a name resolves, who published it from which run on which base (`prov
 published name may not use (`organisation_problem`); and, once a name is unpublished, who did it and when
 (`unpublished_problem`, read from the audit log: unpublishing deletes the row, never the files).
 
+Names are compared as a reader sees them (`name_key`): case-folded, without '-', '_' or '.', and with letters a
+reader takes for one another folded together, so 'Team/aIice_bot' is 'team/alice-bot'.
+
 The rule for a published name: it has an organisation part ("team/bot", never a bare "bot": bare names on the Hub
-are its oldest canonical models, gpt2 or bert-base-uncased), and that organisation is neither one of a model in
-the Hugging Face cache (downloaded from the Hub, so it is a Hub organisation) nor one of HUB_ORGANISATIONS (compared
-without case, '-', '_' or '.'). Overrides do not reserve their organisation: staff map team-local names too. A
-team publishes under its own organisation; staff who must map an upstream-looking name to a folder add an override.
+are its oldest canonical models, gpt2 or bert-base-uncased), and that organisation does not read as, or start like,
+one of HUB_ORGANISATIONS or SHORT_FORMS ('meta-llama3' and 'mistral' could pass for meta-llama's and mistralai's),
+nor read as the organisation of a model in the Hugging Face cache (downloaded from the Hub, so a Hub organisation;
+one of at least PREFIX_MIN_KEY characters is not to be started like either). Overrides do not reserve their
+organisation: staff map team-local names too. A team publishes under its own organisation; staff who must map an
+upstream-looking name to a folder add an override.
 """
 
 from __future__ import annotations
@@ -28,15 +33,19 @@ PUBLISHED_TYPE = "models_registry.publishedmodel"
 HUB_ORGANISATIONS = frozenset(
     {
         "01-ai",
+        "Alibaba-NLP",
         "ai21labs",
         "allenai",
         "amazon",
         "answerdotai",
+        "bartowski",
         "apple",
         "BAAI",
         "baichuan-inc",
+        "baidu",
         "bigcode",
         "bigscience",
+        "ByteDance-Seed",
         "CohereForAI",
         "CohereLabs",
         "databricks",
@@ -55,14 +64,17 @@ HUB_ORGANISATIONS = frozenset(
         "ibm",
         "ibm-granite",
         "internlm",
+        "LiquidAI",
         "intfloat",
         "lmsys",
+        "lmstudio-community",
         "meta",
         "meta-llama",
         "microsoft",
         "MiniMaxAI",
         "mistral-community",
         "mistralai",
+        "mlx-community",
         "moonshotai",
         "mosaicml",
         "NousResearch",
@@ -77,7 +89,9 @@ HUB_ORGANISATIONS = frozenset(
         "stabilityai",
         "THUDM",
         "tiiuae",
+        "TheBloke",
         "TinyLlama",
+        "tencent",
         "togethercomputer",
         "unsloth",
         "upstage",
@@ -85,17 +99,51 @@ HUB_ORGANISATIONS = frozenset(
         "zai-org",
     }
 )
+# What people call famous organisations for short, and the Hub organisation each could pass for.
+SHORT_FORMS = {
+    "alibaba": "Qwen",
+    "bytedance": "ByteDance-Seed",
+    "cohere": "CohereForAI",
+    "deepseek": "deepseek-ai",
+    "eleuther": "EleutherAI",
+    "minimax": "MiniMaxAI",
+    "mistral": "mistralai",
+    "moonshot": "moonshotai",
+    "nous": "NousResearch",
+    "stability": "stabilityai",
+    "xai": "xai-org",
+    "zhipu": "zai-org",
+}
+# A cache organisation with a shorter key reserves only itself, not every organisation that starts like it.
+PREFIX_MIN_KEY = 4
 ORGANISATION_HINT = "Publish under your team's own organisation, e.g. team/{model} or {user}/{model}."
 
 
-# Letters a reader takes for one another in a name (the hostile tester published 'Meta-LIama' with a capital I).
+# Letters a reader takes for one another in a name (the hostile tester published 'Meta-LIama' with a capital I):
+# pairs first ('rn' reads as 'm'), then single characters.
+_LOOK_ALIKE_PAIRS = (("rn", "m"), ("vv", "w"))
 _LOOK_ALIKE = str.maketrans({"i": "l", "1": "l", "|": "l", "0": "o"})
 
 
-def organisation_key(organisation: str) -> str:
-    """'Meta_Llama', 'meta-llama' and 'Meta-LIama' are one organisation to a reader."""
-    key = "".join(c for c in organisation.lower() if c not in "-_.")
-    return key.replace("rn", "m").replace("vv", "w").translate(_LOOK_ALIKE)
+def part_key(part: str) -> str:
+    """One part of a name as a reader sees it: 'Meta_Llama', 'meta-llama' and 'Meta-LIama' are one."""
+    key = "".join(c for c in part.casefold() if c not in "-_.")
+    for pair, one in _LOOK_ALIKE_PAIRS:
+        key = key.replace(pair, one)
+    return key.translate(_LOOK_ALIKE)
+
+
+def name_key(name: str) -> str:
+    """A whole name as a reader sees it: 'Team/aIice_bot' and 'team/alice-bot' are one name."""
+    organisation, _, model = name.rpartition("/")
+    return f"{part_key(organisation)}/{part_key(model)}"
+
+
+def reads_the_same(name: str, other: str) -> str:
+    """The sentence that opens a refusal of `name` for resembling `other`; nothing when they are the same text."""
+    if name == other:
+        return ""
+    return f"'{name}' reads the same as '{other}' (case, '-', '_', '.' and look-alike letters aside). "
 
 
 def _who(user) -> str:
@@ -132,19 +180,39 @@ def shadowed_warning(published: PublishedModel, cache_path: str) -> Problem:
 
 
 def _organisation_owner(key: str, cache_dir: Path) -> str | None:
-    """Why an organisation (its key) is not the team's to publish under, or None."""
-    for name in sorted(HUB_ORGANISATIONS):
-        if organisation_key(name) == key:
-            return f"is the Hugging Face Hub organisation '{name}'"
-    try:
-        entries = sorted(os.listdir(cache_dir))
-    except OSError:
-        entries = []
-    for entry in entries:
-        parts = entry.split("--")
-        if len(parts) == 3 and parts[0] == "models" and organisation_key(parts[1]) == key:
-            return f"is the organisation of '{parts[1]}/{parts[2]}' in the Hugging Face cache"
+    """Why an organisation (its key) is not the team's to publish under, or None: it reads as a reserved one, or
+    starts like one (the longest such is named)."""
+    reserved = _reserved_organisations(cache_dir)
+    for reserved_key, what, _ in reserved:
+        if key == reserved_key:
+            return f"is {what}"
+    for reserved_key, what, by_prefix in reserved:
+        if by_prefix and key.startswith(reserved_key):
+            return f"starts like {what} (an upstream organisation with a version or suffix added)"
     return None
+
+
+def _reserved_organisations(cache_dir: Path) -> list[tuple[str, str, bool]]:
+    """(key, what it is, whether names that start like it are reserved too), longest key first."""
+    reserved = [(part_key(name), f"the Hugging Face Hub organisation '{name}'", True) for name in HUB_ORGANISATIONS]
+    reserved += [
+        (part_key(short), f"'{short}', a short form of the Hugging Face Hub organisation '{hub}'", True)
+        for short, hub in SHORT_FORMS.items()
+    ]
+    for entry in _cache_entries(cache_dir):
+        parts = entry.split("--")
+        if len(parts) == 3 and parts[0] == "models":
+            key = part_key(parts[1])
+            what = f"the organisation of '{parts[1]}/{parts[2]}' in the Hugging Face cache"
+            reserved.append((key, what, len(key) >= PREFIX_MIN_KEY))
+    return sorted(reserved, key=lambda item: (-len(item[0]), item[1]))
+
+
+def _cache_entries(cache_dir: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(cache_dir))
+    except OSError:
+        return []
 
 
 def organisation_problem(name: str, cache_dir: Path, username: str = "me") -> Problem | None:
@@ -157,7 +225,7 @@ def organisation_problem(name: str, cache_dir: Path, username: str = "me") -> Pr
             ORGANISATION_HINT.format(model=name, user=username),
         )
     organisation, model = name.split("/", 1)
-    owner = _organisation_owner(organisation_key(organisation), cache_dir)
+    owner = _organisation_owner(part_key(organisation), cache_dir)
     if owner is None:
         return None
     return Problem(
@@ -184,6 +252,21 @@ def last_event(action: str, name: str) -> AuditEvent | None:
         .order_by("-at", "-pk")
         .first()
     )
+
+
+def last_event_alike(action: str, name: str) -> AuditEvent | None:
+    """The newest audit event of `action` for a published name that reads as `name` (name_key), in any spelling."""
+    side = 0 if action == UNPUBLISH_ACTION else 1
+    key = name_key(name)
+    named = (
+        AuditEvent.objects.filter(action=action, object_type=PUBLISHED_TYPE)
+        .order_by("-at", "-pk")
+        .values_list("pk", f"changes__model_name__{side}")
+    )
+    for pk, event_name in named.iterator():
+        if isinstance(event_name, str) and name_key(event_name) == key:
+            return AuditEvent.objects.select_related("actor").get(pk=pk)
+    return None
 
 
 def unpublished_problem(name: str) -> Problem | None:
@@ -216,7 +299,12 @@ def unpublished_problem(name: str) -> Problem | None:
 
 __all__ = [
     "HUB_ORGANISATIONS",
+    "SHORT_FORMS",
     "last_event",
+    "last_event_alike",
+    "name_key",
+    "part_key",
+    "reads_the_same",
     "shadowed_warning",
     "organisation_problem",
     "provenance",

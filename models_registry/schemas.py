@@ -78,6 +78,13 @@ class SettingsPatch(NoNulls):
     upload_quota_bytes: int | None = Field(
         None, ge=0, le=2**62, description="Bytes of uploaded datasets each user may keep; 0: no limit."
     )
+    live_runs_per_member: int | None = Field(
+        None,
+        ge=0,
+        le=10_000,
+        description="Runs one member (staff included) may have queued or running at once; a Start beyond it is "
+        "refused (409, code live_run_cap). 0: no cap.",
+    )
 
 
 class ProblemOut(Schema):
@@ -153,3 +160,4 @@ class SettingsOut(Schema):
     allowed_output_roots: list[str]
     allowed_dataset_roots: list[str]
     upload_quota_bytes: int
+    live_runs_per_member: int = Field(description="Runs one member may have queued or running at once; 0: no cap.")

@@ -9,14 +9,14 @@ from typing import Any
 from django.db import transaction
 
 from models_registry.edits import cache_path_problem, clean_roots
-from models_registry.models import PortalSettings
+from models_registry.models import MAX_LIVE_RUNS_PER_MEMBER, PortalSettings
 from models_registry.settings_checks import path_problem
 from mtm import audit
 from mtm.audit import Actor
 from mtm.shared.problems import Problem
 
 SETTINGS_FIELDS = ("model_cache_path", "allowed_output_roots", "allowed_dataset_roots")  # paths, checked inline
-OTHER_SETTINGS_FIELDS = ("upload_quota_bytes",)
+OTHER_SETTINGS_FIELDS = ("upload_quota_bytes", "live_runs_per_member")
 AUDITED_SETTINGS_FIELDS = SETTINGS_FIELDS + OTHER_SETTINGS_FIELDS
 ROOT_FIELDS = ("allowed_output_roots", "allowed_dataset_roots")
 MAX_UPLOAD_QUOTA = 2**62
@@ -44,6 +44,16 @@ def clean_settings(updates: dict[str, Any]) -> dict[str, Any]:
                     "invalid_upload_quota",
                     f"Upload quota {quota!r} is not a whole number of bytes between 0 and {MAX_UPLOAD_QUOTA}.",
                     "Give the bytes of uploaded datasets each user may keep, e.g. 10737418240 for 10 GiB; 0: no limit.",
+                )
+            )
+    if "live_runs_per_member" in cleaned:
+        cap = cleaned["live_runs_per_member"]
+        if isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap <= MAX_LIVE_RUNS_PER_MEMBER:
+            problems.append(
+                Problem(
+                    "invalid_live_runs_per_member",
+                    f"Live runs per member {cap!r} is not a whole number between 0 and {MAX_LIVE_RUNS_PER_MEMBER}.",
+                    "Give how many runs one member may have queued or running at once, e.g. 2; 0: no cap.",
                 )
             )
     if "model_cache_path" in cleaned:

@@ -27,3 +27,11 @@ def training_refusal(resolution: Resolution) -> Problem | None:
         f"Download the full model: hf download {name}"
         + (" (the original repo, not its GGUF conversion)" if ggufs else ""),
     )
+
+
+def deep_training_refusal(resolution: Resolution) -> Problem | None:
+    """transformers' own refusal of a resolved model (models_registry.deep_verdict), from the cache or computed now.
+    For workers only (the resolve stage): computing it loads transformers in a limited child process."""
+    from models_registry.deep_verdict import deep_verdict
+
+    return deep_verdict(resolution).first_error()

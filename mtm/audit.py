@@ -6,13 +6,13 @@ and from which address; `record` is the lower-level writer (sign-ins use it dire
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import models
 from django.http import HttpRequest
 
+from mtm.client_address import client_address
 from mtm.models import AuditEvent
 
 
@@ -90,13 +90,8 @@ def _write(
 
 
 def remote_addr(request: HttpRequest | None) -> str | None:
-    """The peer's address when it is a valid IP (REMOTE_ADDR, as set by the server or the proxy in front)."""
-    raw = str(request.META.get("REMOTE_ADDR", "")) if request is not None else ""
-    try:
-        # An IPv6 zone ("%eth0") is no part of the address and PostgreSQL's inet refuses it.
-        return str(ipaddress.ip_address(raw.strip().split("%")[0]))
-    except ValueError:
-        return None
+    """The client's address when it is a valid IP: the peer's, or the one trusted proxies name (mtm.client_address)."""
+    return client_address(request) if request is not None else None
 
 
 def diff(before: dict[str, Any], after: dict[str, Any]) -> dict[str, list[Any]]:

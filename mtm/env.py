@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -49,3 +50,36 @@ def env_float(name: str, default: float) -> float:
 def env_list(name: str, sep: str = ",") -> list[str]:
     raw = os.environ.get(name, "")
     return [part.strip() for part in raw.split(sep) if part.strip()]
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(name: str, raw: str) -> tuple[IPNetwork, ...]:
+    """Addresses and networks (CIDR) separated by ',' or, like PATH, by ':' ('10.0.0.1:192.168.0.0/16'). An entry
+    with ':' that is an IPv6 address or network stays whole, so '::1,fd00::/8' reads as two."""
+    networks: list[IPNetwork] = []
+    for entry in (part.strip() for part in raw.split(",")):
+        if not entry:
+            continue
+        pieces = [entry] if _network(entry) is not None else [p.strip() for p in entry.split(":") if p.strip()]
+        for piece in pieces:
+            network = _network(piece)
+            if network is None:
+                raise ImproperlyConfigured(
+                    f"{name}={raw!r}: {piece!r} is not an IP address or network; give addresses or networks such "
+                    "as 10.0.0.1 or 172.16.0.0/12, separated by ',' or ':'."
+                )
+            networks.append(network)
+    return tuple(networks)
+
+
+def _network(text: str) -> IPNetwork | None:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
+def env_networks(name: str) -> tuple[IPNetwork, ...]:
+    return parse_networks(name, os.environ.get(name, ""))

@@ -62,22 +62,36 @@ class AuditEvent(models.Model):
         return f"{self.at:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.object_type} {self.object_repr}"
 
 
-class LoginAttempt(models.Model):
-    """One sign-in through a password form, kept a day so repeated failures can be throttled (mtm/throttle.py)."""
+class SignInThrottle(models.Model):
+    """Failed password tries counted for one account from one address, or (account empty) from one address for any
+    account; a try is counted here, under the row's lock, before its password is checked (mtm/throttle.py)."""
 
-    username = models.CharField(max_length=150, help_text="As typed, case-folded.")
-    remote_addr = models.GenericIPAddressField(null=True, blank=True)
-    at = models.DateTimeField(default=timezone.now)
-    succeeded = models.BooleanField(default=False)
+    account = models.CharField(max_length=150, blank=True, help_text="The username as typed, case-folded.")
+    address = models.CharField(max_length=45, blank=True, help_text="The client's IP address; empty if unknown.")
+    failures = models.PositiveIntegerField(default=0)
+    last_failure_at = models.DateTimeField(default=timezone.now, db_index=True)
+    refusal_audited_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        ordering = ["-at"]
-        indexes = [
-            models.Index(fields=["username", "at"], name="mtm_login_user_at"),
-            models.Index(fields=["remote_addr", "at"], name="mtm_login_addr_at"),
-            models.Index(fields=["at"], name="mtm_login_at"),
-        ]
+        constraints = [models.UniqueConstraint(fields=["account", "address"], name="mtm_signin_account_address")]
 
     def __str__(self) -> str:
-        outcome = "succeeded" if self.succeeded else "failed"
-        return f"sign-in as '{self.username}' from {self.remote_addr or 'unknown address'} {outcome}"
+        where = self.address or "an unknown address"
+        if not self.account:
+            return f"sign-ins from {where} (any account)"
+        return f"sign-ins as '{self.account}' from {where}"
+
+
+class ExpensiveRequestSlot(models.Model):
+    """One of a member's expensive requests in progress (mtm/request_limits.py): numbered 0..cap-1 and unique per
+    member, so every gunicorn process sees the same count and two requests never take the same slot."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    number = models.PositiveSmallIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "number"], name="mtm_expensive_slot_unique")]
+
+    def __str__(self) -> str:
+        return f"Slot {self.number} of user {self.user_id}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from mtm.env import env_bool, env_int, env_list, env_str
+from mtm.env import env_bool, env_int, env_list, env_networks, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("MTM_VAR_DIR", str(BASE_DIR / "var")))
@@ -38,6 +38,9 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    # Above staticfiles: runserver (make run) leaves /static/ to WhiteNoise, which answers an odd path with a 404
+    # where Django's own static handler lets SuspiciousFileOperation escape as a 500.
+    "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "django_htmx",
@@ -145,12 +148,20 @@ X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
 # --- Sign-in throttling (mtm/throttle.py) --------------------
-# After this many failed sign-ins for one account, or from one address, within the window, the password
-# forms (portal login and admin login) refuse further tries without checking the password. The address
-# limit is higher because a team behind one NAT or proxy shares an address.
+# Past this many failed password tries for one account from one address (or, much higher, from one address for
+# any account), every password form makes the next try wait: 30 seconds, doubling per failure up to the longest
+# delay. One failure is forgotten per longest delay. A stranger's failures never hold back the owner's address.
 MTM_LOGIN_MAX_FAILURES = env_int("MTM_LOGIN_MAX_FAILURES", 5)
-MTM_LOGIN_MAX_FAILURES_PER_ADDRESS = env_int("MTM_LOGIN_MAX_FAILURES_PER_ADDRESS", 20)
-MTM_LOGIN_WINDOW_MINUTES = env_int("MTM_LOGIN_WINDOW_MINUTES", 15)
+MTM_LOGIN_MAX_FAILURES_PER_ADDRESS = env_int("MTM_LOGIN_MAX_FAILURES_PER_ADDRESS", 100)
+MTM_LOGIN_MAX_DELAY_MINUTES = env_int("MTM_LOGIN_MAX_DELAY_MINUTES", 15)
+# The reverse proxies in front of the portal (addresses or networks, ',' or ':' separated). Only a request whose
+# peer is one of them has its X-Forwarded-For read (from the right) for the client's address; empty: never read.
+MTM_TRUSTED_PROXIES = env_networks("MTM_TRUSTED_PROXIES")
+
+# --- Expensive requests (mtm/request_limits.py) --------------------
+# How many dataset checks and chat-template renders one member may have in progress at once (all web processes
+# together); more are answered 429 with when to retry. 0: no limit.
+MTM_EXPENSIVE_REQUESTS_PER_MEMBER = env_int("MTM_EXPENSIVE_REQUESTS_PER_MEMBER", 2)
 
 # --- Model resolution -------------------------------------------------------------------------
 # Used when the portal settings row has none (`:`-separated, like PATH). The defaults keep a fresh
@@ -158,17 +169,32 @@ MTM_LOGIN_WINDOW_MINUTES = env_int("MTM_LOGIN_WINDOW_MINUTES", 15)
 MTM_OUTPUT_ROOTS = env_list("MTM_OUTPUT_ROOTS", sep=":") or [str(VAR_DIR / "outputs")]
 MTM_DATASET_ROOTS = env_list("MTM_DATASET_ROOTS", sep=":") or [str(VAR_DIR / "datasets")]
 MTM_LOW_DISK_BYTES = env_int("MTM_LOW_DISK_BYTES", 10 * 1024**3)
+# transformers' own verdict on a model (models_registry.deep_verdict) runs on a worker in a child process stopped
+# past these limits (CPU seconds, MB of memory beyond what the worker had): a model whose check hangs or crashes
+# gets a verdict saying so.
+MTM_VERDICT_CPU_SECONDS = env_int("MTM_VERDICT_CPU_SECONDS", 120)
+MTM_VERDICT_MEMORY_MB = env_int("MTM_VERDICT_MEMORY_MB", 4096)
 # A model's chat template renders in a child process of the web worker stopped past these limits (CPU seconds,
 # megabytes of memory beyond what the child starts with); such a template is reported as the model's problem.
 MTM_TEMPLATE_CPU_SECONDS = env_int("MTM_TEMPLATE_CPU_SECONDS", 10)
 MTM_TEMPLATE_MEMORY_MB = env_int("MTM_TEMPLATE_MEMORY_MB", 512)
 
 # --- Runs ---------------------------------------------------------------------------------------------
+# Runs one member may have live (queued, resolving, training or validating) before Start is refused; 0: no cap.
+# The portal settings start with this value; staff change it there (PortalSettings.live_runs_per_member).
+MTM_LIVE_RUNS_PER_MEMBER = env_int("MTM_LIVE_RUNS_PER_MEMBER", 2)
+if MTM_LIVE_RUNS_PER_MEMBER < 0:
+    raise ImproperlyConfigured(
+        f"MTM_LIVE_RUNS_PER_MEMBER={MTM_LIVE_RUNS_PER_MEMBER} is negative; give 0 (no cap) or more."
+    )
 # A worker beats for its run every MTM_HEARTBEAT_SECONDS; a live run silent for MTM_HEARTBEAT_TIMEOUT is failed
 # as "worker lost". Training stops with a clear failure when the output disk has less than MTM_MIN_FREE_BYTES.
 MTM_HEARTBEAT_SECONDS = env_int("MTM_HEARTBEAT_SECONDS", 5)
 MTM_HEARTBEAT_TIMEOUT = env_int("MTM_HEARTBEAT_TIMEOUT", 90)
 MTM_MIN_FREE_BYTES = env_int("MTM_MIN_FREE_BYTES", 256 * 1024**2)
+# The most bytes a LoRA adapter download streams (all its files together); a larger adapter is refused, naming
+# the file that does not fit (projects.adapter_archive).
+MTM_ADAPTER_ARCHIVE_MAX_BYTES = env_int("MTM_ADAPTER_ARCHIVE_MAX_BYTES", 8 * 1024**3)
 # Each Celery worker rewrites its row (host, devices, versions) every MTM_WORKER_REPORT_SECONDS; one silent for
 # MTM_WORKER_GONE_SECONDS is shown as gone and no run is sent to it.
 MTM_WORKER_REPORT_SECONDS = env_int("MTM_WORKER_REPORT_SECONDS", 10)
@@ -193,6 +219,13 @@ MTM_PLAYGROUND_MESSAGES_PER_MINUTE = env_int("MTM_PLAYGROUND_MESSAGES_PER_MINUTE
 MTM_PLAYGROUND_FLUSH_SECONDS = float(env_int("MTM_PLAYGROUND_FLUSH_MS", 200)) / 1000
 MTM_PLAYGROUND_HEARTBEAT_TIMEOUT = env_int("MTM_PLAYGROUND_HEARTBEAT_TIMEOUT", 60)
 MTM_PLAYGROUND_QUEUE_TIMEOUT = env_int("MTM_PLAYGROUND_QUEUE_TIMEOUT", 600)
+# How many answers one member may have queued or being generated at once (all conversations together); a send beyond
+# it is refused until one ends. Members waiting for the inference workers are served in turn.
+MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER = env_int("MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER", 2)
+if MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER < 1:
+    raise ImproperlyConfigured(
+        f"MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER={MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER} must be at least 1."
+    )
 for _name in ("MTM_PLAYGROUND_IDLE_SECONDS", "MTM_PLAYGROUND_MAX_NEW_TOKENS", "MTM_PLAYGROUND_HEARTBEAT_TIMEOUT"):
     if globals()[_name] < 1:
         raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be at least 1.")

@@ -1,43 +1,82 @@
-"""Sign-in throttling: too many failed password sign-ins for one account or from one address lock it out a while.
+"""Sign-in throttling: a growing wait per account and address, counted before the password is checked.
 
-Attempts live in the database (mtm.LoginAttempt), so every gunicorn worker sees the same counts. A success
-clears the account's failures (counting restarts after it) but not the address's, so signing in to one's own
-account does not reset a guessing spree from the same address.
+Every password try is counted in two rows of mtm.SignInThrottle, the account's from this address and the address's
+own (any account), in one transaction that locks both (select_for_update on PostgreSQL; SQLite's IMMEDIATE
+transactions take the write lock at BEGIN), and only then is the password checked. So however many tries arrive at
+once, at most MTM_LOGIN_MAX_FAILURES of them reach the check before the wait starts.
+
+Past MTM_LOGIN_MAX_FAILURES failures of one account from one address, or MTM_LOGIN_MAX_FAILURES_PER_ADDRESS from one
+address for any account, the next try waits FIRST_DELAY after the last failure, doubling with each further failure
+up to MTM_LOGIN_MAX_DELAY_MINUTES; a try that comes early is refused unchecked. One failure is forgotten per longest
+delay. The account is counted per address (an IPv6 address per /64), so a stranger guessing alice's password from
+elsewhere never holds alice back at her own address. A right password clears its account-and-address count and
+uncounts its try from the address's, so signing in to one's own account does not reset a guessing spree from the
+same address.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Max
+from django.db import transaction
 from django.utils import timezone
 
-from mtm.models import LoginAttempt
+from mtm.models import SignInThrottle
 
-KEEP_ATTEMPTS = timedelta(days=1)
+FIRST_DELAY = timedelta(seconds=30)
+# Rows with no failure for this long are deleted on the next failure anywhere.
+KEEP_ROWS = timedelta(days=2)
+ANY_ACCOUNT = ""
 
 
 @dataclass(frozen=True)
-class Lockout:
-    """Why sign-in is refused and until when."""
+class Refusal:
+    """A try refused unchecked: which count made it wait (`row`), until when, and whether it is the first refusal
+    since that count's last failure (the one that is audited)."""
 
-    reason: str  # "account" or "address"
+    row: SignInThrottle
     until: datetime
+    at: datetime
+    first: bool
 
-    def minutes_left(self, now: datetime | None = None) -> int:
-        seconds = (self.until - (now or timezone.now())).total_seconds()
-        return max(1, math.ceil(seconds / 60))
+    @property
+    def waits_for(self) -> str:
+        return "account" if self.row.account else "address"
 
-    def message(self, now: datetime | None = None) -> str:
-        minutes = self.minutes_left(now)
-        unit = "minute" if minutes == 1 else "minutes"
+    @property
+    def wait(self) -> timedelta:
+        """The whole wait after the last failure (the doubling delay, not what is left of it)."""
+        return self.until - self.row.last_failure_at
+
+    def retry_after(self, now: datetime | None = None) -> int:
+        """Seconds until a try is checked again, for the Retry-After header."""
+        return max(1, math.ceil((self.until - (now or self.at)).total_seconds()))
+
+    def message(self) -> str:
+        wait = _span(self.retry_after())
+        if self.waits_for == "address":
+            return (
+                "Too many failed sign-in attempts from your address, for any account. Wait "
+                f"{wait} before trying again. If your team signs in through one proxy, staff can name it in "
+                "MTM_TRUSTED_PROXIES so that each person's own address counts."
+            )
         return (
-            "Too many failed sign-in attempts for this account or address. "
-            f"Try again in {minutes} {unit}. If you forgot your password, ask a staff member of your team to reset it."
+            f"Too many failed sign-in attempts for '{self.row.account}' from your address. Wait {wait} before "
+            "trying again; each further failure doubles the wait. If you forgot your password, ask a staff member "
+            "of your team to reset it."
         )
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A try counted as a failure in advance; `succeeded` or `not_a_guess` uncount it once the password is known."""
+
+    address_row: SignInThrottle
+    account_row: SignInThrottle | None
 
 
 def normalise_username(username: str) -> str:
@@ -45,43 +84,116 @@ def normalise_username(username: str) -> str:
     return (username or "").strip().casefold()[:150]
 
 
-def window() -> timedelta:
-    return timedelta(minutes=settings.MTM_LOGIN_WINDOW_MINUTES)
+def longest_delay() -> timedelta:
+    return timedelta(minutes=settings.MTM_LOGIN_MAX_DELAY_MINUTES)
 
 
-def lockout(username: str, remote_addr: str | None, now: datetime | None = None) -> Lockout | None:
-    """The lockout in force for this account or address, or None when a password may be checked."""
+def admit(username: str, address: str | None, now: datetime | None = None) -> Admission | Refusal:
+    """Count a try for `username` from `address` before its password is checked, or refuse it unchecked while a
+    wait is in force (the first refusal per wait is marked for the audit)."""
     now = now or timezone.now()
-    since = now - window()
     account = normalise_username(username)
-    if account:
-        last_success = LoginAttempt.objects.filter(username=account, succeeded=True, at__gt=since).aggregate(
-            last=Max("at")
-        )["last"]
-        failures = LoginAttempt.objects.filter(username=account, succeeded=False, at__gt=last_success or since)
-        if until := _locked_until(failures, settings.MTM_LOGIN_MAX_FAILURES):
-            return Lockout("account", until)
-    if remote_addr:
-        failures = LoginAttempt.objects.filter(remote_addr=remote_addr, succeeded=False, at__gt=since)
-        if until := _locked_until(failures, settings.MTM_LOGIN_MAX_FAILURES_PER_ADDRESS):
-            return Lockout("address", until)
-    return None
+    with transaction.atomic():
+        # One lock order everywhere (the address's row, then the account's) so two tries never deadlock.
+        address_row = _locked(ANY_ACCOUNT, address)
+        account_row = _locked(account, address) if account else None
+        rows = [row for row in (address_row, account_row) if row is not None]
+        if refusal := _longest_wait(rows, now):
+            if refusal.first:
+                refusal.row.refusal_audited_at = now
+                refusal.row.save(update_fields=["refusal_audited_at"])
+            return refusal
+        for row in rows:
+            row.failures = remembered_failures(row, now) + 1
+            row.last_failure_at = now
+            row.save(update_fields=["failures", "last_failure_at"])
+    return Admission(address_row, account_row)
 
 
-def _locked_until(failures, limit: int) -> datetime | None:
-    """When the count falls below `limit` again: the limit-th newest failure leaves the window then."""
-    if limit < 1:
+def refusal(username: str, address: str | None, now: datetime | None = None) -> Refusal | None:
+    """The wait in force for `username` from `address`, without counting anything."""
+    now = now or timezone.now()
+    account = normalise_username(username)
+    rows = SignInThrottle.objects.filter(account__in={ANY_ACCOUNT, account}, address=counted_address(address))
+    return _longest_wait(list(rows), now)
+
+
+def failed(admission: Admission, now: datetime | None = None) -> None:
+    """The password was wrong: the try stays counted. Rows long quiet are pruned on the way."""
+    SignInThrottle.objects.filter(last_failure_at__lt=(now or timezone.now()) - KEEP_ROWS).delete()
+
+
+def succeeded(admission: Admission) -> None:
+    """The password was right: its account-and-address count is cleared, its try uncounted from the address's."""
+    with transaction.atomic():
+        _uncount(admission.address_row)
+        if admission.account_row is not None:
+            SignInThrottle.objects.select_for_update().filter(pk=admission.account_row.pk).update(failures=0)
+
+
+def not_a_guess(admission: Admission) -> None:
+    """The password was right but the account may not use this door (inactive, or not staff at the admin's): the
+    try is uncounted and nothing is cleared."""
+    with transaction.atomic():
+        _uncount(admission.address_row)
+        if admission.account_row is not None:
+            _uncount(admission.account_row)
+
+
+def remembered_failures(row: SignInThrottle, now: datetime) -> int:
+    """The row's failures still counted at `now`: one is forgotten per longest delay since the last failure."""
+    period = longest_delay()
+    if period <= timedelta(0):
+        return 0
+    return max(0, row.failures - int(max(timedelta(0), now - row.last_failure_at) / period))
+
+
+def wait_until(row: SignInThrottle, now: datetime) -> datetime | None:
+    """Until when `row`'s failures make a try wait, or None when a try may be checked now."""
+    free = settings.MTM_LOGIN_MAX_FAILURES if row.account else settings.MTM_LOGIN_MAX_FAILURES_PER_ADDRESS
+    if free < 1 or row.failures < free:
         return None
-    times = list(failures.order_by("-at").values_list("at", flat=True)[:limit])
-    if len(times) < limit:
-        return None
-    return times[-1] + window()
+    delay = min(FIRST_DELAY * 2 ** min(row.failures - free, 32), longest_delay())
+    until = row.last_failure_at + delay
+    return until if until > now else None
 
 
-def note_attempt(username: str, remote_addr: str | None, succeeded: bool) -> LoginAttempt:
-    """Record one checked password; attempts no longer needed for counting are pruned on the way."""
-    now = timezone.now()
-    LoginAttempt.objects.filter(at__lt=now - max(KEEP_ATTEMPTS, window())).delete()
-    return LoginAttempt.objects.create(
-        username=normalise_username(username), remote_addr=remote_addr, at=now, succeeded=succeeded
+def counted_address(address: str | None) -> str:
+    """What an address is counted under: an IPv4 address itself, an IPv6 address its /64 (one site's network,
+    where an attacker holds as many addresses as she likes); empty when unknown."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return ""
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+def _locked(account: str, address: str | None) -> SignInThrottle:
+    row, _ = SignInThrottle.objects.select_for_update().get_or_create(
+        account=account, address=counted_address(address), defaults={"failures": 0}
     )
+    return row
+
+
+def _uncount(row: SignInThrottle) -> None:
+    locked = SignInThrottle.objects.select_for_update().filter(pk=row.pk).first()
+    if locked is not None and locked.failures > 0:
+        locked.failures -= 1
+        locked.save(update_fields=["failures"])
+
+
+def _longest_wait(rows: list[SignInThrottle], now: datetime) -> Refusal | None:
+    waits = [(until, row) for row in rows if (until := wait_until(row, now)) is not None]
+    if not waits:
+        return None
+    until, row = max(waits, key=lambda wait: wait[0])
+    first = row.refusal_audited_at is None or row.refusal_audited_at < row.last_failure_at
+    return Refusal(row, until, now, first)
+
+
+def _span(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    return f"{math.ceil(seconds / 60)} minutes"

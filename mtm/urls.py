@@ -6,10 +6,11 @@ from django.urls import include, path
 
 from mtm import views
 from mtm.api import api
-from mtm.views_login import ThrottledLoginView, ThrottledPasswordChangeView, admin_password_change
+from mtm.views_login import ThrottledLoginView, ThrottledPasswordChangeView, admin_login, admin_password_change
 
 urlpatterns = [
-    # Before the admin's own URLs, so its password-change page uses the throttled form.
+    # Before the admin's own URLs, so its login and password-change pages answer a throttled try as the portal's do.
+    path("admin/login/", admin_login),
     path("admin/password_change/", admin.site.admin_view(admin_password_change)),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),

@@ -1,7 +1,9 @@
 """The password doors, throttled: the portal's and the admin's login and password-change forms share one rule
 (mtm/throttle.py) and one count, so a stolen session cannot guess the password through the change form either.
 
-A locked-out account or address is refused before the password is checked, so guessing gains nothing.
+Each try is counted before its password is checked; while a wait is in force the try is refused unchecked, answered
+429 with Retry-After, and the first refusal of each wait is audited. The address is the client's
+(mtm/client_address.py: a trusted proxy's X-Forwarded-For), so a team behind one proxy is told apart.
 """
 
 from __future__ import annotations
@@ -18,13 +20,33 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
 from mtm import audit, throttle
-from mtm.audit import Channel
+from mtm.audit import Actor, Channel
+from mtm.client_address import client_address
 
 THROTTLED = "throttled"
 
 
+def _counted_try(form: Any, user: Any, username: str, address: str | None, action: str) -> throttle.Admission:
+    """Count the try, or refuse it unchecked (ValidationError THROTTLED; `form.retry_after` set for the view)."""
+    admitted = throttle.admit(username, address)
+    if isinstance(admitted, throttle.Admission):
+        return admitted
+    if admitted.first:
+        changes = {"waits_for": [None, admitted.waits_for], "wait_seconds": [None, int(admitted.wait.total_seconds())]}
+        audit.record_change(Actor(user, form.via, address), f"{action}.throttled", admitted.row, changes)
+    form.retry_after = admitted.retry_after()
+    raise ValidationError(admitted.message(), code=THROTTLED)
+
+
+def _refused_response(form: Form, response: HttpResponse, field: str) -> HttpResponse:
+    if form.has_error(field, THROTTLED):
+        response.status_code = 429
+        response["Retry-After"] = str(getattr(form, "retry_after", 1))
+    return response
+
+
 class ThrottledLoginMixin:
-    """For AuthenticationForm subclasses: refuse while locked out, and note every password that was checked."""
+    """For AuthenticationForm subclasses: count each try before its password is checked, refuse while waiting."""
 
     via = Channel.PAGE
 
@@ -32,20 +54,22 @@ class ThrottledLoginMixin:
         form: Any = self
         username = form.cleaned_data.get("username") or ""
         password = form.cleaned_data.get("password") or ""
-        addr = audit.remote_addr(form.request)
-        if (lock := throttle.lockout(username, addr)) is not None:
-            raise ValidationError(lock.message(), code=THROTTLED)
+        if not (username and password):
+            return super().clean()  # type: ignore[misc]  # no password is checked without both
+        address = client_address(form.request)
+        admission = _counted_try(form, None, username, address, "login")
         try:
             cleaned = super().clean()  # type: ignore[misc]
         except ValidationError:
-            # Only a wrong password counts; a right one for an account that may not use this door does not.
-            if username and password and form.user_cache is None:
-                attempt = throttle.note_attempt(username, addr, succeeded=False)
-                audit.record(None, "login.failed", attempt, request=form.request, via=self.via)
+            if form.user_cache is None:
+                throttle.failed(admission)
+                actor = Actor(None, self.via, address)
+                audit.record_change(actor, "login.failed", admission.account_row or admission.address_row)
+            else:  # a right password for an account that may not use this door is no guess
+                throttle.not_a_guess(admission)
             raise
-        if username and password:
-            throttle.note_attempt(username, addr, succeeded=True)
-            audit.record(form.user_cache, "login.succeeded", form.user_cache, request=form.request, via=self.via)
+        throttle.succeeded(admission)
+        audit.record_change(Actor(form.user_cache, self.via, address), "login.succeeded", form.user_cache)
         return cleaned
 
 
@@ -64,10 +88,7 @@ class ThrottledLoginView(LoginView):
     redirect_authenticated_user = True
 
     def form_invalid(self, form: Form) -> HttpResponse:
-        response = super().form_invalid(form)
-        if form.has_error("__all__", THROTTLED):
-            response.status_code = 429
-        return response
+        return _refused_response(form, super().form_invalid(form), "__all__")
 
 
 class ThrottledPasswordChangeMixin:
@@ -81,17 +102,17 @@ class ThrottledPasswordChangeMixin:
 
     def clean_old_password(self) -> str:
         form: Any = self
-        username = form.user.get_username()
-        addr = audit.remote_addr(self.request)
-        if (lock := throttle.lockout(username, addr)) is not None:
-            raise ValidationError(lock.message(), code=THROTTLED)
+        address = client_address(self.request)
+        admission = _counted_try(form, form.user, form.user.get_username(), address, "password_change")
         try:
             old_password = super().clean_old_password()  # type: ignore[misc]
         except ValidationError:
-            attempt = throttle.note_attempt(username, addr, succeeded=False)
-            audit.record(form.user, "password_change.failed", attempt, request=self.request, via=self.via)
+            throttle.failed(admission)
+            audit.record_change(
+                Actor(form.user, self.via, address), "password_change.failed", admission.account_row or form.user
+            )
             raise
-        throttle.note_attempt(username, addr, succeeded=True)
+        throttle.succeeded(admission)
         return old_password
 
 
@@ -112,14 +133,12 @@ class ThrottledPasswordChangeView(PasswordChangeView):
     def form_valid(self, form: Form) -> HttpResponse:
         response = super().form_valid(form)
         user = form.user  # type: ignore[attr-defined]
-        audit.record(user, "password_change.succeeded", user, {"password": "changed"}, self.request, form.via)  # type: ignore[attr-defined]
+        actor = Actor(user, form.via, client_address(self.request))  # type: ignore[attr-defined]
+        audit.record_change(actor, "password_change.succeeded", user, {"password": "changed"})
         return response
 
     def form_invalid(self, form: Form) -> HttpResponse:
-        response = super().form_invalid(form)
-        if form.has_error("old_password", THROTTLED):
-            response.status_code = 429
-        return response
+        return _refused_response(form, super().form_invalid(form), "old_password")
 
 
 def admin_password_change(request: HttpRequest) -> HttpResponse:
@@ -130,3 +149,11 @@ def admin_password_change(request: HttpRequest) -> HttpResponse:
         success_url=reverse("admin:password_change_done", current_app=admin.site.name),
         extra_context=admin.site.each_context(request),
     )(request)
+
+
+def admin_login(request: HttpRequest) -> HttpResponse:
+    """The admin's own login page (AdminSite.login, with the throttled form): a refusal answers 429 with Retry-After,
+    as the portal's login page does."""
+    response = admin.site.login(request)
+    form = (getattr(response, "context_data", None) or {}).get("form")
+    return _refused_response(form, response, "__all__") if isinstance(form, Form) else response

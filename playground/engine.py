@@ -1,6 +1,7 @@
 """The inference worker's side of the playground: the model it keeps loaded (one at a time, unloaded after
 MTM_PLAYGROUND_IDLE_SECONDS without a message), the prompt built from the conversation, and generation that writes
-its tokens to the Generation row as they come. Runs only in a Celery worker process, never in the web process."""
+its tokens to the Generation row as they come and stops once that row is gone or ended. Runs only in a Celery worker
+process, never in the web process."""
 
 from __future__ import annotations
 
@@ -235,6 +236,29 @@ class RowStreamer:
             log.warning("playground: could not write generation %s", self.generation_id, exc_info=True)
 
 
+def stop_when_ended(streamer: RowStreamer) -> Any:
+    """Stopping criteria that end generation once the streamer's flush found the row gone (the answer or its
+    conversation deleted) or no longer running (failed by the reaper): nobody reads the rest."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class RowEnded(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            rows = input_ids.shape[0]
+            return torch.full((rows,), streamer.ended_elsewhere, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([RowEnded()])
+
+
+def log_stopped(generation_id: int, new_tokens: int) -> None:
+    log.info(
+        "playground: generation %s stopped after %d new tokens: its row is gone (the answer or its conversation was "
+        "deleted) or no longer running",
+        generation_id,
+        new_tokens,
+    )
+
+
 def _context_limit(model: Any) -> int | None:
     config = getattr(model, "config", None)
     value = getattr(config, "max_position_embeddings", None)
@@ -262,10 +286,17 @@ def generate_into(generation: Generation, loaded: Loaded, params: GenerationPara
             )
             return
         max_new = min(max_new, limit - prompt_tokens)
-    lifecycle.update_running(generation.pk, prompt_tokens=prompt_tokens)
+    if not lifecycle.update_running(generation.pk, prompt_tokens=prompt_tokens):
+        log_stopped(generation.pk, 0)
+        return
     streamer = RowStreamer(generation.pk, tokenizer, params.stop, settings.MTM_PLAYGROUND_FLUSH_SECONDS)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": pad, "streamer": streamer}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new,
+        "pad_token_id": pad,
+        "streamer": streamer,
+        "stopping_criteria": stop_when_ended(streamer),
+    }
     if params.temperature > 0:
         kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
     else:
@@ -274,6 +305,9 @@ def generate_into(generation: Generation, loaded: Loaded, params: GenerationPara
         kwargs.update(stop_strings=params.stop, tokenizer=tokenizer)
     with torch.inference_mode():
         model.generate(**inputs, **kwargs)
+    if streamer.ended_elsewhere:
+        log_stopped(generation.pk, len(streamer.ids))
+        return
     raw = tokenizer.decode(streamer.ids, skip_special_tokens=True)
     reply, stopped = cut_at_stop(raw, params.stop)
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -296,7 +330,10 @@ def _problem(code: str, message: str, hint: str) -> Problem:
 
 def run_generation(generation_id: int, worker_name: str) -> None:
     """The whole turn on this worker: find the model's folders, load it unless it is loaded, generate."""
-    generation = Generation.objects.select_related("conversation", "conversation__run").get(pk=generation_id)
+    generation = Generation.objects.select_related("conversation", "conversation__run").filter(pk=generation_id).first()
+    if generation is None:
+        log_stopped(generation_id, 0)
+        return
     try:
         params = GenerationParams.model_validate(generation.params)
     except ValueError as exc:
@@ -321,9 +358,11 @@ def run_generation(generation_id: int, worker_name: str) -> None:
                 ),
             )
             return
-        lifecycle.update_running(
+        if not lifecycle.update_running(
             generation_id, cold=load_seconds is not None, load_seconds=load_seconds, device=loaded.device
-        )
+        ):
+            log_stopped(generation_id, 0)  # deleted or failed while the model loaded
+            return
         try:
             generate_into(generation, loaded, params)
         except Exception as exc:

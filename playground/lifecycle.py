@@ -9,22 +9,55 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Q
+from django.db import transaction
+from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from mtm.heartbeats import beating
 from mtm.shared.problems import Problem
-from playground.models import LIVE_GENERATION, Generation, GenerationStatus
+from playground.models import LIVE_GENERATION, SEND_RECORD_HOURS, Generation, GenerationStatus, PlaygroundSend
 
 
 def claim(generation_id: int, worker_name: str) -> bool:
-    """The worker takes a queued generation; False when it is no longer queued (reaped, or taken already)."""
+    """The worker takes a queued generation; False when it is no longer queued (reaped, or taken already). The
+    conditional update is the claim: of two workers updating the same row, one changes it and the other none."""
     now = timezone.now()
-    return bool(
-        Generation.objects.filter(pk=generation_id, status=GenerationStatus.QUEUED).update(
+    with transaction.atomic():
+        taken = Generation.objects.filter(pk=generation_id, status=GenerationStatus.QUEUED).update(
             status=GenerationStatus.RUNNING, started_at=now, heartbeat_at=now, worker_name=worker_name[:255]
         )
+        if taken:
+            PlaygroundSend.objects.filter(generation_id=generation_id).update(served_at=now)
+    return bool(taken)
+
+
+def fairest_waiting() -> int | None:
+    """The queued generation to answer next: of the members with one waiting, the one whose last answer was taken
+    longest ago (never is longest), then that member's oldest; ties go to the answer waiting longest."""
+    last_served = (
+        PlaygroundSend.objects.filter(owner=OuterRef("owner"), served_at__isnull=False)
+        .order_by("-served_at")
+        .values("served_at")[:1]
     )
+    return (
+        Generation.objects.filter(status=GenerationStatus.QUEUED)
+        .annotate(owner_served_at=Subquery(last_served))
+        .order_by(F("owner_served_at").asc(nulls_first=True), "created_at", "pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+
+
+def claim_next(worker_name: str, attempts: int = 50) -> int | None:
+    """Take the fairest queued generation for this worker; None when none is waiting. Another worker taking the same
+    one first only sends this one to the next fairest."""
+    for _ in range(attempts):
+        generation_id = fairest_waiting()
+        if generation_id is None:
+            return None
+        if claim(generation_id, worker_name):
+            return generation_id
+    return None
 
 
 def update_running(generation_id: int, **fields: Any) -> bool:
@@ -82,7 +115,8 @@ def no_worker_took_it(seconds: int) -> Problem:
 
 def reap_lost_generations() -> list[int]:
     """Fail running generations whose worker stopped beating (or is recorded as stopped) and queued ones no worker
-    took in time. Called by the periodic task; returns the ids it failed."""
+    took in time, and forget sends older than SEND_RECORD_HOURS. Called by the periodic task; returns the ids it
+    failed."""
     from workers.models import Worker
 
     now = timezone.now()
@@ -99,4 +133,5 @@ def reap_lost_generations() -> list[int]:
     ):
         if fail(pk, problem):
             failed.append(pk)
+    PlaygroundSend.objects.filter(sent_at__lt=now - timedelta(hours=SEND_RECORD_HOURS)).delete()
     return failed

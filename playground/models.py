@@ -120,3 +120,25 @@ class LoadedModel(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} on {self.worker_name} ({self.device})"
+
+
+class PlaygroundSend(models.Model):
+    """One message a member sent, kept apart from the conversation (deleting it leaves this row): the per-member rate
+    limit counts these, and `served_at` (when a worker took the answer) tells which waiting member was served least
+    recently. The periodic reaper removes rows older than SEND_RECORD_HOURS."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    sent_at = models.DateTimeField(default=timezone.now)
+    generation = models.OneToOneField(
+        Generation, null=True, blank=True, on_delete=models.SET_NULL, related_name="send_record"
+    )
+    served_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["owner", "sent_at"]), models.Index(fields=["owner", "served_at"])]
+
+    def __str__(self) -> str:
+        return f"Playground send by {self.owner_id} at {self.sent_at:%H:%M:%S}"
+
+
+SEND_RECORD_HOURS = 24

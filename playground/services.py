@@ -1,6 +1,6 @@
 """The one way in for the playground: start a conversation, send a message, delete a conversation. The page and the
-API adapt these; each takes the Actor, owns validation, the per-member rate limit, the audit record and the enqueue
-after commit."""
+API adapt these; each takes the Actor, owns validation, the per-member rate limit and cap on live answers, the audit
+record and the enqueue after commit."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 from pydantic import ValidationError
@@ -18,7 +19,7 @@ from mtm import audit
 from mtm.audit import Actor
 from mtm.shared.problems import Problem
 from playground import lifecycle
-from playground.models import LIVE_GENERATION, Conversation, Generation, TargetKind
+from playground.models import LIVE_GENERATION, Conversation, Generation, PlaygroundSend, TargetKind
 from playground.params import GenerationParams, check_message, describe
 from playground.targets import TargetError, for_model, for_run
 from projects.models import TrainingRun
@@ -108,14 +109,15 @@ def start_conversation(
 
 
 def _rate_limit(user: Any) -> None:
+    """Counts the member's sends of the last minute, which deleting conversations does not remove."""
     per_minute = int(settings.MTM_PLAYGROUND_MESSAGES_PER_MINUTE)
     if per_minute < 1:
         return
     since = timezone.now() - timedelta(minutes=1)
     recent = list(
-        Generation.objects.filter(owner=user, created_at__gt=since)
-        .order_by("-created_at")[:per_minute]
-        .values_list("created_at", flat=True)
+        PlaygroundSend.objects.filter(owner=user, sent_at__gt=since)
+        .order_by("-sent_at")[:per_minute]
+        .values_list("sent_at", flat=True)
     )
     if len(recent) >= per_minute:
         wait = math.ceil((recent[-1] + timedelta(minutes=1) - timezone.now()).total_seconds())
@@ -125,6 +127,23 @@ def _rate_limit(user: Any) -> None:
                 f"You sent {per_minute} playground messages in the last minute, this portal's limit "
                 f"(MTM_PLAYGROUND_MESSAGES_PER_MINUTE). Try again in {max(1, wait)} s.",
                 "Wait for the answers you asked for; staff can raise the limit.",
+            ),
+            429,
+        )
+
+
+def _live_answers_cap(user: Any) -> None:
+    """At most MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER answers queued or being generated per member, so one member's
+    many conversations never hold the inference workers for everyone else."""
+    cap = int(settings.MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER)
+    live = Generation.objects.filter(owner=user, status__in=LIVE_GENERATION).count()
+    if live >= cap:
+        raise Refused(
+            Problem(
+                "too_many_live_answers",
+                f"You already have {live} answers queued or being generated, the most one member may have at once "
+                f"on this portal (MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER={cap}), so this message was not sent.",
+                "Wait for one of them to finish, or stop one by deleting its conversation, then send again.",
             ),
             429,
         )
@@ -173,6 +192,9 @@ def send_message(conversation: Conversation, message: Any, params: Any, *, actor
         raise Refused(exc.problem, exc.status) from None
     _a_worker_listens()
     with transaction.atomic():
+        # The member's row first, then the conversation's: parallel sends of one member (from any conversation)
+        # take turns here, so the limits below count every send committed before this one.
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
         Conversation.objects.select_for_update().filter(pk=conversation.pk).first()
         if conversation.turns.filter(status__in=LIVE_GENERATION).exists():
             raise Refused(
@@ -184,9 +206,11 @@ def send_message(conversation: Conversation, message: Any, params: Any, *, actor
                 409,
             )
         _rate_limit(user)
+        _live_answers_cap(user)
         generation = Generation.objects.create(
             conversation=conversation, owner=user, message=text, params=chosen.model_dump()
         )
+        PlaygroundSend.objects.create(owner=user, sent_at=generation.created_at, generation=generation)
         Conversation.objects.filter(pk=conversation.pk).update(updated_at=timezone.now())
         audit.record_change(actor, "playground.message", generation, {"params": [None, chosen.model_dump()]})
         transaction.on_commit(lambda: enqueue(generation.pk))

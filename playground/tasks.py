@@ -14,19 +14,22 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="playground.generate", bind=True, ignore_result=True)
 def generate(self, generation_id: int) -> None:
-    """Take the queued message, answer it (loading the model unless it is still loaded), streaming into the row."""
+    """Answer one queued message, loading its model unless it is still loaded and streaming into its row. Every send
+    queues one of these; each takes the fairest waiting answer when it starts (the member served least recently),
+    which need not be `generation_id`: as many tasks as answers are queued, so every answer is taken by one."""
     from playground.engine import run_generation
 
     worker = self.request.hostname or ""
-    if not lifecycle.claim(generation_id, worker):
-        return  # gone, reaped or taken already
+    answer_id = lifecycle.claim_next(worker)
+    if answer_id is None:
+        return  # every waiting answer was taken (or deleted) already
     try:
-        with lifecycle.heartbeat(generation_id):
-            run_generation(generation_id, worker)
+        with lifecycle.heartbeat(answer_id):
+            run_generation(answer_id, worker)
     except Exception as exc:  # anything the engine did not turn into a clear failure
-        log.exception("playground generation %s", generation_id)
+        log.exception("playground generation %s", answer_id)
         lifecycle.fail(
-            generation_id,
+            answer_id,
             Problem("generation_failed", f"{type(exc).__name__}: {exc}"[:4000], "See the worker's log; send it again."),
         )
 

@@ -5,6 +5,12 @@ The folder is opened without following links, and each file by name inside it wi
 the folder (to a file or a folder elsewhere) is left out, as is a file with more than one hard link (another name
 for a file outside the folder). Files are read and compressed a block at a time, so memory stays small whatever
 the adapter's size.
+
+The archive is bounded: a FIFO, socket or device at the top of the folder, a sparse file (far fewer blocks on disk
+than its size says) and a file larger than the run could have written (file_limit: four times the base model's
+weights plus room for tokenizer files, never above MTM_ADAPTER_ARCHIVE_MAX_BYTES) are refused, naming the file,
+before a byte is sent; all files together may not pass MTM_ADAPTER_ARCHIVE_MAX_BYTES, and a file that changes
+after that check is never streamed past what was checked (the download is cut instead).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.http import StreamingHttpResponse
 
 from mtm.shared.nofollow import open_dir_nofollow
@@ -26,6 +33,9 @@ from projects.models import RunStatus, TrainingRun
 ADAPTER_CONFIG = ("adapter_config.json",)
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # an archive without them loads nothing
 _BLOCK = 1 << 16
+_TOKENIZER_ROOM = 64 * 1024**2  # tokenizer files and the manifest, whatever the model's size
+_SPARSE_FROM = 1024**2  # files smaller than this are not judged sparse (a small file may have no block yet)
+_WEIGHTS = (".safetensors", ".bin")
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -65,7 +75,8 @@ def _unavailable(run: TrainingRun, why: str) -> AdapterUnavailable:
 
 
 def _members(folder_fd: int) -> list[str]:
-    """The names of the regular, singly linked files at the top of the folder (no links, folders, or dotfiles)."""
+    """The names of the regular, singly linked files at the top of the folder (no links, folders, or dotfiles).
+    AdapterFileRefused for a FIFO, socket or device: nothing the trainer writes."""
     names = []
     for name in sorted(os.listdir(folder_fd)):
         if name.startswith("."):
@@ -76,7 +87,64 @@ def _members(folder_fd: int) -> list[str]:
             continue
         if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
             names.append(name)
+        elif not (stat.S_ISLNK(info.st_mode) or stat.S_ISDIR(info.st_mode) or stat.S_ISREG(info.st_mode)):
+            raise AdapterFileRefused(name, "is not a regular file (a FIFO, socket or device)")
     return names
+
+
+class AdapterFileRefused(Exception):
+    def __init__(self, name: str, why: str):
+        super().__init__(f"{name} {why}")
+        self.name = name
+        self.why = why
+
+
+def file_limit(run: TrainingRun) -> int:
+    """The largest file the archive sends for `run`: four times its base model's weights (an adapter of any rank,
+    saved in fp32 from a 16-bit base, stays below that) plus room for tokenizer files, and never more than
+    MTM_ADAPTER_ARCHIVE_MAX_BYTES; only that setting when the base model's folder cannot be measured."""
+    cap = settings.MTM_ADAPTER_ARCHIVE_MAX_BYTES
+    weights = _weights_bytes(run.resolved_path)
+    return cap if weights is None else min(cap, 4 * weights + _TOKENIZER_ROOM)
+
+
+def _weights_bytes(folder: str) -> int | None:
+    if not folder:
+        return None
+    total = 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.endswith(_WEIGHTS):
+                    total += entry.stat().st_size  # a cache's weights are links to its blobs
+    except OSError:
+        return None
+    return total or None
+
+
+def _check_sizes(folder_fd: int, names: list[str], limit: int, total_limit: int) -> dict[str, int]:
+    """Each member's size, checked: not sparse, not over `limit`, all together not over `total_limit`."""
+    sizes: dict[str, int] = {}
+    for name in names:
+        info = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+        if info.st_size > limit:
+            raise AdapterFileRefused(
+                name, f"is {info.st_size} bytes, larger than this run could have written ({limit} bytes at most)"
+            )
+        if info.st_size >= _SPARSE_FROM and info.st_blocks * 512 < info.st_size // 2:
+            raise AdapterFileRefused(
+                name,
+                f"is a sparse file ({info.st_size} bytes long, {info.st_blocks * 512} on disk), not one the "
+                "trainer writes",
+            )
+        sizes[name] = info.st_size
+    if sum(sizes.values()) > total_limit:
+        raise AdapterFileRefused(
+            max(sizes, key=sizes.__getitem__),
+            f"makes the adapter's files {sum(sizes.values())} bytes together, over the download limit of "
+            f"{total_limit} bytes (MTM_ADAPTER_ARCHIVE_MAX_BYTES)",
+        )
+    return sizes
 
 
 def _why_left_out(folder_fd: int, wanted: tuple[str, ...], folder: str) -> str:
@@ -106,16 +174,29 @@ def adapter_archive(run: TrainingRun) -> AdapterArchive:
         raise _unavailable(run, f"its folder {run.output_directory} is gone or is reached through a link") from None
     try:
         names = _members(folder_fd)
+        sizes = _check_sizes(folder_fd, names, file_limit(run), settings.MTM_ADAPTER_ARCHIVE_MAX_BYTES)
     except OSError:
         os.close(folder_fd)
         raise _unavailable(run, f"its folder {run.output_directory} cannot be read") from None
+    except AdapterFileRefused as refused:
+        os.close(folder_fd)
+        raise AdapterUnavailable(
+            Problem(
+                "adapter_file_refused",
+                f"Run {run.pk}'s adapter was not sent: {os.path.join(run.output_directory, refused.name)} "
+                f"{refused.why}.",
+                "Remove that file from the run's folder (the trainer never writes such a file), or ask staff to "
+                "raise MTM_ADAPTER_ARCHIVE_MAX_BYTES if the adapter is really that large.",
+            ),
+            status=422,
+        ) from None
     for wanted in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not any(name in names for name in wanted):
             why = _why_left_out(folder_fd, wanted, run.output_directory)
             os.close(folder_fd)
             raise _unavailable(run, why)
     prefix = archive_name(run)
-    return AdapterArchive(f"{prefix}.tar.gz", _stream(folder_fd, names, prefix))
+    return AdapterArchive(f"{prefix}.tar.gz", _stream(folder_fd, sizes, prefix))
 
 
 class _Sink:
@@ -136,22 +217,26 @@ class _Sink:
         return data
 
 
-def _stream(folder_fd: int, names: list[str], prefix: str) -> Iterator[bytes]:
+class ArchiveCut(Exception):
+    """A file changed after its size was checked: the download stops rather than send more than was checked."""
+
+
+def _stream(folder_fd: int, sizes: dict[str, int], prefix: str) -> Iterator[bytes]:
     sink = _Sink()
     try:
         with gzip.GzipFile(filename="", mode="wb", fileobj=sink, mtime=0) as out:
             folder = tarfile.TarInfo(prefix)
             folder.type, folder.mode, folder.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
             out.write(folder.tobuf(format=tarfile.PAX_FORMAT))
-            for name in names:
-                yield from _add_file(out, sink, folder_fd, name, prefix)
+            for name, size in sizes.items():
+                yield from _add_file(out, sink, folder_fd, name, prefix, size)
             out.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
         yield sink.drain()
     finally:
         os.close(folder_fd)
 
 
-def _add_file(out: gzip.GzipFile, sink: _Sink, folder_fd: int, name: str, prefix: str) -> Iterator[bytes]:
+def _add_file(out: gzip.GzipFile, sink: _Sink, folder_fd: int, name: str, prefix: str, checked: int) -> Iterator[bytes]:
     try:
         fd = os.open(name, _FILE_FLAGS, dir_fd=folder_fd)
     except OSError:  # swapped for a link (or removed) since it was listed: left out
@@ -160,6 +245,8 @@ def _add_file(out: gzip.GzipFile, sink: _Sink, folder_fd: int, name: str, prefix
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             return
+        if info.st_size > checked:
+            raise ArchiveCut(f"{name} grew from {checked} to {info.st_size} bytes while the adapter was sent")
         member = tarfile.TarInfo(f"{prefix}/{name}")
         member.size, member.mode, member.mtime = info.st_size, 0o644, int(info.st_mtime)
         out.write(member.tobuf(format=tarfile.PAX_FORMAT))

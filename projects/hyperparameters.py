@@ -499,6 +499,10 @@ HYPERPARAMETERS: dict[str, Declared] = {
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        # str() raises past 4300 digits, and a number this long is told by its length
+        sign = "negative " if value < 0 else ""
+        return f"a {sign}whole number of about {int(value.bit_length() * math.log10(2))} digits"
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     if isinstance(value, (dict, list)) or value is None:
@@ -537,7 +541,12 @@ def _coerce(kind: str, raw: Any) -> Any:
         if isinstance(raw, float) and raw.is_integer():
             return int(raw)
         return raw if isinstance(raw, int) else None
-    return float(raw) if isinstance(raw, (int, float)) else None
+    if not isinstance(raw, (int, float)):
+        return None
+    try:
+        return float(raw)
+    except OverflowError:  # a whole number past the largest float (1 and 400 zeros): above every bound
+        return None
 
 
 # The "quick check" preset of a new project's form: a few steps, each logged, one checkpoint at the end, short

@@ -1,32 +1,45 @@
 """The project form's checks as you type: the output directory, the dataset (a server path or an upload) and the
 eval file (checked as the dataset is).
 
-Each endpoint answers 200 with a fragment of the form page for any input: the verdict is in the fragment.
+Each endpoint answers 200 with a fragment of the form page for any input: the verdict is in the fragment. The
+dataset checks read only the start of the file; its token lengths are counted by a worker and polled for
+(`token_count`). A member with MTM_EXPENSIVE_REQUESTS_PER_MEMBER dataset checks in progress is answered 429.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.core import signing
+from django.http import Http404, HttpResponse
 from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods
+from django_htmx.http import HttpResponseStopPolling
 
 from models_registry.names import name_error
 from models_registry.outputs import OutputDirCheck
-from models_registry.services import dataset_roots, resolve_model, validate_output_dir
+from models_registry.resolution import Resolution
+from models_registry.services import dataset_roots, resolve_model
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
-from projects.chat_templates import with_chat_template
-from projects.datasets import DatasetError, check_dataset_path, inspect_dataset
+from mtm.request_limits import Busy, expensive_request
+from mtm.shared.problems import Problem
+from projects.chat_templates import BUILT_IN
+from projects.datasets import DatasetError, check_dataset_path
 from projects.datasets.eval_split import eval_file_warnings, eval_source_problems
 from projects.datasets.pairs import objective_problem
+from projects.datasets.report import read_dataset
+from projects.datasets.token_stats import count_problems, request_count
 from projects.forms import ProjectForm
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
-from projects.models import TrainingProject
-from projects.ownership import output_dir_conflicts
-from projects.services import load_tokenizer
+from projects.models import TokenCount, TrainingProject
+from projects.ownership import checked_output_dir
 from projects.uploads import discard_refused, receive_upload, upload_problems
 
 MAX_PARAM_CHARS = 4096
@@ -34,10 +47,7 @@ MAX_PARAM_CHARS = 4096
 
 def output_status(raw: str, actor: Any, project: TrainingProject | None = None) -> OutputDirCheck:
     """The output directory's check as the form shows it, with the folder-ownership rule applied for `actor`."""
-    check = validate_output_dir(raw[:MAX_PARAM_CHARS])
-    if check.valid:
-        check.errors.extend(output_dir_conflicts(check.path or "", actor, project))
-    return check
+    return checked_output_dir(raw[:MAX_PARAM_CHARS], actor, project)
 
 
 def _max_seq_length(raw: str) -> tuple[int, str]:
@@ -63,22 +73,52 @@ def _typed_values(params: Any) -> Hyperparameters:
     return Hyperparameters(**valid)
 
 
-def _tokenizer(model_name: str, revision: str) -> tuple[Any, str]:
-    """The tokenizer of the model typed in the form, or None with why token lengths are not shown."""
+def _resolution(model_name: str, revision: str) -> tuple[Resolution | None, str]:
+    """The resolved model typed in the form (no tokenizer is loaded here), or None with why token lengths are not
+    shown."""
     if not model_name or name_error(model_name):
         return None, "Token lengths are shown once the base model above is a valid model name."
     resolution = resolve_model(model_name, revision or None)
     if not resolution.valid:
         return None, f"Token lengths are shown once the base model '{model_name}' resolves (see its check above)."
-    tokenizer = load_tokenizer(resolution)
-    if tokenizer is None:
-        return None, f"The tokenizer of '{model_name}' could not be loaded, so token lengths are not shown."
-    return tokenizer, ""
+    return resolution, ""
+
+
+TOKEN_COUNT_SALT = "projects.token-count"
+TOKEN_COUNT_MAX_AGE = 24 * 3600
+# A count still pending after this long has no worker to run it: the page says so while it keeps asking.
+SLOW_COUNT = timedelta(seconds=30)
+
+
+def token_count_url(count: TokenCount, user: Any) -> str:
+    """Where the page asks for a count: signed for the member who asked, so no one else can read it by its id."""
+    signed = signing.dumps({"c": count.pk, "u": user.pk}, salt=TOKEN_COUNT_SALT)
+    return f"{reverse('projects:token-count')}?c={signed}"
+
+
+def counting(count: TokenCount, url: str) -> dict[str, Any]:
+    """What the token-count region shows: "Counting tokens…" (polling `url`) or the counts with their warnings."""
+    if count.state == TokenCount.State.PENDING:
+        slow = count.requested_at < timezone.now() - SLOW_COUNT
+        return {"pending": True, "url": url, "slow": slow}
+    result = count.result
+    return {
+        "pending": False,
+        "url": url,
+        "stats": result.get("token_stats"),
+        "pair_stats": result.get("pair_token_stats"),
+        "rows": result.get("rows", 0),
+        "complete": result.get("complete", True),
+        "warnings": count_problems(count, "warnings"),
+        "errors": count_problems(count, "errors"),
+        "note": result.get("note", ""),
+    }
 
 
 def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
-    """What the dataset box shows `actor` for `path`: where it is, its format, rows, first rows, token lengths,
-    problems. Another member's upload is refused before anything of it is read."""
+    """What the dataset box shows `actor` for `path`: where it is, its format, rows, first rows, problems, and its
+    token lengths (counted on a worker: "Counting tokens…" until they are). Only the start of the file is read
+    here; another member's upload is refused before anything of it is read."""
     status: dict[str, Any] = {"path": path}
     if not path.strip():
         return status
@@ -88,12 +128,25 @@ def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
         return status
     max_seq_length, length_note = _max_seq_length(params.get("max_seq_length", ""))
     model_name = params.get("model_name", "").strip()[:200]
-    tokenizer, tokenizer_note = _tokenizer(model_name, params.get("revision", "").strip()[:255])
-    tokenizer = with_chat_template(tokenizer, params.get("chat_template", "")[:40])
+    revision = params.get("revision", "").strip()[:255]
+    resolution, tokenizer_note = _resolution(model_name, revision)
+    choice = params.get("chat_template", "")[:40]
     typed = _typed_values(params)
-    report = inspect_dataset(
-        located.path, tokenizer, max_seq_length, model=f"'{model_name}'", max_prompt_length=typed.max_prompt_length
-    )
+    read = read_dataset(located.path)
+    report = read.report
+    count = None
+    if resolution is not None:
+        count = request_count(
+            read,
+            located.path,
+            actor,
+            resolution,
+            model_name=model_name,
+            revision=revision,
+            max_seq_length=max_seq_length,
+            max_prompt_length=typed.max_prompt_length,
+            chat_template=choice if choice in BUILT_IN else "",
+        )
     # A file that does not fit the objective chosen so far is a note, not an error: the objective may change next.
     mismatch = objective_problem(typed.objective, report.format) if report.valid else None
     status.update(
@@ -101,8 +154,55 @@ def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
         errors=report.errors,
         notes=[note for note in (length_note, tokenizer_note, mismatch and mismatch.message) if note],
         uploaded=located.uploaded,
+        counting=counting(count, token_count_url(count, actor)) if count is not None else None,
     )
     return status
+
+
+def _path_param(params: Any, name: str) -> str:
+    """The path typed in another box, bounded; "" when it holds a NUL byte (no file's path has one, the OS refuses
+    it, and that box's own check says so)."""
+    path = params.get(name, "").strip()[:MAX_PARAM_CHARS]
+    return "" if "\x00" in path else path
+
+
+def _busy_problem(busy: Busy) -> Problem:
+    return Problem(busy.code, busy.message, busy.hint)
+
+
+def limited(render_busy: Callable[[HtmxHttpRequest, Problem], HttpResponse]):
+    """Hold one of the member's expensive-request slots while the view runs; beyond the cap answer 429 with
+    Retry-After and `render_busy`'s fragment saying when to try again."""
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                with expensive_request(request.user):
+                    return view(request, *args, **kwargs)
+            except Busy as busy:
+                response = render_busy(request, _busy_problem(busy))
+                response.status_code = 429
+                response["Retry-After"] = str(busy.retry_after)
+                return response
+
+        return wrapper
+
+    return decorator
+
+
+def _busy_check(field: str) -> Callable[[HtmxHttpRequest, Problem], HttpResponse]:
+    def render_busy(request: HtmxHttpRequest, problem: Problem) -> HttpResponse:
+        status = {"path": request.GET.get(field, "")[:MAX_PARAM_CHARS] or "(no path)", "errors": [problem]}
+        return render(request, "projects/form.html#dataset-status", {"dataset": status})
+
+    return render_busy
+
+
+def _busy_upload(request: HtmxHttpRequest, problem: Problem) -> HttpResponse:
+    form = ProjectForm(initial={"dataset_path": request.POST.get("dataset_path", "")})
+    status = {"path": "", "upload_errors": [problem]}
+    return render(request, "projects/form.html#dataset-field", {"form": form, "dataset": status})
 
 
 @require_http_methods(["GET"])
@@ -115,6 +215,7 @@ def check_output_dir(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET"])
 @login_required
+@limited(_busy_check("dataset_path"))
 def check_dataset(request: HtmxHttpRequest) -> HttpResponse:
     status = dataset_status(request.GET.get("dataset_path", ""), request.GET, request.user)
     return render(request, "projects/form.html#dataset-status", {"dataset": status})
@@ -122,6 +223,7 @@ def check_dataset(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET"])
 @login_required
+@limited(_busy_check("eval_dataset_path"))
 def check_eval_dataset(request: HtmxHttpRequest) -> HttpResponse:
     """The eval file's box: the dataset's check of that file, and a note when a share of the dataset is chosen too
     (refused on save; the share may still change)."""
@@ -131,7 +233,7 @@ def check_eval_dataset(request: HtmxHttpRequest) -> HttpResponse:
         typed = _typed_values(request.GET)
         eval_file = path.strip()[:MAX_PARAM_CHARS]
         conflicts = eval_source_problems(typed.objective, typed.eval_fraction, eval_file)
-        dataset = request.GET.get("dataset_path", "").strip()[:MAX_PARAM_CHARS]
+        dataset = _path_param(request.GET, "dataset_path")
         doubts = eval_file_warnings(dataset, None, eval_file, None)  # the formats are compared on save
         status["notes"] = [*status.get("notes", []), *(f"{p.message} {p.hint}" for p in conflicts + doubts)]
     return render(request, "projects/form.html#dataset-status", {"dataset": status})
@@ -139,6 +241,7 @@ def check_eval_dataset(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_http_methods(["POST"])
 @login_required
+@limited(_busy_upload)
 def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
     """Store the file chosen in the form right away and show its check; the path box then holds its stored path.
     A file that cannot be trained on is shown with its problems and deleted, as the API does."""
@@ -165,3 +268,23 @@ def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
                 path = stored
     form = ProjectForm(initial={"dataset_path": path})
     return render(request, "projects/form.html#dataset-field", {"form": form, "dataset": status})
+
+
+@require_http_methods(["GET"])
+@login_required
+def token_count(request: HtmxHttpRequest) -> HttpResponse:
+    """The token-count region of a dataset check, polled every 2 s: 200 while counting, 286 (htmx stops polling)
+    with the counts."""
+    signed = request.GET.get("c", "")[:MAX_PARAM_CHARS]
+    try:
+        asked = signing.loads(signed, salt=TOKEN_COUNT_SALT, max_age=TOKEN_COUNT_MAX_AGE)
+    except signing.BadSignature:
+        raise Http404("No such token count.") from None
+    if not isinstance(asked, dict) or asked.get("u") != request.user.pk:
+        raise Http404("No such token count.")
+    count = TokenCount.objects.filter(pk=asked.get("c")).first()
+    if count is None:
+        raise Http404("No such token count.")
+    context = {"counting": counting(count, f"{reverse('projects:token-count')}?c={signed}")}
+    response = render(request, "projects/form.html#token-count", context)
+    return response if count.state == TokenCount.State.PENDING else HttpResponseStopPolling(response.content)

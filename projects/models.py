@@ -27,6 +27,9 @@ class TrainingProject(models.Model):
     eval_dataset_path = models.CharField("eval file", max_length=4096, blank=True)
     eval_dataset_sha256 = models.CharField(max_length=64, blank=True)
     output_directory = models.CharField(max_length=4096)
+    # 'device:inode' of the output directory when it was saved ('': it did not exist yet, or saved before this was
+    # recorded): a folder swapped since for another claims nothing (mtm.shared.claims).
+    output_dir_identity = models.CharField(max_length=64, blank=True, editable=False)
     method = models.CharField(max_length=8, choices=TrainingMethod.choices, default=TrainingMethod.LORA)
     hyperparameters = models.JSONField(default=dict, blank=True)
     validation_prompt = models.TextField(blank=True)
@@ -165,6 +168,8 @@ class Upload(models.Model):
     size_bytes = models.BigIntegerField()
     # The file's digest: the same owner uploading the same bytes again is given this copy (blank: stored before).
     sha256 = models.CharField(max_length=64, blank=True, db_index=True)
+    # 'device:inode' of the stored file ('': stored before this was recorded): see mtm.shared.claims.
+    identity = models.CharField(max_length=64, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -172,3 +177,29 @@ class Upload(models.Model):
 
     def __str__(self) -> str:
         return self.path
+
+
+class TokenCount(models.Model):
+    """Token lengths of the part of a dataset file a check reads, counted by a worker for one tokenizer and
+    settings (projects/datasets/token_stats.py); shared by every check of the same bytes with the same key."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DONE = "done"
+        UNAVAILABLE = "unavailable"  # not counted this time (no tokenizer on the worker, the file changed): retried
+
+    key = models.CharField(max_length=64, unique=True, help_text="sha256 of every field that decides the counts.")
+    sample_sha256 = models.CharField(max_length=65, help_text="The file's sha256, or of its first part and '+'.")
+    tokenizer = models.CharField(max_length=4400, help_text="The resolved model folder and revision.")
+    model_name = models.CharField(max_length=200)
+    revision = models.CharField(max_length=255, blank=True)
+    max_seq_length = models.PositiveIntegerField(null=True, blank=True)
+    max_prompt_length = models.PositiveIntegerField(null=True, blank=True)
+    chat_template = models.CharField(max_length=40, blank=True)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
+    result = models.JSONField(default=dict, blank=True)
+    requested_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"Token count {self.sample_sha256[:12]} {self.state}"

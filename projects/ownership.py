@@ -18,7 +18,9 @@ from typing import Any
 from django.conf import settings
 
 from models_registry.models import ModelOverride, PortalSettings
-from models_registry.services import current_cache_dir, dataset_roots, output_roots
+from models_registry.outputs import OutputDirCheck
+from models_registry.services import current_cache_dir, dataset_roots, output_roots, validate_output_dir
+from mtm.shared.claims import Standing, claim_form, followed_identity, standing
 from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
 from projects.access import can_manage
@@ -28,6 +30,8 @@ from projects.trainer.outputs import MANIFEST_NAME, RUN_MARKER
 OWNED = "output_directory_owned"
 RESERVED = "output_directory_reserved"
 CLAIMED = "output_directory_claimed"
+LINKED = "output_directory_now_a_link"
+REPLACED = "output_directory_replaced"
 _MARKER_BYTES = 64
 
 
@@ -37,6 +41,10 @@ class PortalFolder:
     path: str
     inside_refused: bool = True  # False: only the folder itself and folders containing it are refused
     allowed_inside: tuple[str, ...] = ()  # folders inside `path` where new folders are allowed after all
+    exact: bool = False  # `path` is compared as given, never resolved again
+
+    def forms(self) -> set[str]:
+        return {self.path} if self.exact else _forms(self.path)
 
     def refuses(self, real: str, other: str, relation: str) -> bool:
         """Whether an output directory at `real`, in `relation` to this folder (as `other`), is refused."""
@@ -82,8 +90,9 @@ def portal_folders() -> list[PortalFolder]:
         PortalFolder("the portal's task results folder", str(var / "results")),
         PortalFolder("the portal's static files", str(settings.STATIC_ROOT)),
     ]
-    for name, path in ModelOverride.objects.values_list("model_name", "path"):
-        folders.append(PortalFolder(f"the folder of the model override for '{name}'", path))
+    for name, path, identity in ModelOverride.objects.values_list("model_name", "path", "path_identity"):
+        label = f"the folder of the model override for '{name}'"
+        folders.extend(PortalFolder(label, form, exact=True) for form in override_forms(path, identity))
     outputs = output_roots()
     for root in dataset_roots():
         # An output root staff placed inside a dataset root is their choice: folders inside it stay allowed.
@@ -95,6 +104,20 @@ def portal_folders() -> list[PortalFolder]:
     return folders
 
 
+def override_forms(stored: str, identity: str) -> set[str]:
+    """An override's folder as saved and, while the link (if any) still leads to the folder it led to at save, as it
+    resolves now. A folder on the way swapped for a link since (or an override saved before identities were
+    recorded, whose path now resolves elsewhere) reserves only the path as saved: a link to an output root must not
+    reserve the whole root."""
+    if not stored or not os.path.isabs(stored) or "\x00" in stored:
+        return set()
+    normal = os.path.normpath(stored)
+    real = resolved(normal)
+    if real is None or real == normal:
+        return {normal}
+    return {normal, real} if identity and followed_identity(normal) == identity else {normal}
+
+
 def _inside_any(path: str, root: str) -> bool:
     """Whether some form of `path` lies strictly inside some form of `root`."""
     return any(is_within(a, b) and a != b for a in _forms(path) for b in _forms(root))
@@ -103,7 +126,7 @@ def _inside_any(path: str, root: str) -> bool:
 def _reserved_problems(real: str) -> list[Problem]:
     problems = []
     for folder in portal_folders():
-        for other in _forms(folder.path):
+        for other in folder.forms():
             relation = _relation(real, other)
             if relation is None or not folder.refuses(real, other, relation):
                 continue
@@ -120,14 +143,63 @@ def _reserved_problems(real: str) -> list[Problem]:
 
 
 def _claimed_dirs() -> list[tuple[str, int]]:
-    """(output directory as stored and as it resolves now, project id) of every project and every past run."""
+    """(output directory as saved, project id) of every project and every past run whose folder still stands for
+    what was saved (mtm.shared.claims): one since swapped for a link, or for another folder, claims nothing."""
     claims = []
-    for pk, stored in TrainingProject.objects.values_list("pk", "output_directory"):
-        claims.extend((form, pk) for form in _forms(stored))
+    for pk, stored, identity in TrainingProject.objects.values_list("pk", "output_directory", "output_dir_identity"):
+        if form := claim_form(stored, identity):
+            claims.append((form, pk))
     runs = TrainingRun.objects.values_list("project_id", "output_directory")
     for pk, stored in runs.distinct():
-        claims.extend((form, pk) for form in _forms(stored))
+        if form := claim_form(stored):
+            claims.append((form, pk))
     return claims
+
+
+def checked_output_dir(raw: str, actor: Any, project: TrainingProject | None = None) -> OutputDirCheck:
+    """The output directory as a save checks it for `actor` saving `project` (None: a new one): the folder's own
+    rules, then whose it is. The project's own saved folder changed since: a link is refused (nothing else is
+    said of it), another folder there is taken as it is now, with a warning."""
+    check = validate_output_dir(raw)
+    changed = saved_output_problem(project, raw)
+    if changed is not None and changed.code == LINKED:
+        check.errors = [changed]
+        return check
+    if check.valid:
+        check.errors.extend(output_dir_conflicts(check.path or "", actor, project, adopt=True))
+    if changed is not None:
+        check.warnings.append(changed)
+    return check
+
+
+def saved_output_problem(project: TrainingProject | None, path: str) -> Problem | None:
+    """Why `project`'s own saved output directory, when `path` names it, is no longer the folder it saved: a folder
+    on its path is now a link (LINKED), or another folder stands there (REPLACED). None otherwise."""
+    if project is None or not project.output_directory or not isinstance(path, str) or not os.path.isabs(path):
+        return None
+    saved = os.path.normpath(project.output_directory)
+    if "\x00" in path or os.path.normpath(path) != saved:
+        return None
+    state, now = standing(saved, project.output_dir_identity)
+    if state in (Standing.LINKED, Standing.UNRESOLVABLE):
+        leads = f"now leads to {now}" if now else "now leads through a link the portal cannot follow"
+        return Problem(
+            LINKED,
+            f"Output directory {saved} of project '{project.name}' {leads}: it, or a folder on its path, was "
+            "replaced by a link since the project was saved. This project cannot train there, and the folder "
+            "claims nothing for it.",
+            f"Put the folder itself back at {saved} (no links on its path), or choose a new folder of this "
+            "project's own inside an allowed output root and save.",
+        )
+    if state is Standing.REPLACED:
+        return Problem(
+            REPLACED,
+            f"Output directory {saved} of project '{project.name}' is not the folder saved with the project: it "
+            "was removed or moved, and another folder stands at that path now.",
+            "If the folder there now is this project's (a run made it again after the old one was removed), save "
+            "the project to keep it as its output directory; otherwise choose a new folder and save.",
+        )
+    return None
 
 
 def _owned_problem(real: str, relation: str, other: str, project: TrainingProject) -> Problem:
@@ -197,13 +269,20 @@ def lock_claims() -> None:
     PortalSettings.objects.select_for_update().filter(pk=1).first()
 
 
-def output_dir_conflicts(path: str, actor: Any, exclude_project: TrainingProject | int | None = None) -> list[Problem]:
+def output_dir_conflicts(
+    path: str, actor: Any, exclude_project: TrainingProject | int | None = None, *, adopt: bool = False
+) -> list[Problem]:
     """Why `actor` may not train into `path` (an absolute path) for `exclude_project`; empty when they may.
 
-    `exclude_project` is the project the directory is for: its own earlier runs and manifest never conflict."""
+    `exclude_project` is the project the directory is for: its own earlier runs and manifest never conflict. When
+    `path` is that project's saved output directory and it is no longer the folder saved, that is the one problem
+    (with `adopt`, a save taking the folder there now as its own, only a link still is)."""
     if not path or not os.path.isabs(path) or "\x00" in path:
         return []  # check_output_dir reports these
-    exclude = exclude_project.pk if isinstance(exclude_project, TrainingProject) else exclude_project
+    own = _project(exclude_project)
+    if (changed := saved_output_problem(own, path)) and not (adopt and changed.code == REPLACED):
+        return [changed]
+    exclude = own.pk if own is not None else exclude_project
     real = resolved(path)
     if real is None:
         return [unresolvable_problem(path)]
@@ -220,7 +299,7 @@ def output_dir_conflicts(path: str, actor: Any, exclude_project: TrainingProject
         problems.append(_owned_problem(real, relation, other, projects[pk]))
     if not getattr(actor, "is_staff", False):  # a folder no project claims: its owner is unknown, so staff only
         claimed = {form for form, _ in claims}
-        kept = real in _kept_forms(exclude_project)
+        kept = real in _kept_forms(own)
         problems.extend(
             _orphan_problem(real, folder)
             for folder in marked
@@ -230,13 +309,18 @@ def output_dir_conflicts(path: str, actor: Any, exclude_project: TrainingProject
     return problems
 
 
-def _kept_forms(project: TrainingProject | int | None) -> set[str]:
-    """The forms of the output directory `project` has now (empty for a new project)."""
+def _project(project: TrainingProject | int | None) -> TrainingProject | None:
+    if project is None or isinstance(project, TrainingProject):
+        return project
+    return TrainingProject.objects.filter(pk=project).first()
+
+
+def _kept_forms(project: TrainingProject | None) -> set[str]:
+    """The output directory `project` has now, while it still claims it (empty for a new project)."""
     if project is None:
         return set()
-    if not isinstance(project, TrainingProject):
-        project = TrainingProject.objects.filter(pk=project).first()
-    return _forms(project.output_directory) if project is not None else set()
+    form = claim_form(project.output_directory, project.output_dir_identity)
+    return {form} if form else set()
 
 
 def unresolvable_problem(path: str) -> Problem:

@@ -15,21 +15,23 @@ from enum import StrEnum
 
 from django.utils import timezone
 
+from mtm.shared.claims import claim_form
 from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
 from projects.models import LIVE_STATUSES, RunStage, RunStatus, TrainingRun
 
 
 def live_run_on(output_directory: str, exclude_run: int | None = None) -> TrainingRun | None:
-    """A live run writing to `output_directory`, to a folder inside it, or to a folder that contains it."""
+    """A live run writing to `output_directory`, to a folder inside it, or to a folder that contains it. A run's
+    folder swapped for a link since it was made claims nothing (mtm.shared.claims)."""
     real = resolved(output_directory) or os.path.normpath(output_directory)
     runs = TrainingRun.objects.filter(status__in=LIVE_STATUSES).select_related("project").order_by("pk")
     if exclude_run:
         runs = runs.exclude(pk=exclude_run)
     for run in runs:
-        for other in {run.output_directory, resolved(run.output_directory) or ""} - {""}:
-            if is_within(real, other) or is_within(other, real):
-                return run
+        other = claim_form(run.output_directory)
+        if other is not None and (is_within(real, other) or is_within(other, real)):
+            return run
     return None
 
 

@@ -16,13 +16,15 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from models_registry.models import ModelOverride, PublishedModel
-from models_registry.names import name_error, repo_folder_name
+from models_registry.names import name_error, name_from_folder
 from models_registry.published import (
     PUBLISH_ACTION,
     UNPUBLISH_ACTION,
-    last_event,
-    organisation_key,
+    last_event_alike,
+    name_key,
     organisation_problem,
+    part_key,
+    reads_the_same,
 )
 from models_registry.resolution import Resolution, resolve
 from models_registry.services import current_cache_dir
@@ -61,36 +63,42 @@ def _refuse(code: str, message: str, hint: str, status: int = 422) -> PublishRef
 
 
 def _name_clash(name: str) -> PublishRefused | None:
-    """The name is an override's, a cache model's (any case: a near-twin would mislead), or already published."""
-    override = ModelOverride.objects.filter(model_name__iexact=name).first()
+    """The name reads as (name_key) an override's, a cache model's or a published model's: a near-twin would mislead
+    everyone who picks a base model by its name."""
+    key = name_key(name)
+    overrides = ModelOverride.objects.order_by("model_name").only("model_name", "path")
+    override = next((o for o in overrides.iterator() if name_key(o.model_name) == key), None)
     if override is not None:
         return _refuse(
             "model_name_taken",
-            f"'{name}' is the name of a Model Override ('{override.model_name}' → {override.path}): a published "
-            "model may not take it.",
+            f"{reads_the_same(name, override.model_name)}'{override.model_name}' is the name of a Model Override "
+            f"(→ {override.path}): a published model may not take it.",
             "Choose another name, e.g. team/<project>-v2.",
             409,
         )
     cache_dir, _ = current_cache_dir()
-    folder = repo_folder_name(name).lower()
     try:
-        cached = next((entry for entry in os.listdir(cache_dir) if entry.lower() == folder), None)
+        entries = sorted(os.listdir(cache_dir))
     except OSError:
-        cached = None
+        entries = []
+    cached = next((e for e in entries if (n := name_from_folder(e)) is not None and name_key(n) == key), None)
     if cached is not None:
+        cached_name = name_from_folder(cached) or name
         return _refuse(
             "model_name_taken",
-            f"'{name}' names a model in the Hugging Face cache ({cache_dir / cached}): publishing under it would "
-            "shadow that model for every project that trains on it.",
+            f"{reads_the_same(name, cached_name)}'{cached_name}' names a model in the Hugging Face cache "
+            f"({cache_dir / cached}): publishing under it would shadow that model for every project that trains on it.",
             "Choose a name of your own, e.g. team/<project>-v2.",
             409,
         )
-    taken = PublishedModel.objects.filter(model_name__iexact=name).select_related("run").first()
+    published = PublishedModel.objects.select_related("run").order_by("model_name")
+    taken = next((p for p in published.iterator() if name_key(p.model_name) == key), None)
     if taken is not None:
         source = f"run {taken.run_id}" if taken.run_id else "a run since deleted"
         return _refuse(
             "model_name_taken",
-            f"'{taken.model_name}' is already published (from {source} of project '{taken.project_name}').",
+            f"{reads_the_same(name, taken.model_name)}'{taken.model_name}' is already published (from {source} of "
+            f"project '{taken.project_name}').",
             "Choose another name, or unpublish that one first (its files stay on disk).",
             409,
         )
@@ -187,9 +195,9 @@ def check_published_folder(name: str, folder: str) -> Resolution:
 def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str = "") -> dict[str, Any]:
     """The row `publish_run` would save, or PublishRefused. Only the run project's owner and staff may publish;
     the run must have succeeded, its folders be reachable without links, the name be free (no override, cache
-    model or other published model, in any case) and under an organisation of the team's own (not a Hub
-    organisation's, a cache model's or an override's: models_registry.published), and the folder pass the
-    resolver's format checks."""
+    model or other published model that reads the same: models_registry.published.name_key) and under an
+    organisation of the team's own (not one that reads as or starts like a Hub organisation, nor a cache model's or
+    a member's: models_registry.published), and the folder pass the resolver's format checks."""
     name = model_name.strip() if isinstance(model_name, str) else model_name
     if not can_manage(actor.user, run.project):
         raise _refuse(
@@ -249,9 +257,9 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
 def _another_members_organisation(name: str, user: Any) -> PublishRefused | None:
     """'bob/my-model' published by alice would pass for bob's: a member's username is their own organisation."""
     organisation = name.split("/", 1)[0]
-    key = organisation_key(organisation)
+    key = part_key(organisation)
     for username in get_user_model().objects.exclude(pk=user.pk).values_list("username", flat=True).iterator():
-        if organisation_key(username) == key:
+        if part_key(username) == key:
             return _refuse(
                 "organisation_is_a_member",
                 f"'{name}' would be published under '{organisation}', which is the name of the member {username}: "
@@ -263,13 +271,15 @@ def _another_members_organisation(name: str, user: Any) -> PublishRefused | None
 
 
 def _freed_name_held(name: str, user: Any) -> PublishRefused | None:
-    """A name once published and since unpublished stays its first holders': projects and conversations may still
-    name it, so another member publishing under it would swap their base model without a word. Its publisher, the
-    owner of its run's project and staff may publish under it again."""
-    unpublished = last_event(UNPUBLISH_ACTION, name)
+    """A name once published and since unpublished stays its first holders', in every spelling that reads the same
+    (name_key): projects and conversations may still name it, so another member publishing under it would swap
+    their base model without a word. Its publisher, the owner of its run's project and staff may publish under it
+    again."""
+    unpublished = last_event_alike(UNPUBLISH_ACTION, name)
     if unpublished is None or user.is_staff:
         return None
-    published = last_event(PUBLISH_ACTION, name)
+    held = (unpublished.changes.get("model_name") or [name])[0]
+    published = last_event_alike(PUBLISH_ACTION, held)
     publisher = published.actor if published is not None else None
     run_id = (unpublished.changes.get("run") or [None])[0]
     run = TrainingRun.objects.select_related("project").filter(pk=run_id).first() if run_id else None
@@ -278,9 +288,9 @@ def _freed_name_held(name: str, user: Any) -> PublishRefused | None:
     who = publisher.get_username() if publisher is not None else "another member"
     return _refuse(
         "model_name_held",
-        f"'{name}' was published by {who}{f' from run {run_id}' if run_id else ''} and unpublished since: projects "
-        "may still name it as their base model, so only its publisher, the owner of that run's project or staff may "
-        "publish under it again.",
+        f"{reads_the_same(name, held)}'{held}' was published by {who}{f' from run {run_id}' if run_id else ''} and "
+        "unpublished since: projects may still name it as their base model, so only its publisher, the owner of "
+        "that run's project or staff may publish under it (or a name that reads the same) again.",
         "Choose a name of your own, e.g. team/<project>-v2; or ask them to publish under it.",
         409,
     )
@@ -292,6 +302,10 @@ def publish_run(run: TrainingRun, model_name: str, *, actor: Actor, note: str = 
     name = values["model_name"]
     try:
         with transaction.atomic():
+            # Again under the write lock (SQLite takes it at BEGIN): a name that reads the same may have been
+            # published while this one was checked, and only the exact text is a unique column.
+            if clash := _name_clash(name) or _freed_name_held(name, actor.user):
+                raise clash
             published = PublishedModel.objects.create(run=run, published_by=actor.authenticated_user, **values)
             audit.record_change(actor, PUBLISH_ACTION, published, {"run": [None, run.pk], **_as_changes(values)})
     except IntegrityError:  # the same name published at the same moment

@@ -5,12 +5,18 @@ Between the start of a run and its training stage a folder may be swapped for a 
 resolves both paths again and applies the save-time rules, then walks every component with O_NOFOLLOW: a link
 planted even after that check makes the open fail instead of being followed. The trainer reads the dataset from
 a snapshot (a hard link or copy made from the opened file) in the run's own folder, never from the path a
-member controls; a separate eval file is rechecked and snapshotted the same way. Messages name paths only, never anything read from a file.
+member controls; a separate eval file is rechecked and snapshotted the same way. Messages name paths only, never
+anything read from a file.
+
+The run's own folder (`<output directory>/run-<id>`) is created by the train stage with mkdir, never adopted, and
+its device and inode are recorded in the run's work folder: the validate stage re-opens it without following links
+and reads nothing unless it is still that folder.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +25,7 @@ from typing import Any
 from models_registry.services import dataset_roots, validate_output_dir
 from mtm.shared.nofollow import LINK_ERRORS as _LINK_ERRORS
 from mtm.shared.nofollow import open_dir_nofollow, open_file_nofollow
+from mtm.shared.owned_files import DIR_MODE, open_subdir, write_new
 from mtm.shared.paths import resolved
 from mtm.shared.problems import Problem
 from projects.datasets import check_dataset_path
@@ -26,6 +33,7 @@ from projects.datasets.errors import DATASET_UNREADABLE
 from projects.models import TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.run_config import run_config
+from projects.run_records import work_folder
 from projects.uploads import upload_problems
 
 OUTPUT_CHANGED = "output_directory_changed"
@@ -61,7 +69,9 @@ def output_problem(run: TrainingRun) -> Problem | None:
     return problems[0] if problems else None
 
 
-def _dataset_problem(run: TrainingRun, stored: str) -> Problem | None:
+def dataset_problem(run: TrainingRun, stored: str) -> Problem | None:
+    """Why the dataset (or eval file) `stored` may not be read for the run now: it fails the dataset rules, leads
+    elsewhere than the path itself (a link on its way), or is another member's upload."""
     located = check_dataset_path(stored, dataset_roots())
     if located.errors:
         return located.errors[0]
@@ -88,19 +98,120 @@ def recheck(run: TrainingRun) -> Problem | None:
     eval_file = config.eval_dataset_path
     return (
         output_problem(run)
-        or _dataset_problem(run, config.dataset_path)
-        or (_dataset_problem(run, eval_file) if eval_file else None)
+        or dataset_problem(run, config.dataset_path)
+        or (dataset_problem(run, eval_file) if eval_file else None)
     )
 
 
-def open_output_dir(run: TrainingRun) -> int:
-    """A descriptor of the run's output directory, created without following links; PathChanged otherwise."""
+RUN_FOLDER_EXISTS = "run_folder_exists"
+RUN_FOLDER_CHANGED = "run_folder_changed"
+_IDENTITY_FILE = "run-folder.json"  # in the run's work folder, which only the portal writes
+
+
+def create_run_folder(run: TrainingRun) -> int:
+    """Create the run's folder (DIR_MODE) inside its project's output directory and return a descriptor of it. The
+    output directory is walked without following links (missing folders created); the run folder itself is made by
+    this call with mkdir, never adopted: PathChanged (run_folder_exists) when anything already has its name. The
+    folder's device and inode are recorded so later stages can tell it is still the same folder."""
+    parent_path, name = os.path.split(run.output_directory)
     try:
-        return open_dir_nofollow(run.output_directory, create=True)
+        parent = open_dir_nofollow(parent_path, create=True)
     except OSError as exc:
         if exc.errno not in _LINK_ERRORS:
             raise
         raise PathChanged(output_changed(run.output_directory)) from None
+    try:
+        try:
+            os.mkdir(name, DIR_MODE, dir_fd=parent)
+        except FileExistsError:
+            raise PathChanged(run_folder_exists(run.output_directory)) from None
+        fd = open_subdir(parent, name)
+    finally:
+        os.close(parent)
+    os.fchmod(fd, DIR_MODE)  # whatever the umask
+    info = os.fstat(fd)
+    folder = work_folder(run.pk)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / _IDENTITY_FILE).write_text(json.dumps({"device": info.st_dev, "inode": info.st_ino}))
+    return fd
+
+
+def run_folder_exists(path: str) -> Problem:
+    return Problem(
+        RUN_FOLDER_EXISTS,
+        f"The run folder {path} already exists, so the run did not start: a run writes only in a folder the worker "
+        "creates for it, never in one that was there before. Nothing was written.",
+        f"Move or remove {path} (nothing of this run is in it), then start the run again.",
+    )
+
+
+def _recorded_identity(run: TrainingRun) -> tuple[int, int] | None:
+    try:
+        recorded = json.loads((work_folder(run.pk) / _IDENTITY_FILE).read_text())
+        return int(recorded["device"]), int(recorded["inode"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def reopen_run_folder(run: TrainingRun) -> int:
+    """A descriptor of the folder create_run_folder made for the run, reached without following links; PathChanged
+    (run_folder_changed) when the path now leads to another folder, a link, or nothing."""
+    recorded = _recorded_identity(run)
+    try:
+        fd = open_dir_nofollow(run.output_directory)
+    except OSError:
+        raise PathChanged(run_folder_changed(run.output_directory)) from None
+    info = os.fstat(fd)
+    if recorded != (info.st_dev, info.st_ino):
+        os.close(fd)
+        raise PathChanged(run_folder_changed(run.output_directory))
+    return fd
+
+
+def open_resume_checkpoint(run: TrainingRun) -> int | None:
+    """A descriptor of the checkpoint folder a resumed run continues from, reached without following links and,
+    when it lies in its source run's own folder, only while that is still the folder the source run created. None
+    when the checkpoint is gone (the trainer then says there is nothing to resume from); PathChanged
+    (resume_checkpoint_changed) when a link or another folder stands in its place."""
+    path = run.resumed_from
+    source = run.resume_source
+    try:
+        if source is not None and os.path.dirname(path) == source.output_directory:
+            recorded = _recorded_identity(source)  # none for runs trained before folders were recorded
+            folder = open_dir_nofollow(source.output_directory)
+            try:
+                info = os.fstat(folder)
+                if recorded is not None and recorded != (info.st_dev, info.st_ino):
+                    raise PathChanged(resume_changed(path, source.pk))
+                return open_subdir(folder, os.path.basename(path))
+            finally:
+                os.close(folder)
+        return open_dir_nofollow(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno not in _LINK_ERRORS:
+            raise
+        raise PathChanged(resume_changed(path, source.pk if source else None)) from None
+
+
+def resume_changed(path: str, source: int | None) -> Problem:
+    whose = f"run {source}'s own folder" if source is not None else "the folder it was in"
+    return Problem(
+        "resume_checkpoint_changed",
+        f"The checkpoint {path} this run resumes from is no longer in {whose}: a folder on its path was moved, "
+        "replaced or swapped for a link. Nothing was read from it.",
+        "Put the run's folder back, or resume from another run (or start a fresh one).",
+    )
+
+
+def run_folder_changed(path: str) -> Problem:
+    return Problem(
+        RUN_FOLDER_CHANGED,
+        f"The run folder {path} is no longer the folder this run created and trained in: it was moved, replaced or "
+        "swapped for a link. Nothing in it was read.",
+        "Put the run's own folder back at that path, or start a new run.",
+    )
 
 
 def output_changed(path: str) -> Problem:
@@ -113,12 +224,8 @@ def output_changed(path: str) -> Problem:
 
 
 def write_marker(folder_fd: int, name: str, text: str) -> None:
-    """Write `name` in the opened folder, never through a link planted under that name."""
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder_fd)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
+    """Create `name` in the opened folder, never over an existing file nor through a link planted under that name."""
+    write_new(folder_fd, name, text.encode())
 
 
 def snapshot_dataset(run: TrainingRun, run_folder: Path) -> Path:

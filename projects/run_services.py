@@ -17,6 +17,7 @@ from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
 from projects import run_records
 from projects.datasets import check_dataset_path
+from projects.live_run_cap import cap_problem, lock_member
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
 from projects.ownership import lock_claims, output_dir_conflicts, unresolvable_problem
 from projects.pipeline import CancelOutcome, fail, live_run_on, record_task_id, request_cancel
@@ -44,14 +45,19 @@ def start_run(
     """Save a queued run and enqueue its first task once the transaction commits. The run writes in a folder of
     its own (projects.run_records) and keeps a copy of the project's settings (projects.run_config). A resume
     continues from a complete checkpoint of `resume_from` (a run of this project; the latest run when not
-    given); a run is refused while another live run writes to the same folder."""
+    given); a run is refused while another live run writes to the same folder, and when the member who starts it
+    has as many live runs as the cap allows (projects.live_run_cap)."""
     with transaction.atomic():
+        lock_member(actor.authenticated_user)  # one member's Starts in turn, so they cannot pass the cap together
         # Lock the project row so two Start presses cannot both pass the live-run check (delete takes it too).
         TrainingProject.objects.select_for_update().filter(pk=project.pk).first()
         lock_claims()  # the run's folder becomes a claim too
         real = resolved(project.output_directory)
         if real is None:
             raise RunRefused(unresolvable_problem(project.output_directory))
+        # First whether the folder is still this project's: one swapped for a link must say so, not "busy".
+        if conflicts := output_dir_conflicts(project.output_directory, actor.user, project):
+            raise RunRefused(conflicts[0])
         busy = live_run_on(project.output_directory)
         if busy:
             same = is_within(busy.output_directory, real)
@@ -65,8 +71,6 @@ def start_run(
                 ),
                 conflict=True,
             )
-        if conflicts := output_dir_conflicts(project.output_directory, actor.user, project):
-            raise RunRefused(conflicts[0])
         # Training on an upload (or evaluating on one) is for its owner and staff, whoever set it on the project.
         for path in (project.dataset_path, project.eval_dataset_path):
             located = check_dataset_path(path, dataset_roots()) if path else None
@@ -81,6 +85,8 @@ def start_run(
                 raise RunRefused(refused.problem) from None
             if problem := run_records.nothing_left_to_train(checkpoint, config):
                 raise RunRefused(problem)
+        if capped := cap_problem(actor.authenticated_user):
+            raise RunRefused(capped, conflict=True)
         run = TrainingRun.objects.create(
             project=project,
             started_by=actor.authenticated_user,

@@ -160,7 +160,10 @@ class RunOut(Schema):
     files_missing: bool = Field(description="True when the run succeeded but its output is no longer on disk.")
     config: RunConfig = Field(description="What the run trained with, copied from the project when it started.")
     cancel_requested: bool
-    waiting: str | None = Field(None, description="While queued: what the run waits for and how many runs are ahead.")
+    waiting: str | None = Field(
+        None,
+        description="While queued: what the run waits for and its place in line, naming the runs ahead and their owners.",
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -219,6 +222,11 @@ class DatasetReportOut(Schema):
         None,
         description="Preference pairs only: token lengths of the prompts (against the max prompt length) and of the "
         "chosen and rejected answers.",
+    )
+    token_stats_state: Literal["pending", "done"] | None = Field(
+        None,
+        description='Token lengths are counted by a worker: "pending" until then (send the same file again to get '
+        'them), "done" once `token_stats` holds them; null when no model was given.',
     )
 
 

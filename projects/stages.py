@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from models_registry.models import ModelOverride
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
 from models_registry.trainability import training_refusal
 from mtm.shared.files import file_sha256
+from mtm.shared.owned_files import make_staging, remove_tree
 from mtm.shared.problems import Problem
 from projects import run_manifest, run_paths, run_records
 from projects.chat_templates import with_chat_template
@@ -33,7 +34,7 @@ from projects.supervisor import CANCEL_KILL_SECONDS, Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
 from projects.trainer.outputs import MANIFEST_NAME, RUN_MARKER
 from projects.trainer.ranks import launcher_outcome, owned_devices
-from projects.validation import preference_check, validate_output
+from projects.validation import preference_check, read_path, validate_output
 
 MAX_METRIC_POINTS = 2000
 HOLD_OUT_MIN = 10  # rows a dataset needs before one is kept out of training to be the validation prompt
@@ -70,9 +71,16 @@ def resolve_stage(run_id: int, taken: bool = False) -> bool:
         return not fail(run_id, RunStage.RESOLVE, resolution.errors[0], _problem_lines(resolution.errors))
     if refusal := training_refusal(resolution):
         return not fail(run_id, RunStage.RESOLVE, refusal)
+    from models_registry.trainability import deep_training_refusal  # transformers' own verdict, cached per snapshot
+
+    if refusal := deep_training_refusal(resolution):
+        return not fail(run_id, RunStage.RESOLVE, refusal)
     dataset = check_dataset_path(config.dataset_path, dataset_roots())
     if not dataset.valid:
         return not fail(run_id, RunStage.RESOLVE, dataset.errors[0], _problem_lines(dataset.errors))
+    # Read only through the path itself and only a file this member may use (the train stage's own rules).
+    if problem := run_paths.dataset_problem(run, config.dataset_path):
+        return not fail(run_id, RunStage.RESOLVE, problem)
     output = validate_output_dir(config.output_directory)
     if not output.valid:
         return not fail(run_id, RunStage.RESOLVE, output.errors[0], _problem_lines(output.errors))
@@ -92,7 +100,7 @@ def resolve_stage(run_id: int, taken: bool = False) -> bool:
     if not report.valid:
         return not fail(run_id, RunStage.RESOLVE, report.errors[0], _problem_lines(report.errors))
     config.dataset_rows = report.rows
-    if config.eval_dataset_path and (problems := _eval_file_problems(config, resolution)):
+    if config.eval_dataset_path and (problems := _eval_file_problems(run, config, resolution)):
         return not fail(run_id, RunStage.RESOLVE, problems[0], _problem_lines(problems))
     TrainingRun.objects.filter(pk=run_id).update(
         config=config.model_dump(),
@@ -103,7 +111,7 @@ def resolve_stage(run_id: int, taken: bool = False) -> bool:
     return True
 
 
-def _eval_file_problems(config: RunConfig, resolution: Any) -> list[Problem]:
+def _eval_file_problems(run: TrainingRun, config: RunConfig, resolution: Any) -> list[Problem]:
     """The eval file checked as the dataset is (every row read); its row count is recorded on `config`."""
     values = config.values
     if source := eval_source_problems(values.objective, values.eval_fraction, config.eval_dataset_path):
@@ -111,6 +119,8 @@ def _eval_file_problems(config: RunConfig, resolution: Any) -> list[Problem]:
     located = check_dataset_path(config.eval_dataset_path, dataset_roots())
     if not located.valid:
         return located.errors
+    if problem := run_paths.dataset_problem(run, config.eval_dataset_path):
+        return [problem]
     report = inspect_dataset(
         located.path,
         with_chat_template(load_tokenizer(resolution), values.chat_template),
@@ -208,19 +218,23 @@ def train_stage(run_id: int) -> bool:
         fail(run_id, RunStage.TRAIN, problem)
         return False
     try:
-        output_fd = run_paths.open_output_dir(run)
+        output_fd = run_paths.create_run_folder(run)  # made here, exclusively: an existing folder is never adopted
     except run_paths.PathChanged as changed:
         fail(run_id, RunStage.TRAIN, changed.problem)
         return False
     # The trainer starts inside this opened folder and writes only relative to it: a folder swapped for a link
-    # (or another folder) while it trains cannot redirect a write or a checkpoint rotation elsewhere.
+    # (or another folder) while it trains cannot redirect a write or a checkpoint rotation elsewhere. What the
+    # libraries save by path goes to a private staging folder first (projects.trainer.saving).
+    staging = make_staging(output_fd)
     try:
-        return _train_in(run, folder, output_fd)
+        return _train_in(run, folder, output_fd, staging)
     finally:
+        with contextlib.suppress(OSError):
+            remove_tree(output_fd, staging)  # what a stopped or crashed trainer left half-written
         os.close(output_fd)
 
 
-def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
+def _train_in(run: TrainingRun, folder: Path, output_fd: int, staging: str) -> bool:
     run_id = run.pk
     config = run_config(run)
     try:
@@ -243,6 +257,31 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
         run_paths.drop_snapshot(folder)
         fail(run_id, RunStage.TRAIN, _too_few_devices(devices, owned))
         return False
+    try:  # the checkpoint is read through a folder opened now, never through its path again
+        resume_fd = run_paths.open_resume_checkpoint(run) if run.resume and run.resumed_from else None
+    except run_paths.PathChanged as changed:
+        run_paths.drop_snapshot(folder)
+        fail(run_id, RunStage.TRAIN, changed.problem)
+        return False
+    try:
+        return _train_with(run, config, folder, output_fd, staging, dataset, eval_dataset, resume_fd)
+    finally:
+        if resume_fd is not None:
+            os.close(resume_fd)
+
+
+def _train_with(
+    run: TrainingRun,
+    config: RunConfig,
+    folder: Path,
+    output_fd: int,
+    staging: str,
+    dataset: Path,
+    eval_dataset: Path | None,
+    resume_fd: int | None,
+) -> bool:
+    run_id = run.pk
+    devices = config.values.devices
     TrainingRun.objects.filter(pk=run_id).update(config=config.model_dump())
     # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
     # next save, and the filesystem may hand the new folder the old inode number.
@@ -250,6 +289,8 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
     manifest_is_ours = run_manifest.drop_manifest(output_fd)  # a manifest found after the trainer is then its own
     cancel_file = folder / "cancel"
     cancel_file.unlink(missing_ok=True)
+    # A folder the worker holds open, by a path the trainer (and each of its ranks) can read while it runs.
+    resume_from = f"/proc/{os.getpid()}/fd/{resume_fd}" if resume_fd is not None else run.resumed_from or "latest"
     spec = build_spec(
         model_path=run.resolved_path,
         model_name=config.model_name,
@@ -263,27 +304,33 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int) -> bool:
         hyperparameters=config.hyperparameters,
         # A resume whose checkpoint vanished after Start fails in the trainer ("no_checkpoint"), never starts fresh.
         # The checkpoint is the one picked at Start (in the source run's folder); "latest" only for older rows.
-        resume_from_checkpoint=(run.resumed_from or "latest") if run.resume else None,
+        resume_from_checkpoint=resume_from if run.resume else None,
+        resume_shown=run.resumed_from or None,
         cancel_file=cancel_file,
         device=os.environ.get("MTM_TRAIN_DEVICE", "auto"),
         hold_out_last_row=config.held_out_row,
         held_out_pairs=config.held_out_pairs,
+        staging_dir=staging,
     )
     spec_path = write_spec(spec, folder / "spec.json")
     recorder = _RunRecorder(run_id, run_records.history_before_resume(run))
     output_dir = run.output_directory
-    marker = Path(output_dir) / RUN_MARKER
 
     def health() -> Problem | None:
         if os.path.realpath(output_dir) != output_dir:
             return run_paths.output_changed(output_dir)
-        if not marker.is_file():
+        try:
+            marked = stat.S_ISREG(os.stat(RUN_MARKER, dir_fd=output_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            marked = False
+        if not marked:
             return Problem(
                 "output_directory_vanished",
                 f"The output directory {output_dir} disappeared during training (deleted or unmounted).",
                 "Restore or recreate the directory (and its checkpoints, if you have them), then start the run again.",
             )
-        free = shutil.disk_usage(output_dir).free
+        disk = os.statvfs(output_fd)
+        free = disk.f_bavail * disk.f_frsize
         if free < settings.MTM_MIN_FREE_BYTES:
             return Problem(
                 "disk_full",
@@ -392,7 +439,9 @@ def _snapshot_rows(run: TrainingRun) -> list[dict]:
     return load_rows(run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(config.dataset_path))
 
 
-def _validation_prompt(run: TrainingRun, rows: list[dict] | None = None) -> str:
+def _validation_prompt(run: TrainingRun, rows: list[dict] | None = None, where: str | None = None) -> str:
+    """`where`: the path the run's folder is read by (its opened descriptor's), else its own path."""
+    where = where or run.output_directory
     config = run_config(run)
     if config.validation_prompt.strip():
         return config.validation_prompt
@@ -406,12 +455,12 @@ def _validation_prompt(run: TrainingRun, rows: list[dict] | None = None) -> str:
         if fmt == PREFERENCE:
             from transformers import AutoTokenizer
 
-            return prompt_of(rows[0], AutoTokenizer.from_pretrained(run.output_directory)) or ""
+            return prompt_of(rows[0], AutoTokenizer.from_pretrained(where)) or ""
         tokenizer = None
         if fmt == "messages":
             from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(run.output_directory)
+            tokenizer = AutoTokenizer.from_pretrained(where)
         return prompt_text(rows[0], fmt, tokenizer) or rows[0].get("text", "")[:200]
     except Exception:  # the dataset is only a source of a prompt here; any problem falls back to the default
         return ""
@@ -464,10 +513,23 @@ def validate_stage(run_id: int) -> None:
     if not transition(run_id, RunStatus.TRAINING, RunStatus.VALIDATING):
         return
     run = TrainingRun.objects.select_related("project", "project__owner", "started_by").get(pk=run_id)
-    if problem := run_paths.output_problem(run):  # swapped since training: read nothing through the new path
+    try:  # swapped since training: read nothing through the new path
+        if problem := run_paths.output_problem(run):
+            raise run_paths.PathChanged(problem)
+        folder_fd = run_paths.reopen_run_folder(run)  # the very folder the train stage created, or nothing
+    except run_paths.PathChanged as changed:
         run_paths.drop_snapshot(run_dir(run_id))
-        fail(run_id, RunStage.VALIDATE, problem)
+        fail(run_id, RunStage.VALIDATE, changed.problem)
         return
+    try:
+        _validate_in(run, folder_fd)
+    finally:
+        os.close(folder_fd)
+
+
+def _validate_in(run: TrainingRun, folder_fd: int) -> None:
+    run_id = run.pk
+    where = str(read_path(folder_fd))
     config = run_config(run)
     rows: list[dict] | None = None  # read only when a prompt or held-out pairs come from it
     if config.held_out_pairs or not config.validation_prompt.strip():
@@ -475,7 +537,7 @@ def validate_stage(run_id: int) -> None:
             rows = _snapshot_rows(run)
         except Exception:  # the dataset is only a source of a prompt and of held-out pairs here
             rows = []
-    prompt = _validation_prompt(run, rows)
+    prompt = _validation_prompt(run, rows, where)
     before_after = None if config.values.objective == "dpo" else _before_after_rows(run)  # DPO: the preference check
     run_paths.drop_snapshot(run_dir(run_id))
     report = validate_output(
@@ -484,6 +546,7 @@ def validate_stage(run_id: int) -> None:
         base_model_path=run.resolved_path,
         trust_remote_code=_trust_remote_code(run),
         before_after=before_after,
+        folder_fd=folder_fd,
     )
     if config.held_out_pairs and report.passed:
         check, found = preference_check(
@@ -491,6 +554,7 @@ def validate_stage(run_id: int) -> None:
             (rows or [])[-config.held_out_pairs :],
             base_model_path=run.resolved_path,
             trust_remote_code=_trust_remote_code(run),
+            folder_fd=folder_fd,
         )
         report.checks.append(check)
         report.preference = found

@@ -8,6 +8,7 @@ from functools import partial
 from celery import shared_task
 
 from projects import stages
+from projects.datasets import token_stats
 from projects.liveness import heartbeat, reap_stale_runs
 from projects.models import RunStage
 from projects.pipeline import fail_with_exception
@@ -67,3 +68,9 @@ def cleanup_uploads() -> int:
     from projects.uploads import cleanup_uploads as remove_unreferenced
 
     return len(remove_unreferenced())
+
+
+@shared_task(name=token_stats.COUNT_TASK, ignore_result=True)
+def count_dataset_tokens(count_id: int, path: str, user_id: int | None) -> None:
+    """Token lengths for a dataset check (on the default queue): the web request only reads the file's start."""
+    token_stats.count_tokens(count_id, path, user_id)

@@ -28,8 +28,9 @@ from django.utils import timezone
 from models_registry.models import PortalSettings
 from mtm import audit
 from mtm.audit import Actor
+from mtm.shared.claims import claim_form, identity_of
 from mtm.shared.files import file_sha256
-from mtm.shared.paths import is_within, resolved
+from mtm.shared.paths import resolved
 from mtm.shared.problems import Problem
 from projects.datasets import DatasetError, DatasetPathCheck, store_upload, uploads_root
 from projects.datasets.errors import human_bytes
@@ -38,6 +39,7 @@ from projects.models import TrainingProject, Upload
 QUOTA_EXCEEDED = "upload_quota_exceeded"
 NOT_YOURS = "upload_not_yours"
 UNKNOWN_UPLOAD = "upload_unknown"
+REPLACED_UPLOAD = "upload_replaced"
 
 
 def used_bytes(user: Any) -> int:
@@ -71,10 +73,12 @@ class ReceivedUpload:
 
 
 def _earlier_copy(owner: Any, digest: str, size: int) -> Upload | None:
-    """The owner's own earlier upload of the same bytes whose file is still there and unchanged in size."""
+    """The owner's own earlier upload of the same bytes whose file is still there, the one stored, unchanged in size."""
     for upload in Upload.objects.filter(owner=owner, sha256=digest, size_bytes=size).order_by("created_at", "id"):
         try:
-            if os.path.isfile(upload.path) and not os.path.islink(upload.path) and os.path.getsize(upload.path) == size:
+            # Still the file stored (no link on its path, the same inode), a regular file of the same size.
+            intact = claim_form(upload.path, upload.identity) and os.path.isfile(upload.path)
+            if intact and os.path.getsize(upload.path) == size:
                 return upload
         except OSError:
             continue
@@ -108,7 +112,10 @@ def receive_upload(actor: Actor, fileobj: IO[bytes] | Any, original_name: str) -
                 used = used_bytes(owner)
                 if quota and used + size > quota:
                     raise DatasetError([_quota_problem(owner, path.name, size, used, quota)])
-                upload = Upload.objects.create(owner=owner, path=os.path.realpath(path), size_bytes=size, sha256=digest)
+                real = os.path.realpath(path)
+                upload = Upload.objects.create(
+                    owner=owner, path=real, size_bytes=size, sha256=digest, identity=identity_of(real)
+                )
                 audit.record_change(
                     actor,
                     "upload.create",
@@ -134,14 +141,22 @@ def discard_refused(received: ReceivedUpload, *, actor: Actor) -> bool:
 
 def discard_upload(path: str | os.PathLike, *, actor: Actor) -> bool:
     """Remove an upload's folder and record (each upload has a folder of its own under the uploads folder), unless
-    a project's dataset or eval file is that file: then nothing is removed. Returns whether it was removed."""
-    path = Path(os.path.realpath(path))
-    if str(path) in _referenced():
+    a project's dataset or eval file is that file: then nothing is removed. Returns whether it was removed. The
+    folder removed is the one the upload was stored in, as stored: a file or folder swapped for a link since is
+    removed as the link (rmtree never follows one), never what it leads to."""
+    given = os.path.normpath(path)
+    record = Upload.objects.filter(path=given).first()
+    if record is None:  # given through another spelling (MEDIA_ROOT through a link): the record is stored resolved
+        record = Upload.objects.filter(path=resolved(given) or given).first()
+    stored = record.path if record is not None else given
+    referenced = _referenced()
+    if stored in referenced or resolved(stored) in referenced:
         return False
-    root = os.path.realpath(uploads_root())
-    if path.parent != Path(root) and is_within(str(path.parent), root):
-        shutil.rmtree(path.parent, ignore_errors=True)
-    for upload in Upload.objects.filter(path=str(path)):
+    folder = os.path.dirname(stored)
+    # Only an upload's own folder, right inside the uploads folder (rmtree refuses a link in its place).
+    if resolved(os.path.dirname(folder)) == os.path.realpath(uploads_root()):
+        shutil.rmtree(folder, ignore_errors=True)
+    for upload in Upload.objects.filter(path=stored):
         audit.record_change(actor, "upload.delete", upload, {"path": [upload.path, None]})
         upload.delete()
     return True
@@ -160,6 +175,15 @@ def upload_problems(
     if kept and os.path.normpath(kept) == located.path:
         return []
     upload = Upload.objects.filter(path=located.path).select_related("owner").first()
+    if upload is not None and claim_form(upload.path, upload.identity) is None:
+        return [
+            Problem(
+                REPLACED_UPLOAD,
+                f"Dataset {located.path} is not the file {upload.owner.get_username()} uploaded: it was replaced "
+                "since it was stored, so it is no one's upload now.",
+                "Upload the file again and use the path that answers.",
+            )
+        ]
     if upload is not None and actor is not None and upload.owner_id == actor.pk:
         return []
     if upload is None:
@@ -182,10 +206,11 @@ def upload_problems(
 
 
 def _referenced() -> set[str]:
-    """Every file a project uses: its dataset and its eval file."""
+    """Every file a project uses: its dataset and its eval file, as saved (resolved then). A saved path swapped
+    since for a link keeps nothing it leads to: a member's link must not keep another member's upload (and its
+    share of their quota) forever."""
     rows = TrainingProject.objects.values_list("dataset_path", "eval_dataset_path")
-    paths = [path for row in rows for path in row]
-    return {real for p in paths if p and (real := resolved(p))} | {os.path.normpath(p) for p in paths if p}
+    return {form for row in rows for path in row if path and (form := claim_form(path))}
 
 
 def cleanup_uploads(now: float | None = None) -> list[str]:

@@ -13,6 +13,7 @@ urlpatterns = [
     path("check-dataset/", inline_checks.check_dataset, name="check-dataset"),
     path("check-eval-dataset/", inline_checks.check_eval_dataset, name="check-eval-dataset"),
     path("upload-dataset/", inline_checks.upload_dataset, name="upload-dataset"),
+    path("token-count/", inline_checks.token_count, name="token-count"),
     path("<int:pk>/", views.project_detail, name="detail"),
     path("<int:pk>/edit/", views.project_edit, name="edit"),
     path("<int:pk>/delete/", views.project_delete, name="delete"),

@@ -28,6 +28,11 @@ DEFAULT_PROMPT = "Hello"
 CHILD_TIMEOUT = 1800
 
 
+def read_path(folder_fd: int) -> Path:
+    """The path that reaches the folder `folder_fd` is open on, in this process and in a child it is passed to."""
+    return Path(f"/proc/self/fd/{folder_fd}")
+
+
 def _check(name: str, passed: bool, detail: str, started: float) -> ValidationCheck:
     return ValidationCheck(name=name, passed=passed, detail=detail, seconds=round(time.monotonic() - started, 3))
 
@@ -76,7 +81,7 @@ def json_check(output_dir: Path) -> tuple[bool, str]:
     return True, f"{count} JSON files parse."
 
 
-def _run_child(spec: dict, module: str = "projects.inference_check") -> dict:
+def _run_child(spec: dict, module: str = "projects.inference_check", folder_fd: int | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="mtm-inference-") as tmp:
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
@@ -90,6 +95,7 @@ def _run_child(spec: dict, module: str = "projects.inference_check") -> dict:
                 text=True,
                 timeout=CHILD_TIMEOUT,
                 check=False,
+                pass_fds=() if folder_fd is None else (folder_fd,),
             )
         except subprocess.TimeoutExpired:
             return {"error": f"The {module.rsplit('.', 1)[-1]} child did not finish within {CHILD_TIMEOUT}s."}
@@ -107,10 +113,13 @@ def validate_output(
     trust_remote_code: bool = False,
     max_new_tokens: int = 32,
     before_after: dict | None = None,
+    folder_fd: int | None = None,
 ) -> ValidationReport:
     """`before_after`: the eval rows to answer with the base and the fine-tuned model (projects.before_after's spec,
-    without the base model path, which is `base_model_path`), or None."""
-    output_dir = Path(output_dir)
+    without the base model path, which is `base_model_path`), or None. `folder_fd`: the run folder opened (and
+    checked) by the caller; everything is then read through that descriptor, never through `output_dir` again."""
+    shown = Path(output_dir)
+    output_dir = read_path(folder_fd) if folder_fd is not None else shown
     checks: list[ValidationCheck] = []
     started = time.monotonic()
     layout, problem = _layout(output_dir)
@@ -139,7 +148,7 @@ def validate_output(
                 else None
             ),
         }
-        result = _run_child(spec)
+        result = _run_child(spec, folder_fd=folder_fd)
         if "error" in result:
             checks.append(ValidationCheck(name="load", passed=False, detail=result["error"]))
             checks.append(ValidationCheck(name="inference", passed=False, detail="Not run."))
@@ -151,6 +160,8 @@ def validate_output(
         for name in ("load", "inference"):
             checks.append(ValidationCheck(name=name, passed=False, detail="Not run: an earlier check failed."))
     compared = result.get("before_after")
+    for check in checks:
+        check.detail = check.detail.replace(str(output_dir), str(shown))
     return ValidationReport(
         passed=all(c.passed for c in checks),
         checks=checks,
@@ -165,16 +176,22 @@ def _share(value: float, pairs: int) -> str:
 
 
 def preference_check(
-    output_dir: str | Path, pairs: list[dict], *, base_model_path: str, trust_remote_code: bool = False
+    output_dir: str | Path,
+    pairs: list[dict],
+    *,
+    base_model_path: str,
+    trust_remote_code: bool = False,
+    folder_fd: int | None = None,
 ) -> tuple[ValidationCheck, PreferenceResult | None]:
     """The DPO preference check on held-out `pairs`: how often the base and the tuned model find the chosen
     answer more likely than the rejected one. Passes when it could be measured; a tuned model that prefers chosen
     no more often than the base passes with a warning that says so."""
     started = time.monotonic()
-    output_dir = Path(output_dir)
+    shown = Path(output_dir)
+    output_dir = read_path(folder_fd) if folder_fd is not None else shown
     layout, problem = _layout(output_dir)
     if layout is None:
-        return _check("preference", False, problem, started), None
+        return _check("preference", False, problem.replace(str(output_dir), str(shown)), started), None
     model_dir = output_dir / layout["model_dir"] if layout.get("model_dir") else None
     spec = {
         "base_model_path": base_model_path,
@@ -184,9 +201,9 @@ def preference_check(
         "pairs": pairs,
         "trust_remote_code": trust_remote_code,
     }
-    result = _run_child(spec, "projects.preference_check")
+    result = _run_child(spec, "projects.preference_check", folder_fd)
     if "error" in result:
-        return _check("preference", False, result["error"], started), None
+        return _check("preference", False, result["error"].replace(str(output_dir), str(shown)), started), None
     found = PreferenceResult.model_validate(result)
     count = found.pairs or len(pairs)
     detail = (

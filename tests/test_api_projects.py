@@ -15,6 +15,7 @@ from mtm.models import AuditEvent
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from tests.api_client import API, call, codes, make_user_token
 from tests.pipeline_helpers import QA_ROWS
+from tests.token_counts import count_pending
 
 PROJECT_KEYS = {"id", "name", "owner", "model_name", "revision", "dataset_path", "output_directory", "method",
                 "hyperparameters", "validation_prompt", "created_at", "last_run"}  # fmt: skip
@@ -190,7 +191,11 @@ def test_upload_then_create_with_the_returned_path(client, roots, owner, tiny_ll
     report = body["report"]
     assert (report["format"], report["rows"], report["valid"]) == ("prompt_completion", 3, True)
     assert report["preview"][0] == QA_ROWS[0]
-    assert report["token_stats"]["max"] > 0 and report["token_stats"]["total"] > 0
+    assert report["token_stats"] is None and report["token_stats_state"] == "pending"  # a worker counts them
+    count_pending(path, owner[0])
+    again = upload(client, "/datasets", "my data.jsonl", jsonl_bytes(QA_ROWS), owner[1], model_name=name).json()
+    assert again["dataset_path"] == str(path) and again["report"]["token_stats_state"] == "done"
+    assert again["report"]["token_stats"]["max"] > 0 and again["report"]["token_stats"]["total"] > 0
     resp = call(client, "post", "/projects", project_body(roots, name, dataset_path=str(path)), owner[1])
     assert resp.status_code == 201, resp.content
     assert resp.json()["dataset_path"] == str(path)
@@ -229,9 +234,13 @@ def test_project_dataset_upload_replaces_the_dataset(client, roots, owner, proje
     assert resp.status_code == 200, resp.content
     body = resp.json()
     assert body["project"]["dataset_path"] == body["dataset_path"] != project["dataset_path"]
-    assert body["report"]["rows"] == 4 and body["report"]["token_stats"]["max_seq_length"] == 32
+    # The rows at once; the token lengths are a worker's count, answered once it has run (the same file sent again).
+    assert body["report"]["rows"] == 4 and body["report"]["token_stats_state"] == "pending"
     assert TrainingProject.objects.get(pk=project["id"]).dataset_path == body["dataset_path"]
     assert AuditEvent.objects.filter(action="project.update", object_id=str(project["id"]), via="api").exists()
+    count_pending(body["dataset_path"], owner[0])
+    again = upload(client, f"/projects/{project['id']}/dataset", "more.jsonl", jsonl_bytes(rows), owner[1]).json()
+    assert again["reused"] and again["report"]["token_stats"]["max_seq_length"] == 32
 
 
 def test_project_dataset_upload_that_does_not_validate_changes_nothing(client, roots, owner, project):

@@ -306,6 +306,7 @@ def test_settings_get_and_staff_patch(client, staff, staff_token, hf_cache, sett
         "allowed_output_roots": ["/env/outputs"],
         "allowed_dataset_roots": list(settings.MTM_DATASET_ROOTS),
         "upload_quota_bytes": DEFAULT_UPLOAD_QUOTA_BYTES,
+        "live_runs_per_member": settings.MTM_LIVE_RUNS_PER_MEMBER,
     }
     cache = tmp_path / "custom-hub"
     patch = {"model_cache_path": f" {cache} ", "allowed_output_roots": ["/data/out/", "/data/out", " /data/x/../y "]}

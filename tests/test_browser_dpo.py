@@ -79,8 +79,9 @@ def test_a_dpo_project_on_a_pairs_file_trains_and_its_run_page_shows_curves_and_
         page.locator("#id_dataset_path").fill(str(pairs))
         expect(dataset_status.locator(".rows")).to_have_text(f"{PAIRS} rows", timeout=CHECK_TIMEOUT_MS)
         expect(dataset_status.locator(".format")).to_have_text("preference")
-        for part in ("prompt", "chosen", "rejected"):
-            expect(dataset_status.locator(f"table.pair-token-stats tr.pair-{part}")).to_be_visible()
+        for part in ("prompt", "chosen", "rejected"):  # counted by the worker; the box polls until they come
+            pair_row = dataset_status.locator(f"table.pair-token-stats tr.pair-{part}")
+            expect(pair_row).to_be_visible(timeout=CHECK_TIMEOUT_MS)
         expect(dataset_status.locator(".text-warn")).to_have_count(0)  # every prompt and answer fits
         page.locator("#id_output_directory").fill(str(output))
         expect(page.locator("#output-status .status-ok")).to_contain_text("will be created", timeout=CHECK_TIMEOUT_MS)

@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from projects.hyperparameters import QUICK_CHECK, Hyperparameters
 from projects.models import TrainingProject
 from tests.clients import secure_client
+from tests.token_counts import counted
 
 pytestmark = pytest.mark.django_db
 
@@ -73,9 +74,10 @@ def test_the_forms_dataset_check_applies_the_chosen_chat_template(member, portal
     client = secure_client(member)
     query = {"dataset_path": str(path), "model_name": "test-org/tiny-base", "max_seq_length": "64"}
     own = client.get("/projects/check-dataset/", query).content.decode()
-    assert "has no chat template" in own
+    assert "has no chat template" in counted(client, own, path, member)  # the worker renders the template
     chatml = client.get("/projects/check-dataset/", {**query, "chat_template": "chatml"}).content.decode()
-    assert "has no chat template" not in chatml and "3 rows" in chatml
+    chatml = counted(client, chatml, path, member)
+    assert "has no chat template" not in chatml and "3 rows" in chatml and "token-stats" in chatml
 
 
 def test_the_form_offers_the_sample_dataset_when_it_is_there(member, portal_roots):

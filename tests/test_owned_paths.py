@@ -194,7 +194,9 @@ def test_start_refuses_a_folder_swapped_for_a_link_to_another_members_output(tea
     Path(mine.output_directory).symlink_to(alice.output_directory)
     with pytest.raises(RunRefused) as refused:
         start_run(mine, actor=Actor.command_line(team["mallory"]))
-    assert refused.value.problem.code == "output_directory_owned"
+    # Her own saved folder is now a link: that is what Start says, naming the folder and where it leads.
+    problem = refused.value.problem
+    assert problem.code == "output_directory_now_a_link" and alice.output_directory in problem.message
 
 
 def test_a_queued_run_blocks_a_run_inside_its_folder_even_for_the_same_owner(team, tiny_llama_in_cache):

@@ -20,6 +20,7 @@ from projects.charts import build_loss_chart, loss_chart_svg, nice_ticks
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
 from tests.clients import form_data, secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
+from tests.token_counts import counted
 
 pytestmark = pytest.mark.django_db
 
@@ -404,9 +405,11 @@ def test_dataset_check_shows_format_rows_preview_and_truncation(owner, roots, ti
     long_rows = [{"prompt": "word " * 40, "completion": " end."}, *QA_ROWS]
     path = write_jsonl(roots / "datasets" / "long.jsonl", long_rows)
     params = {"dataset_path": str(path), "model_name": tiny_llama_in_cache[0], "max_seq_length": "32"}
-    html = text(secure_client(owner).get("/projects/check-dataset/", params, **HX))
+    client = secure_client(owner)
+    html = text(client.get("/projects/check-dataset/", params, **HX))
     assert "4 rows</strong>" in html and "prompt_completion" in html
     assert "Say hello:" in html  # a previewed row
+    html = counted(client, html, path, owner)  # token lengths: counted by a worker, polled for
     assert "1 of 4 rows</strong> are longer than the max sequence length (32 tokens) and will be truncated" in html
     assert "<table" in html and "median" in html
 

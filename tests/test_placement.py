@@ -166,5 +166,8 @@ def test_with_no_worker_running_a_run_waits_on_the_shared_queue_saying_so_in_the
     )
     body = call(Client(), "GET", f"/runs/{second.pk}", token=token).json()
     assert body["status"] == "queued"
-    assert body["waiting"] == "waiting for a training worker (none is running now): 1 run ahead"
+    assert (
+        body["waiting"]
+        == f"waiting for a training worker (none is running now): 2nd in line, behind run #{first.pk} (member)"
+    )
     assert call(Client(), "GET", f"/runs/{first.pk}", token=token).json()["waiting"].endswith(": no run ahead")

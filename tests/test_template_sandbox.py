@@ -13,6 +13,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from projects.datasets import inspect_dataset
 from tests.pipeline_helpers import write_jsonl
+from tests.token_counts import count_pending, counted
 
 LOOPING = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ messages }}"
 HUGE = "{% set s = 'x' * 300000000 %}{{ s }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
@@ -99,14 +100,16 @@ def test_the_dataset_box_shows_the_models_problem(portal_roots, hf_cache, copy_o
     (copy_of_tiny_llama / "chat_template.jinja").write_text(HUGE)
     install_into_cache(copy_of_tiny_llama, hf_cache, "org/huge")
     dataset = write_jsonl(portal_roots / "datasets" / "chat.jsonl", CHAT_ROWS)
-    client = secure_client(User.objects.create_user("alice"))
+    client_user = User.objects.create_user("alice")
+    client = secure_client(client_user)
     response = client.get(
         "/projects/check-dataset/",
         {"dataset_path": str(dataset), "model_name": "org/huge", "max_seq_length": "64"},
         HTTP_HX_REQUEST="true",
     )
-    html = response.content.decode()
-    assert response.status_code == 200 and "status-error" in html
+    assert response.status_code == 200
+    html = counted(client, response.content.decode(), dataset, client_user)  # the worker renders the template
+    assert "status-error" in html
     assert "The chat template of model &#x27;org/huge&#x27; needed more than 128 MB" in html
 
 
@@ -119,11 +122,18 @@ def test_the_api_upload_names_the_model_field(portal_roots, hf_cache, copy_of_ti
     install_into_cache(copy_of_tiny_llama, hf_cache, "org/looping")
     user, token = make_user_token("owner")
     body = "".join(json.dumps(row) + "\n" for row in CHAT_ROWS).encode()
-    response = secure_client(user).post(
-        API + "/datasets",
-        {"file": SimpleUploadedFile("chat.jsonl", body), "model_name": "org/looping", "max_seq_length": 64},
-        headers={"Authorization": f"Bearer {token}"},
-    )
+
+    def upload():
+        return secure_client(user).post(
+            API + "/datasets",
+            {"file": SimpleUploadedFile("chat.jsonl", body), "model_name": "org/looping", "max_seq_length": 64},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    first = upload()  # the worker renders the template; the same file sent again answers what it found
+    assert first.status_code == 200 and first.json()["report"]["token_stats_state"] == "pending", first.content
+    count_pending(first.json()["dataset_path"], user)
+    response = upload()
     assert response.status_code == 422, response.content
     [error] = response.json()["errors"]
     assert (error["code"], error["field"]) == ("chat_template_too_slow", "model_name")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from models_registry.deep_verdict import DeepVerdict, compute_verdict, deep_verdict
 from models_registry.demo import DEMO_COMMIT, install_into_cache
 from models_registry.listing import list_cached
 from models_registry.names import repo_folder_name
@@ -362,6 +363,422 @@ CASES = {
 }
 
 
+# --- Further layouts people meet (from the issue trackers of transformers, peft and huggingface_hub) --------------
+# The deep verdict (transformers' own, models_registry.deep_verdict) must agree with the judge on each; the instant
+# rules are asserted only where they agree too (INSTANT_DISAGREES lists the others, which the deep verdict corrects).
+
+
+@dataclass
+class DeepCase:
+    name: str
+    build: Callable[[Path, Path, Path], None]
+    code: str | None = None  # the deep verdict's refusal; None: valid and trainable
+    fragments: tuple[str, ...] = ()
+    warning: str | None = None
+    revision: str | None = None
+
+
+def _tensors(folder: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(folder / "model.safetensors")  # the test's own fixture; no check reads tensors
+
+
+def _save(tensors: dict, path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+def edited(name: str, change=None, files=None, **changes) -> Callable[[Path, Path, Path], None]:
+    """The tiny Llama with its tensors changed (`change(tensors) -> tensors`), then `files(folder)` run."""
+
+    def build(cache, tiny, scratch):
+        folder = variant(tiny, scratch, name, **changes)
+        if change is not None:
+            _save(change(_tensors(folder)), folder / "model.safetensors")
+        if files is not None:
+            files(folder)
+        install_into_cache(folder, cache, name)
+
+    return build
+
+
+def _without(*keys):
+    return lambda t: {k: v for k, v in t.items() if k not in keys}
+
+
+def _rows(n: int):
+    import numpy as np
+
+    def change(t):
+        out = dict(t)
+        for key in ("model.embed_tokens.weight", "lm_head.weight"):
+            rows = t[key]
+            out[key] = (
+                rows[:n]
+                if n <= len(rows)
+                else np.concatenate([rows, np.zeros((n - len(rows), rows.shape[1]), rows.dtype)])
+            )
+        return out
+
+    return change
+
+
+def _renamed(old: str, new: str):
+    return lambda t: {(new + k[len(old) :] if k.startswith(old) else k): v for k, v in t.items()}
+
+
+def _with_extra(key: str, shape=(4,)):
+    import numpy as np
+
+    return lambda t: {**t, key: np.zeros(shape, np.float32)}
+
+
+def _shard(folder: Path, index: bool = True, keep=(1, 2), swap: bool = False) -> None:
+    tensors = _tensors(folder)
+    (folder / "model.safetensors").unlink()
+    keys = sorted(tensors)
+    parts = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    weight_map = {k: shard for shard, ks in parts.items() for k in ks}
+    if swap:  # the index names the other shard for one tensor
+        weight_map[keys[0]] = "model-00002-of-00002.safetensors"
+    if index:
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    for i, (shard, ks) in enumerate(parts.items(), start=1):
+        if i in keep:
+            _save({k: tensors[k] for k in ks}, folder / shard)
+
+
+def _as_bin(drop=()):
+    def files(folder: Path) -> None:
+        import torch
+
+        tensors = {k: torch.from_numpy(v) for k, v in _tensors(folder).items() if k not in drop}
+        torch.save(tensors, folder / "pytorch_model.bin")
+        (folder / "model.safetensors").unlink()
+
+    return files
+
+
+def _bf16(folder: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in _tensors(folder).items()}
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def _beside(name: str, data: bytes | str):
+    def files(folder: Path) -> None:
+        (folder / name).write_bytes(data.encode() if isinstance(data, str) else data)
+
+    return files
+
+
+def _renamed_file(old: str, new: str):
+    return lambda folder: (folder / old).rename(folder / new)
+
+
+def _truncated(folder: Path) -> None:
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _added_tokens(*contents: str):
+    def files(folder: Path) -> None:
+        data = json.loads((folder / "tokenizer.json").read_text())
+        for i, content in enumerate(contents, start=384):
+            data["added_tokens"].append(
+                {
+                    "id": i,
+                    "content": content,
+                    "single_word": False,
+                    "lstrip": False,
+                    "rstrip": False,
+                    "normalized": False,
+                    "special": False,
+                }
+            )
+        (folder / "tokenizer.json").write_text(json.dumps(data))
+
+    return files
+
+
+def _config_of(model_type: str, **values):
+    """config.json replaced by another family's (keeping the tiny sizes)."""
+
+    def files(folder: Path) -> None:
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type, **values}))
+
+    return files
+
+
+T5 = {
+    "architectures": ["T5ForConditionalGeneration"],
+    "d_model": 32,
+    "d_ff": 64,
+    "d_kv": 8,
+    "num_layers": 2,
+    "num_heads": 4,
+    "vocab_size": 384,
+    "is_encoder_decoder": True,
+    "decoder_start_token_id": 0,
+}
+BERT = {
+    "architectures": ["BertForMaskedLM"],
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "vocab_size": 384,
+}
+BART = {
+    "architectures": ["BartForConditionalGeneration"],
+    "d_model": 32,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
+    "vocab_size": 384,
+    "is_encoder_decoder": True,
+}
+
+NEW_CASES = {
+    # A tied checkpoint without lm_head (Gemma, Qwen2.5-0.5B ship so): transformers ties it to the embedding.
+    "tied_head_not_saved": DeepCase(
+        "test-org/d-tied", edited("test-org/d-tied", _without("lm_head.weight"), config={"tie_word_embeddings": True})
+    ),
+    # lm_head missing while tie_word_embeddings=false (a config edited after saving a tied model).
+    "untied_head_missing": DeepCase(
+        "test-org/d-untied",
+        edited("test-org/d-untied", _without("lm_head.weight")),
+        "weights_missing_tensors",
+        ("lm_head.weight", "tie_word_embeddings is false"),
+    ),
+    # Tokens added to the tokenizer (tool/chat tokens) without resizing the embedding: index error at step one.
+    "added_tokens_beyond_vocab": DeepCase(
+        "test-org/d-added",
+        edited("test-org/d-added", files=_added_tokens("<|tool_call|>", "<|tool_result|>")),
+        "tokenizer_exceeds_embedding",
+        ("385", "'<|tool_result|>'", "384 rows", "index error"),
+    ),
+    # vocab_size (and the embedding) smaller than the tokenizer: a truncated conversion.
+    "vocab_smaller_than_tokenizer": DeepCase(
+        "test-org/d-small-vocab",
+        edited("test-org/d-small-vocab", _rows(200), config={"vocab_size": 200}),
+        "tokenizer_exceeds_embedding",
+        ("200 rows",),
+    ),
+    # An embedding padded beyond the tokenizer (Qwen, Llama 3 pad vocab_size to a multiple of 64): fine.
+    "embedding_padded_beyond_tokenizer": DeepCase(
+        "test-org/d-padded", edited("test-org/d-padded", _rows(448), config={"vocab_size": 448})
+    ),
+    # A T5 config: a sequence-to-sequence model picked for causal fine-tuning.
+    "t5_config": DeepCase(
+        "test-org/d-t5",
+        edited("test-org/d-t5", files=_config_of("t5", **T5)),
+        "not_causal_lm",
+        ("encoder-decoder", "t5"),
+    ),
+    # A BERT config: an encoder (masked LM) picked for causal fine-tuning.
+    "bert_config": DeepCase(
+        "test-org/d-bert",
+        edited("test-org/d-bert", files=_config_of("bert", **BERT)),
+        "not_causal_lm",
+        ("encoder model", "bert"),
+    ),
+    # A BART config: transformers has BartForCausalLM, but the checkpoint is an encoder-decoder.
+    "bart_config": DeepCase(
+        "test-org/d-bart",
+        edited("test-org/d-bart", files=_config_of("bart", **BART)),
+        "not_causal_lm",
+        ("encoder-decoder",),
+    ),
+    # quantization_config: gptq, without optimum installed.
+    "gptq_without_optimum": DeepCase(
+        "test-org/d-gptq",
+        edited(
+            "test-org/d-gptq", config={"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 32}}
+        ),
+        "library_missing",
+        ("GPTQ", "pip install optimum"),
+    ),
+    # quantization_config: bitsandbytes 4-bit (a QLoRA merge saved quantized), without bitsandbytes.
+    "bnb_without_bitsandbytes": DeepCase(
+        "test-org/d-bnb",
+        edited(
+            "test-org/d-bnb", config={"quantization_config": {"quant_method": "bitsandbytes", "load_in_4bit": True}}
+        ),
+        "library_missing",
+        ("bitsandbytes", "pip install"),
+    ),
+    # quantization_config naming a method this transformers does not know (saved by a newer library): it loads the
+    # weights as they are, unquantized.
+    "unknown_quantization_method": DeepCase(
+        "test-org/d-quant-unknown",
+        edited("test-org/d-quant-unknown", config={"quantization_config": {"quant_method": "mtm_future_quant"}}),
+    ),
+    # attn_implementation flash_attention_2 saved in config.json, flash-attn not installed.
+    "flash_attention_2_in_config": DeepCase(
+        "test-org/d-fa2",
+        edited("test-org/d-fa2", config={"attn_implementation": "flash_attention_2"}),
+        "library_missing",
+        ("flash_attention_2", "FlashAttention2", "pip install flash-attn", "remove attn_implementation"),
+    ),
+    # attn_implementation eager in config.json: nothing to install.
+    "eager_attention_in_config": DeepCase(
+        "test-org/d-eager", edited("test-org/d-eager", config={"attn_implementation": "eager"})
+    ),
+    # A sharded checkpoint: index and both shards.
+    "sharded": DeepCase("test-org/d-sharded", edited("test-org/d-sharded", files=_shard)),
+    # Sharded index naming a shard that is missing (an interrupted `hf download --include`).
+    "sharded_index_shard_missing": DeepCase(
+        "test-org/d-shard-gone",
+        edited("test-org/d-shard-gone", files=lambda f: _shard(f, keep=(1,))),
+        "shard_missing",
+        ("model-00002-of-00002.safetensors",),
+    ),
+    # The index's weight_map names the wrong shard for a tensor (hand-made index): transformers reads every shard.
+    "index_names_wrong_shard": DeepCase(
+        "test-org/d-shard-swap", edited("test-org/d-shard-swap", files=lambda f: _shard(f, swap=True))
+    ),
+    # Shards without their index (the index was not downloaded): transformers finds no weights to load.
+    "shards_without_index": DeepCase(
+        "test-org/d-no-index",
+        edited("test-org/d-no-index", files=lambda f: _shard(f, index=False)),
+        "no_weights",
+        ("model.safetensors",),
+    ),
+    # Only variant weights (model.fp16.safetensors, as diffusers-era repos ship): transformers loads none by default.
+    "variant_weights_only": DeepCase(
+        "test-org/d-variant",
+        edited("test-org/d-variant", files=_renamed_file("model.safetensors", "model.fp16.safetensors")),
+        "no_weights",
+        ("model.safetensors",),
+    ),
+    # Broken pytorch_model.bin beside good model.safetensors: transformers never opens the .bin.
+    "broken_bin_beside_safetensors": DeepCase(
+        "test-org/d-broken-bin",
+        edited("test-org/d-broken-bin", files=_beside("pytorch_model.bin", b"\x00not a checkpoint" * 8)),
+        warning="unused_file_broken",
+    ),
+    # A git-lfs pointer left as pytorch_model.bin (`git clone` without `git lfs pull`) beside good safetensors.
+    "lfs_pointer_bin_beside_safetensors": DeepCase(
+        "test-org/d-lfs-bin",
+        edited("test-org/d-lfs-bin", files=_beside("pytorch_model.bin", LFS_POINTER)),
+        warning="unused_file_broken",
+    ),
+    # model.safetensors cut short (a copy interrupted outside the hub cache).
+    "truncated_safetensors": DeepCase(
+        "test-org/d-truncated",
+        edited("test-org/d-truncated", files=_truncated),
+        "weights_invalid",
+        ("model.safetensors",),
+    ),
+    # model.safetensors with a renamed prefix: `transformer.` keys where Llama has `model.`.
+    "renamed_prefix": DeepCase(
+        "test-org/d-prefix",
+        edited("test-org/d-prefix", _renamed("model.", "transformer.")),
+        "weights_missing_tensors",
+        ("model.embed_tokens.weight", "transformer.embed_tokens.weight", "another architecture"),
+    ),
+    # Saved from the base model (no `model.` prefix): transformers adds the prefix itself.
+    "base_model_without_prefix": DeepCase(
+        "test-org/d-no-prefix", edited("test-org/d-no-prefix", _renamed("model.", ""))
+    ),
+    # Old Llama checkpoints carry rotary_emb.inv_freq buffers: transformers ignores them.
+    "old_rotary_inv_freq_buffers": DeepCase(
+        "test-org/d-inv-freq",
+        edited("test-org/d-inv-freq", _with_extra("model.layers.0.self_attn.rotary_emb.inv_freq")),
+    ),
+    # An extra tensor no Llama has (a value head saved by TRL): ignored, with a warning.
+    "extra_value_head": DeepCase(
+        "test-org/d-v-head",
+        edited("test-org/d-v-head", _with_extra("v_head.summary.weight", (1, 32))),
+        warning="unused_weights",
+    ),
+    # Only pytorch_model.bin (older repos): read as training reads it.
+    "bin_only": DeepCase("test-org/d-bin", edited("test-org/d-bin", files=_as_bin())),
+    # pytorch_model.bin without lm_head (an untied model saved by a custom loop).
+    "bin_only_missing_head": DeepCase(
+        "test-org/d-bin-no-head",
+        edited("test-org/d-bin-no-head", files=_as_bin(drop=("lm_head.weight",))),
+        "weights_missing_tensors",
+        ("lm_head.weight",),
+    ),
+    # bf16 weights (what most hub models ship): trained in fp32 after loading.
+    "bf16_weights": DeepCase("test-org/d-bf16", edited("test-org/d-bf16", files=_bf16)),
+    # config.json's dtype says bfloat16 while the weights are fp32.
+    "config_dtype_disagrees": DeepCase("test-org/d-dtype", edited("test-org/d-dtype", config={"dtype": "bfloat16"})),
+    # intermediate_size edited in config.json (a hand-made config for a pruned model).
+    "intermediate_size_edited": DeepCase(
+        "test-org/d-mlp",
+        edited("test-org/d-mlp", config={"intermediate_size": 48}),
+        "config_weights_mismatch",
+        ("mlp", "[64, 32]", "[48, 32]"),
+    ),
+    # num_key_value_heads edited (GQA config copied from another size of the family).
+    "kv_heads_edited": DeepCase(
+        "test-org/d-kv",
+        edited("test-org/d-kv", config={"num_key_value_heads": 4}),
+        "config_weights_mismatch",
+        ("k_proj.weight",),
+    ),
+    # max_position_embeddings raised (rope scaling done by hand): no weight depends on it.
+    "max_positions_raised": DeepCase(
+        "test-org/d-positions", edited("test-org/d-positions", config={"max_position_embeddings": 2048})
+    ),
+    # model_type changed to qwen2 over Llama weights: Qwen2 has q/k/v biases the checkpoint lacks.
+    "model_type_of_another_family": DeepCase(
+        "test-org/d-qwen-type",
+        edited("test-org/d-qwen-type", config={"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}),
+        "weights_missing_tensors",
+        ("q_proj.bias",),
+    ),
+    # architectures names another class than model_type (a copied config): transformers goes by model_type.
+    "architectures_names_other_class": DeepCase(
+        "test-org/d-arch", edited("test-org/d-arch", config={"architectures": ["MistralForCausalLM"]})
+    ),
+    # Neither eos nor pad in the tokenizer (a tokenizer_config.json stripped of special tokens).
+    "no_eos_no_pad": DeepCase(
+        "test-org/d-no-eos",
+        edited("test-org/d-no-eos", tokenizer_config={"eos_token": None, "pad_token": None}),
+        "tokenizer_no_pad",
+        ("neither a pad nor an eos",),
+    ),
+}
+ALL_CASES: dict[str, Case | DeepCase] = {**CASES, **NEW_CASES}
+
+# Cases on which the instant rules (file names, headers) reach another verdict than the judge; the deep verdict,
+# which agrees with it, overrides them. Their instant verdicts are not asserted; the reason says what they miss.
+INSTANT_DISAGREES: dict[str, str] = {
+    # An old case: GPT2Tokenizer adds its default unk token <|endoftext|> (not in this vocab.json) as id 384, past
+    # the 384-row embedding; text holding it crashes the first step, which the judge now takes.
+    "vocab_and_merges": "added tokens are not compared with the embedding",
+    "added_tokens_beyond_vocab": "added tokens are not compared with the embedding",
+    "vocab_smaller_than_tokenizer": "the tokenizer's ids are not compared with the embedding",
+    "t5_config": "the model class is not asked for",
+    "bert_config": "the model class is not asked for",
+    "bart_config": "the model class is not asked for",
+    "gptq_without_optimum": "quantization libraries are not asked for",
+    "bnb_without_bitsandbytes": "quantization libraries are not asked for",
+    "flash_attention_2_in_config": "attention kernels are not asked for",
+    "shards_without_index": "any *.safetensors counts as weights, not transformers' own choice of files",
+    "variant_weights_only": "any *.safetensors counts as weights, not transformers' own choice of files",
+    "broken_bin_beside_safetensors": "every weight file is checked, also those transformers never opens",
+    "lfs_pointer_bin_beside_safetensors": "every weight file is checked, also those transformers never opens",
+    "renamed_prefix": "the embedding is found by its name's suffix, whatever the prefix",
+    "bin_only_missing_head": ".bin tensors are not compared with the config",
+    "intermediate_size_edited": "only embedding, width and layer count are compared",
+    "kv_heads_edited": "only embedding, width and layer count are compared",
+    "model_type_of_another_family": "the family's own tensors (Qwen2's biases) are not known",
+    "no_eos_no_pad": "the tokenizer's special tokens are not loaded",
+}
+
+
 def verdict(case: Case, cache: Path) -> tuple[Resolution, object]:
     """The portal's verdict: the resolution, and the first refusal (a resolver error, or why it cannot train)."""
     res = resolve(case.name, case.revision, cache_dir=cache)
@@ -374,15 +791,15 @@ def layouts(tmp_path_factory, tiny_llama_dir) -> Path:
     cache = tmp_path_factory.mktemp("differential") / "hub"
     cache.mkdir()
     scratch = tmp_path_factory.mktemp("differential-scratch")
-    for case in CASES.values():
+    for case in ALL_CASES.values():
         case.build(cache, tiny_llama_dir, scratch)
     return cache
 
 
 @pytest.fixture(scope="module")
 def judged(layouts) -> dict[str, dict]:
-    """transformers' verdict on every case, from one child process."""
-    specs = {key: {"target": c.name, "cache_dir": str(layouts), "revision": c.revision} for key, c in CASES.items()}
+    """The judge's verdict on every case, from one child process."""
+    specs = {key: {"target": c.name, "cache_dir": str(layouts), "revision": c.revision} for key, c in ALL_CASES.items()}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_HUB_CACHE": str(layouts)}
     done = subprocess.run(
         [sys.executable, "-m", "tests.transformers_judge"],
@@ -397,7 +814,7 @@ def judged(layouts) -> dict[str, dict]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("key", list(CASES))
+@pytest.mark.parametrize("key", [k for k in CASES if k not in INSTANT_DISAGREES])
 def test_verdict_agrees_with_transformers(key, layouts, judged):
     case = CASES[key]
     res, refusal = verdict(case, layouts)
@@ -472,3 +889,37 @@ def test_without_sentencepiece_a_tokenizer_model_is_refused_saying_why(layouts):
     [error] = out["errors"]
     assert error["code"] == "tokenizer_unloadable"
     assert "needs sentencepiece, not installed" in error["message"] and "requirements.txt" in error["hint"]
+
+
+@pytest.fixture(scope="module")
+def deep(layouts) -> dict[str, DeepVerdict]:
+    """transformers' own verdict on every case, as the worker computes it (each in its limited child)."""
+    verdicts = {}
+    for key, case in ALL_CASES.items():
+        res = resolve(case.name, case.revision, cache_dir=layouts)
+        verdicts[key] = compute_verdict(res.path, model_name=case.name) if res.path else deep_verdict(res)
+    return verdicts
+
+
+@pytest.mark.parametrize("key", list(ALL_CASES))
+def test_the_deep_verdict_agrees_with_transformers(key, deep, judged):
+    verdict, judge = deep[key], judged[key]
+    assert verdict.valid == judge["loads"], (key, [e.message for e in verdict.errors], judge)
+    case = ALL_CASES[key]
+    if not isinstance(case, DeepCase):
+        return
+    if case.code is None:
+        assert verdict.errors == []
+    else:
+        first = verdict.errors[0]
+        assert first.code == case.code, (key, verdict.errors)
+        for fragment in case.fragments:
+            assert fragment in first.message + " " + first.hint, (fragment, first)
+    if case.warning:
+        assert case.warning in [w.code for w in verdict.warnings], (key, verdict.warnings)
+
+
+@pytest.mark.parametrize("key", [k for k in NEW_CASES if k not in INSTANT_DISAGREES])
+def test_the_instant_rules_agree_on_the_new_cases_they_can_see(key, layouts, judged):
+    _, refusal = verdict(NEW_CASES[key], layouts)
+    assert (refusal is None) == judged[key]["loads"], (key, refusal, judged[key])

@@ -10,6 +10,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
+from models_registry.models import PortalSettings
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.tasks import reap_runs
 from tests.clients import secure_client
@@ -22,6 +23,8 @@ LONG = {"max_steps": 200_000, "save_steps": 100_000, "learning_rate": 0.001}  # 
 
 @pytest.fixture
 def portal(portal_roots, transactional_db, tiny_llama_in_cache):
+    # One member's three runs wait in one line here: more than the default cap of live runs per member.
+    PortalSettings.objects.filter(pk=1).update(live_runs_per_member=0)
     return {"user": User.objects.create_user("ops"), "root": portal_roots, "model": tiny_llama_in_cache[0]}
 
 
@@ -65,7 +68,8 @@ def test_a_run_waiting_for_a_busy_training_worker_is_queued_in_line_never_reaped
 
     client = secure_client(portal["user"])
     page = client.get(f"/projects/runs/{third.pk}/").content.decode()
-    assert "waiting for a free training worker: 1 run ahead" in page
+    owner = portal["user"].get_username()
+    assert f"waiting for a free training worker: 2nd in line, behind run #{second.pk} ({owner})" in page
     assert (
         "waiting for a free training worker: no run ahead"
         in client.get(f"/projects/runs/{second.pk}/").content.decode()

@@ -138,19 +138,38 @@ def place(run: TrainingRun) -> RunPlacement:
     return RunPlacement.objects.create(run=run, queue=queue, waiting_for=waiting_for[:255])
 
 
+NAMED_AHEAD = 5  # runs ahead named, with their owners; more are counted
+
+
 @dataclass(frozen=True)
 class PlaceInLine:
     ahead: int  # queued runs sent to the same queue before this one
     waiting_for: str
     queue: str
+    ahead_runs: tuple[tuple[int, str], ...] = ()  # the first NAMED_AHEAD of them: (run id, owner's username)
 
     def __str__(self) -> str:
-        runs = "no run" if self.ahead == 0 else ("1 run" if self.ahead == 1 else f"{self.ahead} runs")
-        return f"waiting for {self.waiting_for}: {runs} ahead"
+        return f"waiting for {self.waiting_for}: {self.line()}"
+
+    def line(self) -> str:
+        """'no run ahead', or e.g. '3rd in line, behind runs #8 (alice) and #9 (bob)'."""
+        if self.ahead == 0:
+            return "no run ahead"
+        named = [f"#{pk} ({owner})" for pk, owner in self.ahead_runs[:NAMED_AHEAD]]
+        if self.ahead > len(named):
+            named.append(f"{self.ahead - len(named)} more")
+        runs = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+        return f"{_ordinal(self.ahead + 1)} in line, behind run{'s' if self.ahead > 1 else ''} {runs}"
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def place_in_line(run: TrainingRun) -> PlaceInLine | None:
-    """The run's place in its queue's line while it is queued; None once a worker took it or it ended."""
+    """The run's place in its queue's line while it is queued, naming the runs ahead and whose they are; None once a
+    worker took it or it ended."""
     if run.status != RunStatus.QUEUED:
         return None
     placement = RunPlacement.objects.filter(run=run).first()
@@ -158,8 +177,15 @@ def place_in_line(run: TrainingRun) -> PlaceInLine | None:
         return None
     ahead = RunPlacement.objects.filter(
         queue=placement.queue, run__status=RunStatus.QUEUED, run_id__lt=run.pk, worker_name=""
-    ).count()
-    return PlaceInLine(ahead=ahead, waiting_for=placement.waiting_for or "a free worker", queue=placement.queue)
+    )
+    first = ahead.order_by("run_id").values_list("run_id", "run__started_by__username", "run__project__owner__username")
+    named = tuple((pk, started_by or owner) for pk, started_by, owner in first[:NAMED_AHEAD])
+    return PlaceInLine(
+        ahead=ahead.count(),
+        waiting_for=placement.waiting_for or "a free worker",
+        queue=placement.queue,
+        ahead_runs=named,
+    )
 
 
 def waiting_runs() -> list[tuple[TrainingRun, PlaceInLine]]:

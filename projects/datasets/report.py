@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
@@ -11,7 +12,14 @@ from mtm.shared.files import handle_sha256
 from mtm.shared.problems import Problem
 from projects.datasets.errors import DEFAULT_MAX_ERRORS, DatasetError
 from projects.datasets.examples import IGNORE_INDEX, encode_rows
-from projects.datasets.loading import DEFAULT_MAX_BYTES, Sample, load_dataset, open_dataset, sniff_kind
+from projects.datasets.loading import (
+    DEFAULT_MAX_BYTES,
+    SAMPLE_BYTES,
+    Sample,
+    load_dataset,
+    open_dataset,
+    sniff_kind,
+)
 from projects.datasets.pairs import PREFERENCE, encode_pairs
 from projects.datasets.template_sandbox import TemplateLimits
 
@@ -60,6 +68,8 @@ class DatasetReport:
     token_stats: TokenStats | None = None
     # Preference pairs: the lengths of the prompts and of each answer (token_stats: prompt + the longer answer).
     pair_token_stats: dict[str, TokenStats] | None = None
+    # Counted on a worker (token_stats.py): "pending" until then, "done" once counted, None when not asked for.
+    token_stats_state: str | None = None
 
     @property
     def valid(self) -> bool:
@@ -84,6 +94,7 @@ class DatasetReport:
                 if self.pair_token_stats
                 else None
             ),
+            "token_stats_state": self.token_stats_state,
         }
 
 
@@ -173,6 +184,111 @@ def _capped(rows: list[dict], max_seq_length: int | None) -> list[dict]:
     return [cut(row) for row in rows]
 
 
+@dataclass
+class DatasetRead:
+    """The bounded read of a dataset: its report without token lengths, the rows read and the key of the part
+    read (`sample_key`: the file's sha256, or the sha256 of its first SAMPLE_BYTES then '+' when it goes on)."""
+
+    report: DatasetReport
+    rows: list[dict]
+    sample_key: str | None = None
+
+
+def _sample_key(file: Any) -> str:
+    digest = hashlib.sha256()
+    left = SAMPLE_BYTES
+    while left > 0 and (chunk := file.read(min(left, 1024 * 1024))):
+        digest.update(chunk)
+        left -= len(chunk)
+    return digest.hexdigest() + ("+" if file.read(1) else "")
+
+
+def read_dataset(
+    path: str | os.PathLike,
+    preview_rows: int = 5,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_errors: int = DEFAULT_MAX_ERRORS,
+    full: bool = False,
+) -> DatasetRead:
+    """Format, rows, first rows and problems of a dataset file, without a tokenizer; never raises for a bad file.
+
+    By default only the start of the file is read (loading.Sample): what a web request may do; `full=True` reads
+    every row, for the worker. The path is trusted: call check_dataset_path first."""
+    report = DatasetReport(path=str(path))
+    try:
+        with open_dataset(path) as file:  # opened once: a file swapped for a link after the check is not read
+            report.size_bytes = os.fstat(file.fileno()).st_size
+            report.kind, report.warnings = sniff_kind(path, file)  # kept when loading fails: they may explain why
+            sample = None if full else Sample()
+            loaded = load_dataset(path, max_bytes=max_bytes, max_errors=max_errors, sample=sample, file=file)
+            file.seek(0)
+            sample_key = _sample_key(file)
+            if loaded.complete:  # a partly read file is not hashed: that would read all of it
+                file.seek(0)
+                report.sha256 = handle_sha256(file)
+    except DatasetError as exc:
+        report.errors = exc.problems
+        return DatasetRead(report, [])
+    except OSError as exc:
+        report.errors = [
+            Problem("dataset_unreadable", f"Cannot read dataset {path}: {exc.strerror or exc}.", "Check the path.")
+        ]
+        return DatasetRead(report, [])
+    report.format, report.kind, report.rows = loaded.format, loaded.kind, len(loaded.rows)
+    report.complete = loaded.complete
+    report.warnings = list(loaded.warnings)
+    report.preview = [shorten(row) for row in loaded.rows[: max(preview_rows, 0)]]
+    return DatasetRead(report, loaded.rows, sample_key)
+
+
+def add_token_stats(
+    report: DatasetReport,
+    rows: list[dict],
+    tokenizer: Any,
+    max_seq_length: int | None = None,
+    *,
+    max_errors: int = DEFAULT_MAX_ERRORS,
+    model: str = "",
+    max_prompt_length: int | None = None,
+) -> None:
+    """Token lengths of the rows read into `report`, with their warnings; a row the tokenizer or its chat template
+    (run in limited child processes) refuses goes to its errors. A full pass: for workers, not web requests."""
+    if tokenizer is None or not rows or not report.valid:
+        return
+    if report.format == PREFERENCE:
+        try:
+            lengths = encode_pairs(
+                _capped(rows, max_seq_length),
+                tokenizer,
+                limits=TemplateLimits.from_settings(),
+                model=model,
+                max_errors=max_errors,
+            )
+        except DatasetError as exc:
+            report.errors.extend(exc.problems)
+            return
+        report.token_stats, report.pair_token_stats, warnings = pair_stats(
+            lengths, max_seq_length, max_prompt_length, report.rows, report.complete
+        )
+        report.warnings.extend(warnings)
+        return
+    try:
+        encoded = encode_rows(
+            _capped(rows, max_seq_length),
+            report.format,
+            tokenizer,
+            max_errors=max_errors,
+            template_limits=TemplateLimits.from_settings(),
+            model=model,
+        )
+    except DatasetError as exc:
+        report.errors.extend(exc.problems)
+        return
+    report.token_stats = token_stats(encoded, max_seq_length)
+    report.warnings.extend(_length_warnings(report.token_stats, report.rows, report.complete))
+
+
 def inspect_dataset(
     path: str | os.PathLike,
     tokenizer: Any = None,
@@ -185,68 +301,20 @@ def inspect_dataset(
     model: str = "",
     max_prompt_length: int | None = None,
 ) -> DatasetReport:
-    """What the form shows about a dataset file; never raises for a bad file (its problems are in errors).
-
-    By default only the start of the file is read (loading.Sample): what a web request may do; `full=True` reads
-    every row, for the worker. Either way the chat template of `model` runs in limited child processes. Token
-    stats only when a tokenizer is given. The path is trusted: call check_dataset_path first. Preference pairs are
-    measured against `max_prompt_length` too (half of max_seq_length when not given).
-    """
-    report = DatasetReport(path=str(path))
-    try:
-        with open_dataset(path) as file:  # opened once: a file swapped for a link after the check is not read
-            report.size_bytes = os.fstat(file.fileno()).st_size
-            report.kind, report.warnings = sniff_kind(path, file)  # kept when loading fails: they may explain why
-            sample = None if full else Sample()
-            loaded = load_dataset(path, max_bytes=max_bytes, max_errors=max_errors, sample=sample, file=file)
-            if loaded.complete:  # a partly read file is not hashed: that would read all of it
-                file.seek(0)
-                report.sha256 = handle_sha256(file)
-    except DatasetError as exc:
-        report.errors = exc.problems
-        return report
-    except OSError as exc:
-        report.errors = [
-            Problem("dataset_unreadable", f"Cannot read dataset {path}: {exc.strerror or exc}.", "Check the path.")
-        ]
-        return report
-    report.format, report.kind, report.rows = loaded.format, loaded.kind, len(loaded.rows)
-    report.complete = loaded.complete
-    report.warnings = list(loaded.warnings)
-    report.preview = [shorten(row) for row in loaded.rows[: max(preview_rows, 0)]]
-    if tokenizer is not None and loaded.rows and loaded.format == PREFERENCE:
-        try:
-            lengths = encode_pairs(
-                _capped(loaded.rows, max_seq_length),
-                tokenizer,
-                limits=TemplateLimits.from_settings(),
-                model=model,
-                max_errors=max_errors,
-            )
-        except DatasetError as exc:
-            report.errors.extend(exc.problems)
-            return report
-        report.token_stats, report.pair_token_stats, warnings = pair_stats(
-            lengths, max_seq_length, max_prompt_length, report.rows, report.complete
-        )
-        report.warnings.extend(warnings)
-    elif tokenizer is not None and loaded.rows:
-        try:
-            rows = _capped(loaded.rows, max_seq_length)
-            encoded = encode_rows(
-                rows,
-                loaded.format,
-                tokenizer,
-                max_errors=max_errors,
-                template_limits=TemplateLimits.from_settings(),
-                model=model,
-            )
-        except DatasetError as exc:
-            report.errors.extend(exc.problems)
-            return report
-        report.token_stats = token_stats(encoded, max_seq_length)
-        report.warnings.extend(_length_warnings(report.token_stats, report.rows, report.complete))
-    return report
+    """read_dataset, then add_token_stats when a tokenizer is given: the whole report in one call, for the worker
+    and for saves. Preference pairs are measured against `max_prompt_length` too (half of max_seq_length when not
+    given)."""
+    read = read_dataset(path, preview_rows, max_bytes=max_bytes, max_errors=max_errors, full=full)
+    add_token_stats(
+        read.report,
+        read.rows,
+        tokenizer,
+        max_seq_length,
+        max_errors=max_errors,
+        model=model,
+        max_prompt_length=max_prompt_length,
+    )
+    return read.report
 
 
 def _length_stats(lengths: list[int], limit: int | None) -> TokenStats:

@@ -37,6 +37,7 @@ from projects.trainer.run import (
     training_arguments,
     within_context,
 )
+from projects.trainer.saving import StagedCheckpoints, prepare_staging, save_final_staged
 from projects.trainer.spec import TrainerSpec
 
 # TRL's logged metrics that the run page charts, and the names our events and metric points give them.
@@ -48,7 +49,7 @@ DPO_LOGGED = {
 }
 
 
-class PortalDPOTrainer(DPOTrainer):
+class PortalDPOTrainer(StagedCheckpoints, DPOTrainer):
     """TRL's DPOTrainer with each pair's prompt cut to its last `prompt_limit` tokens (the end, next to the
     answers), counting the prompts it cut. Real tokens are TRL's own count (non-padding tokens of both sequences
     of every pair trained on)."""
@@ -153,7 +154,7 @@ def run_dpo_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resu
     dataset_seconds = time.monotonic() - clock
 
     setup_started = time.monotonic()
-    spec.write_dir.mkdir(parents=True, exist_ok=True)
+    prepare_staging(spec)
     reference = "base model with the adapter disabled"
     ref_model = None
     if spec.method == "full":
@@ -177,9 +178,12 @@ def run_dpo_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resu
             raise lora_targets_error(hp, exc)
         raise
     data_info["prompts_truncated"] = trainer.prompts_cut
+    trainer.mtm_spec = spec
     trainer.remove_callback(PrinterCallback)  # our events replace its printed log dicts
     if resume is not None:
-        trainer.add_callback(NothingLeftToTrain(resume))  # before the reporter, so no "started" is reported
+        trainer.add_callback(
+            NothingLeftToTrain(Path(_shown(spec, resume)))
+        )  # before the reporter, so no "started" is reported
     reporter = ProgressReporter(
         emit,
         interval=spec.progress_interval,
@@ -214,7 +218,9 @@ def run_dpo_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resu
         return EXIT_CANCELLED
 
     ref_model = trainer.ref_model = None  # the frozen copy is not saved; free it before the final save
-    layout = save_final(trainer.model, tokenizer, spec.write_dir, spec.method, hp.merge_after_training, base_dtype)
+    layout = save_final_staged(
+        spec, lambda path: save_final(trainer.model, tokenizer, path, spec.method, hp.merge_after_training, base_dtype)
+    )
     runtime = float(result.metrics.get("train_runtime") or 0.0)
     real_tokens = trainer.real_tokens_seen
     metrics = {

@@ -14,7 +14,6 @@ unmerged adapter) and "adapter_dir" (relative, or null for a full fine-tune).
 
 from __future__ import annotations
 
-import json
 import platform
 import re
 from pathlib import Path
@@ -108,9 +107,3 @@ def save_final(
     merged = model.merge_and_unload()
     save_full_model(merged, tokenizer, output_dir / MERGED_DIR, dtype)
     return {"model_dir": MERGED_DIR, "adapter_dir": "."}
-
-
-def write_manifest(output_dir: Path, manifest: dict[str, Any]) -> Path:
-    path = output_dir / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2, default=str))
-    return path

@@ -6,6 +6,7 @@ Returns the exit code; raises TrainerError (or anything else) for the caller to 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pickle
 import signal
@@ -42,8 +43,16 @@ from projects.trainer.device import Placement, choose_placement, configure_threa
 from projects.trainer.errors import TrainerError
 from projects.trainer.evaluation import EvalReporter, evaluation_arguments, keep_best
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK
-from projects.trainer.outputs import library_versions, save_final, write_manifest
+from projects.trainer.outputs import MANIFEST_NAME, library_versions, save_final
 from projects.trainer.progress import Emit, EvaluationCancelled, ProgressReporter
+from projects.trainer.saving import (
+    StagedCheckpoints,
+    drop_staging,
+    prepare_staging,
+    save_final_staged,
+    staging_path,
+    write_output_file,
+)
 from projects.trainer.spec import TrainerSpec
 
 
@@ -65,8 +74,9 @@ class NothingLeftToTrain(TrainerCallback):
         return control
 
 
-class PortalTrainer(Trainer):
-    """transformers Trainer that counts real (non-padding) tokens from the collator's CPU-side count."""
+class PortalTrainer(StagedCheckpoints, Trainer):
+    """transformers Trainer that counts real (non-padding) tokens from the collator's CPU-side count, and saves its
+    checkpoints through the staging folder (projects.trainer.saving)."""
 
     real_tokens_seen = 0
 
@@ -105,7 +115,7 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
     setup_started = time.monotonic()
     if spec.method == "lora":
         model = apply_lora(model, hp)
-    spec.write_dir.mkdir(parents=True, exist_ok=True)
+    prepare_staging(spec)
     collator_class = PackedCollator if hp.packing else PaddedCollator
     trainer = PortalTrainer(
         model=model,
@@ -115,9 +125,12 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         data_collator=collator_class(tokenizer.pad_token_id),
         processing_class=tokenizer,
     )
+    trainer.mtm_spec = spec
     trainer.remove_callback(PrinterCallback)  # our events replace its printed log dicts
     if resume is not None:
-        trainer.add_callback(NothingLeftToTrain(resume))  # before the reporter, so no "started" is reported
+        trainer.add_callback(
+            NothingLeftToTrain(Path(_shown(spec, resume)))
+        )  # before the reporter, so no "started" is reported
     reporter = ProgressReporter(
         emit,
         interval=spec.progress_interval,
@@ -163,7 +176,9 @@ def run_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: 
         return EXIT_OK
 
     best_step = keep_best(trainer, evaluations)
-    layout = save_final(trainer.model, tokenizer, spec.write_dir, spec.method, hp.merge_after_training, base_dtype)
+    layout = save_final_staged(
+        spec, lambda path: save_final(trainer.model, tokenizer, path, spec.method, hp.merge_after_training, base_dtype)
+    )
     runtime = float(result.metrics.get("train_runtime") or 0.0)
     metrics = {
         "global_step": trainer.state.global_step,
@@ -232,7 +247,8 @@ def finish(
         "started_at": started_at,
         "finished_at": _now(),
     }
-    manifest_path = spec.output_dir / write_manifest(spec.write_dir, manifest)
+    manifest_path = write_output_file(spec, MANIFEST_NAME, json.dumps(manifest, indent=2, default=str).encode())
+    drop_staging(spec)
     if os.environ.get(FAULT_KILL_AFTER_MANIFEST_ENV):  # fault tests, rehearsals: die once the result is whole
         os.kill(os.getpid(), signal.SIGKILL)
     emit(
@@ -410,7 +426,7 @@ def training_arguments(
     `extra` too."""
     hp = spec.hyperparameters
     return args_class(
-        output_dir=str(spec.write_dir),
+        output_dir=str(staging_path(spec)),  # the Trainer writes by path: only in the private staging folder
         num_train_epochs=hp.epochs,
         max_steps=hp.max_steps if hp.max_steps > 0 else -1,
         per_device_train_batch_size=hp.batch_size,
@@ -443,8 +459,11 @@ def _absolute(output_dir: Path, relative: str | None) -> str | None:
 
 
 def _shown(spec: TrainerSpec, resume: Path | None) -> str | None:
-    """The checkpoint as the user knows it: under the output directory's path (resume may be relative to ".")."""
-    return None if resume is None else str(spec.output_dir / resume)
+    """The checkpoint as the user knows it: the spec's resume_shown (the worker passes the checkpoint as a folder it
+    opened), else under the output directory's path (resume may be relative to ".")."""
+    if resume is None:
+        return None
+    return spec.resume_shown or str(spec.output_dir / resume)
 
 
 def _now() -> str:

@@ -10,9 +10,14 @@
  "output_dir": "/abs/output",                (required; created when missing)
  "output_in_cwd": false,                     true: the child starts in the opened output folder and writes
                                              only there, relative to ".", never through the path again
+ "staging_dir": ".staging-<hex>",            a private (0700) folder inside the output folder where the
+                                             libraries save by path; each checkpoint and the final model are
+                                             checked and renamed into place from there (default ".staging-trainer")
  "method": "full" | "lora",
  "hyperparameters": {...},                   projects.hyperparameters.Hyperparameters fields
  "resume_from_checkpoint": null | "latest" | "/abs/output/checkpoint-N",
+ "resume_shown": null | "/abs/output/checkpoint-N",   how events and the manifest name the checkpoint when
+                                             resume_from_checkpoint is a path to a folder the worker holds open
  "cancel_file": null | "/abs/path",          its appearance asks the child to stop, save and exit 3
  "hold_out_last_row": false,                 true: the dataset's last row is not trained on (a validation prompt)
  "held_out_pairs": 0,                        DPO: the dataset's last N pairs are not trained on (the preference check)
@@ -35,6 +40,7 @@ from projects.trainer.errors import TrainerError
 METHODS = ("full", "lora")
 DEVICES = ("auto", "cpu", "cuda")
 LATEST = "latest"
+DEFAULT_STAGING = ".staging-trainer"
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,8 @@ class TrainerSpec:
     hold_out_last_row: bool = False
     held_out_pairs: int = 0
     eval_dataset_path: Path | None = None
+    staging_dir: str = DEFAULT_STAGING
+    resume_shown: str | None = None
 
 
 def build_spec(
@@ -75,6 +83,8 @@ def build_spec(
     progress_interval: float = 1.0,
     hold_out_last_row: bool = False,
     held_out_pairs: int = 0,
+    staging_dir: str = DEFAULT_STAGING,
+    resume_shown: str | None = None,
 ) -> dict[str, Any]:
     """The SPEC dict for `python -m projects.trainer SPEC.json` (see write_spec). Checked by the child."""
     if isinstance(hyperparameters, Hyperparameters):
@@ -96,6 +106,8 @@ def build_spec(
         "progress_interval": progress_interval,
         "hold_out_last_row": bool(hold_out_last_row),
         "held_out_pairs": int(held_out_pairs),
+        "staging_dir": staging_dir,
+        "resume_shown": resume_shown,
     }
 
 
@@ -154,6 +166,10 @@ def parse_spec(data: Any) -> TrainerSpec:
         problems.append(Problem("invalid_spec", f"held_out_pairs {held_out!r} is not a count of pairs.", _SPEC_HINT))
         held_out = 0
     cancel_file = text("cancel_file", required=False)
+    staging = data.get("staging_dir", DEFAULT_STAGING)
+    if not isinstance(staging, str) or not staging.startswith(".staging-") or "/" in staging or "\0" in staging:
+        problems.append(Problem("invalid_spec", f"staging_dir {staging!r} is not a folder name.", _SPEC_HINT))
+        staging = DEFAULT_STAGING
     if model_path and not Path(model_path).is_dir():
         name = data.get("model_name") or model_path
         problems.append(
@@ -202,6 +218,8 @@ def parse_spec(data: Any) -> TrainerSpec:
         hold_out_last_row=data.get("hold_out_last_row") is True,
         held_out_pairs=held_out,
         eval_dataset_path=Path(eval_dataset_path) if eval_dataset_path else None,
+        staging_dir=staging,
+        resume_shown=data["resume_shown"] if isinstance(data.get("resume_shown"), str) else None,
     )
 
 

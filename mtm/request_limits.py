@@ -1,0 +1,81 @@
+"""A per-member cap on expensive requests in progress (dataset checks, chat-template renders).
+
+Slots live in the database (mtm.ExpensiveRequestSlot), numbered 0..cap-1 and unique per member: taking one is an
+insert that fails when another process holds that number, so every gunicorn process sees the same count without a
+lock. A slot is released when the request ends; one left by a process that was killed mid-request is reclaimed once
+it is older than STALE_AFTER.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from mtm.models import ExpensiveRequestSlot
+
+# A bounded check answers within seconds: by then one of the member's slots is free again.
+RETRY_AFTER_SECONDS = 5
+STALE_AFTER = timedelta(minutes=5)
+
+
+class Busy(Exception):
+    """The member already has `limit` expensive requests in progress."""
+
+    def __init__(self, limit: int, retry_after: int = RETRY_AFTER_SECONDS) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(self.message)
+
+    @property
+    def code(self) -> str:
+        return "too_many_expensive_requests"
+
+    @property
+    def message(self) -> str:
+        checks = "check" if self.limit == 1 else "checks"
+        return (
+            f"You already have {self.limit} dataset {checks} or template renders in progress, the most one member may "
+            f"run at once. Try again in {self.retry_after} seconds, once one of them has finished."
+        )
+
+    @property
+    def hint(self) -> str:
+        return "Wait for the checks in your other tabs or scripts to answer before sending more."
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+def per_member_limit() -> int:
+    return max(0, int(settings.MTM_EXPENSIVE_REQUESTS_PER_MEMBER))
+
+
+def _take(user: Any, limit: int) -> ExpensiveRequestSlot:
+    ExpensiveRequestSlot.objects.filter(user=user, started_at__lt=timezone.now() - STALE_AFTER).delete()
+    for number in range(limit):
+        try:
+            with transaction.atomic():
+                return ExpensiveRequestSlot.objects.create(user=user, number=number)
+        except IntegrityError:
+            continue
+    raise Busy(limit)
+
+
+@contextmanager
+def expensive_request(user: Any) -> Iterator[None]:
+    """Hold one of `user`'s expensive-request slots for the block; raises Busy when all are held."""
+    limit = per_member_limit()
+    if limit == 0 or not getattr(user, "pk", None):
+        yield
+        return
+    slot = _take(user, limit)
+    try:
+        yield
+    finally:
+        ExpensiveRequestSlot.objects.filter(pk=slot.pk).delete()
