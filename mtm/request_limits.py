@@ -1,4 +1,4 @@
-"""A per-member cap on expensive requests in progress (dataset checks, chat-template renders).
+"""A per-member cap on expensive requests in progress (dataset checks, uploads, project saves).
 
 Slots live in the database (mtm.ExpensiveRequestSlot), numbered 0..cap-1 and unique per member: taking one is an
 insert that fails when another process holds that number, so every gunicorn process sees the same count without a
@@ -38,15 +38,15 @@ class Busy(Exception):
 
     @property
     def message(self) -> str:
-        checks = "check" if self.limit == 1 else "checks"
+        requests = "request" if self.limit == 1 else "requests"
         return (
-            f"You already have {self.limit} dataset {checks} or template renders in progress, the most one member may "
-            f"run at once. Try again in {self.retry_after} seconds, once one of them has finished."
+            f"You already have {self.limit} dataset {requests} (checks, uploads or project saves) in progress, the "
+            f"most one member may run at once. Try again in {self.retry_after} seconds, once one of them has finished."
         )
 
     @property
     def hint(self) -> str:
-        return "Wait for the checks in your other tabs or scripts to answer before sending more."
+        return "Wait for the checks and saves in your other tabs or scripts to answer before sending more."
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message, "hint": self.hint}

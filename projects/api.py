@@ -10,20 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from django.db.models import OuterRef, ProtectedError, Subquery
-from django.http import HttpRequest
+from django.http import HttpRequest, JsonResponse
 from ninja import File, Form, Query, Router
 from ninja.files import UploadedFile
 from ninja.responses import Status
 
 from models_registry.services import dataset_roots, resolve_model
-from mtm.api_errors import ApiError
+from mtm.api_errors import ApiError, error_body
 from mtm.audit import Actor, Channel
+from mtm.request_limits import Busy, expensive_request
 from mtm.shared.problems import Problem
 from projects import run_services, services
 from projects.access import can_manage
 from projects.compare import CompareRefused, compare, comparison_dict
-from projects.datasets import DatasetError, DatasetReport, check_dataset_path, inspect_dataset
+from projects.datasets import DatasetError, DatasetReport, check_dataset_path
+from projects.datasets.report import read_dataset
 from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
+from projects.datasets.token_stats import apply_count, request_count
 from projects.models import TrainingProject, TrainingRun
 from projects.pipeline import CancelOutcome
 from projects.schemas import (
@@ -122,17 +125,24 @@ def list_projects(
     return [project_dict(p, last_run=runs.get(p.last_run_pk)) for p in projects]
 
 
-@router.post("/projects", response={201: ProjectOut, **_errors(403, 413)})
-def create_project(request: HttpRequest, payload: ProjectIn) -> Status:
+@router.post("/projects", response={201: ProjectOut, **_errors(403, 413, 429)})
+def create_project(request: HttpRequest, payload: ProjectIn) -> Status | JsonResponse:
     """Create a project; refused (422) with every problem, each naming its `field`, unless its model, output
     directory, dataset and hyperparameters validate.
 
     The dataset must validate too: to train on a file of your own, upload it first with `POST /api/v1/datasets`
     (multipart field `file`) and send the `dataset_path` it answers. `POST /api/v1/projects/{id}/dataset`
     replaces an existing project's dataset with an upload.
+
+    The dataset and the eval file are read as far as a check reads them; their token lengths are counted by a
+    worker (sent again, or as a dataset upload, they are answered). More saves or checks at once than
+    MTM_EXPENSIVE_REQUESTS_PER_MEMBER: 429 with Retry-After.
     """
     try:
-        project = services.create_project(payload.model_dump(), actor=_actor(request))
+        with expensive_request(_actor(request).user):
+            project = services.create_project(payload.model_dump(), actor=_actor(request))
+    except Busy as busy:
+        return _busy(busy)
     except services.ProjectInvalid as exc:
         raise _refused(exc.check)
     return Status(201, project_dict(project, last_run=None))
@@ -143,13 +153,17 @@ def get_project(request: HttpRequest, project_id: int) -> dict:
     return project_dict(_project_or_404(project_id))
 
 
-@router.patch("/projects/{project_id}", response={200: ProjectOut, **WRITE})
-def update_project(request: HttpRequest, project_id: int, payload: ProjectPatch) -> dict:
-    """Change some fields (hyperparameters are merged); the whole project is checked again, as on create."""
+@router.patch("/projects/{project_id}", response={200: ProjectOut, **WRITE, 429: ProjectErrorOut})
+def update_project(request: HttpRequest, project_id: int, payload: ProjectPatch) -> dict | JsonResponse:
+    """Change some fields (hyperparameters are merged); the whole project is checked again, as on create (429
+    with Retry-After beyond the member's cap on saves and checks at once)."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "change")
     try:
-        services.update_project(project, payload.model_dump(exclude_unset=True), actor=_actor(request))
+        with expensive_request(_actor(request).user):
+            services.update_project(project, payload.model_dump(exclude_unset=True), actor=_actor(request))
+    except Busy as busy:
+        return _busy(busy)
     except services.ProjectInvalid as exc:
         raise _refused(exc.check)
     return project_dict(project)
@@ -191,18 +205,38 @@ def _field_of(problem: Problem) -> str:
     return "model_name" if problem.code in TEMPLATE_LIMIT_CODES else UPLOAD_FIELD
 
 
-def _report_for(path: Path, model_name: str | None, revision: str | None, max_seq_length: int | None) -> DatasetReport:
+def _report_for(
+    request: HttpRequest, path: Path, model_name: str | None, revision: str | None, max_seq_length: int | None
+) -> DatasetReport:
+    """The bounded read of the file; its token lengths when a worker has counted them, else "pending" (asked for
+    once here: sending the same file again answers them)."""
     located = check_dataset_path(str(path), dataset_roots())
     if not located.valid:
         return DatasetReport(path=str(path), errors=located.errors)
-    tokenizer = None
-    if model_name:
-        resolution = resolve_model(model_name, revision or None)
-        tokenizer = services.load_tokenizer(resolution) if resolution.valid else None
-    return inspect_dataset(located.path, tokenizer, max_seq_length, model=f"'{model_name}'" if model_name else "")
+    read = read_dataset(located.path)
+    count = None
+    if model_name and (resolution := resolve_model(model_name, revision or None)).valid:
+        count = request_count(
+            read,
+            located.path,
+            _actor(request).user,
+            resolution,
+            model_name=model_name,
+            revision=revision or "",
+            max_seq_length=max_seq_length,
+            max_prompt_length=None,
+            chat_template="",
+        )
+    return apply_count(read.report, count)
 
 
-@router.post("/datasets", response={200: DatasetUploadOut, **UPLOAD}, tags=["datasets"])
+def _busy(busy: Busy) -> JsonResponse:
+    response = JsonResponse(error_body([busy.to_dict()]), status=429)
+    response["Retry-After"] = str(busy.retry_after)
+    return response
+
+
+@router.post("/datasets", response={200: DatasetUploadOut, **UPLOAD, 429: ProjectErrorOut}, tags=["datasets"])
 def upload_dataset(
     request: HttpRequest,
     file: File[UploadedFile],
@@ -212,31 +246,43 @@ def upload_dataset(
 ) -> dict:
     """Upload a dataset (multipart field `file`: .jsonl, .json or .csv) to use in `POST /api/v1/projects`.
 
-    Answers its stored `dataset_path` and a report: format, rows, the first rows, warnings, and token-length
-    stats when `model_name` (a model that resolves) is sent too, against `max_seq_length` when given.
-    A file that cannot be trained on is refused (422) with each problem, rows named by number.
+    Answers its stored `dataset_path` and a report: format, rows, the first rows and warnings of the start of the
+    file. With `model_name` (a model that resolves) a worker counts the token lengths (against `max_seq_length`
+    when given): `token_stats_state` is "pending" until it has, then sending the same file again (it is not stored
+    twice) answers `token_stats` at once. A file that cannot be trained on is refused (422) with each problem, rows
+    named by number. More checks at once than MTM_EXPENSIVE_REQUESTS_PER_MEMBER: 429 with Retry-After.
     """
-    received = _store(request, file)
-    report = _report_for(received.path, model_name, revision, max_seq_length)
+    try:
+        with expensive_request(_actor(request).user):
+            received = _store(request, file)
+            report = _report_for(request, received.path, model_name, revision, max_seq_length)
+    except Busy as busy:
+        return _busy(busy)
     if not report.valid:
         _discard(request, received)
         raise ApiError(422, [{**p.to_dict(), "field": _field_of(p)} for p in report.errors])
     return {"dataset_path": report.path, "reused": received.reused, "report": report.to_dict()}
 
 
-@router.post("/projects/{project_id}/dataset", response={200: ProjectDatasetOut, **UPLOAD})
-def upload_project_dataset(request: HttpRequest, project_id: int, file: File[UploadedFile]) -> dict:
+@router.post("/projects/{project_id}/dataset", response={200: ProjectDatasetOut, **UPLOAD, 429: ProjectErrorOut})
+def upload_project_dataset(request: HttpRequest, project_id: int, file: File[UploadedFile]) -> dict | JsonResponse:
     """Replace the project's dataset with an upload (multipart field `file`); checked against the project's model
     and max sequence length. Refused (422) with every problem, and the project left as it was, when it does
-    not validate."""
+    not validate. The report's token lengths are a worker's count: `token_stats_state` is "pending" until it has
+    counted them (sending the same file again answers them). 429 with Retry-After beyond the member's cap."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "change the dataset of")
-    received = _store(request, file)
     try:
-        report = services.update_project(project, {"dataset_path": str(received)}, actor=_actor(request)).dataset
-    except services.ProjectInvalid as exc:
-        _discard(request, received)
-        raise _refused(exc.check)
+        with expensive_request(_actor(request).user):
+            received = _store(request, file)
+            try:
+                check = services.update_project(project, {"dataset_path": str(received)}, actor=_actor(request))
+            except services.ProjectInvalid as exc:
+                _discard(request, received)
+                raise _refused(exc.check) from None
+    except Busy as busy:
+        return _busy(busy)
+    report = check.dataset
     return {
         "dataset_path": project.dataset_path,
         "reused": received.reused,

@@ -15,19 +15,23 @@ from typing import Any
 from django.db import transaction
 
 from models_registry.resolution import Resolution
-from models_registry.services import dataset_roots, resolve_model, validate_output_dir
+from models_registry.services import dataset_roots, resolve_model
 from models_registry.trainability import training_refusal
 from mtm import audit
 from mtm.audit import Actor
+from mtm.shared.claims import identity_of
 from mtm.shared.problems import Problem
 from projects.chat_templates import with_chat_template
-from projects.datasets import DatasetPathCheck, DatasetReport, check_dataset_path, inspect_dataset
+from projects.datasets import DatasetPathCheck, DatasetReport, check_dataset_path
 from projects.datasets.eval_split import NO_EVAL_SET_TO_KEEP_BEST_BY, eval_file_warnings, eval_source_problems
 from projects.datasets.pairs import objective_problem
+from projects.datasets.report import read_dataset
+from projects.datasets.template_check import chat_template_problems, renders_chat_template
 from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
+from projects.datasets.token_stats import apply_count, request_count, template_key
 from projects.hyperparameters import Hyperparameters
-from projects.models import LIVE_STATUSES, TrainingMethod, TrainingProject, TrainingRun
-from projects.ownership import lock_claims, output_dir_conflicts
+from projects.models import LIVE_STATUSES, TokenCount, TrainingMethod, TrainingProject, TrainingRun
+from projects.ownership import checked_output_dir, lock_claims, output_dir_conflicts
 from projects.uploads import upload_problems
 from workers.fit import held_elsewhere
 
@@ -57,6 +61,8 @@ class ProjectCheck:
     eval_dataset: DatasetReport | None = None
     hyperparameters: Hyperparameters | None = None
     cleaned: dict[str, Any] = field(default_factory=dict)
+    # The token counts of the dataset and the eval file, by field: done, or pending on a worker.
+    counts: dict[str, TokenCount] = field(default_factory=dict)
 
     @property
     def valid(self) -> bool:
@@ -115,7 +121,13 @@ def check_project(
     data: dict[str, Any], *, inspect_tokens: bool = True, actor: Any = None, project: TrainingProject | None = None
 ) -> ProjectCheck:
     """Check a project's fields (a complete set, as from the form or the API after defaults are applied), for
-    `actor` saving `project` (None: a new one). Without an actor, nothing of anyone's counts as theirs."""
+    `actor` saving `project` (None: a new one). Without an actor, nothing of anyone's counts as theirs.
+
+    The dataset and the eval file get the bounded read of a request (format, rows, first rows). Their token
+    lengths, and the warnings and refusals that come from them, are a worker's count (token_stats.py) of the same
+    part read: taken when it is done (the form's check usually asked for it), else asked for (`inspect_tokens`)
+    and "pending" on the report. Meanwhile a chat template is rendered over the first rows here, in its limited
+    child, so a template that cannot work is refused before any run is queued."""
     check = ProjectCheck()
     name = _text(data, "name")
     if not name:
@@ -147,15 +159,30 @@ def check_project(
     if resolution.valid and (refusal := training_refusal(resolution)):
         check.error("model_name", refusal)
 
-    output = validate_output_dir(data.get("output_directory", ""))
-    for problem in output.errors or output_dir_conflicts(output.path or "", actor, project):
+    output = checked_output_dir(data.get("output_directory", ""), actor, project)
+    for problem in output.errors:
         check.error("output_directory", problem)
     check.warnings["output_directory"] = list(output.warnings)
 
-    @functools.cache  # loaded once, for the first dataset file that needs it
+    @functools.cache  # loaded once, for the first dataset file whose rows go through the chat template
     def tokenizer() -> Any:
         loaded = load_tokenizer(resolution) if (inspect_tokens and resolution.valid) else None
         return with_chat_template(loaded, hp.chat_template)
+
+    def counted(read: Any, path: str) -> TokenCount | None:
+        if not (inspect_tokens and resolution.valid):
+            return None
+        return request_count(
+            read,
+            path,
+            actor,
+            resolution,
+            model_name=model_name,
+            revision=revision,
+            max_seq_length=hp.max_seq_length,
+            max_prompt_length=hp.max_prompt_length,
+            chat_template=template_key(hp.chat_template),
+        )
 
     def dataset_file(field: str, path: str) -> tuple[DatasetPathCheck, DatasetReport | None]:
         """The dataset and the eval file are checked alike: where the file is, whose upload, its rows and fields;
@@ -165,9 +192,14 @@ def check_project(
             check.error(field, problem)
         if check.errors.get(field):
             return located, None
-        report = inspect_dataset(
-            located.path, tokenizer(), hp.max_seq_length, model=f"'{model_name}'", max_prompt_length=hp.prompt_limit
-        )
+        read = read_dataset(located.path)
+        report = read.report
+        count = counted(read, located.path)
+        apply_count(report, count)
+        if count is not None:
+            check.counts[field] = count
+        if (count is None or count.state != TokenCount.State.DONE) and renders_chat_template(report.format, read.rows):
+            report.errors.extend(chat_template_problems(report.format, read.rows, tokenizer(), model=f"'{model_name}'"))
         if report.valid and (mismatch := objective_problem(hp.objective, report.format, located.path or "")):
             report.errors.append(mismatch)
         for problem in report.errors:
@@ -232,7 +264,9 @@ def create_project(data: dict[str, Any], *, actor: Actor) -> TrainingProject:
         _recheck_claims(check, actor.user, None)
         if not check.valid:
             raise ProjectInvalid(check)
-        project = TrainingProject.objects.create(owner=actor.user, **check.cleaned)
+        project = TrainingProject.objects.create(
+            owner=actor.user, **check.cleaned, output_dir_identity=identity_of(check.cleaned["output_directory"])
+        )
         audit.record_change(actor, "project.create", project, {k: [None, v] for k, v in project_data(project).items()})
     return project
 
@@ -257,6 +291,7 @@ def update_project(project: TrainingProject, changes: dict[str, Any], *, actor: 
         before = project_data(project)
         for key, value in check.cleaned.items():
             setattr(project, key, value)
+        project.output_dir_identity = identity_of(project.output_directory)
         project.save()
         if found := audit.diff(before, project_data(project)):
             audit.record_change(actor, "project.update", project, found)
@@ -269,7 +304,7 @@ def _recheck_claims(check: ProjectCheck, user: Any, project: TrainingProject | N
     lock_claims()
     if check.errors.get("output_directory"):
         return
-    for problem in output_dir_conflicts(check.cleaned["output_directory"], user, project):
+    for problem in output_dir_conflicts(check.cleaned["output_directory"], user, project, adopt=True):
         check.error("output_directory", problem)
 
 

@@ -17,14 +17,17 @@ from django.views.decorators.vary import vary_on_headers
 
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
+from mtm.request_limits import Busy, expensive_request
+from mtm.shared.problems import Problem
 from projects import run_records
 from projects.access import can_manage, require_manage
 from projects.context_length import seq_length_warning
 from projects.datasets import DatasetError
+from projects.datasets.token_stats import saved_count, template_key
 from projects.display import eval_source, hyperparameter_rows, run_duration
 from projects.forms import ProjectForm, problem_error
-from projects.hyperparameters import QUICK_CHECK
-from projects.inline_checks import output_status
+from projects.hyperparameters import QUICK_CHECK, Hyperparameters
+from projects.inline_checks import counting, output_status, token_count_url
 from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
 from projects.new_project import STARTERS, sample_available, starter_values, starting_values
 from projects.run_views import polled_partial
@@ -79,6 +82,7 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
         found.errors.pop("dataset_path", None)
         form.add_problems(found)
         form.dataset_report, form.eval_dataset_report = found.dataset, found.eval_dataset
+        form.token_counts = found.counts
         return None
     actor = Actor.of(request, Channel.PAGE)
     try:
@@ -93,17 +97,25 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
             form.keep_dataset_path(typed_path, upload_kept=False)
         form.add_problems(refused.check)
         form.dataset_report, form.eval_dataset_report = refused.check.dataset, refused.check.eval_dataset
+        form.token_counts = refused.check.counts
         return None
     return saved
 
 
-def _dataset_after_post(form: ProjectForm, which: str = "dataset_report") -> dict[str, Any] | None:
+def _dataset_after_post(form: ProjectForm, user: Any, which: str = "dataset_report") -> dict[str, Any] | None:
     """The dataset box (or the eval file's) of a re-shown form: the report the service made, when the file itself
-    was fine."""
+    was fine, with its token counts ("Counting tokens…" while a worker counts them)."""
     report = getattr(form, which, None)
     if report is None or not report.valid:
         return None
-    return {"path": report.path, "report": report, "errors": []}
+    field = "dataset_path" if which == "dataset_report" else "eval_dataset_path"
+    count = getattr(form, "token_counts", {}).get(field)
+    return {
+        "path": report.path,
+        "report": report,
+        "errors": [],
+        "counting": counting(count, token_count_url(count, user)) if count is not None else None,
+    }
 
 
 def _seq_length_warning(form: ProjectForm) -> str:
@@ -114,6 +126,7 @@ def _seq_length_warning(form: ProjectForm) -> str:
 
 def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> HttpResponse:
     status = 200
+    retry_after = None
     if request.method == "POST" and project is None and request.POST.get("starter") in STARTERS:
         initial = starter_values(
             request.POST, request.POST["starter"], ProjectForm().fields, ProjectForm.initial_for(None)
@@ -128,13 +141,18 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
             )
     elif request.method == "POST":
         form = ProjectForm(request.POST, request.FILES)
-        if form.is_valid() and (saved := _save(request, form, project)) is not None:
-            verb = "created" if project is None else "saved"
-            messages.success(request, f"Project '{saved.name}' {verb}. Press Start to train it.")
-            if warning := _seq_length_warning(form):
-                messages.warning(request, warning)
-            return redirect("projects:detail", pk=saved.pk)
         status = 422
+        try:
+            with expensive_request(request.user):  # a save reads the dataset: one of the member's capped requests
+                if form.is_valid() and (saved := _save(request, form, project)) is not None:
+                    verb = "created" if project is None else "saved"
+                    messages.success(request, f"Project '{saved.name}' {verb}. Press Start to train it.")
+                    if warning := _seq_length_warning(form):
+                        messages.warning(request, warning)
+                    return redirect("projects:detail", pk=saved.pk)
+        except Busy as busy:
+            form.add_error(None, problem_error(Problem(busy.code, busy.message, busy.hint)))
+            status, retry_after = 429, busy.retry_after
     else:
         initial = ProjectForm.initial_for(project)
         if project is None:
@@ -146,14 +164,17 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
         "project": project,
         "sample_available": project is None and sample_available(),
         "groups": form.field_groups(),
-        "dataset": _dataset_after_post(form),
-        "eval_dataset": _dataset_after_post(form, "eval_dataset_report"),
+        "dataset": _dataset_after_post(form, request.user),
+        "eval_dataset": _dataset_after_post(form, request.user, "eval_dataset_report"),
         "field_warnings": {"max_seq_length": warning} if (warning := _seq_length_warning(form)) else {},
         "output_check": output_status(output_value, request.user, project)
         if output_value and not form["output_directory"].errors
         else None,
     }
-    return render(request, "projects/form.html", context, status=status)
+    response = render(request, "projects/form.html", context, status=status)
+    if retry_after is not None:
+        response["Retry-After"] = str(retry_after)
+    return response
 
 
 @require_http_methods(["GET", "POST"])
@@ -188,6 +209,25 @@ def runs_context(project: TrainingProject, user: Any) -> dict[str, Any]:
     }
 
 
+def _token_counts(project: TrainingProject, user: Any) -> dict[str, dict[str, Any]]:
+    """The token counts a save or a check asked for, of the project's dataset and eval file with its saved
+    settings: "Counting tokens…" (polled) until a worker has counted them."""
+    values, _ = Hyperparameters.from_dict(project.hyperparameters or {})
+    found = {}
+    for which, path in (("dataset", project.dataset_path), ("eval_dataset", project.eval_dataset_path)):
+        count = path and saved_count(
+            path,
+            model_name=project.model_name,
+            revision=project.revision,
+            max_seq_length=values.max_seq_length,
+            max_prompt_length=values.max_prompt_length,
+            chat_template=template_key(values.chat_template),
+        )
+        if count:
+            found[which] = counting(count, token_count_url(count, user))
+    return found
+
+
 @require_http_methods(["GET", "HEAD"])
 @login_required
 @vary_on_headers("HX-Request")
@@ -198,6 +238,7 @@ def project_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         # The runs card polls while a run is live; 286 stops it once none is.
         return polled_partial(request, "projects/detail.html#runs", context, live=context["live_run"] is not None)
     context["hyperparameters"] = hyperparameter_rows(project)
+    context["token_counts"] = _token_counts(project, request.user)
     context["eval_source"] = eval_source(project)
     return render(request, "projects/detail.html", context)
 

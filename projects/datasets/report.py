@@ -194,7 +194,7 @@ class DatasetRead:
     sample_key: str | None = None
 
 
-def _sample_key(file: Any) -> str:
+def sample_key_of(file: Any) -> str:
     digest = hashlib.sha256()
     left = SAMPLE_BYTES
     while left > 0 and (chunk := file.read(min(left, 1024 * 1024))):
@@ -223,7 +223,7 @@ def read_dataset(
             sample = None if full else Sample()
             loaded = load_dataset(path, max_bytes=max_bytes, max_errors=max_errors, sample=sample, file=file)
             file.seek(0)
-            sample_key = _sample_key(file)
+            sample_key = sample_key_of(file)
             if loaded.complete:  # a partly read file is not hashed: that would read all of it
                 file.seek(0)
                 report.sha256 = handle_sha256(file)

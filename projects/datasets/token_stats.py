@@ -1,0 +1,245 @@
+"""Token lengths of a dataset check, counted on a worker and kept for every later check of the same bytes.
+
+A check in a web request reads only the start of the file (report.read_dataset) and asks here for the counts:
+`request_count` answers the TokenCount row for (the part read's sha256, the resolved tokenizer, max_seq_length,
+max_prompt_length, the chat template choice), creating it "pending" and queueing `projects.count_dataset_tokens`
+when there is none. The task calls `count_tokens`, which re-checks the path for the member who asked, loads the
+tokenizer, reads the same part of the file and stores the lengths, their warnings and any row the tokenizer or
+chat template refuses. Nothing here loads a tokenizer in the web process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import timedelta
+from typing import Any
+
+from celery import current_app
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from models_registry.resolution import Resolution
+from models_registry.services import dataset_roots, resolve_model
+from mtm.shared.problems import Problem
+from projects.datasets.paths import check_dataset_path
+from projects.datasets.report import DatasetRead, DatasetReport, TokenStats, add_token_stats, read_dataset
+from projects.models import TokenCount
+
+log = logging.getLogger(__name__)
+
+# A pending count nobody has finished by then (its message lost, a worker killed) is queued again by the next check.
+REQUEUE_AFTER = timedelta(minutes=5)
+
+
+COUNT_TASK = "projects.count_dataset_tokens"
+
+
+def tokenizer_identity(resolution: Resolution) -> str:
+    """What decides the tokenizer: the resolved model folder and its revision."""
+    return f"{resolution.path}@{resolution.revision or ''}"
+
+
+def template_key(choice: str) -> str:
+    """The chat template a count is keyed by: a built-in one's name, or "" for the model's own."""
+    from projects.chat_templates import BUILT_IN
+
+    return choice if choice in BUILT_IN else ""
+
+
+def count_key(
+    sample_key: str, tokenizer: str, max_seq_length: int | None, max_prompt_length: int | None, chat_template: str
+) -> str:
+    parts = [sample_key, tokenizer, max_seq_length, max_prompt_length, chat_template]
+    return hashlib.sha256(json.dumps(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _enqueue(count_id: int, path: str, user_id: int | None) -> None:
+    try:  # by name: projects.tasks imports this module
+        current_app.send_task(COUNT_TASK, (count_id, path, user_id), retry=False)
+    except Exception as exc:  # kombu raises OperationalError and friends, depending on the transport
+        log.warning("broker unavailable for token count %s: %s", count_id, exc)
+        _finish(
+            count_id,
+            TokenCount.State.UNAVAILABLE,
+            {
+                "note": "Token lengths could not be counted: the task broker did not answer. They are counted when "
+                "the dataset is checked again once Redis (REDIS_URL) is running."
+            },
+        )
+
+
+def request_count(
+    read: DatasetRead,
+    path: str,
+    user: Any,
+    resolution: Resolution,
+    *,
+    model_name: str,
+    revision: str,
+    max_seq_length: int | None,
+    max_prompt_length: int | None,
+    chat_template: str,
+) -> TokenCount | None:
+    """The counts of the part of `path` that `read` read, for `user`'s check: done, or pending with a task queued
+    (after commit) to count them. None when nothing of the file can be counted (no rows, or problems)."""
+    if read.sample_key is None or not read.rows or not read.report.valid or not resolution.valid:
+        return None
+    identity = tokenizer_identity(resolution)
+    key = count_key(read.sample_key, identity, max_seq_length, max_prompt_length, chat_template)
+    fields = dict(  # keywords: the model's field names, not a list of hyperparameters
+        sample_sha256=read.sample_key,
+        tokenizer=identity[:4400],
+        model_name=model_name[:200],
+        revision=revision[:255],
+        max_seq_length=max_seq_length,
+        max_prompt_length=max_prompt_length,
+        chat_template=chat_template[:40],
+    )
+    now = timezone.now()
+    count = TokenCount.objects.filter(key=key).first()
+    if count is None:
+        try:
+            with transaction.atomic():
+                count = TokenCount.objects.create(key=key, requested_at=now, **fields)
+        except IntegrityError:  # another check of the same bytes created it first
+            return TokenCount.objects.get(key=key)
+    elif count.state == TokenCount.State.DONE or (
+        count.state == TokenCount.State.PENDING and count.requested_at > now - REQUEUE_AFTER
+    ):
+        return count
+    else:
+        TokenCount.objects.filter(pk=count.pk).update(
+            state=TokenCount.State.PENDING, result={}, requested_at=now, finished_at=None, **fields
+        )
+        count.refresh_from_db()
+    user_id = getattr(user, "pk", None)
+    transaction.on_commit(lambda: _enqueue(count.pk, path, user_id))
+    return count
+
+
+def _finish(count_id: int, state: str, result: dict[str, Any]) -> None:
+    TokenCount.objects.filter(pk=count_id).update(state=state, result=result, finished_at=timezone.now())
+
+
+def _unavailable(count_id: int, note: str) -> None:
+    _finish(count_id, TokenCount.State.UNAVAILABLE, {"note": note})
+
+
+def count_tokens(count_id: int, path: str, user_id: int | None) -> None:
+    """Count the tokens of the pending TokenCount `count_id` from the file at `path`, checked again for the member
+    `user_id` (the path is a member's input: where it leads and whose upload it is may have changed). Whatever
+    happens the row leaves "pending", so the page polling for it stops."""
+    try:
+        _count(count_id, path, user_id)
+    except Exception as exc:
+        log.exception("token count %s failed", count_id)
+        _unavailable(count_id, f"Token lengths could not be counted ({type(exc).__name__}); check the file again.")
+
+
+def _count(count_id: int, path: str, user_id: int | None) -> None:
+    from projects.chat_templates import with_chat_template
+    from projects.services import load_tokenizer
+    from projects.uploads import upload_problems
+
+    count = TokenCount.objects.filter(pk=count_id, state=TokenCount.State.PENDING).first()
+    if count is None:  # counted already, or the row is gone
+        return
+    user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
+    located = check_dataset_path(path, dataset_roots())
+    if problems := located.errors or upload_problems(located, user, None):
+        return _unavailable(count_id, f"Token lengths were not counted: {problems[0].message}")
+    model = f"'{count.model_name}'"
+    resolution = resolve_model(count.model_name, count.revision or None)
+    if not resolution.valid:
+        return _unavailable(count_id, f"Token lengths were not counted: the worker could not resolve {model}.")
+    tokenizer = with_chat_template(load_tokenizer(resolution), count.chat_template)
+    if tokenizer is None:
+        return _unavailable(count_id, f"The tokenizer of {model} could not be loaded, so token lengths are not shown.")
+    read = read_dataset(located.path or path)
+    if read.sample_key != count.sample_sha256:
+        return _unavailable(count_id, "The file changed while its tokens were counted: check it again.")
+    report = read.report
+    known = len(report.warnings)
+    add_token_stats(
+        report,
+        read.rows,
+        tokenizer,
+        count.max_seq_length,
+        model=model,
+        max_prompt_length=count.max_prompt_length,
+    )
+    result = {
+        "rows": report.rows,
+        "complete": report.complete,
+        "token_stats": report.token_stats.to_dict() if report.token_stats else None,
+        "pair_token_stats": (
+            {part: stats.to_dict() for part, stats in report.pair_token_stats.items()}
+            if report.pair_token_stats
+            else None
+        ),
+        "warnings": [p.to_dict() for p in report.warnings[known:]],
+        "errors": [p.to_dict() for p in report.errors],
+    }
+    _finish(count_id, TokenCount.State.DONE, result)
+
+
+def count_problems(count: TokenCount, key: str) -> list[Problem]:
+    """The problems stored under `key` ("errors" or "warnings") of a finished count."""
+    return [Problem(p["code"], p["message"], p.get("hint", "")) for p in count.result.get(key) or []]
+
+
+def apply_count(report: DatasetReport, count: TokenCount | None) -> DatasetReport:
+    """`report` with the counts of `count` when they are done (their warnings and the rows the tokenizer or chat
+    template refused included), else marked "pending"."""
+    if count is None:
+        return report
+    if count.state != TokenCount.State.DONE:
+        report.token_stats_state = TokenCount.State.PENDING.value
+        return report
+    report.token_stats_state = TokenCount.State.DONE.value
+    result = count.result
+    if stats := result.get("token_stats"):
+        report.token_stats = TokenStats(**stats)
+    if pairs := result.get("pair_token_stats"):
+        report.pair_token_stats = {part: TokenStats(**stats) for part, stats in pairs.items()}
+    report.warnings.extend(count_problems(count, "warnings"))
+    report.errors.extend(count_problems(count, "errors"))
+    return report
+
+
+def saved_count(
+    path: str,
+    *,
+    model_name: str,
+    revision: str,
+    max_seq_length: int | None,
+    max_prompt_length: int | None,
+    chat_template: str,
+) -> TokenCount | None:
+    """The latest count of the part of `path` a check reads, for a project's saved settings; looked up, never
+    asked for (a page shows what a save or a check asked for). None when the file cannot be read or none exists.
+    Reads only the start of the file to hash it, without following links."""
+    from projects.datasets.errors import DatasetError
+    from projects.datasets.loading import open_dataset
+    from projects.datasets.report import sample_key_of
+
+    located = check_dataset_path(path, dataset_roots())
+    if not located.valid or not located.path:
+        return None
+    try:
+        with open_dataset(located.path) as file:
+            sample_key = sample_key_of(file)
+    except (DatasetError, OSError):
+        return None
+    found = TokenCount.objects.filter(
+        sample_sha256=sample_key,
+        model_name=model_name[:200],
+        revision=revision[:255],
+        max_seq_length=max_seq_length,
+        max_prompt_length=max_prompt_length,
+        chat_template=chat_template[:40],
+    )
+    return found.order_by("-requested_at", "-pk").first()
