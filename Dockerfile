@@ -20,4 +20,7 @@ RUN useradd --create-home --uid 1000 mtm \
 
 USER mtm
 EXPOSE 8000
-CMD ["gunicorn", "mtm.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--timeout", "120"]
+# Threads: a request waiting on a slow client holds one thread, not a whole process. In compose, nginx (deploy/)
+# stands in front and buffers requests; the image on its own must be put behind such a proxy too.
+CMD ["gunicorn", "mtm.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--worker-class", "gthread", \
+     "--threads", "8", "--timeout", "120"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import ipaddress
+import json
 import re
 import shlex
 from pathlib import Path, PurePosixPath
@@ -194,3 +196,118 @@ def test_dockerfile_installs_a_requirements_file_that_exists():
         assert (BASE_DIR / requirements).is_file()
         assert re.search(rf"^COPY .*\b{re.escape(requirements)}\b", dockerfile, re.MULTILINE)
     assert "collectstatic" in dockerfile
+
+
+NGINX_CONF = BASE_DIR / "deploy" / "nginx.conf"
+
+
+def nginx_directives(block: str = "") -> dict[str, list[str]]:
+    """deploy/nginx.conf's directives (name -> values, in order), comments dropped; with `block`, those inside the
+    first `location <block> {...}` only."""
+    text = re.sub(r"#[^\n]*", "", NGINX_CONF.read_text())
+    if block:
+        start = text.index("{", text.index(f"location {block} "))
+        depth = 0
+        for end in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0:
+                break
+        text = text[start + 1 : end]
+    directives: dict[str, list[str]] = {}
+    for statement in re.findall(r"([a-z_]+)\s+([^;{}]*);", text):
+        directives.setdefault(statement[0], []).append(statement[1].strip())
+    return directives
+
+
+def nginx_seconds(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)(s|m)?", value).groups()
+    return int(number) * (60 if unit == "m" else 1)
+
+
+def nginx_bytes(value: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kmg])?", value.lower()).groups()
+    return int(number) * {None: 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
+def test_browsers_reach_gunicorn_only_through_the_buffering_proxy(compose):
+    services = compose["services"]
+    published = [name for name, service in services.items() if service.get("ports")]
+    assert published == ["proxy"]
+    proxy = services["proxy"]
+    assert proxy["image"].startswith("nginx:")
+    mounts = dict(reversed(volume.split(":")[:2]) for volume in proxy["volumes"])
+    assert (BASE_DIR / mounts["/etc/nginx/nginx.conf"]).resolve() == NGINX_CONF
+    assert "web" in proxy["depends_on"]
+    assert all(port.endswith(":80") for port in proxy["ports"])
+    assert "listen 80 default_server" in {f"listen {value}" for value in nginx_directives()["listen"]}
+
+
+def test_the_proxy_passes_every_request_to_gunicorn_once_it_has_read_it_whole(compose):
+    location = nginx_directives("/")
+    (target,) = location["proxy_pass"]
+    if target.startswith("$"):
+        (target,) = [value.split()[1] for value in location["set"] if value.split()[0] == target]
+    bind = option_value(command_words(compose["services"]["web"]), "--bind", "-b")
+    assert target == f"http://web:{bind.rsplit(':', 1)[1]}"
+    assert location["proxy_request_buffering"] == ["on"] and location["proxy_buffering"] == ["on"]
+    everywhere = nginx_directives()
+    assert nginx_seconds(everywhere["client_header_timeout"][0]) <= 30
+    assert nginx_seconds(everywhere["client_body_timeout"][0]) <= 60
+    # gunicorn's own timeout answers a slow request before nginx gives up on it.
+    gunicorn_timeout = int(option_value(command_words(compose["services"]["web"]), "--timeout", "-t"))
+    assert nginx_seconds(location["proxy_read_timeout"][0]) > gunicorn_timeout
+
+
+def test_the_proxy_admits_the_largest_upload_and_no_more():
+    from projects.datasets.loading import DEFAULT_MAX_BYTES
+
+    limit = nginx_bytes(nginx_directives()["client_max_body_size"][0])
+    assert DEFAULT_MAX_BYTES < limit <= DEFAULT_MAX_BYTES + 16 * 1024**2  # the file and the rest of its form
+
+
+def test_the_proxy_forwards_what_the_portal_reads(compose):
+    headers = dict(value.split(None, 1) for value in nginx_directives("/")["proxy_set_header"])
+    assert headers["Host"] == "$http_host"  # with its port: ALLOWED_HOSTS and CSRF's origin check compare it
+    assert headers["X-Forwarded-For"] == "$proxy_add_x_forwarded_for"  # appended: read from the right
+    assert settings.SECURE_PROXY_SSL_HEADER[0] == "HTTP_X_FORWARDED_PROTO"
+    assert headers["X-Forwarded-Proto"].startswith("$")
+
+
+def test_the_portal_believes_the_proxy_and_no_one_else(compose, rf, settings):
+    from mtm.client_address import client_address
+    from mtm.env import parse_networks
+
+    web = compose["services"]["web"]["environment"]
+    proxy = compose["services"]["proxy"]["networks"]["default"]["ipv4_address"]
+    subnet = compose["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    settings.MTM_TRUSTED_PROXIES = parse_networks("MTM_TRUSTED_PROXIES", web["MTM_TRUSTED_PROXIES"])
+    assert ipaddress.ip_address(proxy) in ipaddress.ip_network(subnet)
+    # What nginx sends for a member at 203.0.113.7 who wrote a forged X-Forwarded-For of their own.
+    through_proxy = rf.get("/", REMOTE_ADDR=proxy, HTTP_X_FORWARDED_FOR="10.0.0.1, 203.0.113.7")
+    assert client_address(through_proxy) == "203.0.113.7"
+    # Another container on the network (the gateway, a worker) is not the proxy: its header is not read.
+    gateway = str(next(ipaddress.ip_network(subnet).hosts()))
+    assert client_address(rf.get("/", REMOTE_ADDR=gateway, HTTP_X_FORWARDED_FOR="203.0.113.7")) == gateway
+
+
+def test_the_proxy_serves_the_static_files_web_collects(compose):
+    web, proxy = compose["services"]["web"], compose["services"]["proxy"]
+    words = command_words(web)
+    assert "collectstatic" in words and words.index("collectstatic") < words.index("gunicorn")
+    web_mounts = {source: target for source, target in (volume.split(":")[:2] for volume in web["volumes"])}
+    proxy_mounts = {source: target for source, target in (volume.split(":")[:2] for volume in proxy["volumes"])}
+    dockerfile = (BASE_DIR / "Dockerfile").read_text()
+    workdir = PurePosixPath(re.search(r"^WORKDIR (\S+)$", dockerfile, re.MULTILINE).group(1))
+    assert "MTM_VAR_DIR" not in web["environment"]  # so the image's var/ is the one in its working directory
+    static_root = workdir / "var" / settings.STATIC_ROOT.relative_to(settings.VAR_DIR)
+    (volume,) = [source for source, target in web_mounts.items() if PurePosixPath(target) == static_root]
+    assert volume in compose["volumes"]
+    (alias,) = nginx_directives(f"/{settings.STATIC_URL.strip('/')}/")["alias"]
+    assert PurePosixPath(alias) == PurePosixPath(proxy_mounts[volume])
+
+
+def test_the_image_runs_gunicorn_as_compose_does(compose):
+    dockerfile = (BASE_DIR / "Dockerfile").read_text()
+    command = re.search(r"^CMD (\[.*?\])$", dockerfile.replace("\\\n", ""), re.MULTILINE | re.DOTALL).group(1)
+    words = command_words(compose["services"]["web"])
+    assert json.loads(command) == words[words.index("gunicorn") :]
