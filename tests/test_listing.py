@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
+
 from models_registry.listing import list_cached, list_models
-from tests.hfcache import COMMIT_A, make_model_repo
+from tests.hfcache import COMMIT_A, COMMIT_B, add_file, make_model_repo
 
 
 def by_name(items):
@@ -111,3 +113,35 @@ def test_corrupt_store_is_ignored(hf_cache, tmp_path):
     make_model_repo(hf_cache, "org/a")
     forget()
     assert by_name(list_cached(hf_cache, store))["org/a"].valid
+
+
+@pytest.mark.parametrize("new_process", [False, True], ids=["same-process", "new-process-with-store"])
+def test_every_kind_of_repo_change_is_seen_by_the_next_listing(hf_cache, tmp_path, new_process):
+    """A repo's result is reused while refs/main, blobs/ and the chosen snapshot keep their mtimes (and snapshots/,
+    when refs/main chose no snapshot): each change a download or a hand makes moves one of them."""
+    from models_registry.listing import forget
+
+    store = tmp_path / "listing.json"
+
+    def listed():
+        if new_process:
+            forget()
+        return by_name(list_cached(hf_cache, store))["org/a"]
+
+    repo = hf_cache / "models--org--a"
+    snap = make_model_repo(hf_cache, "org/a", generation_config=False)
+    assert [p.code for p in listed().warnings] == ["no_generation_config"]
+    add_file(hf_cache, "org/a", "generation_config.json", {"max_new_tokens": 8})  # a new file
+    assert listed().valid and listed().warnings == []
+    (snap / "config.json").unlink()  # a removed file
+    assert [p.code for p in listed().errors] == ["model_format_invalid"]
+    make_model_repo(hf_cache, "org/a", COMMIT_B)  # a new ref, to a complete snapshot whose blobs are all there
+    assert listed().valid and listed().revision == COMMIT_B
+    (repo / "blobs" / ("0" * 64 + ".incomplete")).write_bytes(b"")  # an interrupted download appears
+    assert [p.code for p in listed().warnings] == ["stale_partial_download"]
+    (repo / "refs" / "main").unlink()  # no ref, two snapshots: nothing to choose
+    assert [p.code for p in listed().errors] == ["revision_not_found"]
+    shutil.rmtree(repo / "snapshots" / COMMIT_A)  # one snapshot left: used, with a warning
+    item = listed()
+    assert item.valid and item.revision == COMMIT_B
+    assert [p.code for p in item.warnings] == ["ref_main_unusable", "stale_partial_download"]

@@ -1,0 +1,389 @@
+"""One cached repo's instant verdict, and the signature that says when a kept verdict is stale.
+
+huggingface_hub's scan_cache_dir stats and realpaths every file. Here a repo whose refs/main names a snapshot
+costs about twenty system calls: refs/main read, blobs/ and the snapshot listed, config.json read through its
+link, two more stats for the signature; no per-file stat or realpath. Any other layout (no ref, a dangling one, an
+unlistable snapshot) takes the general path, which lists snapshots/ and lets the resolver's rule choose. A broken
+repo only ever marks itself invalid.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from models_registry.cache_layout import PARTIAL_SUFFIX, split_partial_blobs
+from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
+from models_registry.not_a_model import gguf_files, without_config
+from models_registry.regular_files import NotRegularFile, kind_of
+from models_registry.remote_code import built_in_model_types, check_remote_code
+from models_registry.resolution import choose_snapshot, leftover_partial_problem
+from models_registry.shard_index import SINGLE_FILE_OF_INDEX
+from mtm.shared.paths import is_within
+from mtm.shared.problems import Problem
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class ListedModel:
+    """One model as the list shows it: where it was found and its instant verdict."""
+
+    model_name: str
+    source: str
+    path: str | None
+    revision: str | None
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict:
+        return {
+            "model_name": self.model_name,
+            "source": self.source,
+            "path": self.path,
+            "revision": self.revision,
+            "valid": self.valid,
+            "errors": [p.to_dict() for p in self.errors],
+            "warnings": [p.to_dict() for p in self.warnings],
+        }
+
+
+_READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+_BLOB_LINK = "../../blobs/"
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+def signature(repo: str, snapshot: str | None) -> tuple:
+    """What changes when a repo whose snapshot was not chosen through refs/main changes: a new ref, snapshot or
+    blob (download), or a file added to or removed from the chosen snapshot. Four stats."""
+    return (
+        _mtime(repo + "/refs/main"),
+        _mtime(repo + "/snapshots"),
+        _mtime(repo + "/blobs"),
+        _mtime(snapshot) if snapshot else 0,
+    )
+
+
+def _ref_signature(repo: str, snapshot: str) -> tuple:
+    """The same for a repo whose refs/main names its snapshot: other snapshots cannot change the verdict then (a
+    new or moved ref moves refs/main), so snapshots/ is not stat'ed. Three stats."""
+    return (_mtime(repo + "/refs/main"), _mtime(repo + "/blobs"), _mtime(snapshot))
+
+
+def current_signature(repo: str, cached: tuple, item: ListedModel) -> tuple:
+    """The signature of a kept verdict as the repo stands now, in the form (three or four stats) of `cached`."""
+    if len(cached) == 3 and item.path:
+        return _ref_signature(repo, item.path)
+    return signature(repo, item.path)
+
+
+def _read_regular(path: str, limit: int, *, follow: bool) -> tuple[bytes, int]:
+    """(at most `limit` + 1 bytes of the regular file `path`, its mtime): regular_files.read_regular's rules
+    (O_NONBLOCK, NotRegularFile for a FIFO or device, no final link unless `follow`) in four system calls, one
+    read of the size fstat gives instead of a buffered read of `limit` bytes."""
+    fd = os.open(path, _READ_FLAGS if follow else _READ_FLAGS | os.O_NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(errno.EINVAL, f"it is {kind_of(st.st_mode)}, not a regular file", path)
+        want = min(st.st_size, limit) + 1
+        data = os.read(fd, want)
+        while len(data) < min(st.st_size, want):  # a short read before the size fstat gave: read on
+            chunk = os.read(fd, want - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data, st.st_mtime_ns
+    finally:
+        os.close(fd)
+
+
+def _read_small(snapshot: str, filename: str, root: str) -> bytes:
+    """Read a file of a snapshot (snapshots/<commit>/<filename>) whose link must stay inside the cache root; the
+    check is lexical (no realpath)."""
+    link = snapshot + "/" + filename
+    try:
+        target = os.readlink(link)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: a regular file, not a link
+            raise
+        target = link
+    else:
+        if target.startswith(_BLOB_LINK) and _is_entry_name(target[len(_BLOB_LINK) :]):
+            # huggingface_hub's own link form: what normpath would make of it, without its cost
+            target = snapshot.rsplit("/", 2)[0] + "/blobs/" + target[len(_BLOB_LINK) :]
+        else:
+            target = os.path.normpath(os.path.join(snapshot, target))
+    if not is_within(target, root):
+        raise PermissionError(f"{filename} links outside the cache ({target})")
+    return _read_regular(target, MAX_CONFIG_BYTES, follow=False)[0]
+
+
+def _read_main(repo_dir: str) -> tuple[str | None, int]:
+    """(the commit refs/main names, refs/main's mtime); (None, 0) when it cannot be read."""
+    try:
+        raw, mtime = _read_regular(repo_dir + "/refs/main", 256, follow=True)
+    except OSError:
+        return None, 0
+    return raw.strip().decode("ascii", "replace"), mtime
+
+
+def _partial_blobs(repo_dir: str) -> list[str]:
+    try:
+        return [n for n in os.listdir(repo_dir + "/blobs") if n.endswith(PARTIAL_SUFFIX)]
+    except OSError:
+        return []
+
+
+def _is_entry_name(commit: str | None) -> bool:
+    """Whether `commit` can only name an entry of snapshots/ (no separator, no '.' or '..', no NUL)."""
+    return bool(commit) and commit not in (".", "..") and "/" not in commit and "\0" not in commit
+
+
+def scan_repo(repo_dir: str, name: str, cache_root: str) -> tuple[tuple, ListedModel]:
+    """(signature, quick check) of one repo. The common layout, refs/main naming a snapshot that lists, is checked
+    here without listing snapshots/; anything else goes through quick_check."""
+    commit, ref_mtime = _read_main(repo_dir)
+    if _is_entry_name(commit):
+        snapshot = repo_dir + "/snapshots/" + commit
+        # Stats before the listings they describe: a change in between leaves a stale signature, so a re-check.
+        blobs_mtime, snapshot_mtime = _mtime(repo_dir + "/blobs"), _mtime(snapshot)
+        try:
+            names = set(os.listdir(snapshot))
+        except OSError:
+            pass  # not a listable snapshot: the general path says why
+        else:
+            item = ListedModel(model_name=name, source="cache", path=snapshot, revision=commit)
+            _check_snapshot(item, snapshot, names, _partial_blobs(repo_dir), cache_root)
+            return (ref_mtime, blobs_mtime, snapshot_mtime), item
+    item = quick_check(repo_dir, name, cache_root)
+    return signature(repo_dir, item.path), item
+
+
+def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
+    item = ListedModel(model_name=name, source="cache", path=None, revision=None)
+    try:
+        snapshots = os.listdir(repo_dir + "/snapshots")
+    except OSError:
+        snapshots = []
+    partial = _partial_blobs(repo_dir)
+    if not snapshots:
+        if partial:
+            item.errors.append(_partial_problem(name, len(partial)))
+        else:
+            item.errors.append(
+                Problem(
+                    "model_not_found",
+                    f"Model '{name}' not found. Please ensure the model is downloaded: "
+                    "its cache folder holds no snapshot.",
+                    redownload_hint(name),
+                )
+            )
+        return item
+    commit = _read_main(repo_dir)[0]
+    if commit not in snapshots:  # refs/main missing or dangling: let the resolver's rule decide and explain
+        choice = choose_snapshot(name, Path(repo_dir), snapshots, None)
+        if choice.warning:
+            item.warnings.append(choice.warning)
+        if choice.error:
+            item.errors.append(choice.error)
+            return item
+        commit = choice.commit
+    snapshot = repo_dir + "/snapshots/" + commit
+    item.path, item.revision = snapshot, commit
+    try:
+        names = set(os.listdir(snapshot))
+    except OSError as exc:
+        item.errors.append(
+            Problem(
+                "model_format_invalid",
+                f"Model format invalid: cannot list {snapshot}: {exc.strerror}.",
+                redownload_hint(name),
+            )
+        )
+        return item
+    _check_snapshot(item, snapshot, names, partial, cache_root)
+    return item
+
+
+def _check_snapshot(item: ListedModel, snapshot: str, names: set[str], partial: list[str], root: str) -> None:
+    """The instant rules on the chosen snapshot's file names, its config.json and any shard index."""
+    name = item.model_name
+    _check_config(item, snapshot, names, root)
+    if names.isdisjoint(TOKENIZER_FILES):
+        item.errors.append(
+            Problem(
+                "tokenizer_missing",
+                f"Model format invalid: no tokenizer file (expected one of {', '.join(TOKENIZER_FILES)}).",
+                redownload_hint(name),
+            )
+        )
+    for index_name in INDEX_FILES:
+        if index_name in names:
+            _check_index(item, snapshot, index_name, names, root, redownload_hint(name))
+    has_weights = False
+    for file_name in names:
+        if file_name.endswith(_WEIGHT_SUFFIXES):
+            has_weights = True
+            break
+    if not has_weights:
+        item.warnings.append(
+            Problem(
+                "no_weights",
+                "No weights (*.safetensors or *.bin): not trainable."
+                + (f" Only GGUF: {', '.join(gguf_files(names)[:3])}." if gguf_files(names) else ""),
+                "Download the full model, not only its configuration and tokenizer.",
+            )
+        )
+    if "generation_config.json" not in names:
+        item.warnings.append(Problem("no_generation_config", "No generation_config.json.", ""))
+    if partial:
+        complete = not item.errors and has_weights
+        ours, leftovers = split_partial_blobs(partial, Path(snapshot), complete)
+        if ours:
+            item.errors.append(_partial_problem(name, len(ours)))
+        if leftovers:
+            item.warnings.append(leftover_partial_problem(name, leftovers))
+
+
+def _partial_problem(name: str, count: int) -> Problem:
+    return Problem(
+        "download_incomplete",
+        f"Download incomplete: {count} interrupted download(s).",
+        f"Run the download again: hf download {name}",
+    )
+
+
+def checked_repo(repo_dir: str, name: str, cache_root: str) -> tuple[tuple, ListedModel]:
+    """scan_repo, with anything the scan cannot read (a link into /proc/1/cwd) kept as this repo's problem."""
+    try:
+        return scan_repo(repo_dir, name, cache_root)
+    except OSError as exc:
+        return signature(repo_dir, None), ListedModel(
+            model_name=name,
+            source="cache",
+            path=None,
+            revision=None,
+            errors=[
+                Problem(
+                    "model_unreadable",
+                    f"Model '{name}' cannot be read: {exc.strerror or exc} at {exc.filename or repo_dir}.",
+                    f"Remove or repair the cache entry (a link that leaves the cache, or a permission), then: "
+                    f"hf download {name}",
+                )
+            ],
+        )
+
+
+def _needs_code_check(config: dict) -> bool:
+    """Whether check_remote_code can have anything to say: an auto_map, or a model_type transformers lacks."""
+    if "auto_map" in config:
+        return True
+    model_type = config.get("model_type")
+    return isinstance(model_type, str) and bool(model_type) and model_type not in built_in_model_types()
+
+
+def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str) -> None:
+    if "config.json" not in names:
+        explained = without_config(
+            names, lambda: _read_small(snapshot, "adapter_config.json", root), item.model_name, Path(root)
+        )
+        item.errors.append(
+            explained
+            or Problem(
+                "model_format_invalid", "Model format invalid: missing config.json.", redownload_hint(item.model_name)
+            )
+        )
+        return
+    try:
+        raw = _read_small(snapshot, "config.json", root)
+    except PermissionError as exc:
+        item.errors.append(
+            Problem(
+                "unsafe_symlink", f"Unsafe symlink: {exc}. It was not followed.", "Replace the link with the real file."
+            )
+        )
+        return
+    except NotRegularFile as exc:
+        item.errors.append(
+            Problem(
+                "model_format_invalid",
+                f"Model format invalid: {snapshot}/config.json cannot be read: {exc.strerror}.",
+                f"Remove it (rm {os.path.join(snapshot, 'config.json')}), then: hf download {item.model_name}",
+            )
+        )
+        return
+    except OSError as exc:
+        hint = redownload_hint(item.model_name)
+        if os.path.islink(os.path.join(snapshot, "config.json")) and exc.errno == 2:
+            item.errors.append(
+                Problem("download_incomplete", "Download incomplete: config.json points to a missing blob.", hint)
+            )
+        else:
+            item.errors.append(
+                Problem("model_format_invalid", f"Model format invalid: cannot read config.json: {exc.strerror}.", hint)
+            )
+        return
+    try:
+        data = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_CONFIG_BYTES else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        item.errors.append(
+            Problem(
+                "model_format_invalid",
+                "Model format invalid: config.json is not a JSON object.",
+                redownload_hint(item.model_name),
+            )
+        )
+        return
+    elif not data.get("model_type"):
+        item.warnings.append(Problem("config_missing_model_type", "config.json has no model_type.", ""))
+    if _needs_code_check(data):
+        errors, warnings = check_remote_code(Path(snapshot), data, None, trusted=False, model_name=item.model_name)
+        item.errors.extend(errors)
+        item.warnings.extend(warnings)
+
+
+def _check_index(item: ListedModel, snapshot: str, index_name: str, names: set[str], root: str, hint: str) -> None:
+    try:
+        data = json.loads(_read_small(snapshot, index_name, root).decode("utf-8"))
+        shards = {str(v) for v in data["weight_map"].values()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        item.errors.append(
+            Problem("weights_invalid", f"Model format invalid: {index_name} is unreadable or has no weight_map.", hint)
+        )
+        return
+    missing = sorted(s for s in shards if s not in names)
+    if missing and SINGLE_FILE_OF_INDEX[index_name] in names:
+        item.warnings.append(
+            Problem(
+                "stale_shard_index",
+                f"{index_name} names shards that are not here; transformers loads {SINGLE_FILE_OF_INDEX[index_name]}.",
+                f"Delete {index_name} if it is left over from an earlier download.",
+            )
+        )
+    elif missing:
+        item.errors.append(
+            Problem(
+                "shard_missing",
+                f"Model format invalid: shard {missing[0]} named in {index_name} is missing"
+                + (f" (and {len(missing) - 1} more)." if len(missing) > 1 else "."),
+                hint,
+            )
+        )
