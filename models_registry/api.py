@@ -11,6 +11,7 @@ from ninja import Router
 from ninja.responses import Status
 
 from models_registry import edits, services
+from models_registry.deep_state import deep_state, with_deep_verdict
 from models_registry.models import ModelOverride
 from models_registry.names import name_error, revision_error
 from models_registry.override_services import (
@@ -54,13 +55,17 @@ QUERY_ERRORS = {**ERRORS, 400: ErrorOut}  # more query parameters than DATA_UPLO
 
 @router.post("/projects/validate-model", response={200: ResolutionOut, **BODY_ERRORS}, tags=["models"])
 def validate_model(request: HttpRequest, payload: ValidateModelIn) -> dict:
-    """Can this model be trained on? Where it is, which revision, and what is wrong with it."""
+    """Can this model be trained on? Where it is, which revision, and what is wrong with it. `valid`, `errors` and
+    `warnings` are the instant rules' answer, overridden by transformers' own verdict once a worker has cached it;
+    `deep` is that verdict ("checking" until then: a check is queued, ask again)."""
     if problem := name_error(payload.model_name):
         raise ApiError(422, [problem])
     revision = (payload.revision or "").strip() or None
     if revision and (problem := revision_error(revision)):
         raise ApiError(422, [problem])
-    return services.resolve_model(payload.model_name, revision).to_dict()
+    instant = services.resolve_model(payload.model_name, revision)
+    deep = deep_state(instant)
+    return {**with_deep_verdict(instant, deep).to_dict(), "deep": deep.to_dict() if deep else None}
 
 
 @router.get("/projects/models/available", response={200: AvailableModelsOut, **QUERY_ERRORS}, tags=["models"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
 from ninja import Schema
 from pydantic import AfterValidator, ConfigDict, Field, field_validator
@@ -98,6 +99,17 @@ class ErrorOut(Schema):
     errors: list[ProblemOut]
 
 
+class DeepVerdictOut(Schema):
+    state: Literal["checking", "done", "failed"] = Field(
+        description='"checking": no verdict for this snapshot yet (a worker check is queued; ask again); "done": '
+        'transformers has judged it; "failed": the check could not finish (it hung, ran out of memory or crashed).'
+    )
+    valid: bool | None = Field(description="Whether transformers loads and can train it; null while checking.")
+    errors: list[ProblemOut]
+    warnings: list[ProblemOut]
+    checked_at: datetime | None
+
+
 class ResolutionOut(Schema):
     model_name: str
     valid: bool
@@ -112,6 +124,11 @@ class ResolutionOut(Schema):
     provenance: str | None = Field(
         None,
         description='For source "portal": a fine-tune published in this portal, by whom, from which run and base model.',
+    )
+    deep: DeepVerdictOut | None = Field(
+        None,
+        description="transformers' own verdict, computed on a worker and cached per snapshot; null where it is not "
+        "asked (no folder, or an instant refusal it cannot overrule: an unsafe link, an interrupted download, ...).",
     )
 
 

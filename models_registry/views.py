@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -11,9 +13,11 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseStopPolling
 
 from models_registry import services
 from models_registry.chat_template_source import chat_template_source
+from models_registry.deep_state import DeepState, deep_state, with_deep_verdict
 from models_registry.forms import ModelCheckForm, PortalSettingsForm
 from models_registry.models import PortalSettings, PublishedModel
 from models_registry.names import name_error
@@ -65,10 +69,19 @@ def model_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
     if problem := name_error(name):
         return render(request, "models/detail.html", {"name_problem": problem, "name": name}, status=400)
     revision = request.GET.get("revision", "").strip()[:256]
-    resolution = services.resolve_model(name, revision or None)
+    instant = services.resolve_model(name, revision or None)
+    deep = deep_state(instant)
+    resolution = with_deep_verdict(instant, deep)
     status = max((STATUS_FOR_ERROR.get(e.code, 200) for e in resolution.errors), default=200)
     refusal = training_refusal(resolution) if resolution.valid else None
-    context = {"name": name, "revision": revision, "resolution": resolution, "training_refusal": refusal}
+    context = {
+        "name": name,
+        "revision": revision,
+        "resolution": resolution,
+        "training_refusal": refusal,
+        "deep": deep,
+        "deep_url": _verdict_url(name, revision, "page"),
+    }
     if resolution.path:
         context["chat_template"] = chat_template_source(resolution.path) or ""
     if resolution.source == "portal":
@@ -91,25 +104,67 @@ def _param(params, field: str) -> str:
     return ""
 
 
-@require_http_methods(["GET"])
-@login_required
-def validate_field(request: HtmxHttpRequest) -> HttpResponse:
-    """The status fragment of the model-name field: 200 for any input, the answer is in the fragment."""
-    name = _param(request.GET, "model_name").strip()
-    revision = _param(request.GET, "revision").strip()
+def _verdict_url(name: str, revision: str, view: str) -> str:
+    query = urlencode({"model_name": name, "revision": revision, "view": view})
+    return f"{reverse('registry:verdict-status')}?{query}"
+
+
+def _model_check(name: str, revision: str) -> dict:
+    """What the model-name field's status says of `name`: the instant answer overridden by transformers' cached
+    verdict, and that verdict's state ("checking" asks a worker for it)."""
     check: dict = {"name": name, "revision": revision}
     if not name:
         check["state"] = "empty"
     elif problem := name_error(name):
         check.update(state="error", errors=[problem])
     else:
-        resolution = services.resolve_model(name, revision or None)
+        instant = services.resolve_model(name, revision or None)
+        deep = deep_state(instant)
+        resolution = with_deep_verdict(instant, deep)
         state = "error" if not resolution.valid else "warn" if resolution.warnings else "ok"
         check.update(state=state, resolution=resolution, errors=resolution.errors, warnings=resolution.warnings)
+        check.update(deep=deep, deep_url=_verdict_url(name, revision, "field"))
         if any(problem.code == "model_not_found" for problem in resolution.errors):
             _, listed = services.available_models()
             check["suggestions"] = similar_names(name, (model.model_name for model in listed))
-    return render(request, "models/_model_field.html#model-status", {"check": check})
+    return check
+
+
+@require_http_methods(["GET"])
+@login_required
+def validate_field(request: HtmxHttpRequest) -> HttpResponse:
+    """The status fragment of the model-name field: 200 for any input, the answer is in the fragment."""
+    name = _param(request.GET, "model_name").strip()
+    revision = _param(request.GET, "revision").strip()
+    return render(request, "models/_model_field.html#model-status", {"check": _model_check(name, revision)})
+
+
+def _still_checking(deep: DeepState | None) -> bool:
+    return deep is not None and deep.state == "checking"
+
+
+@require_http_methods(["GET"])
+@login_required
+def verdict_status(request: HtmxHttpRequest) -> HttpResponse:
+    """The polled region that waits for transformers' verdict: the field's status (view=field) or the model page's
+    verdict section. 200 while checking; 286 (htmx stops polling) once the verdict is cached, and on the page
+    HX-Refresh too, since the verdict changes the page's badge and problems."""
+    name = request.GET.get("model_name", "").strip()[:MAX_QUERY_CHARS]
+    revision = request.GET.get("revision", "").strip()[:256]
+    if request.GET.get("view") == "field":
+        check = _model_check(name, revision)
+        response = render(request, "models/_model_field.html#model-status", {"check": check})
+        return response if _still_checking(check.get("deep")) else HttpResponseStopPolling(response.content)
+    if name_error(name):
+        return HttpResponseStopPolling("")
+    deep = deep_state(services.resolve_model(name, revision or None))
+    context = {"name": name, "revision": revision, "deep": deep, "deep_url": _verdict_url(name, revision, "page")}
+    response = render(request, "models/detail.html#deep-verdict", context)
+    if _still_checking(deep):
+        return response
+    done = HttpResponseStopPolling(response.content)
+    done["HX-Refresh"] = "true"
+    return done
 
 
 def _root_reports(lines: list[str], kind: str) -> tuple[list[PathReport], bool]:

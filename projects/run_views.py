@@ -14,6 +14,8 @@ from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
 
+from models_registry.deep_state import deep_state
+from models_registry.services import resolve_model
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from mtm.shared.problems import Problem
@@ -91,8 +93,15 @@ def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
         "can_manage": can_manage(user, project),
         "place_in_line": place_in_line(run),
         "other_live_run": project.runs.filter(status__in=LIVE_STATUSES).exclude(pk=run.pk).first(),
+        "checking_model": run.status == RunStatus.RESOLVING and model_being_checked(config),
         **result_context(run, config),
     }
+
+
+def model_being_checked(config: Any) -> bool:
+    """Whether the resolve stage is waiting for transformers' verdict on the run's model (none cached yet)."""
+    deep = deep_state(resolve_model(config.model_name, config.revision or None), ask=False)
+    return deep is not None and deep.state == "checking"
 
 
 def result_context(run: TrainingRun, config: Any) -> dict[str, Any]:
