@@ -18,6 +18,7 @@ upstream-looking name to a folder add an override.
 from __future__ import annotations
 
 import os
+import re
 from datetime import UTC
 from pathlib import Path
 
@@ -113,7 +114,13 @@ SHORT_FORMS = {
     "stability": "stabilityai",
     "xai": "xai-org",
     "zhipu": "zai-org",
+    "fb": "facebook",
+    "hf": "huggingface",
+    "ms": "microsoft",
+    "msft": "microsoft",
 }
+# Names that could pass for the portal's own, or for its staff.
+PORTAL_WORDS = ("admin", "administrator", "mtm", "official", "portal", "root", "staff", "system")
 # A cache organisation with a shorter key reserves only itself, not every organisation that starts like it.
 PREFIX_MIN_KEY = 4
 ORGANISATION_HINT = "Publish under your team's own organisation, e.g. team/{model} or {user}/{model}."
@@ -179,9 +186,15 @@ def shadowed_warning(published: PublishedModel, cache_path: str) -> Problem:
     )
 
 
-def _organisation_owner(key: str, cache_dir: Path) -> str | None:
-    """Why an organisation (its key) is not the team's to publish under, or None: it reads as a reserved one, or
-    starts like one (the longest such is named)."""
+def first_word_key(organisation: str) -> str:
+    """The key of an organisation's first word: 'fb-research' and 'FB_labs' start with the word 'fb'."""
+    return part_key(re.split(r"[-_.]", organisation, maxsplit=1)[0])
+
+
+def _organisation_owner(organisation: str, cache_dir: Path) -> str | None:
+    """Why an organisation is not the team's to publish under, or None: it reads as a reserved one, its first word
+    does, or it starts like one (the longest such is named)."""
+    key, first = part_key(organisation), first_word_key(organisation)
     reserved = _reserved_organisations(cache_dir)
     for reserved_key, what, _ in reserved:
         if key == reserved_key:
@@ -189,6 +202,9 @@ def _organisation_owner(key: str, cache_dir: Path) -> str | None:
     for reserved_key, what, by_prefix in reserved:
         if by_prefix and key.startswith(reserved_key):
             return f"starts like {what} (an upstream organisation with a version or suffix added)"
+    for reserved_key, what, _ in reserved:
+        if first == reserved_key:
+            return f"starts with the word of {what}"
     return None
 
 
@@ -196,8 +212,16 @@ def _reserved_organisations(cache_dir: Path) -> list[tuple[str, str, bool]]:
     """(key, what it is, whether names that start like it are reserved too), longest key first."""
     reserved = [(part_key(name), f"the Hugging Face Hub organisation '{name}'", True) for name in HUB_ORGANISATIONS]
     reserved += [
-        (part_key(short), f"'{short}', a short form of the Hugging Face Hub organisation '{hub}'", True)
+        (
+            part_key(short),
+            f"'{short}', a short form of the Hugging Face Hub organisation '{hub}'",
+            len(part_key(short)) >= PREFIX_MIN_KEY,
+        )
         for short, hub in SHORT_FORMS.items()
+    ]
+    reserved += [
+        (part_key(word), f"'{word}', a name that could pass for the portal's own or its staff's", False)
+        for word in PORTAL_WORDS
     ]
     for entry in _cache_entries(cache_dir):
         parts = entry.split("--")
@@ -225,7 +249,7 @@ def organisation_problem(name: str, cache_dir: Path, username: str = "me") -> Pr
             ORGANISATION_HINT.format(model=name, user=username),
         )
     organisation, model = name.split("/", 1)
-    owner = _organisation_owner(part_key(organisation), cache_dir)
+    owner = _organisation_owner(organisation, cache_dir)
     if owner is None:
         return None
     return Problem(

@@ -65,9 +65,16 @@ class Refusal:
                 "MTM_TRUSTED_PROXIES so that each person's own address counts."
             )
         return (
-            f"Too many failed sign-in attempts for '{self.row.account}' from your address. Wait {wait} before "
-            "trying again; each further failure doubles the wait. If you forgot your password, ask a staff member "
-            "of your team to reset it."
+            f"Too many failed sign-in attempts for '{self.row.account}' from your address, so this try was not "
+            f"checked. Wait {wait} before trying again; each further failure doubles the wait. If you forgot your "
+            "password, ask a staff member of your team to reset it."
+        )
+
+    def after_failure(self) -> str:
+        """Said with the failure that started this wait, so the next try's refusal comes as no surprise."""
+        return (
+            f"That was too many failures: your next try is checked in {_span(self.retry_after())}, and each further "
+            "failure doubles the wait."
         )
 
 

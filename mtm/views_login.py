@@ -60,11 +60,13 @@ class ThrottledLoginMixin:
         admission = _counted_try(form, None, username, address, "login")
         try:
             cleaned = super().clean()  # type: ignore[misc]
-        except ValidationError:
+        except ValidationError as wrong:
             if form.user_cache is None:
                 throttle.failed(admission)
                 actor = Actor(None, self.via, address)
                 audit.record_change(actor, "login.failed", admission.account_row or admission.address_row)
+                if (waiting := throttle.refusal(username, address)) is not None:
+                    raise ValidationError([*wrong.error_list, ValidationError(waiting.after_failure())]) from None
             else:  # a right password for an account that may not use this door is no guess
                 throttle.not_a_guess(admission)
             raise

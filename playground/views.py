@@ -93,8 +93,18 @@ def conversation(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     chat = _own(request, pk)
     turns = list(chat.turns.order_by("pk"))
     last = GenerationParams.model_validate(turns[-1].params) if turns else GenerationParams()
-    context = {"conversation": chat, "turns": turns, **_settings_context(last)}
+    draft = request.session.pop(_draft_key(chat.pk), "")
+    context = {"conversation": chat, "turns": turns, "draft": draft, **_settings_context(last)}
     return render(request, "playground/conversation.html", context)
+
+
+def _draft_key(pk: int) -> str:
+    return f"playground-draft-{pk}"
+
+
+def _keep_draft(request: HtmxHttpRequest, pk: int) -> None:
+    """A message that was not sent comes back in the box, so a refusal costs no retyping."""
+    request.session[_draft_key(pk)] = str(request.POST.get("message", ""))[:20000]
 
 
 def _form_params(post: Any) -> tuple[dict[str, Any], list[str]]:
@@ -131,11 +141,13 @@ def send(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     params, problems = _form_params(request.POST)
     if problems:
         messages.error(request, " ".join(problems))
+        _keep_draft(request, chat.pk)
         return redirect("playground:conversation", pk=chat.pk)
     try:
         services.send_message(chat, request.POST.get("message", ""), params, actor=Actor.of(request, Channel.PAGE))
     except services.Refused as exc:
         _refusal(request, exc)
+        _keep_draft(request, chat.pk)
     return redirect("playground:conversation", pk=chat.pk)
 
 

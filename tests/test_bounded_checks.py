@@ -18,6 +18,7 @@ from django.contrib.auth.models import User
 from mtm.models import ExpensiveRequestSlot
 from mtm.request_limits import RETRY_AFTER_SECONDS, STALE_AFTER, expensive_request
 from projects import services
+from projects.datasets import token_stats
 from projects.models import TokenCount, TrainingProject
 from tests.api_client import API, call, make_user_token
 from tests.clients import form_data, secure_client
@@ -82,6 +83,30 @@ def test_another_max_seq_length_or_chat_template_is_counted_again(owner, long_fi
     assert "Counting tokens…" in chatml
     assert TokenCount.objects.filter(state=TokenCount.State.PENDING).count() == 2
     assert "0 rows will be truncated" in counted(client, longer, long_file, owner)
+
+
+def test_a_flood_of_checks_leaves_a_member_at_most_the_cap_of_waiting_counts(
+    owner, member, long_file, tiny_llama_in_cache, settings
+):
+    """Each other max_seq_length is another count; a member's older waiting ones are marked not counted, so their
+    queued tasks end at once and cannot hold the default queue (and the periodic jobs) for everyone."""
+    settings.MTM_EXPENSIVE_REQUESTS_PER_MEMBER = 2
+    name = tiny_llama_in_cache[0]
+    theirs = check(secure_client(member), long_file, name, max_seq_length="999").content.decode()
+    client = secure_client(owner)
+    for length in range(100, 108):
+        assert "Counting tokens…" in check(client, long_file, name, max_seq_length=str(length)).content.decode()
+    waiting = TokenCount.objects.filter(state=TokenCount.State.PENDING)
+    assert sorted(waiting.filter(requested_by=owner).values_list("max_seq_length", flat=True)) == [106, 107]
+    assert waiting.filter(requested_by=member).count() == 1  # another member's count is not hers to drop
+    superseded = TokenCount.objects.filter(requested_by=owner, state=TokenCount.State.UNAVAILABLE)
+    assert superseded.count() == 6 and {c.result["note"] for c in superseded} == {token_stats.SUPERSEDED}
+    # A superseded count's queued task ends without reading the file: nothing is counted for it.
+    dropped = superseded.first()
+    token_stats.count_tokens(dropped.pk, str(long_file), owner.pk)
+    dropped.refresh_from_db()
+    assert dropped.state == TokenCount.State.UNAVAILABLE and dropped.result == {"note": token_stats.SUPERSEDED}
+    assert "Counting tokens…" in theirs
 
 
 def test_only_the_member_who_asked_reads_the_poll(owner, member, long_file, tiny_llama_in_cache):

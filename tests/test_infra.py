@@ -153,9 +153,11 @@ def _started_pids(process: subprocess.Popen) -> dict[str, int]:
         found = re.search(r"started (\w+) \(pid (\d+)\)", line)
         if found:
             pids[found.group(1)] = int(found.group(2))
-        if len(pids) == 4:
+        if len(pids) == 5:
             return pids
-    raise AssertionError(f"runportal exited before starting web, worker, playground and beat (started: {sorted(pids)})")
+    raise AssertionError(
+        f"runportal exited before starting web, worker, checks, playground and beat (started: {sorted(pids)})"
+    )
 
 
 def _get_status(url: str) -> int | None:
@@ -224,13 +226,14 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
                 break
             time.sleep(0.2)
         assert status == 200
-        # Both workers consume their queues on the embedded broker: each reports once Celery is ready, which a
+        # The three workers consume their queues on the embedded broker: each reports once Celery is ready, which a
         # queue name that broker refuses (it once held the "@" of cpu@host) never reaches.
         reported: list[str] = []
-        while len(reported) < 2 and launcher.poll() is None:
+        while len(reported) < 3 and launcher.poll() is None:
             reported = _reported_workers(tmp_path / "var")
             time.sleep(0.5)
-        assert len(reported) == 2 and reported[1].startswith("playground-"), (reported, launcher.poll())
+        assert len(reported) == 3, (reported, launcher.poll())
+        assert reported[0].startswith("checks@") and reported[2].startswith("playground-"), reported
         assert all(not _gone(pid) for pid in pids.values())
 
         launcher.send_signal(signal.SIGINT)
@@ -243,6 +246,7 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
     assert "web stopped" in output and "worker stopped" in output and "beat stopped" in output
     assert _gone(pids["web"]) and _gone(pids["worker"]) and _gone(pids["beat"])
     assert "playground stopped" in output and _gone(pids["playground"])  # the playground's inference worker
+    assert "checks stopped" in output and _gone(pids["checks"])  # the default queue's worker
 
 
 @pytest.mark.slow

@@ -237,6 +237,18 @@ def test_the_wait_grows_and_is_said_with_retry_after_without_checking_the_passwo
     assert "ask a staff member of your team to reset it" in message
 
 
+def test_the_failure_that_starts_a_wait_says_so_and_the_refusal_says_the_password_was_not_checked(alice):
+    client = secure_client()
+    limit = django_settings.MTM_LOGIN_MAX_FAILURES
+    for n in range(limit - 1):
+        assert "your next try is checked in" not in text(sign_in(client, "alice", f"typo-{n}", addr=ALICE_ADDR))
+    last = text(sign_in(client, "alice", "one-typo-too-many", addr=ALICE_ADDR))
+    assert "Please enter a correct username and password" in last
+    assert "your next try is checked in 30 seconds" in last
+    refused = text(sign_in(client, "alice", PASSWORD, addr=ALICE_ADDR))
+    assert "so this try was not checked" in refused
+
+
 def waits() -> list[int]:
     """The whole wait each audited refusal was told (from the last failure), oldest first."""
     events = AuditEvent.objects.filter(action="login.throttled").order_by("at", "pk")

@@ -125,17 +125,18 @@ def test_a_send_beyond_the_live_answers_cap_is_refused_even_in_parallel(members,
         refusal = next(b for b in bodies if "errors" in b)["errors"][0]
         assert refusal["code"] == "too_many_live_answers"
         assert "2 answers queued or being generated" in refusal["message"]
-        assert "MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER" in refusal["message"]
+        assert "the most one member may have at once on this portal (2)" in refusal["message"]
         assert "Wait for one of them to finish" in refusal["hint"] and "deleting its conversation" in refusal["hint"]
 
         # The page says the same, word for word.
         page = secure_client(alice).post(
             f"/playground/{conversations[3]}/send/",
-            {"message": "hi", "temperature": "0", "max_new_tokens": "8", "stop": ""},
+            {"message": "a message typed with care", "temperature": "0", "max_new_tokens": "8", "stop": ""},
             follow=True,
         )
         assert escape(refusal["message"]).encode() in page.content
         assert escape(refusal["hint"]).encode() in page.content
+        assert b">a message typed with care</textarea>" in page.content  # back in the box, not lost
         # Bob is not held by Alice's answers.
         bob_conversation = new_conversation(members["bob"][1], members["model"])
         assert send(members["bob"][1], bob_conversation).status_code == 202

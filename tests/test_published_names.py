@@ -122,6 +122,15 @@ def test_a_look_alike_of_a_cache_model_or_an_override_is_refused(scene, tiny_lla
         ("deepseek", "deepseek-ai"),
         ("openai-v2", "openai"),
         ("test-org2", "test-org/tiny-llama"),  # the organisation of a model in the Hugging Face cache, with a suffix
+        ("fb", "facebook"),
+        ("FB-research", "facebook"),
+        ("msft", "microsoft"),
+        ("ms_ai", "microsoft"),
+        ("hf", "huggingface"),
+        ("staff", "staff"),
+        ("Portal", "portal"),
+        ("mtm-official", "mtm"),
+        ("admin", "admin"),
     ],
 )
 def test_a_near_upstream_organisation_is_refused(scene, organisation, resembles):
@@ -134,6 +143,13 @@ def test_a_near_upstream_organisation_is_refused(scene, organisation, resembles)
     assert not PublishedModel.objects.exists()
 
 
-@pytest.mark.parametrize("organisation", ["team", "support-team", "alice", "org-2"])
+def test_an_organisation_made_of_another_members_name_is_refused(scene):
+    for organisation in ("mallory", "Mallory_bot", "mallory-lab"):
+        resp = scene.publish("alice", scene.alices_run, f"{organisation}/support-tune")
+        assert resp.status_code == 422 and codes(resp) == ["organisation_is_a_member"], (organisation, resp.content)
+        assert "the name of the member mallory" in refusal(resp)
+
+
+@pytest.mark.parametrize("organisation", ["team", "support-team", "alice", "org-2", "mssql-fans", "hfx", "staffing"])
 def test_the_teams_own_organisations_stay_free(scene, organisation):
     assert scene.publish("alice", scene.alices_run, f"{organisation}/support-tune").status_code == 201

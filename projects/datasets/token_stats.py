@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from models_registry.resolution import Resolution
 from models_registry.services import dataset_roots, resolve_model
+from mtm.request_limits import per_member_limit
 from mtm.shared.problems import Problem
 from projects.datasets.paths import check_dataset_path
 from projects.datasets.report import DatasetRead, DatasetReport, TokenStats, add_token_stats, read_dataset
@@ -35,6 +36,10 @@ REQUEUE_AFTER = timedelta(minutes=5)
 
 
 COUNT_TASK = "projects.count_dataset_tokens"
+SUPERSEDED = (
+    "Token lengths were not counted: newer checks of yours came first (a member's waiting counts are bounded). "
+    "Check the dataset again to count them."
+)
 
 
 def tokenizer_identity(resolution: Resolution) -> str:
@@ -99,11 +104,12 @@ def request_count(
         chat_template=chat_template[:40],
     )
     now = timezone.now()
+    user_id = getattr(user, "pk", None)
     count = TokenCount.objects.filter(key=key).first()
     if count is None:
         try:
             with transaction.atomic():
-                count = TokenCount.objects.create(key=key, requested_at=now, **fields)
+                count = TokenCount.objects.create(key=key, requested_at=now, requested_by_id=user_id, **fields)
         except IntegrityError:  # another check of the same bytes created it first
             return TokenCount.objects.get(key=key)
     elif count.state == TokenCount.State.DONE or (
@@ -112,12 +118,35 @@ def request_count(
         return count
     else:
         TokenCount.objects.filter(pk=count.pk).update(
-            state=TokenCount.State.PENDING, result={}, requested_at=now, finished_at=None, **fields
+            state=TokenCount.State.PENDING,
+            result={},
+            requested_at=now,
+            requested_by_id=user_id,
+            finished_at=None,
+            **fields,
         )
         count.refresh_from_db()
-    user_id = getattr(user, "pk", None)
+    if user_id is not None:
+        _supersede_waiting(user_id, count.pk)
     transaction.on_commit(lambda: _enqueue(count.pk, path, user_id))
     return count
+
+
+def _supersede_waiting(user_id: int, newest: int) -> None:
+    """A member's counts waiting for the worker are bounded (MTM_EXPENSIVE_REQUESTS_PER_MEMBER, the newest kept):
+    the older ones are marked not counted, so their queued tasks end at once and a flood of checks with ever other
+    settings cannot hold the default queue (and the periodic jobs behind it)."""
+    limit = per_member_limit()
+    if not limit:
+        return
+    waiting = TokenCount.objects.filter(requested_by_id=user_id, state=TokenCount.State.PENDING).exclude(pk=newest)
+    older = list(waiting.order_by("-requested_at", "-pk").values_list("pk", flat=True)[limit - 1 :])
+    if older:
+        TokenCount.objects.filter(pk__in=older, state=TokenCount.State.PENDING).update(
+            state=TokenCount.State.UNAVAILABLE,
+            result={"note": SUPERSEDED},
+            finished_at=timezone.now(),
+        )
 
 
 def _finish(count_id: int, state: str, result: dict[str, Any]) -> None:

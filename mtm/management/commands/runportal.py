@@ -14,14 +14,16 @@ from mtm.processes import Child, Supervisor
 
 class Command(BaseCommand):
     help = (
-        "Serve the portal (Django's server) with a Celery worker, a playground worker and Celery beat (the periodic jobs, such as "
+        "Serve the portal (Django's server) with a training worker, a checks worker, a playground worker and Celery beat (the periodic jobs, such as "
         "failing runs whose worker was lost) beside it. Ctrl-C stops them all; if one exits, the others are stopped."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("addrport", nargs="?", default="127.0.0.1:8000", help="Address and port to serve on.")
         parser.add_argument(
-            "--queues", default="default,training", help="Queues the worker consumes besides its own (comma-separated)."
+            "--queues",
+            default="training",
+            help="Queues the training worker consumes besides its own (comma-separated).",
         )
         parser.add_argument(
             "--worker-gpus", default="", help="GPUs the worker trains on, e.g. 0 (default: a CPU worker)."
@@ -44,6 +46,11 @@ class Command(BaseCommand):
             devices = ["--gpus", worker_gpus] if worker_gpus else ["--cpu"]
             worker = [sys.executable, manage_py, "runworker", *devices, "--also", queues]
             children.append(Child("worker", worker, signal.SIGTERM))
+            # The default queue (token counts, model checks, periodic jobs) has a worker of its own, as in
+            # docker-compose.yml, so a dataset check is answered while a run trains.
+            checks = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-Q", "default", "--concurrency", "1"]
+            checks += ["-n", "checks@%h", "--loglevel", "INFO"]
+            children.append(Child("checks", checks, signal.SIGTERM))
             # A playground worker beside it (queue inference): it answers chat messages and keeps the model loaded.
             playground = [sys.executable, manage_py, "runworker", *devices, "--inference"]
             children.append(Child("playground", playground, signal.SIGTERM))
@@ -55,6 +62,7 @@ class Command(BaseCommand):
         periodic = "off" if no_worker else ", ".join(settings.CELERY_BEAT_SCHEDULE)
         self.stdout.write(f"[runportal] broker: {broker}; worker queues: {'none' if no_worker else queues}")
         if not no_worker:
+            self.stdout.write("[runportal] checks worker: queue default (token counts, model checks, periodic jobs)")
             self.stdout.write("[runportal] playground worker: queue inference (keeps a model loaded while in use)")
         self.stdout.write(f"[runportal] periodic jobs (celery beat): {periodic}")
         self.stdout.write("[runportal] Ctrl-C stops everything.")
