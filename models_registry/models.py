@@ -156,3 +156,16 @@ class ModelVerdict(models.Model):
 
     def __str__(self) -> str:
         return f"{self.folder}: {'valid' if self.valid else 'refused'}"
+
+
+class VerdictRequest(models.Model):
+    """A deep check asked of a worker for one folder and fingerprint (models_registry.deep_state), so the pages ask
+    once per snapshot while it is pending. The worker deletes it once the verdict is cached."""
+
+    folder_key = models.CharField(max_length=64, unique=True, help_text="sha256 of the folder's path.")
+    folder = models.TextField()
+    fingerprint = models.CharField(max_length=64)
+    requested_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.folder}: checking since {self.requested_at:%Y-%m-%d %H:%M}"

@@ -12,6 +12,7 @@ from models_registry.cache_layout import hub_absent_files, near_names, split_par
 from models_registry.checks import CacheContext, FileEntry, check_model_folder, redownload_hint
 from models_registry.names import is_commit_hash, name_error, repo_folder_name, revision_error
 from models_registry.regular_files import NotRegularFile, read_regular
+from mtm.shared.nofollow import LINK_ERRORS, open_dir_nofollow
 from mtm.shared.problems import Problem
 
 
@@ -165,9 +166,11 @@ def resolve(
     override_path: str | None = None,
     trust_remote_code: bool = False,
     published_path: str | None = None,
+    published_problem: Problem | None = None,
 ) -> Resolution:
     """Resolve a model name to a checked folder. Plain values in, a Resolution out; nothing raised for bad input.
-    `published_path` (a run's model published under this name) answers only when the cache has no such repo."""
+    `published_path` (a run's model published under this name) answers only when the cache has no such repo; then
+    `published_problem` (its run's folder is no longer the one the worker made) makes it invalid unread."""
     result = Resolution(model_name=name if isinstance(name, str) else repr(name))
     if problem := name_error(name):
         result.errors.append(problem)
@@ -180,7 +183,7 @@ def resolve(
         if override_path is not None:
             return _resolve_override(result, override_path, revision, trust_remote_code, Path(cache_dir))
         if published_path is not None and not (Path(cache_dir) / repo_folder_name(name)).is_dir():
-            return _resolve_published(result, published_path, revision, Path(cache_dir))
+            return _resolve_published(result, published_path, revision, Path(cache_dir), published_problem)
         return _resolve_cache(result, Path(cache_dir), revision)
     except OSError as exc:  # a folder the scan cannot read is this model's problem, never the caller's error
         result.path, result.files = None, []
@@ -261,13 +264,30 @@ def _resolve_override(
     return result
 
 
-def _resolve_published(result: Resolution, path: str, revision: str | None, cache_dir: Path) -> Resolution:
-    """A run's model published in the portal: its folder, checked as an override's is; links out of it are unsafe."""
+def _resolve_published(
+    result: Resolution, path: str, revision: str | None, cache_dir: Path, problem: Problem | None
+) -> Resolution:
+    """A run's model published in the portal: its folder, checked as an override's is, and reached without following
+    any link on its path; links out of it are unsafe."""
     name = result.model_name
     folder = Path(path)
     result.searched.append(f"published: {folder}")
     result.source = "portal"
-    if not folder.is_absolute() or folder.is_symlink() or not folder.is_dir():
+    if problem is not None:
+        result.errors.append(problem)
+        return result
+    if _linked(folder):
+        result.errors.append(
+            Problem(
+                "run_folder_changed",
+                f"Model '{name}' was published from a run whose model folder {folder} is now reached through a link "
+                "(a folder on its path was swapped for one): it was not read.",
+                "Put the run's own folder back at that path, or unpublish the name and publish a run whose folder "
+                "was not changed.",
+            )
+        )
+        return result
+    if not folder.is_absolute() or not folder.is_dir():
         result.errors.append(
             Problem(
                 "model_not_found",
@@ -285,6 +305,19 @@ def _resolve_published(result: Resolution, path: str, revision: str | None, cach
     result.path, result.tokenizer_source = str(folder), report.tokenizer_source
     result.files, result.errors, result.warnings = report.files, report.errors, result.warnings + report.warnings
     return result
+
+
+def _linked(folder: Path) -> bool:
+    """Whether a link (or a file) stands on the absolute path `folder`, where a folder should."""
+    if not folder.is_absolute():
+        return False
+    try:
+        os.close(open_dir_nofollow(str(folder)))
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        return exc.errno in LINK_ERRORS
+    return False
 
 
 def _resolve_cache(result: Resolution, cache_dir: Path, revision: str | None) -> Resolution:

@@ -10,6 +10,7 @@ from models_registry.models import ModelOverride, PortalSettings, PublishedModel
 from models_registry.names import name_error
 from models_registry.published import provenance, shadowed_warning, unpublished_problem
 from models_registry.resolution import Resolution, hf_cache_dir, resolve
+from mtm.shared.problems import Problem
 
 
 def portal_settings() -> PortalSettings:
@@ -36,7 +37,7 @@ def resolve_model(name: str, revision: str | None = None) -> Resolution:
     if name_error(name) is None:  # a hostile name never reaches a query (PostgreSQL refuses NUL bytes)
         override = ModelOverride.objects.filter(model_name=name, enabled=True).first()
         if override is None:
-            published = PublishedModel.objects.filter(model_name=name).select_related("published_by").first()
+            published = PublishedModel.objects.filter(model_name=name).select_related("published_by", "run").first()
     result = resolve(
         name,
         revision,
@@ -44,6 +45,7 @@ def resolve_model(name: str, revision: str | None = None) -> Resolution:
         override_path=override.path if override else None,
         trust_remote_code=bool(override and override.trust_remote_code),
         published_path=published.path if published else None,
+        published_problem=_published_folder_problem(published) if published else None,
     )
     if published is not None and result.source == "portal":
         result.provenance = provenance(published)
@@ -52,6 +54,12 @@ def resolve_model(name: str, revision: str | None = None) -> Resolution:
     elif override is None and result.source is None and [e.code for e in result.errors] == ["model_not_found"]:
         result.errors[0] = unpublished_problem(name) or result.errors[0]
     return result
+
+
+def _published_folder_problem(published: PublishedModel) -> Problem | None:
+    from projects.run_folder import published_folder_problem  # the run and its folder are the projects app's
+
+    return published_folder_problem(published.path, published.run, published.model_name)
 
 
 def available_models(query: str | None = None, valid: bool | None = None) -> tuple[Path, list]:
@@ -63,12 +71,20 @@ def available_models(query: str | None = None, valid: bool | None = None) -> tup
     models = list_models(
         cache_dir, overrides, store=django_settings.VAR_DIR / "model-listing.json", published=published
     )
+    changed = {p.model_name: problem for p in _published_rows() if (problem := _published_folder_problem(p))}
+    for item in models:
+        if item.source == "portal" and item.model_name in changed:
+            item.errors = [changed[item.model_name]]
     if query:
         needle = query.strip().lower()
         models = [m for m in models if needle in m.model_name.lower()]
     if valid is not None:
         models = [m for m in models if m.valid == valid]
     return cache_dir, models
+
+
+def _published_rows() -> list[PublishedModel]:
+    return list(PublishedModel.objects.select_related("run"))
 
 
 def validate_output_dir(raw: object):

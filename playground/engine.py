@@ -5,10 +5,14 @@ process, never in the web process."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import gc
 import logging
+import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +24,8 @@ from mtm.shared.problems import Problem
 from playground import lifecycle
 from playground.models import Generation, GenerationStatus, LoadedModel, TargetKind
 from playground.params import GenerationParams
-from playground.targets import LoadSpec, TargetError, for_model, for_run
+from playground.targets import CHAT_HINT, LoadSpec, TargetError, for_model, for_run
+from projects.run_folder import RunFolderRefused, open_folder_as_made
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +62,39 @@ def model_bytes(model: Any) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
+@contextlib.contextmanager
+def pinned(spec: LoadSpec) -> Iterator[LoadSpec]:
+    """`spec` with a run's folders reached through a descriptor of the run folder the worker made, opened (and
+    checked: projects.run_folder) now: a folder swapped in after the check cannot be what is loaded."""
+    if not spec.run_folder:
+        yield spec
+        return
+    fd = open_folder_as_made(spec.run_folder, spec.run_folder_identity, spec.run_id, CHAT_HINT)
+    try:
+        inside = f"/proc/self/fd/{fd}"
+
+        def through_fd(path: str | None) -> str | None:
+            if path is None or os.path.commonpath([path, spec.run_folder]) != spec.run_folder:
+                return path
+            return inside + path[len(spec.run_folder) :]
+
+        yield dataclasses.replace(
+            spec,
+            tokenizer_dir=through_fd(spec.tokenizer_dir) or spec.tokenizer_dir,
+            model_dir=through_fd(spec.model_dir),
+            adapter_dir=through_fd(spec.adapter_dir),
+        )
+    finally:
+        os.close(fd)
+
+
 def load(spec: LoadSpec) -> tuple[Any, Any, str]:
     """Tokenizer, model (eval mode, on the worker's device) and the device's name."""
+    with pinned(spec) as reached:
+        return _load(reached)
+
+
+def _load(spec: LoadSpec) -> tuple[Any, Any, str]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -347,6 +383,9 @@ def run_generation(generation_id: int, worker_name: str) -> None:
     with _lock:
         try:
             loaded, load_seconds = loaded_for(spec, worker_name)
+        except RunFolderRefused as refused:  # swapped between the check above and the load
+            lifecycle.fail(generation_id, refused.problem)
+            return
         except Exception as exc:
             lifecycle.fail(
                 generation_id,

@@ -142,7 +142,7 @@ def _live_answers_cap(user: Any) -> None:
             Problem(
                 "too_many_live_answers",
                 f"You already have {live} answers queued or being generated, the most one member may have at once "
-                f"on this portal (MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER={cap}), so this message was not sent.",
+                f"on this portal ({cap}), so this message was not sent; what you typed is kept.",
                 "Wait for one of them to finish, or stop one by deleting its conversation, then send again.",
             ),
             429,

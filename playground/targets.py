@@ -4,7 +4,7 @@ web process (to refuse early, clearly) and the inference worker (which resolves 
 
 from __future__ import annotations
 
-import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,7 +13,14 @@ from models_registry.services import resolve_model
 from mtm.shared.problems import Problem
 from projects.models import RunStatus, TrainingRun
 from projects.run_config import run_config
+from projects.run_folder import RUN_FILES_MISSING, RunFolderRefused, open_run_folder
+from projects.run_manifest import ManifestInvalid, ManifestMissing, read_manifest
 from projects.trainer.outputs import MANIFEST_NAME
+
+CHAT_HINT = (
+    "Chat with another succeeded run, or ask the project's owner to put the run's own folder back at that path "
+    "(the one it trained in) or to train the project again."
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,10 @@ class LoadSpec:
     adapter_dir: str | None = None
     base_model_path: str | None = None
     trust_remote_code: bool = False
+    # A run's target: its folder as the worker made it, opened again when the model is loaded (playground.engine).
+    run_id: int | None = None
+    run_folder: str | None = None
+    run_folder_identity: str = ""
 
     @property
     def key(self) -> str:
@@ -63,6 +74,14 @@ def _run_trusts_remote_code(run: TrainingRun) -> bool:
     return ModelOverride.objects.filter(model_name=name, enabled=True, trust_remote_code=True).exists()
 
 
+def _output_missing(run: TrainingRun, why: str) -> Problem:
+    return Problem(
+        "run_output_missing",
+        f"Run {run.pk}'s result cannot be read: {why}.",
+        "The run's output folder was moved or removed after it succeeded; start a new run of its project.",
+    )
+
+
 def for_run(run: TrainingRun) -> LoadSpec:
     if run.status != RunStatus.SUCCEEDED:
         raise TargetError(
@@ -75,22 +94,23 @@ def for_run(run: TrainingRun) -> LoadSpec:
     output = Path(run.output_directory or "")
     label = f"run {run.pk} ({run_config(run).model_name})"
     try:
-        manifest = json.loads((output / MANIFEST_NAME).read_text(encoding="utf-8"))
-        layout = manifest["layout"]
+        folder_fd = open_run_folder(run, CHAT_HINT)  # the folder the worker made, never one swapped in since
+    except RunFolderRefused as refused:
+        if refused.problem.code == RUN_FILES_MISSING:
+            raise TargetError(_output_missing(run, "its folder is not on disk"), status=409) from None
+        raise TargetError(refused.problem, status=409) from None
+    try:
+        layout = read_manifest(folder_fd)["layout"]
         model_dir, adapter_dir = layout.get("model_dir"), layout.get("adapter_dir")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise TargetError(
-            Problem(
-                "run_output_missing",
-                f"Run {run.pk}'s result cannot be read: {output / MANIFEST_NAME}: {type(exc).__name__}: {exc}.",
-                "The run's output folder was moved or removed after it succeeded; start a new run of its project.",
-            ),
-            status=409,
-        ) from None
+    except (ManifestMissing, ManifestInvalid, KeyError, TypeError, AttributeError) as exc:
+        raise TargetError(_output_missing(run, f"{output / MANIFEST_NAME}: {type(exc).__name__}"), status=409) from None
+    finally:
+        os.close(folder_fd)
     trust = _run_trusts_remote_code(run)
+    made = {"run_id": run.pk, "run_folder": str(output), "run_folder_identity": run.run_folder_identity}
     if model_dir:
         folder = str(output / model_dir)
-        return LoadSpec(label=label, tokenizer_dir=folder, model_dir=folder, trust_remote_code=trust)
+        return LoadSpec(label=label, tokenizer_dir=folder, model_dir=folder, trust_remote_code=trust, **made)
     if not adapter_dir or not run.resolved_path:
         raise TargetError(
             Problem(
@@ -107,4 +127,5 @@ def for_run(run: TrainingRun) -> LoadSpec:
         adapter_dir=adapter,
         base_model_path=run.resolved_path,
         trust_remote_code=trust,
+        **made,
     )

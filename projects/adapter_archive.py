@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
-from mtm.shared.nofollow import open_dir_nofollow
 from mtm.shared.problems import Problem
 from projects.models import RunStatus, TrainingRun
+from projects.run_folder import RUN_FOLDER_CHANGED, RunFolderRefused, open_run_folder
 
 ADAPTER_CONFIG = ("adapter_config.json",)
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")  # an archive without them loads nothing
@@ -169,9 +169,11 @@ def adapter_archive(run: TrainingRun) -> AdapterArchive:
     if not run.output_directory:
         raise _unavailable(run, "it never wrote a folder")
     try:
-        folder_fd = open_dir_nofollow(run.output_directory)
-    except OSError:
-        raise _unavailable(run, f"its folder {run.output_directory} is gone or is reached through a link") from None
+        folder_fd = open_run_folder(run)  # the folder the worker made, never one swapped in since
+    except RunFolderRefused as refused:
+        if refused.problem.code != RUN_FOLDER_CHANGED:
+            raise _unavailable(run, f"its folder {run.output_directory} is not on disk") from None
+        raise AdapterUnavailable(refused.problem, status=409) from None
     try:
         names = _members(folder_fd)
         sizes = _check_sizes(folder_fd, names, file_limit(run), settings.MTM_ADAPTER_ARCHIVE_MAX_BYTES)

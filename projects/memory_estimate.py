@@ -13,12 +13,15 @@ a fixed allowance for the CUDA context and the allocator, plus a share of the re
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError, safe_open
+
+from models_registry.regular_files import open_regular, read_regular
 
 GIB = 1024**3
 DTYPE_BYTES = {
@@ -39,6 +42,8 @@ ALLOCATOR_SLACK = 0.05  # fragmentation in PyTorch's caching allocator, as a sha
 ADAPTER_BYTES = 4  # peft keeps adapter weights in fp32 over a bf16/fp16 base
 OPTIMIZER_STEP_BYTES = 4  # AdamW's per-tensor step counter (a float32 scalar tensor)
 EMBEDDING_NAME = re.compile(r"(^|\.)(embed_tokens|wte|wpe|embed_positions|word_embeddings)\.")
+# A config.json or a safetensors index is a few hundred KB at most; past this it is not one.
+MAX_JSON_BYTES = 16 * 1024 * 1024
 
 
 class EstimateError(ValueError):
@@ -123,51 +128,85 @@ class Estimate:
         ]
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON of the regular file `path`, read without waiting on a FIFO or device and at most MAX_JSON_BYTES.
+    Links are followed (a cache snapshot's files are links to its blobs); what they lead to must be a regular file."""
+    try:
+        data = read_regular(path, MAX_JSON_BYTES)
+    except OSError as exc:
+        raise EstimateError(f"{what} cannot be read: {exc.strerror or exc}.") from exc
+    if len(data) > MAX_JSON_BYTES:
+        raise EstimateError(f"{what} cannot be read: it is larger than {MAX_JSON_BYTES // (1024 * 1024)} MiB.")
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise EstimateError(f"{what} cannot be read: {exc}") from exc
+
+
 def _tensor_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("*.safetensors"))
     index = folder / "model.safetensors.index.json"
-    if index.is_file():
+    if index.exists():
+        data = _read_json(index, f"{index} (the safetensors index)")
         try:
-            names = set(json.loads(index.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise EstimateError(f"{index} is not a readable safetensors index: {exc}") from exc
-        files = [folder / name for name in sorted(names)]
+            names = set(data["weight_map"].values())
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise EstimateError(f"{index} is not a readable safetensors index: no weight_map ({exc}).") from exc
+        files = [folder / str(name) for name in sorted(names)]
     return files
 
 
-def read_model_shape(folder: Path) -> ModelShape:
-    """Tensor names, shapes and dtypes from the safetensors headers, and sizes from config.json."""
+def _read_header(path: Path, tensors: dict[str, Tensor]) -> None:
+    """Add the tensors of one safetensors file's header. safe_open reads only the header (bounded by safetensors
+    itself) and maps the file; it is handed the descriptor of a file checked to be a regular one, so a FIFO or
+    device swapped in for it is never opened by path."""
+    fd = open_regular(path)
     try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise EstimateError(f"config.json in {folder} cannot be read: {exc}") from exc
+        with safe_open(f"/proc/self/fd/{fd}", framework="numpy") as f:
+            for name in f.keys():  # noqa: SIM118 (a safe_open handle, not a dict: it has no __iter__)
+                piece = f.get_slice(name)
+                tensors[name] = Tensor(name, tuple(piece.get_shape()), piece.get_dtype())
+    finally:
+        os.close(fd)
+
+
+def read_model_shape(folder: Path) -> ModelShape:
+    """Tensor names, shapes and dtypes from the safetensors headers, and sizes from config.json. Every file is
+    opened only when it is a regular file (EstimateError names one that is a FIFO, device or socket) and read
+    with a bound, so a planted file can make the estimate fail but never wait or read without end."""
+    config = _read_json(folder / "config.json", f"config.json in {folder}")
+    if not isinstance(config, dict):
+        raise EstimateError(f"config.json in {folder} cannot be read: it is not a JSON object.")
     files = _tensor_files(folder)
     if not files:
         raise EstimateError(f"{folder} has no .safetensors weights: the estimate reads their headers.")
     tensors: dict[str, Tensor] = {}
     for path in files:
         try:
-            with safe_open(str(path), framework="numpy") as f:
-                for name in f.keys():  # noqa: SIM118 (a safe_open handle, not a dict: it has no __iter__)
-                    piece = f.get_slice(name)
-                    tensors[name] = Tensor(name, tuple(piece.get_shape()), piece.get_dtype())
+            _read_header(path, tensors)
         except (SafetensorError, OSError, ValueError) as exc:
-            raise EstimateError(f"{path.name} in {folder}: unreadable header: {exc}") from exc
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise EstimateError(f"{path.name} in {folder}: unreadable header: {reason}") from exc
     if config.get("tie_word_embeddings", True) and any(EMBEDDING_NAME.search(n) for n in tensors):
         tensors.pop("lm_head.weight", None)  # tied: one tensor in the model, whatever the file holds
     text = config.get("text_config") or config
-    hidden = int(text.get("hidden_size") or text.get("n_embd") or 0)
-    heads = int(text.get("num_attention_heads") or text.get("n_head") or 1)
-    kv_heads = int(text.get("num_key_value_heads") or heads)
-    head_dim = int(text.get("head_dim") or (hidden // heads if heads else 0))
-    return ModelShape(
-        tensors=tuple(tensors.values()),
-        hidden_size=hidden,
-        num_layers=int(text.get("num_hidden_layers") or text.get("n_layer") or 0),
-        intermediate_size=int(text.get("intermediate_size") or text.get("n_inner") or 4 * hidden),
-        vocab_size=int(text.get("vocab_size") or 0),
-        kv_dim=kv_heads * head_dim,
-    )
+    if not isinstance(text, dict):
+        raise EstimateError(f"config.json in {folder}: text_config is not a JSON object.")
+    try:
+        hidden = int(text.get("hidden_size") or text.get("n_embd") or 0)
+        heads = int(text.get("num_attention_heads") or text.get("n_head") or 1)
+        kv_heads = int(text.get("num_key_value_heads") or heads)
+        head_dim = int(text.get("head_dim") or (hidden // heads if heads else 0))
+        return ModelShape(
+            tensors=tuple(tensors.values()),
+            hidden_size=hidden,
+            num_layers=int(text.get("num_hidden_layers") or text.get("n_layer") or 0),
+            intermediate_size=int(text.get("intermediate_size") or text.get("n_inner") or 4 * hidden),
+            vocab_size=int(text.get("vocab_size") or 0),
+            kv_dim=kv_heads * head_dim,
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise EstimateError(f"config.json in {folder} has a size that is not a number: {exc}") from exc
 
 
 def _is_linear(t: Tensor) -> bool:

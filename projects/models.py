@@ -125,6 +125,9 @@ class TrainingRun(models.Model):
     # What the run trains with, copied from the project at Start (projects.run_config.RunConfig).
     config = models.JSONField(default=dict, blank=True)
     output_directory = models.CharField(max_length=4096, blank=True)
+    # 'device:inode' of the run folder the train stage created ('': not created yet, or trained before this was
+    # recorded): whoever reads the run's files later reads them only from that very folder (projects.run_folder).
+    run_folder_identity = models.CharField(max_length=64, blank=True, editable=False)
     last_checkpoint = models.CharField(max_length=4096, blank=True)
 
     task_ids = models.JSONField(default=dict, blank=True)
@@ -199,6 +202,14 @@ class TokenCount(models.Model):
     state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
     result = models.JSONField(default=dict, blank=True)
     requested_at = models.DateTimeField(default=timezone.now)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The member whose check last queued this count (a member's waiting counts are bounded).",
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:

@@ -20,6 +20,7 @@ from models_registry.names import name_error, name_from_folder
 from models_registry.published import (
     PUBLISH_ACTION,
     UNPUBLISH_ACTION,
+    first_word_key,
     last_event_alike,
     name_key,
     organisation_problem,
@@ -31,12 +32,18 @@ from models_registry.services import current_cache_dir
 from mtm import audit
 from mtm.audit import Actor
 from mtm.shared.nofollow import open_dir_nofollow
+from mtm.shared.owned_files import open_subdir
 from mtm.shared.problems import Problem
 from projects.access import can_manage
 from projects.models import RunStage, RunStatus, TrainingRun
+from projects.run_folder import RunFolderRefused, open_run_folder, published_folder_problem
 from projects.run_manifest import ManifestInvalid, ManifestMissing, read_manifest, written_manifest
 from projects.trainer.outputs import MANIFEST_NAME, MERGED_DIR
 
+PUBLISH_HINT = (
+    "Put the run's own folder back at that path (the one it trained in; `ls -lid` shows a folder's inode), or train "
+    "the project again and publish that run."
+)
 PUBLISHED_FIELDS = (
     "model_name",
     "path",
@@ -186,10 +193,18 @@ def _facts(manifest: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def check_published_folder(name: str, folder: str) -> Resolution:
-    """What the resolver makes of `folder` published as `name` (the format checks every model passes)."""
+def _format_check(name: str, folder: str) -> Resolution:
+    """What the resolver makes of `folder` as `name` (the format checks every model passes)."""
     cache_dir, _ = current_cache_dir()
     return resolve(name, cache_dir=cache_dir, published_path=folder)
+
+
+def check_published_folder(published: PublishedModel) -> Resolution:
+    """What the resolver makes of a published model's folder now: invalid (run_folder_changed) when its run's folder
+    is no longer the one the worker made, else the format checks."""
+    cache_dir, _ = current_cache_dir()
+    problem = published_folder_problem(published.path, published.run, published.model_name)
+    return resolve(published.model_name, cache_dir=cache_dir, published_path=published.path, published_problem=problem)
 
 
 def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str = "") -> dict[str, Any]:
@@ -218,30 +233,23 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
     if clash := _another_members_organisation(name, actor.user):
         raise clash
     try:
-        if not os.path.isabs(run.output_directory or ""):
-            raise FileNotFoundError(run.output_directory)
-        folder_fd = open_dir_nofollow(run.output_directory)
-    except OSError:
-        raise _refuse(
-            "run_files_missing",
-            f"Run {run.pk}'s folder {run.output_directory} cannot be opened without following a link: it is gone, "
-            "or a folder on its path was replaced by a link.",
-            "Publish a run whose files are on disk where it wrote them.",
-        ) from None
+        folder_fd = open_run_folder(run, PUBLISH_HINT)
+    except RunFolderRefused as refused:
+        raise PublishRefused([refused.problem]) from None
     try:
         manifest = _read_manifest(folder_fd, run)
-    finally:
-        os.close(folder_fd)
-    folder = _model_folder(run, manifest)
-    try:
-        os.close(open_dir_nofollow(folder))
+        folder = _model_folder(run, manifest)
+        if folder != run.output_directory:
+            os.close(open_subdir(folder_fd, MERGED_DIR))
     except OSError:
         raise _refuse(
             "run_files_missing",
             f"Run {run.pk}'s model folder {folder} is missing or is a link.",
             "Publish a run whose files are on disk where it wrote them.",
         ) from None
-    resolution = check_published_folder(name, folder)
+    finally:
+        os.close(folder_fd)
+    resolution = _format_check(name, folder)
     if not resolution.valid:
         raise PublishRefused(resolution.errors)
     values = {
@@ -257,9 +265,9 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
 def _another_members_organisation(name: str, user: Any) -> PublishRefused | None:
     """'bob/my-model' published by alice would pass for bob's: a member's username is their own organisation."""
     organisation = name.split("/", 1)[0]
-    key = part_key(organisation)
+    keys = {part_key(organisation), first_word_key(organisation)}  # 'bob', 'Bob_team' and 'bob-lab' are bob's
     for username in get_user_model().objects.exclude(pk=user.pk).values_list("username", flat=True).iterator():
-        if part_key(username) == key:
+        if part_key(username) in keys:
             return _refuse(
                 "organisation_is_a_member",
                 f"'{name}' would be published under '{organisation}', which is the name of the member {username}: "

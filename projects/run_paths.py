@@ -9,20 +9,21 @@ member controls; a separate eval file is rechecked and snapshotted the same way.
 anything read from a file.
 
 The run's own folder (`<output directory>/run-<id>`) is created by the train stage with mkdir, never adopted, and
-its device and inode are recorded in the run's work folder: the validate stage re-opens it without following links
-and reads nothing unless it is still that folder.
+its device and inode are recorded on the run's row (`run_folder_identity`): the validate stage re-opens it without
+following links and reads nothing unless it is still that folder (as everyone who reads it later does:
+projects.run_folder).
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from models_registry.services import dataset_roots, validate_output_dir
+from mtm.shared.claims import identity_of_open
 from mtm.shared.nofollow import LINK_ERRORS as _LINK_ERRORS
 from mtm.shared.nofollow import open_dir_nofollow, open_file_nofollow
 from mtm.shared.owned_files import DIR_MODE, open_subdir, write_new
@@ -33,7 +34,6 @@ from projects.datasets.errors import DATASET_UNREADABLE
 from projects.models import TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.run_config import run_config
-from projects.run_records import work_folder
 from projects.uploads import upload_problems
 
 OUTPUT_CHANGED = "output_directory_changed"
@@ -105,14 +105,14 @@ def recheck(run: TrainingRun) -> Problem | None:
 
 RUN_FOLDER_EXISTS = "run_folder_exists"
 RUN_FOLDER_CHANGED = "run_folder_changed"
-_IDENTITY_FILE = "run-folder.json"  # in the run's work folder, which only the portal writes
 
 
 def create_run_folder(run: TrainingRun) -> int:
     """Create the run's folder (DIR_MODE) inside its project's output directory and return a descriptor of it. The
     output directory is walked without following links (missing folders created); the run folder itself is made by
     this call with mkdir, never adopted: PathChanged (run_folder_exists) when anything already has its name. The
-    folder's device and inode are recorded so later stages can tell it is still the same folder."""
+    folder's device and inode are recorded on the run's row so that every later reader can tell it is still the same
+    folder."""
     parent_path, name = os.path.split(run.output_directory)
     try:
         parent = open_dir_nofollow(parent_path, create=True)
@@ -129,10 +129,8 @@ def create_run_folder(run: TrainingRun) -> int:
     finally:
         os.close(parent)
     os.fchmod(fd, DIR_MODE)  # whatever the umask
-    info = os.fstat(fd)
-    folder = work_folder(run.pk)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / _IDENTITY_FILE).write_text(json.dumps({"device": info.st_dev, "inode": info.st_ino}))
+    run.run_folder_identity = identity_of_open(fd)
+    TrainingRun.objects.filter(pk=run.pk).update(run_folder_identity=run.run_folder_identity)
     return fd
 
 
@@ -145,12 +143,10 @@ def run_folder_exists(path: str) -> Problem:
     )
 
 
-def _recorded_identity(run: TrainingRun) -> tuple[int, int] | None:
-    try:
-        recorded = json.loads((work_folder(run.pk) / _IDENTITY_FILE).read_text())
-        return int(recorded["device"]), int(recorded["inode"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def _recorded_identity(run: TrainingRun) -> str:
+    """The identity the train stage recorded, read from the row (it may be newer than `run`): '' when none was."""
+    recorded = TrainingRun.objects.filter(pk=run.pk).values_list("run_folder_identity", flat=True).first()
+    return recorded or ""
 
 
 def reopen_run_folder(run: TrainingRun) -> int:
@@ -161,8 +157,7 @@ def reopen_run_folder(run: TrainingRun) -> int:
         fd = open_dir_nofollow(run.output_directory)
     except OSError:
         raise PathChanged(run_folder_changed(run.output_directory)) from None
-    info = os.fstat(fd)
-    if recorded != (info.st_dev, info.st_ino):
+    if not recorded or identity_of_open(fd) != recorded:
         os.close(fd)
         raise PathChanged(run_folder_changed(run.output_directory))
     return fd
@@ -180,8 +175,7 @@ def open_resume_checkpoint(run: TrainingRun) -> int | None:
             recorded = _recorded_identity(source)  # none for runs trained before folders were recorded
             folder = open_dir_nofollow(source.output_directory)
             try:
-                info = os.fstat(folder)
-                if recorded is not None and recorded != (info.st_dev, info.st_ino):
+                if recorded and identity_of_open(folder) != recorded:
                     raise PathChanged(resume_changed(path, source.pk))
                 return open_subdir(folder, os.path.basename(path))
             finally:

@@ -8,6 +8,7 @@ of their own point at the project's output directory itself; they are read the s
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -17,6 +18,8 @@ from typing import Any
 
 from django.conf import settings
 
+from mtm.shared.claims import Standing, standing
+from mtm.shared.nofollow import open_file_nofollow
 from mtm.shared.problems import Problem
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.run_config import RunConfig, run_config
@@ -94,8 +97,15 @@ def run_artifacts(run: TrainingRun, config: RunConfig | None = None) -> list[Art
 
 
 def files_missing(run: TrainingRun, artifacts: list[Artifact]) -> bool:
-    """A succeeded run whose output is gone from disk (deleted or moved since)."""
-    return run.status == RunStatus.SUCCEEDED and any(not a.exists for a in artifacts if a.name != "checkpoint")
+    """A succeeded run whose output is gone from disk (deleted or moved since), or whose folder is no longer the one
+    its train stage created (another folder, or a link, stands at its path: projects.run_folder reads nothing there)."""
+    if run.status != RunStatus.SUCCEEDED:
+        return False
+    if any(not a.exists for a in artifacts if a.name != "checkpoint"):
+        return True
+    if not run.output_directory:
+        return False
+    return standing(run.output_directory, run.run_folder_identity)[0] is not Standing.INTACT
 
 
 # --- resume --------------------------------------------------------------------------------------------------
@@ -148,19 +158,44 @@ def resume_source(project: TrainingProject, source: TrainingRun | None) -> tuple
     return source, checkpoint
 
 
-def _trained_state(checkpoint: Path) -> dict[str, Any]:
+def _trained_state(checkpoint: Path) -> dict[str, Any] | Problem:
+    """The checkpoint's trainer_state.json, or why it cannot be resumed from. Opened without following any link
+    and without waiting (a FIFO swapped in for it is refused, never read: this runs inside Start's locks), and read
+    only up to _STATE_BYTES."""
+    path = checkpoint / "trainer_state.json"
     try:
-        with open(checkpoint / "trainer_state.json", "rb") as fh:
-            state = json.loads(fh.read(_STATE_BYTES))
+        fd = open_file_nofollow(str(path))
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            why = "is reached through a link"
+        elif exc.errno == errno.EINVAL:
+            why = "is not a regular file (a FIFO, device or socket)"
+        else:
+            why = f"cannot be read ({exc.strerror or exc})"
+        return _refused(
+            f"Cannot resume from {checkpoint.name}: {path} {why}; a checkpoint the trainer wrote holds only regular "
+            "files in its run's own folder.",
+            "Start a fresh run, or pick another run of this project that left a checkpoint.",
+            code="checkpoint_unsafe",
+        )
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(_STATE_BYTES + 1)
+        state = json.loads(data) if len(data) <= _STATE_BYTES else {}
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
 
 
 def nothing_left_to_train(checkpoint: Path, config: RunConfig) -> Problem | None:
-    """Why resuming from `checkpoint` with `config` would train nothing, or None. Only max_steps (or the epochs)
-    can be compared here; the trainer compares the step count again once it knows the data's size."""
+    """Why resuming from `checkpoint` with `config` would train nothing (or cannot be done from it), or None. Only
+    max_steps (or the epochs) can be compared here; the trainer compares the step count again once it knows the
+    data's size."""
     state = _trained_state(checkpoint)
+    if isinstance(state, Problem):
+        return state
     step = state.get("global_step")
     if isinstance(step, bool) or not isinstance(step, int):
         step = checkpoint_step(checkpoint)

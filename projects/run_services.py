@@ -10,7 +10,8 @@ import logging
 
 from django.db import transaction
 
-from models_registry.services import dataset_roots
+from models_registry.deep_state import cached_refusal
+from models_registry.services import dataset_roots, resolve_model
 from mtm import audit
 from mtm.audit import Actor
 from mtm.shared.paths import is_within, resolved
@@ -24,6 +25,7 @@ from projects.pipeline import CancelOutcome, fail, live_run_on, record_task_id, 
 from projects.run_config import RunConfig
 from projects.tasks import resolve_run
 from projects.uploads import upload_problems
+from workers.fit import model_shape
 from workers.placement import PlacementRefused, place
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,11 @@ def start_run(
     continues from a complete checkpoint of `resume_from` (a run of this project; the latest run when not
     given); a run is refused while another live run writes to the same folder, and when the member who starts it
     has as many live runs as the cap allows (projects.live_run_cap)."""
+    # The model's files are read before any lock is taken: only the decisions are made under the locks.
+    shape = model_shape(project)
+    # transformers' cached refusal stops Start at once; a model not yet checked is checked by the resolve stage.
+    if refusal := cached_refusal(resolve_model(project.model_name, project.revision or None)):
+        raise RunRefused(refusal)
     with transaction.atomic():
         lock_member(actor.authenticated_user)  # one member's Starts in turn, so they cannot pass the cap together
         # Lock the project row so two Start presses cannot both pass the live-run check (delete takes it too).
@@ -98,7 +105,7 @@ def start_run(
         run.output_directory = run_records.run_folder(real, run.pk)
         run.save(update_fields=["output_directory"])
         try:
-            queue = place(run).queue
+            queue = place(run, shape).queue
         except PlacementRefused as refused:
             raise RunRefused(refused.problem) from refused
         changes = {"status": [None, run.status], "resume": [None, run.resume]}

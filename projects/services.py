@@ -14,6 +14,7 @@ from typing import Any
 
 from django.db import transaction
 
+from models_registry.deep_state import overruled_by_cache
 from models_registry.resolution import Resolution
 from models_registry.services import dataset_roots, resolve_model
 from models_registry.trainability import training_refusal
@@ -147,7 +148,7 @@ def check_project(
     check.hyperparameters = hp
 
     model_name, revision = data.get("model_name", ""), _text(data, "revision")
-    resolution = resolve_model(model_name, revision or None)
+    resolution = overruled_by_cache(resolve_model(model_name, revision or None))
     check.resolution = resolution
     check.warnings["model_name"] = list(resolution.warnings)
     if on_workers := held_elsewhere(model_name, resolution):

@@ -66,7 +66,9 @@ def resolve_stage(run_id: int, taken: bool = False) -> bool:
     run = TrainingRun.objects.select_related("project", "project__owner", "started_by").get(pk=run_id)
     project = run.project
     config = run_config(run)
-    resolution = resolve_model(config.model_name, config.revision or None)
+    from models_registry.deep_state import overruled_on_worker  # transformers' verdict overrules what it can judge
+
+    resolution = overruled_on_worker(resolve_model(config.model_name, config.revision or None))
     if not resolution.valid:
         return not fail(run_id, RunStage.RESOLVE, resolution.errors[0], _problem_lines(resolution.errors))
     if refusal := training_refusal(resolution):

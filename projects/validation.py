@@ -6,19 +6,22 @@ run in a child process (projects.inference_check).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from django.conf import settings
 
-from models_registry.checks import check_model_folder
+from models_registry.checks import MAX_JSON_BYTES, check_model_folder
 from projects.inference_check import RESULT_PREFIX
 from projects.run_columns import BeforeAfter, PreferenceResult, ValidationCheck, ValidationReport
+from projects.run_folder_scan import foreign_entries, read_at, walk
 from projects.trainer.outputs import MANIFEST_NAME
 
 ADAPTER_FILES = ("adapter_config.json",)
@@ -37,15 +40,49 @@ def _check(name: str, passed: bool, detail: str, started: float) -> ValidationCh
     return ValidationCheck(name=name, passed=passed, detail=detail, seconds=round(time.monotonic() - started, 3))
 
 
-def _layout(output_dir: Path) -> tuple[dict | None, str]:
+@contextlib.contextmanager
+def _opened(shown: Path, folder_fd: int | None) -> Iterator[int | None]:
+    """The descriptor the checks read through: the caller's, else the folder at `shown` opened here (None when there
+    is no folder)."""
+    if folder_fd is not None:
+        yield folder_fd
+        return
     try:
-        manifest = json.loads((output_dir / MANIFEST_NAME).read_text())
+        own = os.open(shown, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield None
+        return
+    try:
+        yield own
+    finally:
+        os.close(own)
+
+
+def _layout(folder_fd: int | None, shown: Path) -> tuple[dict | None, str]:
+    if folder_fd is None:
+        return None, f"{MANIFEST_NAME} is missing from {shown}: the folder cannot be opened."
+    try:
+        manifest = json.loads(read_at(folder_fd, MANIFEST_NAME, MAX_JSON_BYTES))
         layout = manifest["layout"]
         return {"model_dir": layout.get("model_dir"), "adapter_dir": layout.get("adapter_dir")}, ""
     except FileNotFoundError:
-        return None, f"{MANIFEST_NAME} is missing from {output_dir}."
+        return None, f"{MANIFEST_NAME} is missing from {shown}."
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        return None, f"{MANIFEST_NAME} is unreadable or has no layout: {exc}."
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return None, f"{MANIFEST_NAME} is unreadable or has no layout: {reason}."
+
+
+def foreign_problem(folder_fd: int | None, shown: Path) -> str:
+    """What the files check says about entries the trainer never writes (FIFOs, links, devices), or ''."""
+    found = foreign_entries(folder_fd) if folder_fd is not None else []
+    if not found:
+        return ""
+    named = ", ".join(f"{entry.rel} ({entry.kind()})" for entry in found[:10])
+    more = f" and {len(found) - 10} more" if len(found) > 10 else ""
+    return (
+        f"{shown} holds what a run never writes: {named}{more}. A run folder holds only folders and regular files; "
+        "these were put there by someone else, and the run's output is not trusted. Start a fresh run."
+    )
 
 
 def files_check(output_dir: Path, layout: dict, trust_remote_code: bool = False) -> tuple[bool, str]:
@@ -65,17 +102,24 @@ def files_check(output_dir: Path, layout: dict, trust_remote_code: bool = False)
     return True, f"All required files present ({where})."
 
 
-def json_check(output_dir: Path) -> tuple[bool, str]:
-    """Every JSON file of the final output (checkpoints excluded) parses."""
+def _is_checkpoint(name: str) -> bool:
+    return name.startswith("checkpoint-")
+
+
+def json_check(folder_fd: int | None) -> tuple[bool, str]:
+    """Every JSON file of the final output (checkpoints excluded) is a regular file that parses; each is read through
+    the folder's descriptor, without following a link and up to a bound."""
     bad, count = [], 0
-    for path in sorted(output_dir.rglob("*.json")):
-        if any(part.startswith("checkpoint-") for part in path.relative_to(output_dir).parts):
+    for entry, dir_fd, name in walk(folder_fd, skip=_is_checkpoint) if folder_fd is not None else ():
+        if entry.folder or not name.endswith(".json"):
             continue
         count += 1
         try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            bad.append(f"{path.relative_to(output_dir)}: {exc}")
+            json.loads(read_at(dir_fd, name, MAX_JSON_BYTES).decode("utf-8"))
+        except OSError as exc:
+            bad.append(f"{entry.rel}: {'it is a link' if entry.kind() == 'a link' else exc.strerror or exc}")
+        except (UnicodeDecodeError, ValueError) as exc:
+            bad.append(f"{entry.rel}: {exc}")
     if bad:
         return False, "Invalid JSON: " + "; ".join(bad)
     return True, f"{count} JSON files parse."
@@ -122,13 +166,16 @@ def validate_output(
     output_dir = read_path(folder_fd) if folder_fd is not None else shown
     checks: list[ValidationCheck] = []
     started = time.monotonic()
-    layout, problem = _layout(output_dir)
-    if layout is None:
-        checks.append(_check("files", False, problem, started))
-    else:
-        checks.append(_check("files", *files_check(output_dir, layout, trust_remote_code), started))
-    started = time.monotonic()
-    checks.append(_check("json", *json_check(output_dir), started))
+    with _opened(shown, folder_fd) as reading:
+        layout, problem = _layout(reading, shown)
+        if foreign := foreign_problem(reading, shown):
+            checks.append(_check("files", False, foreign, started))
+        elif layout is None:
+            checks.append(_check("files", False, problem, started))
+        else:
+            checks.append(_check("files", *files_check(output_dir, layout, trust_remote_code), started))
+        started = time.monotonic()
+        checks.append(_check("json", *json_check(reading), started))
     sample = ""
     result: dict = {}
     prompt = prompt or DEFAULT_PROMPT
@@ -189,9 +236,10 @@ def preference_check(
     started = time.monotonic()
     shown = Path(output_dir)
     output_dir = read_path(folder_fd) if folder_fd is not None else shown
-    layout, problem = _layout(output_dir)
+    with _opened(shown, folder_fd) as reading:
+        layout, problem = _layout(reading, shown)
     if layout is None:
-        return _check("preference", False, problem.replace(str(output_dir), str(shown)), started), None
+        return _check("preference", False, problem, started), None
     model_dir = output_dir / layout["model_dir"] if layout.get("model_dir") else None
     spec = {
         "base_model_path": base_model_path,

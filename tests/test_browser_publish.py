@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mtm.shared.claims import identity_of
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.sample_dataset import write_sample_dataset
 from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
@@ -50,6 +51,8 @@ def test_publish_a_run_and_train_a_new_project_on_it(
     run.output_directory = str(Path(project.output_directory) / f"run-{run.pk}")
     run.save(update_fields=["output_directory"])
     shutil.copytree(tiny_llama_dir, run.output_directory)
+    run.run_folder_identity = identity_of(run.output_directory)  # as the train stage records the folder it made
+    run.save(update_fields=["run_folder_identity"])
     manifest = {
         "format": 1,
         "base_model": {"name": tiny_llama_in_cache[0], "revision": tiny_llama_in_cache[1].name},

@@ -8,6 +8,7 @@ import pytest
 from django.utils.html import escape
 
 from mtm.models import AuditEvent
+from mtm.shared.claims import identity_of
 from playground.models import Conversation, Generation, LoadedModel
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from tests.api_client import call, codes, make_user_token
@@ -294,7 +295,12 @@ def test_a_model_that_fails_to_load_ends_the_message_with_an_error(members):
     project = TrainingProject.objects.create(
         name="d", owner=alice, model_name=members["model"], dataset_path="/x.jsonl", output_directory=str(output)
     )
-    run = TrainingRun.objects.create(project=project, status=RunStatus.SUCCEEDED, output_directory=str(output))
+    run = TrainingRun.objects.create(
+        project=project,
+        status=RunStatus.SUCCEEDED,
+        output_directory=str(output),
+        run_folder_identity=identity_of(output),
+    )
     conversation = new_conversation(token, run_id=run.pk)
     assert conversation["kind"] == "run" and conversation["run_id"] == run.pk
     path = f"/playground/conversations/{conversation['id']}/messages"
@@ -309,6 +315,38 @@ def test_a_model_that_fails_to_load_ends_the_message_with_an_error(members):
     shutil.rmtree(output)
     gone = call(secure_client(), "POST", path, {"message": "hi"}, token=token)
     assert gone.status_code == 409 and codes(gone.json()["errors"]) == ["run_output_missing"]
+
+
+def test_a_run_answers_from_the_folder_it_made_and_is_refused_once_swapped(members):
+    """The worker loads a run's model through a descriptor of the folder the run made; once a member swaps that
+    folder for a copy with a chat template of her own, the next message is refused before anything is queued."""
+    import json
+    import shutil
+
+    alice, token = members["alice"]
+    output = members["root"] / "outputs" / "mine" / "run-1"
+    shutil.copytree(members["snapshot"], output)  # the real files (the snapshot's links followed)
+    (output / "mtm_manifest.json").write_text(json.dumps({"layout": {"model_dir": ".", "adapter_dir": None}}))
+    project = TrainingProject.objects.create(
+        name="m", owner=alice, model_name=members["model"], dataset_path="/x.jsonl", output_directory=str(output.parent)
+    )
+    run = TrainingRun.objects.create(
+        project=project,
+        status=RunStatus.SUCCEEDED,
+        output_directory=str(output),
+        run_folder_identity=identity_of(output),
+    )
+    path = f"/playground/conversations/{new_conversation(token, run_id=run.pk)['id']}/messages"
+    sent = call(secure_client(), "POST", path, {"message": "Say hello:", **GREEDY}, token=token)
+    assert sent.status_code == 202, sent.content
+    ended, _ = read_until_done(token, sent.json()["id"])
+    assert ended["status"] == "succeeded" and ended["reply"], ended
+    output.rename(output.with_name("run-1.orig"))
+    shutil.copytree(output.with_name("run-1.orig"), output)
+    (output / "chat_template.jinja").write_text('{{ "PWNED" }}')
+    refused = call(secure_client(), "POST", path, {"message": "Hello"}, token=token)
+    assert refused.status_code == 409 and codes(refused.json()["errors"]) == ["run_folder_changed"]
+    assert str(output) in refused.json()["errors"][0]["message"]
 
 
 def test_chat_through_the_pages(members):

@@ -22,6 +22,7 @@ from models_registry.models import ModelOverride, PublishedModel
 from models_registry.services import resolve_model
 from mtm.audit import Actor, Channel
 from mtm.models import AuditEvent
+from mtm.shared.claims import identity_of
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.publishing import PublishRefused, publish_run
 from projects.run_config import RunConfig
@@ -38,6 +39,7 @@ def manifest(model_dir: str | None, method: str = "full") -> dict:
         "method": method,
         "dataset": {"path": "/data/qa.jsonl", "sha256": SHA},
         "layout": {"model_dir": model_dir, "adapter_dir": None if method == "full" else "."},
+        "finished_at": "2026-12-01T10:00:00+00:00",
     }
 
 
@@ -60,12 +62,19 @@ def project_of(team: dict, owner, name: str, model_name: str = "test-org/tiny-ll
     )
 
 
+def as_created(run: TrainingRun) -> TrainingRun:
+    """The run's folder recorded on its row, as the train stage records the folder it creates."""
+    run.run_folder_identity = identity_of(run.output_directory)
+    run.save(update_fields=["run_folder_identity"])
+    return run
+
+
 def full_fine_tune_run(project: TrainingProject, model_dir: Path) -> TrainingRun:
     """A succeeded full fine-tune as the trainer leaves it: a complete model at the top of its folder, a manifest."""
     run = finished_run(project)
     shutil.copytree(model_dir, run.output_directory)
     (Path(run.output_directory) / "mtm_manifest.json").write_text(json.dumps(manifest(".")))
-    return run
+    return as_created(run)
 
 
 @pytest.fixture
@@ -189,7 +198,7 @@ def test_a_run_that_failed_or_kept_only_an_adapter_is_refused(team, api):
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
     (folder / "mtm_manifest.json").write_text(json.dumps(manifest(None, method="lora")))
-    resp = api("alice", adapter_only, "team/adapter")
+    resp = api("alice", as_created(adapter_only), "team/adapter")
     assert resp.status_code == 422 and codes(resp) == ["adapter_not_merged"]
     assert "Download the adapter" in resp.json()["errors"][0]["hint"]
     assert api("alice", team["run"], "bad name!").status_code == 422
@@ -235,7 +244,7 @@ def test_a_manifest_or_folder_that_points_elsewhere_is_refused(team, api, tiny_l
     folder.rename(moved)
     folder.symlink_to(moved)
     resp = api("alice", run, "team/linked-run")
-    assert resp.status_code == 422 and codes(resp) == ["run_files_missing"]
+    assert resp.status_code == 422 and codes(resp) == ["run_folder_changed"]
     assert not PublishedModel.objects.exists()
 
 
@@ -473,7 +482,7 @@ def lora_run(team, tmp_path):
     (folder / "leak.txt").symlink_to(secret)  # a link to a file outside
     (folder / "leak-dir").symlink_to(tmp_path / "secret-dir")  # and to a folder outside
     os.link(secret, folder / "hardlink.txt")  # another name for a file outside
-    return run, files
+    return as_created(run), files
 
 
 def members(data: bytes) -> dict[str, bytes]:
@@ -511,7 +520,8 @@ def test_the_adapter_is_not_for_strangers_or_runs_without_one(team, lora_run, cl
     folder.rename(moved)
     folder.symlink_to(moved)  # the run's folder swapped for a link
     linked = call(client, "get", f"/runs/{run.pk}/adapter.tar.gz", None, team["tokens"]["alice"])
-    assert linked.status_code == 404 and "reached through a link" in linked.json()["errors"][0]["message"]
+    assert linked.status_code == 409 and codes(linked) == ["run_folder_changed"]
+    assert "is now a link" in linked.json()["errors"][0]["message"]
     assert call(client, "get", "/runs/999999/adapter.tar.gz", None, team["tokens"]["alice"]).status_code == 404
 
 

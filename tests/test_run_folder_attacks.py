@@ -20,7 +20,7 @@ from mtm.shared.owned_files import DIR_MODE, FILE_MODE
 from projects import stages
 from projects.adapter_archive import AdapterUnavailable, adapter_archive
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.run_paths import reopen_run_folder
+from projects.run_paths import create_run_folder, reopen_run_folder
 from projects.run_records import run_folder
 from projects.services import create_project
 from projects.trainer.errors import TrainerError
@@ -214,8 +214,8 @@ def lora_run(team) -> TrainingRun:
         owner=team["alice"], **fields(team["root"], "test-org/tiny-llama", name="lora", method="lora")
     )
     run = run_of(project, team["alice"], status=RunStatus.SUCCEEDED)
+    os.close(create_run_folder(run))  # made and recorded as its train stage does
     folder = Path(run.output_directory)
-    folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     (folder / "adapter_model.safetensors").write_bytes(os.urandom(300_000))
     (folder / MANIFEST_NAME).write_text('{"format": 1}')
@@ -263,8 +263,6 @@ def test_the_adapter_archive_refuses_a_file_past_the_size_limit(team, settings, 
 
 @pytest.mark.parametrize("swap", ["link", "copy"])
 def test_a_resume_whose_source_folder_was_swapped_reads_nothing(team, tiny_llama_in_cache, tmp_path, swap):
-    from projects.run_paths import create_run_folder
-
     name, snapshot = tiny_llama_in_cache
     project = create_project(actor=as_(team["mallory"]), data=fields(team["root"], name))
     source = run_of(project, team["mallory"], status=RunStatus.CANCELLED, snapshot=snapshot)

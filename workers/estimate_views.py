@@ -15,7 +15,7 @@ from mtm.htmx import HtmxHttpRequest
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.memory_estimate import estimate, remedies, setup_for
 from projects.models import TrainingMethod, TrainingProject
-from workers.fit import fits_for, live_training_workers, model_shape
+from workers.fit import fits_for, live_training_workers, read_shape
 
 MAX_PARAM_CHARS = 200
 
@@ -46,7 +46,9 @@ def estimate_context(params: Any) -> dict[str, Any]:
         method=method,
         hyperparameters=hp.to_dict(),
     )
-    shape = model_shape(project)
+    shape, unreadable = read_shape(project)
+    if shape is None and unreadable:
+        return {"note": f"No memory estimate: {unreadable} Re-download the model or ask staff to check its folder."}
     if shape is None:
         return {"note": f"The memory estimate is shown once '{model_name}' resolves here with safetensors weights."}
     fits = fits_for(project, shape, live_training_workers())

@@ -51,15 +51,21 @@ class Fit:
         return self.holds_model and self.fits_memory and self.enough_devices
 
 
-def model_shape(project: TrainingProject) -> ModelShape | None:
-    """The model's shape from the files this host sees; None when it has no readable copy."""
+def read_shape(project: TrainingProject) -> tuple[ModelShape | None, str]:
+    """The model's shape from the files this host sees, or None and why not (no readable copy here, or a file of it
+    that is not a regular file or too large: those are refused, never waited on)."""
     resolution = resolve_model(project.model_name, project.revision or None)
     if not resolution.valid or not resolution.path:
-        return None
+        return None, ""
     try:
-        return read_model_shape(Path(resolution.path))
-    except EstimateError:
-        return None
+        return read_model_shape(Path(resolution.path)), ""
+    except EstimateError as exc:
+        return None, str(exc)
+
+
+def model_shape(project: TrainingProject) -> ModelShape | None:
+    """The model's shape from the files this host sees; None when it has no readable copy."""
+    return read_shape(project)[0]
 
 
 def holds(worker: Worker, model_name: str) -> bool:

@@ -88,16 +88,17 @@ def _line_length(queue: str) -> int:
     return RunPlacement.objects.filter(queue=queue, run__status=RunStatus.QUEUED, worker_name="").count()
 
 
-def decide(project: TrainingProject) -> tuple[str, str]:
+def decide(project: TrainingProject, shape: ModelShape | None = None) -> tuple[str, str]:
     """The queue for a run of `project` and what it waits for. Raises PlacementRefused when live workers report
-    and none can host it. With no live worker the run waits on the shared queue for one to start."""
+    and none can host it. With no live worker the run waits on the shared queue for one to start. `shape`: the
+    model's shape when the caller read it already (Start reads it before taking its locks)."""
     workers = live_training_workers()
     needed = Hyperparameters.from_stored(project.hyperparameters).devices
     if not workers:  # a run on several devices waits where only a worker owning that many looks
         if needed > 1:
             return devices_queue(needed), f"a training worker with ≥ {needed} devices (none is running now)"
         return training_queue(), "a training worker (none is running now)"
-    shape = model_shape(project)
+    shape = shape or model_shape(project)
     fits = fits_for(project, shape, workers)
     able = [f for f in fits if f.fits]
     # This host sees the model and no worker's last report lists it: a report may be a period behind the cache,
@@ -132,9 +133,10 @@ def decide(project: TrainingProject) -> tuple[str, str]:
     return own_queue(chosen.worker.name), f"the worker {chosen.worker.name}"
 
 
-def place(run: TrainingRun) -> RunPlacement:
-    """Record the queue the run is sent to (inside Start's transaction); PlacementRefused when nothing can host it."""
-    queue, waiting_for = decide(run.project)
+def place(run: TrainingRun, shape: ModelShape | None = None) -> RunPlacement:
+    """Record the queue the run is sent to (inside Start's transaction); PlacementRefused when nothing can host it.
+    `shape`: the model's shape, read before the transaction took its locks."""
+    queue, waiting_for = decide(run.project, shape)
     return RunPlacement.objects.create(run=run, queue=queue, waiting_for=waiting_for[:255])
 
 

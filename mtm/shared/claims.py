@@ -41,6 +41,11 @@ def identity_of(path: str) -> str:
     return "" if stat.S_ISLNK(st.st_mode) else _identity_text(st)
 
 
+def identity_of_open(fd: int) -> str:
+    """'device:inode' of the file or folder `fd` is open on."""
+    return _identity_text(os.fstat(fd))
+
+
 def followed_identity(path: str) -> str:
     """'device:inode' of what `path` leads to (links followed), or '' when it leads nowhere that can be read."""
     try:

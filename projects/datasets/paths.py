@@ -13,6 +13,7 @@ from typing import IO, Any
 
 from django.core.files.move import file_move_safe
 
+from models_registry.regular_files import NotRegularFile, open_regular_file
 from mtm.shared.paths import is_within, resolved, roots_text
 from mtm.shared.problems import Problem
 from projects.datasets.errors import (
@@ -147,9 +148,19 @@ def _file_problems(real: str, result: DatasetPathCheck) -> list[Problem]:
         what = "a directory" if os.path.isdir(real) else "not a regular file"
         return [Problem(NOT_A_FILE, f"Dataset path {real} is {what}.", "Give the path of the dataset file itself.")]
     try:
-        with open(real, "rb") as fh:
+        # Not a plain open(): a FIFO swapped in after the isfile() above would hold this check (and a Start's
+        # locks, which it runs under) until someone writes to it.
+        with open_regular_file(real) as fh:
             fh.read(1)
-        result.size_bytes = os.stat(real).st_size
+            result.size_bytes = os.fstat(fh.fileno()).st_size
+    except NotRegularFile as exc:
+        return [
+            Problem(
+                NOT_A_FILE,
+                f"Dataset path {real} cannot be read as a dataset: {exc.strerror}.",
+                "Give the path of the dataset file itself (a regular file).",
+            )
+        ]
     except OSError as exc:
         return [
             Problem(
