@@ -13,9 +13,10 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 
+from models_registry.deep_state import overruled_on_worker
 from models_registry.models import ModelOverride
 from models_registry.services import dataset_roots, resolve_model, validate_output_dir
-from models_registry.trainability import training_refusal
+from models_registry.trainability import deep_training_refusal, training_refusal
 from mtm.shared.files import file_sha256
 from mtm.shared.owned_files import make_staging, remove_tree
 from mtm.shared.problems import Problem
@@ -66,16 +67,13 @@ def resolve_stage(run_id: int, taken: bool = False) -> bool:
     run = TrainingRun.objects.select_related("project", "project__owner", "started_by").get(pk=run_id)
     project = run.project
     config = run_config(run)
-    from models_registry.deep_state import overruled_on_worker  # transformers' verdict overrules what it can judge
-
+    # transformers' verdict (cached per snapshot) overrules the instant errors it can judge
     resolution = overruled_on_worker(resolve_model(config.model_name, config.revision or None))
     if not resolution.valid:
         return not fail(run_id, RunStage.RESOLVE, resolution.errors[0], _problem_lines(resolution.errors))
     if refusal := training_refusal(resolution):
         return not fail(run_id, RunStage.RESOLVE, refusal)
-    from models_registry.trainability import deep_training_refusal  # transformers' own verdict, cached per snapshot
-
-    if refusal := deep_training_refusal(resolution):
+    if refusal := deep_training_refusal(resolution):  # transformers' own verdict, cached per snapshot
         return not fail(run_id, RunStage.RESOLVE, refusal)
     dataset = check_dataset_path(config.dataset_path, dataset_roots())
     if not dataset.valid:
