@@ -10,15 +10,18 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from celery import current_app
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from models_registry.deep_verdict import DeepVerdict, fingerprint, folder_key
+from models_registry.deep_verdict import DeepVerdict, deep_verdict, fingerprint, folder_key
+from models_registry.models import ModelVerdict, VerdictRequest
 from models_registry.resolution import Resolution
 from mtm.shared.problems import Problem
 
 log = logging.getLogger(__name__)
+CHECK_TASK = "models_registry.check_model_deep"
 
 # Instant refusals that only imitate what transformers does when it loads a model: where its own verdict says the
 # model loads and trains, they become warnings. The others (an unsafe link, an interrupted download, a model or
@@ -111,8 +114,6 @@ def deep_state(resolution: Resolution, *, ask: bool = True) -> DeepState | None:
     """transformers' verdict on a resolved model from the cache; "checking" when none holds for its snapshot (and,
     with `ask`, a check requested from a worker). None when transformers is not asked: no folder, or an instant
     refusal it cannot overrule."""
-    from models_registry.models import ModelVerdict
-
     if not judgeable_only(resolution):
         return None
     folder = str(resolution.path)
@@ -129,8 +130,6 @@ def deep_state(resolution: Resolution, *, ask: bool = True) -> DeepState | None:
 
 def request_check(resolution: Resolution, stamp: str) -> bool:
     """Ask a worker for the verdict on this snapshot, unless a request for it is pending. True when asked."""
-    from models_registry.models import VerdictRequest
-
     folder = str(resolution.path)
     key = folder_key(folder)
     now = timezone.now()
@@ -149,11 +148,8 @@ def request_check(resolution: Resolution, stamp: str) -> bool:
 
 
 def _enqueue(key: str, stamp: str, folder: str, trust_remote_code: bool, model_name: str) -> None:
-    from models_registry.models import VerdictRequest
-    from models_registry.tasks import check_model_deep
-
-    try:
-        check_model_deep.apply_async((folder, trust_remote_code, model_name), retry=False)
+    try:  # by name: models_registry.tasks imports this module
+        current_app.send_task(CHECK_TASK, (folder, trust_remote_code, model_name), retry=False)
     except Exception as exc:  # kombu raises OperationalError and friends, depending on the transport
         log.warning("broker unavailable for the check of %s: %s", folder, exc)
         VerdictRequest.objects.filter(folder_key=key, fingerprint=stamp).delete()  # the next look asks again
@@ -161,8 +157,6 @@ def _enqueue(key: str, stamp: str, folder: str, trust_remote_code: bool, model_n
 
 def finish_request(folder: str, stamp: str) -> None:
     """The worker has cached the verdict on this snapshot: its request is no longer pending."""
-    from models_registry.models import VerdictRequest
-
     VerdictRequest.objects.filter(folder_key=folder_key(folder), fingerprint=stamp).delete()
 
 
@@ -178,8 +172,6 @@ def overruled_on_worker(resolution: Resolution) -> Resolution:
     """For workers only (the resolve stage): a model the instant rules refuse only for what transformers can judge
     is judged by transformers now (computed, then cached); where it loads and trains, those refusals become
     warnings. Any other resolution comes back as it is."""
-    from models_registry.deep_verdict import deep_verdict
-
     if resolution.valid or not judgeable_only(resolution):
         return resolution
     return downgraded(resolution, deep_verdict(resolution))

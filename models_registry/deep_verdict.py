@@ -22,6 +22,7 @@ from django.db import IntegrityError
 from django.utils import timezone
 from pydantic import BaseModel, Field
 
+from models_registry.models import ModelVerdict
 from models_registry.resolution import Resolution
 from mtm.shared.problems import Problem
 from projects.datasets.template_sandbox import (
@@ -168,8 +169,6 @@ def compute_verdict(folder: str | Path, *, trust_remote_code: bool = False, mode
 
 def cached_verdict(folder: str | Path, trust_remote_code: bool = False) -> DeepVerdict | None:
     """The cached verdict on `folder` if its fingerprint still holds; None when never checked or changed since."""
-    from models_registry.models import ModelVerdict
-
     row = ModelVerdict.objects.filter(folder_key=folder_key(folder)).first()
     if row is None or row.fingerprint != fingerprint(folder, trust_remote_code):
         return None
@@ -178,8 +177,6 @@ def cached_verdict(folder: str | Path, trust_remote_code: bool = False) -> DeepV
 
 def store_verdict(verdict: DeepVerdict) -> None:
     """Keep `verdict` as its folder's one cached verdict (two workers checking the same folder: either one wins)."""
-    from models_registry.models import ModelVerdict
-
     values = {
         "folder": verdict.folder,
         "fingerprint": verdict.fingerprint,

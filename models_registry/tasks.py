@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from models_registry.deep_state import finish_request
+from models_registry.deep_state import CHECK_TASK, finish_request
 from models_registry.deep_verdict import verdict_for_folder
 from models_registry.services import resolve_model as resolve_model_now
 
@@ -13,7 +13,7 @@ def resolve_model(model_name: str, revision: str | None = None) -> dict:
     return resolve_model_now(model_name, revision).to_dict()
 
 
-@shared_task(name="models_registry.check_model_deep", ignore_result=False)
+@shared_task(name=CHECK_TASK, ignore_result=False)
 def check_model_deep(path: str, trust_remote_code: bool = False, model_name: str = "") -> dict:
     """On the default queue (any worker; its libraries are the trainer's): fill the verdict cache for a resolved model
     folder (transformers' own check, in a limited child) and clear its pending request. Returns

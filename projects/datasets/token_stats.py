@@ -25,8 +25,17 @@ from models_registry.resolution import Resolution
 from models_registry.services import dataset_roots, resolve_model
 from mtm.request_limits import per_member_limit
 from mtm.shared.problems import Problem
+from projects.datasets.errors import DatasetError
+from projects.datasets.loading import open_dataset
 from projects.datasets.paths import check_dataset_path
-from projects.datasets.report import DatasetRead, DatasetReport, TokenStats, add_token_stats, read_dataset
+from projects.datasets.report import (
+    DatasetRead,
+    DatasetReport,
+    TokenStats,
+    add_token_stats,
+    read_dataset,
+    sample_key_of,
+)
 from projects.models import TokenCount
 
 log = logging.getLogger(__name__)
@@ -251,10 +260,6 @@ def saved_count(
     """The latest count of the part of `path` a check reads, for a project's saved settings; looked up, never
     asked for (a page shows what a save or a check asked for). None when the file cannot be read or none exists.
     Reads only the start of the file to hash it, without following links."""
-    from projects.datasets.errors import DatasetError
-    from projects.datasets.loading import open_dataset
-    from projects.datasets.report import sample_key_of
-
     located = check_dataset_path(path, dataset_roots())
     if not located.valid or not located.path:
         return None
