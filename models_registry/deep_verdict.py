@@ -24,13 +24,8 @@ from pydantic import BaseModel, Field
 
 from models_registry.models import ModelVerdict
 from models_registry.resolution import Resolution
+from mtm.shared.limited_child import CPU, LimitExceeded, Limits, run_limited
 from mtm.shared.problems import Problem
-from projects.datasets.template_sandbox import (
-    CHAT_TEMPLATE_TOO_SLOW,
-    TemplateLimitExceeded,
-    TemplateLimits,
-    run_limited,
-)
 
 LIBRARIES = ("transformers", "torch", "tokenizers", "peft", "safetensors")
 # A folder with more entries than this is not a model snapshot; the fingerprint stops there (and says so).
@@ -75,8 +70,8 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def verdict_limits() -> TemplateLimits:
-    return TemplateLimits(cpu_seconds=settings.MTM_VERDICT_CPU_SECONDS, memory_mb=settings.MTM_VERDICT_MEMORY_MB)
+def verdict_limits() -> Limits:
+    return Limits(cpu_seconds=settings.MTM_VERDICT_CPU_SECONDS, memory_mb=settings.MTM_VERDICT_MEMORY_MB)
 
 
 def _entry(root: str, full: str) -> list:
@@ -116,8 +111,8 @@ def folder_key(folder: str | Path) -> str:
     return hashlib.sha256(str(folder).encode()).hexdigest()
 
 
-def _stopped(model_name: str, exc: TemplateLimitExceeded, limits: TemplateLimits) -> Problem:
-    if exc.problem.code == CHAT_TEMPLATE_TOO_SLOW:
+def _stopped(model_name: str, exc: LimitExceeded, limits: Limits) -> Problem:
+    if exc.kind == CPU:
         return Problem(
             "verdict_too_slow",
             f"Checking model '{model_name}' with transformers took more than {limits.cpu_seconds} s of CPU time "
@@ -145,8 +140,8 @@ def compute_verdict(folder: str | Path, *, trust_remote_code: bool = False, mode
     stamp = fingerprint(folder, trust_remote_code)
     limits = verdict_limits()
     try:
-        found = run_limited(functools.partial(examine, folder, trust_remote_code, name), limits, name)
-    except TemplateLimitExceeded as exc:
+        found = run_limited(functools.partial(examine, folder, trust_remote_code, name), limits)
+    except LimitExceeded as exc:
         found = {"errors": [_stopped(name, exc, limits).to_dict()], "warnings": [], "facts": {}}
     except RuntimeError as exc:
         problem = Problem(
