@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
+from mtm.shared.nofollow import FILE_FLAGS
 from mtm.shared.problems import Problem
 from projects.models import RunStatus, TrainingRun
 from projects.run_folder import RUN_FOLDER_CHANGED, RunFolderRefused, open_run_folder
@@ -36,7 +37,6 @@ _BLOCK = 1 << 16
 _TOKENIZER_ROOM = 64 * 1024**2  # tokenizer files and the manifest, whatever the model's size
 _SPARSE_FROM = 1024**2  # files smaller than this are not judged sparse (a small file may have no block yet)
 _WEIGHTS = (".safetensors", ".bin")
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class AdapterUnavailable(Exception):
@@ -240,7 +240,7 @@ def _stream(folder_fd: int, sizes: dict[str, int], prefix: str) -> Iterator[byte
 
 def _add_file(out: gzip.GzipFile, sink: _Sink, folder_fd: int, name: str, prefix: str, checked: int) -> Iterator[bytes]:
     try:
-        fd = os.open(name, _FILE_FLAGS, dir_fd=folder_fd)
+        fd = os.open(name, FILE_FLAGS, dir_fd=folder_fd)
     except OSError:  # swapped for a link (or removed) since it was listed: left out
         return
     with os.fdopen(fd, "rb") as handle:

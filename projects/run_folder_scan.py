@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from models_registry.regular_files import NotRegularFile, kind_of
+from mtm.shared.nofollow import FILE_FLAGS
+from mtm.shared.owned_files import open_subdir
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 MAX_DEPTH = 32
 
 
@@ -69,7 +69,7 @@ def _walk(dir_fd: int, prefix: str, skip: Callable[[str], bool], depth: int) -> 
         yield entry, dir_fd, name
         if entry.folder and depth < MAX_DEPTH:
             try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                child = open_subdir(dir_fd, name)
             except OSError:
                 continue
             try:
@@ -86,7 +86,7 @@ def foreign_entries(folder_fd: int) -> list[Entry]:
 def read_at(dir_fd: int, name: str, limit: int) -> bytes:
     """The content of the regular file `name` in `dir_fd`, not through a link (OSError ELOOP), never waiting on a
     FIFO (NotRegularFile), at most `limit` bytes (TooLarge past it)."""
-    fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

@@ -9,6 +9,7 @@ import json
 import os
 from typing import Any
 
+from mtm.shared.nofollow import FILE_FLAGS
 from projects.trainer.outputs import MANIFEST_NAME
 
 MANIFEST_LIMIT = 32 * 1024 * 1024
@@ -26,7 +27,7 @@ def read_manifest(folder_fd: int) -> dict[str, Any]:
     """The manifest in the folder `folder_fd` is open on. ManifestMissing when there is none (or it is a link or no
     regular file), ManifestInvalid when it is not a JSON object."""
     try:
-        fd = os.open(MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
+        fd = os.open(MANIFEST_NAME, FILE_FLAGS, dir_fd=folder_fd)
     except OSError:
         raise ManifestMissing(MANIFEST_NAME) from None
     try:

@@ -10,7 +10,10 @@ import errno
 import os
 import stat
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A folder or a file opened for reading without following a link; a file non-blocking, so a FIFO cannot hang the
+# caller (check S_ISREG before reading).
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LINK_ERRORS = (errno.ELOOP, errno.ENOTDIR, errno.EEXIST)
 
@@ -20,11 +23,11 @@ def open_dir_nofollow(path: str, *, create: bool = False) -> int:
     created when `create` (mkdirat never follows a link either). OSError with ELOOP or ENOTDIR when a component
     is a link or a file."""
     parts = [p for p in path.split(os.sep) if p]
-    fd = os.open("/", _DIR_FLAGS if not parts else _PATH_FLAGS)
+    fd = os.open("/", DIR_FLAGS if not parts else _PATH_FLAGS)
     try:
         for index, part in enumerate(parts):
             # Folders on the way are only passed through (O_PATH needs search permission, not read).
-            flags = _DIR_FLAGS if index == len(parts) - 1 else _PATH_FLAGS
+            flags = DIR_FLAGS if index == len(parts) - 1 else _PATH_FLAGS
             try:
                 child = os.open(part, flags, dir_fd=fd)
             except FileNotFoundError:
@@ -45,7 +48,7 @@ def open_file_nofollow(path: str) -> int:
     when it is not a regular file (a FIFO is opened non-blocking, so it cannot hang the caller)."""
     folder = open_dir_nofollow(os.path.dirname(path))
     try:
-        fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder)
+        fd = os.open(os.path.basename(path), FILE_FLAGS, dir_fd=folder)
     finally:
         os.close(folder)
     if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -20,11 +20,11 @@ import secrets
 import shutil
 import stat
 
+from mtm.shared.nofollow import DIR_FLAGS, FILE_FLAGS
+
 FILE_MODE = 0o644  # every file a run writes: readable by the team, written by the worker only
 DIR_MODE = 0o755  # every folder a run writes (the run folder itself, checkpoint-N, merged/)
 STAGING_PREFIX = ".staging-"
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _RENAME_NOREPLACE = 1
 
 
@@ -40,7 +40,7 @@ class UnsafeEntry(OSError):
 
 def open_subdir(dir_fd: int, name: str) -> int:
     """A descriptor of the folder `name` inside `dir_fd`, never through a link (OSError ELOOP/ENOTDIR otherwise)."""
-    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
 
 
 def make_staging(dir_fd: int) -> str:
@@ -86,7 +86,7 @@ def seal(dir_fd: int, name: str) -> None:
         return
     if not stat.S_ISREG(info.st_mode):
         raise UnsafeEntry(name, "is a link or not a regular file")
-    fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
     try:
         now = os.fstat(fd)
         if not stat.S_ISREG(now.st_mode) or now.st_ino != info.st_ino:
