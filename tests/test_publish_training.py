@@ -74,10 +74,12 @@ def test_a_published_model_is_the_base_of_another_members_project(
     assert built.validation["passed"] is True
     assert Path(built.output_directory, "model.safetensors").is_file()
 
-    # Unpublishing stops the name resolving for new runs; the first run's files stay.
+    # Unpublishing stops the name resolving for new runs, at Start, whatever the worker's last report listed; the
+    # first run's files stay.
     assert call(client, "delete", f"/published-models/{body['id']}", None, alice).status_code == 204
     assert Path(body["path"], "config.json").is_file()
     again = call(client, "post", f"/projects/{second.json()['id']}/runs", {}, bob)
-    assert again.status_code == 201, again.content
-    run = wait_for_end(again.json()["id"])
-    assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, "resolve", "model_not_found")
+    assert again.status_code == 422, again.content
+    [error] = again.json()["errors"]
+    assert error["code"] == "model_not_found" and "was unpublished by alice" in error["message"]
+    assert not TrainingRun.objects.filter(project_id=second.json()["id"]).exclude(pk=built.pk).exists()

@@ -153,3 +153,35 @@ def test_an_organisation_made_of_another_members_name_is_refused(scene):
 @pytest.mark.parametrize("organisation", ["team", "support-team", "alice", "org-2", "mssql-fans", "hfx", "staffing"])
 def test_the_teams_own_organisations_stay_free(scene, organisation):
     assert scene.publish("alice", scene.alices_run, f"{organisation}/support-tune").status_code == 201
+
+
+def test_a_worker_report_from_before_an_unpublishing_no_longer_holds_the_name(scene):
+    """CI's race: a worker reported while 'team/bot' was published; the name was unpublished before its next report,
+    and Start took the stale list for a holder (the run was queued and failed at resolve) instead of refusing."""
+    from django.utils import timezone
+
+    from projects.models import TrainingProject
+    from workers.fit import held_elsewhere, holds, unpublished_at
+    from workers.models import Worker
+    from workers.placement import PlacementRefused, decide
+
+    assert scene.publish("alice", scene.alices_run, "team/bot").status_code == 201
+    before = Worker.objects.create(name="before@host", host="host", queues=["training"], held_models=["team/bot"])
+    scene.unpublish("alice", "team/bot")
+    after = Worker.objects.create(name="after@host", host="host", queues=["training"], held_models=["team/bot"])
+    assert before.last_seen < unpublished_at("team/bot") < after.last_seen
+    assert not holds(before, "team/bot", unpublished_at("team/bot"))
+    assert holds(after, "team/bot", unpublished_at("team/bot"))  # listed after: from its own cache
+
+    after.delete()
+    project = TrainingProject.objects.get(pk=scene.alices_run.project_id)
+    project.model_name = "team/bot"
+    with pytest.raises(PlacementRefused) as refused:
+        decide(project)
+    assert refused.value.problem.code == "model_not_found"
+    assert "was unpublished by alice" in refused.value.problem.message
+    from models_registry.services import resolve_model
+
+    assert held_elsewhere("team/bot", resolve_model("team/bot")) is None
+    Worker.objects.filter(pk=before.pk).update(last_seen=timezone.now())  # its next report, if it still listed it
+    assert held_elsewhere("team/bot", resolve_model("team/bot")) is not None

@@ -5,12 +5,13 @@ as the run asks for, and the model in the worker's own cache."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
 
+from models_registry.published import UNPUBLISH_ACTION, last_event
 from models_registry.resolution import Resolution
 from models_registry.services import resolve_model
 from mtm.shared.problems import Problem
@@ -68,11 +69,19 @@ def model_shape(project: TrainingProject) -> ModelShape | None:
     return read_shape(project)[0]
 
 
-def holds(worker: Worker, model_name: str) -> bool:
-    """A worker that reports its models must list this one; one that reports none yet is not ruled out."""
+def unpublished_at(model_name: str) -> datetime | None:
+    """When the name was last unpublished here; None if never. A worker's report older than that lists it from
+    before, when it still resolved through the portal."""
+    event = last_event(UNPUBLISH_ACTION, model_name)
+    return event.at if event else None
+
+
+def holds(worker: Worker, model_name: str, unpublished: datetime | None = None) -> bool:
+    """A worker that reports its models must list this one, in a report written after the name was last unpublished
+    (`unpublished`); one that reports none yet is not ruled out."""
     if worker.held_models is None:
         return True
-    return model_name in worker.held_models
+    return model_name in worker.held_models and (unpublished is None or worker.last_seen > unpublished)
 
 
 def held_elsewhere(model_name: str, resolution: Resolution) -> Problem | None:
@@ -80,7 +89,8 @@ def held_elsewhere(model_name: str, resolution: Resolution) -> Problem | None:
     report holding it: a note naming them, in place of the not-found error. None otherwise."""
     if resolution.valid or {p.code for p in resolution.errors} != {"model_not_found"}:
         return None
-    holders = [w.name for w in live_training_workers() if w.held_models and model_name in w.held_models]
+    unpublished = unpublished_at(model_name)
+    holders = [w.name for w in live_training_workers() if w.held_models and holds(w, model_name, unpublished)]
     if not holders:
         return None
     return Problem(
@@ -96,6 +106,7 @@ def fits_for(project: TrainingProject, shape: ModelShape | None, workers: list[W
 
     hp = Hyperparameters.from_stored(project.hyperparameters)
     playground = loaded_by_device()  # models the playground holds count against their device
+    unpublished = unpublished_at(project.model_name)
     found = []
     for worker in workers:
         devices = list(worker.devices.all())
@@ -107,5 +118,5 @@ def fits_for(project: TrainingProject, shape: ModelShape | None, workers: list[W
         room = min(rooms, default=worker.ram_bytes)
         bf16 = all(d.bf16 for d in devices) if devices else False
         need = estimate(shape, setup_for(project.method, hp, on_gpu=on_gpu, bf16=bf16)) if shape else None
-        found.append(Fit(worker, need, room, holds(worker, project.model_name), hp.devices))
+        found.append(Fit(worker, need, room, holds(worker, project.model_name, unpublished), hp.devices))
     return found

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from models_registry.published import unpublished_problem
 from models_registry.resolution import repo_folder_name
 from mtm.shared.problems import Problem
 from projects.hyperparameters import Hyperparameters
@@ -61,6 +62,8 @@ def refusal(project: TrainingProject, fits: list[Fit], shape: ModelShape | None)
     if shape is not None and not holders:
         holders = fits  # see decide(): the memory is what rules them out
     if not holders:
+        if (unpublished := unpublished_problem(project.model_name)) is not None:
+            return unpublished
         caches = "; ".join(f"{f.worker.name}: {f.worker.hf_cache}" for f in fits)
         return Problem(
             "model_not_found",

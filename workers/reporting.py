@@ -13,6 +13,7 @@ import platform
 import socket
 import threading
 import time
+from datetime import datetime
 from typing import Any
 
 import psutil
@@ -81,11 +82,14 @@ def static_report(probed: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_report(name: str, queues: list[str], fields: dict[str, Any], devices: list[dict[str, Any]]) -> bool:
-    """Upsert the worker's row and its devices. Returns whether staff asked it to be drained."""
+def write_report(
+    name: str, queues: list[str], fields: dict[str, Any], devices: list[dict[str, Any]], seen: datetime | None = None
+) -> bool:
+    """Upsert the worker's row and its devices, seen at `seen` (now by default). Returns whether staff asked it to
+    be drained."""
     from workers.models import Device, Worker
 
-    now = timezone.now()
+    now = seen or timezone.now()
     with transaction.atomic():
         worker, created = Worker.objects.get_or_create(
             name=name, defaults={"queues": queues, "started_at": now, **fields, "hf_cache": hf_cache()}
@@ -130,7 +134,9 @@ class Reporter:
 
     def report_once(self) -> None:
         devices = self.devices()
-        drained = write_report(self.name, self.queues, static_report(self.probed), devices)
+        # Seen as of before the models were listed: a name unpublished after this moment is stale in the list.
+        seen = timezone.now()
+        drained = write_report(self.name, self.queues, static_report(self.probed), devices, seen)
         self.apply_drain(drained)
 
     def apply_drain(self, drained: bool) -> None:
