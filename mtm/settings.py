@@ -266,7 +266,6 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # "queued" in its queue until a worker is free, with nothing to reap. run_services may send it to a narrower queue.
 CELERY_TASK_ROUTES = {
     "projects.resolve_run": {"queue": "training"},
-    "projects.train_run": {"queue": "training"},
     # Playground messages go to inference workers (`runworker --inference`), which keep a model loaded.
     "playground.generate": {"queue": "inference"},
 }

@@ -44,18 +44,6 @@ def resolve_run(self, run_id: int) -> None:
         _guarded(run_id, RunStage.VALIDATE, stages.validate_stage)
 
 
-# Messages sent before a run became one task (an upgrade with runs in the queues) still finish.
-@shared_task(name="projects.train_run")
-def train_run(run_id: int) -> None:
-    if _guarded(run_id, RunStage.TRAIN, stages.train_stage):
-        _guarded(run_id, RunStage.VALIDATE, stages.validate_stage)
-
-
-@shared_task(name="projects.validate_run")
-def validate_run(run_id: int) -> None:
-    _guarded(run_id, RunStage.VALIDATE, stages.validate_stage)
-
-
 @shared_task(name="projects.reap_stale_runs", ignore_result=True)
 def reap_runs() -> list[int]:
     """Fail the live runs whose worker stopped beating; scheduled by Celery beat."""

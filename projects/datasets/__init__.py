@@ -8,14 +8,13 @@ examples = build_examples(rows, fmt, tokenizer, 512)      # [{"input_ids", "labe
 
 from __future__ import annotations
 
-from projects.datasets.errors import DatasetError, RowRef
+from projects.datasets.errors import DatasetError, RowRef, has_chat_template
 from projects.datasets.examples import (
     IGNORE_INDEX,
     Examples,
     alpaca_prompt,
     build_examples,
     encode_rows,
-    has_chat_template,
     prompt_text,
 )
 from projects.datasets.formats import CHAT_ROLES, SHAPES, SUPPORTED_FORMATS, detect_format

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from mtm.shared.problems import Problem
 
@@ -117,3 +118,17 @@ def named_list(names: Iterable[object], most: int = 10) -> str:
     names = list(names)
     shown = ", ".join(f"'{n}'" for n in names[:most])
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer can render chat rows; no_chat_template_problem() says why not."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def no_chat_template_problem() -> Problem:
+    return Problem(
+        NO_CHAT_TEMPLATE,
+        "The model's tokenizer has no chat template, so 'messages' rows cannot be rendered.",
+        "Choose a chat/instruct model (its tokenizer_config.json has a chat_template), add a chat_template to this "
+        "model's tokenizer_config.json, or convert the rows to prompt/completion.",
+    )

@@ -10,10 +10,11 @@ from mtm.shared.problems import Problem
 from projects.datasets.errors import (
     CHAT_TEMPLATE_ERROR,
     DEFAULT_MAX_ERRORS,
-    NO_CHAT_TEMPLATE,
     DatasetError,
     ProblemCollector,
     RowRef,
+    has_chat_template,
+    no_chat_template_problem,
 )
 from projects.datasets.formats import SUPPORTED_FORMATS, check_rows
 from projects.datasets.template_sandbox import TemplateLimitExceeded, TemplateLimits, run_limited, too_large
@@ -52,19 +53,6 @@ def alpaca_prompt(row: dict) -> str:
     if extra.strip():
         return f"### Instruction:\n{row['instruction']}\n\n### Input:\n{extra}\n\n### Response:\n"
     return f"### Instruction:\n{row['instruction']}\n\n### Response:\n"
-
-
-def has_chat_template(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def no_chat_template_problem() -> Problem:
-    return Problem(
-        NO_CHAT_TEMPLATE,
-        "The model's tokenizer has no chat template, so 'messages' rows cannot be rendered.",
-        "Choose a chat/instruct model (its tokenizer_config.json has a chat_template), add a chat_template to this "
-        "model's tokenizer_config.json, or convert the rows to prompt/completion.",
-    )
 
 
 def prompt_text(row: dict, fmt: str, tokenizer: Any = None) -> str | None:

@@ -21,8 +21,11 @@ from projects.datasets.errors import (
     DatasetError,
     ProblemCollector,
     RowRef,
+    has_chat_template,
     json_type_name,
+    no_chat_template_problem,
 )
+from projects.datasets.template_sandbox import TemplateLimitExceeded, run_limited
 
 PREFERENCE = "preference"
 PAIR_KEYS = ("chosen", "rejected")
@@ -190,9 +193,6 @@ def encode_pairs(
 ) -> list[tuple[int, int, int]]:
     """Token counts of every pair. With `limits` (TemplateLimits) the chat template runs in a limited child
     process, as for chat rows; DatasetError names the rows the template cannot render."""
-    from projects.datasets.examples import has_chat_template, no_chat_template_problem
-    from projects.datasets.template_sandbox import TemplateLimitExceeded, run_limited
-
     if any(is_conversational(row) for row in rows[:1]) and not has_chat_template(tokenizer):
         raise DatasetError([no_chat_template_problem()])
 

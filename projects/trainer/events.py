@@ -27,15 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from projects.trainer.errors import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE
+from projects.trainer.ranks import launch_command
 from projects.trainer.spec import build_spec
 
 EVENT_PREFIX = "MTM_EVENT "
 EVENT_KINDS = ("started", "progress", "evaluation", "checkpoint", "finished", "cancelled", "error")
-
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_USAGE = 2
-EXIT_CANCELLED = 3
 
 __all__ = [
     "EVENT_KINDS",
@@ -148,6 +145,4 @@ def write_spec(spec: dict[str, Any], path: str | Path) -> Path:
 def trainer_command(spec_path: str | Path, python: str | None = None, devices: int = 1) -> list[str]:
     """The argv that starts the child (torchrun with one process per device when `devices` > 1); run it with the
     repository root as the working directory (or on PYTHONPATH) so that `projects` imports."""
-    from projects.trainer.ranks import launch_command
-
     return launch_command(spec_path, devices, python or sys.executable)

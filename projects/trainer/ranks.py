@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from projects.trainer.errors import EXIT_CANCELLED
+
 CPU_PROCESSES_ENV = "MTM_CPU_PROCESSES"  # set by `runworker --cpu --processes N`: the "devices" a CPU worker owns
 FAULT_RANK_ENV = "MTM_FAULT_RANK"  # with MTM_FAULT_RAISE_AT_STEP: only this rank raises (fault tests, rehearsals)
 _PR_SET_PDEATHSIG = 1
@@ -190,8 +192,6 @@ def launcher_outcome(
     summary, the first rank to report an error."""
     if devices <= 1:
         return returncode, errors[-1] if errors else None
-    from projects.trainer.events import EXIT_CANCELLED
-
     if returncode != 0 and cancelled and not errors:
         return EXIT_CANCELLED, None
     cause = root_cause(log_text) if returncode != 0 else None
