@@ -226,6 +226,14 @@ if MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER < 1:
     raise ImproperlyConfigured(
         f"MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER={MTM_PLAYGROUND_LIVE_ANSWERS_PER_MEMBER} must be at least 1."
     )
+# To save model loads, an inference worker takes answers for the model it holds ahead of answers that need a load, and
+# of those, answers of members who caused fewer loads in the last MTM_PLAYGROUND_LOAD_WINDOW_SECONDS first; but it
+# passes over one answer at most MTM_PLAYGROUND_MAX_PASS_OVERS times before taking it in its turn (0: strict turns).
+MTM_PLAYGROUND_MAX_PASS_OVERS = env_int("MTM_PLAYGROUND_MAX_PASS_OVERS", 3)
+MTM_PLAYGROUND_LOAD_WINDOW_SECONDS = env_int("MTM_PLAYGROUND_LOAD_WINDOW_SECONDS", 600)
+for _name in ("MTM_PLAYGROUND_MAX_PASS_OVERS", "MTM_PLAYGROUND_LOAD_WINDOW_SECONDS"):
+    if globals()[_name] < 0:
+        raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be 0 or more.")
 for _name in ("MTM_PLAYGROUND_IDLE_SECONDS", "MTM_PLAYGROUND_MAX_NEW_TOKENS", "MTM_PLAYGROUND_HEARTBEAT_TIMEOUT"):
     if globals()[_name] < 1:
         raise ImproperlyConfigured(f"{_name}={globals()[_name]} must be at least 1.")

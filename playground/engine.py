@@ -162,12 +162,17 @@ def _ensure_reaper() -> None:
         _reaper.start()
 
 
-def loaded_for(spec: LoadSpec, worker_name: str) -> tuple[Loaded, float | None]:
+def holds(spec: LoadSpec) -> bool:
+    """Whether the model for `spec` is loaded now. Call with _lock held."""
+    return _loaded is not None and _loaded.spec.key == spec.key
+
+
+def loaded_for(spec: LoadSpec, worker_name: str, target: str = "") -> tuple[Loaded, float | None]:
     """The model for `spec`, loading it (and unloading another) when needed; the load's seconds, None when warm.
-    Call with _lock held."""
+    `target` is the conversation target it is loaded for (playground.models.target_of). Call with _lock held."""
     global _loaded
     _ensure_reaper()
-    if _loaded is not None and _loaded.spec.key == spec.key:
+    if _loaded is not None and holds(spec):
         _loaded.last_used = time.monotonic()
         return _loaded, None
     _unload_locked()
@@ -178,6 +183,7 @@ def loaded_for(spec: LoadSpec, worker_name: str) -> tuple[Loaded, float | None]:
     row = LoadedModel.objects.create(
         worker_name=worker_name[:255],
         key=spec.key[:4096],
+        target=target[:512],
         label=spec.label[:255],
         device=device,
         device_index=int(device.split(":")[1]) if device.startswith("cuda:") else None,
@@ -381,8 +387,10 @@ def run_generation(generation_id: int, worker_name: str) -> None:
         lifecycle.fail(generation_id, exc.problem)
         return
     with _lock:
+        if not holds(spec):
+            lifecycle.charge_load(generation_id)  # a load tried and failed cost the others the model unloaded too
         try:
-            loaded, load_seconds = loaded_for(spec, worker_name)
+            loaded, load_seconds = loaded_for(spec, worker_name, generation.conversation.target)
         except RunFolderRefused as refused:  # swapped between the check above and the load
             lifecycle.fail(generation_id, refused.problem)
             return

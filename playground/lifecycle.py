@@ -5,22 +5,25 @@ overwrites the reaper's verdict or the reverse."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, OuterRef, Q, Subquery
+from django.db.models import F, Q
 from django.utils import timezone
 
 from mtm.heartbeats import beating
 from mtm.shared.problems import Problem
+from playground import turns
 from playground.models import LIVE_GENERATION, SEND_RECORD_HOURS, Generation, GenerationStatus, PlaygroundSend
 
 
-def claim(generation_id: int, worker_name: str) -> bool:
+def claim(generation_id: int, worker_name: str, passed_over: Sequence[int] = ()) -> bool:
     """The worker takes a queued generation; False when it is no longer queued (reaped, or taken already). The
-    conditional update is the claim: of two workers updating the same row, one changes it and the other none."""
+    conditional update is the claim: of two workers updating the same row, one changes it and the other none. The
+    queued answers in `passed_over` (ahead of it in the turn order) count one pass-over each."""
     now = timezone.now()
     with transaction.atomic():
         taken = Generation.objects.filter(pk=generation_id, status=GenerationStatus.QUEUED).update(
@@ -28,36 +31,28 @@ def claim(generation_id: int, worker_name: str) -> bool:
         )
         if taken:
             PlaygroundSend.objects.filter(generation_id=generation_id).update(served_at=now)
+            Generation.objects.filter(pk__in=list(passed_over), status=GenerationStatus.QUEUED).update(
+                passed_over=F("passed_over") + 1
+            )
     return bool(taken)
 
 
-def fairest_waiting() -> int | None:
-    """The queued generation to answer next: of the members with one waiting, the one whose last answer was taken
-    longest ago (never is longest), then that member's oldest; ties go to the answer waiting longest."""
-    last_served = (
-        PlaygroundSend.objects.filter(owner=OuterRef("owner"), served_at__isnull=False)
-        .order_by("-served_at")
-        .values("served_at")[:1]
-    )
-    return (
-        Generation.objects.filter(status=GenerationStatus.QUEUED)
-        .annotate(owner_served_at=Subquery(last_served))
-        .order_by(F("owner_served_at").asc(nulls_first=True), "created_at", "pk")
-        .values_list("pk", flat=True)
-        .first()
-    )
-
-
 def claim_next(worker_name: str, attempts: int = 50) -> int | None:
-    """Take the fairest queued generation for this worker; None when none is waiting. Another worker taking the same
-    one first only sends this one to the next fairest."""
+    """Take the queued generation this worker should answer next (playground.turns); None when none is waiting.
+    Another worker taking the same one first only sends this one to the next choice."""
     for _ in range(attempts):
-        generation_id = fairest_waiting()
-        if generation_id is None:
+        choice = turns.next_for(worker_name)
+        if choice is None:
             return None
-        if claim(generation_id, worker_name):
-            return generation_id
+        if claim(choice.pk, worker_name, choice.passed_over):
+            return choice.pk
     return None
+
+
+def charge_load(generation_id: int) -> None:
+    """Record that answering this generation needed a model load, against its member (the record outlives the
+    conversation, so deleting it does not undo the charge)."""
+    PlaygroundSend.objects.filter(generation_id=generation_id).update(caused_load=True)
 
 
 def update_running(generation_id: int, **fields: Any) -> bool:

@@ -13,6 +13,13 @@ class TargetKind(models.TextChoices):
     MODEL = "model", "Registry model"
 
 
+def target_of(kind: str, run_id: int | None, model_name: str, revision: str) -> str:
+    """What a conversation talks to, as one string: answers with equal targets need the same model loaded."""
+    if kind == TargetKind.RUN:
+        return f"run:{run_id}"
+    return f"model:{model_name}@{revision}"
+
+
 class Conversation(models.Model):
     """One member's chat with one model. Only its owner sees it (others get a 404)."""
 
@@ -36,6 +43,10 @@ class Conversation(models.Model):
         if self.kind == TargetKind.RUN:
             return f"run {self.run_id}" + (f" ({self.model_name} fine-tuned)" if self.model_name else "")
         return self.model_name + (f"@{self.revision}" if self.revision else "")
+
+    @property
+    def target(self) -> str:
+        return target_of(self.kind, self.run_id, self.model_name, self.revision)
 
 
 class GenerationStatus(models.TextChoices):
@@ -69,6 +80,8 @@ class Generation(models.Model):
     error_hint = models.TextField(blank=True)
     worker_name = models.CharField(max_length=255, blank=True)
     device = models.CharField(max_length=255, blank=True)
+    # How often a worker took a later answer in the turn order ahead of this one to save a model load (playground.turns).
+    passed_over = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     first_token_at = models.DateTimeField(null=True, blank=True)
@@ -108,6 +121,7 @@ class LoadedModel(models.Model):
 
     worker_name = models.CharField(max_length=255, db_index=True)
     key = models.CharField(max_length=4096)  # what was loaded (folders)
+    target = models.CharField(max_length=512, blank=True)  # the conversation target it was loaded for (target_of)
     label = models.CharField(max_length=255)
     device = models.CharField(max_length=64)  # "cpu" or "cuda:N" in the worker's numbering
     device_index = models.IntegerField(null=True, blank=True)
@@ -125,7 +139,8 @@ class LoadedModel(models.Model):
 class PlaygroundSend(models.Model):
     """One message a member sent, kept apart from the conversation (deleting it leaves this row): the per-member rate
     limit counts these, and `served_at` (when a worker took the answer) tells which waiting member was served least
-    recently. The periodic reaper removes rows older than SEND_RECORD_HOURS."""
+    recently, and `caused_load` (the worker had to load a model for the answer) which member's answers cost loads. The
+    periodic reaper removes rows older than SEND_RECORD_HOURS."""
 
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     sent_at = models.DateTimeField(default=timezone.now)
@@ -133,6 +148,7 @@ class PlaygroundSend(models.Model):
         Generation, null=True, blank=True, on_delete=models.SET_NULL, related_name="send_record"
     )
     served_at = models.DateTimeField(null=True, blank=True)
+    caused_load = models.BooleanField(default=False)
 
     class Meta:
         indexes = [models.Index(fields=["owner", "sent_at"]), models.Index(fields=["owner", "served_at"])]

@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 @shared_task(name="playground.generate", bind=True, ignore_result=True)
 def generate(self, generation_id: int) -> None:
     """Answer one queued message, loading its model unless it is still loaded and streaming into its row. Every send
-    queues one of these; each takes the fairest waiting answer when it starts (the member served least recently),
-    which need not be `generation_id`: as many tasks as answers are queued, so every answer is taken by one."""
+    queues one of these; each takes the waiting answer playground.turns picks when it starts (members in turn, answers
+    for the model already loaded ahead of ones that need a load), which need not be `generation_id`: as many tasks as answers are queued, so every answer is taken by one."""
     from playground.engine import run_generation
 
     worker = self.request.hostname or ""
