@@ -1,8 +1,17 @@
-"""Output-directory validation: absolute, inside an allowed root (after `..` and symlinks), writable, roomy."""
+"""Output-directory validation: absolute, inside an allowed root (after `..` and symlinks), writable, roomy, and
+never a folder someone else owns.
+
+Members may have shell accounts of their own on the server, while the portal and its workers run as one service
+user. Whoever owns a folder can rename and replace what the worker writes inside it, so a folder below an allowed
+root that already exists (the output directory itself or one on its way) must belong to the portal's user, the
+user that creates every folder it trains in, or to root (an administrator's); anyone else's is refused, never
+adopted. The allowed root itself is staff's choice and may belong to anyone.
+"""
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -54,6 +63,48 @@ def _write_probe(folder: str) -> OSError | None:
         return exc
     os.close(fd)
     os.unlink(probe)
+    return None
+
+
+FOREIGN_OWNER = "output_directory_foreign_owner"
+FOREIGN_HINT = (
+    "Pick a path that does not exist yet: the worker creates it, owned by the portal's user. If the folder is "
+    "meant for the portal, ask staff to give it to the portal's user (chown {uid} {folder}) or to remove it."
+)
+
+
+def trusted_owners() -> frozenset[int]:
+    """Who may own an existing folder the portal writes in: its own user and root."""
+    return frozenset({os.geteuid(), 0})
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return f"user '{pwd.getpwuid(uid).pw_name}' (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _foreign_owner(real: str, roots: list[str]) -> Problem | None:
+    """The first folder that exists from `real` up to (not including) the allowed root it lies in and belongs to
+    someone other than the portal's user or root, as a Problem; None when there is none."""
+    trusted = trusted_owners()
+    folder = real
+    while folder not in roots and any(is_within(folder, root) for root in roots):
+        try:
+            info = os.lstat(folder)
+        except OSError:
+            info = None  # not made yet: the worker makes it
+        if info is not None and info.st_uid not in trusted:
+            where = "already exists and" if folder == real else f"is inside {folder}, which"
+            return Problem(
+                FOREIGN_OWNER,
+                f"Output directory {real} {where} belongs to {_user_name(info.st_uid)}, not to the portal's user "
+                f"(uid {os.geteuid()}): whoever owns a folder can replace the run folders and files the worker "
+                "writes in it, so the portal does not adopt one it did not make.",
+                FOREIGN_HINT.format(uid=os.geteuid(), folder=folder),
+            )
+        folder = os.path.dirname(folder)
     return None
 
 
@@ -109,7 +160,8 @@ def check_output_dir(raw: object, allowed_roots: list[str], low_disk_bytes: int 
         )
         return result
     result.path = real
-    if not any(is_within(real, resolved(root) or os.path.normpath(root)) for root in allowed_roots):
+    roots = [resolved(root) or os.path.normpath(root) for root in allowed_roots]
+    if not any(is_within(real, root) for root in roots):
         shown = text if os.path.normpath(text) == real else f"{text} (resolves to {real})"
         result.errors.append(
             Problem(
@@ -147,6 +199,9 @@ def check_output_dir(raw: object, allowed_roots: list[str], low_disk_bytes: int 
                 )
             )
             return result
+    if problem := _foreign_owner(real, roots):
+        result.errors.append(problem)
+        return result
     failure = _write_probe(existing)
     result.writable = failure is None
     if failure is not None:

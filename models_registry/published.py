@@ -8,7 +8,8 @@ reader takes for one another folded together, so 'Team/aIice_bot' is 'team/alice
 
 The rule for a published name: it has an organisation part ("team/bot", never a bare "bot": bare names on the Hub
 are its oldest canonical models, gpt2 or bert-base-uncased), and that organisation does not read as, or start like,
-one of HUB_ORGANISATIONS or SHORT_FORMS ('meta-llama3' and 'mistral' could pass for meta-llama's and mistralai's),
+one of HUB_ORGANISATIONS or SHORT_FORMS ('meta-llama3' and 'mistral' could pass for meta-llama's and mistralai's;
+a plural ending on a word aside: 'xais-org' reads as 'xai-org', 'admins' as 'admin'),
 nor read as the organisation of a model in the Hugging Face cache (downloaded from the Hub, so a Hub organisation;
 one of at least PREFIX_MIN_KEY characters is not to be started like either). Overrides do not reserve their
 organisation: staff map team-local names too. A team publishes under its own organisation; staff who must map an
@@ -191,36 +192,64 @@ def first_word_key(organisation: str) -> str:
     return part_key(re.split(r"[-_.]", organisation, maxsplit=1)[0])
 
 
+def _singular(word_key: str) -> str:
+    """A word's key without a plural ending ('s', 'es'), as a reader passes over it: 'metas' reads as 'meta',
+    'xaies' as 'xai'. A trailing 'e' goes too, on both sides of a comparison ('googles' and 'google' are 'googl');
+    a key of two letters or fewer is kept whole ('ms' is not 'm')."""
+    for ending in ("s", "e"):
+        if len(word_key) > 2 and word_key.endswith(ending):
+            word_key = word_key[: -len(ending)]
+    return word_key
+
+
+def singular_key(organisation: str) -> str:
+    """An organisation's key with each word's plural ending dropped: 'xais-org' and 'xai-org' are one."""
+    return "".join(_singular(part_key(word)) for word in re.split(r"[-_.]", organisation))
+
+
 def _organisation_owner(organisation: str, cache_dir: Path) -> str | None:
-    """Why an organisation is not the team's to publish under, or None: it reads as a reserved one, its first word
-    does, or it starts like one (the longest such is named)."""
+    """Why an organisation is not the team's to publish under, or None: it reads as a reserved one (a plural ending
+    on any word aside), its first word does, or it starts like one (the longest such is named)."""
     key, first = part_key(organisation), first_word_key(organisation)
+    singular, first_singular = singular_key(organisation), _singular(first)
     reserved = _reserved_organisations(cache_dir)
-    for reserved_key, what, _ in reserved:
+    for reserved_key, what, _, _ in reserved:
         if key == reserved_key:
             return f"is {what}"
-    for reserved_key, what, by_prefix in reserved:
+    for _, what, _, reserved_singular in reserved:
+        if singular == reserved_singular:
+            return f"reads as {what} (a plural ending aside)"
+    for reserved_key, what, by_prefix, _ in reserved:
         if by_prefix and key.startswith(reserved_key):
             return f"starts like {what} (an upstream organisation with a version or suffix added)"
-    for reserved_key, what, _ in reserved:
-        if first == reserved_key:
+    for reserved_key, what, _, reserved_singular in reserved:
+        if first == reserved_key or first_singular == reserved_singular:
             return f"starts with the word of {what}"
     return None
 
 
-def _reserved_organisations(cache_dir: Path) -> list[tuple[str, str, bool]]:
-    """(key, what it is, whether names that start like it are reserved too), longest key first."""
-    reserved = [(part_key(name), f"the Hugging Face Hub organisation '{name}'", True) for name in HUB_ORGANISATIONS]
+def _reserved_organisations(cache_dir: Path) -> list[tuple[str, str, bool, str]]:
+    """(key, what it is, whether names that start like it are reserved too, singular key), longest key first."""
+    reserved = [
+        (part_key(name), f"the Hugging Face Hub organisation '{name}'", True, singular_key(name))
+        for name in HUB_ORGANISATIONS
+    ]
     reserved += [
         (
             part_key(short),
             f"'{short}', a short form of the Hugging Face Hub organisation '{hub}'",
             len(part_key(short)) >= PREFIX_MIN_KEY,
+            singular_key(short),
         )
         for short, hub in SHORT_FORMS.items()
     ]
     reserved += [
-        (part_key(word), f"'{word}', a name that could pass for the portal's own or its staff's", False)
+        (
+            part_key(word),
+            f"'{word}', a name that could pass for the portal's own or its staff's",
+            False,
+            singular_key(word),
+        )
         for word in PORTAL_WORDS
     ]
     for entry in _cache_entries(cache_dir):
@@ -228,7 +257,7 @@ def _reserved_organisations(cache_dir: Path) -> list[tuple[str, str, bool]]:
         if len(parts) == 3 and parts[0] == "models":
             key = part_key(parts[1])
             what = f"the organisation of '{parts[1]}/{parts[2]}' in the Hugging Face cache"
-            reserved.append((key, what, len(key) >= PREFIX_MIN_KEY))
+            reserved.append((key, what, len(key) >= PREFIX_MIN_KEY, singular_key(parts[1])))
     return sorted(reserved, key=lambda item: (-len(item[0]), item[1]))
 
 

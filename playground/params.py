@@ -3,6 +3,7 @@ read this shape (stored on Generation.params)."""
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any
 
 from django.conf import settings
@@ -47,6 +48,34 @@ class GenerationParams(BaseModel):
         if isinstance(value, list):
             return [s for s in value if not (isinstance(s, str) and s == "")]
         return value
+
+    @field_validator("stop")
+    @classmethod
+    def _printable(cls, value: list[str]) -> list[str]:
+        for number, text in enumerate(value, 1):
+            if problem := stop_string_problem(text):
+                raise ValueError(f"stop string {number} ({text!r}) {problem}")
+        return value
+
+
+# Line breaks and tabs are text a model writes, and a stop string may well be one ("\n\n").
+_TEXT_CONTROLS = frozenset("\t\n\r")
+
+
+def stop_string_problem(text: str) -> str:
+    """What is wrong with one stop string ('' when nothing): a NUL or another control character, which no answer
+    is written with (and no database stores a NUL), or a lone surrogate, which is not text."""
+    for char in text:
+        if char in _TEXT_CONTROLS:
+            continue
+        kind = unicodedata.category(char)
+        if char == "\x00":
+            return "contains a NUL character; remove it"
+        if kind == "Cc":
+            return f"contains the control character U+{ord(char):04X}; only tabs and line breaks are allowed"
+        if kind == "Cs":
+            return "is not valid Unicode text (it holds a lone surrogate)"
+    return ""
 
 
 def check_message(text: Any) -> str:

@@ -17,11 +17,16 @@ from models_registry.services import dataset_roots, output_roots
 from mtm.shared.problems import Problem
 from projects.datasets import UPLOAD_EXTENSIONS
 from projects.hyperparameters import GROUPS, HYPERPARAMETERS, Declared, Hyperparameters
+from projects.lora_targets import UNKNOWN_TARGETS
 from projects.models import TrainingMethod, TrainingProject
 from projects.services import EDITABLE
 
 # Problems that involve a box besides the field they are filed under: shown under that box too.
-ALSO_UNDER = {"eval_source_conflict": "eval_fraction", "keep_best_without_eval_set": "keep_best_eval"}
+ALSO_UNDER = {
+    "eval_source_conflict": "eval_fraction",
+    "keep_best_without_eval_set": "keep_best_eval",
+    UNKNOWN_TARGETS: "lora_target_modules",
+}
 SERVICE_FIELDS = tuple(name for name in EDITABLE if name != "hyperparameters")  # hyperparameters: one box each
 NUMBER_KINDS = ("int", "float")
 

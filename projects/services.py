@@ -31,6 +31,7 @@ from projects.datasets.template_check import chat_template_problems, renders_cha
 from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.datasets.token_stats import apply_count, request_count, template_key
 from projects.hyperparameters import Hyperparameters
+from projects.lora_targets import lora_target_problems
 from projects.models import LIVE_STATUSES, TokenCount, TrainingMethod, TrainingProject, TrainingRun
 from projects.ownership import checked_output_dir, lock_claims, output_dir_conflicts
 from projects.uploads import upload_problems
@@ -159,6 +160,9 @@ def check_project(
             check.error(field, problem)
     if resolution.valid and (refusal := training_refusal(resolution)):
         check.error("model_name", refusal)
+    if method == TrainingMethod.LORA and resolution.valid and not on_workers:
+        for problem in lora_target_problems(resolution.path, resolution.revision, hp.lora_target_modules, model_name):
+            check.error("hyperparameters", problem)
 
     output = checked_output_dir(data.get("output_directory", ""), actor, project)
     for problem in output.errors:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from typing import IO, Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from models_registry.models import PortalSettings
@@ -166,14 +167,17 @@ def upload_problems(
     located: DatasetPathCheck, actor: Any, project: TrainingProject | None, field: str = "dataset_path"
 ) -> list[Problem]:
     """Why `actor` may not use the upload at `located` as `project`'s `field` (its dataset or its eval file): it is
-    another user's, or no recorded upload. Staff may use any; a project keeps the file it already has there (staff
-    may have set it). What the project has is the path saved (already resolved then), compared as saved: a saved
-    file since swapped for a link to an upload is judged as that upload."""
-    if not located.uploaded or located.path is None or getattr(actor, "is_staff", False):
+    another user's, or no recorded upload; a file elsewhere that is a hard link of another user's upload is judged
+    as that upload. Staff may use any; a project keeps the file it already has there (staff may have set it). What
+    the project has is the path saved (already resolved then), compared as saved: a saved file since swapped for a
+    link to an upload is judged as that upload."""
+    if located.path is None or getattr(actor, "is_staff", False):
         return []
     kept = getattr(project, field, "") if project is not None else ""
     if kept and os.path.normpath(kept) == located.path:
         return []
+    if not located.uploaded:
+        return _linked_upload_problems(located.path, actor)
     upload = Upload.objects.filter(path=located.path).select_related("owner").first()
     if upload is not None and claim_form(upload.path, upload.identity) is None:
         return [
@@ -200,6 +204,41 @@ def upload_problems(
             NOT_YOURS,
             f"Dataset {located.path} was uploaded by {upload.owner.get_username()}; only they and staff may "
             "train on it.",
+            "Upload your own copy of the file, or ask its owner to share it through an allowed dataset root.",
+        )
+    ]
+
+
+def linked_upload(path: str) -> Upload | None:
+    """The recorded upload whose file `path` is another name of (a hard link made with a shell: uploads are readable
+    by everyone on the server), or None. Only a file with more than one name can be one; the rows looked at are
+    those whose recorded identity has the file's inode (or none recorded), each compared with the file itself."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink < 2:
+        return None
+    candidates = Upload.objects.filter(Q(identity__contains=f":{info.st_ino}") | Q(identity="")).select_related("owner")
+    for upload in candidates:
+        try:
+            if os.path.samestat(os.lstat(upload.path), info):
+                return upload
+        except OSError:
+            continue
+    return None
+
+
+def _linked_upload_problems(path: str, actor: Any) -> list[Problem]:
+    """A file outside the uploads folder that is a hard link of an upload is that upload: its owner's alone."""
+    upload = linked_upload(path)
+    if upload is None or (actor is not None and upload.owner_id == actor.pk):
+        return []
+    return [
+        Problem(
+            NOT_YOURS,
+            f"Dataset {path} is another name (a hard link) of {upload.path}, which {upload.owner.get_username()} "
+            "uploaded; only they and staff may train on it.",
             "Upload your own copy of the file, or ask its owner to share it through an allowed dataset root.",
         )
     ]

@@ -1,0 +1,79 @@
+"""Whether the LoRA target modules a project names exist in its model, answered at save from the safetensors headers.
+
+peft matches a listed name against every module of the loaded model: a module is wrapped when its name is the
+target or ends with '.' + the target, and its weight must be a layer LoRA can wrap (a linear, embedding or
+convolution layer: a weight of two or more dimensions, never a norm's 1-D one). The weights' names are those
+modules' names plus '.weight', so the last part of each module name is what a target must end like. This is the
+instant first answer; peft itself still decides when the run starts (projects.trainer.run.apply_lora).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mtm.shared.problems import Problem
+from projects.hyperparameters import ALL_LINEAR
+from projects.memory_estimate import EMBEDDING_NAME, EstimateError, read_model_shape
+
+UNKNOWN_TARGETS = "lora_target_modules_unknown"
+# A model with tied embeddings keeps one tensor for both ends, but its output head is still a module of its own.
+OUTPUT_HEAD = "lm_head"
+
+
+@dataclass(frozen=True)
+class ModuleNames:
+    wrappable: frozenset[str]  # last parts of the names of modules with a 2-D (or larger) weight
+    other: frozenset[str]  # last parts of the names of modules with a 1-D weight (norms)
+
+
+def _config_stamp(folder: str) -> str:
+    """What tells one config.json in `folder` from the next (an override's folder can be given another model)."""
+    try:
+        found = os.stat(Path(folder) / "config.json")
+    except OSError:
+        return ""
+    return f"{found.st_ino}:{found.st_mtime_ns}"
+
+
+@functools.lru_cache(maxsize=16)
+def module_names(folder: str, revision_key: str = "", stamp: str = "") -> ModuleNames | None:
+    """The module names of the model in `folder` (cached by folder, revision and config.json), or None when its
+    safetensors headers cannot be read (no safetensors weights, say): then nothing is said at save."""
+    try:
+        tensors = read_model_shape(Path(folder)).tensors
+    except (EstimateError, OSError):
+        return None
+    wrappable, other = set(), set()
+    for tensor in tensors:
+        module, _, parameter = tensor.name.rpartition(".")
+        if not module or parameter != "weight":
+            continue
+        (wrappable if len(tensor.shape) >= 2 else other).add(module.rpartition(".")[2])
+    if any(EMBEDDING_NAME.search(tensor.name) for tensor in tensors):
+        wrappable.add(OUTPUT_HEAD)
+    return ModuleNames(frozenset(wrappable), frozenset(other - wrappable))
+
+
+def lora_target_problems(folder: str, revision: str, targets: str | list[str], model_name: str) -> list[Problem]:
+    """Why the LoRA target modules `targets` do not fit the model in `folder`: names no layer of it ends like."""
+    if targets == ALL_LINEAR or isinstance(targets, str):
+        return []
+    names = module_names(folder, revision or "", _config_stamp(folder))
+    if names is None or not names.wrappable:
+        return []
+    unknown = [target for target in targets if target.rpartition(".")[2] not in names.wrappable]
+    if not unknown:
+        return []
+    norms = [target for target in unknown if target.rpartition(".")[2] in names.other]
+    why = f" ({', '.join(repr(n) for n in norms)}: a normalisation layer, which LoRA cannot wrap)" if norms else ""
+    return [
+        Problem(
+            UNKNOWN_TARGETS,
+            f"Hyperparameter 'lora_target_modules' names {', '.join(repr(t) for t in unknown)}, which no layer of "
+            f"'{model_name}' that LoRA can wrap is called{why}; training would stop at its start.",
+            f"Use '{ALL_LINEAR}', or names of this model's layers: {', '.join(sorted(names.wrappable))}.",
+        )
+    ]
