@@ -16,17 +16,10 @@ from django.utils.html import format_html
 from models_registry.services import dataset_roots, output_roots
 from mtm.shared.problems import Problem
 from projects.datasets import UPLOAD_EXTENSIONS
-from projects.hyperparameters import GROUPS, HYPERPARAMETERS, Declared, Hyperparameters
-from projects.lora_targets import UNKNOWN_TARGETS
+from projects.hyperparameters import GROUPS, HYPERPARAMETERS, PROBLEM_BOXES, Declared, Hyperparameters
 from projects.models import TrainingMethod, TrainingProject
 from projects.services import EDITABLE
 
-# Problems that involve a box besides the field they are filed under: shown under that box too.
-ALSO_UNDER = {
-    "eval_source_conflict": "eval_fraction",
-    "keep_best_without_eval_set": "keep_best_eval",
-    UNKNOWN_TARGETS: "lora_target_modules",
-}
 SERVICE_FIELDS = tuple(name for name in EDITABLE if name != "hyperparameters")  # hyperparameters: one box each
 NUMBER_KINDS = ("int", "float")
 
@@ -209,14 +202,14 @@ class ProjectForm(forms.Form):
                 continue
             for problem in problems:
                 self.add_error(key if key in self.fields else None, problem_error(problem))
-                if problem.code in ALSO_UNDER:  # the other box of a choice between two: mark (and open) it too
-                    self.add_error(ALSO_UNDER[problem.code], problem_error(problem))
+                if problem.code in PROBLEM_BOXES:  # the other box of a choice between two: mark (and open) it too
+                    self.add_error(PROBLEM_BOXES[problem.code], problem_error(problem))
 
     def _add_hyperparameter_problems(self, problems: list[Problem]) -> None:
         placed = set()
         for problem in problems:
-            if problem.code in ALSO_UNDER:
-                self.add_error(ALSO_UNDER[problem.code], problem_error(problem))
+            if problem.code in PROBLEM_BOXES:
+                self.add_error(PROBLEM_BOXES[problem.code], problem_error(problem))
                 placed.add(problem.message)
         typed = self.hyperparameters()
         for name, value in typed.items():

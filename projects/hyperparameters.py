@@ -497,6 +497,14 @@ HYPERPARAMETERS: dict[str, Declared] = {
     name: Declared.of(name, info) for name, info in Hyperparameters.model_fields.items()
 }
 
+# Problems filed by code that concern a hyperparameter's box besides where they are filed: the form shows them under
+# that box too (and opens its group).
+PROBLEM_BOXES = {
+    "eval_source_conflict": "eval_fraction",
+    "keep_best_without_eval_set": "keep_best_eval",
+    "lora_target_modules_unknown": "lora_target_modules",
+}
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:

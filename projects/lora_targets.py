@@ -1,10 +1,9 @@
 """Whether the LoRA target modules a project names exist in its model, answered at save from the safetensors headers.
 
-peft matches a listed name against every module of the loaded model: a module is wrapped when its name is the
-target or ends with '.' + the target, and its weight must be a layer LoRA can wrap (a linear, embedding or
-convolution layer: a weight of two or more dimensions, never a norm's 1-D one). The weights' names are those
-modules' names plus '.weight', so the last part of each module name is what a target must end like. This is the
-instant first answer; peft itself still decides when the run starts (projects.trainer.run.apply_lora).
+The model's module names are its weights' names less '.weight'; a module LoRA can wrap has a weight of two or more
+dimensions (a linear, embedding or convolution layer), never a norm's 1-D one. A listed name matches a module by
+peft's rule (see _matches). This is the instant first answer; peft itself decides when the run starts
+(projects.trainer.run.apply_lora).
 """
 
 from __future__ import annotations
@@ -25,8 +24,12 @@ OUTPUT_HEAD = "lm_head"
 
 @dataclass(frozen=True)
 class ModuleNames:
-    wrappable: frozenset[str]  # last parts of the names of modules with a 2-D (or larger) weight
-    other: frozenset[str]  # last parts of the names of modules with a 1-D weight (norms)
+    wrappable: frozenset[str]  # full names of the modules with a 2-D (or larger) weight
+    other: frozenset[str]  # full names of the modules with a 1-D weight (norms)
+
+    @staticmethod
+    def short(names: frozenset[str]) -> list[str]:
+        return sorted({name.rpartition(".")[2] for name in names})
 
 
 def _config_stamp(folder: str) -> str:
@@ -51,10 +54,16 @@ def module_names(folder: str, revision_key: str = "", stamp: str = "") -> Module
         module, _, parameter = tensor.name.rpartition(".")
         if not module or parameter != "weight":
             continue
-        (wrappable if len(tensor.shape) >= 2 else other).add(module.rpartition(".")[2])
+        (wrappable if len(tensor.shape) >= 2 else other).add(module)
     if any(EMBEDDING_NAME.search(tensor.name) for tensor in tensors):
         wrappable.add(OUTPUT_HEAD)
     return ModuleNames(frozenset(wrappable), frozenset(other - wrappable))
+
+
+def _matches(target: str, modules: frozenset[str]) -> bool:
+    """peft's rule for a listed name (tuners_utils.check_target_module_exists): the module's full name is the target
+    or ends with '.' + the target. Not asked of peft here: importing it loads torch into the web process."""
+    return any(module == target or module.endswith("." + target) for module in modules)
 
 
 def lora_target_problems(folder: str, revision: str, targets: str | list[str], model_name: str) -> list[Problem]:
@@ -64,16 +73,22 @@ def lora_target_problems(folder: str, revision: str, targets: str | list[str], m
     names = module_names(folder, revision or "", _config_stamp(folder))
     if names is None or not names.wrappable:
         return []
-    unknown = [target for target in targets if target.rpartition(".")[2] not in names.wrappable]
+    unknown = [target for target in targets if not _matches(target, names.wrappable)]
     if not unknown:
         return []
-    norms = [target for target in unknown if target.rpartition(".")[2] in names.other]
+    norms = [target for target in unknown if _matches(target, names.other)]
     why = f" ({', '.join(repr(n) for n in norms)}: a normalisation layer, which LoRA cannot wrap)" if norms else ""
+    # peft stops at the start only when no name matches; otherwise it wraps the others and says nothing of a typo.
+    outcome = (
+        "training would stop at its start (peft finds no layer to wrap)"
+        if len(unknown) == len(targets)
+        else "peft would skip it silently and wrap only the others"
+    )
     return [
         Problem(
             UNKNOWN_TARGETS,
             f"Hyperparameter 'lora_target_modules' names {', '.join(repr(t) for t in unknown)}, which no layer of "
-            f"'{model_name}' that LoRA can wrap is called{why}; training would stop at its start.",
-            f"Use '{ALL_LINEAR}', or names of this model's layers: {', '.join(sorted(names.wrappable))}.",
+            f"'{model_name}' that LoRA can wrap is called{why}; {outcome}.",
+            f"Use '{ALL_LINEAR}', or names of this model's layers: {', '.join(ModuleNames.short(names.wrappable))}.",
         )
     ]

@@ -107,6 +107,7 @@ def test_lora_targets_the_model_does_not_have_are_refused_at_save(team, tiny_lla
     assert problem.code == UNKNOWN_TARGETS
     assert "'qkv_proj', 'c_attn'" in problem.message and f"'{model}'" in problem.message
     assert "'q_proj'," not in problem.message  # the one that exists is not named as missing
+    assert "peft would skip it silently and wrap only the others" in problem.message
     for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"):
         assert name in problem.hint
     assert "input_layernorm" not in problem.hint
@@ -114,6 +115,11 @@ def test_lora_targets_the_model_does_not_have_are_refused_at_save(team, tiny_lla
         create_project(actor=as_(team["alice"]), data=lora_project(team, model, ["input_layernorm"]))
     [problem] = errors_of(refused, "hyperparameters")
     assert "normalisation layer, which LoRA cannot wrap" in problem.message
+    assert "training would stop at its start (peft finds no layer to wrap)" in problem.message
+    with pytest.raises(ProjectInvalid) as refused:  # peft matches the whole dotted name, not only its last part
+        create_project(actor=as_(team["alice"]), data=lora_project(team, model, ["mlp.q_proj"]))
+    [problem] = errors_of(refused, "hyperparameters")
+    assert "'mlp.q_proj'" in problem.message
     assert not TrainingProject.objects.exists()
 
 
