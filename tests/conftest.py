@@ -10,6 +10,62 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
+# --- Which tests the PostgreSQL pass runs ---------------------------------------------------------------------------
+
+# A test touches the database only through one of these (pytest-django blocks any other way) or a fixture built on
+# them, which puts them in its closure. django_db_blocker is left out: an autouse fixture of pytest-django requests it.
+DATABASE_FIXTURES = frozenset(
+    {
+        "db",
+        "transactional_db",
+        "django_db_reset_sequences",
+        "django_db_serialized_rollback",
+        "django_db_setup",
+        "live_server",
+    }
+)
+NO_DATABASE_REASON = (
+    "they use no database (no db, transactional_db, live_server or django_db_setup fixture, no django_db mark), "
+    "so the SQLite pass has run them already"
+)
+NO_DATABASE_KEY = "mtm_no_database_deselected"
+_deselected_count = pytest.StashKey[int]()
+
+
+def uses_database(item: pytest.Item) -> bool:
+    return bool(DATABASE_FIXTURES.intersection(getattr(item, "fixturenames", ()))) or bool(
+        item.get_closest_marker("django_db")
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On PostgreSQL, deselect the tests that use no database: they would only repeat what the SQLite pass ran."""
+    from django.conf import settings
+
+    if "postgresql" not in settings.DATABASES["default"]["ENGINE"]:
+        return
+    dropped = [item for item in items if not uses_database(item)]
+    if dropped:
+        items[:] = [item for item in items if uses_database(item)]
+        config.hook.pytest_deselected(items=dropped)
+    config.stash[_deselected_count] = len(dropped)
+    if hasattr(config, "workeroutput"):  # a pytest-xdist process: its controller prints the count
+        config.workeroutput[NO_DATABASE_KEY] = len(dropped)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    count = getattr(node, "workeroutput", {}).get(NO_DATABASE_KEY)
+    if count is not None:  # every xdist process collects the same tests, so any one's count is the pass's
+        node.config.stash[_deselected_count] = count
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    count = config.stash.get(_deselected_count, 0)
+    if count:
+        terminalreporter.write_line(f"PostgreSQL pass: {count} tests deselected: {NO_DATABASE_REASON}.")
+
+
 @pytest.fixture
 def hf_cache(tmp_path, monkeypatch) -> Path:
     """An empty HF hub cache that the portal uses (through HF_HUB_CACHE; the settings row is blank)."""
@@ -78,7 +134,8 @@ def celery_broker(redis_url):
 def start_worker(transactional_db, celery_broker, tmp_path):
     """Start real `celery -A mtm worker` processes: start_worker(queues="default,training", extra_env=None).
 
-    The handle has .pid, .wait_ready(timeout), .stop() (SIGTERM, wait), .kill() (SIGKILL) and .log_text().
+    The handle has .pid, .wait_ready(timeout), .stop() (SIGTERM, wait), .kill() (SIGKILL to
+    its process group; returns once all of it is gone) and .log_text().
     A worker uses the current test database and the session's Redis; this fixture requests
     `transactional_db` because a worker is another process and sees only committed rows. Every worker
     started is stopped when the test ends.

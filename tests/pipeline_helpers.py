@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
 
 from projects.models import TrainingRun
 
@@ -42,6 +46,14 @@ def wait_for_end(run_id: int, timeout: float = 300, until=None) -> TrainingRun:
             return run
         time.sleep(0.3)
     raise AssertionError(f"run {run_id} still {run.status} after {timeout}s; log:\n{run.log_tail[-3000:]}")
+
+
+def age_heartbeat(run_id: int) -> None:
+    """Date the run's last heartbeat one second beyond MTM_HEARTBEAT_TIMEOUT ago, as a worker that died that long ago
+    leaves it: a reaper test controls the time instead of waiting it out. Only once nothing beats for the run any
+    more (its worker killed: CeleryWorker.kill returns when every process of the worker is gone)."""
+    aged = timezone.now() - timedelta(seconds=settings.MTM_HEARTBEAT_TIMEOUT + 1)
+    assert TrainingRun.objects.filter(pk=run_id).update(heartbeat_at=aged) == 1
 
 
 def start(project, user, *, resume: bool = False):

@@ -436,18 +436,20 @@ def parameterless_pages() -> list[str]:
 
 def test_every_page_renders_its_post_forms_with_a_csrf_token(staff, member, hf_cache):
     token, _ = ApiToken.issue(staff, "laptop")
-    # Pages still being built elsewhere may fail; this test is about forms, so it reads what renders.
+    # Errors are answered, not raised, so one broken page does not hide the others: all are named below.
     client = secure_client(staff, raise_request_exception=False)
     pages = {url: client.get(url) for url in parameterless_pages()}
     pages["tokens after create"] = client.post(TOKENS, {"name": "second"})
     pages[LOGIN] = secure_client().get(LOGIN)  # as a visitor: signed in, it redirects
     pages[ADMIN_LOGIN] = secure_client().get(ADMIN_LOGIN)
+    # A page that fails cannot show whether its forms carry the token: no page may answer a server error.
+    assert {url: resp.status_code for url, resp in pages.items() if resp.status_code >= 500} == {}
     for must in (LOGIN, TOKENS, AUDIT, "/settings/", "/accounts/password/", "/", "/models/"):
         assert pages[must].status_code == 200, must
     rendered = 0
     for url, resp in pages.items():
         if resp.status_code not in (200, 201) or "text/html" not in resp["Content-Type"]:
-            continue
+            continue  # a redirect, a refusal of GET (405) or a JSON answer: no form to read
         html = text(resp)
         for form in post_forms(html):
             rendered += 1

@@ -48,6 +48,20 @@ schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", application, con
 # Path parameters the fuzzer fills with a real row's id when it generates an even positive integer.
 ID_PARAMETERS = ("project_id", "run_id", "override_id", "conversation_id", "generation_id")
 
+# The writes a member is refused: staff's alone (None), or a project's owner's and staff's, decided by the owner of
+# the project or run the named path parameter points at (the world's rows are all staff's).
+MEMBER_REFUSED = {
+    "POST /api/v1/model-overrides": None,
+    "PATCH /api/v1/model-overrides/{override_id}": None,
+    "DELETE /api/v1/model-overrides/{override_id}": None,
+    "PATCH /api/v1/settings": None,
+    "PATCH /api/v1/projects/{project_id}": "project_id",
+    "DELETE /api/v1/projects/{project_id}": "project_id",
+    "POST /api/v1/projects/{project_id}/dataset": "project_id",
+    "POST /api/v1/projects/{project_id}/runs": "project_id",
+    "POST /api/v1/runs/{run_id}/cancel": "run_id",
+}
+
 
 @dataclass
 class World:
@@ -55,6 +69,7 @@ class World:
     model_name: str
     roots: Path
     owner_id: int
+    member_id: int
     project_fields: dict
 
     def ids(self) -> dict[str, int]:
@@ -131,12 +146,13 @@ def world(portal_roots, tiny_llama_in_cache) -> World:
     """The portal as the fuzzer meets it, and the WSGI app kept from closing the test's database connection."""
     tmp_path = portal_roots
     user, staff_token = make_user_token("fuzz-staff", staff=True)
-    tokens = {"staff": staff_token, "member": make_user_token("fuzz-member")[1]}
+    member, member_token = make_user_token("fuzz-member")
+    tokens = {"staff": staff_token, "member": member_token}
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
     try:
         fields = _valid_project_fields(tiny_llama_in_cache[0], tmp_path)
-        yield World(tokens, tiny_llama_in_cache[0], tmp_path, user.pk, fields)
+        yield World(tokens, tiny_llama_in_cache[0], tmp_path, user.pk, member.pk, fields)
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
@@ -162,6 +178,26 @@ def _aim_at_real_things(case, world: World) -> None:
                 case.body[name] = value
 
 
+def _member_refusal(case, world: World, caller: str) -> str | None:
+    """What a member's call must get, for the writes the member is refused: "refused" (403) on a row that is not the
+    member's or for a staff-only write, "no success" when the row is missing or the path is not an id, None where the
+    member may succeed (another caller, another operation, a row the member created in an earlier example)."""
+    if caller != "member" or case.operation.label not in MEMBER_REFUSED:
+        return None
+    parameter = MEMBER_REFUSED[case.operation.label]
+    if parameter is None:
+        return "refused"
+    row_id = (case.path_parameters or {}).get(parameter)
+    if type(row_id) is not int:
+        return "no success"
+    rows = TrainingProject.objects if parameter == "project_id" else TrainingRun.objects
+    owner = "owner_id" if parameter == "project_id" else "project__owner_id"
+    owner_id = rows.filter(pk=row_id).values_list(owner, flat=True).first()
+    if owner_id is None:
+        return "no success"
+    return None if owner_id == world.member_id else "refused"
+
+
 @schema.parametrize()
 @settings(
     deadline=None,
@@ -174,8 +210,19 @@ def test_api_answers_every_generated_request_as_its_schema_says(case, world, cal
     # Set on the case, not passed to the call: a generated (negative) Authorization is then replaced where the
     # checks look too, so a case whose only other negation serializes to valid data is not required to fail.
     case.headers = {**(case.headers or {}), **HTTPS, "Authorization": f"Bearer {world.tokens[caller]}"}
+    refusal = _member_refusal(case, world, caller)
     response = case.call_and_validate(excluded_checks=EXCLUDED_CHECKS)
     assert response.status_code < 500
+    if (
+        refusal == "refused"
+    ):  # 403, unless the input itself is refused first: validation (422, 413) comes before the view
+        assert response.status_code in (403, 413, 422), (
+            case.operation.label,
+            response.status_code,
+            response.text[:500],
+        )
+    elif refusal == "no success":
+        assert response.status_code >= 400, (case.operation.label, response.status_code, response.text[:500])
 
 
 # --- limits the generator never reaches: bodies over DATA_UPLOAD_MAX_MEMORY_SIZE, more than

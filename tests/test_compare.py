@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from mtm.models import ApiToken
 from projects.charts import compare_chart_svg
-from projects.compare import MAX_RUNS, CompareRefused, parse_selection
+from projects.compare import MAX_RUNS, CompareRefused, parse_selection, select_runs
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.run_config import RunConfig
 from tests.api_client import call, codes
@@ -155,21 +155,31 @@ def test_an_unknown_run_is_named_and_the_known_one_is_not_described(runs):
 
 
 def test_a_run_that_cannot_be_seen_reads_exactly_like_one_that_does_not_exist(runs):
-    """A member without access (here: a deactivated account's still-valid token, the one way today to hold a
-    credential that sees no run) learns nothing: the real run ids get the same answer as ids that never existed."""
+    """A caller who may see no run learns nothing: the real run ids get the same answer as ids that never existed.
+    Every active member sees every run, so the one such caller today is a deactivated account: its token is refused
+    (401) before any lookup, and the comparison's own filter, asked for that account, reads real runs as missing."""
     alice, bob, (a, b, _) = runs
     token = token_for(bob)
+    assert select_runs(bob, [a.pk, b.pk]) == [a, b]  # the ids are real ones bob could see while active
     bob.is_active = False
     bob.save()
     real = call(secure_client(), "get", f"/runs/compare?runs={a.pk},{b.pk}", token=token)
     ghost = call(secure_client(), "get", f"/runs/compare?runs={a.pk + 500},{b.pk + 500}", token=token)
-    assert real.status_code == ghost.status_code
-    assert real.status_code in (401, 404)
-    assert "alpha" not in real.content.decode() and "beta" not in real.content.decode()
-    if real.status_code == 404:
-        assert real.json()["errors"][0]["message"].replace(str(a.pk), "X").replace(str(b.pk), "Y") == ghost.json()[
-            "errors"
-        ][0]["message"].replace(str(a.pk + 500), "X").replace(str(b.pk + 500), "Y")
+    assert real.status_code == ghost.status_code == 401
+    assert codes(real.json()["errors"]) == codes(ghost.json()["errors"]) == ["account_disabled"]
+    assert real.content == ghost.content and "alpha" not in real.content.decode()
+
+    refusals = []
+    for ids in ([a.pk, b.pk], [a.pk + 500, b.pk + 500]):
+        with pytest.raises(CompareRefused) as refused:
+            select_runs(bob, ids)
+        refusals.append(refused.value)
+    masked = [
+        r.problem.message.replace(str(first), "X").replace(str(second), "Y")
+        for r, (first, second) in zip(refusals, ((a.pk, b.pk), (a.pk + 500, b.pk + 500)), strict=True)
+    ]
+    assert [r.status for r in refusals] == [404, 404] and masked[0] == masked[1] == "No run #X, #Y that you can see."
+    assert refusals[0].problem.hint == refusals[1].problem.hint
 
 
 def test_anonymous_callers_are_refused(runs):

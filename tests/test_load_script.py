@@ -15,6 +15,8 @@ from django.conf import settings
 
 from bench.load import BASELINE_LABEL, expect_json, expect_page
 
+pytestmark = pytest.mark.bench  # make test leaves the benchmark smoke tests out; -m bench runs them
+
 MIX_LABELS = {
     "POST validate-model (present)",
     "POST validate-model (missing)",

@@ -13,6 +13,8 @@ from django.conf import settings
 
 from bench.upload_rss import write_dataset
 
+pytestmark = pytest.mark.bench  # make test leaves the benchmark smoke tests out; -m bench runs them
+
 
 @pytest.mark.slow
 def test_upload_rss_script_runs_clean_and_leaves_nothing_behind(tmp_path):

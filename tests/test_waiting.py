@@ -5,16 +5,17 @@ training worker), a first run paced long enough to keep the training worker busy
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from models_registry.models import PortalSettings
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.tasks import reap_runs
 from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, cancel, start, wait_for_end, write_jsonl
+from workers.models import SchedulingSettings
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +25,7 @@ LONG = {"max_steps": 200_000, "save_steps": 100_000, "learning_rate": 0.001}  # 
 @pytest.fixture
 def portal(portal_roots, transactional_db, tiny_llama_in_cache):
     # One member's three runs wait in one line here: more than the default cap of live runs per member.
-    PortalSettings.objects.filter(pk=1).update(live_runs_per_member=0)
+    SchedulingSettings.objects.update_or_create(pk=1, defaults={"live_runs_per_member": 0})
     return {"user": User.objects.create_user("ops"), "root": portal_roots, "model": tiny_llama_in_cache[0]}
 
 
@@ -44,24 +45,19 @@ def project(portal, name, hyper=None):
 def test_a_run_waiting_for_a_busy_training_worker_is_queued_in_line_never_reaped_and_cancellable(
     portal, start_worker, settings
 ):
-    settings.MTM_HEARTBEAT_TIMEOUT = 3
-    env = {"MTM_HEARTBEAT_SECONDS": "1"}
-    start_worker(queues="default", extra_env=env).wait_ready()
-    trainer = start_worker(queues="training", extra_env=env).wait_ready()
+    start_worker(queues="default").wait_ready()
+    trainer = start_worker(queues="training").wait_ready()
     busy = start(project(portal, "busy", LONG), portal["user"])
     wait_for_end(busy.pk, until=lambda r: r.status == RunStatus.TRAINING and r.progress.get("step", 0) >= 1)
 
     second = start(project(portal, "second"), portal["user"])
     third = start(project(portal, "third"), portal["user"])
-    # Long past the heartbeat timeout, with the reaper run as beat sends it every round: a waiting run has
-    # nothing to beat for, and must not be taken for a lost one.
-    waited_until = timezone.now().timestamp() + 4 * settings.MTM_HEARTBEAT_TIMEOUT + 10
-    while timezone.now().timestamp() < waited_until:
-        reap_runs.apply()
-        second.refresh_from_db()
-        if second.status != RunStatus.QUEUED:
-            break
-        time.sleep(0.5)
+    # Long past the heartbeat timeout (the waiting runs dated back, not waited for), with the reaper run as beat
+    # sends it: a waiting run has nothing to beat for, and must not be taken for a lost one.
+    long_ago = timezone.now() - timedelta(seconds=4 * settings.MTM_HEARTBEAT_TIMEOUT + 10)
+    assert TrainingRun.objects.filter(pk__in=[second.pk, third.pk]).update(created_at=long_ago) == 2
+    for _ in range(3):
+        assert reap_runs.apply().get() == []
     second.refresh_from_db()
     assert second.status == RunStatus.QUEUED, (second.status, second.error_code, second.error_message)
     assert TrainingRun.objects.get(pk=busy.pk).status == RunStatus.TRAINING
