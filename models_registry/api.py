@@ -64,13 +64,15 @@ def validate_model(request: HttpRequest, payload: ValidateModelIn) -> dict:
     if revision and (problem := revision_error(revision)):
         raise ApiError(422, [problem])
     instant = services.resolve_model(payload.model_name, revision)
-    deep = deep_state(instant)
+    deep = deep_state(instant, ask=True)  # a POST: asking a worker for the check is this call's to do
     return {**with_deep_verdict(instant, deep).to_dict(), "deep": deep.to_dict() if deep else None}
 
 
 @router.get("/projects/models/available", response={200: AvailableModelsOut, **QUERY_ERRORS}, tags=["models"])
 def available_models(request: HttpRequest, q: str | None = None, valid: bool | None = None) -> dict:
-    """Every cached model and every enabled override with its validity; ?q= filters by name, ?valid= by validity."""
+    """Every cached model and every enabled override with its validity; ?q= filters by name, ?valid= by validity.
+    `deep` is transformers' cached verdict on each (done, failed, checking or unchecked), which `valid` includes;
+    read from the cache, never computed or asked here (the workers fill it in the background)."""
     cache_dir, models = services.available_models(q, valid)
     return {"cache_dir": str(cache_dir), "count": len(models), "models": [m.to_dict() for m in models]}
 

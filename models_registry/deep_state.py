@@ -1,6 +1,7 @@
 """transformers' verdict as the pages, the API and Start see it: read from the cache, never computed in the web
-process. A model not yet checked is "checking" and a check is asked of a worker once per snapshot (a VerdictRequest
-row marks it pending); once the verdict is cached it overrides the instant rules where transformers can judge.
+process. A model not yet checked is "checking"; a check is asked of a worker once per snapshot (a VerdictRequest row
+marks it pending) by a POST or by the background fill (models_registry.verdict_fill), never by a GET. Once the
+verdict is cached it overrides the instant rules where transformers can judge, and its refusals come first.
 """
 
 from __future__ import annotations
@@ -89,31 +90,61 @@ def downgraded(resolution: Resolution, verdict: DeepVerdict) -> Resolution:
     """`resolution` with its judgeable refusals turned into warnings when transformers' verdict is valid."""
     if not verdict.valid:
         return resolution
-    kept = [p for p in resolution.errors if p.code not in TRANSFORMERS_JUDGEABLE]
-    moved = [
-        Problem(p.code, f"transformers loads and trains this model all the same: {p.message}", p.hint)
-        for p in resolution.errors
-        if p.code in TRANSFORMERS_JUDGEABLE
-    ]
-    return dataclasses.replace(resolution, errors=kept, warnings=[*resolution.warnings, *moved])
+    errors, warnings = merged_problems(resolution.errors, resolution.warnings, True, [], [])
+    return dataclasses.replace(resolution, errors=errors, warnings=warnings)
+
+
+def merged_problems(
+    errors: list[Problem],
+    warnings: list[Problem],
+    valid: bool,
+    their_errors: list[Problem],
+    their_warnings: list[Problem],
+) -> tuple[list[Problem], list[Problem]]:
+    """Instant errors and warnings overridden by transformers' verdict (`valid`, its errors and warnings): when it
+    loads the model, the refusals it can judge become warnings; when it refuses, its reasons come first. Its own
+    warnings are added; nothing twice."""
+    if valid:
+        moved = [
+            Problem(p.code, f"transformers loads and trains this model all the same: {p.message}", p.hint)
+            for p in errors
+            if p.code in TRANSFORMERS_JUDGEABLE
+        ]
+        errors = [p for p in errors if p.code not in TRANSFORMERS_JUDGEABLE]
+        warnings = [*warnings, *moved]
+    said = {(p.code, p.message) for p in their_errors}
+    errors = [*their_errors, *(p for p in errors if (p.code, p.message) not in said)]
+    seen = {(p.code, p.message) for p in [*errors, *warnings]}
+    return errors, [*warnings, *(p for p in their_warnings if (p.code, p.message) not in seen)]
+
+
+def _merged(resolution: Resolution, verdict: DeepVerdict) -> Resolution:
+    errors, warnings = merged_problems(
+        resolution.errors,
+        resolution.warnings,
+        verdict.valid,
+        [p.as_problem() for p in verdict.errors],
+        [p.as_problem() for p in verdict.warnings],
+    )
+    return dataclasses.replace(resolution, errors=errors, warnings=warnings)
 
 
 def with_deep_verdict(resolution: Resolution, deep: DeepState | None) -> Resolution:
     """The resolution as the pages and the API report it: the instant answer, overridden by transformers' verdict
-    once cached (judgeable refusals downgraded when it is valid; its refusals and warnings added)."""
+    once cached (merged_problems)."""
     if deep is None or deep.verdict is None:
         return resolution
-    shown = downgraded(resolution, deep.verdict)
-    seen = {(p.code, p.message) for p in [*shown.errors, *shown.warnings]}
-    errors = [p for p in deep.errors if (p.code, p.message) not in seen]
-    warnings = [p for p in deep.warnings if (p.code, p.message) not in seen]
-    return dataclasses.replace(shown, errors=[*shown.errors, *errors], warnings=[*shown.warnings, *warnings])
+    return _merged(resolution, deep.verdict)
 
 
-def deep_state(resolution: Resolution, *, ask: bool = True) -> DeepState | None:
+def is_check_failure(verdict: DeepVerdict) -> bool:
+    return bool(verdict.errors) and verdict.errors[0].code in CHECK_FAILURES
+
+
+def deep_state(resolution: Resolution, *, ask: bool = False) -> DeepState | None:
     """transformers' verdict on a resolved model from the cache; "checking" when none holds for its snapshot (and,
-    with `ask`, a check requested from a worker). None when transformers is not asked: no folder, or an instant
-    refusal it cannot overrule."""
+    with `ask`, which only a POST or a worker may pass, a check requested from a worker). None when transformers is
+    not asked: no folder, or an instant refusal it cannot overrule."""
     if not judgeable_only(resolution):
         return None
     folder = str(resolution.path)
@@ -121,8 +152,7 @@ def deep_state(resolution: Resolution, *, ask: bool = True) -> DeepState | None:
     row = ModelVerdict.objects.filter(folder_key=folder_key(folder)).first()
     if row is not None and row.fingerprint == stamp:
         verdict = DeepVerdict.model_validate(row.result)
-        failed = bool(verdict.errors) and verdict.errors[0].code in CHECK_FAILURES
-        return DeepState("failed" if failed else "done", verdict)
+        return DeepState("failed" if is_check_failure(verdict) else "done", verdict)
     if ask:
         request_check(resolution, stamp)
     return DeepState("checking")
@@ -130,9 +160,23 @@ def deep_state(resolution: Resolution, *, ask: bool = True) -> DeepState | None:
 
 def request_check(resolution: Resolution, stamp: str) -> bool:
     """Ask a worker for the verdict on this snapshot, unless a request for it is pending. True when asked."""
-    folder = str(resolution.path)
+    return ask_worker(str(resolution.path), resolution.trust_remote_code, resolution.model_name, stamp)
+
+
+def pending_requests() -> int:
+    """Checks asked and not yet answered (a request older than REQUEST_STALE_AFTER no longer counts)."""
+    return VerdictRequest.objects.filter(requested_at__gt=timezone.now() - REQUEST_STALE_AFTER).count()
+
+
+def ask_worker(folder: str, trust_remote_code: bool, model_name: str, stamp: str, *, refill: bool = False) -> bool:
+    """Ask a worker for the verdict on `folder` at fingerprint `stamp`, unless a request for it is pending. True when
+    asked. Safe to call from many processes at once: each snapshot is asked once. `refill`: the background fill
+    asks, and the check sends the fill again once no check is pending."""
     key = folder_key(folder)
     now = timezone.now()
+    fresh = Q(folder_key=key, fingerprint=stamp, requested_at__gt=now - REQUEST_STALE_AFTER)
+    if VerdictRequest.objects.filter(fresh).exists():  # pending: a read, not a write
+        return False
     values = {"folder": folder, "fingerprint": stamp, "requested_at": now}
     # One conditional UPDATE (or one INSERT on a unique key): two requests at once ask once.
     outdated = Q(folder_key=key) & (~Q(fingerprint=stamp) | Q(requested_at__lte=now - REQUEST_STALE_AFTER))
@@ -142,16 +186,16 @@ def request_check(resolution: Resolution, stamp: str) -> bool:
                 VerdictRequest.objects.create(folder_key=key, **values)
         except IntegrityError:
             return False  # pending already
-    args = (folder, resolution.trust_remote_code, resolution.model_name)
-    transaction.on_commit(lambda: _enqueue(key, stamp, *args))
+    args = (folder, trust_remote_code, model_name)
+    transaction.on_commit(lambda: _enqueue(key, stamp, args, {"refill": True} if refill else {}))
     return True
 
 
-def _enqueue(key: str, stamp: str, folder: str, trust_remote_code: bool, model_name: str) -> None:
+def _enqueue(key: str, stamp: str, args: tuple, kwargs: dict) -> None:
     try:  # by name: models_registry.tasks imports this module
-        current_app.send_task(CHECK_TASK, (folder, trust_remote_code, model_name), retry=False)
+        current_app.send_task(CHECK_TASK, args, kwargs, retry=False)
     except Exception as exc:  # kombu raises OperationalError and friends, depending on the transport
-        log.warning("broker unavailable for the check of %s: %s", folder, exc)
+        log.warning("broker unavailable for the check of %s: %s", args[0], exc)
         VerdictRequest.objects.filter(folder_key=key, fingerprint=stamp).delete()  # the next look asks again
 
 
@@ -169,12 +213,13 @@ def cached_refusal(resolution: Resolution) -> Problem | None:
 
 
 def overruled_on_worker(resolution: Resolution) -> Resolution:
-    """For workers only (the resolve stage): a model the instant rules refuse only for what transformers can judge
-    is judged by transformers now (computed, then cached); where it loads and trains, those refusals become
-    warnings. Any other resolution comes back as it is."""
-    if resolution.valid or not judgeable_only(resolution):
+    """For workers only (the resolve stage): a found model that the instant rules accept, or refuse only for what
+    transformers can judge, is judged by transformers now (computed, then cached). Where it loads and trains, those
+    refusals become warnings; where it refuses, its reasons come first, before any the instant rules give. Any other
+    resolution comes back as it is."""
+    if not judgeable_only(resolution):
         return resolution
-    return downgraded(resolution, deep_verdict(resolution))
+    return _merged(resolution, deep_verdict(resolution))
 
 
 def overruled_by_cache(resolution: Resolution) -> Resolution:

@@ -28,6 +28,8 @@ from mtm.shared.limited_child import CPU, LimitExceeded, Limits, run_limited
 from mtm.shared.problems import Problem
 
 LIBRARIES = ("transformers", "torch", "tokenizers", "peft", "safetensors")
+# Raised when the check itself learns something new (a cached verdict made by an older check is then made again).
+CHECK_VERSION = 2
 # A folder with more entries than this is not a model snapshot; the fingerprint stops there (and says so).
 MAX_FINGERPRINT_ENTRIES = 20_000
 
@@ -92,7 +94,8 @@ def _entry(root: str, full: str) -> list:
 
 def fingerprint(folder: str | Path, trust_remote_code: bool = False) -> str:
     """What the verdict on `folder` depends on, hashed: each file's name, link target (a cache's blob name), size,
-    mtime, mode and owner (a chmod changes the verdict), plus the libraries, the trust setting and the limits."""
+    mtime, mode and owner (a chmod changes the verdict), plus the libraries, the trust setting, the check's version
+    and its limits."""
     root = str(folder)
     entries: list[list] = []
     for dirpath, dirnames, filenames in os.walk(root):
@@ -103,7 +106,8 @@ def fingerprint(folder: str | Path, trust_remote_code: bool = False) -> str:
             entries.append(["more than", MAX_FINGERPRINT_ENTRIES])
             break
     limits = verdict_limits()
-    material = [entries, library_versions(), bool(trust_remote_code), [limits.cpu_seconds, limits.memory_mb]]
+    checked = [CHECK_VERSION, limits.cpu_seconds, limits.memory_mb, settings.MTM_TEMPLATE_CPU_SECONDS]
+    material = [entries, library_versions(), bool(trust_remote_code), checked]
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
@@ -140,7 +144,8 @@ def compute_verdict(folder: str | Path, *, trust_remote_code: bool = False, mode
     stamp = fingerprint(folder, trust_remote_code)
     limits = verdict_limits()
     try:
-        found = run_limited(functools.partial(examine, folder, trust_remote_code, name), limits)
+        work = functools.partial(examine, folder, trust_remote_code, name, settings.MTM_TEMPLATE_CPU_SECONDS)
+        found = run_limited(work, limits)
     except LimitExceeded as exc:
         found = {"errors": [_stopped(name, exc, limits).to_dict()], "warnings": [], "facts": {}}
     except RuntimeError as exc:

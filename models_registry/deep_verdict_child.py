@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import faulthandler
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +25,27 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.quantizers.auto import get_hf_quantizer
 from transformers.utils import logging
 
+from models_registry.chat_template_source import chat_template_source
 from models_registry.deep_verdict_findings import Findings, Refused, fail, quoted
+from models_registry.not_a_model import gguf_files
 from models_registry.pickle_scan import check_bin
 
 # Text every tokenizer with a vocabulary encodes to ordinary (non-special) tokens.
 SAMPLE = "The quick brown fox jumps over the lazy dog. Question: what is two plus two? Answer: four. 0 1 2 3 4 5"
 SHOWN_KEYS = 4
+# A short conversation every chat template should render: a user turn and the assistant's answer (no system turn,
+# which some templates refuse by design).
+SAMPLE_CONVERSATION = [
+    {"role": "user", "content": "What is two plus two?"},
+    {"role": "assistant", "content": "Four."},
+]
 
 
-def examine(folder: str, trust_remote_code: bool = False, model_name: str = "") -> dict[str, Any]:
-    """transformers' verdict on the model folder, as plain JSON: {"errors": [...], "warnings": [...], "facts": {}}."""
+def examine(
+    folder: str, trust_remote_code: bool = False, model_name: str = "", template_seconds: int = 10
+) -> dict[str, Any]:
+    """transformers' verdict on the model folder, as plain JSON: {"errors": [...], "warnings": [...], "facts": {}}.
+    `template_seconds`: the CPU time the model's own chat template may take to render a short conversation."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ["HF_DEACTIVATE_ASYNC_LOAD"] = "1"  # no loader threads: one thread stays inside the memory limit
@@ -50,7 +62,8 @@ def examine(folder: str, trust_remote_code: bool = False, model_name: str = "") 
         model = _meta_model(config, trust_remote_code, found)
         if not quantized:
             _weights(folder, config, model, found)
-        _tokenizer(folder, config, model, trust_remote_code, found)
+        tokenizer = _tokenizer(folder, config, model, trust_remote_code, found)
+        _chat_template(folder, tokenizer, template_seconds, found)
     except Refused:
         pass
     return found.as_dict()
@@ -186,12 +199,17 @@ def _weights(folder: str, config: Any, model: Any, found: Findings) -> None:
     except Exception as exc:
         index = next((n for n in ("model.safetensors.index.json", "pytorch_model.bin.index.json") if n in str(exc)), "")
         code, what = ("shard_missing", f"a shard that {index} names is missing") if index else ("no_weights", "")
+        ggufs = [] if index else gguf_files(_names(folder))
+        if ggufs:
+            what = f"it has only GGUF weights ({', '.join(ggufs[:3])}), which transformers cannot fine-tune"
         raise fail(
             found,
             exc,
             code,
             what or "transformers finds no weights it would load (model.safetensors, its index, pytorch_model.bin)",
-            found.redownload,
+            f"Download the full model: hf download {found.model_name} (the original repo, not its GGUF conversion)"
+            if ggufs
+            else found.redownload,
         )
     chosen = [Path(f) for f in files or []]
     found.facts["weight_files"] = [p.name for p in chosen]
@@ -222,6 +240,13 @@ def _weights(folder: str, config: Any, model: Any, found: Findings) -> None:
                 found.redownload,
             )
     _compare(folder, model, state, sharded, found)
+
+
+def _names(folder: str) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:  # an unreadable folder is named by fail() itself
+        return []
 
 
 def _warn_unopened(folder: Path, chosen: set[str], found: Findings) -> None:
@@ -326,7 +351,7 @@ def _missing_words(model: Any, missing: list[str], unexpected: list[str], found:
     return message, found.redownload
 
 
-def _tokenizer(folder: str, config: Any, model: Any, trust: bool, found: Findings) -> None:
+def _tokenizer(folder: str, config: Any, model: Any, trust: bool, found: Findings) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust, local_files_only=True)
         ids = list(tokenizer(SAMPLE)["input_ids"])
@@ -356,6 +381,7 @@ def _tokenizer(folder: str, config: Any, model: Any, trust: bool, found: Finding
             "Use a model whose tokenizer defines an eos token.",
         )
     _ids_fit_embedding(tokenizer, ids, model, found)
+    return tokenizer
 
 
 def _ids_fit_embedding(tokenizer: Any, ids: list[int], model: Any, found: Findings) -> None:
@@ -378,4 +404,45 @@ def _ids_fit_embedding(tokenizer: Any, ids: list[int], model: Any, found: Findin
         "the first training step would fail with an index error (on a GPU, a device-side assert).",
         "Use the tokenizer that came with these weights; if tokens were added to it, resize the model's embedding "
         "(resize_token_embeddings) and save the model again.",
+    )
+
+
+class _TemplateTooSlow(BaseException):  # not an Exception: no handler inside jinja swallows it
+    pass
+
+
+def _out_of_time(signum: int, frame: Any) -> None:
+    raise _TemplateTooSlow
+
+
+def _chat_template(folder: str, tokenizer: Any, seconds: int, found: Findings) -> None:
+    """The model's own chat template rendered over a short conversation, as training renders a messages dataset.
+    A template that fails is a warning quoting jinja's (or transformers') words: the model still trains on plain
+    text, and a project can use ChatML instead. It gets `seconds` of CPU time, so a template that loops leaves
+    the rest of the verdict standing."""
+    if not getattr(tokenizer, "chat_template", None):
+        return
+    where = chat_template_source(folder) or "its tokenizer files"
+    found.facts["chat_template"] = where
+    previous = signal.signal(signal.SIGPROF, _out_of_time)
+    signal.setitimer(signal.ITIMER_PROF, max(1, seconds))
+    try:
+        tokenizer.apply_chat_template(SAMPLE_CONVERSATION, tokenize=False)
+    except _TemplateTooSlow:
+        said = f"it took more than {seconds} s of CPU time to render two short messages, so it was stopped"
+    except MemoryError:
+        said = "it ran out of memory rendering two short messages"
+    except Exception as exc:  # jinja's TemplateError, or transformers' words about the template
+        said = f"it fails to render a short conversation. jinja says: {quoted(exc)}"
+    else:
+        return
+    finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
+    found.warn(
+        "chat_template_unrenderable",
+        f"Model '{found.model_name}': its own chat template (in {where}) cannot be used: {said}. A project that "
+        "trains it on conversations (a messages dataset) with the model's own template would fail.",
+        f"Set the project's Chat template to ChatML, or fix the chat_template in {where}; plain-text and "
+        "prompt/completion datasets are not affected.",
     )

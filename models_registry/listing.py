@@ -124,5 +124,5 @@ def list_models(
             by_name[name] = ListedModel(name, "portal", res.path or path, None, res.errors, res.warnings)
     for name, path, trust in overrides:
         res = resolve(name, cache_dir=cache_dir, override_path=path, trust_remote_code=trust)
-        by_name[name] = ListedModel(name, "override", res.path or path, None, res.errors, res.warnings)
+        by_name[name] = ListedModel(name, "override", res.path or path, None, res.errors, res.warnings, bool(trust))
     return [by_name[k] for k in sorted(by_name, key=str.lower)]

@@ -159,8 +159,8 @@ class ModelVerdict(models.Model):
 
 
 class VerdictRequest(models.Model):
-    """A deep check asked of a worker for one folder and fingerprint (models_registry.deep_state), so the pages ask
-    once per snapshot while it is pending. The worker deletes it once the verdict is cached."""
+    """A deep check asked of a worker for one folder and fingerprint (models_registry.deep_state), so a POST or the
+    background fill asks once per snapshot while it is pending. The worker deletes it once the verdict is cached."""
 
     folder_key = models.CharField(max_length=64, unique=True, help_text="sha256 of the folder's path.")
     folder = models.TextField()

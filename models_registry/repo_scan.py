@@ -15,6 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from models_registry.cache_layout import PARTIAL_SUFFIX, split_partial_blobs
 from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
@@ -31,7 +32,8 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 @dataclass
 class ListedModel:
-    """One model as the list shows it: where it was found and its instant verdict."""
+    """One model as the list shows it: where it was found and its instant verdict; `deep`, where the list has read
+    it (models_registry.deep_listing), transformers' cached verdict, which the errors and warnings then include."""
 
     model_name: str
     source: str
@@ -39,13 +41,15 @@ class ListedModel:
     revision: str | None
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    trust_remote_code: bool = False  # an override's setting: transformers' check runs the model's code only then
+    deep: Any = None
 
     @property
     def valid(self) -> bool:
         return not self.errors
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "model_name": self.model_name,
             "source": self.source,
             "path": self.path,
@@ -54,6 +58,9 @@ class ListedModel:
             "errors": [p.to_dict() for p in self.errors],
             "warnings": [p.to_dict() for p in self.warnings],
         }
+        if self.deep is not None:
+            data["deep"] = self.deep.to_dict()
+        return data
 
 
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC

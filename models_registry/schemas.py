@@ -132,14 +132,31 @@ class ResolutionOut(Schema):
     )
 
 
+class ListedDeepOut(Schema):
+    state: Literal["checking", "done", "failed", "unchecked"] = Field(
+        description='"done": transformers has judged this snapshot (`valid`, and its reasons first in `errors`); '
+        '"failed": its check could not finish; "checking": a worker is checking it now; "unchecked": not yet '
+        "(the workers' background fill will). Read from the cache: listing never computes or asks."
+    )
+    valid: bool | None
+    errors: list[ProblemOut]
+    warnings: list[ProblemOut]
+    checked_at: datetime | None
+
+
 class ListedModelOut(Schema):
     model_name: str
     source: str
     path: str | None
     revision: str | None
-    valid: bool
+    valid: bool = Field(description="The instant rules' answer, overridden by transformers' cached verdict.")
     errors: list[ProblemOut]
     warnings: list[ProblemOut]
+    deep: ListedDeepOut | None = Field(
+        None,
+        description="transformers' verdict as cached for the listed folder; null where it is not asked (no folder, "
+        "or an instant refusal it cannot overrule).",
+    )
 
 
 class AvailableModelsOut(Schema):

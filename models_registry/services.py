@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.conf import settings as django_settings
 
+from models_registry.deep_listing import with_deep_states
 from models_registry.models import ModelOverride, PortalSettings, PublishedModel
 from models_registry.names import name_error
 from models_registry.published import provenance, shadowed_warning, unpublished_problem
@@ -78,6 +79,7 @@ def available_models(query: str | None = None, valid: bool | None = None) -> tup
     if query:
         needle = query.strip().lower()
         models = [m for m in models if needle in m.model_name.lower()]
+    models = with_deep_states(models)  # transformers' cached verdicts: two queries for the whole list
     if valid is not None:
         models = [m for m in models if m.valid == valid]
     return cache_dir, models

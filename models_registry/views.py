@@ -17,6 +17,7 @@ from django_htmx.http import HttpResponseStopPolling
 
 from models_registry import services
 from models_registry.chat_template_source import chat_template_source
+from models_registry.deep_listing import still_checking
 from models_registry.deep_state import DeepState, deep_state, with_deep_verdict
 from models_registry.forms import ModelCheckForm, PortalSettingsForm
 from models_registry.models import PortalSettings, PublishedModel
@@ -58,6 +59,8 @@ def model_list(request: HtmxHttpRequest) -> HttpResponse:
         "cache_dir": cache_dir,
         "cache_source": cache_source,
         "check_form": ModelCheckForm(),
+        "checking": still_checking(models),
+        "list_url": f"{reverse('registry:models')}?{urlencode({'q': query, 'valid': request.GET.get('valid', '')})}",
     }
     template = "models/list.html#model-rows" if wants_partial(request) else "models/list.html"
     return render(request, template, context)
@@ -109,9 +112,9 @@ def _verdict_url(name: str, revision: str, view: str) -> str:
     return f"{reverse('registry:verdict-status')}?{query}"
 
 
-def _model_check(name: str, revision: str) -> dict:
+def _model_check(name: str, revision: str, *, ask: bool = False) -> dict:
     """What the model-name field's status says of `name`: the instant answer overridden by transformers' cached
-    verdict, and that verdict's state ("checking" asks a worker for it)."""
+    verdict, and that verdict's state (with `ask`, from a POST only, "checking" asks a worker for it)."""
     check: dict = {"name": name, "revision": revision}
     if not name:
         check["state"] = "empty"
@@ -119,7 +122,7 @@ def _model_check(name: str, revision: str) -> dict:
         check.update(state="error", errors=[problem])
     else:
         instant = services.resolve_model(name, revision or None)
-        deep = deep_state(instant)
+        deep = deep_state(instant, ask=ask)
         resolution = with_deep_verdict(instant, deep)
         state = "error" if not resolution.valid else "warn" if resolution.warnings else "ok"
         check.update(state=state, resolution=resolution, errors=resolution.errors, warnings=resolution.warnings)
@@ -143,21 +146,23 @@ def _still_checking(deep: DeepState | None) -> bool:
     return deep is not None and deep.state == "checking"
 
 
-@require_http_methods(["GET"])
+@require_http_methods(["GET", "POST"])
 @login_required
 def verdict_status(request: HtmxHttpRequest) -> HttpResponse:
     """The polled region that waits for transformers' verdict: the field's status (view=field) or the model page's
-    verdict section. 200 while checking; 286 (htmx stops polling) once the verdict is cached, and on the page
-    HX-Refresh too, since the verdict changes the page's badge and problems."""
+    verdict section. The poll is a POST, which asks a worker for the check once per snapshot (a GET only reads).
+    200 while checking; 286 (htmx stops polling) once the verdict is cached, and on the page HX-Refresh too, since
+    the verdict changes the page's badge and problems."""
     name = request.GET.get("model_name", "").strip()[:MAX_QUERY_CHARS]
     revision = request.GET.get("revision", "").strip()[:256]
+    ask = request.method == "POST"
     if request.GET.get("view") == "field":
-        check = _model_check(name, revision)
+        check = _model_check(name, revision, ask=ask)
         response = render(request, "models/_model_field.html#model-status", {"check": check})
         return response if _still_checking(check.get("deep")) else HttpResponseStopPolling(response.content)
     if name_error(name):
         return HttpResponseStopPolling("")
-    deep = deep_state(services.resolve_model(name, revision or None))
+    deep = deep_state(services.resolve_model(name, revision or None), ask=ask)
     context = {"name": name, "revision": revision, "deep": deep, "deep_url": _verdict_url(name, revision, "page")}
     response = render(request, "models/detail.html#deep-verdict", context)
     if _still_checking(deep):

@@ -178,10 +178,16 @@ MTM_VERDICT_MEMORY_MB = env_int("MTM_VERDICT_MEMORY_MB", 4096)
 # megabytes of memory beyond what the child starts with); such a template is reported as the model's problem.
 MTM_TEMPLATE_CPU_SECONDS = env_int("MTM_TEMPLATE_CPU_SECONDS", 10)
 MTM_TEMPLATE_MEMORY_MB = env_int("MTM_TEMPLATE_MEMORY_MB", 512)
+# The workers fill transformers' verdict on every listed model in the background (models_registry.verdict_fill): beat
+# sends the fill every MTM_VERDICT_FILL_SECONDS, which keeps at most MTM_VERDICT_FILL_BATCH checks pending (0: no fill;
+# models are then checked only when someone asks).
+MTM_VERDICT_FILL_BATCH = env_int("MTM_VERDICT_FILL_BATCH", 4)
+MTM_VERDICT_FILL_SECONDS = env_int("MTM_VERDICT_FILL_SECONDS", 300)
 
 # --- Runs ---------------------------------------------------------------------------------------------
-# Runs one member may have live (queued, resolving, training or validating) before Start is refused; 0: no cap.
-# The portal settings start with this value; staff change it there (PortalSettings.live_runs_per_member).
+# Runs one member may have live (queued, resolving, training or validating) before Start is refused, and taken by
+# workers at once (the fair share); 0: no cap. The setting starts with this value; staff change it on the Settings
+# or GPUs page (workers.SchedulingSettings.live_runs_per_member).
 MTM_LIVE_RUNS_PER_MEMBER = env_int("MTM_LIVE_RUNS_PER_MEMBER", 2)
 if MTM_LIVE_RUNS_PER_MEMBER < 0:
     raise ImproperlyConfigured(
@@ -293,6 +299,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "playground.reap_lost_generations",
         "schedule": float(MTM_REAP_SECONDS),
         "options": {"expires": float(MTM_REAP_SECONDS)},
+    },
+    "fill-model-verdicts": {
+        "task": "models_registry.fill_verdicts",
+        "schedule": float(max(1, MTM_VERDICT_FILL_SECONDS)),
+        "options": {"expires": float(max(1, MTM_VERDICT_FILL_SECONDS))},
     },
     "cleanup-unreferenced-uploads": {
         "task": "projects.cleanup_uploads",

@@ -125,7 +125,7 @@ def test_available_models_with_filters(client, member_token, tiny_llama_in_cache
     by_name = {m["model_name"]: m for m in body["models"]}
     assert by_name[name]["valid"] is True and by_name[name]["revision"] == snapshot.name
     assert by_name["other/broken"]["valid"] is False and by_name["other/broken"]["errors"]
-    assert set(by_name[name]) == {"model_name", "source", "path", "revision", "valid", "errors", "warnings"}
+    assert set(by_name[name]) == {"model_name", "source", "path", "revision", "valid", "errors", "warnings", "deep"}
 
     def names(query: str) -> list[str]:
         resp = call(client, "get", f"/projects/models/available?{query}", token=member_token)

@@ -1,0 +1,108 @@
+"""transformers' cached verdicts on the listed models, read for the whole list at once.
+
+Two queries whatever the number of models (the cached verdicts, and which folders a worker is checking now) and
+nothing computed: a verdict is shown for the folder it was made on, as the background fill
+(models_registry.verdict_fill) keeps it current on the workers. Looking a model up (its page, the inline check,
+Start) compares the fingerprint; the list, which must stay fast, does not walk every model's files to do so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db.models.fields.json import KT
+from django.utils import timezone
+
+from models_registry.deep_state import CHECK_FAILURES, REQUEST_STALE_AFTER, TRANSFORMERS_JUDGEABLE, merged_problems
+from models_registry.models import ModelVerdict, VerdictRequest
+from models_registry.repo_scan import ListedModel
+from mtm.shared.problems import Problem
+
+CHECKING, DONE, FAILED, UNCHECKED = "checking", "done", "failed", "unchecked"
+
+
+@dataclass
+class ListedDeep:
+    """A listed model's deep state: "done" or "failed" (a verdict is cached), "checking" (a worker has been asked
+    and not answered yet) or "unchecked" (neither, yet: the background fill will ask)."""
+
+    state: str
+    valid: bool | None = None
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    checked_at: datetime | None = None
+
+    @property
+    def reason(self) -> Problem | None:
+        """transformers' first refusal, when it refuses."""
+        return self.errors[0] if self.errors else None
+
+    def to_dict(self) -> dict:
+        return {
+            "state": self.state,
+            "valid": self.valid,
+            "errors": [p.to_dict() for p in self.errors],
+            "warnings": [p.to_dict() for p in self.warnings],
+            "checked_at": self.checked_at,
+        }
+
+
+def judgeable(model: ListedModel) -> bool:
+    """Whether transformers is asked about a listed model: it has a folder, and every instant refusal is one
+    transformers' verdict can overrule."""
+    return model.path is not None and all(p.code in TRANSFORMERS_JUDGEABLE for p in model.errors)
+
+
+def _problems(raw: str | None) -> list[Problem]:
+    if not raw or raw == "[]":
+        return []
+    return [Problem(p["code"], p["message"], p.get("hint", "")) for p in json.loads(raw)]
+
+
+def with_deep_states(models: list[ListedModel]) -> list[ListedModel]:
+    """The listed models, each judgeable one with its deep state and, where a verdict is cached, its errors and
+    warnings overridden by it. New objects: the listing's kept results are never changed."""
+    folders = {model.path for model in models if judgeable(model)}
+    if not folders:
+        return models
+    # Every row, unfiltered: an IN of thousands of keys costs more to build than the rows of other folders cost to
+    # skip. Only the problems are read out of the JSON, and parsed only where there are any.
+    rows = ModelVerdict.objects.values_list(
+        "folder", "valid", KT("result__errors"), KT("result__warnings"), KT("result__checked_at")
+    )
+    verdicts = {row[0]: row[1:] for row in rows if row[0] in folders}
+    since = timezone.now() - REQUEST_STALE_AFTER
+    pending = set(VerdictRequest.objects.filter(requested_at__gt=since).values_list("folder", flat=True))
+    shown = []
+    for model in models:
+        if model.path not in folders:
+            shown.append(model)
+            continue
+        cached = verdicts.get(model.path)
+        if model.path in pending:  # asked again (a file changed, or never checked): the old verdict is on its way out
+            shown.append(dataclasses.replace(model, deep=ListedDeep(CHECKING)))
+        elif cached is None:
+            shown.append(dataclasses.replace(model, deep=ListedDeep(UNCHECKED)))
+        else:
+            valid, errors_json, warnings_json, checked_at = cached
+            errors, warnings = _problems(errors_json), _problems(warnings_json)
+            failed = bool(errors) and errors[0].code in CHECK_FAILURES
+            deep = ListedDeep(FAILED if failed else DONE, valid, errors, warnings, _when(checked_at))
+            errors, warnings = merged_problems(model.errors, model.warnings, valid, errors, warnings)
+            shown.append(dataclasses.replace(model, errors=errors, warnings=warnings, deep=deep))
+    return shown
+
+
+def _when(raw: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def still_checking(models: list[ListedModel]) -> int:
+    """How many of the listed models a worker is checking now (the list polls while there are any)."""
+    return sum(1 for model in models if model.deep is not None and model.deep.state == CHECKING)
