@@ -20,7 +20,7 @@ from django.conf import settings
 from models_registry.models import ModelOverride, PortalSettings
 from models_registry.outputs import OutputDirCheck
 from models_registry.services import current_cache_dir, dataset_roots, output_roots, validate_output_dir
-from mtm.shared.claims import Standing, claim_form, followed_identity, standing
+from mtm.shared.claims import Standing, claim_form, followed_identity, same_identity, standing
 from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
 from projects.access import can_manage
@@ -115,7 +115,7 @@ def override_forms(stored: str, identity: str) -> set[str]:
     real = resolved(normal)
     if real is None or real == normal:
         return {normal}
-    return {normal, real} if identity and followed_identity(normal) == identity else {normal}
+    return {normal, real} if same_identity(identity, followed_identity(normal)) else {normal}
 
 
 def _inside_any(path: str, root: str) -> bool:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mtm.shared.claims import identity_of, identity_of_open
+from mtm.shared.claims import identity_of, identity_of_open, same_identity
 from mtm.shared.nofollow import LINK_ERRORS, open_dir_nofollow
 from mtm.shared.owned_files import open_subdir
 from mtm.shared.problems import Problem
@@ -78,7 +78,7 @@ def open_folder_as_made(path: str, recorded: str, run_id: Any, hint: str = RESTO
             raise RunFolderRefused(_missing(run_id, path)) from None
         how = "a folder on its path, or the folder itself, is now a link (or a file)"
         raise RunFolderRefused(folder_changed(run_id, path, how, hint)) from None
-    if recorded and identity_of_open(fd) != recorded:
+    if recorded and not same_identity(recorded, identity_of_open(fd)):
         os.close(fd)
         how = f"another folder stands at that path now (device:inode {identity_of(path) or '?'}, not {recorded})"
         raise RunFolderRefused(folder_changed(run_id, path, how, hint))
@@ -98,31 +98,44 @@ def run_folder_problem(run: TrainingRun, hint: str = RESTORE_HINT) -> Problem | 
     return None
 
 
-def published_folder_problem(path: str, run: TrainingRun | None, name: str) -> Problem | None:
-    """Why the model folder `path` published as `name` from `run` may not be read now: its run's folder is not the one
-    the worker made (open_run_folder), or `path` is not that folder or its merged/ folder, or is reached through a
-    link. A name whose run was deleted is held to the rule for rows without a recorded folder."""
-    hint = (
+def published_hint(name: str) -> str:
+    return (
         f"Unpublish '{name}' (its publisher, the run's project owner or staff), or put the run's own folder back at "
         "that path; then publish again from a run whose folder was not changed."
     )
+
+
+def open_published_folder(path: str, run: TrainingRun | None, name: str, hint: str = "") -> int:
+    """A descriptor of the model folder `path` published as `name` from `run`, reached without following any link:
+    RunFolderRefused when its run's folder is not the one the worker made (open_run_folder), or `path` is not that
+    folder or its merged/ folder, or is reached through a link. A name whose run was deleted is held to the rule for
+    rows without a recorded folder."""
+    hint = hint or published_hint(name)
     if run is None:
         folder, recorded, run_id = os.path.dirname(path) if os.path.basename(path) == MERGED_DIR else path, "", None
     else:
         folder, recorded, run_id = run.output_directory, run.run_folder_identity, run.pk
     if path not in (folder, os.path.join(folder, MERGED_DIR)):
-        return folder_changed(run_id, folder, f"the published folder {path} is not in it", hint)
+        raise RunFolderRefused(folder_changed(run_id, folder, f"the published folder {path} is not in it", hint))
+    fd = open_folder_as_made(folder, recorded, run_id, hint)
+    if path == folder:
+        return fd
     try:
-        fd = open_folder_as_made(folder, recorded, run_id, hint)
-    except RunFolderRefused as refused:
-        return refused.problem
-    try:
-        if path != folder:
-            os.close(open_subdir(fd, MERGED_DIR))
+        return open_subdir(fd, MERGED_DIR)
     except OSError:
-        return folder_changed(run_id, folder, f"its {MERGED_DIR}/ folder is missing or is a link", hint)
+        how = f"its {MERGED_DIR}/ folder is missing or is a link"
+        raise RunFolderRefused(folder_changed(run_id, folder, how, hint)) from None
     finally:
         os.close(fd)
+
+
+def published_folder_problem(path: str, run: TrainingRun | None, name: str) -> Problem | None:
+    """Why the model folder `path` published as `name` from `run` may not be read now (open_published_folder's
+    problem), or None."""
+    try:
+        os.close(open_published_folder(path, run, name))
+    except RunFolderRefused as refused:
+        return refused.problem
     return None
 
 
@@ -131,6 +144,7 @@ __all__ = [
     "RUN_FOLDER_CHANGED",
     "RunFolderRefused",
     "open_folder_as_made",
+    "open_published_folder",
     "open_run_folder",
     "published_folder_problem",
     "run_folder_problem",

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from models_registry.services import dataset_roots, validate_output_dir
-from mtm.shared.claims import identity_of_open
+from mtm.shared.claims import identity_of_open, same_identity
 from mtm.shared.nofollow import LINK_ERRORS as _LINK_ERRORS
 from mtm.shared.nofollow import open_dir_nofollow, open_file_nofollow
 from mtm.shared.owned_files import DIR_MODE, open_subdir, write_new
@@ -157,7 +157,7 @@ def reopen_run_folder(run: TrainingRun) -> int:
         fd = open_dir_nofollow(run.output_directory)
     except OSError:
         raise PathChanged(run_folder_changed(run.output_directory)) from None
-    if not recorded or identity_of_open(fd) != recorded:
+    if not same_identity(recorded, identity_of_open(fd)):
         os.close(fd)
         raise PathChanged(run_folder_changed(run.output_directory))
     return fd
@@ -175,7 +175,7 @@ def open_resume_checkpoint(run: TrainingRun) -> int | None:
             recorded = _recorded_identity(source)  # none for runs trained before folders were recorded
             folder = open_dir_nofollow(source.output_directory)
             try:
-                if recorded and identity_of_open(folder) != recorded:
+                if recorded and not same_identity(recorded, identity_of_open(folder)):
                     raise PathChanged(resume_changed(path, source.pk))
                 return open_subdir(folder, os.path.basename(path))
             finally:

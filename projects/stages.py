@@ -21,21 +21,24 @@ from mtm.shared.files import file_sha256
 from mtm.shared.owned_files import make_staging, remove_tree
 from mtm.shared.problems import Problem
 from projects import run_manifest, run_paths, run_records
+from projects.base_model_folder import HeldBaseModel, open_base_model
 from projects.chat_templates import with_chat_template
-from projects.datasets import check_dataset_path, inspect_dataset, load_rows, prompt_text
+from projects.datasets import check_dataset_path, detect_format, inspect_dataset, load_rows, prompt_text
 from projects.datasets.eval_split import eval_source_problems
-from projects.datasets.pairs import PREFERENCE, objective_problem, prompt_of
+from projects.datasets.pairs import PREFERENCE, objective_problem
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.pipeline import fail, transition, worker_identity
 from projects.run_columns import EvalPoint, MetricPoint, RunProgress, RunSummary
 from projects.run_config import RunConfig, run_config
+from projects.run_folder import RunFolderRefused
 from projects.services import load_tokenizer
 from projects.supervisor import CANCEL_KILL_SECONDS, Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
 from projects.trainer.outputs import MANIFEST_NAME, RUN_MARKER
 from projects.trainer.ranks import launcher_outcome, owned_devices
-from projects.validation import preference_check, read_path, validate_output
+from projects.validation import preference_check, validate_output
+from projects.validation_prompt import tokenizer_prompt
 
 MAX_METRIC_POINTS = 2000
 HOLD_OUT_MIN = 10  # rows a dataset needs before one is kept out of training to be the validation prompt
@@ -257,17 +260,24 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int, staging: str) -> b
         run_paths.drop_snapshot(folder)
         fail(run_id, RunStage.TRAIN, _too_few_devices(devices, owned))
         return False
-    try:  # the checkpoint is read through a folder opened now, never through its path again
-        resume_fd = run_paths.open_resume_checkpoint(run) if run.resume and run.resumed_from else None
-    except run_paths.PathChanged as changed:
+    try:  # a published base model is read through its folder opened now, never through its path again
+        base = open_base_model(run)
+    except RunFolderRefused as refused:
         run_paths.drop_snapshot(folder)
-        fail(run_id, RunStage.TRAIN, changed.problem)
+        fail(run_id, RunStage.TRAIN, refused.problem)
         return False
-    try:
-        return _train_with(run, config, folder, output_fd, staging, dataset, eval_dataset, resume_fd)
-    finally:
-        if resume_fd is not None:
-            os.close(resume_fd)
+    with base:
+        try:  # the checkpoint is read through a folder opened now, never through its path again
+            resume_fd = run_paths.open_resume_checkpoint(run) if run.resume and run.resumed_from else None
+        except run_paths.PathChanged as changed:
+            run_paths.drop_snapshot(folder)
+            fail(run_id, RunStage.TRAIN, changed.problem)
+            return False
+        try:
+            return _train_with(run, config, folder, output_fd, staging, dataset, eval_dataset, resume_fd, base)
+        finally:
+            if resume_fd is not None:
+                os.close(resume_fd)
 
 
 def _train_with(
@@ -279,6 +289,7 @@ def _train_with(
     dataset: Path,
     eval_dataset: Path | None,
     resume_fd: int | None,
+    base: HeldBaseModel,
 ) -> bool:
     run_id = run.pk
     devices = config.values.devices
@@ -292,7 +303,8 @@ def _train_with(
     # A folder the worker holds open, by a path the trainer (and each of its ranks) can read while it runs.
     resume_from = f"/proc/{os.getpid()}/fd/{resume_fd}" if resume_fd is not None else run.resumed_from or "latest"
     spec = build_spec(
-        model_path=run.resolved_path,
+        model_path=base.path_for(os.getpid()),
+        model_shown=run.resolved_path,
         model_name=config.model_name,
         revision=run.resolved_revision,
         trust_remote_code=_trust_remote_code(run),
@@ -439,30 +451,22 @@ def _snapshot_rows(run: TrainingRun) -> list[dict]:
     return load_rows(run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(config.dataset_path))
 
 
-def _validation_prompt(run: TrainingRun, rows: list[dict] | None = None, where: str | None = None) -> str:
-    """`where`: the path the run's folder is read by (its opened descriptor's), else its own path."""
-    where = where or run.output_directory
+def _validation_prompt(run: TrainingRun, rows: list[dict] | None, folder_fd: int) -> str:
+    """The project's validation prompt, else one from the row not trained on (`rows`: the snapshot's, read when None).
+    A row that needs the run's tokenizer reads it from `folder_fd`, the run folder checked and held open, by
+    descriptor (projects.validation_prompt); any problem falls back to the default prompt."""
     config = run_config(run)
     if config.validation_prompt.strip():
         return config.validation_prompt
     try:
         rows = rows if rows is not None else _snapshot_rows(run)
-        from projects.datasets import detect_format
-
         if config.held_out_row or config.held_out_pairs:
             rows = rows[-1:]
         fmt = detect_format(rows[:1])
-        if fmt == PREFERENCE:
-            from transformers import AutoTokenizer
-
-            return prompt_of(rows[0], AutoTokenizer.from_pretrained(where)) or ""
-        tokenizer = None
-        if fmt == "messages":
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(where)
-        return prompt_text(rows[0], fmt, tokenizer) or rows[0].get("text", "")[:200]
-    except Exception:  # the dataset is only a source of a prompt here; any problem falls back to the default
+        if fmt in (PREFERENCE, "messages"):
+            return tokenizer_prompt(folder_fd, rows[0], fmt)
+        return prompt_text(rows[0], fmt) or rows[0].get("text", "")[:200]
+    except Exception:  # the dataset and tokenizer are only a source of a prompt here
         return ""
 
 
@@ -522,14 +526,20 @@ def validate_stage(run_id: int) -> None:
         fail(run_id, RunStage.VALIDATE, changed.problem)
         return
     try:
-        _validate_in(run, folder_fd)
+        try:  # the base the model is compared with (or an adapter loaded on): the folder the run trained from
+            base = open_base_model(run)
+        except RunFolderRefused as refused:
+            run_paths.drop_snapshot(run_dir(run_id))
+            fail(run_id, RunStage.VALIDATE, refused.problem)
+            return
+        with base:
+            _validate_in(run, folder_fd, base)
     finally:
         os.close(folder_fd)
 
 
-def _validate_in(run: TrainingRun, folder_fd: int) -> None:
+def _validate_in(run: TrainingRun, folder_fd: int, base: HeldBaseModel) -> None:
     run_id = run.pk
-    where = str(read_path(folder_fd))
     config = run_config(run)
     rows: list[dict] | None = None  # read only when a prompt or held-out pairs come from it
     if config.held_out_pairs or not config.validation_prompt.strip():
@@ -537,7 +547,7 @@ def _validate_in(run: TrainingRun, folder_fd: int) -> None:
             rows = _snapshot_rows(run)
         except Exception:  # the dataset is only a source of a prompt and of held-out pairs here
             rows = []
-    prompt = _validation_prompt(run, rows, where)
+    prompt = _validation_prompt(run, rows, folder_fd)
     before_after = None if config.values.objective == "dpo" else _before_after_rows(run)  # DPO: the preference check
     run_paths.drop_snapshot(run_dir(run_id))
     report = validate_output(
@@ -547,6 +557,7 @@ def _validate_in(run: TrainingRun, folder_fd: int) -> None:
         trust_remote_code=_trust_remote_code(run),
         before_after=before_after,
         folder_fd=folder_fd,
+        base_fd=base.fd,
     )
     if config.held_out_pairs and report.passed:
         check, found = preference_check(
@@ -555,6 +566,7 @@ def _validate_in(run: TrainingRun, folder_fd: int) -> None:
             base_model_path=run.resolved_path,
             trust_remote_code=_trust_remote_code(run),
             folder_fd=folder_fd,
+            base_fd=base.fd,
         )
         report.checks.append(check)
         report.preference = found

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -125,7 +126,17 @@ def json_check(folder_fd: int | None) -> tuple[bool, str]:
     return True, f"{count} JSON files parse."
 
 
-def _run_child(spec: dict, module: str = "projects.inference_check", folder_fd: int | None = None) -> dict:
+def _as_shown(text: str, shown: dict[int, str]) -> str:
+    """`text` with each /proc/self/fd/<n> path of a folder held open written as the path `shown[n]` it stands for."""
+    return re.sub(r"/proc/self/fd/(\d+)", lambda m: shown.get(int(m.group(1)), m.group(0)), text)
+
+
+def _base_read_path(base_model_path: str | None, base_fd: int | None) -> str | None:
+    """The path the child loads the base model by: the folder held open at `base_fd`, else `base_model_path`."""
+    return str(read_path(base_fd)) if base_fd is not None else base_model_path
+
+
+def _run_child(spec: dict, module: str = "projects.inference_check", *fds: int | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="mtm-inference-") as tmp:
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
@@ -139,7 +150,7 @@ def _run_child(spec: dict, module: str = "projects.inference_check", folder_fd: 
                 text=True,
                 timeout=CHILD_TIMEOUT,
                 check=False,
-                pass_fds=() if folder_fd is None else (folder_fd,),
+                pass_fds=tuple(fd for fd in fds if fd is not None),
             )
         except subprocess.TimeoutExpired:
             return {"error": f"The {module.rsplit('.', 1)[-1]} child did not finish within {CHILD_TIMEOUT}s."}
@@ -158,11 +169,15 @@ def validate_output(
     max_new_tokens: int = 32,
     before_after: dict | None = None,
     folder_fd: int | None = None,
+    base_fd: int | None = None,
 ) -> ValidationReport:
     """`before_after`: the eval rows to answer with the base and the fine-tuned model (projects.before_after's spec,
     without the base model path, which is `base_model_path`), or None. `folder_fd`: the run folder opened (and
-    checked) by the caller; everything is then read through that descriptor, never through `output_dir` again."""
+    checked) by the caller; everything is then read through that descriptor, never through `output_dir` again.
+    `base_fd`: the base model's folder held open by the caller (projects.base_model_folder), which the child then
+    loads it from; messages still name `base_model_path`."""
     shown = Path(output_dir)
+    base_path = _base_read_path(base_model_path, base_fd)
     output_dir = read_path(folder_fd) if folder_fd is not None else shown
     checks: list[ValidationCheck] = []
     started = time.monotonic()
@@ -184,18 +199,18 @@ def validate_output(
         spec = {
             "model_dir": str(model_dir) if model_dir else None,
             "adapter_dir": str(output_dir / layout["adapter_dir"]) if layout.get("adapter_dir") else None,
-            "base_model_path": base_model_path,
+            "base_model_path": base_path,
             "tokenizer_dir": str(model_dir or output_dir),
             "prompt": prompt,
             "max_new_tokens": max_new_tokens,
             "trust_remote_code": trust_remote_code,
             "before_after": (
-                {**before_after, "base_model_path": base_model_path, "max_new_tokens": max_new_tokens}
+                {**before_after, "base_model_path": base_path, "max_new_tokens": max_new_tokens}
                 if before_after and base_model_path
                 else None
             ),
         }
-        result = _run_child(spec, folder_fd=folder_fd)
+        result = _run_child(spec, "projects.inference_check", folder_fd, base_fd)
         if "error" in result:
             checks.append(ValidationCheck(name="load", passed=False, detail=result["error"]))
             checks.append(ValidationCheck(name="inference", passed=False, detail="Not run."))
@@ -207,8 +222,9 @@ def validate_output(
         for name in ("load", "inference"):
             checks.append(ValidationCheck(name=name, passed=False, detail="Not run: an earlier check failed."))
     compared = result.get("before_after")
+    held = {fd: str(path) for fd, path in ((folder_fd, shown), (base_fd, base_model_path)) if fd is not None}
     for check in checks:
-        check.detail = check.detail.replace(str(output_dir), str(shown))
+        check.detail = _as_shown(check.detail, held)
     return ValidationReport(
         passed=all(c.passed for c in checks),
         checks=checks,
@@ -229,6 +245,7 @@ def preference_check(
     base_model_path: str,
     trust_remote_code: bool = False,
     folder_fd: int | None = None,
+    base_fd: int | None = None,
 ) -> tuple[ValidationCheck, PreferenceResult | None]:
     """The DPO preference check on held-out `pairs`: how often the base and the tuned model find the chosen
     answer more likely than the rejected one. Passes when it could be measured; a tuned model that prefers chosen
@@ -242,16 +259,17 @@ def preference_check(
         return _check("preference", False, problem, started), None
     model_dir = output_dir / layout["model_dir"] if layout.get("model_dir") else None
     spec = {
-        "base_model_path": base_model_path,
+        "base_model_path": _base_read_path(base_model_path, base_fd),
         "model_dir": str(model_dir) if model_dir else None,
         "adapter_dir": str(output_dir / layout["adapter_dir"]) if layout.get("adapter_dir") else None,
         "tokenizer_dir": str(model_dir or output_dir),
         "pairs": pairs,
         "trust_remote_code": trust_remote_code,
     }
-    result = _run_child(spec, "projects.preference_check", folder_fd)
+    result = _run_child(spec, "projects.preference_check", folder_fd, base_fd)
     if "error" in result:
-        return _check("preference", False, result["error"].replace(str(output_dir), str(shown)), started), None
+        held = {fd: str(path) for fd, path in ((folder_fd, shown), (base_fd, base_model_path)) if fd is not None}
+        return _check("preference", False, _as_shown(result["error"], held), started), None
     found = PreferenceResult.model_validate(result)
     count = found.pairs or len(pairs)
     detail = (

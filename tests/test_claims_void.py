@@ -74,12 +74,17 @@ def test_each_save_records_what_stood_at_the_path(team, tiny_llama_in_cache):
     assert later.output_dir_identity == ""  # nothing there yet: a run makes it
     mine = project_in(team, "alice", model, team["root"] / "outputs" / "b")
     stat = os.lstat(mine.output_directory)
-    assert mine.output_dir_identity == f"{stat.st_dev}:{stat.st_ino}"
+    assert mine.output_dir_identity == f"{stat.st_dev}:{stat.st_ino}:{os.statvfs(mine.output_directory).f_fsid:x}"
     upload = receive_upload(as_(team["alice"]), SimpleUploadedFile("a.jsonl", QA_BYTES), "a.jsonl")
     stat = os.lstat(upload.path)
-    assert Upload.objects.get(path=str(upload)).identity == f"{stat.st_dev}:{stat.st_ino}"
+    assert (
+        Upload.objects.get(path=str(upload)).identity
+        == f"{stat.st_dev}:{stat.st_ino}:{os.statvfs(upload.path).f_fsid:x}"
+    )
     override = create_override({"model_name": "team/model", "path": str(folder.parent)}, actor=as_(team["staff"]))
-    assert override.path_identity == "{0.st_dev}:{0.st_ino}".format(os.stat(folder.parent))
+    assert override.path_identity == "{0.st_dev}:{0.st_ino}:{1.f_fsid:x}".format(
+        os.stat(folder.parent), os.statvfs(folder.parent)
+    )
 
 
 def test_through_the_api_another_member_still_saves_after_the_swap(client, team, tiny_llama_in_cache):

@@ -27,31 +27,52 @@ class Standing(enum.Enum):
     UNRESOLVABLE = "unresolvable"  # a link on the path cannot be followed: it leads somewhere unknown
 
 
-def _identity_text(st: os.stat_result) -> str:
-    return f"{st.st_dev}:{st.st_ino}"
+def _identity_text(st: os.stat_result, disk: os.statvfs_result | None) -> str:
+    """'device:inode', with ':fsid' (hex) added where the filesystem has an id: on another client of a shared (NFS)
+    folder the same folder has another st_dev but the same filesystem id and inode."""
+    fsid = disk.f_fsid & 0xFFFFFFFFFFFFFFFF if disk is not None else 0
+    return f"{st.st_dev}:{st.st_ino}:{fsid:x}" if fsid else f"{st.st_dev}:{st.st_ino}"
+
+
+def _disk(at: str | int) -> os.statvfs_result | None:
+    try:
+        return os.statvfs(at)
+    except (OSError, ValueError):
+        return None
 
 
 def identity_of(path: str) -> str:
-    """'device:inode' of what stands at `path` itself (a link is not followed and has no identity here: ''), or ''
-    when nothing does."""
+    """'device:inode[:fsid]' of what stands at `path` itself (a link is not followed and has no identity here: ''),
+    or '' when nothing does."""
     try:
         st = os.lstat(path)
     except (OSError, ValueError):
         return ""
-    return "" if stat.S_ISLNK(st.st_mode) else _identity_text(st)
+    return "" if stat.S_ISLNK(st.st_mode) else _identity_text(st, _disk(path))
 
 
 def identity_of_open(fd: int) -> str:
-    """'device:inode' of the file or folder `fd` is open on."""
-    return _identity_text(os.fstat(fd))
+    """'device:inode[:fsid]' of the file or folder `fd` is open on."""
+    return _identity_text(os.fstat(fd), _disk(fd))
 
 
 def followed_identity(path: str) -> str:
-    """'device:inode' of what `path` leads to (links followed), or '' when it leads nowhere that can be read."""
+    """'device:inode[:fsid]' of what `path` leads to (links followed), or '' when it leads nowhere that can be read."""
     try:
-        return _identity_text(os.stat(path))
+        return _identity_text(os.stat(path), _disk(path))
     except (OSError, ValueError):
         return ""
+
+
+def same_identity(recorded: str, now: str) -> bool:
+    """Whether two identities name the same file: (fsid, inode) where both carry a filesystem id, else (device,
+    inode), so rows recorded before the filesystem id was still compare as they did. '' is nobody's identity."""
+    a, b = recorded.split(":"), now.split(":")
+    if len(a) < 2 or len(b) < 2 or not all(a) or not all(b):
+        return False
+    if len(a) == 3 and len(b) == 3:
+        return (a[2], a[1]) == (b[2], b[1])
+    return (a[0], a[1]) == (b[0], b[1])
 
 
 def standing(stored: str, identity: str = "") -> tuple[Standing, str | None]:
@@ -66,7 +87,7 @@ def standing(stored: str, identity: str = "") -> tuple[Standing, str | None]:
     found = identity_of(normal)
     if not found:
         return Standing.MISSING, now
-    if identity and found != identity:
+    if identity and not same_identity(identity, found):
         return Standing.REPLACED, now
     return Standing.INTACT, now
 

@@ -56,3 +56,30 @@ def open_file_nofollow(path: str) -> int:
         raise OSError(errno.EINVAL, "not a regular file")
     os.set_blocking(fd, True)
     return fd
+
+
+def read_owned_at(dir_fd: int, name: str, limit: int) -> bytes:
+    """The content of `name` in `dir_fd` when it is what the worker itself wrote there: a regular file (not through a
+    link: ELOOP), owned by this process's user, with no other name (one link), at most `limit` bytes. OSError EPERM
+    names what else it is; EFBIG when it is longer."""
+    fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EPERM, "not a regular file", name)
+        if info.st_uid != os.geteuid():
+            raise OSError(errno.EPERM, f"owned by uid {info.st_uid}, not by the worker's", name)
+        if info.st_nlink != 1:
+            raise OSError(errno.EPERM, f"has {info.st_nlink} hard links (another name for a file elsewhere)", name)
+        if info.st_size > limit:
+            raise OSError(errno.EFBIG, f"larger than {limit} bytes", name)
+        os.set_blocking(fd, True)
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - size))):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", name)
+    return b"".join(chunks)

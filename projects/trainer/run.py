@@ -231,7 +231,7 @@ def finish(
     manifest's objective-specific entries."""
     manifest = {
         "format": 1,
-        "base_model": {"name": spec.model_name, "revision": spec.revision, "path": str(spec.model_path)},
+        "base_model": {"name": spec.model_name, "revision": spec.revision, "path": spec.model_named},
         "method": spec.method,
         "dataset": {"path": str(spec.dataset_path), "sha256": file_sha256(spec.dataset_path), **data_info},
         "eval_dataset": None
@@ -282,7 +282,7 @@ def load_model(spec: TrainerSpec, placement: Placement) -> tuple[Any, Any, torch
     except pickle.UnpicklingError:
         raise TrainerError(
             "weights_invalid",
-            f"Model format invalid: the .bin weights of '{spec.model_name}' in {path} hold more than tensors "
+            f"Model format invalid: the .bin weights of '{spec.model_name}' in {spec.model_named} hold more than tensors "
             "(pickled objects that could run code), so they were not loaded (torch.load with weights_only=True).",
             "Use a copy of the model with .safetensors weights (most Hub models ship them), or convert the .bin "
             "file to safetensors on a trusted machine.",
@@ -290,10 +290,13 @@ def load_model(spec: TrainerSpec, placement: Placement) -> tuple[Any, Any, torch
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise TrainerError(
             "model_load_failed",
-            f"Could not load model '{spec.model_name}' from {path}: {exc}",
+            f"Could not load model '{spec.model_name}' from {spec.model_named}: {str(exc).replace(path, spec.model_named)}",
             "Validate the model again (its files may be damaged or incomplete) and re-download it if needed.",
         )
     model.config.use_cache = False  # training needs no KV cache, and with one packed examples would see each other
+    # What the saved config and an adapter's config name as the base: the folder as the member knows it, not the
+    # descriptor's path it was read by.
+    model.config.name_or_path = model.name_or_path = tokenizer.name_or_path = spec.model_named
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token is None:
             raise TrainerError(

@@ -2,6 +2,8 @@
 
 ```
 {"model_path": "/abs/snapshot/dir",          resolved local folder of the base model (required)
+ "model_shown": null | "/abs/published/dir", how messages and the manifest name the base model when model_path is
+                                             a path to a folder the worker holds open
  "model_name": "org/name", "revision": "<commit>" | "",   for the manifest only
  "trust_remote_code": false,
  "dataset_path": "/abs/data.jsonl",          (required)
@@ -63,6 +65,12 @@ class TrainerSpec:
     eval_dataset_path: Path | None = None
     staging_dir: str = DEFAULT_STAGING
     resume_shown: str | None = None
+    model_shown: str | None = None
+
+    @property
+    def model_named(self) -> str:
+        """The base model's folder as the member knows it (model_path may be a descriptor's path)."""
+        return self.model_shown or str(self.model_path)
 
 
 def build_spec(
@@ -85,6 +93,7 @@ def build_spec(
     held_out_pairs: int = 0,
     staging_dir: str = DEFAULT_STAGING,
     resume_shown: str | None = None,
+    model_shown: str | None = None,
 ) -> dict[str, Any]:
     """The SPEC dict for `python -m projects.trainer SPEC.json` (see write_spec). Checked by the child."""
     if isinstance(hyperparameters, Hyperparameters):
@@ -108,6 +117,7 @@ def build_spec(
         "held_out_pairs": int(held_out_pairs),
         "staging_dir": staging_dir,
         "resume_shown": resume_shown,
+        "model_shown": model_shown,
     }
 
 
@@ -170,12 +180,13 @@ def parse_spec(data: Any) -> TrainerSpec:
     if not isinstance(staging, str) or not staging.startswith(".staging-") or "/" in staging or "\0" in staging:
         problems.append(Problem("invalid_spec", f"staging_dir {staging!r} is not a folder name.", _SPEC_HINT))
         staging = DEFAULT_STAGING
+    model_shown = data["model_shown"] if isinstance(data.get("model_shown"), str) else None
     if model_path and not Path(model_path).is_dir():
         name = data.get("model_name") or model_path
         problems.append(
             Problem(
                 "model_not_found",
-                f"Model '{name}' not found: its folder {model_path} does not exist (any more).",
+                f"Model '{name}' not found: its folder {model_shown or model_path} does not exist (any more).",
                 "Resolve the model again (it may have been deleted from the cache) and start a new run.",
             )
         )
@@ -220,6 +231,7 @@ def parse_spec(data: Any) -> TrainerSpec:
         eval_dataset_path=Path(eval_dataset_path) if eval_dataset_path else None,
         staging_dir=staging,
         resume_shown=data["resume_shown"] if isinstance(data.get("resume_shown"), str) else None,
+        model_shown=model_shown,
     )
 
 
