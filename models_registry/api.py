@@ -46,6 +46,7 @@ from mtm.api_errors import ApiError
 from mtm.audit import Actor, Channel
 from mtm.auth import require_staff
 from projects.ownership import output_dir_conflicts
+from workers.models import SchedulingSettings
 
 router = Router()
 ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut}
@@ -157,7 +158,7 @@ def _settings_out() -> dict:
         "allowed_output_roots": services.output_roots(),
         "allowed_dataset_roots": services.dataset_roots(),
         "upload_quota_bytes": row.upload_quota_bytes,
-        "live_runs_per_member": row.live_runs_per_member,
+        "live_runs_per_member": SchedulingSettings.load().live_runs_per_member,
     }
 
 

@@ -9,6 +9,7 @@ from django import forms
 from models_registry.models import ModelOverride, PortalSettings
 from models_registry.override_services import OverrideRefused, check_override
 from models_registry.settings_checks import path_problem, split_lines
+from workers.models import SchedulingSettings
 
 PATH_PROBLEMS = {"not_absolute": "path", "invalid_path": "path", "not_a_directory": "path"}
 ROOTS_HELP = "One absolute path a line. Blank: the server's default ({default})."
@@ -34,6 +35,8 @@ class PortalSettingsForm(forms.ModelForm):
     allowed_dataset_roots = forms.CharField(
         label="Allowed dataset roots", required=False, widget=forms.Textarea(attrs={"rows": 3})
     )
+    # Stored with the workers' scheduling (the fair share keeps the same limit); box, label and bounds from there.
+    live_runs_per_member = SchedulingSettings._meta.get_field("live_runs_per_member").formfield(required=False)
 
     class Meta:
         model = PortalSettings
@@ -42,7 +45,6 @@ class PortalSettingsForm(forms.ModelForm):
             "allowed_output_roots",
             "allowed_dataset_roots",
             "upload_quota_bytes",
-            "live_runs_per_member",
         ]
         widgets = {"model_cache_path": forms.TextInput(attrs={"placeholder": "Blank: the Hugging Face default"})}
 
@@ -57,7 +59,7 @@ class PortalSettingsForm(forms.ModelForm):
             self.initial[name] = "\n".join(getattr(self.instance, name) or [])
             self.fields[name].help_text = ROOTS_HELP.format(default=", ".join(default) or "none")
         self.fields["upload_quota_bytes"].required = False
-        self.fields["live_runs_per_member"].required = False
+        self.initial["live_runs_per_member"] = SchedulingSettings.load().live_runs_per_member
 
     def clean_upload_quota_bytes(self) -> int:
         """Blank (or a form that does not send the box) keeps the current quota."""
@@ -67,7 +69,7 @@ class PortalSettingsForm(forms.ModelForm):
     def clean_live_runs_per_member(self) -> int:
         """Blank (or a form that does not send the box) keeps the current cap."""
         value = self.cleaned_data.get("live_runs_per_member")
-        return self.instance.live_runs_per_member if value is None else value
+        return self.initial["live_runs_per_member"] if value is None else value
 
     def clean_model_cache_path(self) -> str:
         value = (self.cleaned_data.get("model_cache_path") or "").strip()

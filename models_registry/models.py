@@ -2,17 +2,11 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
 DEFAULT_UPLOAD_QUOTA_BYTES = 10 * 1024**3
-MAX_LIVE_RUNS_PER_MEMBER = 10_000
-
-
-def default_live_runs_per_member() -> int:
-    """The cap a new settings row starts with: MTM_LIVE_RUNS_PER_MEMBER."""
-    return settings.MTM_LIVE_RUNS_PER_MEMBER
 
 
 def validate_model_name_field(value: str) -> None:
@@ -77,13 +71,6 @@ class PortalSettings(models.Model):
         default=DEFAULT_UPLOAD_QUOTA_BYTES,
         validators=[MinValueValidator(0)],
         help_text="The most bytes of uploaded datasets each user may keep. 0: no limit.",
-    )
-    live_runs_per_member = models.PositiveIntegerField(
-        "Live runs per member",
-        default=default_live_runs_per_member,
-        validators=[MaxValueValidator(MAX_LIVE_RUNS_PER_MEMBER)],
-        help_text="Runs one member may have queued, resolving, training or validating at once; Start is refused "
-        "beyond it, staff included. 0: no cap. A new portal starts with MTM_LIVE_RUNS_PER_MEMBER.",
     )
     updated_at = models.DateTimeField(auto_now=True)
     updated_by = models.ForeignKey(

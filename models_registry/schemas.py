@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from ninja import Schema
 from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
+from workers.models import MAX_LIVE_RUNS_PER_MEMBER
+
 
 def _encodable(value: str) -> str:
     try:
@@ -82,9 +84,9 @@ class SettingsPatch(NoNulls):
     live_runs_per_member: int | None = Field(
         None,
         ge=0,
-        le=10_000,
+        le=MAX_LIVE_RUNS_PER_MEMBER,
         description="Runs one member (staff included) may have queued or running at once; a Start beyond it is "
-        "refused (409, code live_run_cap). 0: no cap.",
+        "refused (409, code live_run_cap), and workers take no more of hers while that many run. 0: no cap.",
     )
 
 

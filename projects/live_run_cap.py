@@ -1,5 +1,6 @@
-"""The per-member cap on live runs (PortalSettings.live_runs_per_member): a Start that would give a member more runs
-queued, resolving, training or validating than the cap is refused, naming the runs that count.
+"""The per-member cap on live runs (SchedulingSettings.live_runs_per_member, the limit the workers' fair share keeps
+too): a Start that would give a member more runs queued, resolving, training or validating than the cap is refused,
+naming the runs that count.
 
 A run counts for the member who pressed Start (a run started before that was recorded counts for its project's
 owner). Staff are held to the cap too: their runs wait in the same queues as everyone's, and they can raise it.
@@ -12,9 +13,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db.models import Q
 
-from models_registry.models import PortalSettings
 from mtm.shared.problems import Problem
 from projects.models import LIVE_STATUSES, TrainingRun
+from workers.models import SchedulingSettings
 
 CODE = "live_run_cap"
 NAMED = 10  # runs listed by name in the refusal; more are counted
@@ -35,7 +36,7 @@ def lock_member(user: Any) -> None:
 def cap_problem(user: Any) -> Problem | None:
     """Why `user` may not start another run now, or None. Call after `lock_member(user)`, inside the transaction
     that creates the run. Nobody (the command line acting as nobody) has no cap."""
-    cap = PortalSettings.load().live_runs_per_member
+    cap = SchedulingSettings.load().live_runs_per_member
     if not cap or user is None:
         return None
     live = list(

@@ -36,24 +36,22 @@ def test_a_members_second_run_waits_for_the_first_while_a_worker_is_free(
 ):
     staff = User.objects.create_user("boss", is_staff=True)
     member, other = User.objects.create_user("member"), User.objects.create_user("other")
+    # Both runs are started while the limit (2 by default) allows them, since a Start beyond it is refused at once;
+    # it is lowered to 1 while they wait queued, before any worker runs.
+    first = start(project(portal_roots, member, "first"), member)
+    second = start(project(portal_roots, member, "second"), member)
     refused = secure_client(member, raise_request_exception=False).post(
-        "/gpus/live-run-limit/", {"max_live_runs_per_user": "1"}
+        "/gpus/live-run-limit/", {"live_runs_per_member": "1"}
     )
-    assert refused.status_code == 403 and SchedulingSettings.load().max_live_runs_per_user == 0
-    assert secure_client(staff).post("/gpus/live-run-limit/", {"max_live_runs_per_user": "1"}).status_code == 302
+    assert refused.status_code == 403 and SchedulingSettings.load().live_runs_per_member == 2
+    assert secure_client(staff).post("/gpus/live-run-limit/", {"live_runs_per_member": "1"}).status_code == 302
     assert AuditEvent.objects.filter(action="scheduling.update", actor=staff).exists()
     # The run held back is offered again every 0.2 s, so it is offered far more often than Celery's default
     # limit of 3 retries before it may start (the attack: after 4 offers it was dropped and stayed queued forever).
-    workers = [
-        start_worker(
-            queues="training", extra_env={"MTM_HEARTBEAT_SECONDS": "1", "MTM_FAIR_SHARE_RETRY_SECONDS": "0.2"}
-        ).wait_ready()
-        for _ in range(2)
-    ]
-
-    first = start(project(portal_roots, member, "first"), member)
-    wait_for_end(first.pk, until=lambda r: r.status == RunStatus.TRAINING)
-    second = start(project(portal_roots, member, "second"), member)
+    env = {"MTM_HEARTBEAT_SECONDS": "1", "MTM_FAIR_SHARE_RETRY_SECONDS": "0.2"}
+    workers = [start_worker(queues="training", extra_env=env).wait_ready()]
+    wait_for_end(first.pk, until=lambda r: r.status == RunStatus.TRAINING)  # the first in the queue, taken first
+    workers.append(start_worker(queues="training", extra_env=env).wait_ready())
     wait_for_end(second.pk, until=lambda r: r.placement.waiting_for == WAITING)
     # The other worker is free: another member's run takes it while the member's second run keeps waiting.
     third = start(project(portal_roots, other, "third"), other)
@@ -88,11 +86,11 @@ def test_two_workers_taking_one_members_runs_at_once_cannot_exceed_the_limit(por
 
     from workers.fair_share import take
 
-    SchedulingSettings.objects.update_or_create(pk=1, defaults={"max_live_runs_per_user": 1})
     member = User.objects.create_user("member")
     first, second = (
         start(project(portal_roots, member, name), member) for name in ("first", "second")
     )  # no worker consumes the queue: both stay queued until taken here
+    SchedulingSettings.objects.update_or_create(pk=1, defaults={"live_runs_per_member": 1})  # lowered after Start
     outcome: dict[str, object] = {}
 
     def second_worker_takes() -> None:

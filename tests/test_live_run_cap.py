@@ -21,6 +21,7 @@ from projects.run_services import RunRefused
 from tests.api_client import call, make_user_token
 from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, cancel, start, write_jsonl
+from workers.models import SchedulingSettings
 
 MODEL = "test-org/tiny-llama"
 
@@ -43,10 +44,10 @@ def live_of(user) -> list[TrainingRun]:
 
 
 def test_the_cap_starts_at_the_environments_value(db, settings):
-    assert PortalSettings.load().live_runs_per_member == 2  # the default of MTM_LIVE_RUNS_PER_MEMBER
-    PortalSettings.objects.all().delete()
+    assert SchedulingSettings.load().live_runs_per_member == 2  # the default of MTM_LIVE_RUNS_PER_MEMBER
+    SchedulingSettings.objects.all().delete()
     settings.MTM_LIVE_RUNS_PER_MEMBER = 5
-    assert PortalSettings.load().live_runs_per_member == 5
+    assert SchedulingSettings.load().live_runs_per_member == 5
 
 
 def test_eight_parallel_starts_by_one_member_leave_two_live_runs_and_six_refusals(
@@ -120,7 +121,7 @@ def test_staff_are_held_to_the_cap_and_set_it_in_the_settings(portal_roots, db):
     assert refused.value.problem.hint.endswith("or raise 'Live runs per member' in Settings.")
 
     answer = call(Client(), "patch", "/settings", {"live_runs_per_member": 3}, member_token)
-    assert answer.status_code == 403 and PortalSettings.load().live_runs_per_member == 2
+    assert answer.status_code == 403 and SchedulingSettings.load().live_runs_per_member == 2
     answer = call(Client(), "patch", "/settings", {"live_runs_per_member": -1}, staff_token)
     assert answer.status_code == 422
     answer = call(Client(), "patch", "/settings", {"live_runs_per_member": 3}, staff_token)
@@ -142,7 +143,7 @@ def test_staff_are_held_to_the_cap_and_set_it_in_the_settings(portal_roots, db):
         "live_runs_per_member": "0",
     }
     assert page.post("/settings/", posted).status_code == 302
-    assert PortalSettings.load().live_runs_per_member == 0
+    assert SchedulingSettings.load().live_runs_per_member == 0
     assert start(project(portal_roots, staff, "d"), staff).status == RunStatus.QUEUED
 
 
@@ -160,7 +161,7 @@ def test_a_queued_run_names_the_runs_ahead_of_it_and_their_owners(portal_roots, 
     assert f"2nd in line, behind run #{ahead[0].pk} (alice)" in second
 
     # A long line names the first five and counts the rest.
-    PortalSettings.objects.filter(pk=1).update(live_runs_per_member=0)
+    SchedulingSettings.objects.filter(pk=1).update(live_runs_per_member=0)
     more = [start(project(portal_roots, alice, f"more{i}"), alice) for i in range(4)]
     last = start(project(portal_roots, carol, "last"), carol)
     names = ", ".join(f"#{run.pk} (alice)" for run in more[:2])

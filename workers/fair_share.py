@@ -1,5 +1,7 @@
-"""Fair share: a member may have at most N runs taken by workers at once (a staff setting). A run beyond it stays
-"queued", saying why, and is offered again shortly; the worker meanwhile takes the next run in its queue.
+"""Fair share: a member may have at most N runs taken by workers at once, N being the one live-run limit
+(SchedulingSettings.live_runs_per_member) that also caps her Starts (projects.live_run_cap). Start keeps her live
+runs within it, so a run is held back here when the limit was lowered while her runs were queued: it stays "queued",
+saying why, and is offered again shortly; the worker meanwhile takes the next run in its queue.
 
 Checking the limit and taking the run are one step under a lock on the member's row: two workers taking two runs
 of one member at the same moment cannot both count the other as not yet live (on SQLite every write transaction is
@@ -23,7 +25,7 @@ TAKEN = (RunStatus.RESOLVING, RunStatus.TRAINING, RunStatus.VALIDATING)
 
 def over_limit(run_id: int) -> str:
     """Why this queued run must wait for its owner's other runs, or "" when it may start (a look, not a claim)."""
-    limit = SchedulingSettings.load().max_live_runs_per_user
+    limit = SchedulingSettings.load().live_runs_per_member
     run = TrainingRun.objects.filter(pk=run_id, status=RunStatus.QUEUED).select_related("project").first()
     if not limit or run is None:
         return ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -112,11 +113,26 @@ class RunPlacement(models.Model):
         return f"run {self.run_id} → {self.queue}"
 
 
-class SchedulingSettings(models.Model):
-    """One row, set by staff on the GPUs page: how many runs one member may have training at once."""
+MAX_LIVE_RUNS_PER_MEMBER = 10_000
 
-    max_live_runs_per_user = models.PositiveIntegerField(
-        default=0, help_text="Runs one member may have resolving, training or validating at once; 0: no limit."
+
+def default_live_runs_per_member() -> int:
+    """The limit a new scheduling row starts with: MTM_LIVE_RUNS_PER_MEMBER."""
+    return settings.MTM_LIVE_RUNS_PER_MEMBER
+
+
+class SchedulingSettings(models.Model):
+    """One row: how many live runs one member may have. Start refuses a run beyond it (projects.live_run_cap), and a
+    worker leaves a member's queued run waiting while as many of hers are taken (workers.fair_share), as runs queued
+    before staff lowered it are. Staff set it on the Settings page, the GPUs page, the API and the admin."""
+
+    live_runs_per_member = models.PositiveIntegerField(
+        "Live runs per member",
+        default=default_live_runs_per_member,
+        validators=[MaxValueValidator(MAX_LIVE_RUNS_PER_MEMBER)],
+        help_text="Runs one member may have queued, resolving, training or validating at once; Start is refused "
+        "beyond it (staff included), and a worker takes no more of hers while that many run. 0: no limit. A new "
+        "portal starts with MTM_LIVE_RUNS_PER_MEMBER.",
     )
     updated_at = models.DateTimeField(auto_now=True)
 

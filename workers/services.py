@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 
 from mtm import audit
 from mtm.audit import Actor
-from workers.models import SchedulingSettings, Worker
+from mtm.shared.problems import Problem
+from workers.models import MAX_LIVE_RUNS_PER_MEMBER, SchedulingSettings, Worker
 
 
 def set_drained(worker: Worker, drained: bool, *, actor: Actor) -> bool:
@@ -24,18 +26,33 @@ def set_drained(worker: Worker, drained: bool, *, actor: Actor) -> bool:
     return bool(updated)
 
 
-def set_live_run_limit(limit: int, *, actor: Actor) -> SchedulingSettings:
-    """Set how many runs one member may have taken by workers at once (0: no limit). Staff only."""
+def live_run_limit_problem(limit: object) -> Problem | None:
+    """Why `limit` cannot be the number of live runs one member may have, or None."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_LIVE_RUNS_PER_MEMBER:
+        return Problem(
+            "invalid_live_runs_per_member",
+            f"Live runs per member {limit!r} is not a whole number between 0 and {MAX_LIVE_RUNS_PER_MEMBER}.",
+            "Give how many runs one member may have queued or running at once, e.g. 2; 0: no limit.",
+        )
+    return None
+
+
+def set_live_run_limit(limit: int, *, actor: Actor, action: str = "scheduling.update") -> dict[str, list[int]]:
+    """Set how many live runs one member may have (0: no limit): both the cap at Start and the fair share on the
+    queues. Staff only; audited as `action` (the GPUs page's, or the settings form's it was saved with). Returns the
+    change ({field: [old, new]}), empty when the value was already that."""
     user = actor.authenticated_user
     if user is None or not user.is_staff:
         raise PermissionDenied("Only staff can change the per-member run limit.")
-    if limit < 0 or limit > 10_000:
-        raise ValueError(f"Live runs per member: {limit} is out of range; give 0 (no limit) to 10000.")
-    row = SchedulingSettings.load()
-    if row.max_live_runs_per_user != limit:
-        audit.record_change(
-            actor, "scheduling.update", row, {"max_live_runs_per_user": [row.max_live_runs_per_user, limit]}
-        )
-        row.max_live_runs_per_user = limit
+    if problem := live_run_limit_problem(limit):
+        raise ValueError(problem.message)
+    with transaction.atomic():
+        SchedulingSettings.load()  # the row exists before it is locked
+        row = SchedulingSettings.objects.select_for_update().get(pk=1)
+        if row.live_runs_per_member == limit:
+            return {}
+        change = {"live_runs_per_member": [row.live_runs_per_member, limit]}
+        row.live_runs_per_member = limit
         row.save()
-    return row
+        audit.record_change(actor, action, row, change)
+    return change

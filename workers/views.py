@@ -15,7 +15,7 @@ from django.views.decorators.http import require_http_methods
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
 from projects.models import LIVE_STATUSES, RunStatus, TrainingRun
-from workers.models import SchedulingSettings, Worker
+from workers.models import MAX_LIVE_RUNS_PER_MEMBER, SchedulingSettings, Worker
 from workers.placement import waiting_runs
 from workers.services import set_drained, set_live_run_limit
 
@@ -65,6 +65,7 @@ def gpus(request: HtmxHttpRequest) -> HttpResponse:
         "forget_hours": settings.MTM_WORKER_FORGET_SECONDS / 3600,
         "waiting": waiting_runs(),
         "scheduling": SchedulingSettings.load(),
+        "max_live_runs": MAX_LIVE_RUNS_PER_MEMBER,
     }
     return render(request, "workers/gpus.html", context)
 
@@ -72,11 +73,14 @@ def gpus(request: HtmxHttpRequest) -> HttpResponse:
 @require_http_methods(["POST"])
 @login_required
 def live_run_limit(request: HtmxHttpRequest) -> HttpResponse:
-    raw = request.POST.get("max_live_runs_per_user", "").strip()
+    raw = request.POST.get("live_runs_per_member", "").strip()
     try:
         set_live_run_limit(int(raw), actor=Actor.of(request, Channel.PAGE))
     except ValueError:
-        messages.error(request, f"Live runs per member: '{raw[:40]}' is not a whole number from 0 (no limit) to 10000.")
+        messages.error(
+            request,
+            f"Live runs per member: '{raw[:40]}' is not a whole number from 0 (no limit) to {MAX_LIVE_RUNS_PER_MEMBER}.",
+        )
     else:
         messages.success(request, "The per-member run limit is saved.")
     return redirect("workers:gpus")
