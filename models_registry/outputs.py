@@ -96,16 +96,21 @@ def _foreign_owner(real: str, roots: list[str]) -> Problem | None:
         except OSError:
             info = None  # not made yet: the worker makes it
         if info is not None and info.st_uid not in trusted:
-            where = "already exists and" if folder == real else f"is inside {folder}, which"
-            return Problem(
-                FOREIGN_OWNER,
-                f"Output directory {real} {where} belongs to {_user_name(info.st_uid)}, not to the portal's user "
-                f"(uid {os.geteuid()}): whoever owns a folder can replace the run folders and files the worker "
-                "writes in it, so the portal does not adopt one it did not make.",
-                FOREIGN_HINT.format(uid=os.geteuid(), folder=folder),
-            )
+            return foreign_owner_problem(real, folder, info.st_uid)
         folder = os.path.dirname(folder)
     return None
+
+
+def foreign_owner_problem(output_dir: str, folder: str, owner: int) -> Problem:
+    """`folder` (the output directory itself or one it is inside) belongs to `owner`, who is not a trusted owner."""
+    where = "already exists and" if folder == output_dir else f"is inside {folder}, which"
+    return Problem(
+        FOREIGN_OWNER,
+        f"Output directory {output_dir} {where} belongs to {_user_name(owner)}, not to the portal's user "
+        f"(uid {os.geteuid()}): whoever owns a folder can replace the run folders and files the worker "
+        "writes in it, so the portal does not adopt one it did not make.",
+        FOREIGN_HINT.format(uid=os.geteuid(), folder=folder),
+    )
 
 
 def _too_long(path: str) -> Problem | None:

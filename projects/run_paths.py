@@ -22,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from models_registry.outputs import foreign_owner_problem, trusted_owners
 from models_registry.services import dataset_roots, validate_output_dir
 from mtm.shared.claims import identity_of_open, same_identity
 from mtm.shared.nofollow import LINK_ERRORS as _LINK_ERRORS
@@ -121,6 +122,10 @@ def create_run_folder(run: TrainingRun) -> int:
             raise
         raise PathChanged(output_changed(run.output_directory)) from None
     try:
+        # Made between the save's check and now by someone else: she could rename what the worker makes in it.
+        owner = os.fstat(parent).st_uid
+        if owner not in trusted_owners():
+            raise PathChanged(foreign_owner_problem(parent_path, parent_path, owner))
         try:
             os.mkdir(name, DIR_MODE, dir_fd=parent)
         except FileExistsError:

@@ -14,9 +14,11 @@ from models_registry.outputs import FOREIGN_OWNER
 from models_registry.services import validate_output_dir
 from mtm.audit import Actor
 from projects.models import TrainingProject
+from projects.run_paths import PathChanged, create_run_folder
 from projects.services import ProjectInvalid, create_project, update_project
 from tests.api_client import call, make_user_token
 from tests.test_owned_paths import fields
+from tests.test_run_folder_attacks import run_of
 
 SHELL_UID = 12345  # a member's shell account: not the portal's user, not root
 
@@ -88,3 +90,17 @@ def test_folders_of_the_portal_or_root_are_still_taken(team, tiny_llama_in_cache
     (ours / "nested").mkdir()
     project = create_project(actor=Actor.command_line(team["alice"]), data=data)
     assert project.output_directory == str(ours / "nested")
+
+
+def test_a_folder_planted_after_the_resolve_check_is_refused_by_the_worker(team, tiny_llama_in_cache):
+    """The last gap: made by another member after the resolve stage's check and before the worker makes the run's
+    folder in it. The worker looks at the owner of the folder it opened, and makes nothing in it."""
+    outputs = team["root"] / "outputs"
+    data = fields(team["root"], tiny_llama_in_cache[0], name="alice's", output_directory=str(outputs / "alice"))
+    project = create_project(actor=Actor.command_line(team["alice"]), data=data)
+    run = run_of(project, team["alice"])
+    planted = made_by_another_user(outputs / "alice")
+    with pytest.raises(PathChanged) as refused:
+        create_run_folder(run)
+    assert refused.value.problem.code == FOREIGN_OWNER and f"uid {SHELL_UID}" in refused.value.problem.message
+    assert not any(planted.iterdir())
