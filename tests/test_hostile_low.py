@@ -5,10 +5,12 @@ organisation in a published name. Each is refused with what is wrong, where, and
 from __future__ import annotations
 
 import html
+import importlib
 import os
 from pathlib import Path
 
 import pytest
+from django.apps import apps as django_apps
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from models_registry.published import organisation_problem
@@ -196,6 +198,25 @@ def test_a_control_character_in_a_stop_string_is_refused_by_the_page(chat):
 
 def test_tabs_and_line_breaks_stay_allowed_in_stop_strings():
     assert GenerationParams(stop=["\n\n", "\t", "\r\n", "User:"]).stop == ["\n\n", "\t", "\r\n", "User:"]
+
+
+def test_an_answer_stored_before_the_refusal_reads_back_after_the_migration(chat):
+    """A stop string with a control character saved before they were refused made reading the answer's parameters
+    raise (a 500 on its conversation page); the migration drops those characters, and a string left empty."""
+    conversation, _ = chat
+    params = GenerationParams(stop=["ok"]).model_dump(mode="json")
+    stored = Generation.objects.create(
+        conversation=conversation, owner=conversation.owner, message="hi", params={**params, "stop": ["ok\x07", "\x1b"]}
+    )
+    with pytest.raises(ValueError):
+        GenerationParams.model_validate(stored.params)
+    importlib.import_module(
+        "playground.migrations.0004_stop_strings_without_control_characters"
+    ).drop_control_characters(django_apps, None)
+    stored.refresh_from_db()
+    assert GenerationParams.model_validate(stored.params).stop == ["ok"]
+    response = secure_client(conversation.owner).get(f"/playground/{conversation.pk}/")
+    assert response.status_code == 200
 
 
 # --- plurals of reserved organisations ----------------------------------------------------------------------------
