@@ -358,6 +358,8 @@ def generate_into(generation: Generation, loaded: Loaded, params: GenerationPara
         reason = "stop_string"
     elif streamer.ids and streamer.ids[-1] in eos:
         reason = "stop"
+    elif max_new < params.max_new_tokens and len(streamer.ids) >= max_new:
+        reason = "context"  # the model's context filled before the member's token limit was reached
     else:
         reason = "length"
     fields: dict[str, Any] = {"reply": storable(reply), "new_tokens": len(streamer.ids), "finish_reason": reason}

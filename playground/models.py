@@ -72,7 +72,7 @@ class Generation(models.Model):
     reply = models.TextField(blank=True)
     prompt_tokens = models.IntegerField(null=True, blank=True)
     new_tokens = models.IntegerField(default=0)
-    finish_reason = models.CharField(max_length=16, blank=True)  # "stop", "length", "stop_string"
+    finish_reason = models.CharField(max_length=16, blank=True)  # "stop", "length", "context", "stop_string"
     cold = models.BooleanField(null=True, blank=True)  # the model was loaded for this turn
     load_seconds = models.FloatField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)

@@ -35,7 +35,10 @@ class GenerationOut(Schema):
     params: GenerationParams
     prompt_tokens: int | None
     new_tokens: int
-    finish_reason: str
+    finish_reason: str = Field(
+        description='Why the answer ended: "stop" (the model ended it), "length" (max_new_tokens), "context" (the '
+        'model\'s context length filled first), "stop_string" (a stop string); "" while it is not over.'
+    )
     cold: bool | None = Field(description="The model was loaded for this message (true) or already loaded (false).")
     load_seconds: float | None
     time_to_first_token: float | None = Field(description="Seconds from the message to the first token.")
