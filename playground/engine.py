@@ -1,7 +1,7 @@
 """The inference worker's side of the playground: the model it keeps loaded (one at a time, unloaded after
-MTM_PLAYGROUND_IDLE_SECONDS without a message), the prompt built from the conversation, and generation that writes
-its tokens to the Generation row as they come and stops once that row is gone or ended. Runs only in a Celery worker
-process, never in the web process."""
+MTM_PLAYGROUND_IDLE_SECONDS without a message), the conversation it reads (playground.prompt fits it to the model),
+and generation that writes its tokens to the Generation row as they come and stops once that row is gone or ended.
+Runs only in a Celery worker process, never in the web process."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from django.db import connection
 from django.utils import timezone
 
 from mtm.shared.problems import Problem
-from playground import lifecycle
+from playground import lifecycle, prompt
 from playground.models import Generation, GenerationStatus, LoadedModel, TargetKind
 from playground.params import GenerationParams
+from playground.prompt import encode as encode  # importable from here too, beside history()
 from playground.targets import CHAT_HINT, LoadSpec, TargetError, for_model, for_run
 from projects.run_folder import RunFolderRefused, open_folder_as_made
 
@@ -193,34 +194,15 @@ def loaded_for(spec: LoadSpec, worker_name: str, target: str = "") -> tuple[Load
     return _loaded, seconds
 
 
+def earlier_turns(generation: Generation) -> list[prompt.Turn]:
+    """The conversation's answered turns before this one, oldest first."""
+    earlier = generation.conversation.turns.filter(pk__lt=generation.pk, status=GenerationStatus.SUCCEEDED)
+    return [(turn.message, turn.reply) for turn in earlier.order_by("pk")]
+
+
 def history(generation: Generation) -> list[dict[str, str]]:
     """The conversation so far as chat messages: the system prompt, each earlier answered turn, this message."""
-    conversation = generation.conversation
-    messages = []
-    if conversation.system_prompt.strip():
-        messages.append({"role": "system", "content": conversation.system_prompt})
-    earlier = conversation.turns.filter(pk__lt=generation.pk, status=GenerationStatus.SUCCEEDED).order_by("pk")
-    for turn in earlier:
-        messages += [{"role": "user", "content": turn.message}, {"role": "assistant", "content": turn.reply}]
-    messages.append({"role": "user", "content": generation.message})
-    return messages
-
-
-def plain_prompt(messages: list[dict[str, str]]) -> str:
-    """For a model without a chat template: the message itself, or a transcript ending where the answer goes."""
-    if len(messages) == 1:
-        return messages[0]["content"]
-    names = {"system": "System", "user": "User", "assistant": "Assistant"}
-    lines = [f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages]
-    return "\n".join(lines) + "\nAssistant:"
-
-
-def encode(tokenizer: Any, messages: list[dict[str, str]]) -> Any:
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True, tokenize=True
-        )
-    return tokenizer(plain_prompt(messages), return_tensors="pt")
+    return prompt.messages_for(generation.conversation.system_prompt, earlier_turns(generation), generation.message)
 
 
 def storable(text: str) -> str:
@@ -312,25 +294,27 @@ def generate_into(generation: Generation, loaded: Loaded, params: GenerationPara
     import torch
 
     tokenizer, model = loaded.tokenizer, loaded.model
-    inputs = encode(tokenizer, history(generation)).to(loaded.device)
-    prompt_tokens = int(inputs["input_ids"].shape[1])
-    max_new = params.max_new_tokens
     limit = _context_limit(model)
+    system_prompt = generation.conversation.system_prompt
+    fitted = prompt.fit(
+        tokenizer,
+        system_prompt,
+        earlier_turns(generation),
+        generation.message,
+        limit,
+        prompt.answer_room(limit, params.max_new_tokens) if limit is not None else 0,
+    )
+    prompt_tokens = fitted.prompt_tokens
+    max_new = params.max_new_tokens
     if limit is not None:
         if prompt_tokens >= limit:
-            lifecycle.fail(
-                generation.pk,
-                Problem(
-                    "prompt_too_long",
-                    f"The conversation is {prompt_tokens} tokens long; this model reads at most {limit}.",
-                    "Start a new conversation, or send a shorter message.",
-                ),
-            )
+            lifecycle.fail(generation.pk, prompt.too_long(prompt_tokens, limit, bool(system_prompt.strip())))
             return
         max_new = min(max_new, limit - prompt_tokens)
-    if not lifecycle.update_running(generation.pk, prompt_tokens=prompt_tokens):
+    if not lifecycle.update_running(generation.pk, prompt_tokens=prompt_tokens, left_out_turns=fitted.left_out):
         log_stopped(generation.pk, 0)
         return
+    inputs = fitted.inputs.to(loaded.device)
     streamer = RowStreamer(generation.pk, tokenizer, params.stop, settings.MTM_PLAYGROUND_FLUSH_SECONDS)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kwargs: dict[str, Any] = {

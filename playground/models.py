@@ -73,6 +73,8 @@ class Generation(models.Model):
     prompt_tokens = models.IntegerField(null=True, blank=True)
     new_tokens = models.IntegerField(default=0)
     finish_reason = models.CharField(max_length=16, blank=True)  # "stop", "length", "context", "stop_string"
+    # The oldest earlier turns of the conversation the prompt left out to fit the model's context (playground.context_window).
+    left_out_turns = models.PositiveIntegerField(default=0)
     cold = models.BooleanField(null=True, blank=True)  # the model was loaded for this turn
     load_seconds = models.FloatField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)

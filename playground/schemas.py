@@ -39,6 +39,11 @@ class GenerationOut(Schema):
         description='Why the answer ended: "stop" (the model ended it), "length" (max_new_tokens), "context" (the '
         'model\'s context length filled first), "stop_string" (a stop string); "" while it is not over.'
     )
+    left_out_turns: int = Field(
+        description="How many of the conversation's oldest earlier turns the prompt left out so that it fits the "
+        "model's context with room for the answer (0: the whole conversation was read). The system prompt and this "
+        "message are never left out; when they alone do not fit, the generation fails with prompt_too_long."
+    )
     cold: bool | None = Field(description="The model was loaded for this message (true) or already loaded (false).")
     load_seconds: float | None
     time_to_first_token: float | None = Field(description="Seconds from the message to the first token.")

@@ -27,6 +27,7 @@ def generation_dict(generation: Generation, after: int = 0) -> dict[str, Any]:
         "prompt_tokens": generation.prompt_tokens,
         "new_tokens": generation.new_tokens,
         "finish_reason": generation.finish_reason,
+        "left_out_turns": generation.left_out_turns,
         "cold": generation.cold,
         "load_seconds": None if generation.load_seconds is None else round(generation.load_seconds, 3),
         "time_to_first_token": None if ttft is None else round(ttft, 3),

@@ -3,7 +3,6 @@ that stops polling, 286, once the answer has ended). Only the owner sees a conve
 
 from __future__ import annotations
 
-import codecs
 from typing import Any
 
 from django.conf import settings
@@ -11,24 +10,26 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.html import format_html
 from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
+from django_htmx.http import HttpResponseClientRedirect
 
 from models_registry.services import available_models
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from mtm.shared.problems import Problem
-from playground import services
+from playground import chat_form, services
 from playground.models import Conversation
 from playground.params import GenerationParams
 from projects.models import RunStatus, TrainingRun
 from projects.run_views import polled_partial
 
 
-def _refusal(request: HtmxHttpRequest, exc: services.Refused) -> None:
-    hint = format_html(' <span class="hint">{}</span>', exc.problem.hint) if exc.problem.hint else ""
-    messages.error(request, format_html("<strong>{}</strong>{}", exc.problem.message, hint))
+def _refusal(request: HtmxHttpRequest, problem: Problem) -> None:
+    hint = format_html(' <span class="hint">{}</span>', problem.hint) if problem.hint else ""
+    messages.error(request, format_html("<strong>{}</strong>{}", problem.message, hint))
 
 
 def _own(request: HtmxHttpRequest, pk: int) -> Conversation:
@@ -74,15 +75,16 @@ def new_conversation(request: HtmxHttpRequest) -> HttpResponse:
             system_prompt=request.POST.get("system_prompt", ""),
         )
     except services.Refused as exc:
-        _refusal(request, exc)
+        _refusal(request, exc.problem)
         return redirect("playground:index")
     return redirect("playground:conversation", pk=conversation.pk)
 
 
-def _settings_context(params: GenerationParams) -> dict[str, Any]:
+def _form_context(conversation: Conversation, values: dict[str, str]) -> dict[str, Any]:
     return {
-        "params": params,
-        "stop_text": "\n".join(codecs.encode(s, "unicode_escape").decode("ascii") for s in params.stop),
+        "conversation": conversation,
+        "form": values,
+        "settings_summary": chat_form.summary_of(values),
         "max_tokens_limit": settings.MTM_PLAYGROUND_MAX_NEW_TOKENS,
     }
 
@@ -93,61 +95,40 @@ def conversation(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     chat = _own(request, pk)
     turns = list(chat.turns.order_by("pk"))
     last = GenerationParams.model_validate(turns[-1].params) if turns else GenerationParams()
-    draft = request.session.pop(_draft_key(chat.pk), "")
-    context = {"conversation": chat, "turns": turns, "draft": draft, **_settings_context(last)}
-    return render(request, "playground/conversation.html", context)
+    values = chat_form.kept(request.session.pop(_draft_key(chat.pk), None), chat_form.shown_for(last))
+    return render(request, "playground/conversation.html", {"turns": turns, **_form_context(chat, values)})
 
 
 def _draft_key(pk: int) -> str:
     return f"playground-draft-{pk}"
 
 
-def _keep_draft(request: HtmxHttpRequest, pk: int) -> None:
-    """A message that was not sent comes back in the box, so a refusal costs no retyping."""
-    request.session[_draft_key(pk)] = str(request.POST.get("message", ""))[:20000]
-
-
-def _form_params(post: Any) -> tuple[dict[str, Any], list[str]]:
-    """The settings as typed into the form: numbers parsed, stop strings one per line (\\n and \\t understood)."""
-    raw: dict[str, Any] = {}
-    problems = []
-    for name, kind, label in (
-        ("temperature", float, "Temperature"),
-        ("top_p", float, "Top p"),
-        ("max_new_tokens", int, "Max new tokens"),
-    ):
-        text = str(post.get(name, "")).strip()
-        if not text:
-            continue
-        try:
-            raw[name] = kind(text)
-        except ValueError:
-            problems.append(f"{label}: '{text[:20]}' is not a {'whole ' if kind is int else ''}number.")
-    stops = []
-    for line in str(post.get("stop", "")).splitlines():
-        if line:
-            try:
-                stops.append(codecs.decode(line, "unicode_escape") if "\\" in line else line)
-            except UnicodeDecodeError:
-                stops.append(line)
-    raw["stop"] = stops
-    return raw, problems
+def _refused_send(request: HtmxHttpRequest, chat: Conversation, problem: Problem) -> HttpResponse:
+    """The form again with what the member typed: swapped in place for HTMX (with the refusal in it), else kept in
+    the session for the page the redirect shows (with the refusal on top)."""
+    typed = chat_form.typed(request.POST)
+    if wants_partial(request):
+        context = {**_form_context(chat, typed), "refusal": problem}
+        return render(request, "playground/conversation.html#chat_form", context)
+    _refusal(request, problem)
+    request.session[_draft_key(chat.pk)] = typed
+    return redirect("playground:conversation", pk=chat.pk)
 
 
 @require_http_methods(["POST"])
 @login_required
+@vary_on_headers("HX-Request")
 def send(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     chat = _own(request, pk)
-    params, problems = _form_params(request.POST)
+    params, problems = chat_form.parsed(request.POST)
     if problems:
-        messages.error(request, " ".join(problems))
-        _keep_draft(request, chat.pk)
-        return redirect("playground:conversation", pk=chat.pk)
+        return _refused_send(request, chat, Problem("invalid_params", " ".join(problems)))
     try:
         services.send_message(chat, request.POST.get("message", ""), params, actor=Actor.of(request, Channel.PAGE))
     except services.Refused as exc:
-        _refusal(request, exc)
-        _keep_draft(request, chat.pk)
+        return _refused_send(request, chat, exc.problem)
+    if wants_partial(request):
+        return HttpResponseClientRedirect(reverse("playground:conversation", kwargs={"pk": chat.pk}))
     return redirect("playground:conversation", pk=chat.pk)
 
 
