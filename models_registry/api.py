@@ -6,7 +6,7 @@ projects router's /projects/{id}, and this router must be mounted first so its f
 
 from __future__ import annotations
 
-from django.http import HttpRequest
+from django.http import HttpRequest, JsonResponse
 from ninja import Router
 from ninja.responses import Status
 
@@ -45,6 +45,7 @@ from models_registry.settings_services import update_settings as save_settings
 from mtm.api_errors import ApiError
 from mtm.audit import Actor, Channel
 from mtm.auth import require_staff
+from mtm.request_limits import Busy, busy_response, expensive_request
 from projects.ownership import output_dir_conflicts
 from workers.models import SchedulingSettings
 
@@ -54,18 +55,24 @@ BODY_ERRORS = {**ERRORS, 413: ErrorOut}  # a body over DATA_UPLOAD_MAX_MEMORY_SI
 QUERY_ERRORS = {**ERRORS, 400: ErrorOut}  # more query parameters than DATA_UPLOAD_MAX_NUMBER_FIELDS
 
 
-@router.post("/projects/validate-model", response={200: ResolutionOut, **BODY_ERRORS}, tags=["models"])
-def validate_model(request: HttpRequest, payload: ValidateModelIn) -> dict:
+@router.post("/projects/validate-model", response={200: ResolutionOut, **BODY_ERRORS, 429: ErrorOut}, tags=["models"])
+def validate_model(request: HttpRequest, payload: ValidateModelIn) -> dict | JsonResponse:
     """Can this model be trained on? Where it is, which revision, and what is wrong with it. `valid`, `errors` and
     `warnings` are the instant rules' answer, overridden by transformers' own verdict once a worker has cached it;
-    `deep` is that verdict ("checking" until then: a check is queued, ask again)."""
+    `deep` is that verdict ("checking" until then: a check is queued, ask again). A file too large to read in this
+    request is left to that verdict (warning `checked_on_worker`). More checks at once than
+    MTM_EXPENSIVE_REQUESTS_PER_MEMBER: 429 with Retry-After."""
     if problem := name_error(payload.model_name):
         raise ApiError(422, [problem])
     revision = (payload.revision or "").strip() or None
     if revision and (problem := revision_error(revision)):
         raise ApiError(422, [problem])
-    instant = services.resolve_model(payload.model_name, revision)
-    deep = deep_state(instant, ask=True)  # a POST: asking a worker for the check is this call's to do
+    try:
+        with expensive_request(Actor.of(request, Channel.API).user):
+            instant = services.resolve_model(payload.model_name, revision)
+            deep = deep_state(instant, ask=True)  # a POST: asking a worker for the check is this call's to do
+    except Busy as busy:
+        return busy_response(busy)
     return {**with_deep_verdict(instant, deep).to_dict(), "deep": deep.to_dict() if deep else None}
 
 

@@ -3,12 +3,10 @@ chat_template.jinja / chat_template.json file beside it (newer tokenizers save t
 
 from __future__ import annotations
 
-import json
 import os
 
-from models_registry.regular_files import read_regular
+from models_registry.bounded_json import read_json
 
-MAX_TOKENIZER_CONFIG_BYTES = 16 * 1024 * 1024
 TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
@@ -17,10 +15,9 @@ def chat_template_source(folder: str) -> str | None:
     for name in TEMPLATE_FILES:
         if os.path.isfile(os.path.join(folder, name)):
             return name
-    try:
-        raw = read_regular(os.path.join(folder, "tokenizer_config.json"), MAX_TOKENIZER_CONFIG_BYTES)
-        config = json.loads(raw) if len(raw) <= MAX_TOKENIZER_CONFIG_BYTES else None
-    except (OSError, ValueError):
+    try:  # bounded and kept by the file's identity: the model check has usually read it already
+        config = read_json(os.path.join(folder, "tokenizer_config.json")).value
+    except OSError:
         return None
     if isinstance(config, dict) and config.get("chat_template"):
         return "tokenizer_config.json"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -10,10 +9,11 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from models_registry.bounded_json import MAX_PARSED_BYTES, MAX_PARSED_TOKENIZER_BYTES, checked_on_worker, read_json
 from models_registry.lfs_pointers import take_lfs_pointers
 from models_registry.not_a_model import gguf_files, without_config
 from models_registry.pickle_scan import check_bin
-from models_registry.regular_files import NotRegularFile, kind_of, open_regular, read_regular
+from models_registry.regular_files import NotRegularFile, kind_of, open_regular
 from models_registry.remote_code import check_remote_code
 from models_registry.shard_index import check_index, loaded_safetensors
 from models_registry.tokenizer_check import vocabulary_source
@@ -23,9 +23,10 @@ from mtm.shared.problems import Problem
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
-MAX_JSON_BYTES = (
-    64 * 1024 * 1024
-)  # a tokenizer.json of a large vocabulary is ~20 MB; anything past this is not JSON config
+# The most a worker reads of one JSON file it writes or validates; the web process parses far less (bounded_json).
+MAX_JSON_BYTES = 64 * 1024 * 1024
+# A real safetensors header names a few thousand tensors in well under 1 MiB; a larger one is transformers' to read.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -149,40 +150,23 @@ def _unsafe(rel: str, full: str, root: str) -> Problem:
     )
 
 
-def _read_json(path: Path, rel: str, model_name: str | None, code: str) -> tuple[object | None, Problem | None]:
+def _read_json(
+    path: Path, rel: str, model_name: str | None, code: str, limit: int = MAX_PARSED_BYTES
+) -> tuple[object | None, Problem | None, Problem | None]:
+    """(the parsed JSON, the error, the warning that its contents are left to transformers on a worker): at most
+    one of the three is set. Nothing larger than `limit` is parsed in the web process (models_registry/bounded_json)."""
     hint = redownload_hint(model_name)
     try:
-        raw = read_regular(path, MAX_JSON_BYTES)
+        read = read_json(path, limit)
     except PermissionError:
-        return None, Problem(
-            code,
-            f"Model format invalid: {rel} cannot be read (permission denied).",
-            hint,
-        )
+        return None, Problem(code, f"Model format invalid: {rel} cannot be read (permission denied).", hint), None
     except (NotRegularFile, IsADirectoryError, FileNotFoundError):
-        return None, Problem(code, f"Model format invalid: {rel} is not a regular file.", hint)
-    if len(raw) > MAX_JSON_BYTES:
-        return None, Problem(
-            code,
-            f"Model format invalid: {rel} is larger than {MAX_JSON_BYTES >> 20} MiB.",
-            hint,
-        )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, Problem(
-            code,
-            f"Model format invalid: {rel} is not UTF-8 text (byte {exc.start}).",
-            hint,
-        )
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError as exc:
-        return None, Problem(
-            code,
-            f"Model format invalid: {rel} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).",
-            hint,
-        )
+        return None, Problem(code, f"Model format invalid: {rel} is not a regular file.", hint), None
+    if read.problem:
+        return None, Problem(code, f"Model format invalid: {rel} {read.problem}.", hint), None
+    if read.deferred:
+        return None, None, checked_on_worker(rel, read.size)
+    return read.value, None, None
 
 
 def _check_config(
@@ -203,9 +187,11 @@ def _check_config(
         elif not any(e.name == "config.json" for e in report.files):
             report.errors.append(_missing_config(usable, folder, model_name, hint, context))
         return None
-    data, problem = _read_json(path, "config.json", model_name, "model_format_invalid")
+    data, problem, notice = _read_json(path, "config.json", model_name, "model_format_invalid")
     if problem:
         report.errors.append(problem)
+    elif notice:
+        report.warnings.append(notice)
     elif not isinstance(data, dict):
         report.errors.append(
             Problem(
@@ -239,7 +225,7 @@ def _missing_config(
 ) -> Problem:
     """A folder without config.json: an adapter, a GGUF export, a file the Hub never had, or an incomplete copy."""
     explained = without_config(
-        usable, lambda: read_regular(usable["adapter_config.json"], MAX_JSON_BYTES), model_name, context.cache_dir
+        usable, lambda: read_json(usable["adapter_config.json"]).value, model_name, context.cache_dir
     )
     if explained:
         return explained
@@ -277,11 +263,16 @@ def _check_tokenizer(
         return None
     errors_before = len(report.errors)
     tokenizer_config = None
+    config_unread = False
     for name in present:
         if name.endswith(".json"):
-            data, problem = _read_json(usable[name], name, model_name, "tokenizer_invalid")
+            limit = MAX_PARSED_TOKENIZER_BYTES if name == "tokenizer.json" else MAX_PARSED_BYTES
+            data, problem, notice = _read_json(usable[name], name, model_name, "tokenizer_invalid", limit)
             if problem:
                 report.errors.append(problem)
+            elif notice:
+                report.warnings.append(notice)
+                config_unread = config_unread or name == "tokenizer_config.json"
             elif not isinstance(data, dict):
                 report.errors.append(
                     Problem(
@@ -302,6 +293,8 @@ def _check_tokenizer(
             )
     if len(report.errors) > errors_before:
         return tokenizer_config
+    if config_unread and "tokenizer.json" not in usable:  # its class decides the vocabulary: transformers' to say
+        return None
     source, problem = vocabulary_source(
         usable, tokenizer_config, model_name or str(folder), redownload_hint(model_name)
     )
@@ -311,26 +304,39 @@ def _check_tokenizer(
     return tokenizer_config
 
 
-def _check_safetensors(rel: str, path: Path, model_name: str | None, shapes: dict[str, list[int]]) -> Problem | None:
-    """Check one safetensors file and add its tensors' shapes to `shapes`, all from the header."""
+def _header_too_large(fd: int) -> int | None:
+    """The size of a safetensors header too large to parse here (one that fits in the file), else None."""
+    head = os.pread(fd, 8, 0)
+    size = int.from_bytes(head, "little") if len(head) == 8 else 0
+    return size if MAX_HEADER_BYTES < size <= os.fstat(fd).st_size - 8 else None
+
+
+def _check_safetensors(
+    rel: str, path: Path, model_name: str | None, shapes: dict[str, list[int]]
+) -> tuple[Problem | None, Problem | None]:
+    """Check one safetensors file and add its tensors' shapes to `shapes`, all from the header: (the error, the
+    warning that its header is left to transformers on a worker)."""
     try:
         # safe_open parses and checks the header (size, JSON, dtypes, offsets covering the file exactly)
         # and maps the file without reading any tensor data; get_slice(...).get_shape() reads the header only.
         # Through the descriptor of the file checked to be a regular one: a FIFO swapped in meanwhile is not opened.
         fd = open_regular(path)
         try:
+            if (header := _header_too_large(fd)) is not None:
+                return None, checked_on_worker(f"the header of {rel}", header)
             with safe_open(f"/proc/self/fd/{fd}", framework="numpy") as fh:
                 for key in fh.keys():  # noqa: SIM118 (a safetensors handle is not iterable)
                     shapes[key] = list(fh.get_slice(key).get_shape())
-                return None
+                return None, None
         finally:
             os.close(fd)
     except (SafetensorError, OSError, ValueError) as exc:
-        return Problem(
+        problem = Problem(
             "weights_invalid",
             f"Model format invalid: weights file {rel} is corrupt: {exc}.",
             redownload_hint(model_name),
         )
+        return problem, None
 
 
 def _loaded_bins(usable: dict[str, Path], model_name: str | None) -> set[str]:
@@ -338,7 +344,9 @@ def _loaded_bins(usable: dict[str, Path], model_name: str | None) -> set[str]:
     names. Others, like training_args.bin, pickle other things on purpose and training never unpickles them."""
     names = {n for n in usable if n.endswith(".bin") and (n.startswith("pytorch_model") or n == "adapter_model.bin")}
     if "pytorch_model.bin.index.json" in usable:
-        index, _ = _read_json(usable["pytorch_model.bin.index.json"], "", model_name, "weights_invalid")
+        index, _, unread = _read_json(usable["pytorch_model.bin.index.json"], "", model_name, "weights_invalid")
+        if unread:  # the shards it names are unknown here: every .bin is held to the rules of loaded weights
+            return {n for n in usable if n.endswith(".bin")}
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if isinstance(weight_map, dict):
             names.update(str(v) for v in weight_map.values())
@@ -347,12 +355,15 @@ def _loaded_bins(usable: dict[str, Path], model_name: str | None) -> set[str]:
 
 def _check_index(
     usable: dict[str, Path], index_name: str, listed: set[str], report: FolderReport, model_name: str | None
-) -> set[str]:
-    """The shards an index names; its problems go into the report."""
-    data, problem = _read_json(usable[index_name], index_name, model_name, "weights_invalid")
+) -> set[str] | None:
+    """The shards an index names (None when it is left to transformers); its problems go into the report."""
+    data, problem, notice = _read_json(usable[index_name], index_name, model_name, "weights_invalid")
     if problem:
         report.errors.append(problem)
         return set()
+    if notice:
+        report.warnings.append(notice)
+        return None
     shards, errors, warnings = check_index(index_name, data, listed, usable, redownload_hint(model_name))
     report.errors.extend(errors)
     report.warnings.extend(warnings)
@@ -364,10 +375,14 @@ def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: st
     weights = [n for n in usable if n.endswith((".safetensors", ".bin")) and "/" not in n]
     loaded = _loaded_bins(usable, model_name)
     shapes: dict[str, dict[str, list[int]]] = {}
+    unread = False
     for rel in weights:
         if rel.endswith(".safetensors"):
             shapes[rel] = {}
-            problem = _check_safetensors(rel, usable[rel], model_name, shapes[rel])
+            problem, notice = _check_safetensors(rel, usable[rel], model_name, shapes[rel])
+            if notice:
+                report.warnings.append(notice)
+                unread = True
         else:
             problem = check_bin(rel, usable[rel], loaded=rel in loaded, corrupt_hint=redownload_hint(model_name))
         if problem:
@@ -384,7 +399,9 @@ def _check_weights(usable: dict[str, Path], report: FolderReport, model_name: st
                 "Download the full model, not only its configuration and tokenizer.",
             )
         )
-    model_files = loaded_safetensors(usable, indexed)
+    if unread or None in indexed.values():  # which tensors there are, or which files load, is not known here
+        return
+    model_files = loaded_safetensors(usable, {name: shards or set() for name, shards in indexed.items()})
     if config is None or len(report.errors) > errors_before or not model_files:  # shapes of broken weights mislead
         return
     merged = {key: shape for rel in model_files for key, shape in shapes.get(rel, {}).items()}
@@ -442,14 +459,14 @@ def check_model_folder(
         _check_own_code(folder, config, tokenizer_config, report, model_name, trust_remote_code)
     _check_weights(usable, report, model_name, config)
     if "generation_config.json" in usable:
-        _, problem = _read_json(
+        _, problem, notice = _read_json(
             usable["generation_config.json"],
             "generation_config.json",
             model_name,
             "model_format_invalid",
         )
-        if problem:
-            report.errors.append(problem)
+        report.errors.extend([problem] if problem else [])
+        report.warnings.extend([notice] if notice else [])
     else:
         report.warnings.append(
             Problem(

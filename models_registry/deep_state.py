@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from models_registry.bounded_json import CHECKED_ON_WORKER
 from models_registry.deep_verdict import DeepVerdict, deep_verdict, fingerprint, folder_key
 from models_registry.models import ModelVerdict, VerdictRequest
 from models_registry.resolution import Resolution
@@ -103,7 +104,9 @@ def merged_problems(
 ) -> tuple[list[Problem], list[Problem]]:
     """Instant errors and warnings overridden by transformers' verdict (`valid`, its errors and warnings): when it
     loads the model, the refusals it can judge become warnings; when it refuses, its reasons come first. Its own
-    warnings are added; nothing twice."""
+    warnings are added; nothing twice. The instant rules' notes that a file was left to transformers are answered by
+    the verdict, and dropped."""
+    warnings = [p for p in warnings if p.code != CHECKED_ON_WORKER]
     if valid:
         moved = [
             Problem(p.code, f"transformers loads and trains this model all the same: {p.message}", p.hint)

@@ -116,12 +116,11 @@ def list_models(
     published: Iterable[tuple[str, str]] = (),
 ) -> list[ListedModel]:
     """Cached repos, published models and overrides, sorted by name. As in resolution, an override answers for its
-    name, and a published model only for a name the cache does not hold."""
+    name, then a published model (a cache repo of its name is only a warning on its row), then the cache."""
     by_name = {item.model_name: item for item in list_cached(cache_dir, store)}
     for name, path in published:
-        if name not in by_name:
-            res = resolve(name, cache_dir=cache_dir, published_path=path)
-            by_name[name] = ListedModel(name, "portal", res.path or path, None, res.errors, res.warnings)
+        res = resolve(name, cache_dir=cache_dir, published_path=path)
+        by_name[name] = ListedModel(name, "portal", res.path or path, None, res.errors, res.warnings)
     for name, path, trust in overrides:
         res = resolve(name, cache_dir=cache_dir, override_path=path, trust_remote_code=trust)
         by_name[name] = ListedModel(name, "override", res.path or path, None, res.errors, res.warnings, bool(trust))

@@ -6,7 +6,6 @@ for an adapter, the base model it was trained on and whether that base is in the
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -20,9 +19,9 @@ def gguf_files(names: Iterable[str]) -> list[str]:
     return sorted(n for n in names if n.lower().endswith(".gguf"))
 
 
-def _base_model(read_adapter_config: Callable[[], bytes]) -> str | None:
+def _base_model(read_adapter_config: Callable[[], object]) -> str | None:
     try:
-        data = json.loads(read_adapter_config().decode("utf-8"))
+        data = read_adapter_config()
     except (OSError, ValueError):
         return None
     base = data.get("base_model_name_or_path") if isinstance(data, dict) else None
@@ -40,7 +39,7 @@ def _base_whereabouts(base: str, cache_dir: Path | None) -> str:
 
 def without_config(
     names: Iterable[str],
-    read_adapter_config: Callable[[], bytes],
+    read_adapter_config: Callable[[], object],
     model_name: str | None,
     cache_dir: Path | None,
 ) -> Problem | None:

@@ -175,18 +175,6 @@ def provenance(published: PublishedModel) -> str:
     )
 
 
-def shadowed_warning(published: PublishedModel, cache_path: str) -> Problem:
-    """A model of the published name came into the HF cache after it was published: the cache copy wins (the order
-    is fixed: override, cache, portal), which everyone training on the name must be told."""
-    return Problem(
-        "published_model_shadowed",
-        f"'{published.model_name}' resolves to the Hugging Face cache ({cache_path}), not to the fine-tune published "
-        f"under that name in this portal (from run {published.run_id or '(deleted)'}): the cache comes first.",
-        "If the fine-tune is meant, ask staff to remove the cache copy or add a Model Override to its folder "
-        f"({published.path}); otherwise unpublish the portal name.",
-    )
-
-
 def first_word_key(organisation: str) -> str:
     """The key of an organisation's first word: 'fb-research' and 'FB_labs' start with the word 'fb'."""
     return part_key(re.split(r"[-_.]", organisation, maxsplit=1)[0])
@@ -358,7 +346,6 @@ __all__ = [
     "name_key",
     "part_key",
     "reads_the_same",
-    "shadowed_warning",
     "organisation_problem",
     "provenance",
     "unpublished_problem",

@@ -10,13 +10,13 @@ repo only ever marks itself invalid.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models_registry.bounded_json import parse_bytes
 from models_registry.cache_layout import PARTIAL_SUFFIX, split_partial_blobs
 from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
 from models_registry.not_a_model import gguf_files, without_config
@@ -308,7 +308,10 @@ def _needs_code_check(config: dict) -> bool:
 def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str) -> None:
     if "config.json" not in names:
         explained = without_config(
-            names, lambda: _read_small(snapshot, "adapter_config.json", root), item.model_name, Path(root)
+            names,
+            lambda: parse_bytes(_read_small(snapshot, "adapter_config.json", root)).value,
+            item.model_name,
+            Path(root),
         )
         item.errors.append(
             explained
@@ -346,10 +349,10 @@ def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str) 
                 Problem("model_format_invalid", f"Model format invalid: cannot read config.json: {exc.strerror}.", hint)
             )
         return
-    try:
-        data = json.loads(raw.decode("utf-8")) if len(raw) <= MAX_CONFIG_BYTES else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        data = None
+    read = parse_bytes(raw, MAX_CONFIG_BYTES)
+    if read.deferred:  # too large to parse in the web process: transformers' verdict judges it
+        return
+    data = read.value
     if not isinstance(data, dict):
         item.errors.append(
             Problem(
@@ -369,9 +372,11 @@ def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str) 
 
 def _check_index(item: ListedModel, snapshot: str, index_name: str, names: set[str], root: str, hint: str) -> None:
     try:
-        data = json.loads(_read_small(snapshot, index_name, root).decode("utf-8"))
-        shards = {str(v) for v in data["weight_map"].values()}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        read = parse_bytes(_read_small(snapshot, index_name, root), MAX_CONFIG_BYTES)
+        if read.deferred:  # too large to parse in the web process: transformers' verdict judges it
+            return
+        shards = {str(v) for v in read.value["weight_map"].values()}  # type: ignore[index]
+    except (OSError, KeyError, TypeError, AttributeError):
         item.errors.append(
             Problem("weights_invalid", f"Model format invalid: {index_name} is unreadable or has no weight_map.", hint)
         )

@@ -1,10 +1,11 @@
-"""Where models live and which folder answers for a name: override first, then the HF cache, then a model published
-from a run (source "portal"), then an explicit failure."""
+"""Where models live and which folder answers for a name: override first, then a model published from a run (source
+"portal"), then the HF cache, then an explicit failure."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,8 +170,9 @@ def resolve(
     published_problem: Problem | None = None,
 ) -> Resolution:
     """Resolve a model name to a checked folder. Plain values in, a Resolution out; nothing raised for bad input.
-    `published_path` (a run's model published under this name) answers only when the cache has no such repo; then
-    `published_problem` (its run's folder is no longer the one the worker made) makes it invalid unread."""
+    `published_path` (a run's model published under this name) answers ahead of the cache, since whoever can write
+    in the cache could otherwise take the name over; a cache repo of the name is then a warning. `published_problem`
+    (its run's folder is no longer the one the worker made) makes it invalid unread."""
     result = Resolution(model_name=name if isinstance(name, str) else repr(name))
     if problem := name_error(name):
         result.errors.append(problem)
@@ -182,8 +184,11 @@ def resolve(
     try:
         if override_path is not None:
             return _resolve_override(result, override_path, revision, trust_remote_code, Path(cache_dir))
-        if published_path is not None and not (Path(cache_dir) / repo_folder_name(name)).is_dir():
-            return _resolve_published(result, published_path, revision, Path(cache_dir), published_problem)
+        if published_path is not None:
+            _resolve_published(result, published_path, revision, Path(cache_dir), published_problem)
+            if copy := cache_copy_ignored(name, Path(cache_dir), published_path):
+                result.warnings.append(copy)
+            return result
         return _resolve_cache(result, Path(cache_dir), revision)
     except OSError as exc:  # a folder the scan cannot read is this model's problem, never the caller's error
         result.path, result.files = None, []
@@ -305,6 +310,30 @@ def _resolve_published(
     result.path, result.tokenizer_source = str(folder), report.tokenizer_source
     result.files, result.errors, result.warnings = report.files, report.errors, result.warnings + report.warnings
     return result
+
+
+def cache_copy_ignored(name: str, cache_dir: Path, published_path: str) -> Problem | None:
+    """The warning for a cache repo under a published name: it is not used, and who put it there."""
+    repo_dir = cache_dir / repo_folder_name(name)
+    try:
+        info = os.lstat(repo_dir)
+    except OSError:
+        return None
+    return Problem(
+        "cache_copy_ignored",
+        f"'{name}' is a fine-tune published in this portal and resolves to its run's folder ({published_path}). "
+        f"The Hugging Face cache also holds {repo_dir} (owned by {owner_name(info.st_uid)}), which is not used: a "
+        "published name comes before the cache.",
+        f"If that copy should not be there, ask staff to remove it (rm -r {repo_dir}). To train on a cache copy "
+        "under this name instead, unpublish the portal name first.",
+    )
+
+
+def owner_name(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _linked(folder: Path) -> bool:

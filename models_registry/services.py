@@ -9,7 +9,7 @@ from django.conf import settings as django_settings
 from models_registry.deep_listing import with_deep_states
 from models_registry.models import ModelOverride, PortalSettings, PublishedModel
 from models_registry.names import name_error
-from models_registry.published import provenance, shadowed_warning, unpublished_problem
+from models_registry.published import provenance, unpublished_problem
 from models_registry.resolution import Resolution, hf_cache_dir, resolve
 from mtm.shared.problems import Problem
 
@@ -31,8 +31,9 @@ def dataset_roots() -> list[str]:
 
 
 def resolve_model(name: str, revision: str | None = None) -> Resolution:
-    """Enabled override first, then the HF cache, then a model published from a run; format checked; an explicit
-    failure otherwise. A published model says what it is (`provenance`); a name unpublished since says so."""
+    """Enabled override first, then a model published from a run, then the HF cache; format checked; an explicit
+    failure otherwise. A published model says what it is (`provenance`), and a cache repo of its name is a warning
+    (`cache_copy_ignored`); a name unpublished since says so."""
     cache_dir, _ = current_cache_dir()
     override = published = None
     if name_error(name) is None:  # a hostile name never reaches a query (PostgreSQL refuses NUL bytes)
@@ -48,10 +49,8 @@ def resolve_model(name: str, revision: str | None = None) -> Resolution:
         published_path=published.path if published else None,
         published_problem=_published_folder_problem(published) if published else None,
     )
-    if published is not None and result.source == "portal":
+    if published is not None:
         result.provenance = provenance(published)
-    elif published is not None and result.source == "cache":
-        result.warnings.append(shadowed_warning(published, result.path or ""))
     elif override is None and result.source is None and [e.code for e in result.errors] == ["model_not_found"]:
         result.errors[0] = unpublished_problem(name) or result.errors[0]
     return result

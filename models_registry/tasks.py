@@ -23,7 +23,7 @@ def resolve_model(model_name: str, revision: str | None = None) -> dict:
 
 @shared_task(name=CHECK_TASK, ignore_result=False)
 def check_model_deep(path: str, trust_remote_code: bool = False, model_name: str = "", refill: bool = False) -> dict:
-    """On the default queue (any worker; its libraries are the trainer's): fill the verdict cache for a resolved model
+    """On the checks queue (its workers' libraries are the trainer's): fill the verdict cache for a resolved model
     folder (transformers' own check, in a limited child) and clear its pending request. `refill` (a check the
     background fill asked for): once no check is pending, send the fill for the next batch. Returns {"valid",
     "fingerprint", "errors"} for a caller that waits; pages read the cache instead."""
@@ -40,7 +40,8 @@ def check_model_deep(path: str, trust_remote_code: bool = False, model_name: str
 
 @shared_task(name=FILL_TASK, ignore_result=False)
 def fill_model_verdicts() -> dict:
-    """Periodic (Celery beat) and after each batch: ask for the checks the listed models lack, a batch at a time."""
+    """Periodic (Celery beat) and after each batch, on the checks queue (it reads every listed folder): ask for the
+    checks the listed models lack, a batch at a time."""
     return dataclasses.asdict(fill_verdicts())
 
 

@@ -1,6 +1,6 @@
 """Run a few long-lived child processes together: forward a stop signal, wait, and exit when any of them dies.
 
-`manage.py runportal` uses it to keep the web server and a Celery worker side by side; the tests use
+`manage.py runportal` uses it to keep the web server and its Celery workers side by side; the tests use
 `die_with_parent` so a worker they start never outlives them.
 """
 

@@ -1,4 +1,4 @@
-"""A per-member cap on expensive requests in progress (dataset checks, uploads, project saves).
+"""A per-member cap on expensive requests in progress (dataset checks, uploads, project saves, model checks).
 
 Slots live in the database (mtm.ExpensiveRequestSlot), numbered 0..cap-1 and unique per member: taking one is an
 insert that fails when another process holds that number, so every gunicorn process sees the same count without a
@@ -15,8 +15,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.http import JsonResponse
 from django.utils import timezone
 
+from mtm.api_errors import error_body
 from mtm.models import ExpensiveRequestSlot
 
 # A bounded check answers within seconds: by then one of the member's slots is free again.
@@ -40,8 +42,9 @@ class Busy(Exception):
     def message(self) -> str:
         requests = "request" if self.limit == 1 else "requests"
         return (
-            f"You already have {self.limit} dataset {requests} (checks, uploads or project saves) in progress, the "
-            f"most one member may run at once. Try again in {self.retry_after} seconds, once one of them has finished."
+            f"You already have {self.limit} expensive {requests} (model or dataset checks, uploads or project saves) "
+            f"in progress, the most one member may run at once. Try again in {self.retry_after} seconds, once one of "
+            "them has finished."
         )
 
     @property
@@ -50,6 +53,13 @@ class Busy(Exception):
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message, "hint": self.hint}
+
+
+def busy_response(busy: Busy) -> JsonResponse:
+    """The API's answer beyond the cap: 429, the error object, and Retry-After."""
+    response = JsonResponse(error_body([busy.to_dict()]), status=429)
+    response["Retry-After"] = str(busy.retry_after)
+    return response
 
 
 def per_member_limit() -> int:

@@ -169,6 +169,12 @@ MTM_EXPENSIVE_REQUESTS_PER_MEMBER = env_int("MTM_EXPENSIVE_REQUESTS_PER_MEMBER",
 MTM_OUTPUT_ROOTS = env_list("MTM_OUTPUT_ROOTS", sep=":") or [str(VAR_DIR / "outputs")]
 MTM_DATASET_ROOTS = env_list("MTM_DATASET_ROOTS", sep=":") or [str(VAR_DIR / "datasets")]
 MTM_LOW_DISK_BYTES = env_int("MTM_LOW_DISK_BYTES", 10 * 1024**3)
+# The longest one dataset row may be in its file, wherever rows are read (the form's sample, the resolve stage, the
+# trainer): a longer one is refused by number, never tokenized. 1 MiB: 8 bytes for each of the 131,072 tokens of the
+# longest max_seq_length accepted (projects.datasets.row_size).
+MTM_DATASET_MAX_ROW_BYTES = env_int("MTM_DATASET_MAX_ROW_BYTES", 131_072 * 8)
+if MTM_DATASET_MAX_ROW_BYTES < 1:
+    raise ImproperlyConfigured(f"MTM_DATASET_MAX_ROW_BYTES={MTM_DATASET_MAX_ROW_BYTES} must be at least 1 (bytes).")
 # transformers' own verdict on a model (models_registry.deep_verdict) runs on a worker in a child process stopped
 # past these limits (CPU seconds, MB of memory beyond what the worker had): a model whose check hangs or crashes
 # gets a verdict saying so.
@@ -179,10 +185,12 @@ MTM_VERDICT_MEMORY_MB = env_int("MTM_VERDICT_MEMORY_MB", 4096)
 MTM_TEMPLATE_CPU_SECONDS = env_int("MTM_TEMPLATE_CPU_SECONDS", 10)
 MTM_TEMPLATE_MEMORY_MB = env_int("MTM_TEMPLATE_MEMORY_MB", 512)
 # The workers fill transformers' verdict on every listed model in the background (models_registry.verdict_fill): beat
-# sends the fill every MTM_VERDICT_FILL_SECONDS, which keeps at most MTM_VERDICT_FILL_BATCH checks pending (0: no fill;
-# models are then checked only when someone asks).
+# sends the fill every MTM_VERDICT_FILL_SECONDS, which keeps at most MTM_VERDICT_FILL_BATCH checks pending (0: no fill,
+# and the Models page asks for none either; models are then checked only when someone looks one up). The Models page
+# asks for the models it shows at once; the period bounds how late the others, and a folder changed in place, are
+# noticed. A pass only fingerprints the folders (about 0.1 s for 200 models), so once a minute costs next to nothing.
 MTM_VERDICT_FILL_BATCH = env_int("MTM_VERDICT_FILL_BATCH", 4)
-MTM_VERDICT_FILL_SECONDS = env_int("MTM_VERDICT_FILL_SECONDS", 300)
+MTM_VERDICT_FILL_SECONDS = env_int("MTM_VERDICT_FILL_SECONDS", 60)
 
 # --- Runs ---------------------------------------------------------------------------------------------
 # Runs one member may have live (queued, resolving, training or validating) before Start is refused, and taken by
@@ -282,13 +290,21 @@ CELERY_TASK_ROUTES = {
     "projects.resolve_run": {"queue": "training"},
     # Playground messages go to inference workers (`runworker --inference`), which keep a model loaded.
     "playground.generate": {"queue": "inference"},
+    # Work a member can set off, each kind on a queue with workers of its own: transformers' checks of a model (one
+    # may run for minutes on a planted model), and token counts, which a member waits for on the dataset form.
+    "models_registry.check_model_deep": {"queue": "checks"},
+    "models_registry.fill_verdicts": {"queue": "checks"},
+    "models_registry.resolve_model": {"queue": "checks"},
+    "projects.count_dataset_tokens": {"queue": "counts"},
 }
+# Everything else (CELERY_TASK_DEFAULT_QUEUE, "default") is a periodic job below, run by a worker of its own.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = False
 # Periodic jobs, sent by `celery -A mtm beat` (started by `make run` and the compose file's beat service). Each
-# expires after one period, so a pile of them never waits for a worker that is down.
+# expires after one period, so a pile of them never waits for a worker that is down. The fill asks for checks, so it
+# goes to the checks queue (routes above); the others to default.
 CELERY_BEAT_SCHEDULE = {
     "reap-stale-runs": {
         "task": "projects.reap_stale_runs",

@@ -12,7 +12,6 @@ a fixed allowance for the CUDA context and the allocator, plus a share of the re
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
+from models_registry.bounded_json import parse_bytes
 from models_registry.regular_files import open_regular, read_regular
 
 GIB = 1024**3
@@ -137,10 +137,12 @@ def _read_json(path: Path, what: str) -> Any:
         raise EstimateError(f"{what} cannot be read: {exc.strerror or exc}.") from exc
     if len(data) > MAX_JSON_BYTES:
         raise EstimateError(f"{what} cannot be read: it is larger than {MAX_JSON_BYTES // (1024 * 1024)} MiB.")
-    try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise EstimateError(f"{what} cannot be read: {exc}") from exc
+    read = parse_bytes(data, MAX_JSON_BYTES)  # bounded in values too: nested empty lists cost gigabytes to parse
+    if read.deferred:
+        raise EstimateError(f"{what} cannot be read here: it holds more values than a model's configuration does.")
+    if read.problem:
+        raise EstimateError(f"{what} cannot be read: it {read.problem}.")
+    return read.value
 
 
 def _tensor_files(folder: Path) -> list[Path]:

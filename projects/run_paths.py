@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from models_registry.outputs import foreign_owner_problem, trusted_owners
-from models_registry.services import dataset_roots, validate_output_dir
+from models_registry.services import dataset_roots, output_roots, validate_output_dir
 from mtm.shared.claims import identity_of_open, same_identity
 from mtm.shared.nofollow import LINK_ERRORS as _LINK_ERRORS
-from mtm.shared.nofollow import open_dir_nofollow, open_file_nofollow
+from mtm.shared.nofollow import ForeignFolder, open_dir_nofollow, open_file_nofollow
 from mtm.shared.owned_files import DIR_MODE, open_subdir, write_new
-from mtm.shared.paths import resolved
+from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
 from projects.datasets import check_dataset_path
 from projects.datasets.errors import DATASET_UNREADABLE
@@ -108,15 +108,30 @@ RUN_FOLDER_EXISTS = "run_folder_exists"
 RUN_FOLDER_CHANGED = "run_folder_changed"
 
 
+def _allowed_root_of(path: str) -> str:
+    """The deepest allowed output root `path` lies in; '/' when none (then every folder on its way is checked)."""
+    roots = [resolved(root) or os.path.normpath(root) for root in output_roots()]
+    return max((root for root in roots if is_within(path, root)), key=len, default=os.sep)
+
+
 def create_run_folder(run: TrainingRun) -> int:
     """Create the run's folder (DIR_MODE) inside its project's output directory and return a descriptor of it. The
-    output directory is walked without following links (missing folders created); the run folder itself is made by
-    this call with mkdir, never adopted: PathChanged (run_folder_exists) when anything already has its name. The
-    folder's device and inode are recorded on the run's row so that every later reader can tell it is still the same
-    folder."""
+    output directory is walked without following links (missing folders created DIR_MODE), and every folder on the
+    way below the allowed root must be the portal's or root's, as its descriptor shows (PathChanged with
+    foreign_owner_problem otherwise); the run folder itself is made by this call with mkdir, never adopted:
+    PathChanged (run_folder_exists) when anything already has its name. The folder's device and inode are recorded on
+    the run's row so that every later reader can tell it is still the same folder."""
     parent_path, name = os.path.split(run.output_directory)
     try:
-        parent = open_dir_nofollow(parent_path, create=True)
+        parent = open_dir_nofollow(
+            parent_path,
+            create=True,
+            mode=DIR_MODE,
+            owners=trusted_owners(),
+            owned_below=_allowed_root_of(parent_path),
+        )
+    except ForeignFolder as exc:  # made by another member since the resolve stage's check: never adopted
+        raise PathChanged(foreign_owner_problem(parent_path, exc.folder, exc.uid)) from None
     except OSError as exc:
         if exc.errno not in _LINK_ERRORS:
             raise

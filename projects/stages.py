@@ -323,6 +323,7 @@ def _train_with(
         hold_out_last_row=config.held_out_row,
         held_out_pairs=config.held_out_pairs,
         staging_dir=staging,
+        max_row_bytes=settings.MTM_DATASET_MAX_ROW_BYTES,
     )
     spec_path = write_spec(spec, folder / "spec.json")
     recorder = _RunRecorder(run_id, run_records.history_before_resume(run))

@@ -256,7 +256,7 @@ def test_a_real_worker_on_the_default_queue_counts_the_tokens(
     client = secure_client(owner)
     html = check(client, path, tiny_llama_in_cache[0]).content.decode()
     assert "Counting tokens…" in html
-    start_worker(queues="default").wait_ready()
+    start_worker(queues="counts").wait_ready()
     url = poll_url(html)
     response = client.get(url, **HX)
     deadline = time.monotonic() + 120

@@ -15,7 +15,9 @@ import yaml
 from django.conf import settings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-APP_SERVICES = ("web", "worker", "beat", "trainer-gpu0", "trainer-gpu1", "playground-gpu0")
+APP_SERVICES = ("web", "worker", "counts", "periodic", "beat", "trainer-gpu0", "trainer-gpu1", "playground-gpu0")
+# Plain Celery workers: model checks, token counts, and the periodic jobs (queue default) each have their own.
+CELERY_WORKERS = ("worker", "counts", "periodic")
 TRAINERS = ("trainer-gpu0", "trainer-gpu1")
 PLAYGROUND = ("playground-gpu0",)
 FIRST_PARTY = ("mtm", "models_registry", "projects")
@@ -61,7 +63,7 @@ def environment_names_read_by_code() -> set[str]:
 
 
 def test_the_services_exist(compose):
-    assert set(compose["services"]) >= {"web", "worker", *TRAINERS, *PLAYGROUND, "redis", "postgres"}
+    assert set(compose["services"]) >= {"web", *CELERY_WORKERS, *TRAINERS, *PLAYGROUND, "redis", "postgres"}
 
 
 def consumed_queues(service: dict) -> set[str]:
@@ -88,13 +90,29 @@ def test_web_serves_an_importable_wsgi_application(compose):
 def test_workers_use_the_mtm_app_and_consume_every_routed_queue(compose):
     known = {settings.CELERY_TASK_DEFAULT_QUEUE} | {r["queue"] for r in settings.CELERY_TASK_ROUTES.values()}
     consumed: set[str] = set()
-    for name in ("worker", *TRAINERS, *PLAYGROUND):
+    for name in (*CELERY_WORKERS, *TRAINERS, *PLAYGROUND):
         queues = consumed_queues(compose["services"][name])
         assert queues <= known, f"{name} consumes {queues - known}, which no task is routed to"
         consumed |= queues
     assert consumed == known
-    words = command_words(compose["services"]["worker"])
-    assert words[:1] == ["celery"] and "worker" in words and option_value(words, "-A", "--app") == "mtm"
+    for name in CELERY_WORKERS:
+        words = command_words(compose["services"][name])
+        assert words[:1] == ["celery"] and "worker" in words and option_value(words, "-A", "--app") == "mtm"
+
+
+def test_the_periodic_jobs_have_a_worker_no_other_work_reaches(compose):
+    """Only periodic consumes the default queue, and it consumes nothing else: a check or a token count a member
+    sets off (routed elsewhere, tests/test_checks_queue.py) can never occupy the worker the reaper needs."""
+    default = settings.CELERY_TASK_DEFAULT_QUEUE
+    on_default = [
+        name
+        for name in (*CELERY_WORKERS, *TRAINERS, *PLAYGROUND)
+        if default in consumed_queues(compose["services"][name])
+    ]
+    assert on_default == ["periodic"]
+    assert consumed_queues(compose["services"]["periodic"]) == {default}
+    assert consumed_queues(compose["services"]["worker"]) == {"checks"}
+    assert consumed_queues(compose["services"]["counts"]) == {"counts"}
 
 
 def test_the_playground_worker_answers_the_inference_queue_on_a_gpu_of_the_trainers_host(compose):
@@ -133,7 +151,8 @@ def test_one_beat_sends_every_periodic_job_to_a_queue_a_worker_consumes(compose)
     assert beats == ["beat"]
     words = command_words(compose["services"]["beat"])
     assert words[:1] == ["celery"] and option_value(words, "-A", "--app") == "mtm"
-    consumed = set().union(*(consumed_queues(compose["services"][name]) for name in ("worker", *TRAINERS, *PLAYGROUND)))
+    workers = (*CELERY_WORKERS, *TRAINERS, *PLAYGROUND)
+    consumed = set().union(*(consumed_queues(compose["services"][name]) for name in workers))
     from mtm.celery import app
 
     app.loader.import_default_modules()

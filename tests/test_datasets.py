@@ -649,9 +649,10 @@ def test_upload_too_large_or_empty_leaves_nothing(tmp_path):
     assert list(root.iterdir()) == []
 
 
-def test_token_stats_of_a_huge_row_are_quick_and_still_count_it_as_truncated(tmp_path, tiny_llama_dir):
+def test_token_stats_of_a_huge_row_are_quick_and_still_count_it_as_truncated(tmp_path, tiny_llama_dir, settings):
     from transformers import AutoTokenizer
 
+    settings.MTM_DATASET_MAX_ROW_BYTES = 4 * 1024**2  # a row this long is otherwise refused before it is tokenized
     path = tmp_path / "huge.jsonl"
     path.write_text(
         json.dumps({"prompt": "a", "completion": "word " * 400_000})
@@ -670,3 +671,29 @@ def test_unknown_keys_message_names_at_most_ten(tmp_path):
     report = inspect_dataset(path)
     [problem] = report.errors
     assert "'c0'" in problem.message and "and 490 more" in problem.message and "'c499'" not in problem.message
+
+
+class _Recording:
+    """The real tokenizer, with the longest text it was handed written down."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def __call__(self, texts, **kwargs):
+        self.longest = max([self.longest, *(len(t) for t in ([texts] if isinstance(texts, str) else texts))])
+        return self.tokenizer(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_the_trainer_never_tokenizes_a_long_row_whole(tokenizer):
+    """The hostile pass: rows just under the row-size limit, a thousand at a time, cost the trainer's tokenizer
+    gigabytes. Each string is cut to max_seq_length × 64 characters first; the examples are the same."""
+    rows = [{"prompt": "a", "completion": "word " * 200_000}, {"prompt": "b", "completion": "c d e"}]
+    recording = _Recording(tokenizer)
+    cut = build_examples(rows, "prompt_completion", recording, 64)
+    assert recording.longest <= 64 * 64
+    whole = build_examples(rows, "prompt_completion", tokenizer, None)
+    assert [e["input_ids"] for e in cut] == [e["input_ids"][:64] for e in whole]
+    assert cut.truncated == 1

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 
 from models_registry.deep_verdict import compute_verdict
 from models_registry.demo import install_into_cache
@@ -24,18 +25,20 @@ from tests.test_deep_verdict_pages import broker, queued_checks  # noqa: F401 - 
 
 NAMES = ("test-org/a", "test-org/b", "test-org/c")
 
+CHECKS_QUEUE = settings.CELERY_TASK_ROUTES["models_registry.check_model_deep"]["queue"]
+
 
 def folder_of(hf_cache: Path, name: str) -> str:
     return resolve(name, cache_dir=hf_cache).path
 
 
 def queued_with_kwargs(redis_url: str) -> list[str]:
-    """The check messages waiting on the broker's default queue: their args and kwargs as Celery wrote them."""
+    """The check messages waiting on the broker's checks queue: their args and kwargs as Celery wrote them."""
     import redis
 
     server = redis.Redis.from_url(redis_url)
     found = []
-    for key in server.scan_iter("default*"):
+    for key in server.scan_iter(f"{CHECKS_QUEUE}*"):
         if server.type(key) == b"list":
             for raw in server.lrange(key, 0, -1):
                 headers = json.loads(raw)["headers"]
@@ -95,7 +98,7 @@ def test_the_fill_asks_a_bounded_batch_and_never_twice_for_a_snapshot(
 def test_workers_fill_the_verdicts_of_a_new_cache_in_the_background(start_worker, hf_cache, tiny_llama_dir):
     for name in NAMES:
         install_into_cache(tiny_llama_dir, hf_cache, name)
-    worker = start_worker("default", extra_env={"MTM_VERDICT_FILL_BATCH": "2"}).wait_ready()
+    worker = start_worker("checks", extra_env={"MTM_VERDICT_FILL_BATCH": "2"}).wait_ready()
     first = fill_model_verdicts.delay().get(timeout=120)
     assert (first["asked"], first["left"]) == (2, 1)  # a batch of two; the last check of it sends the fill again
     deadline = time.monotonic() + 300

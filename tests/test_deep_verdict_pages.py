@@ -8,6 +8,7 @@ import json
 from urllib.parse import urlencode
 
 import pytest
+from django.conf import settings
 from django.urls import reverse
 
 from models_registry.models import ModelVerdict, VerdictRequest
@@ -20,6 +21,8 @@ from tests.test_verdict_differential import NEW_CASES
 ADDED = NEW_CASES["added_tokens_beyond_vocab"]  # the instant rules accept it; transformers refuses it
 BROKEN_BIN = NEW_CASES["broken_bin_beside_safetensors"]  # the instant rules refuse it; transformers loads it
 CHECK_TASK = "models_registry.check_model_deep"
+
+CHECKS_QUEUE = settings.CELERY_TASK_ROUTES["models_registry.check_model_deep"]["queue"]
 
 
 @pytest.fixture
@@ -64,12 +67,12 @@ def poll(client, name: str, view: str):
 
 
 def queued_checks(redis_url: str) -> list[str]:
-    """The check_model_deep messages waiting on the broker's default queue (their args, as Celery wrote them)."""
+    """The check_model_deep messages waiting on the broker's checks queue (their args, as Celery wrote them)."""
     import redis
 
     server = redis.Redis.from_url(redis_url)
     found = []
-    for key in server.scan_iter("default*"):
+    for key in server.scan_iter(f"{CHECKS_QUEUE}*"):
         if server.type(key) == b"list":
             for raw in server.lrange(key, 0, -1):
                 headers = json.loads(raw)["headers"]
@@ -85,7 +88,7 @@ def broker(celery_broker):
 
     yield celery_broker
     server = redis.Redis.from_url(celery_broker)
-    for key in server.scan_iter("default*"):
+    for key in server.scan_iter(f"{CHECKS_QUEUE}*"):
         if server.type(key) == b"list":
             for raw in server.lrange(key, 0, -1):
                 if json.loads(raw)["headers"]["task"] == CHECK_TASK:

@@ -229,7 +229,7 @@ DATASET_FILES = {
     "5mb_line": (
         "long.jsonl",
         b'{"prompt": "a", "completion": "b"}\n{"prompt": "' + b"x" * (5 * 1024 * 1024) + b"\n",
-        "Row 2 (line 2): invalid JSON",
+        "Row 2 (line 2) is 5,242,892 bytes",  # over MTM_DATASET_MAX_ROW_BYTES: refused before it is parsed
     ),
     "deeply_nested": ("nested.json", _nested_json(100_000), "Row 1 (line 1): the JSON is nested too deeply"),
     "deeply_nested_line": (

@@ -28,6 +28,9 @@ from tests.redis_server import free_port
 from tests.workers import app_publishing_to
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# What `runportal` starts: the web server, the training worker, the checks, token counts and periodic jobs' workers,
+# the playground worker and Celery beat.
+PORTAL_PROCESSES = ("web", "worker", "checks", "counts", "periodic", "playground", "beat")
 
 
 def run_command(name: str, *args: str) -> str:
@@ -127,7 +130,7 @@ def test_resolve_model_task_runs_on_a_real_worker(start_worker, tiny_llama_in_ca
     row = PortalSettings.load()
     row.model_cache_path = str(hf_cache)
     row.save()
-    worker = start_worker(queues="default").wait_ready()
+    worker = start_worker(queues="checks").wait_ready()  # a check a member can set off: the checks queue
 
     found = resolve_model_task.delay(name).get(timeout=60)
     assert found["valid"] is True, found
@@ -153,11 +156,9 @@ def _started_pids(process: subprocess.Popen) -> dict[str, int]:
         found = re.search(r"started (\w+) \(pid (\d+)\)", line)
         if found:
             pids[found.group(1)] = int(found.group(2))
-        if len(pids) == 5:
+        if len(pids) == len(PORTAL_PROCESSES):
             return pids
-    raise AssertionError(
-        f"runportal exited before starting web, worker, checks, playground and beat (started: {sorted(pids)})"
-    )
+    raise AssertionError(f"runportal exited before starting {', '.join(PORTAL_PROCESSES)} (started: {sorted(pids)})")
 
 
 def _get_status(url: str) -> int | None:
@@ -219,6 +220,7 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
     launcher = _start_runportal(tmp_path, port)
     try:
         pids = _started_pids(launcher)
+        assert sorted(pids) == sorted(PORTAL_PROCESSES)
         status = None
         for _ in range(300):
             status = _get_status(f"http://127.0.0.1:{port}/admin/login/")
@@ -226,14 +228,13 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
                 break
             time.sleep(0.2)
         assert status == 200
-        # The three workers consume their queues on the embedded broker: each reports once Celery is ready, which a
+        # The five workers consume their queues on the embedded broker: each reports once Celery is ready, which a
         # queue name that broker refuses (it once held the "@" of cpu@host) never reaches.
         reported: list[str] = []
-        while len(reported) < 3 and launcher.poll() is None:
+        while len(reported) < 5 and launcher.poll() is None:
             reported = _reported_workers(tmp_path / "var")
             time.sleep(0.5)
-        assert len(reported) == 3, (reported, launcher.poll())
-        assert reported[0].startswith("checks@") and reported[2].startswith("playground-"), reported
+        assert [name.split("@")[0] for name in reported] == ["checks", "counts", "cpu", "periodic", "playground-cpu"]
         assert all(not _gone(pid) for pid in pids.values())
 
         launcher.send_signal(signal.SIGINT)
@@ -246,7 +247,8 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
     assert "web stopped" in output and "worker stopped" in output and "beat stopped" in output
     assert _gone(pids["web"]) and _gone(pids["worker"]) and _gone(pids["beat"])
     assert "playground stopped" in output and _gone(pids["playground"])  # the playground's inference worker
-    assert "checks stopped" in output and _gone(pids["checks"])  # the default queue's worker
+    for name in ("checks", "counts", "periodic"):  # the checks, token counts and periodic jobs' workers
+        assert f"{name} stopped" in output and _gone(pids[name])
 
 
 @pytest.mark.slow
@@ -262,4 +264,4 @@ def test_runportal_stops_the_web_server_and_fails_when_the_worker_dies(tmp_path)
             launcher.wait()
     assert launcher.returncode == 1, output
     assert "worker exited with status -9; stopping the others" in output
-    assert _gone(pids["web"]) and _gone(pids["worker"]) and _gone(pids["beat"]) and _gone(pids["playground"])
+    assert all(_gone(pid) for pid in pids.values()), pids

@@ -390,21 +390,19 @@ def test_a_freed_name_is_not_another_members_to_take(team, api, client, tiny_lla
     assert api("staff", other_run, "team/bot").status_code == 201  # staff decide
 
 
-def test_a_cache_model_that_arrives_under_a_published_name_is_said_to_shadow_it(team, api, tiny_llama_dir):
+def test_a_cache_model_that_arrives_under_a_published_name_does_not_take_it_over(team, api, tiny_llama_dir):
     """The hostile tester downloaded a model as 'team/a' after alice published 'team/a': every project on the name
-    silently trained on the cache copy. The order stays (override, cache, portal); the verdict now says so."""
+    silently trained on the cache copy. A published name now comes before the cache; the copy is a warning."""
     from models_registry.demo import install_into_cache
     from models_registry.services import current_cache_dir
 
     assert api("alice", team["run"], "team/a").status_code == 201
     assert resolve_model("team/a").source == "portal"
-    install_into_cache(tiny_llama_dir, current_cache_dir()[0], "team/a")
-    shadowed = resolve_model("team/a")
-    assert shadowed.source == "cache" and shadowed.valid
-    [warning] = [w for w in shadowed.warnings if w.code == "published_model_shadowed"]
-    assert f"not to the fine-tune published under that name in this portal (from run {team['run'].pk})" in (
-        warning.message
-    )
+    copy = install_into_cache(tiny_llama_dir, current_cache_dir()[0], "team/a")
+    resolved = resolve_model("team/a")
+    assert resolved.source == "portal" and resolved.valid and resolved.path == team["run"].output_directory
+    [warning] = [w for w in resolved.warnings if w.code == "cache_copy_ignored"]
+    assert str(copy.parent.parent) in warning.message and "not used" in warning.message
 
 
 def test_publish_and_unpublish_from_the_pages(team):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Collection
 
 # A folder or a file opened for reading without following a link; a file non-blocking, so a FIFO cannot hang the
 # caller (check S_ISREG before reading).
@@ -18,25 +19,55 @@ _PATH_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LINK_ERRORS = (errno.ELOOP, errno.ENOTDIR, errno.EEXIST)
 
 
-def open_dir_nofollow(path: str, *, create: bool = False) -> int:
+class ForeignFolder(OSError):
+    """A folder on the way that belongs to a user the caller does not trust (EPERM); `folder` is its path."""
+
+    def __init__(self, folder: str, uid: int):
+        super().__init__(errno.EPERM, f"owned by uid {uid}", folder)
+        self.folder, self.uid = folder, uid
+
+
+def open_dir_nofollow(
+    path: str,
+    *,
+    create: bool = False,
+    mode: int | None = None,
+    owners: Collection[int] | None = None,
+    owned_below: str = "/",
+) -> int:
     """A descriptor of the folder `path` (absolute), reached without following any link; missing folders are
-    created when `create` (mkdirat never follows a link either). OSError with ELOOP or ENOTDIR when a component
-    is a link or a file."""
+    created when `create` (mkdirat never follows a link either), with `mode` whatever the umask when given (else
+    0o777 less the umask). OSError with ELOOP or ENOTDIR when a component is a link or a file. With `owners`, every
+    folder strictly below `owned_below` (`path` or a folder above it; `path` itself included) must belong to one of
+    them, as its descriptor shows: ForeignFolder names the first that does not, and nothing is made inside it."""
     parts = [p for p in path.split(os.sep) if p]
+    trusted_from = len([p for p in owned_below.split(os.sep) if p])  # index of the first folder below owned_below
     fd = os.open("/", DIR_FLAGS if not parts else _PATH_FLAGS)
     try:
         for index, part in enumerate(parts):
-            # Folders on the way are only passed through (O_PATH needs search permission, not read).
+            # Folders on the way are only passed through (O_PATH needs search permission, not read); one made here
+            # is opened for reading, so that its mode can be set through its descriptor.
             flags = DIR_FLAGS if index == len(parts) - 1 else _PATH_FLAGS
+            made = False
             try:
                 child = os.open(part, flags, dir_fd=fd)
             except FileNotFoundError:
                 if not create:
                     raise
-                os.mkdir(part, 0o777, dir_fd=fd)
-                child = os.open(part, flags, dir_fd=fd)
+                try:
+                    os.mkdir(part, 0o777 if mode is None else mode, dir_fd=fd)
+                    made = True
+                except FileExistsError:
+                    if owners is None:
+                        raise
+                    # Made by someone else meanwhile: its owner, checked below, decides.
+                child = os.open(part, DIR_FLAGS if made else flags, dir_fd=fd)
             os.close(fd)
             fd = child
+            if owners is not None and index >= trusted_from and (owner := os.fstat(fd).st_uid) not in owners:
+                raise ForeignFolder(os.sep + os.sep.join(parts[: index + 1]), owner)
+            if made and mode is not None and os.fstat(fd).st_uid == os.geteuid():
+                os.fchmod(fd, mode)
     except BaseException:
         os.close(fd)
         raise

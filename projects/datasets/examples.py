@@ -271,6 +271,30 @@ def encode_rows(
     return encoded
 
 
+# A token covers at least one character and, in practice, far fewer than this many: a string cut here still has
+# more tokens than the max sequence length whenever the whole string does, so truncation counts stay right while a
+# megabyte-long row is never tokenized whole (by the form's token count, or by the trainer a thousand rows at once).
+CHARS_PER_TOKEN_CAP = 64
+
+
+def cut_to_length(rows: Sequence[dict], max_seq_length: int | None) -> list[dict]:
+    """The rows with every string cut to max_seq_length × CHARS_PER_TOKEN_CAP characters (None: unchanged)."""
+    if not max_seq_length:
+        return list(rows)
+    limit = max_seq_length * CHARS_PER_TOKEN_CAP
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, str):
+            return value[:limit]
+        if isinstance(value, list):
+            return [cut(v) for v in value]
+        if isinstance(value, dict):
+            return {k: cut(v) for k, v in value.items()}
+        return value
+
+    return [cut(row) for row in rows]
+
+
 def build_examples(
     rows: Sequence[dict],
     fmt: str,
@@ -288,7 +312,7 @@ def build_examples(
     if max_seq_length is not None and max_seq_length < 1:
         raise ValueError("max_seq_length must be a positive number of tokens")
     examples = Examples(max_seq_length=max_seq_length)
-    for ids, labels in encode_rows(rows, fmt, tokenizer, max_errors=max_errors):
+    for ids, labels in encode_rows(cut_to_length(rows, max_seq_length), fmt, tokenizer, max_errors=max_errors):
         if max_seq_length is not None and len(ids) > max_seq_length:
             ids, labels = ids[:max_seq_length], labels[:max_seq_length]
             examples.truncated += 1

@@ -31,6 +31,7 @@ from projects.datasets.errors import (
     named_list,
 )
 from projects.datasets.formats import SHAPES_HINT, RowChecker
+from projects.datasets.row_size import DEFAULT_MAX_ROW_BYTES, bounded_lines, row_too_large, text_size
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 # What a request reads of a dataset: the first SAMPLE_BYTES, at most SAMPLE_ROWS rows. Every row is read on the
@@ -96,7 +97,8 @@ def open_dataset(path: str | os.PathLike) -> BinaryIO:
 @dataclass
 class _Source:
     """The bytes a reader reads: the whole opened file, or its first bytes (cut after a line break when there is
-    one). `name` is only for messages."""
+    one, unless what follows the last one is already longer than a row may be: the reader then names that row).
+    `name` is only for messages."""
 
     name: str
     file: BinaryIO
@@ -104,7 +106,7 @@ class _Source:
     cut: bool = False  # the head ends before the file does
 
     @classmethod
-    def of(cls, name: str, file: BinaryIO, sample: Sample | None) -> _Source:
+    def of(cls, name: str, file: BinaryIO, sample: Sample | None, max_row_bytes: int) -> _Source:
         if sample is None:
             return cls(name, file)
         file.seek(0)
@@ -113,7 +115,9 @@ class _Source:
             return cls(name, file, head)
         head = head[: sample.bytes]
         line_end = head.rfind(b"\n")
-        return cls(name, file, head[: line_end + 1] if line_end >= 0 else head, cut=True)
+        if line_end < 0 or len(head) - line_end - 1 > max_row_bytes:
+            return cls(name, file, head, cut=True)
+        return cls(name, file, head[: line_end + 1], cut=True)
 
     def open(self) -> BinaryIO:
         """A fresh handle on the same opened file (closing it leaves the file open), read from its start."""
@@ -187,11 +191,22 @@ def sniff_kind(path: str | os.PathLike, file: BinaryIO | None = None) -> tuple[s
     return kind, warnings
 
 
-def _read_jsonl(source: _Source, checker: RowChecker, max_rows: int | None) -> None:
+def _read_jsonl(source: _Source, checker: RowChecker, max_rows: int | None, max_row_bytes: int) -> None:
     row = 0
     with source.open() as fh:
-        for line_no, raw in enumerate(fh, 1):
-            if (source.cut and not raw.endswith(b"\n")) or (max_rows is not None and row >= max_rows and raw.strip()):
+        for line_no, (raw, size, ended) in enumerate(bounded_lines(fh, max_row_bytes), 1):
+            if raw is None:  # longer than a row may be: never decoded
+                if max_rows is not None and row >= max_rows:
+                    checker.sample_ended = True
+                    return
+                row += 1
+                checker.problem(
+                    row_too_large(RowRef(row, line_no), size, max_row_bytes, at_least=not ended and source.cut)
+                )
+                if checker.stopped:
+                    return
+                continue
+            if (source.cut and not ended) or (max_rows is not None and row >= max_rows and raw.strip()):
                 checker.sample_ended = True  # the start of a row longer than the sample, or one past the rows read
                 return
             if line_no == 1:
@@ -265,7 +280,13 @@ def _cut_by_sample(text: str, exc: json.JSONDecodeError) -> bool:
 
 
 def _read_array_items(
-    text: str, pos: int, lines: _LineCounter, checker: RowChecker, source: _Source, max_rows: int | None
+    text: str,
+    pos: int,
+    lines: _LineCounter,
+    checker: RowChecker,
+    source: _Source,
+    max_rows: int | None,
+    max_row_bytes: int,
 ) -> int | None:
     """Decode the rows of an array one by one (so each row knows its line); the position of the closing ']',
     or None when reading had to stop (a problem, or the end of a sample: then checker.sample_ended is set)."""
@@ -277,10 +298,13 @@ def _read_array_items(
             checker.sample_ended = True
             return None
         ref = RowRef(row, lines.at(pos))
+        start = pos
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             if source.cut and _cut_by_sample(text, exc):
+                if (size := text_size(text, start, len(text), max_row_bytes)) > max_row_bytes:
+                    checker.problem(row_too_large(ref, size, max_row_bytes, at_least=True))
                 checker.sample_ended = True
                 return None
             checker.problem(
@@ -293,7 +317,10 @@ def _read_array_items(
         except ValueError as exc:
             checker.problem(_unreadable_value(ref, exc), fatal=True)
             return None
-        checker.add(ref, value)
+        if (size := text_size(text, start, pos, max_row_bytes)) > max_row_bytes:
+            checker.problem(row_too_large(ref, size, max_row_bytes))
+        else:
+            checker.add(ref, value)
         if checker.stopped:
             return None
         pos = _JSON_SPACE.match(text, pos).end()
@@ -313,7 +340,7 @@ def _read_array_items(
         pos = _JSON_SPACE.match(text, pos + 1).end()
 
 
-def _read_json_array(source: _Source, checker: RowChecker, max_rows: int | None) -> None:
+def _read_json_array(source: _Source, checker: RowChecker, max_rows: int | None, max_row_bytes: int) -> None:
     data = source.read().removeprefix(_BOM)
     try:
         # A sample may end inside a character: the incremental decoder keeps those bytes back instead of failing.
@@ -330,7 +357,7 @@ def _read_json_array(source: _Source, checker: RowChecker, max_rows: int | None)
         return
     pos = _JSON_SPACE.match(text, pos + 1).end()
     if text[pos : pos + 1] != "]":
-        pos = _read_array_items(text, pos, lines, checker, source, max_rows)
+        pos = _read_array_items(text, pos, lines, checker, source, max_rows, max_row_bytes)
         if pos is None:
             return
     rest = _JSON_SPACE.match(text, pos + 1).end()
@@ -385,7 +412,15 @@ class _CsvRecords:
             pending = record
 
 
-def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None) -> None:
+def _values_size(values: list[str], limit: int) -> int:
+    """UTF-8 bytes of a CSV record's values and the commas between them (its quoting not counted)."""
+    chars = sum(len(value) for value in values) + len(values) - 1
+    if chars * 4 <= limit:
+        return chars
+    return sum(len(value.encode("utf-8", "surrogatepass")) for value in values) + len(values) - 1
+
+
+def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None, max_row_bytes: int) -> None:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     with source.open() as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
         reader = csv.reader(fh)
@@ -408,7 +443,9 @@ def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None) -> Non
                     return
                 row += 1
                 ref = RowRef(row, line)
-                if len(values) != len(header):
+                if (size := _values_size(values, max_row_bytes)) > max_row_bytes:
+                    checker.problem(row_too_large(ref, size, max_row_bytes))
+                elif len(values) != len(header):
                     checker.problem(
                         Problem(
                             DATASET_BAD_ROW,
@@ -452,16 +489,18 @@ def load_dataset(
     max_errors: int = DEFAULT_MAX_ERRORS,
     sample: Sample | None = None,
     file: BinaryIO | None = None,
+    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
 ) -> LoadedDataset:
     """Read and check every row of a dataset file, or only the rows within `sample` (then `complete` says whether
     that was the whole file). Reads `file` (the dataset opened by open_dataset) when given, else opens `path`
-    (already resolved) the same way. Raises DatasetError carrying Problem objects."""
+    (already resolved) the same way. A row longer than `max_row_bytes` in the file is a problem, never decoded.
+    Raises DatasetError carrying Problem objects."""
     path = Path(path)
     try:
         if file is None:
             with open_dataset(path) as opened:
-                return _load(path, opened, max_bytes, max_errors, sample)
-        return _load(path, file, max_bytes, max_errors, sample)
+                return _load(path, opened, max_bytes, max_errors, sample, max_row_bytes)
+        return _load(path, file, max_bytes, max_errors, sample, max_row_bytes)
     except OSError as exc:
         raise DatasetError(
             [
@@ -474,7 +513,9 @@ def load_dataset(
         ) from None
 
 
-def _load(path: Path, file: BinaryIO, max_bytes: int, max_errors: int, sample: Sample | None) -> LoadedDataset:
+def _load(
+    path: Path, file: BinaryIO, max_bytes: int, max_errors: int, sample: Sample | None, max_row_bytes: int
+) -> LoadedDataset:
     size = os.fstat(file.fileno()).st_size
     if size > max_bytes:
         raise DatasetError(
@@ -488,8 +529,8 @@ def _load(path: Path, file: BinaryIO, max_bytes: int, max_errors: int, sample: S
         )
     kind, warnings = sniff_kind(path, file)
     checker = RowChecker(max_errors)
-    source = _Source.of(path.name, file, sample)
-    _READERS[kind](source, checker, sample.rows if sample else None)
+    source = _Source.of(path.name, file, sample, max_row_bytes)
+    _READERS[kind](source, checker, sample.rows if sample else None, max_row_bytes)
     checker.sample_ended = checker.sample_ended or source.cut
     if checker.sample_ended and checker.format is None and not checker.collector.problems:
         return LoadedDataset(
@@ -525,7 +566,9 @@ def load_rows(
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_errors: int = DEFAULT_MAX_ERRORS,
+    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
 ) -> list[dict]:
     """The checked rows of a dataset file the portal made itself (a run's snapshot), so its path is resolved
     here; raises DatasetError (row numbers are 1-based, with file lines)."""
-    return load_dataset(os.path.realpath(path), max_bytes=max_bytes, max_errors=max_errors).rows
+    path = os.path.realpath(path)
+    return load_dataset(path, max_bytes=max_bytes, max_errors=max_errors, max_row_bytes=max_row_bytes).rows

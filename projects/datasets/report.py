@@ -8,10 +8,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
+
 from mtm.shared.files import handle_sha256
 from mtm.shared.problems import Problem
 from projects.datasets.errors import DEFAULT_MAX_ERRORS, DatasetError
-from projects.datasets.examples import IGNORE_INDEX, encode_rows
+from projects.datasets.examples import IGNORE_INDEX, cut_to_length, encode_rows
 from projects.datasets.loading import (
     DEFAULT_MAX_BYTES,
     SAMPLE_BYTES,
@@ -161,29 +163,6 @@ def _length_warnings(stats: TokenStats, rows: int, complete: bool = True) -> lis
     return warnings
 
 
-# A token covers at least one character and, in practice, far fewer than this many: a string cut here still has
-# more tokens than the max sequence length whenever the whole string does, so truncation counts stay right while
-# one megabyte-long row no longer costs the form a minute of tokenizing. Its length is then a lower bound.
-CHARS_PER_TOKEN_CAP = 64
-
-
-def _capped(rows: list[dict], max_seq_length: int | None) -> list[dict]:
-    if not max_seq_length:
-        return rows
-    limit = max_seq_length * CHARS_PER_TOKEN_CAP
-
-    def cut(value: Any) -> Any:
-        if isinstance(value, str):
-            return value[:limit]
-        if isinstance(value, list):
-            return [cut(v) for v in value]
-        if isinstance(value, dict):
-            return {k: cut(v) for k, v in value.items()}
-        return value
-
-    return [cut(row) for row in rows]
-
-
 @dataclass
 class DatasetRead:
     """The bounded read of a dataset: its report without token lengths, the rows read and the key of the part
@@ -210,18 +189,24 @@ def read_dataset(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_errors: int = DEFAULT_MAX_ERRORS,
     full: bool = False,
+    max_row_bytes: int | None = None,
 ) -> DatasetRead:
     """Format, rows, first rows and problems of a dataset file, without a tokenizer; never raises for a bad file.
 
     By default only the start of the file is read (loading.Sample): what a web request may do; `full=True` reads
-    every row, for the worker. The path is trusted: call check_dataset_path first."""
+    every row, for the worker. A row over `max_row_bytes` (default: the MTM_DATASET_MAX_ROW_BYTES setting) is an
+    error. The path is trusted: call check_dataset_path first."""
     report = DatasetReport(path=str(path))
+    if max_row_bytes is None:
+        max_row_bytes = settings.MTM_DATASET_MAX_ROW_BYTES
     try:
         with open_dataset(path) as file:  # opened once: a file swapped for a link after the check is not read
             report.size_bytes = os.fstat(file.fileno()).st_size
             report.kind, report.warnings = sniff_kind(path, file)  # kept when loading fails: they may explain why
             sample = None if full else Sample()
-            loaded = load_dataset(path, max_bytes=max_bytes, max_errors=max_errors, sample=sample, file=file)
+            loaded = load_dataset(
+                path, max_bytes=max_bytes, max_errors=max_errors, sample=sample, file=file, max_row_bytes=max_row_bytes
+            )
             file.seek(0)
             sample_key = sample_key_of(file)
             if loaded.complete:  # a partly read file is not hashed: that would read all of it
@@ -259,7 +244,7 @@ def add_token_stats(
     if report.format == PREFERENCE:
         try:
             lengths = encode_pairs(
-                _capped(rows, max_seq_length),
+                cut_to_length(rows, max_seq_length),
                 tokenizer,
                 limits=TemplateLimits.from_settings(),
                 model=model,
@@ -275,7 +260,7 @@ def add_token_stats(
         return
     try:
         encoded = encode_rows(
-            _capped(rows, max_seq_length),
+            cut_to_length(rows, max_seq_length),
             report.format,
             tokenizer,
             max_errors=max_errors,

@@ -144,7 +144,7 @@ def request_count(
 def _supersede_waiting(user_id: int, newest: int) -> None:
     """A member's counts waiting for the worker are bounded (MTM_EXPENSIVE_REQUESTS_PER_MEMBER, the newest kept):
     the older ones are marked not counted, so their queued tasks end at once and a flood of checks with ever other
-    settings cannot hold the default queue (and the periodic jobs behind it)."""
+    settings cannot hold the counts queue (and the other members' counts behind them)."""
     limit = per_member_limit()
     if not limit:
         return

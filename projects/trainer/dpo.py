@@ -82,12 +82,13 @@ def build_pairs(spec: TrainerSpec, tokenizer: Any) -> tuple[Any, dict[str, Any]]
     from datasets import Dataset
 
     from projects.datasets import DatasetError, detect_format, load_rows
+    from projects.datasets.examples import cut_to_length
 
     hp = spec.hyperparameters
     if hp.chat_template in BUILT_IN:  # set on the tokenizer itself: the saved model carries the template too
         tokenizer.chat_template = BUILT_IN[hp.chat_template]
     try:
-        rows = load_rows(spec.dataset_path)
+        rows = load_rows(spec.dataset_path, max_row_bytes=spec.max_row_bytes)
         fmt = detect_format(rows)
     except DatasetError as exc:
         raise TrainerError.from_problems(exc.problems)
@@ -100,7 +101,7 @@ def build_pairs(spec: TrainerSpec, tokenizer: Any) -> tuple[Any, dict[str, Any]]
     total = len(rows)
     held_out = min(spec.held_out_pairs, max(total - 1, 0))
     pairs = []
-    for row in rows[: total - held_out]:
+    for row in cut_to_length(rows[: total - held_out], hp.max_seq_length):  # TRL tokenizes each whole, then cuts
         prompt, chosen, rejected = split_pair(row)
         if isinstance(prompt, list):
             prompt, chosen, rejected = _messages(prompt), _messages(chosen), _messages(rejected)

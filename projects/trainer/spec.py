@@ -24,6 +24,8 @@
  "hold_out_last_row": false,                 true: the dataset's last row is not trained on (a validation prompt)
  "held_out_pairs": 0,                        DPO: the dataset's last N pairs are not trained on (the preference check)
  "device": "auto" | "cpu" | "cuda",
+ "max_row_bytes": 1048576,                   a dataset row longer than this in its file fails the run, named, before
+                                             anything is tokenized (the worker's MTM_DATASET_MAX_ROW_BYTES)
  "progress_interval": 1.0}                   seconds between progress events (logging steps add more)
 ```
 """
@@ -36,6 +38,7 @@ from typing import Any
 
 from mtm.shared.problems import Problem
 from projects.datasets.eval_split import eval_source_problems
+from projects.datasets.row_size import DEFAULT_MAX_ROW_BYTES
 from projects.hyperparameters import Hyperparameters
 from projects.trainer.errors import TrainerError
 
@@ -66,6 +69,7 @@ class TrainerSpec:
     staging_dir: str = DEFAULT_STAGING
     resume_shown: str | None = None
     model_shown: str | None = None
+    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES
 
     @property
     def model_named(self) -> str:
@@ -94,6 +98,7 @@ def build_spec(
     staging_dir: str = DEFAULT_STAGING,
     resume_shown: str | None = None,
     model_shown: str | None = None,
+    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
 ) -> dict[str, Any]:
     """The SPEC dict for `python -m projects.trainer SPEC.json` (see write_spec). Checked by the child."""
     if isinstance(hyperparameters, Hyperparameters):
@@ -118,6 +123,7 @@ def build_spec(
         "staging_dir": staging_dir,
         "resume_shown": resume_shown,
         "model_shown": model_shown,
+        "max_row_bytes": int(max_row_bytes),
     }
 
 
@@ -175,6 +181,12 @@ def parse_spec(data: Any) -> TrainerSpec:
     if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
         problems.append(Problem("invalid_spec", f"held_out_pairs {held_out!r} is not a count of pairs.", _SPEC_HINT))
         held_out = 0
+    max_row_bytes = data.get("max_row_bytes", DEFAULT_MAX_ROW_BYTES)
+    if isinstance(max_row_bytes, bool) or not isinstance(max_row_bytes, int) or max_row_bytes < 1:
+        problems.append(
+            Problem("invalid_spec", f"max_row_bytes {max_row_bytes!r} is not a number of bytes.", _SPEC_HINT)
+        )
+        max_row_bytes = DEFAULT_MAX_ROW_BYTES
     cancel_file = text("cancel_file", required=False)
     staging = data.get("staging_dir", DEFAULT_STAGING)
     if not isinstance(staging, str) or not staging.startswith(".staging-") or "/" in staging or "\0" in staging:
@@ -232,6 +244,7 @@ def parse_spec(data: Any) -> TrainerSpec:
         staging_dir=staging,
         resume_shown=data["resume_shown"] if isinstance(data.get("resume_shown"), str) else None,
         model_shown=model_shown,
+        max_row_bytes=max_row_bytes,
     )
 
 

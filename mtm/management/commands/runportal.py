@@ -1,4 +1,4 @@
-"""`manage.py runportal`: the portal, a Celery worker and Celery beat side by side, as `make run` starts them."""
+"""`manage.py runportal`: the portal, its Celery workers and Celery beat side by side, as `make run` starts them."""
 
 from __future__ import annotations
 
@@ -11,10 +11,31 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from mtm.processes import Child, Supervisor
 
+# The plain Celery workers beside the training and playground workers: (name, queue, what it answers). Each queue has
+# a worker of its own, so no kind of work waits behind another: a verdict check on a planted model may run for
+# minutes, a token count is what a member waits for on the dataset form, and `default` carries only the periodic
+# jobs (the reapers, upload cleanup), which nothing a member sends can reach.
+SIDE_WORKERS = (
+    ("checks", "checks", "transformers' verdict checks and their background fill"),
+    ("counts", "counts", "token counts of dataset checks"),
+    ("periodic", "default", "the periodic jobs: reaping lost runs and generations, upload cleanup"),
+)
+
+
+def side_workers() -> list[Child]:
+    """The plain Celery workers runportal starts (SIDE_WORKERS), one task at a time each, named NAME@host."""
+    children = []
+    for name, queue, _ in SIDE_WORKERS:
+        argv = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-Q", queue, "--concurrency", "1"]
+        argv += ["-n", f"{name}@%h", "--loglevel", "INFO"]
+        children.append(Child(name, argv, signal.SIGTERM))
+    return children
+
 
 class Command(BaseCommand):
     help = (
-        "Serve the portal (Django's server) with a training worker, a checks worker, a playground worker and Celery beat (the periodic jobs, such as "
+        "Serve the portal (Django's server) with a training worker, a checks worker, a token counts worker, a "
+        "worker for the periodic jobs, a playground worker and Celery beat (which sends the periodic jobs, such as "
         "failing runs whose worker was lost) beside it. Ctrl-C stops them all; if one exits, the others are stopped."
     )
 
@@ -42,15 +63,11 @@ class Command(BaseCommand):
         children = [Child("web", [sys.executable, manage_py, "runserver", "--noreload", addrport], signal.SIGINT)]
         if not no_worker:
             # A training worker as `runworker` starts one (one run at a time, its own name and queues), which
-            # also consumes the queues given here (the default queue: periodic jobs).
+            # also consumes the queues given here.
             devices = ["--gpus", worker_gpus] if worker_gpus else ["--cpu"]
             worker = [sys.executable, manage_py, "runworker", *devices, "--also", queues]
             children.append(Child("worker", worker, signal.SIGTERM))
-            # The default queue (token counts, model checks, periodic jobs) has a worker of its own, as in
-            # docker-compose.yml, so a dataset check is answered while a run trains.
-            checks = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-Q", "default", "--concurrency", "1"]
-            checks += ["-n", "checks@%h", "--loglevel", "INFO"]
-            children.append(Child("checks", checks, signal.SIGTERM))
+            children += side_workers()
             # A playground worker beside it (queue inference): it answers chat messages and keeps the model loaded.
             playground = [sys.executable, manage_py, "runworker", *devices, "--inference"]
             children.append(Child("playground", playground, signal.SIGTERM))
@@ -62,7 +79,8 @@ class Command(BaseCommand):
         periodic = "off" if no_worker else ", ".join(settings.CELERY_BEAT_SCHEDULE)
         self.stdout.write(f"[runportal] broker: {broker}; worker queues: {'none' if no_worker else queues}")
         if not no_worker:
-            self.stdout.write("[runportal] checks worker: queue default (token counts, model checks, periodic jobs)")
+            for name, queue, answers in SIDE_WORKERS:
+                self.stdout.write(f"[runportal] {name} worker: queue {queue} ({answers})")
             self.stdout.write("[runportal] playground worker: queue inference (keeps a model loaded while in use)")
         self.stdout.write(f"[runportal] periodic jobs (celery beat): {periodic}")
         self.stdout.write("[runportal] Ctrl-C stops everything.")

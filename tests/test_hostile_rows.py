@@ -1,0 +1,193 @@
+"""Hostile input on the dataset and run-folder paths, replayed as a member with a shell would: a dataset row of
+megabytes (which the tokenizer turns into gigabytes) is refused, named, wherever rows are read, before it is
+tokenized; a folder another user makes on the way to a run folder after the resolve stage's check is never adopted;
+and the folders a run makes on the way are never world-writable, whatever the worker's umask."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from models_registry.outputs import FOREIGN_OWNER
+from mtm.audit import Actor
+from mtm.shared.owned_files import DIR_MODE
+from projects import stages
+from projects.datasets.errors import DATASET_ROW_TOO_LARGE, DatasetError
+from projects.datasets.loading import Sample, load_dataset
+from projects.datasets.report import read_dataset
+from projects.models import RunStatus
+from projects.run_paths import PathChanged, create_run_folder
+from projects.services import ProjectInvalid, create_project
+from projects.trainer.errors import TrainerError
+from projects.trainer.spec import build_spec, parse_spec
+from tests.pipeline_helpers import QA_ROWS, start
+from tests.test_output_folder_adoption import SHELL_UID, made_by_another_user
+from tests.test_owned_paths import fields
+from tests.test_run_folder_attacks import run_of
+
+LIMIT = 64 * 1024  # the row limit these tests set; the huge row is far over it, every real row far under
+HUGE_TEXT = "hello world " * 250_000  # 3 MB of text in one row: the attack, scaled down
+SHORT_ROWS = [{"prompt": f"Question {i}?", "completion": f" Answer {i}."} for i in range(30)]
+
+
+@pytest.fixture
+def row_limit(settings):
+    settings.MTM_DATASET_MAX_ROW_BYTES = LIMIT
+    return LIMIT
+
+
+def huge_row() -> dict:
+    return {"prompt": "Say it:", "completion": HUGE_TEXT}
+
+
+def huge_row_size(kind: str = "jsonl") -> int:
+    if kind == "csv":
+        return len(b"Say it:," + HUGE_TEXT.encode())
+    return len(json.dumps(huge_row()).encode())
+
+
+def write_rows(path: Path, rows: list[dict], kind: str = "jsonl") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif kind == "json":
+        path.write_text("[\n" + ",\n".join(json.dumps(r) for r in rows) + "\n]\n")
+    else:
+        path.write_text("prompt,completion\n" + "".join(f'"{r["prompt"]}","{r["completion"]}"\n' for r in rows))
+    return path
+
+
+def assert_names_the_row(problem, row: int, size: int, *, at_least: bool = False) -> None:
+    assert problem.code == DATASET_ROW_TOO_LARGE
+    assert problem.message.startswith(f"Row {row} (line ")
+    assert f"is {size:,} bytes{' or more' if at_least else ';'}" in problem.message
+    assert f"at most {LIMIT:,} bytes (64.0 KiB)" in problem.message
+    assert "Shorten, split or remove that row" in problem.hint and "MTM_DATASET_MAX_ROW_BYTES" in problem.hint
+
+
+# --- the size bound, in every reader ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "json", "csv"])
+def test_the_full_read_refuses_a_row_over_the_limit_and_names_it(tmp_path, row_limit, kind):
+    """The worker's full read (the resolve stage): every row over the limit is named with its size; the others and
+    what else is wrong are still reported, and no row is handed on."""
+    dataset = write_rows(tmp_path / f"data.{kind}", [*SHORT_ROWS[:10], huge_row(), *SHORT_ROWS[10:]], kind)
+    read = read_dataset(dataset, full=True)
+    assert read.rows == []
+    [problem] = read.report.errors
+    assert_names_the_row(problem, 11, huge_row_size(kind))
+
+
+def test_a_row_at_the_limit_is_read(tmp_path):
+    row = {"prompt": "x" * 100, "completion": "y"}
+    size = len(json.dumps(row).encode())
+    dataset = write_rows(tmp_path / "data.jsonl", [row, *SHORT_ROWS[:2]])
+    assert len(load_dataset(dataset, max_row_bytes=size).rows) == 1 + 2
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(dataset, max_row_bytes=size - 1)
+    assert refused.value.codes == [DATASET_ROW_TOO_LARGE]
+
+
+def test_a_sample_that_ends_inside_a_huge_row_names_it_too(tmp_path):
+    """A bounded read that stops inside a row already longer than a row may be says so, with what it read of it."""
+    dataset = write_rows(tmp_path / "data.jsonl", [*SHORT_ROWS[:3], huge_row(), *SHORT_ROWS[3:]])
+    before = sum(len(json.dumps(r)) + 1 for r in SHORT_ROWS[:3])
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(dataset, sample=Sample(bytes=256 * 1024), max_row_bytes=LIMIT)
+    [problem] = refused.value.problems
+    assert problem.code == DATASET_ROW_TOO_LARGE
+    assert problem.message.startswith(f"Row 4 (line 4) is {256 * 1024 - before:,} bytes or more;")
+
+
+def test_the_form_refuses_a_dataset_starting_with_a_huge_row(team, tiny_llama_in_cache, row_limit):
+    """The save's bounded read: the attack's file (one huge row, then 30 short ones) is refused at once."""
+    name, _ = tiny_llama_in_cache
+    dataset = write_rows(team["root"] / "datasets" / "huge.jsonl", [huge_row(), *SHORT_ROWS])
+    data = fields(team["root"], name, dataset_path=str(dataset))
+    with pytest.raises(ProjectInvalid) as refused:
+        create_project(actor=Actor.command_line(team["mallory"]), data=data)
+    [problem] = refused.value.check.errors["dataset_path"]
+    assert_names_the_row(problem, 1, huge_row_size())
+
+
+def test_the_resolve_stage_refuses_a_row_grown_after_the_save(team, tiny_llama_in_cache, row_limit):
+    name, _ = tiny_llama_in_cache
+    dataset = write_rows(team["root"] / "datasets" / "mine.jsonl", SHORT_ROWS)
+    project = create_project(
+        actor=Actor.command_line(team["mallory"]), data=fields(team["root"], name, dataset_path=str(dataset))
+    )
+    run = start(project, team["mallory"])
+    write_rows(dataset, [*SHORT_ROWS, huge_row()])  # after the save's check
+    assert stages.resolve_stage(run.pk) is False
+    run.refresh_from_db()
+    assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, "resolve", DATASET_ROW_TOO_LARGE)
+    assert run.error_message.startswith(f"Row 31 (line 31) is {huge_row_size():,} bytes;")
+
+
+def test_the_trainer_refuses_a_row_grown_after_the_resolve_stage(team, tiny_llama_in_cache, row_limit):
+    """Grown between the resolve stage's full read and the train stage's snapshot: the trainer child, which gets the
+    limit in its spec, refuses the row before it tokenizes anything."""
+    name, _ = tiny_llama_in_cache
+    dataset = write_rows(team["root"] / "datasets" / "mine.jsonl", SHORT_ROWS)
+    project = create_project(
+        actor=Actor.command_line(team["mallory"]), data=fields(team["root"], name, dataset_path=str(dataset))
+    )
+    run = start(project, team["mallory"])
+    assert stages.resolve_stage(run.pk) is True
+    write_rows(dataset, [huge_row(), *SHORT_ROWS])
+    assert stages.train_stage(run.pk) is False
+    run.refresh_from_db()
+    assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, "train", DATASET_ROW_TOO_LARGE)
+    assert run.error_message.startswith(f"Row 1 (line 1) is {huge_row_size():,} bytes;")
+
+
+def test_the_trainer_spec_carries_the_limit(tmp_path):
+    dataset = write_rows(tmp_path / "data.jsonl", QA_ROWS)
+    common = dict(model_path=tmp_path, model_name="m", dataset_path=dataset, output_dir=tmp_path / "out")
+    assert parse_spec(build_spec(**common, max_row_bytes=LIMIT)).max_row_bytes == LIMIT
+    with pytest.raises(TrainerError) as refused:
+        parse_spec({**build_spec(**common), "max_row_bytes": 0})
+    assert "max_row_bytes 0 is not a number of bytes" in refused.value.message
+
+
+# --- the folders on the way to a run folder --------------------------------------------------------------------
+
+
+def test_a_folder_made_on_the_way_after_the_resolve_check_is_not_adopted(team, tiny_llama_in_cache):
+    """The project's output directory (and a folder above it) did not exist at the resolve stage's check; another
+    member makes the folder above it before the worker creates the run's folder. The worker refuses it, named, and
+    makes nothing inside it."""
+    name, _ = tiny_llama_in_cache
+    target = team["root"] / "outputs" / "team" / "alice"
+    data = fields(team["root"], name, name="alice's", output_directory=str(target))
+    project = create_project(actor=Actor.command_line(team["alice"]), data=data)
+    run = run_of(project, team["alice"])
+    planted = made_by_another_user(team["root"] / "outputs" / "team")
+    with pytest.raises(PathChanged) as refused:
+        create_run_folder(run)
+    problem = refused.value.problem
+    assert problem.code == FOREIGN_OWNER
+    assert f"is inside {planted}, which belongs to uid {SHELL_UID}" in problem.message
+    assert f"chown {os.geteuid()} {planted}" in problem.hint
+    assert not any(planted.iterdir())
+
+
+def test_folders_a_run_makes_on_the_way_are_not_world_writable(team, tiny_llama_in_cache):
+    name, _ = tiny_llama_in_cache
+    target = team["root"] / "outputs" / "new" / "deeper"
+    project = create_project(
+        actor=Actor.command_line(team["alice"]), data=fields(team["root"], name, output_directory=str(target))
+    )
+    run = run_of(project, team["alice"])
+    umask = os.umask(0)
+    try:
+        os.close(create_run_folder(run))
+    finally:
+        os.umask(umask)
+    for folder in (target.parent, target, Path(run.output_directory)):
+        assert stat.S_IMODE(folder.stat().st_mode) == DIR_MODE, folder
