@@ -27,7 +27,7 @@ CHECKING, DONE, FAILED, UNCHECKED = "checking", "done", "failed", "unchecked"
 @dataclass
 class ListedDeep:
     """A listed model's deep state: "done" or "failed" (a verdict is cached), "checking" (a worker has been asked
-    and not answered yet) or "unchecked" (neither, yet: the background fill will ask)."""
+    and not answered yet) or "unchecked" (neither, yet: the page asks by a POST, the background fill in its turn)."""
 
     state: str
     valid: bool | None = None
@@ -106,3 +106,8 @@ def _when(raw: str | None) -> datetime | None:
 def still_checking(models: list[ListedModel]) -> int:
     """How many of the listed models a worker is checking now (the list polls while there are any)."""
     return sum(1 for model in models if model.deep is not None and model.deep.state == CHECKING)
+
+
+def unchecked(models: list[ListedModel]) -> list[ListedModel]:
+    """The listed models no worker has checked or been asked about (the list asks for them by a POST)."""
+    return [model for model in models if model.deep is not None and model.deep.state == UNCHECKED]

@@ -6,9 +6,11 @@ import os
 
 from django import forms
 
+from models_registry.byte_sizes import SizeError, format_size, parse_size
 from models_registry.models import ModelOverride, PortalSettings
 from models_registry.override_services import OverrideRefused, check_override
 from models_registry.settings_checks import path_problem, split_lines
+from models_registry.settings_services import MAX_UPLOAD_QUOTA
 from workers.models import SchedulingSettings
 
 PATH_PROBLEMS = {"not_absolute": "path", "invalid_path": "path", "not_a_directory": "path"}
@@ -35,6 +37,13 @@ class PortalSettingsForm(forms.ModelForm):
     allowed_dataset_roots = forms.CharField(
         label="Allowed dataset roots", required=False, widget=forms.Textarea(attrs={"rows": 3})
     )
+    # Typed and shown as a size ("10 GiB"); stored in bytes, as the API gives and takes it.
+    upload_quota_bytes = forms.CharField(
+        label="Upload quota per user",
+        required=False,
+        max_length=40,
+        widget=forms.TextInput(attrs={"spellcheck": "false", "autocomplete": "off"}),
+    )
     # Stored with the workers' scheduling (the fair share keeps the same limit); box, label and bounds from there.
     live_runs_per_member = SchedulingSettings._meta.get_field("live_runs_per_member").formfield(required=False)
 
@@ -58,13 +67,29 @@ class PortalSettingsForm(forms.ModelForm):
         ):
             self.initial[name] = "\n".join(getattr(self.instance, name) or [])
             self.fields[name].help_text = ROOTS_HELP.format(default=", ".join(default) or "none")
-        self.fields["upload_quota_bytes"].required = False
+        quota = self.instance.upload_quota_bytes
+        self.initial["upload_quota_bytes"] = format_size(quota)
+        self.fields["upload_quota_bytes"].help_text = (
+            "The most uploaded datasets each user may keep, as a size: e.g. 10 GiB or 500 MB (GiB, MiB: powers of "
+            f"1024; GB, MB: of 1000; a plain number is bytes). 0: no limit. Now: {format_size(quota)}"
+            + (f" ({quota:,} bytes)." if quota else " (no limit).")
+        )
         self.initial["live_runs_per_member"] = SchedulingSettings.load().live_runs_per_member
 
     def clean_upload_quota_bytes(self) -> int:
-        """Blank (or a form that does not send the box) keeps the current quota."""
-        value = self.cleaned_data.get("upload_quota_bytes")
-        return self.instance.upload_quota_bytes if value is None else value
+        """A size ("10 GiB") in bytes. Blank (or a form that does not send the box) keeps the current quota."""
+        value = (self.cleaned_data.get("upload_quota_bytes") or "").strip()
+        if not value:
+            return self.instance.upload_quota_bytes
+        try:
+            size = parse_size(value)
+        except SizeError as error:
+            raise forms.ValidationError(f"Upload quota: {error}") from None
+        if size > MAX_UPLOAD_QUOTA:
+            raise forms.ValidationError(
+                f"Upload quota: {value[:40]} is more than the largest quota, {format_size(MAX_UPLOAD_QUOTA)}."
+            )
+        return size
 
     def clean_live_runs_per_member(self) -> int:
         """Blank (or a form that does not send the box) keeps the current cap."""

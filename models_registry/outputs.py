@@ -227,7 +227,7 @@ def check_output_dir(raw: object, allowed_roots: list[str], low_disk_bytes: int 
             result.warnings.append(
                 Problem(
                     "not_empty",
-                    f"Output directory {real} already holds {count} entries.",
+                    f"Output directory {real} already holds {count} {'entry' if count == 1 else 'entries'}.",
                     "Training writes checkpoints and the model here and may overwrite files with the same names.",
                 )
             )

@@ -11,6 +11,7 @@ urlpatterns = [
     # Before the detail route: "validate-field" has no "/", so it is never a model name.
     path("models/validate-field/", views.validate_field, name="validate-field"),
     path("models/verdict-status/", views.verdict_status, name="verdict-status"),
+    path("models/ask-checks/", views.ask_list_checks, name="models-ask"),
     path("models/<path:name>/", views.model_detail, name="model-detail"),
     path("settings/", views.settings_page, name="settings"),
     path("settings/validate-path/", views.validate_path, name="validate-path"),

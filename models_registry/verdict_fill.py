@@ -6,6 +6,10 @@ that trains) and asks for a check of each one whose cached verdict is missing or
 MTM_VERDICT_FILL_BATCH checks are pending. Each check is one task that a worker runs one at a time, so a fill never
 queues thousands of checks ahead of other work. Asking goes through the VerdictRequest rows (one per folder, unique):
 two fills at once never ask twice for the same snapshot.
+
+The model list asks too (ask_for_listed, from a POST the page sends when it loads): for the models it shows that no
+worker has checked or been asked about, keeping at most MTM_VERDICT_FILL_BATCH of them being checked, so a new model
+is checked while someone looks at it rather than at the next fill.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from models_registry import services
-from models_registry.deep_listing import judgeable
+from models_registry.deep_listing import judgeable, still_checking, unchecked
 from models_registry.deep_state import ask_worker, pending_requests
 from models_registry.deep_verdict import fingerprint, folder_key
 from models_registry.models import ModelVerdict
+from models_registry.repo_scan import ListedModel
 
 
 @dataclass
@@ -55,3 +60,21 @@ def fill_verdicts(batch: int | None = None) -> FillReport:
         else:
             report.left += 1
     return report
+
+
+def listed_to_ask(models: list[ListedModel], batch: int | None = None) -> list[ListedModel]:
+    """The listed models (as the list shows them, with their deep states) that the list asks about now: those with no
+    verdict and no pending request, as many as keep at most `batch` (MTM_VERDICT_FILL_BATCH; 0: none) of the listed
+    models being checked."""
+    batch = settings.MTM_VERDICT_FILL_BATCH if batch is None else batch
+    return unchecked(models)[: max(0, batch - still_checking(models))]
+
+
+def ask_for_listed(models: list[ListedModel], batch: int | None = None) -> int:
+    """Ask the workers for the checks of listed_to_ask(models, batch); how many were asked. Fingerprints only the
+    folders it asks about, so a POST of the list reads at most `batch` folders."""
+    asked = 0
+    for model in listed_to_ask(models, batch):
+        stamp = fingerprint(model.path, model.trust_remote_code)
+        asked += ask_worker(model.path, model.trust_remote_code, model.model_name, stamp)
+    return asked

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
@@ -20,12 +20,14 @@ from models_registry.chat_template_source import chat_template_source
 from models_registry.deep_listing import still_checking
 from models_registry.deep_state import DeepState, deep_state, with_deep_verdict
 from models_registry.forms import ModelCheckForm, PortalSettingsForm
+from models_registry.list_rows import model_rows
 from models_registry.models import PortalSettings, PublishedModel
 from models_registry.names import name_error
 from models_registry.settings_checks import PathReport, check_cache_path, check_root, split_lines
 from models_registry.settings_services import OTHER_SETTINGS_FIELDS, SETTINGS_FIELDS, SettingsRefused, update_settings
 from models_registry.suggestions import similar_names
 from models_registry.trainability import training_refusal
+from models_registry.verdict_fill import ask_for_listed, listed_to_ask
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 
@@ -40,30 +42,61 @@ def require_staff(request: HtmxHttpRequest) -> None:
         raise PermissionDenied("Only staff can see or change the Directory Settings.")
 
 
-@require_http_methods(["GET", "HEAD"])
-@login_required
-@vary_on_headers("HX-Request")
-def model_list(request: HtmxHttpRequest) -> HttpResponse:
-    query = request.GET.get("q", "")[:MAX_QUERY_CHARS]
-    valid = VALID_FILTERS.get(request.GET.get("valid", ""))
+def _list_query(request: HtmxHttpRequest) -> dict[str, str]:
+    """The list's filters as sent (also on the POST that asks for checks, in its query string)."""
+    return {"q": request.GET.get("q", "")[:MAX_QUERY_CHARS], "valid": request.GET.get("valid", "")}
+
+
+def _list_context(request: HtmxHttpRequest, *, just_asked: bool = False) -> dict:
+    """What the Models page shows. `just_asked`: the answer to the POST that asked for checks, which never asks
+    again by itself (were no worker reachable, the rows would otherwise ask on every swap)."""
+    filters = _list_query(request)
+    query, valid = filters["q"], VALID_FILTERS.get(filters["valid"])
     cache_dir, cache_source = services.current_cache_dir()
     _, models = services.available_models(query, valid)
     filtered = bool(query.strip()) or valid is not None
     cache_empty = not models and (not filtered or not services.available_models()[1])
-    context = {
-        "models": models,
+    checking = still_checking(models)
+    return {
+        "rows": model_rows(models),
         "query": query,
-        "valid": request.GET.get("valid", ""),
+        "valid": filters["valid"],
         "filtered": filtered,
         "cache_empty": cache_empty,
         "cache_dir": cache_dir,
         "cache_source": cache_source,
         "check_form": ModelCheckForm(),
-        "checking": still_checking(models),
-        "list_url": f"{reverse('registry:models')}?{urlencode({'q': query, 'valid': request.GET.get('valid', '')})}",
+        "checking": checking,
+        # The rows ask (a POST on load) while fewer than a batch of the models they show are being checked.
+        "to_ask": 0 if just_asked else len(listed_to_ask(models)),
+        "list_url": f"{reverse('registry:models')}?{urlencode(filters)}",
+        "ask_url": f"{reverse('registry:models-ask')}?{urlencode(filters)}",
     }
+
+
+@require_http_methods(["GET", "HEAD"])
+@login_required
+@vary_on_headers("HX-Request")
+def model_list(request: HtmxHttpRequest) -> HttpResponse:
     template = "models/list.html#model-rows" if wants_partial(request) else "models/list.html"
-    return render(request, template, context)
+    return render(request, template, _list_context(request))
+
+
+@require_http_methods(["POST"])
+@login_required
+@vary_on_headers("HX-Request")
+def ask_list_checks(request: HtmxHttpRequest) -> HttpResponse:
+    """The list, loaded, asks the workers for transformers' checks of the models it shows that none has checked or
+    been asked about (keeping at most MTM_VERDICT_FILL_BATCH of them being checked), and answers with its rows,
+    which then poll while any is being checked. Without htmx (the button), back to the list."""
+    filters = _list_query(request)
+    _, models = services.available_models(filters["q"], VALID_FILTERS.get(filters["valid"]))
+    ask_for_listed(models)
+    if not request.htmx:
+        back = HttpResponseRedirect(f"{reverse('registry:models')}?{urlencode(filters)}")
+        back.status_code = 303  # See Other: the browser GETs the list
+        return back
+    return render(request, "models/list.html#model-rows", _list_context(request, just_asked=True))
 
 
 @require_http_methods(["GET", "HEAD"])

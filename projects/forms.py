@@ -58,6 +58,11 @@ def _roots(roots: list[str]) -> str:
     return ", ".join(roots) if roots else "none configured: ask staff to set one in Settings"
 
 
+def example_path(roots: list[str], name: str) -> str:
+    """A path to show as an example: `name` inside the first allowed root ("" when none is configured)."""
+    return f"{roots[0].rstrip('/')}/{name}" if roots else ""
+
+
 class ProjectForm(forms.Form):
     upload_kept = False  # a re-shown form says so when it holds the path of the upload just stored
     name = forms.CharField(label="Name", max_length=120, required=False)
@@ -73,6 +78,8 @@ class ProjectForm(forms.Form):
     dataset_path = forms.CharField(label="or a dataset file on the server", max_length=4096, required=False)
     eval_dataset_path = forms.CharField(label="Eval file (optional)", max_length=4096, required=False)
     output_directory = forms.CharField(label="Output directory", max_length=4096, required=False)
+    # The folder last suggested for the name: while the output box still holds it, it follows the name typed.
+    output_suggested = forms.CharField(max_length=4096, required=False, widget=forms.HiddenInput)
     method = forms.ChoiceField(label="Method", choices=TrainingMethod.choices, widget=forms.RadioSelect)
     validation_prompt = forms.CharField(
         label="Validation prompt",
@@ -97,14 +104,13 @@ class ProjectForm(forms.Form):
                 "hx-indicator": "#dataset-field",
             }
         )
+        datasets = dataset_roots()
         self.fields[
             "dataset_path"
-        ].help_text = (
-            f"JSONL, JSON array or CSV; an absolute path inside an allowed dataset root ({_roots(dataset_roots())})."
-        )
+        ].help_text = f"JSONL, JSON array or CSV; an absolute path inside an allowed dataset root ({_roots(datasets)})."
         self.fields["dataset_path"].widget.attrs.update(
             {
-                "placeholder": "/data/datasets/train.jsonl",
+                "placeholder": example_path(datasets, "train.jsonl"),
                 "spellcheck": "false",
                 "autocomplete": "off",
                 "hx-get": reverse("projects:check-dataset"),
@@ -123,7 +129,7 @@ class ProjectForm(forms.Form):
         )
         self.fields["eval_dataset_path"].widget.attrs.update(
             {
-                "placeholder": "/data/datasets/eval.jsonl",
+                "placeholder": example_path(datasets, "eval.jsonl"),
                 "spellcheck": "false",
                 "autocomplete": "off",
                 "hx-get": reverse("projects:check-eval-dataset"),
@@ -140,12 +146,26 @@ class ProjectForm(forms.Form):
         ].help_text = f"Where checkpoints and the trained model go; inside an allowed output root ({_roots(roots)})."
         self.fields["output_directory"].widget.attrs.update(
             {
-                "placeholder": f"{roots[0].rstrip('/')}/my-project" if roots else "/output/my-project",
+                "placeholder": example_path(roots, "my-project"),
                 "spellcheck": "false",
                 "autocomplete": "off",
                 "hx-get": reverse("projects:check-output-dir"),
                 "hx-trigger": "input changed delay:400ms",
                 "hx-target": "#output-status",
+                "hx-sync": "this:replace",
+            }
+        )
+
+    def follow_name(self) -> None:
+        """Have the output directory follow the name as it is typed (a new project's form), until the member
+        changes the output directory herself."""
+        self.fields["name"].widget.attrs.update(
+            {
+                "hx-get": reverse("projects:follow-output-dir"),
+                "hx-trigger": "input changed delay:300ms",
+                "hx-include": "#id_name, #id_output_directory, #id_output_suggested",
+                "hx-target": "#output-field",
+                "hx-swap": "outerHTML",
                 "hx-sync": "this:replace",
             }
         )
@@ -206,12 +226,14 @@ class ProjectForm(forms.Form):
                     self.add_error(PROBLEM_BOXES[problem.code], problem_error(problem))
 
     def _add_hyperparameter_problems(self, problems: list[Problem]) -> None:
+        # Read before any error is added: add_error drops the field's value from cleaned_data, and a box re-checked
+        # after that would be reported as null.
+        typed = self.hyperparameters()
         placed = set()
         for problem in problems:
             if problem.code in PROBLEM_BOXES:
                 self.add_error(PROBLEM_BOXES[problem.code], problem_error(problem))
                 placed.add(problem.message)
-        typed = self.hyperparameters()
         for name, value in typed.items():
             _, own = HYPERPARAMETERS[name].check(value)
             if own is not None:

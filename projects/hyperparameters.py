@@ -505,6 +505,10 @@ PROBLEM_BOXES = {
     "lora_target_modules_unknown": "lora_target_modules",
 }
 
+# Boxes whose value the form checks against the base model as it is typed: max_seq_length against its context
+# length, lora_target_modules against its layers (projects.inline_checks.hyperparameter_status).
+MODEL_FIT_BOXES = ("max_seq_length", "lora_target_modules")
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:

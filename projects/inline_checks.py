@@ -1,5 +1,6 @@
-"""The project form's checks as you type: the output directory, the dataset (a server path or an upload) and the
-eval file (checked as the dataset is).
+"""The project form's checks as you type: the output directory, the dataset (a server path or an upload), the
+eval file (checked as the dataset is) and the hyperparameters that depend on the base model (max_seq_length against
+its context length, lora_target_modules against its layers).
 
 Each endpoint answers 200 with a fragment of the form page for any input: the verdict is in the fragment. The
 dataset checks read only the start of the file; its token lengths are counted by a worker and polled for
@@ -31,13 +32,15 @@ from mtm.htmx import HtmxHttpRequest
 from mtm.request_limits import Busy, expensive_request
 from mtm.shared.problems import Problem
 from projects.chat_templates import BUILT_IN
+from projects.context_length import seq_length_warning
 from projects.datasets import DatasetError, check_dataset_path
 from projects.datasets.eval_split import eval_file_warnings, eval_source_problems
 from projects.datasets.pairs import objective_problem
 from projects.datasets.report import read_dataset
 from projects.datasets.token_stats import count_problems, request_count
 from projects.forms import ProjectForm
-from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
+from projects.hyperparameters import HYPERPARAMETERS, MODEL_FIT_BOXES, Hyperparameters
+from projects.lora_targets import lora_target_problems
 from projects.models import TokenCount, TrainingProject
 from projects.ownership import checked_output_dir
 from projects.uploads import discard_refused, receive_upload, upload_problems
@@ -48,6 +51,29 @@ MAX_PARAM_CHARS = 4096
 def output_status(raw: str, actor: Any, project: TrainingProject | None = None) -> OutputDirCheck:
     """The output directory's check as the form shows it, with the folder-ownership rule applied for `actor`."""
     return checked_output_dir(raw[:MAX_PARAM_CHARS], actor, project)
+
+
+def hyperparameter_status(name: str, params: Any) -> dict[str, list[Any]]:
+    """What the form shows under the box `name` (one of MODEL_FIT_BOXES) for the values in `params`: its own
+    problem when the value is not one the box takes, else how it fits the base model typed above (the same checks a
+    save makes). Nothing when the box is blank or the model does not resolve (the model's own check says why)."""
+    raw = str(params.get(name) or "").strip()[:MAX_PARAM_CHARS]
+    if name not in MODEL_FIT_BOXES or not raw:
+        return {}
+    value, own = HYPERPARAMETERS[name].check(raw)
+    if own is not None:
+        return {"errors": [own]}
+    model_name = str(params.get("model_name") or "").strip()[:200]
+    revision = str(params.get("revision") or "").strip()[:255]
+    if name == "max_seq_length":
+        warning = seq_length_warning(model_name, revision, value)
+        return {"warnings": [warning]} if warning else {}
+    if params.get("method", "lora") != "lora" or not model_name or name_error(model_name):
+        return {}
+    resolution = resolve_model(model_name, revision or None)
+    if not resolution.valid or resolution.path is None:
+        return {}
+    return {"errors": lora_target_problems(resolution.path, resolution.revision or "", value, model_name)}
 
 
 def _max_seq_length(raw: str) -> tuple[int, str]:
@@ -211,6 +237,15 @@ def check_output_dir(request: HtmxHttpRequest) -> HttpResponse:
     raw = request.GET.get("output_directory", "")
     context = {"output_check": output_status(raw, request.user) if raw.strip() else None}
     return render(request, "projects/form.html#output-status", context)
+
+
+@require_http_methods(["GET"])
+@login_required
+def check_hyperparameter(request: HtmxHttpRequest, name: str) -> HttpResponse:
+    if name not in MODEL_FIT_BOXES:
+        raise Http404("No check as you type for this box.")
+    context = {"status": hyperparameter_status(name, request.GET)}
+    return render(request, "projects/form.html#hyperparameter-status", context)
 
 
 @require_http_methods(["GET"])

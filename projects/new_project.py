@@ -16,9 +16,11 @@ from projects.models import TrainingProject
 from projects.sample_dataset import find_sample_dataset
 
 MAX_QUERY_TEXT = 200
+DEFAULT_FOLDER = "my-project"  # a new form's output folder before a name or model is given
 
 
-def _folder_name(text: str) -> str:
+def folder_name(text: str) -> str:
+    """A folder name made of `text` (a project or model name): its last part, lowercase, safe characters only."""
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", text.rsplit("/", 1)[-1]).strip("-.")
     return name.lower()[:60] or "project"
 
@@ -37,6 +39,16 @@ def free_output_directory(base: str) -> str:
     return candidate
 
 
+def followed_output_directory(name: str, typed: str, suggested: str) -> str | None:
+    """The output directory a new form should hold once its name is `name`: a free folder named after it, while the
+    box still holds the folder suggested last (`suggested`); None when the member changed it, or nothing changes."""
+    typed = typed.strip()
+    if typed != suggested.strip():
+        return None
+    folder = free_output_directory(folder_name(name) if name.strip() else DEFAULT_FOLDER)
+    return folder if folder and folder != typed else None
+
+
 def starting_values(query: QueryDict) -> dict[str, Any]:
     """Changes to a new form's defaults from its address: ?model=&revision= from a model's page, ?preset=quick,
     ?dataset=sample (the sample dataset, when it is under an allowed dataset root)."""
@@ -45,7 +57,9 @@ def starting_values(query: QueryDict) -> dict[str, Any]:
     if model:
         values["model_name"] = model
         values["revision"] = query.get("revision", "")[:MAX_QUERY_TEXT].strip()
-    values["output_directory"] = free_output_directory(_folder_name(model) if model else "my-project")
+    values["output_directory"] = values["output_suggested"] = free_output_directory(
+        folder_name(model) if model else DEFAULT_FOLDER
+    )
     if query.get("preset") == "quick":
         values.update(QUICK_CHECK)
     if query.get("dataset") == "sample" and (sample := find_sample_dataset(dataset_roots())) is not None:
@@ -75,7 +89,8 @@ def starter_values(posted: QueryDict, starter: str, fields: dict[str, Any], init
         elif name in posted:
             values[name] = posted.get(name, "")[:MAX_TYPED_TEXT]
     if not str(values.get("output_directory") or "").strip():
-        values["output_directory"] = free_output_directory(_folder_name(str(values.get("model_name") or "")))
+        base = str(values.get("name") or values.get("model_name") or "")
+        values["output_directory"] = values["output_suggested"] = free_output_directory(folder_name(base))
     if starter == "quick":
         values.update(QUICK_CHECK)
     if starter == "sample" and (sample := find_sample_dataset(dataset_roots())) is not None:

@@ -32,6 +32,7 @@ RESERVED = "output_directory_reserved"
 CLAIMED = "output_directory_claimed"
 LINKED = "output_directory_now_a_link"
 REPLACED = "output_directory_replaced"
+SHARED = "output_directory_shared"  # a warning: the folder of another project the member may manage
 _MARKER_BYTES = 64
 
 
@@ -167,9 +168,40 @@ def checked_output_dir(raw: str, actor: Any, project: TrainingProject | None = N
         return check
     if check.valid:
         check.errors.extend(output_dir_conflicts(check.path or "", actor, project, adopt=True))
+        if not check.errors:
+            check.warnings.extend(shared_folder_warnings(check.path or "", actor, project))
     if changed is not None:
         check.warnings.append(changed)
     return check
+
+
+def shared_folder_warnings(path: str, actor: Any, project: TrainingProject | None) -> list[Problem]:
+    """The projects `actor` may manage (other than `project`) whose output directory `path` is, is inside or
+    contains: allowed, since they are the actor's to share, but named, so that sharing is a choice. Another member's
+    project there is refused instead (output_dir_conflicts)."""
+    real = resolved(path) if path and os.path.isabs(path) and "\x00" not in path else None
+    if real is None:
+        return []
+    own = project.pk if project is not None else None
+    claims = _claimed_dirs()
+    projects = TrainingProject.objects.select_related("owner").in_bulk({pk for _, pk in claims if pk != own})
+    warnings, seen = [], set()
+    for other, pk in claims:
+        relation = _relation(real, other)
+        if relation is None or pk == own or pk in seen or pk not in projects:
+            continue
+        seen.add(pk)
+        shared = projects[pk]
+        owner = "" if shared.owner_id == getattr(actor, "pk", None) else f" (owner {shared.owner.get_username()})"
+        warnings.append(
+            Problem(
+                SHARED,
+                f"Output directory {real} {relation} the output directory {other} of project '{shared.name}'"
+                f"{owner}: the runs of both projects would write there.",
+                "Give each project a folder of its own inside an allowed output root, unless you mean them to share it.",
+            )
+        )
+    return warnings
 
 
 def saved_output_problem(project: TrainingProject | None, path: str) -> Problem | None:

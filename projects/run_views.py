@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from django.contrib import messages
@@ -27,9 +28,10 @@ from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, RunStatus, Traini
 from projects.pipeline import CancelOutcome
 from projects.publishing import published_of
 from projects.run_columns import RunProgress, ValidationReport
-from projects.run_config import changes_since, config_rows, previous_run, run_config
+from projects.run_config import ConfigRow, RunConfig, changes_since, config_rows, previous_run, run_config
 from projects.run_eval import eval_overview
 from projects.run_services import RunRefused, cancel_run, start_run
+from workers.models import Worker
 from workers.placement import place_in_line
 
 
@@ -77,7 +79,8 @@ def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
         "run": run,
         "project": project,
         "config": config,
-        "config_rows": config_rows(run, config),
+        "config_rows": shown_config_rows(run, config),
+        "device_before_report": device_before_report(run, config),
         "previous_run": before,
         "changes": changes_since(run, before) if before is not None else [],
         "artifacts": artifacts,
@@ -96,6 +99,31 @@ def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
         "checking_model": run.status == RunStatus.RESOLVING and model_being_checked(config),
         **result_context(run, config),
     }
+
+
+RESOLVED_ROWS = ("resolved_revision", "resolved_path")
+
+
+def shown_config_rows(run: TrainingRun, config: RunConfig) -> list[ConfigRow]:
+    """The Configuration card's rows (in the polled region, so they follow the row): the resolved revision and
+    folder say "not resolved yet" until the worker has resolved the model."""
+    rows = config_rows(run, config)
+    if run.is_live and not run.resolved_path:
+        rows = [replace(row, value="not resolved yet") if row.key in RESOLVED_ROWS else row for row in rows]
+    return rows
+
+
+def device_before_report(run: TrainingRun, config: RunConfig) -> str:
+    """While a taken run's trainer has not named its device yet: the device(s) of the worker that took it, as the
+    trainer names them ("cpu", "cuda:0 (NVIDIA H100 …)"); "" when the trainer has named it or no worker has the run."""
+    if run.device or not run.is_live or run.status == RunStatus.QUEUED:
+        return ""
+    name = getattr(getattr(run, "placement", None), "worker_name", "")
+    worker = Worker.objects.filter(name=name).prefetch_related("devices").first() if name else None
+    if worker is None:
+        return ""
+    devices = list(worker.devices.all())[: config.values.devices]
+    return ", ".join(f"cuda:{d.index} ({d.name})" for d in devices) or "cpu"
 
 
 def model_being_checked(config: Any) -> bool:

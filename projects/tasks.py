@@ -30,10 +30,17 @@ def resolve_run(self, run_id: int) -> None:
     """A whole run on the worker that took it from its queue: resolve the model against this worker's own cache,
     train, validate. Until a worker takes it the run is "queued", which the reaper leaves alone."""
     from projects.pipeline import worker_identity
+    from workers.drain import WorkerDrained, stop_taking_runs
     from workers.fair_share import RETRY_SECONDS, take
+    from workers.placement import hand_back
 
     # The owner's live-run limit checked and the run taken (by this worker, on record) under one lock.
-    taken = take(run_id, worker_identity(), self.request.hostname or "")
+    try:
+        taken = take(run_id, worker_identity(), self.request.hostname or "")
+    except WorkerDrained as drained:  # back to a queue another worker consumes; this one stops consuming first
+        queue = hand_back(run_id, drained.worker_name)
+        stop_taking_runs(self.app, drained.worker_name)
+        raise self.retry(queue=queue, countdown=0) from None
     if taken is None:  # cancelled while it waited, or taken already
         return
     if taken:  # offered again shortly, to its queue; the run stays "queued", saying why
@@ -60,5 +67,5 @@ def cleanup_uploads() -> int:
 
 @shared_task(name=token_stats.COUNT_TASK, ignore_result=True)
 def count_dataset_tokens(count_id: int, path: str, user_id: int | None) -> None:
-    """Token lengths for a dataset check (on the default queue): the web request only reads the file's start."""
+    """Token lengths for a dataset check (on the counts queue): the web request only reads the file's start."""
     token_stats.count_tokens(count_id, path, user_id)

@@ -26,10 +26,16 @@ from projects.datasets import DatasetError
 from projects.datasets.token_stats import saved_count, template_key
 from projects.display import eval_source, hyperparameter_rows, run_duration
 from projects.forms import ProjectForm, problem_error
-from projects.hyperparameters import QUICK_CHECK, Hyperparameters
-from projects.inline_checks import counting, output_status, token_count_url
+from projects.hyperparameters import MODEL_FIT_BOXES, QUICK_CHECK, Hyperparameters
+from projects.inline_checks import counting, hyperparameter_status, output_status, token_count_url
 from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
-from projects.new_project import STARTERS, sample_available, starter_values, starting_values
+from projects.new_project import (
+    STARTERS,
+    followed_output_directory,
+    sample_available,
+    starter_values,
+    starting_values,
+)
 from projects.run_views import polled_partial
 from projects.services import (
     ProjectBusy,
@@ -124,6 +130,12 @@ def _seq_length_warning(form: ProjectForm) -> str:
     )
 
 
+def _box_status(form: ProjectForm) -> dict[str, dict[str, list[Any]]]:
+    """What each box checked against the base model shows when the page is drawn (a box with errors shows those)."""
+    params = {name: form[name].value() for name in ("model_name", "revision", "method", *MODEL_FIT_BOXES)}
+    return {name: hyperparameter_status(name, params) for name in MODEL_FIT_BOXES if not form[name].errors}
+
+
 def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> HttpResponse:
     status = 200
     retry_after = None
@@ -158,6 +170,8 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
         if project is None:
             initial.update(starting_values(request.GET))
         form = ProjectForm(initial=initial)
+    if project is None:
+        form.follow_name()
     output_value = form["output_directory"].value() or ""
     context: dict[str, Any] = {
         "form": form,
@@ -166,7 +180,8 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
         "groups": form.field_groups(),
         "dataset": _dataset_after_post(form, request.user),
         "eval_dataset": _dataset_after_post(form, request.user, "eval_dataset_report"),
-        "field_warnings": {"max_seq_length": warning} if (warning := _seq_length_warning(form)) else {},
+        "model_fit_boxes": MODEL_FIT_BOXES,
+        "box_status": _box_status(form),
         "output_check": output_status(output_value, request.user, project)
         if output_value and not form["output_directory"].errors
         else None,
@@ -175,6 +190,24 @@ def _form_page(request: HtmxHttpRequest, project: TrainingProject | None) -> Htt
     if retry_after is not None:
         response["Retry-After"] = str(retry_after)
     return response
+
+
+@require_http_methods(["GET"])
+@login_required
+def follow_output_dir(request: HtmxHttpRequest) -> HttpResponse:
+    """A new form's output directory after its name changed: 204 (htmx leaves the box alone) once the member
+    changed the box herself, else the box holding a free folder named after the project."""
+    limit = ProjectForm.base_fields["output_directory"].max_length
+    folder = followed_output_directory(
+        request.GET.get("name", "")[:limit],
+        request.GET.get("output_directory", "")[:limit],
+        request.GET.get("output_suggested", "")[:limit],
+    )
+    if folder is None:
+        return HttpResponse(status=204)
+    form = ProjectForm(initial={"output_directory": folder, "output_suggested": folder})
+    context = {"form": form, "output_check": output_status(folder, request.user)}
+    return render(request, "projects/form.html#output-field", context)
 
 
 @require_http_methods(["GET", "POST"])

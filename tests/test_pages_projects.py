@@ -398,7 +398,7 @@ def test_output_dir_check_shows_errors_and_what_will_happen(owner, roots):
     (roots / "outputs" / "full").mkdir()
     (roots / "outputs" / "full" / "old.bin").write_bytes(b"x")
     full = text(client.get("/projects/check-output-dir/", {"output_directory": str(roots / "outputs" / "full")}))
-    assert "already holds 1 entries" in full and "badge-warn" in full
+    assert "already holds 1 entry." in full and "badge-warn" in full
 
 
 def test_dataset_check_shows_format_rows_preview_and_truncation(owner, roots, tiny_llama_in_cache):

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from mtm.env import env_float
 from projects.models import RunStatus, TrainingRun
+from workers.drain import WorkerDrained, is_drained
 from workers.models import RunPlacement, SchedulingSettings
 
 # How soon a run held back by its owner's live-run limit is offered again; it waits as long as it takes.
@@ -41,12 +42,16 @@ def over_limit(run_id: int) -> str:
 
 def take(run_id: int, worker_host: str, worker_name: str = "") -> str | None:
     """Take a queued run for the worker `worker_host` (its placement records the node `worker_name`), within its
-    owner's limit: "" when taken (the run is now "resolving", started by that worker), why it must wait when its owner is at the limit, None when the run is no
-    longer queued (cancelled, or taken already)."""
+    owner's limit: "" when taken (the run is now "resolving", started by that worker), why it must wait when its
+    owner is at the limit, None when the run is no longer queued (cancelled, or taken already). Raises
+    WorkerDrained, taking nothing, when staff drained that worker (its row is locked while the run is taken, so a
+    Drain saved meanwhile applies to the next run)."""
     with transaction.atomic():
         run = TrainingRun.objects.filter(pk=run_id).select_related("project").first()
         if run is None or run.status != RunStatus.QUEUED:
             return None
+        if is_drained(worker_name, lock=True):
+            raise WorkerDrained(worker_name)
         owner_id = run.started_by_id or run.project.owner_id
         get_user_model().objects.select_for_update().filter(pk=owner_id).first()  # one member's Starts in turn
         if why := over_limit(run_id):

@@ -9,6 +9,8 @@ from django.core.validators import MaxValueValidator
 from django.db import models
 from django.utils import timezone
 
+from workers.queues import INFERENCE_QUEUE, run_queues
+
 
 class Worker(models.Model):
     """One Celery worker (a row per node name), rewritten by the worker itself every MTM_WORKER_REPORT_SECONDS."""
@@ -57,22 +59,24 @@ class Worker(models.Model):
         return len(self.devices.all()) or max(1, self.cpu_processes)
 
     @property
-    def trains(self) -> bool:
-        """It consumes a queue that brings runs: not only the default queue (periodic jobs) and, for an inference
-        worker, the playground's queue and its own."""
-        from workers.queues import INFERENCE_QUEUE, own_queue
+    def run_queues(self) -> list[str]:
+        """The queues it consumes that bring training runs (workers.queues.run_queues)."""
+        return run_queues(self.name, list(self.queues or []), settings.CELERY_TASK_DEFAULT_QUEUE)
 
-        if INFERENCE_QUEUE in self.queues:
-            not_runs = {settings.CELERY_TASK_DEFAULT_QUEUE, INFERENCE_QUEUE, own_queue(self.name)}
-        else:
-            not_runs = {settings.CELERY_TASK_DEFAULT_QUEUE}
-        return any(queue not in not_runs for queue in self.queues)
+    @property
+    def trains(self) -> bool:
+        """It consumes a queue that brings runs: a training worker, not the checks worker (the default queue only)
+        nor a playground worker. Only a training worker can be drained."""
+        return bool(self.run_queues)
 
     @property
     def answers_playground(self) -> bool:
-        from workers.queues import INFERENCE_QUEUE
-
         return INFERENCE_QUEUE in self.queues
+
+    @property
+    def runs_checks(self) -> bool:
+        """It consumes the default queue: model checks, token counts and the periodic jobs."""
+        return settings.CELERY_TASK_DEFAULT_QUEUE in self.queues
 
 
 class Device(models.Model):

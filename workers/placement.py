@@ -3,6 +3,7 @@ place in line among the runs sent to the same queue, and the worker that took it
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -141,6 +142,26 @@ def place(run: TrainingRun, shape: ModelShape | None = None) -> RunPlacement:
     `shape`: the model's shape, read before the transaction took its locks."""
     queue, waiting_for = decide(run.project, shape)
     return RunPlacement.objects.create(run=run, queue=queue, waiting_for=waiting_for[:255])
+
+
+HANDED_BACK = ", handed back by the drained worker "
+
+
+def hand_back(run_id: int, worker_name: str) -> str:
+    """The queue a run goes back to when the drained worker `worker_name` refused it: the same queue, or, when it was
+    sent to that worker by name, the one decide() picks now (a worker that is not drained, when one can host it).
+    Its placement says who handed it back."""
+    placement = RunPlacement.objects.filter(run_id=run_id).select_related("run__project").first()
+    if placement is None:
+        return training_queue()
+    queue, waiting_for = placement.queue, placement.waiting_for.partition(HANDED_BACK)[0]
+    if queue == own_queue(worker_name):
+        # When no other live worker can host it (PlacementRefused), it waits for this one to be undrained.
+        with contextlib.suppress(PlacementRefused):
+            queue, waiting_for = decide(placement.run.project)
+    waiting_for = f"{waiting_for or 'a free worker'}{HANDED_BACK}{worker_name}"[:255]
+    RunPlacement.objects.filter(pk=placement.pk).update(queue=queue, waiting_for=waiting_for)
+    return queue
 
 
 NAMED_AHEAD = 5  # runs ahead named, with their owners; more are counted

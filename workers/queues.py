@@ -52,3 +52,12 @@ INFERENCE_QUEUE = "inference"
 
 def inference_worker_queues(worker_name: str) -> list[str]:
     return [own_queue(worker_name), INFERENCE_QUEUE]
+
+
+def run_queues(worker_name: str, queues: list[str], default_queue: str) -> list[str]:
+    """Those of a worker's `queues` that bring training runs: not the default queue (model checks, periodic jobs)
+    and, for a playground worker, neither the playground's queue nor its own. Draining a worker stops these."""
+    not_runs = {default_queue}
+    if INFERENCE_QUEUE in queues:
+        not_runs |= {INFERENCE_QUEUE, own_queue(worker_name)}
+    return [queue for queue in queues if queue not in not_runs]

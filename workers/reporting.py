@@ -1,7 +1,7 @@
 """A Celery worker reports itself to the database while it runs: a row per node (workers.Worker) with its host,
 devices, CPU threads, RAM, library versions and HF cache, rewritten every MTM_WORKER_REPORT_SECONDS. A worker
 that stops (or is killed) stops reporting and the GPUs page shows it gone. Staff's drain is applied here too:
-the worker stops consuming its training queues (it finishes the run it holds) and resumes when undrained.
+the worker's consumers of the queues that bring runs are brought in line with its row (workers.drain).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
+
+from workers.drain import resume_consuming, stop_consuming, worker_run_queues
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -119,9 +121,9 @@ def mark_stopped(name: str) -> None:
 class Reporter:
     """The reporting thread of one worker process (the Celery main process, not a pool child)."""
 
-    def __init__(self, app: Any, name: str, queues: list[str]):
+    def __init__(self, app: Any, name: str, queues: list[str], consumer: Any = None):
         self.app, self.name, self.queues = app, name, queues
-        self.consuming = True
+        self.consumer = consumer  # Celery's consumer of this worker: which queues it consumes right now
         self.probed: dict[str, Any] = {}
         self.probed_at = 0.0
 
@@ -139,18 +141,26 @@ class Reporter:
         drained = write_report(self.name, self.queues, static_report(self.probed), devices, seen)
         self.apply_drain(drained)
 
+    def consumed(self, queues: list[str]) -> set[str] | None:
+        """Which of `queues` the worker consumes now (None before its consumer has started). Read each time: a
+        drained worker that refused a run stopped consuming without this thread."""
+        task_consumer = getattr(self.consumer, "task_consumer", None)
+        if task_consumer is None:
+            return None
+        return {queue for queue in queues if task_consumer.consuming_from(queue)}
+
     def apply_drain(self, drained: bool) -> None:
         """Stop (or resume) consuming the queues that bring runs; the default queue keeps its periodic jobs."""
-        run_queues = [q for q in self.queues if q != settings.CELERY_TASK_DEFAULT_QUEUE]
-        if drained == (not self.consuming) or not run_queues:
+        run_queues = worker_run_queues(self.name, self.queues)
+        consumed = self.consumed(run_queues)
+        if consumed is None:
             return
-        for queue in run_queues:
-            if drained:
-                self.app.control.cancel_consumer(queue, destination=[self.name], reply=True, timeout=5)
-            else:
-                self.app.control.add_consumer(queue, destination=[self.name], reply=True, timeout=5)
-        self.consuming = not drained
-        log.info("worker %s %s", self.name, "drained: takes no new run" if drained else "undrained")
+        if drained and consumed:
+            stop_consuming(self.app, self.name, sorted(consumed))
+            log.info("worker %s drained: takes no new run", self.name)
+        elif not drained and (missing := [queue for queue in run_queues if queue not in consumed]):
+            resume_consuming(self.app, self.name, missing)
+            log.info("worker %s undrained", self.name)
 
     def loop(self) -> None:
         every = float(settings.MTM_WORKER_REPORT_SECONDS)
@@ -171,7 +181,7 @@ def _start_reporting(sender: Any = None, **_: Any) -> None:
     consumer = sender
     name = consumer.hostname
     queues = sorted(consumer.app.amqp.queues.consume_from or consumer.app.amqp.queues)
-    reporter = Reporter(consumer.app, name, queues)
+    reporter = Reporter(consumer.app, name, queues, consumer)
     _stop.clear()
     threading.Thread(target=reporter.loop, name="mtm-worker-report", daemon=True).start()
 

@@ -11,12 +11,30 @@ from mtm.shared.problems import Problem
 from workers.models import MAX_LIVE_RUNS_PER_MEMBER, SchedulingSettings, Worker
 
 
+class DrainRefused(Exception):
+    def __init__(self, problem: Problem):
+        super().__init__(problem.message)
+        self.problem = problem
+
+
 def set_drained(worker: Worker, drained: bool, *, actor: Actor) -> bool:
-    """Drain a worker (it finishes the run it holds and takes no new one) or undrain it. Staff only. The worker
-    applies it at its next report. Returns whether anything changed."""
+    """Drain a training worker (it finishes the run it holds and takes no new one) or undrain it. Staff only. It
+    holds at once: a drained worker refuses a run it receives before its next report stops its consumers
+    (workers.drain). A worker that takes no training run (the checks worker, a playground worker) is refused:
+    draining it would do nothing. Returns whether anything changed."""
     user = actor.authenticated_user
     if user is None or not user.is_staff:
         raise PermissionDenied("Only staff can drain or undrain a worker.")
+    if drained and not worker.trains:
+        raise DrainRefused(
+            Problem(
+                "not_a_training_worker",
+                f"{worker.name} takes no training run (it consumes {', '.join(worker.queues) or 'no queue'}): "
+                "there is nothing to drain.",
+                "Drain a training worker (one started with runworker --gpus or --cpu); to stop this one, stop its "
+                "process.",
+            )
+        )
     updated = Worker.objects.filter(pk=worker.pk).exclude(drained=drained).update(drained=drained)
     if updated:
         audit.record_change(

@@ -17,7 +17,7 @@ from mtm.htmx import HtmxHttpRequest
 from projects.models import LIVE_STATUSES, RunStatus, TrainingRun
 from workers.models import MAX_LIVE_RUNS_PER_MEMBER, SchedulingSettings, Worker
 from workers.placement import waiting_runs
-from workers.services import set_drained, set_live_run_limit
+from workers.services import DrainRefused, set_drained, set_live_run_limit
 
 
 def fleet() -> tuple[list[dict[str, Any]], list[Worker]]:
@@ -91,9 +91,13 @@ def live_run_limit(request: HtmxHttpRequest) -> HttpResponse:
 def drain(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     worker = get_object_or_404(Worker, pk=pk)
     drained = request.POST.get("drained") != "0"
-    set_drained(worker, drained, actor=Actor.of(request, Channel.PAGE))
-    if drained:
-        messages.success(request, f"{worker.name} is drained: it finishes its run and takes no new one.")
+    try:
+        set_drained(worker, drained, actor=Actor.of(request, Channel.PAGE))
+    except DrainRefused as refused:
+        messages.error(request, f"{refused.problem.message} {refused.problem.hint}")
     else:
-        messages.success(request, f"{worker.name} takes runs again.")
+        if drained:
+            messages.success(request, f"{worker.name} is drained: it finishes its run and takes no new one.")
+        else:
+            messages.success(request, f"{worker.name} takes runs again.")
     return redirect("workers:gpus")
