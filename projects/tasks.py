@@ -11,7 +11,10 @@ from projects import stages
 from projects.datasets import token_stats
 from projects.liveness import heartbeat, reap_stale_runs
 from projects.models import RunStage
-from projects.pipeline import fail_with_exception
+from projects.pipeline import fail_with_exception, worker_identity
+from workers.drain import WorkerDrained, stop_taking_runs
+from workers.fair_share import RETRY_SECONDS, take
+from workers.placement import hand_back
 
 
 def _guarded(run_id: int, stage: RunStage, fn):
@@ -29,11 +32,6 @@ def _guarded(run_id: int, stage: RunStage, fn):
 def resolve_run(self, run_id: int) -> None:
     """A whole run on the worker that took it from its queue: resolve the model against this worker's own cache,
     train, validate. Until a worker takes it the run is "queued", which the reaper leaves alone."""
-    from projects.pipeline import worker_identity
-    from workers.drain import WorkerDrained, stop_taking_runs
-    from workers.fair_share import RETRY_SECONDS, take
-    from workers.placement import hand_back
-
     # The owner's live-run limit checked and the run taken (by this worker, on record) under one lock.
     try:
         taken = take(run_id, worker_identity(), self.request.hostname or "")
