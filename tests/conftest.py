@@ -10,6 +10,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
+from tests.workers import WORKER_QUEUES  # noqa: E402 - after the environment above is set
+
 # --- Which tests the PostgreSQL pass runs ---------------------------------------------------------------------------
 
 # A test touches the database only through one of these (pytest-django blocks any other way) or a fixture built on
@@ -132,7 +134,7 @@ def celery_broker(redis_url):
 
 @pytest.fixture
 def start_worker(transactional_db, celery_broker, tmp_path):
-    """Start real `celery -A mtm worker` processes: start_worker(queues="default,training", extra_env=None).
+    """Start real `celery -A mtm worker` processes: start_worker(queues=WORKER_QUEUES, extra_env=None).
 
     The handle has .pid, .wait_ready(timeout), .stop() (SIGTERM, wait), .kill() (SIGKILL to
     its process group; returns once all of it is gone) and .log_text().
@@ -144,7 +146,7 @@ def start_worker(transactional_db, celery_broker, tmp_path):
 
     started = []
 
-    def start(queues: str = "default,training", extra_env: dict[str, str] | None = None):
+    def start(queues: str = WORKER_QUEUES, extra_env: dict[str, str] | None = None):
         log = tmp_path / f"celery-worker-{len(started) + 1}.log"
         worker = CeleryWorker(celery_broker, log, queues, extra_env)
         started.append(worker)
@@ -157,17 +159,46 @@ def start_worker(transactional_db, celery_broker, tmp_path):
 
 @pytest.fixture(scope="module")
 def celery_worker(django_db_setup, django_db_blocker, celery_broker, tmp_path_factory):
-    """One running worker (queues default,training) for the test module. Tests using it must request
+    """One running worker (WORKER_QUEUES) for the test module. Tests using it must request
     `transactional_db` so the worker sees their rows; settings it needs must be saved in the database.
     Module scope, not session: a module whose tests start workers of their own (`start_worker`, e.g. with a fault
     injected) must not find this one still consuming the same queues."""
     from tests.workers import CeleryWorker
 
-    worker = CeleryWorker(celery_broker, tmp_path_factory.mktemp("celery") / "worker.log", "default,training", None)
+    worker = CeleryWorker(celery_broker, tmp_path_factory.mktemp("celery") / "worker.log", WORKER_QUEUES, None)
     try:
         yield worker.wait_ready()
     finally:
         worker.stop_and_forget(django_db_blocker)
+
+
+# --- Runs trained once per session (tests/trained_runs.py) -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def trained_runs_folder(request, tmp_path_factory) -> Path:
+    """Where the session keeps its trained runs: shared by the pytest-xdist processes of one session (their base
+    temporary folders' parent), this process's own otherwise."""
+    if hasattr(request.config, "workerinput"):
+        return tmp_path_factory.getbasetemp().parent / "trained-runs"
+    return tmp_path_factory.mktemp("trained-runs")
+
+
+@pytest.fixture(scope="session")
+def trained_lora_run(django_db_setup, django_db_blocker, celery_broker, tiny_llama_dir, trained_runs_folder):
+    """The session's LoRA run (tests.trained_runs.LORA), trained once by a real worker; copy_trained_run gives a test
+    its own copy."""
+    from tests.trained_runs import LORA, trained_once
+
+    return trained_once(LORA, trained_runs_folder, tiny_llama_dir, celery_broker, django_db_blocker)
+
+
+@pytest.fixture(scope="session")
+def trained_full_run(django_db_setup, django_db_blocker, celery_broker, tiny_llama_dir, trained_runs_folder):
+    """The session's full fine-tune (tests.trained_runs.FULL), trained once by a real worker."""
+    from tests.trained_runs import FULL, trained_once
+
+    return trained_once(FULL, trained_runs_folder, tiny_llama_dir, celery_broker, django_db_blocker)
 
 
 @pytest.fixture(scope="session")

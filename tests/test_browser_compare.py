@@ -1,16 +1,15 @@
-"""In headless Chromium, as a member would: a project with an eval set trains on a real worker, its run page draws
-the training and the eval loss and its report puts the base model's answers beside the fine-tuned one's; after a
-second run with another learning rate, the member ticks both on the Runs page and compares them. Screenshots in
-test-artifacts/browser/<test>/."""
+"""In headless Chromium, as a member would: a run with an eval set (the session's full fine-tune, trained on a real
+worker: tests.trained_runs.FULL, copied as the member's) has its page draw the training and the eval loss and its
+report put the base model's answers beside the fine-tuned one's; after she saves another learning rate and a second
+run has it, she ticks both on the Runs page and compares them. Screenshots in test-artifacts/browser/<test>/."""
 
 from __future__ import annotations
 
 import pytest
 
-from mtm.audit import Actor, Channel
-from projects.services import create_project
 from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
+from tests.pipeline_helpers import FAST_HYPERPARAMETERS
+from tests.trained_runs import copy_trained_run
 
 if (reason := why_no_browser()) is not None:
     pytest.skip(reason, allow_module_level=True)
@@ -23,50 +22,30 @@ from tests.browser_helpers import Screenshots, chromium, log_in  # noqa: E402
 from tests.test_browser import _plain_http_while_server_starts, live_server  # noqa: E402, F401
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-TRAINING_TIMEOUT_MS = 400_000
-
-
-def _start_and_wait(page, base: str, project_id: int) -> str:
-    page.goto(f"{base}/projects/{project_id}/")
-    page.get_by_role("button", name="Start", exact=True).click()
-    expect(page.locator("#run-live .run-state .badge")).to_have_text("succeeded", timeout=TRAINING_TIMEOUT_MS)
-    return page.url
 
 
 def test_eval_curves_before_and_after_and_two_runs_side_by_side(
     browser_member,
     portal_roots,
     tiny_llama_in_cache,
-    celery_worker,
+    trained_full_run,
     live_server,  # noqa: F811 - the fixture imported above
     request,
 ):
-    dataset = write_jsonl(portal_roots / "datasets" / "evals.jsonl", QA_ROWS * 8)
-    project = create_project(
-        {
-            "name": "with-evals",
-            "model_name": tiny_llama_in_cache[0],
-            "dataset_path": str(dataset),
-            "output_directory": str(portal_roots / "outputs" / "with-evals"),
-            "method": "lora",
-            "hyperparameters": {
-                **FAST_HYPERPARAMETERS,
-                "max_steps": 8,
-                "learning_rate": 0.02,
-                "eval_fraction": 0.25,
-                "eval_steps": 4,
-                "eval_prompts": 3,
-            },
-        },
-        actor=Actor(browser_member, Channel.CLI),
-    )
+    assert trained_full_run.project["hyperparameters"] == {
+        **FAST_HYPERPARAMETERS, "max_steps": 8, "learning_rate": 0.02, "eval_fraction": 0.25, "eval_steps": 4,
+        "eval_prompts": 2,
+    }  # fmt: skip
+    first = copy_trained_run(trained_full_run, browser_member, portal_roots)
+    project = first.project
     base = live_server.url
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         shot = Screenshots(page, request.node.name)
         log_in(page, base, MEMBER, MEMBER_PASSWORD)
 
-        first_url = _start_and_wait(page, base, project.pk)
+        page.goto(f"{base}/projects/runs/{first.pk}/")
+        expect(page.locator("#run-live .run-state .badge")).to_have_text("succeeded")
         chart = page.locator("svg.loss-chart")
         expect(chart.locator("polyline.line")).to_have_count(1)
         expect(chart.locator("polyline.eval-line")).to_have_count(1)
@@ -78,7 +57,7 @@ def test_eval_curves_before_and_after_and_two_runs_side_by_side(
         )
         expect(page.locator(".eval-loss")).to_contain_text("at step 8")
         report = page.locator("section.validation")
-        expect(report.locator("table.before-after tbody tr")).to_have_count(3)
+        expect(report.locator("table.before-after tbody tr")).to_have_count(2)  # eval_prompts
         expect(report.locator(".tuned-eval-loss")).not_to_have_text("—")
         expect(report.locator(".base-eval-loss")).not_to_have_text("—")
         expect(report.locator("pre.reference").first).not_to_be_empty()
@@ -91,9 +70,22 @@ def test_eval_curves_before_and_after_and_two_runs_side_by_side(
         page.locator("#id_learning_rate").fill("0.005")
         page.get_by_role("button", name="Save").click()
         expect(page.locator(".messages")).to_contain_text("saved")
-        second_url = _start_and_wait(page, base, project.pk)
-        first_id, second_id = (url.rstrip("/").rsplit("/", 1)[1] for url in (first_url, second_url))
 
+    # The second run, with the learning rate she saved (the ORM is refused while Chromium's event loop runs).
+    project.refresh_from_db()
+    learning_rate = project.hyperparameters["learning_rate"]
+    second = copy_trained_run(
+        trained_full_run,
+        browser_member,
+        portal_roots,
+        project=project,
+        hyperparameters={"learning_rate": learning_rate},
+    )
+    first_id, second_id = first.pk, second.pk
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        shot.page = page  # the same numbered screenshots
+        log_in(page, base, MEMBER, MEMBER_PASSWORD)
         page.goto(f"{base}/projects/runs/")
         page.get_by_label(f"Compare run #{first_id}").check()
         page.get_by_label(f"Compare run #{second_id}").check()

@@ -1,5 +1,5 @@
-"""In headless Chromium, as a member would: a real LoRA run of the tiny Llama trains on a real worker, then the
-member opens the playground, picks the run and watches the answer arrive from the playground worker (the turn is
+"""In headless Chromium, as a member would: a real LoRA run of the tiny Llama (the session's, trained on a real
+worker: tests.trained_runs.LORA, copied as the member's), then the member opens the playground, picks the run and watches the answer arrive from the playground worker (the turn is
 polled while it is live), with time to first token and tokens/s. Screenshots in test-artifacts/browser/<test>/."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from playground.models import Generation
-from projects.models import RunStatus, TrainingProject
+from projects.models import RunStatus
 from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
 from tests.playground_helpers import inference_worker, wait_for_inference_worker
+from tests.trained_runs import copy_trained_run
 
 if (reason := why_no_browser()) is not None:
     pytest.skip(reason, allow_module_level=True)
@@ -43,26 +43,14 @@ def test_the_playground_streams_an_answer_from_a_fine_tuned_model(
     browser_member,
     portal_roots,
     tiny_llama_in_cache,
-    start_worker,
+    trained_lora_run,
     celery_broker,
     tmp_path,
     live_server,  # noqa: F811 - the fixture imported above
 ):
-    trainer = start_worker("default,training")
     answering = inference_worker(celery_broker, tmp_path / "playground.log")
-    trainer.wait_ready(120)
-    dataset = write_jsonl(portal_roots / "datasets" / "chat.jsonl", QA_ROWS * 8)
-    project = TrainingProject.objects.create(
-        name="support-bot",
-        owner=browser_member,
-        model_name=tiny_llama_in_cache[0],
-        dataset_path=str(dataset),
-        output_directory=str(portal_roots / "outputs" / "support-bot"),
-        method="lora",
-        hyperparameters={**FAST_HYPERPARAMETERS, "max_steps": 4, "merge_after_training": False},
-    )
-    run = wait_for_end(start(project, browser_member).pk)
-    assert run.status == RunStatus.SUCCEEDED, run.error_message
+    run = copy_trained_run(trained_lora_run, browser_member, portal_roots)
+    assert run.status == RunStatus.SUCCEEDED and run.config["method"] == "lora", run.error_message
     answering.wait_ready(120)
     wait_for_inference_worker()
 

@@ -22,16 +22,10 @@ from projects.trainer.errors import TrainerError
 from projects.trainer.spec import build_spec, parse_spec
 from tests.api_client import API, call, codes, make_user_token
 from tests.clients import form_data, secure_client
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
+from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
+from tests.trained_runs import EVAL_ROWS, copy_trained_run
 
 HX = {"HTTP_HX_REQUEST": "true"}
-EVAL_ROWS = [
-    {"prompt": "Question: what is three plus three? Answer:", "completion": " six."},
-    {"prompt": "Say goodbye:", "completion": " Goodbye world!"},
-    {"prompt": "Finish: an apple a day", "completion": " keeps the doctor away."},
-    {"prompt": "Question: what colour is the sky? Answer:", "completion": " blue."},
-    {"prompt": "Count to three:", "completion": " one, two, three."},
-]
 
 
 @pytest.fixture
@@ -314,18 +308,18 @@ def test_a_runs_settings_and_overview_state_the_eval_file(owner, roots, eval_fil
 
 @pytest.mark.slow
 def test_a_run_evaluates_on_the_eval_file_and_records_its_sha256(
-    portal_roots, transactional_db, tiny_llama_in_cache, celery_worker
+    portal_roots, db, tiny_llama_in_cache, trained_lora_run
 ):
+    """The session's LoRA run (tests.trained_runs.LORA), trained by a real worker on these files with these
+    settings, copied as alice's run."""
+    assert trained_lora_run.project["hyperparameters"] == {
+        **FAST_HYPERPARAMETERS, "max_steps": 8, "save_steps": 4, "eval_steps": 4, "eval_prompts": 2,
+        "keep_best_eval": True, "learning_rate": 0.02,
+    }  # fmt: skip
     user = User.objects.create_user("alice", password="x")
-    data = write_jsonl(portal_roots / "datasets" / "train.jsonl", QA_ROWS * 8)  # 24 rows
+    write_jsonl(portal_roots / "datasets" / "train.jsonl", QA_ROWS * 8)  # 24 rows
     eval_path = write_jsonl(portal_roots / "datasets" / "eval" / "train.jsonl", EVAL_ROWS)  # same name, other folder
-    project = TrainingProject.objects.create(
-        name="evalfile", owner=user, model_name=tiny_llama_in_cache[0], dataset_path=str(data),
-        eval_dataset_path=str(eval_path), output_directory=str(portal_roots / "outputs" / "evalfile"), method="lora",
-        hyperparameters={**FAST_HYPERPARAMETERS, "max_steps": 8, "save_steps": 4, "eval_steps": 4, "eval_prompts": 2,
-                         "keep_best_eval": True, "learning_rate": 0.02},
-    )  # fmt: skip
-    run = wait_for_end(start(project, user).pk)
+    run = copy_trained_run(trained_lora_run, user, portal_roots)
     assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
 
     # The settings record the file and the digest of what the trainer read

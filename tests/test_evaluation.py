@@ -18,6 +18,7 @@ from projects.trainer.spec import build_spec
 from tests.api_client import call, make_user_token
 from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
+from tests.trained_runs import copy_trained_run
 
 # --- the split ---------------------------------------------------------------------------------------------------
 
@@ -124,12 +125,17 @@ def _project(portal, model_name: str, name: str, hyper: dict) -> TrainingProject
 
 @pytest.mark.slow
 def test_a_run_with_an_eval_set_shows_both_curves_base_vs_tuned_and_compares(
-    portal, tiny_llama_in_cache, celery_worker
+    portal, tiny_llama_in_cache, trained_full_run, celery_worker
 ):
+    """The run with an eval set is the session's full fine-tune (tests.trained_runs.FULL, trained by a real worker
+    with these settings), copied as alice's; the plain LoRA run trains here."""
     name, _ = tiny_llama_in_cache
-    with_eval = _project(portal, name, "evals", {"eval_fraction": 0.25, "eval_steps": 4, "eval_prompts": 2})
+    assert trained_full_run.project["hyperparameters"] == {
+        **FAST_HYPERPARAMETERS, "max_steps": 8, "learning_rate": 0.02, "eval_fraction": 0.25, "eval_steps": 4,
+        "eval_prompts": 2,
+    }  # fmt: skip
     plain = _project(portal, name, "plain", {"learning_rate": 0.01, "eval_prompts": 0})
-    first = wait_for_end(start(with_eval, portal["user"]).pk)
+    first = copy_trained_run(trained_full_run, portal["user"], portal["root"])
     second = wait_for_end(start(plain, portal["user"]).pk)
     for run in (first, second):
         assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
@@ -156,8 +162,8 @@ def test_a_run_with_an_eval_set_shows_both_curves_base_vs_tuned_and_compares(
         assert pair["reference"] == references[pair["prompt"]]
         assert isinstance(pair["base"], str) and isinstance(pair["tuned"], str)
     assert before_after["tuned_eval_loss"] < before_after["base_eval_loss"]  # training on these kinds of rows helps
-    # The report's fine-tuned eval loss is the run's last eval point (the newcomer saw 5.9845 beside 5.9820): the
-    # same rows batched alike; only the LoRA merge's rounding may differ.
+    # The report's fine-tuned eval loss is the run's last eval point: the same rows batched alike (a LoRA run's
+    # merge may round).
     assert before_after["tuned_eval_loss"] == pytest.approx(evals[-1]["eval_loss"], rel=2e-5)
     assert 'class="table compact before-after"' in page and 'class="base-eval-loss"' in page
     # Without eval prompts or an eval set, nothing is compared (the run trains on every row)

@@ -1,6 +1,7 @@
-"""Building on a result for real: a LoRA run trained by a real worker is published under a name, its adapter
-downloads as a .tar.gz of the files on disk, and another member's project trains and validates on the published
-model (resolved from the portal) through the same worker. Steps are kept to two a run."""
+"""Building on a result for real: a LoRA run trained by a real worker (the session's, tests.trained_runs.LORA,
+copied as alice's) is published under a name, its adapter downloads as a .tar.gz of the files on disk, and another
+member's project trains and validates on the published model (resolved from the portal) through a real worker.
+Steps are kept to two for that run."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from projects.models import RunStatus, TrainingRun
 from tests.api_client import call, make_user_token
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, wait_for_end, write_jsonl
+from tests.trained_runs import copy_trained_run
 
 pytestmark = pytest.mark.slow
 TWO_STEPS = {**FAST_HYPERPARAMETERS, "max_steps": 2, "save_steps": 100, "max_seq_length": 32}
@@ -39,16 +41,13 @@ def train(client, token: str, project_id: int) -> TrainingRun:
 
 
 def test_a_published_model_is_the_base_of_another_members_project(
-    portal_roots, tiny_llama_in_cache, transactional_db, celery_worker, client
+    portal_roots, tiny_llama_in_cache, transactional_db, trained_lora_run, celery_worker, client
 ):
     write_jsonl(portal_roots / "datasets" / "qa24.jsonl", QA_ROWS * 8)
-    _, alice = make_user_token("alice")
+    owner, alice = make_user_token("alice")
     _, bob = make_user_token("bob")
-    created = call(
-        client, "post", "/projects", project_body(portal_roots, "support", tiny_llama_in_cache[0], "lora"), alice
-    )
-    assert created.status_code == 201, created.content
-    first = train(client, alice, created.json()["id"])
+    first = copy_trained_run(trained_lora_run, owner, portal_roots)  # a LoRA run merged after training
+    assert first.status == RunStatus.SUCCEEDED and first.config["hyperparameters"]["merge_after_training"] is True
 
     published = call(client, "post", f"/runs/{first.pk}/publish", {"model_name": "team/support-bot-v2"}, alice)
     assert published.status_code == 201, published.content

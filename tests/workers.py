@@ -21,6 +21,9 @@ from mtm.processes import die_with_parent
 
 BASE_DIR = Path(settings.BASE_DIR)
 
+# A test's worker takes every kind of work but playground chats: periodic jobs, runs, model checks, token counts.
+WORKER_QUEUES = "default,training,checks,counts"
+
 
 def current_database_url() -> str:
     """A DATABASE_URL for the database this test session is using right now (the test copy, not the real one)."""
