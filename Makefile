@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-requirements-dev
 .PHONY: run test install install-dev help
 
 help:
-	@echo "make run     serve the portal on http://127.0.0.1:8000 with a Celery worker (Ctrl-C stops both)"
+	@echo "make run     serve the portal on http://127.0.0.1:8000 with its workers and beat (Ctrl-C stops them all)"
 	@echo "make test    run migrations check, ruff and pytest (SQLite, then PostgreSQL when one answers)"
 	@echo "             pass pytest arguments with PYTEST_ARGS='-k resolve -x'"
 

@@ -31,6 +31,8 @@ MAX_PARSED_BYTES = 4 * 1024 * 1024
 MAX_PARSED_TOKENIZER_BYTES = 1024 * 1024
 # Values a file may hold to be parsed here: each comma or bracket is at most one value, and a value ~100 bytes.
 MAX_PIECES = 200_000
+# A safetensors header (JSON at the file's start) past this is left to the worker: a model's is well under 1 MiB.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 # How much of a larger file's start and end is read to see that it can be a JSON object.
 EDGE_BYTES = 4096
 # The kept results: at most this many, holding parsed values of at most this many bytes of text in all.
@@ -109,6 +111,8 @@ def parse_bytes(raw: bytes, limit: int = MAX_PARSED_BYTES) -> JsonRead:
         )
     except RecursionError:  # thousands of nested brackets: no configuration nests like that
         return JsonRead(problem="is not valid JSON (nested too deeply to parse)", size=len(raw))
+    except ValueError as exc:  # an integer past Python's digit limit (4,300) raises a plain ValueError
+        return JsonRead(problem=f"is not valid JSON here ({exc})", size=len(raw))
 
 
 def _edges(fd: int, size: int) -> JsonRead:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from models_registry.bounded_json import MAX_PARSED_BYTES, MAX_PARSED_TOKENIZER_BYTES, checked_on_worker, read_json
+from models_registry.bounded_json import (
+    MAX_HEADER_BYTES,
+    MAX_PARSED_BYTES,
+    MAX_PARSED_TOKENIZER_BYTES,
+    checked_on_worker,
+    read_json,
+)
 from models_registry.lfs_pointers import take_lfs_pointers
 from models_registry.not_a_model import gguf_files, without_config
 from models_registry.pickle_scan import check_bin
@@ -26,7 +32,6 @@ INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 # The most a worker reads of one JSON file it writes or validates; the web process parses far less (bounded_json).
 MAX_JSON_BYTES = 64 * 1024 * 1024
 # A real safetensors header names a few thousand tensors in well under 1 MiB; a larger one is transformers' to read.
-MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass

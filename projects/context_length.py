@@ -3,9 +3,9 @@ max_position_embeddings). The trainer cuts it to the context length; the form sa
 
 from __future__ import annotations
 
-import json
 import os
 
+from models_registry.bounded_json import parse_bytes
 from models_registry.names import name_error
 from models_registry.regular_files import read_regular
 from models_registry.services import resolve_model
@@ -17,9 +17,9 @@ def context_length(folder: str) -> int | None:
     """The model's max_position_embeddings, or None when its config does not say (or cannot be read)."""
     try:
         raw = read_regular(os.path.join(folder, "config.json"), MAX_CONFIG_BYTES)
-        config = json.loads(raw) if len(raw) <= MAX_CONFIG_BYTES else None
-    except (OSError, ValueError):
+    except OSError:
         return None
+    config = parse_bytes(raw, MAX_CONFIG_BYTES).value  # bounded in size and values; None when it is not read
     length = config.get("max_position_embeddings") if isinstance(config, dict) else None
     if not isinstance(length, int) or isinstance(length, bool) or length <= 0:
         return None

@@ -239,8 +239,13 @@ def check_output_dir(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, "projects/form.html#output-status", context)
 
 
+def _busy_hyperparameter(request: HtmxHttpRequest, problem: Problem) -> HttpResponse:
+    return render(request, "projects/form.html#hyperparameter-status", {"status": {"errors": [problem]}})
+
+
 @require_http_methods(["GET"])
 @login_required
+@limited(_busy_hyperparameter)
 def check_hyperparameter(request: HtmxHttpRequest, name: str) -> HttpResponse:
     if name not in MODEL_FIT_BOXES:
         raise Http404("No check as you type for this box.")

@@ -60,6 +60,12 @@ def module_names(folder: str, revision_key: str = "", stamp: str = "") -> Module
     return ModuleNames(frozenset(wrappable), frozenset(other - wrappable))
 
 
+def _some(names: list[str], shown: int = 40) -> str:
+    """At most `shown` names, then how many more (a planted header can list a million)."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
 def _matches(target: str, modules: frozenset[str]) -> bool:
     """peft's rule for a listed name (tuners_utils.check_target_module_exists): the module's full name is the target
     or ends with '.' + the target. Not asked of peft here: importing it loads torch into the web process."""
@@ -89,6 +95,6 @@ def lora_target_problems(folder: str, revision: str, targets: str | list[str], m
             UNKNOWN_TARGETS,
             f"Hyperparameter 'lora_target_modules' names {', '.join(repr(t) for t in unknown)}, which no layer of "
             f"'{model_name}' that LoRA can wrap is called{why}; {outcome}.",
-            f"Use '{ALL_LINEAR}', or names of this model's layers: {', '.join(ModuleNames.short(names.wrappable))}.",
+            f"Use '{ALL_LINEAR}', or names of this model's layers: {_some(ModuleNames.short(names.wrappable))}.",
         )
     ]

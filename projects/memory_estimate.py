@@ -20,7 +20,7 @@ from typing import Any
 
 from safetensors import SafetensorError, safe_open
 
-from models_registry.bounded_json import parse_bytes
+from models_registry.bounded_json import MAX_HEADER_BYTES, parse_bytes
 from models_registry.regular_files import open_regular, read_regular
 
 GIB = 1024**3
@@ -164,6 +164,12 @@ def _read_header(path: Path, tensors: dict[str, Tensor]) -> None:
     device swapped in for it is never opened by path."""
     fd = open_regular(path)
     try:
+        head = os.pread(fd, 8, 0)
+        size = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if size > MAX_HEADER_BYTES:
+            raise EstimateError(
+                f"{path} has a {size / 1024**2:.0f} MB safetensors header, more than a model's; it is not read here."
+            )
         with safe_open(f"/proc/self/fd/{fd}", framework="numpy") as f:
             for name in f.keys():  # noqa: SIM118 (a safe_open handle, not a dict: it has no __iter__)
                 piece = f.get_slice(name)

@@ -80,7 +80,10 @@ def test_the_full_read_refuses_a_row_over_the_limit_and_names_it(tmp_path, row_l
     read = read_dataset(dataset, full=True)
     assert read.rows == []
     [problem] = read.report.errors
-    assert_names_the_row(problem, 11, huge_row_size(kind))
+    if kind == "csv":  # a CSV record is refused as soon as it is longer than the limit: never assembled to measure
+        assert_names_the_row(problem, 11, LIMIT + 1, at_least=True)
+    else:
+        assert_names_the_row(problem, 11, huge_row_size(kind))
 
 
 def test_a_row_at_the_limit_is_read(tmp_path):
@@ -191,3 +194,85 @@ def test_folders_a_run_makes_on_the_way_are_not_world_writable(team, tiny_llama_
         os.umask(umask)
     for folder in (target.parent, target, Path(run.output_directory)):
         assert stat.S_IMODE(folder.stat().st_mode) == DIR_MODE, folder
+
+
+# --- the second hostile pass: records assembled before their size was known -------------------------------------
+
+
+def _peak_while(fn) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    "record",
+    [",".join(["x"] * 2_000_000), '"' + "y" * 4_000_000 + '"'],
+    ids=["millions-of-fields-on-one-line", "one-quoted-field"],
+)
+def test_a_csv_record_over_the_limit_is_refused_before_it_is_assembled(tmp_path, record):
+    """csv built a 20-million-field record (1.5 GB) before the row's size was checked."""
+    path = tmp_path / "wide.csv"
+    path.write_text("text\n" + record + "\nshort\n")
+    caught = []
+
+    def read():
+        with pytest.raises(DatasetError) as refused:
+            load_dataset(path, max_row_bytes=64 * 1024)
+        caught.append(refused.value)
+
+    assert _peak_while(read) < 16 * 1024**2
+    [problem] = caught[0].problems
+    assert (
+        problem.code == DATASET_ROW_TOO_LARGE and "Row 1 (line 2)" in problem.message and "or more" in problem.message
+    )
+
+
+def test_a_huge_json_array_is_refused_before_it_is_read(tmp_path):
+    """A JSON array is decoded whole, at several times its size: past MAX_JSON_ARRAY_BYTES it is refused unread."""
+    from projects.datasets.loading import MAX_JSON_ARRAY_BYTES
+
+    path = tmp_path / "rows.json"
+    path.write_bytes(b'[{"text": "a"}' + b" " * MAX_JSON_ARRAY_BYTES + b"]")
+    with pytest.raises(DatasetError) as refused:
+        load_dataset(path)
+    [problem] = refused.value.problems
+    assert problem.code == "dataset_too_large" and "JSON Lines" in problem.hint
+
+
+def test_a_number_too_long_for_python_is_not_valid_json_rather_than_a_500(tmp_path):
+    """A 5,000-digit integer in a planted config.json made json.loads raise a plain ValueError: the home page,
+    the Models list and the model page answered 500 for every member."""
+    from models_registry.bounded_json import parse_bytes
+
+    read = parse_bytes(b'{"model_type": "llama", "max_position_embeddings": ' + b"9" * 5000 + b"}")
+    assert read.value is None and read.problem and read.problem.startswith("is not valid JSON")
+
+
+def test_a_planted_safetensors_header_is_not_parsed_by_the_estimate(tmp_path):
+    from projects.memory_estimate import EstimateError, read_model_shape
+
+    folder = tmp_path / "planted"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "llama", "hidden_size": 8}')
+    with open(folder / "model.safetensors", "wb") as fh:
+        fh.write((95 * 1024**2).to_bytes(8, "little"))
+        fh.truncate(95 * 1024**2 + 8)  # sparse
+    with pytest.raises(EstimateError, match="MB safetensors header"):
+        read_model_shape(folder)
+
+
+def test_the_context_length_check_does_not_parse_a_config_of_nested_lists(tmp_path):
+    from projects.context_length import context_length
+
+    (tmp_path / "config.json").write_text(
+        '{"max_position_embeddings": 512, "x": [' + ",".join(["[]"] * 1_000_000) + "]}"
+    )
+    found = []
+    assert _peak_while(lambda: found.append(context_length(str(tmp_path)))) < 32 * 1024**2
+    assert found == [None]

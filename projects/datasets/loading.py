@@ -340,7 +340,24 @@ def _read_array_items(
         pos = _JSON_SPACE.match(text, pos + 1).end()
 
 
+# A JSON array is decoded whole (several times its size in memory); past this a dataset is read as JSONL instead.
+MAX_JSON_ARRAY_BYTES = 64 * 1024 * 1024
+
+
 def _read_json_array(source: _Source, checker: RowChecker, max_rows: int | None, max_row_bytes: int) -> None:
+    if source.head is None and (size := os.fstat(source.file.fileno()).st_size) > MAX_JSON_ARRAY_BYTES:
+        checker.problem(
+            Problem(
+                DATASET_TOO_LARGE,
+                f"{source.name} is a JSON array of {human_bytes(size)}; an array is read whole, so one may be at most "
+                f"{human_bytes(MAX_JSON_ARRAY_BYTES)}.",
+                "Write it as JSON Lines (one row per line, a .jsonl file), which is read a row at a time: "
+                'python -c "import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]" '
+                "data.json > data.jsonl",
+            ),
+            fatal=True,
+        )
+        return
     data = source.read().removeprefix(_BOM)
     try:
         # A sample may end inside a character: the incremental decoder keeps those bytes back instead of failing.
@@ -390,18 +407,48 @@ def _csv_header(values: list[str], line: int) -> list[str] | Problem:
     return header
 
 
+class _RecordTooLong(Exception):
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.size = size
+
+
+class _BoundedLines:
+    """The text lines csv.reader reads, at most `limit` characters for the record being read: a record (or one
+    line) longer than that raises _RecordTooLong before it is assembled. record_read() starts the next record."""
+
+    def __init__(self, fh: io.TextIOBase, limit: int):
+        self.fh, self.limit, self.used = fh, limit, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.fh.readline(max(1, self.limit + 1 - self.used))
+        if not line:
+            raise StopIteration
+        self.used += len(line)
+        if self.used > self.limit:
+            raise _RecordTooLong(self.used)
+        return line
+
+    def record_read(self) -> None:
+        self.used = 0
+
+
 class _CsvRecords:
     """(values, first line) of each record, and the line where the record being read starts (for csv errors).
 
     From a cut sample the last record is held back: it may be the start of a record whose quoted line breaks
     go on past the sample."""
 
-    def __init__(self, reader, cut: bool):
-        self.reader, self.cut, self.start = reader, cut, 1
+    def __init__(self, reader, lines: _BoundedLines, cut: bool):
+        self.reader, self.lines, self.cut, self.start = reader, lines, cut, 1
 
     def __iter__(self):
         pending = None
         for values in self.reader:
+            self.lines.record_read()
             record = (values, self.start)
             self.start = self.reader.line_num + 1
             if not self.cut:
@@ -423,9 +470,10 @@ def _values_size(values: list[str], limit: int) -> int:
 def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None, max_row_bytes: int) -> None:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     with source.open() as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh)
+        lines = _BoundedLines(fh, max_row_bytes)  # characters: never more than the bytes they are written in
+        reader = csv.reader(lines)
         header: list[str] | None = None
-        records = _CsvRecords(reader, source.cut)
+        records = _CsvRecords(reader, lines, source.cut)
         row = 0
         try:
             for values, line in records:
@@ -460,6 +508,9 @@ def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None, max_ro
                     return
         except UnicodeDecodeError:
             checker.problem(_first_bad_utf8_line(source), fatal=True)
+        except _RecordTooLong as long:
+            ref = RowRef(row + 1, records.start)
+            checker.problem(row_too_large(ref, long.size, max_row_bytes, at_least=True), fatal=True)
         except csv.Error as exc:
             checker.problem(
                 Problem(
