@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from models_registry.regular_files import NotRegularFile, kind_of
-from mtm.shared.nofollow import FILE_FLAGS
+from mtm.shared.nofollow import FILE_FLAGS, read_up_to
 from mtm.shared.owned_files import open_subdir
 
 MAX_DEPTH = 32
@@ -91,13 +91,9 @@ def read_at(dir_fd: int, name: str, limit: int) -> bytes:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise NotRegularFile(errno.EINVAL, f"it is {kind_of(mode)}, not a regular file", name)
-        os.set_blocking(fd, True)
-        chunks, size = [], 0
-        while size <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - size))):
-            chunks.append(chunk)
-            size += len(chunk)
+        data = read_up_to(fd, limit)
     finally:
         os.close(fd)
-    if size > limit:
+    if len(data) > limit:
         raise TooLarge(errno.EFBIG, f"it is larger than {limit} bytes", name)
-    return b"".join(chunks)
+    return data

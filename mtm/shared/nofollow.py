@@ -89,6 +89,17 @@ def open_file_nofollow(path: str) -> int:
     return fd
 
 
+def read_up_to(fd: int, limit: int) -> bytes:
+    """At most `limit` + 1 bytes of the open file `fd` from where it stands (blocking): one byte more than `limit`
+    tells the caller the file is longer."""
+    os.set_blocking(fd, True)
+    chunks, size = [], 0
+    while size <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - size))):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 def read_owned_at(dir_fd: int, name: str, limit: int) -> bytes:
     """The content of `name` in `dir_fd` when it is what the worker itself wrote there: a regular file (not through a
     link: ELOOP), owned by this process's user, with no other name (one link), at most `limit` bytes. OSError EPERM
@@ -104,13 +115,9 @@ def read_owned_at(dir_fd: int, name: str, limit: int) -> bytes:
             raise OSError(errno.EPERM, f"has {info.st_nlink} hard links (another name for a file elsewhere)", name)
         if info.st_size > limit:
             raise OSError(errno.EFBIG, f"larger than {limit} bytes", name)
-        os.set_blocking(fd, True)
-        chunks, size = [], 0
-        while size <= limit and (chunk := os.read(fd, min(1 << 20, limit + 1 - size))):
-            chunks.append(chunk)
-            size += len(chunk)
+        data = read_up_to(fd, limit)
     finally:
         os.close(fd)
-    if size > limit:
+    if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit} bytes", name)
-    return b"".join(chunks)
+    return data
