@@ -16,7 +16,7 @@ from datetime import datetime
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
-from models_registry.deep_state import CHECK_FAILURES, REQUEST_STALE_AFTER, TRANSFORMERS_JUDGEABLE, merged_problems
+from models_registry.deep_state import CHECK_FAILURES, REQUEST_STALE_AFTER, judgeable_only, merged_problems
 from models_registry.models import ModelVerdict, VerdictRequest
 from models_registry.repo_scan import ListedModel
 from mtm.shared.problems import Problem
@@ -50,12 +50,6 @@ class ListedDeep:
         }
 
 
-def judgeable(model: ListedModel) -> bool:
-    """Whether transformers is asked about a listed model: it has a folder, and every instant refusal is one
-    transformers' verdict can overrule."""
-    return model.path is not None and all(p.code in TRANSFORMERS_JUDGEABLE for p in model.errors)
-
-
 def _problems(raw: str | None) -> list[Problem]:
     if not raw or raw == "[]":
         return []
@@ -65,7 +59,7 @@ def _problems(raw: str | None) -> list[Problem]:
 def with_deep_states(models: list[ListedModel]) -> list[ListedModel]:
     """The listed models, each judgeable one with its deep state and, where a verdict is cached, its errors and
     warnings overridden by it. New objects: the listing's kept results are never changed."""
-    folders = {model.path for model in models if judgeable(model)}
+    folders = {model.path for model in models if judgeable_only(model)}
     if not folders:
         return models
     # Every row, unfiltered: an IN of thousands of keys costs more to build than the rows of other folders cost to

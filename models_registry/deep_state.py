@@ -19,6 +19,7 @@ from django.utils import timezone
 from models_registry.bounded_json import CHECKED_ON_WORKER
 from models_registry.deep_verdict import DeepVerdict, deep_verdict, fingerprint, folder_key
 from models_registry.models import ModelVerdict, VerdictRequest
+from models_registry.repo_scan import ListedModel
 from models_registry.resolution import Resolution
 from mtm.shared.problems import Problem
 
@@ -82,9 +83,10 @@ class DeepState:
         }
 
 
-def judgeable_only(resolution: Resolution) -> bool:
-    """Whether every instant refusal of a found model is one transformers' verdict can overrule."""
-    return resolution.path is not None and all(p.code in TRANSFORMERS_JUDGEABLE for p in resolution.errors)
+def judgeable_only(found: Resolution | ListedModel) -> bool:
+    """Whether transformers is asked about a found or listed model: it has a folder, and every instant refusal is one
+    transformers' verdict can overrule."""
+    return found.path is not None and all(p.code in TRANSFORMERS_JUDGEABLE for p in found.errors)
 
 
 def downgraded(resolution: Resolution, verdict: DeepVerdict) -> Resolution:

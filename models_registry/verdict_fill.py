@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from models_registry import services
-from models_registry.deep_listing import judgeable, still_checking, unchecked
-from models_registry.deep_state import ask_worker, pending_requests
+from models_registry.deep_listing import still_checking, unchecked
+from models_registry.deep_state import ask_worker, judgeable_only, pending_requests
 from models_registry.deep_verdict import fingerprint, folder_key
 from models_registry.models import ModelVerdict
 from models_registry.repo_scan import ListedModel
@@ -47,7 +47,7 @@ def fill_verdicts(batch: int | None = None) -> FillReport:
     if batch <= 0:
         return report
     _, listed = services.available_models()
-    candidates = [m for m in listed if judgeable(m)]
+    candidates = [m for m in listed if judgeable_only(m)]
     keys = [folder_key(m.path) for m in candidates]
     held = dict(ModelVerdict.objects.filter(folder_key__in=keys).values_list("folder_key", "fingerprint"))
     for model, key in zip(candidates, keys, strict=True):
