@@ -28,7 +28,8 @@ DATABASE_FIXTURES = frozenset(
 )
 NO_DATABASE_REASON = (
     "they use no database (no db, transactional_db, live_server or django_db_setup fixture, no django_db mark), "
-    "so the SQLite pass has run them already"
+    "or they are slow or browser tests whose subject is not the database (no `database` mark), so the SQLite pass "
+    "has run them already"
 )
 NO_DATABASE_KEY = "mtm_no_database_deselected"
 _deselected_count = pytest.StashKey[int]()
@@ -40,15 +41,25 @@ def uses_database(item: pytest.Item) -> bool:
     )
 
 
+def is_database_test(item: pytest.Item) -> bool:
+    """Whether the PostgreSQL pass runs `item`: it uses the database and is fast, or its subject is how the database
+    behaves (marker `database`: locks between processes, the rows a worker writes). A slow test or a browser test
+    spends its time training or clicking; the SQLite pass has shown that, and on PostgreSQL it would repeat it."""
+    if not uses_database(item):
+        return False
+    heavy = item.get_closest_marker("slow") or item.get_closest_marker("browser")
+    return not heavy or bool(item.get_closest_marker("database"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """On PostgreSQL, deselect the tests that use no database: they would only repeat what the SQLite pass ran."""
+    """On PostgreSQL, deselect what is not a database test: it would only repeat what the SQLite pass ran."""
     from django.conf import settings
 
     if "postgresql" not in settings.DATABASES["default"]["ENGINE"]:
         return
-    dropped = [item for item in items if not uses_database(item)]
+    dropped = [item for item in items if not is_database_test(item)]
     if dropped:
-        items[:] = [item for item in items if uses_database(item)]
+        items[:] = [item for item in items if is_database_test(item)]
         config.hook.pytest_deselected(items=dropped)
     config.stash[_deselected_count] = len(dropped)
     if hasattr(config, "workeroutput"):  # a pytest-xdist process: its controller prints the count

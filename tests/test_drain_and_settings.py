@@ -58,6 +58,7 @@ def consumed_queues(worker_name: str) -> list[str]:
 # --- 1. Drain holds at once ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.database
 @pytest.mark.slow
 def test_a_run_started_right_after_drain_is_not_taken_by_the_drained_worker(
     portal_roots, transactional_db, tiny_llama_in_cache, start_worker

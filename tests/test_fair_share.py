@@ -31,6 +31,7 @@ def project(root, owner, name):
     )
 
 
+@pytest.mark.database
 def test_a_members_second_run_waits_for_the_first_while_a_worker_is_free(
     portal_roots, transactional_db, tiny_llama_in_cache, start_worker
 ):
@@ -76,6 +77,7 @@ def test_a_members_second_run_waits_for_the_first_while_a_worker_is_free(
     assert wait_for_end(third.pk).status == RunStatus.CANCELLED
 
 
+@pytest.mark.database
 def test_two_workers_taking_one_members_runs_at_once_cannot_exceed_the_limit(portal_roots, transactional_db):
     """The limit is checked and the run taken under one lock: while one worker's take of the member's first run is
     not yet committed, another worker's take of the second run waits for it, then counts it, and leaves its run

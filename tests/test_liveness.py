@@ -102,6 +102,7 @@ def test_the_run_page_shows_a_run_the_periodic_job_reaped_and_reading_never_writ
     assert "Worker lost" in response.content.decode()
 
 
+@pytest.mark.database
 @pytest.mark.slow
 def test_beat_and_a_worker_reap_a_silent_run(transactional_db, start_worker, celery_broker, tmp_path):
     """The deployment's way: `celery beat` sends the reaper on its schedule and a worker runs it."""

@@ -46,6 +46,7 @@ def make_project(portal, model_name, *, method="full", rows=None, hyper=None, na
     )
 
 
+@pytest.mark.database
 def test_full_fine_tune_succeeds_and_is_proven_to_work(portal, tiny_llama_in_cache, celery_worker):
     name, snapshot = tiny_llama_in_cache
     project = make_project(portal, name, validation_prompt="Say hello:")
@@ -223,6 +224,7 @@ def test_cancel_mid_run_then_resume_from_checkpoint(portal, tiny_llama_in_cache,
     assert resumed.progress["step"] == resumed.progress["total_steps"] == stopped_at + 4
 
 
+@pytest.mark.database
 def test_two_live_runs_on_one_output_directory_are_refused(portal, tiny_llama_in_cache):
     project = make_project(portal, tiny_llama_in_cache[0], name="busy")
     from projects.models import TrainingRun

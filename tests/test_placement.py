@@ -36,6 +36,7 @@ def make_project(root, owner, name, model=MODEL, hyper=None, method="full"):
     )
 
 
+@pytest.mark.database
 @pytest.mark.slow
 def test_the_run_goes_to_the_worker_whose_cache_holds_the_model(
     portal_roots, transactional_db, tiny_llama_dir, celery_broker, tmp_path

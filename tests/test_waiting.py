@@ -42,6 +42,7 @@ def project(portal, name, hyper=None):
     )
 
 
+@pytest.mark.database
 def test_a_run_waiting_for_a_busy_training_worker_is_queued_in_line_never_reaped_and_cancellable(
     portal, start_worker, settings
 ):

@@ -66,6 +66,7 @@ def test_runworker_refuses_bad_or_missing_devices(db):
         call_command("runworker", gpus="0")
 
 
+@pytest.mark.database
 @pytest.mark.slow
 def test_a_worker_reports_drains_undrains_and_is_gone_when_stopped(
     portal_roots, transactional_db, tiny_llama_in_cache, runworker
