@@ -117,6 +117,18 @@ def copy_of_tiny_llama(tmp_path, tiny_llama_dir) -> Path:
 # --- Real Redis and real Celery workers -----------------------------------------------------------
 
 
+_redis_claim = None  # this process's tests.redis_server.DatabaseClaim, once a test asked for Redis
+
+
+@pytest.fixture(scope="module", autouse=True)
+def empty_redis_after_the_module():
+    """Tasks a module queued that no worker of its own took (a page asking a worker for a check) would otherwise be
+    taken by the next module's worker, which runs them against that module's database and files."""
+    yield
+    if _redis_claim is not None:
+        _redis_claim.clear()
+
+
 @pytest.fixture(scope="session")
 def redis_url():
     """A Redis URL on a database index this session alone uses (see tests/redis_server.py).
@@ -127,8 +139,10 @@ def redis_url():
     from tests.redis_server import DatabaseClaim, find_server
 
     server_url, private = find_server()
-    claim = DatabaseClaim(server_url)
+    global _redis_claim
+    claim = _redis_claim = DatabaseClaim(server_url)
     yield claim.url
+    _redis_claim = None
     claim.release()
     if private is not None:
         private.stop()

@@ -99,17 +99,20 @@ class DatabaseClaim:
         for db in random.sample(range(1, 16), 15):
             client = redis.Redis.from_url(with_db(server_url, db))
             if client.set(CLAIM_KEY, self.token, nx=True, ex=CLAIM_SECONDS) or self._take_over(client):
-                # Keys left by a session that ended without cleaning up: nothing of ours, so clear them.
-                for key in client.scan_iter(count=500):
-                    if key != CLAIM_KEY.encode():
-                        client.delete(key)
                 self.url, self.client = with_db(server_url, db), client
+                self.clear()  # keys left by a session that ended without cleaning up: nothing of ours
                 return
             client.close()
         raise RuntimeError(
             f"All Redis databases 1-15 at {server_url} are claimed by other test sessions ({CLAIM_KEY}). "
             "Wait for them to finish, or point REDIS_URL at another server."
         )
+
+    def clear(self) -> None:
+        """Delete every key of the claimed database but the claim: queued tasks, results."""
+        for key in self.client.scan_iter(count=500):
+            if key != CLAIM_KEY.encode():
+                self.client.delete(key)
 
     def _take_over(self, client: redis.Redis) -> bool:
         """Take a claim whose owner was a process on this machine that no longer exists (killed, so no teardown)."""
