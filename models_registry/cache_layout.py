@@ -6,16 +6,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from models_registry.folder_walk import walk_model_folder
 from models_registry.names import repo_folder_name
 
 PARTIAL_SUFFIX = ".incomplete"
 
 
 def hub_absent_files(repo_dir: Path, commit: str) -> frozenset[str]:
-    """Files huggingface_hub recorded as absent from the Hub at `commit` (empty files under .no_exist/<commit>/)."""
+    """Files huggingface_hub recorded as absent from the Hub at `commit` (empty files under .no_exist/<commit>/).
+    Empty when the record cannot be read or is larger than a model's folder (FolderTooLarge): it only words messages."""
     base = repo_dir / ".no_exist" / commit
     try:
-        return frozenset(Path(dp, f).relative_to(base).as_posix() for dp, _, files in os.walk(base) for f in files)
+        listed = walk_model_folder(base)
+        return frozenset(Path(f.path, name).relative_to(base).as_posix() for f in listed for name in f.others)
     except (OSError, ValueError):
         return frozenset()
 
@@ -26,14 +29,15 @@ def split_partial_blobs(partial: list[str], snapshot: Path, complete: bool) -> t
     huggingface_hub links a file into the snapshot only once its blob is complete, so an interrupted download of
     one of the snapshot's files shows as a file missing from it: all partial blobs count while the snapshot is
     not `complete` (it has errors, or no weights). Otherwise only those a snapshot link points at count (a copy
-    that made the link first). Read only when partial blobs exist: one readlink per snapshot file."""
+    that made the link first). Read only when partial blobs exist: one readlink per snapshot file. FolderTooLarge (an
+    OSError) when the snapshot holds more than a model's folder can."""
     if not complete:
         return list(partial), []
     wanted: set[str] = set()
-    for dirpath, _, files in os.walk(snapshot):
-        for fname in files:
+    for folder in walk_model_folder(snapshot):
+        for fname in folder.others:
             try:
-                wanted.add(os.path.basename(os.readlink(os.path.join(dirpath, fname))))
+                wanted.add(os.path.basename(os.readlink(os.path.join(folder.path, fname))))
             except OSError:
                 continue
     referenced = [p for p in partial if p[: -len(PARTIAL_SUFFIX)] in wanted]

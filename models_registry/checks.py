@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from models_registry.bounded_json import (
     checked_on_worker,
     read_json,
 )
+from models_registry.folder_walk import FolderTooLarge, walk_model_folder
 from models_registry.lfs_pointers import take_lfs_pointers
 from models_registry.not_a_model import gguf_files, without_config
 from models_registry.pickle_scan import check_bin
@@ -67,17 +69,18 @@ def redownload_hint(model_name: str | None) -> str:
 
 
 def _scan(folder: Path, root: Path, report: FolderReport, model_name: str | None) -> dict[str, Path]:
-    """Every file under `folder` that is safe to read, by its relative name. Links leaving `root` are refused."""
+    """Every file under `folder` that is safe to read, by its relative name. Links leaving `root` are refused.
+    FolderTooLarge, before any file is looked at, when `folder` holds more than a model's folder can."""
     usable: dict[str, Path] = {}
     real_root = os.path.realpath(root)
-    for dirpath, dirnames, filenames in os.walk(folder):
-        # os.walk does not descend into symlinked folders; report those that point outside the root.
-        for d in list(dirnames):
-            full = os.path.join(dirpath, d)
+    for listed in walk_model_folder(folder):
+        # The walk does not descend into symlinked folders; report those that point outside the root.
+        for d in listed.folders:
+            full = os.path.join(listed.path, d)
             if os.path.islink(full) and not is_within(_real_or_none(full) or "", real_root):
                 report.errors.append(_unsafe(os.path.relpath(full, folder), full, real_root))
-        for fname in sorted(filenames):
-            full = os.path.join(dirpath, fname)
+        for fname in listed.others:
+            full = os.path.join(listed.path, fname)
             rel = Path(os.path.relpath(full, folder)).as_posix()
             is_link = os.path.islink(full)
             target = _real_or_none(full)
@@ -144,6 +147,16 @@ def _link_text(path: str) -> str:
         return os.readlink(path) if os.path.islink(path) else path
     except OSError:
         return path
+
+
+def _too_large(exc: FolderTooLarge, model_name: str | None) -> Problem:
+    remove = f"rm -r {shlex.quote(os.path.join(exc.top, exc.branch))}" if exc.branch else "files no download made"
+    return Problem(
+        "model_format_invalid",
+        f"Model format invalid: {exc.top} {exc.reason}; a model's folder holds a few hundred files, at most a few "
+        "folders deep. None of its files was read.",
+        f"Remove what does not belong to the model ({remove}). {redownload_hint(model_name)}",
+    )
 
 
 def _unsafe(rel: str, full: str, root: str) -> Problem:
@@ -456,7 +469,11 @@ def check_model_folder(
             )
         )
         return report
-    usable = _scan(folder, Path(root) if root else folder, report, model_name)
+    try:
+        usable = _scan(folder, Path(root) if root else folder, report, model_name)
+    except FolderTooLarge as exc:
+        report.errors.append(_too_large(exc, model_name))
+        return report
     report.errors.extend(take_lfs_pointers(usable, {e.name: e.size for e in report.files}, model_name))
     config = _check_config(usable, folder, report, model_name, context)
     tokenizer_config = _check_tokenizer(usable, folder, report, model_name, context)

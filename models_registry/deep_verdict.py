@@ -22,6 +22,7 @@ from django.db import IntegrityError
 from django.utils import timezone
 from pydantic import BaseModel, Field
 
+from models_registry.folder_walk import FolderTooLarge, walk_model_folder
 from models_registry.models import ModelVerdict
 from models_registry.resolution import Resolution
 from mtm.shared.limited_child import CPU, LimitExceeded, Limits, run_limited
@@ -30,8 +31,6 @@ from mtm.shared.problems import Problem
 LIBRARIES = ("transformers", "torch", "tokenizers", "peft", "safetensors")
 # Raised when the check itself learns something new (a cached verdict made by an older check is then made again).
 CHECK_VERSION = 2
-# A folder with more entries than this is not a model snapshot; the fingerprint stops there (and says so).
-MAX_FINGERPRINT_ENTRIES = 20_000
 
 
 class VerdictProblem(BaseModel):
@@ -98,13 +97,14 @@ def fingerprint(folder: str | Path, trust_remote_code: bool = False) -> str:
     and its limits."""
     root = str(folder)
     entries: list[list] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
-            entries.append(_entry(root, os.path.join(dirpath, name)))
-        if len(entries) > MAX_FINGERPRINT_ENTRIES:
-            entries.append(["more than", MAX_FINGERPRINT_ENTRIES])
-            break
+    try:
+        listed = walk_model_folder(root)
+    except FolderTooLarge as exc:  # the instant check refuses such a folder before any verdict counts
+        listed, entries = [], [["too large", exc.reason, exc.where]]
+    for found in listed:
+        links = [d for d in found.folders if os.path.islink(os.path.join(found.path, d))]
+        for name in sorted(found.others + links):
+            entries.append(_entry(root, os.path.join(found.path, name)))
     limits = verdict_limits()
     checked = [CHECK_VERSION, limits.cpu_seconds, limits.memory_mb, settings.MTM_TEMPLATE_CPU_SECONDS]
     material = [entries, library_versions(), bool(trust_remote_code), checked]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from models_registry.cache_layout import hub_absent_files, near_names, split_partial_blobs
 from models_registry.checks import CacheContext, FileEntry, check_model_folder, redownload_hint
+from models_registry.folder_walk import FolderTooLarge, walk_model_folder
 from models_registry.names import is_commit_hash, name_error, repo_folder_name, revision_error
 from models_registry.regular_files import NotRegularFile, read_regular
 from mtm.shared.nofollow import LINK_ERRORS, open_dir_nofollow
@@ -139,10 +140,15 @@ def choose_snapshot(name: str, repo_dir: Path, snapshots: list[str], revision: s
 
 
 def _list_refs(repo_dir: Path) -> list[str]:
+    """The refs of a repo by name; for a refs/ folder larger than a model's, one phrase saying so."""
     refs = repo_dir / "refs"
     if not refs.is_dir():
         return []
-    return sorted(Path(dp, f).relative_to(refs).as_posix() for dp, _, fs in os.walk(refs) for f in fs)
+    try:
+        listed = walk_model_folder(refs)
+    except FolderTooLarge as exc:
+        return [f"none listed (refs/ {exc.reason})"]
+    return sorted(Path(f.path, name).relative_to(refs).as_posix() for f in listed for name in f.others)
 
 
 def incomplete_blobs(repo_dir: Path) -> list[str]:

@@ -30,6 +30,8 @@ from models_registry.trainability import training_refusal
 from models_registry.verdict_fill import ask_for_listed, listed_to_ask
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
+from mtm.request_limits import limited_view
+from mtm.shared.problems import Problem
 
 VALID_FILTERS = {"true": True, "false": False}
 MAX_QUERY_CHARS = 200
@@ -99,8 +101,15 @@ def ask_list_checks(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, "models/list.html#model-rows", _list_context(request, just_asked=True))
 
 
+def _busy_page(request: HtmxHttpRequest, problem: Problem) -> HttpResponse:
+    name = request.resolver_match.kwargs.get("name", "") if request.resolver_match else ""
+    context = {"name": name, "name_problem": problem, "problem_title": "Too many checks at once"}
+    return render(request, "models/detail.html", context)
+
+
 @require_http_methods(["GET", "HEAD"])
 @login_required
+@limited_view(_busy_page)
 def model_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
     if problem := name_error(name):
         return render(request, "models/detail.html", {"name_problem": problem, "name": name}, status=400)
@@ -166,8 +175,14 @@ def _model_check(name: str, revision: str, *, ask: bool = False) -> dict:
     return check
 
 
+def _busy_field(request: HtmxHttpRequest, problem: Problem) -> HttpResponse:
+    check = {"name": _param(request.GET, "model_name").strip()[:MAX_QUERY_CHARS], "state": "error", "errors": [problem]}
+    return render(request, "models/_model_field.html#model-status", {"check": check})
+
+
 @require_http_methods(["GET"])
 @login_required
+@limited_view(_busy_field)
 def validate_field(request: HtmxHttpRequest) -> HttpResponse:
     """The status fragment of the model-name field: 200 for any input, the answer is in the fragment."""
     name = _param(request.GET, "model_name").strip()
@@ -179,8 +194,22 @@ def _still_checking(deep: DeepState | None) -> bool:
     return deep is not None and deep.state == "checking"
 
 
+def _busy_poll(request: HtmxHttpRequest, problem: Problem) -> HttpResponse:
+    """A poll beyond the cap answers what it polls as still checking, so the poll goes on (the field says why)."""
+    name = request.GET.get("model_name", "").strip()[:MAX_QUERY_CHARS]
+    revision = request.GET.get("revision", "").strip()[:256]
+    checking = DeepState("checking")
+    if request.GET.get("view") == "field":
+        check = {"name": name, "revision": revision, "state": "error", "errors": [problem], "deep": checking}
+        check["deep_url"] = _verdict_url(name, revision, "field")
+        return render(request, "models/_model_field.html#model-status", {"check": check})
+    context = {"name": name, "revision": revision, "deep": checking, "deep_url": _verdict_url(name, revision, "page")}
+    return render(request, "models/detail.html#deep-verdict", context)
+
+
 @require_http_methods(["GET", "POST"])
 @login_required
+@limited_view(_busy_poll)
 def verdict_status(request: HtmxHttpRequest) -> HttpResponse:
     """The polled region that waits for transformers' verdict: the field's status (view=field) or the model page's
     verdict section. The poll is a POST, which asks a worker for the check once per snapshot (a GET only reads).

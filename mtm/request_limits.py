@@ -8,18 +8,20 @@ it is older than STALE_AFTER.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.http import JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
 from mtm.api_errors import error_body
 from mtm.models import ExpensiveRequestSlot
+from mtm.shared.problems import Problem
 
 # A bounded check answers within seconds: by then one of the member's slots is free again.
 RETRY_AFTER_SECONDS = 5
@@ -53,6 +55,9 @@ class Busy(Exception):
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message, "hint": self.hint}
+
+    def as_problem(self) -> Problem:
+        return Problem(self.code, self.message, self.hint)
 
 
 def busy_response(busy: Busy) -> JsonResponse:
@@ -89,3 +94,24 @@ def expensive_request(user: Any) -> Iterator[None]:
         yield
     finally:
         ExpensiveRequestSlot.objects.filter(pk=slot.pk).delete()
+
+
+def limited_view(render_busy: Callable[[HttpRequest, Problem], HttpResponse]):
+    """Hold one of the member's expensive-request slots while the view runs; beyond the cap answer 429 with
+    Retry-After and `render_busy`'s page or fragment, which says (the problem) when to try again."""
+
+    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            try:
+                with expensive_request(request.user):
+                    return view(request, *args, **kwargs)
+            except Busy as busy:
+                response = render_busy(request, busy.as_problem())
+                response.status_code = 429
+                response["Retry-After"] = str(busy.retry_after)
+                return response
+
+        return wrapper
+
+    return decorator

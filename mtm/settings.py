@@ -175,6 +175,20 @@ MTM_LOW_DISK_BYTES = env_int("MTM_LOW_DISK_BYTES", 10 * 1024**3)
 MTM_DATASET_MAX_ROW_BYTES = env_int("MTM_DATASET_MAX_ROW_BYTES", 131_072 * 8)
 if MTM_DATASET_MAX_ROW_BYTES < 1:
     raise ImproperlyConfigured(f"MTM_DATASET_MAX_ROW_BYTES={MTM_DATASET_MAX_ROW_BYTES} must be at least 1 (bytes).")
+# The most rows one dataset (or eval file) may have: a row costs the worker the same whatever its size, so a file of
+# tiny rows costs far more than its bytes suggest. A file with more is refused, named, at the form's check, the save,
+# the upload and the resolve stage, which stops reading at the first row past it (projects.datasets.row_count).
+# 2,000,000 fits the fine-tuning sets people train on (Alpaca 52k rows, OpenHermes 2.5 about 1M).
+MTM_DATASET_MAX_ROWS = env_int("MTM_DATASET_MAX_ROWS", 2_000_000)
+if MTM_DATASET_MAX_ROWS < 1:
+    raise ImproperlyConfigured(f"MTM_DATASET_MAX_ROWS={MTM_DATASET_MAX_ROWS} must be at least 1 (rows).")
+# The most files and folders, and the deepest nesting, a model's folder may have (a snapshot, an override, a published
+# model, also .no_exist/<commit> and refs/): a real one holds a few hundred files a few folders deep; a folder past
+# these is refused, named, before anything in it is read (mtm.shared.bounded_walk).
+MTM_MODEL_FOLDER_MAX_ENTRIES = env_int("MTM_MODEL_FOLDER_MAX_ENTRIES", 5_000)
+MTM_MODEL_FOLDER_MAX_DEPTH = env_int("MTM_MODEL_FOLDER_MAX_DEPTH", 16)
+if MTM_MODEL_FOLDER_MAX_ENTRIES < 1 or MTM_MODEL_FOLDER_MAX_DEPTH < 1:
+    raise ImproperlyConfigured("MTM_MODEL_FOLDER_MAX_ENTRIES and MTM_MODEL_FOLDER_MAX_DEPTH must be at least 1.")
 # transformers' own verdict on a model (models_registry.deep_verdict) runs on a worker in a child process stopped
 # past these limits (CPU seconds, MB of memory beyond what the worker had): a model whose check hangs or crashes
 # gets a verdict saying so.

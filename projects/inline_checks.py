@@ -9,7 +9,6 @@ dataset checks read only the start of the file; its token lengths are counted by
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -29,7 +28,7 @@ from models_registry.resolution import Resolution
 from models_registry.services import dataset_roots, resolve_model
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
-from mtm.request_limits import Busy, expensive_request
+from mtm.request_limits import limited_view
 from mtm.shared.problems import Problem
 from projects.chat_templates import BUILT_IN
 from projects.context_length import seq_length_warning
@@ -192,31 +191,6 @@ def _path_param(params: Any, name: str) -> str:
     return "" if "\x00" in path else path
 
 
-def _busy_problem(busy: Busy) -> Problem:
-    return Problem(busy.code, busy.message, busy.hint)
-
-
-def limited(render_busy: Callable[[HtmxHttpRequest, Problem], HttpResponse]):
-    """Hold one of the member's expensive-request slots while the view runs; beyond the cap answer 429 with
-    Retry-After and `render_busy`'s fragment saying when to try again."""
-
-    def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-        @functools.wraps(view)
-        def wrapper(request: HtmxHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-            try:
-                with expensive_request(request.user):
-                    return view(request, *args, **kwargs)
-            except Busy as busy:
-                response = render_busy(request, _busy_problem(busy))
-                response.status_code = 429
-                response["Retry-After"] = str(busy.retry_after)
-                return response
-
-        return wrapper
-
-    return decorator
-
-
 def _busy_check(field: str) -> Callable[[HtmxHttpRequest, Problem], HttpResponse]:
     def render_busy(request: HtmxHttpRequest, problem: Problem) -> HttpResponse:
         status = {"path": request.GET.get(field, "")[:MAX_PARAM_CHARS] or "(no path)", "errors": [problem]}
@@ -245,7 +219,7 @@ def _busy_hyperparameter(request: HtmxHttpRequest, problem: Problem) -> HttpResp
 
 @require_http_methods(["GET"])
 @login_required
-@limited(_busy_hyperparameter)
+@limited_view(_busy_hyperparameter)
 def check_hyperparameter(request: HtmxHttpRequest, name: str) -> HttpResponse:
     if name not in MODEL_FIT_BOXES:
         raise Http404("No check as you type for this box.")
@@ -255,7 +229,7 @@ def check_hyperparameter(request: HtmxHttpRequest, name: str) -> HttpResponse:
 
 @require_http_methods(["GET"])
 @login_required
-@limited(_busy_check("dataset_path"))
+@limited_view(_busy_check("dataset_path"))
 def check_dataset(request: HtmxHttpRequest) -> HttpResponse:
     status = dataset_status(request.GET.get("dataset_path", ""), request.GET, request.user)
     return render(request, "projects/form.html#dataset-status", {"dataset": status})
@@ -263,7 +237,7 @@ def check_dataset(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_http_methods(["GET"])
 @login_required
-@limited(_busy_check("eval_dataset_path"))
+@limited_view(_busy_check("eval_dataset_path"))
 def check_eval_dataset(request: HtmxHttpRequest) -> HttpResponse:
     """The eval file's box: the dataset's check of that file, and a note when a share of the dataset is chosen too
     (refused on save; the share may still change)."""
@@ -281,7 +255,7 @@ def check_eval_dataset(request: HtmxHttpRequest) -> HttpResponse:
 
 @require_http_methods(["POST"])
 @login_required
-@limited(_busy_upload)
+@limited_view(_busy_upload)
 def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
     """Store the file chosen in the form right away and show its check; the path box then holds its stored path.
     A file that cannot be trained on is shown with its problems and deleted, as the API does."""
