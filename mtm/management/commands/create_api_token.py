@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from mtm import audit
+from mtm.account_services import AccountRefused, create_account, update_account
 from mtm.audit import Actor
 from mtm.cli import EXIT_USAGE, database_ready
 from mtm.models import ApiToken
@@ -31,21 +30,18 @@ class Command(BaseCommand):
     def handle(self, *args, username: str, staff: bool, create_user: bool, name: str, **options) -> None:
         if len(name) > ApiToken._meta.get_field("name").max_length or "\x00" in name or not name.strip():
             raise CommandError("--name must be 1 to 100 characters, without NUL.", returncode=EXIT_USAGE)
+        actor = Actor.command_line()
         with database_ready(), transaction.atomic():
-            user = self._user(username, create_user)
-            if staff and not user.is_staff:
-                user.is_staff = True
-                user.save(update_fields=["is_staff"])
-                audit.record_change(Actor.command_line(), "user.make_staff", user, {"is_staff": [False, True]})
+            user = self._user(username, create_user, staff, actor)
             try:
-                token, raw = create_token(user, name, actor=Actor.command_line())
+                token, raw = create_token(user, name, actor=actor)
             except TokenRefused as refused:
                 raise CommandError(refused.problem.message, returncode=EXIT_USAGE) from None
         role = "staff" if user.is_staff else "member"
         self.stdout.write(f"API token {token.prefix}… for {user.get_username()} ({role}); it is shown once:")
         self.stdout.write(raw)
 
-    def _user(self, username: str, create: bool):
+    def _user(self, username: str, create: bool, staff: bool, actor: Actor):
         User = get_user_model()
         if "\x00" in username:
             raise CommandError("The username contains a NUL character.", returncode=EXIT_USAGE)
@@ -53,6 +49,8 @@ class Command(BaseCommand):
         if user is not None:
             if not user.is_active:
                 raise CommandError(f"User '{username}' is disabled; re-activate it first.", returncode=EXIT_USAGE)
+            if staff:
+                update_account(user, is_staff=True, actor=actor)
             return user
         if not create:
             raise CommandError(
@@ -61,15 +59,7 @@ class Command(BaseCommand):
                 'print(list(User.objects.values_list("username", flat=True)))\').',
                 returncode=EXIT_USAGE,
             )
-        field = User._meta.get_field(User.USERNAME_FIELD)
         try:
-            field.run_validators(username)
-            if len(username) > field.max_length:
-                raise ValidationError(f"at most {field.max_length} characters")
-        except ValidationError as exc:
-            raise CommandError(f"'{username}' is not a valid username: {' '.join(exc.messages)}", returncode=EXIT_USAGE)
-        user = User.objects.create_user(**{User.USERNAME_FIELD: username})
-        user.set_unusable_password()
-        user.save()
-        audit.record_change(Actor.command_line(), "user.create", user, {"username": [None, username]})
-        return user
+            return create_account(username, is_staff=staff, actor=actor)
+        except AccountRefused as refused:
+            raise CommandError(refused.problem.message, returncode=EXIT_USAGE) from None

@@ -8,6 +8,9 @@ import secrets
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from mtm.account_services import AccountRefused, create_account
+from mtm.audit import Actor
+
 PASSWORD_ENV = "MTM_ADMIN_PASSWORD"
 
 
@@ -26,16 +29,19 @@ class Command(BaseCommand):
         if existing is not None:
             self.stdout.write(f"Admin account: superuser '{existing.get_username()}' exists; nothing to do.")
             return
-        if users.objects.filter(**{users.USERNAME_FIELD: username}).exists():
-            raise CommandError(
-                f"A user named '{username}' exists but no superuser does. Make one with "
-                f"`python manage.py createsuperuser`, or run ensure_admin --username OTHER_NAME."
-            )
         password = os.environ.get(PASSWORD_ENV, "")
         generated = not password
         if generated:
             password = secrets.token_urlsafe(12)
-        users.objects.create_superuser(**{users.USERNAME_FIELD: username}, email="", password=password)
+        try:
+            create_account(username, password=password, is_staff=True, is_superuser=True, actor=Actor.command_line())
+        except AccountRefused as refused:
+            if refused.problem.code == "username_taken":
+                raise CommandError(
+                    f"A user named '{username}' exists but no superuser does. Make one with "
+                    f"`python manage.py createsuperuser`, or run ensure_admin --username OTHER_NAME."
+                ) from None
+            raise CommandError(f"{refused.problem.message} {refused.problem.hint}") from None
         if generated:
             rule = "=" * 64
             self.stdout.write(
