@@ -30,6 +30,7 @@ from mtm.shared.nofollow import ForeignFolder, open_dir_nofollow, open_file_nofo
 from mtm.shared.owned_files import DIR_MODE, open_subdir, write_new
 from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
+from mtm.shared.tree_removal import remove_path
 from projects.datasets import check_dataset_path
 from projects.datasets.errors import DATASET_UNREADABLE
 from projects.models import TrainingRun
@@ -272,7 +273,7 @@ def _snapshot(source: str, folder: Path) -> Path:
                 f"Check the file's permissions (ls -la {source}); the workers run as uid {os.getuid()}.",
             )
         ) from None
-    shutil.rmtree(folder, ignore_errors=True)
+    remove_path(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     dest = folder / os.path.basename(source)
     try:
@@ -287,5 +288,5 @@ def _snapshot(source: str, folder: Path) -> Path:
 
 
 def drop_snapshot(run_folder: Path) -> None:
-    shutil.rmtree(run_folder / SNAPSHOT_DIR, ignore_errors=True)
-    shutil.rmtree(run_folder / EVAL_SNAPSHOT_DIR, ignore_errors=True)
+    remove_path(run_folder / SNAPSHOT_DIR, ignore_errors=True)
+    remove_path(run_folder / EVAL_SNAPSHOT_DIR, ignore_errors=True)

@@ -12,7 +12,6 @@ MTM_UPLOAD_GRACE_HOURS.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import time
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from mtm.shared.claims import claim_form, identity_of
 from mtm.shared.files import file_sha256
 from mtm.shared.paths import resolved
 from mtm.shared.problems import Problem
+from mtm.shared.tree_removal import remove_path
 from projects.datasets import DatasetError, DatasetPathCheck, store_upload, uploads_root
 from projects.datasets.errors import human_bytes
 from projects.models import TrainingProject, Upload
@@ -124,10 +124,10 @@ def receive_upload(actor: Actor, fileobj: IO[bytes] | Any, original_name: str) -
                     {"path": [None, upload.path], "size_bytes": [None, size], "sha256": [None, digest]},
                 )
     except BaseException:
-        shutil.rmtree(path.parent, ignore_errors=True)
+        remove_path(path.parent, ignore_errors=True)
         raise
     if earlier is not None:
-        shutil.rmtree(path.parent, ignore_errors=True)
+        remove_path(path.parent, ignore_errors=True)
         return ReceivedUpload(Path(earlier.path), reused=True)
     return ReceivedUpload(path)
 
@@ -144,7 +144,7 @@ def discard_upload(path: str | os.PathLike, *, actor: Actor) -> bool:
     """Remove an upload's folder and record (each upload has a folder of its own under the uploads folder), unless
     a project's dataset or eval file is that file: then nothing is removed. Returns whether it was removed. The
     folder removed is the one the upload was stored in, as stored: a file or folder swapped for a link since is
-    removed as the link (rmtree never follows one), never what it leads to."""
+    removed as the link (remove_path never follows one), never what it leads to."""
     given = os.path.normpath(path)
     record = Upload.objects.filter(path=given).first()
     if record is None:  # given through another spelling (MEDIA_ROOT through a link): the record is stored resolved
@@ -154,9 +154,9 @@ def discard_upload(path: str | os.PathLike, *, actor: Actor) -> bool:
     if stored in referenced or resolved(stored) in referenced:
         return False
     folder = os.path.dirname(stored)
-    # Only an upload's own folder, right inside the uploads folder (rmtree refuses a link in its place).
+    # Only an upload's own folder, right inside the uploads folder (a link in its place is removed as the link).
     if resolved(os.path.dirname(folder)) == os.path.realpath(uploads_root()):
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_path(folder, ignore_errors=True)
     for upload in Upload.objects.filter(path=stored):
         audit.record_change(actor, "upload.delete", upload, {"path": [upload.path, None]})
         upload.delete()
@@ -274,6 +274,6 @@ def cleanup_uploads(now: float | None = None) -> list[str]:
                 continue
             if any(str(child) in referenced or os.path.realpath(child) in referenced for child in folder.iterdir()):
                 continue
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_path(folder, ignore_errors=True)
             removed.append(str(folder))
     return removed

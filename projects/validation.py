@@ -20,9 +20,10 @@ from pathlib import Path
 from django.conf import settings
 
 from models_registry.checks import MAX_JSON_BYTES, check_model_folder
+from mtm.shared.bounded_walk import FolderTooLarge
 from projects.inference_check import RESULT_PREFIX
 from projects.run_columns import BeforeAfter, PreferenceResult, ValidationCheck, ValidationReport
-from projects.run_folder_scan import foreign_entries, read_at, walk
+from projects.run_folder_scan import foreign_entries, read_at, too_many_entries, walk
 from projects.trainer.outputs import MANIFEST_NAME
 
 ADAPTER_FILES = ("adapter_config.json",)
@@ -75,7 +76,10 @@ def _layout(folder_fd: int | None, shown: Path) -> tuple[dict | None, str]:
 
 def foreign_problem(folder_fd: int | None, shown: Path) -> str:
     """What the files check says about entries the trainer never writes (FIFOs, links, devices), or ''."""
-    found = foreign_entries(folder_fd) if folder_fd is not None else []
+    try:
+        found = foreign_entries(folder_fd) if folder_fd is not None else []
+    except FolderTooLarge as exc:
+        return too_many_entries(exc, shown)
     if not found:
         return ""
     named = ", ".join(f"{entry.rel} ({entry.kind()})" for entry in found[:10])
@@ -111,16 +115,19 @@ def json_check(folder_fd: int | None) -> tuple[bool, str]:
     """Every JSON file of the final output (checkpoints excluded) is a regular file that parses; each is read through
     the folder's descriptor, without following a link and up to a bound."""
     bad, count = [], 0
-    for entry, dir_fd, name in walk(folder_fd, skip=_is_checkpoint) if folder_fd is not None else ():
-        if entry.folder or not name.endswith(".json"):
-            continue
-        count += 1
-        try:
-            json.loads(read_at(dir_fd, name, MAX_JSON_BYTES).decode("utf-8"))
-        except OSError as exc:
-            bad.append(f"{entry.rel}: {'it is a link' if entry.kind() == 'a link' else exc.strerror or exc}")
-        except (UnicodeDecodeError, ValueError) as exc:
-            bad.append(f"{entry.rel}: {exc}")
+    try:
+        for entry, dir_fd, name in walk(folder_fd, skip=_is_checkpoint) if folder_fd is not None else ():
+            if entry.folder or not name.endswith(".json"):
+                continue
+            count += 1
+            try:
+                json.loads(read_at(dir_fd, name, MAX_JSON_BYTES).decode("utf-8"))
+            except OSError as exc:
+                bad.append(f"{entry.rel}: {'it is a link' if entry.kind() == 'a link' else exc.strerror or exc}")
+            except (UnicodeDecodeError, ValueError) as exc:
+                bad.append(f"{entry.rel}: {exc}")
+    except FolderTooLarge as exc:
+        return False, too_many_entries(exc, "The run folder")
     if bad:
         return False, "Invalid JSON: " + "; ".join(bad)
     return True, f"{count} JSON files parse."

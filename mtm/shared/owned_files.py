@@ -17,10 +17,10 @@ import ctypes
 import errno
 import os
 import secrets
-import shutil
 import stat
 
 from mtm.shared.nofollow import DIR_FLAGS, FILE_FLAGS
+from mtm.shared.tree_removal import remove_entry
 
 FILE_MODE = 0o644  # every file a run writes: readable by the team, written by the worker only
 DIR_MODE = 0o755  # every folder a run writes (the run folder itself, checkpoint-N, merged/)
@@ -158,12 +158,5 @@ def write_new(dir_fd: int, name: str, data: bytes) -> None:
 
 def remove_tree(dir_fd: int, name: str) -> None:
     """Remove `name` (a folder, with what it holds, or a file) from `dir_fd` without following links; nothing when
-    it is gone already."""
-    try:
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(info.st_mode):
-        shutil.rmtree(name, dir_fd=dir_fd)
-    else:
-        os.unlink(name, dir_fd=dir_fd)
+    it is gone already (mtm.shared.tree_removal: no nesting makes it fail, and it stops past a bound, saying so)."""
+    remove_entry(dir_fd, name)

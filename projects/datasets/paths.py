@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from django.core.files.move import file_move_safe
 from models_registry.regular_files import NotRegularFile, open_regular_file
 from mtm.shared.paths import is_within, resolved, roots_text
 from mtm.shared.problems import Problem
+from mtm.shared.tree_removal import remove_path
 from projects.datasets.errors import (
     DATASET_EMPTY,
     DATASET_NOT_FOUND,
@@ -255,6 +255,6 @@ def store_upload(
         if written == 0:
             raise DatasetError([Problem(DATASET_EMPTY, f"Upload {name} is empty.", "Upload a file with rows in it.")])
     except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_path(folder, ignore_errors=True)
         raise
     return dest
