@@ -23,9 +23,10 @@ from mtm.shared.problems import Problem
 from projects import run_manifest, run_paths, run_records
 from projects.base_model_folder import HeldBaseModel, open_base_model
 from projects.chat_templates import with_chat_template
-from projects.datasets import check_dataset_path, detect_format, inspect_dataset, load_rows, prompt_text
+from projects.datasets import check_dataset_path, detect_format, inspect_dataset, prompt_text
 from projects.datasets.eval_split import eval_source_problems
 from projects.datasets.pairs import PREFERENCE, objective_problem
+from projects.datasets.streaming import first_rows, last_rows, row_count, rows_at
 from projects.models import RunStage, RunStatus, TrainingRun
 from projects.ownership import output_dir_conflicts
 from projects.pipeline import fail, transition, worker_identity
@@ -445,11 +446,19 @@ def _child_failure(outcome) -> Problem:
     )
 
 
+def _snapshot_path(run: TrainingRun) -> Path:
+    return run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(run_config(run).dataset_path)
+
+
 def _snapshot_rows(run: TrainingRun) -> list[dict]:
-    """The rows of the dataset snapshot the trainer read, never the project's path again: a link planted there
-    since is not followed."""
+    """The rows validation takes from the dataset snapshot the trainer read, never the project's path again (a link
+    planted there since is not followed): the held-out pairs or row at its end, else its first row. Only those are
+    held: the file may have millions of rows."""
     config = run_config(run)
-    return load_rows(run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(config.dataset_path))
+    snapshot, limit = _snapshot_path(run), settings.MTM_DATASET_MAX_ROW_BYTES
+    if config.held_out_pairs or config.held_out_row:
+        return last_rows(snapshot, config.held_out_pairs or 1, max_row_bytes=limit)
+    return first_rows(snapshot, 1, max_row_bytes=limit)
 
 
 def _validation_prompt(run: TrainingRun, rows: list[dict] | None, folder_fd: int) -> str:
@@ -479,29 +488,35 @@ def _before_after_rows(run: TrainingRun) -> dict | None:
     file, or the same seeded split as the trainer's), else the held-out last row; None without either, or with
     eval_prompts and eval set both off."""
     from projects.datasets import detect_format
-    from projects.datasets.eval_split import split_rows
+    from projects.datasets.eval_split import eval_indices
 
     config = run_config(run)
     values = config.values
     if values.eval_prompts == 0 and values.eval_fraction == 0 and not config.eval_dataset_path:
         return None
-    if config.eval_dataset_path:  # every row of the file, the rows the trainer evaluated on
+    limit = settings.MTM_DATASET_MAX_ROW_BYTES
+    if config.eval_dataset_path:  # the file's first rows: the trainer evaluated on every row of it
         try:
-            eval_rows = load_rows(run_paths.eval_snapshot(run_dir(run.pk), config.eval_dataset_path))
+            eval_file = run_paths.eval_snapshot(run_dir(run.pk), config.eval_dataset_path)
+            eval_rows = first_rows(eval_file, MAX_BEFORE_AFTER_ROWS, max_row_bytes=limit)
             fmt = detect_format(eval_rows[:1])
         except Exception:  # the file is only a source of prompts here; without it there is no comparison
             return None
         return _before_after(eval_rows, fmt, values)
-    snapshot = run_dir(run.pk) / run_paths.SNAPSHOT_DIR / os.path.basename(config.dataset_path)
-    try:
-        rows = load_rows(snapshot)
+    snapshot = _snapshot_path(run)
+    try:  # the trainer's split (the same count, share and seed), counted first so only the rows compared are held
+        count = row_count(snapshot, max_row_bytes=limit)
+        held_out = 1 if config.held_out_row and count else 0
+        picked = eval_indices(count - held_out, values.eval_fraction, values.seed)[:MAX_BEFORE_AFTER_ROWS]
+        rows = (
+            rows_at(snapshot, picked, max_row_bytes=limit)
+            if picked
+            else last_rows(snapshot, held_out, max_row_bytes=limit)
+        )
         fmt = detect_format(rows[:1])
     except Exception:  # the dataset is only a source of prompts here; without it there is no comparison
         return None
-    held_out = rows[-1:] if config.held_out_row else []
-    rows = rows[: len(rows) - len(held_out)]
-    _, eval_rows = split_rows(rows, values.eval_fraction, values.seed)
-    return _before_after(eval_rows or held_out, fmt, values)
+    return _before_after(rows, fmt, values)
 
 
 def _before_after(eval_rows: list[dict], fmt: str, values: Any) -> dict | None:

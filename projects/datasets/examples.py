@@ -208,8 +208,12 @@ def encode_rows(
     max_errors: int = DEFAULT_MAX_ERRORS,
     template_limits: TemplateLimits | None = None,
     model: str = "",
+    first_row: int = 1,
+    checked: bool = False,
 ) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) of every row, not truncated, with EOS appended. Raises DatasetError.
+    """(input_ids, labels) of every row, not truncated, with EOS appended. Raises DatasetError naming rows from
+    `first_row` (the number of rows[0] in its file). `checked`: the rows are known good rows of `fmt` (a RowChecker
+    took them), so they are not checked again.
 
     With `template_limits`, the chat template runs in a limited child process and one that exceeds the limits
     is a chat_template_too_slow / chat_template_too_large problem naming `model`.
@@ -221,7 +225,8 @@ def encode_rows(
         raise ValueError(f"unknown dataset format {fmt!r}; expected one of {', '.join(SUPPORTED_FORMATS)}")
     if fmt == "messages" and not has_chat_template(tokenizer):
         raise DatasetError([no_chat_template_problem()])
-    check_rows(rows, fmt, max_errors=max_errors)
+    if not checked:
+        check_rows(rows, fmt, max_errors=max_errors, first_row=first_row)
     collector = ProblemCollector(max_errors)
     per_row: list[list[Segment]] = []
     if fmt != "messages":
@@ -231,7 +236,7 @@ def encode_rows(
             rendered = render_conversations(tokenizer, [row["messages"] for row in rows], template_limits, model)
         except TemplateLimitExceeded as exc:
             raise DatasetError([exc.problem]) from None
-        for number, outcome in enumerate(rendered, 1):
+        for number, outcome in enumerate(rendered, first_row):
             if not isinstance(outcome, str):
                 per_row.append(outcome)
                 continue

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from mtm.shared.problems import Problem
 from projects.datasets.errors import (
@@ -125,15 +125,26 @@ def _format_problem(ref: RowRef, fmt: str, message: str) -> Problem:
 
 
 class RowChecker:
-    """Takes rows one at a time (so a JSONL file is checked while it streams) and keeps the good ones.
+    """Takes rows one at a time (so a JSONL file is checked while it streams) and keeps the good ones: all of them,
+    or only the first `keep`, each good row handed to `sink` too as it comes (a sink that answers True ends the
+    reading: `halted`). `count` is the good rows so far, kept or not.
 
     The first row with a recognisable shape fixes the dataset's format; a later row of another shape is the
     "mixed formats" error, reported once with the first such row and how many more there are.
     """
 
-    def __init__(self, max_errors: int = DEFAULT_MAX_ERRORS):
+    def __init__(
+        self,
+        max_errors: int = DEFAULT_MAX_ERRORS,
+        *,
+        keep: int | None = None,
+        sink: Callable[[RowRef, dict], bool | None] | None = None,
+    ):
         self.collector = ProblemCollector(max_errors)
         self.rows: list[dict] = []
+        self.keep, self.sink = keep, sink
+        self.count = 0
+        self.halted = False
         self.format: str | None = None
         self.format_ref: RowRef | None = None
         self.ignored: set[str] = set()
@@ -145,7 +156,7 @@ class RowChecker:
 
     @property
     def stopped(self) -> bool:
-        return self.fatal or self.collector.full
+        return self.fatal or self.collector.full or self.halted
 
     def problem(self, problem: Problem, *, fatal: bool = False) -> None:
         """A problem found while reading (bad JSON, bad encoding); fatal ones end the reading."""
@@ -186,7 +197,11 @@ class RowChecker:
             self.collector.add(_format_problem(ref, fmt, error))
             return
         self.ignored |= ignored_keys(row, fmt)
-        self.rows.append(row)
+        self.count += 1
+        if self.keep is None or len(self.rows) < self.keep:
+            self.rows.append(row)
+        if self.sink is not None and self.sink(ref, row):
+            self.halted = True
 
     def _mixed(self, ref: RowRef, fmt: str) -> None:
         self._mixed_count += 1
@@ -211,7 +226,7 @@ class RowChecker:
         )
 
     def finish(self, *, empty_message: str = "The dataset has no rows.") -> tuple[list[dict], str]:
-        """The rows and their format, or DatasetError with every problem found."""
+        """The rows kept and their format, or DatasetError with every problem found."""
         problems = self.collector.problems
         if self._mixed_position is not None:
             problems[self._mixed_position] = self._mixed_problem()
@@ -222,10 +237,11 @@ class RowChecker:
         return self.rows, self.format
 
 
-def check_rows(rows: Iterable[object], fmt: str, *, max_errors: int = DEFAULT_MAX_ERRORS) -> None:
-    """Every row is a valid row of `fmt` (a format chosen by the caller, not detected); DatasetError otherwise."""
+def check_rows(rows: Iterable[object], fmt: str, *, max_errors: int = DEFAULT_MAX_ERRORS, first_row: int = 1) -> None:
+    """Every row is a valid row of `fmt` (a format chosen by the caller, not detected); DatasetError otherwise,
+    naming rows from `first_row`."""
     collector = ProblemCollector(max_errors)
-    for number, row in enumerate(rows, 1):
+    for number, row in enumerate(rows, first_row):
         ref = RowRef(number)
         if not isinstance(row, dict):
             error = f"expected an object ({{...}}), got {json_type_name(row)}"

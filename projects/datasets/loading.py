@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -31,7 +32,15 @@ from projects.datasets.errors import (
     named_list,
 )
 from projects.datasets.formats import SHAPES_HINT, RowChecker
-from projects.datasets.row_size import DEFAULT_MAX_ROW_BYTES, bounded_lines, row_too_large, text_size
+from projects.datasets.row_count import rows_past, too_many_rows
+from projects.datasets.row_size import (
+    DEFAULT_MAX_ROW_BYTES,
+    BoundedLines,
+    RecordTooLong,
+    bounded_lines,
+    row_too_large,
+    text_size,
+)
 
 DEFAULT_MAX_BYTES = 2 * 1024**3
 # What a request reads of a dataset: the first SAMPLE_BYTES, at most SAMPLE_ROWS rows. Every row is read on the
@@ -62,12 +71,13 @@ class Sample:
 
 @dataclass
 class LoadedDataset:
-    rows: list[dict]
+    rows: list[dict]  # the rows kept: all of them unless load_dataset was told to keep fewer
     format: str
     kind: str
     warnings: list[Problem] = field(default_factory=list)
     ignored_keys: list[str] = field(default_factory=list)
-    complete: bool = True  # False when a sample ended before the file did: the file has at least len(rows) rows
+    complete: bool = True  # False when a sample ended before the file did: the file has at least `count` rows
+    count: int = 0  # the rows read, kept or not
 
 
 def open_dataset(path: str | os.PathLike) -> BinaryIO:
@@ -191,13 +201,25 @@ def sniff_kind(path: str | os.PathLike, file: BinaryIO | None = None) -> tuple[s
     return kind, warnings
 
 
-def _read_jsonl(source: _Source, checker: RowChecker, max_rows: int | None, max_row_bytes: int) -> None:
+def _past_row_limit(checker: RowChecker, source: _Source, rows_read: int, row_limit: int | None) -> bool:
+    """Whether another row after `rows_read` is past the most a dataset may have; then that is the (fatal) problem."""
+    if row_limit is None or rows_read < row_limit:
+        return False
+    checker.problem(too_many_rows(source.name, row_limit), fatal=True)
+    return True
+
+
+def _read_jsonl(
+    source: _Source, checker: RowChecker, max_rows: int | None, max_row_bytes: int, row_limit: int | None
+) -> None:
     row = 0
     with source.open() as fh:
         for line_no, (raw, size, ended) in enumerate(bounded_lines(fh, max_row_bytes), 1):
             if raw is None:  # longer than a row may be: never decoded
                 if max_rows is not None and row >= max_rows:
                     checker.sample_ended = True
+                    return
+                if _past_row_limit(checker, source, row, row_limit):
                     return
                 row += 1
                 checker.problem(
@@ -208,6 +230,8 @@ def _read_jsonl(source: _Source, checker: RowChecker, max_rows: int | None, max_
                 continue
             if (source.cut and not ended) or (max_rows is not None and row >= max_rows and raw.strip()):
                 checker.sample_ended = True  # the start of a row longer than the sample, or one past the rows read
+                return
+            if raw.strip() and _past_row_limit(checker, source, row, row_limit):
                 return
             if line_no == 1:
                 raw = raw.removeprefix(_BOM)
@@ -287,6 +311,7 @@ def _read_array_items(
     source: _Source,
     max_rows: int | None,
     max_row_bytes: int,
+    row_limit: int | None,
 ) -> int | None:
     """Decode the rows of an array one by one (so each row knows its line); the position of the closing ']',
     or None when reading had to stop (a problem, or the end of a sample: then checker.sample_ended is set)."""
@@ -296,6 +321,8 @@ def _read_array_items(
         row += 1
         if max_rows is not None and row > max_rows:
             checker.sample_ended = True
+            return None
+        if _past_row_limit(checker, source, row - 1, row_limit):
             return None
         ref = RowRef(row, lines.at(pos))
         start = pos
@@ -344,7 +371,9 @@ def _read_array_items(
 MAX_JSON_ARRAY_BYTES = 64 * 1024 * 1024
 
 
-def _read_json_array(source: _Source, checker: RowChecker, max_rows: int | None, max_row_bytes: int) -> None:
+def _read_json_array(
+    source: _Source, checker: RowChecker, max_rows: int | None, max_row_bytes: int, row_limit: int | None
+) -> None:
     if source.head is None and (size := os.fstat(source.file.fileno()).st_size) > MAX_JSON_ARRAY_BYTES:
         checker.problem(
             Problem(
@@ -374,7 +403,7 @@ def _read_json_array(source: _Source, checker: RowChecker, max_rows: int | None,
         return
     pos = _JSON_SPACE.match(text, pos + 1).end()
     if text[pos : pos + 1] != "]":
-        pos = _read_array_items(text, pos, lines, checker, source, max_rows, max_row_bytes)
+        pos = _read_array_items(text, pos, lines, checker, source, max_rows, max_row_bytes, row_limit)
         if pos is None:
             return
     rest = _JSON_SPACE.match(text, pos + 1).end()
@@ -407,42 +436,13 @@ def _csv_header(values: list[str], line: int) -> list[str] | Problem:
     return header
 
 
-class _RecordTooLong(Exception):
-    def __init__(self, size: int):
-        super().__init__(size)
-        self.size = size
-
-
-class _BoundedLines:
-    """The text lines csv.reader reads, at most `limit` characters for the record being read: a record (or one
-    line) longer than that raises _RecordTooLong before it is assembled. record_read() starts the next record."""
-
-    def __init__(self, fh: io.TextIOBase, limit: int):
-        self.fh, self.limit, self.used = fh, limit, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> str:
-        line = self.fh.readline(max(1, self.limit + 1 - self.used))
-        if not line:
-            raise StopIteration
-        self.used += len(line)
-        if self.used > self.limit:
-            raise _RecordTooLong(self.used)
-        return line
-
-    def record_read(self) -> None:
-        self.used = 0
-
-
 class _CsvRecords:
     """(values, first line) of each record, and the line where the record being read starts (for csv errors).
 
     From a cut sample the last record is held back: it may be the start of a record whose quoted line breaks
     go on past the sample."""
 
-    def __init__(self, reader, lines: _BoundedLines, cut: bool):
+    def __init__(self, reader, lines: BoundedLines, cut: bool):
         self.reader, self.lines, self.cut, self.start = reader, lines, cut, 1
 
     def __iter__(self):
@@ -467,10 +467,12 @@ def _values_size(values: list[str], limit: int) -> int:
     return sum(len(value.encode("utf-8", "surrogatepass")) for value in values) + len(values) - 1
 
 
-def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None, max_row_bytes: int) -> None:
+def _read_csv(
+    source: _Source, checker: RowChecker, max_rows: int | None, max_row_bytes: int, row_limit: int | None
+) -> None:
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     with source.open() as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
-        lines = _BoundedLines(fh, max_row_bytes)  # characters: never more than the bytes they are written in
+        lines = BoundedLines(fh, max_row_bytes)  # characters: never more than the bytes they are written in
         reader = csv.reader(lines)
         header: list[str] | None = None
         records = _CsvRecords(reader, lines, source.cut)
@@ -488,6 +490,8 @@ def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None, max_ro
                     continue
                 if max_rows is not None and row >= max_rows:
                     checker.sample_ended = True
+                    return
+                if _past_row_limit(checker, source, row, row_limit):
                     return
                 row += 1
                 ref = RowRef(row, line)
@@ -508,7 +512,7 @@ def _read_csv(source: _Source, checker: RowChecker, max_rows: int | None, max_ro
                     return
         except UnicodeDecodeError:
             checker.problem(_first_bad_utf8_line(source), fatal=True)
-        except _RecordTooLong as long:
+        except RecordTooLong as long:
             ref = RowRef(row + 1, records.start)
             checker.problem(row_too_large(ref, long.size, max_row_bytes, at_least=True), fatal=True)
         except csv.Error as exc:
@@ -541,17 +545,25 @@ def load_dataset(
     sample: Sample | None = None,
     file: BinaryIO | None = None,
     max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+    row_limit: int | None = None,
+    keep: int | None = None,
+    sink: Callable[[RowRef, dict], bool | None] | None = None,
 ) -> LoadedDataset:
     """Read and check every row of a dataset file, or only the rows within `sample` (then `complete` says whether
     that was the whole file). Reads `file` (the dataset opened by open_dataset) when given, else opens `path`
-    (already resolved) the same way. A row longer than `max_row_bytes` in the file is a problem, never decoded.
+    (already resolved) the same way. A row longer than `max_row_bytes` in the file is a problem, never decoded; so
+    is a file of more than `row_limit` rows: counted without parsing them (row_count.rows_past) before a full read
+    and past a sample's, else the reader stops at the first row past the limit (a JSON array).
+    Keeps every good row, or the first `keep`; `sink` (formats.RowChecker) sees each good row as it is read, and
+    ends the reading early by answering True (`complete` is then False).
     Raises DatasetError carrying Problem objects."""
     path = Path(path)
+    checker = RowChecker(max_errors, keep=keep, sink=sink)
     try:
         if file is None:
             with open_dataset(path) as opened:
-                return _load(path, opened, max_bytes, max_errors, sample, max_row_bytes)
-        return _load(path, file, max_bytes, max_errors, sample, max_row_bytes)
+                return _load(path, opened, checker, max_bytes, sample, max_row_bytes, row_limit)
+        return _load(path, file, checker, max_bytes, sample, max_row_bytes, row_limit)
     except OSError as exc:
         raise DatasetError(
             [
@@ -565,7 +577,13 @@ def load_dataset(
 
 
 def _load(
-    path: Path, file: BinaryIO, max_bytes: int, max_errors: int, sample: Sample | None, max_row_bytes: int
+    path: Path,
+    file: BinaryIO,
+    checker: RowChecker,
+    max_bytes: int,
+    sample: Sample | None,
+    max_row_bytes: int,
+    row_limit: int | None,
 ) -> LoadedDataset:
     size = os.fstat(file.fileno()).st_size
     if size > max_bytes:
@@ -579,10 +597,15 @@ def _load(
             ]
         )
     kind, warnings = sniff_kind(path, file)
-    checker = RowChecker(max_errors)
+    if sample is None and row_limit is not None and rows_past(file, kind, row_limit, max_row_bytes):
+        raise DatasetError([too_many_rows(path.name, row_limit)])  # counted before a row is parsed or tokenized
     source = _Source.of(path.name, file, sample, max_row_bytes)
-    _READERS[kind](source, checker, sample.rows if sample else None, max_row_bytes)
+    _READERS[kind](source, checker, sample.rows if sample else None, max_row_bytes, row_limit)
     checker.sample_ended = checker.sample_ended or source.cut
+    # A sample's read counts the rest of the file's rows without parsing them: a request's read stays bounded.
+    sample_past_limit = checker.sample_ended and row_limit is not None and not checker.fatal
+    if sample_past_limit and rows_past(file, kind, row_limit, max_row_bytes):
+        checker.problem(too_many_rows(path.name, row_limit), fatal=True)
     if checker.sample_ended and checker.format is None and not checker.collector.problems:
         return LoadedDataset(
             rows=[], format="", kind=kind, warnings=[*warnings, _no_row_in_sample(path, sample)], complete=False
@@ -599,7 +622,13 @@ def _load(
             )
         )
     return LoadedDataset(
-        rows=rows, format=fmt, kind=kind, warnings=warnings, ignored_keys=ignored, complete=not checker.sample_ended
+        rows=rows,
+        format=fmt,
+        kind=kind,
+        warnings=warnings,
+        ignored_keys=ignored,
+        complete=not (checker.sample_ended or checker.halted),
+        count=checker.count,
     )
 
 

@@ -189,10 +189,17 @@ def pair_lengths(tokenizer: Any, rendered: Sequence[tuple[str, str, str]]) -> li
 
 
 def encode_pairs(
-    rows: Sequence[dict], tokenizer: Any, *, limits: Any = None, model: str = "", max_errors: int = DEFAULT_MAX_ERRORS
+    rows: Sequence[dict],
+    tokenizer: Any,
+    *,
+    limits: Any = None,
+    model: str = "",
+    max_errors: int = DEFAULT_MAX_ERRORS,
+    first_row: int = 1,
 ) -> list[tuple[int, int, int]]:
     """Token counts of every pair. With `limits` (TemplateLimits) the chat template runs in a limited child
-    process, as for chat rows; DatasetError names the rows the template cannot render."""
+    process, as for chat rows; DatasetError names the rows the template cannot render (rows[0] is row
+    `first_row`)."""
     if any(is_conversational(row) for row in rows[:1]) and not has_chat_template(tokenizer):
         raise DatasetError([no_chat_template_problem()])
 
@@ -210,7 +217,7 @@ def encode_pairs(
     except TemplateLimitExceeded as exc:
         raise DatasetError([exc.problem]) from None
     collector = ProblemCollector(max_errors)
-    for number, outcome in enumerate(rendered, 1):
+    for number, outcome in enumerate(rendered, first_row):
         if isinstance(outcome, str):
             collector.add(
                 Problem(

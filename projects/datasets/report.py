@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,8 +12,7 @@ from django.conf import settings
 
 from mtm.shared.files import handle_sha256
 from mtm.shared.problems import Problem
-from projects.datasets.errors import DEFAULT_MAX_ERRORS, DatasetError
-from projects.datasets.examples import IGNORE_INDEX, cut_to_length, encode_rows
+from projects.datasets.errors import DEFAULT_MAX_ERRORS, DatasetError, RowRef
 from projects.datasets.loading import (
     DEFAULT_MAX_BYTES,
     SAMPLE_BYTES,
@@ -22,37 +21,21 @@ from projects.datasets.loading import (
     open_dataset,
     sniff_kind,
 )
-from projects.datasets.pairs import PREFERENCE, encode_pairs
-from projects.datasets.template_sandbox import TemplateLimits
+from projects.datasets.token_tally import TokenStats, TokenTally
+
+__all__ = [
+    "DatasetRead",
+    "DatasetReport",
+    "TokenStats",
+    "add_token_stats",
+    "inspect_dataset",
+    "read_dataset",
+    "sample_key_of",
+    "shorten",
+]
 
 PREVIEW_CHARS = 300
 PREVIEW_ITEMS = 20
-
-
-@dataclass
-class TokenStats:
-    min: int
-    p50: int
-    p95: int
-    max: int
-    mean: float
-    total: int
-    over_max: int | None  # rows longer than max_seq_length, which will be truncated
-    dropped: int | None  # rows with nothing left to learn once truncated, which will be skipped
-    max_seq_length: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "min": self.min,
-            "p50": self.p50,
-            "p95": self.p95,
-            "max": self.max,
-            "mean": self.mean,
-            "total": self.total,
-            "over_max": self.over_max,
-            "dropped": self.dropped,
-            "max_seq_length": self.max_seq_length,
-        }
 
 
 @dataclass
@@ -116,53 +99,6 @@ def shorten(value: Any, chars: int = PREVIEW_CHARS) -> Any:
     return value
 
 
-def _nearest_rank(ordered: list[int], fraction: float) -> int:
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-def token_stats(encoded: list[tuple[list[int], list[int]]], max_seq_length: int | None) -> TokenStats:
-    lengths = sorted(len(ids) for ids, _ in encoded)
-    over_max = dropped = None
-    if max_seq_length is not None:
-        over_max = sum(1 for length in lengths if length > max_seq_length)
-        dropped = sum(1 for _, labels in encoded if all(x == IGNORE_INDEX for x in labels[:max_seq_length]))
-    return TokenStats(
-        min=lengths[0],
-        p50=_nearest_rank(lengths, 0.50),
-        p95=_nearest_rank(lengths, 0.95),
-        max=lengths[-1],
-        mean=round(sum(lengths) / len(lengths), 1),
-        total=sum(lengths),
-        over_max=over_max,
-        dropped=dropped,
-        max_seq_length=max_seq_length,
-    )
-
-
-def _length_warnings(stats: TokenStats, rows: int, complete: bool = True) -> list[Problem]:
-    of_rows = f"of {rows} rows" if complete else f"of the first {rows} rows"
-    warnings = []
-    if stats.over_max:
-        warnings.append(
-            Problem(
-                "dataset_truncation",
-                f"{stats.over_max} {of_rows} are longer than the max sequence length "
-                f"({stats.max_seq_length} tokens) and will be truncated; the longest has {stats.max} tokens.",
-                f"Raise the max sequence length (95% of rows fit in {stats.p95} tokens) or shorten those rows.",
-            )
-        )
-    if stats.dropped:
-        warnings.append(
-            Problem(
-                "dataset_rows_dropped",
-                f"{stats.dropped} {of_rows} have nothing left to learn once truncated to "
-                f"{stats.max_seq_length} tokens (the prompt fills them); they will be skipped.",
-                "Raise the max sequence length or shorten their prompts.",
-            )
-        )
-    return warnings
-
-
 @dataclass
 class DatasetRead:
     """The bounded read of a dataset: its report without token lengths, the rows read and the key of the part
@@ -190,22 +126,58 @@ def read_dataset(
     max_errors: int = DEFAULT_MAX_ERRORS,
     full: bool = False,
     max_row_bytes: int | None = None,
+    max_rows: int | None = None,
 ) -> DatasetRead:
     """Format, rows, first rows and problems of a dataset file, without a tokenizer; never raises for a bad file.
 
     By default only the start of the file is read (loading.Sample): what a web request may do; `full=True` reads
     every row, for the worker. A row over `max_row_bytes` (default: the MTM_DATASET_MAX_ROW_BYTES setting) is an
-    error. The path is trusted: call check_dataset_path first."""
+    error, and so is a file of more than `max_rows` rows (default: MTM_DATASET_MAX_ROWS), the rows past the start
+    counted without being parsed. The path is trusted: call check_dataset_path first."""
+    return _read(
+        path,
+        preview_rows,
+        max_bytes=max_bytes,
+        max_errors=max_errors,
+        full=full,
+        max_row_bytes=max_row_bytes,
+        max_rows=max_rows,
+    )
+
+
+def _read(
+    path: str | os.PathLike,
+    preview_rows: int,
+    *,
+    max_bytes: int,
+    max_errors: int,
+    full: bool,
+    max_row_bytes: int | None = None,
+    max_rows: int | None = None,
+    keep: int | None = None,
+    sink: Callable[[RowRef, dict], None] | None = None,
+) -> DatasetRead:
+    """read_dataset, keeping only the first `keep` rows (None: all) and handing each good row to `sink` as it is
+    read (loading.load_dataset)."""
     report = DatasetReport(path=str(path))
     if max_row_bytes is None:
         max_row_bytes = settings.MTM_DATASET_MAX_ROW_BYTES
+    if max_rows is None:
+        max_rows = settings.MTM_DATASET_MAX_ROWS
     try:
         with open_dataset(path) as file:  # opened once: a file swapped for a link after the check is not read
             report.size_bytes = os.fstat(file.fileno()).st_size
             report.kind, report.warnings = sniff_kind(path, file)  # kept when loading fails: they may explain why
-            sample = None if full else Sample()
             loaded = load_dataset(
-                path, max_bytes=max_bytes, max_errors=max_errors, sample=sample, file=file, max_row_bytes=max_row_bytes
+                path,
+                max_bytes=max_bytes,
+                max_errors=max_errors,
+                sample=None if full else Sample(),
+                file=file,
+                max_row_bytes=max_row_bytes,
+                row_limit=max_rows,
+                keep=keep,
+                sink=sink,
             )
             file.seek(0)
             sample_key = sample_key_of(file)
@@ -220,7 +192,7 @@ def read_dataset(
             Problem("dataset_unreadable", f"Cannot read dataset {path}: {exc.strerror or exc}.", "Check the path.")
         ]
         return DatasetRead(report, [])
-    report.format, report.kind, report.rows = loaded.format, loaded.kind, len(loaded.rows)
+    report.format, report.kind, report.rows = loaded.format, loaded.kind, loaded.count
     report.complete = loaded.complete
     report.warnings = list(loaded.warnings)
     report.preview = [shorten(row) for row in loaded.rows[: max(preview_rows, 0)]]
@@ -241,37 +213,12 @@ def add_token_stats(
     (run in limited child processes) refuses goes to its errors. A full pass: for workers, not web requests."""
     if tokenizer is None or not rows or not report.valid:
         return
-    if report.format == PREFERENCE:
-        try:
-            lengths = encode_pairs(
-                cut_to_length(rows, max_seq_length),
-                tokenizer,
-                limits=TemplateLimits.from_settings(),
-                model=model,
-                max_errors=max_errors,
-            )
-        except DatasetError as exc:
-            report.errors.extend(exc.problems)
-            return
-        report.token_stats, report.pair_token_stats, warnings = pair_stats(
-            lengths, max_seq_length, max_prompt_length, report.rows, report.complete
-        )
-        report.warnings.extend(warnings)
-        return
-    try:
-        encoded = encode_rows(
-            cut_to_length(rows, max_seq_length),
-            report.format,
-            tokenizer,
-            max_errors=max_errors,
-            template_limits=TemplateLimits.from_settings(),
-            model=model,
-        )
-    except DatasetError as exc:
-        report.errors.extend(exc.problems)
-        return
-    report.token_stats = token_stats(encoded, max_seq_length)
-    report.warnings.extend(_length_warnings(report.token_stats, report.rows, report.complete))
+    tally = TokenTally(
+        tokenizer, max_seq_length, model=model, max_errors=max_errors, max_prompt_length=max_prompt_length
+    )
+    for number, row in enumerate(rows, 1):
+        tally.add(RowRef(number), row)
+    tally.apply(report)
 
 
 def inspect_dataset(
@@ -286,74 +233,25 @@ def inspect_dataset(
     model: str = "",
     max_prompt_length: int | None = None,
 ) -> DatasetReport:
-    """read_dataset, then add_token_stats when a tokenizer is given: the whole report in one call, for the worker
-    and for saves. Preference pairs are measured against `max_prompt_length` too (half of max_seq_length when not
-    given)."""
-    read = read_dataset(path, preview_rows, max_bytes=max_bytes, max_errors=max_errors, full=full)
-    add_token_stats(
-        read.report,
-        read.rows,
-        tokenizer,
-        max_seq_length,
-        max_errors=max_errors,
-        model=model,
-        max_prompt_length=max_prompt_length,
-    )
-    return read.report
+    """read_dataset with the token lengths when a tokenizer is given: the whole report in one call, for the worker.
+    Preference pairs are measured against `max_prompt_length` too (half of max_seq_length when not given).
 
-
-def _length_stats(lengths: list[int], limit: int | None) -> TokenStats:
-    ordered = sorted(lengths)
-    return TokenStats(
-        min=ordered[0],
-        p50=_nearest_rank(ordered, 0.50),
-        p95=_nearest_rank(ordered, 0.95),
-        max=ordered[-1],
-        mean=round(sum(ordered) / len(ordered), 1),
-        total=sum(ordered),
-        over_max=None if limit is None else sum(1 for length in ordered if length > limit),
-        dropped=None,
-        max_seq_length=limit,
-    )
-
-
-def pair_stats(
-    lengths: list[tuple[int, int, int]],
-    max_seq_length: int | None,
-    max_prompt_length: int | None,
-    rows: int,
-    complete: bool = True,
-) -> tuple[TokenStats, dict[str, TokenStats], list[Problem]]:
-    """Stats of whole pairs (prompt + the longer answer) against max_seq_length, of prompts against the prompt
-    limit, and of each answer; with warnings for prompts cut and answers cut."""
-    prompt_limit = max_prompt_length or (max_seq_length // 2 if max_seq_length else None)
-    kept = [(min(p, prompt_limit) if prompt_limit else p, c, r) for p, c, r in lengths]
-    whole = _length_stats([p + max(c, r) for p, c, r in lengths], max_seq_length)
-    parts = {
-        "prompt": _length_stats([p for p, _, _ in lengths], prompt_limit),
-        "chosen": _length_stats([c for _, c, _ in lengths], None),
-        "rejected": _length_stats([r for _, _, r in lengths], None),
-    }
-    of_rows = f"of {rows} pairs" if complete else f"of the first {rows} pairs"
-    warnings = []
-    if parts["prompt"].over_max:
-        warnings.append(
-            Problem(
-                "dataset_prompt_truncation",
-                f"{parts['prompt'].over_max} {of_rows} have a prompt longer than the max prompt length "
-                f"({prompt_limit} tokens): their start is cut; the longest has {parts['prompt'].max} tokens.",
-                f"Raise max_prompt_length (95% of prompts fit in {parts['prompt'].p95} tokens) or shorten them.",
-            )
+    Only the preview's rows are kept: each row is checked, then tokenized a batch at a time and counted as it is
+    read (token_tally), so a full read holds one batch of rows, never the file's."""
+    tally = None
+    if tokenizer is not None:
+        tally = TokenTally(
+            tokenizer, max_seq_length, model=model, max_errors=max_errors, max_prompt_length=max_prompt_length
         )
-    if max_seq_length:
-        cut = sum(1 for p, c, r in kept if p + max(c, r) > max_seq_length)
-        if cut:
-            warnings.append(
-                Problem(
-                    "dataset_truncation",
-                    f"{cut} {of_rows} are longer than the max sequence length ({max_seq_length} tokens) with their "
-                    "prompt and answer together: the end of the answer is cut.",
-                    f"Raise the max sequence length (95% of pairs fit in {whole.p95} tokens) or shorten the answers.",
-                )
-            )
-    return whole, parts, warnings
+    read = _read(
+        path,
+        preview_rows,
+        max_bytes=max_bytes,
+        max_errors=max_errors,
+        full=full,
+        keep=max(preview_rows, 0),
+        sink=tally.add if tally is not None else None,
+    )
+    if tally is not None:
+        tally.apply(read.report)
+    return read.report

@@ -8,7 +8,7 @@ before it is decoded into values or tokenized, and names it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 from mtm.shared.problems import Problem
 from projects.datasets.errors import DATASET_ROW_TOO_LARGE, RowRef, human_bytes
@@ -68,3 +68,34 @@ def text_size(text: str, start: int, end: int, limit: int) -> int:
     if (end - start) * 4 <= limit:
         return end - start
     return len(text[start:end].encode("utf-8", "surrogatepass"))
+
+
+class RecordTooLong(Exception):
+    """A CSV record longer than a row may be, stopped while it was read (`size`: the characters read of it)."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.size = size
+
+
+class BoundedLines:
+    """The text lines csv.reader reads, at most `limit` characters for the record being read: a record (or one
+    line) longer than that raises RecordTooLong before it is assembled. record_read() starts the next record."""
+
+    def __init__(self, fh: TextIO, limit: int):
+        self.fh, self.limit, self.used = fh, limit, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = self.fh.readline(max(1, self.limit + 1 - self.used))
+        if not line:
+            raise StopIteration
+        self.used += len(line)
+        if self.used > self.limit:
+            raise RecordTooLong(self.used)
+        return line
+
+    def record_read(self) -> None:
+        self.used = 0
