@@ -13,6 +13,7 @@ measures, in one run:
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
@@ -68,17 +69,25 @@ def timed(fn, rounds: int, setup=None) -> float:
     return statistics.median(samples)
 
 
-def side_by_side(ours, theirs, rounds: int) -> tuple[float, float, list[float]]:
-    """(median of ours, median of theirs, each round's ratio), the two run alternately round by round, so that a
-    shared machine's load, which changes by the second, weighs on both sides alike."""
-    ours_s, theirs_s = [], []
+def side_by_side(ours, theirs, rounds: int) -> tuple[float, float, list[float], float]:
+    """(median of ours, median of theirs, each round's ratio, the ratio of their median CPU times), the two run
+    alternately round by round, so that a shared machine's load, which changes by the second, weighs on both sides
+    alike. The CPU times (this thread's, user and system) are what load changes least: other jobs on the machine
+    lengthen the wall-clock rounds, much less the work each side does."""
+    ours_s, theirs_s, ours_cpu, theirs_cpu = [], [], [], []
     for _ in range(rounds):
-        ours_s.append(timed(ours, 1, setup=listing.forget))
+        listing.forget()
+        cpu = time.thread_time()
+        ours_s.append(timed(ours, 1))
+        ours_cpu.append(time.thread_time() - cpu)
+        cpu = time.thread_time()
         theirs_s.append(timed(theirs, 1))
+        theirs_cpu.append(time.thread_time() - cpu)
     return (
         statistics.median(ours_s),
         statistics.median(theirs_s),
         [t / o for o, t in zip(ours_s, theirs_s, strict=True)],
+        statistics.median(theirs_cpu) / statistics.median(ours_cpu),
     )
 
 
@@ -98,6 +107,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--calls", type=int, default=1000)
     args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mtm.settings")  # the checks read a few settings
 
     with tempfile.TemporaryDirectory() as tmp:
         big, small = Path(tmp) / "big", Path(tmp) / "small"
@@ -108,7 +118,9 @@ def main() -> None:
 
         listing.forget()
         assert cold_listing(big) == args.repos  # also imports what the checks import once per process
-        ours, theirs, ratios = side_by_side(lambda: cold_listing(big), lambda: scan_cache_dir(big), args.rounds)
+        ours, theirs, ratios, cpu_ratio = side_by_side(
+            lambda: cold_listing(big), lambda: scan_cache_dir(big), args.rounds
+        )
         store = Path(tmp) / "listing.json"
         listing.forget()
         cold_listing(big, store)  # writes the store
@@ -118,7 +130,7 @@ def main() -> None:
         print(
             f"listing, cold: ours {ours * 1000:.0f} ms, scan_cache_dir {theirs * 1000:.0f} ms, "
             f"speed-up {theirs / ours:.1f}x (goal >= 10x); per-round ratios "
-            f"{', '.join(f'{r:.1f}' for r in ratios)}"
+            f"{', '.join(f'{r:.1f}' for r in ratios)}; in CPU time {cpu_ratio:.1f}x; load {os.getloadavg()[0]:.1f}"
         )
         print(
             f"listing, new process with the persisted listing (3 stats a repo + one JSON load): "

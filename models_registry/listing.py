@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 from models_registry.names import name_error, name_from_folder
-from models_registry.repo_scan import ListedModel, checked_repo, current_signature, signature
+from models_registry.repo_scan import ListedModel, checked_repo, current_signature, open_root, signature
 from models_registry.resolution import resolve
 from mtm.shared.problems import Problem
 
 __all__ = ["ListedModel", "forget", "list_cached", "list_models"]
+
+# Names of the Hub's form that names.name_error certainly accepts: org/name, each part runs of letters, digits and
+# '_' joined by single '-' or '.' (so no '--', '..', leading or trailing '-' or '.'); with at most 96 characters and
+# no '.git' at the end (tests/test_repo_scan.py holds name_error to it). Any other name is name_error's to judge.
+_PLAIN_NAME = re.compile(r"\w+(?:[-.]\w+)*/\w+(?:[-.]\w+)*", re.ASCII)
 
 _memo: dict[str, dict[str, tuple[tuple, ListedModel]]] = {}
 _memo_lock = threading.Lock()
@@ -59,6 +65,29 @@ def _save_store(store: Path, root: str, memo: dict[str, tuple[tuple, ListedModel
         tmp.unlink(missing_ok=True)  # a read-only var/ only costs speed
 
 
+def _name_problem(name: str) -> Problem | None:
+    """names.name_error, answered at once for the common form (see _PLAIN_NAME)."""
+    if len(name) <= 96 and not name.endswith(".git") and _PLAIN_NAME.fullmatch(name):
+        return None
+    return name_error(name)
+
+
+def _kept_or_scanned(
+    memo: dict[str, tuple[tuple, ListedModel]], folder: str, repo: str, root: str, root_fd: int | None
+) -> tuple[ListedModel, bool]:
+    """(the verdict of the repo folder `folder`, whether it was scanned now): the kept one while its signature
+    holds, else a new one, kept in `memo`."""
+    cached = memo.get(folder)
+    if cached and cached[0] == current_signature(repo, cached[0], cached[1]):
+        return cached[1], False
+    name = name_from_folder(folder) or folder
+    if problem := _name_problem(name):
+        memo[folder] = signature(repo, None), ListedModel(name, "cache", None, None, [problem])
+    else:
+        memo[folder] = checked_repo(repo, name, root, root_fd)
+    return memo[folder][1], True
+
+
 def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]:
     """Every models--* repo in the cache with a quick validity check.
 
@@ -67,7 +96,7 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
     """
     root = os.path.abspath(cache_dir)
     try:
-        entries = [e.name for e in os.scandir(root) if e.name.startswith("models--") and e.is_dir()]
+        entries = [e.name for e in os.scandir(root) if _is_repo_folder(e)]
     except OSError:
         return []
     prefix = root if root.endswith("/") else root + "/"
@@ -77,27 +106,32 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
         memo = _memo.setdefault(root, {})
         changed = False
         listed = []
-        for folder in sorted(entries):
-            repo = prefix + folder
-            cached = memo.get(folder)
-            if cached and cached[0] == current_signature(repo, cached[0], cached[1]):
-                listed.append(cached[1])
-                continue
-            name = name_from_folder(folder) or folder
-            if problem := name_error(name):
-                item = ListedModel(model_name=name, source="cache", path=None, revision=None, errors=[problem])
-                memo[folder] = (signature(repo, None), item)
-            else:
-                memo[folder] = checked_repo(repo, name, root)
-                item = memo[folder][1]
-            listed.append(item)
-            changed = True
+        root_fd = open_root(root)
+        try:
+            for folder in sorted(entries):
+                item, fresh = _kept_or_scanned(memo, folder, prefix + folder, root, root_fd)
+                listed.append(item)
+                changed |= fresh
+        finally:
+            if root_fd is not None:
+                os.close(root_fd)
         for gone in set(memo).difference(entries):
             del memo[gone]
             changed = True
         if changed and store is not None:
             _save_store(store, root, memo)
     return listed
+
+
+def _is_repo_folder(entry: os.DirEntry) -> bool:
+    """A models--* folder, or a link that cannot be followed (a loop, a link into /proc/1/cwd): that one is listed as
+    a repo that cannot be read, never a reason to list no repo at all."""
+    if not entry.name.startswith("models--"):
+        return False
+    try:
+        return entry.is_dir()
+    except OSError:
+        return True
 
 
 def forget(cache_dir: Path | None = None) -> None:

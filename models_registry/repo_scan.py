@@ -1,22 +1,24 @@
 """One cached repo's instant verdict, and the signature that says when a kept verdict is stale.
 
 huggingface_hub's scan_cache_dir stats and realpaths every file. Here a repo whose refs/main names a snapshot
-costs about twenty system calls: refs/main read, blobs/ and the snapshot listed, config.json read through its
-link, two more stats for the signature; no per-file stat or realpath. Any other layout (no ref, a dangling one, an
-unlistable snapshot) takes the general path, which lists snapshots/ and lets the resolver's rule choose. A broken
-repo only ever marks itself invalid.
+costs 21 system calls: refs/main read, blobs/ and the snapshot listed, config.json read through its link, two more
+stats for the signature; no per-file stat or realpath. Given a descriptor of the cache root (open_root), the calls
+that take one are made relative to it, which spares the kernel the walk down to the root each time. Any other
+layout (no ref, a dangling one, an unlistable snapshot) takes the general path, which lists snapshots/ and lets the
+resolver's rule choose. A broken repo only ever marks itself invalid.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models_registry.bounded_json import parse_bytes
+from models_registry.bounded_json import MAX_PIECES, parse_bytes
 from models_registry.cache_layout import PARTIAL_SUFFIX, split_partial_blobs
 from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
 from models_registry.not_a_model import gguf_files, without_config
@@ -66,11 +68,25 @@ class ListedModel:
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _BLOB_LINK = "../../blobs/"
+_RELATIVE_CALLS = {os.open, os.stat, os.readlink} <= os.supports_dir_fd
+_JSON = json.JSONDecoder()  # json.loads' own settings
+_JSON_SPACE = " \t\n\r"  # what json.loads skips before and after the value
 
 
-def _mtime(path: str) -> int:
+def open_root(root: str) -> int | None:
+    """A descriptor of the cache folder `root` for scan_repo's relative calls (the caller closes it), or None where
+    this system has no relative calls or the folder cannot be opened (the calls then take absolute paths)."""
+    if not _RELATIVE_CALLS:
+        return None
     try:
-        return os.stat(path).st_mtime_ns
+        return os.open(root, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _mtime(path: str, dir_fd: int | None = None) -> int:
+    try:
+        return os.stat(path, dir_fd=dir_fd).st_mtime_ns
     except OSError:
         return 0
 
@@ -99,11 +115,11 @@ def current_signature(repo: str, cached: tuple, item: ListedModel) -> tuple:
     return signature(repo, item.path)
 
 
-def _read_regular(path: str, limit: int, *, follow: bool) -> tuple[bytes, int]:
+def _read_regular(path: str, limit: int, *, follow: bool, dir_fd: int | None = None) -> tuple[bytes, int]:
     """(at most `limit` + 1 bytes of the regular file `path`, its mtime): regular_files.read_regular's rules
     (O_NONBLOCK, NotRegularFile for a FIFO or device, no final link unless `follow`) in four system calls, one
     read of the size fstat gives instead of a buffered read of `limit` bytes."""
-    fd = os.open(path, _READ_FLAGS if follow else _READ_FLAGS | os.O_NOFOLLOW)
+    fd = os.open(path, _READ_FLAGS if follow else _READ_FLAGS | os.O_NOFOLLOW, dir_fd=dir_fd)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -120,31 +136,60 @@ def _read_regular(path: str, limit: int, *, follow: bool) -> tuple[bytes, int]:
         os.close(fd)
 
 
-def _read_small(snapshot: str, filename: str, root: str) -> bytes:
-    """Read a file of a snapshot (snapshots/<commit>/<filename>) whose link must stay inside the cache root; the
-    check is lexical (no realpath)."""
+def _read_small(snapshot: str, filename: str, root: str, at: tuple[int, str] | None = None) -> bytes:
+    """Read a file of a snapshot (<repo>/snapshots/<commit>/<filename>, the repo an entry of the cache root) whose
+    link must stay inside the cache root; the check is lexical (no realpath). `at`: (a descriptor of `root`,
+    `snapshot` relative to it) to make the same calls relative to the root; an error still names the absolute
+    path."""
     link = snapshot + "/" + filename
+    dir_fd, base = at or (None, snapshot)
     try:
-        target = os.readlink(link)
+        target = os.readlink(base + "/" + filename, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno != errno.EINVAL:  # EINVAL: a regular file, not a link
+            exc.filename = link
             raise
-        target = link
+        target, call_path = link, base + "/" + filename
     else:
         if target.startswith(_BLOB_LINK) and _is_entry_name(target[len(_BLOB_LINK) :]):
-            # huggingface_hub's own link form: what normpath would make of it, without its cost
-            target = snapshot.rsplit("/", 2)[0] + "/blobs/" + target[len(_BLOB_LINK) :]
+            # huggingface_hub's own link form, into the repo's own blobs/: what normpath would make of it, without
+            # its cost, and inside the root without is_within's
+            blob = "/blobs/" + target[len(_BLOB_LINK) :]
+            target, call_path = snapshot.rsplit("/", 2)[0] + blob, base.rsplit("/", 2)[0] + blob
         else:
-            target = os.path.normpath(os.path.join(snapshot, target))
-    if not is_within(target, root):
-        raise PermissionError(f"{filename} links outside the cache ({target})")
-    return _read_regular(target, MAX_CONFIG_BYTES, follow=False)[0]
-
-
-def _read_main(repo_dir: str) -> tuple[str | None, int]:
-    """(the commit refs/main names, refs/main's mtime); (None, 0) when it cannot be read."""
+            target = call_path = os.path.normpath(os.path.join(snapshot, target))  # absolute: dir_fd is ignored
+            if not is_within(target, root):
+                raise PermissionError(f"{filename} links outside the cache ({target})")
     try:
-        raw, mtime = _read_regular(repo_dir + "/refs/main", 256, follow=True)
+        return _read_regular(call_path, MAX_CONFIG_BYTES, follow=False, dir_fd=dir_fd)[0]
+    except OSError as exc:
+        exc.filename = target
+        raise
+
+
+def _parsed(raw: bytes) -> tuple[bool, object]:
+    """(deferred, value) as parse_bytes(raw, MAX_CONFIG_BYTES) gives them, without its cost for the common case: a
+    text within its bounds that json.loads accepts (the same whitespace skipped around the same value, parsed by
+    the same decoder). Anything else, and what it is not, is parse_bytes' to say."""
+    if len(raw) <= MAX_CONFIG_BYTES and (  # no more values than bytes: a short text needs no count
+        len(raw) <= MAX_PIECES or raw.count(b",") + raw.count(b"[") + raw.count(b"{") <= MAX_PIECES
+    ):
+        try:
+            text = raw.decode("utf-8").strip(_JSON_SPACE)
+            value, end = _JSON.raw_decode(text)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            if end == len(text):
+                return False, value
+    read = parse_bytes(raw, MAX_CONFIG_BYTES)
+    return read.deferred, read.value
+
+
+def _read_main(ref: str, dir_fd: int | None = None) -> tuple[str | None, int]:
+    """(the commit the refs/main file `ref` names, its mtime); (None, 0) when it cannot be read."""
+    try:
+        raw, mtime = _read_regular(ref, 256, follow=True, dir_fd=dir_fd)
     except OSError:
         return None, 0
     return raw.strip().decode("ascii", "replace"), mtime
@@ -162,21 +207,25 @@ def _is_entry_name(commit: str | None) -> bool:
     return bool(commit) and commit not in (".", "..") and "/" not in commit and "\0" not in commit
 
 
-def scan_repo(repo_dir: str, name: str, cache_root: str) -> tuple[tuple, ListedModel]:
+def scan_repo(repo_dir: str, name: str, cache_root: str, root_fd: int | None = None) -> tuple[tuple, ListedModel]:
     """(signature, quick check) of one repo. The common layout, refs/main naming a snapshot that lists, is checked
-    here without listing snapshots/; anything else goes through quick_check."""
-    commit, ref_mtime = _read_main(repo_dir)
+    here without listing snapshots/; anything else goes through quick_check. `root_fd` (open_root's descriptor of
+    `cache_root`, of which `repo_dir` is an entry) makes the calls that take one relative to it."""
+    base = repo_dir.rpartition("/")[2] if root_fd is not None else repo_dir
+    commit, ref_mtime = _read_main(base + "/refs/main", root_fd)
     if _is_entry_name(commit):
         snapshot = repo_dir + "/snapshots/" + commit
+        at = (root_fd, base + "/snapshots/" + commit) if root_fd is not None else None
         # Stats before the listings they describe: a change in between leaves a stale signature, so a re-check.
-        blobs_mtime, snapshot_mtime = _mtime(repo_dir + "/blobs"), _mtime(snapshot)
+        blobs_mtime = _mtime(base + "/blobs", root_fd)
+        snapshot_mtime = _mtime(at[1], root_fd) if at else _mtime(snapshot)
         try:
             names = set(os.listdir(snapshot))
         except OSError:
             pass  # not a listable snapshot: the general path says why
         else:
-            item = ListedModel(model_name=name, source="cache", path=snapshot, revision=commit)
-            _check_snapshot(item, snapshot, names, _partial_blobs(repo_dir), cache_root)
+            item = ListedModel(name, "cache", snapshot, commit)
+            _check_snapshot(item, snapshot, names, _partial_blobs(repo_dir), cache_root, at)
             return (ref_mtime, blobs_mtime, snapshot_mtime), item
     item = quick_check(repo_dir, name, cache_root)
     return signature(repo_dir, item.path), item
@@ -202,7 +251,7 @@ def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
                 )
             )
         return item
-    commit = _read_main(repo_dir)[0]
+    commit = _read_main(repo_dir + "/refs/main")[0]
     if commit not in snapshots:  # refs/main missing or dangling: let the resolver's rule decide and explain
         choice = choose_snapshot(name, Path(repo_dir), snapshots, None)
         if choice.warning:
@@ -228,10 +277,13 @@ def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
     return item
 
 
-def _check_snapshot(item: ListedModel, snapshot: str, names: set[str], partial: list[str], root: str) -> None:
-    """The instant rules on the chosen snapshot's file names, its config.json and any shard index."""
+def _check_snapshot(
+    item: ListedModel, snapshot: str, names: set[str], partial: list[str], root: str, at: tuple[int, str] | None = None
+) -> None:
+    """The instant rules on the chosen snapshot's file names, its config.json and any shard index (`at`: see
+    _read_small)."""
     name = item.model_name
-    _check_config(item, snapshot, names, root)
+    _check_config(item, snapshot, names, root, at)
     if names.isdisjoint(TOKENIZER_FILES):
         item.errors.append(
             Problem(
@@ -242,7 +294,7 @@ def _check_snapshot(item: ListedModel, snapshot: str, names: set[str], partial: 
         )
     for index_name in INDEX_FILES:
         if index_name in names:
-            _check_index(item, snapshot, index_name, names, root, redownload_hint(name))
+            _check_index(item, snapshot, index_name, names, root, redownload_hint(name), at)
     has_weights = False
     for file_name in names:
         if file_name.endswith(_WEIGHT_SUFFIXES):
@@ -276,10 +328,10 @@ def _partial_problem(name: str, count: int) -> Problem:
     )
 
 
-def checked_repo(repo_dir: str, name: str, cache_root: str) -> tuple[tuple, ListedModel]:
+def checked_repo(repo_dir: str, name: str, cache_root: str, root_fd: int | None = None) -> tuple[tuple, ListedModel]:
     """scan_repo, with anything the scan cannot read (a link into /proc/1/cwd) kept as this repo's problem."""
     try:
-        return scan_repo(repo_dir, name, cache_root)
+        return scan_repo(repo_dir, name, cache_root, root_fd)
     except OSError as exc:
         return signature(repo_dir, None), ListedModel(
             model_name=name,
@@ -305,11 +357,11 @@ def _needs_code_check(config: dict) -> bool:
     return isinstance(model_type, str) and bool(model_type) and model_type not in built_in_model_types()
 
 
-def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str) -> None:
+def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str, at: tuple[int, str] | None) -> None:
     if "config.json" not in names:
         explained = without_config(
             names,
-            lambda: parse_bytes(_read_small(snapshot, "adapter_config.json", root)).value,
+            lambda: parse_bytes(_read_small(snapshot, "adapter_config.json", root, at)).value,
             item.model_name,
             Path(root),
         )
@@ -321,7 +373,7 @@ def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str) 
         )
         return
     try:
-        raw = _read_small(snapshot, "config.json", root)
+        raw = _read_small(snapshot, "config.json", root, at)
     except PermissionError as exc:
         item.errors.append(
             Problem(
@@ -349,10 +401,9 @@ def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str) 
                 Problem("model_format_invalid", f"Model format invalid: cannot read config.json: {exc.strerror}.", hint)
             )
         return
-    read = parse_bytes(raw, MAX_CONFIG_BYTES)
-    if read.deferred:  # too large to parse in the web process: transformers' verdict judges it
+    deferred, data = _parsed(raw)
+    if deferred:  # too large to parse in the web process: transformers' verdict judges it
         return
-    data = read.value
     if not isinstance(data, dict):
         item.errors.append(
             Problem(
@@ -370,12 +421,14 @@ def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str) 
         item.warnings.extend(warnings)
 
 
-def _check_index(item: ListedModel, snapshot: str, index_name: str, names: set[str], root: str, hint: str) -> None:
+def _check_index(
+    item: ListedModel, snapshot: str, index_name: str, names: set[str], root: str, hint: str, at: tuple[int, str] | None
+) -> None:
     try:
-        read = parse_bytes(_read_small(snapshot, index_name, root), MAX_CONFIG_BYTES)
-        if read.deferred:  # too large to parse in the web process: transformers' verdict judges it
+        deferred, value = _parsed(_read_small(snapshot, index_name, root, at))
+        if deferred:  # too large to parse in the web process: transformers' verdict judges it
             return
-        shards = {str(v) for v in read.value["weight_map"].values()}  # type: ignore[index]
+        shards = {str(v) for v in value["weight_map"].values()}  # type: ignore[index]
     except (OSError, KeyError, TypeError, AttributeError):
         item.errors.append(
             Problem("weights_invalid", f"Model format invalid: {index_name} is unreadable or has no weight_map.", hint)
