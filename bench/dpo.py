@@ -12,10 +12,10 @@ Not a test: prints figures for BENCHMARKS.md.
    real tokens/s = TRL's own count of non-padding tokens (both sequences of every pair) / train() runtime, for
    both. Goal: portal >= 0.95x the baseline. Prompts are shorter than the max prompt length, so the portal cuts
    none and both train on the same tokens.
-2. Learning. The toy preference set (projects.sample_pairs: a polite chosen answer, a rude rejected one, 48
+2. Learning. The toy preference set (projects.datasets.samples: a polite chosen answer, a rude rejected one, 48
    pairs), its last 8 pairs held out; a full fine-tune DPO run of the portal; then the portal's preference check
-   (projects.preference_check) on the held-out pairs: how often the base and the tuned model find the chosen
-   answer more likely. Goal: from about chance to >= 0.9.
+   (projects.runs.validation.preference_child) on the held-out pairs: how often the base and the tuned model find the
+   chosen answer more likely. Goal: from about chance to >= 0.9.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ def run_portal(work: Path, spec: dict, threads: int) -> dict:
 
 
 def learning(work: Path, model: Path, threads: int, steps: int) -> dict:
-    from projects.preference_check import run as preference
-    from projects.sample_pairs import sample_pairs, write_sample_pairs
+    from projects.datasets.samples import sample_pairs, write_sample_pairs
+    from projects.runs.validation.preference_child import run as preference
     from projects.trainer.spec import build_spec
 
     held_out = 8

@@ -77,7 +77,7 @@ def dataset(path: Path, rows: int = 2000) -> Path:
 
 def estimates(model_dir: Path) -> dict[str, object]:
     from projects.hyperparameters import Hyperparameters
-    from projects.memory_estimate import estimate, read_model_shape, setup_for
+    from projects.runs.scheduling.memory_estimate import estimate, read_model_shape, setup_for
 
     shape = read_model_shape(model_dir)
     found = {}
@@ -128,7 +128,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     import torch
 
-    from projects.memory_estimate import CUDA_CONTEXT_BYTES
+    from projects.runs.scheduling.memory_estimate import CUDA_CONTEXT_BYTES
 
     if not args.list and not torch.cuda.is_available():
         raise SystemExit("No CUDA GPU here: this benchmark measures torch.cuda.max_memory_allocated. Use --list.")

@@ -69,7 +69,7 @@ def main() -> None:
     from django.utils import timezone
 
     from bench.resolver import build_cache
-    from models_registry import listing, services
+    from models_registry import listing, lookup
     from models_registry.deep_verdict import compute_verdict, folder_key
     from models_registry.demo import build_tiny_llama, install_into_cache
     from models_registry.models import ModelVerdict, VerdictRequest
@@ -80,11 +80,11 @@ def main() -> None:
     model = build_tiny_llama(tmp / "tiny-llama")
     for i in range(args.tiny):
         install_into_cache(model, tiny_cache, f"bench/tiny-{i}")
-    cache_dir, _ = services.current_cache_dir()
+    cache_dir, _ = lookup.current_cache_dir()
     assert cache_dir == big, cache_dir
 
     def listed() -> None:
-        services.available_models()
+        lookup.available_models()
 
     def listing_alone() -> None:
         listing.list_models(big)
@@ -99,7 +99,7 @@ def main() -> None:
         )
         for m in listing.list_models(big)
     )
-    assert all(m.deep.state == "done" for m in services.available_models()[1])
+    assert all(m.deep.state == "done" for m in lookup.available_models()[1])
     results["a verdict row per repo, idle"] = _median_ms(listed, args.rounds)
 
     connection.close()  # the worker writes the same SQLite file

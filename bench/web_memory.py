@@ -71,7 +71,7 @@ def child(mode: str, dataset: str, model_name: str) -> dict:
     hx = {"HTTP_HX_REQUEST": "true", "secure": True}
     warm = client.get("/projects/check-dataset/", {"dataset_path": str(small)}, **hx)
     assert warm.status_code == 200, warm.content[:500]
-    from models_registry.services import resolve_model
+    from models_registry.lookup import resolve_model
 
     resolve_model(model_name, None)  # the model box's check, answered before the dataset is typed
     params = {"dataset_path": dataset, "model_name": model_name, "max_seq_length": "512"}
@@ -82,7 +82,7 @@ def child(mode: str, dataset: str, model_name: str) -> dict:
     with PeakSampler(pid) as sampler:
         started = time.monotonic()
         if mode == "before":
-            from models_registry.services import dataset_roots, resolve_model
+            from models_registry.lookup import dataset_roots, resolve_model
             from projects.datasets import check_dataset_path, inspect_dataset
             from projects.services import load_tokenizer
 

@@ -10,7 +10,7 @@ from django.http import HttpRequest, JsonResponse
 from ninja import Router
 from ninja.responses import Status
 
-from models_registry import edits, services
+from models_registry import edits, lookup
 from models_registry.deep_state import deep_state, with_deep_verdict
 from models_registry.models import ModelOverride
 from models_registry.names import name_error, revision_error
@@ -69,7 +69,7 @@ def validate_model(request: HttpRequest, payload: ValidateModelIn) -> dict | Jso
         raise ApiError(422, [problem])
     try:
         with expensive_request(Actor.of(request, Channel.API).user):
-            instant = services.resolve_model(payload.model_name, revision)
+            instant = lookup.resolve_model(payload.model_name, revision)
             deep = deep_state(instant, ask=True)  # a POST: asking a worker for the check is this call's to do
     except Busy as busy:
         return busy_response(busy)
@@ -81,7 +81,7 @@ def available_models(request: HttpRequest, q: str | None = None, valid: bool | N
     """Every cached model and every enabled override with its validity; ?q= filters by name, ?valid= by validity.
     `deep` is transformers' cached verdict on each (done, failed, checking or unchecked), which `valid` includes;
     read from the cache, never computed or asked here (the workers fill it in the background)."""
-    cache_dir, models = services.available_models(q, valid)
+    cache_dir, models = lookup.available_models(q, valid)
     return {"cache_dir": str(cache_dir), "count": len(models), "models": [m.to_dict() for m in models]}
 
 
@@ -89,7 +89,7 @@ def available_models(request: HttpRequest, q: str | None = None, valid: bool | N
 def validate_output_dir(request: HttpRequest, payload: ValidateOutputDirIn) -> dict:
     """Is this a directory training may write to, for the caller? Absolute, inside an allowed root, writable, with
     room, and not a folder of another member's project (the same rule as saving a project and the form's check)."""
-    check = services.validate_output_dir(payload.output_directory)
+    check = lookup.validate_output_dir(payload.output_directory)
     if check.valid:
         check.errors.extend(output_dir_conflicts(check.path or "", request.auth))
     return check.to_dict()
@@ -157,13 +157,13 @@ def delete_override(request: HttpRequest, override_id: int) -> Status:
 
 
 def _settings_out() -> dict:
-    row = services.portal_settings()
-    cache_dir, _ = services.current_cache_dir()
+    row = lookup.portal_settings()
+    cache_dir, _ = lookup.current_cache_dir()
     return {
         "model_cache_path": row.model_cache_path,
         "effective_cache_dir": str(cache_dir),
-        "allowed_output_roots": services.output_roots(),
-        "allowed_dataset_roots": services.dataset_roots(),
+        "allowed_output_roots": lookup.output_roots(),
+        "allowed_dataset_roots": lookup.dataset_roots(),
         "upload_quota_bytes": row.upload_quota_bytes,
         "live_runs_per_member": SchedulingSettings.load().live_runs_per_member,
     }

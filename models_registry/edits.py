@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from models_registry.lookup import current_cache_dir
 from models_registry.models import ModelOverride, PublishedModel
 from models_registry.names import name_error
 from models_registry.resolution import Resolution, resolve
-from models_registry.services import current_cache_dir
 from mtm.shared.problems import Problem
 
 ROOT_HINT = "Give each root as a full path that starts with '/', e.g. /data/outputs."

@@ -8,7 +8,7 @@ from django.conf import settings
 
 from models_registry.deep_state import CHECK_TASK, finish_request, pending_requests
 from models_registry.deep_verdict import verdict_for_folder
-from models_registry.services import resolve_model as resolve_model_now
+from models_registry.lookup import resolve_model as resolve_model_now
 from models_registry.verdict_fill import fill_verdicts
 
 FILL_TASK = "models_registry.fill_verdicts"

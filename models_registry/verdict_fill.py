@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from models_registry import services
+from models_registry import lookup
 from models_registry.deep_listing import still_checking, unchecked
 from models_registry.deep_state import ask_worker, judgeable_only, pending_requests
 from models_registry.deep_verdict import fingerprint, folder_key
@@ -46,7 +46,7 @@ def fill_verdicts(batch: int | None = None) -> FillReport:
     room = batch - report.pending
     if batch <= 0:
         return report
-    _, listed = services.available_models()
+    _, listed = lookup.available_models()
     candidates = [m for m in listed if judgeable_only(m)]
     keys = [folder_key(m.path) for m in candidates]
     held = dict(ModelVerdict.objects.filter(folder_key__in=keys).values_list("folder_key", "fingerprint"))

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
 
-from models_registry import services
+from models_registry import lookup
 from models_registry.chat_template_source import chat_template_source
 from models_registry.deep_listing import still_checking
 from models_registry.deep_state import DeepState, deep_state, with_deep_verdict
@@ -54,10 +54,10 @@ def _list_context(request: HtmxHttpRequest, *, just_asked: bool = False) -> dict
     again by itself (were no worker reachable, the rows would otherwise ask on every swap)."""
     filters = _list_query(request)
     query, valid = filters["q"], VALID_FILTERS.get(filters["valid"])
-    cache_dir, cache_source = services.current_cache_dir()
-    _, models = services.available_models(query, valid)
+    cache_dir, cache_source = lookup.current_cache_dir()
+    _, models = lookup.available_models(query, valid)
     filtered = bool(query.strip()) or valid is not None
-    cache_empty = not models and (not filtered or not services.available_models()[1])
+    cache_empty = not models and (not filtered or not lookup.available_models()[1])
     checking = still_checking(models)
     return {
         "rows": model_rows(models),
@@ -92,7 +92,7 @@ def ask_list_checks(request: HtmxHttpRequest) -> HttpResponse:
     been asked about (keeping at most MTM_VERDICT_FILL_BATCH of them being checked), and answers with its rows,
     which then poll while any is being checked. Without htmx (the button), back to the list."""
     filters = _list_query(request)
-    _, models = services.available_models(filters["q"], VALID_FILTERS.get(filters["valid"]))
+    _, models = lookup.available_models(filters["q"], VALID_FILTERS.get(filters["valid"]))
     ask_for_listed(models)
     if not request.htmx:
         back = HttpResponseRedirect(f"{reverse('registry:models')}?{urlencode(filters)}")
@@ -114,7 +114,7 @@ def model_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
     if problem := name_error(name):
         return render(request, "models/detail.html", {"name_problem": problem, "name": name}, status=400)
     revision = request.GET.get("revision", "").strip()[:256]
-    instant = services.resolve_model(name, revision or None)
+    instant = lookup.resolve_model(name, revision or None)
     deep = deep_state(instant)
     resolution = with_deep_verdict(instant, deep)
     status = max((STATUS_FOR_ERROR.get(e.code, 200) for e in resolution.errors), default=200)
@@ -130,7 +130,7 @@ def model_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
     if resolution.path:
         context["chat_template"] = chat_template_source(resolution.path) or ""
     if resolution.source == "portal":
-        from projects.publishing import can_unpublish
+        from projects.publishing.services import can_unpublish
 
         rows = PublishedModel.objects.select_related("run__project__owner", "published_by")
         published = rows.filter(model_name=name).first()
@@ -163,14 +163,14 @@ def _model_check(name: str, revision: str, *, ask: bool = False) -> dict:
     elif problem := name_error(name):
         check.update(state="error", errors=[problem])
     else:
-        instant = services.resolve_model(name, revision or None)
+        instant = lookup.resolve_model(name, revision or None)
         deep = deep_state(instant, ask=ask)
         resolution = with_deep_verdict(instant, deep)
         state = "error" if not resolution.valid else "warn" if resolution.warnings else "ok"
         check.update(state=state, resolution=resolution, errors=resolution.errors, warnings=resolution.warnings)
         check.update(deep=deep, deep_url=_verdict_url(name, revision, "field"))
         if any(problem.code == "model_not_found" for problem in resolution.errors):
-            _, listed = services.available_models()
+            _, listed = lookup.available_models()
             check["suggestions"] = similar_names(name, (model.model_name for model in listed))
     return check
 
@@ -224,7 +224,7 @@ def verdict_status(request: HtmxHttpRequest) -> HttpResponse:
         return response if _still_checking(check.get("deep")) else HttpResponseStopPolling(response.content)
     if name_error(name):
         return HttpResponseStopPolling("")
-    deep = deep_state(services.resolve_model(name, revision or None), ask=ask)
+    deep = deep_state(lookup.resolve_model(name, revision or None), ask=ask)
     context = {"name": name, "revision": revision, "deep": deep, "deep_url": _verdict_url(name, revision, "page")}
     response = render(request, "models/detail.html#deep-verdict", context)
     if _still_checking(deep):
@@ -293,7 +293,7 @@ def settings_page(request: HtmxHttpRequest) -> HttpResponse:
         return redirect("registry:settings")
     _add_inline_validation(form)
     values = form.data if form.is_bound else {k: form.initial.get(k, "") for k in SETTINGS_FIELDS}
-    cache_dir, cache_source = services.current_cache_dir()
+    cache_dir, cache_source = lookup.current_cache_dir()
     context = {
         "form": form,
         "cache_dir": cache_dir,

@@ -10,7 +10,7 @@ from mtm.api_tokens import router as tokens_router
 from mtm.auth import api_auth
 from playground.api import router as playground_router
 from projects.api import router as projects_router
-from projects.publish_api import router as publish_router
+from projects.publishing.api import router as publish_router
 
 api = NinjaAPI(
     title="Model Training Manager API",

@@ -221,7 +221,7 @@ MTM_HEARTBEAT_SECONDS = env_int("MTM_HEARTBEAT_SECONDS", 5)
 MTM_HEARTBEAT_TIMEOUT = env_int("MTM_HEARTBEAT_TIMEOUT", 90)
 MTM_MIN_FREE_BYTES = env_int("MTM_MIN_FREE_BYTES", 256 * 1024**2)
 # The most bytes a LoRA adapter download streams (all its files together); a larger adapter is refused, naming
-# the file that does not fit (projects.adapter_archive).
+# the file that does not fit (projects.publishing.adapter_archive).
 MTM_ADAPTER_ARCHIVE_MAX_BYTES = env_int("MTM_ADAPTER_ARCHIVE_MAX_BYTES", 8 * 1024**3)
 # Each Celery worker rewrites its row (host, devices, versions) every MTM_WORKER_REPORT_SECONDS; one silent for
 # MTM_WORKER_GONE_SECONDS is shown as gone and no run is sent to it.
@@ -298,6 +298,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_TIMEOUT = 3
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Celery autodiscovers <app>.tasks only; the runs' and datasets' tasks live in subpackages.
+CELERY_IMPORTS = ["projects.runs.tasks", "projects.datasets.tasks"]
 # A run is one task on the worker that trains it (resolve against its own cache, train, validate): it waits
 # "queued" in its queue until a worker is free, with nothing to reap. run_services may send it to a narrower queue.
 CELERY_TASK_ROUTES = {

@@ -26,7 +26,7 @@ from playground.models import Generation, GenerationStatus, LoadedModel, TargetK
 from playground.params import GenerationParams
 from playground.prompt import encode as encode  # importable from here too, beside history()
 from playground.targets import CHAT_HINT, LoadSpec, TargetError, for_model, for_run
-from projects.run_folder import RunFolderRefused, open_folder_as_made
+from projects.runs.folder import RunFolderRefused, open_folder_as_made
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def model_bytes(model: Any) -> int:
 @contextlib.contextmanager
 def pinned(spec: LoadSpec) -> Iterator[LoadSpec]:
     """`spec` with a run's folders reached through a descriptor of the run folder the worker made, opened (and
-    checked: projects.run_folder) now: a folder swapped in after the check cannot be what is loaded."""
+    checked: projects.runs.folder) now: a folder swapped in after the check cannot be what is loaded."""
     if not spec.run_folder:
         yield spec
         return

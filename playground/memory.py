@@ -10,12 +10,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from playground.models import LoadedModel
-
-
-def physical_index(cuda_visible_devices: str, index: int) -> str:
-    """The device's index on its host: the index-th entry of CUDA_VISIBLE_DEVICES, or the index itself."""
-    parts = [p.strip() for p in (cuda_visible_devices or "").split(",") if p.strip()]
-    return parts[index] if 0 <= index < len(parts) else str(index)
+from workers.devices import physical_index
 
 
 def loaded_by_device() -> dict[tuple[str, str], list[LoadedModel]]:

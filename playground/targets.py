@@ -8,13 +8,13 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from models_registry.lookup import resolve_model
 from models_registry.models import ModelOverride
-from models_registry.services import resolve_model
 from mtm.shared.problems import Problem
 from projects.models import RunStatus, TrainingRun
-from projects.run_config import run_config
-from projects.run_folder import RUN_FILES_MISSING, RunFolderRefused, open_run_folder
-from projects.run_manifest import ManifestInvalid, ManifestMissing, read_manifest
+from projects.runs.config import run_config
+from projects.runs.folder import RUN_FILES_MISSING, RunFolderRefused, open_run_folder
+from projects.runs.manifest import ManifestInvalid, ManifestMissing, read_manifest
 from projects.trainer.outputs import MANIFEST_NAME
 
 CHAT_HINT = (

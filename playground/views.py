@@ -16,7 +16,7 @@ from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
-from models_registry.services import available_models
+from models_registry.lookup import available_models
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from mtm.shared.problems import Problem
@@ -24,7 +24,7 @@ from playground import chat_form, services
 from playground.models import Conversation
 from playground.params import GenerationParams
 from projects.models import RunStatus, TrainingRun
-from projects.run_views import polled_partial
+from projects.runs.views import polled_partial
 
 
 def _refusal(request: HtmxHttpRequest, problem: Problem) -> None:

@@ -1,4 +1,4 @@
-"""Admin for published models: publish a succeeded run under a name, or unpublish, through projects.publishing
+"""Admin for published models: publish a succeeded run under a name, or unpublish, through projects.publishing.services
 (the same checks and audit record as the pages and the API). A published model is never edited in place."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from django.http import HttpRequest
 from models_registry.models import PublishedModel
 from mtm.audit import Actor, Channel
 from projects.models import TrainingRun
-from projects.publishing import PublishRefused, check_publish, publish_run, unpublish
+from projects.publishing.services import PublishRefused, check_publish, publish_run, unpublish
 
 
 def _actor(request: HttpRequest) -> Actor:

@@ -15,20 +15,22 @@ from ninja import File, Form, Query, Router
 from ninja.files import UploadedFile
 from ninja.responses import Status
 
-from models_registry.services import dataset_roots, resolve_model
+from models_registry.lookup import dataset_roots, resolve_model
+from models_registry.template_sandbox import TEMPLATE_LIMIT_CODES
 from mtm.api_errors import ApiError, error_body
 from mtm.audit import Actor, Channel
 from mtm.request_limits import Busy, expensive_request
 from mtm.shared.problems import Problem
-from projects import run_services, services
+from projects import services
 from projects.access import can_manage
-from projects.compare import CompareRefused, compare, comparison_dict
 from projects.datasets import DatasetError, DatasetReport, check_dataset_path
 from projects.datasets.report import read_dataset
-from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.datasets.token_stats import apply_count, request_count
+from projects.datasets.uploads import ReceivedUpload, discard_refused, receive_upload
 from projects.models import TrainingProject, TrainingRun
-from projects.pipeline import CancelOutcome
+from projects.runs import services as run_services
+from projects.runs.compare import CompareRefused, compare, comparison_dict
+from projects.runs.state_machine import CancelOutcome
 from projects.schemas import (
     ComparisonOut,
     DatasetUploadOut,
@@ -44,7 +46,6 @@ from projects.schemas import (
     StoredText,
 )
 from projects.serializers import project_dict, run_dict
-from projects.uploads import ReceivedUpload, discard_refused, receive_upload
 
 router = Router(tags=["projects"])
 MAX_ID = 2**63 - 1

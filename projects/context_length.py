@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 
 from models_registry.bounded_json import parse_bytes
+from models_registry.lookup import resolve_model
 from models_registry.names import name_error
 from models_registry.regular_files import read_regular
-from models_registry.services import resolve_model
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 

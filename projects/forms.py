@@ -13,7 +13,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils.html import format_html
 
-from models_registry.services import dataset_roots, output_roots
+from models_registry.lookup import dataset_roots, output_roots
 from mtm.shared.problems import Problem
 from projects.datasets import UPLOAD_EXTENSIONS
 from projects.hyperparameters import GROUPS, HYPERPARAMETERS, PROBLEM_BOXES, Declared, Hyperparameters

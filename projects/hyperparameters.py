@@ -19,10 +19,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.fields import FieldInfo
 
 from mtm.shared.problems import Problem
+from workers.devices import MAX_DEVICES
 
 ALL_LINEAR = "all-linear"
 CODE = "invalid_hyperparameter"
-MAX_DEVICES = 64  # devices of one host a run may span (torchrun --nproc_per_node)
 MAX_TARGET_MODULES = 64  # real models name a handful (q_proj, v_proj, ...); more is a mistake or an attack
 # The form's fieldsets, in page order; "lora" applies to LoRA only, "dpo" to the DPO objective only.
 GROUPS = ("training", "checkpoints", "lora", "dpo")
@@ -52,7 +52,7 @@ def _modules(value: str | list[str]) -> str | list[str]:
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
-ChatTemplate = Literal["model", "chatml"]  # the names of projects.chat_templates.BUILT_IN, and the model's own
+ChatTemplate = Literal["model", "chatml"]  # the names of projects.datasets.chat_templates.BUILT_IN, and the model's own
 TargetModules = Annotated[str | list[str], AfterValidator(_modules)]
 Objective = Literal["sft", "dpo"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)

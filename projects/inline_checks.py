@@ -22,27 +22,27 @@ from django.utils import timezone
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseStopPolling
 
+from models_registry.lookup import dataset_roots, resolve_model
 from models_registry.names import name_error
 from models_registry.outputs import OutputDirCheck
 from models_registry.resolution import Resolution
-from models_registry.services import dataset_roots, resolve_model
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
 from mtm.request_limits import limited_view
 from mtm.shared.problems import Problem
-from projects.chat_templates import BUILT_IN
 from projects.context_length import seq_length_warning
 from projects.datasets import DatasetError, check_dataset_path
+from projects.datasets.chat_templates import BUILT_IN
 from projects.datasets.eval_split import eval_file_warnings, eval_source_problems
 from projects.datasets.pairs import objective_problem
 from projects.datasets.report import read_dataset
 from projects.datasets.token_stats import count_problems, request_count
+from projects.datasets.uploads import discard_refused, receive_upload, upload_problems
 from projects.forms import ProjectForm
 from projects.hyperparameters import HYPERPARAMETERS, MODEL_FIT_BOXES, Hyperparameters
 from projects.lora_targets import lora_target_problems
 from projects.models import TokenCount, TrainingProject
 from projects.ownership import checked_output_dir
-from projects.uploads import discard_refused, receive_upload, upload_problems
 
 MAX_PARAM_CHARS = 4096
 

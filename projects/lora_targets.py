@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mtm.shared.problems import Problem
 from projects.hyperparameters import ALL_LINEAR
-from projects.memory_estimate import EMBEDDING_NAME, EstimateError, read_model_shape
+from projects.runs.scheduling.memory_estimate import EMBEDDING_NAME, EstimateError, read_model_shape
 
 UNKNOWN_TARGETS = "lora_target_modules_unknown"
 # A model with tied embeddings keeps one tensor for both ends, but its output head is still a module of its own.

@@ -122,11 +122,11 @@ class TrainingRun(models.Model):
     # The run whose checkpoint this one continues from (a run of the same project), and that checkpoint's folder.
     resume_source = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     resumed_from = models.CharField(max_length=4096, blank=True)
-    # What the run trains with, copied from the project at Start (projects.run_config.RunConfig).
+    # What the run trains with, copied from the project at Start (projects.runs.config.RunConfig).
     config = models.JSONField(default=dict, blank=True)
     output_directory = models.CharField(max_length=4096, blank=True)
     # 'device:inode' of the run folder the train stage created ('': not created yet, or trained before this was
-    # recorded): whoever reads the run's files later reads them only from that very folder (projects.run_folder).
+    # recorded): whoever reads the run's files later reads them only from that very folder (projects.runs.folder).
     run_folder_identity = models.CharField(max_length=64, blank=True, editable=False)
     last_checkpoint = models.CharField(max_length=4096, blank=True)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from django.http import QueryDict
 
-from models_registry.services import dataset_roots, output_roots
+from models_registry.lookup import dataset_roots, output_roots
+from projects.datasets.samples import find_sample_dataset
 from projects.hyperparameters import QUICK_CHECK
 from projects.models import TrainingProject
-from projects.sample_dataset import find_sample_dataset
 
 MAX_QUERY_TEXT = 200
 DEFAULT_FOLDER = "my-project"  # a new form's output folder before a name or model is given

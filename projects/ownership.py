@@ -17,9 +17,9 @@ from typing import Any
 
 from django.conf import settings
 
+from models_registry.lookup import current_cache_dir, dataset_roots, output_roots, validate_output_dir
 from models_registry.models import ModelOverride, PortalSettings
 from models_registry.outputs import OutputDirCheck
-from models_registry.services import current_cache_dir, dataset_roots, output_roots, validate_output_dir
 from mtm.shared.claims import Standing, claim_form, followed_identity, same_identity, standing
 from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem

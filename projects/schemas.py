@@ -1,7 +1,7 @@
 """Request and response bodies of the projects API (API v1's JSON contract for projects and runs).
 
 The enumerations come from the models' choices, the hyperparameters' schema is their declaration
-(projects.hyperparameters) and a run's JSON columns are their typed shapes (projects.run_columns).
+(projects.hyperparameters) and a run's JSON columns are their typed shapes (projects.runs.columns).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pydantic import AfterValidator, Field, WithJsonSchema
 from models_registry.schemas import NoNulls, ProblemOut, StrictBody
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
-from projects.run_columns import EvalPoint, MetricPoint, RunProgress, RunSummary, ValidationReport
-from projects.run_config import RunConfig
+from projects.runs.columns import EvalPoint, MetricPoint, RunProgress, RunSummary, ValidationReport
+from projects.runs.config import RunConfig
 
 RunStatusName = Literal[tuple(RunStatus.values)]
 StageName = Literal[tuple(RunStage.values)]

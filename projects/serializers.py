@@ -1,7 +1,7 @@
 """Projects and runs in the API's JSON contract (API v1): plain dicts the API returns and the pages may render.
 
 Blank text columns that the contract calls nullable become None; the JSON columns are read through their typed
-shapes (projects.run_columns), so every dict has every key with the type the contract promises.
+shapes (projects.runs.columns), so every dict has every key with the type the contract promises.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 
 from projects.hyperparameters import Hyperparameters
 from projects.models import TrainingProject, TrainingRun
-from projects.run_columns import RunProgress, RunSummary, ValidationReport, read_eval_points, read_metrics
-from projects.run_config import run_config
-from projects.run_records import files_missing, run_artifacts
-from workers.placement import place_in_line
+from projects.runs.columns import RunProgress, RunSummary, ValidationReport, read_eval_points, read_metrics
+from projects.runs.config import run_config
+from projects.runs.records import files_missing, run_artifacts
+from projects.runs.scheduling.placement import place_in_line
 
 _UNSET: Any = object()
 

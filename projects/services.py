@@ -15,27 +15,27 @@ from typing import Any
 from django.db import transaction
 
 from models_registry.deep_state import overruled_by_cache
+from models_registry.lookup import dataset_roots, resolve_model
 from models_registry.resolution import Resolution
-from models_registry.services import dataset_roots, resolve_model
+from models_registry.template_sandbox import TEMPLATE_LIMIT_CODES
 from models_registry.trainability import training_refusal
 from mtm import audit
 from mtm.audit import Actor
 from mtm.shared.claims import identity_of
 from mtm.shared.problems import Problem
-from projects.chat_templates import with_chat_template
 from projects.datasets import DatasetPathCheck, DatasetReport, check_dataset_path
+from projects.datasets.chat_templates import with_chat_template
 from projects.datasets.eval_split import NO_EVAL_SET_TO_KEEP_BEST_BY, eval_file_warnings, eval_source_problems
 from projects.datasets.pairs import objective_problem
 from projects.datasets.report import read_dataset
 from projects.datasets.template_check import chat_template_problems, renders_chat_template
-from projects.datasets.template_sandbox import TEMPLATE_LIMIT_CODES
 from projects.datasets.token_stats import apply_count, request_count, template_key
+from projects.datasets.uploads import upload_problems
 from projects.hyperparameters import Hyperparameters
 from projects.lora_targets import lora_target_problems
 from projects.models import LIVE_STATUSES, TokenCount, TrainingMethod, TrainingProject, TrainingRun
 from projects.ownership import checked_output_dir, lock_claims, output_dir_conflicts
-from projects.uploads import upload_problems
-from workers.fit import held_elsewhere
+from projects.runs.scheduling.fit import held_elsewhere
 
 EDITABLE = (
     "name",

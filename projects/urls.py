@@ -2,7 +2,10 @@ from __future__ import annotations
 
 from django.urls import path
 
-from projects import inline_checks, publish_views, run_list, run_views, views
+from projects import inline_checks, views
+from projects.publishing import views as publish_views
+from projects.runs import listing
+from projects.runs import views as run_views
 
 app_name = "projects"
 
@@ -20,10 +23,10 @@ urlpatterns = [
     path("<int:pk>/edit/", views.project_edit, name="edit"),
     path("<int:pk>/delete/", views.project_delete, name="delete"),
     path("<int:pk>/start/", run_views.run_start, name="start"),
-    path("runs/", run_list.run_list, name="runs"),
-    path("runs/compare/", run_list.run_compare, name="compare"),
+    path("runs/", listing.run_list, name="runs"),
+    path("runs/compare/", listing.run_compare, name="compare"),
     path("runs/<int:pk>/", run_views.run_detail, name="run"),
-    path("runs/<int:pk>/log/", run_list.run_log, name="run-log"),
+    path("runs/<int:pk>/log/", listing.run_log, name="run-log"),
     path("runs/<int:pk>/cancel/", run_views.run_cancel, name="cancel"),
     path("runs/<int:pk>/publish/", publish_views.run_publish, name="publish"),
     path("runs/<int:pk>/adapter.tar.gz", publish_views.run_adapter, name="adapter"),

@@ -19,12 +19,11 @@ from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from mtm.request_limits import Busy, expensive_request
 from mtm.shared.problems import Problem
-from projects import run_records
 from projects.access import can_manage, require_manage
 from projects.context_length import seq_length_warning
 from projects.datasets import DatasetError
 from projects.datasets.token_stats import saved_count, template_key
-from projects.display import eval_source, hyperparameter_rows, run_duration
+from projects.datasets.uploads import discard_refused, receive_upload
 from projects.forms import ProjectForm, problem_error
 from projects.hyperparameters import MODEL_FIT_BOXES, QUICK_CHECK, Hyperparameters
 from projects.inline_checks import counting, hyperparameter_status, output_status, token_count_url
@@ -36,7 +35,9 @@ from projects.new_project import (
     starter_values,
     starting_values,
 )
-from projects.run_views import polled_partial
+from projects.runs import records
+from projects.runs.display import eval_source, hyperparameter_rows, run_duration
+from projects.runs.views import polled_partial
 from projects.services import (
     ProjectBusy,
     ProjectInvalid,
@@ -45,7 +46,6 @@ from projects.services import (
     delete_project,
     update_project,
 )
-from projects.uploads import discard_refused, receive_upload
 
 
 @require_http_methods(["GET", "HEAD"])
@@ -228,7 +228,7 @@ def runs_context(project: TrainingProject, user: Any) -> dict[str, Any]:
     runs = list(project.runs.select_related("started_by").order_by("-created_at", "-id"))
     for run in runs:
         run.duration = run_duration(run)
-        run.files_missing = run_records.files_missing(run, run_records.run_artifacts(run))
+        run.files_missing = records.files_missing(run, records.run_artifacts(run))
     live = [run for run in runs if run.is_live]
     # Resume is offered from the latest run's own checkpoint; an older run's is picked on that run's page.
     latest = runs[0] if runs and runs[0].status in RESUMABLE_STATUSES else None
@@ -237,7 +237,7 @@ def runs_context(project: TrainingProject, user: Any) -> dict[str, Any]:
         "runs": runs,
         "live_run": live[0] if live else None,
         "resume_run": latest,
-        "checkpoint": run_records.latest_run_checkpoint(latest) if latest else None,
+        "checkpoint": records.latest_run_checkpoint(latest) if latest else None,
         "can_manage": can_manage(user, project),
     }
 

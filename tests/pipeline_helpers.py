@@ -59,14 +59,14 @@ def age_heartbeat(run_id: int) -> None:
 def start(project, user, *, resume: bool = False):
     """Start a run as `user` would from the command line, through the one service every channel uses."""
     from mtm.audit import Actor, Channel
-    from projects.run_services import start_run
+    from projects.runs.services import start_run
 
     return start_run(project, actor=Actor(user, Channel.CLI), resume=resume)
 
 
 def cancel(run, user):
     from mtm.audit import Actor, Channel
-    from projects.run_services import cancel_run
+    from projects.runs.services import cancel_run
 
     return cancel_run(run, actor=Actor(user, Channel.CLI))
 

@@ -1,5 +1,5 @@
 """In headless Chromium, as a member would: a project with the DPO objective on a file of preference pairs
-(prompt/chosen/rejected, projects/sample_pairs.py's toy set), LoRA, a few steps, made in the form and started from
+(prompt/chosen/rejected, projects/datasets/samples.py's toy set), LoRA, a few steps, made in the form and started from
 the project page; a real worker trains it with TRL's DPOTrainer, and the run page shows the DPO curves (reward
 margin, reward accuracy, chosen and rejected rewards), the preference check's before/after table, and validation's
 load and inference checks passed: the result loads and generates. Screenshots in test-artifacts/browser/<test>/."""
@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from projects.dpo_charts import SERIES
+from projects.datasets.samples import write_sample_pairs
 from projects.models import RunStatus, TrainingRun
-from projects.sample_pairs import write_sample_pairs
+from projects.runs.charts.dpo import SERIES
 from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
 
 if (reason := why_no_browser()) is not None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from mtm.shared.claims import identity_of
+from projects.datasets.samples import write_sample_dataset
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.sample_dataset import write_sample_dataset
 from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
 
 if (reason := why_no_browser()) is not None:

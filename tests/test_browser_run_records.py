@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from mtm.audit import Actor, Channel
+from projects.datasets.samples import sample_rows, write_sample_dataset
 from projects.models import RunStatus, TrainingRun
-from projects.sample_dataset import sample_rows, write_sample_dataset
 from projects.services import create_project
 from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
 from tests.pipeline_helpers import start

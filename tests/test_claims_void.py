@@ -13,10 +13,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from models_registry.override_services import create_override
 from mtm.audit import Actor
+from projects.datasets.uploads import cleanup_uploads, receive_upload
 from projects.models import RunStatus, TrainingProject, TrainingRun, Upload
-from projects.run_services import RunRefused, start_run
+from projects.runs.services import RunRefused, start_run
 from projects.services import ProjectInvalid, create_project, update_project
-from projects.uploads import cleanup_uploads, receive_upload
 from tests.api_client import call, make_user_token
 from tests.pipeline_helpers import QA_ROWS, write_jsonl
 from tests.test_owned_paths import QA_BYTES, fields

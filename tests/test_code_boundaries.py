@@ -72,9 +72,9 @@ def imported_modules(tree: ast.AST) -> set[str]:
 
 def test_the_run_state_machine_knows_nothing_of_celery():
     """No cycle pipeline → tasks → stages → pipeline: the first task is published by the run service."""
-    path = ROOT / "projects" / "pipeline.py"
+    path = ROOT / "projects" / "runs" / "state_machine.py"
     tree = ast.parse(path.read_text(), filename=str(path))
-    celery_side = {"projects.tasks", "projects.stages", "projects.run_services", "mtm.celery"}
+    celery_side = {"projects.runs.tasks", "projects.runs.stages", "projects.runs.services", "mtm.celery"}
     imported = imported_modules(tree)
     assert not {m for m in imported if m in celery_side or m.split(".")[0] in ("celery", "kombu")}, imported
     publishing = [dotted(c.func) for c in calls(tree) if dotted(c.func).endswith((".apply_async", ".delay"))]
@@ -83,8 +83,8 @@ def test_the_run_state_machine_knows_nothing_of_celery():
 
 def test_importing_the_state_machine_loads_no_task_module():
     code = (
-        "import django, sys; django.setup(); import projects.pipeline; "
-        "print(sorted(m for m in sys.modules if m in ('projects.tasks', 'projects.stages', 'projects.run_services')))"
+        "import django, sys; django.setup(); import projects.runs.state_machine; "
+        "print(sorted(m for m in sys.modules if m in ('projects.runs.tasks', 'projects.runs.stages', 'projects.runs.services')))"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "mtm.settings"}
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -14,8 +14,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
+from models_registry.lookup import resolve_model
 from models_registry.models import ModelOverride
-from models_registry.services import resolve_model
 from mtm.models import ApiToken, AuditEvent, hash_token
 from tests.api_client import call, codes
 from tests.hfcache import COMMIT_B, make_model_repo, set_ref

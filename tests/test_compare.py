@@ -13,10 +13,10 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from mtm.models import ApiToken
-from projects.charts import compare_chart_svg
-from projects.compare import MAX_RUNS, CompareRefused, parse_selection, select_runs
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.run_config import RunConfig
+from projects.runs.charts.loss import compare_chart_svg
+from projects.runs.compare import MAX_RUNS, CompareRefused, parse_selection, select_runs
+from projects.runs.config import RunConfig
 from tests.api_client import call, codes
 from tests.clients import secure_client
 

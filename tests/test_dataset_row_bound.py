@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from mtm.audit import Actor
-from projects import stages
 from projects.datasets.loading import SAMPLE_ROWS
 from projects.datasets.report import read_dataset
 from projects.models import RunStatus
+from projects.runs import stages
 from projects.services import ProjectInvalid, create_project
 from tests.api_client import API, make_user_token
 from tests.clients import secure_client

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from mtm.audit import Actor
-from projects import stages
 from projects.datasets import encode_rows, load_rows
 from projects.datasets.errors import CHAT_TEMPLATE_ERROR
 from projects.datasets.eval_split import split_rows
@@ -27,7 +26,8 @@ from projects.datasets.row_count import rows_past
 from projects.datasets.streaming import first_rows, last_rows, row_count, rows_at
 from projects.datasets.token_tally import BATCH_ROWS
 from projects.models import TrainingRun
-from projects.run_paths import EVAL_SNAPSHOT_DIR, SNAPSHOT_DIR
+from projects.runs import stages
+from projects.runs.paths import EVAL_SNAPSHOT_DIR, SNAPSHOT_DIR
 from projects.services import create_project
 from tests.pipeline_helpers import start
 from tests.test_owned_paths import fields

@@ -18,11 +18,11 @@ from pydantic import ValidationError
 from projects.forms import ProjectForm
 from projects.hyperparameters import GROUPS, HYPERPARAMETERS, Declared, Hyperparameters
 from projects.models import ENDED_STATUSES, LIVE_STATUSES, RunStage, RunStatus, TrainingProject, TrainingRun
-from projects.run_columns import CHECK_LABELS, RunProgress, ValidationReport
-from projects.stages import _RunRecorder
+from projects.runs.columns import CHECK_LABELS, RunProgress, ValidationReport
+from projects.runs.stages import _RunRecorder
+from projects.runs.validation.checks import validate_output
 from projects.trainer.events import format_event, parse_event
 from projects.trainer.spec import build_spec, parse_spec
-from projects.validation import validate_output
 from tests.api_client import call, make_user_token
 from tests.clients import secure_client
 

@@ -92,8 +92,8 @@ def test_the_fingerprint_follows_modes_blob_names_and_the_trust_setting(tmp_path
 
 def test_a_refusal_is_cached_and_fails_the_resolve_stage_with_transformers_words(team, hf_cache, tiny_llama_dir):
     from projects.models import RunStatus, TrainingProject, TrainingRun
-    from projects.run_config import RunConfig
-    from projects.stages import resolve_stage
+    from projects.runs.config import RunConfig
+    from projects.runs.stages import resolve_stage
 
     folder = added_tokens(shutil.copytree(tiny_llama_dir, team["root"] / "tool-tokens"), "<|tool_call|>", "<|tool|>")
     install_into_cache(folder, hf_cache, "test-org/tool-tokens")

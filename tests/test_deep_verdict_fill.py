@@ -148,7 +148,7 @@ def test_a_chat_template_that_fails_to_render_is_a_finding_with_jinjas_words(
 
 def run_on(team, name: str):
     from projects.models import TrainingProject, TrainingRun
-    from projects.run_config import RunConfig
+    from projects.runs.config import RunConfig
 
     project = TrainingProject.objects.create(
         name=name.split("/")[1],
@@ -163,7 +163,7 @@ def run_on(team, name: str):
 
 
 def test_the_resolve_stage_reports_transformers_reason_before_the_instant_rules(team, hf_cache, tiny_llama_dir):
-    from projects.stages import resolve_stage
+    from projects.runs.stages import resolve_stage
     from tests.hfcache import add_file
 
     snapshot = install_into_cache(tiny_llama_dir, hf_cache, "test-org/gguf")

@@ -11,7 +11,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from models_registry import services
+from models_registry import lookup
 from models_registry.demo import install_into_cache
 from models_registry.models import VerdictRequest
 from models_registry.resolution import resolve
@@ -89,7 +89,7 @@ def test_the_list_polls_only_while_a_worker_is_checking(member, token, hf_cache,
 def test_reading_the_list_takes_the_same_queries_for_two_models_or_six(db, hf_cache, tiny_llama_dir):
     def queries() -> list[str]:
         with CaptureQueriesContext(connection) as seen:
-            services.available_models()
+            lookup.available_models()
         return [q["sql"] for q in seen.captured_queries]
 
     queries()  # the first look creates the settings row

@@ -187,8 +187,8 @@ def project_on(team, model: str, name: str):
 
 def test_the_resolve_stage_trains_past_a_broken_file_transformers_never_opens(team, installed):
     from projects.models import RunStatus, TrainingRun
-    from projects.run_config import RunConfig
-    from projects.stages import resolve_stage
+    from projects.runs.config import RunConfig
+    from projects.runs.stages import resolve_stage
 
     installed(BROKEN_BIN)
     project = project_on(team, BROKEN_BIN.name, "broken-bin")
@@ -204,7 +204,7 @@ def test_the_resolve_stage_trains_past_a_broken_file_transformers_never_opens(te
 def test_start_is_refused_at_once_on_a_cached_refusal_and_goes_ahead_while_unchecked(team, installed):
     from mtm.audit import Actor, Channel
     from projects.models import RunStatus, TrainingRun
-    from projects.run_services import RunRefused, start_run
+    from projects.runs.services import RunRefused, start_run
 
     folder = installed(ADDED)
     project = project_on(team, ADDED.name, "tools")
@@ -224,7 +224,7 @@ def test_start_is_refused_at_once_on_a_cached_refusal_and_goes_ahead_while_unche
 
 def test_the_run_page_says_the_resolve_stage_is_checking_the_model(team, installed):
     from projects.models import RunStatus, TrainingRun
-    from projects.run_config import RunConfig
+    from projects.runs.config import RunConfig
 
     folder = installed(ADDED)
     project = project_on(team, ADDED.name, "waiting")

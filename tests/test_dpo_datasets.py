@@ -14,7 +14,7 @@ from mtm.audit import Actor, Channel
 from projects.datasets import inspect_dataset
 from projects.datasets.pairs import PREFERENCE, split_pair
 from projects.hyperparameters import Hyperparameters
-from projects.memory_estimate import estimate, read_model_shape, setup_for
+from projects.runs.scheduling.memory_estimate import estimate, read_model_shape, setup_for
 from projects.services import ProjectInvalid, check_project, create_project
 from tests.clients import secure_client
 from tests.pipeline_helpers import write_jsonl
@@ -197,7 +197,7 @@ def test_a_full_dpo_run_counts_its_frozen_reference_copy_and_lora_does_not(tiny_
 def test_the_preference_check_warns_only_about_no_gain_or_too_few_pairs():
     """The newcomer's report: a base model already right on every held-out pair was told to "train longer", and 4
     pairs were judged as if they were enough."""
-    from projects.validation import preference_warning
+    from projects.runs.validation.checks import preference_warning
 
     assert preference_warning(1.0, 1.0, 20) == ""  # nothing left to gain is not a failure to learn
     assert preference_warning(0.5, 0.9, 20) == ""
@@ -211,7 +211,7 @@ def test_the_preference_check_warns_only_about_no_gain_or_too_few_pairs():
 
 def test_the_configuration_panel_says_how_many_pairs_were_held_out():
     from projects.models import TrainingRun
-    from projects.run_config import RunConfig, config_rows
+    from projects.runs.config import RunConfig, config_rows
 
     config = RunConfig.model_validate(
         {"model_name": "m", "method": "lora", "hyperparameters": {"objective": "dpo"}, "held_out_pairs": 4}

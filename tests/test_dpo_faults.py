@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 
-from projects.liveness import reap_stale_runs
+from projects.datasets.samples import sample_pairs
 from projects.models import RunStage, RunStatus, TrainingProject
-from projects.sample_pairs import sample_pairs
+from projects.runs.liveness import reap_stale_runs
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, age_heartbeat, start, wait_for_end, write_jsonl
 from tests.test_faults import assert_trainer_dies
 

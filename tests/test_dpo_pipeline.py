@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 
+from projects.datasets.samples import sample_pairs
 from projects.models import RunStatus, TrainingProject
-from projects.pipeline import CancelOutcome
-from projects.run_columns import DPO_SERIES
-from projects.sample_pairs import sample_pairs
+from projects.runs.columns import DPO_SERIES
+from projects.runs.state_machine import CancelOutcome
 from tests.api_client import call, make_user_token
 from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, cancel, start, wait_for_end, write_jsonl

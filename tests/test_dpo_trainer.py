@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from projects.preference_check import run as preference_run
-from projects.sample_pairs import sample_pairs
+from projects.datasets.samples import sample_pairs
+from projects.runs.validation.preference_child import run as preference_run
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec
 from tests.test_trainer import run_child, write_rows
 

@@ -17,10 +17,10 @@ from models_registry.models import PortalSettings
 from mtm.celery import app
 from mtm.models import AuditEvent
 from projects.models import RunStatus, TrainingProject, TrainingRun
+from projects.runs.scheduling.placement import HANDED_BACK, hand_back
 from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, cancel, start, wait_for_end, write_jsonl
 from workers.models import Device, RunPlacement, Worker
-from workers.placement import HANDED_BACK, hand_back
 from workers.queues import INFERENCE_QUEUE, own_queue, worker_queues
 
 GIB = 1024**3

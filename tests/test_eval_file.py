@@ -16,8 +16,8 @@ from django.utils.html import escape
 from mtm.shared.files import file_sha256
 from projects.datasets.eval_split import describe_eval_file, eval_source_problems
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.run_config import RunConfig, config_rows
-from projects.run_eval import eval_overview
+from projects.runs.config import RunConfig, config_rows
+from projects.runs.evaluation import eval_overview
 from projects.trainer.errors import TrainerError
 from projects.trainer.spec import build_spec, parse_spec
 from tests.api_client import API, call, codes, make_user_token
@@ -257,8 +257,8 @@ def test_an_upload_used_as_an_eval_file_is_kept_and_only_its_owner_may_start_on_
     client, roots, tiny_llama_in_cache, settings
 ):
     from mtm.audit import Actor, Channel
-    from projects.run_services import RunRefused, start_run
-    from projects.uploads import cleanup_uploads
+    from projects.datasets.uploads import cleanup_uploads
+    from projects.runs.services import RunRefused, start_run
 
     owner, token = make_user_token("owner")
     uploaded = client.post(

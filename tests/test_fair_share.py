@@ -86,7 +86,7 @@ def test_two_workers_taking_one_members_runs_at_once_cannot_exceed_the_limit(por
 
     from django.db import connection, transaction
 
-    from workers.fair_share import take
+    from projects.runs.scheduling.fair_share import take
 
     member = User.objects.create_user("member")
     first, second = (

@@ -12,8 +12,8 @@ import psutil
 import pytest
 from django.contrib.auth.models import User
 
-from projects.liveness import reap_stale_runs
 from projects.models import RunStage, RunStatus, TrainingProject
+from projects.runs.liveness import reap_stale_runs
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, age_heartbeat, start, wait_for_end, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -130,7 +130,7 @@ def test_trainer_killed_after_writing_its_model_is_validated_and_publishable(por
     tokenizer and manifest were written; the run failed at train, and was then neither resumable (nothing left to
     train) nor publishable. What it wrote goes to validation like any run's result."""
     from mtm.audit import Actor, Channel
-    from projects.publishing import publish_run
+    from projects.publishing.services import publish_run
 
     start_worker(extra_env={"MTM_FAULT_KILL_AFTER_MANIFEST": "1"}).wait_ready()
     run = wait_for_end(start(project(portal, "late-kill"), portal["user"]).pk)

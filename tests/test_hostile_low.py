@@ -18,11 +18,11 @@ from mtm.audit import Actor
 from playground.models import Conversation, Generation, TargetKind
 from playground.params import GenerationParams
 from projects.datasets import check_dataset_path
+from projects.datasets.uploads import NOT_YOURS, receive_upload
 from projects.lora_targets import UNKNOWN_TARGETS
 from projects.models import TrainingProject, TrainingRun
-from projects.run_paths import dataset_problem
+from projects.runs.paths import dataset_problem
 from projects.services import ProjectInvalid, create_project
-from projects.uploads import NOT_YOURS, receive_upload
 from tests.api_client import call, make_user_token
 from tests.clients import form_data, secure_client
 from tests.test_owned_paths import QA_BYTES, fields

@@ -18,8 +18,8 @@ import pytest
 
 from models_registry import bounded_json
 from models_registry.demo import install_into_cache
+from models_registry.lookup import available_models, resolve_model
 from models_registry.resolution import owner_name
-from models_registry.services import available_models, resolve_model
 from mtm.request_limits import RETRY_AFTER_SECONDS, expensive_request
 from playground.targets import for_model
 from tests.api_client import call, make_user_token
@@ -162,7 +162,7 @@ def test_the_memory_estimate_does_not_parse_a_planted_config_of_nested_lists(tmp
     one of nested empty lists costs the web process gigabytes. It is refused by its count of values instead."""
     import tracemalloc
 
-    from projects.memory_estimate import EstimateError, read_model_shape
+    from projects.runs.scheduling.memory_estimate import EstimateError, read_model_shape
 
     folder = tmp_path / "planted"
     folder.mkdir()

@@ -15,12 +15,12 @@ import pytest
 from models_registry.outputs import FOREIGN_OWNER
 from mtm.audit import Actor
 from mtm.shared.owned_files import DIR_MODE
-from projects import stages
 from projects.datasets.errors import DATASET_ROW_TOO_LARGE, DatasetError
 from projects.datasets.loading import Sample, load_dataset
 from projects.datasets.report import read_dataset
 from projects.models import RunStatus
-from projects.run_paths import PathChanged, create_run_folder
+from projects.runs import stages
+from projects.runs.paths import PathChanged, create_run_folder
 from projects.services import ProjectInvalid, create_project
 from projects.trainer.errors import TrainerError
 from projects.trainer.spec import build_spec, parse_spec
@@ -255,7 +255,7 @@ def test_a_number_too_long_for_python_is_not_valid_json_rather_than_a_500(tmp_pa
 
 
 def test_a_planted_safetensors_header_is_not_parsed_by_the_estimate(tmp_path):
-    from projects.memory_estimate import EstimateError, read_model_shape
+    from projects.runs.scheduling.memory_estimate import EstimateError, read_model_shape
 
     folder = tmp_path / "planted"
     folder.mkdir()

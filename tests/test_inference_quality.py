@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from projects.inference_quality import judge_sample
-from projects.run_columns import ValidationCheck, ValidationReport
+from projects.runs.columns import ValidationCheck, ValidationReport
+from projects.runs.validation.quality import judge_sample
 
 SPECIAL = {0, 1, 2}  # e.g. <unk>, <s>, </s>
 
@@ -64,7 +64,7 @@ def test_a_warning_is_kept_in_the_stored_report():
 @pytest.mark.slow
 def test_the_loading_child_warns_of_an_untrained_models_garbled_output(tiny_llama_dir):
     """The tiny Llama's random weights answer with bytes that do not decode: the real child says so."""
-    from projects.inference_check import run
+    from projects.runs.validation.inference_child import run
 
     result = run(
         {

@@ -20,9 +20,9 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from models_registry.demo import DEMO_MODEL_NAME
+from models_registry.lookup import resolve_model
 from models_registry.models import PortalSettings
 from models_registry.names import repo_folder_name
-from models_registry.services import resolve_model
 from tests.hfcache import make_model_repo
 from tests.redis_server import free_port
 from tests.workers import app_publishing_to

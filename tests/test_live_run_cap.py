@@ -17,7 +17,7 @@ from django.test import Client
 from models_registry.models import PortalSettings
 from mtm.models import AuditEvent
 from projects.models import LIVE_STATUSES, RunStatus, TrainingProject, TrainingRun
-from projects.run_services import RunRefused
+from projects.runs.services import RunRefused
 from tests.api_client import call, make_user_token
 from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, cancel, start, write_jsonl

@@ -15,11 +15,11 @@ from django.test import Client
 
 from models_registry.models import PortalSettings
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.run_services import RunRefused
+from projects.runs.scheduling.fair_share import take
+from projects.runs.services import RunRefused
 from tests.api_client import call, make_user_token
 from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, write_jsonl
-from workers.fair_share import take
 from workers.models import SchedulingSettings
 
 pytestmark = pytest.mark.django_db

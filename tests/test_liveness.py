@@ -12,9 +12,9 @@ from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
-from projects.liveness import heartbeat, reap_stale_runs
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
-from projects.tasks import reap_runs
+from projects.runs.liveness import heartbeat, reap_stale_runs
+from projects.runs.tasks import reap_runs
 from tests.api_client import call, make_user_token
 
 
@@ -133,7 +133,7 @@ def test_a_cancelled_trainer_that_will_not_stop_is_killed_and_the_outcome_says_i
     import subprocess
     import sys
 
-    from projects.supervisor import CANCEL_KILL_SECONDS, CANCEL_TERM_SECONDS, _escalate
+    from projects.runs.supervisor import CANCEL_KILL_SECONDS, CANCEL_TERM_SECONDS, _escalate
 
     stubborn = (
         "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"

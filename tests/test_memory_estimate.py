@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from projects.memory_estimate import (
+from projects.runs.scheduling.memory_estimate import (
     EstimateError,
     TrainingSetup,
     estimate,

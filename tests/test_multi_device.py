@@ -20,8 +20,8 @@ from django.test import Client
 from mtm.models import ApiToken
 from projects.hyperparameters import Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingProject
-from projects.run_services import RunRefused
-from projects.supervisor import Supervision, supervise
+from projects.runs.services import RunRefused
+from projects.runs.supervisor import Supervision, supervise
 from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
 from projects.trainer.outputs import MANIFEST_NAME
 from projects.trainer.ranks import launch_command, launcher_outcome
@@ -243,7 +243,7 @@ def test_a_rank_killed_mid_training_fails_the_run_naming_that_rank_and_no_rank_i
 def test_a_killed_worker_takes_every_rank_with_it_and_the_run_is_reaped(
     portal_roots, transactional_db, tiny_llama_in_cache, two_process_worker
 ):
-    from projects.liveness import reap_stale_runs
+    from projects.runs.liveness import reap_stale_runs
 
     wait_for_report(2)
     owner = User.objects.create_user("member")
@@ -341,8 +341,8 @@ def test_a_worker_owning_fewer_devices_than_the_run_asks_for_fails_it_before_lau
     portal_roots, db, tiny_llama_in_cache, monkeypatch
 ):
     """A message left in a queue from before a worker was restarted with fewer devices: the stage says so."""
-    from projects import stages
-    from projects.pipeline import transition
+    from projects.runs import stages
+    from projects.runs.state_machine import transition
 
     owner = User.objects.create_user("member")
     run = start(project(portal_roots, owner, "stale", {"devices": 2}), owner)

@@ -81,7 +81,7 @@ def test_the_forms_dataset_check_applies_the_chosen_chat_template(member, portal
 
 
 def test_the_form_offers_the_sample_dataset_when_it_is_there(member, portal_roots):
-    from projects.sample_dataset import write_sample_dataset
+    from projects.datasets.samples import write_sample_dataset
 
     client = secure_client(member)
     assert "Use the sample dataset" not in client.get("/projects/new/").content.decode()
@@ -97,7 +97,7 @@ def test_the_form_offers_the_sample_dataset_when_it_is_there(member, portal_root
 def test_the_starter_buttons_keep_what_was_typed(member, portal_roots):
     """The newcomer's report: "Use the quick-check preset" and "Use the sample dataset" were links that reloaded the
     form, losing the name, the model and the objective typed so far."""
-    from projects.sample_dataset import write_sample_dataset
+    from projects.datasets.samples import write_sample_dataset
 
     sample, _ = write_sample_dataset(portal_roots / "datasets")
     client = secure_client(member)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from models_registry.lookup import validate_output_dir
 from models_registry.outputs import FOREIGN_OWNER
-from models_registry.services import validate_output_dir
 from mtm.audit import Actor
 from projects.models import TrainingProject
-from projects.run_paths import PathChanged, create_run_folder
+from projects.runs.paths import PathChanged, create_run_folder
 from projects.services import ProjectInvalid, create_project, update_project
 from tests.api_client import call, make_user_token
 from tests.test_owned_paths import fields

@@ -14,10 +14,10 @@ from django.test import Client
 
 from models_registry.models import ModelOverride, PortalSettings
 from mtm.audit import Actor
-from projects import stages
 from projects.models import RunStatus, TrainingProject, TrainingRun, Upload
-from projects.run_paths import open_dir_nofollow
-from projects.run_services import RunRefused, start_run
+from projects.runs import stages
+from projects.runs.paths import open_dir_nofollow
+from projects.runs.services import RunRefused, start_run
 from projects.services import ProjectInvalid, create_project, update_project
 from projects.trainer.outputs import MANIFEST_NAME
 from tests.api_client import call, make_user_token
@@ -355,8 +355,8 @@ def test_unreferenced_uploads_are_removed_after_the_grace_period(team, tiny_llam
 
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from projects.tasks import cleanup_uploads
-    from projects.uploads import receive_upload
+    from projects.datasets.tasks import cleanup_uploads
+    from projects.datasets.uploads import receive_upload
 
     used = receive_upload(
         Actor.command_line(team["mallory"]), SimpleUploadedFile("used.jsonl", QA_BYTES), "used.jsonl"

@@ -17,15 +17,15 @@ from django.test import Client
 from models_registry.models import ModelOverride, PortalSettings
 from mtm.audit import Actor
 from mtm.models import ApiToken
-from projects import stages
 from projects.datasets import check_dataset_path, inspect_dataset, load_dataset
 from projects.datasets.errors import DatasetError
+from projects.datasets.uploads import receive_upload
 from projects.models import RunStatus, TrainingProject, Upload
 from projects.ownership import lock_claims
-from projects.run_services import RunRefused, start_run
+from projects.runs import stages
+from projects.runs.services import RunRefused, start_run
 from projects.services import ProjectInvalid, create_project, update_project
 from projects.trainer.outputs import MANIFEST_NAME
-from projects.uploads import receive_upload
 from tests.api_client import call, make_user_token
 from tests.pipeline_helpers import QA_ROWS, write_jsonl
 from tests.test_owned_paths import QA_BYTES, fields, refused_output, resolving_run, upload_via_api

@@ -16,8 +16,8 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from mtm.models import AuditEvent
-from projects.charts import build_loss_chart, loss_chart_svg, nice_ticks
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
+from projects.runs.charts.loss import build_loss_chart, loss_chart_svg, nice_ticks
 from tests.clients import form_data, secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
 from tests.token_counts import counted
@@ -556,8 +556,8 @@ def test_the_log_card_shows_the_trainers_lines_as_they_come(owner, roots, tmp_pa
 
     from django.conf import settings
 
-    from projects.stages import _RunRecorder
-    from projects.supervisor import Supervision, supervise
+    from projects.runs.stages import _RunRecorder
+    from projects.runs.supervisor import Supervision, supervise
 
     run = TrainingRun.objects.create(project=make_project(owner, roots), status=RunStatus.TRAINING)
     client = secure_client(owner)

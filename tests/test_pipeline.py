@@ -11,8 +11,8 @@ import pytest
 from django.contrib.auth.models import User
 
 from projects.models import RunStage, RunStatus, TrainingProject
-from projects.pipeline import CancelOutcome
-from projects.run_services import RunRefused
+from projects.runs.services import RunRefused
+from projects.runs.state_machine import CancelOutcome
 from tests.pipeline_helpers import (
     FAST_HYPERPARAMETERS,
     QA_ROWS,
@@ -239,7 +239,7 @@ def test_resume_whose_checkpoint_vanished_after_start_fails_instead_of_starting_
     portal, tiny_llama_in_cache, celery_worker
 ):
     from projects.models import TrainingRun
-    from projects.run_services import enqueue
+    from projects.runs.services import enqueue
 
     project = make_project(portal, tiny_llama_in_cache[0], name="vanished")
     # Start accepted the resume while checkpoint-4 was there; it was deleted before the worker got to it.

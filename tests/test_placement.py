@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from models_registry.demo import install_into_cache
 from models_registry.models import PortalSettings
 from projects.models import RunStatus, TrainingProject
-from projects.run_services import RunRefused
+from projects.runs.services import RunRefused
 from projects.services import check_project
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
 from tests.workers import CeleryWorker

@@ -20,13 +20,13 @@ from mtm.audit import Actor
 from mtm.shared import tree_removal
 from mtm.shared.owned_files import make_staging, remove_tree
 from mtm.shared.tree_removal import RemovalStopped, remove_path
-from projects import run_folder_scan, stages
 from projects.datasets import DatasetError, store_upload, uploads_root
+from projects.datasets.uploads import QUOTA_EXCEEDED, cleanup_uploads, discard_upload, receive_upload
 from projects.models import RunStatus, TrainingRun, Upload
-from projects.run_paths import create_run_folder, snapshot_dataset
+from projects.runs import folder_scan, stages
+from projects.runs.paths import create_run_folder, snapshot_dataset
+from projects.runs.validation.checks import validate_output
 from projects.services import create_project
-from projects.uploads import QUOTA_EXCEEDED, cleanup_uploads, discard_upload, receive_upload
-from projects.validation import validate_output
 from tests.test_owned_paths import QA_BYTES, fields
 from tests.test_run_folder_attacks import as_, run_of
 
@@ -196,13 +196,13 @@ def test_a_run_folder_past_the_entry_bound_fails_validation_naming_it(team, tiny
     fd = create_run_folder(run)
     folder = Path(run.output_directory)
     try:
-        fill(folder / "junk", run_folder_scan.MAX_ENTRIES + 1)
+        fill(folder / "junk", folder_scan.MAX_ENTRIES + 1)
         report = validate_output(folder, "Hello", base_model_path=str(snapshot), folder_fd=fd)
     finally:
         os.close(fd)
     files, json_check = report.checks[0], report.checks[1]
     assert not report.passed and not files.passed and not json_check.passed
-    limit = run_folder_scan.MAX_ENTRIES
+    limit = folder_scan.MAX_ENTRIES
     assert f"{folder} holds more than {limit} files and folders (the walk stopped in {folder}/junk)" in files.detail
     assert "start a fresh run" in files.detail and f"holds more than {limit} files" in json_check.detail
 

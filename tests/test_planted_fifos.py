@@ -23,12 +23,12 @@ import pytest
 from django.contrib.auth.models import User
 
 from mtm.audit import Actor, Channel
-from projects.memory_estimate import EstimateError, read_model_shape
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.run_services import RunRefused
+from projects.runs.scheduling.memory_estimate import EstimateError, read_model_shape
+from projects.runs.services import RunRefused
+from projects.runs.validation.checks import validate_output
 from projects.services import create_project
 from projects.trainer.outputs import MANIFEST_NAME
-from projects.validation import validate_output
 from tests.pipeline_helpers import start
 
 GUARD_SECONDS = 30  # only so that a regression fails the test instead of hanging the suite

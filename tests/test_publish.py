@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 from django.contrib.auth.models import User
 
+from models_registry.lookup import resolve_model
 from models_registry.models import ModelOverride, PublishedModel
-from models_registry.services import resolve_model
 from mtm.audit import Actor, Channel
 from mtm.models import AuditEvent
 from mtm.shared.claims import identity_of
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.publishing import PublishRefused, publish_run
-from projects.run_config import RunConfig
+from projects.publishing.services import PublishRefused, publish_run
+from projects.runs.config import RunConfig
 from tests.api_client import call, make_user_token
 from tests.clients import secure_client
 
@@ -334,7 +334,7 @@ def test_a_published_model_says_it_is_a_portal_fine_tune_wherever_it_resolves(te
 
 
 def test_an_unpublished_name_says_who_unpublished_it_and_what_to_do(team, api, client):
-    from projects.stages import resolve_stage
+    from projects.runs.stages import resolve_stage
 
     published = api("alice", team["run"], "team/retired").json()
     assert (
@@ -394,7 +394,7 @@ def test_a_cache_model_that_arrives_under_a_published_name_does_not_take_it_over
     """The hostile tester downloaded a model as 'team/a' after alice published 'team/a': every project on the name
     silently trained on the cache copy. A published name now comes before the cache; the copy is a warning."""
     from models_registry.demo import install_into_cache
-    from models_registry.services import current_cache_dir
+    from models_registry.lookup import current_cache_dir
 
     assert api("alice", team["run"], "team/a").status_code == 201
     assert resolve_model("team/a").source == "portal"

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from models_registry.lookup import resolve_model
 from models_registry.models import PublishedModel
-from models_registry.services import resolve_model
 from mtm.shared.claims import identity_of
-from projects import stages
-from projects.base_model_folder import open_base_model
 from projects.models import RunStatus, TrainingRun
-from projects.run_records import run_folder
+from projects.runs import stages
+from projects.runs.base_model_folder import open_base_model
+from projects.runs.records import run_folder
 from projects.trainer.outputs import MANIFEST_NAME
 from projects.trainer.spec import build_spec, parse_spec
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS

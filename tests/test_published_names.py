@@ -161,9 +161,9 @@ def test_a_worker_report_from_before_an_unpublishing_no_longer_holds_the_name(sc
     from django.utils import timezone
 
     from projects.models import TrainingProject
-    from workers.fit import held_elsewhere, holds, unpublished_at
+    from projects.runs.scheduling.fit import held_elsewhere, holds, unpublished_at
+    from projects.runs.scheduling.placement import PlacementRefused, decide
     from workers.models import Worker
-    from workers.placement import PlacementRefused, decide
 
     assert scene.publish("alice", scene.alices_run, "team/bot").status_code == 201
     before = Worker.objects.create(name="before@host", host="host", queues=["training"], held_models=["team/bot"])
@@ -180,7 +180,7 @@ def test_a_worker_report_from_before_an_unpublishing_no_longer_holds_the_name(sc
         decide(project)
     assert refused.value.problem.code == "model_not_found"
     assert "was unpublished by alice" in refused.value.problem.message
-    from models_registry.services import resolve_model
+    from models_registry.lookup import resolve_model
 
     assert held_elsewhere("team/bot", resolve_model("team/bot")) is None
     Worker.objects.filter(pk=before.pk).update(last_seen=timezone.now())  # its next report, if it still listed it

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from mtm.shared.claims import Standing, identity_of, standing
-from projects import stages
-from projects.run_folder import RunFolderRefused, open_folder_as_made, open_run_folder
-from projects.run_paths import reopen_run_folder
+from projects.runs import stages
+from projects.runs.folder import RunFolderRefused, open_folder_as_made, open_run_folder
+from projects.runs.paths import reopen_run_folder
 from tests.test_publish import team  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.django_db

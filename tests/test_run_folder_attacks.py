@@ -17,17 +17,17 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from mtm.audit import Actor
 from mtm.shared.owned_files import DIR_MODE, FILE_MODE
-from projects import stages
-from projects.adapter_archive import AdapterUnavailable, adapter_archive
+from projects.datasets.uploads import receive_upload
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.run_paths import create_run_folder, reopen_run_folder
-from projects.run_records import run_folder
+from projects.publishing.adapter_archive import AdapterUnavailable, adapter_archive
+from projects.runs import stages
+from projects.runs.paths import create_run_folder, reopen_run_folder
+from projects.runs.records import run_folder
+from projects.runs.validation.checks import validate_output
 from projects.services import create_project
 from projects.trainer.errors import TrainerError
 from projects.trainer.outputs import MANIFEST_NAME
 from projects.trainer.spec import build_spec, parse_spec
-from projects.uploads import receive_upload
-from projects.validation import validate_output
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
 from tests.test_owned_paths import QA_BYTES, fields
 

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from models_registry.lookup import available_models, resolve_model
 from models_registry.models import PublishedModel
-from models_registry.services import available_models, resolve_model
 from mtm.audit import Actor, Channel
 from playground import engine
 from playground.models import Conversation, Generation, GenerationStatus
 from projects.models import TrainingRun
-from projects.publishing import PublishRefused, publish_run
+from projects.publishing.services import PublishRefused, publish_run
 from tests.api_client import call
 from tests.test_publish import api, full_fine_tune_run, lora_run, manifest, project_of, team  # noqa: F401  (fixtures)
 
@@ -163,7 +163,7 @@ def test_a_row_without_a_recorded_folder_needs_a_finished_manifest_and_no_link(t
 def test_the_worker_loads_from_the_folder_it_checked_not_one_swapped_in_after(team):
     from playground.engine import pinned
     from playground.targets import for_run
-    from projects.run_folder import RunFolderRefused
+    from projects.runs.folder import RunFolderRefused
 
     run = team["run"]
     spec = for_run(run)  # checked here, as the worker checks before each load

@@ -15,10 +15,10 @@ from django.contrib.auth.models import User
 
 from mtm.audit import Actor, Channel
 from mtm.models import ApiToken
-from projects.charts import loss_chart_svg
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.run_records import history_before_resume
-from projects.run_services import RunRefused
+from projects.runs.charts.loss import loss_chart_svg
+from projects.runs.records import history_before_resume
+from projects.runs.services import RunRefused
 from projects.services import create_project, update_project
 from tests.api_client import call
 from tests.clients import secure_client
@@ -157,7 +157,7 @@ def test_the_next_run_lists_only_what_changed_since_the_previous_one(project, ow
 
 
 def test_a_run_trains_what_it_was_started_with_not_the_edited_project(project, owner, tiny_llama_in_cache):
-    from projects.stages import resolve_stage
+    from projects.runs.stages import resolve_stage
 
     run = start(project, owner)
     # The project is pointed at a model that is not in the cache after Start, before the worker resolves.
@@ -294,7 +294,7 @@ def test_the_held_out_row_is_not_trained_on(tiny_llama_dir, tmp_path):
 
 
 def test_the_loss_charts_tick_labels_are_distinct():
-    from projects.charts import build_loss_chart
+    from projects.runs.charts.loss import build_loss_chart
 
     metrics = [{"step": s, "loss": 2.0 + s * 0.0001} for s in range(1, 13)]
     chart = build_loss_chart(metrics)
@@ -331,7 +331,7 @@ def test_a_projects_run_folders_are_its_own_and_nobody_elses(project, owner):
 def test_a_sample_output_with_nul_and_lone_surrogates_is_stored(project, owner):
     """A tiny model may answer a NUL character: PostgreSQL refuses it in a JSON column, so validation once failed
     with an internal error after a good training run."""
-    from projects.run_columns import ValidationReport
+    from projects.runs.columns import ValidationReport
 
     run = start(project, owner)
     report = ValidationReport(sample_output="a\x00b\ud800c", prompt="say\x00", checks=[{"name": "inference"}])

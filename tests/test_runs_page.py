@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.run_records import work_folder
+from projects.runs.records import work_folder
 from tests.clients import secure_client
 
 pytestmark = pytest.mark.django_db

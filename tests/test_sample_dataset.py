@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 
 from projects.datasets import inspect_dataset
-from projects.sample_dataset import SAMPLE_FOLDER, SAMPLE_NAME
+from projects.datasets.samples import SAMPLE_FOLDER, SAMPLE_NAME
 
 pytestmark = pytest.mark.django_db
 

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 
 from models_registry.checks import check_model_folder
 from models_registry.demo import install_into_cache
+from models_registry.lookup import resolve_model
 from models_registry.models import ModelOverride
-from models_registry.services import resolve_model
 from mtm.audit import Actor, Channel
 from projects.services import ProjectInvalid, check_project, create_project
 from tests.pipeline_helpers import QA_ROWS, write_jsonl
@@ -148,7 +148,7 @@ def test_tokenizer_code_beside_a_built_in_tokenizer_class_is_only_a_warning(port
 
 
 def test_the_models_list_marks_a_cached_model_that_needs_its_code(db, hf_cache, custom_code_model):
-    from models_registry.services import available_models
+    from models_registry.lookup import available_models
 
     install_into_cache(custom_code_model, hf_cache, "org/custom")
     _, listed = available_models()

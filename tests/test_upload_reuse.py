@@ -11,9 +11,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from mtm.audit import Actor
 from mtm.models import AuditEvent
+from projects.datasets.uploads import cleanup_uploads, discard_upload, receive_upload
 from projects.models import TrainingProject, Upload
 from projects.services import create_project, delete_project
-from projects.uploads import cleanup_uploads, discard_upload, receive_upload
 from tests.api_client import call, make_user_token
 from tests.test_owned_paths import QA_BYTES, fields, upload_via_api
 

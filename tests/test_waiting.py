@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from django.utils import timezone
 
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.tasks import reap_runs
+from projects.runs.tasks import reap_runs
 from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, cancel, start, wait_for_end, write_jsonl
 from workers.models import SchedulingSettings

@@ -4,7 +4,7 @@ Pages, comparison, publishing and the playground need a run that succeeded, not 
 (LORA, FULL) is trained once per session through a real Celery worker, into a portal root of its own; what the
 session keeps is the run's folder and the values of its project and run rows, since a test's database is emptied
 after it. `copy_trained_run` makes a test's own run from them: the rows recreated for the test's member and
-database, the folder created by the worker's own function (projects.run_paths.create_run_folder, which records
+database, the folder created by the worker's own function (projects.runs.paths.create_run_folder, which records
 its identity on the row) and filled with a copy of the session's files, with every path under the session's root
 moved under the test's.
 
@@ -33,9 +33,9 @@ from django.utils.dateparse import parse_datetime
 from models_registry.demo import install_into_cache
 from models_registry.models import PortalSettings
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.run_folder import run_folder_problem
-from projects.run_paths import create_run_folder
-from projects.run_records import run_folder
+from projects.runs.folder import run_folder_problem
+from projects.runs.paths import create_run_folder
+from projects.runs.records import run_folder
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
 from tests.workers import WORKER_QUEUES, CeleryWorker
 

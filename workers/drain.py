@@ -1,7 +1,8 @@
 """Drain on the worker's side. A drained training worker stops consuming the queues that bring runs (it finishes the
 run it holds) and consumes them again once undrained. Its reporting thread brings the consumers in line with the
-row at every report; before that, a drained worker that receives a run refuses it (workers.fair_share.take), hands
-it back to its queue and stops consuming at once, so staff's Drain holds from the moment it is saved."""
+row at every report; before that, a drained worker that receives a run refuses it
+(projects.runs.scheduling.fair_share.take), hands it back to its queue and stops consuming at once, so staff's Drain
+holds from the moment it is saved."""
 
 from __future__ import annotations
 

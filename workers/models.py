@@ -126,9 +126,10 @@ def default_live_runs_per_member() -> int:
 
 
 class SchedulingSettings(models.Model):
-    """One row: how many live runs one member may have. Start refuses a run beyond it (projects.live_run_cap), and a
-    worker leaves a member's queued run waiting while as many of hers are taken (workers.fair_share), as runs queued
-    before staff lowered it are. Staff set it on the Settings page, the GPUs page, the API and the admin."""
+    """One row: how many live runs one member may have. Start refuses a run beyond it
+    (projects.runs.scheduling.live_run_cap), and a worker leaves a member's queued run waiting while as many of hers are
+    taken (projects.runs.scheduling.fair_share), as runs queued before staff lowered it are. Staff set it on the
+    Settings page, the GPUs page, the API and the admin."""
 
     live_runs_per_member = models.PositiveIntegerField(
         "Live runs per member",

@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from workers.devices import CPU_PROCESSES_ENV
 from workers.drain import resume_consuming, stop_consuming, worker_run_queues
 
 log = logging.getLogger(__name__)
@@ -45,14 +46,12 @@ def cpu_threads() -> int:
 
 def cpu_processes() -> int:
     """What runworker --cpu --processes N set (MTM_CPU_PROCESSES); 1 otherwise."""
-    from projects.trainer.ranks import CPU_PROCESSES_ENV
-
     raw = os.environ.get(CPU_PROCESSES_ENV, "").strip()
     return int(raw) if raw.isdigit() and int(raw) >= 1 else 1
 
 
 def hf_cache() -> str:
-    from models_registry.services import current_cache_dir
+    from models_registry.lookup import current_cache_dir
 
     path, source = current_cache_dir()
     return f"{path} ({source})"
@@ -61,7 +60,7 @@ def hf_cache() -> str:
 def held_models() -> list[str]:
     """The valid models this worker's own cache (and the enabled overrides) hold: a run is sent only to a worker that
     holds its model."""
-    from models_registry.services import available_models
+    from models_registry.lookup import available_models
 
     return sorted(m.model_name for m in available_models(valid=True)[1])
 

@@ -23,7 +23,7 @@ def hint_steps(hint: str) -> list[str]:
 @register.simple_tag
 def cached_model_names() -> list[str]:
     """The names of the usable models listed (cache and overrides), for the model field's suggestions."""
-    from models_registry.services import available_models
+    from models_registry.lookup import available_models
 
     _, listed = available_models(valid=True)
     return sorted(model.model_name for model in listed)

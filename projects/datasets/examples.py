@@ -6,6 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from models_registry.template_sandbox import TemplateLimitExceeded, TemplateLimits, run_limited, too_large
 from mtm.shared.problems import Problem
 from projects.datasets.errors import (
     CHAT_TEMPLATE_ERROR,
@@ -17,7 +18,6 @@ from projects.datasets.errors import (
     no_chat_template_problem,
 )
 from projects.datasets.formats import SUPPORTED_FORMATS, check_rows
-from projects.datasets.template_sandbox import TemplateLimitExceeded, TemplateLimits, run_limited, too_large
 
 IGNORE_INDEX = -100
 _TOKENIZE_BATCH = 1000

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from models_registry.template_sandbox import TemplateLimitExceeded, run_limited
 from mtm.shared.problems import Problem
 from projects.datasets.errors import (
     CHAT_TEMPLATE_ERROR,
@@ -25,7 +26,6 @@ from projects.datasets.errors import (
     json_type_name,
     no_chat_template_problem,
 )
-from projects.datasets.template_sandbox import TemplateLimitExceeded, run_limited
 
 PREFERENCE = "preference"
 PAIR_KEYS = ("chosen", "rejected")

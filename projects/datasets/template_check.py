@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from models_registry.template_sandbox import TemplateLimits
 from mtm.shared.problems import Problem
 from projects.datasets.errors import DatasetError
 from projects.datasets.examples import encode_rows
 from projects.datasets.pairs import PREFERENCE, encode_pairs, is_conversational
-from projects.datasets.template_sandbox import TemplateLimits
 
 TEMPLATE_CHECK_ROWS = 16
 TEMPLATE_CHECK_CHARS = 2000

@@ -21,8 +21,8 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from models_registry.lookup import dataset_roots, resolve_model
 from models_registry.resolution import Resolution
-from models_registry.services import dataset_roots, resolve_model
 from mtm.request_limits import per_member_limit
 from mtm.shared.problems import Problem
 from projects.datasets.errors import DatasetError
@@ -58,7 +58,7 @@ def tokenizer_identity(resolution: Resolution) -> str:
 
 def template_key(choice: str) -> str:
     """The chat template a count is keyed by: a built-in one's name, or "" for the model's own."""
-    from projects.chat_templates import BUILT_IN
+    from projects.datasets.chat_templates import BUILT_IN
 
     return choice if choice in BUILT_IN else ""
 
@@ -71,7 +71,7 @@ def count_key(
 
 
 def _enqueue(count_id: int, path: str, user_id: int | None) -> None:
-    try:  # by name: projects.tasks imports this module
+    try:  # by name: projects.datasets.tasks imports this module
         current_app.send_task(COUNT_TASK, (count_id, path, user_id), retry=False)
     except Exception as exc:  # kombu raises OperationalError and friends, depending on the transport
         log.warning("broker unavailable for token count %s: %s", count_id, exc)
@@ -178,9 +178,9 @@ def count_tokens(count_id: int, path: str, user_id: int | None) -> None:
 
 
 def _count(count_id: int, path: str, user_id: int | None) -> None:
-    from projects.chat_templates import with_chat_template
+    from projects.datasets.chat_templates import with_chat_template
+    from projects.datasets.uploads import upload_problems
     from projects.services import load_tokenizer
-    from projects.uploads import upload_problems
 
     count = TokenCount.objects.filter(pk=count_id, state=TokenCount.State.PENDING).first()
     if count is None:  # counted already, or the row is gone

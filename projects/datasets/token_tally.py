@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from models_registry.template_sandbox import TemplateLimits
 from mtm.shared.problems import Problem
 from projects.datasets.errors import (
     CHAT_TEMPLATE_ERROR,
@@ -21,7 +22,6 @@ from projects.datasets.errors import (
 from projects.datasets.examples import IGNORE_INDEX, cut_to_length, encode_rows
 from projects.datasets.formats import row_format
 from projects.datasets.pairs import PREFERENCE, encode_pairs
-from projects.datasets.template_sandbox import TemplateLimits
 
 # One batch is what one limited child renders at most for chat rows (examples._chunks): rows, characters.
 BATCH_ROWS = 2000

@@ -9,7 +9,7 @@ from django.db import migrations, models
 
 def identities_from_work_folders(apps, schema_editor):
     """Runs whose train stage wrote the run folder's device and inode to var/runs/<id>/run-folder.json (where this
-    host can read it) keep that identity on their row; the others stay blank (projects.run_folder says how those are
+    host can read it) keep that identity on their row; the others stay blank (projects.runs.folder says how those are
     checked)."""
     TrainingRun = apps.get_model("projects", "TrainingRun")
     runs = Path(settings.VAR_DIR) / "runs"

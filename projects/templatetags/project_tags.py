@@ -11,9 +11,9 @@ from django.utils import dateformat, timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
-from projects.charts import loss_chart_svg
-from projects.display import format_seconds
 from projects.models import RunStatus
+from projects.runs.charts.loss import loss_chart_svg
+from projects.runs.display import format_seconds
 
 register = template.Library()
 

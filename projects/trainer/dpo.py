@@ -19,7 +19,7 @@ import torch
 from transformers import PrinterCallback, set_seed
 from trl import DPOConfig, DPOTrainer
 
-from projects.chat_templates import BUILT_IN
+from projects.datasets.chat_templates import BUILT_IN
 from projects.datasets.pairs import PREFERENCE, split_pair
 from projects.trainer.device import choose_placement, configure_threads
 from projects.trainer.errors import TrainerError

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from projects.trainer.errors import EXIT_CANCELLED
+from workers.devices import CPU_PROCESSES_ENV
 
-CPU_PROCESSES_ENV = "MTM_CPU_PROCESSES"  # set by `runworker --cpu --processes N`: the "devices" a CPU worker owns
 FAULT_RANK_ENV = "MTM_FAULT_RANK"  # with MTM_FAULT_RAISE_AT_STEP: only this rank raises (fault tests, rehearsals)
 _PR_SET_PDEATHSIG = 1
 

@@ -29,7 +29,7 @@ from transformers import (
 )
 
 from mtm.shared.files import file_sha256
-from projects.chat_templates import BUILT_IN
+from projects.datasets.chat_templates import BUILT_IN
 from projects.hyperparameters import ALL_LINEAR, Hyperparameters
 from projects.trainer import ranks
 from projects.trainer.batching import (

@@ -7,7 +7,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from models_registry.demo import DEMO_MODEL_NAME, create_demo_model
-from models_registry.services import current_cache_dir, resolve_model
+from models_registry.lookup import current_cache_dir, resolve_model
 
 
 def cached_repos(cache_dir: Path) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandParser
 
 from models_registry.cli_output import EXIT_INVALID, as_json, render_listing
-from models_registry.services import available_models
+from models_registry.lookup import available_models
 from mtm.cli import database_ready
 
 

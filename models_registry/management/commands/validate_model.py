@@ -8,8 +8,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from models_registry.checks import check_model_folder
 from models_registry.cli_output import EXIT_INVALID, as_json, render_resolution
+from models_registry.lookup import resolve_model
 from models_registry.resolution import Resolution
-from models_registry.services import resolve_model
 from mtm.cli import database_ready
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from models_registry.services import dataset_roots
-from projects.sample_dataset import write_sample_dataset
+from models_registry.lookup import dataset_roots
+from projects.datasets.samples import write_sample_dataset
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand
 
-from projects.liveness import reap_stale_runs
+from projects.runs.liveness import reap_stale_runs
 
 
 class Command(BaseCommand):

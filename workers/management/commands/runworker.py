@@ -10,8 +10,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from projects.hyperparameters import MAX_DEVICES
-from projects.trainer.ranks import CPU_PROCESSES_ENV
+from workers.devices import CPU_PROCESSES_ENV, MAX_DEVICES
 from workers.models import Worker
 from workers.probe import probe_in_child
 from workers.queues import inference_worker_queues, worker_queues
