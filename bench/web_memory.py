@@ -14,7 +14,7 @@ generated SIZE_MB JSON Lines dataset of prompt/completion rows in the dataset ro
      (2,000 rows) and tokenize them (load_tokenizer + inspect_dataset);
    - after: GET /projects/check-dataset/ with the model through Django's test client, as the path box sends it
      (the bounded read; the counts are queued for a worker);
-   - worker: the queued count itself (projects.datasets.token_stats.count_tokens), where the cost went;
+   - worker: the queued count itself (projects.datasets.token_counting.count_tokens), where the cost went;
    - save: POST /projects/new/ (the form's save) with that dataset and model and a max sequence length no check
      has counted yet: what saving a project costs now (the bounded read, the count queued). Before, the save ran
      check_project's load_tokenizer + inspect_dataset of the first 8 MiB: the "before" row's work.
@@ -100,7 +100,7 @@ def child(mode: str, dataset: str, model_name: str) -> dict:
             count = TokenCount.objects.filter(max_seq_length=SAVE_MAX_SEQ_LENGTH).first()
             answer = f"HTTP {response.status_code}, token count {count.state if count else 'none'}"
         else:
-            from projects.datasets.token_stats import count_tokens
+            from projects.datasets.token_counting import count_tokens
 
             count = TokenCount.objects.get(state=TokenCount.State.PENDING)
             count_tokens(count.pk, dataset, user.pk)

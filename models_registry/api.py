@@ -1,4 +1,4 @@
-"""The registry's JSON API: model validation and listing, output directories, overrides and portal settings.
+"""The registry's JSON API: model validation and listing, overrides and portal settings.
 
 Mounted at the API root with full paths (see mtm/api.py): /projects/validate-model and friends live beside the
 projects router's /projects/{id}, and this router must be mounted first so its fixed paths win.
@@ -30,7 +30,6 @@ from models_registry.override_services import (
 from models_registry.schemas import (
     AvailableModelsOut,
     ErrorOut,
-    OutputDirOut,
     OverrideIn,
     OverrideOut,
     OverridePatch,
@@ -38,7 +37,6 @@ from models_registry.schemas import (
     SettingsOut,
     SettingsPatch,
     ValidateModelIn,
-    ValidateOutputDirIn,
 )
 from models_registry.settings_services import SettingsRefused
 from models_registry.settings_services import update_settings as save_settings
@@ -46,7 +44,6 @@ from mtm.api_errors import ApiError
 from mtm.audit import Actor, Channel
 from mtm.auth import require_staff
 from mtm.request_limits import Busy, busy_response, expensive_request
-from projects.ownership import output_dir_conflicts
 from workers.models import SchedulingSettings
 
 router = Router()
@@ -83,16 +80,6 @@ def available_models(request: HttpRequest, q: str | None = None, valid: bool | N
     read from the cache, never computed or asked here (the workers fill it in the background)."""
     cache_dir, models = lookup.available_models(q, valid)
     return {"cache_dir": str(cache_dir), "count": len(models), "models": [m.to_dict() for m in models]}
-
-
-@router.post("/projects/validate-output-dir", response={200: OutputDirOut, **BODY_ERRORS}, tags=["projects"])
-def validate_output_dir(request: HttpRequest, payload: ValidateOutputDirIn) -> dict:
-    """Is this a directory training may write to, for the caller? Absolute, inside an allowed root, writable, with
-    room, and not a folder of another member's project (the same rule as saving a project and the form's check)."""
-    check = lookup.validate_output_dir(payload.output_directory)
-    if check.valid:
-        check.errors.extend(output_dir_conflicts(check.path or "", request.auth))
-    return check.to_dict()
 
 
 def _override_out(override: ModelOverride) -> dict:

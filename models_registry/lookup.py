@@ -10,8 +10,8 @@ from models_registry.deep_listing import with_deep_states
 from models_registry.models import ModelOverride, PortalSettings, PublishedModel
 from models_registry.names import name_error
 from models_registry.published import provenance, unpublished_problem
+from models_registry.published_folder import published_folder_problem
 from models_registry.resolution import Resolution, hf_cache_dir, resolve
-from mtm.shared.problems import Problem
 
 
 def portal_settings() -> PortalSettings:
@@ -47,19 +47,13 @@ def resolve_model(name: str, revision: str | None = None) -> Resolution:
         override_path=override.path if override else None,
         trust_remote_code=bool(override and override.trust_remote_code),
         published_path=published.path if published else None,
-        published_problem=_published_folder_problem(published) if published else None,
+        published_problem=published_folder_problem(published) if published else None,
     )
     if published is not None:
         result.provenance = provenance(published)
     elif override is None and result.source is None and [e.code for e in result.errors] == ["model_not_found"]:
         result.errors[0] = unpublished_problem(name) or result.errors[0]
     return result
-
-
-def _published_folder_problem(published: PublishedModel) -> Problem | None:
-    from projects.runs.folder import published_folder_problem  # the run and its folder are the projects app's
-
-    return published_folder_problem(published.path, published.run, published.model_name)
 
 
 def available_models(query: str | None = None, valid: bool | None = None) -> tuple[Path, list]:
@@ -71,7 +65,7 @@ def available_models(query: str | None = None, valid: bool | None = None) -> tup
     models = list_models(
         cache_dir, overrides, store=django_settings.VAR_DIR / "model-listing.json", published=published
     )
-    changed = {p.model_name: problem for p in _published_rows() if (problem := _published_folder_problem(p))}
+    changed = {p.model_name: problem for p in _published_rows() if (problem := published_folder_problem(p))}
     for item in models:
         if item.source == "portal" and item.model_name in changed:
             item.errors = [changed[item.model_name]]

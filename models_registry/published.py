@@ -279,9 +279,8 @@ def organisation_problem(name: str, cache_dir: Path, username: str = "me") -> Pr
 
 
 def _run_page_exists(run_id: object) -> bool:
-    from projects.models import TrainingRun  # the run is the projects app's; only its existence is asked
-
-    return isinstance(run_id, int) and TrainingRun.objects.filter(pk=run_id).exists()
+    runs = PublishedModel._meta.get_field("run").related_model  # the projects app's run table, through our own FK
+    return isinstance(run_id, int) and runs.objects.filter(pk=run_id).exists()
 
 
 def last_event(action: str, name: str) -> AuditEvent | None:

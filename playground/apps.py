@@ -9,4 +9,10 @@ class PlaygroundConfig(AppConfig):
     verbose_name = "Playground"
 
     def ready(self) -> None:
-        from playground import worker_signals  # noqa: F401  (an inference worker forgets its loaded models at start)
+        from playground import (
+            memory,
+            worker_signals,  # noqa: F401  (an inference worker forgets its loaded models at start)
+        )
+        from workers import holds
+
+        holds.register(memory.loaded_by_device, memory.loaded_by_worker)  # counted by scheduling and the GPUs page

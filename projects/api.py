@@ -16,6 +16,8 @@ from ninja.files import UploadedFile
 from ninja.responses import Status
 
 from models_registry.lookup import dataset_roots, resolve_model
+from models_registry.lookup import validate_output_dir as lookup_output_dir
+from models_registry.schemas import ErrorOut, OutputDirOut, ValidateOutputDirIn
 from models_registry.template_sandbox import TEMPLATE_LIMIT_CODES
 from mtm.api_errors import ApiError, error_body
 from mtm.audit import Actor, Channel
@@ -28,6 +30,7 @@ from projects.datasets.report import read_dataset
 from projects.datasets.token_stats import apply_count, request_count
 from projects.datasets.uploads import ReceivedUpload, discard_refused, receive_upload
 from projects.models import TrainingProject, TrainingRun
+from projects.ownership import output_dir_conflicts
 from projects.runs import services as run_services
 from projects.runs.compare import CompareRefused, compare, comparison_dict
 from projects.runs.state_machine import CancelOutcome
@@ -147,6 +150,21 @@ def create_project(request: HttpRequest, payload: ProjectIn) -> Status | JsonRes
     except services.ProjectInvalid as exc:
         raise _refused(exc.check)
     return Status(201, project_dict(project, last_run=None))
+
+
+# The registry's error body and the operation id this operation had in models_registry/api.py: the schema is unchanged.
+@router.post(
+    "/projects/validate-output-dir",
+    response={200: OutputDirOut, **{status: ErrorOut for status in (401, 403, 404, 409, 413, 422)}},
+    operation_id="models_registry_api_validate_output_dir",
+)
+def validate_output_dir(request: HttpRequest, payload: ValidateOutputDirIn) -> dict:
+    """Is this a directory training may write to, for the caller? Absolute, inside an allowed root, writable, with
+    room, and not a folder of another member's project (the same rule as saving a project and the form's check)."""
+    check = lookup_output_dir(payload.output_directory)
+    if check.valid:
+        check.errors.extend(output_dir_conflicts(check.path or "", request.auth))
+    return check.to_dict()
 
 
 @router.get("/projects/{project_id}", response={200: ProjectOut, **READ})

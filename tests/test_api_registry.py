@@ -354,3 +354,21 @@ def test_openapi_lists_every_path(client):
         assert methods <= set(paths[path]), path
     schemes = json.loads(resp.content)["components"]["securitySchemes"]
     assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
+
+
+def test_validate_output_dir_keeps_its_operation_after_moving_to_the_projects_router(client):
+    """The operation lives in projects/api.py now (the output-folder rule is the projects app's); its operationId,
+    tag and bodies are those it had in the registry router, so clients generated from the schema still work."""
+    schema = json.loads(client.get("/api/v1/openapi.json", secure=True).content)
+    operation = schema["paths"]["/api/v1/projects/validate-output-dir"]["post"]
+    assert operation["operationId"] == "models_registry_api_validate_output_dir"
+    assert operation["tags"] == ["projects"]
+    bodies = {
+        code: answer["content"]["application/json"]["schema"]["$ref"] for code, answer in operation["responses"].items()
+    }
+    assert bodies == {
+        "200": "#/components/schemas/OutputDirOut",
+        **{code: "#/components/schemas/ErrorOut" for code in ("401", "403", "404", "409", "413", "422")},
+    }
+    body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert body == "#/components/schemas/ValidateOutputDirIn"

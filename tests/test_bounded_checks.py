@@ -3,8 +3,8 @@ checks read only the start of the file and leave token counting to a worker (the
 member has a cap on expensive requests in progress, answered 429 with when to retry.
 
 Real files, the real tiny Llama in a real HF cache layout, the real views through the test client; the worker's
-part is the domain function its Celery task calls (projects.datasets.token_stats.count_tokens), and one test runs
-it on a real worker."""
+part is the domain function its Celery task calls (projects.datasets.token_counting.count_tokens), and one test
+runs it on a real worker."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from django.contrib.auth.models import User
 from mtm.models import ExpensiveRequestSlot
 from mtm.request_limits import RETRY_AFTER_SECONDS, STALE_AFTER, expensive_request
 from projects import services
-from projects.datasets import token_stats
+from projects.datasets import token_counting, token_stats
 from projects.models import TokenCount, TrainingProject
 from tests.api_client import API, call, make_user_token
 from tests.clients import form_data, secure_client
@@ -103,7 +103,7 @@ def test_a_flood_of_checks_leaves_a_member_at_most_the_cap_of_waiting_counts(
     assert superseded.count() == 6 and {c.result["note"] for c in superseded} == {token_stats.SUPERSEDED}
     # A superseded count's queued task ends without reading the file: nothing is counted for it.
     dropped = superseded.first()
-    token_stats.count_tokens(dropped.pk, str(long_file), owner.pk)
+    token_counting.count_tokens(dropped.pk, str(long_file), owner.pk)
     dropped.refresh_from_db()
     assert dropped.state == TokenCount.State.UNAVAILABLE and dropped.result == {"note": token_stats.SUPERSEDED}
     assert "Counting tokens…" in theirs

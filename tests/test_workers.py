@@ -17,7 +17,7 @@ from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
 from tests.workers import CeleryWorker
 from workers.models import Worker
-from workers.queues import capacity_queues, own_queue, tier_for, worker_queues
+from workers.queues import INFERENCE_QUEUE, capacity_queues, own_queue, tier_for, worker_queues
 
 REPORTING = {"MTM_WORKER_REPORT_SECONDS": "1", "MTM_HEARTBEAT_SECONDS": "1"}
 
@@ -153,3 +153,54 @@ def test_the_gpus_page_shows_recently_gone_workers_as_gone_and_folds_away_the_lo
     folded = page.split('class="card gone-workers"')[1].split("</details>")[0]
     assert "2 workers gone for more than 1 h, not listed above" in folded
     assert folded.index("old@h2") < folded.index("ancient@h2")  # most recently seen first
+
+
+def test_a_workers_report_carries_the_registrys_part(portal_roots, db, tiny_llama_in_cache):
+    """models_registry adds the HF cache and the models it holds to every report (workers.reporting.register_part in
+    its AppConfig.ready()): the fleet layer imports nothing above it."""
+    from workers.reporting import static_report, write_report
+
+    write_report("alpha@h1", ["training"], static_report({}), [])
+    row = Worker.objects.get(name="alpha@h1")
+    assert str(portal_roots / "hf-cache" / "hub") in row.hf_cache
+    assert row.held_models == [tiny_llama_in_cache[0]]
+
+
+def test_playground_models_count_against_their_device_on_the_gpus_page_and_in_placement(
+    portal_roots, db, tiny_llama_in_cache
+):
+    """The playground registers what it holds in workers.holds (its AppConfig.ready()); scheduling and the GPUs page
+    read it there. A model loaded by an inference worker on the same physical device takes room from the trainer."""
+    from django.utils import timezone
+
+    from playground.models import LoadedModel
+    from projects.runs.scheduling.fit import fits_for
+    from workers.models import Device
+
+    gib = 1024**3
+    now = timezone.now()
+    trainer = Worker.objects.create(
+        name="train@h1", host="h1", queues=["training"], cuda_visible_devices="3", last_seen=now
+    )
+    Device.objects.create(worker=trainer, index=0, name="Big GPU", total_bytes=80 * gib, bf16=True)
+    Worker.objects.create(
+        name="play@h1", host="h1", queues=[INFERENCE_QUEUE], cuda_visible_devices="2,3", last_seen=now
+    )
+    LoadedModel.objects.create(
+        worker_name="play@h1", key="k", label="team/bot", device="cuda:1", device_index=1, bytes=30 * gib
+    )
+    owner = User.objects.create_user("member")
+    project = TrainingProject.objects.create(
+        name="p",
+        owner=owner,
+        model_name=tiny_llama_in_cache[0],
+        dataset_path=str(portal_roots / "datasets" / "d.jsonl"),
+        method="full",
+        output_directory=str(portal_roots / "outputs" / "p"),
+        hyperparameters=FAST_HYPERPARAMETERS,
+    )
+    [fit] = fits_for(project, None, [trainer])
+    assert fit.room_bytes == 50 * gib  # physical device 3 on h1: the trainer's cuda:0, the playground's cuda:1
+    page = secure_client(owner).get("/gpus/").content.decode()
+    assert "playground: team/bot holds 30.0\xa0GB" in page
+    assert "team/bot loaded on cuda:1" in page

@@ -9,7 +9,7 @@ import html
 import re
 from typing import Any
 
-from projects.datasets.token_stats import count_tokens
+from projects.datasets.token_counting import count_tokens
 from projects.models import TokenCount
 
 POLL_URL = re.compile(r'hx-get="([^"]*/token-count/[^"]*)"')

@@ -13,6 +13,7 @@ import platform
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +28,7 @@ from workers.drain import resume_consuming, stop_consuming, worker_run_queues
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
+_parts: list[Callable[[], dict[str, Any]]] = []
 DEVICE_PROBE_SECONDS = 60.0  # device memory is asked again this often (a child process when torch is used)
 
 
@@ -50,24 +52,19 @@ def cpu_processes() -> int:
     return int(raw) if raw.isdigit() and int(raw) >= 1 else 1
 
 
-def hf_cache() -> str:
-    from models_registry.lookup import current_cache_dir
-
-    path, source = current_cache_dir()
-    return f"{path} ({source})"
-
-
-def held_models() -> list[str]:
-    """The valid models this worker's own cache (and the enabled overrides) hold: a run is sent only to a worker that
-    holds its model."""
-    from models_registry.lookup import available_models
-
-    return sorted(m.model_name for m in available_models(valid=True)[1])
+def register_part(part: Callable[[], dict[str, Any]]) -> None:
+    """Add a part to every report: a function returning fields of the worker's row that an app above the fleet
+    knows (models_registry: the HF cache and the models it holds), registered in that app's AppConfig.ready()."""
+    if part not in _parts:
+        _parts.append(part)
 
 
 def static_report(probed: dict[str, Any]) -> dict[str, Any]:
+    parts: dict[str, Any] = {}
+    for part in _parts:
+        parts.update(part())
     return {
-        "held_models": held_models(),
+        **parts,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")[:255],
@@ -93,12 +90,10 @@ def write_report(
     now = seen or timezone.now()
     with transaction.atomic():
         worker, created = Worker.objects.get_or_create(
-            name=name, defaults={"queues": queues, "started_at": now, **fields, "hf_cache": hf_cache()}
+            name=name, defaults={"queues": queues, "started_at": now, **fields}
         )
         if not created:
-            Worker.objects.filter(pk=worker.pk).update(
-                queues=queues, last_seen=now, stopped_at=None, hf_cache=hf_cache(), **fields
-            )
+            Worker.objects.filter(pk=worker.pk).update(queues=queues, last_seen=now, stopped_at=None, **fields)
         kept = []
         for device in devices:
             kept.append(device["index"])

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from projects.datasets import token_stats
+from projects.datasets.token_counting import count_tokens
+from projects.datasets.token_stats import COUNT_TASK
 from projects.datasets.uploads import cleanup_uploads as remove_unreferenced
 
 
@@ -15,7 +16,7 @@ def cleanup_uploads() -> int:
     return len(remove_unreferenced())
 
 
-@shared_task(name=token_stats.COUNT_TASK, ignore_result=True)
+@shared_task(name=COUNT_TASK, ignore_result=True)
 def count_dataset_tokens(count_id: int, path: str, user_id: int | None) -> None:
     """Token lengths for a dataset check (on the counts queue): the web request only reads the file's start."""
-    token_stats.count_tokens(count_id, path, user_id)
+    count_tokens(count_id, path, user_id)

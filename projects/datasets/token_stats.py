@@ -3,9 +3,9 @@
 A check in a web request reads only the start of the file (report.read_dataset) and asks here for the counts:
 `request_count` answers the TokenCount row for (the part read's sha256, the resolved tokenizer, max_seq_length,
 max_prompt_length, the chat template choice), creating it "pending" and queueing `projects.count_dataset_tokens`
-when there is none. The task calls `count_tokens`, which re-checks the path for the member who asked, loads the
-tokenizer, reads the same part of the file and stores the lengths, their warnings and any row the tokenizer or
-chat template refuses. Nothing here loads a tokenizer in the web process.
+when there is none. The task calls token_counting.count_tokens on the worker, which re-checks the path for the
+member who asked, loads the tokenizer, reads the same part of the file and stores the lengths, their warnings and any
+row the tokenizer or chat template refuses. Nothing here loads a tokenizer in the web process.
 """
 
 from __future__ import annotations
@@ -17,25 +17,18 @@ from datetime import timedelta
 from typing import Any
 
 from celery import current_app
-from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from models_registry.lookup import dataset_roots, resolve_model
+from models_registry.lookup import dataset_roots
 from models_registry.resolution import Resolution
 from mtm.request_limits import per_member_limit
 from mtm.shared.problems import Problem
+from projects.datasets.chat_templates import BUILT_IN
 from projects.datasets.errors import DatasetError
 from projects.datasets.loading import open_dataset
 from projects.datasets.paths import check_dataset_path
-from projects.datasets.report import (
-    DatasetRead,
-    DatasetReport,
-    TokenStats,
-    add_token_stats,
-    read_dataset,
-    sample_key_of,
-)
+from projects.datasets.report import DatasetRead, DatasetReport, TokenStats, sample_key_of
 from projects.models import TokenCount
 
 log = logging.getLogger(__name__)
@@ -58,8 +51,6 @@ def tokenizer_identity(resolution: Resolution) -> str:
 
 def template_key(choice: str) -> str:
     """The chat template a count is keyed by: a built-in one's name, or "" for the model's own."""
-    from projects.datasets.chat_templates import BUILT_IN
-
     return choice if choice in BUILT_IN else ""
 
 
@@ -75,7 +66,7 @@ def _enqueue(count_id: int, path: str, user_id: int | None) -> None:
         current_app.send_task(COUNT_TASK, (count_id, path, user_id), retry=False)
     except Exception as exc:  # kombu raises OperationalError and friends, depending on the transport
         log.warning("broker unavailable for token count %s: %s", count_id, exc)
-        _finish(
+        finish(
             count_id,
             TokenCount.State.UNAVAILABLE,
             {
@@ -158,70 +149,9 @@ def _supersede_waiting(user_id: int, newest: int) -> None:
         )
 
 
-def _finish(count_id: int, state: str, result: dict[str, Any]) -> None:
+def finish(count_id: int, state: str, result: dict[str, Any]) -> None:
+    """Store a count's end: done with its result, or unavailable with a note (the page polling for it stops)."""
     TokenCount.objects.filter(pk=count_id).update(state=state, result=result, finished_at=timezone.now())
-
-
-def _unavailable(count_id: int, note: str) -> None:
-    _finish(count_id, TokenCount.State.UNAVAILABLE, {"note": note})
-
-
-def count_tokens(count_id: int, path: str, user_id: int | None) -> None:
-    """Count the tokens of the pending TokenCount `count_id` from the file at `path`, checked again for the member
-    `user_id` (the path is a member's input: where it leads and whose upload it is may have changed). Whatever
-    happens the row leaves "pending", so the page polling for it stops."""
-    try:
-        _count(count_id, path, user_id)
-    except Exception as exc:
-        log.exception("token count %s failed", count_id)
-        _unavailable(count_id, f"Token lengths could not be counted ({type(exc).__name__}); check the file again.")
-
-
-def _count(count_id: int, path: str, user_id: int | None) -> None:
-    from projects.datasets.chat_templates import with_chat_template
-    from projects.datasets.uploads import upload_problems
-    from projects.services import load_tokenizer
-
-    count = TokenCount.objects.filter(pk=count_id, state=TokenCount.State.PENDING).first()
-    if count is None:  # counted already, or the row is gone
-        return
-    user = get_user_model().objects.filter(pk=user_id).first() if user_id else None
-    located = check_dataset_path(path, dataset_roots())
-    if problems := located.errors or upload_problems(located, user, None):
-        return _unavailable(count_id, f"Token lengths were not counted: {problems[0].message}")
-    model = f"'{count.model_name}'"
-    resolution = resolve_model(count.model_name, count.revision or None)
-    if not resolution.valid:
-        return _unavailable(count_id, f"Token lengths were not counted: the worker could not resolve {model}.")
-    tokenizer = with_chat_template(load_tokenizer(resolution), count.chat_template)
-    if tokenizer is None:
-        return _unavailable(count_id, f"The tokenizer of {model} could not be loaded, so token lengths are not shown.")
-    read = read_dataset(located.path or path)
-    if read.sample_key != count.sample_sha256:
-        return _unavailable(count_id, "The file changed while its tokens were counted: check it again.")
-    report = read.report
-    known = len(report.warnings)
-    add_token_stats(
-        report,
-        read.rows,
-        tokenizer,
-        count.max_seq_length,
-        model=model,
-        max_prompt_length=count.max_prompt_length,
-    )
-    result = {
-        "rows": report.rows,
-        "complete": report.complete,
-        "token_stats": report.token_stats.to_dict() if report.token_stats else None,
-        "pair_token_stats": (
-            {part: stats.to_dict() for part, stats in report.pair_token_stats.items()}
-            if report.pair_token_stats
-            else None
-        ),
-        "warnings": [p.to_dict() for p in report.warnings[known:]],
-        "errors": [p.to_dict() for p in report.errors],
-    }
-    _finish(count_id, TokenCount.State.DONE, result)
 
 
 def count_problems(count: TokenCount, key: str) -> list[Problem]:

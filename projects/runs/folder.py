@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from models_registry.models import PublishedModel
 from mtm.shared.claims import identity_of, identity_of_open, same_identity
 from mtm.shared.nofollow import LINK_ERRORS, open_dir_nofollow
 from mtm.shared.owned_files import open_subdir
@@ -139,6 +140,12 @@ def published_folder_problem(path: str, run: TrainingRun | None, name: str) -> P
     return None
 
 
+def published_model_problem(published: PublishedModel) -> Problem | None:
+    """published_folder_problem of a published model's row: the check projects registers for the resolver
+    (models_registry.published_folder)."""
+    return published_folder_problem(published.path, published.run, published.model_name)
+
+
 __all__ = [
     "RUN_FILES_MISSING",
     "RUN_FOLDER_CHANGED",
@@ -147,5 +154,6 @@ __all__ = [
     "open_published_folder",
     "open_run_folder",
     "published_folder_problem",
+    "published_model_problem",
     "run_folder_problem",
 ]

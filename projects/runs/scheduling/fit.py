@@ -26,6 +26,7 @@ from projects.runs.scheduling.memory_estimate import (
     setup_for,
 )
 from workers.devices import physical_index
+from workers.holds import held_by_device
 from workers.models import Worker
 
 
@@ -110,10 +111,8 @@ def held_elsewhere(model_name: str, resolution: Resolution) -> Problem | None:
 
 
 def fits_for(project: TrainingProject, shape: ModelShape | None, workers: list[Worker]) -> list[Fit]:
-    from playground.memory import loaded_by_device
-
     hp = Hyperparameters.from_stored(project.hyperparameters)
-    playground = loaded_by_device()  # models the playground holds count against their device
+    held = held_by_device()  # models the playground holds count against their device
     unpublished = unpublished_at(project.model_name)
     found = []
     for worker in workers:
@@ -121,8 +120,8 @@ def fits_for(project: TrainingProject, shape: ModelShape | None, workers: list[W
         on_gpu = bool(devices)
         rooms = []
         for d in devices:
-            held = playground.get((worker.host, physical_index(worker.cuda_visible_devices, d.index)), [])
-            rooms.append(d.total_bytes - sum(m.bytes for m in held))
+            on_device = held.get((worker.host, physical_index(worker.cuda_visible_devices, d.index)), [])
+            rooms.append(d.total_bytes - sum(m.bytes for m in on_device))
         room = min(rooms, default=worker.ram_bytes)
         bf16 = all(d.bf16 for d in devices) if devices else False
         need = estimate(shape, setup_for(project.method, hp, on_gpu=on_gpu, bf16=bf16)) if shape else None
