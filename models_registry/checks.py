@@ -26,6 +26,7 @@ from models_registry.remote_code import check_remote_code
 from models_registry.shard_index import check_index, loaded_safetensors
 from models_registry.tokenizer_check import vocabulary_source
 from models_registry.weights_consistency import compare_config_with_weights
+from mtm.shared.bounded_walk import ENTRIES
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 
@@ -52,6 +53,7 @@ class FolderReport:
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
     tokenizer_source: str | None = None  # the files the tokenizer's vocabulary would be built from
+    unread: bool = False  # refused before any file was read (a folder past a model's limits)
 
     @property
     def valid(self) -> bool:
@@ -149,13 +151,20 @@ def _link_text(path: str) -> str:
         return path
 
 
-def _too_large(exc: FolderTooLarge, model_name: str | None) -> Problem:
-    remove = f"rm -r {shlex.quote(os.path.join(exc.top, exc.branch))}" if exc.branch else "files no download made"
+def folder_too_large(exc: FolderTooLarge, model_name: str | None = None) -> Problem:
+    """The problem of a folder past a model's limits, as the model page, the list and the verdict give it."""
+    entries = exc.kind == ENTRIES
+    setting = "MTM_MODEL_FOLDER_MAX_ENTRIES" if entries else "MTM_MODEL_FOLDER_MAX_DEPTH"
+    what = "files and folders" if entries else "folders nested that deep"
+    branch = os.path.join(exc.top, exc.branch) if exc.branch else ""
+    remove = f" (the limit was reached in {branch}: rm -r {shlex.quote(branch)})" if branch else ""
+    name = f"'{model_name}'" if model_name else "the model"
     return Problem(
         "model_format_invalid",
-        f"Model format invalid: {exc.top} {exc.reason}; a model's folder holds a few hundred files, at most a few "
-        "folders deep. None of its files was read.",
-        f"Remove what does not belong to the model ({remove}). {redownload_hint(model_name)}",
+        f"Model format invalid: {exc.top} {exc.reason}, the limit set by {setting}. The portal does not read a "
+        "folder past this size: none of its files was read, so the model cannot be checked or trained.",
+        f"Remove from {exc.top} what does not belong to {name}{remove}. If the model really has that many "
+        f"{what}, ask staff to raise {setting}.",
     )
 
 
@@ -472,7 +481,8 @@ def check_model_folder(
     try:
         usable = _scan(folder, Path(root) if root else folder, report, model_name)
     except FolderTooLarge as exc:
-        report.errors.append(_too_large(exc, model_name))
+        report.errors.append(folder_too_large(exc, model_name))
+        report.unread = True
         return report
     report.errors.extend(take_lfs_pointers(usable, {e.name: e.size for e in report.files}, model_name))
     config = _check_config(usable, folder, report, model_name, context)

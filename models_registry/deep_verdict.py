@@ -22,6 +22,7 @@ from django.db import IntegrityError
 from django.utils import timezone
 from pydantic import BaseModel, Field
 
+from models_registry.checks import folder_too_large
 from models_registry.folder_walk import FolderTooLarge, walk_model_folder
 from models_registry.models import ModelVerdict
 from models_registry.resolution import Resolution
@@ -134,15 +135,36 @@ def _stopped(model_name: str, exc: LimitExceeded, limits: Limits) -> Problem:
 
 
 def compute_verdict(folder: str | Path, *, trust_remote_code: bool = False, model_name: str = "") -> DeepVerdict:
-    """transformers' verdict on `folder`, computed now in a limited child (not cached here)."""
-    # Imported here, before the fork: the child starts with transformers loaded, and its memory limit counts what
-    # the check allocates, not the libraries' code.
-    from models_registry.deep_verdict_child import examine
-
+    """transformers' verdict on `folder`, computed now in a limited child (not cached here); a folder past a model's
+    limits is refused as the format check refuses it, without asking transformers."""
     folder = str(folder)
     name = model_name or folder
     stamp = fingerprint(folder, trust_remote_code)
     limits = verdict_limits()
+    try:
+        walk_model_folder(folder)
+    except FolderTooLarge as exc:  # the format check refuses it unread: transformers is not asked either
+        found = {"errors": [folder_too_large(exc, name).to_dict()], "warnings": [], "facts": {}}
+    else:
+        found = _examined(folder, trust_remote_code, name, limits)
+    return DeepVerdict(
+        folder=folder,
+        valid=not found["errors"],
+        errors=found["errors"],
+        warnings=found["warnings"],
+        facts=found["facts"],
+        checked_at=timezone.now(),
+        versions=library_versions(),
+        fingerprint=stamp,
+    )
+
+
+def _examined(folder: str, trust_remote_code: bool, name: str, limits: Limits) -> dict:
+    """What deep_verdict_child.examine finds in `folder`, or the problem that stopped it."""
+    # Imported here, before the fork: the child starts with transformers loaded, and its memory limit counts what
+    # the check allocates, not the libraries' code.
+    from models_registry.deep_verdict_child import examine
+
     try:
         work = functools.partial(examine, folder, trust_remote_code, name, settings.MTM_TEMPLATE_CPU_SECONDS)
         found = run_limited(work, limits)
@@ -155,16 +177,7 @@ def compute_verdict(folder: str | Path, *, trust_remote_code: bool = False, mode
             "Check the model again; if it fails the same way, report it to the administrator with this message.",
         )
         found = {"errors": [problem.to_dict()], "warnings": [], "facts": {}}
-    return DeepVerdict(
-        folder=folder,
-        valid=not found["errors"],
-        errors=found["errors"],
-        warnings=found["warnings"],
-        facts=found["facts"],
-        checked_at=timezone.now(),
-        versions=library_versions(),
-        fingerprint=stamp,
-    )
+    return found
 
 
 def cached_verdict(folder: str | Path, trust_remote_code: bool = False) -> DeepVerdict | None:

@@ -1,16 +1,23 @@
 """The one walk of a folder a member can fill (a snapshot, an override's or a published model's folder,
 .no_exist/<commit>, refs/): mtm.shared.bounded_walk with a model's limits, which staff may change in the settings
-MTM_MODEL_FOLDER_MAX_ENTRIES and MTM_MODEL_FOLDER_MAX_DEPTH."""
+MTM_MODEL_FOLDER_MAX_ENTRIES and MTM_MODEL_FOLDER_MAX_DEPTH. The model list's quick check counts a snapshot against
+the same limits (snapshot_names) and lists snapshots/ and blobs/ within them (bounded_names), so the list and the
+model page refuse the same folders, each at the cost of a bounded listing."""
 
 from __future__ import annotations
 
 import os
+from itertools import islice
+from operator import attrgetter
 
 from django.conf import settings
 
-from mtm.shared.bounded_walk import Folder, FolderTooLarge, walk
+from mtm.shared.bounded_walk import DEPTH, ENTRIES, Folder, FolderTooLarge, walk
 
-__all__ = ["Folder", "FolderTooLarge", "walk_model_folder"]
+__all__ = ["Folder", "FolderTooLarge", "bounded_names", "snapshot_names", "walk_model_folder"]
+
+_NAME = attrgetter("name")
+_BELOW_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 def walk_model_folder(folder: str | os.PathLike) -> list[Folder]:
@@ -20,3 +27,74 @@ def walk_model_folder(folder: str | os.PathLike) -> list[Folder]:
         max_entries=settings.MTM_MODEL_FOLDER_MAX_ENTRIES,
         max_depth=settings.MTM_MODEL_FOLDER_MAX_DEPTH,
     )
+
+
+def snapshot_names(folder: str) -> set[str]:
+    """The names in `folder` (os.listdir's), once its whole tree is counted as walk_model_folder counts it: the same
+    entries, the same real subfolders entered in the same order, FolderTooLarge at the same place. A subfolder is
+    told by the entry's type, with no stat of each link (the snapshot's files are links to blobs). OSError when
+    `folder` itself cannot be listed."""
+    max_entries = settings.MTM_MODEL_FOLDER_MAX_ENTRIES
+    with os.scandir(folder) as listing:
+        entries = list(islice(listing, max_entries + 1))
+    if len(entries) > max_entries:
+        raise FolderTooLarge(folder, folder, ENTRIES, max_entries)
+    names = set(map(_NAME, entries))
+    try:
+        below = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]  # by the entry's type
+    except OSError:  # a file system without entry types, and an entry gone before its lstat
+        below = [entry.name for entry in entries if _real_folder(entry)]
+    if below:  # rare in a snapshot (onnx/, a GGUF folder): counted as the walk counts them
+        _count_below(folder, below, len(entries), max_entries, settings.MTM_MODEL_FOLDER_MAX_DEPTH)
+    return names
+
+
+def _count_below(top: str, below: list[str], listed: int, max_entries: int, max_depth: int) -> None:
+    """Go on counting under `top`'s real subfolders `below`, `listed` entries counted so far (walk's order)."""
+    pending: list[tuple[str, int]] = []
+    path, depth = top, 0
+    while True:
+        if below and depth >= max_depth:
+            raise FolderTooLarge(top, os.path.join(path, sorted(below)[0]), DEPTH, max_depth)
+        pending.extend((os.path.join(path, name), depth + 1) for name in sorted(below, reverse=True))
+        if not pending:
+            return
+        path, depth = pending.pop()
+        below = []
+        try:
+            fd = os.open(path, _BELOW_FLAGS)
+        except OSError:
+            continue  # as the walk: gone, or swapped for a link since it was listed
+        try:
+            with os.scandir(fd) as listing:
+                for entry in listing:
+                    listed += 1
+                    if listed > max_entries:
+                        raise FolderTooLarge(top, path, ENTRIES, max_entries)
+                    if _real_folder(entry):
+                        below.append(entry.name)
+        except FolderTooLarge:
+            raise
+        except OSError:
+            below = []  # as the walk: a folder whose listing fails is left out
+        finally:
+            os.close(fd)
+
+
+def bounded_names(folder: str) -> list[str]:
+    """The names in `folder` (snapshots/, blobs/), as os.listdir gives them, or FolderTooLarge once it holds more
+    than a model's folder may (MTM_MODEL_FOLDER_MAX_ENTRIES). OSError when it cannot be listed."""
+    max_entries = settings.MTM_MODEL_FOLDER_MAX_ENTRIES
+    with os.scandir(folder) as listing:
+        names = list(map(_NAME, islice(listing, max_entries + 1)))
+    if len(names) > max_entries:
+        raise FolderTooLarge(folder, folder, ENTRIES, max_entries)
+    return names
+
+
+def _real_folder(entry: os.DirEntry) -> bool:
+    """A folder the walk enters: a folder, not a link to one (the entry's type; one lstat where it is unknown)."""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False

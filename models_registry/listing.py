@@ -72,20 +72,16 @@ def _name_problem(name: str) -> Problem | None:
     return name_error(name)
 
 
-def _kept_or_scanned(
-    memo: dict[str, tuple[tuple, ListedModel]], folder: str, repo: str, root: str, root_fd: int | None
-) -> tuple[ListedModel, bool]:
-    """(the verdict of the repo folder `folder`, whether it was scanned now): the kept one while its signature
-    holds, else a new one, kept in `memo`."""
-    cached = memo.get(folder)
-    if cached and cached[0] == current_signature(repo, cached[0], cached[1]):
-        return cached[1], False
+def _scanned(folder: str, repo: str, root: str, root_fd: int | None) -> tuple[tuple, ListedModel]:
+    """(signature, verdict) of the repo folder `folder`, scanned now."""
     name = name_from_folder(folder) or folder
     if problem := _name_problem(name):
-        memo[folder] = signature(repo, None), ListedModel(name, "cache", None, None, [problem])
-    else:
-        memo[folder] = checked_repo(repo, name, root, root_fd)
-    return memo[folder][1], True
+        return signature(repo, None), ListedModel(name, "cache", None, None, [problem])
+    return checked_repo(repo, name, root, root_fd)
+
+
+def _still_holds(kept: tuple[tuple, ListedModel] | None, repo: str) -> bool:
+    return kept is not None and kept[0] == current_signature(repo, kept[0], kept[1])
 
 
 def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]:
@@ -93,6 +89,8 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
 
     Results are kept per repo, in this process and, when `store` is given, in a JSON file that other processes
     (gunicorn workers, a restarted portal) start from. An entry is reused only while its signature still matches.
+    The lock is held only to read and update the kept results, never while a repo is checked: a slow repo delays
+    only the listing that scans it (two listings at once may then both scan it, and either result is kept).
     """
     root = os.path.abspath(cache_dir)
     try:
@@ -103,23 +101,30 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
     with _memo_lock:
         if root not in _memo and store is not None:
             _memo[root] = _load_store(store, root)
-        memo = _memo.setdefault(root, {})
-        changed = False
-        listed = []
-        root_fd = open_root(root)
-        try:
-            for folder in sorted(entries):
-                item, fresh = _kept_or_scanned(memo, folder, prefix + folder, root, root_fd)
-                listed.append(item)
-                changed |= fresh
-        finally:
-            if root_fd is not None:
-                os.close(root_fd)
-        for gone in set(memo).difference(entries):
-            del memo[gone]
-            changed = True
-        if changed and store is not None:
-            _save_store(store, root, memo)
+        kept = dict(_memo.setdefault(root, {}))
+    fresh: dict[str, tuple[tuple, ListedModel]] = {}
+    listed = []
+    root_fd = open_root(root)
+    try:
+        for folder in sorted(entries):
+            repo = prefix + folder
+            if _still_holds(kept.get(folder), repo):
+                listed.append(kept[folder][1])
+            else:
+                fresh[folder] = _scanned(folder, repo, root, root_fd)
+                listed.append(fresh[folder][1])
+    finally:
+        if root_fd is not None:
+            os.close(root_fd)
+    gone = set(kept).difference(entries)
+    if fresh or gone:
+        with _memo_lock:
+            memo = _memo.setdefault(root, {})
+            memo.update(fresh)
+            for folder in gone:
+                memo.pop(folder, None)
+            if store is not None:
+                _save_store(store, root, memo)
     return listed
 
 

@@ -5,7 +5,9 @@ costs 21 system calls: refs/main read, blobs/ and the snapshot listed, config.js
 stats for the signature; no per-file stat or realpath. Given a descriptor of the cache root (open_root), the calls
 that take one are made relative to it, which spares the kernel the walk down to the root each time. Any other
 layout (no ref, a dangling one, an unlistable snapshot) takes the general path, which lists snapshots/ and lets the
-resolver's rule choose. A broken repo only ever marks itself invalid.
+resolver's rule choose. A broken repo only ever marks itself invalid. Every listing stops at a model folder's limits
+(folder_walk.snapshot_names, bounded_names): a planted folder past them costs a bounded listing and makes its repo
+invalid with the model page's own problem.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from typing import Any
 
 from models_registry.bounded_json import MAX_PIECES, parse_bytes
 from models_registry.cache_layout import PARTIAL_SUFFIX, split_partial_blobs
-from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, redownload_hint
+from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, folder_too_large, redownload_hint
+from models_registry.folder_walk import FolderTooLarge, bounded_names, snapshot_names
 from models_registry.not_a_model import gguf_files, without_config
 from models_registry.regular_files import NotRegularFile, kind_of
 from models_registry.remote_code import built_in_model_types, check_remote_code
@@ -196,8 +199,22 @@ def _read_main(ref: str, dir_fd: int | None = None) -> tuple[str | None, int]:
 
 
 def _partial_blobs(repo_dir: str) -> list[str]:
+    """The interrupted downloads in the repo's blobs/ ([] when it cannot be listed); FolderTooLarge past a model's
+    limits."""
     try:
-        return [n for n in os.listdir(repo_dir + "/blobs") if n.endswith(PARTIAL_SUFFIX)]
+        return [n for n in bounded_names(repo_dir + "/blobs") if n.endswith(PARTIAL_SUFFIX)]
+    except FolderTooLarge:
+        raise
+    except OSError:
+        return []
+
+
+def _snapshot_folders(repo_dir: str) -> list[str]:
+    """The entries of the repo's snapshots/ ([] when it cannot be listed); FolderTooLarge past a model's limits."""
+    try:
+        return bounded_names(repo_dir + "/snapshots")
+    except FolderTooLarge:
+        raise
     except OSError:
         return []
 
@@ -219,13 +236,17 @@ def scan_repo(repo_dir: str, name: str, cache_root: str, root_fd: int | None = N
         # Stats before the listings they describe: a change in between leaves a stale signature, so a re-check.
         blobs_mtime = _mtime(base + "/blobs", root_fd)
         snapshot_mtime = _mtime(at[1], root_fd) if at else _mtime(snapshot)
+        item = ListedModel(name, "cache", snapshot, commit)
         try:
-            names = set(os.listdir(snapshot))
+            names = snapshot_names(snapshot)
+            partial = _partial_blobs(repo_dir)
+        except FolderTooLarge as exc:  # refused unread, as the model page refuses it
+            item.errors.append(folder_too_large(exc, name))
+            return (ref_mtime, blobs_mtime, snapshot_mtime), item
         except OSError:
             pass  # not a listable snapshot: the general path says why
         else:
-            item = ListedModel(name, "cache", snapshot, commit)
-            _check_snapshot(item, snapshot, names, _partial_blobs(repo_dir), cache_root, at)
+            _check_snapshot(item, snapshot, names, partial, cache_root, at)
             return (ref_mtime, blobs_mtime, snapshot_mtime), item
     item = quick_check(repo_dir, name, cache_root)
     return signature(repo_dir, item.path), item
@@ -234,10 +255,11 @@ def scan_repo(repo_dir: str, name: str, cache_root: str, root_fd: int | None = N
 def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
     item = ListedModel(model_name=name, source="cache", path=None, revision=None)
     try:
-        snapshots = os.listdir(repo_dir + "/snapshots")
-    except OSError:
-        snapshots = []
-    partial = _partial_blobs(repo_dir)
+        snapshots = _snapshot_folders(repo_dir)
+        partial = _partial_blobs(repo_dir)
+    except FolderTooLarge as exc:
+        item.errors.append(folder_too_large(exc, name))
+        return item
     if not snapshots:
         if partial:
             item.errors.append(_partial_problem(name, len(partial)))
@@ -263,7 +285,10 @@ def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
     snapshot = repo_dir + "/snapshots/" + commit
     item.path, item.revision = snapshot, commit
     try:
-        names = set(os.listdir(snapshot))
+        names = snapshot_names(snapshot)
+    except FolderTooLarge as exc:
+        item.errors.append(folder_too_large(exc, name))
+        return item
     except OSError as exc:
         item.errors.append(
             Problem(

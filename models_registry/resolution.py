@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models_registry.cache_layout import hub_absent_files, near_names, split_partial_blobs
-from models_registry.checks import CacheContext, FileEntry, check_model_folder, redownload_hint
-from models_registry.folder_walk import FolderTooLarge, walk_model_folder
+from models_registry.checks import CacheContext, FileEntry, check_model_folder, folder_too_large, redownload_hint
+from models_registry.folder_walk import FolderTooLarge, bounded_names, walk_model_folder
 from models_registry.names import is_commit_hash, name_error, repo_folder_name, revision_error
 from models_registry.regular_files import NotRegularFile, read_regular
 from mtm.shared.nofollow import LINK_ERRORS, open_dir_nofollow
@@ -46,6 +46,7 @@ class Resolution:
     trust_remote_code: bool = False
     tokenizer_source: str | None = None
     provenance: str | None = None  # for a model published from a run: who made it, from what (never upstream)
+    unread: bool = False  # its folder was refused before any file was read (past a model folder's limits)
 
     @property
     def valid(self) -> bool:
@@ -152,15 +153,27 @@ def _list_refs(repo_dir: Path) -> list[str]:
 
 
 def incomplete_blobs(repo_dir: Path) -> list[str]:
+    """The interrupted downloads in the repo's blobs/; FolderTooLarge past a model folder's limits."""
+    return sorted(n for n in _safe_listdir(repo_dir / "blobs") if n.endswith(".incomplete"))
+
+
+def _snapshot_folders(repo_dir: Path, revision: str | None) -> list[str]:
+    """The entries of the repo's snapshots/. Past a model folder's limits, the one snapshot the revision (or
+    refs/main) names when it is there, as the model list reaches it without listing snapshots/; else FolderTooLarge."""
     try:
-        return sorted(n for n in os.listdir(repo_dir / "blobs") if n.endswith(".incomplete"))
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
-        return []
+        return _safe_listdir(repo_dir / "snapshots")
+    except FolderTooLarge:
+        wanted = revision if revision and is_commit_hash(revision) else read_ref(repo_dir, revision or "main")
+        if wanted and "/" not in wanted and wanted not in (".", "..") and (repo_dir / "snapshots" / wanted).is_dir():
+            return [wanted]
+        raise
 
 
 def _safe_listdir(path: Path) -> list[str]:
+    """The names in `path` ([] when it is missing or unreadable), listed as the model list lists them: FolderTooLarge
+    past a model folder's limits."""
     try:
-        return os.listdir(path)
+        return bounded_names(str(path))
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return []
 
@@ -272,6 +285,7 @@ def _resolve_override(
     )
     result.path, result.tokenizer_source = str(folder), report.tokenizer_source
     result.files, result.errors, result.warnings = report.files, report.errors, result.warnings + report.warnings
+    result.unread = report.unread
     return result
 
 
@@ -315,6 +329,7 @@ def _resolve_published(
     report = check_model_folder(folder, root=folder, model_name=name, context=CacheContext(cache_dir=cache_dir))
     result.path, result.tokenizer_source = str(folder), report.tokenizer_source
     result.files, result.errors, result.warnings = report.files, report.errors, result.warnings + report.warnings
+    result.unread = report.unread
     return result
 
 
@@ -367,8 +382,13 @@ def _resolve_cache(result: Resolution, cache_dir: Path, revision: str | None) ->
         result.errors.append(not_found(name, cache_dir, where, revision))
         return result
     result.source = "cache"
-    snapshots = _safe_listdir(repo_dir / "snapshots")
-    partial = incomplete_blobs(repo_dir)
+    try:
+        snapshots = _snapshot_folders(repo_dir, revision)
+        partial = incomplete_blobs(repo_dir)
+    except FolderTooLarge as exc:  # refused unread, as the model list refuses it
+        result.errors.append(folder_too_large(exc, name))
+        result.unread = True
+        return result
     if not snapshots:
         if partial:
             result.errors.append(_incomplete_problem(name, partial, revision))
@@ -385,7 +405,7 @@ def _resolve_cache(result: Resolution, cache_dir: Path, revision: str | None) ->
     result.path, result.revision = str(snapshot), choice.commit
     context = CacheContext(cache_dir, choice.commit, hub_absent_files(repo_dir, choice.commit))
     report = check_model_folder(snapshot, root=cache_dir, model_name=name, context=context)
-    result.files, result.tokenizer_source = report.files, report.tokenizer_source
+    result.files, result.tokenizer_source, result.unread = report.files, report.tokenizer_source, report.unread
     result.errors.extend(_for_revision(p, name, revision) for p in report.errors)
     result.warnings.extend(_for_revision(p, name, revision) for p in report.warnings)
     if partial:

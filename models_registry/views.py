@@ -32,6 +32,7 @@ from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from mtm.request_limits import limited_view
 from mtm.shared.problems import Problem
+from projects.publishing.services import can_unpublish  # allowed back-import: tests/test_layers.py
 
 VALID_FILTERS = {"true": True, "false": False}
 MAX_QUERY_CHARS = 200
@@ -127,11 +128,9 @@ def model_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
         "deep": deep,
         "deep_url": _verdict_url(name, revision, "page"),
     }
-    if resolution.path:
+    if resolution.path and not resolution.unread:
         context["chat_template"] = chat_template_source(resolution.path) or ""
     if resolution.source == "portal":
-        from projects.publishing.services import can_unpublish
-
         rows = PublishedModel.objects.select_related("run__project__owner", "published_by")
         published = rows.filter(model_name=name).first()
         context["published"] = published

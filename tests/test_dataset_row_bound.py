@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mtm.audit import Actor
+from projects.datasets import row_count
 from projects.datasets.loading import SAMPLE_ROWS
 from projects.datasets.report import read_dataset
 from projects.models import RunStatus
@@ -165,3 +166,20 @@ def test_the_full_read_stops_at_the_first_row_past_the_bound(tmp_path, row_bound
     at_the_bound = json.dumps(rows[:LIMIT]) if kind == "json" else csv_text(LIMIT)
     report = read_dataset(write(tmp_path / f"bound.{kind}", at_the_bound), full=True).report
     assert report.valid and report.rows == LIMIT
+
+
+def test_a_quoted_csv_too_long_to_count_in_a_request_is_left_to_the_resolve_stage(team, tiny_llama_in_cache, row_bound):
+    """A CSV with quotes and more lines than the bound is counted through the csv module; a request parses at most
+    _CSV_EXACT_CHARS of it for that. Past them the web does not know (the save goes through) and the resolve stage,
+    which reads the file as the trainer does, refuses it."""
+    name, _ = tiny_llama_in_cache
+    long_answer = "x" * (2 * row_count._CSV_EXACT_CHARS // LIMIT)
+    text = "prompt,completion\n" + "".join(f'"Question {n}?","{long_answer}"\n' for n in range(LIMIT + 1))
+    dataset = write(team["root"] / "datasets" / "long-rows.csv", text)
+    assert len(text) > row_count._CSV_EXACT_CHARS
+    project = save(team, name, dataset)  # not known in the request: the worker decides
+    run = start(project, team["mallory"])
+    assert stages.resolve_stage(run.pk) is False
+    run.refresh_from_db()
+    assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, "resolve", TOO_MANY_ROWS)
+    assert run.error_message.startswith(f"long-rows.csv has more than {LIMIT:,} rows")

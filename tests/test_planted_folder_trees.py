@@ -99,8 +99,9 @@ def test_a_snapshot_with_1500_nested_folders_is_a_format_error_naming_what_to_re
     [problem] = res.errors
     assert problem.code == "model_format_invalid" and not res.valid
     assert problem.message.startswith(f"Model format invalid: {snapshot} has folders nested more than {MAX_DEPTH}")
-    assert "a model's folder holds a few hundred files" in problem.message
-    assert f"rm -r {snapshot / 'a'}" in problem.hint and "hf download org/deep" in problem.hint
+    assert "The portal does not read a folder past this size" in problem.message
+    assert f"rm -r {snapshot / 'a'}" in problem.hint and "hf download" not in problem.hint
+    assert "ask staff to raise MTM_MODEL_FOLDER_MAX_DEPTH" in problem.hint
     assert fingerprint(snapshot) != fingerprint(make_model_repo(hf_cache, "org/other"))  # no RecursionError
 
 
@@ -135,7 +136,8 @@ def test_the_listing_reports_a_deep_snapshot_with_a_partial_download_as_its_own_
     listed = {m.model_name: m for m in list_cached(hf_cache)}
     assert listed["org/good"].valid
     [problem] = listed["org/partial"].errors
-    assert problem.code == "model_unreadable" and f"nested more than {MAX_DEPTH} deep" in problem.message
+    assert problem.code == "model_format_invalid" and f"nested more than {MAX_DEPTH} deep" in problem.message
+    assert problem == resolve("org/partial", cache_dir=hf_cache).errors[0]  # the list says what the page says
 
 
 # --- the doors ----------------------------------------------------------------------------------------------------

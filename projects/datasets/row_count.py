@@ -6,7 +6,9 @@ The worker's full read stops at the first row past the bound. A request reads on
 (loading.Sample), so there the rest is counted without being parsed: first its line breaks, at the speed of
 bytes.count; only a file with more lines than the bound is counted exactly: its lines with content (a JSON Lines row,
 or a CSV record when the file has no quotes), and a CSV with quotes (where a record may span lines) through the csv
-module, never holding more than one row. Memory stays at one chunk either way.
+module, never holding more than one row. Memory stays at one chunk either way. The csv module is slow (a few MB a
+second), so its count reads at most _CSV_EXACT_CHARS of the file: past them the answer is "not known here", as for a
+JSON array, and the worker's full read stops at the first row past the bound.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ _BREAKS_CHUNK = 1024 * 1024
 _JSONL_BLANK = b" \t\r\x0b\x0c\x1c\x1d\x1e\x1f"
 # Lines the exact CSV count reads at most for each row of the bound (a record may span lines: quoted line breaks).
 _CSV_LINES_PER_ROW = 4
+# Characters the exact CSV count parses at most (a fraction of a second of a web request's CPU).
+_CSV_EXACT_CHARS = 1024 * 1024
 
 
 def too_many_rows(name: str, limit: int) -> Problem:
@@ -42,8 +46,8 @@ def too_many_rows(name: str, limit: int) -> Problem:
 def rows_past(file: BinaryIO, kind: str, limit: int, max_row_bytes: int) -> bool | None:
     """Whether the opened dataset file, read as `kind` ("jsonl", "csv" or "json"), has more than `limit` rows: True,
     False, or None when that is not known without reading it as the worker does (a JSON array; a CSV with quotes
-    whose count stops at a problem the worker's read names, or after 4 lines for each row of the bound). Leaves the
-    file's position anywhere."""
+    whose count stops at a problem the worker's read names, after 4 lines for each row of the bound, or after
+    _CSV_EXACT_CHARS). Leaves the file's position anywhere."""
     if kind not in ("jsonl", "csv"):  # a JSON array may hold any number of rows on one line
         return None
     header = 1 if kind == "csv" else 0
@@ -96,12 +100,13 @@ def _content_lines(file: BinaryIO, kind: str, stop_above: int) -> tuple[int, boo
 
 def _csv_records(file: BinaryIO, stop_above: int, max_row_bytes: int, line_budget: int) -> int | None:
     """Records of a CSV file (its header one of them), counted until there are more than `stop_above`; None when
-    reading stops first: a record longer than a row may be, unreadable CSV, or more than `line_budget` lines read."""
+    reading stops first: a record longer than a row may be, unreadable CSV, more than `line_budget` lines or
+    _CSV_EXACT_CHARS characters read."""
     csv.field_size_limit(max(csv.field_size_limit(), max_row_bytes + 1))  # as the reader raises it
     handle = os.fdopen(os.dup(file.fileno()), "rb")
     handle.seek(0)
     with io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace", newline="") as text:
-        lines = BoundedLines(text, max_row_bytes)
+        lines = _BudgetedLines(text, max_row_bytes, _CSV_EXACT_CHARS)
         reader = csv.reader(lines)
         records = 0
         try:
@@ -112,6 +117,25 @@ def _csv_records(file: BinaryIO, stop_above: int, max_row_bytes: int, line_budge
                     break
                 if reader.line_num > line_budget:
                     return None
-        except (RecordTooLong, csv.Error):
+        except (RecordTooLong, csv.Error, _BudgetSpent):
             return None
     return records
+
+
+class _BudgetSpent(Exception):
+    """The exact count has read all the characters it may."""
+
+
+class _BudgetedLines(BoundedLines):
+    """BoundedLines that stops (_BudgetSpent) once more than `budget` characters are read in all."""
+
+    def __init__(self, fh, limit: int, budget: int):
+        super().__init__(fh, limit)
+        self.left = budget
+
+    def __next__(self) -> str:
+        line = super().__next__()
+        self.left -= len(line)
+        if self.left < 0:
+            raise _BudgetSpent
+        return line
