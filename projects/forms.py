@@ -76,6 +76,8 @@ class ProjectForm(forms.Form):
     revision = forms.CharField(label="Revision", max_length=255, required=False)
     dataset_file = forms.FileField(label="Upload a dataset", required=False)
     dataset_path = forms.CharField(label="or a dataset file on the server", max_length=4096, required=False)
+    # The signed note of an upload refused on this form (projects.datasets.uploads.refusal_token), for the save.
+    refused_upload = forms.CharField(required=False, widget=forms.HiddenInput)
     eval_dataset_path = forms.CharField(label="Eval file (optional)", max_length=4096, required=False)
     output_directory = forms.CharField(label="Output directory", max_length=4096, required=False)
     # The folder last suggested for the name: while the output box still holds it, it follows the name typed.

@@ -37,7 +37,14 @@ from projects.datasets.eval_split import eval_file_warnings, eval_source_problem
 from projects.datasets.pairs import objective_problem
 from projects.datasets.report import read_dataset
 from projects.datasets.token_stats import count_problems, request_count
-from projects.datasets.uploads import discard_refused, receive_upload, upload_problems
+from projects.datasets.uploads import (
+    RefusedUpload,
+    as_uploaded,
+    discard_refused,
+    receive_upload,
+    refusal_token,
+    upload_problems,
+)
 from projects.forms import ProjectForm
 from projects.hyperparameters import HYPERPARAMETERS, MODEL_FIT_BOXES, Hyperparameters
 from projects.lora_targets import lora_target_problems
@@ -262,6 +269,7 @@ def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
     upload = request.FILES.get("dataset_file")
     path = request.POST.get("dataset_path", "")
     status: dict[str, Any] = {"path": path}
+    refused = None
     if upload is None:
         status["errors"] = []
     else:
@@ -270,6 +278,7 @@ def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
             stored = str(received)
         except DatasetError as exc:
             status["upload_errors"] = exc.problems
+            refused = RefusedUpload(upload.name, exc.problems)
         else:
             status = {
                 **dataset_status(stored, request.POST, request.user),
@@ -277,10 +286,14 @@ def upload_dataset(request: HtmxHttpRequest) -> HttpResponse:
                 "reused": received.reused,
             }
             if status.get("errors"):
+                status["errors"] = as_uploaded(status["errors"], stored, upload.name)
                 status["discarded"] = discard_refused(received, actor=Actor.of(request, Channel.PAGE))
+                refused = RefusedUpload(upload.name, status["errors"])
             else:
                 path = stored
-    form = ProjectForm(initial={"dataset_path": path})
+    # A refused upload leaves the path box as it was; the form carries why, so a save without a dataset says so.
+    token = refusal_token(request.user, refused) if refused else ""
+    form = ProjectForm(initial={"dataset_path": path, "refused_upload": token})
     return render(request, "projects/form.html#dataset-field", {"form": form, "dataset": status})
 
 

@@ -23,7 +23,7 @@ from projects.access import can_manage, require_manage
 from projects.context_length import seq_length_warning
 from projects.datasets import DatasetError
 from projects.datasets.token_stats import saved_count, template_key
-from projects.datasets.uploads import discard_refused, receive_upload
+from projects.datasets.uploads import as_uploaded, discard_refused, read_refusal, receive_upload
 from projects.forms import ProjectForm, problem_error
 from projects.hyperparameters import MODEL_FIT_BOXES, QUICK_CHECK, Hyperparameters
 from projects.inline_checks import counting, hyperparameter_status, output_status, token_count_url
@@ -64,6 +64,14 @@ def project_list(request: HtmxHttpRequest) -> HttpResponse:
     return render(request, "projects/list.html", {"projects": projects})
 
 
+def refused_upload_problem(name: str) -> Problem:
+    return Problem(
+        "upload_refused",
+        f"Your upload {name} was refused and not kept, so this project has no dataset yet.",
+        "Fix the file and upload it again (below, why it was refused), or give the path of a dataset on the server.",
+    )
+
+
 def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject | None) -> TrainingProject | None:
     """Store an upload, then create or update through the service; None (with the form's errors) when refused.
     An upload whose dataset is refused is deleted; one kept for a form refused for other reasons stays in the
@@ -82,6 +90,12 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
                 form.add_error("dataset_file", problem_error(problem))
         else:
             form.keep_dataset_path(dataset_path)
+    elif not typed_path.strip() and (refusal := read_refusal(form.cleaned_data["refused_upload"], request.user)):
+        # The member did give a dataset: an upload, refused and deleted when it was sent. Say why, not "no dataset".
+        upload_failed = True
+        form.add_error("dataset_file", problem_error(refused_upload_problem(refusal.name)))
+        for problem in refusal.problems:
+            form.add_error("dataset_file", problem_error(problem))
     data = form.project_data(dataset_path)
     if upload_failed:  # still show everything else that is wrong, but never save
         found = check_project(data, actor=request.user, project=project)
@@ -98,7 +112,8 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
             update_project(project, data, actor=actor)
             saved = project
     except ProjectInvalid as refused:
-        if stored and refused.check.errors.get("dataset_path"):
+        if stored and (problems := refused.check.errors.get("dataset_path")):
+            refused.check.errors["dataset_path"] = as_uploaded(problems, stored, upload.name)
             discard_refused(stored, actor=Actor.of(request, Channel.PAGE))
             form.keep_dataset_path(typed_path, upload_kept=False)
         form.add_problems(refused.check)

@@ -140,12 +140,16 @@ def test_the_gpus_page_offers_drain_only_for_training_workers_and_says_what_each
     staff = User.objects.create_user("boss", is_staff=True)
     page = secure_client(staff).get("/gpus/").content.decode()
     assert "Every training worker" not in page
-    assert "the checks worker (model checks and periodic jobs) and the playground workers" in page
+    assert (
+        "the checks worker (model checks), the token counts worker, the periodic jobs worker and the playground" in page
+    )
     assert ">Drain</button>" in worker_block(page, trainer.name)
     assert "Takes training runs." in worker_block(page, trainer.name)
     for worker in (checks, playground):
         assert "Drain" not in worker_block(page, worker.name) and "No run." not in worker_block(page, worker.name)
-    assert "Runs model checks and periodic jobs; takes no training run." in worker_block(page, checks.name)
+    assert "Runs the periodic jobs (failing lost runs and generations, upload cleanup); takes no training run." in (
+        worker_block(page, checks.name)
+    )
     assert "Answers the playground; takes no training run." in worker_block(page, playground.name)
 
 

@@ -54,10 +54,45 @@ def inference_worker_queues(worker_name: str) -> list[str]:
     return [own_queue(worker_name), INFERENCE_QUEUE]
 
 
-def run_queues(worker_name: str, queues: list[str], default_queue: str) -> list[str]:
-    """Those of a worker's `queues` that bring training runs: not the default queue (model checks, periodic jobs)
-    and, for a playground worker, neither the playground's queue nor its own. Draining a worker stops these."""
-    not_runs = {default_queue}
-    if INFERENCE_QUEUE in queues:
-        not_runs |= {INFERENCE_QUEUE, own_queue(worker_name)}
-    return [queue for queue in queues if queue not in not_runs]
+# What each queue brings, the one table the GPUs page describes a worker from. The plain workers' queues are named
+# in mtm/settings.py (CELERY_TASK_ROUTES, CELERY_TASK_DEFAULT_QUEUE); a test keeps this table in step with them.
+CHECKS_QUEUE = "checks"
+COUNTS_QUEUE = "counts"
+PERIODIC_QUEUE = "default"
+TRAINING_RUNS = "takes training runs"
+QUEUE_DUTIES = {
+    TRAINING_QUEUE: TRAINING_RUNS,
+    CPU_QUEUE: TRAINING_RUNS,
+    CHECKS_QUEUE: "runs model checks (transformers' check of a model, and their background fill)",
+    COUNTS_QUEUE: "counts dataset tokens (the counts a dataset check waits for)",
+    PERIODIC_QUEUE: "runs the periodic jobs (failing lost runs and generations, upload cleanup)",
+    INFERENCE_QUEUE: "answers the playground",
+}
+# Capacity and device-count queues bring runs too (a run sent where it fits).
+RUN_QUEUE_PATTERN = re.compile(r"gpus\d+\.\d+g|devices\d+")
+
+
+def queue_duty(queue: str) -> str | None:
+    """What the queue `queue` brings its worker, or None for a worker's own queue and a queue the portal sends nothing
+    to."""
+    if queue in QUEUE_DUTIES:
+        return QUEUE_DUTIES[queue]
+    return TRAINING_RUNS if RUN_QUEUE_PATTERN.fullmatch(queue) else None
+
+
+def worker_duties(queues: list[str]) -> list[str]:
+    """What a worker consuming `queues` does, each once, in QUEUE_DUTIES' order ("takes training runs" first)."""
+    found = {duty for queue in queues if (duty := queue_duty(queue))}
+    order = list(dict.fromkeys(QUEUE_DUTIES.values()))
+    return sorted(found, key=order.index)
+
+
+def run_queues(worker_name: str, queues: list[str], default_queue: str = PERIODIC_QUEUE) -> list[str]:
+    """Those of a worker's `queues` that bring training runs: the training, CPU, capacity and device-count queues
+    and, for a worker that takes runs, its own queue (a run sent to it by name). Not the checks, counts or periodic
+    jobs' queues, nor the playground's. Draining a worker stops these: only a worker with some takes runs."""
+    brings_runs = [q for q in queues if q != default_queue and queue_duty(q) == TRAINING_RUNS]
+    if not brings_runs:
+        return []
+    mine = own_queue(worker_name)
+    return [queue for queue in queues if queue in brings_runs or queue == mine]

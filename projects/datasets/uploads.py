@@ -21,6 +21,7 @@ from typing import IO, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core import signing
 from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
@@ -277,3 +278,51 @@ def cleanup_uploads(now: float | None = None) -> list[str]:
             remove_path(folder, ignore_errors=True)
             removed.append(str(folder))
     return removed
+
+
+# --- A refused upload, carried by the form until the next save ------------------------------------------------------
+
+REFUSAL_SALT = "projects.datasets.uploads.refused"
+MAX_NAME_CHARS = 255
+
+
+@dataclass(frozen=True)
+class RefusedUpload:
+    """A file the member uploaded on the form that was refused (and deleted): its name as uploaded and why."""
+
+    name: str
+    problems: list[Problem]
+
+
+def as_uploaded(problems: list[Problem], stored: str | os.PathLike, name: str) -> list[Problem]:
+    """`problems` of a stored upload, naming the file as the member uploaded it instead of its path in the uploads
+    folder (a folder the member never sees, and gone once the refused upload is deleted)."""
+    paths = sorted({str(stored), os.path.realpath(stored)}, key=len, reverse=True)
+
+    def named(text: str) -> str:
+        for path in paths:
+            text = text.replace(path, name)
+        return text
+
+    return [Problem(p.code, named(p.message), named(p.hint)) for p in problems]
+
+
+def refusal_token(user: Any, refused: RefusedUpload) -> str:
+    """A signed note of `refused` for the form to send back on save, so the save says why there is no dataset."""
+    problems = [problem.to_dict() for problem in refused.problems]
+    return signing.dumps(
+        {"user": user.pk, "name": refused.name[:MAX_NAME_CHARS], "problems": problems}, salt=REFUSAL_SALT
+    )
+
+
+def read_refusal(token: str, user: Any) -> RefusedUpload | None:
+    """The refused upload a form's note names, or None when there is none (or it was not signed here for `user`)."""
+    if not token:
+        return None
+    try:
+        note = signing.loads(token, salt=REFUSAL_SALT)
+        if note["user"] != user.pk:
+            return None
+        return RefusedUpload(str(note["name"]), [Problem(**problem) for problem in note["problems"]])
+    except (signing.BadSignature, KeyError, TypeError, ValueError):
+        return None

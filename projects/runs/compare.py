@@ -14,7 +14,7 @@ from projects.access import visible_runs
 from projects.models import TrainingRun
 from projects.runs.columns import RunProgress, RunSummary, ValidationReport, read_eval_points, read_metrics
 from projects.runs.config import RunConfig, config_rows, run_config
-from projects.runs.display import format_seconds
+from projects.runs.display import before_after_short_label, eval_set_text, format_seconds
 from projects.runs.evaluation import EvalOverview, eval_overview
 
 MIN_RUNS = 2
@@ -89,6 +89,14 @@ class ComparedRun:
     @property
     def duration(self) -> str:
         return format_seconds(self.duration_seconds)
+
+    @property
+    def eval_set(self) -> str:
+        return eval_set_text(self.evaluation.source, self.evaluation.split)
+
+    @property
+    def before_after_label(self) -> str:
+        return before_after_short_label(self.evaluation.source)
 
     @property
     def validation_result(self) -> str:

@@ -57,3 +57,32 @@ def eval_source(project: TrainingProject) -> str:
         return describe_eval_file(project.eval_dataset_path, None)
     values = Hyperparameters.from_stored(project.hyperparameters)
     return describe_split(None, values.eval_fraction, values.seed)
+
+
+# Without an eval set the base-vs-fine-tuned loss is still measured, on the dataset's last row held out for the
+# validation prompt: the pages name that row as such, so "Eval set: none" and that loss never read as a contradiction.
+NO_EVAL_SET_DURING_TRAINING = "none during training (no eval file, eval fraction 0): no eval loss while it trains"
+
+
+def eval_set_text(source: str, split: str) -> str:
+    """The run's eval set in words (projects.runs.evaluation.EvalOverview's source and split)."""
+    return NO_EVAL_SET_DURING_TRAINING if source == "none" else split
+
+
+def before_after_loss_label(source: str, rows: int | None) -> str:
+    """What the validation's base-vs-fine-tuned loss was measured on: the eval set's rows (a separate file, or the
+    share held out of the dataset), else the held-out validation row, which is not an eval set."""
+    count = "?" if rows is None else str(rows)
+    plural = "" if rows == 1 else "s"
+    if source == "file":
+        return f"Eval loss on {count} row{plural} of the eval file"
+    if source == "fraction":
+        return f"Eval loss on {count} row{plural} of the eval set (held out of the dataset)"
+    if rows == 1:
+        return "Loss on the held-out validation row (not an eval set)"
+    return f"Loss on the {count} held-out validation rows (not an eval set)"
+
+
+def before_after_short_label(source: str) -> str:
+    """The compare page's word for the same loss, beside the eval loss of training."""
+    return "eval loss" if source in ("file", "fraction") else "loss on the held-out validation row (not an eval set)"

@@ -27,7 +27,7 @@ from projects.runs import records
 from projects.runs.charts.dpo import dpo_charts
 from projects.runs.columns import RunProgress, ValidationReport
 from projects.runs.config import ConfigRow, RunConfig, changes_since, config_rows, previous_run, run_config
-from projects.runs.display import run_duration, run_eta
+from projects.runs.display import before_after_loss_label, eval_set_text, run_duration, run_eta
 from projects.runs.evaluation import eval_overview
 from projects.runs.scheduling.placement import place_in_line
 from projects.runs.services import RunRefused, cancel_run, start_run
@@ -90,8 +90,12 @@ def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
         "progress": progress,
         "eta": run_eta(run, progress),
         "duration": run_duration(run),
-        "validation": ValidationReport.read(run.validation),
-        "evaluation": eval_overview(run, config),
+        "validation": (validation := ValidationReport.read(run.validation)),
+        "evaluation": (evaluation := eval_overview(run, config)),
+        "eval_set": eval_set_text(evaluation.source, evaluation.split),
+        "before_after_label": before_after_loss_label(
+            evaluation.source, validation.before_after.eval_rows if validation and validation.before_after else None
+        ),
         "checkpoint": checkpoint,
         "can_manage": can_manage(user, project),
         "place_in_line": place_in_line(run),

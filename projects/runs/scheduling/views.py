@@ -17,8 +17,19 @@ from mtm.htmx import HtmxHttpRequest
 from projects.models import LIVE_STATUSES, RunStatus, TrainingRun
 from projects.runs.scheduling.placement import waiting_runs
 from workers.devices import physical_index
+from workers.holds import held_by_device, held_by_worker
 from workers.models import MAX_LIVE_RUNS_PER_MEMBER, SchedulingSettings, Worker
+from workers.queues import TRAINING_RUNS, worker_duties
 from workers.services import DrainRefused, set_drained, set_live_run_limit
+
+
+def worker_role(worker: Worker) -> str:
+    """What the worker does, from the queues it consumes (workers.queues.QUEUE_DUTIES), as one sentence."""
+    duties = worker_duties(list(worker.queues or [])) or ["consumes no queue the portal sends work to"]
+    if TRAINING_RUNS not in duties:
+        duties.append("takes no training run")
+    sentence = "; ".join(duties)
+    return sentence[0].upper() + sentence[1:] + "."
 
 
 def fleet() -> tuple[list[dict[str, Any]], list[Worker]]:
@@ -33,9 +44,7 @@ def fleet() -> tuple[list[dict[str, Any]], list[Worker]]:
     )
     for run in taken:
         holding[run.placement.worker_name].append(run)
-    from playground.memory import loaded_by_device, loaded_by_worker
-
-    on_device, by_worker = loaded_by_device(), loaded_by_worker()
+    on_device, by_worker = held_by_device(), held_by_worker()
     hosts: dict[str, list[dict[str, Any]]] = defaultdict(list)
     folded = []
     for worker in Worker.objects.prefetch_related("devices"):
@@ -48,7 +57,13 @@ def fleet() -> tuple[list[dict[str, Any]], list[Worker]]:
                 (worker.host, physical_index(worker.cuda_visible_devices, device.index)), []
             )
         hosts[worker.host].append(
-            {"worker": worker, "devices": devices, "runs": holding[worker.name], "loaded": by_worker[worker.name]}
+            {
+                "worker": worker,
+                "role": worker_role(worker),
+                "devices": devices,
+                "runs": holding[worker.name],
+                "loaded": by_worker[worker.name],
+            }
         )
     for workers in hosts.values():
         workers.sort(key=lambda row: (row["worker"].is_gone, row["worker"].name))
