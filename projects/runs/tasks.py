@@ -35,8 +35,8 @@ def resolve_run(self, run_id: int) -> None:
     try:
         taken = take(run_id, worker_identity(), self.request.hostname or "")
     except WorkerDrained as drained:  # back to a queue another worker consumes; this one stops consuming first
-        queue = hand_back(run_id, drained.worker_name)
         stop_taking_runs(self.app, drained.worker_name)
+        queue = hand_back(run_id, drained.worker_name)
         raise self.retry(queue=queue, countdown=0) from None
     if taken is None:  # cancelled while it waited, or taken already
         return
