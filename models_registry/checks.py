@@ -177,6 +177,33 @@ def _unsafe(rel: str, full: str, root: str) -> Problem:
     )
 
 
+def repo_link_problem(name: str, repo_dir: str) -> Problem:
+    """A repo folder of the cache that is a link: huggingface_hub never makes one, so nothing is read through it."""
+    folder = os.path.basename(repo_dir)
+    target = _link_text(repo_dir)
+    return Problem(
+        "repo_folder_is_link",
+        f"Model '{name}': {folder} in the Hugging Face cache is a link to {target}, not a folder. The cache's repo "
+        "folders are folders huggingface_hub made, so nothing was read through it.",
+        f"Remove the link (rm {shlex.quote(repo_dir)}), or download the model into the cache: hf download {name}",
+    )
+
+
+def snapshot_link_problem(snapshot: str, root: str) -> Problem | None:
+    """The problem of a snapshot folder that is a link leading outside the cache `root`; None for a real folder, a link
+    inside the cache, or one that cannot be followed (reading it then says why)."""
+    if not os.path.islink(snapshot):
+        return None
+    try:
+        target = os.path.realpath(snapshot, strict=True)
+        real_root = os.path.realpath(root, strict=True)
+    except OSError:
+        return None
+    if is_within(target, real_root):
+        return None
+    return _unsafe(os.path.relpath(snapshot, os.path.dirname(os.path.dirname(snapshot))), snapshot, real_root)
+
+
 def _read_json(
     path: Path, rel: str, model_name: str | None, code: str, limit: int = MAX_PARSED_BYTES
 ) -> tuple[object | None, Problem | None, Problem | None]:

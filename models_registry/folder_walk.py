@@ -7,6 +7,9 @@ model page refuse the same folders, each at the cost of a bounded listing."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from itertools import islice
 from operator import attrgetter
 
@@ -14,10 +17,28 @@ from django.conf import settings
 
 from mtm.shared.bounded_walk import DEPTH, ENTRIES, Folder, FolderTooLarge, walk
 
-__all__ = ["Folder", "FolderTooLarge", "bounded_names", "snapshot_names", "walk_model_folder"]
+__all__ = ["Folder", "FolderTooLarge", "bounded_names", "counting_entries", "snapshot_names", "walk_model_folder"]
 
 _NAME = attrgetter("name")
 _BELOW_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
+_counted: ContextVar[list[int] | None] = ContextVar("entries_listed", default=None)
+
+
+@contextmanager
+def counting_entries() -> Iterator[list[int]]:
+    """[entries listed so far by snapshot_names and bounded_names in this block]: the model list's budget."""
+    count = [0]
+    token = _counted.set(count)
+    try:
+        yield count
+    finally:
+        _counted.reset(token)
+
+
+def _charge(entries: int) -> None:
+    count = _counted.get()
+    if count is not None:
+        count[0] += entries
 
 
 def walk_model_folder(folder: str | os.PathLike) -> list[Folder]:
@@ -37,6 +58,7 @@ def snapshot_names(folder: str) -> set[str]:
     max_entries = settings.MTM_MODEL_FOLDER_MAX_ENTRIES
     with os.scandir(folder) as listing:
         entries = list(islice(listing, max_entries + 1))
+    _charge(len(entries))
     if len(entries) > max_entries:
         raise FolderTooLarge(folder, folder, ENTRIES, max_entries)
     names = set(map(_NAME, entries))
@@ -69,6 +91,7 @@ def _count_below(top: str, below: list[str], listed: int, max_entries: int, max_
             with os.scandir(fd) as listing:
                 for entry in listing:
                     listed += 1
+                    _charge(1)
                     if listed > max_entries:
                         raise FolderTooLarge(top, path, ENTRIES, max_entries)
                     if _real_folder(entry):
@@ -87,6 +110,7 @@ def bounded_names(folder: str) -> list[str]:
     max_entries = settings.MTM_MODEL_FOLDER_MAX_ENTRIES
     with os.scandir(folder) as listing:
         names = list(map(_NAME, islice(listing, max_entries + 1)))
+    _charge(len(names))
     if len(names) > max_entries:
         raise FolderTooLarge(folder, folder, ENTRIES, max_entries)
     return names

@@ -13,6 +13,10 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
+from django.conf import settings
+
+from models_registry.checks import repo_link_problem
+from models_registry.folder_walk import counting_entries
 from models_registry.names import name_error, name_from_folder
 from models_registry.repo_scan import ListedModel, checked_repo, current_signature, open_root, signature
 from models_registry.resolution import resolve
@@ -91,10 +95,12 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
     (gunicorn workers, a restarted portal) start from. An entry is reused only while its signature still matches.
     The lock is held only to read and update the kept results, never while a repo is checked: a slow repo delays
     only the listing that scans it (two listings at once may then both scan it, and either result is kept).
+    A repo folder that is a link is refused unread. One call lists at most MTM_MODEL_LISTING_MAX_ENTRIES folder
+    entries: past them, the repos still to scan are "not checked" (not kept: a later listing scans them).
     """
     root = os.path.abspath(cache_dir)
     try:
-        entries = [e.name for e in os.scandir(root) if _is_repo_folder(e)]
+        entries = [(e.name, _is_link(e)) for e in os.scandir(root) if _is_repo_folder(e)]
     except OSError:
         return []
     prefix = root if root.endswith("/") else root + "/"
@@ -104,19 +110,25 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
         kept = dict(_memo.setdefault(root, {}))
     fresh: dict[str, tuple[tuple, ListedModel]] = {}
     listed = []
+    budget = settings.MTM_MODEL_LISTING_MAX_ENTRIES
     root_fd = open_root(root)
     try:
-        for folder in sorted(entries):
-            repo = prefix + folder
-            if _still_holds(kept.get(folder), repo):
-                listed.append(kept[folder][1])
-            else:
-                fresh[folder] = _scanned(folder, repo, root, root_fd)
-                listed.append(fresh[folder][1])
+        with counting_entries() as spent:
+            for folder, is_link in sorted(entries):
+                repo = prefix + folder
+                if is_link:
+                    listed.append(_linked_repo(folder, repo))
+                elif _still_holds(kept.get(folder), repo):
+                    listed.append(kept[folder][1])
+                elif spent[0] >= budget:
+                    listed.append(_not_checked(folder, budget))
+                else:
+                    fresh[folder] = _scanned(folder, repo, root, root_fd)
+                    listed.append(fresh[folder][1])
     finally:
         if root_fd is not None:
             os.close(root_fd)
-    gone = set(kept).difference(entries)
+    gone = set(kept).difference(folder for folder, is_link in entries if not is_link)
     if fresh or gone:
         with _memo_lock:
             memo = _memo.setdefault(root, {})
@@ -128,12 +140,45 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
     return listed
 
 
+def _linked_repo(folder: str, repo: str) -> ListedModel:
+    """A repo folder that is a link (huggingface_hub never makes one): refused, nothing read through it."""
+    name = name_from_folder(folder) or folder
+    return ListedModel(name, "cache", None, None, [repo_link_problem(name, repo)])
+
+
+def _not_checked(folder: str, budget: int) -> ListedModel:
+    name = name_from_folder(folder) or folder
+    return ListedModel(
+        name,
+        "cache",
+        None,
+        None,
+        [
+            Problem(
+                "listing_not_checked",
+                f"Model '{name}' was not checked: the Hugging Face cache holds more files than one model listing "
+                f"reads ({budget:,} entries, MTM_MODEL_LISTING_MAX_ENTRIES), and the repos before it used them up.",
+                "Open the model's page to check it alone. Ask staff to remove what does not belong in the cache "
+                "(repo folders with huge snapshots or blobs folders), or to raise MTM_MODEL_LISTING_MAX_ENTRIES.",
+            )
+        ],
+    )
+
+
+def _is_link(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
+
+
 def _is_repo_folder(entry: os.DirEntry) -> bool:
-    """A models--* folder, or a link that cannot be followed (a loop, a link into /proc/1/cwd): that one is listed as
-    a repo that cannot be read, never a reason to list no repo at all."""
+    """A models--* folder, or a models--* link (listed as refused, never followed)."""
     if not entry.name.startswith("models--"):
         return False
     try:
+        if entry.is_symlink():  # refused as a link whatever it leads to, never followed
+            return True
         return entry.is_dir()
     except OSError:
         return True

@@ -22,7 +22,13 @@ from typing import Any
 
 from models_registry.bounded_json import MAX_PIECES, parse_bytes
 from models_registry.cache_layout import PARTIAL_SUFFIX, split_partial_blobs
-from models_registry.checks import INDEX_FILES, TOKENIZER_FILES, folder_too_large, redownload_hint
+from models_registry.checks import (
+    INDEX_FILES,
+    TOKENIZER_FILES,
+    folder_too_large,
+    redownload_hint,
+    snapshot_link_problem,
+)
 from models_registry.folder_walk import FolderTooLarge, bounded_names, snapshot_names
 from models_registry.not_a_model import gguf_files, without_config
 from models_registry.regular_files import NotRegularFile, kind_of
@@ -237,6 +243,9 @@ def scan_repo(repo_dir: str, name: str, cache_root: str, root_fd: int | None = N
         blobs_mtime = _mtime(base + "/blobs", root_fd)
         snapshot_mtime = _mtime(at[1], root_fd) if at else _mtime(snapshot)
         item = ListedModel(name, "cache", snapshot, commit)
+        if unsafe := snapshot_link_problem(snapshot, cache_root):  # refused unread, as the model page refuses it
+            item.errors.append(unsafe)
+            return (ref_mtime, blobs_mtime, snapshot_mtime), item
         try:
             names = snapshot_names(snapshot)
             partial = _partial_blobs(repo_dir)
@@ -284,6 +293,9 @@ def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
         commit = choice.commit
     snapshot = repo_dir + "/snapshots/" + commit
     item.path, item.revision = snapshot, commit
+    if unsafe := snapshot_link_problem(snapshot, cache_root):
+        item.errors.append(unsafe)
+        return item
     try:
         names = snapshot_names(snapshot)
     except FolderTooLarge as exc:

@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models_registry.cache_layout import hub_absent_files, near_names, split_partial_blobs
-from models_registry.checks import CacheContext, FileEntry, check_model_folder, folder_too_large, redownload_hint
+from models_registry.checks import (
+    CacheContext,
+    FileEntry,
+    check_model_folder,
+    folder_too_large,
+    redownload_hint,
+    repo_link_problem,
+    snapshot_link_problem,
+)
 from models_registry.folder_walk import FolderTooLarge, bounded_names, walk_model_folder
 from models_registry.names import is_commit_hash, name_error, repo_folder_name, revision_error
 from models_registry.regular_files import NotRegularFile, read_regular
@@ -374,6 +382,11 @@ def _resolve_cache(result: Resolution, cache_dir: Path, revision: str | None) ->
     name = result.model_name
     repo_dir = cache_dir / repo_folder_name(name)
     result.searched.append(f"cache: {repo_dir}")
+    if repo_dir.is_symlink():  # huggingface_hub never makes one: nothing is read through it
+        result.source = "cache"
+        result.errors.append(repo_link_problem(name, str(repo_dir)))
+        result.unread = True
+        return result
     if not repo_dir.is_dir():
         where = f"no folder {repo_dir.name} in the Hugging Face cache at {cache_dir}."
         if not cache_dir.is_dir():
@@ -403,6 +416,10 @@ def _resolve_cache(result: Resolution, cache_dir: Path, revision: str | None) ->
         return result
     snapshot = repo_dir / "snapshots" / choice.commit
     result.path, result.revision = str(snapshot), choice.commit
+    if unsafe := snapshot_link_problem(str(snapshot), str(cache_dir)):  # a snapshot folder leading out of the cache
+        result.errors.append(unsafe)
+        result.unread = True
+        return result
     context = CacheContext(cache_dir, choice.commit, hub_absent_files(repo_dir, choice.commit))
     report = check_model_folder(snapshot, root=cache_dir, model_name=name, context=context)
     result.files, result.tokenizer_source, result.unread = report.files, report.tokenizer_source, report.unread

@@ -189,6 +189,11 @@ MTM_MODEL_FOLDER_MAX_ENTRIES = env_int("MTM_MODEL_FOLDER_MAX_ENTRIES", 5_000)
 MTM_MODEL_FOLDER_MAX_DEPTH = env_int("MTM_MODEL_FOLDER_MAX_DEPTH", 16)
 if MTM_MODEL_FOLDER_MAX_ENTRIES < 1 or MTM_MODEL_FOLDER_MAX_DEPTH < 1:
     raise ImproperlyConfigured("MTM_MODEL_FOLDER_MAX_ENTRIES and MTM_MODEL_FOLDER_MAX_DEPTH must be at least 1.")
+# The most folder entries one cold model listing reads across all cache repos (models_registry.listing): a cache of
+# hundreds of real models lists far fewer; past it, the repos still to scan are shown "not checked" for that request.
+MTM_MODEL_LISTING_MAX_ENTRIES = env_int("MTM_MODEL_LISTING_MAX_ENTRIES", 200_000)
+if MTM_MODEL_LISTING_MAX_ENTRIES < 1:
+    raise ImproperlyConfigured(f"MTM_MODEL_LISTING_MAX_ENTRIES={MTM_MODEL_LISTING_MAX_ENTRIES} must be at least 1.")
 # transformers' own verdict on a model (models_registry.deep_verdict) runs on a worker in a child process stopped
 # past these limits (CPU seconds, MB of memory beyond what the worker had): a model whose check hangs or crashes
 # gets a verdict saying so.

@@ -42,7 +42,8 @@ def planted_folder(where: Path, files: int = LIMIT + 10) -> Path:
 
 
 def link_repo(cache: Path, name: str, target: Path) -> Path:
-    """A repo whose refs/main names a commit and whose snapshots/<commit> is a link to `target`."""
+    """A repo whose refs/main names a commit and whose snapshots/<commit> is a link to `target` (inside the cache: a
+    snapshot linked out of it is refused unread, tests/test_hostile_listing.py)."""
     snapshots = cache / repo_folder_name(name) / "snapshots"
     snapshots.mkdir(parents=True)
     (snapshots / COMMIT_A).symlink_to(target)
@@ -59,7 +60,7 @@ def too_large_problem(item, folder):
 
 
 def test_repos_linked_to_one_wide_folder_list_as_too_large_and_the_others_stay_valid(hf_cache, tmp_path, small_limit):
-    big = planted_folder(tmp_path / "big")
+    big = planted_folder(hf_cache / "big")
     snapshots = {name: link_repo(hf_cache, name, big) for name in LINKED}
     make_model_repo(hf_cache, "alice/good")
     make_model_repo(hf_cache, "carol/good")
@@ -95,7 +96,7 @@ def test_a_wide_blobs_or_snapshots_folder_is_refused_by_the_list_and_the_page_al
 
 
 def test_transformers_is_never_asked_about_a_folder_refused_for_its_size(hf_cache, tmp_path, small_limit, db):
-    big = planted_folder(tmp_path / "big")
+    big = planted_folder(hf_cache / "big")
     snapshot = link_repo(hf_cache, "bob/m1", big)
     forget()
     [item] = list_cached(hf_cache)
@@ -108,7 +109,7 @@ def test_transformers_is_never_asked_about_a_folder_refused_for_its_size(hf_cach
 
 
 def test_the_model_page_says_the_chat_template_was_not_read(hf_cache, tmp_path, small_limit, db):
-    link_repo(hf_cache, "bob/m1", planted_folder(tmp_path / "big"))
+    link_repo(hf_cache, "bob/m1", planted_folder(hf_cache / "big"))
     user, _ = make_user_token("alice")
     page = secure_client(user).get(reverse("registry:model-detail", kwargs={"name": "bob/m1"}))
     html = page.content.decode()

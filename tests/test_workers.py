@@ -158,9 +158,12 @@ def test_the_gpus_page_shows_recently_gone_workers_as_gone_and_folds_away_the_lo
 def test_a_workers_report_carries_the_registrys_part(portal_roots, db, tiny_llama_in_cache):
     """models_registry adds the HF cache and the models it holds to every report (workers.reporting.register_part in
     its AppConfig.ready()): the fleet layer imports nothing above it."""
-    from workers.reporting import static_report, write_report
+    from django.utils import timezone
+
+    from workers.reporting import report_parts, static_report, write_parts, write_report
 
     write_report("alpha@h1", ["training"], static_report({}), [])
+    write_parts("alpha@h1", report_parts(), timezone.now())
     row = Worker.objects.get(name="alpha@h1")
     assert str(portal_roots / "hf-cache" / "hub") in row.hf_cache
     assert row.held_models == [tiny_llama_in_cache[0]]

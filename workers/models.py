@@ -29,6 +29,8 @@ class Worker(models.Model):
     held_models = models.JSONField(
         null=True, blank=True
     )  # names of the valid models in its cache; None: not reported yet
+    # When the models in held_models were listed (the report's heartbeat, last_seen, is written before the listing).
+    held_models_at = models.DateTimeField(null=True, blank=True)
     drained = models.BooleanField(default=False)  # staff asked it to take no new run
     started_at = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(default=timezone.now, db_index=True)

@@ -59,12 +59,17 @@ def register_part(part: Callable[[], dict[str, Any]]) -> None:
         _parts.append(part)
 
 
-def static_report(probed: dict[str, Any]) -> dict[str, Any]:
+def report_parts() -> dict[str, Any]:
+    """The registered parts' fields (the registry's lists the cache: bounded, yet slower than the rest)."""
     parts: dict[str, Any] = {}
     for part in _parts:
         parts.update(part())
+    return parts
+
+
+def static_report(probed: dict[str, Any]) -> dict[str, Any]:
+    """The worker's own fields: read at once, written as its heartbeat before the parts are gathered."""
     return {
-        **parts,
         "host": socket.gethostname(),
         "pid": os.getpid(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", "")[:255],
@@ -106,6 +111,16 @@ def write_report(
     return Worker.objects.filter(pk=worker.pk).values_list("drained", flat=True).first() or False
 
 
+def write_parts(name: str, parts: dict[str, Any], listed_at: datetime) -> None:
+    """Add the parts to the worker's row, with when the models they name were listed (`listed_at`, before the
+    listing: a name unpublished after it is stale in the list)."""
+    from workers.models import Worker
+
+    if "held_models" in parts:
+        parts = {**parts, "held_models_at": listed_at}
+    Worker.objects.filter(name=name).update(**parts)
+
+
 def mark_stopped(name: str) -> None:
     from workers.models import Worker
 
@@ -129,11 +144,11 @@ class Reporter:
         return list(self.probed.get("devices", []))
 
     def report_once(self) -> None:
-        devices = self.devices()
-        # Seen as of before the models were listed: a name unpublished after this moment is stale in the list.
-        seen = timezone.now()
-        drained = write_report(self.name, self.queues, static_report(self.probed), devices, seen)
+        # The heartbeat first: a slow listing of the cache's models never makes a live worker look gone.
+        drained = write_report(self.name, self.queues, static_report(self.probed), self.devices())
         self.apply_drain(drained)
+        listed_at = timezone.now()
+        write_parts(self.name, report_parts(), listed_at)
 
     def consumed(self, queues: list[str]) -> set[str] | None:
         """Which of `queues` the worker consumes now (None before its consumer has started). Read each time: a

@@ -90,7 +90,8 @@ def holds(worker: Worker, model_name: str, unpublished: datetime | None = None) 
     (`unpublished`); one that reports none yet is not ruled out."""
     if worker.held_models is None:
         return True
-    return model_name in worker.held_models and (unpublished is None or worker.last_seen > unpublished)
+    listed_at = worker.held_models_at or worker.last_seen
+    return model_name in worker.held_models and (unpublished is None or listed_at > unpublished)
 
 
 def held_elsewhere(model_name: str, resolution: Resolution) -> Problem | None:

@@ -1,0 +1,101 @@
+"""A member who can write in the shared HF cache cannot make the model list (or a worker's report) slow for everyone:
+repo folders that are links are refused unread, one cold listing reads a bounded number of entries, a worker's
+heartbeat does not wait for its model listing, and a snapshot linked out of the cache is refused unread. Real cache
+layouts on tmp_path."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from models_registry import listing
+from models_registry.resolution import resolve
+from tests.hfcache import COMMIT_A, make_model_repo
+
+
+def test_repo_folders_linked_to_one_repo_are_refused_unread_and_the_repo_is_scanned_once(hf_cache):
+    make_model_repo(hf_cache, "evil/base")
+    for n in range(5):
+        (hf_cache / f"models--evil--r{n}").symlink_to("models--evil--base")
+    listing.forget(hf_cache)
+    listed = {m.model_name: m for m in listing.list_cached(hf_cache)}
+    assert listed["evil/base"].valid
+    for n in range(5):
+        [problem] = listed[f"evil/r{n}"].errors
+        assert problem.code == "repo_folder_is_link"
+        assert f"models--evil--r{n} in the Hugging Face cache is a link to models--evil--base, not a folder" in (
+            problem.message
+        )
+        assert "rm " in problem.hint and f"hf download evil/r{n}" in problem.hint
+        # The model page refuses it the same way, unread.
+        page = resolve(f"evil/r{n}", cache_dir=hf_cache)
+        assert [p.to_dict() for p in page.errors] == [problem.to_dict()] and not page.files
+    assert set(listing._memo[os.path.abspath(hf_cache)]) == {"models--evil--base"}  # the only repo scanned
+
+
+def test_a_listing_reads_at_most_its_budget_and_shows_the_rest_as_not_checked(hf_cache, settings):
+    for name in ("org/a", "org/b", "org/c", "org/d"):
+        make_model_repo(hf_cache, name)  # each: 5 snapshot files and 5 blobs
+    settings.MTM_MODEL_LISTING_MAX_ENTRIES = 10
+    listing.forget(hf_cache)
+    listed = {m.model_name: m for m in listing.list_cached(hf_cache)}
+    assert listed["org/a"].valid
+    for name in ("org/b", "org/c", "org/d"):
+        [problem] = listed[name].errors
+        assert problem.code == "listing_not_checked", name
+        assert "holds more files than one model listing reads" in problem.message
+        assert "MTM_MODEL_LISTING_MAX_ENTRIES" in problem.hint
+    # A kept verdict is still shown; the next listing goes on where this one stopped.
+    again = {m.model_name: m for m in listing.list_cached(hf_cache)}
+    assert again["org/a"].valid and again["org/b"].valid
+    assert [p.code for p in again["org/c"].errors] == ["listing_not_checked"]
+
+
+@pytest.mark.django_db
+def test_a_workers_heartbeat_is_written_when_its_model_listing_is_over_budget_or_fails(portal_roots, settings):
+    from workers.models import Worker
+    from workers.reporting import Reporter, _parts, register_part
+
+    cache = portal_roots / "hf-cache" / "hub"
+    for name in ("org/a", "org/b", "org/c"):
+        make_model_repo(cache, name)
+    settings.MTM_MODEL_LISTING_MAX_ENTRIES = 10
+    listing.forget()
+    reporter = Reporter(app=None, name="alpha@h1", queues=["training"])
+    reporter.probed, reporter.probed_at = {"devices": []}, time.monotonic()  # no device probe in a child
+    reporter.report_once()
+    row = Worker.objects.get(name="alpha@h1")
+    assert not row.is_gone
+    assert row.held_models == ["org/a"]  # the others were not checked in this report
+    assert row.held_models_at is not None and row.held_models_at >= row.last_seen
+
+    def listing_fails() -> dict:
+        raise OSError("the cache's file server stopped answering")
+
+    register_part(listing_fails)
+    try:
+        Worker.objects.filter(pk=row.pk).update(last_seen=row.last_seen.replace(year=2000))
+        with pytest.raises(OSError):
+            reporter.report_once()
+    finally:
+        _parts.remove(listing_fails)
+    assert not Worker.objects.get(pk=row.pk).is_gone  # the heartbeat came first
+
+
+def test_a_snapshot_linked_out_of_the_cache_is_refused_in_the_list_as_on_the_page(hf_cache, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    make_model_repo(elsewhere, "org/real")
+    make_model_repo(hf_cache, "org/model")
+    snapshot = hf_cache / "models--org--model" / "snapshots" / COMMIT_A
+    for file in snapshot.iterdir():
+        file.unlink()
+    snapshot.rmdir()
+    snapshot.symlink_to(elsewhere / "models--org--real" / "snapshots" / COMMIT_A)
+    listing.forget(hf_cache)
+    [item] = [m for m in listing.list_cached(hf_cache) if m.model_name == "org/model"]
+    page = resolve("org/model", cache_dir=hf_cache)
+    assert [p.to_dict() for p in item.errors] == [p.to_dict() for p in page.errors]
+    [problem] = item.errors
+    assert problem.code == "unsafe_symlink" and f"snapshots/{COMMIT_A} points to {elsewhere}" in problem.message
