@@ -214,7 +214,8 @@ def _busy_upload(request: HtmxHttpRequest, problem: Problem) -> HttpResponse:
 
 @require_http_methods(["GET"])
 @login_required
-def check_output_dir(request: HtmxHttpRequest) -> HttpResponse:
+def output_dir_inline(request: HtmxHttpRequest) -> HttpResponse:
+    """The output directory box's status as the person types (HTMX); the check itself is check_output_dir."""
     raw = request.GET.get("output_directory", "")
     context = {"output_check": output_status(raw, request.user) if raw.strip() else None}
     return render(request, "projects/form.html#output-status", context)
