@@ -20,10 +20,6 @@ from models_registry.settings_services import update_settings
 from mtm.audit import Actor, Channel
 
 
-def _actor(request: HttpRequest) -> Actor:
-    return Actor.of(request, Channel.ADMIN)
-
-
 @admin.register(ModelOverride)
 class ModelOverrideAdmin(admin.ModelAdmin):
     form = ModelOverrideAdminForm
@@ -66,9 +62,9 @@ class ModelOverrideAdmin(admin.ModelAdmin):
         # The form has run the service's checks (ModelOverrideAdminForm.clean); the service saves and audits.
         values = {name: form.cleaned_data[name] for name in OVERRIDE_FIELDS if name in form.cleaned_data}
         if change:
-            update_override(obj, values, actor=_actor(request))
+            update_override(obj, values, actor=Actor.of(request, Channel.ADMIN))
         else:
-            created = create_override(values, actor=_actor(request))
+            created = create_override(values, actor=Actor.of(request, Channel.ADMIN))
             obj.pk, obj.created_at, obj.created_by, obj.updated_by = (
                 created.pk,
                 created.created_at,
@@ -78,11 +74,11 @@ class ModelOverrideAdmin(admin.ModelAdmin):
             obj._state.adding = False
 
     def delete_model(self, request: HttpRequest, obj: ModelOverride) -> None:
-        delete_override(obj, actor=_actor(request))
+        delete_override(obj, actor=Actor.of(request, Channel.ADMIN))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[ModelOverride]) -> None:
         for obj in queryset:
-            delete_override(obj, actor=_actor(request))
+            delete_override(obj, actor=Actor.of(request, Channel.ADMIN))
 
 
 @admin.register(PortalSettings)
@@ -98,4 +94,4 @@ class PortalSettingsAdmin(admin.ModelAdmin):
         return False
 
     def save_model(self, request: HttpRequest, obj: PortalSettings, form, change: bool) -> None:
-        update_settings(form.cleaned_data, actor=_actor(request))
+        update_settings(form.cleaned_data, actor=Actor.of(request, Channel.ADMIN))

@@ -8,27 +8,13 @@ from typing import Annotated, Any, Literal
 from ninja import Schema
 from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
+from mtm.shared.text import encodable_or_refused, storable_or_refused
 from workers.models import MAX_LIVE_RUNS_PER_MEMBER
 
-
-def _encodable(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text (it holds a lone surrogate)")
-    return value
-
-
-def _storable(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    return _encodable(value)
-
-
 # Text that reaches the filesystem must encode; text that reaches the database must also be NUL-free.
-PathText = Annotated[str, AfterValidator(_encodable)]
-StoredPath = Annotated[str, Field(max_length=4096), AfterValidator(_storable)]
-StoredNote = Annotated[str, Field(max_length=10_000), AfterValidator(_storable)]
+PathText = Annotated[str, AfterValidator(encodable_or_refused)]
+StoredPath = Annotated[str, Field(max_length=4096), AfterValidator(storable_or_refused)]
+StoredNote = Annotated[str, Field(max_length=10_000), AfterValidator(storable_or_refused)]
 RootList = Annotated[list[StoredPath], Field(max_length=100)]
 
 

@@ -7,7 +7,6 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -29,6 +28,7 @@ from models_registry.suggestions import similar_names
 from models_registry.trainability import training_refusal
 from models_registry.verdict_fill import ask_for_listed, listed_to_ask
 from mtm.audit import Actor, Channel
+from mtm.auth import require_staff_page
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from mtm.request_limits import limited_view
 from mtm.shared.problems import Problem
@@ -37,12 +37,8 @@ from projects.publishing.services import can_unpublish  # allowed back-import: t
 VALID_FILTERS = {"true": True, "false": False}
 MAX_QUERY_CHARS = 200
 MAX_CHECKED_ROOTS = 20
+SETTINGS_WHAT = "see or change the Directory Settings"
 STATUS_FOR_ERROR = {"model_not_found": 404, "revision_not_found": 404, "invalid_revision": 400}
-
-
-def require_staff(request: HtmxHttpRequest) -> None:
-    if not request.user.is_staff:
-        raise PermissionDenied("Only staff can see or change the Directory Settings.")
 
 
 def _list_query(request: HtmxHttpRequest) -> dict[str, str]:
@@ -279,7 +275,7 @@ def _save(request: HtmxHttpRequest, form: PortalSettingsForm) -> dict | None:
 @require_http_methods(["GET", "POST"])
 @login_required
 def settings_page(request: HtmxHttpRequest) -> HttpResponse:
-    require_staff(request)
+    require_staff_page(request, SETTINGS_WHAT)
     obj = PortalSettings.load()
     form = PortalSettingsForm(request.POST or None, instance=obj)
     changes = _save(request, form) if request.method == "POST" and form.is_valid() else None
@@ -310,7 +306,7 @@ def settings_page(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 def validate_path(request: HtmxHttpRequest) -> HttpResponse:
     """The inline status of one Directory Settings field, as the person types it."""
-    require_staff(request)
+    require_staff_page(request, SETTINGS_WHAT)
     field = next((name for name in SETTINGS_FIELDS if name in request.POST), None)
     if field is None:
         return HttpResponse("")

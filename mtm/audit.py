@@ -55,7 +55,7 @@ class Actor:
 
 
 def record(
-    actor: Any,
+    user: Any,
     action: str,
     obj: models.Model,
     changes: dict[str, Any] | None = None,
@@ -66,7 +66,7 @@ def record(
 
     `changes` maps a field to [old, new] and must be JSON-serialisable.
     """
-    return _write(actor, action, obj, changes, remote_addr(request), str(via))
+    return _write(user, action, obj, changes, remote_addr(request), str(via))
 
 
 def record_change(actor: Actor, action: str, obj: models.Model, changes: dict[str, Any] | None = None) -> AuditEvent:
@@ -75,10 +75,10 @@ def record_change(actor: Actor, action: str, obj: models.Model, changes: dict[st
 
 
 def _write(
-    actor: Any, action: str, obj: models.Model, changes: dict[str, Any] | None, address: str | None, via: str
+    user: Any, action: str, obj: models.Model, changes: dict[str, Any] | None, address: str | None, via: str
 ) -> AuditEvent:
     return AuditEvent.objects.create(
-        actor=actor if actor is not None and getattr(actor, "is_authenticated", False) else None,
+        actor=user if user is not None and getattr(user, "is_authenticated", False) else None,
         action=action,
         object_type=obj._meta.label_lower,
         object_id="" if obj.pk is None else str(obj.pk),

@@ -1,4 +1,5 @@
-"""API authentication: a personal bearer token, or the browser's Django session (with CSRF on writes)."""
+"""API authentication: a personal bearer token, or the browser's Django session (with CSRF on writes); the staff
+checks of API calls and pages."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
@@ -80,11 +82,20 @@ class DjangoSession(APIKeyCookie):
         return user
 
 
+def _is_staff(user: Any) -> bool:
+    return bool(user and user.is_active and user.is_staff)
+
+
 def require_staff(request: HttpRequest, what: str) -> None:
-    """403 unless the authenticated user is staff. `what` completes "Only staff can ..."."""
-    user = request.auth
-    if not (user and user.is_active and user.is_staff):
+    """An API call's 403 (JSON) unless the authenticated user is staff. `what` completes "Only staff can ..."."""
+    if not _is_staff(request.auth):
         raise AuthorizationError(message=f"Only staff can {what}.")
+
+
+def require_staff_page(request: HttpRequest, what: str) -> None:
+    """A page's 403 unless the signed-in user is staff, with the same message as the API's."""
+    if not _is_staff(getattr(request, "user", None)):
+        raise PermissionDenied(f"Only staff can {what}.")
 
 
 api_auth = [BearerToken(), DjangoSession()]

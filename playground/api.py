@@ -19,17 +19,13 @@ router = Router(tags=["playground"])
 ERRORS = {status: ProjectErrorOut for status in (400, 401, 404, 409, 413, 422, 429)}
 
 
-def _actor(request: HttpRequest) -> Actor:
-    return Actor.of(request, Channel.API)
-
-
 def _refused(exc: services.Refused) -> ApiError:
     p = exc.problem
     return ApiError.single(exc.status, p.code, p.message, p.hint)
 
 
 def _user(request: HttpRequest):
-    return _actor(request).authenticated_user
+    return Actor.of(request, Channel.API).authenticated_user
 
 
 def _conversation(request: HttpRequest, conversation_id: int):
@@ -56,7 +52,7 @@ def list_conversations(request: HttpRequest):
 def create_conversation(request: HttpRequest, body: ConversationIn):
     try:
         conversation = services.start_conversation(
-            actor=_actor(request),
+            actor=Actor.of(request, Channel.API),
             run_id=body.run_id,
             model_name=body.model_name.strip(),
             revision=body.revision.strip(),
@@ -76,7 +72,7 @@ def get_conversation(request: HttpRequest, conversation_id: int):
 def delete_conversation(request: HttpRequest, conversation_id: int):
     conversation = _conversation(request, conversation_id)
     try:
-        services.delete_conversation(conversation, actor=_actor(request))
+        services.delete_conversation(conversation, actor=Actor.of(request, Channel.API))
     except services.Refused as exc:
         raise _refused(exc) from None
     return Status(204, None)
@@ -87,7 +83,7 @@ def send_message(request: HttpRequest, conversation_id: int, body: MessageIn):
     conversation = _conversation(request, conversation_id)
     params = body.model_dump(exclude={"message"})
     try:
-        generation = services.send_message(conversation, body.message, params, actor=_actor(request))
+        generation = services.send_message(conversation, body.message, params, actor=Actor.of(request, Channel.API))
     except services.Refused as exc:
         raise _refused(exc) from None
     return Status(202, generation_dict(generation))

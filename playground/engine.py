@@ -21,6 +21,7 @@ from django.db import connection
 from django.utils import timezone
 
 from mtm.shared.problems import Problem
+from mtm.shared.text import storable
 from playground import lifecycle, prompt
 from playground.models import Generation, GenerationStatus, LoadedModel, TargetKind
 from playground.params import GenerationParams
@@ -203,11 +204,6 @@ def earlier_turns(generation: Generation) -> list[prompt.Turn]:
 def history(generation: Generation) -> list[dict[str, str]]:
     """The conversation so far as chat messages: the system prompt, each earlier answered turn, this message."""
     return prompt.messages_for(generation.conversation.system_prompt, earlier_turns(generation), generation.message)
-
-
-def storable(text: str) -> str:
-    """A decoded answer the database can hold: PostgreSQL refuses NUL, which a model may well produce."""
-    return text.replace("\x00", "\ufffd")
 
 
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:

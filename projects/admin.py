@@ -16,10 +16,6 @@ from projects.models import TrainingRun
 from projects.publishing.services import PublishRefused, check_publish, publish_run, unpublish
 
 
-def _actor(request: HttpRequest) -> Actor:
-    return Actor.of(request, Channel.ADMIN)
-
-
 class PublishForm(forms.ModelForm):
     run = forms.ModelChoiceField(TrainingRun.objects.select_related("project__owner"), widget=forms.NumberInput)
 
@@ -32,7 +28,7 @@ class PublishForm(forms.ModelForm):
         run, name = data.get("run"), data.get("model_name")
         if run is not None and name:
             try:
-                check_publish(run, name, actor=_actor(self.request), note=data.get("note", ""))
+                check_publish(run, name, actor=Actor.of(self.request, Channel.ADMIN), note=data.get("note", ""))
             except PublishRefused as refused:
                 for problem in refused.problems:
                     self.add_error(None, f"{problem.message} {problem.hint}".strip())
@@ -81,7 +77,9 @@ class PublishedModelAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: PublishedModel, form, change: bool) -> None:
         data = form.cleaned_data
         try:
-            published = publish_run(data["run"], data["model_name"], actor=_actor(request), note=data.get("note", ""))
+            published = publish_run(
+                data["run"], data["model_name"], actor=Actor.of(request, Channel.ADMIN), note=data.get("note", "")
+            )
         except PublishRefused as refused:  # taken between the form's check and the save
             self.message_user(request, refused.problems[0].message, messages.ERROR)
             return
@@ -89,8 +87,8 @@ class PublishedModelAdmin(admin.ModelAdmin):
         obj._state.adding = False
 
     def delete_model(self, request: HttpRequest, obj: PublishedModel) -> None:
-        unpublish(obj, actor=_actor(request))
+        unpublish(obj, actor=Actor.of(request, Channel.ADMIN))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[PublishedModel]) -> None:
         for obj in queryset:
-            unpublish(obj, actor=_actor(request))
+            unpublish(obj, actor=Actor.of(request, Channel.ADMIN))

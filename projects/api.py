@@ -76,10 +76,6 @@ def _refused(check: services.ProjectCheck) -> ApiError:
     return ApiError(422, errors, detail)
 
 
-def _actor(request: HttpRequest) -> Actor:
-    return Actor.of(request, Channel.API)
-
-
 def _project_or_404(project_id: int) -> TrainingProject:
     rows = TrainingProject.objects.select_related("owner")
     project = rows.filter(pk=project_id).first() if 0 < project_id <= MAX_ID else None
@@ -142,9 +138,10 @@ def create_project(request: HttpRequest, payload: ProjectIn) -> Status | JsonRes
     worker (sent again, or as a dataset upload, they are answered). More saves or checks at once than
     MTM_EXPENSIVE_REQUESTS_PER_MEMBER: 429 with Retry-After.
     """
+    actor = Actor.of(request, Channel.API)
     try:
-        with expensive_request(_actor(request).user):
-            project = services.create_project(payload.model_dump(), actor=_actor(request))
+        with expensive_request(actor.user):
+            project = services.create_project(payload.model_dump(), actor=actor)
     except Busy as busy:
         return _busy(busy)
     except services.ProjectInvalid as exc:
@@ -178,9 +175,10 @@ def update_project(request: HttpRequest, project_id: int, payload: ProjectPatch)
     with Retry-After beyond the member's cap on saves and checks at once)."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "change")
+    actor = Actor.of(request, Channel.API)
     try:
-        with expensive_request(_actor(request).user):
-            services.update_project(project, payload.model_dump(exclude_unset=True), actor=_actor(request))
+        with expensive_request(actor.user):
+            services.update_project(project, payload.model_dump(exclude_unset=True), actor=actor)
     except Busy as busy:
         return _busy(busy)
     except services.ProjectInvalid as exc:
@@ -194,7 +192,7 @@ def delete_project(request: HttpRequest, project_id: int) -> Status:
     project = _project_or_404(project_id)
     _require_owner(request, project, "delete")
     try:
-        services.delete_project(project, actor=_actor(request))
+        services.delete_project(project, actor=Actor.of(request, Channel.API))
     except services.ProjectBusy as exc:
         live = exc.run
         hint = f"Cancel it first (POST /api/v1/runs/{live.pk}/cancel) and delete the project once it has ended."
@@ -209,14 +207,14 @@ def delete_project(request: HttpRequest, project_id: int) -> Status:
 
 def _store(request: HttpRequest, file: UploadedFile) -> ReceivedUpload:
     try:
-        return receive_upload(_actor(request), file, file.name or "")
+        return receive_upload(Actor.of(request, Channel.API), file, file.name or "")
     except DatasetError as exc:
         raise ApiError(422, [{**p.to_dict(), "field": UPLOAD_FIELD} for p in exc.problems])
 
 
 def _discard(request: HttpRequest, received: ReceivedUpload) -> None:
     """Remove a refused upload (its folder and its record) unless it is an earlier copy or a project's dataset."""
-    discard_refused(received, actor=_actor(request))
+    discard_refused(received, actor=Actor.of(request, Channel.API))
 
 
 def _field_of(problem: Problem) -> str:
@@ -238,7 +236,7 @@ def _report_for(
         count = request_count(
             read,
             located.path,
-            _actor(request).user,
+            Actor.of(request, Channel.API).user,
             resolution,
             model_name=model_name,
             revision=revision or "",
@@ -272,7 +270,7 @@ def upload_dataset(
     named by number. More checks at once than MTM_EXPENSIVE_REQUESTS_PER_MEMBER: 429 with Retry-After.
     """
     try:
-        with expensive_request(_actor(request).user):
+        with expensive_request(Actor.of(request, Channel.API).user):
             received = _store(request, file)
             report = _report_for(request, received.path, model_name, revision, max_seq_length)
     except Busy as busy:
@@ -291,11 +289,12 @@ def upload_project_dataset(request: HttpRequest, project_id: int, file: File[Upl
     counted them (sending the same file again answers them). 429 with Retry-After beyond the member's cap."""
     project = _project_or_404(project_id)
     _require_owner(request, project, "change the dataset of")
+    actor = Actor.of(request, Channel.API)
     try:
-        with expensive_request(_actor(request).user):
+        with expensive_request(actor.user):
             received = _store(request, file)
             try:
-                check = services.update_project(project, {"dataset_path": str(received)}, actor=_actor(request))
+                check = services.update_project(project, {"dataset_path": str(received)}, actor=actor)
             except services.ProjectInvalid as exc:
                 _discard(request, received)
                 raise _refused(exc.check) from None
@@ -334,7 +333,9 @@ def start_project_run(request: HttpRequest, project_id: int, payload: RunStartIn
                 f"List the project's runs with GET /api/v1/projects/{project.pk}/runs and pick one of them.",
             )
     try:
-        run = run_services.start_run(project, actor=_actor(request), resume=payload.resume, resume_from=source)
+        run = run_services.start_run(
+            project, actor=Actor.of(request, Channel.API), resume=payload.resume, resume_from=source
+        )
     except run_services.RunRefused as exc:
         raise ApiError(409 if exc.conflict else 422, [exc.problem])
     run.refresh_from_db()  # queuing happens on commit and may already have failed (broker down)
@@ -376,7 +377,7 @@ def cancel_run(request: HttpRequest, run_id: int) -> dict:
     ends "cancelled" (cancel_requested is true until then). Refused (409) when the run has already ended."""
     run = _run_or_404(run_id)
     _require_owner(request, run.project, "cancel runs of")
-    if run_services.cancel_run(run, actor=_actor(request)) is CancelOutcome.ENDED:
+    if run_services.cancel_run(run, actor=Actor.of(request, Channel.API)) is CancelOutcome.ENDED:
         raise ApiError.single(
             409,
             "run_ended",

@@ -54,9 +54,9 @@ from projects.ownership import checked_output_dir
 MAX_PARAM_CHARS = 4096
 
 
-def output_status(raw: str, actor: Any, project: TrainingProject | None = None) -> OutputDirCheck:
-    """The output directory's check as the form shows it, with the folder-ownership rule applied for `actor`."""
-    return checked_output_dir(raw[:MAX_PARAM_CHARS], actor, project)
+def output_status(raw: str, user: Any, project: TrainingProject | None = None) -> OutputDirCheck:
+    """The output directory's check as the form shows it, with the folder-ownership rule applied for `user`."""
+    return checked_output_dir(raw[:MAX_PARAM_CHARS], user, project)
 
 
 def hyperparameter_status(name: str, params: Any) -> dict[str, list[Any]]:
@@ -147,15 +147,15 @@ def counting(count: TokenCount, url: str) -> dict[str, Any]:
     }
 
 
-def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
-    """What the dataset box shows `actor` for `path`: where it is, its format, rows, first rows, problems, and its
+def dataset_status(path: str, params: Any, user: Any) -> dict[str, Any]:
+    """What the dataset box shows `user` for `path`: where it is, its format, rows, first rows, problems, and its
     token lengths (counted on a worker: "Counting tokens…" until they are). Only the start of the file is read
     here; another member's upload is refused before anything of it is read."""
     status: dict[str, Any] = {"path": path}
     if not path.strip():
         return status
     located = check_dataset_path(path[:MAX_PARAM_CHARS], dataset_roots())
-    status["errors"] = located.errors or upload_problems(located, actor, None)
+    status["errors"] = located.errors or upload_problems(located, user, None)
     if status["errors"]:
         return status
     max_seq_length, length_note = _max_seq_length(params.get("max_seq_length", ""))
@@ -171,7 +171,7 @@ def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
         count = request_count(
             read,
             located.path,
-            actor,
+            user,
             resolution,
             model_name=model_name,
             revision=revision,
@@ -186,7 +186,7 @@ def dataset_status(path: str, params: Any, actor: Any) -> dict[str, Any]:
         errors=report.errors,
         notes=[note for note in (length_note, tokenizer_note, mismatch and mismatch.message) if note],
         uploaded=located.uploaded,
-        counting=counting(count, token_count_url(count, actor)) if count is not None else None,
+        counting=counting(count, token_count_url(count, user)) if count is not None else None,
     )
     return status
 
@@ -214,7 +214,8 @@ def _busy_upload(request: HtmxHttpRequest, problem: Problem) -> HttpResponse:
 
 @require_http_methods(["GET"])
 @login_required
-def check_output_dir(request: HtmxHttpRequest) -> HttpResponse:
+def output_dir_inline(request: HtmxHttpRequest) -> HttpResponse:
+    """The output directory box's status as the person types (HTMX); the check itself is check_output_dir."""
     raw = request.GET.get("output_directory", "")
     context = {"output_check": output_status(raw, request.user) if raw.strip() else None}
     return render(request, "projects/form.html#output-status", context)

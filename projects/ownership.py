@@ -2,9 +2,9 @@
 
 A run deletes old checkpoint-N folders and overwrites the model and manifest in its output directory, so one
 project's output directory may not be, lie inside, or contain another project's (past or present) output
-directory unless the actor may manage that project too; may not overlap the model cache, an override's
+directory unless the user may manage that project too; may not overlap the model cache, an override's
 folder or the portal's own folders, whoever asks; and may not be (or lie inside) a folder that holds a
-trained model's manifest or a live run's marker that the actor may not manage.
+trained model's manifest or a live run's marker that the user may not manage.
 
 Every member sees every project (projects.access), so the messages name the other project and its owner.
 """
@@ -157,8 +157,8 @@ def _claimed_dirs() -> list[tuple[str, int]]:
     return claims
 
 
-def checked_output_dir(raw: str, actor: Any, project: TrainingProject | None = None) -> OutputDirCheck:
-    """The output directory as a save checks it for `actor` saving `project` (None: a new one): the folder's own
+def checked_output_dir(raw: str, user: Any, project: TrainingProject | None = None) -> OutputDirCheck:
+    """The output directory as a save checks it for `user` saving `project` (None: a new one): the folder's own
     rules, then whose it is. The project's own saved folder changed since: a link is refused (nothing else is
     said of it), another folder there is taken as it is now, with a warning."""
     check = validate_output_dir(raw)
@@ -167,17 +167,17 @@ def checked_output_dir(raw: str, actor: Any, project: TrainingProject | None = N
         check.errors = [changed]
         return check
     if check.valid:
-        check.errors.extend(output_dir_conflicts(check.path or "", actor, project, adopt=True))
+        check.errors.extend(output_dir_conflicts(check.path or "", user, project, adopt=True))
         if not check.errors:
-            check.warnings.extend(shared_folder_warnings(check.path or "", actor, project))
+            check.warnings.extend(shared_folder_warnings(check.path or "", user, project))
     if changed is not None:
         check.warnings.append(changed)
     return check
 
 
-def shared_folder_warnings(path: str, actor: Any, project: TrainingProject | None) -> list[Problem]:
-    """The projects `actor` may manage (other than `project`) whose output directory `path` is, is inside or
-    contains: allowed, since they are the actor's to share, but named, so that sharing is a choice. Another member's
+def shared_folder_warnings(path: str, user: Any, project: TrainingProject | None) -> list[Problem]:
+    """The projects `user` may manage (other than `project`) whose output directory `path` is, is inside or
+    contains: allowed, since they are the user's to share, but named, so that sharing is a choice. Another member's
     project there is refused instead (output_dir_conflicts)."""
     real = resolved(path) if path and os.path.isabs(path) and "\x00" not in path else None
     if real is None:
@@ -192,7 +192,7 @@ def shared_folder_warnings(path: str, actor: Any, project: TrainingProject | Non
             continue
         seen.add(pk)
         shared = projects[pk]
-        owner = "" if shared.owner_id == getattr(actor, "pk", None) else f" (owner {shared.owner.get_username()})"
+        owner = "" if shared.owner_id == getattr(user, "pk", None) else f" (owner {shared.owner.get_username()})"
         warnings.append(
             Problem(
                 SHARED,
@@ -302,9 +302,9 @@ def lock_claims() -> None:
 
 
 def output_dir_conflicts(
-    path: str, actor: Any, exclude_project: TrainingProject | int | None = None, *, adopt: bool = False
+    path: str, user: Any, exclude_project: TrainingProject | int | None = None, *, adopt: bool = False
 ) -> list[Problem]:
-    """Why `actor` may not train into `path` (an absolute path) for `exclude_project`; empty when they may.
+    """Why `user` may not train into `path` (an absolute path) for `exclude_project`; empty when they may.
 
     `exclude_project` is the project the directory is for: its own earlier runs and manifest never conflict. When
     `path` is that project's saved output directory and it is no longer the folder saved, that is the one problem
@@ -325,11 +325,11 @@ def output_dir_conflicts(
     projects = TrainingProject.objects.select_related("owner").in_bulk({pk for _, pk in claims})
     for other, pk in claims:
         relation = _relation(real, other)
-        if relation is None or pk == exclude or pk in seen or can_manage(actor, projects[pk]):
+        if relation is None or pk == exclude or pk in seen or can_manage(user, projects[pk]):
             continue
         seen.add(pk)
         problems.append(_owned_problem(real, relation, other, projects[pk]))
-    if not getattr(actor, "is_staff", False):  # a folder no project claims: its owner is unknown, so staff only
+    if not getattr(user, "is_staff", False):  # a folder no project claims: its owner is unknown, so staff only
         claimed = {form for form, _ in claims}
         kept = real in _kept_forms(own)
         problems.extend(

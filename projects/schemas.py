@@ -13,6 +13,7 @@ from ninja import Schema
 from pydantic import AfterValidator, Field, WithJsonSchema
 
 from models_registry.schemas import NoNulls, ProblemOut, StrictBody
+from mtm.shared.text import storable_or_refused
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
 from projects.runs.columns import EvalPoint, MetricPoint, RunProgress, RunSummary, ValidationReport
@@ -22,20 +23,8 @@ RunStatusName = Literal[tuple(RunStatus.values)]
 StageName = Literal[tuple(RunStage.values)]
 MethodName = Literal[tuple(TrainingMethod.values)]
 
-
-def _storable(value: str) -> str:
-    """Text the database can hold: PostgreSQL refuses NUL bytes, and no database can store a lone surrogate."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text (it holds a lone surrogate)")
-    return value
-
-
-StoredText = Annotated[str, Field(max_length=10_000), AfterValidator(_storable)]
-StoredPath = Annotated[str, Field(max_length=4096), AfterValidator(_storable)]
+StoredText = Annotated[str, Field(max_length=10_000), AfterValidator(storable_or_refused)]
+StoredPath = Annotated[str, Field(max_length=4096), AfterValidator(storable_or_refused)]
 MaxSeqLength = Annotated[int, Field(ge=8, le=131_072)]
 HYPERPARAMETERS_DOC = (
     'Only the ones to change from the defaults, e.g. {"max_steps": 100, "learning_rate": 0.0002}; '

@@ -120,10 +120,10 @@ def _text(data: dict, key: str) -> str:
 
 
 def check_project(
-    data: dict[str, Any], *, inspect_tokens: bool = True, actor: Any = None, project: TrainingProject | None = None
+    data: dict[str, Any], *, inspect_tokens: bool = True, user: Any = None, project: TrainingProject | None = None
 ) -> ProjectCheck:
     """Check a project's fields (a complete set, as from the form or the API after defaults are applied), for
-    `actor` saving `project` (None: a new one). Without an actor, nothing of anyone's counts as theirs.
+    `user` saving `project` (None: a new one). Without a user, nothing of anyone's counts as theirs.
 
     The dataset and the eval file get the bounded read of a request (format, rows, first rows). Their token
     lengths, and the warnings and refusals that come from them, are a worker's count (token_stats.py) of the same
@@ -164,7 +164,7 @@ def check_project(
         for problem in lora_target_problems(resolution.path, resolution.revision, hp.lora_target_modules, model_name):
             check.error("hyperparameters", problem)
 
-    output = checked_output_dir(data.get("output_directory", ""), actor, project)
+    output = checked_output_dir(data.get("output_directory", ""), user, project)
     for problem in output.errors:
         check.error("output_directory", problem)
     check.warnings["output_directory"] = list(output.warnings)
@@ -180,7 +180,7 @@ def check_project(
         return request_count(
             read,
             path,
-            actor,
+            user,
             resolution,
             model_name=model_name,
             revision=revision,
@@ -193,7 +193,7 @@ def check_project(
         """The dataset and the eval file are checked alike: where the file is, whose upload, its rows and fields;
         each problem under `field`."""
         located = check_dataset_path(path, dataset_roots())
-        for problem in located.errors or upload_problems(located, actor, project, field):
+        for problem in located.errors or upload_problems(located, user, project, field):
             check.error(field, problem)
         if check.errors.get(field):
             return located, None
@@ -262,7 +262,7 @@ def _locked(project: TrainingProject) -> TrainingRun | None:
 
 def create_project(data: dict[str, Any], *, actor: Actor) -> TrainingProject:
     """Create a project owned by the actor; refused (ProjectInvalid) unless every field validates."""
-    check = check_project(data, actor=actor.user)
+    check = check_project(data, user=actor.user)
     if not check.valid:
         raise ProjectInvalid(check)
     with transaction.atomic():
@@ -283,7 +283,7 @@ def update_project(project: TrainingProject, changes: dict[str, Any], *, actor: 
     merged = {**project_data(project), **{k: v for k, v in changes.items() if k in EDITABLE}}
     if isinstance(changes.get("hyperparameters"), dict):
         merged["hyperparameters"] = {**(project.hyperparameters or {}), **changes["hyperparameters"]}
-    check = check_project(merged, actor=actor.user, project=project)  # the slow part, before the lock
+    check = check_project(merged, user=actor.user, project=project)  # the slow part, before the lock
     with transaction.atomic():
         live = _locked(project)
         _recheck_claims(check, actor.user, project)

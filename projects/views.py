@@ -98,7 +98,7 @@ def _save(request: HtmxHttpRequest, form: ProjectForm, project: TrainingProject 
             form.add_error("dataset_file", problem_error(problem))
     data = form.project_data(dataset_path)
     if upload_failed:  # still show everything else that is wrong, but never save
-        found = check_project(data, actor=request.user, project=project)
+        found = check_project(data, user=request.user, project=project)
         found.errors.pop("dataset_path", None)
         form.add_problems(found)
         form.dataset_report, form.eval_dataset_report = found.dataset, found.eval_dataset

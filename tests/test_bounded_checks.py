@@ -312,7 +312,7 @@ def test_a_save_takes_the_counts_the_form_check_left(owner, long_file, tiny_llam
     counted(client, check(client, long_file, tiny_llama_in_cache[0]).content.decode(), long_file, owner)
     services._tokenizer.cache_clear()
     data = form_data(portal_roots, tiny_llama_in_cache[0], dataset_path=str(long_file), max_seq_length="32")
-    found = services.check_project(services_data(data), actor=owner)
+    found = services.check_project(services_data(data), user=owner)
     assert found.valid, found.errors
     assert found.dataset.token_stats_state == "done" and found.dataset.token_stats.max > 32
     assert [p.code for p in found.warnings["dataset_path"]] == ["dataset_truncation", "dataset_rows_dropped"]

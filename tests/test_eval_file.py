@@ -166,10 +166,10 @@ def test_doubtful_eval_settings_the_hostile_tester_saved_without_a_word(owner, r
     assert response.status_code == 422
     section = response.content.decode().split('<details class="more" open>')[1].split("</details>")[0]
     assert "no eval set to judge the checkpoints by" in section
-    api = check_project(_body(roots, name, hyperparameters={"keep_best_eval": True}), actor=owner)
+    api = check_project(_body(roots, name, hyperparameters={"keep_best_eval": True}), user=owner)
     assert codes([p.to_dict() for p in api.errors["hyperparameters"]]) == ["keep_best_without_eval_set"]
     # 2. the training file as the eval file: saved, with a warning in the eval file's report and as you type.
-    same = check_project(_body(roots, name, eval_dataset_path=dataset), actor=owner)
+    same = check_project(_body(roots, name, eval_dataset_path=dataset), user=owner)
     assert same.valid and [w.code for w in same.warnings["eval_dataset_path"]] == ["eval_file_is_the_dataset"]
     assert "eval_file_is_the_dataset" in [w.code for w in same.eval_dataset.warnings]
     params = {"eval_dataset_path": dataset, "dataset_path": dataset, "model_name": name, "max_seq_length": "32"}
@@ -177,7 +177,7 @@ def test_doubtful_eval_settings_the_hostile_tester_saved_without_a_word(owner, r
     assert "is the training dataset itself" in typed
     # 3. an eval file of another format than the dataset's.
     text_file = write_jsonl(roots / "datasets" / "eval-text.jsonl", [{"text": "Say hello: hello"}] * 3)
-    other = check_project(_body(roots, name, eval_dataset_path=str(text_file)), actor=owner)
+    other = check_project(_body(roots, name, eval_dataset_path=str(text_file)), user=owner)
     assert other.valid and [w.code for w in other.warnings["eval_dataset_path"]] == ["eval_file_format_differs"]
 
 

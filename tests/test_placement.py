@@ -70,11 +70,11 @@ def test_the_run_goes_to_the_worker_whose_cache_holds_the_model(
         data = {"name": "p", "model_name": MODEL, "method": "full", "hyperparameters": {}}
         data |= {"dataset_path": str(write_jsonl(portal_roots / "datasets" / "p.jsonl", QA_ROWS))}
         data |= {"output_directory": str(portal_roots / "outputs" / "p")}
-        check = check_project(data, actor=owner)
+        check = check_project(data, user=owner)
         assert not check.errors.get("model_name")
         assert [w.code for w in check.warnings["model_name"]] == ["model_on_workers"]
         assert holder.name in check.warnings["model_name"][0].message
-        absent = check_project({**data, "model_name": "test-org/absent"}, actor=owner)
+        absent = check_project({**data, "model_name": "test-org/absent"}, user=owner)
         assert [p.code for p in absent.errors["model_name"]] == ["model_not_found"]
 
         run = start(make_project(portal_roots, owner, "placed"), owner)

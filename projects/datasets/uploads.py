@@ -165,20 +165,20 @@ def discard_upload(path: str | os.PathLike, *, actor: Actor) -> bool:
 
 
 def upload_problems(
-    located: DatasetPathCheck, actor: Any, project: TrainingProject | None, field: str = "dataset_path"
+    located: DatasetPathCheck, user: Any, project: TrainingProject | None, field: str = "dataset_path"
 ) -> list[Problem]:
-    """Why `actor` may not use the upload at `located` as `project`'s `field` (its dataset or its eval file): it is
+    """Why `user` may not use the upload at `located` as `project`'s `field` (its dataset or its eval file): it is
     another user's, or no recorded upload; a file elsewhere that is a hard link of another user's upload is judged
     as that upload. Staff may use any; a project keeps the file it already has there (staff may have set it). What
     the project has is the path saved (already resolved then), compared as saved: a saved file since swapped for a
     link to an upload is judged as that upload."""
-    if located.path is None or getattr(actor, "is_staff", False):
+    if located.path is None or getattr(user, "is_staff", False):
         return []
     kept = getattr(project, field, "") if project is not None else ""
     if kept and os.path.normpath(kept) == located.path:
         return []
     if not located.uploaded:
-        return _linked_upload_problems(located.path, actor)
+        return _linked_upload_problems(located.path, user)
     upload = Upload.objects.filter(path=located.path).select_related("owner").first()
     if upload is not None and claim_form(upload.path, upload.identity) is None:
         return [
@@ -189,7 +189,7 @@ def upload_problems(
                 "Upload the file again and use the path that answers.",
             )
         ]
-    if upload is not None and actor is not None and upload.owner_id == actor.pk:
+    if upload is not None and user is not None and upload.owner_id == user.pk:
         return []
     if upload is None:
         return [
@@ -230,10 +230,10 @@ def linked_upload(path: str) -> Upload | None:
     return None
 
 
-def _linked_upload_problems(path: str, actor: Any) -> list[Problem]:
+def _linked_upload_problems(path: str, user: Any) -> list[Problem]:
     """A file outside the uploads folder that is a hard link of an upload is that upload: its owner's alone."""
     upload = linked_upload(path)
-    if upload is None or (actor is not None and upload.owner_id == actor.pk):
+    if upload is None or (user is not None and upload.owner_id == user.pk):
         return []
     return [
         Problem(

@@ -64,10 +64,6 @@ def published_dict(published: PublishedModel, *, validate: bool = False) -> dict
     }
 
 
-def _actor(request: HttpRequest) -> Actor:
-    return Actor.of(request, Channel.API)
-
-
 def _refused(exc: PublishRefused) -> ApiError:
     return ApiError(exc.status, exc.problems)
 
@@ -114,7 +110,7 @@ def publish(request: HttpRequest, run_id: int, payload: PublishIn) -> Status:
     not succeeded, has no merged model, or its folder fails the format checks."""
     run = _run_or_404(run_id)
     try:
-        published = publish_run(run, payload.model_name, actor=_actor(request), note=payload.note)
+        published = publish_run(run, payload.model_name, actor=Actor.of(request, Channel.API), note=payload.note)
     except PublishRefused as exc:
         raise _refused(exc) from None
     return Status(201, published_dict(published, validate=True))
@@ -148,7 +144,7 @@ def delete_published(request: HttpRequest, published_id: int) -> Status:
     """Unpublish: the name stops resolving; the run's files stay on disk. Staff, its publisher or the owner of the
     run's project."""
     try:
-        unpublish(_published_or_404(published_id), actor=_actor(request))
+        unpublish(_published_or_404(published_id), actor=Actor.of(request, Channel.API))
     except PublishRefused as exc:
         raise _refused(exc) from None
     return Status(204, None)

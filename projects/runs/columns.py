@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from mtm.shared.text import storable
+
 # The post-training checks, in the order they run, with the label the run page shows.
 CHECK_LABELS = {
     "files": "File checks",
@@ -33,20 +35,6 @@ def _finite(value: Any) -> float | None:
 def _whole(value: Any) -> int | None:
     number = _finite(value)
     return int(number) if number is not None and number.is_integer() else None
-
-
-NUL_SHOWN = "\u2400"  # SYMBOL FOR NULL: what a NUL character reads as once stored
-
-
-def storable(text: str) -> str:
-    """`text` as a JSON column on any database can hold it: PostgreSQL refuses NUL characters (shown as ␀) and no
-    database stores a lone surrogate (shown as U+FFFD). A model's sample output may hold either."""
-    text = text.replace("\x00", NUL_SHOWN)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
-    return text
 
 
 def _text(value: Any) -> str:

@@ -50,7 +50,8 @@ class PathChanged(Exception):
         self.problem = problem
 
 
-def _actor(run: TrainingRun) -> Any:
+def _user(run: TrainingRun) -> Any:
+    """Whose rights the run's paths are judged by: who started it, else the project's owner."""
     return run.started_by or run.project.owner
 
 
@@ -67,7 +68,7 @@ def output_problem(run: TrainingRun) -> Problem | None:
             "Restore the folder (no links on the path), or choose another output directory, then start again.",
         )
     check = validate_output_dir(run.output_directory)
-    problems = check.errors or output_dir_conflicts(run.output_directory, _actor(run), project)
+    problems = check.errors or output_dir_conflicts(run.output_directory, _user(run), project)
     return problems[0] if problems else None
 
 
@@ -79,7 +80,7 @@ def dataset_problem(run: TrainingRun, stored: str) -> Problem | None:
         return located.errors[0]
     if located.path != os.path.normpath(stored):
         return _dataset_changed(stored, f"now leads to {located.path}")
-    refused = upload_problems(located, _actor(run), None)  # training on an upload: its owner and staff only
+    refused = upload_problems(located, _user(run), None)  # training on an upload: its owner and staff only
     return refused[0] if refused else None
 
 
