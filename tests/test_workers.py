@@ -73,7 +73,11 @@ def test_a_worker_reports_drains_undrains_and_is_gone_when_stopped(
 ):
     name = f"alpha-{uuid.uuid4().hex[:6]}"
     worker = runworker("--cpu", "--name", name, "--also", "default").wait_ready()
-    row = wait_until(lambda: Worker.objects.filter(name__startswith=name + "@").first(), "the worker's report")
+    # Its heartbeat is written first, its cache and models once listed: wait for the whole report.
+    row = wait_until(
+        lambda: Worker.objects.filter(name__startswith=name + "@", held_models_at__isnull=False).first(),
+        "the worker's report",
+    )
     assert "concurrency: 1 (prefork)" in worker.log_text()  # one run at a time
     assert row.queues == sorted([own_queue(row.name), "training", "cpu", "default"])
     assert row.cuda_visible_devices == "" and not row.devices.exists()  # a CPU worker reports no device
