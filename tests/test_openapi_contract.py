@@ -1,4 +1,4 @@
-"""The JSON API's contract (DESIGN.md) as its OpenAPI schema: paths, fields and operationIds. Moving a module must not
+"""The JSON API's contract, as its OpenAPI schema: paths, fields and operationIds. Moving a module must not
 change it (django-ninja names an operation after its module unless it is given an operation_id). A deliberate change
 to the API rewrites the saved schema, and the diff shows in review:
 
