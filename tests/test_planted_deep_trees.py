@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from projects.runs import folder_scan, stages
 from projects.runs.paths import create_run_folder, snapshot_dataset
 from projects.runs.validation.checks import validate_output
 from projects.services import create_project
+from tests.planted_trees import nest_folders, remove_planted
 from tests.test_owned_paths import QA_BYTES, fields
 from tests.test_run_folder_attacks import as_, run_of
 
@@ -43,20 +43,11 @@ def plant():
         top.parent.mkdir(parents=True, exist_ok=True)
         planted.append(top)
         os.mkdir(top)
-        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for _ in range(depth - 1):
-                os.mkdir("a", dir_fd=fd)
-                child = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-                os.close(fd)
-                fd = child
-        finally:
-            os.close(fd)
+        nest_folders(top, depth - 1)
         return top
 
     yield nest
-    if planted:
-        subprocess.run(["rm", "-rf", "--", *map(str, planted)], check=True)
+    remove_planted(planted)
 
 
 def deepest(top: Path) -> Path:

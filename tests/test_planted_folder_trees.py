@@ -6,7 +6,6 @@ costs a bounded listing. Real HF cache layouts on tmp_path."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -22,6 +21,7 @@ from mtm.shared.bounded_walk import MAX_DEPTH, MAX_ENTRIES, FolderTooLarge, walk
 from tests.api_client import call, codes, make_user_token
 from tests.clients import secure_client
 from tests.hfcache import COMMIT_A, COMMIT_B, make_model_repo
+from tests.planted_trees import nest_folders, remove_planted
 
 PLANTED_DEPTH = 1_500  # past Python's recursion limit: os.walk raised RecursionError
 PLANTED_FILES = 30_000
@@ -35,19 +35,10 @@ def nest():
 
     def make(base: Path, depth: int = PLANTED_DEPTH) -> None:
         made.append(base)
-        fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for _ in range(depth):
-                os.mkdir("a", dir_fd=fd)
-                below = os.open("a", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-                os.close(fd)
-                fd = below
-        finally:
-            os.close(fd)
+        nest_folders(base, depth)
 
     yield make
-    for base in made:
-        subprocess.run(["rm", "-rf", "--", str(base / "a")], check=True)  # GNU rm walks without recursing
+    remove_planted([base / "a" for base in made])
 
 
 def fill(folder: Path, count: int) -> None:
