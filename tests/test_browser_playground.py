@@ -39,6 +39,17 @@ _RECORD_TURN = """() => {
 }"""
 
 
+def _expect_answered(turn, worker_log) -> None:
+    """The turn ends answered; when it does not, the failure shows the answer's stored problem and the worker's log."""
+    try:
+        expect(turn).to_have_attribute("data-status", "succeeded", timeout=120_000)
+    except AssertionError as failed:
+        latest = Generation.objects.order_by("pk").last()
+        problem = latest and (latest.status, latest.worker_name, latest.error_code, latest.error_message)
+        log = worker_log.read_text(errors="replace")[-6000:] if worker_log.exists() else "(no worker log)"
+        raise AssertionError(f"{failed}\nthe answer: {problem}\nthe playground worker's log:\n{log}") from None
+
+
 def test_the_playground_streams_an_answer_from_a_fine_tuned_model(
     browser_member,
     portal_roots,
@@ -76,7 +87,7 @@ def test_the_playground_streams_an_answer_from_a_fine_tuned_model(
             page.evaluate(_RECORD_TURN)
             shot("answer-coming")
             turn = page.locator("li.turn").last
-            expect(turn).to_have_attribute("data-status", "succeeded", timeout=120_000)
+            _expect_answered(turn, tmp_path / "playground.log")
             expect(turn.locator(".turn-stats")).to_contain_text("first token after")
             expect(turn.locator(".turn-stats")).to_contain_text("model loaded for it")
             shown = turn.locator(".reply").inner_text().strip()
@@ -87,7 +98,7 @@ def test_the_playground_streams_an_answer_from_a_fine_tuned_model(
             page.get_by_label("Message", exact=True).fill("And once more:")
             page.get_by_role("button", name="Send").click()
             second = page.locator("li.turn").last
-            expect(second).to_have_attribute("data-status", "succeeded", timeout=120_000)
+            _expect_answered(second, tmp_path / "playground.log")
             expect(second.locator(".turn-stats")).to_contain_text("model already loaded")
             shot("second-answer-warm")
     finally:
