@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from mtm.env import env_bool, env_int, env_list, env_networks, env_str
+from mtm.shared.file_modes import PRIVATE_FILE_MODE
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("MTM_VAR_DIR", str(BASE_DIR / "var")))
@@ -21,10 +24,36 @@ def _secret_key() -> str:
         return key
     # A key kept beside the database, so sessions survive restarts of `make run` without any set-up.
     key_file = VAR_DIR / "secret_key"
-    if not key_file.exists():
-        key_file.write_text(secrets.token_urlsafe(50))
-        key_file.chmod(0o600)
-    return key_file.read_text().strip()
+    _write_new_key(key_file)
+    try:
+        fd = os.open(key_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ImproperlyConfigured(
+            f"{key_file} cannot be read as the portal's secret key ({exc.strerror}): it must be a regular file, not a "
+            "link. Remove it (a new key is then made, and everyone signs in again) or set SECRET_KEY."
+        ) from None
+    with os.fdopen(fd, encoding="utf-8") as key_in:
+        key = key_in.read().strip()
+    if not key:
+        raise ImproperlyConfigured(f"{key_file} is empty. Remove it (a new key is then made) or set SECRET_KEY.")
+    return key
+
+
+def _write_new_key(key_file: Path) -> None:
+    """Make `key_file` with a new key unless something has that name already. The key is written into a private
+    file of a name nobody can guess (created 0600: never readable by others, not even for a moment) which is then
+    linked into place; a link never replaces anything, so a second process starting at once keeps the first key and
+    no process reads a half-written one."""
+    staged = key_file.with_name(f".{key_file.name}-{secrets.token_hex(8)}")
+    flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with os.fdopen(os.open(staged, flags, PRIVATE_FILE_MODE), "w", encoding="utf-8") as out:
+            out.write(secrets.token_urlsafe(50))
+        with contextlib.suppress(FileExistsError):
+            os.link(staged, key_file, follow_symlinks=False)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
 
 
 SECRET_KEY = _secret_key()

@@ -5,9 +5,9 @@ library that writes by path (save_pretrained, the Trainer's checkpoints), inside
 0700, made by the portal) whose tree is then checked (only folders and regular files, each with a single link),
 given the portal's modes and renamed into place without replacing anything that is already there.
 
-Modes: every file a run writes is FILE_MODE (0644) and every folder DIR_MODE (0755): the team reads a run's
-weights as it reads its config, and only the worker's user writes. A staging folder is 0700 until its entries are
-moved out. No Django here: the trainer child imports this too.
+Modes (declared in mtm/shared/file_modes.py): every file a run writes is FILE_MODE (0644) and every folder DIR_MODE
+(0755): the team reads a run's weights as it reads its config, and only the worker's user writes. A staging folder
+is 0700 until its entries are moved out. No Django here: the trainer child imports this too.
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import os
 import secrets
 import stat
 
+from mtm.shared.file_modes import DIR_MODE, FILE_MODE
 from mtm.shared.nofollow import DIR_FLAGS, FILE_FLAGS
 from mtm.shared.tree_removal import remove_entry
 
-FILE_MODE = 0o644  # every file a run writes: readable by the team, written by the worker only
-DIR_MODE = 0o755  # every folder a run writes (the run folder itself, checkpoint-N, merged/)
 STAGING_PREFIX = ".staging-"
 _RENAME_NOREPLACE = 1
 
