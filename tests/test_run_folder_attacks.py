@@ -237,6 +237,33 @@ def test_the_adapter_archive_refuses_a_sparse_file_naming_it(team):
     assert "tokenizer.json is a sparse file" in message and run.output_directory in message
 
 
+@pytest.mark.parametrize("hole_at", ["end", "middle", "start"])
+def test_the_adapter_archive_refuses_a_file_with_any_hole_naming_it(team, hole_at):
+    """Half of the file written, half a hole: as many bytes on disk as half its length, which a count of blocks
+    alone lets through. The bytes are random, so the file system cannot leave out a block of zeros itself."""
+    run = lora_run(team)
+    half = 2 * 1024**2
+    path = Path(run.output_directory) / "tokenizer.json"
+    with open(path, "wb") as holed:
+        if hole_at == "end":
+            holed.write(os.urandom(half))
+            holed.truncate(2 * half)
+        elif hole_at == "middle":
+            holed.write(os.urandom(half // 2))
+            holed.seek(half + half // 2)
+            holed.write(os.urandom(half // 2))
+        else:
+            holed.seek(half)
+            holed.write(os.urandom(half))
+    assert path.stat().st_size == 2 * half and path.stat().st_blocks * 512 >= half
+    hole = {"end": half, "middle": half // 2, "start": 0}[hole_at]
+    message = refusal(run)
+    assert f"tokenizer.json is a sparse file ({2 * half} bytes long, with a hole at byte {hole}" in message
+    assert run.output_directory in message
+    path.write_bytes(os.urandom(2 * half))  # the same length written in full goes
+    assert adapter_archive(run).filename == f"run-{run.pk}-adapter.tar.gz"
+
+
 def test_the_adapter_archive_refuses_a_fifo_naming_it(team):
     run = lora_run(team)
     os.mkfifo(Path(run.output_directory) / "special_tokens_map.json")

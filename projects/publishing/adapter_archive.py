@@ -6,11 +6,11 @@ the folder (to a file or a folder elsewhere) is left out, as is a file with more
 for a file outside the folder). Files are read and compressed a block at a time, so memory stays small whatever
 the adapter's size.
 
-The archive is bounded: a FIFO, socket or device at the top of the folder, a sparse file (far fewer blocks on disk
-than its size says) and a file larger than the run could have written (file_limit: four times the base model's
-weights plus room for tokenizer files, never above MTM_ADAPTER_ARCHIVE_MAX_BYTES) are refused, naming the file,
-before a byte is sent; all files together may not pass MTM_ADAPTER_ARCHIVE_MAX_BYTES, and a file that changes
-after that check is never streamed past what was checked (the download is cut instead).
+The archive is bounded: a FIFO, socket or device at the top of the folder, a sparse file (one with a hole anywhere:
+bytes never written, which the trainer never leaves) and a file larger than the run could have written (file_limit:
+four times the base model's weights plus room for tokenizer files, never above MTM_ADAPTER_ARCHIVE_MAX_BYTES) are
+refused, naming the file, before a byte is sent; all files together may not pass MTM_ADAPTER_ARCHIVE_MAX_BYTES, and
+a file that changes after that check is never streamed past what was checked (the download is cut instead).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ def _weights_bytes(folder: str) -> int | None:
 
 
 def _check_sizes(folder_fd: int, names: list[str], limit: int, total_limit: int) -> dict[str, int]:
-    """Each member's size, checked: not sparse, not over `limit`, all together not over `total_limit`."""
+    """Each member's size, checked: no holes, not over `limit`, all together not over `total_limit`."""
     sizes: dict[str, int] = {}
     for name in names:
         info = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
@@ -131,11 +131,11 @@ def _check_sizes(folder_fd: int, names: list[str], limit: int, total_limit: int)
             raise AdapterFileRefused(
                 name, f"is {info.st_size} bytes, larger than this run could have written ({limit} bytes at most)"
             )
-        if info.st_size >= _SPARSE_FROM and info.st_blocks * 512 < info.st_size // 2:
+        if (hole := _first_hole(folder_fd, name, info.st_size)) is not None:
             raise AdapterFileRefused(
                 name,
-                f"is a sparse file ({info.st_size} bytes long, {info.st_blocks * 512} on disk), not one the "
-                "trainer writes",
+                f"is a sparse file ({info.st_size} bytes long, with a hole at byte {hole}: "
+                f"{info.st_blocks * 512} bytes on disk), not one the trainer writes",
             )
         sizes[name] = info.st_size
     if sum(sizes.values()) > total_limit:
@@ -145,6 +145,25 @@ def _check_sizes(folder_fd: int, names: list[str], limit: int, total_limit: int)
             f"{total_limit} bytes (MTM_ADAPTER_ARCHIVE_MAX_BYTES)",
         )
     return sizes
+
+
+def _first_hole(folder_fd: int, name: str, size: int) -> int | None:
+    """Where the file's first hole (a range never written, read back as zeros) starts, or None when it has none.
+    The trainer writes every byte of its files, so any hole is a file made by hand. Asked of the file system
+    (SEEK_HOLE, which answers the end of the file when there is no hole); where it cannot say, a file of at least
+    _SPARSE_FROM bytes with fewer bytes on disk than its length counts as one with a hole at its start."""
+    if size == 0:
+        return None
+    fd = os.open(name, FILE_FLAGS, dir_fd=folder_fd)
+    try:
+        try:
+            hole = os.lseek(fd, 0, os.SEEK_HOLE)
+        except OSError:
+            info = os.fstat(fd)
+            return 0 if size >= _SPARSE_FROM and info.st_blocks * 512 < size else None
+    finally:
+        os.close(fd)
+    return hole if hole < size else None
 
 
 def _why_left_out(folder_fd: int, wanted: tuple[str, ...], folder: str) -> str:
