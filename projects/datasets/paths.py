@@ -13,6 +13,7 @@ from typing import IO, Any
 from django.core.files.move import file_move_safe
 
 from models_registry.regular_files import NotRegularFile, open_regular_file
+from mtm.shared.file_modes import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from mtm.shared.paths import is_within, resolved, roots_text
 from mtm.shared.problems import Problem
 from mtm.shared.tree_removal import remove_path
@@ -38,6 +39,7 @@ UPLOAD_SUBDIR = "datasets"
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_STEM = 100
 _CHUNK = 1024 * 1024
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Said for the dataset and the eval file alike: the form uploads the dataset; an eval file goes through the API.
 UPLOAD_IT = "upload it (Upload on the form's Dataset box, or POST /api/v1/datasets) and give the path it is stored at"
@@ -221,10 +223,15 @@ def store_upload(
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Path:
     """Stream an uploaded file to <upload_root>/<uuid>/<safe name> and return that path. Refuses bad names and
-    extensions, empty files and files over `max_bytes` (nothing is left behind then)."""
+    extensions, empty files and files over `max_bytes` (nothing is left behind then). An upload is the portal's
+    alone (only its owner and staff may train on it, through the portal): its folder is PRIVATE_DIR_MODE and the
+    file PRIVATE_FILE_MODE from the moment each is made."""
     name = safe_upload_name(original_name)
-    folder = Path(upload_root if upload_root is not None else uploads_root()) / uuid.uuid4().hex
-    folder.mkdir(parents=True)
+    root = Path(upload_root if upload_root is not None else uploads_root())
+    root.mkdir(parents=True, exist_ok=True)
+    folder = root / uuid.uuid4().hex
+    os.mkdir(folder, PRIVATE_DIR_MODE)
+    os.chmod(folder, PRIVATE_DIR_MODE)  # the umask may have narrowed it further
     dest = folder / name
     too_large = DatasetError(
         [
@@ -245,8 +252,10 @@ def store_upload(
                 raise too_large
             if written:
                 file_move_safe(fileobj.temporary_file_path(), str(dest))
+                os.chmod(dest, PRIVATE_FILE_MODE)
         else:
-            with open(dest, "xb") as out:
+            with os.fdopen(os.open(dest, _NEW_FILE_FLAGS, PRIVATE_FILE_MODE), "wb") as out:
+                os.fchmod(out.fileno(), PRIVATE_FILE_MODE)
                 for chunk in _chunks(fileobj):
                     written += len(chunk)
                     if written > max_bytes:

@@ -211,8 +211,8 @@ def upload_problems(
 
 
 def linked_upload(path: str) -> Upload | None:
-    """The recorded upload whose file `path` is another name of (a hard link made with a shell: uploads are readable
-    by everyone on the server), or None. Only a file with more than one name can be one; the rows looked at are
+    """The recorded upload whose file `path` is another name of (a hard link made with a shell, to an upload stored
+    while uploads were readable by everyone on the server, or by the portal's own user), or None. Only a file with more than one name can be one; the rows looked at are
     those whose recorded identity has the file's inode (or none recorded), each compared with the file itself."""
     try:
         info = os.lstat(path)
