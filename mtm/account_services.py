@@ -1,5 +1,5 @@
-"""Creating, changing and deleting user accounts: the one way in for the admin's user pages, `create_api_token` and
-`ensure_admin`. Each function takes the Actor, writes the account and one audit record of what changed. A password
+"""Creating, changing and deleting user accounts: the one way in for the admin's user pages, `create_api_token`,
+`ensure_admin` and a member's change of their own password. Each function takes the Actor, writes the account and one audit record of what changed. A password
 is recorded only as "changed" or "disabled", never its hash.
 """
 
@@ -131,7 +131,17 @@ def update_account(
 
 
 def set_password(user: Any, password: str | None, *, actor: Actor) -> None:
-    """Set the user's password; None disables signing in with one."""
+    """Set the user's password (staff, for another account); None disables signing in with one."""
+    _save_password(user, password, actor=actor, action="user.password_set")
+
+
+def change_own_password(user: Any, password: str, *, actor: Actor) -> None:
+    """A member's change of their own password, after the form checked the old one. Only the password is written:
+    a change of the account that staff made meanwhile (deactivated, no longer staff) stays."""
+    _save_password(user, password, actor=actor, action="password_change.succeeded")
+
+
+def _save_password(user: Any, password: str | None, *, actor: Actor, action: str) -> None:
     if password is None:
         user.set_unusable_password()
     else:
@@ -139,7 +149,7 @@ def set_password(user: Any, password: str | None, *, actor: Actor) -> None:
     with transaction.atomic():
         user.save(update_fields=["password"])
         changes = {"password": PASSWORD_CHANGED if password is not None else PASSWORD_DISABLED}
-        audit.record_change(actor, "user.password_set", user, changes)
+        audit.record_change(actor, action, user, changes)
 
 
 def delete_account(user: Any, *, actor: Actor) -> None:

@@ -20,6 +20,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import reverse
 
 from mtm import audit, throttle
+from mtm.account_services import change_own_password
 from mtm.audit import Actor, Channel
 from mtm.client_address import client_address
 
@@ -117,6 +118,16 @@ class ThrottledPasswordChangeMixin:
         throttle.succeeded(admission)
         return old_password
 
+    def save(self, commit: bool = True) -> Any:
+        """Through the account service: only the password is written, with its audit record."""
+        form: Any = self
+        if commit:
+            actor = Actor(form.user, self.via, client_address(self.request))
+            change_own_password(form.user, form.cleaned_data["new_password1"], actor=actor)
+        else:
+            form.user.set_password(form.cleaned_data["new_password1"])
+        return form.user
+
 
 class ThrottledPasswordChangeForm(ThrottledPasswordChangeMixin, PasswordChangeForm):
     via = Channel.PAGE
@@ -131,13 +142,6 @@ class ThrottledPasswordChangeView(PasswordChangeView):
 
     def get_form_kwargs(self) -> dict[str, Any]:
         return {**super().get_form_kwargs(), "request": self.request}
-
-    def form_valid(self, form: Form) -> HttpResponse:
-        response = super().form_valid(form)
-        user = form.user  # type: ignore[attr-defined]
-        actor = Actor(user, form.via, client_address(self.request))  # type: ignore[attr-defined]
-        audit.record_change(actor, "password_change.succeeded", user, {"password": "changed"})
-        return response
 
     def form_invalid(self, form: Form) -> HttpResponse:
         return _refused_response(form, super().form_invalid(form), "old_password")

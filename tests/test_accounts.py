@@ -110,3 +110,39 @@ def test_the_admins_bulk_delete_records_each_account(staff, django_user_model):
     deleted = AuditEvent.objects.filter(action="user.delete", via="admin").order_by("pk")
     assert [e.changes["username"] for e in deleted] == [["one", None], ["two", None]]
     assert not django_user_model.objects.filter(username__in=["one", "two"]).exists()
+
+
+class StaffChangesTheAccountMeanwhile:
+    """A password validator (a Django extension point) that, while a member's new password is being checked, does
+    what staff may do at that moment in the admin: take the member's staff rights away and deactivate the account."""
+
+    def validate(self, password: str, user=None) -> None:
+        if user is not None:
+            get_user_model().objects.filter(pk=user.pk).update(is_staff=False, is_active=False)
+
+    def get_help_text(self) -> str:
+        return ""
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(("url", "via"), [("/accounts/password/", "web"), ("/admin/password_change/", "admin")])
+def test_a_members_own_password_change_writes_only_the_password_and_is_audited(staff, settings, url, via):
+    """Through the account service: the member's change of her own password keeps what staff changed on her account
+    meanwhile (a form that saves the whole account would make her staff and active again), and is audited once,
+    the password only as "changed"."""
+    settings.AUTH_PASSWORD_VALIDATORS = [{"NAME": f"{__name__}.StaffChangesTheAccountMeanwhile"}]
+    new = "a-newer-pass-5678"
+    form = {"old_password": PASSWORD, "new_password1": new, "new_password2": new}
+    resp = secure_client(staff).post(url, form, REMOTE_ADDR="192.0.2.10")
+    assert resp.status_code == 302, resp.content.decode()
+    staff.refresh_from_db()
+    assert staff.check_password(new)
+    assert (staff.is_staff, staff.is_active) == (False, False)  # what staff did meanwhile stays
+    [event] = AuditEvent.objects.filter(object_id=str(staff.pk), action__contains="password")
+    assert (event.action, event.actor, event.via, event.remote_addr) == (
+        "password_change.succeeded",
+        staff,
+        via,
+        "192.0.2.10",
+    )
+    assert event.changes == {"password": "changed"} and staff.password not in str(event.changes)
