@@ -1,4 +1,5 @@
-"""A per-member cap on expensive requests in progress (dataset checks, uploads, project saves, model checks).
+"""A per-member cap on expensive requests in progress (dataset checks, uploads, project saves, model checks, adapter
+downloads while they stream).
 
 Slots live in the database (mtm.ExpensiveRequestSlot), numbered 0..cap-1 and unique per member: taking one is an
 insert that fails when another process holds that number, so every gunicorn process sees the same count without a
@@ -9,7 +10,7 @@ it is older than STALE_AFTER.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -44,7 +45,8 @@ class Busy(Exception):
     def message(self) -> str:
         requests = "request" if self.limit == 1 else "requests"
         return (
-            f"You already have {self.limit} expensive {requests} (model or dataset checks, uploads or project saves) "
+            f"You already have {self.limit} expensive {requests} (model or dataset checks, uploads, project saves or "
+            "adapter downloads) "
             f"in progress, the most one member may run at once. Try again in {self.retry_after} seconds, once one of "
             "them has finished."
         )
@@ -82,30 +84,76 @@ def _take(user: Any, limit: int) -> ExpensiveRequestSlot:
     raise Busy(limit)
 
 
+class _Hold:
+    """One of a member's slots, held until `release` (once; later calls do nothing). No slot without a cap."""
+
+    def __init__(self, user: Any) -> None:
+        limit = per_member_limit()
+        self.slot_id = _take(user, limit).pk if limit and getattr(user, "pk", None) else None
+
+    def release(self) -> None:
+        if self.slot_id is not None:
+            ExpensiveRequestSlot.objects.filter(pk=self.slot_id).delete()
+            self.slot_id = None
+
+
 @contextmanager
 def expensive_request(user: Any) -> Iterator[None]:
     """Hold one of `user`'s expensive-request slots for the block; raises Busy when all are held."""
-    limit = per_member_limit()
-    if limit == 0 or not getattr(user, "pk", None):
-        yield
-        return
-    slot = _take(user, limit)
+    hold = _Hold(user)
     try:
         yield
     finally:
-        ExpensiveRequestSlot.objects.filter(pk=slot.pk).delete()
+        hold.release()
+
+
+class _HeldUntilSent:
+    """A streamed response's chunks, holding the member's slot until the last one is sent or the server closes
+    the response (a client that went away): a download costs the web process for as long as it streams."""
+
+    def __init__(self, chunks: Iterable[bytes], hold: _Hold) -> None:
+        self.chunks, self.hold = iter(chunks), hold
+
+    def __iter__(self) -> _HeldUntilSent:
+        return self
+
+    def __next__(self) -> bytes:
+        try:
+            return next(self.chunks)
+        except BaseException:  # the end, or a stream cut by an error
+            self.hold.release()
+            raise
+
+    def close(self) -> None:
+        self.hold.release()
+
+
+def held_while_sent(user: Any, respond: Callable[[], HttpResponse]) -> HttpResponse:
+    """`respond()` holding one of `user`'s slots; a streamed response keeps it until it is sent (or closed), any
+    other until it is made. Raises Busy when all are held, before `respond` is called."""
+    hold = _Hold(user)
+    try:
+        response = respond()
+    except BaseException:
+        hold.release()
+        raise
+    if not getattr(response, "streaming", False) or getattr(response, "is_async", False):
+        hold.release()
+        return response
+    response.streaming_content = _HeldUntilSent(response.streaming_content, hold)
+    return response
 
 
 def limited_view(render_busy: Callable[[HttpRequest, Problem], HttpResponse]):
-    """Hold one of the member's expensive-request slots while the view runs; beyond the cap answer 429 with
-    Retry-After and `render_busy`'s page or fragment, which says (the problem) when to try again."""
+    """Hold one of the member's expensive-request slots while the view runs (a streamed response: until it is
+    sent); beyond the cap answer 429 with Retry-After and `render_busy`'s page or fragment, which says (the
+    problem) when to try again."""
 
     def decorator(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             try:
-                with expensive_request(request.user):
-                    return view(request, *args, **kwargs)
+                return held_while_sent(request.user, lambda: view(request, *args, **kwargs))
             except Busy as busy:
                 response = render_busy(request, busy.as_problem())
                 response.status_code = 429

@@ -523,6 +523,37 @@ def test_the_adapter_is_not_for_strangers_or_runs_without_one(team, lora_run, cl
     assert call(client, "get", "/runs/999999/adapter.tar.gz", None, team["tokens"]["alice"]).status_code == 404
 
 
+def test_an_adapter_download_holds_one_of_the_members_expensive_request_slots_while_it_streams(
+    team, lora_run, client, settings
+):
+    """Each download compresses the adapter in the web process for as long as it streams: a member's downloads in
+    progress count against MTM_EXPENSIVE_REQUESTS_PER_MEMBER (the API's and the page's alike), and the slot is free
+    again once the archive is sent. Another member is not held back."""
+    settings.MTM_EXPENSIVE_REQUESTS_PER_MEMBER = 1
+    run, files = lora_run
+    url, token = f"/runs/{run.pk}/adapter.tar.gz", team["tokens"]["mallory"]
+    streaming = call(client, "get", url, None, token)
+    assert streaming.status_code == 200 and streaming.streaming  # not read yet: still streaming
+    refused = call(client, "get", url, None, token)
+    assert refused.status_code == 429 and refused["Retry-After"].isdigit()
+    assert (
+        codes(refused) == ["too_many_expensive_requests"]
+        and "adapter downloads" in refused.json()["errors"][0]["message"]
+    )
+    page = secure_client(team["mallory"]).get(f"/projects{url}")
+    assert page.status_code == 429 and "Try again in" in page.content.decode()
+    others = call(client, "get", url, None, team["tokens"]["alice"])
+    assert others.status_code == 200
+    b"".join(others.streaming_content)
+    prefix = f"run-{run.pk}-adapter"
+    assert (
+        members(b"".join(streaming.streaming_content))[f"{prefix}/adapter_config.json"] == files["adapter_config.json"]
+    )
+    again = secure_client(team["mallory"]).get(f"/projects{url}")  # sent: the slot is hers again
+    assert again.status_code == 200 and members(b"".join(again.streaming_content))
+    assert call(client, "get", url, None, token).status_code == 200
+
+
 def test_an_adapter_whose_weights_are_a_link_is_refused_with_why_not_sent_without_them(team, lora_run, client):
     """The attack: adapter_model.safetensors replaced by a link (or a hard link, as `cp -al` backups make) gave a
     200 archive without the weights, which loads nothing."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
 from ninja.responses import Status
 from pydantic import Field
@@ -15,6 +15,7 @@ from models_registry.models import PublishedModel
 from models_registry.schemas import ErrorOut, ResolutionOut, StrictBody
 from mtm.api_errors import ApiError
 from mtm.audit import Actor, Channel
+from mtm.request_limits import Busy, busy_response, held_while_sent
 from projects.access import can_view
 from projects.models import TrainingRun
 from projects.publishing.adapter_archive import AdapterUnavailable, adapter_archive
@@ -152,15 +153,23 @@ def delete_published(request: HttpRequest, published_id: int) -> Status:
 
 @router.get(
     "/runs/{run_id}/adapter.tar.gz",
-    response={200: None, **ERRORS},
+    response={200: None, **ERRORS, 429: ErrorOut},
     operation_id="projects_publish_api_download_adapter",
 )
 def download_adapter(request: HttpRequest, run_id: int):
     """A succeeded LoRA run's adapter (adapter files, tokenizer files, manifest) as a streamed .tar.gz; any member.
-    Links and hard-linked files in the run's folder are left out."""
+    Links and hard-linked files in the run's folder are left out. A download holds one of the member's
+    MTM_EXPENSIVE_REQUESTS_PER_MEMBER slots while it streams: beyond them, 429 with Retry-After."""
     run = _run_or_404(run_id)
     if not can_view(request.auth, run.project):
         raise ApiError.single(403, "permission_denied", "Only signed-in, active members may download adapters.", "")
+    try:
+        return held_while_sent(request.auth, lambda: _archive_response(run))
+    except Busy as busy:
+        return busy_response(busy)
+
+
+def _archive_response(run: TrainingRun) -> HttpResponse:
     try:
         archive = adapter_archive(run)
     except AdapterUnavailable as exc:

@@ -15,6 +15,8 @@ from django.views.decorators.http import require_http_methods
 from models_registry.models import PublishedModel
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest
+from mtm.request_limits import limited_view
+from mtm.shared.problems import Problem
 from projects.access import can_view
 from projects.models import TrainingRun
 from projects.publishing.adapter_archive import AdapterUnavailable, adapter_archive
@@ -59,8 +61,13 @@ def published_unpublish(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return redirect("registry:models")
 
 
+def _busy_download(request: HtmxHttpRequest, problem: Problem) -> HttpResponse:
+    return HttpResponse(f"{problem.message}\n{problem.hint}\n", content_type="text/plain; charset=utf-8")
+
+
 @require_http_methods(["GET"])
 @login_required
+@limited_view(_busy_download)  # the slot is held while the archive streams
 def run_adapter(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     run = get_object_or_404(TrainingRun.objects.select_related("project__owner"), pk=pk)
     if not can_view(request.user, run.project):
