@@ -8,6 +8,7 @@ layout. The bound is set small here, past the 2,000 rows a request reads, so the
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tests.api_client import API, make_user_token
 from tests.clients import secure_client
 from tests.pipeline_helpers import start
 from tests.test_owned_paths import fields
-from tests.token_counts import HX
+from tests.token_counts import HX, counted
 
 LIMIT = 2_500
 TOO_MANY_ROWS = "dataset_too_many_rows"
@@ -133,6 +134,55 @@ def test_an_upload_over_the_bound_is_refused_and_not_kept(db, portal_roots, row_
     assert error["message"].startswith(f"tiny_rows.csv has more than {LIMIT:,} rows")
     uploads = portal_roots / "media" / "datasets"
     assert not uploads.exists() or not any(uploads.iterdir())
+
+
+def json_rows(rows: int) -> list[dict]:
+    """Chat rows whose messages are nested lists and objects, and whose strings hold commas, brackets and escaped
+    quotes and backslashes: none of them separates two rows of the array."""
+    text = 'Is it [a, b] or {c, d}? She said "yes, \\ no", then ],}'
+    return [
+        {"messages": [{"role": "user", "content": f"{text} {n}"}, {"role": "assistant", "content": "A, ["}]}
+        for n in range(rows)
+    ]
+
+
+def test_a_json_array_over_the_bound_is_refused_by_the_checks_count_not_first_by_the_resolve_stage(
+    team, tiny_llama_in_cache, row_bound
+):
+    """A request reads only an array's first rows (the array may hold all of them on one line); the worker that
+    counts the check's tokens counts the rest without decoding them. The check then says so under the box, and the
+    save refuses the file, naming it, with the bound and what to do."""
+    name, _ = tiny_llama_in_cache
+    client = secure_client(team["mallory"])
+    params = {"model_name": name, "max_seq_length": "64"}
+    at_the_bound = write(team["root"] / "datasets" / "full.json", json.dumps(json_rows(LIMIT)))
+    fragment = client.get("/projects/check-dataset/", {"dataset_path": str(at_the_bound), **params}, **HX)
+    shown = counted(client, fragment.content.decode(), at_the_bound, team["mallory"])
+    assert TOO_MANY_ROWS not in shown and "more than" not in shown
+    assert save(team, name, at_the_bound, "at the bound").dataset_path == str(at_the_bound)
+
+    over = write(team["root"] / "datasets" / "tiny-rows.json", json.dumps(json_rows(LIMIT + 1)))
+    assert over.read_text().count("\n") == 0
+    fragment = client.get("/projects/check-dataset/", {"dataset_path": str(over), **params}, **HX).content.decode()
+    assert "more than" not in fragment  # the request has read the first rows only
+    shown = html.unescape(counted(client, fragment, over, team["mallory"]))
+    assert f"tiny-rows.json has more than {LIMIT:,} rows" in shown and "MTM_DATASET_MAX_ROWS" in shown
+    with pytest.raises(ProjectInvalid) as refused:
+        save(team, name, over)
+    [problem] = refused.value.check.errors["dataset_path"]
+    assert_too_many_rows(problem, over.name)
+
+
+def test_the_resolve_stage_counts_a_json_arrays_rows_before_decoding_one(tmp_path, row_bound):
+    """The first row is broken, yet only the number of rows is named: they were counted before any was decoded (a
+    worker's full read of millions of tiny rows would take minutes before it reached the bound)."""
+    rows = json_rows(LIMIT + 1)
+    text = json.dumps([{"messages": 1}, *rows[1:]])
+    report = read_dataset(write(tmp_path / "data.json", text), full=True).report
+    [problem] = report.errors
+    assert_too_many_rows(problem, "data.json")
+    report = read_dataset(write(tmp_path / "bound.json", json.dumps(rows[:LIMIT])), full=True).report
+    assert report.valid and report.rows == LIMIT
 
 
 # --- the worker: the resolve stage's full read -------------------------------------------------------------------

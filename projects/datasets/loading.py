@@ -32,7 +32,7 @@ from projects.datasets.errors import (
     named_list,
 )
 from projects.datasets.formats import SHAPES_HINT, RowChecker
-from projects.datasets.row_count import rows_past, too_many_rows
+from projects.datasets.row_count import json_array_rows_past, rows_past, too_many_rows
 from projects.datasets.row_size import (
     DEFAULT_MAX_ROW_BYTES,
     BoundedLines,
@@ -597,7 +597,7 @@ def _load(
             ]
         )
     kind, warnings = sniff_kind(path, file)
-    if sample is None and row_limit is not None and rows_past(file, kind, row_limit, max_row_bytes):
+    if sample is None and row_limit is not None and _counted_past(file, kind, row_limit, max_row_bytes):
         raise DatasetError([too_many_rows(path.name, row_limit)])  # counted before a row is parsed or tokenized
     source = _Source.of(path.name, file, sample, max_row_bytes)
     _READERS[kind](source, checker, sample.rows if sample else None, max_row_bytes, row_limit)
@@ -630,6 +630,22 @@ def _load(
         complete=not (checker.sample_ended or checker.halted),
         count=checker.count,
     )
+
+
+def _counted_past(file: BinaryIO, kind: str, row_limit: int, max_row_bytes: int) -> bool | None:
+    """Whether the file has more than `row_limit` rows, counted without parsing them; for a worker's full read."""
+    if kind == "json":
+        return json_rows_past(file, row_limit)
+    return rows_past(file, kind, row_limit, max_row_bytes)
+
+
+def json_rows_past(file: BinaryIO, row_limit: int) -> bool | None:
+    """Whether the JSON array in the opened dataset file has more than `row_limit` rows, counted without decoding a
+    row (row_count.json_array_rows_past). A pass over the whole file: for a worker. None when not known: the file is
+    too large to be read as an array (the reader refuses it) or is not an array."""
+    if os.fstat(file.fileno()).st_size > MAX_JSON_ARRAY_BYTES:
+        return None
+    return json_array_rows_past(file, row_limit)
 
 
 def _no_row_in_sample(path: Path, sample: Sample | None) -> Problem:

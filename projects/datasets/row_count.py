@@ -9,6 +9,10 @@ or a CSV record when the file has no quotes), and a CSV with quotes (where a rec
 module, never holding more than one row. Memory stays at one chunk either way. The csv module is slow (a few MB a
 second), so its count reads at most _CSV_EXACT_CHARS of the file: past them the answer is "not known here", as for a
 JSON array, and the worker's full read stops at the first row past the bound.
+
+A JSON array may hold all its rows on one line, so a request does not count them. A worker does
+(json_array_rows_past), without decoding a row: its strings taken out, the commas between the array's own values
+are counted by nesting depth, a pass at the speed of bytes operations over a file the reader holds whole anyway.
 """
 
 from __future__ import annotations
@@ -61,6 +65,39 @@ def rows_past(file: BinaryIO, kind: str, limit: int, max_row_bytes: int) -> bool
         return lines > limit + header
     records = _csv_records(file, limit + header, max_row_bytes, (limit + header) * _CSV_LINES_PER_ROW)
     return None if records is None else records > limit + header
+
+
+_JSON_KEPT = b'"[]{},'  # what the count looks at: string quotes, brackets and commas
+_NOT_JSON_KEPT = bytes(sorted(set(range(256)) - set(_JSON_KEPT)))
+_DEPTH_CHUNK = 4 * 1024 * 1024
+
+
+def json_array_rows_past(file: BinaryIO, limit: int) -> bool | None:
+    """Whether the JSON array in the opened file has more than `limit` values (rows), counted without decoding one:
+    the commas outside strings right inside the outer brackets (nesting depth 1). None when the file does not start
+    with an array. The whole file is read and held: for a worker, and for a file small enough to be read as an array
+    (the reader's bound). A broken file may be miscounted; the reader names what is wrong with it."""
+    import numpy  # a worker's import: the web process never counts an array's rows
+
+    file.seek(0)
+    # Escaped backslashes, then escaped quotes, go first: every quote left opens or closes a string.
+    text = file.read().replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_JSON_KEPT)
+    if not text.startswith(b"["):
+        return None
+    codes = numpy.frombuffer(text, dtype=numpy.uint8)
+    quotes_before = depth = commas = 0
+    for start in range(0, len(codes), _DEPTH_CHUNK):
+        part = codes[start : start + _DEPTH_CHUNK]
+        quotes = numpy.cumsum(part == ord('"'), dtype=numpy.int64) + quotes_before
+        outside = (quotes & 1) == 0  # an even number of quotes so far: not inside a string
+        opens = (part == ord("[")) | (part == ord("{"))
+        closes = (part == ord("]")) | (part == ord("}"))
+        level = numpy.cumsum((opens.astype(numpy.int64) - closes) * outside) + depth
+        commas += int(numpy.count_nonzero((part == ord(",")) & outside & (level == 1)))
+        if commas >= limit:  # `limit` commas part limit + 1 values (a comma more than values is broken JSON)
+            return True
+        quotes_before, depth = int(quotes[-1]), int(level[-1])
+    return False
 
 
 def _line_breaks(file: BinaryIO, kind: str, stop_above: int) -> int:

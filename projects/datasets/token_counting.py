@@ -1,18 +1,25 @@
 """The worker's side of a dataset check's token count (the task projects.count_dataset_tokens,
 projects/datasets/tasks.py): the path checked again for the member who asked, the tokenizer loaded, the same part of
 the file read, and the lengths, their warnings and the refused rows stored on the TokenCount row that
-token_stats.request_count created."""
+token_stats.request_count created. A JSON array's rows past the ones a request reads are counted here too, so one of
+more than MTM_DATASET_MAX_ROWS rows is refused by the check, not first by the resolve stage."""
 
 from __future__ import annotations
 
 import logging
+import os
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 
 from models_registry.lookup import dataset_roots, resolve_model
+from mtm.shared.problems import Problem
 from projects.datasets.chat_templates import with_chat_template
+from projects.datasets.errors import DatasetError
+from projects.datasets.loading import json_rows_past, open_dataset
 from projects.datasets.paths import check_dataset_path
 from projects.datasets.report import add_token_stats, read_dataset
+from projects.datasets.row_count import too_many_rows
 from projects.datasets.token_stats import finish
 from projects.datasets.uploads import upload_problems
 from projects.models import TokenCount
@@ -23,6 +30,18 @@ log = logging.getLogger(__name__)
 
 def _unavailable(count_id: int, note: str) -> None:
     finish(count_id, TokenCount.State.UNAVAILABLE, {"note": note})
+
+
+def _array_rows_problems(path: str) -> list[Problem]:
+    """A JSON array past MTM_DATASET_MAX_ROWS rows, found here rather than by the resolve stage: a request reads
+    only the array's first rows, and the array may hold all of them on one line. Counted without decoding a row."""
+    limit = settings.MTM_DATASET_MAX_ROWS
+    try:
+        with open_dataset(path) as file:
+            past = json_rows_past(file, limit)
+    except (DatasetError, OSError):
+        return []  # the resolve stage reads the file again and names what is wrong with it
+    return [too_many_rows(os.path.basename(path), limit)] if past else []
 
 
 def count_tokens(count_id: int, path: str, user_id: int | None) -> None:
@@ -55,6 +74,8 @@ def _count(count_id: int, path: str, user_id: int | None) -> None:
     if read.sample_key != count.sample_sha256:
         return _unavailable(count_id, "The file changed while its tokens were counted: check it again.")
     report = read.report
+    if report.valid and report.kind == "json" and not report.complete:
+        report.errors.extend(_array_rows_problems(located.path or path))
     known = len(report.warnings)
     add_token_stats(
         report,
