@@ -1,4 +1,4 @@
-"""The Models page as a newcomer reads it: the list asks (by a POST, on load) for the checks of the unchecked models
+"""The Models page: the list asks (by a POST, on load) for the checks of the unchecked models
 it shows and then polls, so a new model shows "checking with transformers…" and its verdict without a reload; a
 refusal is printed once; the Problems column shows what it counts, and a dash when there is nothing; a model's name
 never wraps mid-word. Real caches of the tiny Llama, a real broker (nothing runs the queued checks unless a test
@@ -201,7 +201,7 @@ def test_a_refusal_is_printed_once(member, hf_cache, tiny_llama_dir, tmp_path):
 
 def test_problems_show_every_warning_they_count(member, hf_cache):
     snapshot = make_model_repo(hf_cache, "acme/broken-model", weights=False, generation_config=False)
-    (snapshot / "config.json").unlink()  # as the newcomer's: a tokenizer and nothing else
+    (snapshot / "config.json").unlink()  # a tokenizer and nothing else
     broken = problems_cell(rows_of(member.get(reverse("registry:models")).content.decode())["acme/broken-model"])
     assert broken.startswith("Model format invalid: missing config.json")
     assert "No weights (*.safetensors or *.bin)" in broken and "No generation_config.json" in broken
@@ -230,7 +230,7 @@ def test_model_names_and_revisions_are_not_broken_beside_a_long_refusal(
     settings,
     live_server,  # noqa: F811 - the fixture imported above
 ):
-    """The newcomer's list: a transformers refusal that runs for several lines, a broken model with warnings and a
+    """A list with a transformers refusal that runs for several lines, a broken model with warnings and a
     valid one, in a 1280-pixel window. Layout is only seen in a browser."""
     from tests.browser_helpers import Screenshots, chromium, log_in
 

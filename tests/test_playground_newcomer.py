@@ -1,4 +1,4 @@
-"""What a newcomer met in the playground: a message refused while the previous answer was still coming keeps what she
+"""The playground's form and context: a message refused while the previous answer was still coming keeps what she
 typed (the message and her settings) in the form, and a conversation grown past the model's context keeps answering
 by leaving out its oldest turns, saying how many; only a new message that does not fit alone fails, and its failed
 answer shows no token line. Generation runs in-process with the real tiny Llama (the worker's generate_into)."""

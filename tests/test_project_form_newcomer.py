@@ -1,4 +1,4 @@
-"""What a newcomer met on the New project form, through the test client: one error (not two) for a LoRA target the
+"""The New project form, through the test client: one error (not two) for a LoRA target the
 model lacks, the LoRA targets and the max sequence length checked against the model as they are typed, the output
 folder following the project's name, a folder shared with another project named, and example paths inside the
 allowed roots. The tiny Llama of tests/conftest.py has a 512-token context and layers q_proj, k_proj, v_proj, ..."""
