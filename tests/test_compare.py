@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from mtm.models import ApiToken
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.runs.charts.loss import compare_chart_svg
+from projects.runs.charts.compare import compare_chart_svg
 from projects.runs.compare import MAX_RUNS, CompareRefused, parse_selection, select_runs
 from projects.runs.config import RunConfig
 from tests.api_client import call, codes
@@ -227,3 +227,16 @@ def test_the_overlaid_chart_escapes_labels_and_draws_each_curve():
     assert "<b>" not in svg and "&lt;b&gt;" in svg
     assert svg.count("<polyline") == 3
     assert compare_chart_svg([("#1", []), ("#2", [])]).count("None of these runs reported a loss.") == 1
+
+
+def test_the_overlaid_chart_draws_the_axes_the_run_page_draws():
+    import re
+
+    from projects.runs.charts.loss import loss_chart_svg
+
+    metrics = [{"step": s, "loss": 3.0 - s * 0.1} for s in range(1, 21)] + [{"step": 20, "eval_loss": 1.2}]
+
+    def axes(svg: str) -> list[str]:
+        return re.findall(r'<(?:line class="(?:axis|grid|tick-mark)"|text class="(?:tick|axis-label)")[^>]*>[^<]*', svg)
+
+    assert axes(compare_chart_svg([("#1", metrics)])) == axes(loss_chart_svg(metrics))

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_http_methods
 
 from mtm.htmx import HtmxHttpRequest
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.runs.charts.loss import compare_chart_svg
+from projects.runs.charts.compare import compare_chart_svg
 from projects.runs.columns import RunProgress, read_metrics
 from projects.runs.compare import CompareRefused, compare
 from projects.runs.records import work_folder
