@@ -164,7 +164,7 @@ def test_dpo_settings_are_checked_with_messages_naming_them():
     assert ["apply to the SFT objective" in p.message for p in problems] == [True]
 
 
-def test_the_sft_form_shows_the_dpo_fieldset_and_a_pairs_project_page_lists_its_settings(
+def test_the_new_form_carries_the_dpo_fieldset_and_a_pairs_project_page_lists_its_settings(
     portal_roots, tiny_llama_in_cache
 ):
     owner = User.objects.create_user("kim", password="pw")
