@@ -180,3 +180,8 @@ def test_only_a_new_message_too_long_alone_fails_and_shows_no_token_line(chat, t
     failed_turn = failed_turn[: failed_turn.index("</li>")]
     assert "prompt_too_long" in failed_turn
     assert "0 tokens" not in failed_turn and "model loaded" not in failed_turn
+
+
+def test_a_conversation_page_leads_back_to_the_playground(chat):
+    html = secure_client(chat.owner).get(f"/playground/{chat.pk}/").content.decode()
+    assert f'<nav class="crumbs"><a href="/playground/">Playground</a> / conversation #{chat.pk}</nav>' in html
