@@ -229,6 +229,22 @@ def test_the_overlaid_chart_escapes_labels_and_draws_each_curve():
     assert compare_chart_svg([("#1", []), ("#2", [])]).count("None of these runs reported a loss.") == 1
 
 
+def test_the_overlaid_charts_key_cuts_long_run_names_inside_the_chart_and_keeps_them_whole_in_a_tooltip():
+    import re
+
+    long = "#12 " + "customer-support-answers-in-german-" * 4
+    metrics = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}, {"step": 2, "eval_loss": 1.5}]
+    svg = compare_chart_svg([(long, metrics), ("#13 short", metrics)])
+    legend = svg.split('<g class="legend">')[1]
+    box = re.search(r'<rect class="legend-box" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"', legend)
+    assert float(box[1]) >= 0 and float(box[1]) + float(box[2]) <= 960  # inside the viewBox
+    labels = re.findall(r'<text class="legend-label"[^>]*>([^<]*)</text>', legend)
+    assert labels[0].endswith("… training loss") and labels[1].endswith("… eval loss") and labels[0].startswith("#12 ")
+    assert all(len(label) * 6.5 <= float(box[2]) - 34 for label in labels), labels
+    assert legend.count(f"<title>{long} training loss</title>") == 1
+    assert "#13 short training loss</text>" in legend and "<title>#13" not in legend
+
+
 def test_the_overlaid_chart_draws_the_axes_the_run_page_draws():
     import re
 

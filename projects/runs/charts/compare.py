@@ -52,9 +52,8 @@ def compare_chart_svg(series: list[tuple[str, Any]], width: int = WIDTH, height:
             continue
         css = f"series-{index % 5}" + (" series-eval" if kind == "eval" else "")
         points = " ".join(f"{axes.x_of(s):.1f},{axes.y_of(v):.1f}" for s, v in pairs)
-        name = f"{label} {'eval' if kind == 'eval' else 'training'} loss"
         parts.append(f'<polyline class="{css}" fill="none" points="{points}" data-run="{escape(label)}"/>')
-        keys.append((css, name))
-    parts.append(legend_svg(right + 20, keys, width=260))
+        keys.append((css, label, " eval loss" if kind == "eval" else " training loss"))
+    parts.append(legend_svg(right, keys, width=260))
     parts.append("</svg>")
     return "".join(parts)

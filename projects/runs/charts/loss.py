@@ -144,6 +144,6 @@ def loss_chart_svg(
     if chart.eval_points:
         parts.append(f'<polyline class="eval-line" fill="none" points="{chart.eval_polyline}"/>')
         parts.extend(f'<circle class="eval-point" cx="{x:.1f}" cy="{y:.1f}" r="3"/>' for x, y in chart.eval_points)
-        parts.append(legend_svg(right, [("line", "training loss"), ("eval-line", "eval loss")]))
+        parts.append(legend_svg(right, [("line", "training loss", ""), ("eval-line", "eval loss", "")]))
     parts.append("</svg>")
     return "".join(parts)
