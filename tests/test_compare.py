@@ -107,6 +107,23 @@ def test_the_runs_page_offers_to_pick_runs_for_the_comparison(runs):
     assert picked.status_code == 200 and "LoRA r" in picked.content.decode()
 
 
+def test_the_readme_shows_the_selection_the_runs_page_writes_and_both_forms_compare_the_same_runs(runs):
+    from pathlib import Path
+    from urllib.parse import urlencode
+
+    alice, _, (a, b, _) = runs
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    # The Runs page's form is a GET of one checkbox named "runs" per ticked run, which a browser sends as below.
+    written = urlencode([("runs", 12), ("runs", 15)])
+    assert f"/projects/runs/compare/?{written}" in readme and f"GET /api/v1/runs/compare?{written}" in readme
+    client, token = secure_client(alice), token_for(alice)
+    for query in (urlencode([("runs", a.pk), ("runs", b.pk)]), f"runs={a.pk},{b.pk}"):
+        page = client.get(f"/projects/runs/compare/?{query}")
+        assert page.status_code == 200 and f"#{a.pk} alpha" in page.content.decode(), query
+        api = call(secure_client(), "get", f"/runs/compare?{query}", token=token)
+        assert [run["id"] for run in api.json()["runs"]] == [a.pk, b.pk], query
+
+
 @pytest.mark.parametrize(
     ("query", "status", "says"),
     [

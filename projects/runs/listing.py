@@ -79,7 +79,8 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "HEAD"])
 @login_required
 def run_compare(request: HtmxHttpRequest) -> HttpResponse:
-    """2 to 5 runs side by side; the selection is the query (?runs=12,15), so the page is a link to share."""
+    """2 to 5 runs side by side; the selection is the query (?runs=12&runs=15 or ?runs=12,15), so the page is a link
+    to share."""
     try:
         comparison = compare(request.user, request.GET.getlist("runs"))
     except CompareRefused as refused:
