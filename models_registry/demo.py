@@ -14,6 +14,19 @@ from pathlib import Path
 
 DEMO_MODEL_NAME = "mtm-demo/tiny-random-llama"
 DEMO_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+# What the model's page and the playground say about it: its answers are random tokens, and that is expected.
+DEMO_NOTE = (
+    f"{DEMO_MODEL_NAME} is the untrained demo model: a tiny Llama with random weights, built by make run (manage.py "
+    "create_demo_model) when the model cache is empty, so that there is something to resolve, train and chat with. "
+    "It answers with random words, not language, and a few steps of fine-tuning do not teach it language. For real answers, put "
+    "a real model into the Hugging Face cache (see the README) and chat with it or train it."
+)
+
+
+def is_demo_model(name: str) -> bool:
+    """Whether `name` is the demo model create_demo_model builds."""
+    return name == DEMO_MODEL_NAME
+
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

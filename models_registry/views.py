@@ -18,6 +18,7 @@ from models_registry import lookup
 from models_registry.chat_template_source import chat_template_source
 from models_registry.deep_listing import still_checking
 from models_registry.deep_state import DeepState, deep_state, with_deep_verdict
+from models_registry.demo import DEMO_NOTE, is_demo_model
 from models_registry.forms import ModelCheckForm, PortalSettingsForm
 from models_registry.list_rows import model_rows
 from models_registry.models import PortalSettings, PublishedModel
@@ -123,6 +124,7 @@ def model_detail(request: HtmxHttpRequest, name: str) -> HttpResponse:
         "training_refusal": refusal,
         "deep": deep,
         "deep_url": _verdict_url(name, revision, "page"),
+        "demo_note": DEMO_NOTE if is_demo_model(name) else "",
     }
     if resolution.path and not resolution.unread:
         context["chat_template"] = chat_template_source(resolution.path) or ""

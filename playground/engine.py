@@ -130,11 +130,6 @@ def _unload_locked() -> None:
         LoadedModel.objects.filter(pk=row_id).delete()
 
 
-def unload() -> None:
-    with _lock:
-        _unload_locked()
-
-
 def _idle_reaper() -> None:
     """Unload the model once it has been idle for MTM_PLAYGROUND_IDLE_SECONDS (checked every few seconds)."""
     try:

@@ -16,6 +16,7 @@ from django.views.decorators.http import require_http_methods
 from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseClientRedirect
 
+from models_registry.demo import DEMO_MODEL_NAME, DEMO_NOTE, is_demo_model
 from models_registry.lookup import available_models
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
@@ -54,6 +55,7 @@ def index(request: HtmxHttpRequest) -> HttpResponse:
         "models": models,
         "chosen_run": request.GET.get("run", ""),
         "chosen_model": request.GET.get("model", ""),
+        "demo_model_name": DEMO_MODEL_NAME,
     }
     return render(request, "playground/index.html", context)
 
@@ -86,6 +88,7 @@ def _form_context(conversation: Conversation, values: dict[str, str]) -> dict[st
         "form": values,
         "settings_summary": chat_form.summary_of(values),
         "max_tokens_limit": settings.MTM_PLAYGROUND_MAX_NEW_TOKENS,
+        "demo_note": DEMO_NOTE if is_demo_model(conversation.model_name) else "",
     }
 
 

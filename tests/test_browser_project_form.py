@@ -76,3 +76,23 @@ def test_create_submits_when_the_checks_swap_their_results_in_during_the_press(
         shots("created")
     assert under_pointer == "Create project"
     assert TrainingProject.objects.get().name == "faq-bot"
+
+
+def test_the_dpo_settings_show_only_while_the_objective_is_dpo(
+    browser_member,
+    portal_roots,
+    live_server,  # noqa: F811 - the fixture imported above
+):
+    base = live_server.url
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        log_in(page, base, MEMBER, MEMBER_PASSWORD)
+        page.goto(f"{base}/projects/new/")
+        dpo = page.locator("fieldset.dpo-fields")
+        expect(page.locator("#id_objective")).to_have_value("sft")
+        expect(dpo).to_be_hidden()
+        page.select_option("#id_objective", "dpo")
+        expect(dpo).to_be_visible()
+        expect(page.locator("#id_dpo_beta")).to_be_visible()
+        page.select_option("#id_objective", "sft")
+        expect(dpo).to_be_hidden()

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from mtm.models import ApiToken
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.runs.charts.loss import compare_chart_svg
+from projects.runs.charts.compare import compare_chart_svg
 from projects.runs.compare import MAX_RUNS, CompareRefused, parse_selection, select_runs
 from projects.runs.config import RunConfig
 from tests.api_client import call, codes
@@ -105,6 +105,23 @@ def test_the_runs_page_offers_to_pick_runs_for_the_comparison(runs):
     # The ticked boxes arrive as runs=..&runs=..: the same comparison as runs=..,..
     picked = client.get(f"/projects/runs/compare/?runs={a.pk}&runs={c.pk}")
     assert picked.status_code == 200 and "LoRA r" in picked.content.decode()
+
+
+def test_the_readme_shows_the_selection_the_runs_page_writes_and_both_forms_compare_the_same_runs(runs):
+    from pathlib import Path
+    from urllib.parse import urlencode
+
+    alice, _, (a, b, _) = runs
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    # The Runs page's form is a GET of one checkbox named "runs" per ticked run, which a browser sends as below.
+    written = urlencode([("runs", 12), ("runs", 15)])
+    assert f"/projects/runs/compare/?{written}" in readme and f"GET /api/v1/runs/compare?{written}" in readme
+    client, token = secure_client(alice), token_for(alice)
+    for query in (urlencode([("runs", a.pk), ("runs", b.pk)]), f"runs={a.pk},{b.pk}"):
+        page = client.get(f"/projects/runs/compare/?{query}")
+        assert page.status_code == 200 and f"#{a.pk} alpha" in page.content.decode(), query
+        api = call(secure_client(), "get", f"/runs/compare?{query}", token=token)
+        assert [run["id"] for run in api.json()["runs"]] == [a.pk, b.pk], query
 
 
 @pytest.mark.parametrize(
@@ -227,3 +244,32 @@ def test_the_overlaid_chart_escapes_labels_and_draws_each_curve():
     assert "<b>" not in svg and "&lt;b&gt;" in svg
     assert svg.count("<polyline") == 3
     assert compare_chart_svg([("#1", []), ("#2", [])]).count("None of these runs reported a loss.") == 1
+
+
+def test_the_overlaid_charts_key_cuts_long_run_names_inside_the_chart_and_keeps_them_whole_in_a_tooltip():
+    import re
+
+    long = "#12 " + "customer-support-answers-in-german-" * 4
+    metrics = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}, {"step": 2, "eval_loss": 1.5}]
+    svg = compare_chart_svg([(long, metrics), ("#13 short", metrics)])
+    legend = svg.split('<g class="legend">')[1]
+    box = re.search(r'<rect class="legend-box" x="([\d.]+)" y="[\d.]+" width="([\d.]+)"', legend)
+    assert float(box[1]) >= 0 and float(box[1]) + float(box[2]) <= 960  # inside the viewBox
+    labels = re.findall(r'<text class="legend-label"[^>]*>([^<]*)</text>', legend)
+    assert labels[0].endswith("… training loss") and labels[1].endswith("… eval loss") and labels[0].startswith("#12 ")
+    assert all(len(label) * 6.5 <= float(box[2]) - 34 for label in labels), labels
+    assert legend.count(f"<title>{long} training loss</title>") == 1
+    assert "#13 short training loss</text>" in legend and "<title>#13" not in legend
+
+
+def test_the_overlaid_chart_draws_the_axes_the_run_page_draws():
+    import re
+
+    from projects.runs.charts.loss import loss_chart_svg
+
+    metrics = [{"step": s, "loss": 3.0 - s * 0.1} for s in range(1, 21)] + [{"step": 20, "eval_loss": 1.2}]
+
+    def axes(svg: str) -> list[str]:
+        return re.findall(r'<(?:line class="(?:axis|grid|tick-mark)"|text class="(?:tick|axis-label)")[^>]*>[^<]*', svg)
+
+    assert axes(compare_chart_svg([("#1", metrics)])) == axes(loss_chart_svg(metrics))

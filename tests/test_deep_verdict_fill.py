@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 
 from models_registry.deep_verdict import compute_verdict
 from models_registry.demo import install_into_cache
@@ -20,31 +19,14 @@ from models_registry.resolution import resolve
 from models_registry.tasks import check_model_deep, fill_model_verdicts
 from models_registry.verdict_fill import fill_verdicts
 from tests.api_client import call, make_user_token
+from tests.broker_checks import broker, queued_checks, queued_with_kwargs  # noqa: F401 - the broker fixture
 from tests.clients import secure_client
-from tests.test_deep_verdict_pages import broker, queued_checks  # noqa: F401 - the broker fixture, cleaned after
 
 NAMES = ("test-org/a", "test-org/b", "test-org/c")
-
-CHECKS_QUEUE = settings.CELERY_TASK_ROUTES["models_registry.check_model_deep"]["queue"]
 
 
 def folder_of(hf_cache: Path, name: str) -> str:
     return resolve(name, cache_dir=hf_cache).path
-
-
-def queued_with_kwargs(redis_url: str) -> list[str]:
-    """The check messages waiting on the broker's checks queue: their args and kwargs as Celery wrote them."""
-    import redis
-
-    server = redis.Redis.from_url(redis_url)
-    found = []
-    for key in server.scan_iter(f"{CHECKS_QUEUE}*"):
-        if server.type(key) == b"list":
-            for raw in server.lrange(key, 0, -1):
-                headers = json.loads(raw)["headers"]
-                if headers["task"] == "models_registry.check_model_deep":
-                    found.append(f"{headers['argsrepr']} {headers['kwargsrepr']}")
-    return found
 
 
 def asked_for(checks: list[str], folder: str) -> list[str]:

@@ -17,8 +17,8 @@ from models_registry.models import VerdictRequest
 from models_registry.resolution import resolve
 from models_registry.tasks import check_model_deep
 from tests.api_client import call, codes, make_user_token
+from tests.broker_checks import broker, queued_checks  # noqa: F401 - the broker fixture, cleaned after
 from tests.clients import secure_client
-from tests.test_deep_verdict_pages import broker, queued_checks  # noqa: F401 - the broker fixture, cleaned after
 from tests.test_verdict_differential import NEW_CASES
 
 ADDED = NEW_CASES["added_tokens_beyond_vocab"]  # the instant rules accept it; transformers refuses it

@@ -4,25 +4,21 @@ instant rules: its refusals shown as theirs are, and what it can judge downgrade
 
 from __future__ import annotations
 
-import json
 from urllib.parse import urlencode
 
 import pytest
-from django.conf import settings
 from django.urls import reverse
 
 from models_registry.models import ModelVerdict, VerdictRequest
 from models_registry.resolution import resolve
 from models_registry.tasks import check_model_deep
 from tests.api_client import call, codes, make_user_token
+from tests.broker_checks import broker, queued_checks  # noqa: F401 - the broker fixture, cleaned after
 from tests.clients import secure_client
 from tests.test_verdict_differential import NEW_CASES
 
 ADDED = NEW_CASES["added_tokens_beyond_vocab"]  # the instant rules accept it; transformers refuses it
 BROKEN_BIN = NEW_CASES["broken_bin_beside_safetensors"]  # the instant rules refuse it; transformers loads it
-CHECK_TASK = "models_registry.check_model_deep"
-
-CHECKS_QUEUE = settings.CELERY_TASK_ROUTES["models_registry.check_model_deep"]["queue"]
 
 
 @pytest.fixture
@@ -66,37 +62,12 @@ def poll(client, name: str, view: str):
     return client.get(f"{reverse('registry:verdict-status')}?{query}", HTTP_HX_REQUEST="true")
 
 
-def queued_checks(redis_url: str) -> list[str]:
-    """The check_model_deep messages waiting on the broker's checks queue (their args, as Celery wrote them)."""
-    import redis
-
-    server = redis.Redis.from_url(redis_url)
-    found = []
-    for key in server.scan_iter(f"{CHECKS_QUEUE}*"):
-        if server.type(key) == b"list":
-            for raw in server.lrange(key, 0, -1):
-                headers = json.loads(raw)["headers"]
-                if headers["task"] == CHECK_TASK:
-                    found.append(headers["argsrepr"])
-    return found
-
-
-@pytest.fixture
-def broker(celery_broker):
-    """The session's Redis as this process's broker, with any check left queued by a test removed after it."""
-    import redis
-
-    yield celery_broker
-    server = redis.Redis.from_url(celery_broker)
-    for key in server.scan_iter(f"{CHECKS_QUEUE}*"):
-        if server.type(key) == b"list":
-            for raw in server.lrange(key, 0, -1):
-                if json.loads(raw)["headers"]["task"] == CHECK_TASK:
-                    server.lrem(key, 0, raw)
-
-
 def test_a_never_checked_model_says_checking_and_asks_a_worker_once(
-    member, token, installed, broker, django_capture_on_commit_callbacks
+    member,
+    token,
+    installed,
+    broker,  # noqa: F811 - the fixture imported above
+    django_capture_on_commit_callbacks,
 ):
     folder = installed(ADDED)
     before = len(queued_checks(broker))

@@ -164,7 +164,7 @@ def test_dpo_settings_are_checked_with_messages_naming_them():
     assert ["apply to the SFT objective" in p.message for p in problems] == [True]
 
 
-def test_the_sft_form_shows_the_dpo_fieldset_and_a_pairs_project_page_lists_its_settings(
+def test_the_new_form_carries_the_dpo_fieldset_and_a_pairs_project_page_lists_its_settings(
     portal_roots, tiny_llama_in_cache
 ):
     owner = User.objects.create_user("kim", password="pw")
@@ -195,8 +195,8 @@ def test_a_full_dpo_run_counts_its_frozen_reference_copy_and_lora_does_not(tiny_
 
 
 def test_the_preference_check_warns_only_about_no_gain_or_too_few_pairs():
-    """The newcomer's report: a base model already right on every held-out pair was told to "train longer", and 4
-    pairs were judged as if they were enough."""
+    """A base model already right on every held-out pair gets no "train longer" warning (nothing was left to gain),
+    and a check on too few held-out pairs says so instead of judging them as if they were enough."""
     from projects.runs.validation.checks import preference_warning
 
     assert preference_warning(1.0, 1.0, 20) == ""  # nothing left to gain is not a failure to learn

@@ -1,4 +1,4 @@
-"""What a newcomer met on the GPUs, Settings and run pages: Drain holds from the moment the page says so (a real
+"""The GPUs, Settings and run pages: Drain holds from the moment the page says so (a real
 worker whose next report is an hour away refuses a run started right after it), Drain is offered only for workers
 that take training runs, the upload quota reads and is typed as a size, the live-run limit has its own heading and
 the README says where it is, and the run page's Configuration and Device follow the run while it is live."""

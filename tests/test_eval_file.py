@@ -121,7 +121,7 @@ def test_the_form_refuses_both_eval_sources_and_saves_a_good_eval_file(owner, ro
     assert response.status_code == 422
     field = _eval_field(response.content.decode())
     assert "Two eval sets are chosen" in field and "set eval_fraction to 0" in field
-    # The newcomer's report: the share's box is in a folded section; the error opens it and stands there too.
+    # The share's box is in a folded section: the error opens that section and stands there too.
     page = response.content.decode()
     section = page.split('<details class="more" open>')[1].split("</details>")[0]
     assert 'id="id_eval_fraction"' in section and "Two eval sets are chosen" in section

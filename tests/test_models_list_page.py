@@ -1,4 +1,4 @@
-"""The Models page as a newcomer reads it: the list asks (by a POST, on load) for the checks of the unchecked models
+"""The Models page: the list asks (by a POST, on load) for the checks of the unchecked models
 it shows and then polls, so a new model shows "checking with transformers…" and its verdict without a reload; a
 refusal is printed once; the Problems column shows what it counts, and a dash when there is nothing; a model's name
 never wraps mid-word. Real caches of the tiny Llama, a real broker (nothing runs the queued checks unless a test
@@ -6,18 +6,17 @@ calls the check itself)."""
 
 from __future__ import annotations
 
-import json
 import re
 from html import unescape
 
 import pytest
 from django.urls import reverse
 
-from models_registry.deep_state import CHECK_TASK
 from models_registry.demo import install_into_cache
 from models_registry.models import VerdictRequest
 from models_registry.resolution import resolve
 from models_registry.tasks import check_model_deep
+from tests.broker_checks import broker, queued_checks  # noqa: F401 - the broker fixture, cleaned after
 from tests.browser_helpers import MEMBER, MEMBER_PASSWORD, why_no_browser
 from tests.clients import secure_client
 from tests.hfcache import make_model_repo
@@ -34,37 +33,6 @@ ASK_ON_LOAD = re.compile(r'<tr class="deep-ask" hx-post="([^"]+)" hx-trigger="lo
 @pytest.fixture
 def member(team):
     return secure_client(team["alice"])
-
-
-def _check_messages(redis_url: str) -> list[tuple[bytes, bytes, str]]:
-    """Every check message waiting on the broker, whichever queue it was routed to: (queue, raw, its args)."""
-    import redis
-
-    server = redis.Redis.from_url(redis_url)
-    found = []
-    for key in server.scan_iter():
-        if server.type(key) == b"list":
-            for raw in server.lrange(key, 0, -1):
-                headers = json.loads(raw).get("headers", {})
-                if headers.get("task") == CHECK_TASK:
-                    found.append((key, raw, headers["argsrepr"]))
-    return found
-
-
-def queued_checks(redis_url: str) -> list[str]:
-    return [args for _, _, args in _check_messages(redis_url)]
-
-
-@pytest.fixture
-def broker(celery_broker):
-    """The session's Redis as this process's broker, with the checks the test left queued removed after it (no
-    later test's worker may run them)."""
-    import redis
-
-    yield celery_broker
-    server = redis.Redis.from_url(celery_broker)
-    for key, raw, _ in _check_messages(celery_broker):
-        server.lrem(key, 0, raw)
 
 
 def rows_of(body: str) -> dict[str, str]:
@@ -92,7 +60,7 @@ def test_the_list_asks_for_the_unchecked_models_it_shows_a_batch_at_a_time(
     hf_cache,
     tiny_llama_dir,
     settings,
-    broker,
+    broker,  # noqa: F811 - the fixture imported above
     django_capture_on_commit_callbacks,
 ):
     settings.MTM_VERDICT_FILL_BATCH = 2
@@ -142,7 +110,7 @@ def test_the_list_keeps_at_most_a_batch_of_its_models_being_checked_and_asks_not
     hf_cache,
     tiny_llama_dir,
     settings,
-    broker,
+    broker,  # noqa: F811 - the fixture imported above
     django_capture_on_commit_callbacks,
 ):
     settings.MTM_VERDICT_FILL_BATCH = 2
@@ -175,7 +143,7 @@ def test_asking_without_htmx_comes_back_to_the_list_and_a_get_is_refused(
     member,
     hf_cache,
     tiny_llama_dir,
-    broker,
+    broker,  # noqa: F811 - the fixture imported above
     django_capture_on_commit_callbacks,
 ):
     install_into_cache(tiny_llama_dir, hf_cache, "test-org/a")
@@ -201,7 +169,7 @@ def test_a_refusal_is_printed_once(member, hf_cache, tiny_llama_dir, tmp_path):
 
 def test_problems_show_every_warning_they_count(member, hf_cache):
     snapshot = make_model_repo(hf_cache, "acme/broken-model", weights=False, generation_config=False)
-    (snapshot / "config.json").unlink()  # as the newcomer's: a tokenizer and nothing else
+    (snapshot / "config.json").unlink()  # a tokenizer and nothing else
     broken = problems_cell(rows_of(member.get(reverse("registry:models")).content.decode())["acme/broken-model"])
     assert broken.startswith("Model format invalid: missing config.json")
     assert "No weights (*.safetensors or *.bin)" in broken and "No generation_config.json" in broken
@@ -230,7 +198,7 @@ def test_model_names_and_revisions_are_not_broken_beside_a_long_refusal(
     settings,
     live_server,  # noqa: F811 - the fixture imported above
 ):
-    """The newcomer's list: a transformers refusal that runs for several lines, a broken model with warnings and a
+    """A list with a transformers refusal that runs for several lines, a broken model with warnings and a
     valid one, in a 1280-pixel window. Layout is only seen in a browser."""
     from tests.browser_helpers import Screenshots, chromium, log_in
 

@@ -95,8 +95,8 @@ def test_the_form_offers_the_sample_dataset_when_it_is_there(member, portal_root
 
 
 def test_the_starter_buttons_keep_what_was_typed(member, portal_roots):
-    """The newcomer's report: "Use the quick-check preset" and "Use the sample dataset" were links that reloaded the
-    form, losing the name, the model and the objective typed so far."""
+    """The "Use the quick-check preset" and "Use the sample dataset" buttons post the form as typed so far: the page
+    that comes back keeps the name, the model and the objective, and adds the preset or the sample's path."""
     from projects.datasets.samples import write_sample_dataset
 
     sample, _ = write_sample_dataset(portal_roots / "datasets")

@@ -17,7 +17,8 @@ from django.utils.html import escape
 
 from mtm.models import AuditEvent
 from projects.models import RunStage, RunStatus, TrainingProject, TrainingRun
-from projects.runs.charts.loss import build_loss_chart, loss_chart_svg, nice_ticks
+from projects.runs.charts.axes import nice_ticks
+from projects.runs.charts.loss import build_loss_chart, loss_chart_svg
 from tests.clients import form_data, secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
 from tests.token_counts import counted

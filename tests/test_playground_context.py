@@ -1,5 +1,5 @@
-"""An answer cut short by the model's context length says so: the newcomer's pass read "ended by the token limit"
-when the member's max_new_tokens was far from reached and the model's context had filled."""
+"""An answer cut short by the model's context length says so: its finish reason is "context", not the token limit's
+"length", when the member's max_new_tokens is far from reached and the model's context has filled."""
 
 from __future__ import annotations
 

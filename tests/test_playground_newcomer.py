@@ -1,4 +1,4 @@
-"""What a newcomer met in the playground: a message refused while the previous answer was still coming keeps what she
+"""The playground's form and context: a message refused while the previous answer was still coming keeps what she
 typed (the message and her settings) in the form, and a conversation grown past the model's context keeps answering
 by leaving out its oldest turns, saying how many; only a new message that does not fit alone fails, and its failed
 answer shows no token line. Generation runs in-process with the real tiny Llama (the worker's generate_into)."""
@@ -180,3 +180,8 @@ def test_only_a_new_message_too_long_alone_fails_and_shows_no_token_line(chat, t
     failed_turn = failed_turn[: failed_turn.index("</li>")]
     assert "prompt_too_long" in failed_turn
     assert "0 tokens" not in failed_turn and "model loaded" not in failed_turn
+
+
+def test_a_conversation_page_leads_back_to_the_playground(chat):
+    html = secure_client(chat.owner).get(f"/playground/{chat.pk}/").content.decode()
+    assert f'<nav class="crumbs"><a href="/playground/">Playground</a> / conversation #{chat.pk}</nav>' in html

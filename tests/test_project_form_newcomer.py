@@ -1,4 +1,4 @@
-"""What a newcomer met on the New project form, through the test client: one error (not two) for a LoRA target the
+"""The New project form, through the test client: one error (not two) for a LoRA target the
 model lacks, the LoRA targets and the max sequence length checked against the model as they are typed, the output
 folder following the project's name, a folder shared with another project named, and example paths inside the
 allowed roots. The tiny Llama of tests/conftest.py has a 512-token context and layers q_proj, k_proj, v_proj, ..."""
@@ -171,3 +171,23 @@ def test_example_paths_lie_inside_the_allowed_roots(alice, portal_roots):
     datasets: Path = portal_roots / "datasets"
     assert f'placeholder="{datasets}/train.jsonl"' in page and f'placeholder="{datasets}/eval.jsonl"' in page
     assert "/data/datasets" not in page
+
+
+# --- the DPO settings ---------------------------------------------------------------------------------------------
+
+
+def test_an_sft_project_still_has_its_dpo_boxes_checked_and_a_wrong_one_is_marked(
+    alice, portal_roots, tiny_llama_in_cache
+):
+    """The stylesheet hides the DPO fieldset while the objective is SFT unless a box in it holds an error, so a wrong
+    DPO value sent by a form (or a browser without the stylesheet) is refused where it can be seen."""
+    client = secure_client(alice)
+    page = text(client.post("/projects/new/", form_data(portal_roots, tiny_llama_in_cache[0], dpo_beta="-1")))
+    assert not TrainingProject.objects.exists()
+    fieldset = page.split('<fieldset class="dpo-fields">')[1].split("</fieldset>")[0]
+    assert '<div class="field has-error">' in fieldset and errors_under(fieldset, "dpo_beta")
+    css = (Path(__file__).resolve().parents[1] / "static" / "css" / "mtm.css").read_text()
+    assert (
+        '.project-form:has(select[name="objective"] option[value="sft"]:checked) .dpo-fields:not(:has(.has-error)) '
+        "{ display: none; }" in css
+    )

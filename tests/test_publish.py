@@ -328,7 +328,7 @@ def test_a_published_model_says_it_is_a_portal_fine_tune_wherever_it_resolves(te
         shown = bob.get(url).content.decode().replace("&#x27;", "'")
         assert all(part in shown for part in said), url
     assert "fine-tune" not in (resolve_model("test-org/tiny-llama").provenance or "")  # the cache model stays plain
-    # A published model is one folder: its page offers no Revision box (the newcomer's report); a cache model's does.
+    # A published model is one folder: its page offers no Revision box; a cache model's does.
     assert 'id="revision"' not in bob.get("/models/team/support-bot-v2/").content.decode()
     assert 'id="revision"' in bob.get("/models/test-org/tiny-llama/").content.decode()
 
@@ -409,7 +409,7 @@ def test_publish_and_unpublish_from_the_pages(team):
     page = secure_client(team["alice"])
     run_page = page.get(f"/projects/runs/{team['run'].pk}/").content.decode()
     assert "Publish as" in run_page and "Download the LoRA adapter" not in run_page  # a full fine-tune
-    # The newcomer's report: no way from a run to the playground. The link picks the run there.
+    # The run page links to the playground, and the link picks the run there.
     chat = f'href="/playground/?run={team["run"].pk}"'
     assert chat in run_page
     playground = page.get(f"/playground/?run={team['run'].pk}").content.decode()
@@ -419,7 +419,7 @@ def test_publish_and_unpublish_from_the_pages(team):
     assert resp["Location"] == f"/projects/runs/{team['run'].pk}/?publish_name=test-org%2Ftiny-llama#build-on"
     shown = page.get(resp["Location"]).content.decode()
     assert "names a model in the Hugging Face cache" in shown
-    # Beside the box, with the name kept in it (the newcomer's report: at the top of the page, the box cleared).
+    # The refusal stands beside the box, with the name kept in it, not at the top of the page.
     errors = shown.split('<ul class="errorlist publish-errors" id="publish-errors">')[1].split("</ul>")[0]
     assert "names a model in the Hugging Face cache" in errors and 'value="test-org/tiny-llama"' in shown
     assert "names a model in the Hugging Face cache" not in shown.split('id="build-on"')[0]  # not at the top

@@ -1,5 +1,5 @@
-"""The run page's Worker line names the worker that took the run, and its process only when one is recorded: the
-newcomer's pass saw "(process )" with nothing inside while the run was still being taken."""
+"""The run page's Worker line names the worker that took the run, and its process only when one is recorded: while
+the run is still being taken it shows no empty "(process )"."""
 
 from __future__ import annotations
 

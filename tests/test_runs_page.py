@@ -94,7 +94,7 @@ def test_the_full_log_can_be_downloaded(team, settings, tmp_path):
 
 
 def test_the_run_page_names_the_worker_as_the_gpus_page_does(team):
-    """The newcomer's report: the run page said "vm:8981" (host and process) where the GPUs page says "cpu@vm"."""
+    """The run page names the worker as the GPUs page does ("cpu@vm"), not by host and process ("vm:8981")."""
     from workers.models import RunPlacement
 
     alice, _, _, runs = team

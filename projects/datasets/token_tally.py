@@ -179,7 +179,7 @@ class TokenTally:
             if self.collector.full or any(p.code not in _ROW_PROBLEMS for p in exc.problems):
                 self.stopped = True
             return
-        if self.collector.problems:  # lengths are no longer shown: only the rows refused are
+        if self.collector.problems:  # once a row is refused the report shows the refused rows, not lengths
             return
         for ids, labels in encoded:
             self.lengths.add(len(ids))

@@ -154,7 +154,7 @@ def _not_succeeded(run: TrainingRun) -> PublishRefused:
         f"Run {run.pk} failed at the train stage ({run.error_code}: {run.error_message}) after its trainer had "
         f"written the final model and {MANIFEST_NAME} (finished at {manifest.get('finished_at')}), so that model "
         "was never validated (loaded and asked to generate): only a validated run can be published.",
-        f"Start a new run of project '{run.project.name}': a trainer that stops after writing its model now goes "
+        f"Start a new run of project '{run.project.name}': a run whose trainer stops after writing its model goes "
         "on to validation, and that run can be published. To use this run's model without training again, ask "
         f"staff for a Model Override (a name of your team's organisation) that points at {run.output_directory}"
         f"{'' if (manifest['layout'].get('model_dir') or '.') == '.' else '/' + MERGED_DIR}: it is checked like any "

@@ -21,7 +21,7 @@ MIN_RUNS = 2
 MAX_RUNS = 5
 MAX_SELECTION_CHARS = 200  # five ids and their commas are far shorter: anything longer is not a selection
 PICK_HINT = (
-    "Tick 2 to 5 runs on the Runs page (/projects/runs/) and press Compare selected, or ask for e.g. ?runs=12,15."
+    "Tick 2 to 5 runs on the Runs page (/projects/runs/) and press Compare selected, or ask for e.g. ?runs=12&runs=15."
 )
 NOT_COMPARED = {"resolved_path"}  # differs whenever the revision does
 

@@ -17,7 +17,7 @@ from django.views.decorators.http import require_http_methods
 
 from mtm.htmx import HtmxHttpRequest
 from projects.models import RunStatus, TrainingProject, TrainingRun
-from projects.runs.charts.loss import compare_chart_svg
+from projects.runs.charts.compare import compare_chart_svg
 from projects.runs.columns import RunProgress, read_metrics
 from projects.runs.compare import CompareRefused, compare
 from projects.runs.records import work_folder
@@ -79,7 +79,8 @@ def run_list(request: HtmxHttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "HEAD"])
 @login_required
 def run_compare(request: HtmxHttpRequest) -> HttpResponse:
-    """2 to 5 runs side by side; the selection is the query (?runs=12,15), so the page is a link to share."""
+    """2 to 5 runs side by side; the selection is the query (?runs=12&runs=15 or ?runs=12,15), so the page is a link
+    to share."""
     try:
         comparison = compare(request.user, request.GET.getlist("runs"))
     except CompareRefused as refused:

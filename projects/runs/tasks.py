@@ -26,7 +26,7 @@ def _guarded(run_id: int, stage: RunStage, fn):
 
 
 # max_retries=None on the task: a run held back by its owner's live-run limit is offered again for as long as it
-# waits (retry()'s own max_retries=None means "the task's default", which is 3, after which the run was stuck).
+# waits (retry()'s own max_retries=None means "the task's default", which is 3, after which the run would stay queued for good).
 @shared_task(name="projects.resolve_run", bind=True, max_retries=None)
 def resolve_run(self, run_id: int) -> None:
     """A whole run on the worker that took it from its queue: resolve the model against this worker's own cache,

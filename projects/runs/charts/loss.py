@@ -10,21 +10,24 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
+from projects.runs.charts.axes import (
+    HEIGHT,
+    PAD_BOTTOM,
+    PAD_LEFT,
+    PAD_RIGHT,
+    PAD_TOP,
+    WIDTH,
+    Tick,
+    axis_labels_svg,
+    fit_axes,
+    frame_svg,
+    number_label,
+    ticks_svg,
+)
+from projects.runs.charts.legend import legend_svg
 from projects.runs.columns import read_eval_points, read_metrics
 
-WIDTH = 960
-HEIGHT = 280
-PAD_LEFT = 56
-PAD_RIGHT = 16
-PAD_TOP = 14
-PAD_BOTTOM = 36
 MAX_POINTS = 600  # more points than pixels only makes the page heavier
-
-
-@dataclass
-class Tick:
-    position: float  # pixel coordinate along its axis
-    label: str
 
 
 @dataclass
@@ -41,6 +44,7 @@ class LossChart:
     last_step: int | None = None
     resume_x: float | None = None  # pixel x of the step a resumed run continued from
     resume_step: int | None = None
+    ticks: list[str] = field(default_factory=list)  # the SVG of the grid and the ticks
 
     @property
     def empty(self) -> bool:
@@ -71,46 +75,6 @@ def eval_series(metrics: Any) -> list[tuple[float, float]]:
     return [(float(p.step), p.eval_loss) for p in read_eval_points(metrics) if p.eval_loss is not None]
 
 
-def nice_ticks(low: float, high: float, count: int = 4, *, whole: bool = False) -> list[float]:
-    """About `count` round values (1, 2, 2.5 or 5 times a power of ten) covering [low, high]; with `whole`,
-    whole numbers only (for steps)."""
-    if high <= low:
-        return [low]
-    raw = (high - low) / max(count, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    multiples = (1, 2, 2.5, 5, 10)
-    if whole:
-        magnitude = max(magnitude, 1)
-        multiples = (1, 2, 5, 10) if magnitude == 1 else multiples
-    step = min((m * magnitude for m in multiples), key=lambda candidate: abs(candidate - raw))
-    first = math.ceil(low / step - 1e-9) * step
-    ticks = []
-    value = first
-    while value <= high + step * 1e-9:
-        ticks.append(round(value, 10))
-        value += step
-    return ticks
-
-
-def _label(value: float, digits: int = 3) -> str:
-    if value == 0:
-        return "0"
-    if abs(value) >= 1000 and float(value).is_integer() and abs(value) < 1e7:
-        return f"{int(value):,}"
-    if abs(value) >= 1000 or abs(value) < 0.01:
-        return f"{value:.{max(digits - 1, 2)}g}"
-    return f"{value:.{digits}g}"
-
-
-def distinct_labels(values: list[float]) -> list[str]:
-    """Labels for tick values, with as many digits as it takes for no two to read the same."""
-    for digits in range(3, 12):
-        labels = [_label(value, digits) for value in values]
-        if len(set(labels)) == len(labels):
-            return labels
-    return [repr(value) for value in values]
-
-
 def build_loss_chart(
     metrics: Any, width: int = WIDTH, height: int = HEIGHT, resumed_at: int | None = None
 ) -> LossChart:
@@ -119,34 +83,14 @@ def build_loss_chart(
     chart = LossChart()
     if not pairs:
         return chart
-    steps, losses = [s for s, _ in pairs], [v for _, v in pairs]
-    x_low, x_high = min(steps + [s for s, _ in evals]), max(steps + [s for s, _ in evals])
-    y_low, y_high = min(losses + [v for _, v in evals]), max(losses + [v for _, v in evals])
-    if x_high == x_low:
-        x_low, x_high = x_low - 1, x_high + 1
-    if y_high == y_low:
-        margin = abs(y_low) * 0.1 or 1.0
-        y_low, y_high = y_low - margin, y_high + margin
-    else:
-        margin = (y_high - y_low) * 0.05
-        y_low, y_high = y_low - margin, y_high + margin
-    plot_w, plot_h = width - PAD_LEFT - PAD_RIGHT, height - PAD_TOP - PAD_BOTTOM
-
-    def x_of(step: float) -> float:
-        return PAD_LEFT + (step - x_low) / (x_high - x_low) * plot_w
-
-    def y_of(loss: float) -> float:
-        return PAD_TOP + (y_high - loss) / (y_high - y_low) * plot_h
-
-    chart.points = [(x_of(s), y_of(v)) for s, v in pairs]
-    chart.eval_points = [(x_of(s), y_of(v)) for s, v in evals]
+    axes = fit_axes(pairs + evals, width, height)
+    chart.points = [(axes.x_of(s), axes.y_of(v)) for s, v in pairs]
+    chart.eval_points = [(axes.x_of(s), axes.y_of(v)) for s, v in evals]
     chart.last_eval_loss = evals[-1][1] if evals else None
-    x_values, y_values = nice_ticks(x_low, x_high, 5, whole=True), nice_ticks(y_low, y_high, 4)
-    chart.x_ticks = [Tick(x_of(v), label) for v, label in zip(x_values, distinct_labels(x_values), strict=True)]
-    chart.y_ticks = [Tick(y_of(v), label) for v, label in zip(y_values, distinct_labels(y_values), strict=True)]
-    chart.first_loss, chart.last_loss, chart.last_step = losses[0], losses[-1], int(steps[-1])
-    if resumed_at is not None and x_low <= resumed_at <= x_high:
-        chart.resume_x, chart.resume_step = x_of(resumed_at), resumed_at
+    chart.x_ticks, chart.y_ticks, chart.ticks = axes.x_ticks(), axes.y_ticks(), ticks_svg(axes)
+    chart.first_loss, chart.last_loss, chart.last_step = pairs[0][1], pairs[-1][1], int(pairs[-1][0])
+    if resumed_at is not None and axes.x_low <= resumed_at <= axes.x_high:
+        chart.resume_x, chart.resume_step = axes.x_of(resumed_at), resumed_at
     return chart
 
 
@@ -167,43 +111,23 @@ def loss_chart_svg(
     title = (
         f"{name}: no values reported yet"
         if chart.empty
-        else f"{name} from {_label(chart.first_loss)} to {_label(chart.last_loss)} at step {chart.last_step}"
+        else f"{name} from {number_label(chart.first_loss)} to {number_label(chart.last_loss)} at step {chart.last_step}"
     )
     if chart.last_eval_loss is not None:
-        title += f"; eval loss {_label(chart.last_eval_loss)} at the last evaluation"
+        title += f"; eval loss {number_label(chart.last_eval_loss)} at the last evaluation"
     parts = [
         f'<svg class="loss-chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
         f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
         f"<title>{escape(title)}</title>",
-        f'<line class="axis" x1="{PAD_LEFT}" y1="{PAD_TOP}" x2="{PAD_LEFT}" y2="{bottom}"/>',
-        f'<line class="axis" x1="{PAD_LEFT}" y1="{bottom}" x2="{right}" y2="{bottom}"/>',
+        *frame_svg(width, height),
     ]
     if chart.empty:
         parts.append(
             f'<text class="empty" x="{(PAD_LEFT + right) / 2:.0f}" y="{(PAD_TOP + bottom) / 2:.0f}" '
             'text-anchor="middle">No loss values yet: they appear once training reports its first steps.</text>'
         )
-    for tick in chart.y_ticks:
-        parts.append(
-            f'<line class="grid" x1="{PAD_LEFT}" y1="{tick.position:.1f}" x2="{right}" y2="{tick.position:.1f}"/>'
-        )
-        parts.append(
-            f'<text class="tick" x="{PAD_LEFT - 6}" y="{tick.position + 4:.1f}" text-anchor="end">{escape(tick.label)}</text>'
-        )
-    for tick in chart.x_ticks:
-        parts.append(
-            f'<line class="tick-mark" x1="{tick.position:.1f}" y1="{bottom}" x2="{tick.position:.1f}" y2="{bottom + 4}"/>'
-        )
-        parts.append(
-            f'<text class="tick" x="{tick.position:.1f}" y="{bottom + 16}" text-anchor="middle">{escape(tick.label)}</text>'
-        )
-    parts.append(
-        f'<text class="axis-label" x="{(PAD_LEFT + right) / 2:.0f}" y="{height - 4}" text-anchor="middle">step</text>'
-    )
-    parts.append(
-        f'<text class="axis-label" x="12" y="{(PAD_TOP + bottom) / 2:.0f}" text-anchor="middle" '
-        f'transform="rotate(-90 12 {(PAD_TOP + bottom) / 2:.0f})">{escape(axis)}</text>'
-    )
+    parts.extend(chart.ticks)
+    parts.extend(axis_labels_svg(width, height, axis))
     if chart.resume_x is not None:
         parts.append(
             f'<line class="resume-mark" x1="{chart.resume_x:.1f}" y1="{PAD_TOP}" x2="{chart.resume_x:.1f}" '
@@ -220,85 +144,6 @@ def loss_chart_svg(
     if chart.eval_points:
         parts.append(f'<polyline class="eval-line" fill="none" points="{chart.eval_polyline}"/>')
         parts.extend(f'<circle class="eval-point" cx="{x:.1f}" cy="{y:.1f}" r="3"/>' for x, y in chart.eval_points)
-        parts.append(_legend(right, [("line", "training loss"), ("eval-line", "eval loss")]))
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _legend(right: float, entries: list[tuple[str, str]], width: int = 150) -> str:
-    """A small key in the top-right corner: a stroke of each series' class and its name."""
-    box_height = len(entries) * 14 + 6
-    # An opaque box under the key, so a curve that runs through the corner does not strike through its labels.
-    parts = [
-        '<g class="legend">',
-        f'<rect class="legend-box" x="{right - width - 4}" y="{PAD_TOP}" width="{width + 4}" '
-        f'height="{box_height}" rx="3"/>',
-    ]
-    for index, (css, name) in enumerate(entries):
-        y = PAD_TOP + 8 + index * 14
-        parts.append(f'<line class="{css}" x1="{right - width}" y1="{y}" x2="{right - width + 24}" y2="{y}"/>')
-        parts.append(f'<text class="legend-label" x="{right - width + 30}" y="{y + 4}">{escape(name)}</text>')
-    parts.append("</g>")
-    return "".join(parts)
-
-
-def compare_chart_svg(series: list[tuple[str, Any]], width: int = WIDTH, height: int = HEIGHT) -> str:
-    """Several runs' curves on one pair of axes: each run's training loss (solid) and eval loss (dashed) in its
-    own colour (CSS classes series-0 .. series-4), with a key. `series` is (label, stored metrics) per run."""
-    curves = []
-    for index, (label, metrics) in enumerate(series):
-        curves.append((index, label, "train", loss_series(metrics)))
-        curves.append((index, label, "eval", eval_series(metrics)))
-    values = [pair for _, _, _, pairs in curves for pair in pairs]
-    bottom, right = height - PAD_BOTTOM, width - PAD_RIGHT
-    title = "Training and eval loss of runs " + ", ".join(label for label, _ in series)
-    parts = [
-        f'<svg class="loss-chart compare-chart" viewBox="0 0 {width} {height}" width="100%" role="img" '
-        f'aria-label="{escape(title)}" xmlns="http://www.w3.org/2000/svg">',
-        f"<title>{escape(title)}</title>",
-        f'<line class="axis" x1="{PAD_LEFT}" y1="{PAD_TOP}" x2="{PAD_LEFT}" y2="{bottom}"/>',
-        f'<line class="axis" x1="{PAD_LEFT}" y1="{bottom}" x2="{right}" y2="{bottom}"/>',
-    ]
-    if not values:
-        parts.append(
-            f'<text class="empty" x="{(PAD_LEFT + right) / 2:.0f}" y="{(PAD_TOP + bottom) / 2:.0f}" '
-            'text-anchor="middle">None of these runs reported a loss.</text></svg>'
-        )
-        return "".join(parts)
-    x_low, x_high = min(s for s, _ in values), max(s for s, _ in values)
-    y_low, y_high = min(v for _, v in values), max(v for _, v in values)
-    if x_high == x_low:
-        x_low, x_high = x_low - 1, x_high + 1
-    margin = (y_high - y_low) * 0.05 if y_high > y_low else abs(y_low) * 0.1 or 1.0
-    y_low, y_high = y_low - margin, y_high + margin
-    plot_w, plot_h = width - PAD_LEFT - PAD_RIGHT, height - PAD_TOP - PAD_BOTTOM
-
-    def x_of(step: float) -> float:
-        return PAD_LEFT + (step - x_low) / (x_high - x_low) * plot_w
-
-    def y_of(loss: float) -> float:
-        return PAD_TOP + (y_high - loss) / (y_high - y_low) * plot_h
-
-    x_values, y_values = nice_ticks(x_low, x_high, 5, whole=True), nice_ticks(y_low, y_high, 4)
-    for value, label in zip(y_values, distinct_labels(y_values), strict=True):
-        y = y_of(value)
-        parts.append(f'<line class="grid" x1="{PAD_LEFT}" y1="{y:.1f}" x2="{right}" y2="{y:.1f}"/>')
-        parts.append(f'<text class="tick" x="{PAD_LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">{escape(label)}</text>')
-    for value, label in zip(x_values, distinct_labels(x_values), strict=True):
-        x = x_of(value)
-        parts.append(f'<text class="tick" x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{escape(label)}</text>')
-    parts.append(
-        f'<text class="axis-label" x="{(PAD_LEFT + right) / 2:.0f}" y="{height - 4}" text-anchor="middle">step</text>'
-    )
-    keys = []
-    for index, label, kind, pairs in curves:
-        if not pairs:
-            continue
-        css = f"series-{index % 5}" + (" series-eval" if kind == "eval" else "")
-        points = " ".join(f"{x_of(s):.1f},{y_of(v):.1f}" for s, v in pairs)
-        name = f"{label} {'eval' if kind == 'eval' else 'training'} loss"
-        parts.append(f'<polyline class="{css}" fill="none" points="{points}" data-run="{escape(label)}"/>')
-        keys.append((css, name))
-    parts.append(_legend(right + 20, keys, width=260))
+        parts.append(legend_svg(right, [("line", "training loss", ""), ("eval-line", "eval loss", "")]))
     parts.append("</svg>")
     return "".join(parts)
