@@ -180,7 +180,7 @@ class ProjectForm(forms.Form):
             hp = Hyperparameters().to_dict()
         else:
             initial = {name: getattr(project, name) for name in SERVICE_FIELDS}
-            hp = Hyperparameters.from_stored(project.hyperparameters).to_dict()
+            hp = project.hyperparameter_values.to_dict()
         for name, value in hp.items():
             initial[name] = ", ".join(value) if isinstance(value, list) else value
         return initial
