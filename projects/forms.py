@@ -1,7 +1,7 @@
 """The project form: fields as a person types them; every check beyond the field's shape is the service's.
 
 The form turns its values into the dict `projects.services` takes, and puts each Problem the service
-returns (message and hint) under the field it belongs to.
+returns (message and hint) under the field it belongs to, as the Problem names it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from django.utils.html import format_html
 from models_registry.lookup import dataset_roots, output_roots
 from mtm.shared.problems import Problem
 from projects.datasets import UPLOAD_EXTENSIONS
-from projects.hyperparameters import GROUPS, HYPERPARAMETERS, PROBLEM_BOXES, Declared, Hyperparameters
+from projects.hyperparameters import GROUPS, HYPERPARAMETERS, Declared, Hyperparameters
 from projects.models import TrainingMethod, TrainingProject
 from projects.services import EDITABLE
 
@@ -180,7 +180,7 @@ class ProjectForm(forms.Form):
             hp = Hyperparameters().to_dict()
         else:
             initial = {name: getattr(project, name) for name in SERVICE_FIELDS}
-            hp = Hyperparameters.from_stored(project.hyperparameters).to_dict()
+            hp = project.hyperparameter_values.to_dict()
         for name, value in hp.items():
             initial[name] = ", ".join(value) if isinstance(value, list) else value
         return initial
@@ -217,33 +217,14 @@ class ProjectForm(forms.Form):
         self.upload_kept = upload_kept
 
     def add_problems(self, check: Any) -> None:
-        """Put each of a ProjectCheck's errors under its field; hyperparameter errors under the box they name."""
+        """Put each of a ProjectCheck's errors under the box it was filed under and under the box it names (its
+        `field`: a hyperparameter's, or the other box of a choice between two, which opens its group); one that
+        names no box of this form stands above the form."""
         for key, problems in check.errors.items():
-            if key == "hyperparameters":
-                self._add_hyperparameter_problems(problems)
-                continue
             for problem in problems:
-                self.add_error(key if key in self.fields else None, problem_error(problem))
-                if problem.code in PROBLEM_BOXES:  # the other box of a choice between two: mark (and open) it too
-                    self.add_error(PROBLEM_BOXES[problem.code], problem_error(problem))
-
-    def _add_hyperparameter_problems(self, problems: list[Problem]) -> None:
-        # Read before any error is added: add_error drops the field's value from cleaned_data, and a box re-checked
-        # after that would be reported as null.
-        typed = self.hyperparameters()
-        placed = set()
-        for problem in problems:
-            if problem.code in PROBLEM_BOXES:
-                self.add_error(PROBLEM_BOXES[problem.code], problem_error(problem))
-                placed.add(problem.message)
-        for name, value in typed.items():
-            _, own = HYPERPARAMETERS[name].check(value)
-            if own is not None:
-                self.add_error(name, problem_error(own))
-                placed.add(own.message)
-        for problem in problems:  # the ones that involve two fields, e.g. both warmup settings
-            if problem.message not in placed:
-                self.add_error(None, problem_error(problem))
+                boxes = [name for name in dict.fromkeys((key, problem.field)) if name in self.fields]
+                for box in boxes or [None]:
+                    self.add_error(box, problem_error(problem))
 
     def field_groups(self) -> dict[str, dict[str, list[forms.BoundField]]]:
         """Each fieldset's boxes (typed values) and checks (checkboxes), in declaration order."""

@@ -1,8 +1,9 @@
 """Training hyperparameters, each declared once: type, bounds, default, label, help, group.
 
-Everything else derives from the declarations in `Hyperparameters`: the per-field validation with messages a
-person can act on (`from_dict`), the project form's boxes and fieldsets, the API schema (the model itself) and
-the labels of the project page (`HYPERPARAMETERS`). Adding a hyperparameter is adding one field here.
+Everything else derives from the declarations in `Hyperparameters`: the validation (pydantic's, on the model
+itself), its errors as Problems a person can act on, each naming its field (`from_dict`), the project form's boxes
+and fieldsets, the API schema (the model itself) and the labels of the project page (`HYPERPARAMETERS`). Adding a
+hyperparameter is adding one field here.
 
 Plain Python and pydantic (no Django, no torch): the form, the API and the trainer child process all use it.
 """
@@ -12,10 +13,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from annotated_types import Ge, Gt, Le
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 
 from mtm.shared.problems import Problem
@@ -29,31 +30,25 @@ GROUPS = ("training", "checkpoints", "lora", "dpo")
 Group = Literal["training", "checkpoints", "lora", "dpo"]
 
 
-def _coerce_modules(raw: Any) -> str | list[str] | None:
+def _modules(raw: Any) -> str | list[str]:
+    """'all-linear', or module names as a list or as text separated by commas."""
     if isinstance(raw, str):
         text = raw.strip()
         if text == ALL_LINEAR:
             return ALL_LINEAR
         raw = [part.strip() for part in text.split(",")]
     if not isinstance(raw, list) or not raw or len(raw) > MAX_TARGET_MODULES:
-        return None
+        raise ValueError(f"use '{ALL_LINEAR}' or a list of at most {MAX_TARGET_MODULES} module names")
     names = [item for item in raw if isinstance(item, str) and item.strip() and len(item) <= 128]
     if len(names) != len(raw) or not all(name.replace("_", "").replace(".", "").isalnum() for name in names):
-        return None
+        raise ValueError("module names are letters, digits, '_' and '.'")
     return [name.strip() for name in names]
-
-
-def _modules(value: str | list[str]) -> str | list[str]:
-    modules = _coerce_modules(value)
-    if modules is None:
-        raise ValueError(f"use '{ALL_LINEAR}' or a list of at most {MAX_TARGET_MODULES} module names")
-    return modules
 
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 ChatTemplate = Literal["model", "chatml"]  # the names of projects.datasets.chat_templates.BUILT_IN, and the model's own
-TargetModules = Annotated[str | list[str], AfterValidator(_modules)]
+TargetModules = str | list[str]
 Objective = Literal["sft", "dpo"]
 OBJECTIVES: tuple[str, ...] = get_args(Objective)
 # The DPO losses offered, each with the line that explains it (TRL's names; TRL offers more).
@@ -65,6 +60,57 @@ DPO_LOSSES: dict[str, str] = {
     "what the model writes now",
 }
 DpoLoss = Literal["sigmoid", "ipo", "hinge", "apo_zero"]
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off", ""}  # an unticked checkbox sends nothing, a cleared one ""
+
+
+def _flag(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int) and raw in (0, 1):
+        return bool(raw)
+    if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
+        return raw.strip().lower() in _TRUE
+    raise ValueError("use true or false")
+
+
+def _finite(raw: Any, parse: type) -> int | float:
+    """A JSON number, or form text parsed with `parse` (int or float); never a bool, NaN or infinity."""
+    if isinstance(raw, bool):
+        raise ValueError("use a number, not true or false")
+    if isinstance(raw, str):
+        raw = parse(raw.strip())  # ValueError for text that is not a number
+    if not isinstance(raw, (int, float)) or (isinstance(raw, float) and not math.isfinite(raw)):
+        raise ValueError("use a finite number")
+    return raw
+
+
+def _whole(raw: Any) -> int:
+    number = _finite(raw, int)
+    if isinstance(number, float):
+        if not number.is_integer():
+            raise ValueError("use a whole number")
+        return int(number)
+    return number
+
+
+def _real(raw: Any) -> float:
+    try:
+        return float(_finite(raw, float))
+    except OverflowError:  # a whole number past the largest float (1 and 400 zeros): above every bound
+        raise ValueError("use a number within the bounds") from None
+
+
+def _choice(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise ValueError("use one of the names offered")
+    return raw.strip().lower()
+
+
+# What a box of each kind takes before pydantic checks type and bounds: JSON values and the form's text alike.
+_PARSERS: dict[str, Any] = {"bool": _flag, "int": _whole, "float": _real, "choice": _choice, "modules": _modules}
 
 
 def hyperparameter(
@@ -280,43 +326,29 @@ class Hyperparameters(BaseModel):
         example="16",
     )
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _parse(cls, raw: Any, info: ValidationInfo) -> Any:
+        """A JSON value or the form's text ("3", "2e-4", "on", "q_proj, v_proj") as the field's type."""
+        return _PARSERS[HYPERPARAMETERS[str(info.field_name)].kind](raw)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> tuple[Hyperparameters, list[Problem]]:
-        """Validate `data` field by field. Missing fields take their defaults; a field that is wrong keeps its
-        default in the returned object and gets one Problem naming the field, the value and what is allowed.
+        """Validate `data`. Missing fields take their defaults; a field that is wrong keeps its default in the
+        returned object and gets one Problem naming the field, the value and what is allowed (its `field` set).
         The object is only fit to train with when the list is empty."""
         if data is None:
             return cls(), []
-        if not isinstance(data, dict):
-            return cls(), [
-                Problem(
-                    CODE,
-                    f"Hyperparameters must be a JSON object of name: value, not {type(data).__name__}.",
-                    'Send e.g. {"epochs": 3, "learning_rate": 0.0002}.',
-                )
-            ]
-        problems: list[Problem] = []
-        for name in sorted(set(data) - set(HYPERPARAMETERS)):
-            problems.append(
-                Problem(
-                    CODE,
-                    f"Unknown hyperparameter '{name}'.",
-                    "Remove it or use one of: " + ", ".join(sorted(HYPERPARAMETERS)) + ".",
-                )
-            )
-        values = {}
-        for name, declared in HYPERPARAMETERS.items():
-            if name not in data:
-                continue
-            value, problem = declared.check(data[name])
-            if problem is not None:
-                problems.append(problem)
-            else:
-                values[name] = value
-        parsed = cls(**values)  # pydantic checks again, against the same declarations
-        if not problems:
-            problems.extend(parsed._cross_field_problems())
-        return parsed, problems
+        try:
+            parsed = cls.model_validate(data)
+        except ValidationError as exc:
+            problems = _problems(exc, data)
+            if not isinstance(data, dict):
+                return cls(), problems
+            refused = {problem.field for problem in problems}
+            kept = {name: value for name, value in data.items() if name in HYPERPARAMETERS and name not in refused}
+            return cls.model_validate(kept), problems
+        return parsed, parsed.conflicts()
 
     @classmethod
     def from_stored(cls, stored: Any) -> Hyperparameters:
@@ -342,8 +374,9 @@ class Hyperparameters(BaseModel):
         devices = f"{self.devices} device{'s' if self.devices != 1 else ''}"
         return f"{devices} × batch {self.batch_size} × accumulation {self.gradient_accumulation_steps}"
 
-    def _cross_field_problems(self) -> list[Problem]:
-        """Checked on the parsed values: the form's "0" and "0.0" strings are as unset as 0."""
+    def conflicts(self) -> list[Problem]:
+        """Settings that are each allowed but not together; checked on the parsed values, so the form's "0" and
+        "0.0" strings are as unset as 0. A conflict that one box can resolve names that box as its field."""
         problems = []
         if self.warmup_ratio and self.warmup_steps:
             problems.append(
@@ -361,6 +394,7 @@ class Hyperparameters(BaseModel):
                     "Hyperparameter 'packing' is on, but packing does not apply to the DPO objective (each pair is "
                     "trained as its own two sequences).",
                     "Turn packing off for a DPO project.",
+                    field="packing",
                 )
             )
         if self.objective == "dpo" and self.max_prompt_length >= self.max_seq_length:  # 0 (half) always fits
@@ -370,6 +404,7 @@ class Hyperparameters(BaseModel):
                     f"Hyperparameter 'max_prompt_length' = {self.max_prompt_length} leaves no room for the answers "
                     f"within 'max_seq_length' = {self.max_seq_length}.",
                     "Set max_prompt_length below max_seq_length, e.g. half of it.",
+                    field="max_prompt_length",
                 )
             )
         if self.objective == "dpo" and (self.eval_fraction or self.keep_best_eval):
@@ -388,6 +423,7 @@ class Hyperparameters(BaseModel):
                     CODE,
                     f"Hyperparameter 'devices' = {self.devices}, but a DPO run trains on one device in this version.",
                     "Set devices to 1 for a DPO project, or use the SFT objective to train on several devices.",
+                    field="devices",
                 )
             )
         return problems
@@ -474,35 +510,18 @@ class Declared:
         low = f"greater than {_fmt(self.low)}" if self.low_open else f"at least {_fmt(self.low)}"
         return f"{what} {low} and at most {_fmt(self.high)}"
 
-    def check(self, raw: Any) -> tuple[Any, Problem | None]:
-        """`raw` (a JSON value or an HTML form string) parsed, or a Problem naming the field, value and bounds."""
-        value = _coerce(self.kind, raw)
-        ok = value is not None
-        if ok and self.kind in ("int", "float"):
-            above = value > self.low if self.low_open else value >= self.low
-            ok = (self.low is None or above) and (self.high is None or value <= self.high)
-        if ok and self.kind == "choice":
-            ok = value in self.choices
-        if ok:
-            return value, None
+    def problem(self, raw: Any) -> Problem:
+        """Why `raw` (a JSON value or the form's text) is refused: the field, the value as sent and what is allowed."""
         shown = repr(raw) if isinstance(raw, str) else _fmt(raw)
         shown = shown if len(shown) <= 80 else shown[:77] + "..."
         hint = f"Set {self.name} to {self.allowed()}" + (f", e.g. {self.example}." if self.example else ".")
-        return None, Problem(
-            CODE, f"Hyperparameter '{self.name}' = {shown} is not allowed: use {self.allowed()}.", hint
+        return Problem(
+            CODE, f"Hyperparameter '{self.name}' = {shown} is not allowed: use {self.allowed()}.", hint, self.name
         )
 
 
 HYPERPARAMETERS: dict[str, Declared] = {
     name: Declared.of(name, info) for name, info in Hyperparameters.model_fields.items()
-}
-
-# Problems filed by code that concern a hyperparameter's box besides where they are filed: the form shows them under
-# that box too (and opens its group).
-PROBLEM_BOXES = {
-    "eval_source_conflict": "eval_fraction",
-    "keep_best_without_eval_set": "keep_best_eval",
-    "lora_target_modules_unknown": "lora_target_modules",
 }
 
 # Boxes whose value the form checks against the base model as it is typed: max_seq_length against its context
@@ -522,43 +541,30 @@ def _fmt(value: Any) -> str:
     return str(value)[:80]
 
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off", ""}
-
-
-def _coerce(kind: str, raw: Any) -> Any:
-    """Parse a JSON value or an HTML form string; None when it is not of the kind."""
-    if kind == "bool":
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, int) and raw in (0, 1):
-            return bool(raw)
-        if isinstance(raw, str) and raw.strip().lower() in _TRUE | _FALSE:
-            return raw.strip().lower() in _TRUE
-        return None
-    if kind == "choice":
-        return raw.strip().lower() if isinstance(raw, str) else None
-    if kind == "modules":
-        return _coerce_modules(raw)
-    if isinstance(raw, bool):
-        return None
-    if isinstance(raw, str):
-        try:
-            raw = float(raw.strip()) if kind == "float" else int(raw.strip())
-        except ValueError:
-            return None
-    if isinstance(raw, float) and not math.isfinite(raw):
-        return None
-    if kind == "int":
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-        return raw if isinstance(raw, int) else None
-    if not isinstance(raw, (int, float)):
-        return None
-    try:
-        return float(raw)
-    except OverflowError:  # a whole number past the largest float (1 and 400 zeros): above every bound
-        return None
+def _problems(exc: ValidationError, data: Any) -> list[Problem]:
+    """pydantic's errors as Problems: hyperparameters not declared first (by name), then each refused field once,
+    in declaration order, showing the value as it was sent."""
+    if not isinstance(data, dict):
+        return [
+            Problem(
+                CODE,
+                f"Hyperparameters must be a JSON object of name: value, not {type(data).__name__}.",
+                'Send e.g. {"epochs": 3, "learning_rate": 0.0002}.',
+            )
+        ]
+    refused = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+    unknown = sorted(refused - set(HYPERPARAMETERS))
+    problems = [
+        Problem(
+            CODE,
+            f"Unknown hyperparameter '{name}'.",
+            "Remove it or use one of: " + ", ".join(sorted(HYPERPARAMETERS)) + ".",
+            name,
+        )
+        for name in unknown
+    ]
+    problems += [declared.problem(data[name]) for name, declared in HYPERPARAMETERS.items() if name in refused]
+    return problems
 
 
 # The "quick check" preset of a new project's form: a few steps, each logged, one checkpoint at the end, short

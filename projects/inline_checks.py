@@ -66,9 +66,10 @@ def hyperparameter_status(name: str, params: Any) -> dict[str, list[Any]]:
     raw = str(params.get(name) or "").strip()[:MAX_PARAM_CHARS]
     if name not in MODEL_FIT_BOXES or not raw:
         return {}
-    value, own = HYPERPARAMETERS[name].check(raw)
-    if own is not None:
-        return {"errors": [own]}
+    values, problems = Hyperparameters.from_dict({name: raw})
+    if own := [problem for problem in problems if problem.field == name]:
+        return {"errors": own}
+    value = getattr(values, name)
     model_name = str(params.get("model_name") or "").strip()[:200]
     revision = str(params.get("revision") or "").strip()[:255]
     if name == "max_seq_length":
@@ -95,14 +96,11 @@ def _max_seq_length(raw: str) -> tuple[int, str]:
 
 def _typed_values(params: Any) -> Hyperparameters:
     """The hyperparameters typed in the form so far that are valid; defaults for the rest."""
-    valid = {}
-    for name, declared in HYPERPARAMETERS.items():
-        raw = params.get(name)
-        if isinstance(raw, str) and raw.strip():
-            value, problem = declared.check(raw.strip()[:MAX_PARAM_CHARS])
-            if problem is None:
-                valid[name] = value
-    return Hyperparameters(**valid)
+    typed = {name: params.get(name) for name in HYPERPARAMETERS}
+    values, _ = Hyperparameters.from_dict(
+        {name: raw.strip()[:MAX_PARAM_CHARS] for name, raw in typed.items() if isinstance(raw, str) and raw.strip()}
+    )
+    return values
 
 
 def _resolution(model_name: str, revision: str) -> tuple[Resolution | None, str]:

@@ -96,5 +96,6 @@ def lora_target_problems(folder: str, revision: str, targets: str | list[str], m
             f"Hyperparameter 'lora_target_modules' names {', '.join(repr(t) for t in unknown)}, which no layer of "
             f"'{model_name}' that LoRA can wrap is called{why}; {outcome}.",
             f"Use '{ALL_LINEAR}', or names of this model's layers: {_some(ModuleNames.short(names.wrappable))}.",
+            field="lora_target_modules",
         )
     ]

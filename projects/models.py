@@ -7,6 +7,7 @@ from django.db import models
 from django.utils import timezone
 
 from models_registry.models import validate_model_name_field
+from projects.hyperparameters import Hyperparameters
 
 
 class TrainingMethod(models.TextChoices):
@@ -47,10 +48,16 @@ class TrainingProject(models.Model):
         return self.runs.order_by("-created_at", "-id").first()
 
     @property
+    def hyperparameter_values(self) -> Hyperparameters:
+        """The hyperparameters the project trains with, typed: its stored values that are valid, defaults for the
+        rest (the stored column is the JSON the service wrote)."""
+        return Hyperparameters.from_stored(self.hyperparameters)
+
+    @property
     def method_summary(self) -> str:
         """The method as the lists show it, with the objective when it is not plain SFT: "LoRA", "LoRA · DPO"."""
-        objective = (self.hyperparameters or {}).get("objective") if isinstance(self.hyperparameters, dict) else None
-        return f"{self.get_method_display()} · DPO" if objective == "dpo" else self.get_method_display()
+        dpo = self.hyperparameter_values.objective == "dpo"
+        return f"{self.get_method_display()} · DPO" if dpo else self.get_method_display()
 
 
 class RunStage(models.TextChoices):

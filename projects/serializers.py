@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from projects.hyperparameters import Hyperparameters
 from projects.models import TrainingProject, TrainingRun
 from projects.runs.columns import RunProgress, RunSummary, ValidationReport, read_eval_points, read_metrics
 from projects.runs.config import run_config
@@ -83,7 +82,7 @@ def project_dict(project: TrainingProject, last_run: TrainingRun | None = _UNSET
         "eval_dataset_sha256": _or_none(project.eval_dataset_sha256),
         "output_directory": project.output_directory,
         "method": project.method,
-        "hyperparameters": Hyperparameters.from_stored(project.hyperparameters).to_dict(),
+        "hyperparameters": project.hyperparameter_values.to_dict(),
         "validation_prompt": project.validation_prompt,
         "created_at": project.created_at,
         "updated_at": project.updated_at,

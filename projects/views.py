@@ -25,7 +25,7 @@ from projects.datasets import DatasetError
 from projects.datasets.token_stats import saved_count, template_key
 from projects.datasets.uploads import as_uploaded, discard_refused, read_refusal, receive_upload
 from projects.forms import ProjectForm, problem_error
-from projects.hyperparameters import MODEL_FIT_BOXES, QUICK_CHECK, Hyperparameters
+from projects.hyperparameters import MODEL_FIT_BOXES, QUICK_CHECK
 from projects.inline_checks import counting, hyperparameter_status, output_status, token_count_url
 from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, TrainingProject, TrainingRun
 from projects.new_project import (
@@ -260,7 +260,7 @@ def runs_context(project: TrainingProject, user: Any) -> dict[str, Any]:
 def _token_counts(project: TrainingProject, user: Any) -> dict[str, dict[str, Any]]:
     """The token counts a save or a check asked for, of the project's dataset and eval file with its saved
     settings: "Counting tokens…" (polled) until a worker has counted them."""
-    values, _ = Hyperparameters.from_dict(project.hyperparameters or {})
+    values = project.hyperparameter_values
     found = {}
     for which, path in (("dataset", project.dataset_path), ("eval_dataset", project.eval_dataset_path)):
         count = path and saved_count(

@@ -81,6 +81,7 @@ def eval_source_problems(objective: str, eval_fraction: float, eval_file: str) -
                 f"(share of the rows)', eval_fraction = {eval_fraction:g}, under Checkpoints, logging and evaluation).",
                 "Choose one: clear the eval file to evaluate on a seeded share of the dataset, or set eval_fraction to 0 "
                 "to evaluate on the file (every dataset row then trains).",
+                field="eval_fraction",
             )
         ]
     return []
@@ -90,6 +91,7 @@ NO_EVAL_SET_TO_KEEP_BEST_BY = Problem(
     "keep_best_without_eval_set",
     "keep_best_eval is on, but there is no eval set to judge the checkpoints by.",
     "Give an eval file, or set eval_fraction (e.g. 0.1) to hold out a share of the dataset; or turn keep_best_eval off.",
+    field="keep_best_eval",
 )
 
 

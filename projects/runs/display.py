@@ -9,7 +9,6 @@ from typing import Any
 from django.utils import timezone
 
 from projects.datasets.eval_split import describe_eval_file, describe_split
-from projects.hyperparameters import Hyperparameters
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.runs import config
 from projects.runs.columns import RunProgress
@@ -47,7 +46,7 @@ def run_eta(run: TrainingRun, progress: RunProgress) -> str:
 
 def hyperparameter_rows(project: TrainingProject) -> list[tuple[str, str]]:
     """(label, shown value) for every hyperparameter that applies to the project's method."""
-    values = Hyperparameters.from_stored(project.hyperparameters).to_dict()
+    values = project.hyperparameter_values.to_dict()
     return [(label, shown) for _, label, shown in config.hyperparameter_rows(values, project.method)]
 
 
@@ -55,7 +54,7 @@ def eval_source(project: TrainingProject) -> str:
     """The project's eval set in words: a separate file, a seeded share of the dataset, or none."""
     if project.eval_dataset_path:
         return describe_eval_file(project.eval_dataset_path, None)
-    values = Hyperparameters.from_stored(project.hyperparameters)
+    values = project.hyperparameter_values
     return describe_split(None, values.eval_fraction, values.seed)
 
 

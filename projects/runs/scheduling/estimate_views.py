@@ -21,11 +21,12 @@ MAX_PARAM_CHARS = 200
 
 
 def typed_hyperparameters(params: Any) -> tuple[Hyperparameters, list]:
+    """The form's boxes as the model takes them: a blank box keeps its default, an unticked checkbox (sent as
+    nothing) is off."""
     values: dict[str, Any] = {}
     for name, declared in HYPERPARAMETERS.items():
-        if declared.kind == "bool":
-            values[name] = params.get(name, "") in ("on", "true", "1")
-        elif (raw := params.get(name, "").strip()[:MAX_PARAM_CHARS]) != "":
+        raw = params.get(name, "").strip()[:MAX_PARAM_CHARS]
+        if raw or declared.kind == "bool":
             values[name] = raw
     return Hyperparameters.from_dict(values)
 

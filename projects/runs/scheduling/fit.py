@@ -15,7 +15,6 @@ from models_registry.lookup import resolve_model
 from models_registry.published import UNPUBLISH_ACTION, last_event
 from models_registry.resolution import Resolution
 from mtm.shared.problems import Problem
-from projects.hyperparameters import Hyperparameters
 from projects.models import TrainingProject
 from projects.runs.scheduling.memory_estimate import (
     Estimate,
@@ -112,7 +111,7 @@ def held_elsewhere(model_name: str, resolution: Resolution) -> Problem | None:
 
 
 def fits_for(project: TrainingProject, shape: ModelShape | None, workers: list[Worker]) -> list[Fit]:
-    hp = Hyperparameters.from_stored(project.hyperparameters)
+    hp = project.hyperparameter_values
     held = held_by_device()  # models the playground holds count against their device
     unpublished = unpublished_at(project.model_name)
     found = []

@@ -11,7 +11,6 @@ from django.conf import settings
 from models_registry.published import unpublished_problem
 from models_registry.resolution import repo_folder_name
 from mtm.shared.problems import Problem
-from projects.hyperparameters import Hyperparameters
 from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.runs.scheduling.fit import Fit, fits_for, live_training_workers, model_shape
 from projects.runs.scheduling.memory_estimate import GIB, ModelShape, remedies
@@ -97,7 +96,7 @@ def decide(project: TrainingProject, shape: ModelShape | None = None) -> tuple[s
     and none can host it. With no live worker the run waits on the shared queue for one to start. `shape`: the
     model's shape when the caller read it already (Start reads it before taking its locks)."""
     workers = live_training_workers()
-    needed = Hyperparameters.from_stored(project.hyperparameters).devices
+    needed = project.hyperparameter_values.devices
     if not workers:  # a run on several devices waits where only a worker owning that many looks
         if needed > 1:
             return devices_queue(needed), f"a training worker with ≥ {needed} devices (none is running now)"
