@@ -5,7 +5,6 @@ Returns the exit code; raises TrainerError (or anything else) for the caller to 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
@@ -324,7 +323,7 @@ def within_context(spec: TrainerSpec, config: Any) -> tuple[TrainerSpec, int | N
         flush=True,
     )
     hyperparameters = spec.hyperparameters.model_copy(update=dict(max_seq_length=context))
-    return dataclasses.replace(spec, hyperparameters=hyperparameters), wanted
+    return spec.model_copy(update={"hyperparameters": hyperparameters}), wanted
 
 
 def build_training_data(spec: TrainerSpec, tokenizer: Any) -> tuple[list[dict[str, list[int]]], dict[str, Any]]:
