@@ -49,10 +49,11 @@ def dataset(path: Path, rows: int = 512, seed: int = 0) -> Path:
 
 
 def run_once(root: Path, name: str, devices: int, batch_size: int, threads: int, steps: int) -> dict:
-    from projects.trainer.events import build_spec, parse_event, trainer_command, write_spec
+    from projects.trainer.events import parse_event, trainer_command
+    from projects.trainer.spec import TrainerSpec, write_spec
 
     out = root / f"out-{name}-{time.monotonic_ns()}"
-    spec = build_spec(
+    spec = TrainerSpec(
         model_path=root / "model",
         model_name="bench/tiny-llama",
         revision="0" * 40,

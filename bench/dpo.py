@@ -28,8 +28,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.training import REPO, child_env
+
+if TYPE_CHECKING:
+    from projects.trainer.spec import TrainerSpec
 
 BASELINE_SCRIPT = r"""
 import json, os, sys
@@ -121,8 +125,9 @@ def run_baseline(work: Path, model: Path, data: Path, hp: dict, method: str, thr
     }
 
 
-def run_portal(work: Path, spec: dict, threads: int) -> dict:
-    from projects.trainer.events import parse_event, trainer_command, write_spec
+def run_portal(work: Path, spec: TrainerSpec, threads: int) -> dict:
+    from projects.trainer.events import parse_event, trainer_command
+    from projects.trainer.spec import write_spec
 
     spec_path = write_spec(spec, work / "spec.json")
     proc = subprocess.run(trainer_command(spec_path), cwd=REPO, env=child_env(threads), capture_output=True, text=True)
@@ -142,11 +147,11 @@ def run_portal(work: Path, spec: dict, threads: int) -> dict:
 def learning(work: Path, model: Path, threads: int, steps: int) -> dict:
     from projects.datasets.samples import sample_pairs, write_sample_pairs
     from projects.runs.validation.preference_child import run as preference
-    from projects.trainer.spec import build_spec
+    from projects.trainer.spec import TrainerSpec
 
     held_out = 8
     data = write_sample_pairs(work / "toy.jsonl", 48)
-    spec = build_spec(
+    spec = TrainerSpec(
         model_path=model,
         model_name="bench/tiny-llama",
         dataset_path=data,
@@ -198,7 +203,7 @@ def main() -> None:
     from models_registry.demo import build_tiny_llama
     from projects.datasets.pairs import encode_pairs
     from projects.trainer.device import cpu_threads
-    from projects.trainer.spec import build_spec
+    from projects.trainer.spec import TrainerSpec
 
     threads = cpu_threads()
     hp = {
@@ -238,7 +243,7 @@ def main() -> None:
         results: dict[str, list[dict]] = {"baseline": [], "portal": []}
         for repeat in range(options.repeats):
             results["baseline"].append(run_baseline(work, model, data, hp, options.method, threads))
-            spec = build_spec(
+            spec = TrainerSpec(
                 model_path=model,
                 model_name="bench/tiny-llama",
                 dataset_path=data,

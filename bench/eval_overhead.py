@@ -41,7 +41,7 @@ def main() -> None:
     from models_registry.demo import build_tiny_llama
     from projects.datasets.eval_split import split_rows
     from projects.trainer.device import cpu_threads
-    from projects.trainer.spec import build_spec
+    from projects.trainer.spec import TrainerSpec
 
     threads = cpu_threads()
     hp = {
@@ -64,8 +64,8 @@ def main() -> None:
         full.write_text("".join(json.dumps(r) + "\n" for r in rows))
         train_only.write_text("".join(json.dumps(r) + "\n" for r in train_rows))
 
-        def spec(name: str, with_eval: bool) -> dict:
-            return build_spec(
+        def spec(name: str, with_eval: bool) -> TrainerSpec:
+            return TrainerSpec(
                 model_path=model,
                 model_name="bench/tiny-llama",
                 dataset_path=full if with_eval else train_only,

@@ -41,8 +41,9 @@ CONFIGS = {
 CHILD = r"""
 import json, sys, torch
 from projects.trainer.run import run_training
-from projects.trainer.spec import parse_spec
-spec = parse_spec(json.loads(open(sys.argv[1]).read()))
+from pathlib import Path
+from projects.trainer.spec import read_spec
+spec = read_spec(Path(sys.argv[1]))
 code = run_training(spec, lambda kind, **fields: None, imports_seconds=0.0)
 print("PEAK " + json.dumps({"code": code, "max_memory_allocated": torch.cuda.max_memory_allocated()}))
 """
@@ -88,10 +89,10 @@ def estimates(model_dir: Path) -> dict[str, object]:
 
 
 def measure(root: Path, name: str, config: dict) -> int:
-    from projects.trainer.events import build_spec, write_spec
+    from projects.trainer.spec import TrainerSpec, write_spec
 
     values = {k: v for k, v in config.items() if k != "method"}
-    spec = build_spec(
+    spec = TrainerSpec(
         model_path=root / "model",
         model_name="bench/llama-1b",
         revision="0" * 40,

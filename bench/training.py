@@ -25,6 +25,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from projects.trainer.spec import TrainerSpec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -101,8 +105,9 @@ def run_baseline(work: Path, model: Path, examples: Path, hp: dict, real_tokens:
     }
 
 
-def run_portal(work: Path, spec: dict, threads: int) -> dict:
-    from projects.trainer.events import parse_event, trainer_command, write_spec
+def run_portal(work: Path, spec: TrainerSpec, threads: int) -> dict:
+    from projects.trainer.events import parse_event, trainer_command
+    from projects.trainer.spec import write_spec
 
     spec_path = write_spec(spec, work / "spec.json")
     launched = time.monotonic()
@@ -158,7 +163,7 @@ def main() -> None:
     from models_registry.demo import build_tiny_llama
     from projects.datasets import build_examples, detect_format
     from projects.trainer.device import cpu_threads
-    from projects.trainer.spec import build_spec
+    from projects.trainer.spec import TrainerSpec
 
     threads = cpu_threads()
     hp = {
@@ -184,8 +189,8 @@ def main() -> None:
         lengths = sorted(len(e["input_ids"]) for e in examples)
         real_tokens = sum(lengths)
 
-        def spec(packing: bool, name: str) -> dict:
-            return build_spec(
+        def spec(packing: bool, name: str) -> TrainerSpec:
+            return TrainerSpec(
                 model_path=model,
                 model_name="bench/tiny-llama",
                 dataset_path=data,

@@ -15,16 +15,21 @@ from django.contrib.auth.models import User
 from django.utils.html import escape
 from pydantic import ValidationError
 
+from mtm.audit import Actor
 from projects.forms import ProjectForm
 from projects.hyperparameters import GROUPS, HYPERPARAMETERS, Declared, Hyperparameters
 from projects.models import ENDED_STATUSES, LIVE_STATUSES, RunStage, RunStatus, TrainingProject, TrainingRun
+from projects.runs import stages
 from projects.runs.columns import CHECK_LABELS, RunProgress, ValidationReport
 from projects.runs.stages import _RunRecorder
 from projects.runs.validation.checks import validate_output
+from projects.services import create_project
 from projects.trainer.events import format_event, parse_event
-from projects.trainer.spec import build_spec, parse_spec
+from projects.trainer.spec import TrainerSpec, read_spec, write_spec
 from tests.api_client import call, make_user_token
 from tests.clients import secure_client
+from tests.pipeline_helpers import QA_ROWS, start, write_jsonl
+from tests.test_owned_paths import fields
 
 pytestmark = pytest.mark.django_db
 DECLARED = list(HYPERPARAMETERS.values())
@@ -159,14 +164,37 @@ def test_each_hyperparameter_reaches_the_trainer(tmp_path, declared):
     (tmp_path / "model").mkdir()
     (tmp_path / "data.jsonl").write_text('{"text": "hi"}\n')
     value = other_value(declared)
-    spec = build_spec(
+    spec = TrainerSpec(
         model_path=tmp_path / "model",
         model_name="org/m",
         dataset_path=tmp_path / "data.jsonl",
         output_dir=tmp_path / "out",
         hyperparameters={declared.name: value},
     )
-    assert getattr(parse_spec(spec).hyperparameters, declared.name) == value
+    assert getattr(read_spec(write_spec(spec, tmp_path / "spec.json")).hyperparameters, declared.name) == value
+
+
+def test_a_stored_hyperparameter_the_trainer_would_refuse_fails_the_run_before_it_starts(team, tiny_llama_in_cache):
+    """A run's stored settings that no longer validate (a row edited by hand): the train stage refuses them with the
+    trainer's own message, before any spec is written or a trainer started."""
+    name, _ = tiny_llama_in_cache
+    dataset = write_jsonl(team["root"] / "datasets" / "mine.jsonl", QA_ROWS * 4)
+    project = create_project(
+        actor=Actor.command_line(team["mallory"]), data=fields(team["root"], name, dataset_path=str(dataset))
+    )
+    run = start(project, team["mallory"])
+    assert stages.resolve_stage(run.pk) is True
+    run.refresh_from_db()
+    TrainingRun.objects.filter(pk=run.pk).update(
+        config={**run.config, "hyperparameters": {**run.config["hyperparameters"], "lora_r": 0}}
+    )
+    spec_file = stages.run_dir(run.pk) / "spec.json"
+    spec_file.unlink(missing_ok=True)  # the work folder of an earlier session's run with this id
+    assert stages.train_stage(run.pk) is False
+    run.refresh_from_db()
+    assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, "train", "invalid_hyperparameter")
+    assert "'lora_r'" in run.error_message and run.error_hint
+    assert not spec_file.exists()
 
 
 def _named_hyperparameters(source: str) -> set[str]:

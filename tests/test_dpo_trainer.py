@@ -12,7 +12,8 @@ from safetensors import safe_open
 
 from projects.datasets.samples import sample_pairs
 from projects.runs.validation.preference_child import run as preference_run
-from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec
+from projects.trainer.events import EXIT_CANCELLED, EXIT_OK
+from projects.trainer.spec import TrainerSpec
 from tests.test_trainer import run_child, write_rows
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ DPO = {
 
 
 def dpo_spec(model: Path, data: Path, out: Path, method: str, held_out: int = 0, **hyper) -> dict:
-    return build_spec(
+    return TrainerSpec(
         model_path=model,
         model_name="test-org/tiny-llama",
         dataset_path=data,
@@ -38,7 +39,7 @@ def dpo_spec(model: Path, data: Path, out: Path, method: str, held_out: int = 0,
         hyperparameters={**DPO, **hyper},
         device="cpu",
         held_out_pairs=held_out,
-    )
+    ).model_dump(mode="json")
 
 
 @pytest.fixture(scope="module")

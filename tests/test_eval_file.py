@@ -12,6 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils.html import escape
+from pydantic import ValidationError
 
 from mtm.shared.files import file_sha256
 from projects.datasets.eval_split import describe_eval_file, eval_source_problems
@@ -19,7 +20,7 @@ from projects.models import RunStatus, TrainingProject, TrainingRun
 from projects.runs.config import RunConfig, config_rows
 from projects.runs.evaluation import eval_overview
 from projects.trainer.errors import TrainerError
-from projects.trainer.spec import build_spec, parse_spec
+from projects.trainer.spec import TrainerSpec, read_spec, spec_problem, write_spec
 from tests.api_client import API, call, codes, make_user_token
 from tests.clients import form_data, secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
@@ -77,12 +78,18 @@ def test_the_trainer_spec_carries_the_eval_file_and_refuses_it_with_a_share(tmp_
     data = write_jsonl(tmp_path / "train.jsonl", QA_ROWS)
     (tmp_path / "model").mkdir()
     common = {"model_path": tmp_path / "model", "model_name": "t/m", "dataset_path": data, "output_dir": tmp_path}
-    spec = parse_spec(build_spec(**common, eval_dataset_path=eval_file))
+    spec = read_spec(write_spec(TrainerSpec(**common, eval_dataset_path=eval_file), tmp_path / "spec.json"))
     assert spec.eval_dataset_path == eval_file
-    assert parse_spec(build_spec(**common)).eval_dataset_path is None
+    assert read_spec(write_spec(TrainerSpec(**common), tmp_path / "spec.json")).eval_dataset_path is None
+    conflicting = TrainerSpec(**common).model_dump(mode="json")
+    conflicting.update(eval_dataset_path=str(eval_file), hyperparameters={"eval_fraction": 0.1})
+    (tmp_path / "spec.json").write_text(json.dumps(conflicting))
     with pytest.raises(TrainerError) as refused:
-        parse_spec(build_spec(**common, eval_dataset_path=eval_file, hyperparameters={"eval_fraction": 0.1}))
+        read_spec(tmp_path / "spec.json")
     assert refused.value.code == "eval_source_conflict"
+    with pytest.raises(ValidationError) as refused_here:  # the supervisor cannot build such a spec either
+        TrainerSpec(**common, eval_dataset_path=eval_file, hyperparameters={"eval_fraction": 0.1})
+    assert spec_problem(refused_here.value).code == "eval_source_conflict"
 
 
 # --- the form ---------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from django.contrib.auth.models import User
 from projects.datasets.eval_split import describe_split, eval_indices, reference_answer, split_rows
 from projects.models import RunStatus, TrainingProject
 from projects.trainer.events import event_line, parse_event
-from projects.trainer.spec import build_spec
+from projects.trainer.spec import TrainerSpec, write_spec
 from tests.api_client import call, make_user_token
 from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, start, wait_for_end, write_jsonl
@@ -54,7 +54,7 @@ def test_the_trainer_evaluates_and_keeps_the_best_checkpoint_as_the_result(tmp_p
 
     from safetensors.torch import load_file
 
-    from projects.trainer.events import trainer_command, write_spec
+    from projects.trainer.events import trainer_command
 
     rows = [{"prompt": f"Question {i}: add one to {i}.", "completion": f" {i + 1}"} for i in range(24)]
     data = write_jsonl(tmp_path / "data.jsonl", rows)
@@ -69,7 +69,7 @@ def test_the_trainer_evaluates_and_keeps_the_best_checkpoint_as_the_result(tmp_p
         "eval_steps": 1,
         "keep_best_eval": True,
     }
-    spec = build_spec(
+    spec = TrainerSpec(
         model_path=tiny_llama_dir, model_name="t/tiny", dataset_path=data, output_dir=out, method="full",
         hyperparameters=hyper, device="cpu",
     )  # fmt: skip

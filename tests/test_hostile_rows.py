@@ -23,7 +23,7 @@ from projects.runs import stages
 from projects.runs.paths import PathChanged, create_run_folder
 from projects.services import ProjectInvalid, create_project
 from projects.trainer.errors import TrainerError
-from projects.trainer.spec import build_spec, parse_spec
+from projects.trainer.spec import TrainerSpec, read_spec, write_spec
 from tests.pipeline_helpers import QA_ROWS, start
 from tests.test_output_folder_adoption import SHELL_UID, made_by_another_user
 from tests.test_owned_paths import fields
@@ -152,9 +152,11 @@ def test_the_trainer_refuses_a_row_grown_after_the_resolve_stage(team, tiny_llam
 def test_the_trainer_spec_carries_the_limit(tmp_path):
     dataset = write_rows(tmp_path / "data.jsonl", QA_ROWS)
     common = dict(model_path=tmp_path, model_name="m", dataset_path=dataset, output_dir=tmp_path / "out")
-    assert parse_spec(build_spec(**common, max_row_bytes=LIMIT)).max_row_bytes == LIMIT
+    spec_file = tmp_path / "spec.json"
+    assert read_spec(write_spec(TrainerSpec(**common, max_row_bytes=LIMIT), spec_file)).max_row_bytes == LIMIT
+    spec_file.write_text(json.dumps({**TrainerSpec(**common).model_dump(mode="json"), "max_row_bytes": 0}))
     with pytest.raises(TrainerError) as refused:
-        parse_spec({**build_spec(**common), "max_row_bytes": 0})
+        read_spec(spec_file)
     assert "max_row_bytes 0 is not a number of bytes" in refused.value.message
 
 

@@ -4,10 +4,19 @@ checked on its own, then on a real model's output through the loading child."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from projects.runs.columns import ValidationCheck, ValidationReport
+from projects.runs.validation.checks import CHILD_MODULE
+from projects.runs.validation.child import RESULT_PREFIX
 from projects.runs.validation.quality import judge_sample
+
+REPO = Path(__file__).resolve().parent.parent
 
 SPECIAL = {0, 1, 2}  # e.g. <unk>, <s>, </s>
 
@@ -86,3 +95,36 @@ def test_the_loading_child_warns_of_an_untrained_models_garbled_output(tiny_llam
 def test_the_sample_in_a_warning_is_shown_as_generated():
     verdict = judge_sample([11, 12, 13], "\ufffd\ufffdAB\ufffd", SPECIAL)
     assert "'\ufffd\ufffdAB\ufffd'" in verdict.warning
+
+
+def _child(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", CHILD_MODULE, *args], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+
+
+def _result(proc: subprocess.CompletedProcess) -> dict:
+    [line] = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    return json.loads(line[len(RESULT_PREFIX) :])
+
+
+def test_the_check_child_runs_the_named_check_and_reports_a_failure_as_its_result(tmp_path):
+    """One entry for every check: each gets its own result line, and a check that fails outright says so in it."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"tokenizer_dir": str(tmp_path / "gone"), "model_dir": str(tmp_path / "gone")}))
+    inference = _child("inference", str(spec))
+    assert inference.returncode == 0
+    loaded = _result(inference)["load"]
+    assert loaded["passed"] is False and loaded["detail"].startswith("Loading failed:")
+    preference = _child("preference", str(spec))
+    assert preference.returncode == 0
+    assert _result(preference) == {"error": "The preference check failed: KeyError: 'pairs'"}
+    assert "KeyError" in preference.stderr
+    unreadable = _result(_child("preference", str(tmp_path / "missing.json")))
+    assert unreadable["error"].startswith("The preference check failed: FileNotFoundError")
+
+
+def test_the_check_child_names_its_checks_when_called_wrong():
+    for args in ((), ("inference",), ("training", "spec.json")):
+        proc = _child(*args)
+        assert proc.returncode == 2 and "usage" in proc.stderr and "inference,preference" in proc.stderr

@@ -22,9 +22,10 @@ from projects.hyperparameters import Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingProject
 from projects.runs.services import RunRefused
 from projects.runs.supervisor import Supervision, supervise
-from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
+from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, trainer_command
 from projects.trainer.outputs import MANIFEST_NAME
 from projects.trainer.ranks import launch_command, launcher_outcome
+from projects.trainer.spec import TrainerSpec, write_spec
 from tests.api_client import call
 from tests.clients import secure_client
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, age_heartbeat, start, wait_for_end, write_jsonl
@@ -45,7 +46,7 @@ ROWS = [{"prompt": f"Question {i}: what is {i} plus {i}? Answer:", "completion":
 def child(tmp: Path, name: str, devices: int, extra_env: dict[str, str] | None = None, cancel_at=0, **hyper):
     """Run the trainer as the pipeline starts it (torchrun for several devices) and follow it with the supervisor."""
     model, data = tmp / "model", tmp / "data.jsonl"
-    spec = build_spec(
+    spec = TrainerSpec(
         model_path=model,
         model_name=MODEL,
         revision="0" * 40,

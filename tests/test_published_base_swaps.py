@@ -26,7 +26,7 @@ from projects.runs import stages
 from projects.runs.base_model_folder import open_base_model
 from projects.runs.records import run_folder
 from projects.trainer.outputs import MANIFEST_NAME
-from projects.trainer.spec import build_spec, parse_spec
+from projects.trainer.spec import TrainerSpec, read_spec, write_spec
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS
 from tests.test_publish import api, project_of, team  # noqa: F401  (fixtures)
 
@@ -89,14 +89,15 @@ def test_a_published_base_swapped_after_the_resolve_check_is_not_trained_from(te
     assert not (out / "config.json").exists() and not (out / MANIFEST_NAME).exists()  # nothing trained
 
 
-def test_the_path_handed_to_the_children_still_reaches_the_checked_folder_after_a_swap(team, api):
+def test_the_path_handed_to_the_children_still_reaches_the_checked_folder_after_a_swap(team, api, tmp_path):
     path = published(team, api)
     run = members_run(team, path)
     with open_base_model(run) as base:  # the worker's check: the folder alice's run made
         swap_for_her_copy(path)
         for read_by in (base.path_for(os.getpid()), base.path_for()):  # the trainer's, the validation child's
             assert MARKER not in json.loads(Path(read_by, "config.json").read_text())
-        spec = parse_spec(build_spec(model_path=base.path_for(os.getpid()), model_shown=path, **_spec_rest(run)))
+        written = TrainerSpec(model_path=base.path_for(os.getpid()), model_shown=path, **_spec_rest(run))
+        spec = read_spec(write_spec(written, tmp_path / "spec.json"))
         assert (str(spec.model_path), spec.model_named) == (base.path_for(os.getpid()), path)
     assert MARKER in json.loads(Path(path, "config.json").read_text())  # her copy is what the path reaches now
 

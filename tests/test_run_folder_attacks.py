@@ -27,7 +27,7 @@ from projects.runs.validation.checks import validate_output
 from projects.services import create_project
 from projects.trainer.errors import TrainerError
 from projects.trainer.outputs import MANIFEST_NAME
-from projects.trainer.spec import build_spec, parse_spec
+from projects.trainer.spec import TrainerSpec, read_spec, write_spec
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
 from tests.test_owned_paths import QA_BYTES, fields
 
@@ -107,7 +107,8 @@ def test_a_link_planted_in_the_run_folder_never_receives_a_save(team, tiny_llama
     alices = alices_published_folder(team["root"])
     before = listing(alices)
     out = tmp_path / "run-7"
-    spec = parse_spec(build_spec(model_path=tiny_llama_dir, model_name="m", dataset_path=__file__, output_dir=out))
+    written = TrainerSpec(model_path=tiny_llama_dir, model_name="m", dataset_path=__file__, output_dir=out)
+    spec = read_spec(write_spec(written, tmp_path / "spec.json"))
     prepare_staging(spec)
     assert stat.S_IMODE((out / spec.staging_dir).stat().st_mode) == 0o700
     # A checkpoint saved by the Trainer into staging, while a link waits under its name in the run folder.

@@ -270,21 +270,24 @@ def test_the_held_out_row_is_not_trained_on(tiny_llama_dir, tmp_path):
     from transformers import AutoTokenizer
 
     from projects.trainer.run import build_training_data
-    from projects.trainer.spec import build_spec, parse_spec
+    from projects.trainer.spec import TrainerSpec, read_spec, write_spec
     from tests.pipeline_helpers import write_jsonl
 
     rows = [{"prompt": f"Question {i}?", "completion": f" Answer {i}."} for i in range(12)]
     data = write_jsonl(tmp_path / "data.jsonl", rows)
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     for hold_out, trained in ((False, 12), (True, 11)):
-        spec = parse_spec(
-            build_spec(
-                model_path=tiny_llama_dir,
-                model_name="org/m",
-                dataset_path=data,
-                output_dir=tmp_path / "out",
-                hyperparameters={"max_seq_length": 32},
-                hold_out_last_row=hold_out,
+        spec = read_spec(
+            write_spec(
+                TrainerSpec(
+                    model_path=tiny_llama_dir,
+                    model_name="org/m",
+                    dataset_path=data,
+                    output_dir=tmp_path / "out",
+                    hyperparameters={"max_seq_length": 32},
+                    hold_out_last_row=hold_out,
+                ),
+                tmp_path / "spec.json",
             )
         )
         examples, info = build_training_data(spec, tokenizer)

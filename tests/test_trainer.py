@@ -21,13 +21,11 @@ from projects.trainer.events import (
     EXIT_ERROR,
     EXIT_OK,
     EXIT_USAGE,
-    build_spec,
     format_event,
     parse_event,
     trainer_command,
-    write_spec,
 )
-from projects.trainer.spec import parse_spec
+from projects.trainer.spec import TrainerSpec, read_spec
 
 REPO = Path(__file__).resolve().parent.parent
 QA = {"prompt": "Question: what is two plus two? Answer:", "completion": " four."}
@@ -52,7 +50,8 @@ class ChildRun:
 
 
 def run_child(spec: dict, spec_path: Path, on_event=None) -> ChildRun:
-    write_spec(spec, spec_path)
+    """`spec` is the file's content, so that a test can also write one the supervisor would refuse to."""
+    spec_path.write_text(json.dumps(spec))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.Popen(
         trainer_command(spec_path),
@@ -83,8 +82,9 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 
 
 def make_spec(model: Path, data: Path, out: Path, method: str = "full", **hyper) -> dict:
+    """A spec as the supervisor writes it, read back as the JSON object a test may change before the child reads it."""
     defaults = {"max_steps": 20, "learning_rate": 0.01, "batch_size": 4, "logging_steps": 5, "save_steps": 1000}
-    return build_spec(
+    return TrainerSpec(
         model_path=model,
         model_name="test-org/tiny-llama",
         revision="0123456789abcdef0123456789abcdef01234567",
@@ -93,7 +93,7 @@ def make_spec(model: Path, data: Path, out: Path, method: str = "full", **hyper)
         method=method,
         hyperparameters={**defaults, **hyper},
         device="cpu",
-    )
+    ).model_dump(mode="json")
 
 
 def synthetic_examples(lengths: list[int], prompt: int = 3) -> list[dict]:
@@ -172,10 +172,12 @@ def test_events_round_trip_and_log_lines_are_not_events():
 
 
 def test_spec_problems_are_named(tmp_path):
-    spec = make_spec(tmp_path / "no-model", tmp_path / "no-data.jsonl", tmp_path / "out", method="qlora")
+    spec = make_spec(tmp_path / "no-model", tmp_path / "no-data.jsonl", tmp_path / "out")
+    spec["method"] = "qlora"
     spec["hyperparameters"]["lora_r"] = 0
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
     with pytest.raises(TrainerError) as caught:
-        parse_spec(spec)
+        read_spec(tmp_path / "spec.json")
     message = caught.value.message
     assert "'qlora'" in message
     assert "'lora_r'" in message
@@ -411,7 +413,9 @@ def test_vanished_dataset_is_an_error_event(tiny_llama_dir, tmp_path):
 
 
 def test_unknown_method_and_bad_hyperparameter_are_error_events(tiny_llama_dir, qa_data, tmp_path):
-    spec = make_spec(tiny_llama_dir, qa_data, tmp_path / "out", method="dreambooth", learning_rate=5)
+    spec = make_spec(tiny_llama_dir, qa_data, tmp_path / "out")
+    spec["method"] = "dreambooth"
+    spec["hyperparameters"]["learning_rate"] = 5
     error = _error(run_child(spec, tmp_path / "spec.json"))
     assert "'dreambooth'" in error["message"]
     assert "'learning_rate' = 5" in error["message"]

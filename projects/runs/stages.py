@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
+from pydantic import ValidationError
 
 from models_registry.deep_state import overruled_on_worker
 from models_registry.lookup import dataset_roots, resolve_model, validate_output_dir
@@ -38,9 +39,10 @@ from projects.runs.supervisor import CANCEL_KILL_SECONDS, Supervision, supervise
 from projects.runs.validation.checks import preference_check, validate_output
 from projects.runs.validation.prompt import tokenizer_prompt
 from projects.services import load_tokenizer
-from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, build_spec, trainer_command, write_spec
+from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, trainer_command
 from projects.trainer.outputs import MANIFEST_NAME, RUN_MARKER
 from projects.trainer.ranks import launcher_outcome, owned_devices
+from projects.trainer.spec import TrainerSpec, spec_problem, write_spec
 
 MAX_METRIC_POINTS = 2000
 HOLD_OUT_MIN = 10  # rows a dataset needs before one is kept out of training to be the validation prompt
@@ -296,37 +298,42 @@ def _train_with(
     run_id = run.pk
     devices = config.values.devices
     TrainingRun.objects.filter(pk=run_id).update(config=config.model_dump())
-    # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
-    # next save, and the filesystem may hand the new folder the old inode number.
-    paths.write_marker(output_fd, RUN_MARKER, f"{run_id}\n")
-    manifest_is_ours = run_manifest.drop_manifest(output_fd)  # a manifest found after the trainer is then its own
     cancel_file = folder / "cancel"
     cancel_file.unlink(missing_ok=True)
     # A folder the worker holds open, by a path the trainer (and each of its ranks) can read while it runs.
     resume_from = f"/proc/{os.getpid()}/fd/{resume_fd}" if resume_fd is not None else run.resumed_from or "latest"
-    spec = build_spec(
-        model_path=base.path_for(os.getpid()),
-        model_shown=run.resolved_path,
-        model_name=config.model_name,
-        revision=run.resolved_revision,
-        trust_remote_code=_trust_remote_code(run),
-        dataset_path=dataset,
-        eval_dataset_path=eval_dataset,
-        output_dir=run.output_directory,
-        output_in_cwd=True,
-        method=config.method,
-        hyperparameters=config.hyperparameters,
-        # A resume whose checkpoint vanished after Start fails in the trainer ("no_checkpoint"), never starts fresh.
-        # The checkpoint is the one picked at Start (in the source run's folder); "latest" only for older rows.
-        resume_from_checkpoint=resume_from if run.resume else None,
-        resume_shown=run.resumed_from or None,
-        cancel_file=cancel_file,
-        device=os.environ.get("MTM_TRAIN_DEVICE", "auto"),
-        hold_out_last_row=config.held_out_row,
-        held_out_pairs=config.held_out_pairs,
-        staging_dir=staging,
-        max_row_bytes=settings.MTM_DATASET_MAX_ROW_BYTES,
-    )
+    try:  # what the child will refuse, refused here before anything starts
+        spec = TrainerSpec(
+            model_path=base.path_for(os.getpid()),
+            model_shown=run.resolved_path,
+            model_name=config.model_name,
+            revision=run.resolved_revision,
+            trust_remote_code=_trust_remote_code(run),
+            dataset_path=dataset,
+            eval_dataset_path=eval_dataset,
+            output_dir=run.output_directory,
+            output_in_cwd=True,
+            method=config.method,
+            hyperparameters=config.hyperparameters,
+            # A resume whose checkpoint vanished after Start fails in the trainer ("no_checkpoint"), never starts fresh.
+            # The checkpoint is the one picked at Start (in the source run's folder); "latest" only for older rows.
+            resume_from_checkpoint=resume_from if run.resume else None,
+            resume_shown=run.resumed_from or None,
+            cancel_file=cancel_file,
+            device=os.environ.get("MTM_TRAIN_DEVICE", "auto"),
+            hold_out_last_row=config.held_out_row,
+            held_out_pairs=config.held_out_pairs,
+            staging_dir=staging,
+            max_row_bytes=settings.MTM_DATASET_MAX_ROW_BYTES,
+        )
+    except ValidationError as invalid:
+        paths.drop_snapshot(folder)
+        fail(run_id, RunStage.TRAIN, spec_problem(invalid))
+        return False
+    # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
+    # next save, and the filesystem may hand the new folder the old inode number.
+    paths.write_marker(output_fd, RUN_MARKER, f"{run_id}\n")
+    manifest_is_ours = run_manifest.drop_manifest(output_fd)  # a manifest found after the trainer is then its own
     spec_path = write_spec(spec, folder / "spec.json")
     recorder = _RunRecorder(run_id, records.history_before_resume(run))
     output_dir = run.output_directory

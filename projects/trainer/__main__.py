@@ -12,7 +12,6 @@ import time
 STARTED = time.monotonic()  # before the heavy imports, so "imports" can be measured
 
 import errno  # noqa: E402
-import json  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
@@ -22,7 +21,7 @@ from projects.trainer.errors import TrainerError  # noqa: E402
 from projects.trainer.events import EXIT_ERROR, EXIT_USAGE, format_event  # noqa: E402
 from projects.trainer.outputs import resolve_resume  # noqa: E402
 from projects.trainer.ranks import leave, speaks, tag_error, tie_to_launcher  # noqa: E402
-from projects.trainer.spec import parse_spec  # noqa: E402
+from projects.trainer.spec import read_spec  # noqa: E402
 
 # Progress bars would flood the supervisor's log tail; the events carry the progress.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -49,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = None
     tie_to_launcher()
     try:
-        spec = parse_spec(_read_spec(Path(args[0])))
+        spec = read_spec(Path(args[0]))
         resume = resolve_resume(spec.resume_from_checkpoint, spec.write_dir)  # fail before the slow imports
         if spec.hyperparameters.objective == "dpo":
             from projects.trainer.dpo import run_dpo_training as run_training  # torch, transformers, trl
@@ -66,15 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         code, message, hint = _describe(exc, spec.output_dir if in_output_dir else None)
         _report(code, message, hint)
     return EXIT_ERROR
-
-
-def _read_spec(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except OSError as exc:
-        raise TrainerError("invalid_spec", f"Cannot read the trainer spec {path}: {exc.strerror}.", _SPEC_HINT)
-    except ValueError as exc:
-        raise TrainerError("invalid_spec", f"The trainer spec {path} is not valid JSON: {exc}.", _SPEC_HINT)
 
 
 def _output_dir_gone(wait_seconds: float = 3.0) -> bool:
@@ -140,9 +130,6 @@ def _report(code: str, message: str, hint: str) -> None:
     trace = traceback.format_exc()
     print(trace, file=sys.stderr)
     emit("error", code=code, message=message, hint=hint, traceback=trace)
-
-
-_SPEC_HINT = "The spec is written by the portal; build it with projects.trainer.spec.build_spec."
 
 
 if __name__ == "__main__":

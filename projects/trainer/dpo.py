@@ -1,5 +1,5 @@
-"""A DPO run inside the trainer child process: TRL's DPOTrainer on preference pairs, with the portal's events,
-cancel, resume, saving and manifest as an SFT run has them (projects.trainer.run).
+"""A DPO run inside the trainer child process: TRL's DPOTrainer on preference pairs, trained by the shared loop
+(projects.trainer.loop) with the events, cancel, resume, saving and manifest an SFT run has.
 
 The reference the loss compares against is the base model as it was loaded: with LoRA, the same model with the
 adapter disabled (TRL does this when it is given the LoRA config: no second copy in memory); with a full
@@ -10,34 +10,21 @@ Returns the exit code; raises TrainerError (or anything else) for the caller to 
 from __future__ import annotations
 
 import copy
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PrinterCallback, set_seed
 from trl import DPOConfig, DPOTrainer
 
 from projects.datasets.chat_templates import BUILT_IN
 from projects.datasets.pairs import PREFERENCE, split_pair
-from projects.trainer.device import choose_placement, configure_threads
+from projects.trainer.device import Placement
 from projects.trainer.errors import TrainerError
-from projects.trainer.events import EXIT_CANCELLED
-from projects.trainer.outputs import library_versions, save_final
+from projects.trainer.loop import Objective, train_objective
+from projects.trainer.outputs import library_versions
 from projects.trainer.progress import Emit, ProgressReporter
-from projects.trainer.run import (
-    NothingLeftToTrain,
-    _now,
-    _shown,
-    finish,
-    load_model,
-    lora_config,
-    lora_targets_error,
-    training_arguments,
-    within_context,
-)
-from projects.trainer.saving import StagedCheckpoints, prepare_staging, save_final_staged
+from projects.trainer.run import lora_config, lora_targets_error, training_arguments
+from projects.trainer.saving import StagedCheckpoints
 from projects.trainer.spec import TrainerSpec
 
 # TRL's logged metrics that the run page charts, and the names our events and metric points give them.
@@ -133,124 +120,66 @@ def dpo_arguments(spec: TrainerSpec, placement: Any) -> DPOConfig:
 
 def run_dpo_training(spec: TrainerSpec, emit: Emit, imports_seconds: float, resume: Path | None = None) -> int:
     """Train as the spec says with DPO; `resume` is the checkpoint folder (outputs.resolve_resume) or None."""
-    hp = spec.hyperparameters
-    started_at = _now()
-    if spec.cancel_file is not None and spec.cancel_file.exists():
-        emit("cancelled", step=0, checkpoint=None)
-        return EXIT_CANCELLED
-    placement = choose_placement(spec.device, hp.precision)
-    threads = configure_threads()
-    set_seed(hp.seed)
+    return train_objective(PreferenceObjective(), spec, emit, imports_seconds, resume)
 
-    clock = time.monotonic()
-    tokenizer, model, base_dtype = load_model(spec, placement)
-    model_load = time.monotonic() - clock
-    spec, clamped_from = within_context(spec, model.config)
-    hp = spec.hyperparameters
 
-    clock = time.monotonic()
-    pairs, data_info = build_pairs(spec, tokenizer)
-    if clamped_from is not None:
-        data_info["max_seq_length_clamped_from"] = clamped_from
-    dataset_seconds = time.monotonic() - clock
+class PreferenceObjective(Objective):
+    """The pairs of a DPO run, its reference model, TRL's reward metrics, and the DPO facts of its manifest."""
 
-    setup_started = time.monotonic()
-    prepare_staging(spec)
-    reference = "base model with the adapter disabled"
-    ref_model = None
-    if spec.method == "full":
-        reference = "frozen copy of the base model"
-        ref_model = copy.deepcopy(model).eval()
-        ref_model.requires_grad_(False)
-        if not placement.use_cpu and placement.precision in ("bf16", "fp16"):  # it is only ever run forward
-            ref_model = ref_model.to(torch.bfloat16 if placement.precision == "bf16" else torch.float16)
-    try:
-        trainer = PortalDPOTrainer(
-            prompt_limit=hp.prompt_limit,
-            model=model,
-            ref_model=ref_model,
-            args=dpo_arguments(spec, placement),
-            train_dataset=pairs,
-            processing_class=tokenizer,
-            peft_config=lora_config(hp) if spec.method == "lora" else None,
-        )
-    except ValueError as exc:
-        if spec.method == "lora" and "target" in str(exc).lower():
-            raise lora_targets_error(hp, exc)
-        raise
-    data_info["prompts_truncated"] = trainer.prompts_cut
-    trainer.mtm_spec = spec
-    trainer.remove_callback(PrinterCallback)  # our events replace its printed log dicts
-    if resume is not None:
-        trainer.add_callback(
-            NothingLeftToTrain(Path(_shown(spec, resume)))
-        )  # before the reporter, so no "started" is reported
-    reporter = ProgressReporter(
-        emit,
-        interval=spec.progress_interval,
-        cancel_file=spec.cancel_file,
-        real_tokens=lambda: trainer.real_tokens_seen,
-        started_fields={
-            "device": placement.label,
-            "precision": placement.precision,
-            "threads": threads,
-            "method": spec.method,
-            "objective": "dpo",
-            "reference": reference,
-            "resumed_from": _shown(spec, resume),
-            **data_info,
-            "timings": {
-                "imports": round(imports_seconds, 3),
-                "model_load": round(model_load, 3),
-                "dataset": round(dataset_seconds, 3),
-            },
-        },
-        setup_started=setup_started,
-        output_dir=spec.output_dir,
-        logged_fields=DPO_LOGGED,
-    )
-    trainer.add_callback(reporter)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(reporter, "cancel_requested", True))
+    logged_fields = DPO_LOGGED
 
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    def __init__(self) -> None:
+        self.pairs: Any = None
+        self.reference = "base model with the adapter disabled"
+        self.facts: dict[str, Any] = {}
 
-    if reporter.cancelled_at_step is not None:
-        emit("cancelled", step=reporter.cancelled_at_step, checkpoint=reporter.last_checkpoint)
-        return EXIT_CANCELLED
+    def build_data(self, spec: TrainerSpec, tokenizer: Any) -> dict[str, Any]:
+        self.pairs, info = build_pairs(spec, tokenizer)
+        return info
 
-    ref_model = trainer.ref_model = None  # the frozen copy is not saved; free it before the final save
-    layout = save_final_staged(
-        spec, lambda path: save_final(trainer.model, tokenizer, path, spec.method, hp.merge_after_training, base_dtype)
-    )
-    runtime = float(result.metrics.get("train_runtime") or 0.0)
-    real_tokens = trainer.real_tokens_seen
-    metrics = {
-        "global_step": trainer.state.global_step,
-        "epoch": trainer.state.epoch,
-        "train_loss": result.training_loss,
-        "final_loss": reporter.loss,
-        "train_runtime": runtime,
-        "real_tokens": real_tokens,
-        "tokens_per_second": real_tokens / runtime if runtime > 0 else None,
-        "steady_tokens_per_second": reporter.session_tokens_per_second(),
-        **{f"final_{name}": value for name, value in reporter.logged.items()},
-    }
-    dpo_facts = {"beta": hp.dpo_beta, "loss_type": hp.dpo_loss_type, "prompt_tokens_kept": hp.prompt_limit}
-    return finish(
-        spec,
-        emit,
-        data_info,
-        metrics,
-        reporter.history,
-        layout,
-        resume,
-        started_at,
-        versions={**library_versions(), "trl": _trl_version()},
-        objective="dpo",
-        dpo={**dpo_facts, "reference": reference, "trl": _trl_version()},
-        device=placement.label,
-        precision=placement.precision,
-    )
+    def build_trainer(
+        self, spec: TrainerSpec, model: Any, tokenizer: Any, placement: Placement, data_info: dict[str, Any]
+    ) -> Any:
+        hp = spec.hyperparameters
+        ref_model = None
+        if spec.method == "full":
+            self.reference = "frozen copy of the base model"
+            ref_model = copy.deepcopy(model).eval()
+            ref_model.requires_grad_(False)
+            if not placement.use_cpu and placement.precision in ("bf16", "fp16"):  # it is only ever run forward
+                ref_model = ref_model.to(torch.bfloat16 if placement.precision == "bf16" else torch.float16)
+        try:
+            trainer = PortalDPOTrainer(
+                prompt_limit=hp.prompt_limit,
+                model=model,
+                ref_model=ref_model,
+                args=dpo_arguments(spec, placement),
+                train_dataset=self.pairs,
+                processing_class=tokenizer,
+                peft_config=lora_config(hp) if spec.method == "lora" else None,
+            )
+        except ValueError as exc:
+            if spec.method == "lora" and "target" in str(exc).lower():
+                raise lora_targets_error(hp, exc)
+            raise
+        data_info["prompts_truncated"] = trainer.prompts_cut
+        self.facts = {"beta": hp.dpo_beta, "loss_type": hp.dpo_loss_type, "prompt_tokens_kept": hp.prompt_limit}
+        return trainer
+
+    def started_fields(self) -> dict[str, Any]:
+        return {"objective": "dpo", "reference": self.reference}
+
+    def before_save(self, trainer: Any) -> None:
+        trainer.ref_model = None  # the frozen copy is not saved; free it before the final save
+
+    def metrics(self, reporter: ProgressReporter) -> dict[str, Any]:
+        return {f"final_{name}": value for name, value in reporter.logged.items()}
+
+    def manifest_facts(self, spec: TrainerSpec) -> dict[str, Any]:
+        return {"objective": "dpo", "dpo": {**self.facts, "reference": self.reference, "trl": _trl_version()}}
+
+    def versions(self) -> dict[str, str] | None:
+        return {**library_versions(), "trl": _trl_version()}
 
 
 def _trl_version() -> str:

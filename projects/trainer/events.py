@@ -29,7 +29,6 @@ from typing import Any
 
 from projects.trainer.errors import EXIT_CANCELLED, EXIT_ERROR, EXIT_OK, EXIT_USAGE
 from projects.trainer.ranks import launch_command
-from projects.trainer.spec import build_spec
 
 EVENT_PREFIX = "MTM_EVENT "
 EVENT_KINDS = ("started", "progress", "evaluation", "checkpoint", "finished", "cancelled", "error")
@@ -41,12 +40,10 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_OK",
     "EXIT_USAGE",
-    "build_spec",
     "event_line",
     "format_event",
     "parse_event",
     "trainer_command",
-    "write_spec",
 ]
 
 
@@ -133,13 +130,6 @@ def event_line(event: dict[str, Any]) -> str | None:
     if kind == "error":
         return f"error [{event.get('code')}] {event.get('message')}"
     return None
-
-
-def write_spec(spec: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(spec, indent=2))
-    return path
 
 
 def trainer_command(spec_path: str | Path, python: str | None = None, devices: int = 1) -> list[str]:

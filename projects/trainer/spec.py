@@ -1,11 +1,13 @@
-"""The SPEC a supervisor hands the trainer child (a JSON file), how to build one and how the child checks it.
+"""The SPEC a supervisor hands the trainer child: one pydantic model, written as a JSON file (`write_spec`) and
+read back by the child (`read_spec`), which names every problem it finds.
 
 ```
-{"model_path": "/abs/snapshot/dir",          resolved local folder of the base model (required)
+{"model_name": "org/name", "revision": "<commit>" | "",   for the manifest only
  "model_shown": null | "/abs/published/dir", how messages and the manifest name the base model when model_path is
                                              a path to a folder the worker holds open
- "model_name": "org/name", "revision": "<commit>" | "",   for the manifest only
+ "model_path": "/abs/snapshot/dir",          resolved local folder of the base model (required)
  "trust_remote_code": false,
+ "hyperparameters": {...},                   projects.hyperparameters.Hyperparameters fields
  "dataset_path": "/abs/data.jsonl",          (required)
  "eval_dataset_path": null | "/abs/eval.jsonl",   a separate eval set: its rows are evaluated, the dataset's
                                              all train (never with eval_fraction above 0, nor for DPO)
@@ -16,7 +18,6 @@
                                              libraries save by path; each checkpoint and the final model are
                                              checked and renamed into place from there (default ".staging-trainer")
  "method": "full" | "lora",
- "hyperparameters": {...},                   projects.hyperparameters.Hyperparameters fields
  "resume_from_checkpoint": null | "latest" | "/abs/output/checkpoint-N",
  "resume_shown": null | "/abs/output/checkpoint-N",   how events and the manifest name the checkpoint when
                                              resume_from_checkpoint is a path to a folder the worker holds open
@@ -28,13 +29,27 @@
                                              anything is tokenized (the worker's MTM_DATASET_MAX_ROW_BYTES)
  "progress_interval": 1.0}                   seconds between progress events (logging steps add more)
 ```
+The fields are validated in this order, so a check can name the fields before it (a missing model folder is named
+by model_name and model_shown). Only the child checks that the files and folders exist (`read_spec`): the paths are
+the ones it will open, and the world may have changed since the supervisor wrote them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from mtm.shared.problems import Problem
 from projects.datasets.eval_split import eval_source_problems
@@ -42,34 +57,153 @@ from projects.datasets.row_size import DEFAULT_MAX_ROW_BYTES
 from projects.hyperparameters import Hyperparameters
 from projects.trainer.errors import TrainerError
 
-METHODS = ("full", "lora")
-DEVICES = ("auto", "cpu", "cuda")
 LATEST = "latest"
 DEFAULT_STAGING = ".staging-trainer"
+SPEC_HINT = (
+    "The spec is written by the portal; build it as a projects.trainer.spec.TrainerSpec and write it with write_spec."
+)
+# The validation context under which the paths must exist on this machine (the child's reading).
+ON_DISK = {"check_paths": True}
+_WORLD_CODES = ("model_not_found", "dataset_not_found")  # what changed on disk, not in the spec
 
 
-@dataclass(frozen=True)
-class TrainerSpec:
-    model_path: Path
-    model_name: str
-    revision: str
-    trust_remote_code: bool
-    dataset_path: Path
-    output_dir: Path  # what messages, events and the manifest name
-    write_dir: Path  # where files are written: "." (the folder the supervisor opened) or output_dir
-    method: str
-    hyperparameters: Hyperparameters
-    resume_from_checkpoint: str | None
-    cancel_file: Path | None
-    device: str
-    progress_interval: float
-    hold_out_last_row: bool = False
-    held_out_pairs: int = 0
-    eval_dataset_path: Path | None = None
-    staging_dir: str = DEFAULT_STAGING
-    resume_shown: str | None = None
-    model_shown: str | None = None
-    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES
+def _non_empty_path(value: Any) -> Any:
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise ValueError("not a non-empty path")
+    return value
+
+
+def _absolute(path: Path) -> Path:
+    if not path.is_absolute():
+        raise ValueError("not absolute")
+    return path
+
+
+def _non_blank(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        raise ValueError("blank")
+    return value
+
+
+RequiredPath = Annotated[Path, BeforeValidator(_non_empty_path)]
+OptionalPath = Annotated[Path | None, BeforeValidator(lambda v: v if v is None else _non_empty_path(v))]
+
+
+def _problem_error(problems: list[Problem]) -> PydanticCustomError:
+    """A validation error carrying Problems whole (code, every message, every hint), read back by `spec_problems`."""
+    joined = TrainerError.from_problems(problems)
+    return PydanticCustomError(
+        "mtm_problem", "{message}", {"message": joined.message, "code": joined.code, "hint": joined.hint}
+    )
+
+
+def _checking_paths(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("check_paths"))
+
+
+class TrainerSpec(BaseModel):
+    """What one training run trains, from what, into where. Built by the supervisor, read by the child."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    model_name: str = Field(strict=True, min_length=1, description="a model name (e.g. 'org/name')")
+    revision: str = Field("", strict=True, description="a revision (a commit, or empty)")
+    model_shown: str | None = Field(None, strict=True, description="a folder name (or null)")
+    model_path: RequiredPath = Field(description="a non-empty path to the base model's folder")
+    trust_remote_code: bool = Field(False, strict=True, description="true or false")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters, description="an object of hyperparameters"
+    )
+    dataset_path: RequiredPath = Field(description="a non-empty path to the dataset file")
+    eval_dataset_path: OptionalPath = Field(None, description="a path to the eval file (or null)")
+    output_dir: Annotated[RequiredPath, AfterValidator(_absolute)] = Field(description="an absolute path")
+    output_in_cwd: bool = Field(False, strict=True, description="true or false")
+    staging_dir: str = Field(
+        DEFAULT_STAGING, strict=True, pattern=r"^\.staging-[^/\x00]*$", description="a folder name '.staging-...'"
+    )
+    method: Literal["full", "lora"] = Field(
+        "lora", description="a training method: 'full' (every weight) or 'lora' (a low-rank adapter)"
+    )
+    resume_from_checkpoint: Annotated[str | None, AfterValidator(_non_blank)] = Field(
+        None, strict=True, description=f"null, '{LATEST}' or a checkpoint path"
+    )
+    resume_shown: str | None = Field(None, strict=True, description="a checkpoint name (or null)")
+    cancel_file: OptionalPath = Field(None, description="a path to the cancel file (or null)")
+    hold_out_last_row: bool = Field(False, strict=True, description="true or false")
+    held_out_pairs: int = Field(0, strict=True, ge=0, description="a count of pairs")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="a device: 'auto', 'cpu' or 'cuda'")
+    max_row_bytes: int = Field(DEFAULT_MAX_ROW_BYTES, strict=True, ge=1, description="a number of bytes")
+    progress_interval: float = Field(1.0, strict=True, ge=0, le=3600, description="a number of seconds (0 to 3600)")
+
+    @field_validator("hyperparameters", mode="before")
+    @classmethod
+    def _checked_hyperparameters(cls, value: Any) -> Hyperparameters:
+        """Every check the project form makes, cross-field ones too, each with its message."""
+        if isinstance(value, Hyperparameters):
+            value = value.to_dict()
+        checked, problems = Hyperparameters.from_dict(value)
+        if problems:
+            raise _problem_error(problems)
+        return checked
+
+    @field_validator("model_path")
+    @classmethod
+    def _model_folder_exists(cls, path: Path, info: ValidationInfo) -> Path:
+        if _checking_paths(info) and not path.is_dir():
+            name = info.data.get("model_name") or path
+            shown = info.data.get("model_shown") or path
+            raise _problem_error(
+                [
+                    Problem(
+                        "model_not_found",
+                        f"Model '{name}' not found: its folder {shown} does not exist (any more).",
+                        "Resolve the model again (it may have been deleted from the cache) and start a new run.",
+                    )
+                ]
+            )
+        return path
+
+    @field_validator("dataset_path")
+    @classmethod
+    def _dataset_exists(cls, path: Path, info: ValidationInfo) -> Path:
+        if _checking_paths(info) and not path.is_file():
+            raise _problem_error(
+                [
+                    Problem(
+                        "dataset_not_found",
+                        f"Dataset file {path} does not exist (any more).",
+                        "Upload the dataset again or point the project at an existing file, then start a new run.",
+                    )
+                ]
+            )
+        return path
+
+    @field_validator("eval_dataset_path")
+    @classmethod
+    def _eval_file_fits(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is None:
+            return path
+        hyperparameters = info.data.get("hyperparameters")
+        if isinstance(hyperparameters, Hyperparameters):
+            conflicts = eval_source_problems(hyperparameters.objective, hyperparameters.eval_fraction, str(path))
+            if conflicts:
+                raise _problem_error(conflicts)
+        if _checking_paths(info) and not path.is_file():
+            raise _problem_error(
+                [
+                    Problem(
+                        "dataset_not_found",
+                        f"Eval file {path} does not exist (any more).",
+                        "Point the project's eval file at an existing file (or clear it), then start a new run.",
+                    )
+                ]
+            )
+        return path
+
+    @property
+    def write_dir(self) -> Path:
+        """Where files are written: "." (the folder the supervisor opened) or output_dir."""
+        return Path(".") if self.output_in_cwd else self.output_dir
 
     @property
     def model_named(self) -> str:
@@ -77,175 +211,54 @@ class TrainerSpec:
         return self.model_shown or str(self.model_path)
 
 
-def build_spec(
-    *,
-    model_path: str | Path,
-    model_name: str,
-    dataset_path: str | Path,
-    output_dir: str | Path,
-    eval_dataset_path: str | Path | None = None,
-    output_in_cwd: bool = False,
-    method: str = "lora",
-    hyperparameters: Hyperparameters | dict[str, Any] | None = None,
-    revision: str = "",
-    trust_remote_code: bool = False,
-    resume_from_checkpoint: str | Path | None = None,
-    cancel_file: str | Path | None = None,
-    device: str = "auto",
-    progress_interval: float = 1.0,
-    hold_out_last_row: bool = False,
-    held_out_pairs: int = 0,
-    staging_dir: str = DEFAULT_STAGING,
-    resume_shown: str | None = None,
-    model_shown: str | None = None,
-    max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
-) -> dict[str, Any]:
-    """The SPEC dict for `python -m projects.trainer SPEC.json` (see write_spec). Checked by the child."""
-    if isinstance(hyperparameters, Hyperparameters):
-        hyperparameters = hyperparameters.to_dict()
-    return {
-        "model_path": str(model_path),
-        "model_name": model_name,
-        "revision": revision or "",
-        "trust_remote_code": bool(trust_remote_code),
-        "dataset_path": str(dataset_path),
-        "eval_dataset_path": None if eval_dataset_path is None else str(eval_dataset_path),
-        "output_dir": str(output_dir),
-        "output_in_cwd": bool(output_in_cwd),
-        "method": method,
-        "hyperparameters": dict(hyperparameters or {}),
-        "resume_from_checkpoint": None if resume_from_checkpoint is None else str(resume_from_checkpoint),
-        "cancel_file": None if cancel_file is None else str(cancel_file),
-        "device": device,
-        "progress_interval": progress_interval,
-        "hold_out_last_row": bool(hold_out_last_row),
-        "held_out_pairs": int(held_out_pairs),
-        "staging_dir": staging_dir,
-        "resume_shown": resume_shown,
-        "model_shown": model_shown,
-        "max_row_bytes": int(max_row_bytes),
-    }
+def write_spec(spec: TrainerSpec, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(spec.model_dump_json(indent=2))
+    return path
 
 
-def parse_spec(data: Any) -> TrainerSpec:
-    """Check a SPEC dict; raises TrainerError naming every problem found."""
-    if not isinstance(data, dict):
-        raise TrainerError("invalid_spec", "The trainer spec must be a JSON object.", _SPEC_HINT)
-    problems: list[Problem] = []
-
-    def text(key: str, required: bool = True) -> str:
-        value = data.get(key)
-        if value is None and not required:
-            return ""
-        if not isinstance(value, str) or (required and not value.strip()):
-            problems.append(Problem("invalid_spec", f"Spec field '{key}' must be a non-empty string.", _SPEC_HINT))
-            return ""
-        return value
-
-    model_path = text("model_path")
-    dataset_path = text("dataset_path")
-    eval_dataset_path = text("eval_dataset_path", required=False)
-    output_dir = text("output_dir")
-    method = data.get("method", "lora")
-    if method not in METHODS:
-        problems.append(
-            Problem(
-                "invalid_spec",
-                f"Unknown training method {method!r}.",
-                "Set method to 'full' (every weight) or 'lora' (a low-rank adapter).",
-            )
-        )
-    device = data.get("device", "auto")
-    if device not in DEVICES:
-        problems.append(Problem("invalid_spec", f"Unknown device {device!r}.", "Use 'auto', 'cpu' or 'cuda'."))
-    hyperparameters, hp_problems = Hyperparameters.from_dict(data.get("hyperparameters") or {})
-    problems.extend(hp_problems)
-    problems.extend(eval_source_problems(hyperparameters.objective, hyperparameters.eval_fraction, eval_dataset_path))
-    interval = data.get("progress_interval", 1.0)
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= 3600:
-        problems.append(
-            Problem("invalid_spec", f"progress_interval {interval!r} is not a number of seconds.", "Use e.g. 1.0.")
-        )
-        interval = 1.0
-    resume = data.get("resume_from_checkpoint")
-    if resume is not None and (not isinstance(resume, str) or not resume.strip()):
-        problems.append(
-            Problem(
-                "invalid_spec",
-                f"resume_from_checkpoint {resume!r} is neither null, 'latest' nor a checkpoint path.",
-                _SPEC_HINT,
-            )
-        )
-        resume = None
-    held_out = data.get("held_out_pairs", 0)
-    if isinstance(held_out, bool) or not isinstance(held_out, int) or held_out < 0:
-        problems.append(Problem("invalid_spec", f"held_out_pairs {held_out!r} is not a count of pairs.", _SPEC_HINT))
-        held_out = 0
-    max_row_bytes = data.get("max_row_bytes", DEFAULT_MAX_ROW_BYTES)
-    if isinstance(max_row_bytes, bool) or not isinstance(max_row_bytes, int) or max_row_bytes < 1:
-        problems.append(
-            Problem("invalid_spec", f"max_row_bytes {max_row_bytes!r} is not a number of bytes.", _SPEC_HINT)
-        )
-        max_row_bytes = DEFAULT_MAX_ROW_BYTES
-    cancel_file = text("cancel_file", required=False)
-    staging = data.get("staging_dir", DEFAULT_STAGING)
-    if not isinstance(staging, str) or not staging.startswith(".staging-") or "/" in staging or "\0" in staging:
-        problems.append(Problem("invalid_spec", f"staging_dir {staging!r} is not a folder name.", _SPEC_HINT))
-        staging = DEFAULT_STAGING
-    model_shown = data["model_shown"] if isinstance(data.get("model_shown"), str) else None
-    if model_path and not Path(model_path).is_dir():
-        name = data.get("model_name") or model_path
-        problems.append(
-            Problem(
-                "model_not_found",
-                f"Model '{name}' not found: its folder {model_shown or model_path} does not exist (any more).",
-                "Resolve the model again (it may have been deleted from the cache) and start a new run.",
-            )
-        )
-    if dataset_path and not Path(dataset_path).is_file():
-        problems.append(
-            Problem(
-                "dataset_not_found",
-                f"Dataset file {dataset_path} does not exist (any more).",
-                "Upload the dataset again or point the project at an existing file, then start a new run.",
-            )
-        )
-    if eval_dataset_path and not Path(eval_dataset_path).is_file():
-        problems.append(
-            Problem(
-                "dataset_not_found",
-                f"Eval file {eval_dataset_path} does not exist (any more).",
-                "Point the project's eval file at an existing file (or clear it), then start a new run.",
-            )
-        )
-    if output_dir and not Path(output_dir).is_absolute():
-        problems.append(
-            Problem("invalid_spec", f"Output directory {output_dir!r} is not an absolute path.", _SPEC_HINT)
-        )
-    if problems:
-        raise TrainerError.from_problems(problems)
-    return TrainerSpec(
-        model_path=Path(model_path),
-        model_name=str(data.get("model_name") or model_path),
-        revision=str(data.get("revision") or ""),
-        trust_remote_code=data.get("trust_remote_code") is True,
-        dataset_path=Path(dataset_path),
-        output_dir=Path(output_dir),
-        write_dir=Path(".") if data.get("output_in_cwd") is True else Path(output_dir),
-        method=method,
-        hyperparameters=hyperparameters,
-        resume_from_checkpoint=resume,
-        cancel_file=Path(cancel_file) if cancel_file else None,
-        device=device,
-        progress_interval=float(interval),
-        hold_out_last_row=data.get("hold_out_last_row") is True,
-        held_out_pairs=held_out,
-        eval_dataset_path=Path(eval_dataset_path) if eval_dataset_path else None,
-        staging_dir=staging,
-        resume_shown=data["resume_shown"] if isinstance(data.get("resume_shown"), str) else None,
-        model_shown=model_shown,
-        max_row_bytes=max_row_bytes,
-    )
+def read_spec(path: Path) -> TrainerSpec:
+    """The spec in the file at `path`, its paths checked on this machine; TrainerError naming every problem."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise TrainerError("invalid_spec", f"Cannot read the trainer spec {path}: {exc.strerror}.", SPEC_HINT) from None
+    try:
+        return TrainerSpec.model_validate_json(text, context=ON_DISK)
+    except ValidationError as invalid:
+        problem = spec_problem(invalid, f"The trainer spec {path}")
+        raise TrainerError(problem.code, problem.message, problem.hint) from None
 
 
-_SPEC_HINT = "The spec is written by the portal; build it with projects.trainer.spec.build_spec."
+def spec_problem(invalid: ValidationError, source: str = "The trainer spec") -> Problem:
+    """Every fault of a spec in one Problem: the first one's code, every message, every distinct hint."""
+    faults = sorted(_faults(invalid, source), key=lambda p: p.code in _WORLD_CODES)  # the spec's own faults first
+    joined = TrainerError.from_problems(faults)
+    return Problem(joined.code, joined.message, joined.hint)
+
+
+def _faults(invalid: ValidationError, source: str = "The trainer spec") -> list[Problem]:
+    """One Problem per fault of a spec, naming the field, its value and what it must be."""
+    problems = []
+    for error in invalid.errors():
+        ctx = error.get("ctx") or {}
+        if error["type"] == "mtm_problem":
+            problems.append(Problem(ctx["code"], ctx["message"], ctx["hint"]))
+            continue
+        loc = error["loc"]
+        name = ".".join(str(part) for part in loc)
+        if error["type"] == "json_invalid":
+            message = f"{source} is not valid JSON: {ctx.get('error', error['msg'])}."
+        elif not loc:
+            message = f"{source} must be a JSON object of field: value, not {type(error['input']).__name__}."
+        elif error["type"] == "missing":
+            message = f"Spec field '{name}' is missing."
+        elif error["type"] == "extra_forbidden":
+            message = f"Spec field '{name}' is not a field of the trainer spec."
+        else:
+            field = TrainerSpec.model_fields.get(str(loc[0]))
+            what = field.description if field is not None and field.description else str(error["msg"]).lower()
+            message = f"{name} {error['input']!r} is not {what}."
+        problems.append(Problem("invalid_spec", message, SPEC_HINT))
+    return problems

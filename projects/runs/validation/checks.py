@@ -1,7 +1,7 @@
 """Post-training validation, four checks: files, JSON, loading test and inference test.
 
 The report is a `projects.runs.columns.ValidationReport`, stored on the run as its dict. Loading and inference
-run in a child process (projects.runs.validation.inference_child).
+run in a child process (projects.runs.validation.child).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from models_registry.checks import MAX_JSON_BYTES, check_model_folder
 from mtm.shared.bounded_walk import FolderTooLarge
 from projects.runs.columns import BeforeAfter, PreferenceResult, ValidationCheck, ValidationReport
 from projects.runs.folder_scan import foreign_entries, read_at, too_many_entries, walk
-from projects.runs.validation.inference_child import RESULT_PREFIX
+from projects.runs.validation.child import RESULT_PREFIX
 from projects.trainer.outputs import MANIFEST_NAME
 
 ADAPTER_FILES = ("adapter_config.json",)
@@ -31,6 +31,7 @@ FEW_PAIRS = 10  # below this many held-out pairs, one pair moves the preference 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 DEFAULT_PROMPT = "Hello"
 CHILD_TIMEOUT = 1800
+CHILD_MODULE = "projects.runs.validation.child"
 
 
 def read_path(folder_fd: int) -> Path:
@@ -143,14 +144,15 @@ def _base_read_path(base_model_path: str | None, base_fd: int | None) -> str | N
     return str(read_path(base_fd)) if base_fd is not None else base_model_path
 
 
-def _run_child(spec: dict, module: str = "projects.runs.validation.inference_child", *fds: int | None) -> dict:
+def _run_child(spec: dict, check: str, *fds: int | None) -> dict:
+    """The result of `check` (projects.runs.validation.child) run on `spec` in a child process, or {"error": ...}."""
     with tempfile.TemporaryDirectory(prefix="mtm-inference-") as tmp:
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", module, str(spec_path)],
+                [sys.executable, "-m", CHILD_MODULE, check, str(spec_path)],
                 cwd=settings.BASE_DIR,
                 env=env,
                 capture_output=True,
@@ -160,11 +162,11 @@ def _run_child(spec: dict, module: str = "projects.runs.validation.inference_chi
                 pass_fds=tuple(fd for fd in fds if fd is not None),
             )
         except subprocess.TimeoutExpired:
-            return {"error": f"The {module.rsplit('.', 1)[-1]} child did not finish within {CHILD_TIMEOUT}s."}
+            return {"error": f"The {check} check's child did not finish within {CHILD_TIMEOUT}s."}
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX) :])
-    return {"error": f"The {module.rsplit('.', 1)[-1]} child exited with code {proc.returncode}: {proc.stderr[-2000:]}"}
+    return {"error": f"The {check} check's child exited with code {proc.returncode}: {proc.stderr[-2000:]}"}
 
 
 def validate_output(
@@ -217,7 +219,7 @@ def validate_output(
                 else None
             ),
         }
-        result = _run_child(spec, "projects.runs.validation.inference_child", folder_fd, base_fd)
+        result = _run_child(spec, "inference", folder_fd, base_fd)
         if "error" in result:
             checks.append(ValidationCheck(name="load", passed=False, detail=result["error"]))
             checks.append(ValidationCheck(name="inference", passed=False, detail="Not run."))
@@ -273,7 +275,7 @@ def preference_check(
         "pairs": pairs,
         "trust_remote_code": trust_remote_code,
     }
-    result = _run_child(spec, "projects.runs.validation.preference_child", folder_fd, base_fd)
+    result = _run_child(spec, "preference", folder_fd, base_fd)
     if "error" in result:
         held = {fd: str(path) for fd, path in ((folder_fd, shown), (base_fd, base_model_path)) if fd is not None}
         return _check("preference", False, _as_shown(result["error"], held), started), None

@@ -1,22 +1,18 @@
-"""`python -m projects.runs.validation.inference_child SPEC.json`: the loading and inference tests, in a child process.
+"""The loading and inference tests, run in a child process (`python -m projects.runs.validation.child inference
+SPEC.json`).
 
 SPEC: {"model_dir": path|null, "adapter_dir": path|null, "base_model_path": path|null, "tokenizer_dir": path,
        "prompt": str, "max_new_tokens": int, "trust_remote_code": bool, "before_after": null|{...}}
-Prints one line `MTM_RESULT {json}`: {"load": {passed, seconds, detail}, "inference": {passed, seconds, detail,
-text}, "before_after": {...} (with a "before_after" spec; projects.runs.validation.before_after)}. A crash in here
-cannot take the worker down, and memory is returned when the process ends.
+Result: {"load": {passed, seconds, detail}, "inference": {passed, seconds, detail, text}, "before_after": {...}
+(with a "before_after" spec; projects.runs.validation.before_after)}.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 import traceback
 
 from projects.runs.validation.quality import judge_sample
-
-RESULT_PREFIX = "MTM_RESULT "
 
 
 def _load(spec: dict):
@@ -125,17 +121,3 @@ def _before_after(spec: dict, tokenizer, model, device: str) -> dict:
         return compare(wanted, tokenizer, model, device, load_base)
     except Exception as exc:
         return {"detail": f"The base vs fine-tuned comparison failed: {type(exc).__name__}: {exc}", "pairs": []}
-
-
-def main() -> int:
-    if len(sys.argv) != 2:
-        print("usage: python -m projects.runs.validation.inference_child SPEC.json", file=sys.stderr)
-        return 2
-    with open(sys.argv[1], encoding="utf-8") as fh:
-        spec = json.load(fh)
-    print(RESULT_PREFIX + json.dumps(run(spec)), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""`python -m projects.runs.validation.preference_child SPEC.json`: the DPO preference check, in a child process.
+"""The DPO preference check, run in a child process (`python -m projects.runs.validation.child preference SPEC.json`).
 
 On held-out pairs, how often a model finds the chosen answer more likely than the rejected one: the summed
 log-probability of each answer's tokens after the prompt. Measured with the base model (before training) and the
@@ -6,19 +6,15 @@ tuned one (after).
 
 SPEC: {"base_model_path": path, "model_dir": path|null, "adapter_dir": path|null, "tokenizer_dir": path,
        "pairs": [pair rows], "trust_remote_code": bool}
-Prints one line `MTM_RESULT {json}`: {"pairs", "before", "after", "margin_before", "margin_after"} (shares in
-[0, 1], mean margins in nats), or {"error": "..."}.
+Result: {"pairs", "before", "after", "margin_before", "margin_after"} (shares in [0, 1], mean margins in nats), or
+{"error": "..."}.
 """
 
 from __future__ import annotations
 
-import json
-import sys
-import traceback
 from typing import Any
 
 from projects.datasets.pairs import render_pair
-from projects.runs.validation.inference_child import RESULT_PREFIX
 
 
 def _common(left: list[int], right: list[int]) -> int:
@@ -87,22 +83,3 @@ def run(spec: dict) -> dict:
         "margin_before": margin_before,
         "margin_after": margin_after,
     }
-
-
-def main() -> int:
-    if len(sys.argv) != 2:
-        print("usage: python -m projects.runs.validation.preference_child SPEC.json", file=sys.stderr)
-        return 2
-    with open(sys.argv[1], encoding="utf-8") as fh:
-        spec = json.load(fh)
-    try:
-        result = run(spec)
-    except Exception as exc:
-        print(traceback.format_exc(), file=sys.stderr)
-        result = {"error": f"The preference check failed: {type(exc).__name__}: {exc}"}
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
