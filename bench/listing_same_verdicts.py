@@ -5,6 +5,9 @@ to models_registry/repo_scan.py or listing.py made for speed.
     ... change them ...
     .venv/bin/python -m bench.listing_same_verdicts /tmp/repo_scan_old.py /tmp/listing_old.py [--repos 2000]
 
+A change to models_registry/folder_walk.py too: copy it aside as well and name the copy last
+(/tmp/repo_scan_old.py /tmp/listing_old.py /tmp/folder_walk_old.py); the old files then import it.
+
 Lists, cold, with the old files (loaded beside the current package) and the current ones: bench.resolver's cache
 of REPOS well-formed repos, and tests/odd_cache_layouts.py's cache of odd layouts. Prints every repo whose
 to_dict() or signature differs, and exits 1 if any does.
@@ -57,15 +60,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("old_repo_scan")
     parser.add_argument("old_listing")
+    parser.add_argument("old_folder_walk", nargs="?")
     parser.add_argument("--repos", type=int, default=2000)
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mtm.settings")  # the checks read a few settings
-    _load("models_registry._old_repo_scan", args.old_repo_scan)
-    old = _load(
-        "models_registry._old_listing",
-        args.old_listing,
-        {"from models_registry.repo_scan import": "from models_registry._old_repo_scan import"},
-    )
+    imports = {"from models_registry.repo_scan import": "from models_registry._old_repo_scan import"}
+    if args.old_folder_walk:
+        _load("models_registry._old_folder_walk", args.old_folder_walk)
+        imports["from models_registry.folder_walk import"] = "from models_registry._old_folder_walk import"
+    _load("models_registry._old_repo_scan", args.old_repo_scan, imports)
+    old = _load("models_registry._old_listing", args.old_listing, imports)
     with tempfile.TemporaryDirectory() as tmp:
         bench_cache, odd_cache = Path(tmp) / "bench", Path(tmp) / "hub"
         build_cache(bench_cache, args.repos)

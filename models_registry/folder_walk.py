@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from itertools import islice
-from operator import attrgetter
+from operator import attrgetter, methodcaller
 
 from django.conf import settings
 
@@ -20,14 +20,26 @@ from mtm.shared.bounded_walk import DEPTH, ENTRIES, Folder, FolderTooLarge, walk
 __all__ = ["Folder", "FolderTooLarge", "bounded_names", "counting_entries", "snapshot_names", "walk_model_folder"]
 
 _NAME = attrgetter("name")
+_IS_FOLDER = methodcaller("is_dir", follow_symlinks=False)  # by the entry's type: a link to a folder is no folder
 _BELOW_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW
-_counted: ContextVar[list[int] | None] = ContextVar("entries_listed", default=None)
+_counted: ContextVar[Listed | None] = ContextVar("entries_listed", default=None)
+
+
+class Listed:
+    """The entries snapshot_names and bounded_names have listed in a counting_entries block, and the folder limit
+    (MTM_MODEL_FOLDER_MAX_ENTRIES) as the block began, read once for all of its folders."""
+
+    __slots__ = ("entries", "max_entries")
+
+    def __init__(self, max_entries: int) -> None:
+        self.entries = 0
+        self.max_entries = max_entries
 
 
 @contextmanager
-def counting_entries() -> Iterator[list[int]]:
-    """[entries listed so far by snapshot_names and bounded_names in this block]: the model list's budget."""
-    count = [0]
+def counting_entries() -> Iterator[Listed]:
+    """The entries listed by snapshot_names and bounded_names in this block: the model list's budget."""
+    count = Listed(settings.MTM_MODEL_FOLDER_MAX_ENTRIES)
     token = _counted.set(count)
     try:
         yield count
@@ -38,7 +50,13 @@ def counting_entries() -> Iterator[list[int]]:
 def _charge(entries: int) -> None:
     count = _counted.get()
     if count is not None:
-        count[0] += entries
+        count.entries += entries
+
+
+def _max_entries() -> tuple[Listed | None, int]:
+    """(the counting_entries block this runs in, or None; the folder limit)."""
+    count = _counted.get()
+    return count, count.max_entries if count is not None else settings.MTM_MODEL_FOLDER_MAX_ENTRIES
 
 
 def walk_model_folder(folder: str | os.PathLike) -> list[Folder]:
@@ -55,15 +73,16 @@ def snapshot_names(folder: str) -> set[str]:
     entries, the same real subfolders entered in the same order, FolderTooLarge at the same place. A subfolder is
     told by the entry's type, with no stat of each link (the snapshot's files are links to blobs). OSError when
     `folder` itself cannot be listed."""
-    max_entries = settings.MTM_MODEL_FOLDER_MAX_ENTRIES
+    count, max_entries = _max_entries()
     with os.scandir(folder) as listing:
         entries = list(islice(listing, max_entries + 1))
-    _charge(len(entries))
+    if count is not None:
+        count.entries += len(entries)
     if len(entries) > max_entries:
         raise FolderTooLarge(folder, folder, ENTRIES, max_entries)
     names = set(map(_NAME, entries))
     try:
-        below = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]  # by the entry's type
+        below = list(map(_NAME, filter(_IS_FOLDER, entries)))
     except OSError:  # a file system without entry types, and an entry gone before its lstat
         below = [entry.name for entry in entries if _real_folder(entry)]
     if below:  # rare in a snapshot (onnx/, a GGUF folder): counted as the walk counts them
@@ -107,10 +126,11 @@ def _count_below(top: str, below: list[str], listed: int, max_entries: int, max_
 def bounded_names(folder: str) -> list[str]:
     """The names in `folder` (snapshots/, blobs/), as os.listdir gives them, or FolderTooLarge once it holds more
     than a model's folder may (MTM_MODEL_FOLDER_MAX_ENTRIES). OSError when it cannot be listed."""
-    max_entries = settings.MTM_MODEL_FOLDER_MAX_ENTRIES
+    count, max_entries = _max_entries()
     with os.scandir(folder) as listing:
         names = list(map(_NAME, islice(listing, max_entries + 1)))
-    _charge(len(names))
+    if count is not None:
+        count.entries += len(names)
     if len(names) > max_entries:
         raise FolderTooLarge(folder, folder, ENTRIES, max_entries)
     return names

@@ -120,7 +120,7 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
                     listed.append(_linked_repo(folder, repo))
                 elif _still_holds(kept.get(folder), repo):
                     listed.append(kept[folder][1])
-                elif spent[0] >= budget:
+                elif spent.entries >= budget:
                     listed.append(_not_checked(folder, budget))
                 else:
                     fresh[folder] = _scanned(folder, repo, root, root_fd)

@@ -41,7 +41,7 @@ from mtm.shared.problems import Problem
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
-@dataclass
+@dataclass(slots=True)  # no __dict__: a cold listing keeps thousands, each one fewer object for the collector
 class ListedModel:
     """One model as the list shows it: where it was found and its instant verdict; `deep`, where the list has read
     it (models_registry.deep_listing), transformers' cached verdict, which the errors and warnings then include."""
@@ -77,6 +77,7 @@ class ListedModel:
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _BLOB_LINK = "../../blobs/"
+_PARTIAL_END = PARTIAL_SUFFIX + "/"
 _RELATIVE_CALLS = {os.open, os.stat, os.readlink} <= os.supports_dir_fd
 _JSON = json.JSONDecoder()  # json.loads' own settings
 _JSON_SPACE = " \t\n\r"  # what json.loads skips before and after the value
@@ -98,6 +99,17 @@ def _mtime(path: str, dir_fd: int | None = None) -> int:
         return os.stat(path, dir_fd=dir_fd).st_mtime_ns
     except OSError:
         return 0
+
+
+def _folder_mtime(path: str, dir_fd: int | None = None) -> tuple[int, bool]:
+    """(what _mtime gives for `path`, whether `path` is a link) in one lstat where it is no link."""
+    try:
+        st = os.stat(path, dir_fd=dir_fd, follow_symlinks=False)
+    except OSError:
+        return 0, False
+    if stat.S_ISLNK(st.st_mode):
+        return _mtime(path, dir_fd), True
+    return st.st_mtime_ns, False
 
 
 def signature(repo: str, snapshot: str | None) -> tuple:
@@ -208,11 +220,15 @@ def _partial_blobs(repo_dir: str) -> list[str]:
     """The interrupted downloads in the repo's blobs/ ([] when it cannot be listed); FolderTooLarge past a model's
     limits."""
     try:
-        return [n for n in bounded_names(repo_dir + "/blobs") if n.endswith(PARTIAL_SUFFIX)]
+        names = bounded_names(repo_dir + "/blobs")
     except FolderTooLarge:
         raise
     except OSError:
         return []
+    # A name holds no '/': the joined names hold PARTIAL_SUFFIX + '/' exactly where a name ends with it.
+    if _PARTIAL_END not in "/".join(names) + "/":
+        return []
+    return [n for n in names if n.endswith(PARTIAL_SUFFIX)]
 
 
 def _snapshot_folders(repo_dir: str) -> list[str]:
@@ -241,9 +257,10 @@ def scan_repo(repo_dir: str, name: str, cache_root: str, root_fd: int | None = N
         at = (root_fd, base + "/snapshots/" + commit) if root_fd is not None else None
         # Stats before the listings they describe: a change in between leaves a stale signature, so a re-check.
         blobs_mtime = _mtime(base + "/blobs", root_fd)
-        snapshot_mtime = _mtime(at[1], root_fd) if at else _mtime(snapshot)
+        snapshot_mtime, linked = _folder_mtime(at[1] if at else snapshot, root_fd)
         item = ListedModel(name, "cache", snapshot, commit)
-        if unsafe := snapshot_link_problem(snapshot, cache_root):  # refused unread, as the model page refuses it
+        # refused unread, as the model page refuses it
+        if linked and (unsafe := snapshot_link_problem(snapshot, cache_root)):
             item.errors.append(unsafe)
             return (ref_mtime, blobs_mtime, snapshot_mtime), item
         try:

@@ -11,8 +11,17 @@ import pytest
 
 from models_registry import listing
 from models_registry.bounded_json import parse_bytes
+from models_registry.cache_layout import PARTIAL_SUFFIX
 from models_registry.names import name_error
-from models_registry.repo_scan import MAX_CONFIG_BYTES, _parsed, checked_repo, open_root
+from models_registry.repo_scan import (
+    MAX_CONFIG_BYTES,
+    _folder_mtime,
+    _mtime,
+    _parsed,
+    _partial_blobs,
+    checked_repo,
+    open_root,
+)
 from tests.odd_cache_layouts import FORBIDDEN, odd_layouts
 
 
@@ -132,3 +141,32 @@ def test_a_repo_folder_that_is_a_link_loop_is_one_unreadable_repo_and_the_others
     assert set(listed) == {"org/good", "evil/loop"}
     assert listed["org/good"].valid
     assert not listed["evil/loop"].valid and listed["evil/loop"].errors
+
+
+def test_the_quick_partial_blob_check_is_the_plain_filter(tmp_path):
+    """_partial_blobs looks for PARTIAL_SUFFIX in the joined names before filtering them one by one."""
+    names_sets = [
+        [],
+        ["a" * 64],
+        ["a" * 64, "b" * 64 + ".incomplete"],
+        ["x.incomplete.y", "incomplete", ".incomplete", "z.incompletez"],
+        ["a.incompletex", "b.incomplet", "c.incomplete\n", "d\n.incomplete"],
+    ]
+    for i, names in enumerate(names_sets):
+        repo = tmp_path / f"repo{i}"
+        (repo / "blobs").mkdir(parents=True)
+        for name in names:
+            (repo / "blobs" / name).write_text("x")
+        listed = os.listdir(repo / "blobs")
+        assert _partial_blobs(str(repo)) == [n for n in listed if n.endswith(PARTIAL_SUFFIX)], names
+
+
+def test_one_lstat_of_the_snapshot_gives_its_stat_mtime_and_whether_it_is_a_link(tmp_path):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file").write_text("x")
+    os.symlink("folder", tmp_path / "inside")
+    os.symlink(FORBIDDEN, tmp_path / "forbidden")
+    os.symlink("nowhere", tmp_path / "dangling")
+    for entry in ("folder", "file", "inside", "forbidden", "dangling", "missing"):
+        path = str(tmp_path / entry)
+        assert _folder_mtime(path) == (_mtime(path), os.path.islink(path)), entry
