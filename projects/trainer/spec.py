@@ -26,6 +26,8 @@
  "device": "auto" | "cpu" | "cuda",
  "max_row_bytes": 1048576,                   a dataset row longer than this in its file fails the run, named, before
                                              anything is tokenized (the worker's MTM_DATASET_MAX_ROW_BYTES)
+ "max_rows": 2000000,                        a dataset or eval file of more rows fails the run, named, before a row
+                                             is parsed (the worker's MTM_DATASET_MAX_ROWS)
  "progress_interval": 1.0}                   seconds between progress events (logging steps add more)
 ```
 """
@@ -46,6 +48,7 @@ METHODS = ("full", "lora")
 DEVICES = ("auto", "cpu", "cuda")
 LATEST = "latest"
 DEFAULT_STAGING = ".staging-trainer"
+DEFAULT_MAX_ROWS = 2_000_000  # MTM_DATASET_MAX_ROWS's default; the worker always writes its own setting
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class TrainerSpec:
     resume_shown: str | None = None
     model_shown: str | None = None
     max_row_bytes: int = DEFAULT_MAX_ROW_BYTES
+    max_rows: int = DEFAULT_MAX_ROWS
 
     @property
     def model_named(self) -> str:
@@ -99,6 +103,7 @@ def build_spec(
     resume_shown: str | None = None,
     model_shown: str | None = None,
     max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+    max_rows: int = DEFAULT_MAX_ROWS,
 ) -> dict[str, Any]:
     """The SPEC dict for `python -m projects.trainer SPEC.json` (see write_spec). Checked by the child."""
     if isinstance(hyperparameters, Hyperparameters):
@@ -124,6 +129,7 @@ def build_spec(
         "resume_shown": resume_shown,
         "model_shown": model_shown,
         "max_row_bytes": int(max_row_bytes),
+        "max_rows": int(max_rows),
     }
 
 
@@ -187,6 +193,10 @@ def parse_spec(data: Any) -> TrainerSpec:
             Problem("invalid_spec", f"max_row_bytes {max_row_bytes!r} is not a number of bytes.", _SPEC_HINT)
         )
         max_row_bytes = DEFAULT_MAX_ROW_BYTES
+    max_rows = data.get("max_rows", DEFAULT_MAX_ROWS)
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
+        problems.append(Problem("invalid_spec", f"max_rows {max_rows!r} is not a count of rows.", _SPEC_HINT))
+        max_rows = DEFAULT_MAX_ROWS
     cancel_file = text("cancel_file", required=False)
     staging = data.get("staging_dir", DEFAULT_STAGING)
     if not isinstance(staging, str) or not staging.startswith(".staging-") or "/" in staging or "\0" in staging:
@@ -245,6 +255,7 @@ def parse_spec(data: Any) -> TrainerSpec:
         resume_shown=data["resume_shown"] if isinstance(data.get("resume_shown"), str) else None,
         model_shown=model_shown,
         max_row_bytes=max_row_bytes,
+        max_rows=max_rows,
     )
 
 
