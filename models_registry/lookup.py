@@ -12,6 +12,7 @@ from models_registry.names import name_error
 from models_registry.published import provenance, unpublished_problem
 from models_registry.published_folder import published_folder_problem
 from models_registry.resolution import Resolution, hf_cache_dir, resolve
+from models_registry.shown_names import shown
 
 
 def portal_settings() -> PortalSettings:
@@ -65,6 +66,7 @@ def available_models(query: str | None = None, valid: bool | None = None) -> tup
     models = list_models(
         cache_dir, overrides, store=django_settings.VAR_DIR / "model-listing.json", published=published
     )
+    models = shown(models)  # a cache folder named with bytes that are not UTF-8 still lists, readably
     changed = {p.model_name: problem for p in _published_rows() if (problem := published_folder_problem(p))}
     for item in models:
         if item.source == "portal" and item.model_name in changed:

@@ -64,6 +64,20 @@ def start(project, user, *, resume: bool = False):
     return start_run(project, actor=Actor(user, Channel.CLI), resume=resume)
 
 
+def copy_dataset_as_resolve_does(run) -> None:
+    """What the resolve stage leaves for a run made by hand in "resolving": its copies of the dataset (and eval file)
+    in the run's work folder, and their digests on the run."""
+    from projects.runs import dataset_snapshot, records
+    from projects.runs.config import run_config
+
+    work = records.work_folder(run.pk)
+    config = run_config(run)
+    config.dataset_sha256 = dataset_snapshot.snapshot_sha256(dataset_snapshot.snapshot_dataset(run, work))
+    if (eval_copy := dataset_snapshot.snapshot_eval_dataset(run, work)) is not None:
+        config.eval_dataset_sha256 = dataset_snapshot.snapshot_sha256(eval_copy)
+    TrainingRun.objects.filter(pk=run.pk).update(config=config.model_dump())
+
+
 def cancel(run, user):
     from mtm.audit import Actor, Channel
     from projects.runs.services import cancel_run

@@ -27,7 +27,7 @@ from projects.datasets.streaming import first_rows, last_rows, row_count, rows_a
 from projects.datasets.token_tally import BATCH_ROWS
 from projects.models import TrainingRun
 from projects.runs import stages
-from projects.runs.paths import EVAL_SNAPSHOT_DIR, SNAPSHOT_DIR
+from projects.runs.dataset_snapshot import EVAL_SNAPSHOT_DIR, SNAPSHOT_DIR
 from projects.services import create_project
 from tests.pipeline_helpers import start
 from tests.test_owned_paths import fields

@@ -19,7 +19,8 @@ from projects.datasets.errors import DATASET_ROW_TOO_LARGE, DatasetError
 from projects.datasets.loading import Sample, load_dataset
 from projects.datasets.report import read_dataset
 from projects.models import RunStatus
-from projects.runs import stages
+from projects.runs import dataset_snapshot, stages
+from projects.runs.config import run_config
 from projects.runs.paths import PathChanged, create_run_folder
 from projects.services import ProjectInvalid, create_project
 from projects.trainer.errors import TrainerError
@@ -132,9 +133,9 @@ def test_the_resolve_stage_refuses_a_row_grown_after_the_save(team, tiny_llama_i
     assert run.error_message.startswith(f"Row 31 (line 31) is {huge_row_size():,} bytes;")
 
 
-def test_the_trainer_refuses_a_row_grown_after_the_resolve_stage(team, tiny_llama_in_cache, row_limit):
-    """Grown between the resolve stage's full read and the train stage's snapshot: the trainer child, which gets the
-    limit in its spec, refuses the row before it tokenizes anything."""
+def test_a_row_grown_after_the_resolve_stage_is_not_in_what_the_trainer_reads(team, tiny_llama_in_cache, row_limit):
+    """Grown after the resolve stage's full read: the train stage hands the trainer the copy that stage checked, which
+    holds none of it."""
     name, _ = tiny_llama_in_cache
     dataset = write_rows(team["root"] / "datasets" / "mine.jsonl", SHORT_ROWS)
     project = create_project(
@@ -143,10 +144,24 @@ def test_the_trainer_refuses_a_row_grown_after_the_resolve_stage(team, tiny_llam
     run = start(project, team["mallory"])
     assert stages.resolve_stage(run.pk) is True
     write_rows(dataset, [huge_row(), *SHORT_ROWS])
-    assert stages.train_stage(run.pk) is False
     run.refresh_from_db()
-    assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, "train", DATASET_ROW_TOO_LARGE)
-    assert run.error_message.startswith(f"Row 1 (line 1) is {huge_row_size():,} bytes;")
+    work = stages.run_dir(run.pk)
+    assert dataset_snapshot.snapshot_problem(run_config(run), work) is None
+    assert HUGE_TEXT not in dataset_snapshot.dataset_snapshot(work, str(dataset)).read_text()
+
+
+def test_the_trainer_refuses_a_row_over_the_limit_before_tokenizing(tmp_path, tiny_llama_dir):
+    """The trainer child's own bound, whatever reaches it: its spec carries the worker's limit."""
+    from transformers import AutoTokenizer
+
+    from projects.trainer.run import build_datasets
+
+    dataset = write_rows(tmp_path / "mine.jsonl", [huge_row(), *SHORT_ROWS])
+    common = dict(model_path=tiny_llama_dir, model_name="tiny", dataset_path=dataset, output_dir=tmp_path / "out")
+    with pytest.raises(TrainerError) as refused:
+        build_datasets(TrainerSpec(**common, max_row_bytes=LIMIT), AutoTokenizer.from_pretrained(tiny_llama_dir))
+    assert refused.value.code == DATASET_ROW_TOO_LARGE
+    assert refused.value.message.startswith(f"Row 1 (line 1) is {huge_row_size():,} bytes;")
 
 
 def test_the_trainer_spec_carries_the_limit(tmp_path):

@@ -23,7 +23,8 @@ from projects.datasets import DatasetError, store_upload, uploads_root
 from projects.datasets.uploads import QUOTA_EXCEEDED, cleanup_uploads, discard_upload, receive_upload
 from projects.models import RunStatus, TrainingRun, Upload
 from projects.runs import folder_scan, stages
-from projects.runs.paths import create_run_folder, snapshot_dataset
+from projects.runs.dataset_snapshot import snapshot_dataset
+from projects.runs.paths import create_run_folder
 from projects.runs.validation.checks import validate_output
 from projects.services import create_project
 from tests.planted_trees import nest_folders, remove_planted

@@ -27,7 +27,7 @@ from projects.runs.base_model_folder import open_base_model
 from projects.runs.records import run_folder
 from projects.trainer.outputs import MANIFEST_NAME
 from projects.trainer.spec import TrainerSpec, read_spec, write_spec
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS
+from tests.pipeline_helpers import FAST_HYPERPARAMETERS, copy_dataset_as_resolve_does
 from tests.test_publish import api, project_of, team  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.django_db
@@ -64,6 +64,8 @@ def members_run(team, path: str, *, method: str = "full", status: str = RunStatu
     )
     run.output_directory = run_folder(project.output_directory, run.pk)
     run.save(update_fields=["output_directory"])
+    if status == RunStatus.RESOLVING:
+        copy_dataset_as_resolve_does(run)
     return run
 
 

@@ -28,7 +28,7 @@ from projects.services import create_project
 from projects.trainer.errors import TrainerError
 from projects.trainer.outputs import MANIFEST_NAME
 from projects.trainer.spec import TrainerSpec, read_spec, write_spec
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
+from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, copy_dataset_as_resolve_does, write_jsonl
 from tests.test_owned_paths import QA_BYTES, fields
 
 
@@ -176,6 +176,7 @@ def test_a_trained_runs_files_are_0644_and_validation_reads_only_the_folder_it_c
     data = fields(team["root"], name, hyperparameters={**hyper, "merge_after_training": True})
     project = create_project(actor=as_(team["mallory"]), data=data)
     run = run_of(project, team["mallory"], snapshot=snapshot)
+    copy_dataset_as_resolve_does(run)
     assert stages.train_stage(run.pk) is True, TrainingRun.objects.get(pk=run.pk).log_tail[-3000:]
     folder = Path(run.output_directory)
     found = {str(p.relative_to(folder)): p.lstat() for p in folder.rglob("*")}
@@ -302,6 +303,7 @@ def test_a_resume_whose_source_folder_was_swapped_reads_nothing(team, tiny_llama
     (planted / "checkpoint-2").mkdir(parents=True)
     (planted / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2, "PLANTED": true}')
     resumed = run_of(project, team["mallory"], snapshot=snapshot)
+    copy_dataset_as_resolve_does(resumed)
     TrainingRun.objects.filter(pk=resumed.pk).update(resume=True, resume_source=source, resumed_from=str(checkpoint))
     Path(source.output_directory).rename(tmp_path / "moved")
     if swap == "link":

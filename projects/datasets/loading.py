@@ -663,8 +663,12 @@ def load_rows(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_errors: int = DEFAULT_MAX_ERRORS,
     max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+    max_rows: int | None = None,
 ) -> list[dict]:
     """The checked rows of a dataset file the portal made itself (a run's snapshot), so its path is resolved
-    here; raises DatasetError (row numbers are 1-based, with file lines)."""
+    here; raises DatasetError (row numbers are 1-based, with file lines), dataset_too_many_rows for a file of more
+    than `max_rows` rows (None: any number), counted before a row is parsed."""
     path = os.path.realpath(path)
-    return load_dataset(path, max_bytes=max_bytes, max_errors=max_errors, max_row_bytes=max_row_bytes).rows
+    return load_dataset(
+        path, max_bytes=max_bytes, max_errors=max_errors, max_row_bytes=max_row_bytes, row_limit=max_rows
+    ).rows

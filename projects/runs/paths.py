@@ -4,9 +4,8 @@ following links.
 Between the start of a run and its training stage a folder may be swapped for a symlink. So the train stage
 resolves both paths again and applies the save-time rules, then walks every component with O_NOFOLLOW: a link
 planted even after that check makes the open fail instead of being followed. The trainer reads the dataset from
-a snapshot (a hard link or copy made from the opened file) in the run's own folder, never from the path a
-member controls; a separate eval file is rechecked and snapshotted the same way. Messages name paths only, never
-anything read from a file.
+the copy the resolve stage took of it (projects.runs.dataset_snapshot), never from the path a member controls; a
+separate eval file is rechecked the same way. Messages name paths only, never anything read from a file.
 
 The run's own folder (`<output directory>/run-<id>`) is created by the train stage with mkdir, never adopted, and
 its device and inode are recorded on the run's row (`run_folder_identity`): the validate stage re-opens it without
@@ -16,23 +15,18 @@ projects.runs.folder).
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
-from pathlib import Path
 from typing import Any
 
 from models_registry.lookup import dataset_roots, output_roots, validate_output_dir
 from models_registry.outputs import foreign_owner_problem, trusted_owners
 from mtm.shared.claims import identity_of_open, same_identity
 from mtm.shared.nofollow import LINK_ERRORS as _LINK_ERRORS
-from mtm.shared.nofollow import ForeignFolder, open_dir_nofollow, open_file_nofollow
+from mtm.shared.nofollow import ForeignFolder, open_dir_nofollow
 from mtm.shared.owned_files import DIR_MODE, open_subdir, write_new
 from mtm.shared.paths import is_within, resolved
 from mtm.shared.problems import Problem
-from mtm.shared.tree_removal import remove_path
 from projects.datasets import check_dataset_path
-from projects.datasets.errors import DATASET_UNREADABLE
 from projects.datasets.uploads import upload_problems
 from projects.models import TrainingRun
 from projects.ownership import output_dir_conflicts
@@ -40,8 +34,6 @@ from projects.runs.config import run_config
 
 OUTPUT_CHANGED = "output_directory_changed"
 DATASET_CHANGED = "dataset_changed"
-SNAPSHOT_DIR = "dataset"
-EVAL_SNAPSHOT_DIR = "eval-dataset"  # a folder of its own: the eval file may share the dataset's file name
 
 
 class PathChanged(Exception):
@@ -79,12 +71,12 @@ def dataset_problem(run: TrainingRun, stored: str) -> Problem | None:
     if located.errors:
         return located.errors[0]
     if located.path != os.path.normpath(stored):
-        return _dataset_changed(stored, f"now leads to {located.path}")
+        return dataset_changed(stored, f"now leads to {located.path}")
     refused = upload_problems(located, _user(run), None)  # training on an upload: its owner and staff only
     return refused[0] if refused else None
 
 
-def _dataset_changed(path: str, what: str) -> Problem:
+def dataset_changed(path: str, what: str) -> Problem:
     return Problem(
         DATASET_CHANGED,
         f"The dataset {path} {what} since the project was saved: a file or folder on its path was replaced "
@@ -242,52 +234,3 @@ def output_changed(path: str) -> Problem:
 def write_marker(folder_fd: int, name: str, text: str) -> None:
     """Create `name` in the opened folder, never over an existing file nor through a link planted under that name."""
     write_new(folder_fd, name, text.encode())
-
-
-def snapshot_dataset(run: TrainingRun, run_folder: Path) -> Path:
-    """The dataset as the trainer will read it: `run_folder`/dataset/<name>, a hard link to (or a copy of) the file
-    opened without following links. PathChanged when the path no longer leads to a regular file."""
-    return _snapshot(run_config(run).dataset_path, run_folder / SNAPSHOT_DIR)
-
-
-def snapshot_eval_dataset(run: TrainingRun, run_folder: Path) -> Path | None:
-    """The run's eval file snapshotted as the dataset is, in `run_folder`/eval-dataset/; None without one."""
-    source = run_config(run).eval_dataset_path
-    return _snapshot(source, run_folder / EVAL_SNAPSHOT_DIR) if source else None
-
-
-def eval_snapshot(run_folder: Path, source: str) -> Path:
-    """Where snapshot_eval_dataset put the eval file `source`."""
-    return run_folder / EVAL_SNAPSHOT_DIR / os.path.basename(source)
-
-
-def _snapshot(source: str, folder: Path) -> Path:
-    try:
-        fd = open_file_nofollow(source)
-    except OSError as exc:
-        if exc.errno in (*_LINK_ERRORS, errno.EINVAL, errno.ENOENT):
-            raise PathChanged(_dataset_changed(source, "changed")) from None
-        raise PathChanged(
-            Problem(
-                DATASET_UNREADABLE,
-                f"Cannot open dataset {source}: {exc.strerror or exc}.",
-                f"Check the file's permissions (ls -la {source}); the workers run as uid {os.getuid()}.",
-            )
-        ) from None
-    remove_path(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    dest = folder / os.path.basename(source)
-    try:
-        try:
-            os.link(f"/proc/self/fd/{fd}", dest, follow_symlinks=True)
-        except OSError:  # another filesystem, or a file the portal may read but not link (protected_hardlinks)
-            with os.fdopen(os.dup(fd), "rb") as src, open(dest, "xb") as out:
-                shutil.copyfileobj(src, out, 1024 * 1024)
-    finally:
-        os.close(fd)
-    return dest
-
-
-def drop_snapshot(run_folder: Path) -> None:
-    remove_path(run_folder / SNAPSHOT_DIR, ignore_errors=True)
-    remove_path(run_folder / EVAL_SNAPSHOT_DIR, ignore_errors=True)

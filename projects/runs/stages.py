@@ -18,7 +18,6 @@ from models_registry.deep_state import overruled_on_worker
 from models_registry.lookup import dataset_roots, resolve_model, validate_output_dir
 from models_registry.models import ModelOverride
 from models_registry.trainability import deep_training_refusal, training_refusal
-from mtm.shared.files import file_sha256
 from mtm.shared.owned_files import make_staging, remove_tree
 from mtm.shared.problems import Problem
 from projects.datasets import check_dataset_path, detect_format, inspect_dataset, prompt_text
@@ -26,10 +25,10 @@ from projects.datasets.chat_templates import with_chat_template
 from projects.datasets.eval_split import eval_source_problems
 from projects.datasets.pairs import PREFERENCE, objective_problem
 from projects.datasets.streaming import first_rows, last_rows, row_count, rows_at
-from projects.models import RunStage, RunStatus, TrainingRun
+from projects.models import ENDED_STATUSES, RunStage, RunStatus, TrainingRun
 from projects.ownership import output_dir_conflicts
+from projects.runs import dataset_snapshot, paths, records
 from projects.runs import manifest as run_manifest
-from projects.runs import paths, records
 from projects.runs.base_model_folder import HeldBaseModel, open_base_model
 from projects.runs.columns import EvalPoint, MetricPoint, RunProgress, RunSummary
 from projects.runs.config import RunConfig, run_config
@@ -93,21 +92,41 @@ def resolve_stage(run_id: int, taken: bool = False) -> bool:
         return not fail(run_id, RunStage.RESOLVE, output.errors[0], _problem_lines(output.errors))
     if conflicts := output_dir_conflicts(config.output_directory, run.started_by or project.owner, project):
         return not fail(run_id, RunStage.RESOLVE, conflicts[0], _problem_lines(conflicts))
+    # From here on only the run's own copy of each file is read: what is checked is what is trained.
+    folder = run_dir(run_id)
+    resolved = False
+    try:
+        resolved = _resolve_on_snapshots(run, config, resolution, folder)
+        return resolved
+    finally:
+        if not resolved:
+            dataset_snapshot.drop_snapshot(folder)
+
+
+def _resolve_on_snapshots(run: TrainingRun, config: RunConfig, resolution: Any, folder: Path) -> bool:
+    """Copy the dataset (and eval file) into the run's work folder, check every row of the copies, and record their
+    row counts and digests on the run with the resolved model. False once the run has failed."""
+    run_id = run.pk
+    try:
+        dataset = dataset_snapshot.snapshot_dataset(run, folder)
+    except paths.PathChanged as changed:
+        return not fail(run_id, RunStage.RESOLVE, changed.problem)
     # The form and the API read only the start of a dataset; here every row is read, and tokenized, once.
     report = inspect_dataset(
-        dataset.path,
+        dataset,
         with_chat_template(load_tokenizer(resolution), config.values.chat_template),
         config.values.max_seq_length,
         full=True,
         model=f"'{config.model_name}'",
         max_prompt_length=config.values.prompt_limit,
     )
-    if report.valid and (mismatch := objective_problem(config.values.objective, report.format, dataset.path or "")):
+    if report.valid and (mismatch := objective_problem(config.values.objective, report.format, config.dataset_path)):
         report.errors.append(mismatch)
     if not report.valid:
         return not fail(run_id, RunStage.RESOLVE, report.errors[0], _problem_lines(report.errors))
     config.dataset_rows = report.rows
-    if config.eval_dataset_path and (problems := _eval_file_problems(run, config, resolution)):
+    config.dataset_sha256 = report.sha256 or dataset_snapshot.snapshot_sha256(dataset)
+    if config.eval_dataset_path and (problems := _eval_file_problems(run, config, resolution, folder)):
         return not fail(run_id, RunStage.RESOLVE, problems[0], _problem_lines(problems))
     TrainingRun.objects.filter(pk=run_id).update(
         config=config.model_dump(),
@@ -118,8 +137,9 @@ def resolve_stage(run_id: int, taken: bool = False) -> bool:
     return True
 
 
-def _eval_file_problems(run: TrainingRun, config: RunConfig, resolution: Any) -> list[Problem]:
-    """The eval file checked as the dataset is (every row read); its row count is recorded on `config`."""
+def _eval_file_problems(run: TrainingRun, config: RunConfig, resolution: Any, folder: Path) -> list[Problem]:
+    """The eval file copied and checked as the dataset is (every row of the copy read); its row count and digest are
+    recorded on `config`."""
     values = config.values
     if source := eval_source_problems(values.objective, values.eval_fraction, config.eval_dataset_path):
         return source
@@ -128,17 +148,23 @@ def _eval_file_problems(run: TrainingRun, config: RunConfig, resolution: Any) ->
         return located.errors
     if problem := paths.dataset_problem(run, config.eval_dataset_path):
         return [problem]
+    try:
+        copy = dataset_snapshot.snapshot_eval_dataset(run, folder)
+    except paths.PathChanged as changed:
+        return [changed.problem]
+    assert copy is not None  # the run has an eval file
     report = inspect_dataset(
-        located.path,
+        copy,
         with_chat_template(load_tokenizer(resolution), values.chat_template),
         values.max_seq_length,
         full=True,
         model=f"'{config.model_name}'",
         max_prompt_length=values.prompt_limit,
     )
-    if report.valid and (mismatch := objective_problem(values.objective, report.format, located.path or "")):
+    if report.valid and (mismatch := objective_problem(values.objective, report.format, config.eval_dataset_path)):
         report.errors.append(mismatch)
     config.eval_dataset_rows = report.rows
+    config.eval_dataset_sha256 = report.sha256 or dataset_snapshot.snapshot_sha256(copy)
     return report.errors
 
 
@@ -215,6 +241,8 @@ def train_stage(run_id: int) -> bool:
         worker_host=worker_identity(),
         worker_pid=os.getpid(),
     ):
+        if TrainingRun.objects.filter(pk=run_id, status__in=ENDED_STATUSES).exists():  # cancelled after resolve
+            dataset_snapshot.drop_snapshot(run_dir(run_id))
         return False
     run = TrainingRun.objects.select_related("project", "project__owner", "started_by").get(pk=run_id)
     folder = run_dir(run_id)
@@ -222,11 +250,13 @@ def train_stage(run_id: int) -> bool:
     # Both paths are resolved and checked again now, and opened without following links: a folder or file
     # swapped for a link since the run started is refused, not written through or read.
     if problem := paths.recheck(run):
+        dataset_snapshot.drop_snapshot(folder)
         fail(run_id, RunStage.TRAIN, problem)
         return False
     try:
         output_fd = paths.create_run_folder(run)  # made here, exclusively: an existing folder is never adopted
     except paths.PathChanged as changed:
+        dataset_snapshot.drop_snapshot(folder)
         fail(run_id, RunStage.TRAIN, changed.problem)
         return False
     # The trainer starts inside this opened folder and writes only relative to it: a folder swapped for a link
@@ -244,15 +274,14 @@ def train_stage(run_id: int) -> bool:
 def _train_in(run: TrainingRun, folder: Path, output_fd: int, staging: str) -> bool:
     run_id = run.pk
     config = run_config(run)
-    try:
-        dataset = paths.snapshot_dataset(run, folder)
-        eval_dataset = paths.snapshot_eval_dataset(run, folder)
-    except paths.PathChanged as changed:
-        paths.drop_snapshot(folder)
-        fail(run_id, RunStage.TRAIN, changed.problem)
+    # The copies the resolve stage took and checked, still as they were then: the trainer reads nothing else.
+    if problem := dataset_snapshot.snapshot_problem(config, folder):
+        dataset_snapshot.drop_snapshot(folder)
+        fail(run_id, RunStage.TRAIN, problem)
         return False
-    config.dataset_sha256 = file_sha256(dataset)  # what this run reads, whatever the project says now
-    config.eval_dataset_sha256 = file_sha256(eval_dataset) if eval_dataset else ""
+    dataset = dataset_snapshot.dataset_snapshot(folder, config.dataset_path)
+    eval_source = config.eval_dataset_path
+    eval_dataset = dataset_snapshot.eval_snapshot(folder, eval_source) if eval_source else None
     # Without a prompt of its own, validation asks the dataset's last row, which is then not trained on.
     config.held_out_row = not config.validation_prompt.strip() and (config.dataset_rows or 0) >= HOLD_OUT_MIN
     if config.values.objective == "dpo":  # DPO holds out pairs at the end instead (the last one gives the prompt)
@@ -261,20 +290,20 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int, staging: str) -> b
     devices = config.values.devices
     owned = owned_devices()
     if owned is not None and owned < devices:  # placement sends it only to such a worker; a stale message may not
-        paths.drop_snapshot(folder)
+        dataset_snapshot.drop_snapshot(folder)
         fail(run_id, RunStage.TRAIN, _too_few_devices(devices, owned))
         return False
     try:  # a published base model is read through its folder opened now, never through its path again
         base = open_base_model(run)
     except RunFolderRefused as refused:
-        paths.drop_snapshot(folder)
+        dataset_snapshot.drop_snapshot(folder)
         fail(run_id, RunStage.TRAIN, refused.problem)
         return False
     with base:
         try:  # the checkpoint is read through a folder opened now, never through its path again
             resume_fd = paths.open_resume_checkpoint(run) if run.resume and run.resumed_from else None
         except paths.PathChanged as changed:
-            paths.drop_snapshot(folder)
+            dataset_snapshot.drop_snapshot(folder)
             fail(run_id, RunStage.TRAIN, changed.problem)
             return False
         try:
@@ -325,9 +354,10 @@ def _train_with(
             held_out_pairs=config.held_out_pairs,
             staging_dir=staging,
             max_row_bytes=settings.MTM_DATASET_MAX_ROW_BYTES,
+            max_rows=settings.MTM_DATASET_MAX_ROWS,
         )
     except ValidationError as invalid:
-        paths.drop_snapshot(folder)
+        dataset_snapshot.drop_snapshot(folder)
         fail(run_id, RunStage.TRAIN, spec_problem(invalid))
         return False
     # A marker file, not the folder's existence or inode: the trainer recreates a deleted folder at its
@@ -389,7 +419,7 @@ def _train_with(
     if not finished and manifest_is_ours and outcome.stopped_for is None and outcome.returncode != EXIT_CANCELLED:
         written = run_manifest.written_manifest(output_fd)
     if outcome.stopped_for is not None or not (finished or written):
-        paths.drop_snapshot(folder)  # validation reads it for a prompt; nothing else will
+        dataset_snapshot.drop_snapshot(folder)  # validation reads it for a prompt; nothing else will
     if outcome.stopped_for is not None:
         fail(run_id, RunStage.TRAIN, outcome.stopped_for)
         return False
@@ -455,7 +485,7 @@ def _child_failure(outcome) -> Problem:
 
 
 def _snapshot_path(run: TrainingRun) -> Path:
-    return run_dir(run.pk) / paths.SNAPSHOT_DIR / os.path.basename(run_config(run).dataset_path)
+    return dataset_snapshot.dataset_snapshot(run_dir(run.pk), run_config(run).dataset_path)
 
 
 def _snapshot_rows(run: TrainingRun) -> list[dict]:
@@ -507,7 +537,7 @@ def _before_after_rows(run: TrainingRun) -> dict | None:
     limit = settings.MTM_DATASET_MAX_ROW_BYTES
     if config.eval_dataset_path:  # the file's first rows: the trainer evaluated on every row of it
         try:
-            eval_file = paths.eval_snapshot(run_dir(run.pk), config.eval_dataset_path)
+            eval_file = dataset_snapshot.eval_snapshot(run_dir(run.pk), config.eval_dataset_path)
             eval_rows = first_rows(eval_file, MAX_BEFORE_AFTER_ROWS, max_row_bytes=limit)
             fmt = detect_format(eval_rows[:1])
         except Exception:  # the file is only a source of prompts here; without it there is no comparison
@@ -548,14 +578,14 @@ def validate_stage(run_id: int) -> None:
             raise paths.PathChanged(problem)
         folder_fd = paths.reopen_run_folder(run)  # the very folder the train stage created, or nothing
     except paths.PathChanged as changed:
-        paths.drop_snapshot(run_dir(run_id))
+        dataset_snapshot.drop_snapshot(run_dir(run_id))
         fail(run_id, RunStage.VALIDATE, changed.problem)
         return
     try:
         try:  # the base the model is compared with (or an adapter loaded on): the folder the run trained from
             base = open_base_model(run)
         except RunFolderRefused as refused:
-            paths.drop_snapshot(run_dir(run_id))
+            dataset_snapshot.drop_snapshot(run_dir(run_id))
             fail(run_id, RunStage.VALIDATE, refused.problem)
             return
         with base:
@@ -575,7 +605,7 @@ def _validate_in(run: TrainingRun, folder_fd: int, base: HeldBaseModel) -> None:
             rows = []
     prompt = _validation_prompt(run, rows, folder_fd)
     before_after = None if config.values.objective == "dpo" else _before_after_rows(run)  # DPO: the preference check
-    paths.drop_snapshot(run_dir(run_id))
+    dataset_snapshot.drop_snapshot(run_dir(run_id))
     report = validate_output(
         run.output_directory,
         prompt,

@@ -75,7 +75,7 @@ def build_pairs(spec: TrainerSpec, tokenizer: Any) -> tuple[Any, dict[str, Any]]
     if hp.chat_template in BUILT_IN:  # set on the tokenizer itself: the saved model carries the template too
         tokenizer.chat_template = BUILT_IN[hp.chat_template]
     try:
-        rows = load_rows(spec.dataset_path, max_row_bytes=spec.max_row_bytes)
+        rows = load_rows(spec.dataset_path, max_row_bytes=spec.max_row_bytes, max_rows=spec.max_rows)
         fmt = detect_format(rows)
     except DatasetError as exc:
         raise TrainerError.from_problems(exc.problems)

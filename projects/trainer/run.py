@@ -129,13 +129,13 @@ def build_datasets(
     if hp.chat_template in BUILT_IN:  # set on the tokenizer itself: the saved model carries the template too
         tokenizer.chat_template = BUILT_IN[hp.chat_template]
     try:
-        rows = load_rows(spec.dataset_path, max_row_bytes=spec.max_row_bytes)
+        rows = load_rows(spec.dataset_path, max_row_bytes=spec.max_row_bytes, max_rows=spec.max_rows)
         total = len(rows)
         held_out = 1 if spec.hold_out_last_row and total > 1 else 0
         rows = rows[: total - held_out]  # the last row is the validation prompt: the model never sees it
         fmt = detect_format(rows)
         if spec.eval_dataset_path is not None:  # every dataset row trains; the file's own format is its own
-            eval_rows = load_rows(spec.eval_dataset_path, max_row_bytes=spec.max_row_bytes)
+            eval_rows = load_rows(spec.eval_dataset_path, max_row_bytes=spec.max_row_bytes, max_rows=spec.max_rows)
             eval_fmt = detect_format(eval_rows)
         else:
             rows, eval_rows = split_rows(rows, hp.eval_fraction, hp.seed)

@@ -27,6 +27,8 @@ read back by the child (`read_spec`), which names every problem it finds.
  "device": "auto" | "cpu" | "cuda",
  "max_row_bytes": 1048576,                   a dataset row longer than this in its file fails the run, named, before
                                              anything is tokenized (the worker's MTM_DATASET_MAX_ROW_BYTES)
+ "max_rows": 2000000,                        a dataset or eval file of more rows fails the run, named, before a row
+                                             is parsed (the worker's MTM_DATASET_MAX_ROWS)
  "progress_interval": 1.0}                   seconds between progress events (logging steps add more)
 ```
 The fields are validated in this order, so a check can name the fields before it (a missing model folder is named
@@ -59,6 +61,7 @@ from projects.trainer.errors import TrainerError
 
 LATEST = "latest"
 DEFAULT_STAGING = ".staging-trainer"
+DEFAULT_MAX_ROWS = 2_000_000  # MTM_DATASET_MAX_ROWS's default; the worker always writes its own setting
 SPEC_HINT = (
     "The spec is written by the portal; build it as a projects.trainer.spec.TrainerSpec and write it with write_spec."
 )
@@ -133,6 +136,7 @@ class TrainerSpec(BaseModel):
     held_out_pairs: int = Field(0, strict=True, ge=0, description="a count of pairs")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="a device: 'auto', 'cpu' or 'cuda'")
     max_row_bytes: int = Field(DEFAULT_MAX_ROW_BYTES, strict=True, ge=1, description="a number of bytes")
+    max_rows: int = Field(DEFAULT_MAX_ROWS, strict=True, ge=1, description="a count of rows")
     progress_interval: float = Field(1.0, strict=True, ge=0, le=3600, description="a number of seconds (0 to 3600)")
 
     @field_validator("hyperparameters", mode="before")
