@@ -40,14 +40,14 @@ _RECORD_TURN = """() => {
 
 
 def _expect_answered(turn, worker_log) -> None:
-    """The turn ends answered; when it does not, the failure shows the answer's stored problem and the worker's log."""
+    """The turn ends answered; when it does not, the failure shows the turn as the page shows it (its problem) and
+    the playground worker's log. No database here: Playwright's sync API runs an event loop in this thread."""
     try:
         expect(turn).to_have_attribute("data-status", "succeeded", timeout=120_000)
     except AssertionError as failed:
-        latest = Generation.objects.order_by("pk").last()
-        problem = latest and (latest.status, latest.worker_name, latest.error_code, latest.error_message)
-        log = worker_log.read_text(errors="replace")[-6000:] if worker_log.exists() else "(no worker log)"
-        raise AssertionError(f"{failed}\nthe answer: {problem}\nthe playground worker's log:\n{log}") from None
+        shown = turn.inner_text()
+        log = worker_log.read_text(errors="replace")[-8000:] if worker_log.exists() else "(no worker log)"
+        raise AssertionError(f"{failed}\nthe turn shows: {shown}\nthe playground worker's log:\n{log}") from None
 
 
 def test_the_playground_streams_an_answer_from_a_fine_tuned_model(
