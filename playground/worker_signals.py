@@ -1,15 +1,14 @@
 """An inference worker forgets the models a previous process of the same name had loaded when it starts and when it
-stops, so the GPUs page and placement never count memory nobody holds; its pool process imports torch and
-transformers as soon as it starts (in a thread), so the first message waits only for its model's load."""
+stops, so the GPUs page and placement never count memory nobody holds; its main process imports torch and
+transformers before its pool process is forked, so the first message waits only for its model's load."""
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 from typing import Any
 
-from celery.signals import worker_process_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from django.db import connection
 
 log = logging.getLogger(__name__)
@@ -52,7 +51,10 @@ def _import_libraries() -> None:
         log.warning("playground worker: importing torch and transformers ahead of time failed", exc_info=True)
 
 
-@worker_process_init.connect
-def _warm_imports(**_: Any) -> None:
+@worker_init.connect
+def _import_before_the_pool_starts(**_: Any) -> None:
+    """The worker's main process imports torch and transformers before it forks its pool process, which starts with
+    them: the first message waits only for its model's load, and no two threads import transformers at once (a
+    thread doing so can be handed a half-initialised module: "cannot import name 'AutoModelForCausalLM'")."""
     if os.environ.get(PLAYGROUND_WORKER_ENV) == "1":
-        threading.Thread(target=_import_libraries, name="playground-imports", daemon=True).start()
+        _import_libraries()
