@@ -170,15 +170,11 @@ class TrainerSpec(BaseModel):
     @field_validator("dataset_path")
     @classmethod
     def _dataset_exists(cls, path: Path, info: ValidationInfo) -> Path:
-        if _checking_paths(info) and not path.is_file():
-            raise _problem_error(
-                [
-                    Problem(
-                        "dataset_not_found",
-                        f"Dataset file {path} does not exist (any more).",
-                        "Upload the dataset again or point the project at an existing file, then start a new run.",
-                    )
-                ]
+        if _checking_paths(info):
+            _must_exist(
+                path,
+                "Dataset file",
+                "Upload the dataset again or point the project at an existing file, then start a new run.",
             )
         return path
 
@@ -192,15 +188,11 @@ class TrainerSpec(BaseModel):
             conflicts = eval_source_problems(hyperparameters.objective, hyperparameters.eval_fraction, str(path))
             if conflicts:
                 raise _problem_error(conflicts)
-        if _checking_paths(info) and not path.is_file():
-            raise _problem_error(
-                [
-                    Problem(
-                        "dataset_not_found",
-                        f"Eval file {path} does not exist (any more).",
-                        "Point the project's eval file at an existing file (or clear it), then start a new run.",
-                    )
-                ]
+        if _checking_paths(info):
+            _must_exist(
+                path,
+                "Eval file",
+                "Point the project's eval file at an existing file (or clear it), then start a new run.",
             )
         return path
 
@@ -233,6 +225,11 @@ def read_spec(path: Path) -> TrainerSpec:
     except ValidationError as invalid:
         problem = spec_problem(invalid, f"The trainer spec {path}")
         raise TrainerError(problem.code, problem.message, problem.hint) from None
+
+
+def _must_exist(path: Path, what: str, hint: str) -> None:
+    if not path.is_file():
+        raise _problem_error([Problem("dataset_not_found", f"{what} {path} does not exist (any more).", hint)])
 
 
 def spec_problem(invalid: ValidationError, source: str = "The trainer spec") -> Problem:
