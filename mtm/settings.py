@@ -218,8 +218,9 @@ MTM_MODEL_FOLDER_MAX_ENTRIES = env_int("MTM_MODEL_FOLDER_MAX_ENTRIES", 5_000)
 MTM_MODEL_FOLDER_MAX_DEPTH = env_int("MTM_MODEL_FOLDER_MAX_DEPTH", 16)
 if MTM_MODEL_FOLDER_MAX_ENTRIES < 1 or MTM_MODEL_FOLDER_MAX_DEPTH < 1:
     raise ImproperlyConfigured("MTM_MODEL_FOLDER_MAX_ENTRIES and MTM_MODEL_FOLDER_MAX_DEPTH must be at least 1.")
-# The most folder entries one cold model listing reads across all cache repos (models_registry.listing): a cache of
-# hundreds of real models lists far fewer; past it, the repos still to scan are shown "not checked" for that request.
+# The most folder entries one cold model listing reads in the repos of one owner (the uid owning the repo folders;
+# models_registry.listing): a cache of hundreds of real models lists far fewer; past it, that owner's repos still to
+# scan are shown "not checked" for that request, and other owners' repos are read on their own budgets.
 MTM_MODEL_LISTING_MAX_ENTRIES = env_int("MTM_MODEL_LISTING_MAX_ENTRIES", 200_000)
 if MTM_MODEL_LISTING_MAX_ENTRIES < 1:
     raise ImproperlyConfigured(f"MTM_MODEL_LISTING_MAX_ENTRIES={MTM_MODEL_LISTING_MAX_ENTRIES} must be at least 1.")

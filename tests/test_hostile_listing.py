@@ -6,6 +6,7 @@ layouts on tmp_path."""
 from __future__ import annotations
 
 import os
+import pwd
 import time
 
 import pytest
@@ -82,6 +83,50 @@ def test_a_workers_heartbeat_is_written_when_its_model_listing_is_over_budget_or
     finally:
         _parts.remove(listing_fails)
     assert not Worker.objects.get(pk=row.pk).is_gone  # the heartbeat came first
+
+
+def _own(repo, uid: int) -> None:
+    """Make `uid` the owner of the repo folder and all in it, as a download by that user would."""
+    os.chown(repo, uid, uid)
+    for folder, subfolders, files in os.walk(repo):
+        for name in subfolders + files:
+            os.chown(os.path.join(folder, name), uid, uid, follow_symlinks=False)
+
+
+@pytest.mark.django_db
+def test_one_owners_repos_spend_only_that_owners_budget(portal_roots, settings):
+    from models_registry.worker_report import report_part
+
+    cache = portal_roots / "hf-cache" / "hub"
+    mallory, bob, alice = pwd.getpwnam("nobody").pw_uid, 4003, 4002  # bob: a uid with no user name
+    for n in range(3):  # named to sort before everyone's
+        _own(make_model_repo(cache, f"0aa/m{n}").parent.parent, mallory)
+        _own(make_model_repo(cache, f"0bb/m{n}").parent.parent, bob)
+    _own(make_model_repo(cache, "victim/old-model").parent.parent, alice)
+    settings.MTM_MODEL_LISTING_MAX_ENTRIES = 10  # one repo's 5 snapshot files and 5 blobs
+    listing.forget()
+
+    listed = {m.model_name: m for m in listing.list_cached(cache)}
+    assert listed["victim/old-model"].valid
+    assert listed["0aa/m0"].valid and listed["0bb/m0"].valid
+    for org, label in (("0aa", "nobody"), ("0bb", "uid 4003")):
+        for n in (1, 2):
+            [problem] = listed[f"{org}/m{n}"].errors
+            assert problem.code == "listing_not_checked"
+            assert f"the part of the Hugging Face cache owned by {label} (its repo folders)" in problem.message
+            assert "MTM_MODEL_LISTING_MAX_ENTRIES" in problem.hint and label in problem.hint
+    assert report_part()["held_models"] == ["0aa/m0", "0aa/m1", "0bb/m0", "0bb/m1", "victim/old-model"]
+
+    # Mallory's repos changing before every listing make them re-checked each time, at her budget's cost only:
+    # another member's new download is checked at once.
+    new = make_model_repo(cache, "victim/new-model").parent.parent
+    _own(new, alice)
+    for _ in range(2):
+        for n in range(3):
+            os.utime(cache / f"models--0aa--m{n}" / "snapshots" / COMMIT_A)
+        again = {m.model_name: m for m in listing.list_cached(cache)}
+        assert again["victim/new-model"].valid and again["victim/old-model"].valid
+        assert "victim/new-model" in report_part()["held_models"]
 
 
 def test_a_snapshot_linked_out_of_the_cache_is_refused_in_the_list_as_on_the_page(hf_cache, tmp_path):
