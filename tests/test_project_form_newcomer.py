@@ -65,7 +65,30 @@ def test_lora_targets_are_checked_against_the_model_as_they_are_typed(alice, por
     assert "status-error" in unreadable and "is not allowed" in unreadable
     full = text(client.get(url, {**asked, "method": "full", "lora_target_modules": "qkv_projj"}, **HX))
     assert full.strip() == ""  # not used by a full fine-tune
-    assert client.get("/projects/check-hyperparameter/epochs/", HX).status_code == 404
+    assert client.get("/projects/check-hyperparameter/no_such_box/", HX).status_code == 404
+    assert client.get("/projects/check-hyperparameter/packing/", HX).status_code == 404  # a checkbox: nothing to type
+
+
+# --- every hyperparameter box, as it is typed and on save ----------------------------------------------------------
+
+
+def test_a_value_out_of_range_is_shown_under_its_own_box_as_it_is_typed(alice, portal_roots, tiny_llama_in_cache):
+    client = secure_client(alice)
+    url = "/projects/check-hyperparameter/learning_rate/"
+    wrong = text(client.get(url, {"learning_rate": "-1"}, **HX))
+    assert "status-error" in wrong and "greater than 0" in wrong
+    assert text(client.get(url, {"learning_rate": "0.0002"}, **HX)).strip() == ""
+    page = text(client.get("/projects/new/"))
+    assert 'id="learning_rate-status"' in page and 'hx-get="/projects/check-hyperparameter/learning_rate/"' in page
+
+
+def test_the_refusal_banner_links_to_each_box_that_holds_an_error(alice, portal_roots, tiny_llama_in_cache):
+    client = secure_client(alice)
+    data = form_data(portal_roots, tiny_llama_in_cache[0], learning_rate="-1", epochs="0")
+    page = text(client.post("/projects/new/", data))
+    banner = page.split('role="alert"')[1].split("</div>")[0]
+    assert re.search(r'<a href="#id_epochs">Epochs</a>, <a href="#id_learning_rate">Learning rate</a>', banner), banner
+    assert 'id="id_learning_rate"' in page and errors_under(page, "learning_rate")
 
 
 # --- max sequence length ----------------------------------------------------------------------------------------
