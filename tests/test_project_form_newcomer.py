@@ -199,18 +199,24 @@ def test_example_paths_lie_inside_the_allowed_roots(alice, portal_roots):
 # --- the DPO settings ---------------------------------------------------------------------------------------------
 
 
-def test_an_sft_project_still_has_its_dpo_boxes_checked_and_a_wrong_one_is_marked(
+def test_a_wrong_dpo_value_does_not_block_an_sft_project_and_is_stored_as_its_default(
     alice, portal_roots, tiny_llama_in_cache
 ):
-    """The stylesheet hides the DPO fieldset while the objective is SFT unless a box in it holds an error, so a wrong
-    DPO value sent by a form (or a browser without the stylesheet) is refused where it can be seen."""
+    """The DPO fieldset is hidden while the objective is SFT, and an SFT run never reads it: a wrong DPO value sent
+    with an SFT project (by the form or the API, one service) is stored as its default; a valid one is kept."""
+    from projects.hyperparameters import Hyperparameters
+
     client = secure_client(alice)
-    page = text(client.post("/projects/new/", form_data(portal_roots, tiny_llama_in_cache[0], dpo_beta="-1")))
-    assert not TrainingProject.objects.exists()
-    fieldset = page.split('<fieldset class="dpo-fields">')[1].split("</fieldset>")[0]
-    assert '<div class="field has-error">' in fieldset and errors_under(fieldset, "dpo_beta")
-    css = (Path(__file__).resolve().parents[1] / "static" / "css" / "mtm.css").read_text()
-    assert (
-        '.project-form:has(select[name="objective"] option[value="sft"]:checked) .dpo-fields:not(:has(.has-error)) '
-        "{ display: none; }" in css
-    )
+    sft = client.post("/projects/new/", form_data(portal_roots, tiny_llama_in_cache[0], dpo_beta="-3"))
+    assert sft.status_code == 302, text(sft)
+    assert TrainingProject.objects.get().hyperparameters["dpo_beta"] == Hyperparameters().dpo_beta
+    kept = form_data(portal_roots, tiny_llama_in_cache[0], dpo_beta="0.3", name="kept")
+    kept["output_directory"] = str(portal_roots / "outputs" / "kept")
+    assert client.post("/projects/new/", kept).status_code == 302
+    assert TrainingProject.objects.get(name="kept").hyperparameters["dpo_beta"] == 0.3
+    # For a DPO project the same value is refused, under its box, and the banner links to it.
+    dpo = form_data(portal_roots, tiny_llama_in_cache[0], dpo_beta="-3", objective="dpo", name="dpo")
+    dpo["output_directory"] = str(portal_roots / "outputs" / "dpo")
+    page = text(client.post("/projects/new/", dpo))
+    assert not TrainingProject.objects.filter(name="dpo").exists()
+    assert errors_under(page, "dpo_beta") and '<a href="#id_dpo_beta">DPO beta</a>' in page
