@@ -18,7 +18,7 @@ from models_registry import lookup
 from models_registry.chat_template_source import chat_template_source
 from models_registry.deep_listing import still_checking
 from models_registry.deep_state import DeepState, deep_state, with_deep_verdict
-from models_registry.demo import DEMO_NOTE, is_demo_model
+from models_registry.demo import DEMO_MODEL_NAME, DEMO_NOTE, is_demo_model
 from models_registry.forms import ModelCheckForm, PortalSettingsForm
 from models_registry.list_rows import model_rows
 from models_registry.models import PortalSettings, PublishedModel
@@ -59,6 +59,7 @@ def _list_context(request: HtmxHttpRequest, *, just_asked: bool = False) -> dict
     checking = still_checking(models)
     return {
         "rows": model_rows(models),
+        "demo_model_name": DEMO_MODEL_NAME,
         "query": query,
         "valid": filters["valid"],
         "filtered": filtered,

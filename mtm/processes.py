@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
 
@@ -39,19 +40,34 @@ def signal_group(pid: int, sig: int) -> None:
 
 @dataclass
 class Child:
-    """One supervised command. `stop_signal` asks it to finish cleanly (SIGTERM is Celery's warm shutdown)."""
+    """One supervised command. `stop_signal` asks it to finish cleanly (SIGTERM is Celery's warm shutdown);
+    with `log_path` its output is appended to that file instead of the terminal."""
 
     name: str
     argv: list[str]
     stop_signal: int = signal.SIGTERM
+    log_path: Path | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self, env: dict[str, str] | None = None) -> None:
+        output = None
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            output = open(self.log_path, "ab")  # noqa: SIM115 (the child holds it; our copy is closed below)
         # A session of its own: the terminal's Ctrl-C reaches only the supervisor, which forwards exactly one
         # signal (Celery treats a second SIGINT as "terminate running tasks now").
-        self.process = subprocess.Popen(
-            self.argv, env=env, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM)
-        )
+        try:
+            self.process = subprocess.Popen(
+                self.argv,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT if output else None,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
+            )
+        finally:
+            if output is not None:
+                output.close()
 
     @property
     def pid(self) -> int:
@@ -65,8 +81,11 @@ class Child:
 class Supervisor:
     """Start children, forward SIGINT/SIGTERM/SIGHUP, and stop all when one exits or a signal arrives."""
 
-    def __init__(self, children: list[Child], grace_seconds: float = 20.0, out=None) -> None:
+    def __init__(
+        self, children: list[Child], grace_seconds: float = 20.0, out=None, started_lines: list[str] | None = None
+    ) -> None:
         self.children = children
+        self.started_lines = started_lines or []  # said once every child has started
         self.grace_seconds = grace_seconds
         self.out = out or sys.stdout
         self.signals_received = 0
@@ -80,11 +99,14 @@ class Supervisor:
         for child in self.children:
             child.start(env)
             self._say(f"started {child.name} (pid {child.pid}): {' '.join(child.argv)}")
+        for line in self.started_lines:
+            self._say(line)
         while not self.signals_received and all(c.running() for c in self.children):
             time.sleep(0.2)
         dead = [c for c in self.children if not c.running()]
         for child in dead:
-            self._say(f"{child.name} exited with status {child.process.returncode}; stopping the others")
+            where = f" (its output: {child.log_path})" if child.log_path else ""
+            self._say(f"{child.name} exited with status {child.process.returncode}; stopping the others{where}")
         if self.signals_received:
             self._say("stopping; the worker finishes its current task first (press Ctrl-C again to stop at once)")
         self._stop_all()

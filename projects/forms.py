@@ -226,6 +226,11 @@ class ProjectForm(forms.Form):
                 for box in boxes or [None]:
                     self.add_error(box, problem_error(problem))
 
+    @property
+    def failing_boxes(self) -> list[forms.BoundField]:
+        """The boxes with an error, in the form's order (the banner above the form links to each)."""
+        return [self[name] for name in self.fields if name in self.errors]
+
     def field_groups(self) -> dict[str, dict[str, list[forms.BoundField]]]:
         """Each fieldset's boxes (typed values) and checks (checkboxes), in declaration order."""
         groups: dict[str, dict[str, list[forms.BoundField]]] = {group: {"boxes": [], "checks": []} for group in GROUPS}

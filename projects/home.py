@@ -8,6 +8,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_http_methods
 
 from models_registry import lookup
+from models_registry.demo import is_demo_model
 from mtm.htmx import HtmxHttpRequest
 from projects.runs.listing import recent_runs
 
@@ -22,6 +23,8 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
         "cache_source": cache_source,
         "model_count": len(models),
         "valid_count": sum(1 for m in models if m.valid),
+        "demo_only": bool(models) and all(is_demo_model(m.model_name) for m in models if m.valid),
+        "demo_listed": any(is_demo_model(m.model_name) for m in models),
         "recent_runs": recent_runs(request.user),
     }
     return render(request, "home.html", context)

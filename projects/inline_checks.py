@@ -60,15 +60,18 @@ def output_status(raw: str, user: Any, project: TrainingProject | None = None) -
 
 
 def hyperparameter_status(name: str, params: Any) -> dict[str, list[Any]]:
-    """What the form shows under the box `name` (one of MODEL_FIT_BOXES) for the values in `params`: its own
-    problem when the value is not one the box takes, else how it fits the base model typed above (the same checks a
-    save makes). Nothing when the box is blank or the model does not resolve (the model's own check says why)."""
+    """What the form shows under the hyperparameter box `name` for the values in `params`: its own problem when the
+    value is not one the box takes (out of range, not a number), else, for MODEL_FIT_BOXES, how it fits the base
+    model typed above (the same checks a save makes). Nothing when the box is blank or the model does not resolve
+    (the model's own check says why)."""
     raw = str(params.get(name) or "").strip()[:MAX_PARAM_CHARS]
-    if name not in MODEL_FIT_BOXES or not raw:
+    if name not in HYPERPARAMETERS or not raw:
         return {}
     values, problems = Hyperparameters.from_dict({name: raw})
     if own := [problem for problem in problems if problem.field == name]:
         return {"errors": own}
+    if name not in MODEL_FIT_BOXES:
+        return {}
     value = getattr(values, name)
     model_name = str(params.get("model_name") or "").strip()[:200]
     revision = str(params.get("revision") or "").strip()[:255]
@@ -227,7 +230,7 @@ def _busy_hyperparameter(request: HtmxHttpRequest, problem: Problem) -> HttpResp
 @login_required
 @limited_view(_busy_hyperparameter)
 def check_hyperparameter(request: HtmxHttpRequest, name: str) -> HttpResponse:
-    if name not in MODEL_FIT_BOXES:
+    if name not in HYPERPARAMETERS or HYPERPARAMETERS[name].kind == "bool":
         raise Http404("No check as you type for this box.")
     context = {"status": hyperparameter_status(name, request.GET)}
     return render(request, "projects/form.html#hyperparameter-status", context)

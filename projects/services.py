@@ -31,7 +31,7 @@ from projects.datasets.report import read_dataset
 from projects.datasets.template_check import chat_template_problems, renders_chat_template
 from projects.datasets.token_stats import apply_count, request_count, template_key
 from projects.datasets.uploads import upload_problems
-from projects.hyperparameters import Hyperparameters
+from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.lora_targets import lora_target_problems
 from projects.models import LIVE_STATUSES, TokenCount, TrainingMethod, TrainingProject, TrainingRun
 from projects.ownership import checked_output_dir, lock_claims, output_dir_conflicts
@@ -144,7 +144,13 @@ def check_project(
     if method not in TrainingMethod.values:
         check.error("method", Problem("invalid_method", f"Unknown method {method!r}.", "Use 'full' or 'lora'."))
     hp, problems = Hyperparameters.from_dict(data.get("hyperparameters") or {})
+    objective_refused = any(problem.field == "objective" for problem in problems)
     for problem in problems:
+        # A DPO-only setting an SFT project never uses does not block it: a wrong one is stored as its default
+        # (from_dict already put the default in its place), a valid one is kept for a later switch to DPO.
+        declared = HYPERPARAMETERS.get(problem.field or "")
+        if declared is not None and not objective_refused and not declared.applies("lora", hp.objective):
+            continue
         check.error("hyperparameters", problem)
     check.hyperparameters = hp
 

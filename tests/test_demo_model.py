@@ -53,3 +53,31 @@ def test_a_conversation_with_a_run_fine_tuned_from_the_demo_model_says_so(member
     chat = Conversation.objects.create(owner=member, kind=TargetKind.RUN, run=run, model_name=DEMO_MODEL_NAME)
     shown = page(member, reverse("playground:conversation", kwargs={"pk": chat.pk}))
     assert f"Run #{run.pk} was fine-tuned from the demo model." in shown and SAID in shown
+
+
+def test_a_run_fine_tuned_from_the_demo_model_says_so_on_its_page(member, portal_roots, tiny_llama_in_cache):
+    demo_project = TrainingProject.objects.create(
+        name="demo-run", owner=member, model_name=DEMO_MODEL_NAME, output_directory=str(portal_roots / "outputs" / "d")
+    )
+    demo_run = TrainingRun.objects.create(project=demo_project, validation={"passed": True, "checks": []})
+    shown = page(member, reverse("projects:run", kwargs={"pk": demo_run.pk}))
+    assert f"Run #{demo_run.pk} is fine-tuned from the demo model." in shown and SAID in shown
+    assert "Expected here: the base model is the untrained demo" in shown
+    real_project = TrainingProject.objects.create(
+        name="real-run", owner=member, model_name=tiny_llama_in_cache[0], output_directory=str(portal_roots / "o" / "r")
+    )
+    real_run = TrainingRun.objects.create(project=real_project, validation={"passed": True, "checks": []})
+    assert SAID not in page(member, reverse("projects:run", kwargs={"pk": real_run.pk}))
+
+
+def test_the_models_list_and_the_home_page_flag_the_demo_model(member, tiny_llama_in_cache):
+    listed = page(member, reverse("registry:models"))
+    assert listed.count("demo · random weights") == 1
+    home = page(member, reverse("home"))
+    assert "One of them is the untrained demo model" in home
+
+
+def test_the_home_page_says_when_the_demo_is_the_only_model(portal_roots, hf_cache, tiny_llama_dir):
+    install_into_cache(tiny_llama_dir, hf_cache, DEMO_MODEL_NAME)
+    home = page(User.objects.create_user("erin"), reverse("home"))
+    assert "The only one is the untrained demo model" in home

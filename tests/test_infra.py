@@ -23,6 +23,7 @@ from models_registry.demo import DEMO_MODEL_NAME
 from models_registry.lookup import resolve_model
 from models_registry.models import PortalSettings
 from models_registry.names import repo_folder_name
+from mtm.admin_credentials import sign_in_lines
 from tests.hfcache import make_model_repo
 from tests.redis_server import free_port
 from tests.workers import app_publishing_to
@@ -42,8 +43,16 @@ def run_command(name: str, *args: str) -> str:
 # --- ensure_admin ---------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def own_var_dir(settings, tmp_path):
+    """A var/ of the test's own, so a generated admin password never lands in the checkout's var/."""
+    settings.VAR_DIR = tmp_path / "var"
+    settings.VAR_DIR.mkdir()
+    return settings.VAR_DIR
+
+
 @pytest.mark.django_db
-def test_ensure_admin_creates_superuser_once_and_prints_password_once(monkeypatch):
+def test_ensure_admin_creates_superuser_once_and_prints_password_once(monkeypatch, own_var_dir):
     monkeypatch.delenv("MTM_ADMIN_PASSWORD", raising=False)
     first = run_command("ensure_admin")
     password = re.search(r"password: (\S+)", first).group(1)
@@ -52,6 +61,12 @@ def test_ensure_admin_creates_superuser_once_and_prints_password_once(monkeypatc
     assert admin.check_password(password)
     assert "shown once" in first
 
+    # Kept in an owner-only file under var/ as well, since the terminal scrolls it away.
+    saved = own_var_dir / "admin-credentials"
+    assert str(saved) in first
+    assert saved.stat().st_mode & 0o777 == 0o600
+    assert f"user: admin\npassword: {password}\n" in saved.read_text()
+
     second = run_command("ensure_admin")
     assert password not in second
     assert "exists; nothing to do" in second
@@ -59,12 +74,13 @@ def test_ensure_admin_creates_superuser_once_and_prints_password_once(monkeypatc
 
 
 @pytest.mark.django_db
-def test_ensure_admin_uses_mtm_admin_password_without_printing_it(monkeypatch):
+def test_ensure_admin_uses_mtm_admin_password_without_printing_it(monkeypatch, own_var_dir):
     monkeypatch.setenv("MTM_ADMIN_PASSWORD", "correct-horse-battery-staple")
     output = run_command("ensure_admin")
     assert "correct-horse-battery-staple" not in output
     assert "MTM_ADMIN_PASSWORD" in output
     assert get_user_model().objects.get(username="admin").check_password("correct-horse-battery-staple")
+    assert not (own_var_dir / "admin-credentials").exists()
 
 
 @pytest.mark.django_db
@@ -82,6 +98,17 @@ def test_ensure_admin_refuses_to_take_over_a_plain_user_named_admin(monkeypatch)
     with pytest.raises(CommandError, match="createsuperuser"):
         run_command("ensure_admin")
     assert get_user_model().objects.get(username="admin").check_password("their-own-password-1")
+
+
+@pytest.mark.django_db
+def test_sign_in_lines_name_the_admin_and_where_its_generated_password_is(monkeypatch, own_var_dir):
+    monkeypatch.delenv("MTM_ADMIN_PASSWORD", raising=False)
+    assert "createsuperuser" in sign_in_lines("http://127.0.0.1:8000/")[0]
+    run_command("ensure_admin")
+    lines = "\n".join(sign_in_lines("http://127.0.0.1:8000/"))
+    assert "sign in at http://127.0.0.1:8000/ as 'admin'" in lines
+    assert f"generated password is in {own_var_dir / 'admin-credentials'}" in lines
+    assert "python manage.py changepassword admin" in lines
 
 
 # --- create_demo_model ----------------------------------------------------------------------------
@@ -244,6 +271,11 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
             launcher.kill()
             launcher.wait()
     assert launcher.returncode == 0, output
+    # What to sign in with comes after every start-up line (the output read here begins after "started beat"),
+    # with no worker's banner in between: the workers write to var/log/.
+    assert "sign in at http://127.0.0.1:" in output.split("Ctrl-C stops everything.")[0]
+    assert "celery" not in output.split("Ctrl-C stops everything.")[0].lower()
+    assert {p.name for p in (tmp_path / "var" / "log").iterdir()} >= {"worker.log", "checks.log", "beat.log"}
     assert "web stopped" in output and "worker stopped" in output and "beat stopped" in output
     assert _gone(pids["web"]) and _gone(pids["worker"]) and _gone(pids["beat"])
     assert "playground stopped" in output and _gone(pids["playground"])  # the playground's inference worker

@@ -178,7 +178,7 @@ def test_the_memory_estimate_names_the_hyperparameter_it_cannot_use(portal_roots
     failures = []
     for name in NAMES:
         page = _page(client.get("/gpus/estimate/", {"model_name": model_name, "method": "lora", name: value}, **HX))
-        if "once the hyperparameters below are valid" in page and f"'{name}'" not in page:
+        if "once the hyperparameters above are valid" in page and f"'{name}'" not in page:
             failures.append(f"{name}: the estimate's note does not say which box")
     assert not failures
 

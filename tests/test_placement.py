@@ -145,7 +145,7 @@ def test_the_project_form_shows_the_estimate_where_it_fits_and_remedies_when_it_
 
     for params, note in (
         ({"model_name": "not a name", "method": "full"}, "once the base model above is a valid model name"),
-        ({"model_name": MODEL, "batch_size": "lots"}, "once the hyperparameters below are valid"),
+        ({"model_name": MODEL, "batch_size": "lots"}, "once the hyperparameters above are valid"),
         ({"model_name": "test-org/absent"}, "once &#x27;test-org/absent&#x27; resolves here"),
     ):
         assert note in client.get("/gpus/estimate/", params).content.decode()

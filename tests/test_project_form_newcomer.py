@@ -65,7 +65,30 @@ def test_lora_targets_are_checked_against_the_model_as_they_are_typed(alice, por
     assert "status-error" in unreadable and "is not allowed" in unreadable
     full = text(client.get(url, {**asked, "method": "full", "lora_target_modules": "qkv_projj"}, **HX))
     assert full.strip() == ""  # not used by a full fine-tune
-    assert client.get("/projects/check-hyperparameter/epochs/", HX).status_code == 404
+    assert client.get("/projects/check-hyperparameter/no_such_box/", HX).status_code == 404
+    assert client.get("/projects/check-hyperparameter/packing/", HX).status_code == 404  # a checkbox: nothing to type
+
+
+# --- every hyperparameter box, as it is typed and on save ----------------------------------------------------------
+
+
+def test_a_value_out_of_range_is_shown_under_its_own_box_as_it_is_typed(alice, portal_roots, tiny_llama_in_cache):
+    client = secure_client(alice)
+    url = "/projects/check-hyperparameter/learning_rate/"
+    wrong = text(client.get(url, {"learning_rate": "-1"}, **HX))
+    assert "status-error" in wrong and "greater than 0" in wrong
+    assert text(client.get(url, {"learning_rate": "0.0002"}, **HX)).strip() == ""
+    page = text(client.get("/projects/new/"))
+    assert 'id="learning_rate-status"' in page and 'hx-get="/projects/check-hyperparameter/learning_rate/"' in page
+
+
+def test_the_refusal_banner_links_to_each_box_that_holds_an_error(alice, portal_roots, tiny_llama_in_cache):
+    client = secure_client(alice)
+    data = form_data(portal_roots, tiny_llama_in_cache[0], learning_rate="-1", epochs="0")
+    page = text(client.post("/projects/new/", data))
+    banner = page.split('role="alert"')[1].split("</div>")[0]
+    assert re.search(r'<a href="#id_epochs">Epochs</a>, <a href="#id_learning_rate">Learning rate</a>', banner), banner
+    assert 'id="id_learning_rate"' in page and errors_under(page, "learning_rate")
 
 
 # --- max sequence length ----------------------------------------------------------------------------------------
@@ -176,18 +199,24 @@ def test_example_paths_lie_inside_the_allowed_roots(alice, portal_roots):
 # --- the DPO settings ---------------------------------------------------------------------------------------------
 
 
-def test_an_sft_project_still_has_its_dpo_boxes_checked_and_a_wrong_one_is_marked(
+def test_a_wrong_dpo_value_does_not_block_an_sft_project_and_is_stored_as_its_default(
     alice, portal_roots, tiny_llama_in_cache
 ):
-    """The stylesheet hides the DPO fieldset while the objective is SFT unless a box in it holds an error, so a wrong
-    DPO value sent by a form (or a browser without the stylesheet) is refused where it can be seen."""
+    """The DPO fieldset is hidden while the objective is SFT, and an SFT run never reads it: a wrong DPO value sent
+    with an SFT project (by the form or the API, one service) is stored as its default; a valid one is kept."""
+    from projects.hyperparameters import Hyperparameters
+
     client = secure_client(alice)
-    page = text(client.post("/projects/new/", form_data(portal_roots, tiny_llama_in_cache[0], dpo_beta="-1")))
-    assert not TrainingProject.objects.exists()
-    fieldset = page.split('<fieldset class="dpo-fields">')[1].split("</fieldset>")[0]
-    assert '<div class="field has-error">' in fieldset and errors_under(fieldset, "dpo_beta")
-    css = (Path(__file__).resolve().parents[1] / "static" / "css" / "mtm.css").read_text()
-    assert (
-        '.project-form:has(select[name="objective"] option[value="sft"]:checked) .dpo-fields:not(:has(.has-error)) '
-        "{ display: none; }" in css
-    )
+    sft = client.post("/projects/new/", form_data(portal_roots, tiny_llama_in_cache[0], dpo_beta="-3"))
+    assert sft.status_code == 302, text(sft)
+    assert TrainingProject.objects.get().hyperparameters["dpo_beta"] == Hyperparameters().dpo_beta
+    kept = form_data(portal_roots, tiny_llama_in_cache[0], dpo_beta="0.3", name="kept")
+    kept["output_directory"] = str(portal_roots / "outputs" / "kept")
+    assert client.post("/projects/new/", kept).status_code == 302
+    assert TrainingProject.objects.get(name="kept").hyperparameters["dpo_beta"] == 0.3
+    # For a DPO project the same value is refused, under its box, and the banner links to it.
+    dpo = form_data(portal_roots, tiny_llama_in_cache[0], dpo_beta="-3", objective="dpo", name="dpo")
+    dpo["output_directory"] = str(portal_roots / "outputs" / "dpo")
+    page = text(client.post("/projects/new/", dpo))
+    assert not TrainingProject.objects.filter(name="dpo").exists()
+    assert errors_under(page, "dpo_beta") and '<a href="#id_dpo_beta">DPO beta</a>' in page

@@ -16,6 +16,7 @@ from django.views.decorators.vary import vary_on_headers
 from django_htmx.http import HttpResponseStopPolling
 
 from models_registry.deep_state import deep_state
+from models_registry.demo import DEMO_NOTE, is_demo_model
 from models_registry.lookup import resolve_model
 from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
@@ -101,6 +102,7 @@ def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
         "place_in_line": place_in_line(run),
         "other_live_run": project.runs.filter(status__in=LIVE_STATUSES).exclude(pk=run.pk).first(),
         "checking_model": run.status == RunStatus.RESOLVING and model_being_checked(config),
+        "demo_note": DEMO_NOTE if is_demo_model(config.model_name) else "",
         **result_context(run, config),
     }
 

@@ -9,6 +9,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from mtm.account_services import AccountRefused, create_account
+from mtm.admin_credentials import write_credentials
 from mtm.audit import Actor
 
 PASSWORD_ENV = "MTM_ADMIN_PASSWORD"
@@ -43,11 +44,13 @@ class Command(BaseCommand):
                 ) from None
             raise CommandError(f"{refused.problem.message} {refused.problem.hint}") from None
         if generated:
+            saved = write_credentials(username, password)
             rule = "=" * 64
             self.stdout.write(
                 f"{rule}\n"
                 f"  Admin account created.  user: {username}   password: {password}\n"
-                f"  This password is shown once. Change it at /admin/password_change/ after logging in,\n"
+                f"  This password is shown once here and kept in {saved} (readable by you only).\n"
+                f"  Change it at /admin/password_change/ after logging in,\n"
                 f"  or set {PASSWORD_ENV} before the first run to choose it yourself.\n"
                 f"{rule}"
             )

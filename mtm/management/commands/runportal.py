@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from mtm.admin_credentials import sign_in_lines
 from mtm.processes import Child, Supervisor
 
 # The plain Celery workers beside the training and playground workers: (name, queue, what it answers). Each queue has
@@ -22,14 +24,20 @@ SIDE_WORKERS = (
 )
 
 
-def side_workers() -> list[Child]:
-    """The plain Celery workers runportal starts (SIDE_WORKERS), one task at a time each, named NAME@host."""
+def side_workers(log_dir: Path | None = None) -> list[Child]:
+    """The plain Celery workers runportal starts (SIDE_WORKERS), one task at a time each, named NAME@host; with
+    `log_dir`, each writes its output to NAME.log there."""
     children = []
     for name, queue, _ in SIDE_WORKERS:
         argv = [sys.executable, "-m", "celery", "-A", "mtm", "worker", "-Q", queue, "--concurrency", "1"]
         argv += ["-n", f"{name}@%h", "--loglevel", "INFO"]
-        children.append(Child(name, argv, signal.SIGTERM))
+        children.append(Child(name, argv, signal.SIGTERM, log_path=log_dir / f"{name}.log" if log_dir else None))
     return children
+
+
+def log_dir() -> Path:
+    """Where runportal's workers and beat write their output, so the terminal keeps the web server's and its own."""
+    return Path(settings.VAR_DIR) / "log"
 
 
 class Command(BaseCommand):
@@ -61,19 +69,20 @@ class Command(BaseCommand):
             raise CommandError(f"--grace {grace} is negative; give the seconds to wait for a clean stop.")
         manage_py = str(settings.BASE_DIR / "manage.py")
         children = [Child("web", [sys.executable, manage_py, "runserver", "--noreload", addrport], signal.SIGINT)]
+        logs = log_dir()
         if not no_worker:
             # A training worker as `runworker` starts one (one run at a time, its own name and queues), which
             # also consumes the queues given here.
             devices = ["--gpus", worker_gpus] if worker_gpus else ["--cpu"]
             worker = [sys.executable, manage_py, "runworker", *devices, "--also", queues]
-            children.append(Child("worker", worker, signal.SIGTERM))
-            children += side_workers()
+            children.append(Child("worker", worker, signal.SIGTERM, log_path=logs / "worker.log"))
+            children += side_workers(logs)
             # A playground worker beside it (queue inference): it answers chat messages and keeps the model loaded.
             playground = [sys.executable, manage_py, "runworker", *devices, "--inference"]
-            children.append(Child("playground", playground, signal.SIGTERM))
+            children.append(Child("playground", playground, signal.SIGTERM, log_path=logs / "playground.log"))
             beat = [sys.executable, "-m", "celery", "-A", "mtm", "beat", "--loglevel", "INFO"]
             beat += ["--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME]
-            children.append(Child("beat", beat, signal.SIGTERM))
+            children.append(Child("beat", beat, signal.SIGTERM, log_path=logs / "beat.log"))
         broker = settings.CELERY_BROKER_URL.split("@")[-1]  # never print a password in the URL
         self.stdout.write(f"[runportal] portal: http://{addrport}/  (admin: http://{addrport}/admin/)")
         periodic = "off" if no_worker else ", ".join(settings.CELERY_BEAT_SCHEDULE)
@@ -83,8 +92,12 @@ class Command(BaseCommand):
                 self.stdout.write(f"[runportal] {name} worker: queue {queue} ({answers})")
             self.stdout.write("[runportal] playground worker: queue inference (keeps a model loaded while in use)")
         self.stdout.write(f"[runportal] periodic jobs (celery beat): {periodic}")
-        self.stdout.write("[runportal] Ctrl-C stops everything.")
         self.stdout.flush()
-        code = Supervisor(children, grace_seconds=grace).run(env=dict(os.environ))
+        started = []
+        if not no_worker:
+            started.append(f"workers' and beat's output: {logs}/<name>.log (e.g. tail -f {logs / 'worker.log'})")
+        started += sign_in_lines(f"http://{addrport}/")
+        started.append("Ctrl-C stops everything.")
+        code = Supervisor(children, grace_seconds=grace, started_lines=started).run(env=dict(os.environ))
         if code:
             sys.exit(code)

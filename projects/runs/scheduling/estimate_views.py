@@ -40,7 +40,7 @@ def estimate_context(params: Any) -> dict[str, Any]:
         return {"note": "The memory estimate is shown once the base model above is a valid model name."}
     hp, problems = typed_hyperparameters(params)
     if problems:
-        return {"note": f"The memory estimate is shown once the hyperparameters below are valid: {problems[0].message}"}
+        return {"note": f"The memory estimate is shown once the hyperparameters above are valid: {problems[0].message}"}
     project = TrainingProject(
         model_name=model_name,
         revision=params.get("revision", "").strip()[:MAX_PARAM_CHARS],
