@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from models_registry.deep_listing import DONE, FAILED
+from models_registry.owner_budget import NOT_CHECKED
 from models_registry.repo_scan import ListedModel
 from mtm.shared.problems import Problem
 
@@ -15,6 +16,7 @@ class ModelRow:
     model: ListedModel
     errors: list[Problem] = field(default_factory=list)
     warnings: list[Problem] = field(default_factory=list)
+    linked: bool = True  # whether its name leads to a model page: not a row that stands for many repo folders
 
 
 def _said_in_status(model: ListedModel) -> Problem | None:
@@ -29,5 +31,6 @@ def model_rows(models: list[ListedModel]) -> list[ModelRow]:
     for model in models:
         said = _said_in_status(model)
         errors = [p for p in model.errors if said is None or (p.code, p.message) != (said.code, said.message)]
-        rows.append(ModelRow(model, errors, list(model.warnings)))
+        summary = any(p.code == NOT_CHECKED for p in model.errors)
+        rows.append(ModelRow(model, errors, list(model.warnings), linked=not summary))
     return rows

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import re
 import threading
 from collections.abc import Iterable
@@ -19,6 +18,7 @@ from django.conf import settings
 from models_registry.checks import repo_link_problem
 from models_registry.folder_walk import counting_entries
 from models_registry.names import name_error, name_from_folder
+from models_registry.owner_budget import OwnerBudgets
 from models_registry.repo_scan import ListedModel, checked_repo, current_signature, open_root, signature
 from models_registry.resolution import resolve
 from mtm.shared.problems import Problem
@@ -96,10 +96,12 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
     (gunicorn workers, a restarted portal) start from. An entry is reused only while its signature still matches.
     The lock is held only to read and update the kept results, never while a repo is checked: a slow repo delays
     only the listing that scans it (two listings at once may then both scan it, and either result is kept).
-    A repo folder that is a link is refused unread. One call lists at most MTM_MODEL_LISTING_MAX_ENTRIES folder
-    entries for each owner of repo folders (the uid of the folder itself, not followed): past them, that owner's
-    repos still to scan are "not checked" (not kept: a later listing scans them), and other owners' repos are
-    scanned on their own budgets. A kept verdict that still holds costs nothing and is always shown.
+    A repo folder that is a link is refused unread. Each owner of repo folders (the uid of the folder itself, not
+    followed) has a budget in each call (owner_budget): MTM_MODEL_LISTING_MAX_ENTRIES folder entries, every repo
+    folder costing a fixed few plus what its scan reads (a kept verdict that still holds, or a link, only the fixed
+    few), and at most MAX_REPOS_PER_OWNER repo folders. Past it, that owner's remaining repo folders are one "not
+    checked" row, and nothing of them is kept; a kept verdict that still holds is shown while the owner has room for
+    its row, so a later listing goes on where this one stopped. Other owners' repos are listed on their own budgets.
     """
     root = os.path.abspath(cache_dir)
     try:
@@ -113,38 +115,29 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
         kept = dict(_memo.setdefault(root, {}))
     fresh: dict[str, tuple[tuple, ListedModel]] = {}
     listed = []
-    budget = settings.MTM_MODEL_LISTING_MAX_ENTRIES
-    # While the whole listing has spent less than one owner's budget, no owner can be past it, so owners are looked
-    # up (one lstat a repo) only from the moment the total reaches it: `scanned` holds each repo's cost until then.
-    scanned: list[tuple[os.DirEntry, int]] = []
-    by_owner: dict[int | None, int] | None = None
+    budgets = OwnerBudgets(settings.MTM_MODEL_LISTING_MAX_ENTRIES)
     root_fd = open_root(root)
     try:
         with counting_entries() as spent:
             for folder, is_link, entry in sorted(entries):
                 repo = prefix + folder
-                if is_link:
-                    listed.append(_linked_repo(folder, repo))
+                holds = not is_link and _still_holds(kept.get(folder), repo)
+                if not budgets.allows(entry, scan=not (is_link or holds)):
                     continue
-                if _still_holds(kept.get(folder), repo):
-                    listed.append(kept[folder][1])
-                    continue
-                if by_owner is None and spent.entries >= budget:
-                    by_owner = _spent_by_owner(scanned)
-                if by_owner is not None and by_owner.get(owner := _owner(entry), 0) >= budget:
-                    listed.append(_not_checked(folder, budget, owner))
+                if is_link or holds:
+                    listed.append(_linked_repo(folder, repo) if is_link else kept[folder][1])
+                    budgets.charge(entry)
                     continue
                 before = spent.entries
                 fresh[folder] = _scanned(folder, repo, root, root_fd)
                 listed.append(fresh[folder][1])
-                if by_owner is None:
-                    scanned.append((entry, spent.entries - before))
-                else:
-                    by_owner[owner] = by_owner.get(owner, 0) + spent.entries - before
+                budgets.charge(entry, spent.entries - before)
     finally:
         if root_fd is not None:
             os.close(root_fd)
-    gone = set(kept).difference(folder for folder, is_link, _ in entries if not is_link)
+    listed.extend(budgets.summaries())
+    passed = {folder for folders in budgets.passed.values() for folder in folders}
+    gone = set(kept).difference(folder for folder, is_link, _ in entries if not is_link and folder not in passed)
     if fresh or gone:
         with _memo_lock:
             memo = _memo.setdefault(root, {})
@@ -160,55 +153,6 @@ def _linked_repo(folder: str, repo: str) -> ListedModel:
     """A repo folder that is a link (huggingface_hub never makes one): refused, nothing read through it."""
     name = name_from_folder(folder) or folder
     return ListedModel(name, "cache", None, None, [repo_link_problem(name, repo)])
-
-
-def _owner(entry: os.DirEntry) -> int | None:
-    """The uid owning the repo folder itself (its lstat, kept by the entry); None when it is gone."""
-    try:
-        return entry.stat(follow_symlinks=False).st_uid
-    except OSError:
-        return None
-
-
-def _spent_by_owner(scanned: list[tuple[os.DirEntry, int]]) -> dict[int | None, int]:
-    """The entries spent so far, added up by the owner of each scanned repo's folder."""
-    by_owner: dict[int | None, int] = {}
-    for entry, cost in scanned:
-        owner = _owner(entry)
-        by_owner[owner] = by_owner.get(owner, 0) + cost
-    return by_owner
-
-
-def _owner_label(uid: int | None) -> str:
-    if uid is None:
-        return "an owner that could not be read (folders removed while listed)"
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError):
-        return f"uid {uid}"
-
-
-def _not_checked(folder: str, budget: int, owner: int | None) -> ListedModel:
-    name = name_from_folder(folder) or folder
-    who = _owner_label(owner)
-    return ListedModel(
-        name,
-        "cache",
-        None,
-        None,
-        [
-            Problem(
-                "listing_not_checked",
-                f"Model '{name}' was not checked: the part of the Hugging Face cache owned by {who} (its repo "
-                f"folders) holds more files than one model listing reads for one owner ({budget:,} entries, "
-                "MTM_MODEL_LISTING_MAX_ENTRIES), and that owner's repos before it used them up. Other owners' repos "
-                "are checked on their own budgets.",
-                f"Open the model's page to check it alone. Ask {who} or staff to remove what does not belong in the "
-                "cache (repo folders with huge snapshots or blobs folders), or staff to raise "
-                "MTM_MODEL_LISTING_MAX_ENTRIES.",
-            )
-        ],
-    )
 
 
 def _is_link(entry: os.DirEntry) -> bool:

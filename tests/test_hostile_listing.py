@@ -5,6 +5,7 @@ layouts on tmp_path."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import time
@@ -43,15 +44,17 @@ def test_a_listing_reads_at_most_its_budget_and_shows_the_rest_as_not_checked(hf
     listing.forget(hf_cache)
     listed = {m.model_name: m for m in listing.list_cached(hf_cache)}
     assert listed["org/a"].valid
-    for name in ("org/b", "org/c", "org/d"):
-        [problem] = listed[name].errors
-        assert problem.code == "listing_not_checked", name
-        assert "holds more files than one model listing reads" in problem.message
-        assert "MTM_MODEL_LISTING_MAX_ENTRIES" in problem.hint
-    # A kept verdict is still shown; the next listing goes on where this one stopped.
+    owner = pwd.getpwuid(os.getuid()).pw_name
+    assert not {"org/b", "org/c", "org/d"} & set(listed)  # one row stands for them
+    [problem] = listed[f"3 more repo folders of {owner}"].errors
+    assert problem.code == "listing_not_checked"
+    assert "models--org--b to models--org--d" in problem.message
+    assert "one model listing reads at most 10 entries" in problem.message
+    assert "MTM_MODEL_LISTING_MAX_ENTRIES" in problem.hint
+    # A kept verdict still shown costs only a repo folder's fixed few entries: the next listing goes on.
     again = {m.model_name: m for m in listing.list_cached(hf_cache)}
     assert again["org/a"].valid and again["org/b"].valid
-    assert [p.code for p in again["org/c"].errors] == ["listing_not_checked"]
+    assert [p.code for p in again[f"2 more repo folders of {owner}"].errors] == ["listing_not_checked"]
 
 
 @pytest.mark.django_db
@@ -110,11 +113,12 @@ def test_one_owners_repos_spend_only_that_owners_budget(portal_roots, settings):
     assert listed["victim/old-model"].valid
     assert listed["0aa/m0"].valid and listed["0bb/m0"].valid
     for org, label in (("0aa", "nobody"), ("0bb", "uid 4003")):
-        for n in (1, 2):
-            [problem] = listed[f"{org}/m{n}"].errors
-            assert problem.code == "listing_not_checked"
-            assert f"the part of the Hugging Face cache owned by {label} (its repo folders)" in problem.message
-            assert "MTM_MODEL_LISTING_MAX_ENTRIES" in problem.hint and label in problem.hint
+        assert f"{org}/m1" not in listed and f"{org}/m2" not in listed
+        [problem] = listed[f"2 more repo folders of {label}"].errors
+        assert problem.code == "listing_not_checked"
+        assert f"2 more repo folders owned by {label} in the Hugging Face cache" in problem.message
+        assert f"models--{org}--m1 to models--{org}--m2" in problem.message
+        assert "MTM_MODEL_LISTING_MAX_ENTRIES" in problem.hint and label in problem.hint
     assert report_part()["held_models"] == ["0aa/m0", "0aa/m1", "0bb/m0", "0bb/m1", "victim/old-model"]
 
     # Mallory's repos changing before every listing make them re-checked each time, at her budget's cost only:
@@ -144,3 +148,56 @@ def test_a_snapshot_linked_out_of_the_cache_is_refused_in_the_list_as_on_the_pag
     assert [p.to_dict() for p in item.errors] == [p.to_dict() for p in page.errors]
     [problem] = item.errors
     assert problem.code == "unsafe_symlink" and f"snapshots/{COMMIT_A} points to {elsewhere}" in problem.message
+
+
+@pytest.mark.django_db
+def test_one_owners_empty_repo_folders_are_one_row_and_leave_others_checked(team, hf_cache, settings, tmp_path):
+    from models_registry.owner_budget import NOT_CHECKED, REPO_COST
+    from tests.clients import secure_client
+
+    mallory, alice = pwd.getpwnam("nobody").pw_uid, 4002
+    for n in range(300):  # empty, named to sort before everyone's: each reads no entry at all
+        folder = hf_cache / f"models--0--m{n:03d}"
+        folder.mkdir()
+        os.chown(folder, mallory, mallory)
+    _own(make_model_repo(hf_cache, "victim/model").parent.parent, alice)
+    settings.MTM_MODEL_LISTING_MAX_ENTRIES = 10 * REPO_COST
+    store = tmp_path / "model-listing.json"
+    listing.forget()
+
+    for _ in range(2):  # cold, then warm: kept verdicts cost the same few entries
+        listed = {m.model_name: m for m in listing.list_cached(hf_cache, store)}
+        assert listed["victim/model"].valid
+        floods = [name for name in listed if name.startswith("0/")]
+        assert len(floods) == 10
+        [summary] = [m for m in listed.values() if any(p.code == NOT_CHECKED for p in m.errors)]
+        assert summary.model_name == "290 more repo folders of nobody"
+        [problem] = summary.errors
+        assert "models--0--m010 to models--0--m299" in problem.message
+        assert "MTM_MODEL_LISTING_MAX_ENTRIES" in problem.message and "nobody" in problem.hint
+        assert len(listed) == 12
+    kept = json.loads(store.read_text())[os.path.abspath(hf_cache)]
+    assert len([folder for folder in kept if folder.startswith("models--0--")]) == 10
+
+    client = secure_client(team["alice"])
+    page = client.get("/models/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "victim/model" in html and "290 more repo folders of nobody" in html
+    assert 'href="/models/290' not in html
+    api = client.get("/api/v1/projects/models/available").json()
+    assert api["count"] == 12
+    assert client.get("/").status_code == 200 and client.get("/projects/new/").status_code == 200
+
+
+def test_an_owner_has_at_most_a_fixed_number_of_repo_folders_listed(hf_cache, settings):
+    from models_registry.owner_budget import MAX_REPOS_PER_OWNER, NOT_CHECKED
+
+    for n in range(MAX_REPOS_PER_OWNER + 5):
+        (hf_cache / f"models--0--m{n:05d}").mkdir()
+    settings.MTM_MODEL_LISTING_MAX_ENTRIES = 10**9
+    listing.forget()
+    listed = listing.list_cached(hf_cache)
+    assert len(listed) == MAX_REPOS_PER_OWNER + 1
+    [summary] = [m for m in listed if any(p.code == NOT_CHECKED for p in m.errors)]
+    assert summary.model_name.startswith("5 more repo folders of ")
