@@ -191,6 +191,8 @@ MTM_TRUSTED_PROXIES = env_networks("MTM_TRUSTED_PROXIES")
 # How many dataset checks and chat-template renders one member may have in progress at once (all web processes
 # together); more are answered 429 with when to retry. 0: no limit.
 MTM_EXPENSIVE_REQUESTS_PER_MEMBER = env_int("MTM_EXPENSIVE_REQUESTS_PER_MEMBER", 2)
+# How often a download that is still streaming marks its slot as alive (well under request_limits.STALE_AFTER).
+MTM_REQUEST_SLOT_REFRESH_SECONDS = env_int("MTM_REQUEST_SLOT_REFRESH_SECONDS", 30)
 
 # --- Model resolution -------------------------------------------------------------------------
 # Used when the portal settings row has none (`:`-separated, like PATH). The defaults keep a fresh
