@@ -12,10 +12,11 @@ from django.core.exceptions import ImproperlyConfigured
 
 from mtm.env import env_bool, env_int, env_list, env_networks, env_str
 from mtm.shared.file_modes import PRIVATE_FILE_MODE
+from mtm.var_ownership import check_private_key_file, own_var_dir
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("MTM_VAR_DIR", str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+own_var_dir(VAR_DIR)  # refused at start where another user owns it or may write in it
 
 
 def _secret_key() -> str:
@@ -33,6 +34,7 @@ def _secret_key() -> str:
             "link. Remove it (a new key is then made, and everyone signs in again) or set SECRET_KEY."
         ) from None
     with os.fdopen(fd, encoding="utf-8") as key_in:
+        check_private_key_file(key_in.fileno(), key_file)
         key = key_in.read().strip()
     if not key:
         raise ImproperlyConfigured(f"{key_file} is empty. Remove it (a new key is then made) or set SECRET_KEY.")
