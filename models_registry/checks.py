@@ -19,12 +19,12 @@ from models_registry.bounded_json import (
 )
 from models_registry.folder_walk import FolderTooLarge, walk_model_folder
 from models_registry.lfs_pointers import take_lfs_pointers
+from models_registry.name_bytes import encodes, not_utf8_problem
 from models_registry.not_a_model import gguf_files, without_config
 from models_registry.pickle_scan import check_bin
 from models_registry.regular_files import NotRegularFile, kind_of, open_regular
 from models_registry.remote_code import check_remote_code
 from models_registry.shard_index import check_index, loaded_safetensors
-from models_registry.shown_names import encodes, not_utf8_problem
 from models_registry.tokenizer_check import vocabulary_source
 from models_registry.weights_consistency import compare_config_with_weights
 from mtm.shared.bounded_walk import ENTRIES

@@ -30,12 +30,12 @@ from models_registry.checks import (
     snapshot_link_problem,
 )
 from models_registry.folder_walk import FolderTooLarge, bounded_names, snapshot_names
+from models_registry.name_bytes import encodes, not_utf8_problem
 from models_registry.not_a_model import gguf_files, without_config
 from models_registry.regular_files import NotRegularFile, kind_of
 from models_registry.remote_code import built_in_model_types, check_remote_code
 from models_registry.resolution import choose_snapshot, leftover_partial_problem
 from models_registry.shard_index import SINGLE_FILE_OF_INDEX
-from models_registry.shown_names import encodes, not_utf8_problem
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 

@@ -20,9 +20,10 @@ from models_registry.checks import (
     snapshot_link_problem,
 )
 from models_registry.folder_walk import FolderTooLarge, bounded_names, walk_model_folder
+from models_registry.name_bytes import encodes, not_utf8_problem
 from models_registry.names import is_commit_hash, name_error, repo_folder_name, revision_error
 from models_registry.regular_files import NotRegularFile, read_regular
-from models_registry.shown_names import encodes, not_utf8_problem, shown_resolution
+from models_registry.shown_resolution import shown_resolution
 from mtm.shared.nofollow import LINK_ERRORS, open_dir_nofollow
 from mtm.shared.problems import Problem
 
