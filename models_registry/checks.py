@@ -19,6 +19,7 @@ from models_registry.bounded_json import (
 )
 from models_registry.folder_walk import FolderTooLarge, walk_model_folder
 from models_registry.lfs_pointers import take_lfs_pointers
+from models_registry.name_bytes import encodes, not_utf8_problem
 from models_registry.not_a_model import gguf_files, without_config
 from models_registry.pickle_scan import check_bin
 from models_registry.regular_files import NotRegularFile, kind_of, open_regular
@@ -29,6 +30,7 @@ from models_registry.weights_consistency import compare_config_with_weights
 from mtm.shared.bounded_walk import ENTRIES
 from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
+from mtm.shared.text import storable
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -85,6 +87,10 @@ def _scan(folder: Path, root: Path, report: FolderReport, model_name: str | None
             full = os.path.join(listed.path, fname)
             rel = Path(os.path.relpath(full, folder)).as_posix()
             is_link = os.path.islink(full)
+            if not encodes(rel):  # no page, JSON answer or training run can name it: never read
+                report.errors.append(not_utf8_problem("file", rel, model_name))
+                report.files.append(FileEntry(storable(rel), None, is_link))
+                continue
             target = _real_or_none(full)
             if target is None or not is_within(target, real_root):
                 report.errors.append(_unsafe(rel, full, real_root))

@@ -21,6 +21,7 @@ from models_registry.names import name_error, name_from_folder
 from models_registry.owner_budget import OwnerBudgets
 from models_registry.repo_scan import ListedModel, checked_repo, current_signature, open_root, signature
 from models_registry.resolution import resolve
+from models_registry.shown_names import shown_model
 from mtm.shared.problems import Problem
 
 __all__ = ["ListedModel", "forget", "list_cached", "list_models"]
@@ -81,8 +82,9 @@ def _scanned(folder: str, repo: str, root: str, root_fd: int | None) -> tuple[tu
     """(signature, verdict) of the repo folder `folder`, scanned now."""
     name = name_from_folder(folder) or folder
     if problem := _name_problem(name):
-        return signature(repo, None), ListedModel(name, "cache", None, None, [problem])
-    return checked_repo(repo, name, root, root_fd)
+        return signature(repo, None), shown_model(ListedModel(name, "cache", None, None, [problem]))
+    found, item = checked_repo(repo, name, root, root_fd)
+    return found, shown_model(item)  # the store, like the page, holds only names it can show
 
 
 def _still_holds(kept: tuple[tuple, ListedModel] | None, repo: str) -> bool:

@@ -30,6 +30,7 @@ from models_registry.checks import (
     snapshot_link_problem,
 )
 from models_registry.folder_walk import FolderTooLarge, bounded_names, snapshot_names
+from models_registry.name_bytes import encodes, not_utf8_problem
 from models_registry.not_a_model import gguf_files, without_config
 from models_registry.regular_files import NotRegularFile, kind_of
 from models_registry.remote_code import built_in_model_types, check_remote_code
@@ -308,6 +309,9 @@ def quick_check(repo_dir: str, name: str, cache_root: str) -> ListedModel:
             item.errors.append(choice.error)
             return item
         commit = choice.commit
+    if not encodes(commit):
+        item.errors.append(not_utf8_problem("snapshot folder", commit, name))
+        return item
     snapshot = repo_dir + "/snapshots/" + commit
     item.path, item.revision = snapshot, commit
     if unsafe := snapshot_link_problem(snapshot, cache_root):
@@ -337,6 +341,8 @@ def _check_snapshot(
     """The instant rules on the chosen snapshot's file names, its config.json and any shard index (`at`: see
     _read_small)."""
     name = item.model_name
+    if odd := sorted(n for n in names if not encodes(n)):
+        item.errors.append(not_utf8_problem("file or folder", odd[0], name))
     _check_config(item, snapshot, names, root, at)
     if names.isdisjoint(TOKENIZER_FILES):
         item.errors.append(

@@ -20,8 +20,10 @@ from models_registry.checks import (
     snapshot_link_problem,
 )
 from models_registry.folder_walk import FolderTooLarge, bounded_names, walk_model_folder
+from models_registry.name_bytes import encodes, not_utf8_problem
 from models_registry.names import is_commit_hash, name_error, repo_folder_name, revision_error
 from models_registry.regular_files import NotRegularFile, read_regular
+from models_registry.shown_resolution import shown_resolution
 from mtm.shared.nofollow import LINK_ERRORS, open_dir_nofollow
 from mtm.shared.problems import Problem
 
@@ -199,7 +201,31 @@ def resolve(
     """Resolve a model name to a checked folder. Plain values in, a Resolution out; nothing raised for bad input.
     `published_path` (a run's model published under this name) answers ahead of the cache, since whoever can write
     in the cache could otherwise take the name over; a cache repo of the name is then a warning. `published_problem`
-    (its run's folder is no longer the one the worker made) makes it invalid unread."""
+    (its run's folder is no longer the one the worker made) makes it invalid unread. Every name and message in the
+    answer can be shown (shown_names.shown_resolution)."""
+    return shown_resolution(
+        _resolve(
+            name,
+            revision,
+            cache_dir=cache_dir,
+            override_path=override_path,
+            trust_remote_code=trust_remote_code,
+            published_path=published_path,
+            published_problem=published_problem,
+        )
+    )
+
+
+def _resolve(
+    name: str,
+    revision: str | None,
+    *,
+    cache_dir: Path,
+    override_path: str | None,
+    trust_remote_code: bool,
+    published_path: str | None,
+    published_problem: Problem | None,
+) -> Resolution:
     result = Resolution(model_name=name if isinstance(name, str) else repr(name))
     if problem := name_error(name):
         result.errors.append(problem)
@@ -413,6 +439,10 @@ def _resolve_cache(result: Resolution, cache_dir: Path, revision: str | None) ->
         result.warnings.append(choice.warning)
     if choice.error:
         result.errors.append(choice.error)
+        return result
+    if not encodes(choice.commit):
+        result.errors.append(not_utf8_problem("snapshot folder", choice.commit, name))
+        result.unread = True
         return result
     snapshot = repo_dir / "snapshots" / choice.commit
     result.path, result.revision = str(snapshot), choice.commit

@@ -4,12 +4,14 @@ downloads while they stream).
 Slots live in the database (mtm.ExpensiveRequestSlot), numbered 0..cap-1 and unique per member: taking one is an
 insert that fails when another process holds that number, so every gunicorn process sees the same count without a
 lock. A slot is released when the request ends; one left by a process that was killed mid-request is reclaimed once
-it is older than STALE_AFTER.
+it is older than STALE_AFTER. A download that streams for longer keeps its slot fresh as it sends (`_HeldUntilSent`),
+so only a slot whose holder is gone goes stale.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -91,6 +93,11 @@ class _Hold:
         limit = per_member_limit()
         self.slot_id = _take(user, limit).pk if limit and getattr(user, "pk", None) else None
 
+    def refresh(self) -> None:
+        """Mark the slot as still in use, so that it is not reclaimed as stale."""
+        if self.slot_id is not None:
+            ExpensiveRequestSlot.objects.filter(pk=self.slot_id).update(started_at=timezone.now())
+
     def release(self) -> None:
         if self.slot_id is not None:
             ExpensiveRequestSlot.objects.filter(pk=self.slot_id).delete()
@@ -109,20 +116,27 @@ def expensive_request(user: Any) -> Iterator[None]:
 
 class _HeldUntilSent:
     """A streamed response's chunks, holding the member's slot until the last one is sent or the server closes
-    the response (a client that went away): a download costs the web process for as long as it streams."""
+    the response (a client that went away): a download costs the web process for as long as it streams. While it
+    streams, the slot is refreshed at most every MTM_REQUEST_SLOT_REFRESH_SECONDS (one UPDATE, not one a chunk)."""
 
     def __init__(self, chunks: Iterable[bytes], hold: _Hold) -> None:
         self.chunks, self.hold = iter(chunks), hold
+        self.refreshed = time.monotonic()
 
     def __iter__(self) -> _HeldUntilSent:
         return self
 
     def __next__(self) -> bytes:
         try:
-            return next(self.chunks)
+            chunk = next(self.chunks)
         except BaseException:  # the end, or a stream cut by an error
             self.hold.release()
             raise
+        now = time.monotonic()
+        if now - self.refreshed >= settings.MTM_REQUEST_SLOT_REFRESH_SECONDS:
+            self.hold.refresh()
+            self.refreshed = now
+        return chunk
 
     def close(self) -> None:
         self.hold.release()

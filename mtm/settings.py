@@ -12,10 +12,11 @@ from django.core.exceptions import ImproperlyConfigured
 
 from mtm.env import env_bool, env_int, env_list, env_networks, env_str
 from mtm.shared.file_modes import PRIVATE_FILE_MODE
+from mtm.var_ownership import check_private_key_file, own_var_dir
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("MTM_VAR_DIR", str(BASE_DIR / "var")))
-VAR_DIR.mkdir(parents=True, exist_ok=True)
+own_var_dir(VAR_DIR)  # refused at start where another user owns it or may write in it
 
 
 def _secret_key() -> str:
@@ -33,6 +34,7 @@ def _secret_key() -> str:
             "link. Remove it (a new key is then made, and everyone signs in again) or set SECRET_KEY."
         ) from None
     with os.fdopen(fd, encoding="utf-8") as key_in:
+        check_private_key_file(key_in.fileno(), key_file)
         key = key_in.read().strip()
     if not key:
         raise ImproperlyConfigured(f"{key_file} is empty. Remove it (a new key is then made) or set SECRET_KEY.")
@@ -191,6 +193,8 @@ MTM_TRUSTED_PROXIES = env_networks("MTM_TRUSTED_PROXIES")
 # How many dataset checks and chat-template renders one member may have in progress at once (all web processes
 # together); more are answered 429 with when to retry. 0: no limit.
 MTM_EXPENSIVE_REQUESTS_PER_MEMBER = env_int("MTM_EXPENSIVE_REQUESTS_PER_MEMBER", 2)
+# How often a download that is still streaming marks its slot as alive (well under request_limits.STALE_AFTER).
+MTM_REQUEST_SLOT_REFRESH_SECONDS = env_int("MTM_REQUEST_SLOT_REFRESH_SECONDS", 30)
 
 # --- Model resolution -------------------------------------------------------------------------
 # Used when the portal settings row has none (`:`-separated, like PATH). The defaults keep a fresh
