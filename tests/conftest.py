@@ -319,3 +319,12 @@ def two_process_worker(start_worker):
         queues="default,training,devices2",
         extra_env={"MTM_CPU_PROCESSES": "2", "MTM_HEARTBEAT_SECONDS": "1", "MTM_WORKER_REPORT_SECONDS": "1"},
     ).wait_ready()
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory) -> Path:
+    """For the DPO trainer tests: 20 sample preference pairs in a JSONL file."""
+    from projects.datasets.samples import sample_pairs
+    from tests.trainer_helpers import write_rows
+
+    return write_rows(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", sample_pairs(20))
