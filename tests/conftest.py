@@ -12,6 +12,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from tests.workers import WORKER_QUEUES  # noqa: E402 - after the environment above is set
 
+pytest_plugins = ["tests.file_order"]  # runs the longest test files first
+
 # --- Which tests the PostgreSQL pass runs ---------------------------------------------------------------------------
 
 # A test touches the database only through one of these (pytest-django blocks any other way) or a fixture built on
