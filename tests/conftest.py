@@ -284,6 +284,9 @@ def team(portal_roots):
     }
 
 
+# --- Shared by the test files split so that each holds at most two trainings -------------------------------------
+
+
 @pytest.fixture
 def portal(portal_roots, transactional_db):
     """For the tests that start runs on a real worker (tests.pipeline_helpers.make_project): a member, alice, and the
