@@ -12,6 +12,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 from tests.workers import WORKER_QUEUES  # noqa: E402 - after the environment above is set
 
+pytest_plugins = ["tests.file_order"]  # runs the longest test files first
+
 # --- Which tests the PostgreSQL pass runs ---------------------------------------------------------------------------
 
 # A test touches the database only through one of these (pytest-django blocks any other way) or a fixture built on
@@ -280,3 +282,54 @@ def team(portal_roots):
         "mallory": User.objects.create_user("mallory"),
         "staff": User.objects.create_user("staffer", is_staff=True),
     }
+
+
+# --- Shared by the test files split so that each holds at most two trainings -------------------------------------
+
+
+@pytest.fixture
+def portal(portal_roots, transactional_db):
+    """For the tests that start runs on a real worker (tests.pipeline_helpers.make_project): a member, alice, and the
+    portal's roots (committed rows, so the worker sees them). Some modules define a `portal` of their own."""
+    from django.contrib.auth.models import User
+
+    return {"user": User.objects.create_user("alice", password="x"), "root": portal_roots}
+
+
+@pytest.fixture
+def qa_data(tmp_path) -> Path:
+    """For the trainer tests (tests/trainer_helpers.py): 40 copies of its QA row in a JSONL file."""
+    from tests.trainer_helpers import QA, write_rows
+
+    return write_rows(tmp_path / "qa.jsonl", [QA] * 40)
+
+
+@pytest.fixture(scope="module")
+def trainer_inputs(tmp_path_factory, tiny_llama_dir):
+    """For the tests of the trainer under torchrun (tests.multi_device_helpers.child): a folder holding the tiny Llama
+    (model) and its dataset (data.jsonl)."""
+    from tests.multi_device_helpers import ROWS
+    from tests.pipeline_helpers import write_jsonl
+
+    tmp = tmp_path_factory.mktemp("ddp")
+    (tmp / "model").symlink_to(tiny_llama_dir)
+    write_jsonl(tmp / "data.jsonl", ROWS)
+    return tmp
+
+
+@pytest.fixture
+def two_process_worker(start_worker):
+    """A real worker owning two CPU processes (a run asking for 2 devices goes to it), reporting every second."""
+    return start_worker(
+        queues="default,training,devices2",
+        extra_env={"MTM_CPU_PROCESSES": "2", "MTM_HEARTBEAT_SECONDS": "1", "MTM_WORKER_REPORT_SECONDS": "1"},
+    ).wait_ready()
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory) -> Path:
+    """For the DPO trainer tests: 20 sample preference pairs in a JSONL file."""
+    from projects.datasets.samples import sample_pairs
+    from tests.trainer_helpers import write_rows
+
+    return write_rows(tmp_path_factory.mktemp("pairs") / "pairs.jsonl", sample_pairs(20))

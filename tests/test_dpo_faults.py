@@ -11,8 +11,8 @@ from django.contrib.auth.models import User
 from projects.datasets.samples import sample_pairs
 from projects.models import RunStage, RunStatus, TrainingProject
 from projects.runs.liveness import reap_stale_runs
+from tests.fault_helpers import assert_trainer_dies
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, age_heartbeat, start, wait_for_end, write_jsonl
-from tests.test_faults import assert_trainer_dies
 
 pytestmark = pytest.mark.slow
 

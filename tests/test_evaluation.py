@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
 
 from projects.datasets.eval_split import describe_split, eval_indices, reference_answer, split_rows
 from projects.models import RunStatus, TrainingProject
@@ -102,11 +101,6 @@ def test_the_trainer_evaluates_and_keeps_the_best_checkpoint_as_the_result(tmp_p
 
 
 # --- the pipeline, the run page, the report and the comparison -------------------------------------------------
-
-
-@pytest.fixture
-def portal(portal_roots, transactional_db):
-    return {"user": User.objects.create_user("alice", password="x"), "root": portal_roots}
 
 
 def _project(portal, model_name: str, name: str, hyper: dict) -> TrainingProject:

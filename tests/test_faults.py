@@ -1,4 +1,7 @@
-"""Faults: each one a test against real processes. Nothing lost, no run stuck "running"."""
+"""Faults: each one a test against real processes (more in the other test_faults_*.py files). Nothing lost, no run
+stuck "running"."""
+
+# ruff: noqa: F811  (the `portal` fixture imported from tests.fault_helpers is the tests' parameter)
 
 from __future__ import annotations
 
@@ -8,80 +11,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
-from django.contrib.auth.models import User
 
-from projects.models import RunStage, RunStatus, TrainingProject
-from projects.runs.liveness import reap_stale_runs
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, age_heartbeat, start, wait_for_end, write_jsonl
+from projects.models import RunStage, RunStatus
+from tests.fault_helpers import LONG, portal, project  # noqa: F401  (portal: a fixture)
+from tests.pipeline_helpers import start, wait_for_end
 
 pytestmark = pytest.mark.slow
-
-LONG = {"max_steps": 2000, "save_steps": 3, "learning_rate": 0.001}
-
-
-@pytest.fixture
-def portal(portal_roots, transactional_db, tiny_llama_in_cache):
-    return {"user": User.objects.create_user("ops"), "root": portal_roots, "model": tiny_llama_in_cache[0]}
-
-
-def project(portal, name, hyper=None, output=None):
-    dataset = write_jsonl(portal["root"] / "datasets" / f"{name}.jsonl", QA_ROWS * 8)
-    return TrainingProject.objects.create(
-        name=name,
-        owner=portal["user"],
-        model_name=portal["model"],
-        dataset_path=str(dataset),
-        method="full",
-        output_directory=str(output or portal["root"] / "outputs" / name),
-        hyperparameters={**FAST_HYPERPARAMETERS, **(hyper or {})},
-    )
-
-
-def trainer_processes(spec_fragment: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "projects.trainer" in cmd and spec_fragment in cmd:
-            found.append(proc)
-    return found
-
-
-def assert_trainer_dies(spec_fragment: str, timeout: float = 30) -> None:
-    """The trainer child of a killed worker ends by itself (it watches its parent); wait for that, bounded."""
-    deadline = time.monotonic() + timeout
-    while trainer_processes(spec_fragment) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert trainer_processes(spec_fragment) == [], "the trainer child must die with its worker"
-
-
-def test_worker_killed_mid_training_is_reaped_and_resume_continues(portal, start_worker):
-    worker = start_worker().wait_ready()
-    proj = project(portal, "killed", LONG)
-    run = start(proj, portal["user"])
-    run = wait_for_end(run.pk, until=lambda r: "checkpoint-" in r.last_checkpoint and r.progress.get("step", 0) >= 4)
-    worker.kill()  # SIGKILL to the worker's process group: no warm shutdown, no chance to record anything
-    assert reap_stale_runs() == []  # its last beat is recent: not lost yet
-    age_heartbeat(run.pk)  # the timeout passes without a beat
-    assert reap_stale_runs() == [run.pk]
-    run.refresh_from_db()
-    assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.TRAIN
-    assert run.error_code == "worker_lost" and "Worker lost" in run.error_message
-    assert "Resume" in run.error_hint and run.last_checkpoint in run.error_hint
-    assert_trainer_dies(f"{worker.var_dir}/runs/{run.pk}/")
-
-    # The newest complete checkpoint: the kill may have cut one short (no trainer_state.json), and resume skips it.
-    checkpoint_step = max(
-        int(p.parent.name.split("-")[1])
-        for p in Path(run.output_directory).glob("checkpoint-*/trainer_state.json")  # the run's own folder
-    )
-    proj.hyperparameters = {**proj.hyperparameters, "max_steps": checkpoint_step + 3}
-    proj.save()
-    start_worker().wait_ready()
-    resumed = wait_for_end(start(proj, portal["user"], resume=True).pk)
-    assert resumed.status == RunStatus.SUCCEEDED, (resumed.error_message, resumed.log_tail[-2000:])
-    assert resumed.resumed_from.endswith(f"checkpoint-{checkpoint_step}")
 
 
 def test_broker_down_at_start_then_back_without_restart(portal, celery_broker):
@@ -112,34 +48,6 @@ def test_broker_down_at_start_then_back_without_restart(portal, celery_broker):
             assert redis.Redis.from_url(dead).llen(again.placement.queue) == 1
         finally:
             server.stop()
-
-
-def test_training_raises_at_step_n_and_worker_keeps_serving(portal, start_worker):
-    start_worker(extra_env={"MTM_FAULT_RAISE_AT_STEP": "5"}).wait_ready()
-    run = wait_for_end(start(project(portal, "raises"), portal["user"]).pk)
-    assert run.status == RunStatus.FAILED and run.stage_failed == RunStage.TRAIN
-    assert run.error_code == "training_crashed" and "Injected fault at step 5" in run.error_message
-    assert "Traceback" in run.log_tail and "RuntimeError" in run.log_tail
-    # The same worker serves the next run (which also hits the fault: it proves the worker is alive and reports).
-    second = wait_for_end(start(project(portal, "raises-again"), portal["user"]).pk)
-    assert second.status == RunStatus.FAILED and second.error_code == "training_crashed"
-
-
-def test_trainer_killed_after_writing_its_model_is_validated_and_publishable(portal, start_worker):
-    """The attack: the trainer was killed (SIGKILL, as a rank torn down at shutdown is) after the final model,
-    tokenizer and manifest were written; the run failed at train, and was then neither resumable (nothing left to
-    train) nor publishable. What it wrote goes to validation like any run's result."""
-    from mtm.audit import Actor, Channel
-    from projects.publishing.services import publish_run
-
-    start_worker(extra_env={"MTM_FAULT_KILL_AFTER_MANIFEST": "1"}).wait_ready()
-    run = wait_for_end(start(project(portal, "late-kill"), portal["user"]).pk)
-    assert run.status == RunStatus.SUCCEEDED, (run.error_code, run.error_message, run.log_tail[-2000:])
-    assert run.validation["passed"] is True
-    assert "The trainer ended badly after it had written the final model and mtm_manifest.json" in run.log_tail
-    assert "killed by SIGKILL" in run.log_tail and run.summary.get("global_step") == 12  # from the manifest
-    published = publish_run(run, "ops-team/late-kill", actor=Actor(portal["user"], Channel.CLI))
-    assert published.path == run.output_directory
 
 
 def test_output_directory_disappears_during_training(portal, start_worker):

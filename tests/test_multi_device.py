@@ -1,98 +1,34 @@
 """Runs on several devices of one host (DDP through torchrun), on the CPU with 2 processes (gloo): the loss curve
-matches one process with the same effective batch; a 2-process run through the pipeline and a real worker trains,
-validates and resumes; a rank that dies fails the run with that rank's error; placement sends a run asking for N
-devices only to a worker owning N, refuses it when no live worker does, and lets it wait when none is running."""
+matches one process with the same effective batch; placement sends a run asking for N devices only to a worker owning
+N, refuses it when no live worker does, and lets it wait when none is running. The other test_multi_device_*.py files
+stop such runs, and run them through the pipeline on a real worker."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-import time
-from pathlib import Path
 
-import psutil
 import pytest
 from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
-from django.test import Client
 
-from mtm.models import ApiToken
 from projects.hyperparameters import Hyperparameters
-from projects.models import RunStage, RunStatus, TrainingProject
+from projects.models import RunStatus
 from projects.runs.services import RunRefused
-from projects.runs.supervisor import Supervision, supervise
-from projects.trainer.events import EXIT_CANCELLED, EXIT_OK, trainer_command
+from projects.trainer.events import EXIT_OK
 from projects.trainer.outputs import MANIFEST_NAME
-from projects.trainer.ranks import launch_command, launcher_outcome
-from projects.trainer.spec import TrainerSpec, write_spec
-from tests.api_client import call
+from projects.trainer.ranks import launch_command
 from tests.clients import secure_client
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, age_heartbeat, start, wait_for_end, write_jsonl
+from tests.multi_device_helpers import MODEL, child, project
+from tests.pipeline_helpers import start
 from workers.models import Worker
 from workers.queues import devices_queue, own_queue, worker_queues
 
-REPO = Path(__file__).resolve().parent.parent
-MODEL = "test-org/tiny-llama"
 # Per-step losses of a 2-process run and a 1-process run with the same effective batch (same examples per step,
 # gradients averaged over all their tokens): equal but for the order of float additions. Measured: ≤ 3e-7 relative.
 LOSS_TOLERANCE = 1e-4
-ROWS = [{"prompt": f"Question {i}: what is {i} plus {i}? Answer:", "completion": f" {2 * i}."} for i in range(32)]
 
 
 # -- the trainer under torchrun ----------------------------------------------------------------------------------
-
-
-def child(tmp: Path, name: str, devices: int, extra_env: dict[str, str] | None = None, cancel_at=0, **hyper):
-    """Run the trainer as the pipeline starts it (torchrun for several devices) and follow it with the supervisor."""
-    model, data = tmp / "model", tmp / "data.jsonl"
-    spec = TrainerSpec(
-        model_path=model,
-        model_name=MODEL,
-        revision="0" * 40,
-        dataset_path=data,
-        output_dir=tmp / name,
-        method="full",
-        hyperparameters={
-            "max_steps": 3,
-            "learning_rate": 0.01,
-            "logging_steps": 1,
-            "save_steps": 1000,
-            "max_seq_length": 64,
-            "precision": "fp32",
-            "devices": devices,
-            **hyper,
-        },
-        device="cpu",
-        cancel_file=tmp / f"{name}.cancel",
-    )
-    spec_path = write_spec(spec, tmp / f"{name}.json")
-    events: list[dict] = []
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "MTM_TORCH_THREADS": "2"}
-    outcome = supervise(
-        trainer_command(spec_path, sys.executable, devices),
-        cwd=REPO,
-        env={**env, **(extra_env or {})},
-        cancel_file=tmp / f"{name}.cancel",
-        log_path=tmp / f"{name}.log",
-        sup=Supervision(
-            on_event=events.append,
-            should_cancel=lambda: bool(cancel_at) and any(e.get("step", 0) >= cancel_at for e in events),
-            tick_seconds=0.5,
-        ),
-    )
-    code, error = launcher_outcome(
-        outcome.returncode, outcome.cancelled is not None, outcome.errors, outcome.tail, devices
-    )
-    return code, error, events, outcome
-
-
-@pytest.fixture(scope="module")
-def trainer_inputs(tmp_path_factory, tiny_llama_dir):
-    tmp = tmp_path_factory.mktemp("ddp")
-    (tmp / "model").symlink_to(tiny_llama_dir)
-    write_jsonl(tmp / "data.jsonl", ROWS)
-    return tmp
 
 
 def test_the_launch_command_is_torchrun_for_several_devices_and_plain_for_one():
@@ -130,153 +66,7 @@ def test_two_processes_follow_the_loss_curve_of_one_with_the_same_effective_batc
     assert len({f["metrics"]["real_tokens"] for f in finished.values()}) == 1
 
 
-@pytest.mark.slow
-def test_a_cancelled_two_process_run_stops_every_rank_at_one_step_with_a_checkpoint(trainer_inputs):
-    code, error, events, outcome = child(
-        trainer_inputs, "cancelled", 2, cancel_at=2, batch_size=2, max_steps=2000, save_steps=1000
-    )
-    assert (code, error) == (EXIT_CANCELLED, None), outcome.tail[-3000:]
-    cancelled = [e for e in events if e["event"] == "cancelled"]
-    assert len(cancelled) == 1 and cancelled[0]["step"] >= 2
-    step = cancelled[0]["step"]
-    assert (trainer_inputs / "cancelled" / f"checkpoint-{step}" / "trainer_state.json").is_file()
-    assert not (trainer_inputs / "cancelled" / MANIFEST_NAME).exists()
-
-
-@pytest.mark.slow
-def test_a_rank_that_raises_fails_the_run_with_its_own_error_not_its_peers_lost_connection(trainer_inputs):
-    code, error, events, outcome = child(
-        trainer_inputs,
-        "raises",
-        2,
-        {"MTM_FAULT_RAISE_AT_STEP": "2", "MTM_FAULT_RANK": "1"},
-        batch_size=2,
-        max_steps=50,
-    )
-    assert code != EXIT_OK and outcome.returncode != EXIT_OK
-    assert error["rank"] == 1, outcome.errors
-    assert error["message"].startswith("Rank 1 of 2: Training crashed: RuntimeError: Injected fault at step 2")
-    assert not any(e["event"] == "finished" for e in events)
-
-
 # -- through the pipeline, on a real worker owning two CPU processes ---------------------------------------------
-
-
-@pytest.fixture
-def two_process_worker(start_worker):
-    return start_worker(
-        queues="default,training,devices2",
-        extra_env={"MTM_CPU_PROCESSES": "2", "MTM_HEARTBEAT_SECONDS": "1", "MTM_WORKER_REPORT_SECONDS": "1"},
-    ).wait_ready()
-
-
-def project(root, owner, name, hyper=None):
-    dataset = write_jsonl(root / "datasets" / f"{name}.jsonl", QA_ROWS * 8)
-    return TrainingProject.objects.create(
-        name=name,
-        owner=owner,
-        model_name=MODEL,
-        dataset_path=str(dataset),
-        method="full",
-        output_directory=str(root / "outputs" / name),
-        hyperparameters={**FAST_HYPERPARAMETERS, "devices": 2, "batch_size": 2, **(hyper or {})},
-    )
-
-
-def wait_for_report(processes: int) -> Worker:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if worker := Worker.objects.filter(cpu_processes=processes, stopped_at__isnull=True).first():
-            return worker
-        time.sleep(0.2)
-    raise AssertionError(f"no worker reported owning {processes} processes")
-
-
-@pytest.mark.slow
-def test_a_two_process_run_trains_validates_and_resumes_on_a_real_worker(
-    portal_roots, transactional_db, tiny_llama_in_cache, two_process_worker
-):
-    wait_for_report(2)
-    owner = User.objects.create_user("member")
-    proj = project(portal_roots, owner, "ddp", {"max_steps": 4, "save_steps": 2})
-    run = start(proj, owner)
-    assert run.placement.queue == devices_queue(2)
-    run = wait_for_end(run.pk, timeout=300)
-    assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
-    assert run.device == "2 × cpu (DDP)" and run.progress["step"] == 4
-    assert run.validation["passed"] is True
-    page = secure_client(owner).get(f"/projects/runs/{run.pk}/").content.decode()
-    assert "4 examples per step" in page and "2 devices × batch 2 × accumulation 1" in page
-    _, token = ApiToken.issue(owner, "tests")
-    body = call(Client(), "GET", f"/runs/{run.pk}", token=token).json()
-    assert body["effective_batch"] == 4 and body["config"]["hyperparameters"]["devices"] == 2
-
-    proj.hyperparameters = {**proj.hyperparameters, "max_steps": 6}
-    proj.save()
-    resumed = start(proj, owner, resume=True)
-    resumed = wait_for_end(resumed.pk, timeout=300)
-    assert resumed.status == RunStatus.SUCCEEDED, (resumed.error_message, resumed.log_tail[-3000:])
-    assert resumed.resumed_from.endswith("checkpoint-4") and resumed.progress["step"] == 6
-    assert [p["step"] for p in resumed.metrics][-2:] == [5, 6]
-
-
-@pytest.mark.slow
-def test_a_rank_killed_mid_training_fails_the_run_naming_that_rank_and_no_rank_is_left(
-    portal_roots, transactional_db, tiny_llama_in_cache, two_process_worker
-):
-    wait_for_report(2)
-    owner = User.objects.create_user("member")
-    run = start(project(portal_roots, owner, "killed", {"max_steps": 2000, "save_steps": 1000}), owner)
-    run = wait_for_end(run.pk, timeout=240, until=lambda r: (r.progress or {}).get("step", 0) >= 2)
-    assert run.status == RunStatus.TRAINING
-    ranks = _ranks_of(run, two_process_worker)
-    assert sorted(_env(p)["RANK"] for p in ranks) == ["0", "1"]
-    next(p for p in ranks if _env(p)["RANK"] == "1").kill()
-
-    run = wait_for_end(run.pk, timeout=120)
-    assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, RunStage.TRAIN, "trainer_killed")
-    assert run.error_message.startswith("Rank 1 of 2 was killed by SIGKILL")
-    psutil.wait_procs(ranks, timeout=30)
-    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ranks)
-
-
-@pytest.mark.slow
-def test_a_killed_worker_takes_every_rank_with_it_and_the_run_is_reaped(
-    portal_roots, transactional_db, tiny_llama_in_cache, two_process_worker
-):
-    from projects.runs.liveness import reap_stale_runs
-
-    wait_for_report(2)
-    owner = User.objects.create_user("member")
-    run = start(project(portal_roots, owner, "orphans", {"max_steps": 2000, "save_steps": 1000}), owner)
-    run = wait_for_end(run.pk, timeout=240, until=lambda r: (r.progress or {}).get("step", 0) >= 2)
-    ranks = _ranks_of(run, two_process_worker)
-    assert sorted(_env(p)["RANK"] for p in ranks) == ["0", "1"]
-    two_process_worker.kill()  # SIGKILL to the worker's process group; each rank is in a session of its own
-    gone, alive = psutil.wait_procs(ranks, timeout=30)
-    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
-    age_heartbeat(run.pk)  # the heartbeat timeout passes without a beat
-    assert reap_stale_runs() == [run.pk]
-    run.refresh_from_db()
-    assert (run.status, run.error_code) == (RunStatus.FAILED, "worker_lost")
-
-
-def _ranks_of(run, worker) -> list[psutil.Process]:
-    """The rank processes of `run` on `worker` (a spec path in that worker's own var/: another test session may have
-    a run with the same id)."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if cmd.endswith(f"{worker.var_dir}/runs/{run.pk}/spec.json") and _env(proc).get("RANK") in ("0", "1"):
-            found.append(proc)
-    return found
-
-
-def _env(proc: psutil.Process) -> dict[str, str]:
-    try:
-        return proc.environ()
-    except psutil.Error:
-        return {}
 
 
 # -- placement ---------------------------------------------------------------------------------------------------

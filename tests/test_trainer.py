@@ -6,9 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,6 @@ from projects.hyperparameters import Hyperparameters
 from projects.trainer.batching import IGNORE_INDEX, PackedCollator, PaddedCollator, pack_examples
 from projects.trainer.errors import TrainerError
 from projects.trainer.events import (
-    EXIT_CANCELLED,
     EXIT_ERROR,
     EXIT_OK,
     EXIT_USAGE,
@@ -25,75 +22,10 @@ from projects.trainer.events import (
     parse_event,
     trainer_command,
 )
-from projects.trainer.spec import TrainerSpec, read_spec
-
-REPO = Path(__file__).resolve().parent.parent
-QA = {"prompt": "Question: what is two plus two? Answer:", "completion": " four."}
-
+from projects.trainer.spec import read_spec
+from tests.trainer_helpers import QA, REPO, error_of, make_spec, run_child, write_rows
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ChildRun:
-    returncode: int
-    events: list[dict] = field(default_factory=list)
-    log: str = ""
-
-    def of(self, kind: str) -> list[dict]:
-        return [e for e in self.events if e["event"] == kind]
-
-    def one(self, kind: str) -> dict:
-        found = self.of(kind)
-        assert len(found) == 1, f"expected one {kind!r} event, got {len(found)}; log tail:\n{self.log[-3000:]}"
-        return found[0]
-
-
-def run_child(spec: dict, spec_path: Path, on_event=None) -> ChildRun:
-    """`spec` is the file's content, so that a test can also write one the supervisor would refuse to."""
-    spec_path.write_text(json.dumps(spec))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        trainer_command(spec_path),
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    run = ChildRun(returncode=-1)
-    log = []
-    for line in proc.stdout:
-        event = parse_event(line)
-        if event is None:
-            log.append(line)
-            continue
-        run.events.append(event)
-        if on_event is not None:
-            on_event(event, proc)
-    run.returncode = proc.wait(timeout=600)
-    run.log = "".join(log)
-    return run
-
-
-def write_rows(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-def make_spec(model: Path, data: Path, out: Path, method: str = "full", **hyper) -> dict:
-    """A spec as the supervisor writes it, read back as the JSON object a test may change before the child reads it."""
-    defaults = {"max_steps": 20, "learning_rate": 0.01, "batch_size": 4, "logging_steps": 5, "save_steps": 1000}
-    return TrainerSpec(
-        model_path=model,
-        model_name="test-org/tiny-llama",
-        revision="0123456789abcdef0123456789abcdef01234567",
-        dataset_path=data,
-        output_dir=out,
-        method=method,
-        hyperparameters={**defaults, **hyper},
-        device="cpu",
-    ).model_dump(mode="json")
 
 
 def synthetic_examples(lengths: list[int], prompt: int = 3) -> list[dict]:
@@ -254,160 +186,11 @@ def test_packed_batches_give_the_same_loss_as_unpacked(tiny_llama_dir):
 # -- the child process -------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def qa_data(tmp_path) -> Path:
-    return write_rows(tmp_path / "qa.jsonl", [QA] * 40)
-
-
-def _generates(folder: Path) -> str:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder)
-    inputs = tokenizer(QA["prompt"], return_tensors="pt")
-    output = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    assert output.shape[1] > inputs["input_ids"].shape[1]
-    return tokenizer.decode(output[0])
-
-
-@pytest.mark.slow
-def test_full_fine_tune_learns_and_leaves_a_complete_model(tiny_llama_dir, qa_data, tmp_path):
-    out = tmp_path / "out"
-    run = run_child(make_spec(tiny_llama_dir, qa_data, out), tmp_path / "spec.json")
-
-    assert run.returncode == EXIT_OK, run.log[-3000:]
-    started = run.one("started")
-    assert started["device"] == "cpu" and started["total_steps"] == 20 and started["global_step"] == 0
-    assert started["examples"] == 40 and started["format"] == "prompt_completion"
-    logged = [e for e in run.of("progress") if e["logged"]]
-    assert [e["step"] for e in logged] == [5, 10, 15, 20]  # logging_steps=5: the points of the loss curve
-    losses = [e["loss"] for e in logged]
-    assert losses[-1] < losses[0] * 0.7
-    steps = [e["step"] for e in run.of("progress")]
-    assert steps == sorted(steps) and steps[0] == 1 and steps[-1] == 20
-    assert all(e["tokens_per_second"] > 0 for e in run.of("progress"))
-
-    finished = run.one("finished")
-    assert finished["model_dir"] == str(out) and finished["adapter_dir"] is None
-    assert finished["metrics"]["global_step"] == 20 and finished["metrics"]["real_tokens"] > 0
-    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "mtm_manifest.json"):
-        assert (out / name).is_file(), name
-    manifest = json.loads((out / "mtm_manifest.json").read_text())
-    assert manifest["base_model"]["name"] == "test-org/tiny-llama"
-    assert manifest["base_model"]["revision"] == "0123456789abcdef0123456789abcdef01234567"
-    assert len(manifest["dataset"]["sha256"]) == 64
-    assert manifest["hyperparameters"]["max_steps"] == 20
-    assert set(manifest["versions"]) >= {"torch", "transformers", "peft"}
-    assert manifest["metrics"]["final_loss"] == losses[-1]
-    assert manifest["started_at"] <= manifest["finished_at"]
-    assert json.loads((out / "config.json").read_text())["use_cache"] is True
-    assert "four" in _generates(out)
-
-
-@pytest.mark.slow
-def test_lora_with_merge_writes_adapter_and_merged_model(tiny_llama_dir, qa_data, tmp_path):
-    out = tmp_path / "out"
-    spec = make_spec(tiny_llama_dir, qa_data, out, method="lora", max_steps=6, lora_r=4, lora_alpha=8)
-    spec["hyperparameters"].update(packing=True, gradient_checkpointing=True, merge_after_training=True)
-    run = run_child(spec, tmp_path / "spec.json")
-
-    assert run.returncode == EXIT_OK, run.log[-3000:]
-    assert run.one("started")["training_rows"] < 40  # packed
-    finished = run.one("finished")
-    assert finished["adapter_dir"] == str(out) and finished["model_dir"] == str(out / "merged")
-    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
-    assert not (out / "config.json").exists()  # the adapter folder is not mistaken for a full model
-    adapter = json.loads((out / "adapter_config.json").read_text())
-    assert adapter["r"] == 4 and adapter["base_model_name_or_path"] == str(tiny_llama_dir)
-    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json"):
-        assert (out / "merged" / name).is_file(), name
-    manifest = json.loads((out / "mtm_manifest.json").read_text())
-    assert manifest["layout"] == {"model_dir": "merged", "adapter_dir": "."}
-    _generates(out / "merged")
-
-
-@pytest.mark.slow
-def test_cancel_saves_a_checkpoint_and_resume_latest_continues_from_it(tiny_llama_dir, qa_data, tmp_path):
-    out, cancel = tmp_path / "out", tmp_path / "cancel-run"
-    # Far more steps than can pass before the cancel file appears, so the run cannot finish first.
-    spec = make_spec(tiny_llama_dir, qa_data, out, max_steps=100_000, logging_steps=50)
-    spec["cancel_file"] = str(cancel)
-
-    def cancel_after_first_progress(event, proc):
-        if event["event"] == "progress":
-            cancel.touch()
-
-    run = run_child(spec, tmp_path / "spec.json", on_event=cancel_after_first_progress)
-    assert run.returncode == EXIT_CANCELLED, run.log[-3000:]
-    cancelled = run.one("cancelled")
-    step = cancelled["step"]
-    assert 1 <= step < 100_000
-    assert cancelled["checkpoint"] == str(out / f"checkpoint-{step}")
-    assert run.one("checkpoint")["path"] == cancelled["checkpoint"]
-    assert (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
-    assert not run.of("finished") and not (out / "mtm_manifest.json").exists()
-
-    cancel.unlink()
-    spec["resume_from_checkpoint"] = "latest"
-    spec["hyperparameters"]["max_steps"] = step + 8  # a shorter finish line; the state still comes from the checkpoint
-    resumed = run_child(spec, tmp_path / "spec-resume.json")
-    assert resumed.returncode == EXIT_OK, resumed.log[-3000:]
-    started = resumed.one("started")
-    assert started["global_step"] == step
-    assert started["resumed_from"] == str(out / f"checkpoint-{step}")
-    assert resumed.of("progress")[0]["step"] == step + 1
-    assert resumed.one("finished")["metrics"]["global_step"] == step + 8
-    assert json.loads((out / "mtm_manifest.json").read_text())["resumed_from"] == started["resumed_from"]
-
-
-@pytest.mark.slow
-def test_sigterm_stops_like_a_cancel(tiny_llama_dir, qa_data, tmp_path):
-    out = tmp_path / "out"
-
-    def terminate_after_first_progress(event, proc):
-        if event["event"] == "progress" and event["step"] == 1:
-            proc.send_signal(signal.SIGTERM)
-
-    spec = make_spec(tiny_llama_dir, qa_data, out, max_steps=100_000, logging_steps=50)
-    run = run_child(spec, tmp_path / "spec.json", on_event=terminate_after_first_progress)
-    assert run.returncode == EXIT_CANCELLED, run.log[-3000:]
-    assert Path(run.one("cancelled")["checkpoint"]).is_dir()
-
-
-@pytest.mark.slow
-def test_a_cancel_stops_a_long_evaluation_pass_between_batches(tiny_llama_dir, qa_data, tmp_path):
-    """The hostile tester's cancel during a pass over a big eval file went unheeded until the portal killed the
-    trainer 600 s later: it is now heard between eval batches, and the run ends cancelled at the step before."""
-    out, cancel = tmp_path / "out", tmp_path / "cancel-run"
-    eval_file = write_rows(tmp_path / "eval.jsonl", [QA] * 4000)  # a pass of 1,000 batches: seconds, not steps
-    spec = make_spec(tiny_llama_dir, qa_data, out, max_steps=100, eval_steps=1, logging_steps=50, save_steps=1000)
-    spec["eval_dataset_path"] = str(eval_file)
-    spec["cancel_file"] = str(cancel)
-
-    def cancel_once_step_one_is_reported(event, proc):
-        if event["event"] == "progress" and event["step"] == 1:  # reported before the step's eval pass begins
-            cancel.touch()
-
-    run = run_child(spec, tmp_path / "spec.json", on_event=cancel_once_step_one_is_reported)
-    assert run.returncode == EXIT_CANCELLED, run.log[-3000:]
-    assert run.one("cancelled")["step"] == 1
-    assert not run.of("evaluation"), "the pass at step 1 was stopped, not finished"
-    assert not run.of("finished") and not (out / "mtm_manifest.json").exists()
-
-
-def _error(run: ChildRun) -> dict:
-    assert run.returncode == EXIT_ERROR, run.log[-3000:]
-    error = run.one("error")
-    assert error["message"] and error["hint"] and error["traceback"]
-    assert run.events[-1] is error
-    return error
-
-
 def test_vanished_dataset_is_an_error_event(tiny_llama_dir, tmp_path):
     data = write_rows(tmp_path / "gone.jsonl", [QA])
     spec = make_spec(tiny_llama_dir, data, tmp_path / "out")
     data.unlink()
-    error = _error(run_child(spec, tmp_path / "spec.json"))
+    error = error_of(run_child(spec, tmp_path / "spec.json"))
     assert error["code"] == "dataset_not_found"
     assert str(data) in error["message"]
 
@@ -416,7 +199,7 @@ def test_unknown_method_and_bad_hyperparameter_are_error_events(tiny_llama_dir, 
     spec = make_spec(tiny_llama_dir, qa_data, tmp_path / "out")
     spec["method"] = "dreambooth"
     spec["hyperparameters"]["learning_rate"] = 5
-    error = _error(run_child(spec, tmp_path / "spec.json"))
+    error = error_of(run_child(spec, tmp_path / "spec.json"))
     assert "'dreambooth'" in error["message"]
     assert "'learning_rate' = 5" in error["message"]
 
@@ -435,7 +218,7 @@ def test_unreadable_spec_and_usage(tmp_path):
 def test_lora_targets_that_do_not_fit_are_an_error_event(tiny_llama_dir, qa_data, tmp_path):
     out = tmp_path / "out"
     spec = make_spec(tiny_llama_dir, qa_data, out, method="lora", lora_target_modules=["no_such_proj"])
-    error = _error(run_child(spec, tmp_path / "spec.json"))
+    error = error_of(run_child(spec, tmp_path / "spec.json"))
     assert error["code"] == "invalid_hyperparameter" and "lora_target_modules" in error["message"]
 
 
@@ -459,7 +242,7 @@ def test_bin_weights_load_only_as_plain_tensors(copy_of_tiny_llama, qa_data, tmp
     torch.save(weights, copy_of_tiny_llama / "pytorch_model.bin")
     (copy_of_tiny_llama / "model.safetensors").unlink()
 
-    error = _error(run_child(make_spec(copy_of_tiny_llama, qa_data, tmp_path / "out"), tmp_path / "spec.json"))
+    error = error_of(run_child(make_spec(copy_of_tiny_llama, qa_data, tmp_path / "out"), tmp_path / "spec.json"))
     assert error["code"] == "weights_invalid" and "weights_only=True" in error["message"]
     assert not marker.exists()
 
@@ -468,20 +251,8 @@ def test_resume_without_a_checkpoint_is_an_error_event(tiny_llama_dir, qa_data, 
     out = tmp_path / "out"
     spec = make_spec(tiny_llama_dir, qa_data, out)
     spec["resume_from_checkpoint"] = "latest"
-    error = _error(run_child(spec, tmp_path / "spec.json"))
+    error = error_of(run_child(spec, tmp_path / "spec.json"))
     assert error["code"] == "no_checkpoint" and str(out) in error["message"]
-
-
-def test_resume_from_a_checkpoint_at_the_last_step_is_refused(tiny_llama_dir, qa_data, tmp_path):
-    out = tmp_path / "out"
-    spec = make_spec(tiny_llama_dir, qa_data, out, max_steps=2, save_steps=2)
-    assert run_child(spec, tmp_path / "spec.json").returncode == EXIT_OK
-    spec["resume_from_checkpoint"] = "latest"  # the same max_steps: nothing is left to train
-    resumed = run_child(spec, tmp_path / "spec-resume.json")
-    error = _error(resumed)
-    assert error["code"] == "nothing_to_resume"
-    assert error["message"] == "Nothing left to train: checkpoint-2 is already at step 2, and this run ends at step 2."
-    assert not resumed.of("started") and not resumed.of("finished")
 
 
 def test_a_max_seq_length_above_the_models_context_is_cut_to_it_and_said_so(tiny_llama_dir, qa_data, tmp_path):
