@@ -28,6 +28,9 @@ from tests.test_browser import _plain_http_while_server_starts, live_server  # n
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 TRAINING_TIMEOUT_MS = 400_000
 CHECK_TIMEOUT_MS = 20_000
+# The pair token counts come from the counts worker, whose first count loads the tokenizer: on a loaded machine that
+# took longer than a page check.
+COUNT_TIMEOUT_MS = 90_000
 PAIRS = 20
 HELD_OUT = 4  # pairs the preference check measures, kept out of training
 STEPS = 4
@@ -81,7 +84,7 @@ def test_a_dpo_project_on_a_pairs_file_trains_and_its_run_page_shows_curves_and_
         expect(dataset_status.locator(".format")).to_have_text("preference")
         for part in ("prompt", "chosen", "rejected"):  # counted by the worker; the box polls until they come
             pair_row = dataset_status.locator(f"table.pair-token-stats tr.pair-{part}")
-            expect(pair_row).to_be_visible(timeout=CHECK_TIMEOUT_MS)
+            expect(pair_row).to_be_visible(timeout=COUNT_TIMEOUT_MS)
         expect(dataset_status.locator(".text-warn")).to_have_count(0)  # every prompt and answer fits
         page.locator("#id_output_directory").fill(str(output))
         expect(page.locator("#output-status .status-ok")).to_contain_text("will be created", timeout=CHECK_TIMEOUT_MS)
