@@ -29,7 +29,12 @@ def collected(database_url: str | None, *files: str) -> set[str]:
 
 
 def test_the_postgresql_pass_keeps_database_tests_and_leaves_out_training_and_no_database_tests():
-    files = ("tests/test_pipeline.py", "tests/test_liveness.py", "tests/test_compose.py")
+    files = (
+        "tests/test_pipeline.py",
+        "tests/test_pipeline_merge.py",
+        "tests/test_liveness.py",
+        "tests/test_compose.py",
+    )
     everything = collected(None, *files)
     on_postgres = collected("postgres://nobody@127.0.0.1:1/none", *files)
     assert on_postgres < everything
@@ -44,7 +49,7 @@ def test_the_postgresql_pass_keeps_database_tests_and_leaves_out_training_and_no
         in (everything - on_postgres)
     )
     # slow and about training: the SQLite pass has shown it
-    lora = "tests/test_pipeline.py::test_lora_with_merge"
+    lora = "tests/test_pipeline_merge.py::test_lora_with_merge"
     assert lora in everything and lora not in on_postgres
     # no database at all
     assert any(name.startswith("tests/test_compose.py::") for name in everything)
