@@ -9,8 +9,7 @@ import psutil
 import pytest
 from django.contrib.auth.models import User
 
-from projects.models import TrainingProject
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
+from tests.pipeline_helpers import make_project
 
 # Far more steps than a fault test waits for: the run is still training when the fault comes.
 LONG = {"max_steps": 2000, "save_steps": 3, "learning_rate": 0.001}
@@ -24,16 +23,7 @@ def portal(portal_roots, transactional_db, tiny_llama_in_cache):
 
 def project(portal, name, hyper=None, output=None):
     """A full fine-tune of the `portal` fixture's member, in `output` or under the portal's outputs/."""
-    dataset = write_jsonl(portal["root"] / "datasets" / f"{name}.jsonl", QA_ROWS * 8)
-    return TrainingProject.objects.create(
-        name=name,
-        owner=portal["user"],
-        model_name=portal["model"],
-        dataset_path=str(dataset),
-        method="full",
-        output_directory=str(output or portal["root"] / "outputs" / name),
-        hyperparameters={**FAST_HYPERPARAMETERS, **(hyper or {})},
-    )
+    return make_project(portal, portal["model"], name=name, hyper=hyper, output=output)
 
 
 def trainer_processes(spec_fragment: str) -> list[psutil.Process]:

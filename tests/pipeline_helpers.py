@@ -99,9 +99,9 @@ def wait_until_a_worker_reports(model_name: str, timeout: float = 60) -> None:
     raise AssertionError(f"no worker reported holding {model_name} within {timeout:.0f} s")
 
 
-def make_project(portal, model_name, *, method="full", rows=None, hyper=None, name="p", **extra):
+def make_project(portal, model_name, *, method="full", rows=None, hyper=None, name="p", output=None, **extra):
     """A project of the `portal` fixture's member: `rows` (QA_ROWS unless given) eight times over as its dataset,
-    FAST_HYPERPARAMETERS updated with `hyper`, its output directory under the portal's outputs/."""
+    FAST_HYPERPARAMETERS updated with `hyper`, its output directory `output` or under the portal's outputs/."""
     root = portal["root"]
     dataset = write_jsonl(root / "datasets" / f"{name}.jsonl", (rows or QA_ROWS) * 8)
     return TrainingProject.objects.create(
@@ -109,7 +109,7 @@ def make_project(portal, model_name, *, method="full", rows=None, hyper=None, na
         owner=portal["user"],
         model_name=model_name,
         dataset_path=str(dataset),
-        output_directory=str(root / "outputs" / name),
+        output_directory=str(output or root / "outputs" / name),
         method=method,
         hyperparameters={**FAST_HYPERPARAMETERS, **(hyper or {})},
         **extra,

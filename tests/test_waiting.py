@@ -11,10 +11,10 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from projects.models import RunStatus, TrainingProject, TrainingRun
+from projects.models import RunStatus, TrainingRun
 from projects.runs.tasks import reap_runs
 from tests.clients import secure_client
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, cancel, start, wait_for_end, write_jsonl
+from tests.pipeline_helpers import cancel, make_project, start, wait_for_end
 from workers.models import SchedulingSettings
 
 pytestmark = pytest.mark.slow
@@ -30,16 +30,7 @@ def portal(portal_roots, transactional_db, tiny_llama_in_cache):
 
 
 def project(portal, name, hyper=None):
-    dataset = write_jsonl(portal["root"] / "datasets" / f"{name}.jsonl", QA_ROWS * 8)
-    return TrainingProject.objects.create(
-        name=name,
-        owner=portal["user"],
-        model_name=portal["model"],
-        dataset_path=str(dataset),
-        method="full",
-        output_directory=str(portal["root"] / "outputs" / name),
-        hyperparameters={**FAST_HYPERPARAMETERS, **(hyper or {})},
-    )
+    return make_project(portal, portal["model"], name=name, hyper=hyper)
 
 
 @pytest.mark.database
