@@ -10,12 +10,11 @@ from pathlib import Path
 
 import psutil
 
-from projects.models import TrainingProject
 from projects.runs.supervisor import Supervision, supervise
 from projects.trainer.events import trainer_command
 from projects.trainer.ranks import launcher_outcome
 from projects.trainer.spec import TrainerSpec, write_spec
-from tests.pipeline_helpers import FAST_HYPERPARAMETERS, QA_ROWS, write_jsonl
+from tests.pipeline_helpers import make_project
 from workers.models import Worker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,16 +68,8 @@ def child(tmp: Path, name: str, devices: int, extra_env: dict[str, str] | None =
 
 def project(root, owner, name, hyper=None):
     """A full fine-tune of `owner`'s on 2 devices, batch 2 on each, unless `hyper` says otherwise."""
-    dataset = write_jsonl(root / "datasets" / f"{name}.jsonl", QA_ROWS * 8)
-    return TrainingProject.objects.create(
-        name=name,
-        owner=owner,
-        model_name=MODEL,
-        dataset_path=str(dataset),
-        method="full",
-        output_directory=str(root / "outputs" / name),
-        hyperparameters={**FAST_HYPERPARAMETERS, "devices": 2, "batch_size": 2, **(hyper or {})},
-    )
+    portal = {"root": root, "user": owner}
+    return make_project(portal, MODEL, name=name, hyper={"devices": 2, "batch_size": 2, **(hyper or {})})
 
 
 def wait_for_report(processes: int) -> Worker:
