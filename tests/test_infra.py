@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -188,6 +189,21 @@ def _started_pids(process: subprocess.Popen) -> dict[str, int]:
     raise AssertionError(f"runportal exited before starting {', '.join(PORTAL_PROCESSES)} (started: {sorted(pids)})")
 
 
+def _rest_of_output(process: subprocess.Popen, timeout: float = 60) -> str:
+    """What the launcher prints until it exits, read through the same buffered stream `_started_pids` read from.
+
+    communicate() reads the pipe beneath that stream, so lines already buffered with "started beat" would be lost.
+    """
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(process.stdout.read()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        raise subprocess.TimeoutExpired(process.args, timeout)
+    process.wait(timeout=timeout)
+    return read[0]
+
+
 def _get_status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -265,7 +281,7 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
         assert all(not _gone(pid) for pid in pids.values())
 
         launcher.send_signal(signal.SIGINT)
-        output = launcher.communicate(timeout=60)[0]
+        output = _rest_of_output(launcher)
     finally:
         if launcher.poll() is None:
             launcher.kill()
@@ -289,7 +305,7 @@ def test_runportal_stops_the_web_server_and_fails_when_the_worker_dies(tmp_path)
     try:
         pids = _started_pids(launcher)
         os.kill(pids["worker"], signal.SIGKILL)
-        output = launcher.communicate(timeout=60)[0]
+        output = _rest_of_output(launcher)
     finally:
         if launcher.poll() is None:
             launcher.kill()
