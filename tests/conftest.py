@@ -81,6 +81,18 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.write_line(f"PostgreSQL pass: {count} tests deselected: {NO_DATABASE_REASON}.")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hashing(django_test_environment) -> None:
+    """MD5 for every password a test sets or checks: the default PBKDF2's cost (a quarter second a hash here) is the
+    point in production, and in the suite it was minutes a pass. A test about hashing sets its own hasher."""
+    from django.conf import settings
+    from django.contrib.auth.hashers import get_hashers, get_hashers_by_algorithm
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    get_hashers.cache_clear()
+    get_hashers_by_algorithm.cache_clear()
+
+
 @pytest.fixture
 def hf_cache(tmp_path, monkeypatch) -> Path:
     """An empty HF hub cache that the portal uses (through HF_HUB_CACHE; the settings row is blank)."""

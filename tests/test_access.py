@@ -28,12 +28,6 @@ PASSWORD = "a-long-pass-1234"
 THROTTLED = "Too many failed sign-in attempts"
 
 
-@pytest.fixture(autouse=True)
-def fast_hasher(settings):
-    # Dozens of sign-ins per test: the default PBKDF2 cost is the point in production, not here.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def member(django_user_model):
     return django_user_model.objects.create_user("member", password=PASSWORD)

@@ -15,11 +15,6 @@ from tests.clients import secure_client
 PASSWORD = "a-long-pass-1234"
 
 
-@pytest.fixture(autouse=True)
-def fast_hasher(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def staff(django_user_model):
     return django_user_model.objects.create_superuser("boss", password=PASSWORD)

@@ -71,7 +71,6 @@ def test_check_deploy_flags_a_weak_secret_key(tmp_path):
 
 @pytest.mark.django_db
 def test_responses_carry_the_hardening_headers_and_secure_cookies(django_user_model, settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     assert not settings.DEBUG  # the suite runs with the production defaults
     plain = Client().get("/accounts/login/")
     assert plain.status_code == 301 and plain["Location"].startswith("https://")
