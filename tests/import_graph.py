@@ -1,6 +1,7 @@
 """The import graph of our apps, read with `ast` alone (nothing imported, no Django): every import of one of our
 modules, at the top of a file or inside a function, with relative imports resolved and `from a import b` counted
-as an import of `a.b` when `b` is a module. The algorithm of docs/architecture.md's appendix, for tests/test_layers.py.
+as an import of `a.b` when `b` is a module. Used by tests/test_layers.py; docs/architecture.md §2 shows the numbers it
+gives.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Imports between apps run one way, mtm ← workers ← models_registry ← projects ← playground (docs/architecture.md
-§2, §3): an import against that order is one of the few written down below with its reason, no two modules import
+§1, §2): an import against that order is one of the few written down below with its reason, no two modules import
 each other (imports inside functions included), and no import inside a function reaches up into another app, which
 is how a cycle gets hidden. Read from the source with ast alone (tests/import_graph.py): no Django, no import."""
 
@@ -44,14 +44,14 @@ def test_no_new_import_runs_against_the_layers():
         "Imports against the layers mtm ← workers ← models_registry ← projects ← playground:\n"
         f"{_lines(new)}\nMove the code to the layer it belongs to, or invert the dependency (a registry the upper app "
         "fills in its AppConfig.ready(), as workers.holds and workers.reporting.register_part); see "
-        "docs/architecture.md §3."
+        "docs/architecture.md §1 and §2."
     )
 
 
 def test_every_allowed_back_import_still_exists():
     present = {(e.source, e.target) for e in BACK}
     gone = sorted(set(ALLOWED_BACK_IMPORTS) - present)
-    assert not gone, f"No longer imported: remove from ALLOWED_BACK_IMPORTS (and docs/architecture.md §3): {gone}"
+    assert not gone, f"No longer imported: remove from ALLOWED_BACK_IMPORTS (and docs/architecture.md §2): {gone}"
     assert len(ALLOWED_BACK_IMPORTS) <= 2
     assert all(reason.strip() for reason in ALLOWED_BACK_IMPORTS.values())
 
