@@ -340,7 +340,8 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 # Celery autodiscovers <app>.tasks only; the runs' and datasets' tasks live in subpackages.
 CELERY_IMPORTS = ["projects.runs.tasks", "projects.datasets.tasks"]
 # A run is one task on the worker that trains it (resolve against its own cache, train, validate): it waits
-# "queued" in its queue until a worker is free, with nothing to reap. run_services may send it to a narrower queue.
+# "queued" in its queue until a worker is free, with nothing to reap. Start may send it to a narrower queue
+# (projects.runs.scheduling.placement).
 CELERY_TASK_ROUTES = {
     "projects.resolve_run": {"queue": "training"},
     # Playground messages go to inference workers (`runworker --inference`), which keep a model loaded.

@@ -147,7 +147,7 @@ class TrainingRun(models.Model):
     metrics = models.JSONField(default=list, blank=True)
     log_tail = models.TextField(blank=True)
     validation = models.JSONField(null=True, blank=True)
-    summary = models.JSONField(default=dict, blank=True)  # the trainer's final metrics (run_columns.RunSummary)
+    summary = models.JSONField(default=dict, blank=True)  # the trainer's final metrics (runs.columns.RunSummary)
 
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)

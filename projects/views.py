@@ -1,6 +1,6 @@
 """Pages of the projects: the list, the new/edit form, a project's detail with its runs, and deletion.
 
-Runs (start, the run page, cancel) are in run_views.py; the form's inline checks in inline_checks.py.
+Runs (start, the run page, cancel) are in runs/views.py; the form's inline checks in inline_checks.py.
 """
 
 from __future__ import annotations
