@@ -24,7 +24,7 @@ from models_registry.resolution import resolve
 from models_registry.shown_names import shown_model
 from mtm.shared.problems import Problem
 
-__all__ = ["ListedModel", "forget", "list_cached", "list_models"]
+__all__ = ["ListedModel", "forget", "list_cached", "list_models", "listing_store"]
 
 # Names of the Hub's form that names.name_error certainly accepts: org/name, each part runs of letters, digits and
 # '_' joined by single '-' or '.' (so no '--', '..', leading or trailing '-' or '.'); with at most 96 characters and
@@ -69,6 +69,11 @@ def _save_store(store: Path, root: str, memo: dict[str, tuple[tuple, ListedModel
         os.replace(tmp, store)
     except OSError:
         tmp.unlink(missing_ok=True)  # a read-only var/ only costs speed
+
+
+def listing_store() -> Path:
+    """The JSON file the portal's processes keep their listing verdicts in (list_cached's `store`)."""
+    return settings.VAR_DIR / "model-listing.json"
 
 
 def _name_problem(name: str) -> Problem | None:

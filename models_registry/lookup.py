@@ -58,14 +58,12 @@ def resolve_model(name: str, revision: str | None = None) -> Resolution:
 
 
 def available_models(query: str | None = None, valid: bool | None = None) -> tuple[Path, list]:
-    from models_registry.listing import list_models
+    from models_registry.listing import list_models, listing_store
 
     cache_dir, _ = current_cache_dir()
     overrides = ModelOverride.objects.filter(enabled=True).values_list("model_name", "path", "trust_remote_code")
     published = PublishedModel.objects.values_list("model_name", "path")
-    models = list_models(
-        cache_dir, overrides, store=django_settings.VAR_DIR / "model-listing.json", published=published
-    )
+    models = list_models(cache_dir, overrides, store=listing_store(), published=published)
     models = shown(models)  # a cache folder named with bytes that are not UTF-8 still lists, readably
     changed = {p.model_name: problem for p in _published_rows() if (problem := published_folder_problem(p))}
     for item in models:

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 
+from models_registry.name_bytes import encodes, path_not_utf8_problem
 from mtm.shared.paths import is_within, resolved, roots_text
 from mtm.shared.problems import Problem
 
@@ -163,6 +164,9 @@ def check_output_dir(raw: object, allowed_roots: list[str], low_disk_bytes: int 
                 "Choose a folder of your own inside an allowed output root, with no links on its path.",
             )
         )
+        return result
+    if not encodes(real):
+        result.errors.append(path_not_utf8_problem("Output directory", text, real))
         return result
     result.path = real
     roots = [resolved(root) or os.path.normpath(root) for root in allowed_roots]

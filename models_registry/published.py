@@ -11,18 +11,23 @@ are its oldest canonical models, gpt2 or bert-base-uncased), and that organisati
 one of HUB_ORGANISATIONS or SHORT_FORMS ('meta-llama3' and 'mistral' could pass for meta-llama's and mistralai's;
 a plural ending on a word aside: 'xais-org' reads as 'xai-org', 'admins' as 'admin'),
 nor read as the organisation of a model in the Hugging Face cache (downloaded from the Hub, so a Hub organisation;
-one of at least PREFIX_MIN_KEY characters is not to be started like either). Overrides do not reserve their
-organisation: staff map team-local names too. A team publishes under its own organisation; staff who must map an
-upstream-looking name to a folder add an override.
+one of at least PREFIX_MIN_KEY characters is not to be started like either). Members can write in the cache, so only
+a repo the model list shows as a model counts (models_registry.cache_claims), and never over an organisation the
+portal has recorded as the team's (`team_organisations`: a member's username, or the organisation of a model
+published here). Overrides do not reserve their organisation: staff map team-local names too. A team publishes under
+its own organisation; staff who must map an upstream-looking name to a folder add an override.
 """
 
 from __future__ import annotations
 
-import os
 import re
+from collections.abc import Collection
 from datetime import UTC
 from pathlib import Path
 
+from django.contrib.auth import get_user_model
+
+from models_registry.cache_claims import cached_models
 from models_registry.models import PublishedModel
 from mtm.models import AuditEvent
 from mtm.shared.problems import Problem
@@ -195,12 +200,22 @@ def singular_key(organisation: str) -> str:
     return "".join(_singular(part_key(word)) for word in re.split(r"[-_.]", organisation))
 
 
-def _organisation_owner(organisation: str, cache_dir: Path) -> str | None:
+def team_organisations() -> frozenset[str]:
+    """The organisations the portal has recorded as the team's, as keys (part_key): every member's username and the
+    organisation of every model published here. A cache folder never reserves one of these."""
+    usernames = get_user_model().objects.values_list("username", flat=True)
+    published = PublishedModel.objects.values_list("model_name", flat=True)
+    return frozenset(part_key(u) for u in usernames.iterator()) | frozenset(
+        part_key(name.rpartition("/")[0]) for name in published.iterator() if "/" in name
+    )
+
+
+def _organisation_owner(organisation: str, cache_dir: Path, team: Collection[str]) -> str | None:
     """Why an organisation is not the team's to publish under, or None: it reads as a reserved one (a plural ending
     on any word aside), its first word does, or it starts like one (the longest such is named)."""
     key, first = part_key(organisation), first_word_key(organisation)
     singular, first_singular = singular_key(organisation), _singular(first)
-    reserved = _reserved_organisations(cache_dir)
+    reserved = _reserved_organisations(cache_dir, team)
     for reserved_key, what, _, _ in reserved:
         if key == reserved_key:
             return f"is {what}"
@@ -216,8 +231,9 @@ def _organisation_owner(organisation: str, cache_dir: Path) -> str | None:
     return None
 
 
-def _reserved_organisations(cache_dir: Path) -> list[tuple[str, str, bool, str]]:
-    """(key, what it is, whether names that start like it are reserved too, singular key), longest key first."""
+def _reserved_organisations(cache_dir: Path, team: Collection[str]) -> list[tuple[str, str, bool, str]]:
+    """(key, what it is, whether names that start like it are reserved too, singular key), longest key first. The
+    organisations of the cache's models are reserved, but not those in `team` (keys of the team's own)."""
     reserved = [
         (part_key(name), f"the Hugging Face Hub organisation '{name}'", True, singular_key(name))
         for name in HUB_ORGANISATIONS
@@ -240,24 +256,21 @@ def _reserved_organisations(cache_dir: Path) -> list[tuple[str, str, bool, str]]
         )
         for word in PORTAL_WORDS
     ]
-    for entry in _cache_entries(cache_dir):
-        parts = entry.split("--")
-        if len(parts) == 3 and parts[0] == "models":
-            key = part_key(parts[1])
-            what = f"the organisation of '{parts[1]}/{parts[2]}' in the Hugging Face cache"
-            reserved.append((key, what, len(key) >= PREFIX_MIN_KEY, singular_key(parts[1])))
+    for model_name in sorted(cached_models(cache_dir)):
+        organisation = model_name.split("/", 1)[0]
+        key = part_key(organisation)
+        if key in team:
+            continue
+        what = f"the organisation of '{model_name}' in the Hugging Face cache"
+        reserved.append((key, what, len(key) >= PREFIX_MIN_KEY, singular_key(organisation)))
     return sorted(reserved, key=lambda item: (-len(item[0]), item[1]))
 
 
-def _cache_entries(cache_dir: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(cache_dir))
-    except OSError:
-        return []
-
-
-def organisation_problem(name: str, cache_dir: Path, username: str = "me") -> Problem | None:
-    """Why `name` (a valid repo id) may not be published: no organisation part, or one that is not the team's."""
+def organisation_problem(
+    name: str, cache_dir: Path, username: str = "me", team: Collection[str] = ()
+) -> Problem | None:
+    """Why `name` (a valid repo id) may not be published: no organisation part, or one that is not the team's.
+    `team` holds the keys of the organisations recorded as the team's (team_organisations)."""
     if "/" not in name:
         return Problem(
             "published_name_needs_organisation",
@@ -266,7 +279,7 @@ def organisation_problem(name: str, cache_dir: Path, username: str = "me") -> Pr
             ORGANISATION_HINT.format(model=name, user=username),
         )
     organisation, model = name.split("/", 1)
-    owner = _organisation_owner(organisation, cache_dir)
+    owner = _organisation_owner(organisation, cache_dir, team)
     if owner is None:
         return None
     return Problem(
@@ -347,5 +360,6 @@ __all__ = [
     "reads_the_same",
     "organisation_problem",
     "provenance",
+    "team_organisations",
     "unpublished_problem",
 ]

@@ -12,6 +12,7 @@ from typing import IO, Any
 
 from django.core.files.move import file_move_safe
 
+from models_registry.name_bytes import encodes, path_not_utf8_problem
 from models_registry.regular_files import NotRegularFile, open_regular_file
 from mtm.shared.file_modes import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from mtm.shared.paths import is_within, resolved, roots_text
@@ -118,6 +119,9 @@ def check_dataset_path(
                 f"Give the full path of a dataset file inside an allowed root ({roots_text(roots)}), or {UPLOAD_IT}.",
             )
         )
+        return result
+    if not encodes(real):
+        result.errors.append(path_not_utf8_problem("Dataset path", text, real))
         return result
     result.path = real
     result.uploaded = is_within(real, uploads)

@@ -15,9 +15,10 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
+from models_registry.cache_claims import cached_models
 from models_registry.lookup import current_cache_dir
 from models_registry.models import ModelOverride, PublishedModel
-from models_registry.names import name_error, name_from_folder
+from models_registry.names import name_error, repo_folder_name
 from models_registry.published import (
     PUBLISH_ACTION,
     UNPUBLISH_ACTION,
@@ -27,6 +28,7 @@ from models_registry.published import (
     organisation_problem,
     part_key,
     reads_the_same,
+    team_organisations,
 )
 from models_registry.resolution import Resolution, resolve
 from mtm import audit
@@ -71,7 +73,7 @@ def _refuse(code: str, message: str, hint: str, status: int = 422) -> PublishRef
 
 def _name_clash(name: str) -> PublishRefused | None:
     """The name reads as (name_key) an override's, a cache model's or a published model's: a near-twin would mislead
-    everyone who picks a base model by its name."""
+    everyone who picks a base model by its name. A cache folder holding no model holds no name (cache_claims)."""
     key = name_key(name)
     overrides = ModelOverride.objects.order_by("model_name").only("model_name", "path")
     override = next((o for o in overrides.iterator() if name_key(o.model_name) == key), None)
@@ -84,17 +86,13 @@ def _name_clash(name: str) -> PublishRefused | None:
             409,
         )
     cache_dir, _ = current_cache_dir()
-    try:
-        entries = sorted(os.listdir(cache_dir))
-    except OSError:
-        entries = []
-    cached = next((e for e in entries if (n := name_from_folder(e)) is not None and name_key(n) == key), None)
-    if cached is not None:
-        cached_name = name_from_folder(cached) or name
+    cached_name = next((n for n in sorted(cached_models(cache_dir)) if name_key(n) == key), None)
+    if cached_name is not None:
         return _refuse(
             "model_name_taken",
             f"{reads_the_same(name, cached_name)}'{cached_name}' names a model in the Hugging Face cache "
-            f"({cache_dir / cached}): publishing under it would shadow that model for every project that trains on it.",
+            f"({cache_dir / repo_folder_name(cached_name)}): publishing under it would shadow that model for every "
+            "project that trains on it.",
             "Choose a name of your own, e.g. team/<project>-v2.",
             409,
         )
@@ -211,8 +209,9 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
     """The row `publish_run` would save, or PublishRefused. Only the run project's owner and staff may publish;
     the run must have succeeded, its folders be reachable without links, the name be free (no override, cache
     model or other published model that reads the same: models_registry.published.name_key) and under an
-    organisation of the team's own (not one that reads as or starts like a Hub organisation, nor a cache model's or
-    a member's: models_registry.published), and the folder pass the resolver's format checks."""
+    organisation of the team's own (not one that reads as or starts like a Hub organisation, nor a cache model's
+    unless the portal recorded it as the team's, nor another member's: models_registry.published), and the folder
+    pass the resolver's format checks."""
     name = model_name.strip() if isinstance(model_name, str) else model_name
     if not can_manage(actor.user, run.project):
         raise _refuse(
@@ -228,7 +227,8 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
         raise _not_succeeded(run)
     if clash := _name_clash(name) or _freed_name_held(name, actor.user):
         raise clash
-    if problem := organisation_problem(name, current_cache_dir()[0], actor.user.get_username()):
+    username = actor.user.get_username()
+    if problem := organisation_problem(name, current_cache_dir()[0], username, team_organisations()):
         raise PublishRefused([problem])
     if clash := _another_members_organisation(name, actor.user):
         raise clash

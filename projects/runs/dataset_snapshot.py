@@ -103,6 +103,9 @@ def _copy(source: str, folder: Path, max_bytes: int) -> Path:
             )
         ) from None
     try:
+        size = os.fstat(fd).st_size  # of the file opened, whatever is at its path by now
+        if size > max_bytes:
+            raise PathChanged(_too_large(source, size, max_bytes))
         remove_path(folder, ignore_errors=True)
         folder.parent.mkdir(parents=True, exist_ok=True)
         os.mkdir(folder, _FOLDER_MODE)  # made now, never one found there
@@ -116,19 +119,33 @@ def _copy(source: str, folder: Path, max_bytes: int) -> Path:
         os.close(fd)
     if written > max_bytes:
         remove_path(folder, ignore_errors=True)
-        raise PathChanged(
-            Problem(
-                DATASET_TOO_LARGE,
-                f"Dataset {source} is larger than the limit of {human_bytes(max_bytes)}, so it was not read further.",
-                "Split it into smaller files and train on one, or on a sample of it.",
-            )
-        )
+        raise PathChanged(_grew_too_large(source, size, max_bytes))
     return dest
+
+
+def _too_large(source: str, size: int, max_bytes: int) -> Problem:
+    return Problem(
+        DATASET_TOO_LARGE,
+        f"Dataset {source} is {human_bytes(size)} ({size:,} bytes); the limit is {human_bytes(max_bytes)}, so "
+        "nothing of it was copied or read.",
+        "Use a smaller dataset: split it into files under the limit and train on one, or on a sample of it; then "
+        "start the run again.",
+    )
+
+
+def _grew_too_large(source: str, size: int, max_bytes: int) -> Problem:
+    return Problem(
+        DATASET_TOO_LARGE,
+        f"Dataset {source} grew past the limit of {human_bytes(max_bytes)} while it was copied (it was "
+        f"{human_bytes(size)} when opened), so the copy was stopped at the limit and removed.",
+        "Let whatever writes the file finish, keep it under the limit (split it, or train on a sample of it), then "
+        "start the run again.",
+    )
 
 
 def _copy_bounded(src: int, dst: int, max_bytes: int) -> int:
     """Copy the open file `src` into `dst`, stopping one byte past `max_bytes` (a file still being written may grow
-    past any size checked before). Returns the bytes written."""
+    past the size it had when opened). Returns the bytes written."""
     written = 0
     while written <= max_bytes and (chunk := os.read(src, min(_CHUNK, max_bytes + 1 - written))):
         view = memoryview(chunk)
