@@ -85,11 +85,13 @@ def test_the_size_is_read_from_the_opened_file(team, tiny_llama_in_cache):
 
 
 # Run as another process, as a member's shell would: waits until the copy has begun reading the file (the reader's
-# descriptor of it has moved past its start, read from /proc), then makes the file 1 GiB long at once.
+# descriptor of it has moved past its start, read from /proc), then makes the file 1 GiB long at once. It says
+# "watching" first, and the copy starts only then: its start-up on a loaded machine could outlast the copy.
 GROW_WHEN_READ = """
 import os, sys, time
 reader, path = sys.argv[1], sys.argv[2]
 fds = f"/proc/{reader}/fd"
+print("watching", flush=True)
 deadline = time.monotonic() + 60
 while time.monotonic() < deadline:
     for fd in os.listdir(fds):
@@ -111,8 +113,11 @@ def test_a_dataset_that_grows_while_it_is_copied_is_cut_off_at_the_limit(team, t
     """Under the limit when opened, then grown to 1 GiB once the copy has begun: the copy stops at the limit."""
     run, dataset = her_run(team, tiny_llama_in_cache[0])
     grow_sparse(dataset, 120 * MiB)
-    grower = subprocess.Popen([sys.executable, "-c", GROW_WHEN_READ, str(os.getpid()), str(dataset)])
+    grower = subprocess.Popen(
+        [sys.executable, "-c", GROW_WHEN_READ, str(os.getpid()), str(dataset)], stdout=subprocess.PIPE, text=True
+    )
     try:
+        assert grower.stdout.readline() == "watching\n"
         before = bytes_written()
         with pytest.raises(PathChanged) as refused:
             dataset_snapshot.snapshot_dataset(run, stages.run_dir(run.pk), max_bytes=128 * MiB)
