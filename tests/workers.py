@@ -108,6 +108,9 @@ class CeleryWorker:
             TRANSFORMERS_OFFLINE="1",
             PYTHONUNBUFFERED="1",
             MTM_VAR_DIR=str(self.var_dir),
+            # A CPU worker, as `runworker --cpu` starts one: no device probe (a child importing torch, seconds of
+            # CPU at each start, and a stop that waited for it) on machines that have no GPU to find.
+            CUDA_VISIBLE_DEVICES="",
         )
         env.update(extra_env or {})
         if argv is None:
