@@ -31,7 +31,9 @@ from models_registry.checks import (
 )
 from models_registry.folder_walk import FolderTooLarge, bounded_names, snapshot_names
 from models_registry.name_bytes import encodes, not_utf8_problem
+from models_registry.names import is_commit_hash
 from models_registry.not_a_model import gguf_files, without_config
+from models_registry.ref_files import MAX_REF_BYTES
 from models_registry.regular_files import NotRegularFile, kind_of
 from models_registry.remote_code import built_in_model_types, check_remote_code
 from models_registry.resolution import choose_snapshot, leftover_partial_problem
@@ -209,12 +211,16 @@ def _parsed(raw: bytes) -> tuple[bool, object]:
 
 
 def _read_main(ref: str, dir_fd: int | None = None) -> tuple[str | None, int]:
-    """(the commit the refs/main file `ref` names, its mtime); (None, 0) when it cannot be read."""
+    """(the commit the refs/main file `ref` names, its mtime); (None, 0) when it cannot be read, and no commit when
+    it is a link or holds anything but a commit hash. The cheap read of the listing's common case: a refs/ folder
+    that is a link could still lead it elsewhere, but what it reads only ever picks a snapshot of this repo named by
+    it, and every message about a ref comes from ref_files.read_ref, which follows no link."""
     try:
-        raw, mtime = _read_regular(ref, 256, follow=True, dir_fd=dir_fd)
+        raw, mtime = _read_regular(ref, MAX_REF_BYTES, follow=False, dir_fd=dir_fd)
     except OSError:
         return None, 0
-    return raw.strip().decode("ascii", "replace"), mtime
+    value = raw.strip().decode("ascii", "replace")
+    return (value if is_commit_hash(value) else None), mtime
 
 
 def _partial_blobs(repo_dir: str) -> list[str]:

@@ -22,7 +22,7 @@ from models_registry.checks import (
 from models_registry.folder_walk import FolderTooLarge, bounded_names, walk_model_folder
 from models_registry.name_bytes import encodes, not_utf8_problem
 from models_registry.names import is_commit_hash, name_error, repo_folder_name, revision_error
-from models_registry.regular_files import NotRegularFile, read_regular
+from models_registry.ref_files import read_ref
 from models_registry.shown_resolution import shown_resolution
 from mtm.shared.nofollow import LINK_ERRORS, open_dir_nofollow
 from mtm.shared.problems import Problem
@@ -99,22 +99,18 @@ class SnapshotChoice:
     warning: Problem | None = None
 
 
-def read_ref(repo_dir: Path, ref: str) -> str | None:
-    try:
-        raw = read_regular(repo_dir / "refs" / ref, 4096)
-        return raw.decode("utf-8", errors="replace").strip() or None
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError, NotRegularFile):
-        return None
-
-
 def choose_snapshot(name: str, repo_dir: Path, snapshots: list[str], revision: str | None) -> SnapshotChoice:
     """The snapshot a revision names; for none, refs/main, or the only snapshot there is (with a warning)."""
     available = set(snapshots)
     if revision:
-        commit = revision if is_commit_hash(revision) else read_ref(repo_dir, revision)
+        ref = None if is_commit_hash(revision) else read_ref(str(repo_dir), revision)
+        commit = ref.commit if ref else revision
         if commit and commit in available:
             return SnapshotChoice(commit)
-        found = f"refs/{revision} names {commit}" if commit else f"no refs/{revision}"
+        if ref is None:
+            found = "no snapshot of that commit"
+        else:
+            found = f"refs/{revision} names {commit}" if commit else ref.trouble
         return SnapshotChoice(
             None,
             error=Problem(
@@ -124,10 +120,11 @@ def choose_snapshot(name: str, repo_dir: Path, snapshots: list[str], revision: s
                 f"Download that revision: hf download {name} --revision {revision}",
             ),
         )
-    commit = read_ref(repo_dir, "main")
+    ref = read_ref(str(repo_dir), "main")
+    commit = ref.commit
     if commit and commit in available:
         return SnapshotChoice(commit)
-    problem = "refs/main is missing" if not commit else f"refs/main names {commit}, which has no snapshot"
+    problem = ref.trouble or f"refs/main names {commit}, which has no snapshot"
     if len(available) == 1:
         only = next(iter(available))
         return SnapshotChoice(
@@ -173,7 +170,9 @@ def _snapshot_folders(repo_dir: Path, revision: str | None) -> list[str]:
     try:
         return _safe_listdir(repo_dir / "snapshots")
     except FolderTooLarge:
-        wanted = revision if revision and is_commit_hash(revision) else read_ref(repo_dir, revision or "main")
+        wanted = (
+            revision if revision and is_commit_hash(revision) else read_ref(str(repo_dir), revision or "main").commit
+        )
         if wanted and "/" not in wanted and wanted not in (".", "..") and (repo_dir / "snapshots" / wanted).is_dir():
             return [wanted]
         raise
