@@ -30,7 +30,7 @@ from projects.ownership import output_dir_conflicts
 from projects.runs import dataset_snapshot, paths, records
 from projects.runs import manifest as run_manifest
 from projects.runs.base_model_folder import HeldBaseModel, open_base_model
-from projects.runs.columns import EvalPoint, MetricPoint, RunProgress, RunSummary
+from projects.runs.columns import EvalPoint, MetricPoint, RunProgress, RunSummary, ValidationCheck
 from projects.runs.config import RunConfig, run_config
 from projects.runs.folder import RunFolderRefused
 from projects.runs.state_machine import fail, transition, worker_identity
@@ -594,6 +594,29 @@ def validate_stage(run_id: int) -> None:
         os.close(folder_fd)
 
 
+# What to do when a validation check fails, by check; the files, json and load checks fail on what was saved.
+VALIDATION_REMEDIES = {
+    "inference": (
+        "the model gave no usable answer to the validation prompt: write that prompt in the form the dataset's rows "
+        "take (its chat template or text layout), or train longer (more steps, a higher learning rate),"
+    ),
+    "preference": (
+        "the model does not yet prefer the chosen answers of the held-out pairs: train longer or with a higher "
+        "learning rate, or check that chosen and rejected are not swapped in the pairs file,"
+    ),
+}
+
+
+def validation_failed(check: ValidationCheck) -> Problem:
+    """The run's error when validation `check` failed, with the remedy for that check."""
+    remedy = VALIDATION_REMEDIES.get(check.name, "fix the cause (often disk space or an interrupted save)")
+    return Problem(
+        "validation_failed",
+        f"Post-training validation failed: the {check.name} check did not pass: {check.detail}",
+        f"Open the validation report on the run page; {remedy} and start a new run.",
+    )
+
+
 def _validate_in(run: TrainingRun, folder_fd: int, base: HeldBaseModel) -> None:
     run_id = run.pk
     config = run_config(run)
@@ -632,13 +655,4 @@ def _validate_in(run: TrainingRun, folder_fd: int, base: HeldBaseModel) -> None:
     if failed is None:
         transition(run_id, RunStatus.VALIDATING, RunStatus.SUCCEEDED, finished_at=timezone.now())
         return
-    fail(
-        run_id,
-        RunStage.VALIDATE,
-        Problem(
-            "validation_failed",
-            f"Post-training validation failed: the {failed.name} check did not pass: {failed.detail}",
-            "Open the validation report on the run page; fix the cause (often disk space or an interrupted save) and "
-            "start a new run.",
-        ),
-    )
+    fail(run_id, RunStage.VALIDATE, validation_failed(failed))
