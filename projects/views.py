@@ -252,7 +252,7 @@ def runs_context(project: TrainingProject, user: Any) -> dict[str, Any]:
         "runs": runs,
         "live_run": live[0] if live else None,
         "resume_run": latest,
-        "checkpoint": records.latest_run_checkpoint(latest) if latest else None,
+        "checkpoint": records.resumable_checkpoint(latest) if latest else None,
         "can_manage": can_manage(user, project),
     }
 

@@ -646,7 +646,7 @@ def test_run_with_validation_shows_the_four_checks(owner, roots):
 
 
 def test_resume_offered_on_a_cancelled_run_with_a_checkpoint(owner, roots):
-    project = make_project(owner, roots)
+    project = make_project(owner, roots, hyperparameters={"max_steps": 10})
     run = TrainingRun.objects.create(project=project, status=RunStatus.CANCELLED)
     run.output_directory = str(roots / "outputs" / "demo" / f"run-{run.pk}")  # a run's checkpoints: its own folder
     run.save()
@@ -657,6 +657,26 @@ def test_resume_offered_on_a_cancelled_run_with_a_checkpoint(owner, roots):
     (checkpoint / "trainer_state.json").write_text("{}")
     html = text(client.get(f"/projects/runs/{run.pk}/"))
     assert "Resume from checkpoint-8" in html and 'name="resume" value="1"' in html
+
+
+def test_resume_is_not_offered_from_a_checkpoint_at_max_steps(owner, roots):
+    """Resuming would train nothing (Start refuses it: "Nothing left to train"), so neither page offers it; raising
+    max_steps offers it again."""
+    project = make_project(owner, roots, hyperparameters={"max_steps": 8})
+    run = TrainingRun.objects.create(project=project, status=RunStatus.FAILED)  # e.g. failed at validation
+    run.output_directory = str(roots / "outputs" / "demo" / f"run-{run.pk}")
+    run.save()
+    checkpoint = Path(run.output_directory) / "checkpoint-8"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 8}')
+    client = secure_client(owner)
+    for url in (f"/projects/runs/{run.pk}/", f"/projects/{project.pk}/"):
+        html = text(client.get(url))
+        assert "resume from" not in html.lower() and 'class="btn btn-primary">Start' in html, url
+    project.hyperparameters = {"max_steps": 12}
+    project.save()
+    for url in (f"/projects/runs/{run.pk}/", f"/projects/{project.pk}/"):
+        assert "resume from checkpoint-8" in text(client.get(url)).lower(), url
 
 
 # --- the loss chart ------------------------------------------------------------------------------------------------

@@ -220,6 +220,14 @@ def nothing_left_to_train(checkpoint: Path, config: RunConfig) -> Problem | None
     return None
 
 
+def resumable_checkpoint(run: TrainingRun) -> Path | None:
+    """The checkpoint a Resume button offers for `run`: its latest, when the run can be resumed and the project's
+    settings as they are now would train past it (a run that reached max_steps offers none)."""
+    if not RunStatus(run.status).resumable or (checkpoint := latest_run_checkpoint(run)) is None:
+        return None
+    return None if nothing_left_to_train(checkpoint, RunConfig.of_project(run.project)) else checkpoint
+
+
 class ResumeRefused(Exception):
     def __init__(self, problem: Problem):
         super().__init__(problem.message)

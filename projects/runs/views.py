@@ -22,7 +22,7 @@ from mtm.audit import Actor, Channel
 from mtm.htmx import HtmxHttpRequest, wants_partial
 from mtm.shared.problems import Problem
 from projects.access import can_manage, require_manage
-from projects.models import LIVE_STATUSES, RESUMABLE_STATUSES, RunStatus, TrainingProject, TrainingRun
+from projects.models import LIVE_STATUSES, RunStatus, TrainingProject, TrainingRun
 from projects.publishing.services import published_of
 from projects.runs import records
 from projects.runs.charts.dpo import dpo_charts
@@ -71,7 +71,7 @@ def run_start(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 def run_context(run: TrainingRun, user: Any) -> dict[str, Any]:
     project = run.project
     # Resume is offered from this run's own checkpoint only; another run's is offered on that run's page.
-    checkpoint = records.latest_run_checkpoint(run) if run.status in RESUMABLE_STATUSES else None
+    checkpoint = records.resumable_checkpoint(run)
     progress = RunProgress.read(run.progress)
     config = run_config(run)
     artifacts = records.run_artifacts(run, config)
