@@ -513,6 +513,10 @@ def test_the_adapter_is_not_for_strangers_or_runs_without_one(team, lora_run, cl
     assert call(client, "get", f"/runs/{run.pk}/adapter.tar.gz", None, team["tokens"]["mallory"]).status_code == 401
     full = call(client, "get", f"/runs/{team['run'].pk}/adapter.tar.gz", None, team["tokens"]["alice"])
     assert full.status_code == 404 and codes(full) == ["adapter_unavailable"]
+    failed = TrainingRun.objects.create(project=run.project, status=RunStatus.FAILED)
+    refused = call(client, "get", f"/runs/{failed.pk}/adapter.tar.gz", None, team["tokens"]["alice"])
+    assert refused.status_code == 404 and codes(refused) == ["adapter_unavailable"]
+    assert f"Run {failed.pk} is failed: only a run that succeeded" in refused.text
     folder = Path(run.output_directory)
     moved = folder.with_name("moved")
     folder.rename(moved)

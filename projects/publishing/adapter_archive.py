@@ -184,7 +184,15 @@ def _why_left_out(folder_fd: int, wanted: tuple[str, ...], folder: str) -> str:
 def adapter_archive(run: TrainingRun) -> AdapterArchive:
     """The archive of a succeeded LoRA run's adapter; AdapterUnavailable (checked before any byte is sent)."""
     if run.status != RunStatus.SUCCEEDED:
-        raise _unavailable(run, f"it is {run.status}")
+        # Its files may be on disk, but only a run that passed validation hands them out.
+        raise AdapterUnavailable(
+            Problem(
+                "adapter_unavailable",
+                f"Run {run.pk} is {run.status}: only a run that succeeded, its adapter validated, offers it for "
+                "download.",
+                "Open the run page to see why it did not succeed, fix that and start a new run (or resume it).",
+            )
+        )
     if not run.output_directory:
         raise _unavailable(run, "it never wrote a folder")
     try:
