@@ -19,6 +19,7 @@ HARDENING_OVERRIDES = (
     "SESSION_COOKIE_SECURE",
     "CSRF_COOKIE_SECURE",
     "SECURE_HSTS_SECONDS",
+    "MTM_PLAIN_HTTP",
     "DJANGO_SETTINGS_MODULE",
 )
 
@@ -56,6 +57,7 @@ def test_check_deploy_is_clean_with_the_generated_secret_key(tmp_path):
         ({"DEBUG": "1"}, "security.W018"),  # DEBUG on also drops HSTS, secure cookies and the HTTPS redirect
         ({"DEBUG": "0", "SESSION_COOKIE_SECURE": "0"}, "security.W012"),
         ({"DEBUG": "0", "SECURE_HSTS_SECONDS": "0"}, "security.W004"),
+        ({"DEBUG": "0", "MTM_PLAIN_HTTP": "1"}, "security.W008"),  # make run's plain HTTP: no HTTPS redirect
     ],
 )
 def test_check_deploy_flags_unsafe_settings(tmp_path, env, flagged):

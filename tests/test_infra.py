@@ -224,8 +224,10 @@ def _gone(pid: int) -> bool:
 
 def _runportal_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
-    # A var/ of its own: its own SQLite file and filesystem broker, so a running `make run` is not disturbed.
-    env.update(MTM_VAR_DIR=str(tmp_path / "var"), DEBUG="1", PYTHONUNBUFFERED="1")
+    # A var/ of its own: its own SQLite file and filesystem broker, so a running `make run` is not disturbed. Plain
+    # HTTP with DEBUG off, as bin/run serves it.
+    env = {k: v for k, v in env.items() if k != "DEBUG"}
+    env.update(MTM_VAR_DIR=str(tmp_path / "var"), MTM_PLAIN_HTTP="1", PYTHONUNBUFFERED="1")
     return env
 
 
@@ -270,7 +272,11 @@ def test_runportal_serves_and_ctrl_c_stops_web_and_worker(tmp_path):
             if status is not None or launcher.poll() is not None:
                 break
             time.sleep(0.2)
-        assert status == 200
+        assert status == 200  # plain HTTP, not redirected to HTTPS
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/no-such-page/", timeout=5)
+        assert missing.value.code == 404
+        assert b"URLconf" not in missing.value.read()  # the portal's 404, not Django's debug page listing every URL
         # The five workers consume their queues on the embedded broker: each reports once Celery is ready, which a
         # queue name that broker refuses (it once held the "@" of cpu@host) never reaches.
         reported: list[str] = []
