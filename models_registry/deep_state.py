@@ -77,8 +77,8 @@ class DeepState:
         return {
             "state": self.state,
             "valid": self.valid,
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
+            "errors": [p.model_dump() for p in self.errors],
+            "warnings": [p.model_dump() for p in self.warnings],
             "checked_at": self.checked_at,
         }
 

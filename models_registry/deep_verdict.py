@@ -144,7 +144,7 @@ def compute_verdict(folder: str | Path, *, trust_remote_code: bool = False, mode
     try:
         walk_model_folder(folder)
     except FolderTooLarge as exc:  # the format check refuses it unread: transformers is not asked either
-        found = {"errors": [folder_too_large(exc, name).to_dict()], "warnings": [], "facts": {}}
+        found = {"errors": [folder_too_large(exc, name).model_dump()], "warnings": [], "facts": {}}
     else:
         found = _examined(folder, trust_remote_code, name, limits)
     return DeepVerdict(
@@ -169,14 +169,14 @@ def _examined(folder: str, trust_remote_code: bool, name: str, limits: Limits) -
         work = functools.partial(examine, folder, trust_remote_code, name, settings.MTM_TEMPLATE_CPU_SECONDS)
         found = run_limited(work, limits)
     except LimitExceeded as exc:
-        found = {"errors": [_stopped(name, exc, limits).to_dict()], "warnings": [], "facts": {}}
+        found = {"errors": [_stopped(name, exc, limits).model_dump()], "warnings": [], "facts": {}}
     except RuntimeError as exc:
         problem = Problem(
             "verdict_failed",
             f"Checking model '{name}' with transformers failed: {exc}",
             "Check the model again; if it fails the same way, report it to the administrator with this message.",
         )
-        found = {"errors": [problem.to_dict()], "warnings": [], "facts": {}}
+        found = {"errors": [problem.model_dump()], "warnings": [], "facts": {}}
     return found
 
 
@@ -220,7 +220,7 @@ def deep_verdict(resolution: Resolution) -> DeepVerdict:
         return DeepVerdict(
             folder="",
             valid=False,
-            errors=[VerdictProblem(**p.to_dict()) for p in resolution.errors],
+            errors=[VerdictProblem(**p.model_dump()) for p in resolution.errors],
             checked_at=timezone.now(),
             versions=library_versions(),
             fingerprint="",

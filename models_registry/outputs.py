@@ -51,8 +51,8 @@ class OutputDirCheck:
             "empty": self.empty,
             "will_create": self.will_create,
             "free_bytes": self.free_bytes,
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
+            "errors": [p.model_dump() for p in self.errors],
+            "warnings": [p.model_dump() for p in self.warnings],
         }
 
 

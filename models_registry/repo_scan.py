@@ -67,8 +67,8 @@ class ListedModel:
             "path": self.path,
             "revision": self.revision,
             "valid": self.valid,
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
+            "errors": [p.model_dump() for p in self.errors],
+            "warnings": [p.model_dump() for p in self.warnings],
         }
         if self.deep is not None:
             data["deep"] = self.deep.to_dict()

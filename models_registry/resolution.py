@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pwd
 from dataclasses import dataclass, field
@@ -70,8 +69,8 @@ class Resolution:
             "path": self.path,
             "revision": self.revision,
             "files": [f.name for f in self.files],
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
+            "errors": [p.model_dump() for p in self.errors],
+            "warnings": [p.model_dump() for p in self.warnings],
             "searched": self.searched,
             "tokenizer_source": self.tokenizer_source,
             "provenance": self.provenance,
@@ -470,7 +469,7 @@ def _for_revision(problem: Problem, name: str, revision: str | None) -> Problem:
     if not revision or "--revision" in problem.hint:
         return problem
     hint = problem.hint.replace(f"download {name}", f"download {name} --revision {revision}")
-    return dataclasses.replace(problem, hint=hint)
+    return problem.model_copy(update={"hint": hint})
 
 
 def _shown(partial: list[str]) -> str:

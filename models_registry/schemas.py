@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from ninja import Schema
 from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
+from mtm.shared.problems import Problem
 from mtm.shared.text import encodable_or_refused, storable_or_refused
 from workers.models import MAX_LIVE_RUNS_PER_MEMBER
 
@@ -76,15 +77,9 @@ class SettingsPatch(NoNulls):
     )
 
 
-class ProblemOut(Schema):
-    code: str
-    message: str
-    hint: str = ""
-
-
 class ErrorOut(Schema):
     detail: str
-    errors: list[ProblemOut]
+    errors: list[Problem]
 
 
 class DeepVerdictOut(Schema):
@@ -93,8 +88,8 @@ class DeepVerdictOut(Schema):
         'transformers has judged it; "failed": the check could not finish (it hung, ran out of memory or crashed).'
     )
     valid: bool | None = Field(description="Whether transformers loads and can train it; null while checking.")
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
+    errors: list[Problem]
+    warnings: list[Problem]
     checked_at: datetime | None
 
 
@@ -105,8 +100,8 @@ class ResolutionOut(Schema):
     path: str | None
     revision: str | None
     files: list[str]
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
+    errors: list[Problem]
+    warnings: list[Problem]
     searched: list[str]
     tokenizer_source: str | None = None
     provenance: str | None = Field(
@@ -127,8 +122,8 @@ class ListedDeepOut(Schema):
         "(the workers' background fill will). Read from the cache: listing never computes or asks."
     )
     valid: bool | None
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
+    errors: list[Problem]
+    warnings: list[Problem]
     checked_at: datetime | None
 
 
@@ -138,8 +133,8 @@ class ListedModelOut(Schema):
     path: str | None
     revision: str | None
     valid: bool = Field(description="The instant rules' answer, overridden by transformers' cached verdict.")
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
+    errors: list[Problem]
+    warnings: list[Problem]
     deep: ListedDeepOut | None = Field(
         None,
         description="transformers' verdict as cached for the listed folder; null where it is not asked (no folder, "
@@ -162,8 +157,8 @@ class OutputDirOut(Schema):
     empty: bool | None
     will_create: bool
     free_bytes: int | None
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
+    errors: list[Problem]
+    warnings: list[Problem]
 
 
 class OverrideOut(Schema):

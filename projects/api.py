@@ -67,7 +67,7 @@ UPLOAD = _errors(400, 403, 404, 413)  # 400: a multipart body over Django's fiel
 
 
 def _problems(check: services.ProjectCheck) -> list[dict[str, Any]]:
-    return [{**p.to_dict(), "field": field} for field, problems in check.errors.items() for p in problems]
+    return [{**p.model_dump(), "field": field} for field, problems in check.errors.items() for p in problems]
 
 
 def _refused(check: services.ProjectCheck) -> ApiError:
@@ -209,7 +209,7 @@ def _store(request: HttpRequest, file: UploadedFile) -> ReceivedUpload:
     try:
         return receive_upload(Actor.of(request, Channel.API), file, file.name or "")
     except DatasetError as exc:
-        raise ApiError(422, [{**p.to_dict(), "field": UPLOAD_FIELD} for p in exc.problems])
+        raise ApiError(422, [{**p.model_dump(), "field": UPLOAD_FIELD} for p in exc.problems])
 
 
 def _discard(request: HttpRequest, received: ReceivedUpload) -> None:
@@ -248,7 +248,7 @@ def _report_for(
 
 
 def _busy(busy: Busy) -> JsonResponse:
-    response = JsonResponse(error_body([busy.to_dict()]), status=429)
+    response = JsonResponse(error_body([busy.as_problem().model_dump()]), status=429)
     response["Retry-After"] = str(busy.retry_after)
     return response
 
@@ -277,7 +277,7 @@ def upload_dataset(
         return _busy(busy)
     if not report.valid:
         _discard(request, received)
-        raise ApiError(422, [{**p.to_dict(), "field": _field_of(p)} for p in report.errors])
+        raise ApiError(422, [{**p.model_dump(), "field": _field_of(p)} for p in report.errors])
     return {"dataset_path": report.path, "reused": received.reused, "report": report.to_dict()}
 
 

@@ -12,7 +12,8 @@ from typing import Annotated, Any, Literal
 from ninja import Schema
 from pydantic import AfterValidator, Field, WithJsonSchema
 
-from models_registry.schemas import NoNulls, ProblemOut, StrictBody
+from models_registry.schemas import NoNulls, StrictBody
+from mtm.shared.problems import Problem
 from mtm.shared.text import storable_or_refused
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
@@ -96,7 +97,7 @@ class RunStartIn(StrictBody):
     )
 
 
-class FieldProblemOut(ProblemOut):
+class FieldProblemOut(Problem):
     field: str | None = Field(None, description="The request field the problem is about, when there is one.")
 
 
@@ -204,8 +205,8 @@ class DatasetReportOut(Schema):
     size_bytes: int | None
     sha256: str | None
     preview: list[dict[str, Any]]
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
+    errors: list[Problem]
+    warnings: list[Problem]
     token_stats: TokenStatsOut | None
     pair_token_stats: dict[str, TokenStatsOut] | None = Field(
         None,

@@ -79,8 +79,8 @@ class ProjectCheck:
     def to_dict(self) -> dict:
         return {
             "valid": self.valid,
-            "errors": {k: [p.to_dict() for p in v] for k, v in self.errors.items() if v},
-            "warnings": {k: [p.to_dict() for p in v] for k, v in self.warnings.items() if v},
+            "errors": {k: [p.model_dump() for p in v] for k, v in self.errors.items() if v},
+            "warnings": {k: [p.model_dump() for p in v] for k, v in self.warnings.items() if v},
         }
 
 

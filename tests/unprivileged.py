@@ -30,8 +30,14 @@ def target_function(target: str) -> Any:
 
 
 def as_json(value: Any) -> Any:
-    """A check's result as plain JSON values (through its to_dict, as the API shows it)."""
-    return json.loads(json.dumps(value, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+    """A check's result as plain JSON values (through its model_dump or to_dict, as the API shows it)."""
+    return json.loads(json.dumps(value, default=_plain))
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return value.to_dict() if hasattr(value, "to_dict") else str(value)
 
 
 def call_unprivileged(target: str, *args: Any, **kwargs: Any) -> Any:

@@ -71,7 +71,7 @@ class DatasetPathCheck:
             "valid": self.valid,
             "size_bytes": self.size_bytes,
             "uploaded": self.uploaded,
-            "errors": [p.to_dict() for p in self.errors],
+            "errors": [p.model_dump() for p in self.errors],
         }
 
 

@@ -71,8 +71,8 @@ class DatasetReport:
             "size_bytes": self.size_bytes,
             "sha256": self.sha256,
             "preview": self.preview,
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
+            "errors": [p.model_dump() for p in self.errors],
+            "warnings": [p.model_dump() for p in self.warnings],
             "token_stats": self.token_stats.to_dict() if self.token_stats else None,
             "pair_token_stats": (
                 {part: stats.to_dict() for part, stats in self.pair_token_stats.items()}

@@ -94,7 +94,7 @@ def _count(count_id: int, path: str, user_id: int | None) -> None:
             if report.pair_token_stats
             else None
         ),
-        "warnings": [p.to_dict() for p in report.warnings[known:]],
-        "errors": [p.to_dict() for p in report.errors],
+        "warnings": [p.model_dump() for p in report.warnings[known:]],
+        "errors": [p.model_dump() for p in report.errors],
     }
     finish(count_id, TokenCount.State.DONE, result)
