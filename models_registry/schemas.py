@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from ninja import Schema
 from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
+from models_registry.outputs import OutputDirCheck
 from mtm.shared.problems import Problem
 from mtm.shared.text import encodable_or_refused, storable_or_refused
 from workers.models import MAX_LIVE_RUNS_PER_MEMBER
@@ -148,17 +149,13 @@ class AvailableModelsOut(Schema):
     models: list[ListedModelOut]
 
 
-class OutputDirOut(Schema):
-    output_directory: str
-    path: str | None
-    valid: bool
-    exists: bool
-    writable: bool
-    empty: bool | None
-    will_create: bool
-    free_bytes: int | None
-    errors: list[Problem]
-    warnings: list[Problem]
+# The API's names for the checks' results: the fields are the result's own, and a view answers the result itself
+# (from_attributes reads it into the API's class).
+RESULT = ConfigDict(from_attributes=True)
+
+
+class OutputDirOut(OutputDirCheck):
+    model_config = RESULT
 
 
 class OverrideOut(Schema):

@@ -17,6 +17,7 @@ from ninja.responses import Status
 
 from models_registry.lookup import dataset_roots, resolve_model
 from models_registry.lookup import validate_output_dir as lookup_output_dir
+from models_registry.outputs import OutputDirCheck
 from models_registry.schemas import ErrorOut, OutputDirOut, ValidateOutputDirIn
 from models_registry.template_sandbox import TEMPLATE_LIMIT_CODES
 from mtm.api_errors import ApiError, error_body
@@ -155,13 +156,13 @@ def create_project(request: HttpRequest, payload: ProjectIn) -> Status | JsonRes
     response={200: OutputDirOut, **{status: ErrorOut for status in (401, 403, 404, 409, 413, 422)}},
     operation_id="models_registry_api_validate_output_dir",
 )
-def validate_output_dir(request: HttpRequest, payload: ValidateOutputDirIn) -> dict:
+def validate_output_dir(request: HttpRequest, payload: ValidateOutputDirIn) -> OutputDirCheck:
     """Is this a directory training may write to, for the caller? Absolute, inside an allowed root, writable, with
     room, and not a folder of another member's project (the same rule as saving a project and the form's check)."""
     check = lookup_output_dir(payload.output_directory)
     if check.valid:
         check.errors.extend(output_dir_conflicts(check.path or "", request.auth))
-    return check.to_dict()
+    return check
 
 
 @router.get("/projects/{project_id}", response={200: ProjectOut, **READ})
