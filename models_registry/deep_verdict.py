@@ -34,30 +34,21 @@ LIBRARIES = ("transformers", "torch", "tokenizers", "peft", "safetensors")
 CHECK_VERSION = 2
 
 
-class VerdictProblem(BaseModel):
-    code: str
-    message: str
-    hint: str = ""
-
-    def as_problem(self) -> Problem:
-        return Problem(self.code, self.message, self.hint)
-
-
 class DeepVerdict(BaseModel):
     """transformers' verdict on one folder. `valid`: it loads every weight from the checkpoint and its tokenizer
     encodes text to ids the model can embed, so one training step can run."""
 
     folder: str
     valid: bool
-    errors: list[VerdictProblem] = Field(default_factory=list)
-    warnings: list[VerdictProblem] = Field(default_factory=list)
+    errors: list[Problem] = Field(default_factory=list)
+    warnings: list[Problem] = Field(default_factory=list)
     facts: dict = Field(default_factory=dict)
     checked_at: datetime
     versions: dict[str, str]
     fingerprint: str
 
     def first_error(self) -> Problem | None:
-        return self.errors[0].as_problem() if self.errors else None
+        return self.errors[0] if self.errors else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -220,7 +211,7 @@ def deep_verdict(resolution: Resolution) -> DeepVerdict:
         return DeepVerdict(
             folder="",
             valid=False,
-            errors=[VerdictProblem(**p.model_dump()) for p in resolution.errors],
+            errors=resolution.errors,
             checked_at=timezone.now(),
             versions=library_versions(),
             fingerprint="",

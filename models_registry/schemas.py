@@ -8,7 +8,9 @@ from typing import Annotated, Any, Literal
 from ninja import Schema
 from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
+from models_registry.deep_state import DeepState
 from models_registry.outputs import OutputDirCheck
+from models_registry.resolution import Resolution
 from mtm.shared.problems import Problem
 from mtm.shared.text import encodable_or_refused, storable_or_refused
 from workers.models import MAX_LIVE_RUNS_PER_MEMBER
@@ -83,39 +85,6 @@ class ErrorOut(Schema):
     errors: list[Problem]
 
 
-class DeepVerdictOut(Schema):
-    state: Literal["checking", "done", "failed"] = Field(
-        description='"checking": no verdict for this snapshot yet (a worker check is queued; ask again); "done": '
-        'transformers has judged it; "failed": the check could not finish (it hung, ran out of memory or crashed).'
-    )
-    valid: bool | None = Field(description="Whether transformers loads and can train it; null while checking.")
-    errors: list[Problem]
-    warnings: list[Problem]
-    checked_at: datetime | None
-
-
-class ResolutionOut(Schema):
-    model_name: str
-    valid: bool
-    source: str | None
-    path: str | None
-    revision: str | None
-    files: list[str]
-    errors: list[Problem]
-    warnings: list[Problem]
-    searched: list[str]
-    tokenizer_source: str | None = None
-    provenance: str | None = Field(
-        None,
-        description='For source "portal": a fine-tune published in this portal, by whom, from which run and base model.',
-    )
-    deep: DeepVerdictOut | None = Field(
-        None,
-        description="transformers' own verdict, computed on a worker and cached per snapshot; null where it is not "
-        "asked (no folder, or an instant refusal it cannot overrule: an unsafe link, an interrupted download, ...).",
-    )
-
-
 class ListedDeepOut(Schema):
     state: Literal["checking", "done", "failed", "unchecked"] = Field(
         description='"done": transformers has judged this snapshot (`valid`, and its reasons first in `errors`); '
@@ -156,6 +125,20 @@ RESULT = ConfigDict(from_attributes=True)
 
 class OutputDirOut(OutputDirCheck):
     model_config = RESULT
+
+
+class DeepVerdictOut(DeepState):
+    model_config = RESULT
+
+
+class ResolutionOut(Resolution):
+    model_config = RESULT
+
+    deep: DeepVerdictOut | None = Field(
+        None,
+        description="transformers' own verdict, computed on a worker and cached per snapshot; null where it is not "
+        "asked (no folder, or an instant refusal it cannot overrule: an unsafe link, an interrupted download, ...).",
+    )
 
 
 class OverrideOut(Schema):

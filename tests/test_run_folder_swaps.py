@@ -78,7 +78,9 @@ def test_a_published_name_whose_run_folder_was_swapped_resolves_invalid(team, ap
     resolution = resolve_model("team/support-bot")
     assert not resolution.valid and resolution.source == "portal" and resolution.path is None
     refused_as_changed([p.model_dump() for p in resolution.errors], run.output_directory)
-    assert bobs.output_directory not in json.dumps(resolution.to_dict())  # nothing read or named through the link
+    assert bobs.output_directory not in json.dumps(
+        resolution.model_dump(mode="json")
+    )  # nothing read or named through the link
     checked = call(
         client, "post", "/projects/validate-model", {"model_name": "team/support-bot"}, team["tokens"]["mallory"]
     )
