@@ -79,7 +79,7 @@ def available_models(request: HttpRequest, q: str | None = None, valid: bool | N
     `deep` is transformers' cached verdict on each (done, failed, checking or unchecked), which `valid` includes;
     read from the cache, never computed or asked here (the workers fill it in the background)."""
     cache_dir, models = lookup.available_models(q, valid)
-    return {"cache_dir": str(cache_dir), "count": len(models), "models": [m.to_dict() for m in models]}
+    return {"cache_dir": str(cache_dir), "count": len(models), "models": models}
 
 
 def _override_out(override: ModelOverride) -> dict:

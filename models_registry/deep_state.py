@@ -18,8 +18,8 @@ from pydantic import BaseModel, Field, computed_field
 
 from models_registry.bounded_json import CHECKED_ON_WORKER
 from models_registry.deep_verdict import DeepVerdict, deep_verdict, fingerprint, folder_key
+from models_registry.listed import ListedModel
 from models_registry.models import ModelVerdict, VerdictRequest
-from models_registry.repo_scan import ListedModel
 from models_registry.resolution import Resolution
 from mtm.shared.problems import Problem
 

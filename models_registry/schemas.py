@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from ninja import Schema
 from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
 from models_registry.deep_state import DeepState
+from models_registry.listed import ListedModel
 from models_registry.outputs import OutputDirCheck
 from models_registry.resolution import Resolution
 from mtm.shared.problems import Problem
@@ -85,37 +85,10 @@ class ErrorOut(Schema):
     errors: list[Problem]
 
 
-class ListedDeepOut(Schema):
-    state: Literal["checking", "done", "failed", "unchecked"] = Field(
-        description='"done": transformers has judged this snapshot (`valid`, and its reasons first in `errors`); '
-        '"failed": its check could not finish; "checking": a worker is checking it now; "unchecked": not yet '
-        "(the workers' background fill will). Read from the cache: listing never computes or asks."
-    )
-    valid: bool | None
-    errors: list[Problem]
-    warnings: list[Problem]
-    checked_at: datetime | None
-
-
-class ListedModelOut(Schema):
-    model_name: str
-    source: str
-    path: str | None
-    revision: str | None
-    valid: bool = Field(description="The instant rules' answer, overridden by transformers' cached verdict.")
-    errors: list[Problem]
-    warnings: list[Problem]
-    deep: ListedDeepOut | None = Field(
-        None,
-        description="transformers' verdict as cached for the listed folder; null where it is not asked (no folder, "
-        "or an instant refusal it cannot overrule).",
-    )
-
-
 class AvailableModelsOut(Schema):
     cache_dir: str
     count: int
-    models: list[ListedModelOut]
+    models: list[ListedModel]
 
 
 # The API's names for the checks' results: the fields are the result's own, and a view answers the result itself
