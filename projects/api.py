@@ -279,7 +279,7 @@ def upload_dataset(
     if not report.valid:
         _discard(request, received)
         raise ApiError(422, [{**p.model_dump(), "field": _field_of(p)} for p in report.errors])
-    return {"dataset_path": report.path, "reused": received.reused, "report": report.to_dict()}
+    return {"dataset_path": report.path, "reused": received.reused, "report": report}
 
 
 @router.post("/projects/{project_id}/dataset", response={200: ProjectDatasetOut, **UPLOAD, 429: ProjectErrorOut})
@@ -305,7 +305,7 @@ def upload_project_dataset(request: HttpRequest, project_id: int, file: File[Upl
     return {
         "dataset_path": project.dataset_path,
         "reused": received.reused,
-        "report": (report or DatasetReport(path=project.dataset_path)).to_dict(),
+        "report": report or DatasetReport(path=project.dataset_path),
         "project": project_dict(project),
     }
 

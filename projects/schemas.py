@@ -12,9 +12,10 @@ from typing import Annotated, Any, Literal
 from ninja import Schema
 from pydantic import AfterValidator, Field, WithJsonSchema
 
-from models_registry.schemas import NoNulls, StrictBody
+from models_registry.schemas import RESULT, NoNulls, StrictBody
 from mtm.shared.problems import Problem
 from mtm.shared.text import storable_or_refused
+from projects.datasets.report import DatasetReport
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
 from projects.runs.columns import EvalPoint, MetricPoint, RunProgress, RunSummary, ValidationReport
@@ -180,44 +181,8 @@ class ProjectOut(Schema):
     last_run: RunOut | None
 
 
-class TokenStatsOut(Schema):
-    min: int
-    p50: int
-    p95: int
-    max: int
-    mean: float
-    total: int
-    over_max: int | None
-    dropped: int | None
-    max_seq_length: int | None
-
-
-class DatasetReportOut(Schema):
-    path: str
-    valid: bool
-    format: str | None
-    kind: str | None
-    rows: int = Field(description="Rows read; when `complete` is false, the file has at least this many.")
-    complete: bool = Field(
-        description="False when only the start of the file was read (large files): every row is checked when a run "
-        "starts."
-    )
-    size_bytes: int | None
-    sha256: str | None
-    preview: list[dict[str, Any]]
-    errors: list[Problem]
-    warnings: list[Problem]
-    token_stats: TokenStatsOut | None
-    pair_token_stats: dict[str, TokenStatsOut] | None = Field(
-        None,
-        description="Preference pairs only: token lengths of the prompts (against the max prompt length) and of the "
-        "chosen and rejected answers.",
-    )
-    token_stats_state: Literal["pending", "done"] | None = Field(
-        None,
-        description='Token lengths are counted by a worker: "pending" until then (send the same file again to get '
-        'them), "done" once `token_stats` holds them; null when no model was given.',
-    )
+class DatasetReportOut(DatasetReport):
+    model_config = RESULT
 
 
 class DatasetUploadOut(Schema):
