@@ -85,12 +85,6 @@ class ErrorOut(Schema):
     errors: list[Problem]
 
 
-class AvailableModelsOut(Schema):
-    cache_dir: str
-    count: int
-    models: list[ListedModel]
-
-
 # The API's names for the checks' results: the fields are the result's own, and a view answers the result itself
 # (from_attributes reads it into the API's class).
 RESULT = ConfigDict(from_attributes=True)
@@ -104,6 +98,10 @@ class DeepVerdictOut(DeepState):
     model_config = RESULT
 
 
+class ListedModelOut(ListedModel):
+    model_config = RESULT
+
+
 class ResolutionOut(Resolution):
     model_config = RESULT
 
@@ -112,6 +110,12 @@ class ResolutionOut(Resolution):
         description="transformers' own verdict, computed on a worker and cached per snapshot; null where it is not "
         "asked (no folder, or an instant refusal it cannot overrule: an unsafe link, an interrupted download, ...).",
     )
+
+
+class AvailableModelsOut(Schema):
+    cache_dir: str
+    count: int
+    models: list[ListedModelOut]
 
 
 class OverrideOut(Schema):
