@@ -20,6 +20,7 @@ from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
 from projects.runs.columns import EvalPoint, MetricPoint, RunProgress, RunSummary, ValidationReport
 from projects.runs.config import RunConfig
+from projects.runs.records import Artifact
 
 RunStatusName = Literal[tuple(RunStatus.values)]
 StageName = Literal[tuple(RunStage.values)]
@@ -119,11 +120,8 @@ class ResolvedModelOut(Schema):
     revision: str | None
 
 
-class ArtifactOut(Schema):
-    name: str = Field(description="folder, model, adapter, manifest or checkpoint")
-    label: str
-    path: str
-    exists: bool = Field(description="False when it is gone from disk (deleted or moved since).")
+class ArtifactOut(Artifact):
+    model_config = RESULT
 
 
 class RunOut(Schema):
