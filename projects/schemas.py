@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import AfterValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema
 
 from models_registry.schemas import RESULT, NoNulls, StrictBody
 from mtm.shared.problems import Problem
@@ -19,6 +19,7 @@ from projects.datasets.report import DatasetReport
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
 from projects.runs.columns import EvalPoint, MetricPoint, RunProgress, RunSummary, ValidationReport
+from projects.runs.compare import Difference
 from projects.runs.config import RunConfig
 from projects.runs.records import Artifact
 
@@ -108,10 +109,9 @@ class ProjectErrorOut(Schema):
     errors: list[FieldProblemOut]
 
 
-class RunErrorOut(Schema):
-    code: str
-    message: str
-    hint: str
+class RunErrorOut(Problem):
+    # Every field is in every answer: the API schema says so (the hint too, "" when there is none).
+    model_config = ConfigDict(from_attributes=True, json_schema_serialization_defaults_required=True)
 
 
 class ResolvedModelOut(Schema):
@@ -216,10 +216,8 @@ class ComparedRunOut(Schema):
     eval_metrics: list[EvalPoint] = Field(description="Eval loss points (with an eval set).")
 
 
-class DifferenceOut(Schema):
-    key: str
-    label: str
-    values: list[str] = Field(description="The shown value of each run, in the order of `runs`.")
+class DifferenceOut(Difference):
+    model_config = RESULT
 
 
 class ComparisonOut(Schema):

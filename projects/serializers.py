@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtm.shared.problems import Problem
 from projects.models import TrainingProject, TrainingRun
 from projects.runs.columns import RunProgress, RunSummary, ValidationReport, read_eval_points, read_metrics
 from projects.runs.config import run_config
@@ -24,7 +25,7 @@ def _or_none(text: str | None) -> str | None:
 def run_dict(run: TrainingRun) -> dict[str, Any]:
     error = None
     if run.error_code or run.error_message:
-        error = {"code": run.error_code or "error", "message": run.error_message, "hint": run.error_hint}
+        error = Problem(run.error_code or "error", run.error_message, run.error_hint).model_dump()
     resolved = None
     if run.resolved_path:
         resolved = {
