@@ -10,7 +10,7 @@ A change to models_registry/folder_walk.py too: copy it aside as well and name t
 
 Lists, cold, with the old files (loaded beside the current package) and the current ones: bench.resolver's cache
 of REPOS well-formed repos, and tests/odd_cache_layouts.py's cache of odd layouts. Prints every repo whose
-to_dict() or signature differs, and exits 1 if any does.
+JSON or signature differs, and exits 1 if any does.
 """
 
 from __future__ import annotations
@@ -37,11 +37,17 @@ def _load(name: str, path: str, replace: dict[str, str] | None = None):
     return module
 
 
+def _json(item) -> dict:
+    """A listed model's JSON (a listing never reads transformers' verdict, so `deep` is left out); an old file's
+    ListedModel may predate model_dump."""
+    return item.model_dump(mode="json", exclude={"deep"}) if hasattr(item, "model_dump") else item.to_dict()
+
+
 def listed(module, cache: Path) -> dict[str, tuple]:
     module.forget()
     by_folder = {}
     for position, item in enumerate(module.list_cached(cache)):
-        by_folder[f"{position}:{item.model_name}"] = item.to_dict()
+        by_folder[f"{position}:{item.model_name}"] = _json(item)
     signatures = {folder: sig for folder, (sig, _) in module._memo[os.path.abspath(cache)].items()}
     return {"items": by_folder, "signatures": signatures}
 

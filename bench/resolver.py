@@ -158,7 +158,7 @@ def main() -> None:
         for _ in range(args.calls):
             name = rng.choice(names) if rng.random() < 0.8 else f"missing/model-{rng.randrange(10**6)}"
             start = time.perf_counter()
-            resolve(name, cache_dir=big).to_dict()
+            resolve(name, cache_dir=big).model_dump(mode="json")
             samples.append(time.perf_counter() - start)
         print(
             f"validate-model over {args.calls} calls (80% present): p50 {percentile(samples, 0.5) * 1000:.2f} ms, "

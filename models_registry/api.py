@@ -53,7 +53,7 @@ QUERY_ERRORS = {**ERRORS, 400: ErrorOut}  # more query parameters than DATA_UPLO
 
 
 @router.post("/projects/validate-model", response={200: ResolutionOut, **BODY_ERRORS, 429: ErrorOut}, tags=["models"])
-def validate_model(request: HttpRequest, payload: ValidateModelIn) -> dict | JsonResponse:
+def validate_model(request: HttpRequest, payload: ValidateModelIn) -> ResolutionOut | JsonResponse:
     """Can this model be trained on? Where it is, which revision, and what is wrong with it. `valid`, `errors` and
     `warnings` are the instant rules' answer, overridden by transformers' own verdict once a worker has cached it;
     `deep` is that verdict ("checking" until then: a check is queued, ask again). A file too large to read in this
@@ -70,7 +70,7 @@ def validate_model(request: HttpRequest, payload: ValidateModelIn) -> dict | Jso
             deep = deep_state(instant, ask=True)  # a POST: asking a worker for the check is this call's to do
     except Busy as busy:
         return busy_response(busy)
-    return {**with_deep_verdict(instant, deep).to_dict(), "deep": deep.to_dict() if deep else None}
+    return ResolutionOut(**dict(with_deep_verdict(instant, deep)), deep=deep)
 
 
 @router.get("/projects/models/available", response={200: AvailableModelsOut, **QUERY_ERRORS}, tags=["models"])
@@ -79,12 +79,12 @@ def available_models(request: HttpRequest, q: str | None = None, valid: bool | N
     `deep` is transformers' cached verdict on each (done, failed, checking or unchecked), which `valid` includes;
     read from the cache, never computed or asked here (the workers fill it in the background)."""
     cache_dir, models = lookup.available_models(q, valid)
-    return {"cache_dir": str(cache_dir), "count": len(models), "models": [m.to_dict() for m in models]}
+    return {"cache_dir": str(cache_dir), "count": len(models), "models": models}
 
 
 def _override_out(override: ModelOverride) -> dict:
     data = {field: getattr(override, field) for field in OVERRIDE_FIELDS}
-    return {"id": override.pk, **data, "validation": edits.override_validation(override).to_dict()}
+    return {"id": override.pk, **data, "validation": edits.override_validation(override)}
 
 
 def _override_or_404(override_id: int) -> ModelOverride:

@@ -45,9 +45,6 @@ class FileEntry:
     size: int | None
     symlink: bool = False
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "size": self.size, "symlink": self.symlink}
-
 
 @dataclass
 class FolderReport:

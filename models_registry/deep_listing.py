@@ -8,46 +8,16 @@ Start) compares the fingerprint; the list, which must stay fast, does not walk e
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.db.models.fields.json import KT
 from django.utils import timezone
 
 from models_registry.deep_state import CHECK_FAILURES, REQUEST_STALE_AFTER, judgeable_only, merged_problems
+from models_registry.listed import CHECKING, DONE, FAILED, UNCHECKED, ListedDeep, ListedModel
 from models_registry.models import ModelVerdict, VerdictRequest
-from models_registry.repo_scan import ListedModel
 from mtm.shared.problems import Problem
-
-CHECKING, DONE, FAILED, UNCHECKED = "checking", "done", "failed", "unchecked"
-
-
-@dataclass
-class ListedDeep:
-    """A listed model's deep state: "done" or "failed" (a verdict is cached), "checking" (a worker has been asked
-    and not answered yet) or "unchecked" (neither, yet: the page asks by a POST, the background fill in its turn)."""
-
-    state: str
-    valid: bool | None = None
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
-    checked_at: datetime | None = None
-
-    @property
-    def reason(self) -> Problem | None:
-        """transformers' first refusal, when it refuses."""
-        return self.errors[0] if self.errors else None
-
-    def to_dict(self) -> dict:
-        return {
-            "state": self.state,
-            "valid": self.valid,
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
-            "checked_at": self.checked_at,
-        }
 
 
 def _problems(raw: str | None) -> list[Problem]:
@@ -77,16 +47,22 @@ def with_deep_states(models: list[ListedModel]) -> list[ListedModel]:
             continue
         cached = verdicts.get(model.path)
         if model.path in pending:  # asked again (a file changed, or never checked): the old verdict is on its way out
-            shown.append(dataclasses.replace(model, deep=ListedDeep(CHECKING)))
+            shown.append(model.model_copy(update={"deep": ListedDeep(state=CHECKING)}))
         elif cached is None:
-            shown.append(dataclasses.replace(model, deep=ListedDeep(UNCHECKED)))
+            shown.append(model.model_copy(update={"deep": ListedDeep(state=UNCHECKED)}))
         else:
             valid, errors_json, warnings_json, checked_at = cached
             errors, warnings = _problems(errors_json), _problems(warnings_json)
             failed = bool(errors) and errors[0].code in CHECK_FAILURES
-            deep = ListedDeep(FAILED if failed else DONE, valid, errors, warnings, _when(checked_at))
+            deep = ListedDeep(
+                state=FAILED if failed else DONE,
+                valid=valid,
+                errors=errors,
+                warnings=warnings,
+                checked_at=_when(checked_at),
+            )
             errors, warnings = merged_problems(model.errors, model.warnings, valid, errors, warnings)
-            shown.append(dataclasses.replace(model, errors=errors, warnings=warnings, deep=deep))
+            shown.append(model.model_copy(update={"errors": errors, "warnings": warnings, "deep": deep}))
     return shown
 
 

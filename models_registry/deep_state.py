@@ -6,20 +6,20 @@ verdict is cached it overrides the instant rules where transformers can judge, a
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Literal
 
 from celery import current_app
 from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
+from pydantic import BaseModel, Field, computed_field
 
 from models_registry.bounded_json import CHECKED_ON_WORKER
 from models_registry.deep_verdict import DeepVerdict, deep_verdict, fingerprint, folder_key
+from models_registry.listed import ListedModel
 from models_registry.models import ModelVerdict, VerdictRequest
-from models_registry.repo_scan import ListedModel
 from models_registry.resolution import Resolution
 from mtm.shared.problems import Problem
 
@@ -50,37 +50,34 @@ CHECK_FAILURES = frozenset({"verdict_failed", "verdict_too_slow", "verdict_out_o
 REQUEST_STALE_AFTER = timedelta(minutes=15)
 
 
-@dataclass
-class DeepState:
-    """ "checking" (no verdict cached for this snapshot yet), "done", or "failed" (the check could not finish)."""
+class DeepState(BaseModel):
+    """transformers' verdict on a resolved model as the pages and the API show it (model_dump)."""
 
-    state: str
-    verdict: DeepVerdict | None = None
+    state: Literal["checking", "done", "failed"] = Field(
+        description='"checking": no verdict for this snapshot yet (a worker check is queued; ask again); "done": '
+        'transformers has judged it; "failed": the check could not finish (it hung, ran out of memory or crashed).'
+    )
+    verdict: DeepVerdict | None = Field(None, exclude=True)
 
+    @computed_field(description="Whether transformers loads and can train it; null while checking.")
     @property
     def valid(self) -> bool | None:
         return None if self.verdict is None else self.verdict.valid
 
+    @computed_field
     @property
     def errors(self) -> list[Problem]:
-        return [p.as_problem() for p in self.verdict.errors] if self.verdict else []
+        return self.verdict.errors if self.verdict else []
 
+    @computed_field
     @property
     def warnings(self) -> list[Problem]:
-        return [p.as_problem() for p in self.verdict.warnings] if self.verdict else []
+        return self.verdict.warnings if self.verdict else []
 
+    @computed_field
     @property
     def checked_at(self) -> datetime | None:
         return self.verdict.checked_at if self.verdict else None
-
-    def to_dict(self) -> dict:
-        return {
-            "state": self.state,
-            "valid": self.valid,
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
-            "checked_at": self.checked_at,
-        }
 
 
 def judgeable_only(found: Resolution | ListedModel) -> bool:
@@ -94,7 +91,7 @@ def downgraded(resolution: Resolution, verdict: DeepVerdict) -> Resolution:
     if not verdict.valid:
         return resolution
     errors, warnings = merged_problems(resolution.errors, resolution.warnings, True, [], [])
-    return dataclasses.replace(resolution, errors=errors, warnings=warnings)
+    return resolution.model_copy(update={"errors": errors, "warnings": warnings})
 
 
 def merged_problems(
@@ -128,10 +125,10 @@ def _merged(resolution: Resolution, verdict: DeepVerdict) -> Resolution:
         resolution.errors,
         resolution.warnings,
         verdict.valid,
-        [p.as_problem() for p in verdict.errors],
-        [p.as_problem() for p in verdict.warnings],
+        verdict.errors,
+        verdict.warnings,
     )
-    return dataclasses.replace(resolution, errors=errors, warnings=warnings)
+    return resolution.model_copy(update={"errors": errors, "warnings": warnings})
 
 
 def with_deep_verdict(resolution: Resolution, deep: DeepState | None) -> Resolution:
@@ -157,10 +154,10 @@ def deep_state(resolution: Resolution, *, ask: bool = False) -> DeepState | None
     row = ModelVerdict.objects.filter(folder_key=folder_key(folder)).first()
     if row is not None and row.fingerprint == stamp:
         verdict = DeepVerdict.model_validate(row.result)
-        return DeepState("failed" if is_check_failure(verdict) else "done", verdict)
+        return DeepState(state="failed" if is_check_failure(verdict) else "done", verdict=verdict)
     if ask:
         request_check(resolution, stamp)
-    return DeepState("checking")
+    return DeepState(state="checking")
 
 
 def request_check(resolution: Resolution, stamp: str) -> bool:

@@ -34,30 +34,21 @@ LIBRARIES = ("transformers", "torch", "tokenizers", "peft", "safetensors")
 CHECK_VERSION = 2
 
 
-class VerdictProblem(BaseModel):
-    code: str
-    message: str
-    hint: str = ""
-
-    def as_problem(self) -> Problem:
-        return Problem(self.code, self.message, self.hint)
-
-
 class DeepVerdict(BaseModel):
     """transformers' verdict on one folder. `valid`: it loads every weight from the checkpoint and its tokenizer
     encodes text to ids the model can embed, so one training step can run."""
 
     folder: str
     valid: bool
-    errors: list[VerdictProblem] = Field(default_factory=list)
-    warnings: list[VerdictProblem] = Field(default_factory=list)
+    errors: list[Problem] = Field(default_factory=list)
+    warnings: list[Problem] = Field(default_factory=list)
     facts: dict = Field(default_factory=dict)
     checked_at: datetime
     versions: dict[str, str]
     fingerprint: str
 
     def first_error(self) -> Problem | None:
-        return self.errors[0].as_problem() if self.errors else None
+        return self.errors[0] if self.errors else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -144,7 +135,7 @@ def compute_verdict(folder: str | Path, *, trust_remote_code: bool = False, mode
     try:
         walk_model_folder(folder)
     except FolderTooLarge as exc:  # the format check refuses it unread: transformers is not asked either
-        found = {"errors": [folder_too_large(exc, name).to_dict()], "warnings": [], "facts": {}}
+        found = {"errors": [folder_too_large(exc, name).model_dump()], "warnings": [], "facts": {}}
     else:
         found = _examined(folder, trust_remote_code, name, limits)
     return DeepVerdict(
@@ -169,14 +160,14 @@ def _examined(folder: str, trust_remote_code: bool, name: str, limits: Limits) -
         work = functools.partial(examine, folder, trust_remote_code, name, settings.MTM_TEMPLATE_CPU_SECONDS)
         found = run_limited(work, limits)
     except LimitExceeded as exc:
-        found = {"errors": [_stopped(name, exc, limits).to_dict()], "warnings": [], "facts": {}}
+        found = {"errors": [_stopped(name, exc, limits).model_dump()], "warnings": [], "facts": {}}
     except RuntimeError as exc:
         problem = Problem(
             "verdict_failed",
             f"Checking model '{name}' with transformers failed: {exc}",
             "Check the model again; if it fails the same way, report it to the administrator with this message.",
         )
-        found = {"errors": [problem.to_dict()], "warnings": [], "facts": {}}
+        found = {"errors": [problem.model_dump()], "warnings": [], "facts": {}}
     return found
 
 
@@ -220,7 +211,7 @@ def deep_verdict(resolution: Resolution) -> DeepVerdict:
         return DeepVerdict(
             folder="",
             valid=False,
-            errors=[VerdictProblem(**p.to_dict()) for p in resolution.errors],
+            errors=resolution.errors,
             checked_at=timezone.now(),
             versions=library_versions(),
             fingerprint="",

@@ -54,7 +54,7 @@ def examine(
     torch.set_num_threads(1)
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-    found = Findings(model_name or folder, folder)
+    found = Findings(model_name=model_name or folder, folder=folder)
     try:
         config = _config(folder, trust_remote_code, found)
         _causal_lm(config, trust_remote_code, found)
@@ -66,7 +66,7 @@ def examine(
         _chat_template(folder, tokenizer, template_seconds, found)
     except Refused:
         pass
-    return found.as_dict()
+    return found.model_dump(mode="json")
 
 
 def _config(folder: str, trust: bool, found: Findings) -> Any:

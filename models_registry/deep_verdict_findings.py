@@ -9,7 +9,10 @@ import os
 import re
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from models_registry.checks import redownload_hint
+from mtm.shared.problems import Problem
 
 _PIP = re.compile(r"`?(pip install [^`\n]+?)`?(?:[.)\n]|$)")
 
@@ -18,27 +21,26 @@ class Refused(Exception):
     """Stops the examination at the first refusal (later steps would only repeat its consequence)."""
 
 
-class Findings:
-    def __init__(self, model_name: str, folder: str = "") -> None:
-        self.model_name = model_name
-        self.folder = folder
-        self.errors: list[dict[str, str]] = []
-        self.warnings: list[dict[str, str]] = []
-        self.facts: dict[str, Any] = {}
+class Findings(BaseModel):
+    """What the examination found. Its JSON (model_dump: errors, warnings and facts) is what the child process
+    answers, and DeepVerdict reads it."""
+
+    model_name: str = Field(exclude=True)
+    folder: str = Field("", exclude=True)
+    errors: list[Problem] = Field(default_factory=list)
+    warnings: list[Problem] = Field(default_factory=list)
+    facts: dict[str, Any] = Field(default_factory=dict)
 
     def refuse(self, code: str, message: str, hint: str) -> Refused:
-        self.errors.append({"code": code, "message": message, "hint": hint})
+        self.errors.append(Problem(code, message, hint))
         return Refused(code)
 
     def warn(self, code: str, message: str, hint: str = "") -> None:
-        self.warnings.append({"code": code, "message": message, "hint": hint})
+        self.warnings.append(Problem(code, message, hint))
 
     @property
     def redownload(self) -> str:
         return redownload_hint(self.model_name)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"errors": self.errors, "warnings": self.warnings, "facts": self.facts}
 
 
 def quoted(exc: BaseException, limit: int = 500) -> str:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from models_registry.deep_listing import DONE, FAILED
+from models_registry.listed import DONE, FAILED, ListedModel
 from models_registry.owner_budget import NOT_CHECKED
-from models_registry.repo_scan import ListedModel
 from mtm.shared.problems import Problem
 
 

@@ -17,9 +17,10 @@ from django.conf import settings
 
 from models_registry.checks import repo_link_problem
 from models_registry.folder_walk import counting_entries
+from models_registry.listed import ListedModel
 from models_registry.names import name_error, name_from_folder
 from models_registry.owner_budget import OwnerBudgets
-from models_registry.repo_scan import ListedModel, checked_repo, current_signature, open_root, signature
+from models_registry.repo_scan import checked_repo, current_signature, open_root, signature
 from models_registry.resolution import resolve
 from models_registry.shown_names import shown_model
 from mtm.shared.problems import Problem
@@ -41,13 +42,7 @@ def _load_store(store: Path, root: str) -> dict[str, tuple[tuple, ListedModel]]:
         return {
             folder: (
                 tuple(sig),
-                ListedModel(
-                    **{
-                        **item,
-                        "errors": [Problem(**p) for p in item["errors"]],
-                        "warnings": [Problem(**p) for p in item["warnings"]],
-                    }
-                ),
+                ListedModel.model_validate(item),
             )
             for folder, (sig, item) in raw.items()
         }
@@ -60,9 +55,11 @@ def _save_store(store: Path, root: str, memo: dict[str, tuple[tuple, ListedModel
         data = json.loads(store.read_text()) if store.exists() else {}
     except (OSError, ValueError):
         data = {}
-    data[root] = {folder: [list(sig), item.to_dict()] for folder, (sig, item) in memo.items()}
-    for entry in data[root].values():
-        entry[1].pop("valid")
+    # `valid` follows from the errors; transformers' verdict is read from its cache on each listing.
+    left_out = {"valid", "deep"}
+    data[root] = {
+        folder: [list(sig), item.model_dump(mode="json", exclude=left_out)] for folder, (sig, item) in memo.items()
+    }
     tmp = store.with_name(f".{store.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(json.dumps(data))
@@ -87,7 +84,8 @@ def _scanned(folder: str, repo: str, root: str, root_fd: int | None) -> tuple[tu
     """(signature, verdict) of the repo folder `folder`, scanned now."""
     name = name_from_folder(folder) or folder
     if problem := _name_problem(name):
-        return signature(repo, None), shown_model(ListedModel(name, "cache", None, None, [problem]))
+        item = ListedModel(model_name=name, source="cache", path=None, revision=None, errors=[problem])
+        return signature(repo, None), shown_model(item)
     found, item = checked_repo(repo, name, root, root_fd)
     return found, shown_model(item)  # the store, like the page, holds only names it can show
 
@@ -159,7 +157,9 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
 def _linked_repo(folder: str, repo: str) -> ListedModel:
     """A repo folder that is a link (huggingface_hub never makes one): refused, nothing read through it."""
     name = name_from_folder(folder) or folder
-    return ListedModel(name, "cache", None, None, [repo_link_problem(name, repo)])
+    return ListedModel(
+        model_name=name, source="cache", path=None, revision=None, errors=[repo_link_problem(name, repo)]
+    )
 
 
 def _is_link(entry: os.DirEntry) -> bool:
@@ -201,8 +201,23 @@ def list_models(
     by_name = {item.model_name: item for item in list_cached(cache_dir, store)}
     for name, path in published:
         res = resolve(name, cache_dir=cache_dir, published_path=path)
-        by_name[name] = ListedModel(name, "portal", res.path or path, None, res.errors, res.warnings)
+        by_name[name] = ListedModel(
+            model_name=name,
+            source="portal",
+            path=res.path or path,
+            revision=None,
+            errors=res.errors,
+            warnings=res.warnings,
+        )
     for name, path, trust in overrides:
         res = resolve(name, cache_dir=cache_dir, override_path=path, trust_remote_code=trust)
-        by_name[name] = ListedModel(name, "override", res.path or path, None, res.errors, res.warnings, bool(trust))
+        by_name[name] = ListedModel(
+            model_name=name,
+            source="override",
+            path=res.path or path,
+            revision=None,
+            errors=res.errors,
+            warnings=res.warnings,
+            trust_remote_code=bool(trust),
+        )
     return [by_name[k] for k in sorted(by_name, key=str.lower)]

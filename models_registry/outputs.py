@@ -14,7 +14,8 @@ import os
 import pwd
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from models_registry.name_bytes import encodes, path_not_utf8_problem
 from mtm.shared.paths import is_within, resolved, roots_text
@@ -26,8 +27,12 @@ PERMISSION_HINT = (
 )
 
 
-@dataclass
-class OutputDirCheck:
+class OutputDirCheck(BaseModel):
+    """Whether training may write in a folder; the API answers it as it is (model_dump)."""
+
+    # Every field is in every answer: the API schema says so.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     output_directory: str
     path: str | None = None
     exists: bool = False
@@ -35,26 +40,13 @@ class OutputDirCheck:
     empty: bool | None = None
     will_create: bool = False
     free_bytes: int | None = None
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
+    errors: list[Problem] = Field(default_factory=list)
+    warnings: list[Problem] = Field(default_factory=list)
 
+    @computed_field
     @property
     def valid(self) -> bool:
         return not self.errors
-
-    def to_dict(self) -> dict:
-        return {
-            "output_directory": self.output_directory,
-            "path": self.path,
-            "valid": self.valid,
-            "exists": self.exists,
-            "writable": self.writable,
-            "empty": self.empty,
-            "will_create": self.will_create,
-            "free_bytes": self.free_bytes,
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
-        }
 
 
 def _write_probe(folder: str) -> OSError | None:

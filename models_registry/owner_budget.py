@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import pwd
 
-from models_registry.repo_scan import ListedModel
+from models_registry.listed import ListedModel
 from mtm.shared.problems import Problem
 
 __all__ = ["MAX_REPOS_PER_OWNER", "REPO_COST", "NOT_CHECKED", "OwnerBudgets"]
@@ -97,11 +97,11 @@ class OwnerBudgets:
         count = len(folders)
         span = folders[0] if count == 1 else f"{folders[0]} to {folders[-1]}"
         return ListedModel(
-            f"{count:,} more repo folder{'s' if count != 1 else ''} of {who}",
-            "cache",
-            None,
-            None,
-            [
+            model_name=f"{count:,} more repo folder{'s' if count != 1 else ''} of {who}",
+            source="cache",
+            path=None,
+            revision=None,
+            errors=[
                 Problem(
                     NOT_CHECKED,
                     f"{count:,} more repo folder{'s' if count != 1 else ''} owned by {who} in the Hugging Face "

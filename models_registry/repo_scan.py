@@ -16,9 +16,7 @@ import errno
 import json
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from models_registry.bounded_json import MAX_PIECES, parse_bytes
 from models_registry.cache_layout import PARTIAL_SUFFIX, split_partial_blobs
@@ -30,6 +28,7 @@ from models_registry.checks import (
     snapshot_link_problem,
 )
 from models_registry.folder_walk import FolderTooLarge, bounded_names, snapshot_names
+from models_registry.listed import ListedModel
 from models_registry.name_bytes import encodes, not_utf8_problem
 from models_registry.names import is_commit_hash
 from models_registry.not_a_model import gguf_files, without_config
@@ -42,39 +41,6 @@ from mtm.shared.paths import is_within
 from mtm.shared.problems import Problem
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
-
-
-@dataclass(slots=True)  # no __dict__: a cold listing keeps thousands, each one fewer object for the collector
-class ListedModel:
-    """One model as the list shows it: where it was found and its instant verdict; `deep`, where the list has read
-    it (models_registry.deep_listing), transformers' cached verdict, which the errors and warnings then include."""
-
-    model_name: str
-    source: str
-    path: str | None
-    revision: str | None
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
-    trust_remote_code: bool = False  # an override's setting: transformers' check runs the model's code only then
-    deep: Any = None
-
-    @property
-    def valid(self) -> bool:
-        return not self.errors
-
-    def to_dict(self) -> dict:
-        data = {
-            "model_name": self.model_name,
-            "source": self.source,
-            "path": self.path,
-            "revision": self.revision,
-            "valid": self.valid,
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
-        }
-        if self.deep is not None:
-            data["deep"] = self.deep.to_dict()
-        return data
 
 
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
@@ -265,7 +231,7 @@ def scan_repo(repo_dir: str, name: str, cache_root: str, root_fd: int | None = N
         # Stats before the listings they describe: a change in between leaves a stale signature, so a re-check.
         blobs_mtime = _mtime(base + "/blobs", root_fd)
         snapshot_mtime, linked = _folder_mtime(at[1] if at else snapshot, root_fd)
-        item = ListedModel(name, "cache", snapshot, commit)
+        item = ListedModel(model_name=name, source="cache", path=snapshot, revision=commit)
         # refused unread, as the model page refuses it
         if linked and (unsafe := snapshot_link_problem(snapshot, cache_root)):
             item.errors.append(unsafe)

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pwd
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
 
 from models_registry.cache_layout import hub_absent_files, near_names, split_partial_blobs
 from models_registry.checks import (
@@ -43,39 +44,37 @@ def hf_cache_dir(model_cache_path: str = "", environ: os._Environ | dict | None 
     return Path("~/.cache/huggingface/hub").expanduser(), "default"
 
 
-@dataclass
-class Resolution:
+class Resolution(BaseModel):
+    """Which folder answers for a model name, and what is wrong with it. Its JSON (model_dump) is the API's
+    validate-model answer; `files` there are the file names."""
+
+    # Every field is in every answer: the API schema says so.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     model_name: str
     source: str | None = None
     path: str | None = None
     revision: str | None = None
-    files: list[FileEntry] = field(default_factory=list)
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
-    searched: list[str] = field(default_factory=list)
-    trust_remote_code: bool = False
+    files: list[FileEntry] = Field(default_factory=list)
+    errors: list[Problem] = Field(default_factory=list)
+    warnings: list[Problem] = Field(default_factory=list)
+    searched: list[str] = Field(default_factory=list)
+    trust_remote_code: bool = Field(False, exclude=True)
     tokenizer_source: str | None = None
-    provenance: str | None = None  # for a model published from a run: who made it, from what (never upstream)
-    unread: bool = False  # its folder was refused before any file was read (past a model folder's limits)
+    provenance: str | None = Field(
+        None,
+        description='For source "portal": a fine-tune published in this portal, by whom, from which run and base model.',
+    )
+    unread: bool = Field(False, exclude=True)  # its folder was refused before any file was read (past its limits)
 
+    @computed_field
     @property
     def valid(self) -> bool:
         return not self.errors and self.path is not None
 
-    def to_dict(self) -> dict:
-        return {
-            "model_name": self.model_name,
-            "valid": self.valid,
-            "source": self.source,
-            "path": self.path,
-            "revision": self.revision,
-            "files": [f.name for f in self.files],
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
-            "searched": self.searched,
-            "tokenizer_source": self.tokenizer_source,
-            "provenance": self.provenance,
-        }
+    @field_serializer("files")
+    def _file_names(self, files: list[FileEntry]) -> list[str]:
+        return [f.name for f in files]
 
 
 def not_found(name: str, cache_dir: Path, detail: str, revision: str | None = None) -> Problem:
@@ -469,7 +468,7 @@ def _for_revision(problem: Problem, name: str, revision: str | None) -> Problem:
     if not revision or "--revision" in problem.hint:
         return problem
     hint = problem.hint.replace(f"download {name}", f"download {name} --revision {revision}")
-    return dataclasses.replace(problem, hint=hint)
+    return problem.model_copy(update={"hint": hint})
 
 
 def _shown(partial: list[str]) -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from ninja import Schema
 from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
+from models_registry.deep_state import DeepState
+from models_registry.listed import ListedModel
+from models_registry.outputs import OutputDirCheck
+from models_registry.resolution import Resolution
+from mtm.shared.problems import Problem
 from mtm.shared.text import encodable_or_refused, storable_or_refused
 from workers.models import MAX_LIVE_RUNS_PER_MEMBER
 
@@ -76,43 +80,31 @@ class SettingsPatch(NoNulls):
     )
 
 
-class ProblemOut(Schema):
-    code: str
-    message: str
-    hint: str = ""
-
-
 class ErrorOut(Schema):
     detail: str
-    errors: list[ProblemOut]
+    errors: list[Problem]
 
 
-class DeepVerdictOut(Schema):
-    state: Literal["checking", "done", "failed"] = Field(
-        description='"checking": no verdict for this snapshot yet (a worker check is queued; ask again); "done": '
-        'transformers has judged it; "failed": the check could not finish (it hung, ran out of memory or crashed).'
-    )
-    valid: bool | None = Field(description="Whether transformers loads and can train it; null while checking.")
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
-    checked_at: datetime | None
+# The API's names for the checks' results: the fields are the result's own, and a view answers the result itself
+# (from_attributes reads it into the API's class).
+RESULT = ConfigDict(from_attributes=True)
 
 
-class ResolutionOut(Schema):
-    model_name: str
-    valid: bool
-    source: str | None
-    path: str | None
-    revision: str | None
-    files: list[str]
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
-    searched: list[str]
-    tokenizer_source: str | None = None
-    provenance: str | None = Field(
-        None,
-        description='For source "portal": a fine-tune published in this portal, by whom, from which run and base model.',
-    )
+class OutputDirOut(OutputDirCheck):
+    model_config = RESULT
+
+
+class DeepVerdictOut(DeepState):
+    model_config = RESULT
+
+
+class ListedModelOut(ListedModel):
+    model_config = RESULT
+
+
+class ResolutionOut(Resolution):
+    model_config = RESULT
+
     deep: DeepVerdictOut | None = Field(
         None,
         description="transformers' own verdict, computed on a worker and cached per snapshot; null where it is not "
@@ -120,50 +112,10 @@ class ResolutionOut(Schema):
     )
 
 
-class ListedDeepOut(Schema):
-    state: Literal["checking", "done", "failed", "unchecked"] = Field(
-        description='"done": transformers has judged this snapshot (`valid`, and its reasons first in `errors`); '
-        '"failed": its check could not finish; "checking": a worker is checking it now; "unchecked": not yet '
-        "(the workers' background fill will). Read from the cache: listing never computes or asks."
-    )
-    valid: bool | None
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
-    checked_at: datetime | None
-
-
-class ListedModelOut(Schema):
-    model_name: str
-    source: str
-    path: str | None
-    revision: str | None
-    valid: bool = Field(description="The instant rules' answer, overridden by transformers' cached verdict.")
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
-    deep: ListedDeepOut | None = Field(
-        None,
-        description="transformers' verdict as cached for the listed folder; null where it is not asked (no folder, "
-        "or an instant refusal it cannot overrule).",
-    )
-
-
 class AvailableModelsOut(Schema):
     cache_dir: str
     count: int
     models: list[ListedModelOut]
-
-
-class OutputDirOut(Schema):
-    output_directory: str
-    path: str | None
-    valid: bool
-    exists: bool
-    writable: bool
-    empty: bool | None
-    will_create: bool
-    free_bytes: int | None
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
 
 
 class OverrideOut(Schema):

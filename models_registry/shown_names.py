@@ -3,10 +3,8 @@ that is not UTF-8 is never a valid model name (names.name_error), so its row onl
 
 from __future__ import annotations
 
-from dataclasses import replace
-
+from models_registry.listed import ListedModel
 from models_registry.name_bytes import encodes, not_utf8_problem, problem_encodes, storable_or_none, storable_problem
-from models_registry.repo_scan import ListedModel
 from mtm.shared.text import storable
 
 
@@ -20,11 +18,12 @@ def shown_model(model: ListedModel) -> ListedModel:
     texts = (model.model_name, model.path or "", model.revision or "")
     if all(map(encodes, texts)) and all(problem_encodes(p) for p in (*model.errors, *model.warnings)):
         return model
-    return replace(
-        model,
-        model_name=storable(model.model_name),
-        path=storable_or_none(model.path),
-        revision=storable_or_none(model.revision),
-        errors=[storable_problem(p) for p in model.errors] or [not_utf8_problem("name", model.path or "", None)],
-        warnings=[storable_problem(p) for p in model.warnings],
+    return model.model_copy(
+        update={
+            "model_name": storable(model.model_name),
+            "path": storable_or_none(model.path),
+            "revision": storable_or_none(model.revision),
+            "errors": [storable_problem(p) for p in model.errors] or [not_utf8_problem("name", model.path or "", None)],
+            "warnings": [storable_problem(p) for p in model.warnings],
+        }
     )

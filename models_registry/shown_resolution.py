@@ -23,14 +23,15 @@ def shown_resolution(result: R) -> R:
     errors = [storable_problem(p) for p in result.errors]
     if unusable and not any(p.code == "name_not_utf8" for p in errors):
         errors.append(not_utf8_problem("file or folder", result.path or "", result.model_name))
-    return replace(
-        result,
-        model_name=storable(result.model_name),
-        path=storable_or_none(result.path),
-        revision=storable_or_none(result.revision),
-        files=[replace(f, name=storable(f.name)) for f in result.files],
-        errors=errors,
-        warnings=[storable_problem(p) for p in result.warnings],
-        searched=[storable(s) for s in result.searched],
-        unread=result.unread or unusable,
+    return result.model_copy(
+        update={
+            "model_name": storable(result.model_name),
+            "path": storable_or_none(result.path),
+            "revision": storable_or_none(result.revision),
+            "files": [replace(f, name=storable(f.name)) for f in result.files],
+            "errors": errors,
+            "warnings": [storable_problem(p) for p in result.warnings],
+            "searched": [storable(s) for s in result.searched],
+            "unread": result.unread or unusable,
+        }
     )

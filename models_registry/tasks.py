@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 @shared_task(name="models_registry.resolve_model", ignore_result=False)
 def resolve_model(model_name: str, revision: str | None = None) -> dict:
     """Resolve on a worker (the worker's filesystem is the one that trains). Returns the validate-model dict."""
-    return resolve_model_now(model_name, revision).to_dict()
+    return resolve_model_now(model_name, revision).model_dump(mode="json")
 
 
 @shared_task(name=CHECK_TASK, ignore_result=False)

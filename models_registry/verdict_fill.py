@@ -22,8 +22,8 @@ from models_registry import lookup
 from models_registry.deep_listing import still_checking, unchecked
 from models_registry.deep_state import ask_worker, judgeable_only, pending_requests
 from models_registry.deep_verdict import fingerprint, folder_key
+from models_registry.listed import ListedModel
 from models_registry.models import ModelVerdict
-from models_registry.repo_scan import ListedModel
 
 
 @dataclass

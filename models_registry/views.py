@@ -196,7 +196,7 @@ def _busy_poll(request: HtmxHttpRequest, problem: Problem) -> HttpResponse:
     """A poll beyond the cap answers what it polls as still checking, so the poll goes on (the field says why)."""
     name = request.GET.get("model_name", "").strip()[:MAX_QUERY_CHARS]
     revision = request.GET.get("revision", "").strip()[:256]
-    checking = DeepState("checking")
+    checking = DeepState(state="checking")
     if request.GET.get("view") == "field":
         check = {"name": name, "revision": revision, "state": "error", "errors": [problem], "deep": checking}
         check["deep_url"] = _verdict_url(name, revision, "field")

@@ -38,11 +38,11 @@ def error_body(errors: list[dict[str, str]], detail: str | None = None) -> dict[
 
 
 class ApiError(Exception):
-    """Raise from a view to answer `status` with these error objects (dicts or objects with to_dict())."""
+    """Raise from a view to answer `status` with these error objects (dicts or Problems)."""
 
     def __init__(self, status: int, errors: Iterable[Any], detail: str | None = None) -> None:
         self.status = status
-        self.errors = [e if isinstance(e, dict) else e.to_dict() for e in errors]
+        self.errors = [e if isinstance(e, dict) else e.model_dump() for e in errors]
         self.detail = detail
         super().__init__(self.errors[0]["message"] if self.errors else detail)
 

@@ -57,16 +57,13 @@ class Busy(Exception):
     def hint(self) -> str:
         return "Wait for the checks and saves in your other tabs or scripts to answer before sending more."
 
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message, "hint": self.hint}
-
     def as_problem(self) -> Problem:
         return Problem(self.code, self.message, self.hint)
 
 
 def busy_response(busy: Busy) -> JsonResponse:
     """The API's answer beyond the cap: 429, the error object, and Retry-After."""
-    response = JsonResponse(error_body([busy.to_dict()]), status=429)
+    response = JsonResponse(error_body([busy.as_problem().model_dump()]), status=429)
     response["Retry-After"] = str(busy.retry_after)
     return response
 

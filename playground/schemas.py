@@ -8,7 +8,7 @@ from typing import Literal
 from ninja import Schema
 from pydantic import Field
 
-from models_registry.schemas import ProblemOut
+from mtm.shared.problems import Problem
 from playground.models import GenerationStatus, TargetKind
 from playground.params import MAX_MESSAGE_CHARS, GenerationParams
 
@@ -50,7 +50,7 @@ class GenerationOut(Schema):
     tokens_per_second: float | None
     worker: str
     device: str
-    error: ProblemOut | None
+    error: Problem | None
     created_at: datetime
     started_at: datetime | None
     first_token_at: datetime | None

@@ -5,7 +5,7 @@ web process (to refuse early, clearly) and the inference worker (which resolves 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from models_registry.lookup import resolve_model
@@ -41,9 +41,6 @@ class LoadSpec:
     @property
     def key(self) -> str:
         return "|".join(str(v) for v in (self.model_dir, self.adapter_dir, self.base_model_path))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class TargetError(Exception):

@@ -17,6 +17,7 @@ from ninja.responses import Status
 
 from models_registry.lookup import dataset_roots, resolve_model
 from models_registry.lookup import validate_output_dir as lookup_output_dir
+from models_registry.outputs import OutputDirCheck
 from models_registry.schemas import ErrorOut, OutputDirOut, ValidateOutputDirIn
 from models_registry.template_sandbox import TEMPLATE_LIMIT_CODES
 from mtm.api_errors import ApiError, error_body
@@ -67,7 +68,7 @@ UPLOAD = _errors(400, 403, 404, 413)  # 400: a multipart body over Django's fiel
 
 
 def _problems(check: services.ProjectCheck) -> list[dict[str, Any]]:
-    return [{**p.to_dict(), "field": field} for field, problems in check.errors.items() for p in problems]
+    return [{**p.model_dump(), "field": field} for field, problems in check.errors.items() for p in problems]
 
 
 def _refused(check: services.ProjectCheck) -> ApiError:
@@ -155,13 +156,13 @@ def create_project(request: HttpRequest, payload: ProjectIn) -> Status | JsonRes
     response={200: OutputDirOut, **{status: ErrorOut for status in (401, 403, 404, 409, 413, 422)}},
     operation_id="models_registry_api_validate_output_dir",
 )
-def validate_output_dir(request: HttpRequest, payload: ValidateOutputDirIn) -> dict:
+def validate_output_dir(request: HttpRequest, payload: ValidateOutputDirIn) -> OutputDirCheck:
     """Is this a directory training may write to, for the caller? Absolute, inside an allowed root, writable, with
     room, and not a folder of another member's project (the same rule as saving a project and the form's check)."""
     check = lookup_output_dir(payload.output_directory)
     if check.valid:
         check.errors.extend(output_dir_conflicts(check.path or "", request.auth))
-    return check.to_dict()
+    return check
 
 
 @router.get("/projects/{project_id}", response={200: ProjectOut, **READ})
@@ -209,7 +210,7 @@ def _store(request: HttpRequest, file: UploadedFile) -> ReceivedUpload:
     try:
         return receive_upload(Actor.of(request, Channel.API), file, file.name or "")
     except DatasetError as exc:
-        raise ApiError(422, [{**p.to_dict(), "field": UPLOAD_FIELD} for p in exc.problems])
+        raise ApiError(422, [{**p.model_dump(), "field": UPLOAD_FIELD} for p in exc.problems])
 
 
 def _discard(request: HttpRequest, received: ReceivedUpload) -> None:
@@ -248,7 +249,7 @@ def _report_for(
 
 
 def _busy(busy: Busy) -> JsonResponse:
-    response = JsonResponse(error_body([busy.to_dict()]), status=429)
+    response = JsonResponse(error_body([busy.as_problem().model_dump()]), status=429)
     response["Retry-After"] = str(busy.retry_after)
     return response
 
@@ -277,8 +278,8 @@ def upload_dataset(
         return _busy(busy)
     if not report.valid:
         _discard(request, received)
-        raise ApiError(422, [{**p.to_dict(), "field": _field_of(p)} for p in report.errors])
-    return {"dataset_path": report.path, "reused": received.reused, "report": report.to_dict()}
+        raise ApiError(422, [{**p.model_dump(), "field": _field_of(p)} for p in report.errors])
+    return {"dataset_path": report.path, "reused": received.reused, "report": report}
 
 
 @router.post("/projects/{project_id}/dataset", response={200: ProjectDatasetOut, **UPLOAD, 429: ProjectErrorOut})
@@ -304,7 +305,7 @@ def upload_project_dataset(request: HttpRequest, project_id: int, file: File[Upl
     return {
         "dataset_path": project.dataset_path,
         "reused": received.reused,
-        "report": (report or DatasetReport(path=project.dataset_path)).to_dict(),
+        "report": report or DatasetReport(path=project.dataset_path),
         "project": project_dict(project),
     }
 

@@ -10,14 +10,18 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import AfterValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, ConfigDict, Field, WithJsonSchema
 
-from models_registry.schemas import NoNulls, ProblemOut, StrictBody
+from models_registry.schemas import RESULT, NoNulls, StrictBody
+from mtm.shared.problems import Problem
 from mtm.shared.text import storable_or_refused
+from projects.datasets.report import DatasetReport
 from projects.hyperparameters import HYPERPARAMETERS, Hyperparameters
 from projects.models import RunStage, RunStatus, TrainingMethod
 from projects.runs.columns import EvalPoint, MetricPoint, RunProgress, RunSummary, ValidationReport
+from projects.runs.compare import Difference
 from projects.runs.config import RunConfig
+from projects.runs.records import Artifact
 
 RunStatusName = Literal[tuple(RunStatus.values)]
 StageName = Literal[tuple(RunStage.values)]
@@ -96,7 +100,7 @@ class RunStartIn(StrictBody):
     )
 
 
-class FieldProblemOut(ProblemOut):
+class FieldProblemOut(Problem):
     field: str | None = Field(None, description="The request field the problem is about, when there is one.")
 
 
@@ -105,10 +109,9 @@ class ProjectErrorOut(Schema):
     errors: list[FieldProblemOut]
 
 
-class RunErrorOut(Schema):
-    code: str
-    message: str
-    hint: str
+class RunErrorOut(Problem):
+    # Every field is in every answer: the API schema says so (the hint too, "" when there is none).
+    model_config = ConfigDict(from_attributes=True, json_schema_serialization_defaults_required=True)
 
 
 class ResolvedModelOut(Schema):
@@ -117,11 +120,8 @@ class ResolvedModelOut(Schema):
     revision: str | None
 
 
-class ArtifactOut(Schema):
-    name: str = Field(description="folder, model, adapter, manifest or checkpoint")
-    label: str
-    path: str
-    exists: bool = Field(description="False when it is gone from disk (deleted or moved since).")
+class ArtifactOut(Artifact):
+    model_config = RESULT
 
 
 class RunOut(Schema):
@@ -179,44 +179,8 @@ class ProjectOut(Schema):
     last_run: RunOut | None
 
 
-class TokenStatsOut(Schema):
-    min: int
-    p50: int
-    p95: int
-    max: int
-    mean: float
-    total: int
-    over_max: int | None
-    dropped: int | None
-    max_seq_length: int | None
-
-
-class DatasetReportOut(Schema):
-    path: str
-    valid: bool
-    format: str | None
-    kind: str | None
-    rows: int = Field(description="Rows read; when `complete` is false, the file has at least this many.")
-    complete: bool = Field(
-        description="False when only the start of the file was read (large files): every row is checked when a run "
-        "starts."
-    )
-    size_bytes: int | None
-    sha256: str | None
-    preview: list[dict[str, Any]]
-    errors: list[ProblemOut]
-    warnings: list[ProblemOut]
-    token_stats: TokenStatsOut | None
-    pair_token_stats: dict[str, TokenStatsOut] | None = Field(
-        None,
-        description="Preference pairs only: token lengths of the prompts (against the max prompt length) and of the "
-        "chosen and rejected answers.",
-    )
-    token_stats_state: Literal["pending", "done"] | None = Field(
-        None,
-        description='Token lengths are counted by a worker: "pending" until then (send the same file again to get '
-        'them), "done" once `token_stats` holds them; null when no model was given.',
-    )
+class DatasetReportOut(DatasetReport):
+    model_config = RESULT
 
 
 class DatasetUploadOut(Schema):
@@ -252,10 +216,8 @@ class ComparedRunOut(Schema):
     eval_metrics: list[EvalPoint] = Field(description="Eval loss points (with an eval set).")
 
 
-class DifferenceOut(Schema):
-    key: str
-    label: str
-    values: list[str] = Field(description="The shown value of each run, in the order of `runs`.")
+class DifferenceOut(Difference):
+    model_config = RESULT
 
 
 class ComparisonOut(Schema):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mtm.shared.problems import Problem
 from projects.models import TrainingProject, TrainingRun
 from projects.runs.columns import RunProgress, RunSummary, ValidationReport, read_eval_points, read_metrics
 from projects.runs.config import run_config
@@ -24,7 +25,7 @@ def _or_none(text: str | None) -> str | None:
 def run_dict(run: TrainingRun) -> dict[str, Any]:
     error = None
     if run.error_code or run.error_message:
-        error = {"code": run.error_code or "error", "message": run.error_message, "hint": run.error_hint}
+        error = Problem(run.error_code or "error", run.error_message, run.error_hint).model_dump()
     resolved = None
     if run.resolved_path:
         resolved = {
@@ -54,7 +55,7 @@ def run_dict(run: TrainingRun) -> dict[str, Any]:
         "resumed_from": _or_none(run.resumed_from),
         "last_checkpoint": _or_none(run.last_checkpoint),
         "output_directory": _or_none(run.output_directory),
-        "artifacts": [artifact.to_dict() for artifact in artifacts],
+        "artifacts": [artifact.model_dump() for artifact in artifacts],
         "files_missing": files_missing(run, artifacts),
         "config": config.model_dump(),
         "cancel_requested": run.cancel_requested,

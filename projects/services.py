@@ -76,13 +76,6 @@ class ProjectCheck:
     def all_errors(self) -> list[Problem]:
         return [p for problems in self.errors.values() for p in problems]
 
-    def to_dict(self) -> dict:
-        return {
-            "valid": self.valid,
-            "errors": {k: [p.to_dict() for p in v] for k, v in self.errors.items() if v},
-            "warnings": {k: [p.to_dict() for p in v] for k, v in self.warnings.items() if v},
-        }
-
 
 class ProjectInvalid(Exception):
     def __init__(self, check: ProjectCheck):

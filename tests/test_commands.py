@@ -59,7 +59,7 @@ def test_resolve_model_valid_for_people_and_as_json(tiny_llama_in_cache):
     assert "config.json" in out and "ERROR" not in out
 
     status, out = run_command("resolve_model", name, "--json")
-    assert status == 0 and json.loads(out) == resolve_model(name).to_dict()
+    assert status == 0 and json.loads(out) == resolve_model(name).model_dump(mode="json")
 
 
 @pytest.mark.django_db

@@ -194,7 +194,7 @@ def test_the_full_reads_token_figures_are_one_passes(tmp_path, tokenizer):
     expected["dropped"] = sum(1 for _, labels in encoded if all(label == -100 for label in labels[:32]))
     assert expected["over_max"] and expected["dropped"]
     report = inspect_dataset(path, tokenizer, 32, full=True)
-    stats = report.token_stats.to_dict()
+    stats = report.token_stats.model_dump()
     assert {key: stats[key] for key in expected} == expected and report.rows == ROWS
     assert [row for row in report.preview] == rows[:5]
     warnings = {problem.code: problem.message for problem in report.warnings}
@@ -211,10 +211,10 @@ def test_the_full_reads_pair_figures_are_one_passes(tmp_path, tokenizer):
     lengths = encode_pairs(cut_to_length(pairs, 16), tokenizer)
     report = inspect_dataset(path, tokenizer, 16, full=True, max_prompt_length=6)
     whole = figures([p + max(c, r) for p, c, r in lengths], 16)
-    assert {key: report.token_stats.to_dict()[key] for key in whole} == whole
+    assert {key: report.token_stats.model_dump()[key] for key in whole} == whole
     for index, part in enumerate(("prompt", "chosen", "rejected")):
         expected = figures([item[index] for item in lengths], 6 if part == "prompt" else None)
-        got = report.pair_token_stats[part].to_dict()
+        got = report.pair_token_stats[part].model_dump()
         assert {key: got[key] for key in expected} == expected, part
     cut = sum(1 for p, c, r in lengths if min(p, 6) + max(c, r) > 16)
     truncation = next(w for w in report.warnings if w.code == "dataset_truncation")

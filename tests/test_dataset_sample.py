@@ -28,7 +28,7 @@ def test_a_file_longer_than_the_sample_shows_at_least_the_rows_read(tmp_path):
     path = write_jsonl(tmp_path / "many.jsonl", qa_rows(SAMPLE_ROWS + 500))
     report = inspect_dataset(path)
     assert report.valid and report.rows == SAMPLE_ROWS and not report.complete
-    assert report.to_dict()["complete"] is False
+    assert report.model_dump(mode="json")["complete"] is False
     assert report.sha256 is None  # hashing would read the whole file
     assert [row["prompt"] for row in report.preview] == [f"Question {i}?" for i in range(5)]
     full = inspect_dataset(path, full=True)

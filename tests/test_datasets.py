@@ -453,13 +453,13 @@ def test_inspect_reports_preview_hash_and_problems(tmp_path, tokenizer):
     assert report.preview[0]["prompt"].startswith("x" * 300 + "…")
     assert "700 more characters" in report.preview[0]["prompt"]
     assert report.preview[1] == rows[1]
-    assert json.loads(json.dumps(report.to_dict()))["format"] == "prompt_completion"
+    assert json.loads(json.dumps(report.model_dump(mode="json")))["format"] == "prompt_completion"
 
     (tmp_path / "bad.json").write_text(json.dumps([{"text": "a"}, {"text": 5}]))
     bad = inspect_dataset(tmp_path / "bad.json", tokenizer, 64)
     assert not bad.valid
     assert bad.errors[0].message == "Row 2 (line 1): 'text' must be a string, got number."
-    assert bad.to_dict()["errors"][0]["code"] == "dataset_bad_row"
+    assert bad.model_dump(mode="json")["errors"][0]["code"] == "dataset_bad_row"
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -518,7 +518,7 @@ def test_path_inside_a_root_is_accepted(roots):
     assert result.valid, result.errors
     assert result.path == os.path.realpath(allowed / "good.jsonl")
     assert result.size_bytes == (allowed / "good.jsonl").stat().st_size
-    assert result.to_dict()["valid"] is True
+    assert result.model_dump(mode="json")["valid"] is True
 
 
 def test_path_escaping_with_dotdot_is_refused(roots):

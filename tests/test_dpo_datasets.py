@@ -52,7 +52,7 @@ def test_each_pair_shape_is_read_with_prompt_and_answer_lengths(tmp_path, tokeni
     assert all(stats[part].min > 0 for part in stats)
     # The whole pair is the prompt and the longer answer, measured against max_seq_length.
     assert report.token_stats.max == stats["prompt"].max + max(stats["chosen"].max, stats["rejected"].max)
-    assert report.to_dict()["pair_token_stats"]["prompt"]["max_seq_length"] == 32  # half of 64 by default
+    assert report.model_dump(mode="json")["pair_token_stats"]["prompt"]["max_seq_length"] == 32  # half of 64 by default
 
 
 def test_implicit_prompt_is_the_messages_both_answers_start_with():

@@ -67,10 +67,10 @@ def test_an_eval_file_excludes_a_share_of_the_dataset_and_the_dpo_objective():
     assert eval_source_problems("sft", 0.0, "") == [] == eval_source_problems("sft", 0.2, "")
     assert eval_source_problems("sft", 0.0, "/d/eval.jsonl") == []
     both = eval_source_problems("sft", 0.1, "/d/eval.jsonl")
-    assert codes([p.to_dict() for p in both]) == ["eval_source_conflict"]
+    assert codes([p.model_dump() for p in both]) == ["eval_source_conflict"]
     assert "eval_fraction = 0.1" in both[0].message and "Choose one" in both[0].hint
     dpo = eval_source_problems("dpo", 0.0, "/d/eval.jsonl")
-    assert codes([p.to_dict() for p in dpo]) == ["invalid_eval_source"] and "preference_pairs" in dpo[0].hint
+    assert codes([p.model_dump() for p in dpo]) == ["invalid_eval_source"] and "preference_pairs" in dpo[0].hint
     assert describe_eval_file("/d/eval.jsonl", 5) == "separate file /d/eval.jsonl, 5 rows"
 
 
@@ -174,7 +174,7 @@ def test_doubtful_eval_settings_the_hostile_tester_saved_without_a_word(owner, r
     section = response.content.decode().split('<details class="more" open>')[1].split("</details>")[0]
     assert "no eval set to judge the checkpoints by" in section
     api = check_project(_body(roots, name, hyperparameters={"keep_best_eval": True}), user=owner)
-    assert codes([p.to_dict() for p in api.errors["hyperparameters"]]) == ["keep_best_without_eval_set"]
+    assert codes([p.model_dump() for p in api.errors["hyperparameters"]]) == ["keep_best_without_eval_set"]
     # 2. the training file as the eval file: saved, with a warning in the eval file's report and as you type.
     same = check_project(_body(roots, name, eval_dataset_path=dataset), user=owner)
     assert same.valid and [w.code for w in same.warnings["eval_dataset_path"]] == ["eval_file_is_the_dataset"]

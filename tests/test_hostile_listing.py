@@ -33,7 +33,7 @@ def test_repo_folders_linked_to_one_repo_are_refused_unread_and_the_repo_is_scan
         assert "rm " in problem.hint and f"hf download evil/r{n}" in problem.hint
         # The model page refuses it the same way, unread.
         page = resolve(f"evil/r{n}", cache_dir=hf_cache)
-        assert [p.to_dict() for p in page.errors] == [problem.to_dict()] and not page.files
+        assert [p.model_dump() for p in page.errors] == [problem.model_dump()] and not page.files
     assert set(listing._memo[os.path.abspath(hf_cache)]) == {"models--evil--base"}  # the only repo scanned
 
 
@@ -145,7 +145,7 @@ def test_a_snapshot_linked_out_of_the_cache_is_refused_in_the_list_as_on_the_pag
     listing.forget(hf_cache)
     [item] = [m for m in listing.list_cached(hf_cache) if m.model_name == "org/model"]
     page = resolve("org/model", cache_dir=hf_cache)
-    assert [p.to_dict() for p in item.errors] == [p.to_dict() for p in page.errors]
+    assert [p.model_dump() for p in item.errors] == [p.model_dump() for p in page.errors]
     [problem] = item.errors
     assert problem.code == "unsafe_symlink" and f"snapshots/{COMMIT_A} points to {elsewhere}" in problem.message
 

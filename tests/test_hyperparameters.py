@@ -64,8 +64,8 @@ def test_unknown_names_and_a_body_that_is_not_an_object_are_named_too():
 
 
 def test_a_problem_lists_its_field_only_when_it_names_one():
-    assert Problem("c", "m", "h").to_dict() == {"code": "c", "message": "m", "hint": "h"}
-    assert Problem("c", "m", "h", field="epochs").to_dict() == {
+    assert Problem("c", "m", "h").model_dump() == {"code": "c", "message": "m", "hint": "h"}
+    assert Problem("c", "m", "h", field="epochs").model_dump() == {
         "code": "c",
         "message": "m",
         "hint": "h",

@@ -119,7 +119,7 @@ def test_sign_in_lines_name_the_admin_and_where_its_generated_password_is(monkey
 def test_create_demo_model_into_empty_cache_resolves_from_cache(hf_cache):
     output = run_command("create_demo_model", "--if-empty")
     result = resolve_model(DEMO_MODEL_NAME)
-    assert result.valid, result.to_dict()
+    assert result.valid, result.model_dump(mode="json")
     assert result.source == "cache"
     assert Path(result.path).is_relative_to(hf_cache / repo_folder_name(DEMO_MODEL_NAME) / "snapshots")
     assert DEMO_MODEL_NAME in output

@@ -30,10 +30,11 @@ def test_lists_every_repo_with_validity(hf_cache, tiny_llama_in_cache):
     assert [p.code for p in listed["org/empty"].errors] == ["model_not_found"]
 
 
-def test_to_dict_has_the_contract_keys(hf_cache):
+def test_the_json_has_the_contract_keys(hf_cache):
     make_model_repo(hf_cache, "org/m")
     [item] = list_cached(hf_cache)
-    assert set(item.to_dict()) == {"model_name", "source", "path", "revision", "valid", "errors", "warnings"}
+    keys = {"model_name", "source", "path", "revision", "valid", "errors", "warnings", "deep"}
+    assert set(item.model_dump(mode="json")) == keys and item.deep is None
 
 
 def test_listing_refreshes_when_the_cache_changes(hf_cache):

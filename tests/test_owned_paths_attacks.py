@@ -112,7 +112,9 @@ def test_a_folder_on_the_datasets_path_swapped_for_a_link_is_not_followed(team, 
     folder.rmdir()
     folder.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     report = inspect_dataset(located.path)
-    assert [p.code for p in report.errors] == ["dataset_changed"] and "SECRET-ROW" not in str(report.to_dict())
+    assert [p.code for p in report.errors] == ["dataset_changed"] and "SECRET-ROW" not in str(
+        report.model_dump(mode="json")
+    )
 
 
 # --- links the portal may not follow ----------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_transformers_is_never_asked_about_a_folder_refused_for_its_size(hf_cach
     assert with_deep_states([item])[0].deep is None  # no deep state: the list never asks a worker
     assert not judgeable_only(resolve("bob/m1", cache_dir=hf_cache))
     verdict = compute_verdict(snapshot, model_name="bob/m1")  # a worker asked all the same refuses it unread
-    assert not verdict.valid and verdict.errors[0].as_problem() == item.errors[0]
+    assert not verdict.valid and verdict.errors[0] == item.errors[0]
     assert verdict.facts == {}
 
 

@@ -40,7 +40,7 @@ def test_relative_calls_give_the_verdicts_and_signatures_of_absolute_ones(tmp_pa
             relative = checked_repo(f"{root}/{folder}", name, root, root_fd)
             absolute = checked_repo(f"{root}/{folder}", name, root)
             assert relative[0] == absolute[0], folder
-            assert relative[1].to_dict() == absolute[1].to_dict(), folder
+            assert relative[1].model_dump() == absolute[1].model_dump(), folder
     finally:
         os.close(root_fd)
 

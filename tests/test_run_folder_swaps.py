@@ -77,8 +77,10 @@ def test_a_published_name_whose_run_folder_was_swapped_resolves_invalid(team, ap
 
     resolution = resolve_model("team/support-bot")
     assert not resolution.valid and resolution.source == "portal" and resolution.path is None
-    refused_as_changed([p.to_dict() for p in resolution.errors], run.output_directory)
-    assert bobs.output_directory not in json.dumps(resolution.to_dict())  # nothing read or named through the link
+    refused_as_changed([p.model_dump() for p in resolution.errors], run.output_directory)
+    assert bobs.output_directory not in json.dumps(
+        resolution.model_dump(mode="json")
+    )  # nothing read or named through the link
     checked = call(
         client, "post", "/projects/validate-model", {"model_name": "team/support-bot"}, team["tokens"]["mallory"]
     )
@@ -105,7 +107,7 @@ def test_a_link_above_the_run_folder_is_not_followed_either(team, api, tiny_llam
     outputs.symlink_to(planted, target_is_directory=True)
     resolution = resolve_model("team/support-bot")
     assert not resolution.valid and resolution.path is None
-    refused_as_changed([p.to_dict() for p in resolution.errors], run.output_directory)
+    refused_as_changed([p.model_dump() for p in resolution.errors], run.output_directory)
 
 
 def test_the_playground_refuses_a_swapped_run_at_start_send_and_load(team, client):

@@ -868,7 +868,7 @@ sys.modules["sentencepiece"] = None  # as on a server where the package is not i
 from models_registry.resolution import resolve
 from tests.transformers_judge import judge
 res = resolve("test-org/spm-only", cache_dir=Path(sys.argv[1]))
-print(json.dumps({"errors": [p.to_dict() for p in res.errors], "judge": judge("test-org/spm-only", sys.argv[1])}))
+print(json.dumps({"errors": [p.model_dump() for p in res.errors], "judge": judge("test-org/spm-only", sys.argv[1])}))
 """
 
 

@@ -30,8 +30,10 @@ def target_function(target: str) -> Any:
 
 
 def as_json(value: Any) -> Any:
-    """A check's result as plain JSON values (through its to_dict, as the API shows it)."""
-    return json.loads(json.dumps(value, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o)))
+    """A check's result as plain JSON values (through its model_dump, as the API shows it)."""
+    return json.loads(
+        json.dumps(value, default=lambda o: o.model_dump(mode="json") if hasattr(o, "model_dump") else str(o))
+    )
 
 
 def call_unprivileged(target: str, *args: Any, **kwargs: Any) -> Any:

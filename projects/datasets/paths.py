@@ -6,11 +6,11 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from django.core.files.move import file_move_safe
+from pydantic import BaseModel, Field, computed_field
 
 from models_registry.name_bytes import encodes, path_not_utf8_problem
 from models_registry.regular_files import NotRegularFile, open_regular_file
@@ -53,27 +53,19 @@ def uploads_root() -> Path:
     return Path(settings.MEDIA_ROOT) / UPLOAD_SUBDIR
 
 
-@dataclass
-class DatasetPathCheck:
+class DatasetPathCheck(BaseModel):
+    """Whether a dataset path names a file training may read, and where it lies."""
+
     dataset_path: str
     path: str | None = None
     size_bytes: int | None = None
     uploaded: bool = False
-    errors: list[Problem] = field(default_factory=list)
+    errors: list[Problem] = Field(default_factory=list)
 
+    @computed_field
     @property
     def valid(self) -> bool:
         return not self.errors
-
-    def to_dict(self) -> dict:
-        return {
-            "dataset_path": self.dataset_path,
-            "path": self.path,
-            "valid": self.valid,
-            "size_bytes": self.size_bytes,
-            "uploaded": self.uploaded,
-            "errors": [p.to_dict() for p in self.errors],
-        }
 
 
 def check_dataset_path(

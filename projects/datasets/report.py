@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from django.conf import settings
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from mtm.shared.files import handle_sha256
 from mtm.shared.problems import Problem
@@ -38,49 +39,42 @@ PREVIEW_CHARS = 300
 PREVIEW_ITEMS = 20
 
 
-@dataclass
-class DatasetReport:
+class DatasetReport(BaseModel):
+    """What a check read of a dataset: its format, rows, first rows, token lengths and problems."""
+
+    # Every field is in every answer: the API schema says so.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     path: str
     format: str | None = None
     kind: str | None = None  # how the file was read: "jsonl", "json" or "csv"
-    rows: int = 0
-    complete: bool = True  # False: only the start of the file was read, and it has at least `rows` rows
+    rows: int = Field(0, description="Rows read; when `complete` is false, the file has at least this many.")
+    complete: bool = Field(
+        True,
+        description="False when only the start of the file was read (large files): every row is checked when a run "
+        "starts.",
+    )
     size_bytes: int | None = None
     sha256: str | None = None
-    preview: list[dict] = field(default_factory=list)
-    errors: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
-    token_stats: TokenStats | None = None
-    # Preference pairs: the lengths of the prompts and of each answer (token_stats: prompt + the longer answer).
-    pair_token_stats: dict[str, TokenStats] | None = None
-    # Counted on a worker (token_stats.py): "pending" until then, "done" once counted, None when not asked for.
-    token_stats_state: str | None = None
+    preview: list[dict[str, Any]] = Field(default_factory=list)
+    errors: list[Problem] = Field(default_factory=list)
+    warnings: list[Problem] = Field(default_factory=list)
+    token_stats: TokenStats | None = None  # for preference pairs: the prompt and the longer answer
+    pair_token_stats: dict[str, TokenStats] | None = Field(
+        None,
+        description="Preference pairs only: token lengths of the prompts (against the max prompt length) and of the "
+        "chosen and rejected answers.",
+    )
+    token_stats_state: Literal["pending", "done"] | None = Field(
+        None,
+        description='Token lengths are counted by a worker: "pending" until then (send the same file again to get '
+        'them), "done" once `token_stats` holds them; null when no model was given.',
+    )
 
+    @computed_field
     @property
     def valid(self) -> bool:
         return not self.errors
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "valid": self.valid,
-            "format": self.format,
-            "kind": self.kind,
-            "rows": self.rows,
-            "complete": self.complete,
-            "size_bytes": self.size_bytes,
-            "sha256": self.sha256,
-            "preview": self.preview,
-            "errors": [p.to_dict() for p in self.errors],
-            "warnings": [p.to_dict() for p in self.warnings],
-            "token_stats": self.token_stats.to_dict() if self.token_stats else None,
-            "pair_token_stats": (
-                {part: stats.to_dict() for part, stats in self.pair_token_stats.items()}
-                if self.pair_token_stats
-                else None
-            ),
-            "token_stats_state": self.token_stats_state,
-        }
 
 
 def shorten(value: Any, chars: int = PREVIEW_CHARS) -> Any:

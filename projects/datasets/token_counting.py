@@ -88,13 +88,13 @@ def _count(count_id: int, path: str, user_id: int | None) -> None:
     result = {
         "rows": report.rows,
         "complete": report.complete,
-        "token_stats": report.token_stats.to_dict() if report.token_stats else None,
+        "token_stats": report.token_stats.model_dump() if report.token_stats else None,
         "pair_token_stats": (
-            {part: stats.to_dict() for part, stats in report.pair_token_stats.items()}
+            {part: stats.model_dump() for part, stats in report.pair_token_stats.items()}
             if report.pair_token_stats
             else None
         ),
-        "warnings": [p.to_dict() for p in report.warnings[known:]],
-        "errors": [p.to_dict() for p in report.errors],
+        "warnings": [p.model_dump() for p in report.warnings[known:]],
+        "errors": [p.model_dump() for p in report.errors],
     }
     finish(count_id, TokenCount.State.DONE, result)

@@ -170,9 +170,9 @@ def apply_count(report: DatasetReport, count: TokenCount | None) -> DatasetRepor
     report.token_stats_state = TokenCount.State.DONE.value
     result = count.result
     if stats := result.get("token_stats"):
-        report.token_stats = TokenStats(**stats)
+        report.token_stats = TokenStats.model_validate(stats)
     if pairs := result.get("pair_token_stats"):
-        report.pair_token_stats = {part: TokenStats(**stats) for part, stats in pairs.items()}
+        report.pair_token_stats = {part: TokenStats.model_validate(stats) for part, stats in pairs.items()}
     report.warnings.extend(count_problems(count, "warnings"))
     report.errors.extend(count_problems(count, "errors"))
     return report

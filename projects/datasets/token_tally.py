@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel
 
 from models_registry.template_sandbox import TemplateLimits
 from mtm.shared.problems import Problem
@@ -30,8 +31,9 @@ BATCH_CHARS = 8 * 1024 * 1024
 _ROW_PROBLEMS = (CHAT_TEMPLATE_ERROR, DATASET_TOO_MANY_ERRORS)
 
 
-@dataclass
-class TokenStats:
+class TokenStats(BaseModel):
+    """Token lengths of a dataset's rows, and how many of them max_seq_length truncates or leaves nothing to learn."""
+
     min: int
     p50: int
     p95: int
@@ -41,19 +43,6 @@ class TokenStats:
     over_max: int | None  # rows longer than max_seq_length, which will be truncated
     dropped: int | None  # rows with nothing left to learn once truncated, which will be skipped
     max_seq_length: int | None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "min": self.min,
-            "p50": self.p50,
-            "p95": self.p95,
-            "max": self.max,
-            "mean": self.mean,
-            "total": self.total,
-            "over_max": self.over_max,
-            "dropped": self.dropped,
-            "max_seq_length": self.max_seq_length,
-        }
 
 
 class LengthCounts:

@@ -309,7 +309,7 @@ def as_uploaded(problems: list[Problem], stored: str | os.PathLike, name: str) -
 
 def refusal_token(user: Any, refused: RefusedUpload) -> str:
     """A signed note of `refused` for the form to send back on save, so the save says why there is no dataset."""
-    problems = [problem.to_dict() for problem in refused.problems]
+    problems = [problem.model_dump() for problem in refused.problems]
     return signing.dumps(
         {"user": user.pk, "name": refused.name[:MAX_NAME_CHARS], "problems": problems}, salt=REFUSAL_SALT
     )
@@ -323,6 +323,6 @@ def read_refusal(token: str, user: Any) -> RefusedUpload | None:
         note = signing.loads(token, salt=REFUSAL_SALT)
         if note["user"] != user.pk:
             return None
-        return RefusedUpload(str(note["name"]), [Problem(**problem) for problem in note["problems"]])
+        return RefusedUpload(str(note["name"]), [Problem.model_validate(problem) for problem in note["problems"]])
     except (signing.BadSignature, KeyError, TypeError, ValueError):
         return None

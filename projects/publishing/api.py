@@ -61,7 +61,7 @@ def published_dict(published: PublishedModel, *, validate: bool = False) -> dict
         "note": published.note,
         "published_by": published.published_by.get_username() if published.published_by else None,
         "published_at": published.published_at,
-        "validation": check_published_folder(published).to_dict() if validate else None,
+        "validation": check_published_folder(published) if validate else None,
     }
 
 

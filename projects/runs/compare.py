@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.utils import timezone
+from pydantic import BaseModel, Field
 
 from mtm.shared.problems import Problem
 from projects.access import visible_runs
@@ -107,11 +108,12 @@ class ComparedRun:
         return "passed with a warning" if self.validation.warnings else "passed"
 
 
-@dataclass
-class Difference:
+class Difference(BaseModel):
+    """A setting that is not the same for every compared run; its JSON (model_dump) is in the API's answer."""
+
     key: str
     label: str
-    values: list[str]
+    values: list[str] = Field(description="The shown value of each run, in the order of `runs`.")
 
 
 @dataclass
@@ -161,7 +163,7 @@ def differences(runs: list[ComparedRun]) -> tuple[list[Difference], int]:
     for key, label in keys.items():
         values = [table[key].value if key in table else "(does not apply)" for table in tables]
         if len(set(values)) > 1:
-            found.append(Difference(key, label, values))
+            found.append(Difference(key=key, label=label, values=values))
         else:
             same += 1
     return found, same
@@ -200,8 +202,6 @@ def comparison_dict(comparison: Comparison) -> dict[str, Any]:
             }
             for item in comparison.runs
         ],
-        "differences": [
-            {"key": diff.key, "label": diff.label, "values": diff.values} for diff in comparison.differences
-        ],
+        "differences": [diff.model_dump() for diff in comparison.differences],
         "same_settings": comparison.same,
     }

@@ -12,11 +12,11 @@ import errno
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from pydantic import BaseModel, ConfigDict, Field
 
 from mtm.shared.claims import Standing, standing
 from mtm.shared.nofollow import open_file_nofollow
@@ -60,19 +60,19 @@ def checkpoint_step(path: str | Path | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-@dataclass(frozen=True)
-class Artifact:
-    name: str  # folder, model, adapter, manifest, checkpoint
+class Artifact(BaseModel):
+    """A path a run wrote, and whether it is still there; the run page and the API (model_dump) show it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="folder, model, adapter, manifest or checkpoint")
     label: str
     path: str
-    exists: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "label": self.label, "path": self.path, "exists": self.exists}
+    exists: bool = Field(description="False when it is gone from disk (deleted or moved since).")
 
 
 def _artifact(name: str, label: str, path: Path | str) -> Artifact:
-    return Artifact(name, label, str(path), os.path.exists(path))
+    return Artifact(name=name, label=label, path=str(path), exists=os.path.exists(path))
 
 
 def run_artifacts(run: TrainingRun, config: RunConfig | None = None) -> list[Artifact]:

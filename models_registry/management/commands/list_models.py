@@ -25,7 +25,7 @@ class Command(BaseCommand):
     def handle(self, *args, json: bool, query: str | None, valid: bool | None, **options) -> None:
         with database_ready():
             cache_dir, models = available_models(query, valid)
-        items = [m.to_dict() for m in models]
+        items = [m.model_dump(mode="json") for m in models]
         if json:
             self.stdout.write(as_json({"cache_dir": str(cache_dir), "count": len(items), "models": items}))
         else:

@@ -22,7 +22,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, name: str, revision: str | None, json: bool, **options) -> None:
         with database_ready():
-            result = resolve_model(name, revision).to_dict()
+            result = resolve_model(name, revision).model_dump(mode="json")
         self.stdout.write(as_json(result) if json else render_resolution(result))
         if not result["valid"]:
             raise SystemExit(EXIT_INVALID)

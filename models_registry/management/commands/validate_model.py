@@ -54,7 +54,8 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"--revision applies to a model name; {target} is a folder, which has no revisions.", returncode=2
                 )
-            result = (check_folder(folder) if is_folder else resolve_model(target, revision)).to_dict()
+            found = check_folder(folder) if is_folder else resolve_model(target, revision)
+            result = found.model_dump(mode="json")
         self.stdout.write(as_json(result) if json else render_resolution(result))
         if not result["valid"]:
             raise SystemExit(EXIT_INVALID)
