@@ -14,6 +14,8 @@ from mtm.views_login import ThrottledAdminAuthenticationForm
 
 # The admin's password form counts and refuses failed sign-ins like the portal's login page (mtm/throttle.py).
 admin.site.login_form = ThrottledAdminAuthenticationForm
+admin.site.site_header = admin.site.site_title = "Model Training Manager administration"
+admin.site.index_title = "Portal administration"
 
 
 @admin.register(ApiToken)

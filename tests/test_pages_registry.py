@@ -107,6 +107,12 @@ def test_navigation_shows_staff_links_only_to_staff(member_client, staff, hf_cac
     assert 'href="/settings/"' in body and 'href="/admin/"' in body
 
 
+def test_the_admin_names_the_portal_and_its_models_plainly(staff_client):
+    html = text(staff_client.get("/admin/", secure=True))
+    assert "Model Training Manager administration" in html and "Django administration" not in html
+    assert "API tokens" in html and "Api tokens" not in html
+
+
 def test_password_change_page(member_client):
     response = member_client.post(
         "/accounts/password/",
