@@ -224,7 +224,8 @@ def check_output_dir(raw: object, allowed_roots: list[str], low_disk_bytes: int 
                 Problem(
                     "not_empty",
                     f"Output directory {real} already holds {count} {'entry' if count == 1 else 'entries'}.",
-                    "Training writes checkpoints and the model here and may overwrite files with the same names.",
+                    "Nothing in it is overwritten: each run writes into a new folder of its own inside it "
+                    "(run-<run id>).",
                 )
             )
     result.free_bytes = shutil.disk_usage(existing).free

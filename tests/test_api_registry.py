@@ -174,6 +174,7 @@ def test_output_dir_cases(client, member_token, output_root, tmp_path):
 
     busy = check_dir(client, member_token, output_root / "busy")
     assert busy["valid"] is True and busy["empty"] is False and codes(busy["warnings"]) == ["not_empty"]
+    assert "Nothing in it is overwritten" in busy["warnings"][0]["hint"]  # each run makes a run-<id> folder inside
 
     fresh = check_dir(client, member_token, output_root / "new" / "run")
     assert (fresh["valid"], fresh["exists"], fresh["will_create"], fresh["writable"]) == (True, False, True, True)
