@@ -32,8 +32,10 @@ __all__ = ["ListedModel", "forget", "list_cached", "list_models"]
 # '_' joined by single '-' or '.' (so no '--', '..', leading or trailing '-' or '.'); with at most 96 characters and
 # no '.git' at the end (tests/test_repo_scan.py holds name_error to it). Any other name is name_error's to judge.
 _PLAIN_NAME = re.compile(r"\w+(?:[-.]\w+)*/\w+(?:[-.]\w+)*", re.ASCII)
-# The repo folder of such a name: its two parts hold no '--', so names.name_from_folder joins exactly these two.
-_PLAIN_FOLDER = re.compile(r"models--(\w+(?:[-.]\w+)*)--(\w+(?:[-.]\w+)*)", re.ASCII)
+# The repo folder of such a name: its two parts hold no '--', so it holds one '--' after "models--", which
+# names.name_from_folder makes the '/'.
+_PLAIN_FOLDER = re.compile(r"models--\w+(?:[-.]\w+)*--\w+(?:[-.]\w+)*", re.ASCII)
+_FOLDER_PREFIX = len("models--")
 
 _memo: dict[str, dict[str, tuple[tuple, ListedModel]]] = {}
 _memo_lock = threading.Lock()
@@ -85,10 +87,9 @@ def _name_problem(name: str) -> Problem | None:
 def _plain_folder_name(folder: str) -> str | None:
     """The model name of a repo folder `folder` whose name is of _PLAIN_NAME's form and that _name_problem accepts
     (names.name_from_folder's name, at no more cost than one match), or None: that name is _name_problem's to judge."""
-    found = _PLAIN_FOLDER.fullmatch(folder)
-    if found is None or len(folder) - len("models--") - 1 > 96 or folder.endswith(".git"):
+    if _PLAIN_FOLDER.fullmatch(folder) is None or len(folder) - _FOLDER_PREFIX - 1 > 96 or folder.endswith(".git"):
         return None
-    return found[1] + "/" + found[2]
+    return folder[_FOLDER_PREFIX:].replace("--", "/")
 
 
 def _scanned(folder: str, repo: str, root: str, root_fd: int | None) -> tuple[tuple, ListedModel]:
