@@ -142,10 +142,10 @@ def main() -> None:
             f"{', '.join(f'{r:.1f}' for r in ratios)}; in CPU time {cpu_ratio:.1f}x; load {os.getloadavg()[0]:.1f}"
         )
         print(
-            f"listing, new process with the persisted listing (3 stats a repo + one JSON load): "
+            f"listing, new process with the persisted listing (3 stats and an owner lstat a repo, one JSON load): "
             f"{from_store * 1000:.0f} ms, {theirs / from_store:.1f}x scan_cache_dir"
         )
-        print(f"listing, warm (in-process memo, 3 stats a repo): {warm * 1000:.0f} ms")
+        print(f"listing, warm (in-process memo: 3 stats and an owner lstat a repo): {warm * 1000:.0f} ms")
 
         target = "org7/model-7"
         first = resolve(target, cache_dir=small)  # also imports what the checks import once per process
