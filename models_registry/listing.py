@@ -1,7 +1,9 @@
 """Every cached repo and every override with its validity, fast.
 
-Each repo's verdict (repo_scan) is kept with its signature, in this process and in a JSON file other processes
-start from, until the repo's folders change (their mtimes): a warm listing is three or four stats a repo.
+Each repo's verdict is kept with its signature, in this process and in a JSON file other processes start from, until
+the repo's folders change (their mtimes): a warm listing is three or four stats a repo. A repo is scanned by
+hub_layout_scan where it is laid out as huggingface_hub lays it out (the same answer in one function), by repo_scan
+otherwise.
 """
 
 from __future__ import annotations
