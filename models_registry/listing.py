@@ -1,7 +1,9 @@
 """Every cached repo and every override with its validity, fast.
 
-Each repo's verdict (repo_scan) is kept with its signature, in this process and in a JSON file other processes
-start from, until the repo's folders change (their mtimes): a warm listing is three or four stats a repo.
+Each repo's verdict is kept with its signature, in this process and in a JSON file other processes start from, until
+the repo's folders change (their mtimes): a warm listing is three or four stats a repo. A repo is scanned by
+hub_layout_scan where it is laid out as huggingface_hub lays it out (the same answer in one function), by repo_scan
+otherwise.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from django.conf import settings
 
 from models_registry.checks import repo_link_problem
 from models_registry.folder_walk import counting_entries
+from models_registry.hub_layout_scan import scan_hub_layout
 from models_registry.listed import ListedModel
+from models_registry.name_bytes import encodes
 from models_registry.names import name_error, name_from_folder
 from models_registry.owner_budget import OwnerBudgets
 from models_registry.repo_scan import checked_repo, current_signature, open_root, signature
@@ -31,6 +35,10 @@ __all__ = ["ListedModel", "forget", "list_cached", "list_models", "listing_store
 # '_' joined by single '-' or '.' (so no '--', '..', leading or trailing '-' or '.'); with at most 96 characters and
 # no '.git' at the end (tests/test_repo_scan.py holds name_error to it). Any other name is name_error's to judge.
 _PLAIN_NAME = re.compile(r"\w+(?:[-.]\w+)*/\w+(?:[-.]\w+)*", re.ASCII)
+# The repo folder of such a name: its two parts hold no '--', so it holds one '--' after "models--", which
+# names.name_from_folder makes the '/'.
+_PLAIN_FOLDER = re.compile(r"models--\w+(?:[-.]\w+)*--\w+(?:[-.]\w+)*", re.ASCII)
+_FOLDER_PREFIX = len("models--")
 
 _memo: dict[str, dict[str, tuple[tuple, ListedModel]]] = {}
 _memo_lock = threading.Lock()
@@ -80,8 +88,16 @@ def _name_problem(name: str) -> Problem | None:
     return name_error(name)
 
 
+def _plain_folder_name(folder: str) -> str | None:
+    """The model name of a repo folder `folder` whose name is of _PLAIN_NAME's form and that _name_problem accepts
+    (names.name_from_folder's name, at no more cost than one match), or None: that name is _name_problem's to judge."""
+    if _PLAIN_FOLDER.fullmatch(folder) is None or len(folder) - _FOLDER_PREFIX - 1 > 96 or folder.endswith(".git"):
+        return None
+    return folder[_FOLDER_PREFIX:].replace("--", "/")
+
+
 def _scanned(folder: str, repo: str, root: str, root_fd: int | None) -> tuple[tuple, ListedModel]:
-    """(signature, verdict) of the repo folder `folder`, scanned now."""
+    """(signature, verdict) of the repo folder `folder`, scanned now by repo_scan."""
     name = name_from_folder(folder) or folder
     if problem := _name_problem(name):
         item = ListedModel(model_name=name, source="cache", path=None, revision=None, errors=[problem])
@@ -90,8 +106,8 @@ def _scanned(folder: str, repo: str, root: str, root_fd: int | None) -> tuple[tu
     return found, shown_model(item)  # the store, like the page, holds only names it can show
 
 
-def _still_holds(kept: tuple[tuple, ListedModel] | None, repo: str) -> bool:
-    return kept is not None and kept[0] == current_signature(repo, kept[0], kept[1])
+def _still_holds(kept: tuple[tuple, ListedModel], repo: str) -> bool:
+    return kept[0] == current_signature(repo, kept[0], kept[1])
 
 
 def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]:
@@ -109,8 +125,21 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
     its row, so a later listing goes on where this one stopped. Other owners' repos are listed on their own budgets.
     """
     root = os.path.abspath(cache_dir)
+    root_fd = open_root(root)
     try:
-        entries = [(e.name, _is_link(e), e) for e in os.scandir(root) if _is_repo_folder(e)]
+        return _list_cached(root, root_fd, store)
+    finally:
+        if root_fd is not None:
+            os.close(root_fd)
+
+
+def _list_cached(root: str, root_fd: int | None, store: Path | None) -> list[ListedModel]:
+    """list_cached of the cache folder `root` (`root_fd`: open_root's descriptor of it, or None)."""
+    try:
+        # Listed through the descriptor where there is one: each entry's owner is then an lstat relative to it.
+        entries = [
+            (e.name, _is_link(e), e) for e in os.scandir(root if root_fd is None else root_fd) if _is_repo_folder(e)
+        ]
     except OSError:
         return []
     prefix = root if root.endswith("/") else root + "/"
@@ -121,25 +150,25 @@ def list_cached(cache_dir: Path, store: Path | None = None) -> list[ListedModel]
     fresh: dict[str, tuple[tuple, ListedModel]] = {}
     listed = []
     budgets = OwnerBudgets(settings.MTM_MODEL_LISTING_MAX_ENTRIES)
-    root_fd = open_root(root)
-    try:
-        with counting_entries() as spent:
-            for folder, is_link, entry in sorted(entries):
-                repo = prefix + folder
-                holds = not is_link and _still_holds(kept.get(folder), repo)
-                if not budgets.allows(entry, scan=not (is_link or holds)):
-                    continue
-                if is_link or holds:
-                    listed.append(_linked_repo(folder, repo) if is_link else kept[folder][1])
-                    budgets.charge(entry)
-                    continue
-                before = spent.entries
-                fresh[folder] = _scanned(folder, repo, root, root_fd)
-                listed.append(fresh[folder][1])
-                budgets.charge(entry, spent.entries - before)
-    finally:
-        if root_fd is not None:
-            os.close(root_fd)
+    # hub_layout_scan's verdicts are showable as they are only where the paths they hold encode as UTF-8
+    hub_layout = root_fd is not None and encodes(prefix)
+    with counting_entries() as spent:
+        for folder, is_link, entry in sorted(entries):
+            repo = prefix + folder
+            holds = not is_link and (k := kept.get(folder)) is not None and _still_holds(k, repo)
+            if not budgets.allows(entry, scan=not (is_link or holds)):
+                continue
+            if is_link or holds:
+                listed.append(_linked_repo(folder, repo) if is_link else kept[folder][1])
+                budgets.charge(entry)
+                continue
+            before = spent.entries
+            found = None
+            if hub_layout and (name := _plain_folder_name(folder)):
+                found = scan_hub_layout(repo, folder, root, root_fd, name, spent)
+            fresh[folder] = found = found or _scanned(folder, repo, root, root_fd)
+            listed.append(found[1])
+            budgets.charge(entry, spent.entries - before)
     listed.extend(budgets.summaries())
     passed = {folder for folders in budgets.passed.values() for folder in folders}
     gone = set(kept).difference(folder for folder, is_link, _ in entries if not is_link and folder not in passed)

@@ -54,6 +54,7 @@ class OwnerBudgets:
         self._early: list[tuple[os.DirEntry, int]] = []
         self._early_entries = 0
         self._by_owner: dict[Owner, list[int]] | None = None  # owner: [entries, repo folders]
+        self._allowed: tuple[os.DirEntry, list[int]] | None = None  # the last folder allowed, and its owner's spending
         self.passed: dict[Owner, list[str]] = {}  # owner: the repo folders not listed, in listing order
 
     def allows(self, entry: os.DirEntry, *, scan: bool) -> bool:
@@ -66,11 +67,12 @@ class OwnerBudgets:
                 return True
             self._by_owner = {}
             for early, cost in self._early:
-                self._add(_owner(early), cost)
+                self._add(self._spent(_owner(early)), cost)
             self._early = []
         owner = _owner(entry)
-        entries, repos = self._by_owner.get(owner, (0, 0))
-        if repos < MAX_REPOS_PER_OWNER and (not scan or entries < self.max_entries):
+        spent = self._spent(owner)
+        if spent[1] < MAX_REPOS_PER_OWNER and (not scan or spent[0] < self.max_entries):
+            self._allowed = (entry, spent)
             return True
         self.passed.setdefault(owner, []).append(entry.name)
         return False
@@ -80,11 +82,19 @@ class OwnerBudgets:
         if self._by_owner is None:
             self._early.append((entry, cost))
             self._early_entries += cost
+        elif self._allowed is not None and self._allowed[0] is entry:
+            self._add(self._allowed[1], cost)
         else:
-            self._add(_owner(entry), cost)
+            self._add(self._spent(_owner(entry)), cost)
 
-    def _add(self, owner: Owner, cost: int) -> None:
-        spent = self._by_owner.setdefault(owner, [0, 0])
+    def _spent(self, owner: Owner) -> list[int]:
+        spent = self._by_owner.get(owner)
+        if spent is None:
+            spent = self._by_owner[owner] = [0, 0]
+        return spent
+
+    @staticmethod
+    def _add(spent: list[int], cost: int) -> None:
         spent[0] += cost
         spent[1] += 1
 

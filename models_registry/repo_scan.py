@@ -47,18 +47,19 @@ _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _BLOB_LINK = "../../blobs/"
 _PARTIAL_END = PARTIAL_SUFFIX + "/"
-_RELATIVE_CALLS = {os.open, os.stat, os.readlink} <= os.supports_dir_fd
+_RELATIVE_CALLS = {os.open, os.stat, os.readlink} <= os.supports_dir_fd and os.scandir in os.supports_fd
 _JSON = json.JSONDecoder()  # json.loads' own settings
 _JSON_SPACE = " \t\n\r"  # what json.loads skips before and after the value
 
 
 def open_root(root: str) -> int | None:
-    """A descriptor of the cache folder `root` for scan_repo's relative calls (the caller closes it), or None where
-    this system has no relative calls or the folder cannot be opened (the calls then take absolute paths)."""
+    """A descriptor of the cache folder `root` for scan_repo's relative calls and for listing the folder (the caller
+    closes it), or None where this system has no relative calls or listing by descriptor, or the folder cannot be
+    opened (the calls then take absolute paths)."""
     if not _RELATIVE_CALLS:
         return None
     try:
-        return os.open(root, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC)
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
         return None
 
@@ -326,7 +327,7 @@ def _check_snapshot(
         )
     for index_name in INDEX_FILES:
         if index_name in names:
-            _check_index(item, snapshot, index_name, names, root, redownload_hint(name), at)
+            check_snapshot_index(item, snapshot, index_name, names, root, redownload_hint(name), at)
     has_weights = False
     for file_name in names:
         if file_name.endswith(_WEIGHT_SUFFIXES):
@@ -453,7 +454,7 @@ def _check_config(item: ListedModel, snapshot: str, names: set[str], root: str, 
         item.warnings.extend(warnings)
 
 
-def _check_index(
+def check_snapshot_index(
     item: ListedModel, snapshot: str, index_name: str, names: set[str], root: str, hint: str, at: tuple[int, str] | None
 ) -> None:
     try:
