@@ -89,13 +89,13 @@ class HeldFiles:
 
 
 def changed(folder: Folder, rel: str, how: str) -> ModelFilesRefused:
-    """The refusal of the entry `rel` of `folder` ("" for the folder itself), which is no longer what was checked."""
+    """The refusal of the entry `rel` of `folder` ("" for the folder itself), which is not what the check accepts."""
     where = f"{folder.shown}/{storable(rel)}" if rel else folder.shown
     return ModelFilesRefused(
         Problem(
             BASE_MODEL_CHANGED,
-            f"The base model '{folder.model_name}' changed after the run resolved it: {where} {how}. Nothing was read "
-            "from it: the run was stopped before the base model was loaded.",
+            f"The base model '{folder.model_name}' was not loaded: {where} {how}. A run reads its base model only as "
+            "the resolve stage accepts it (it may have been changed since), and nothing was read from this.",
             folder.hint,
         )
     )
@@ -133,7 +133,7 @@ def _opened(name: str, dir_fd: int, flags: int, what: str) -> int:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             raise
         if exc.errno in LINK_ERRORS:
-            raise _NotAsChecked(f"is now {what}; it was not followed") from None
+            raise _NotAsChecked(f"is {what}; it was not followed") from None
         raise _NotAsChecked(f"cannot be opened ({exc.strerror})") from None
 
 
@@ -270,7 +270,7 @@ def blob_links(repo_blobs_fd: int, folder: Folder) -> LinkRule:
             raise changed(
                 folder,
                 rel,
-                f"is now a link to {storable(target)}, not a link into the repo's own blobs/ folder as "
+                f"is a link to {storable(target)}, not a link into the repo's own blobs/ folder as "
                 "huggingface_hub makes it; the link was not followed",
             )
         try:
@@ -293,7 +293,7 @@ def links_inside(top_fd: int, folder: Folder) -> LinkRule:
         inside = posixpath.normpath(posixpath.join(*entry[:-1], target)) if not target.startswith("/") else ""
         if not inside or inside == "." or inside == ".." or inside.startswith("../"):
             raise changed(
-                folder, rel, f"is now a link to {storable(target)}, which leaves the folder; the link was not followed"
+                folder, rel, f"is a link to {storable(target)}, which leaves the folder; the link was not followed"
             )
         *folders, name = inside.split("/")
         dir_fd = os.dup(top_fd)
