@@ -293,7 +293,7 @@ def _train_in(run: TrainingRun, folder: Path, output_fd: int, staging: str) -> b
         dataset_snapshot.drop_snapshot(folder)
         fail(run_id, RunStage.TRAIN, _too_few_devices(devices, owned))
         return False
-    try:  # a published base model is read through its folder opened now, never through its path again
+    try:  # the base model is read through what the worker opens now (its files as checked), never by its path
         base = open_base_model(run)
     except RunFolderRefused as refused:
         dataset_snapshot.drop_snapshot(folder)

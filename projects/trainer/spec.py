@@ -3,9 +3,10 @@ read back by the child (`read_spec`), which names every problem it finds.
 
 ```
 {"model_name": "org/name", "revision": "<commit>" | "",   for the manifest only
- "model_shown": null | "/abs/published/dir", how messages and the manifest name the base model when model_path is
+ "model_shown": null | "/abs/resolved/dir",  how messages and the manifest name the base model when model_path is
                                              a path to a folder the worker holds open
- "model_path": "/abs/snapshot/dir",          resolved local folder of the base model (required)
+ "model_path": "/proc/<pid>/fd/<n>",         the base model's folder as the worker holds it, or its resolved local
+                                             folder (required; projects.runs.base_model_folder)
  "trust_remote_code": false,
  "hyperparameters": {...},                   projects.hyperparameters.Hyperparameters fields
  "dataset_path": "/abs/data.jsonl",          (required)
