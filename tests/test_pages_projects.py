@@ -145,6 +145,15 @@ def test_staff_may_cancel_anyones_run(owner, staff, roots):
     assert event.actor == staff and event.object_id == str(run.pk) and event.via == "web"
 
 
+def test_cancelling_a_training_run_promises_a_checkpoint_only_if_one_was_trained(owner, roots):
+    project = make_project(owner, roots)
+    run = TrainingRun.objects.create(project=project, status=RunStatus.TRAINING)
+    page = secure_client(owner).post(f"/projects/runs/{run.pk}/cancel/", follow=True)
+    assert f"Cancelling run {run.pk}: training stops at its next step, saving a checkpoint if it has trained one." in (
+        text(page)
+    )
+
+
 # --- list and detail ------------------------------------------------------------------------------------------
 
 

@@ -172,7 +172,10 @@ def run_cancel(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     if outcome is CancelOutcome.CANCELLED:
         messages.success(request, f"Run {run.pk} cancelled before training started.")
     elif outcome is CancelOutcome.REQUESTED:
-        messages.info(request, f"Cancelling run {run.pk}: training stops at its next step and saves a checkpoint.")
+        messages.info(
+            request,
+            f"Cancelling run {run.pk}: training stops at its next step, saving a checkpoint if it has trained one.",
+        )
     else:
         messages.info(request, f"Run {run.pk} had already ended ({run.get_status_display()}); nothing to cancel.")
     return redirect("projects:run", pk=run.pk)
