@@ -125,10 +125,15 @@ def _count_below(top: str, below: list[str], listed: int, max_entries: int, max_
 
 def bounded_names(folder: str) -> list[str]:
     """The names in `folder` (snapshots/, blobs/), as os.listdir gives them, or FolderTooLarge once it holds more
-    than a model's folder may (MTM_MODEL_FOLDER_MAX_ENTRIES). OSError when it cannot be listed."""
+    than a model's folder may (MTM_MODEL_FOLDER_MAX_ENTRIES). OSError when it cannot be listed, or is a link (ELOOP):
+    a snapshots/ a member made a link to another folder would have its names shown as snapshots."""
     count, max_entries = _max_entries()
-    with os.scandir(folder) as listing:
-        names = list(map(_NAME, islice(listing, max_entries + 1)))
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with os.scandir(fd) as listing:
+            names = list(map(_NAME, islice(listing, max_entries + 1)))
+    finally:
+        os.close(fd)
     if count is not None:
         count.entries += len(names)
     if len(names) > max_entries:

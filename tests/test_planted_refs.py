@@ -95,3 +95,23 @@ def test_the_model_list_and_the_api_quote_nothing_of_a_planted_ref(client, db, h
         assert SECRET not in resp.text and HEX_SECRET not in resp.text
     page = client.get("/models/mallory/leak/")
     assert SECRET not in page.content.decode() and HEX_SECRET not in page.content.decode()
+
+
+def test_a_snapshots_folder_that_is_a_link_lists_nothing_behind_it(client, db, hf_cache, tmp_path):
+    """snapshots/ made a link to another folder (the uploads' folder) had that folder's entries named as snapshots,
+    and the files of its only subfolder listed as the model's files."""
+    uploads = tmp_path / "media" / "datasets"
+    (uploads / "ef82d1").mkdir(parents=True)
+    (uploads / "ef82d1" / "alice-secret.jsonl").write_text(json.dumps({"text": SECRET}))
+    make_model_repo(hf_cache, "mallory/names")
+    repo = hf_cache / "models--mallory--names"
+    (repo / "snapshots").rename(repo / "moved")
+    (repo / "snapshots").symlink_to(uploads)
+    for revision in (None, "main"):
+        res = resolve("mallory/names", revision, cache_dir=hf_cache)
+        said = everything_said(res) + json.dumps(res.files if hasattr(res, "files") else [])
+        assert not res.valid and "ef82d1" not in said and "alice-secret" not in said
+    [listed] = [item for item in list_cached(hf_cache) if item.model_name == "mallory/names"]
+    assert "ef82d1" not in json.dumps([(p.message, p.hint) for p in listed.errors + listed.warnings])
+    resp = call(client, "post", "/projects/validate-model", {"model_name": "mallory/names"}, make_user_token("a")[1])
+    assert resp.status_code == 200 and "ef82d1" not in resp.text and "alice-secret" not in resp.text
