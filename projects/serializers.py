@@ -54,6 +54,7 @@ def run_dict(run: TrainingRun) -> dict[str, Any]:
         "resume_from_run": run.resume_source_id,
         "resumed_from": _or_none(run.resumed_from),
         "last_checkpoint": _or_none(run.last_checkpoint),
+        "run_folder": _or_none(run.run_folder),
         "output_directory": _or_none(run.run_folder),
         "artifacts": [artifact.model_dump() for artifact in artifacts],
         "files_missing": files_missing(run, artifacts),

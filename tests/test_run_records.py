@@ -82,7 +82,7 @@ def test_each_run_writes_in_a_folder_of_its_own_inside_the_output_directory(proj
     assert first.run_folder == os.path.join(output, f"run-{first.pk}")
     assert second.run_folder == os.path.join(output, f"run-{second.pk}")
     body = api(owner, "get", f"/runs/{second.pk}").json()
-    assert body["output_directory"] == second.run_folder
+    assert body["run_folder"] == body["output_directory"] == second.run_folder
     assert body["artifacts"][0] == {
         "name": "folder",
         "label": "Run folder",
