@@ -88,7 +88,7 @@ def for_run(run: TrainingRun) -> LoadSpec:
                 "Pick a run whose status is succeeded, or wait for this one to finish.",
             )
         )
-    output = Path(run.output_directory or "")
+    output = Path(run.run_folder or "")
     label = f"run {run.pk} ({run_config(run).model_name})"
     try:
         folder_fd = open_run_folder(run, CHAT_HINT)  # the folder the worker made, never one swapped in since

@@ -131,7 +131,8 @@ class TrainingRun(models.Model):
     resumed_from = models.CharField(max_length=4096, blank=True)
     # What the run trains with, copied from the project at Start (projects.runs.config.RunConfig).
     config = models.JSONField(default=dict, blank=True)
-    output_directory = models.CharField(max_length=4096, blank=True)
+    # The folder the run writes to: run-<id> inside the project's output directory, made by its train stage.
+    run_folder = models.CharField(max_length=4096, blank=True)
     # 'device:inode' of the run folder the train stage created ('': not created yet, or trained before this was
     # recorded): whoever reads the run's files later reads them only from that very folder (projects.runs.folder).
     run_folder_identity = models.CharField(max_length=64, blank=True, editable=False)

@@ -150,7 +150,7 @@ def _claimed_dirs() -> list[tuple[str, int]]:
     for pk, stored, identity in TrainingProject.objects.values_list("pk", "output_directory", "output_dir_identity"):
         if form := claim_form(stored, identity):
             claims.append((form, pk))
-    runs = TrainingRun.objects.values_list("project_id", "output_directory")
+    runs = TrainingRun.objects.values_list("project_id", "run_folder")
     for pk, stored in runs.distinct():
         if form := claim_form(stored):
             claims.append((form, pk))

@@ -144,6 +144,9 @@ class RunOut(Schema):
     resume_from_run: int | None = Field(description="The run whose checkpoint this one continued from.")
     resumed_from: str | None
     last_checkpoint: str | None
+    run_folder: str | None = Field(
+        description="The run's own folder, inside the project's output directory (output_directory holds the same)."
+    )
     output_directory: str | None = Field(description="The run's own folder, inside the project's output directory.")
     artifacts: list[ArtifactOut]
     files_missing: bool = Field(description="True when the run succeeded but its output is no longer on disk.")

@@ -77,12 +77,10 @@ class World:
         can be started and deleted, a live run of another project that can be cancelled, and an override."""
         project = self._project("fuzz")
         if not project.runs.exists():
-            TrainingRun.objects.create(
-                project=project, status=RunStatus.SUCCEEDED, output_directory=project.output_directory
-            )
+            TrainingRun.objects.create(project=project, status=RunStatus.SUCCEEDED, run_folder=project.output_directory)
         live = self._project("fuzz-live")
         run = live.runs.first() or TrainingRun.objects.create(
-            project=live, status=RunStatus.QUEUED, output_directory=live.output_directory
+            project=live, status=RunStatus.QUEUED, run_folder=live.output_directory
         )
         override, _ = ModelOverride.objects.get_or_create(
             model_name="fuzz-org/override", defaults={"path": str(self.roots / "no-such-model")}

@@ -83,7 +83,7 @@ def refused(resp, status: int = 422) -> list[dict]:
 def live_run(project_id: int, status: str = RunStatus.TRAINING) -> TrainingRun:
     project = TrainingProject.objects.get(pk=project_id)
     return TrainingRun.objects.create(
-        project=project, status=status, output_directory=os.path.realpath(project.output_directory)
+        project=project, status=status, run_folder=os.path.realpath(project.output_directory)
     )
 
 
@@ -382,7 +382,7 @@ def test_start_queues_a_run_then_cancel_and_cancel_again(
 def test_resume_without_a_complete_checkpoint_is_refused_with_the_reason(client, roots, owner, project):
     stopped = TrainingRun.objects.create(project_id=project["id"], status=RunStatus.CANCELLED)
     output = Path(project["output_directory"]) / f"run-{stopped.pk}"  # a run's checkpoints are in its own folder
-    TrainingRun.objects.filter(pk=stopped.pk).update(output_directory=str(output))
+    TrainingRun.objects.filter(pk=stopped.pk).update(run_folder=str(output))
     (output / "checkpoint-4").mkdir(
         parents=True
     )  # cut short: the trainer writes trainer_state.json last (max_steps is 5)

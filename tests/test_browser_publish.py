@@ -48,10 +48,10 @@ def test_publish_a_run_and_train_a_new_project_on_it(
         method="full",
     )
     run = TrainingRun.objects.create(project=project, started_by=browser_member, status=RunStatus.SUCCEEDED)
-    run.output_directory = str(Path(project.output_directory) / f"run-{run.pk}")
-    run.save(update_fields=["output_directory"])
-    shutil.copytree(tiny_llama_dir, run.output_directory)
-    run.run_folder_identity = identity_of(run.output_directory)  # as the train stage records the folder it made
+    run.run_folder = str(Path(project.output_directory) / f"run-{run.pk}")
+    run.save(update_fields=["run_folder"])
+    shutil.copytree(tiny_llama_dir, run.run_folder)
+    run.run_folder_identity = identity_of(run.run_folder)  # as the train stage records the folder it made
     run.save(update_fields=["run_folder_identity"])
     manifest = {
         "format": 1,
@@ -60,7 +60,7 @@ def test_publish_a_run_and_train_a_new_project_on_it(
         "dataset": {"path": project.dataset_path, "sha256": SHA},
         "layout": {"model_dir": ".", "adapter_dir": None},
     }
-    Path(run.output_directory, "mtm_manifest.json").write_text(json.dumps(manifest))
+    Path(run.run_folder, "mtm_manifest.json").write_text(json.dumps(manifest))
     write_sample_dataset(portal_roots / "datasets")
     start_worker(extra_env={"MTM_TORCH_THREADS": "1"}).wait_ready()
     base = live_server.url
@@ -108,4 +108,4 @@ def test_publish_a_run_and_train_a_new_project_on_it(
             expect(validation.locator(f"tr.check-{check} .badge")).to_have_text("passed")
         shot("second-project-trained-on-it")
     built = TrainingRun.objects.exclude(pk=run.pk).get()
-    assert (built.resolved_source, built.resolved_path) == ("portal", run.output_directory)
+    assert (built.resolved_source, built.resolved_path) == ("portal", run.run_folder)

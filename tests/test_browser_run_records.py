@@ -53,7 +53,7 @@ def test_an_old_runs_page_survives_an_edit_and_its_files_going(
         actor=Actor(browser_member, Channel.CLI),
     )
     first = start(project, browser_member)
-    folder = Path(first.output_directory)
+    folder = Path(first.run_folder)
     folder.mkdir(parents=True)
     (folder / "mtm_manifest.json").write_text("{}")
     TrainingRun.objects.filter(pk=first.pk).update(status=RunStatus.SUCCEEDED, resolved_revision="a" * 40)

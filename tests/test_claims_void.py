@@ -188,7 +188,7 @@ def test_a_run_folder_swapped_for_a_link_to_the_root_claims_nothing(team, tiny_l
     mallorys = project_in(team, "mallory", model, outputs / "m")
     run_folder = outputs / "m" / "run-99"
     run_folder.mkdir()
-    TrainingRun.objects.create(project=mallorys, status=status, output_directory=str(run_folder))
+    TrainingRun.objects.create(project=mallorys, status=status, run_folder=str(run_folder))
     swap_for_link(run_folder, outputs)
     assert_others_unaffected(team, model, alices)
 

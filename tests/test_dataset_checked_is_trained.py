@@ -61,7 +61,7 @@ def rewrite_in_place(path: Path, text: str) -> None:
 
 
 def manifest_of(run: TrainingRun) -> dict:
-    return json.loads((Path(run.output_directory) / MANIFEST_NAME).read_text())
+    return json.loads((Path(run.run_folder) / MANIFEST_NAME).read_text())
 
 
 def test_rows_written_past_the_bound_after_the_resolve_stage_are_never_trained_on(team, tiny_llama_in_cache, row_bound):
@@ -120,7 +120,7 @@ def test_a_copy_changed_after_the_resolve_stage_is_not_trained_on(team, tiny_lla
     run.refresh_from_db()
     assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, "train", "dataset_snapshot_changed")
     assert project.dataset_path in run.error_message and "Start the run again" in run.error_hint
-    assert not copy.exists() and not (Path(run.output_directory) / MANIFEST_NAME).exists()
+    assert not copy.exists() and not (Path(run.run_folder) / MANIFEST_NAME).exists()
 
 
 def test_a_failed_resolve_leaves_no_copy(team, tiny_llama_in_cache, row_bound):

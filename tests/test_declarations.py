@@ -234,7 +234,7 @@ def test_statuses_split_into_live_and_ended_and_name_their_stage():
 def test_a_status_shows_its_badge_polls_only_while_live_and_offers_resume_if_resumable(owner, status, tmp_path):
     project = make_project(owner, output_directory=str(tmp_path))
     run = TrainingRun.objects.create(project=project, status=status)
-    run.output_directory = str(tmp_path / f"run-{run.pk}")  # a run's checkpoints are in its own folder
+    run.run_folder = str(tmp_path / f"run-{run.pk}")  # a run's checkpoints are in its own folder
     run.save()
     checkpoint = tmp_path / f"run-{run.pk}" / "checkpoint-4"
     checkpoint.mkdir(parents=True)

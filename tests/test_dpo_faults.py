@@ -51,7 +51,7 @@ def test_a_dpo_run_whose_worker_is_killed_is_reaped_and_resume_continues(
     assert_trainer_dies(f"{worker.var_dir}/runs/{run.pk}/")
 
     checkpoint_step = max(
-        int(p.parent.name.split("-")[1]) for p in Path(run.output_directory).glob("checkpoint-*/trainer_state.json")
+        int(p.parent.name.split("-")[1]) for p in Path(run.run_folder).glob("checkpoint-*/trainer_state.json")
     )
     project.hyperparameters = {**project.hyperparameters, "max_steps": checkpoint_step + 2}
     project.save()

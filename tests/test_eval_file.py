@@ -334,7 +334,7 @@ def test_a_run_evaluates_on_the_eval_file_and_records_its_sha256(
     assert run.config["eval_dataset_sha256"] == file_sha256(eval_path) and run.config["eval_dataset_rows"] == 5
     # Every dataset row trained but the validation prompt's (no share held out); the file's five rows were
     # evaluated, at steps 4 and 8
-    manifest = json.loads((Path(run.output_directory) / "mtm_manifest.json").read_text())
+    manifest = json.loads((Path(run.run_folder) / "mtm_manifest.json").read_text())
     assert manifest["dataset"]["eval_rows"] == 5 and manifest["dataset"]["eval_source"] == "file"
     assert manifest["dataset"]["examples"] == 23 and manifest["dataset"]["held_out_rows"] == 1  # the prompt's row
     assert manifest["eval_dataset"]["sha256"] == file_sha256(eval_path)  # the run's snapshot of the file

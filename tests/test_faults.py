@@ -109,7 +109,7 @@ def test_output_folder_swapped_for_a_link_mid_training_writes_nothing_there(port
     mine = outputs / "mdir"
     proj = project(portal, "swapper", {**LONG, "save_steps": 1, "save_total_limit": 1}, mine)
     run = start(proj, portal["user"])
-    run_folder = Path(run.output_directory)  # the run's own folder inside the project's: mdir/run-<id>
+    run_folder = Path(run.run_folder)  # the run's own folder inside the project's: mdir/run-<id>
     assert run_folder.parent == mine
     # With save_total_limit 1 each checkpoint is rotated away by the next: wait for any from step 2 on.
     run = wait_for_end(run.pk, until=lambda r: any(run_folder.glob("checkpoint-[2-9]*")))

@@ -39,4 +39,4 @@ def test_trainer_killed_after_writing_its_model_is_validated_and_publishable(por
     assert "The trainer ended badly after it had written the final model and mtm_manifest.json" in run.log_tail
     assert "killed by SIGKILL" in run.log_tail and run.summary.get("global_step") == 12  # from the manifest
     published = publish_run(run, "ops-team/late-kill", actor=Actor(portal["user"], Channel.CLI))
-    assert published.path == run.output_directory
+    assert published.path == run.run_folder

@@ -34,7 +34,7 @@ def test_worker_killed_mid_training_is_reaped_and_resume_continues(portal, start
     # The newest complete checkpoint: the kill may have cut one short (no trainer_state.json), and resume skips it.
     checkpoint_step = max(
         int(p.parent.name.split("-")[1])
-        for p in Path(run.output_directory).glob("checkpoint-*/trainer_state.json")  # the run's own folder
+        for p in Path(run.run_folder).glob("checkpoint-*/trainer_state.json")  # the run's own folder
     )
     proj.hyperparameters = {**proj.hyperparameters, "max_steps": checkpoint_step + 3}
     proj.save()

@@ -138,7 +138,7 @@ def test_validate_model_is_under_the_per_member_cap(memhog, settings):
 def test_a_cache_copy_planted_under_a_published_name_does_not_take_it_over(team, api, tiny_llama_dir, hf_cache):  # noqa: F811
     assert api("alice", team["run"], "alice/bot").status_code == 201
     planted = install_into_cache(tiny_llama_dir, hf_cache, "alice/bot").parent.parent  # mallory's copy
-    published_folder = team["run"].output_directory
+    published_folder = team["run"].run_folder
 
     resolution = resolve_model("alice/bot")
     assert (resolution.source, resolution.path, resolution.valid) == ("portal", published_folder, True)

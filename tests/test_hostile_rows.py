@@ -209,7 +209,7 @@ def test_folders_a_run_makes_on_the_way_are_not_world_writable(team, tiny_llama_
         os.close(create_run_folder(run))
     finally:
         os.umask(umask)
-    for folder in (target.parent, target, Path(run.output_directory)):
+    for folder in (target.parent, target, Path(run.run_folder)):
         assert stat.S_IMODE(folder.stat().st_mode) == DIR_MODE, folder
 
 

@@ -149,7 +149,7 @@ def test_a_folder_holding_a_model_of_no_project_is_refused_to_members(team, tiny
 
 def test_a_run_marker_names_its_project(team, tiny_llama_in_cache):
     alice = alices_trained_project(team, tiny_llama_in_cache[0])
-    run = TrainingRun.objects.create(project=alice, output_directory=alice.output_directory)
+    run = TrainingRun.objects.create(project=alice, run_folder=alice.output_directory)
     elsewhere = team["root"] / "outputs" / "marked"
     elsewhere.mkdir()
     (elsewhere / ".mtm-run").write_text(f"{run.pk}\n")
@@ -173,7 +173,7 @@ def test_the_api_refuses_another_members_folder_with_the_field_named(client, tea
 
 def test_start_refuses_a_project_saved_onto_another_members_folder(team, tiny_llama_in_cache):
     alice = alices_trained_project(team, tiny_llama_in_cache[0])
-    TrainingRun.objects.create(project=alice, output_directory=alice.output_directory)  # queued
+    TrainingRun.objects.create(project=alice, run_folder=alice.output_directory)  # queued
     # Saved before the rule existed (or through a folder that has since become a link).
     sneaky = TrainingProject.objects.create(
         owner=team["mallory"], **{**fields(team["root"], "x/y"), "output_directory": alice.output_directory + "/m"}
@@ -203,7 +203,7 @@ def test_a_queued_run_blocks_a_run_inside_its_folder_even_for_the_same_owner(tea
     first = create_project(actor=Actor.command_line(team["alice"]), data=fields(team["root"], tiny_llama_in_cache[0]))
     inner = fields(team["root"], tiny_llama_in_cache[0], name="inner", output_directory=first.output_directory + "/m")
     second = create_project(actor=Actor.command_line(team["alice"]), data=inner)
-    busy = TrainingRun.objects.create(project=first, output_directory=first.output_directory)
+    busy = TrainingRun.objects.create(project=first, run_folder=first.output_directory)
     with pytest.raises(RunRefused) as refused:
         start_run(second, actor=Actor.command_line(team["alice"]))
     assert refused.value.problem.code == "output_directory_busy" and f"Run {busy.pk}" in refused.value.problem.message
@@ -217,7 +217,7 @@ def resolving_run(project: TrainingProject, snapshot: Path, user) -> TrainingRun
         project=project,
         started_by=user,
         status=RunStatus.RESOLVING,
-        output_directory=os.path.realpath(project.output_directory),
+        run_folder=os.path.realpath(project.output_directory),
         resolved_source="cache",
         resolved_path=str(snapshot),
     )

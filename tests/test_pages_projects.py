@@ -193,9 +193,9 @@ def test_resume_button_appears_only_with_a_checkpoint(owner, roots):
     client = secure_client(owner)
     assert 'name="resume"' not in text(client.get(f"/projects/{project.pk}/"))
     run = TrainingRun.objects.create(project=project, status=RunStatus.CANCELLED)
-    run.output_directory = str(roots / "outputs" / "demo" / f"run-{run.pk}")  # a run's checkpoints: its own folder
+    run.run_folder = str(roots / "outputs" / "demo" / f"run-{run.pk}")  # a run's checkpoints: its own folder
     run.save()
-    checkpoint = Path(run.output_directory) / "checkpoint-4"
+    checkpoint = Path(run.run_folder) / "checkpoint-4"
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text("{}")
     html = text(client.get(f"/projects/{project.pk}/"))
@@ -484,7 +484,7 @@ def test_start_with_the_broker_down_records_why(transactional_db, owner, roots):
 def test_start_refused_while_a_live_run_writes_the_same_output(owner, roots):
     project = make_project(owner, roots)
     busy = TrainingRun.objects.create(
-        project=project, status=RunStatus.TRAINING, output_directory=str(roots / "outputs" / "demo")
+        project=project, status=RunStatus.TRAINING, run_folder=str(roots / "outputs" / "demo")
     )
     response = secure_client(owner).post(f"/projects/{project.pk}/start/", follow=True)
     html = text(response)
@@ -657,11 +657,11 @@ def test_run_with_validation_shows_the_four_checks(owner, roots):
 def test_resume_offered_on_a_cancelled_run_with_a_checkpoint(owner, roots):
     project = make_project(owner, roots, hyperparameters={"max_steps": 10})
     run = TrainingRun.objects.create(project=project, status=RunStatus.CANCELLED)
-    run.output_directory = str(roots / "outputs" / "demo" / f"run-{run.pk}")  # a run's checkpoints: its own folder
+    run.run_folder = str(roots / "outputs" / "demo" / f"run-{run.pk}")  # a run's checkpoints: its own folder
     run.save()
     client = secure_client(owner)
     assert "Resume from" not in text(client.get(f"/projects/runs/{run.pk}/"))
-    checkpoint = Path(run.output_directory) / "checkpoint-8"
+    checkpoint = Path(run.run_folder) / "checkpoint-8"
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text("{}")
     html = text(client.get(f"/projects/runs/{run.pk}/"))
@@ -673,9 +673,9 @@ def test_resume_is_not_offered_from_a_checkpoint_at_max_steps(owner, roots):
     max_steps offers it again."""
     project = make_project(owner, roots, hyperparameters={"max_steps": 8})
     run = TrainingRun.objects.create(project=project, status=RunStatus.FAILED)  # e.g. failed at validation
-    run.output_directory = str(roots / "outputs" / "demo" / f"run-{run.pk}")
+    run.run_folder = str(roots / "outputs" / "demo" / f"run-{run.pk}")
     run.save()
-    checkpoint = Path(run.output_directory) / "checkpoint-8"
+    checkpoint = Path(run.run_folder) / "checkpoint-8"
     checkpoint.mkdir(parents=True)
     (checkpoint / "trainer_state.json").write_text('{"global_step": 8}')
     client = secure_client(owner)

@@ -113,7 +113,7 @@ def project_state(world: World, _target: Any = None) -> dict:
 
 
 def runs_state(world: World, _target: Any = None) -> list[dict]:
-    fields = ("status", "resume", "cancel_requested", "started_by__username", "output_directory", "project__name")
+    fields = ("status", "resume", "cancel_requested", "started_by__username", "run_folder", "project__name")
     fields += ("resume_source", "resumed_from", "config")
     rows = list(TrainingRun.objects.order_by("id").values("id", *fields))
     # Each door makes its runs anew, and PostgreSQL does not hand a rolled-back id out again: runs are compared by
@@ -121,7 +121,7 @@ def runs_state(world: World, _target: Any = None) -> list[dict]:
     place = {row.pop("id"): index for index, row in enumerate(rows)}
     for row in rows:
         row["resume_source"] = place.get(row["resume_source"], row["resume_source"])
-        for key in ("output_directory", "resumed_from"):
+        for key in ("run_folder", "resumed_from"):
             row[key] = RUN_FOLDER.sub("run-<id>", row[key])
     return rows
 
@@ -164,7 +164,7 @@ def api_body_for(world: World, body: dict) -> dict:
 def queued_run(status: RunStatus) -> Callable[[World], TrainingRun]:
     def setup(world: World) -> TrainingRun:
         return TrainingRun.objects.create(
-            project=world.project, status=status, output_directory=world.project.output_directory
+            project=world.project, status=status, run_folder=world.project.output_directory
         )
 
     return setup
@@ -173,9 +173,9 @@ def queued_run(status: RunStatus) -> Callable[[World], TrainingRun]:
 def with_checkpoint(world: World) -> TrainingRun:
     """A cancelled run that left a checkpoint in its own folder."""
     run = TrainingRun.objects.create(project=world.project, status=RunStatus.CANCELLED)
-    run.output_directory = str(Path(world.project.output_directory) / f"run-{run.pk}")
+    run.run_folder = str(Path(world.project.output_directory) / f"run-{run.pk}")
     run.save()
-    checkpoint = Path(run.output_directory) / "checkpoint-4"
+    checkpoint = Path(run.run_folder) / "checkpoint-4"
     checkpoint.mkdir(parents=True, exist_ok=True)
     (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 4}))
     return run

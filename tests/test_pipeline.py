@@ -39,7 +39,7 @@ def test_full_fine_tune_succeeds_and_is_proven_to_work(portal, tiny_llama_in_cac
     assert all(c["passed"] for c in checks.values()), checks
     assert run.validation["prompt"] == "Say hello:"
     assert run.validation["sample_output"] != ""
-    out = Path(run.output_directory)  # the run's own folder inside the project's output directory
+    out = Path(run.run_folder)  # the run's own folder inside the project's output directory
     assert out == portal["root"] / "outputs" / "p" / f"run-{run.pk}"
     manifest = json.loads((out / "mtm_manifest.json").read_text())
     assert manifest["base_model"] == {"name": name, "revision": snapshot.name, "path": str(snapshot)}
@@ -115,7 +115,7 @@ def test_two_live_runs_on_one_output_directory_are_refused(portal, tiny_llama_in
     project = make_project(portal, tiny_llama_in_cache[0], name="busy")
     from projects.models import TrainingRun
 
-    TrainingRun.objects.create(project=project, status=RunStatus.TRAINING, output_directory=project.output_directory)
+    TrainingRun.objects.create(project=project, status=RunStatus.TRAINING, run_folder=project.output_directory)
     with pytest.raises(RunRefused) as refused:
         start(project, portal["user"])
     assert refused.value.problem.code == "output_directory_busy"
@@ -129,7 +129,7 @@ def test_resume_whose_checkpoint_vanished_after_start_fails_instead_of_starting_
 
     project = make_project(portal, tiny_llama_in_cache[0], name="vanished")
     # Start accepted the resume while checkpoint-4 was there; it was deleted before the worker got to it.
-    run = TrainingRun.objects.create(project=project, resume=True, output_directory=project.output_directory)
+    run = TrainingRun.objects.create(project=project, resume=True, run_folder=project.output_directory)
     assert enqueue(run.pk)
     run = wait_for_end(run.pk)
     assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, RunStage.TRAIN, "no_checkpoint")

@@ -51,7 +51,5 @@ def test_a_messages_file_trains_on_a_base_model_with_the_chatml_template(
     run = wait_for_end(start(project, portal["user"]).pk)
     assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
     assert run.validation["prompt"] == "<|im_start|>user\nSay hello<|im_end|>\n<|im_start|>assistant\n"
-    saved = json.loads((Path(run.output_directory) / "tokenizer_config.json").read_text())
-    assert "<|im_start|>" in (
-        saved.get("chat_template") or (Path(run.output_directory) / "chat_template.jinja").read_text()
-    )
+    saved = json.loads((Path(run.run_folder) / "tokenizer_config.json").read_text())
+    assert "<|im_start|>" in (saved.get("chat_template") or (Path(run.run_folder) / "chat_template.jinja").read_text())

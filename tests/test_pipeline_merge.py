@@ -24,6 +24,6 @@ def test_lora_with_merge(portal, tiny_llama_in_cache, celery_worker):
     )
     run = wait_for_end(start(project, portal["user"]).pk)
     assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.log_tail[-3000:])
-    out = Path(run.output_directory)
+    out = Path(run.run_folder)
     assert (out / "adapter_config.json").is_file() and (out / "merged" / "config.json").is_file()
     assert all(c["passed"] for c in run.validation["checks"])

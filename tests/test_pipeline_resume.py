@@ -35,8 +35,8 @@ def test_cancel_mid_run_then_resume_from_checkpoint(portal, tiny_llama_in_cache,
     resumed = wait_for_end(start(project, portal["user"], resume=True).pk)
     assert resumed.status == RunStatus.SUCCEEDED, (resumed.error_message, resumed.log_tail[-3000:])
     assert resumed.resumed_from.endswith(f"checkpoint-{stopped_at}")
-    assert resumed.resumed_from.startswith(run.output_directory + "/")  # the cancelled run's own checkpoint
-    assert resumed.output_directory != run.output_directory
+    assert resumed.resumed_from.startswith(run.run_folder + "/")  # the cancelled run's own checkpoint
+    assert resumed.run_folder != run.run_folder
     # The chart shows the whole history: the cancelled run's points up to its checkpoint, then the new ones.
     inherited = [m for m in resumed.metrics if m["step"] <= stopped_at]
     assert inherited == [m for m in run.metrics if m["step"] <= stopped_at] and inherited

@@ -20,18 +20,18 @@ def test_two_runs_of_one_project_keep_their_own_files(portal, tiny_llama_in_cach
     first = wait_for_end(start(project, portal["user"]).pk)
     assert first.status == RunStatus.SUCCEEDED, (first.error_message, first.log_tail[-3000:])
     first_files = {
-        path.relative_to(first.output_directory): path.read_bytes()
-        for path in Path(first.output_directory).rglob("*")
+        path.relative_to(first.run_folder): path.read_bytes()
+        for path in Path(first.run_folder).rglob("*")
         if path.is_file()
     }
     assert Path("checkpoint-4/trainer_state.json") in first_files and Path("mtm_manifest.json") in first_files
     second = wait_for_end(start(project, portal["user"]).pk)
     assert second.status == RunStatus.SUCCEEDED, (second.error_message, second.log_tail[-3000:])
-    assert second.output_directory != first.output_directory
+    assert second.run_folder != first.run_folder
     assert {
-        path.relative_to(first.output_directory): path.read_bytes()
-        for path in Path(first.output_directory).rglob("*")
+        path.relative_to(first.run_folder): path.read_bytes()
+        for path in Path(first.run_folder).rglob("*")
         if path.is_file()
     } == first_files
-    assert (Path(second.output_directory) / "checkpoint-4").is_dir()
+    assert (Path(second.run_folder) / "checkpoint-4").is_dir()
     assert not (Path(project.output_directory) / "mtm_manifest.json").exists()  # nothing at the top any more

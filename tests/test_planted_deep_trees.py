@@ -134,7 +134,7 @@ def swapped_run_folder(team, model_name: str, snapshot: Path, status: str) -> Tr
     project = create_project(actor=as_(team["mallory"]), data=fields(team["root"], model_name))
     run = run_of(project, team["mallory"], status=status, snapshot=snapshot)
     os.close(create_run_folder(run))
-    folder = Path(run.output_directory)
+    folder = Path(run.run_folder)
     folder.rename(folder.with_name("moved-away"))
     folder.mkdir()
     return run
@@ -151,7 +151,7 @@ def test_a_deep_tree_in_a_runs_snapshot_folder_no_longer_crashes_the_validate_st
     stages.validate_stage(run.pk)
     run.refresh_from_db()
     assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, "validate", "run_folder_changed")
-    assert str(run.output_directory) in run.error_message and not snapshots.exists()
+    assert str(run.run_folder) in run.error_message and not snapshots.exists()
 
 
 def test_a_deep_tree_where_the_dataset_snapshot_goes_is_cleared_first(
@@ -186,7 +186,7 @@ def test_a_run_folder_past_the_entry_bound_fails_validation_naming_it(team, tiny
     project = create_project(actor=as_(team["mallory"]), data=fields(team["root"], name))
     run = run_of(project, team["mallory"], status=RunStatus.VALIDATING, snapshot=snapshot)
     fd = create_run_folder(run)
-    folder = Path(run.output_directory)
+    folder = Path(run.run_folder)
     try:
         fill(folder / "junk", folder_scan.MAX_ENTRIES + 1)
         report = validate_output(folder, "Hello", base_model_path=str(snapshot), folder_fd=fd)

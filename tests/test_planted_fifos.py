@@ -92,7 +92,7 @@ def stopped_run_with_checkpoint(project: TrainingProject, owner: User, step: int
     """A cancelled run of `project` with an empty checkpoint-`step` folder; the folder."""
     run = start(project, owner)
     TrainingRun.objects.filter(pk=run.pk).update(status=RunStatus.CANCELLED)
-    folder = Path(run.output_directory) / f"checkpoint-{step}"
+    folder = Path(run.run_folder) / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     return folder
 

@@ -298,7 +298,7 @@ def test_a_model_that_fails_to_load_ends_the_message_with_an_error(members):
     run = TrainingRun.objects.create(
         project=project,
         status=RunStatus.SUCCEEDED,
-        output_directory=str(output),
+        run_folder=str(output),
         run_folder_identity=identity_of(output),
     )
     conversation = new_conversation(token, run_id=run.pk)
@@ -333,7 +333,7 @@ def test_a_run_answers_from_the_folder_it_made_and_is_refused_once_swapped(membe
     run = TrainingRun.objects.create(
         project=project,
         status=RunStatus.SUCCEEDED,
-        output_directory=str(output),
+        run_folder=str(output),
         run_folder_identity=identity_of(output),
     )
     path = f"/playground/conversations/{new_conversation(token, run_id=run.pk)['id']}/messages"

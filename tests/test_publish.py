@@ -45,8 +45,8 @@ def manifest(model_dir: str | None, method: str = "full") -> dict:
 
 def finished_run(project: TrainingProject, *, status: str = RunStatus.SUCCEEDED) -> TrainingRun:
     run = TrainingRun.objects.create(project=project, started_by=project.owner, status=status)
-    run.output_directory = str(Path(project.output_directory) / f"run-{run.pk}")
-    run.save(update_fields=["output_directory"])
+    run.run_folder = str(Path(project.output_directory) / f"run-{run.pk}")
+    run.save(update_fields=["run_folder"])
     return run
 
 
@@ -64,7 +64,7 @@ def project_of(team: dict, owner, name: str, model_name: str = "test-org/tiny-ll
 
 def as_created(run: TrainingRun) -> TrainingRun:
     """The run's folder recorded on its row, as the train stage records the folder it creates."""
-    run.run_folder_identity = identity_of(run.output_directory)
+    run.run_folder_identity = identity_of(run.run_folder)
     run.save(update_fields=["run_folder_identity"])
     return run
 
@@ -72,8 +72,8 @@ def as_created(run: TrainingRun) -> TrainingRun:
 def full_fine_tune_run(project: TrainingProject, model_dir: Path) -> TrainingRun:
     """A succeeded full fine-tune as the trainer leaves it: a complete model at the top of its folder, a manifest."""
     run = finished_run(project)
-    shutil.copytree(model_dir, run.output_directory)
-    (Path(run.output_directory) / "mtm_manifest.json").write_text(json.dumps(manifest(".")))
+    shutil.copytree(model_dir, run.run_folder)
+    (Path(run.run_folder) / "mtm_manifest.json").write_text(json.dumps(manifest(".")))
     return as_created(run)
 
 
@@ -121,7 +121,7 @@ def test_a_published_model_resolves_from_the_portal_with_its_facts(team, api, cl
     resp = api("alice", team["run"], "team/support-bot-v2", note="first try")
     assert resp.status_code == 201, resp.content
     body = resp.json()
-    assert body["path"] == team["run"].output_directory and body["run_id"] == team["run"].pk
+    assert body["path"] == team["run"].run_folder and body["run_id"] == team["run"].pk
     assert (body["base_model"], body["base_revision"], body["dataset_sha256"]) == (
         "test-org/tiny-llama",
         "0123456789abcdef",
@@ -129,7 +129,7 @@ def test_a_published_model_resolves_from_the_portal_with_its_facts(team, api, cl
     )
     assert body["validation"]["valid"] is True and body["validation"]["source"] == "portal"
     resolution = resolve_model("team/support-bot-v2")
-    assert (resolution.valid, resolution.source, resolution.path) == (True, "portal", team["run"].output_directory)
+    assert (resolution.valid, resolution.source, resolution.path) == (True, "portal", team["run"].run_folder)
     checked = call(
         client, "post", "/projects/validate-model", {"model_name": "team/support-bot-v2"}, team["tokens"]["mallory"]
     )
@@ -194,7 +194,7 @@ def test_a_run_that_failed_or_kept_only_an_adapter_is_refused(team, api):
     resp = api("alice", failed, "team/failed")
     assert resp.status_code == 422 and codes(resp) == ["run_not_succeeded"]
     adapter_only = finished_run(team["project"])
-    folder = Path(adapter_only.output_directory)
+    folder = Path(adapter_only.run_folder)
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text("{}")
     (folder / "mtm_manifest.json").write_text(json.dumps(manifest(None, method="lora")))
@@ -210,9 +210,9 @@ def test_a_run_that_failed_after_writing_its_model_is_refused_with_why_and_what_
     run = finished_run(team["project"], status=RunStatus.FAILED)
     run.stage_failed, run.error_code, run.error_message = "train", "worker_lost", "Worker lost: no heartbeat."
     run.save()
-    shutil.copytree(team["run"].output_directory, run.output_directory)
+    shutil.copytree(team["run"].run_folder, run.run_folder)
     written = {**manifest("."), "finished_at": "2025-01-02T03:04:05+00:00"}
-    (Path(run.output_directory) / "mtm_manifest.json").write_text(json.dumps(written))
+    (Path(run.run_folder) / "mtm_manifest.json").write_text(json.dumps(written))
     resp = api("alice", run, "team/late")
     assert resp.status_code == 422 and codes(resp) == ["run_not_succeeded"]
     error = resp.json()["errors"][0]
@@ -222,15 +222,13 @@ def test_a_run_that_failed_after_writing_its_model_is_refused_with_why_and_what_
         "never validated" in error["message"]
     )
     assert "Start a new run of project 'support'" in error["hint"]
-    assert (
-        f"Model Override (a name of your team's organisation) that points at {run.output_directory}:" in error["hint"]
-    )
+    assert f"Model Override (a name of your team's organisation) that points at {run.run_folder}:" in error["hint"]
     assert not PublishedModel.objects.exists()
 
 
 def test_a_manifest_or_folder_that_points_elsewhere_is_refused(team, api, tiny_llama_dir, tmp_path):
     run = team["run"]
-    folder = Path(run.output_directory)
+    folder = Path(run.run_folder)
     (folder / "mtm_manifest.json").write_text(json.dumps(manifest("../../../../elsewhere")))
     resp = api("alice", run, "team/escape")
     assert resp.status_code == 422 and codes(resp) == ["manifest_invalid"]
@@ -249,7 +247,7 @@ def test_a_manifest_or_folder_that_points_elsewhere_is_refused(team, api, tiny_l
 
 
 def test_a_published_folder_that_fails_the_format_checks_is_refused(team, api):
-    (Path(team["run"].output_directory) / "config.json").unlink()
+    (Path(team["run"].run_folder) / "config.json").unlink()
     resp = api("alice", team["run"], "team/broken")
     assert resp.status_code == 422 and "model_format_invalid" in codes(resp)
 
@@ -264,7 +262,7 @@ def test_unpublishing_never_deletes_files_and_strangers_may_not(team, api, clien
     owner_page = secure_client(team["alice"]).get("/models/team/keep/").content.decode()
     assert "Unpublish" in owner_page
     assert call(client, "delete", url, None, team["tokens"]["alice"]).status_code == 204
-    folder = Path(team["run"].output_directory)
+    folder = Path(team["run"].run_folder)
     assert (folder / "config.json").is_file() and (folder / "mtm_manifest.json").is_file()
     gone = resolve_model("team/keep")
     assert not gone.valid and gone.errors[0].code == "model_not_found"
@@ -344,7 +342,7 @@ def test_an_unpublished_name_says_who_unpublished_it_and_what_to_do(team, api, c
         "Model 'team/retired' not found.",
         f"'team/retired' was a fine-tune published in this portal from run {team['run'].pk} of project 'support' "
         "and was unpublished by alice on ",
-        f"Its files were not deleted: {team['run'].output_directory}.",
+        f"Its files were not deleted: {team['run'].run_folder}.",
     )
     hint = f"publish it again from run {team['run'].pk}'s page (Publish as 'team/retired'), or pick another base"
     gone = resolve_model("team/retired")
@@ -369,7 +367,7 @@ def test_an_unpublished_name_says_who_unpublished_it_and_what_to_do(team, api, c
     # Once its run is deleted, the way back is another base model (or an override), not the run's page.
     team["run"].delete()
     assert "Its run has been deleted" in resolve_model("team/retired").errors[0].hint
-    assert Path(team["run"].output_directory, "config.json").is_file()
+    assert Path(team["run"].run_folder, "config.json").is_file()
 
 
 def test_a_freed_name_is_not_another_members_to_take(team, api, client, tiny_llama_dir):
@@ -400,7 +398,7 @@ def test_a_cache_model_that_arrives_under_a_published_name_does_not_take_it_over
     assert resolve_model("team/a").source == "portal"
     copy = install_into_cache(tiny_llama_dir, current_cache_dir()[0], "team/a")
     resolved = resolve_model("team/a")
-    assert resolved.source == "portal" and resolved.valid and resolved.path == team["run"].output_directory
+    assert resolved.source == "portal" and resolved.valid and resolved.path == team["run"].run_folder
     [warning] = [w for w in resolved.warnings if w.code == "cache_copy_ignored"]
     assert str(copy.parent.parent) in warning.message and "not used" in warning.message
 
@@ -428,7 +426,7 @@ def test_publish_and_unpublish_from_the_pages(team):
     assert "Published as" in page.get(f"/projects/runs/{team['run'].pk}/").content.decode()
     published = PublishedModel.objects.get()
     assert page.post(f"/projects/published/{published.pk}/unpublish/").status_code == 302
-    assert not PublishedModel.objects.exists() and Path(team["run"].output_directory, "config.json").is_file()
+    assert not PublishedModel.objects.exists() and Path(team["run"].run_folder, "config.json").is_file()
 
 
 def test_staff_publish_and_unpublish_in_the_admin(team):
@@ -450,7 +448,7 @@ def test_staff_publish_and_unpublish_in_the_admin(team):
     resp = admin.post(f"/admin/models_registry/publishedmodel/{published.pk}/delete/", {"post": "yes"})
     assert resp.status_code == 302 and not PublishedModel.objects.exists()
     assert AuditEvent.objects.get(action="published_model.delete").via == "admin"
-    assert Path(team["run"].output_directory, "config.json").is_file()
+    assert Path(team["run"].run_folder, "config.json").is_file()
 
 
 # --- the adapter download --------------------------------------------------------------------------------------
@@ -460,7 +458,7 @@ def test_staff_publish_and_unpublish_in_the_admin(team):
 def lora_run(team, tmp_path):
     project = project_of(team, team["alice"], "lora", method="lora")
     run = finished_run(project)
-    folder = Path(run.output_directory)
+    folder = Path(run.run_folder)
     (folder / "merged").mkdir(parents=True)
     (folder / "checkpoint-2").mkdir()
     files = {
@@ -517,7 +515,7 @@ def test_the_adapter_is_not_for_strangers_or_runs_without_one(team, lora_run, cl
     refused = call(client, "get", f"/runs/{failed.pk}/adapter.tar.gz", None, team["tokens"]["alice"])
     assert refused.status_code == 404 and codes(refused) == ["adapter_unavailable"]
     assert f"Run {failed.pk} is failed: only a run that succeeded" in refused.text
-    folder = Path(run.output_directory)
+    folder = Path(run.run_folder)
     moved = folder.with_name("moved")
     folder.rename(moved)
     folder.symlink_to(moved)  # the run's folder swapped for a link
@@ -562,7 +560,7 @@ def test_an_adapter_whose_weights_are_a_link_is_refused_with_why_not_sent_withou
     """The attack: adapter_model.safetensors replaced by a link (or a hard link, as `cp -al` backups make) gave a
     200 archive without the weights, which loads nothing."""
     run, files = lora_run
-    folder = Path(run.output_directory)
+    folder = Path(run.run_folder)
     weights = folder / "adapter_model.safetensors"
     elsewhere = folder.parent / "weights-elsewhere.safetensors"
     weights.rename(elsewhere)

@@ -52,7 +52,7 @@ def test_a_published_model_is_the_base_of_another_members_project(
     published = call(client, "post", f"/runs/{first.pk}/publish", {"model_name": "team/support-bot-v2"}, alice)
     assert published.status_code == 201, published.content
     body = published.json()
-    assert body["path"] == str(Path(first.output_directory) / "merged") and body["method"] == "lora"
+    assert body["path"] == str(Path(first.run_folder) / "merged") and body["method"] == "lora"
     assert body["base_model"] == tiny_llama_in_cache[0] and body["base_revision"] == first.resolved_revision
     assert body["dataset_sha256"] == first.config["dataset_sha256"] and body["validation"]["valid"] is True
 
@@ -61,7 +61,7 @@ def test_a_published_model_is_the_base_of_another_members_project(
     assert resp.status_code == 200
     with tarfile.open(fileobj=io.BytesIO(b"".join(resp.streaming_content)), mode="r:gz") as tar:
         files = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
-    folder = Path(first.output_directory)
+    folder = Path(first.run_folder)
     on_disk = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
     assert files == on_disk
     assert {"adapter_config.json", "adapter_model.safetensors", "mtm_manifest.json"} <= set(files)
@@ -71,7 +71,7 @@ def test_a_published_model_is_the_base_of_another_members_project(
     built = train(client, bob, second.json()["id"])
     assert (built.resolved_source, built.resolved_path) == ("portal", body["path"])
     assert built.validation["passed"] is True
-    assert Path(built.output_directory, "model.safetensors").is_file()
+    assert Path(built.run_folder, "model.safetensors").is_file()
 
     # Unpublishing stops the name resolving for new runs, at Start, whatever the worker's last report listed; the
     # first run's files stay.

@@ -62,8 +62,8 @@ def members_run(team, path: str, *, method: str = "full", status: str = RunStatu
     run = TrainingRun.objects.create(
         project=project, started_by=owner, status=status, resolved_source="portal", resolved_path=path
     )
-    run.output_directory = run_folder(project.output_directory, run.pk)
-    run.save(update_fields=["output_directory"])
+    run.run_folder = run_folder(project.output_directory, run.pk)
+    run.save(update_fields=["run_folder"])
     if status == RunStatus.RESOLVING:
         copy_dataset_as_resolve_does(run)
     return run
@@ -87,7 +87,7 @@ def test_a_published_base_swapped_after_the_resolve_check_is_not_trained_from(te
     run = failed(run, "train", "run_folder_changed")
     assert path in run.error_message and "not the folder the worker created" in run.error_message
     assert run.error_hint
-    out = Path(run.output_directory)
+    out = Path(run.run_folder)
     assert not (out / "config.json").exists() and not (out / MANIFEST_NAME).exists()  # nothing trained
 
 
@@ -105,18 +105,18 @@ def test_the_path_handed_to_the_children_still_reaches_the_checked_folder_after_
 
 
 def _spec_rest(run: TrainingRun) -> dict:
-    return {"model_name": NAME, "dataset_path": run.project.dataset_path, "output_dir": run.output_directory}
+    return {"model_name": NAME, "dataset_path": run.project.dataset_path, "output_dir": run.run_folder}
 
 
 def test_a_published_base_swapped_before_validation_is_not_read(team, api):
     """The run trained on the published folder; before validation loads the base, the folder is swapped."""
     path = published(team, api)
     run = members_run(team, path, status=RunStatus.TRAINING, validation_prompt="Say hello:")
-    shutil.copytree(path, run.output_directory)  # what a full fine-tune on it leaves, recorded as the worker made it
-    Path(run.output_directory, MANIFEST_NAME).write_text(
+    shutil.copytree(path, run.run_folder)  # what a full fine-tune on it leaves, recorded as the worker made it
+    Path(run.run_folder, MANIFEST_NAME).write_text(
         json.dumps({"format": 1, "layout": {"model_dir": ".", "adapter_dir": None}, "finished_at": "2026-12-01"})
     )
-    TrainingRun.objects.filter(pk=run.pk).update(run_folder_identity=identity_of(run.output_directory))
+    TrainingRun.objects.filter(pk=run.pk).update(run_folder_identity=identity_of(run.run_folder))
     swap_for_her_copy(path)
 
     stages.validate_stage(run.pk)
@@ -141,7 +141,7 @@ def test_a_run_on_a_published_base_trains_and_validates_through_the_held_folder(
     path = published(team, api)
     run = members_run(team, path, method="lora", validation_prompt="Say hello:")
     assert stages.train_stage(run.pk) is True, TrainingRun.objects.get(pk=run.pk).log_tail[-3000:]
-    out = Path(run.output_directory)
+    out = Path(run.run_folder)
     assert json.loads((out / MANIFEST_NAME).read_text())["base_model"]["path"] == path
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == path
     assert "/proc/" not in "".join(p.read_text() for p in out.glob("*.json"))

@@ -62,7 +62,7 @@ def test_a_tokenizer_file_swapped_after_the_check_is_not_read_for_the_validation
     mine = planted_template(team["root"])
     fd = reopen_run_folder(run)  # the validate stage's check: the folder the train stage created
     try:
-        swap_in(Path(run.output_directory), mine, how)
+        swap_in(Path(run.run_folder), mine, how)
         prompt = stages._validation_prompt(run, ROWS, fd)
     finally:
         os.close(fd)
@@ -81,9 +81,9 @@ def as_recorded_on_another_host(folder: str) -> str:
 
 def test_a_run_folder_recorded_on_another_host_is_the_same_folder_here(team):
     run = team["run"]
-    run.run_folder_identity = as_recorded_on_another_host(run.output_directory)
+    run.run_folder_identity = as_recorded_on_another_host(run.run_folder)
     os.close(open_run_folder(run))
-    assert standing(run.output_directory, run.run_folder_identity)[0] is Standing.INTACT
+    assert standing(run.run_folder, run.run_folder_identity)[0] is Standing.INTACT
 
 
 def test_another_folder_recorded_on_another_host_is_still_refused(team, tmp_path):
@@ -92,18 +92,18 @@ def test_another_folder_recorded_on_another_host_is_still_refused(team, tmp_path
     other.mkdir(parents=True)
     recorded = as_recorded_on_another_host(str(other))
     with pytest.raises(RunFolderRefused) as refused:
-        open_folder_as_made(run.output_directory, recorded, run.pk)
+        open_folder_as_made(run.run_folder, recorded, run.pk)
     assert refused.value.problem.code == "run_folder_changed"
-    assert standing(run.output_directory, recorded)[0] is Standing.REPLACED
+    assert standing(run.run_folder, recorded)[0] is Standing.REPLACED
 
 
 def test_an_identity_recorded_without_a_filesystem_id_still_works(team, tmp_path):
     run = team["run"]
-    info = os.stat(run.output_directory)
+    info = os.stat(run.run_folder)
     run.run_folder_identity = f"{info.st_dev}:{info.st_ino}"  # rows recorded before the filesystem id was
     os.close(open_run_folder(run))
-    assert standing(run.output_directory, run.run_folder_identity)[0] is Standing.INTACT
+    assert standing(run.run_folder, run.run_folder_identity)[0] is Standing.INTACT
     run.run_folder_identity = f"{info.st_dev + 1}:{info.st_ino}"  # another device: another folder, as before
     with pytest.raises(RunFolderRefused):
         open_run_folder(run)
-    assert identity_of(run.output_directory).count(":") == 2  # what is recorded now carries the filesystem id
+    assert identity_of(run.run_folder).count(":") == 2  # what is recorded now carries the filesystem id

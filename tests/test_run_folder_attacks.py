@@ -45,8 +45,8 @@ def run_of(project: TrainingProject, user, status: str = RunStatus.RESOLVING, sn
         resolved_source="cache",
         resolved_path=str(snapshot or ""),
     )
-    run.output_directory = run_folder(project.output_directory, run.pk)
-    run.save(update_fields=["output_directory"])
+    run.run_folder = run_folder(project.output_directory, run.pk)
+    run.save(update_fields=["run_folder"])
     return run
 
 
@@ -75,7 +75,7 @@ def test_a_run_folder_planted_before_the_run_fails_it_and_nothing_is_written_thr
     data = fields(team["root"], name, hyperparameters={**FAST_HYPERPARAMETERS, "max_steps": 2, "save_steps": 1})
     project = create_project(actor=as_(team["mallory"]), data=data)
     run = run_of(project, team["mallory"], snapshot=snapshot)
-    planted = Path(run.output_directory)
+    planted = Path(run.run_folder)
     planted.mkdir(parents=True)
     (planted / "checkpoint-1").symlink_to(alices, target_is_directory=True)
     (planted / "config.json").symlink_to(alices / "config.json")
@@ -178,7 +178,7 @@ def test_a_trained_runs_files_are_0644_and_validation_reads_only_the_folder_it_c
     run = run_of(project, team["mallory"], snapshot=snapshot)
     copy_dataset_as_resolve_does(run)
     assert stages.train_stage(run.pk) is True, TrainingRun.objects.get(pk=run.pk).log_tail[-3000:]
-    folder = Path(run.output_directory)
+    folder = Path(run.run_folder)
     found = {str(p.relative_to(folder)): p.lstat() for p in folder.rglob("*")}
     assert "model.safetensors" in " ".join(found) and "merged/config.json" in found and MANIFEST_NAME in found
     assert sorted(n for n in found if "/" not in n and n.startswith("checkpoint-")) == ["checkpoint-3"]  # rotated
@@ -217,7 +217,7 @@ def lora_run(team) -> TrainingRun:
     )
     run = run_of(project, team["alice"], status=RunStatus.SUCCEEDED)
     os.close(create_run_folder(run))  # made and recorded as its train stage does
-    folder = Path(run.output_directory)
+    folder = Path(run.run_folder)
     (folder / "adapter_config.json").write_text('{"peft_type": "LORA"}')
     (folder / "adapter_model.safetensors").write_bytes(os.urandom(300_000))
     (folder / MANIFEST_NAME).write_text('{"format": 1}')
@@ -233,10 +233,10 @@ def refusal(run: TrainingRun) -> str:
 
 def test_the_adapter_archive_refuses_a_sparse_file_naming_it(team):
     run = lora_run(team)
-    with open(Path(run.output_directory) / "tokenizer.json", "wb") as sparse:
+    with open(Path(run.run_folder) / "tokenizer.json", "wb") as sparse:
         sparse.truncate(6 * 1024**3)  # 6 GiB long, nothing on disk: gigabytes of zeros to stream
     message = refusal(run)
-    assert "tokenizer.json is a sparse file" in message and run.output_directory in message
+    assert "tokenizer.json is a sparse file" in message and run.run_folder in message
 
 
 @pytest.mark.parametrize("hole_at", ["end", "middle", "start"])
@@ -245,7 +245,7 @@ def test_the_adapter_archive_refuses_a_file_with_any_hole_naming_it(team, hole_a
     alone lets through. The bytes are random, so the file system cannot leave out a block of zeros itself."""
     run = lora_run(team)
     half = 2 * 1024**2
-    path = Path(run.output_directory) / "tokenizer.json"
+    path = Path(run.run_folder) / "tokenizer.json"
     with open(path, "wb") as holed:
         if hole_at == "end":
             holed.write(os.urandom(half))
@@ -261,14 +261,14 @@ def test_the_adapter_archive_refuses_a_file_with_any_hole_naming_it(team, hole_a
     hole = {"end": half, "middle": half // 2, "start": 0}[hole_at]
     message = refusal(run)
     assert f"tokenizer.json is a sparse file ({2 * half} bytes long, with a hole at byte {hole}" in message
-    assert run.output_directory in message
+    assert run.run_folder in message
     path.write_bytes(os.urandom(2 * half))  # the same length written in full goes
     assert adapter_archive(run).filename == f"run-{run.pk}-adapter.tar.gz"
 
 
 def test_the_adapter_archive_refuses_a_fifo_naming_it(team):
     run = lora_run(team)
-    os.mkfifo(Path(run.output_directory) / "special_tokens_map.json")
+    os.mkfifo(Path(run.run_folder) / "special_tokens_map.json")
     assert "special_tokens_map.json is not a regular file" in refusal(run)
 
 
@@ -280,7 +280,7 @@ def test_the_adapter_archive_refuses_a_file_past_the_size_limit(team, settings, 
     TrainingRun.objects.filter(pk=run.pk).update(resolved_path=str(tiny_llama_dir))
     run.refresh_from_db()
     weights = sum(p.stat().st_size for p in tiny_llama_dir.glob("*.safetensors"))
-    big = Path(run.output_directory) / "tokenizer.json"
+    big = Path(run.run_folder) / "tokenizer.json"
     big.write_bytes(b"x" * (4 * weights + 64 * 1024**2 + 1))  # more than an adapter of this base could be
     assert "tokenizer.json is" in refusal(run)
     big.unlink()
@@ -296,7 +296,7 @@ def test_a_resume_whose_source_folder_was_swapped_reads_nothing(team, tiny_llama
     project = create_project(actor=as_(team["mallory"]), data=fields(team["root"], name))
     source = run_of(project, team["mallory"], status=RunStatus.CANCELLED, snapshot=snapshot)
     os.close(create_run_folder(source))  # as its train stage made it
-    checkpoint = Path(source.output_directory) / "checkpoint-2"
+    checkpoint = Path(source.run_folder) / "checkpoint-2"
     checkpoint.mkdir()
     (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
     planted = tmp_path / "planted"
@@ -305,13 +305,13 @@ def test_a_resume_whose_source_folder_was_swapped_reads_nothing(team, tiny_llama
     resumed = run_of(project, team["mallory"], snapshot=snapshot)
     copy_dataset_as_resolve_does(resumed)
     TrainingRun.objects.filter(pk=resumed.pk).update(resume=True, resume_source=source, resumed_from=str(checkpoint))
-    Path(source.output_directory).rename(tmp_path / "moved")
+    Path(source.run_folder).rename(tmp_path / "moved")
     if swap == "link":
-        Path(source.output_directory).symlink_to(planted, target_is_directory=True)
+        Path(source.run_folder).symlink_to(planted, target_is_directory=True)
     else:
-        shutil.copytree(planted, source.output_directory)
+        shutil.copytree(planted, source.run_folder)
     assert stages.train_stage(resumed.pk) is False
     resumed.refresh_from_db()
     assert (resumed.status, resumed.stage_failed) == (RunStatus.FAILED, "train")
     assert resumed.error_code == "resume_checkpoint_changed" and str(checkpoint) in resumed.error_message
-    assert "PLANTED" not in resumed.log_tail and not (Path(resumed.output_directory) / MANIFEST_NAME).exists()
+    assert "PLANTED" not in resumed.log_tail and not (Path(resumed.run_folder) / MANIFEST_NAME).exists()

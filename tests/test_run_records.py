@@ -53,7 +53,7 @@ def ended(run: TrainingRun, status: RunStatus = RunStatus.SUCCEEDED, **fields) -
 
 
 def checkpoint_in(run: TrainingRun, step: int, state: dict | None = None) -> Path:
-    folder = Path(run.output_directory) / f"checkpoint-{step}"
+    folder = Path(run.run_folder) / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     (folder / "trainer_state.json").write_text(json.dumps(state if state is not None else {"global_step": step}))
     return folder
@@ -79,21 +79,21 @@ def test_each_run_writes_in_a_folder_of_its_own_inside_the_output_directory(proj
     first = ended(start(project, owner))
     second = start(project, owner)
     output = os.path.realpath(project.output_directory)
-    assert first.output_directory == os.path.join(output, f"run-{first.pk}")
-    assert second.output_directory == os.path.join(output, f"run-{second.pk}")
+    assert first.run_folder == os.path.join(output, f"run-{first.pk}")
+    assert second.run_folder == os.path.join(output, f"run-{second.pk}")
     body = api(owner, "get", f"/runs/{second.pk}").json()
-    assert body["output_directory"] == second.output_directory
+    assert body["run_folder"] == body["output_directory"] == second.run_folder
     assert body["artifacts"][0] == {
         "name": "folder",
         "label": "Run folder",
-        "path": second.output_directory,
+        "path": second.run_folder,
         "exists": False,
     }
 
 
 def test_a_succeeded_run_whose_files_are_gone_says_missing(project, owner):
     run = start(project, owner)
-    folder = Path(run.output_directory)
+    folder = Path(run.run_folder)
     folder.mkdir(parents=True)
     (folder / "merged").mkdir()  # LoRA merged after training (the default)
     for name in ("adapter_config.json", "mtm_manifest.json"):
@@ -183,7 +183,7 @@ def test_resume_is_offered_only_from_the_runs_own_checkpoint(project, owner):
     resumed = TrainingRun.objects.order_by("-pk").first()
     assert response.status_code == 302 and response["Location"] == f"/projects/runs/{resumed.pk}/"
     assert resumed.resume_source_id == stopped.pk and resumed.resumed_from == str(checkpoint)
-    assert resumed.output_directory.endswith(f"/run-{resumed.pk}")  # it writes in its own folder
+    assert resumed.run_folder.endswith(f"/run-{resumed.pk}")  # it writes in its own folder
     assert f'resuming run <a href="/projects/runs/{stopped.pk}/">#{stopped.pk}</a> at step 4' in page(
         owner, f"/projects/runs/{resumed.pk}/"
     )
@@ -228,7 +228,7 @@ def test_a_resume_with_nothing_left_to_train_is_refused_with_the_reason(project,
     assert problem.message == "Nothing left to train: checkpoint-5 is already at step 5, and max_steps is 5."
     assert "Raise max_steps above 5" in problem.hint
     update_project(project, {"hyperparameters": {"max_steps": 0, "epochs": 1}}, actor=Actor(owner, Channel.CLI))
-    shutil.rmtree(Path(done.output_directory) / "checkpoint-5")
+    shutil.rmtree(Path(done.run_folder) / "checkpoint-5")
     checkpoint_in(done, 3, {"global_step": 3, "epoch": 1.0})
     with pytest.raises(RunRefused) as refused:
         start(project, owner, resume=True)
@@ -317,13 +317,13 @@ def test_a_projects_run_folders_are_its_own_and_nobody_elses(project, owner):
     from projects.ownership import OWNED, output_dir_conflicts
 
     first = ended(start(project, owner))
-    folder = Path(first.output_directory)
+    folder = Path(first.run_folder)
     folder.mkdir(parents=True)
     (folder / "mtm_manifest.json").write_text("{}")
     (folder / ".mtm-run").write_text(f"{first.pk}\n")
     assert output_dir_conflicts(project.output_directory, owner, project) == []
     assert output_dir_conflicts(str(folder), owner, project) == []
-    assert start(project, owner).output_directory != first.output_directory  # its own folders never block it
+    assert start(project, owner).run_folder != first.run_folder  # its own folders never block it
     bob = User.objects.create_user("bob")
     for path in (folder, folder / "inside"):
         problems = output_dir_conflicts(str(path), bob, None)

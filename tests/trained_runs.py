@@ -95,7 +95,7 @@ FULL = Recipe(
 # Row fields a copy never takes from the session: its own keys and links, and the identities of folders that are
 # the session's (the copy's run folder records its own when it is created).
 _NOT_COPIED = {"id", "owner_id", "project_id", "started_by_id", "resume_source_id", "output_dir_identity"}
-_NOT_COPIED_RUN = _NOT_COPIED | {"output_directory", "run_folder_identity"}
+_NOT_COPIED_RUN = _NOT_COPIED | {"run_folder", "run_folder_identity"}
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class TrainedRun:
 
     @property
     def folder(self) -> Path:
-        return Path(self.run["output_directory"])
+        return Path(self.run["run_folder"])
 
     @property
     def project_output(self) -> str:
@@ -244,9 +244,9 @@ def copy_trained_run(
         values = _rows_of(_moved(trained.project, [(trained.root, str(root))]), TrainingProject)
         project = TrainingProject.objects.create(owner=owner, **values)
     run = TrainingRun.objects.create(project=project, started_by=owner, status=RunStatus.QUEUED)
-    run.output_directory = run_folder(project.output_directory, run.pk)
+    run.run_folder = run_folder(project.output_directory, run.pk)
     moves = [
-        (str(trained.folder), run.output_directory),
+        (str(trained.folder), run.run_folder),
         (trained.project_output, project.output_directory),
         (trained.root, str(root)),
     ]
@@ -262,10 +262,10 @@ def copy_trained_run(
     run.save()
     folder = create_run_folder(run)
     try:
-        shutil.copytree(trained.folder, run.output_directory, symlinks=True, dirs_exist_ok=True)
+        shutil.copytree(trained.folder, run.run_folder, symlinks=True, dirs_exist_ok=True)
     finally:
         os.close(folder)
-    _move_paths_in_files(Path(run.output_directory), moves)
+    _move_paths_in_files(Path(run.run_folder), moves)
     run.refresh_from_db()
     assert (problem := run_folder_problem(run)) is None, (
         problem

@@ -193,27 +193,26 @@ def adapter_archive(run: TrainingRun) -> AdapterArchive:
                 "Open the run page to see why it did not succeed, fix that and start a new run (or resume it).",
             )
         )
-    if not run.output_directory:
+    if not run.run_folder:
         raise _unavailable(run, "it never wrote a folder")
     try:
         folder_fd = open_run_folder(run)  # the folder the worker made, never one swapped in since
     except RunFolderRefused as refused:
         if refused.problem.code != RUN_FOLDER_CHANGED:
-            raise _unavailable(run, f"its folder {run.output_directory} is not on disk") from None
+            raise _unavailable(run, f"its folder {run.run_folder} is not on disk") from None
         raise AdapterUnavailable(refused.problem, status=409) from None
     try:
         names = _members(folder_fd)
         sizes = _check_sizes(folder_fd, names, file_limit(run), settings.MTM_ADAPTER_ARCHIVE_MAX_BYTES)
     except OSError:
         os.close(folder_fd)
-        raise _unavailable(run, f"its folder {run.output_directory} cannot be read") from None
+        raise _unavailable(run, f"its folder {run.run_folder} cannot be read") from None
     except AdapterFileRefused as refused:
         os.close(folder_fd)
         raise AdapterUnavailable(
             Problem(
                 "adapter_file_refused",
-                f"Run {run.pk}'s adapter was not sent: {os.path.join(run.output_directory, refused.name)} "
-                f"{refused.why}.",
+                f"Run {run.pk}'s adapter was not sent: {os.path.join(run.run_folder, refused.name)} {refused.why}.",
                 "Remove that file from the run's folder (the trainer never writes such a file), or ask staff to "
                 "raise MTM_ADAPTER_ARCHIVE_MAX_BYTES if the adapter is really that large.",
             ),
@@ -221,7 +220,7 @@ def adapter_archive(run: TrainingRun) -> AdapterArchive:
         ) from None
     for wanted in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
         if not any(name in names for name in wanted):
-            why = _why_left_out(folder_fd, wanted, run.output_directory)
+            why = _why_left_out(folder_fd, wanted, run.run_folder)
             os.close(folder_fd)
             raise _unavailable(run, why)
     prefix = archive_name(run)

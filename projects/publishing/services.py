@@ -116,7 +116,7 @@ def _read_manifest(folder_fd: int, run: TrainingRun) -> dict[str, Any]:
     except ManifestMissing:
         raise _refuse(
             "manifest_missing",
-            f"Run {run.pk} has no readable {MANIFEST_NAME} in {run.output_directory}: its output is gone or incomplete.",
+            f"Run {run.pk} has no readable {MANIFEST_NAME} in {run.run_folder}: its output is gone or incomplete.",
             "Publish a succeeded run whose files are on disk.",
         ) from None
     except ManifestInvalid:
@@ -131,9 +131,9 @@ def _not_succeeded(run: TrainingRun) -> PublishRefused:
     """A run that did not succeed; one whose trainer wrote its whole result before the run failed (a worker lost
     after the final save, or a run from before such a trainer went on to validation) is told apart."""
     manifest = None
-    if run.status == RunStatus.FAILED and run.stage_failed == RunStage.TRAIN and os.path.isabs(run.output_directory):
+    if run.status == RunStatus.FAILED and run.stage_failed == RunStage.TRAIN and os.path.isabs(run.run_folder):
         try:
-            folder_fd = open_dir_nofollow(run.output_directory)
+            folder_fd = open_dir_nofollow(run.run_folder)
         except OSError:
             folder_fd = None
         if folder_fd is not None:
@@ -154,7 +154,7 @@ def _not_succeeded(run: TrainingRun) -> PublishRefused:
         "was never validated (loaded and asked to generate): only a validated run can be published.",
         f"Start a new run of project '{run.project.name}': a run whose trainer stops after writing its model goes "
         "on to validation, and that run can be published. To use this run's model without training again, ask "
-        f"staff for a Model Override (a name of your team's organisation) that points at {run.output_directory}"
+        f"staff for a Model Override (a name of your team's organisation) that points at {run.run_folder}"
         f"{'' if (manifest['layout'].get('model_dir') or '.') == '.' else '/' + MERGED_DIR}: it is checked like any "
         "model.",
     )
@@ -177,7 +177,7 @@ def _model_folder(run: TrainingRun, manifest: dict[str, Any]) -> str:
             f"Run {run.pk}'s manifest names its model folder '{model_dir}', not one the trainer writes.",
             "Publish a run whose output was not changed since it was trained.",
         )
-    return run.output_directory if model_dir == "." else os.path.join(run.output_directory, MERGED_DIR)
+    return run.run_folder if model_dir == "." else os.path.join(run.run_folder, MERGED_DIR)
 
 
 def _facts(manifest: dict[str, Any]) -> dict[str, str]:
@@ -239,7 +239,7 @@ def check_publish(run: TrainingRun, model_name: str, *, actor: Actor, note: str 
     try:
         manifest = _read_manifest(folder_fd, run)
         folder = _model_folder(run, manifest)
-        if folder != run.output_directory:
+        if folder != run.run_folder:
             os.close(open_subdir(folder_fd, MERGED_DIR))
     except OSError:
         raise _refuse(

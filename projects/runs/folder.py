@@ -63,7 +63,7 @@ def open_run_folder(run: TrainingRun, hint: str = RESTORE_HINT) -> int:
     """A descriptor of the run's folder as the worker made it; RunFolderRefused (run_folder_changed) when a link is
     on its path or another folder stands there now, (run_files_missing) when nothing does. `hint` says what to do
     next where the caller is (publishing, the playground)."""
-    return open_folder_as_made(run.output_directory or "", run.run_folder_identity, run.pk, hint)
+    return open_folder_as_made(run.run_folder or "", run.run_folder_identity, run.pk, hint)
 
 
 def open_folder_as_made(path: str, recorded: str, run_id: Any, hint: str = RESTORE_HINT) -> int:
@@ -115,7 +115,7 @@ def open_published_folder(path: str, run: TrainingRun | None, name: str, hint: s
     if run is None:
         folder, recorded, run_id = os.path.dirname(path) if os.path.basename(path) == MERGED_DIR else path, "", None
     else:
-        folder, recorded, run_id = run.output_directory, run.run_folder_identity, run.pk
+        folder, recorded, run_id = run.run_folder, run.run_folder_identity, run.pk
     if path not in (folder, os.path.join(folder, MERGED_DIR)):
         raise RunFolderRefused(folder_changed(run_id, folder, f"the published folder {path} is not in it", hint))
     fd = open_folder_as_made(folder, recorded, run_id, hint)

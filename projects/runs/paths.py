@@ -52,15 +52,15 @@ def output_problem(run: TrainingRun) -> Problem | None:
     stored = run_config(run).output_directory
     now = resolved(stored)
     # A run writes in its own folder inside the output directory (older rows: the output directory itself).
-    if now is None or (now != run.output_directory and os.path.dirname(run.output_directory) != now):
+    if now is None or (now != run.run_folder and os.path.dirname(run.run_folder) != now):
         return Problem(
             OUTPUT_CHANGED,
-            f"The output directory {stored} now leads to {now}, not to {os.path.dirname(run.output_directory)} "
+            f"The output directory {stored} now leads to {now}, not to {os.path.dirname(run.run_folder)} "
             "as when the run was started: a folder on its path was replaced by a link. Nothing was written.",
             "Restore the folder (no links on the path), or choose another output directory, then start again.",
         )
-    check = validate_output_dir(run.output_directory)
-    problems = check.errors or output_dir_conflicts(run.output_directory, _user(run), project)
+    check = validate_output_dir(run.run_folder)
+    problems = check.errors or output_dir_conflicts(run.run_folder, _user(run), project)
     return problems[0] if problems else None
 
 
@@ -115,7 +115,7 @@ def create_run_folder(run: TrainingRun) -> int:
     foreign_owner_problem otherwise); the run folder itself is made by this call with mkdir, never adopted:
     PathChanged (run_folder_exists) when anything already has its name. The folder's device and inode are recorded on
     the run's row so that every later reader can tell it is still the same folder."""
-    parent_path, name = os.path.split(run.output_directory)
+    parent_path, name = os.path.split(run.run_folder)
     try:
         parent = open_dir_nofollow(
             parent_path,
@@ -129,7 +129,7 @@ def create_run_folder(run: TrainingRun) -> int:
     except OSError as exc:
         if exc.errno not in _LINK_ERRORS:
             raise
-        raise PathChanged(output_changed(run.output_directory)) from None
+        raise PathChanged(output_changed(run.run_folder)) from None
     try:
         # Made between the save's check and now by someone else: she could rename what the worker makes in it.
         owner = os.fstat(parent).st_uid
@@ -138,7 +138,7 @@ def create_run_folder(run: TrainingRun) -> int:
         try:
             os.mkdir(name, DIR_MODE, dir_fd=parent)
         except FileExistsError:
-            raise PathChanged(run_folder_exists(run.output_directory)) from None
+            raise PathChanged(run_folder_exists(run.run_folder)) from None
         fd = open_subdir(parent, name)
     finally:
         os.close(parent)
@@ -168,12 +168,12 @@ def reopen_run_folder(run: TrainingRun) -> int:
     (run_folder_changed) when the path now leads to another folder, a link, or nothing."""
     recorded = _recorded_identity(run)
     try:
-        fd = open_dir_nofollow(run.output_directory)
+        fd = open_dir_nofollow(run.run_folder)
     except OSError:
-        raise PathChanged(run_folder_changed(run.output_directory)) from None
+        raise PathChanged(run_folder_changed(run.run_folder)) from None
     if not same_identity(recorded, identity_of_open(fd)):
         os.close(fd)
-        raise PathChanged(run_folder_changed(run.output_directory))
+        raise PathChanged(run_folder_changed(run.run_folder))
     return fd
 
 
@@ -185,9 +185,9 @@ def open_resume_checkpoint(run: TrainingRun) -> int | None:
     path = run.resumed_from
     source = run.resume_source
     try:
-        if source is not None and os.path.dirname(path) == source.output_directory:
+        if source is not None and os.path.dirname(path) == source.run_folder:
             recorded = _recorded_identity(source)  # none for runs trained before folders were recorded
-            folder = open_dir_nofollow(source.output_directory)
+            folder = open_dir_nofollow(source.run_folder)
             try:
                 if recorded and not same_identity(recorded, identity_of_open(folder)):
                     raise PathChanged(resume_changed(path, source.pk))

@@ -42,10 +42,10 @@ def run_folder(output_directory: str, run_id: int) -> str:
 
 def run_checkpoints(run: TrainingRun) -> list[Path]:
     """The run's complete checkpoint-N folders (with trainer_state.json), lowest step first."""
-    if not run.output_directory:
+    if not run.run_folder:
         return []
     try:
-        return checkpoints(Path(run.output_directory))
+        return checkpoints(Path(run.run_folder))
     except OSError:  # unreadable or vanished folder: nothing to resume from
         return []
 
@@ -78,10 +78,10 @@ def _artifact(name: str, label: str, path: Path | str) -> Artifact:
 def run_artifacts(run: TrainingRun, config: RunConfig | None = None) -> list[Artifact]:
     """The paths the run wrote, each with whether it is still there. A succeeded run's final model sits where
     its method puts it (projects.trainer.outputs); a stopped run may have left a checkpoint."""
-    if not run.output_directory:
+    if not run.run_folder:
         return []
     config = config or run_config(run)
-    folder = Path(run.output_directory)
+    folder = Path(run.run_folder)
     found = [_artifact("folder", "Run folder", folder)]
     if run.status == RunStatus.SUCCEEDED or (folder / MANIFEST_NAME).is_file():
         if config.method == "full":
@@ -104,9 +104,9 @@ def files_missing(run: TrainingRun, artifacts: list[Artifact]) -> bool:
         return False
     if any(not a.exists for a in artifacts if a.name != "checkpoint"):
         return True
-    if not run.output_directory:
+    if not run.run_folder:
         return False
-    return standing(run.output_directory, run.run_folder_identity)[0] is not Standing.INTACT
+    return standing(run.run_folder, run.run_folder_identity)[0] is not Standing.INTACT
 
 
 # --- resume --------------------------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def resume_source(project: TrainingProject, source: TrainingRun | None) -> tuple
         )
     checkpoint = latest_run_checkpoint(source)
     if checkpoint is None:
-        where = source.output_directory or "its folder"
+        where = source.run_folder or "its folder"
         raise ResumeRefused(
             _refused(
                 f"Cannot resume from run {source.pk}: there is no complete checkpoint in {where} "

@@ -67,13 +67,13 @@ def start_run(
             raise RunRefused(conflicts[0])
         busy = live_run_on(project.output_directory)
         if busy:
-            same = is_within(busy.output_directory, real)
+            same = is_within(busy.run_folder, real)
             overlap = "" if same else f", which overlaps this project's output directory {project.output_directory}"
             raise RunRefused(
                 Problem(
                     "output_directory_busy",
                     f"Run {busy.pk} of project '{busy.project.name}' is {busy.status} and writes to "
-                    f"{busy.output_directory}{overlap}.",
+                    f"{busy.run_folder}{overlap}.",
                     "Wait for it to end or cancel it, or give this project another output directory.",
                 ),
                 conflict=True,
@@ -102,8 +102,8 @@ def start_run(
             resumed_from=str(checkpoint or ""),
             config=config.model_dump(),
         )
-        run.output_directory = records.run_folder(real, run.pk)
-        run.save(update_fields=["output_directory"])
+        run.run_folder = records.run_folder(real, run.pk)
+        run.save(update_fields=["run_folder"])
         try:
             queue = place(run, shape).queue
         except PlacementRefused as refused:

@@ -340,7 +340,7 @@ def _train_with(
             trust_remote_code=_trust_remote_code(run),
             dataset_path=dataset,
             eval_dataset_path=eval_dataset,
-            output_dir=run.output_directory,
+            output_dir=run.run_folder,
             output_in_cwd=True,
             method=config.method,
             hyperparameters=config.hyperparameters,
@@ -366,7 +366,7 @@ def _train_with(
     manifest_is_ours = run_manifest.drop_manifest(output_fd)  # a manifest found after the trainer is then its own
     spec_path = write_spec(spec, folder / "spec.json")
     recorder = _RunRecorder(run_id, records.history_before_resume(run))
-    output_dir = run.output_directory
+    output_dir = run.run_folder
 
     def health() -> Problem | None:
         if os.path.realpath(output_dir) != output_dir:
@@ -630,7 +630,7 @@ def _validate_in(run: TrainingRun, folder_fd: int, base: HeldBaseModel) -> None:
     before_after = None if config.values.objective == "dpo" else _before_after_rows(run)  # DPO: the preference check
     dataset_snapshot.drop_snapshot(run_dir(run_id))
     report = validate_output(
-        run.output_directory,
+        run.run_folder,
         prompt,
         base_model_path=run.resolved_path,
         trust_remote_code=_trust_remote_code(run),
@@ -640,7 +640,7 @@ def _validate_in(run: TrainingRun, folder_fd: int, base: HeldBaseModel) -> None:
     )
     if config.held_out_pairs and report.passed:
         check, found = preference_check(
-            run.output_directory,
+            run.run_folder,
             (rows or [])[-config.held_out_pairs :],
             base_model_path=run.resolved_path,
             trust_remote_code=_trust_remote_code(run),

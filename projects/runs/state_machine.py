@@ -29,7 +29,7 @@ def live_run_on(output_directory: str, exclude_run: int | None = None) -> Traini
     if exclude_run:
         runs = runs.exclude(pk=exclude_run)
     for run in runs:
-        other = claim_form(run.output_directory)
+        other = claim_form(run.run_folder)
         if other is not None and (is_within(real, other) or is_within(other, real)):
             return run
     return None
