@@ -87,7 +87,7 @@ def test_a_snapshot_file_swapped_for_a_link_after_resolve_refuses_the_run_and_no
     assert f"{snapshot}/{TEMPLATE}" in run.error_message and "link" in run.error_message
     assert "hf download" in run.error_hint and "start" in run.error_hint.lower()
     assert "ALICE-SECRET" not in run.error_message + run.log_tail
-    out = Path(run.output_directory)
+    out = Path(run.run_folder)
     assert not (out / TEMPLATE).exists() and not (out / "adapter_config.json").exists()  # nothing trained
     holds_none_of_it(out.parent)
     holds_none_of_it(stages.run_dir(run.pk))
@@ -110,7 +110,7 @@ def test_the_private_folder_still_reaches_the_checked_files_after_a_swap(team, t
             model_shown=run.resolved_path,
             model_name=name,
             dataset_path=run.project.dataset_path,
-            output_dir=run.output_directory,
+            output_dir=run.run_folder,
         )
         spec = read_spec(write_spec(written, tmp_path / "spec.json"))
         assert (str(spec.model_path), spec.model_named) == (base.path_for(os.getpid()), str(snapshot))
@@ -123,7 +123,7 @@ def test_a_snapshot_swapped_before_validation_is_not_read(team, tiny_llama_in_ca
     secret = alices_upload(team)
     run = resolved_run(team, name, validation_prompt="Say hello:")
     assert stages.train_stage(run.pk) is True, TrainingRun.objects.get(pk=run.pk).log_tail[-3000:]
-    assert (Path(run.output_directory) / TEMPLATE).read_text() == (snapshot / TEMPLATE).read_text()
+    assert (Path(run.run_folder) / TEMPLATE).read_text() == (snapshot / TEMPLATE).read_text()
     assert not list(stages.run_dir(run.pk).glob(".base-model-*"))  # the private folder went with the descriptors
     swap_for_link(snapshot / "tokenizer_config.json", secret)
 
@@ -131,7 +131,7 @@ def test_a_snapshot_swapped_before_validation_is_not_read(team, tiny_llama_in_ca
     run.refresh_from_db()
     assert (run.status, run.stage_failed, run.error_code) == (RunStatus.FAILED, "validate", "base_model_changed")
     assert f"{snapshot}/tokenizer_config.json" in run.error_message
-    holds_none_of_it(Path(run.output_directory).parent)
+    holds_none_of_it(Path(run.run_folder).parent)
 
 
 # --- what the worker accepts of a snapshot, file by file --------------------------------------------------------
@@ -260,7 +260,7 @@ def test_a_run_on_an_override_trains_and_validates_through_the_held_files(team, 
     stages.validate_stage(run.pk)
     run.refresh_from_db()
     assert run.status == RunStatus.SUCCEEDED, (run.error_message, run.validation)
-    assert json.loads((Path(run.output_directory) / "adapter_config.json").read_text())["base_model_name_or_path"] == (
+    assert json.loads((Path(run.run_folder) / "adapter_config.json").read_text())["base_model_name_or_path"] == (
         str(folder)
     )
     assert not list(stages.run_dir(run.pk).glob(".base-model-*"))
