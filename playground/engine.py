@@ -23,6 +23,7 @@ from django.utils import timezone
 from mtm.shared.problems import Problem
 from mtm.shared.text import storable
 from playground import lifecycle, prompt
+from playground.held_model import held
 from playground.models import Generation, GenerationStatus, LoadedModel, TargetKind
 from playground.params import GenerationParams
 from playground.prompt import encode as encode  # importable from here too, beside history()
@@ -91,9 +92,10 @@ def pinned(spec: LoadSpec) -> Iterator[LoadSpec]:
 
 
 def load(spec: LoadSpec) -> tuple[Any, Any, str]:
-    """Tokenizer, model (eval mode, on the worker's device) and the device's name."""
-    with pinned(spec) as reached:
-        return _load(reached)
+    """Tokenizer, model (eval mode, on the worker's device) and the device's name, loaded from the run's folder as it
+    made it and the registry folder as it was resolved (playground.held_model)."""
+    with pinned(spec) as reached, held(reached) as ready:
+        return _load(ready)
 
 
 def _load(spec: LoadSpec) -> tuple[Any, Any, str]:
@@ -368,7 +370,7 @@ def run_generation(generation_id: int, worker_name: str) -> None:
             lifecycle.charge_load(generation_id)  # a load tried and failed cost the others the model unloaded too
         try:
             loaded, load_seconds = loaded_for(spec, worker_name, generation.conversation.target)
-        except RunFolderRefused as refused:  # swapped between the check above and the load
+        except RunFolderRefused as refused:  # swapped between the check above and the load (or a registry file)
             lifecycle.fail(generation_id, refused.problem)
             return
         except Exception as exc:

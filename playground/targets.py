@@ -37,6 +37,12 @@ class LoadSpec:
     run_id: int | None = None
     run_folder: str | None = None
     run_folder_identity: str = ""
+    # The registry folder loaded (`model_dir` of a registry model, or a run's `base_model_path`): where it was
+    # resolved from ("cache", "override", "portal"), its name and revision; the worker holds it as resolved
+    # (playground.held_model).
+    registry_source: str = ""
+    registry_name: str = ""
+    registry_revision: str = ""
 
     @property
     def key(self) -> str:
@@ -61,6 +67,9 @@ def for_model(model_name: str, revision: str = "") -> LoadSpec:
         tokenizer_dir=resolution.path,
         model_dir=resolution.path,
         trust_remote_code=bool(resolution.trust_remote_code),
+        registry_source=resolution.source or "",
+        registry_name=model_name,
+        registry_revision=resolution.revision or revision,
     )
 
 
@@ -124,5 +133,8 @@ def for_run(run: TrainingRun) -> LoadSpec:
         adapter_dir=adapter,
         base_model_path=run.resolved_path,
         trust_remote_code=trust,
+        registry_source=run.resolved_source or "",
+        registry_name=run_config(run).model_name,
+        registry_revision=run.resolved_revision or "",
         **made,
     )

@@ -50,12 +50,14 @@ class ModelFilesRefused(Exception):
 
 @dataclass
 class Folder:
-    """The model folder as the run resolved it: `shown` is its path as records and messages name it, `model_name`
-    the model's name, `hint` what to do when a file is not what was checked."""
+    """The model folder as it was resolved: `shown` is its path as records and messages name it, `model_name`
+    the model's name, `hint` what to do when a file is not what was checked, `reader` who reads it (a run, as its
+    base model, or the playground)."""
 
     shown: str
     model_name: str
     hint: str
+    reader: str = "A run reads its base model"
 
 
 # (the entry's path inside the folder, as parts; the link's target) -> the regular file the link may lead to, opened;
@@ -94,8 +96,8 @@ def changed(folder: Folder, rel: str, how: str) -> ModelFilesRefused:
     return ModelFilesRefused(
         Problem(
             BASE_MODEL_CHANGED,
-            f"The base model '{folder.model_name}' was not loaded: {where} {how}. A run reads its base model only as "
-            "the resolve stage accepts it (it may have been changed since), and nothing was read from this.",
+            f"The model '{folder.model_name}' was not loaded: {where} {how}. {folder.reader} only as the resolve "
+            "check accepts it (it may have been changed since), and nothing was read from this.",
             folder.hint,
         )
     )
@@ -278,7 +280,9 @@ def blob_links(repo_blobs_fd: int, folder: Folder) -> LinkRule:
         except _NotAsChecked as exc:
             if exc.gone:
                 raise changed(folder, rel, f"links to blobs/{storable(blob)}, which is gone") from None
-            repo = Folder(posixpath.dirname(posixpath.dirname(folder.shown)), folder.model_name, folder.hint)
+            repo = Folder(
+                posixpath.dirname(posixpath.dirname(folder.shown)), folder.model_name, folder.hint, folder.reader
+            )
             raise changed(repo, f"blobs/{blob}", exc.how) from None
 
     return open_blob

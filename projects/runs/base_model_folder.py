@@ -16,6 +16,8 @@ no other link followed) and hands the children a private folder in the run's wor
 holds. A staff-set override folder is held the same way (a link in it is followed only to a file inside it): staff
 choose where it lives, but a folder others can write in, or one whose code runs (trust_remote_code), is then no way
 into the portal's files either.
+
+The playground's inference worker holds a model it loads the same way (hold_model), in a private folder of its own.
 """
 
 from __future__ import annotations
@@ -78,71 +80,87 @@ class HeldBaseModel:
         self.close()
 
 
-def _unpublished(name: str, path: str) -> Problem:
+RUN_AGAIN = "start the run again"
+RUN_READER = "A run reads its base model"
+
+
+def _unpublished(name: str, path: str, then: str) -> Problem:
     return Problem(
         BASE_MODEL_UNPUBLISHED,
         f"Model '{name}' is no longer published from {path} (unpublished, or published again from another run, "
-        "since this run resolved it): nothing was read from that folder.",
-        f"Start the run again to resolve '{name}' as it is now, or choose another base model.",
+        "since it was resolved): nothing was read from that folder.",
+        f"{then[0].upper()}{then[1:]} to resolve '{name}' as it is now, or choose another model.",
     )
 
 
 def open_base_model(run: TrainingRun) -> HeldBaseModel:
-    """The run's base model as its children should read it. A published one is opened now, checked against its
-    run's recorded folder: RunFolderRefused (run_folder_changed, run_files_missing, base_model_unpublished) when it
-    is no longer the folder that was published. A cache snapshot's or an override's files are opened now, each as the
-    resolve check accepted it: RunFolderRefused (base_model_changed) names the first that is no longer so
-    (base_model_too_many_files past base_model_files.MAX_HELD_FILES)."""
-    path = run.resolved_path or ""
-    if run.resolved_source == PUBLISHED_SOURCE:
-        name = run_config(run).model_name
+    """The run's base model as its children should read it, held in a private folder in the run's work folder
+    (hold_model)."""
+    return hold_model(
+        run.resolved_source or "",
+        run.resolved_path or "",
+        run_config(run).model_name,
+        run.resolved_revision or "",
+        str(records.work_folder(run.pk)),
+    )
+
+
+def hold_model(
+    source: str, path: str, name: str, revision: str, work_folder: str, then: str = RUN_AGAIN, reader: str = RUN_READER
+) -> HeldBaseModel:
+    """The model `name` resolved from `source` at `path`, as a reader should read it. A published one is opened now,
+    checked against its run's recorded folder: RunFolderRefused (run_folder_changed, run_files_missing,
+    base_model_unpublished) when it is no longer the folder that was published. A cache snapshot's or an override's
+    files are opened now, each as the resolve check accepted it, behind a private folder made in `work_folder`:
+    RunFolderRefused (base_model_changed) names the first that is no longer so (base_model_too_many_files past
+    base_model_files.MAX_HELD_FILES). Any other source is read by its path. `then` is what to do after fixing a
+    refusal (a phrase: "start the run again"), `reader` who reads the model (a sentence's subject and verb)."""
+    if source == PUBLISHED_SOURCE:
         published = PublishedModel.objects.filter(model_name=name).select_related("run").first()
         if published is None or os.path.normpath(published.path) != os.path.normpath(path):
-            raise RunFolderRefused(_unpublished(name, path))
+            raise RunFolderRefused(_unpublished(name, path, then))
         return HeldBaseModel(path, open_published_folder(path, published.run, name))
-    if not path or run.resolved_source not in (CACHE_SOURCE, OVERRIDE_SOURCE):
+    if not path or source not in (CACHE_SOURCE, OVERRIDE_SOURCE):
         return HeldBaseModel(path)
     try:
-        files = _hold_snapshot(run, path) if run.resolved_source == CACHE_SOURCE else _hold_override(run, path)
+        if source == CACHE_SOURCE:
+            files = _hold_snapshot(path, name, revision, work_folder, then, reader)
+        else:
+            files = _hold_override(path, name, work_folder, then, reader)
     except ModelFilesRefused as refused:
         raise RunFolderRefused(refused.problem) from None
     return HeldBaseModel(path, files.folder_fd, files)
 
 
-def _work_folder(run: TrainingRun) -> str:
-    return str(records.work_folder(run.pk))
-
-
-def _hold_snapshot(run: TrainingRun, snapshot: str) -> HeldFiles:
+def _hold_snapshot(snapshot: str, name: str, revision: str, work_folder: str, then: str, reader: str) -> HeldFiles:
     """The files of the cache snapshot `snapshot` (<cache>/<repo>/snapshots/<commit>): the cache folder is opened by
     its path (staff chose it), the repo, snapshots/, the snapshot and blobs/ folders without following a link."""
-    name = run_config(run).model_name
-    revision = run.resolved_revision or os.path.basename(snapshot)
+    revision = revision or os.path.basename(snapshot)
     hint = (
         f"Download the model again so that its snapshot holds the files huggingface_hub wrote (hf download {name} "
-        f"--revision {revision}), or ask whoever changed it in the cache to put it back; then start the run again."
+        f"--revision {revision}), or ask whoever changed it in the cache to put it back; then {then}."
     )
     snapshots, commit = os.path.split(snapshot)
     repo, above = os.path.split(snapshots)
     cache, repo_name = os.path.split(repo)
-    folder = Folder(snapshot, name, hint)
+    folder = Folder(snapshot, name, hint, reader)
     if above != "snapshots" or not os.path.isabs(snapshot):
         raise changed(folder, "", "is not a snapshot folder of the Hugging Face cache")
-    cache_fd = _open_folder(cache, Folder(cache, name, hint))
+    cache_fd = _open_folder(cache, Folder(cache, name, hint, reader))
     try:
-        repo_fd = open_dir_at(cache_fd, repo_name, Folder(repo, name, hint), "")
+        repo_fd = open_dir_at(cache_fd, repo_name, Folder(repo, name, hint, reader), "")
     finally:
         os.close(cache_fd)
     try:
-        snapshots_fd = open_dir_at(repo_fd, "snapshots", Folder(snapshots, name, hint), "")
+        snapshots_fd = open_dir_at(repo_fd, "snapshots", Folder(snapshots, name, hint, reader), "")
         try:
             top_fd = open_dir_at(snapshots_fd, commit, folder, "")
         finally:
             os.close(snapshots_fd)
         try:
-            blobs_fd = open_dir_at(repo_fd, "blobs", Folder(repo, name, hint), "blobs")
+            blobs_fd = open_dir_at(repo_fd, "blobs", Folder(repo, name, hint, reader), "blobs")
             try:
-                return hold_folder(top_fd, folder, blob_links(blobs_fd, folder), _work_folder(run))
+                return hold_folder(top_fd, folder, blob_links(blobs_fd, folder), work_folder)
             finally:
                 os.close(blobs_fd)
         finally:
@@ -151,18 +169,17 @@ def _hold_snapshot(run: TrainingRun, snapshot: str) -> HeldFiles:
         os.close(repo_fd)
 
 
-def _hold_override(run: TrainingRun, path: str) -> HeldFiles:
+def _hold_override(path: str, name: str, work_folder: str, then: str, reader: str) -> HeldFiles:
     """The files of the override folder `path`, opened by its path (staff chose it); nothing in it through a link
     that leaves it."""
-    name = run_config(run).model_name
     hint = (
         "Staff: put the override folder's files back (regular files, or links to files inside the folder), or point "
-        f"the override for '{name}' at a folder that holds the model; then start the run again."
+        f"the override for '{name}' at a folder that holds the model; then {then}."
     )
-    folder = Folder(path, name, hint)
+    folder = Folder(path, name, hint, reader)
     top_fd = _open_folder(path, folder)
     try:
-        return hold_folder(top_fd, folder, links_inside(top_fd, folder), _work_folder(run))
+        return hold_folder(top_fd, folder, links_inside(top_fd, folder), work_folder)
     finally:
         os.close(top_fd)
 
