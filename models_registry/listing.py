@@ -219,6 +219,19 @@ def forget(cache_dir: Path | None = None) -> None:
             _memo.pop(os.path.abspath(cache_dir), None)
 
 
+def _resolved_row(name: str, source: str, path: str, res, **extra) -> ListedModel:
+    """The list's row of a published model or an override, as the resolver judged it."""
+    return ListedModel(
+        model_name=name,
+        source=source,
+        path=res.path or path,
+        revision=None,
+        errors=res.errors,
+        warnings=res.warnings,
+        **extra,
+    )
+
+
 def list_models(
     cache_dir: Path,
     overrides: Iterable[tuple[str, str, bool]] = (),
@@ -229,24 +242,8 @@ def list_models(
     name, then a published model (a cache repo of its name is only a warning on its row), then the cache."""
     by_name = {item.model_name: item for item in list_cached(cache_dir, store)}
     for name, path in published:
-        res = resolve(name, cache_dir=cache_dir, published_path=path)
-        by_name[name] = ListedModel(
-            model_name=name,
-            source="portal",
-            path=res.path or path,
-            revision=None,
-            errors=res.errors,
-            warnings=res.warnings,
-        )
+        by_name[name] = _resolved_row(name, "portal", path, resolve(name, cache_dir=cache_dir, published_path=path))
     for name, path, trust in overrides:
         res = resolve(name, cache_dir=cache_dir, override_path=path, trust_remote_code=trust)
-        by_name[name] = ListedModel(
-            model_name=name,
-            source="override",
-            path=res.path or path,
-            revision=None,
-            errors=res.errors,
-            warnings=res.warnings,
-            trust_remote_code=bool(trust),
-        )
+        by_name[name] = _resolved_row(name, "override", path, res, trust_remote_code=bool(trust))
     return [by_name[k] for k in sorted(by_name, key=str.lower)]
