@@ -25,7 +25,7 @@ from models_registry.name_bytes import encodes
 from models_registry.names import name_error, name_from_folder
 from models_registry.owner_budget import OwnerBudgets
 from models_registry.repo_scan import checked_repo, current_signature, open_root, signature
-from models_registry.resolution import resolve
+from models_registry.resolution import Resolution, resolve
 from models_registry.shown_names import shown_model
 from mtm.shared.problems import Problem
 
@@ -219,7 +219,7 @@ def forget(cache_dir: Path | None = None) -> None:
             _memo.pop(os.path.abspath(cache_dir), None)
 
 
-def _resolved_row(name: str, source: str, path: str, res, **extra) -> ListedModel:
+def _resolved_row(name: str, source: str, path: str, res: Resolution, **extra) -> ListedModel:
     """The list's row of a published model or an override, as the resolver judged it."""
     return ListedModel(
         model_name=name,
