@@ -7,8 +7,8 @@ from pathlib import Path
 
 from projects.datasets.samples import sample_pairs
 from projects.models import TrainingProject
-from projects.trainer.spec import TrainerSpec
 from tests.pipeline_helpers import FAST_HYPERPARAMETERS, write_jsonl
+from tests.trainer_helpers import spec_of
 
 # A DPO project's settings: a handful of steps on short pairs.
 DPO_PROJECT = {**FAST_HYPERPARAMETERS, "objective": "dpo", "max_steps": 4, "preference_pairs": 4, "max_seq_length": 48}
@@ -42,13 +42,4 @@ def dpo_project(portal, model_name, name, hyper=None, method="lora"):
 
 def dpo_spec(model: Path, data: Path, out: Path, method: str, held_out: int = 0, **hyper) -> dict:
     """A spec for the DPO trainer child, as the supervisor writes it, read back as a JSON object."""
-    return TrainerSpec(
-        model_path=model,
-        model_name="test-org/tiny-llama",
-        dataset_path=data,
-        output_dir=out,
-        method=method,
-        hyperparameters={**DPO_SPEC, **hyper},
-        device="cpu",
-        held_out_pairs=held_out,
-    ).model_dump(mode="json")
+    return spec_of(model, data, out, method, {**DPO_SPEC, **hyper}, held_out_pairs=held_out)

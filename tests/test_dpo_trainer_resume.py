@@ -9,29 +9,21 @@ import pytest
 
 from projects.datasets.samples import sample_pairs
 from projects.runs.validation.preference_child import run as preference_run
-from projects.trainer.events import EXIT_CANCELLED, EXIT_OK
+from projects.trainer.events import EXIT_OK
 from tests.dpo_helpers import dpo_spec
-from tests.trainer_helpers import run_child
+from tests.trainer_helpers import run_child, run_until_cancelled
 
 pytestmark = pytest.mark.slow
 
 
 def test_full_dpo_cancels_to_a_checkpoint_and_resumes_with_a_frozen_reference(tiny_llama_dir, pairs_file, tmp_path):
-    out, cancel = tmp_path / "out", tmp_path / "cancel-run"
+    out = tmp_path / "out"
     spec = dpo_spec(tiny_llama_dir, pairs_file, out, "full", max_steps=100_000, logging_steps=50)
-    spec["cancel_file"] = str(cancel)
-
-    def cancel_after_first_progress(event, proc):
-        if event["event"] == "progress":
-            cancel.touch()
-
-    run = run_child(spec, tmp_path / "spec.json", on_event=cancel_after_first_progress)
-    assert run.returncode == EXIT_CANCELLED, run.log[-3000:]
+    run = run_until_cancelled(spec, tmp_path)
     assert run.one("started")["reference"] == "frozen copy of the base model"
     step = run.one("cancelled")["step"]
     assert (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
 
-    cancel.unlink()
     spec["resume_from_checkpoint"] = "latest"
     spec["hyperparameters"]["max_steps"] = step + 2
     resumed = run_child(spec, tmp_path / "spec-resume.json")

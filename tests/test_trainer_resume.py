@@ -7,23 +7,16 @@ import json
 
 import pytest
 
-from projects.trainer.events import EXIT_CANCELLED, EXIT_OK
-from tests.trainer_helpers import error_of, make_spec, run_child
+from projects.trainer.events import EXIT_OK
+from tests.trainer_helpers import error_of, make_spec, run_child, run_until_cancelled
 
 
 @pytest.mark.slow
 def test_cancel_saves_a_checkpoint_and_resume_latest_continues_from_it(tiny_llama_dir, qa_data, tmp_path):
-    out, cancel = tmp_path / "out", tmp_path / "cancel-run"
+    out = tmp_path / "out"
     # Far more steps than can pass before the cancel file appears, so the run cannot finish first.
     spec = make_spec(tiny_llama_dir, qa_data, out, max_steps=100_000, logging_steps=50)
-    spec["cancel_file"] = str(cancel)
-
-    def cancel_after_first_progress(event, proc):
-        if event["event"] == "progress":
-            cancel.touch()
-
-    run = run_child(spec, tmp_path / "spec.json", on_event=cancel_after_first_progress)
-    assert run.returncode == EXIT_CANCELLED, run.log[-3000:]
+    run = run_until_cancelled(spec, tmp_path)
     cancelled = run.one("cancelled")
     step = cancelled["step"]
     assert 1 <= step < 100_000
@@ -32,7 +25,6 @@ def test_cancel_saves_a_checkpoint_and_resume_latest_continues_from_it(tiny_llam
     assert (out / f"checkpoint-{step}" / "trainer_state.json").is_file()
     assert not run.of("finished") and not (out / "mtm_manifest.json").exists()
 
-    cancel.unlink()
     spec["resume_from_checkpoint"] = "latest"
     spec["hyperparameters"]["max_steps"] = step + 8  # a shorter finish line; the state still comes from the checkpoint
     resumed = run_child(spec, tmp_path / "spec-resume.json")

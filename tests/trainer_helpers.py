@@ -9,7 +9,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from projects.trainer.events import EXIT_ERROR, parse_event, trainer_command
+from projects.trainer.events import EXIT_CANCELLED, EXIT_ERROR, parse_event, trainer_command
 from projects.trainer.spec import TrainerSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,19 +63,42 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def make_spec(model: Path, data: Path, out: Path, method: str = "full", **hyper) -> dict:
-    """A spec as the supervisor writes it, read back as the JSON object a test may change before the child reads it."""
-    defaults = {"max_steps": 20, "learning_rate": 0.01, "batch_size": 4, "logging_steps": 5, "save_steps": 1000}
+def spec_of(model: Path, data: Path, out: Path, method: str, hyperparameters: dict, **fields) -> dict:
+    """A spec of the tiny Llama on the CPU as the supervisor writes it, read back as the JSON object a test may change
+    before the child reads it; `fields` are the spec's other fields."""
     return TrainerSpec(
         model_path=model,
         model_name="test-org/tiny-llama",
-        revision="0123456789abcdef0123456789abcdef01234567",
         dataset_path=data,
         output_dir=out,
         method=method,
-        hyperparameters={**defaults, **hyper},
+        hyperparameters=hyperparameters,
         device="cpu",
+        **fields,
     ).model_dump(mode="json")
+
+
+def make_spec(model: Path, data: Path, out: Path, method: str = "full", **hyper) -> dict:
+    """An SFT spec: a few steps unless `hyper` says otherwise."""
+    defaults = {"max_steps": 20, "learning_rate": 0.01, "batch_size": 4, "logging_steps": 5, "save_steps": 1000}
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    return spec_of(model, data, out, method, {**defaults, **hyper}, revision=revision)
+
+
+def run_until_cancelled(spec: dict, folder: Path) -> ChildRun:
+    """Run the child on `spec` with a cancel file that appears at its first progress event, as a member's Cancel
+    would; the child must end cancelled. The file is removed after, so that `spec` can resume."""
+    cancel = folder / "cancel-run"
+    spec["cancel_file"] = str(cancel)
+
+    def cancel_after_first_progress(event, proc):
+        if event["event"] == "progress":
+            cancel.touch()
+
+    run = run_child(spec, folder / "spec.json", on_event=cancel_after_first_progress)
+    assert run.returncode == EXIT_CANCELLED, run.log[-3000:]
+    cancel.unlink()
+    return run
 
 
 def generates(folder: Path) -> str:
