@@ -10,7 +10,7 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import timezone
 
-from projects.models import TrainingProject, TrainingRun
+from projects.models import RunStatus, TrainingProject, TrainingRun
 
 FAST_HYPERPARAMETERS = {
     "max_steps": 12,
@@ -83,6 +83,18 @@ def cancel(run, user):
     from projects.runs.services import cancel_run
 
     return cancel_run(run, actor=Actor(user, Channel.CLI))
+
+
+def cancel_once_trained(run, user, steps: int):
+    """Cancel `run` once it has trained `steps` steps; it must end cancelled at a checkpoint. Returns its row."""
+    from projects.runs.state_machine import CancelOutcome
+
+    wait_for_end(run.pk, until=lambda r: (r.progress or {}).get("step", 0) >= steps)
+    run.refresh_from_db()
+    assert cancel(run, user) is CancelOutcome.REQUESTED
+    run = wait_for_end(run.pk)
+    assert run.status == RunStatus.CANCELLED, (run.error_message, run.log_tail[-2000:])
+    return run
 
 
 def wait_until_a_worker_reports(model_name: str, timeout: float = 60) -> None:

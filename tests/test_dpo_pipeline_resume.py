@@ -7,9 +7,8 @@ from __future__ import annotations
 import pytest
 
 from projects.models import RunStatus
-from projects.runs.state_machine import CancelOutcome
 from tests.dpo_helpers import dpo_project
-from tests.pipeline_helpers import cancel, start, wait_for_end
+from tests.pipeline_helpers import cancel_once_trained, start, wait_for_end
 
 pytestmark = pytest.mark.slow
 
@@ -18,12 +17,7 @@ def test_a_dpo_run_cancels_to_a_checkpoint_and_a_resume_finishes_it(portal, tiny
     project = dpo_project(
         portal, tiny_llama_in_cache[0], "prefs-cancel", {"max_steps": 400, "save_steps": 1000, "learning_rate": 0.001}
     )
-    run = start(project, portal["user"])
-    wait_for_end(run.pk, until=lambda r: (r.progress or {}).get("step", 0) >= 2)
-    run.refresh_from_db()
-    assert cancel(run, portal["user"]) is CancelOutcome.REQUESTED
-    run = wait_for_end(run.pk)
-    assert run.status == RunStatus.CANCELLED, (run.error_message, run.log_tail[-2000:])
+    run = cancel_once_trained(start(project, portal["user"]), portal["user"], 2)
     stopped_at = int(run.last_checkpoint.rsplit("-", 1)[1])
 
     project.hyperparameters = {**project.hyperparameters, "max_steps": stopped_at + 2}

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from projects.models import RunStatus
-from projects.runs.state_machine import CancelOutcome
-from tests.pipeline_helpers import cancel, make_project, start, wait_for_end
+from tests.pipeline_helpers import cancel_once_trained, make_project, start, wait_for_end
 
 pytestmark = pytest.mark.slow
 
@@ -19,12 +18,7 @@ def test_cancel_mid_run_then_resume_from_checkpoint(portal, tiny_llama_in_cache,
         name="cancel",
         hyper={"max_steps": 400, "save_steps": 1000, "learning_rate": 0.001},
     )
-    run = start(project, portal["user"])
-    wait_for_end(run.pk, until=lambda r: (r.progress or {}).get("step", 0) >= 3)
-    run.refresh_from_db()
-    assert cancel(run, portal["user"]) is CancelOutcome.REQUESTED
-    run = wait_for_end(run.pk)
-    assert run.status == RunStatus.CANCELLED, (run.error_message, run.log_tail[-2000:])
+    run = cancel_once_trained(start(project, portal["user"]), portal["user"], 3)
     assert run.last_checkpoint and "checkpoint-" in run.last_checkpoint
     stopped_at = int(run.last_checkpoint.rsplit("-", 1)[1])
     assert 3 <= stopped_at < 400
